@@ -1,0 +1,85 @@
+// The thin adapter every pipeline node shares: read config, check input, call the domain,
+// set status, check output, send, done. A refusal goes to done(err), so Catch nodes see it.
+import type { Node, NodeAPI, NodeDef, NodeMessage } from 'node-red';
+import { assertStage } from '../../src/contract/validate';
+import type { StageName } from '../../src/contract/schemas';
+import type { BackupHost } from '../../src/pipeline/backup-host';
+import { summarize } from '../../src/summary';
+import type { HostConfigNode } from '../host/host';
+
+export interface StageNodeDef extends NodeDef {
+  host: string;
+}
+
+export interface StageContext<C> {
+  node: Node;
+  config: C;
+  host: BackupHost;
+  msg: NodeMessage;
+  /** send on an extra output (progress) without ending the message */
+  sendExtra: (outputs: (NodeMessage | null)[]) => void;
+  status: (text: string, fill?: 'blue' | 'green' | 'yellow' | 'red' | 'grey') => void;
+}
+
+export interface StageSpec<C> {
+  type: string;
+  /** stage the input must be at; undefined for the first node (any input triggers it) */
+  input?: StageName;
+  output: StageName;
+  /** validate node settings once at deploy; return an error text naming the field */
+  checkConfig?: (config: C) => string | undefined;
+  run: (ctx: StageContext<C>, payload: any) => Promise<unknown>;
+  /** status text when finished */
+  done: (result: any) => string;
+  outputs?: number;
+}
+
+export function registerStageNode<C extends StageNodeDef>(RED: NodeAPI, spec: StageSpec<C>): void {
+  function StageNode(this: Node, config: C) {
+    RED.nodes.createNode(this, config);
+    const node = this;
+    const hostNode = RED.nodes.getNode(config.host) as HostConfigNode | null;
+    const configError = !hostNode ? 'host: no host configuration node selected' : spec.checkConfig?.(config);
+    if (configError) node.status({ fill: 'red', shape: 'ring', text: configError.slice(0, 60) });
+    else node.status({});
+
+    node.on('input', (msg: NodeMessage, send, done) => {
+      const status: StageContext<C>['status'] = (text, fill = 'blue') =>
+        node.status({ fill, shape: fill === 'blue' ? 'ring' : 'dot', text });
+      const fail = (err: Error) => {
+        status(err.message.slice(0, 60), 'red');
+        (msg as NodeMessage & { summary?: unknown; error?: unknown }).summary = summarize(msg.payload, err);
+        done(err);
+      };
+      if (configError || !hostNode) return fail(new Error(configError ?? 'host: not configured'));
+      let payload: unknown;
+      try {
+        payload = spec.input ? assertStage(spec.input, msg.payload) : undefined;
+      } catch (err) {
+        return fail(err as Error);
+      }
+      const sendExtra = (outputs: (NodeMessage | null)[]) => send(outputs as NodeMessage[]);
+      hostNode
+        .backupHost()
+        .then((host) => spec.run({ node, config, host, msg, sendExtra, status }, payload))
+        .then((result) => {
+          const checked = assertStage(spec.output, result, `${spec.type} output`);
+          msg.payload = checked;
+          if (spec.output === 'copied') (msg as NodeMessage & { summary?: unknown }).summary = summarize(checked);
+          status(spec.done(checked), 'green');
+          const outputs: (NodeMessage | null)[] = [msg];
+          for (let i = 1; i < (spec.outputs ?? 1); i++) outputs.push(null);
+          send(outputs.length === 1 ? msg : (outputs as NodeMessage[]));
+          done();
+        })
+        .catch((err: Error) => fail(err));
+    });
+  }
+  RED.nodes.registerType(spec.type, StageNode as unknown as Parameters<NodeAPI['nodes']['registerType']>[1]);
+}
+
+export function countBy<T>(items: readonly T[], key: (t: T) => string): string {
+  const counts = new Map<string, number>();
+  for (const item of items) counts.set(key(item), (counts.get(key(item)) ?? 0) + 1);
+  return [...counts].map(([k, n]) => `${n} ${k}`).join(', ');
+}

@@ -1,0 +1,38 @@
+#!/usr/bin/env node
+// After tsc: put the editor files (html, locales, icons) and the PowerShell scripts beside the
+// emitted js, and write the JSON Schemas as files users can use on their own.
+'use strict';
+const fs = require('node:fs');
+const path = require('node:path');
+
+const root = path.resolve(__dirname, '..');
+const dist = path.join(root, 'dist');
+
+function copyTree(from, to, keep) {
+  if (!fs.existsSync(from)) return 0;
+  let n = 0;
+  for (const entry of fs.readdirSync(from, { withFileTypes: true })) {
+    const src = path.join(from, entry.name);
+    const dst = path.join(to, entry.name);
+    if (entry.isDirectory()) n += copyTree(src, dst, keep);
+    else if (keep(src)) {
+      fs.mkdirSync(to, { recursive: true });
+      fs.copyFileSync(src, dst);
+      n++;
+    }
+  }
+  return n;
+}
+
+const editorFile = (f) => /\.(html|json|png|svg)$/.test(f);
+let copied = copyTree(path.join(root, 'nodes'), path.join(dist, 'nodes'), editorFile);
+copied += copyTree(path.join(root, 'src', 'providers', 'hyperv', 'scripts'), path.join(dist, 'src', 'providers', 'hyperv', 'scripts'), (f) => f.endsWith('.ps1'));
+
+const { schemas, manifestSchema } = require(path.join(dist, 'src', 'contract', 'schemas.js'));
+const out = path.join(root, 'schemas');
+fs.mkdirSync(out, { recursive: true });
+for (const [stage, schema] of Object.entries(schemas)) {
+  fs.writeFileSync(path.join(out, `backup-set.${stage}.schema.json`), JSON.stringify(schema, null, 2) + '\n');
+}
+fs.writeFileSync(path.join(out, 'manifest.schema.json'), JSON.stringify(manifestSchema, null, 2) + '\n');
+console.log(`assets: ${copied} files copied, ${Object.keys(schemas).length + 1} schemas written`);

@@ -1,0 +1,87 @@
+// The seeds' conditions for the online ("child VM snapshot") method, one pure function each.
+// Every rule returns a named reason so the user sees why a VM got the method it got.
+import type { EnumeratedVm, Reason, ReasonRule } from '../contract/types';
+
+export type Rule = (vm: EnumeratedVm) => Reason;
+
+function reason(rule: ReasonRule, ok: boolean, detail: string): Reason {
+  return { rule, ok, detail };
+}
+
+/** "Backup integration service installed and running": the guest agent answers and can freeze. */
+export const integrationService: Rule = (vm) => {
+  const a = vm.agent;
+  if (!a.present) return reason('integration-service', false, 'no guest agent channel on this VM');
+  if (!a.responding) return reason('integration-service', false, `guest agent does not answer${a.error ? `: ${a.error}` : ''}`);
+  if (!a.freezeEnabled) return reason('integration-service', false, 'guest agent answers but guest-fsfreeze-freeze is disabled');
+  return reason('integration-service', true, `guest agent ${a.version ?? ''} answers, freeze enabled`.replace('  ', ' '));
+};
+
+/** "The child VM must be in the running state." */
+export const vmRunning: Rule = (vm) =>
+  vm.state === 'running'
+    ? reason('vm-running', true, 'VM is running')
+    : reason('vm-running', false, `VM is ${vm.state}, not running`);
+
+/** "Snapshot file location on the same host volume as the virtual disks": overlays on the images' file system. */
+export const snapshotLocationSameVolume: Rule = (vm) => {
+  const where = vm.snapshotLocation;
+  const disks = vm.disks.filter((d) => d.included);
+  if (where.volumeId === undefined) return reason('snapshot-location-same-volume', false, `volume of ${where.path} unknown`);
+  const other = disks.filter((d) => d.volumeId !== where.volumeId);
+  if (other.length > 0) {
+    return reason('snapshot-location-same-volume', false,
+      `snapshot location ${where.path} is not on the volume of ${other.map((d) => d.file || d.id).join(', ')}`);
+  }
+  return reason('snapshot-location-same-volume', true, `snapshot location ${where.path} is on the disks' volume`);
+};
+
+/** "All volumes are basic disks": Linux LVM, md RAID and device-mapper volumes are the dynamic-disk analogue. */
+export const basicDisks: Rule = (vm) => {
+  const dynamic = vm.guest.filesystems.filter((fs) => fs.dynamic === true || isDynamicDevice(fs.device));
+  return dynamic.length === 0
+    ? reason('basic-disks', true, `${vm.guest.filesystems.length} guest volume(s), none on a dynamic disk`)
+    : reason('basic-disks', false, `guest volume(s) on dynamic disks: ${dynamic.map((fs) => fs.mountpoint).join(', ')}`);
+};
+
+export function isDynamicDevice(device: string | undefined): boolean {
+  return device !== undefined && /^(dm-\d+|md\d+|mapper\/)/.test(device.replace(/^\/dev\//, ''));
+}
+
+/** File systems whose freeze (FIFREEZE / VSS) leaves a clean, auto-recoverable image. */
+export const FREEZABLE_FILESYSTEMS: ReadonlySet<string> = new Set([
+  'ext3', 'ext4', 'xfs', 'btrfs', 'f2fs', 'jfs', 'reiserfs', 'nilfs2', 'gfs2', 'ntfs', 'refs',
+]);
+
+/** "All disks use a file system that supports snapshots." */
+export const freezableFilesystems: Rule = (vm) => {
+  const fss = vm.guest.filesystems;
+  if (fss.length === 0) return reason('freezable-filesystems', false, 'guest reported no file systems on its disks');
+  const bad = fss.filter((fs) => !FREEZABLE_FILESYSTEMS.has(fs.type.toLowerCase()));
+  return bad.length === 0
+    ? reason('freezable-filesystems', true, `all guest file systems freezable (${[...new Set(fss.map((f) => f.type))].join(', ')})`)
+    : reason('freezable-filesystems', false, `not freezable: ${bad.map((fs) => `${fs.mountpoint} (${fs.type})`).join(', ')}`);
+};
+
+/** Guests the seeds name as unable to take part (Windows 2000, NT 4, XP). */
+const UNSUPPORTED_OS = [/windows\s*2000/i, /windows\s*nt\s*4/i, /windows\s*xp/i];
+
+/** "The guest OS is supported." */
+export const supportedGuestOs: Rule = (vm) => {
+  const os = vm.guest.os;
+  if (!os) return reason('supported-guest-os', false, 'guest OS unknown (agent gave no OS information)');
+  const label = [os.name, os.version].filter(Boolean).join(' ') || os.id || os.kernel || 'unknown';
+  return UNSUPPORTED_OS.some((re) => re.test(`${os.name ?? ''} ${os.version ?? ''}`))
+    ? reason('supported-guest-os', false, `${label} cannot quiesce for a host backup`)
+    : reason('supported-guest-os', true, label);
+};
+
+/** Order matters only for reading: the cheapest and most telling first. */
+export const ONLINE_RULES: readonly Rule[] = [
+  integrationService,
+  vmRunning,
+  snapshotLocationSameVolume,
+  basicDisks,
+  freezableFilesystems,
+  supportedGuestOs,
+];

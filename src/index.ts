@@ -1,0 +1,12 @@
+// The package's public API, for users' own function nodes and for other programs.
+export { schemas, manifestSchema, STAGES, type StageName } from './contract/schemas';
+export { validate, assertStage, assertManifest, ContractError } from './contract/validate';
+export type * from './contract/types';
+export { classifyAll, classifyVm } from './classify/classify';
+export { ONLINE_RULES, FREEZABLE_FILESYSTEMS } from './classify/rules';
+export { BackupHost, DEFAULT_TIMEOUTS, type HostOptions } from './pipeline/backup-host';
+export { Journal, pendingUndos } from './journal/journal';
+export { recover } from './recovery';
+export { summarize, type BackupSummary } from './summary';
+export { createProvider, type ProviderConfig } from './providers';
+export type { HostProvider } from './providers/provider';

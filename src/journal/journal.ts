@@ -1,0 +1,125 @@
+// The durable journal: one JSON line per side effect, written and fsync'd BEFORE the effect
+// ("intent") and after it ("done"). After a crash, replaying it tells exactly what to undo.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Overlay } from '../contract/types';
+
+export type JournalOp =
+  | 'freeze' // guest file systems frozen; undone by thaw
+  | 'save' // vCPUs stopped and state saved; undone by resume (data.previousState)
+  | 'overlay' // overlays created (data.overlays); undone by merge
+  | 'staging' // staging directory created (data.dir); undone by discard
+  | 'thaw'
+  | 'resume'
+  | 'merge'
+  | 'discard'
+  | 'publish'
+  | 'end'; // the backup set is over: nothing of it is pending
+
+export interface JournalEntry {
+  t: string;
+  backupId: string;
+  vm?: string;
+  op: JournalOp;
+  phase: 'intent' | 'done' | 'failed';
+  data?: { previousState?: string; overlays?: Overlay[]; dir?: string; error?: string };
+}
+
+export class Journal {
+  private fd: number | undefined;
+  constructor(readonly file: string) {}
+
+  private open(): number {
+    if (this.fd === undefined) {
+      fs.mkdirSync(path.dirname(this.file), { recursive: true, mode: 0o700 });
+      this.fd = fs.openSync(this.file, 'a', 0o600);
+    }
+    return this.fd;
+  }
+
+  append(entry: Omit<JournalEntry, 't'>): void {
+    const fd = this.open();
+    fs.writeSync(fd, JSON.stringify({ t: new Date().toISOString(), ...entry }) + '\n');
+    fs.fsyncSync(fd);
+  }
+
+  read(): JournalEntry[] {
+    let text: string;
+    try {
+      text = fs.readFileSync(this.file, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw err;
+    }
+    const entries: JournalEntry[] = [];
+    for (const line of text.split('\n')) {
+      if (!line.trim()) continue;
+      try {
+        entries.push(JSON.parse(line) as JournalEntry);
+      } catch {
+        // a torn last line from a crash mid-write: the effect it announced may not have started,
+        // and every undo is safe to run when nothing is pending, so skipping it loses nothing.
+      }
+    }
+    return entries;
+  }
+
+  /** Replace the journal with `keep` (atomically), e.g. after recovery finished the rest. */
+  compact(keep: JournalEntry[]): void {
+    this.close();
+    const tmp = `${this.file}.tmp`;
+    fs.mkdirSync(path.dirname(this.file), { recursive: true, mode: 0o700 });
+    fs.writeFileSync(tmp, keep.map((e) => JSON.stringify(e) + '\n').join(''), { mode: 0o600 });
+    const fd = fs.openSync(tmp, 'r');
+    fs.fsyncSync(fd);
+    fs.closeSync(fd);
+    fs.renameSync(tmp, this.file);
+  }
+
+  close(): void {
+    if (this.fd !== undefined) fs.closeSync(this.fd);
+    this.fd = undefined;
+  }
+}
+
+export type PendingUndo =
+  | { kind: 'thaw'; backupId: string; vm: string }
+  | { kind: 'resume'; backupId: string; vm: string; previousState: string }
+  | { kind: 'merge'; backupId: string; vm: string; overlays: Overlay[] }
+  | { kind: 'discard'; backupId: string; vm: string; dir: string };
+
+const UNDO_OF: Partial<Record<JournalOp, JournalOp>> = { freeze: 'thaw', save: 'resume', overlay: 'merge', staging: 'discard' };
+
+/**
+ * What a crash left undone: every effect whose intent was written and whose undo has not been
+ * written as done. Order of the answer: thaw first (a frozen guest hangs its writes), then
+ * resume, merge, discard.
+ */
+export function pendingUndos(entries: readonly JournalEntry[]): PendingUndo[] {
+  const open = new Map<string, JournalEntry>();
+  const ended = new Set<string>();
+  for (const e of entries) {
+    const key = (op: JournalOp) => `${e.backupId}\u0000${e.vm ?? ''}\u0000${op}`;
+    if (e.op === 'end' && e.phase === 'done') {
+      ended.add(e.backupId);
+      continue;
+    }
+    if (UNDO_OF[e.op] && e.phase === 'intent') open.set(key(e.op), e);
+    // the effect is undone: drop the intent whose undo this is
+    for (const [effect, undo] of Object.entries(UNDO_OF)) {
+      if (undo === e.op && e.phase === 'done') open.delete(key(effect as JournalOp));
+    }
+    // a published staging directory is gone by rename: nothing to discard
+    if (e.op === 'publish' && e.phase === 'done') open.delete(key('staging'));
+  }
+  const order = ['thaw', 'resume', 'merge', 'discard'];
+  const undos: PendingUndo[] = [];
+  for (const e of open.values()) {
+    if (ended.has(e.backupId) || !e.vm) continue;
+    if (e.op === 'freeze') undos.push({ kind: 'thaw', backupId: e.backupId, vm: e.vm });
+    if (e.op === 'save') undos.push({ kind: 'resume', backupId: e.backupId, vm: e.vm, previousState: e.data?.previousState ?? 'running' });
+    if (e.op === 'overlay') undos.push({ kind: 'merge', backupId: e.backupId, vm: e.vm, overlays: e.data?.overlays ?? [] });
+    if (e.op === 'staging' && e.data?.dir) undos.push({ kind: 'discard', backupId: e.backupId, vm: e.vm, dir: e.data.dir });
+  }
+  return undos.sort((a, b) => order.indexOf(a.kind) - order.indexOf(b.kind));
+}

@@ -1,0 +1,39 @@
+/** A stage refused or failed; `vms` carries each VM's own reason when several failed. */
+export class StageError extends Error {
+  constructor(message: string, readonly vms: { vm: string; error: string }[] = []) {
+    super(message);
+    this.name = 'StageError';
+  }
+}
+
+/**
+ * Run `step` for every item concurrently and wait for all of them (never leave one running
+ * behind a failure: its side effect must be known before anything is undone). Throws one
+ * StageError naming every item that failed.
+ */
+export async function allSettledOrThrow<In extends { id: string }, Out>(items: readonly In[], step: (item: In) => Promise<Out>): Promise<Out[]> {
+  const results = await Promise.allSettled(items.map((item) => step(item)));
+  const failed = results
+    .map((r, i) => (r.status === 'rejected' ? { vm: items[i].id, error: (r.reason as Error)?.message ?? String(r.reason) } : undefined))
+    .filter((f): f is { vm: string; error: string } => f !== undefined);
+  if (failed.length > 0) {
+    throw new StageError(`no VM backed up: ${failed.map((f) => `${f.vm}: ${f.error}`).join('; ')}`, failed);
+  }
+  return results.map((r) => (r as PromiseFulfilledResult<Out>).value);
+}
+
+/** Like allSettledOrThrow, with at most `limit` steps running at once. */
+export async function limitedSettledOrThrow<In extends { id: string }, Out>(items: readonly In[], limit: number, step: (item: In) => Promise<Out>): Promise<Out[]> {
+  const started = new Map<In, Promise<Out>>();
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) {
+      const item = items[next++];
+      const result = step(item);
+      started.set(item, result);
+      await result.catch(() => undefined);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, worker));
+  return allSettledOrThrow(items, (item) => started.get(item)!);
+}

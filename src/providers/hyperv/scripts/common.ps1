@@ -1,0 +1,214 @@
+# Shared by every vm-backup Hyper-V script. Dot-sourced, never run on its own:
+#   . (Join-Path $PSScriptRoot 'common.ps1')
+#
+# Contract with the Node side (src/providers/hyperv/runner.ts):
+# - arguments arrive as ONE parameter, -ArgsJson <Base64 of UTF-8 JSON>; no value is ever parsed
+#   as PowerShell code or as a parameter name;
+# - the script writes exactly one JSON line to stdout, ASCII only:
+#     {"result":...,"warnings":[...]}                    exit code 0
+#     {"error":{"message":...,"category":...,...}}       exit code 1
+# - every cmdlet is module-qualified (Hyper-V\Get-VM): VMware PowerCLI also exports Get-VM.
+
+$ErrorActionPreference = 'Stop'
+$ProgressPreference = 'SilentlyContinue'
+$ConfirmPreference = 'None'
+# Windows PowerShell 5.1 serialises arrays that carry the extended Count property as
+# {"value":[...],"Count":n}. Removing the type data restores plain JSON arrays.
+Remove-TypeData -TypeName System.Array -ErrorAction SilentlyContinue
+
+$script:VmbWarnings = New-Object System.Collections.Generic.List[string]
+
+function Add-VmbWarning([string]$Text) {
+    if ($Text) { $script:VmbWarnings.Add($Text) }
+}
+
+function Read-VmbArgs([string]$ArgsJson) {
+    if ([string]::IsNullOrEmpty($ArgsJson)) { return New-Object psobject }
+    if ($ArgsJson -notmatch '^[A-Za-z0-9+/]+={0,2}$') {
+        throw (New-Object System.ArgumentException 'ArgsJson is not Base64')
+    }
+    $text = [System.Text.Encoding]::UTF8.GetString([System.Convert]::FromBase64String($ArgsJson))
+    return (ConvertFrom-Json -InputObject $text)
+}
+
+function Get-VmbArg($ArgsObject, [string]$Name, [switch]$Optional) {
+    $p = $ArgsObject.PSObject.Properties[$Name]
+    if ($null -eq $p -or $null -eq $p.Value -or ([string]$p.Value) -eq '') {
+        if ($Optional) { return $null }
+        throw (New-Object System.ArgumentException "missing argument $Name")
+    }
+    return $p.Value
+}
+
+function ConvertTo-VmbGuid($Value) {
+    $g = [guid]::Empty
+    if (-not [guid]::TryParse([string]$Value, [ref]$g)) {
+        throw (New-Object System.ArgumentException "not a GUID: $Value")
+    }
+    return $g
+}
+
+# A property that only some Hyper-V versions have (CheckpointType arrived in 2016).
+function Get-VmbProp($Object, [string]$Name) {
+    if ($null -eq $Object) { return $null }
+    $p = $Object.PSObject.Properties[$Name]
+    if ($null -eq $p) { return $null }
+    return $p.Value
+}
+
+# Enums become their names, nulls are dropped. Callers wrap the call in @() so that a single
+# element stays an array.
+function ConvertTo-VmbStringArray($Value) {
+    $r = New-Object System.Collections.Generic.List[string]
+    foreach ($i in @($Value)) { if ($null -ne $i) { $r.Add([string]$i) } }
+    return $r.ToArray()
+}
+
+function ConvertTo-VmbIsoDate($Value) {
+    if ($null -eq $Value) { return $null }
+    return ([datetime]$Value).ToUniversalTime().ToString('o')
+}
+
+function ConvertTo-VmbNullableInt($Value) {
+    if ($null -eq $Value) { return $null }
+    return [long]$Value
+}
+
+function Get-VmbVm($ArgsObject) {
+    $id = ConvertTo-VmbGuid (Get-VmbArg $ArgsObject 'VmId')
+    return (Hyper-V\Get-VM -Id $id)
+}
+
+function Get-VmbVmState($Vm) {
+    return [ordered]@{
+        Id                         = [string]$Vm.Id
+        Name                       = [string]$Vm.Name
+        State                      = [string]$Vm.State
+        Status                     = [string]$Vm.Status
+        OperationalStatus          = @(ConvertTo-VmbStringArray $Vm.OperationalStatus)
+        PrimaryOperationalStatus   = [string](Get-VmbProp $Vm 'PrimaryOperationalStatus')
+        SecondaryOperationalStatus = [string](Get-VmbProp $Vm 'SecondaryOperationalStatus')
+    }
+}
+
+function Test-VmbMerging($Vm) {
+    return (@(ConvertTo-VmbStringArray $Vm.OperationalStatus) -contains 'MergingDisks')
+}
+
+# Wait (at most $Seconds) while Hyper-V merges a removed checkpoint into its parent.
+# Returns the milliseconds waited and whether the merge is still running.
+function Wait-VmbMerge([guid]$VmId, [int]$Seconds) {
+    $sw = [System.Diagnostics.Stopwatch]::StartNew()
+    $vm = Hyper-V\Get-VM -Id $VmId
+    while ((Test-VmbMerging $vm) -and $sw.Elapsed.TotalSeconds -lt $Seconds) {
+        Start-Sleep -Milliseconds 1000
+        $vm = Hyper-V\Get-VM -Id $VmId
+    }
+    return [ordered]@{ waitedMs = [long]$sw.ElapsedMilliseconds; mergePending = [bool](Test-VmbMerging $vm); vm = $vm }
+}
+
+function Get-VmbDrive($Drive) {
+    return [ordered]@{
+        Name               = [string]$Drive.Name
+        Id                 = [string]$Drive.Id
+        ControllerType     = [string]$Drive.ControllerType
+        ControllerNumber   = [int]$Drive.ControllerNumber
+        ControllerLocation = [int]$Drive.ControllerLocation
+        Path               = [string]$Drive.Path
+        DiskNumber         = ConvertTo-VmbNullableInt $Drive.DiskNumber
+        SupportPersistentReservations = [bool](Get-VmbProp $Drive 'SupportPersistentReservations')
+    }
+}
+
+function Get-VmbDrives($Vm) {
+    $list = New-Object System.Collections.Generic.List[object]
+    foreach ($d in @(Hyper-V\Get-VMHardDiskDrive -VM $Vm)) { if ($null -ne $d) { $list.Add((Get-VmbDrive $d)) } }
+    return $list.ToArray()
+}
+
+function Get-VmbVhd([string]$Path) {
+    try {
+        $v = Hyper-V\Get-VHD -Path $Path
+        return [ordered]@{
+            Path           = [string]$v.Path
+            VhdFormat      = [string]$v.VhdFormat
+            VhdType        = [string]$v.VhdType
+            FileSize       = [long]$v.FileSize
+            Size           = [long]$v.Size
+            ParentPath     = [string]$v.ParentPath
+            DiskIdentifier = [string]$v.DiskIdentifier
+            Attached       = [bool]$v.Attached
+            Error          = $null
+        }
+    } catch {
+        return [ordered]@{ Path = $Path; Error = [string]$_.Exception.Message }
+    }
+}
+
+# Every checkpoint of a VM, including the Recovery ones backup products create and Hyper-V
+# Manager hides.
+function Get-VmbCheckpoints($Vm) {
+    $seen = @{}
+    $list = New-Object System.Collections.Generic.List[object]
+    $all = @(Hyper-V\Get-VMSnapshot -VM $Vm)
+    $recovery = @()
+    try { $recovery = @(Hyper-V\Get-VMSnapshot -VM $Vm -SnapshotType Recovery) } catch { Add-VmbWarning ("Get-VMSnapshot -SnapshotType Recovery: " + $_.Exception.Message) }
+    foreach ($s in ($all + $recovery)) {
+        if ($null -eq $s) { continue }
+        $key = [string]$s.Id
+        if ($seen.ContainsKey($key)) { continue }
+        $seen[$key] = $true
+        $list.Add($s)
+    }
+    return $list.ToArray()
+}
+
+function Get-VmbCheckpointInfo($Snapshot) {
+    return [ordered]@{
+        Id                 = [string]$Snapshot.Id
+        Name               = [string]$Snapshot.Name
+        VMId               = [string]$Snapshot.VMId
+        VMName             = [string]$Snapshot.VMName
+        SnapshotType       = [string]$Snapshot.SnapshotType
+        CreationTime       = ConvertTo-VmbIsoDate $Snapshot.CreationTime
+        ParentCheckpointId = [string](Get-VmbProp $Snapshot 'ParentCheckpointId')
+        Path               = [string]$Snapshot.Path
+    }
+}
+
+function ConvertTo-VmbAsciiJson($Object) {
+    # -InputObject keeps a one-element array an array (the pipeline would unroll it).
+    $json = ConvertTo-Json -InputObject $Object -Depth 6 -Compress
+    if ($null -eq $json) { $json = 'null' }
+    # stdout stays ASCII whatever the console code page: every non-ASCII UTF-16 unit is escaped.
+    $sb = New-Object System.Text.StringBuilder ($json.Length + 16)
+    foreach ($ch in $json.ToCharArray()) {
+        if ([int]$ch -lt 128) { [void]$sb.Append($ch) } else { [void]$sb.AppendFormat('\u{0:x4}', [int]$ch) }
+    }
+    return $sb.ToString()
+}
+
+# The envelope is written by hand so that -Depth counts from the result itself.
+function Write-VmbLine([string]$Key, $Value) {
+    $line = '{"' + $Key + '":' + (ConvertTo-VmbAsciiJson $Value) + ',"warnings":' + (ConvertTo-VmbAsciiJson @($script:VmbWarnings.ToArray())) + '}'
+    [Console]::Out.Write("`n" + $line + "`n")
+    [Console]::Out.Flush()
+}
+
+function Write-VmbResult($Result) {
+    Write-VmbLine 'result' $Result
+    exit 0
+}
+
+function Write-VmbError($ErrorRecord) {
+    $cmdlet = $null
+    if ($ErrorRecord.InvocationInfo -and $ErrorRecord.InvocationInfo.MyCommand) { $cmdlet = [string]$ErrorRecord.InvocationInfo.MyCommand.Name }
+    Write-VmbLine 'error' ([ordered]@{
+        message               = [string]$ErrorRecord.Exception.Message
+        category              = [string]$ErrorRecord.CategoryInfo.Category
+        fullyQualifiedErrorId = [string]$ErrorRecord.FullyQualifiedErrorId
+        cmdlet                = $cmdlet
+        exceptionType         = [string]$ErrorRecord.Exception.GetType().FullName
+    })
+    exit 1
+}

@@ -1,0 +1,277 @@
+// QEMU/KVM behind the provider interface: QMP for the VM, the guest agent for the guest,
+// qemu-img for the copy. Connections are opened on demand and closed when idle, because a
+// QMP or QGA socket serves one client at a time and the host's own tools need them too.
+import { existsSync, promises as fs } from 'node:fs';
+import { isSafeName } from '../../util/ids';
+import * as path from 'node:path';
+import type { ClassifiedVm, EnumeratedVm, Overlay } from '../../contract/types';
+import type { ExportedFile, HostProvider, Progress } from '../provider';
+import { disksFrom, type NamedNode, type QueryBlockEntry } from './block-graph';
+import { discoverVms, findQemuPid, readCmdline, type DiscoveredVm } from './discovery';
+import { agentFrom, filesystemsFrom, osFrom, type GuestFsInfo, type GuestInfo, type GuestOsInfo } from './guest-facts';
+import { GuestAgentClient, QmpClient } from './protocol';
+import * as qemuImg from './qemu-img';
+import { saveStateToFile } from './saved-state';
+import { mergeOverlays } from './merge';
+import { plannedOverlays } from '../overlay-plan';
+
+export interface QemuOptions {
+  /** directory of <id>.qmp / <id>.qga sockets (Proxmox: /var/run/qemu-server) */
+  socketDir: string;
+  /** where overlays go; default: beside each VM's first disk image */
+  overlayDir?: string;
+  /** how long the guest agent may take to answer guest-sync before it counts as absent */
+  agentSyncMs?: number;
+  commandMs?: number;
+  qemuImg?: string;
+  compress?: boolean;
+  /** connections unused this long are closed */
+  idleCloseMs?: number;
+}
+
+interface Conn<T> { client: T; timer?: NodeJS.Timeout }
+
+export class QemuProvider implements HostProvider {
+  readonly kind = 'qemu' as const;
+  readonly writerName = 'QEMU QMP writer';
+  readonly snapshotQuiesces = false;
+  private readonly vms = new Map<string, DiscoveredVm>();
+  private readonly qmpConns = new Map<string, Promise<Conn<QmpClient>>>();
+  private readonly qgaConns = new Map<string, Promise<Conn<GuestAgentClient>>>();
+  private readonly qemuImgPath: string;
+
+  constructor(readonly options: QemuOptions) {
+    this.qemuImgPath = options.qemuImg ?? 'qemu-img';
+  }
+
+  private get commandMs(): number {
+    return this.options.commandMs ?? 30_000;
+  }
+
+  // ---- connections ----
+
+  /** Known from enumerate, or (recovery after a restart) found by the socket naming alone. */
+  private vm(id: string): DiscoveredVm {
+    let vm = this.vms.get(id);
+    if (!vm) {
+      if (!isSafeName(id)) throw new Error(`"${id}" is not a valid VM id`);
+      const base = path.join(this.options.socketDir, id);
+      vm = { id, qmp: `${base}.qmp`, qga: existsSync(`${base}.qga`) ? `${base}.qga` : undefined, pidFile: `${base}.pid` };
+      this.vms.set(id, vm);
+    }
+    return vm;
+  }
+
+  private async pooled<T extends { close(): Promise<void>; isClosed: boolean }>(
+    pool: Map<string, Promise<Conn<T>>>, id: string, open: () => Promise<T>, fn: (c: T) => Promise<any>,
+  ): Promise<any> {
+    let entry = pool.get(id);
+    if (entry) {
+      const conn = await entry.catch(() => undefined);
+      if (!conn || conn.client.isClosed) {
+        pool.delete(id);
+        entry = undefined;
+      }
+    }
+    if (!entry) {
+      entry = open().then((client) => ({ client }));
+      pool.set(id, entry);
+      entry.catch(() => pool.delete(id));
+    }
+    const conn = await entry;
+    if (conn.timer) clearTimeout(conn.timer);
+    try {
+      return await fn(conn.client);
+    } finally {
+      conn.timer = setTimeout(() => {
+        pool.delete(id);
+        void conn.client.close();
+      }, this.options.idleCloseMs ?? 3000);
+      conn.timer.unref();
+    }
+  }
+
+  private qmp<R>(id: string, fn: (c: QmpClient) => Promise<R>): Promise<R> {
+    const vm = this.vm(id);
+    return this.pooled(this.qmpConns, id, () => QmpClient.connect(vm.qmp, { timeoutMs: this.commandMs }), fn);
+  }
+
+  private qga<R>(id: string, fn: (c: GuestAgentClient) => Promise<R>): Promise<R> {
+    const vm = this.vm(id);
+    if (!vm.qga) throw new Error(`VM "${id}" has no guest agent socket (${id}.qga)`);
+    return this.pooled(this.qgaConns, id, () =>
+      GuestAgentClient.connect(vm.qga!, { timeoutMs: this.commandMs, syncTimeoutMs: this.options.agentSyncMs ?? 3000 }), fn);
+  }
+
+  // ---- enumerate ----
+
+  async enumerate(): Promise<EnumeratedVm[]> {
+    const found = await discoverVms(this.options.socketDir);
+    const out: EnumeratedVm[] = [];
+    const skippedWarnings = new Map<string, string>();
+    await Promise.all(found.vms.map(async (d) => {
+      this.vms.set(d.id, d);
+      try {
+        out.push(await this.enumerateOne(d));
+      } catch (err) {
+        // A stale socket (QEMU gone) is not a VM we can back up; say so instead of failing all.
+        this.vms.delete(d.id);
+        skippedWarnings.set(d.id, `${d.id}: QMP socket ${d.qmp} does not answer (${(err as Error).message}); VM skipped`);
+      }
+    }));
+    out.sort((a, b) => a.id.localeCompare(b.id));
+    if (found.skipped.length || skippedWarnings.size) {
+      const notes = [...found.skipped.map((s) => `socket ${s} skipped: its name is not a valid VM id`), ...skippedWarnings.values()];
+      if (out[0]) out[0].warnings = [...(out[0].warnings ?? []), ...notes];
+    }
+    return out;
+  }
+
+  private async enumerateOne(d: DiscoveredVm): Promise<EnumeratedVm> {
+    const facts = await this.qmp(d.id, async (c) => ({
+      status: await c.execute<{ status: string }>('query-status'),
+      name: await c.execute<{ name?: string }>('query-name').catch(() => ({ name: undefined })),
+      block: await c.execute<QueryBlockEntry[]>('query-block'),
+      nodes: await c.execute<NamedNode[]>('query-named-block-nodes', { flat: true }),
+    }));
+    const disks = disksFrom(facts.block, facts.nodes);
+    for (const disk of disks) {
+      if (disk.included && disk.file.startsWith('/')) {
+        disk.volumeId = String((await fs.stat(disk.file)).dev);
+      }
+    }
+    const firstFile = disks.find((x) => x.included)?.file;
+    const snapshotDir = this.options.overlayDir ?? (firstFile ? path.dirname(firstFile) : this.options.socketDir);
+    const snapshotVolume = await fs.stat(snapshotDir).then((s) => String(s.dev), () => undefined);
+    const vm: EnumeratedVm = {
+      id: d.id,
+      name: (facts.name.name ?? d.id).slice(0, 256),
+      state: facts.status.status,
+      agent: { present: d.qga !== undefined, responding: false, freezeEnabled: false },
+      guest: { filesystems: [] },
+      disks,
+      snapshotLocation: snapshotVolume ? { path: snapshotDir, volumeId: snapshotVolume } : { path: snapshotDir },
+    };
+    if (d.qga) {
+      try {
+        const g = await this.qga(d.id, async (c) => ({
+          info: await c.execute<GuestInfo>('guest-info'),
+          os: await c.execute<GuestOsInfo>('guest-get-osinfo').catch(() => undefined),
+          fs: await c.execute<GuestFsInfo[]>('guest-get-fsinfo').catch(() => [] as GuestFsInfo[]),
+        }));
+        vm.agent = agentFrom(g.info);
+        const os = osFrom(g.os);
+        vm.guest = { filesystems: filesystemsFrom(g.fs), ...(os ? { os } : {}) };
+      } catch (err) {
+        vm.agent = { present: true, responding: false, freezeEnabled: false, error: (err as Error).message.slice(0, 1024) };
+      }
+    }
+    return vm;
+  }
+
+  // ---- quiesce ----
+
+  async freeze(vm: ClassifiedVm, timeoutMs: number): Promise<{ frozenFilesystems: number }> {
+    const n = await this.qga(vm.id, (c) => c.execute<number>('guest-fsfreeze-freeze', undefined, { timeoutMs }));
+    return { frozenFilesystems: n };
+  }
+
+  async freezeStatus(vmId: string): Promise<string> {
+    return this.qga(vmId, (c) => c.execute<string>('guest-fsfreeze-status', undefined, { timeoutMs: 2000 }));
+  }
+
+  async thaw(vmId: string, timeoutMs: number): Promise<number> {
+    return this.qga(vmId, (c) => c.execute<number>('guest-fsfreeze-thaw', undefined, { timeoutMs }));
+  }
+
+  // ---- saved state ----
+
+  async saveState(vm: ClassifiedVm, file: string): Promise<{ bytes: number }> {
+    return this.qmp(vm.id, async (c) => {
+      const status = (await c.execute<{ status: string }>('query-status')).status;
+      if (status === 'running') await c.execute('stop');
+      return saveStateToFile(c, file, Math.max(this.commandMs, 600_000));
+    });
+  }
+
+  async resume(vmId: string, previousState: string): Promise<void> {
+    await this.qmp(vmId, async (c) => {
+      const now = (await c.execute<{ status: string; running: boolean }>('query-status'));
+      if (previousState === 'running' && !now.running) await c.execute('cont');
+    });
+  }
+
+  async runState(vmId: string): Promise<string> {
+    return this.qmp(vmId, async (c) => (await c.execute<{ status: string }>('query-status')).status);
+  }
+
+  // ---- snapshot / merge ----
+
+  async snapshot(vm: ClassifiedVm, backupId: string): Promise<Overlay[]> {
+    const overlays = plannedOverlays(vm, backupId);
+    if (overlays.length === 0) return [];
+    await this.qmp(vm.id, (c) => c.execute('transaction', {
+      actions: overlays.map((o) => ({
+        type: 'blockdev-snapshot-sync',
+        data: { 'node-name': o.baseNode, 'snapshot-file': o.overlay, 'snapshot-node-name': o.overlayNode, format: 'qcow2', mode: 'absolute-paths' },
+      })),
+    }));
+    return overlays;
+  }
+
+  async merge(vmId: string, overlays: Overlay[]): Promise<void> {
+    const reachable = await this.runState(vmId).then(() => true, () => false);
+    await mergeOverlays(overlays, {
+      qemuImg: this.qemuImgPath,
+      commandMs: this.commandMs,
+      qmp: reachable ? (fn) => this.qmp(vmId, fn) : undefined,
+    });
+  }
+
+  // ---- copy ----
+
+  async describe(vmId: string): Promise<Record<string, unknown>> {
+    const d = this.vm(vmId);
+    const pid = await findQemuPid(d);
+    const facts = await this.qmp(vmId, async (c) => ({
+      qemu: c.greeting?.QMP?.version,
+      name: await c.execute('query-name').catch(() => undefined),
+      status: await c.execute('query-status'),
+      cpus: await c.execute('query-cpus-fast').catch(() => undefined),
+      memory: await c.execute('query-memory-size-summary').catch(() => undefined),
+      block: await c.execute('query-block'),
+    }));
+    return {
+      format: 'vm-backup-qemu-definition@1',
+      id: vmId,
+      sockets: { qmp: d.qmp, ...(d.qga ? { qga: d.qga } : {}) },
+      ...(pid ? { pid, commandLine: await readCmdline(pid) } : { commandLine: null }),
+      ...facts,
+    };
+  }
+
+  async exportDisk(overlay: Overlay, dest: string, onProgress?: (p: Progress) => void, options: { compress?: boolean } = {}): Promise<ExportedFile> {
+    const src = await qemuImg.info(this.qemuImgPath, overlay.base);
+    const total = src['virtual-size'];
+    await qemuImg.convert(this.qemuImgPath, overlay.base, dest, {
+      sourceFormat: overlay.baseFormat,
+      compress: options.compress ?? this.options.compress ?? false,
+      // The base is now a read-only backing file of the running VM; nobody writes it until merge.
+      forceShare: true,
+      onProgress: (f) => onProgress?.({ done: Math.round(f * total), total }),
+    });
+    const bytes = (await fs.stat(dest)).size;
+    return { path: dest, bytes, format: 'qcow2', virtualSize: total };
+  }
+
+  async close(): Promise<void> {
+    const all = [...this.qmpConns.values(), ...this.qgaConns.values()];
+    this.qmpConns.clear();
+    this.qgaConns.clear();
+    await Promise.all(all.map(async (p) => {
+      const conn = await p.catch(() => undefined);
+      if (conn?.timer) clearTimeout(conn.timer);
+      await conn?.client.close();
+    }));
+  }
+}

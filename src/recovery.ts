@@ -1,0 +1,44 @@
+// Recovery at start: replay the journal and finish every side effect a crash left in place,
+// then remove unpublished partial backups. Reports what it did.
+import type { Journal, JournalEntry, PendingUndo } from './journal/journal';
+import { pendingUndos } from './journal/journal';
+import type { HostProvider } from './providers/provider';
+import type { ArtifactRepository } from './repository/repository';
+import { promises as fs } from 'node:fs';
+
+export interface RecoveryAction {
+  kind: PendingUndo['kind'] | 'discard-unjournalled';
+  backupId?: string;
+  vm?: string;
+  ok: boolean;
+  error?: string;
+}
+
+export async function recover(journal: Journal, provider: HostProvider, repo: ArtifactRepository, commandMs: number): Promise<RecoveryAction[]> {
+  const entries = journal.read();
+  const actions: RecoveryAction[] = [];
+  const failed: JournalEntry[] = [];
+  for (const undo of pendingUndos(entries)) {
+    const action: RecoveryAction = { kind: undo.kind, backupId: undo.backupId, vm: undo.vm, ok: true };
+    try {
+      if (undo.kind === 'thaw') await provider.thaw(undo.vm, commandMs);
+      else if (undo.kind === 'resume') await provider.resume(undo.vm, undo.previousState);
+      else if (undo.kind === 'merge') await provider.merge(undo.vm, undo.overlays);
+      else await fs.rm(undo.dir, { recursive: true, force: true });
+    } catch (err) {
+      action.ok = false;
+      action.error = (err as Error).message;
+      // keep the journal lines that still need undoing, for the next start
+      failed.push(...entries.filter((e) => e.backupId === undo.backupId && e.vm === undo.vm));
+    }
+    actions.push(action);
+  }
+  // Staging directories the journal does not know (journal lost or moved): no backup is live
+  // at start, so none of them can ever be completed.
+  for (const dir of await repo.listStaging()) {
+    await fs.rm(dir, { recursive: true, force: true });
+    actions.push({ kind: 'discard-unjournalled', ok: true, vm: dir });
+  }
+  journal.compact(failed);
+  return actions;
+}

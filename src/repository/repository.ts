@@ -1,0 +1,98 @@
+// The artifact repository: <root>/<host>/<vm>/<backup-id>/, written under a temporary name and
+// published by rename only when complete and verified. Earlier backups are never touched.
+import { createHash } from 'node:crypto';
+import { createReadStream, promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { inside } from './paths';
+
+export const STAGING_PREFIX = '.partial-';
+
+export async function sha256File(file: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(file, { highWaterMark: 4 << 20 })) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
+export class ArtifactRepository {
+  constructor(readonly root: string) {}
+
+  vmDir(host: string, vm: string): string {
+    return inside(this.root, 'vm', host, vm);
+  }
+
+  finalDir(host: string, vm: string, backupId: string): string {
+    return inside(this.root, 'backupId', host, vm, backupId);
+  }
+
+  stagingDir(host: string, vm: string, backupId: string): string {
+    // the final name is checked; the prefix only adds a leading dot and a word
+    return path.join(path.dirname(this.finalDir(host, vm, backupId)), `${STAGING_PREFIX}${backupId}`);
+  }
+
+  /** Make (or re-use) the staging directory of one VM's backup. */
+  async openStaging(host: string, vm: string, backupId: string): Promise<string> {
+    const dir = this.stagingDir(host, vm, backupId);
+    await fs.mkdir(dir, { recursive: true });
+    return dir;
+  }
+
+  /** Publish by rename: atomic on one file system; refuses to replace an existing backup. */
+  async publish(host: string, vm: string, backupId: string): Promise<string> {
+    const from = this.stagingDir(host, vm, backupId);
+    const to = this.finalDir(host, vm, backupId);
+    await fs.mkdir(to, { recursive: false }).then(
+      () => fs.rmdir(to),
+      (err: NodeJS.ErrnoException) => {
+        throw err.code === 'EEXIST' ? new Error(`backup ${to} already exists; not replaced`) : err;
+      },
+    );
+    await fs.rename(from, to);
+    await fsyncDir(path.dirname(to));
+    return to;
+  }
+
+  async discard(host: string, vm: string, backupId: string): Promise<void> {
+    await fs.rm(this.stagingDir(host, vm, backupId), { recursive: true, force: true });
+  }
+
+  /** Every unpublished staging directory under the root (for recovery). */
+  async listStaging(): Promise<string[]> {
+    const found: string[] = [];
+    for (const host of await readdirSafe(this.root)) {
+      for (const vm of await readdirSafe(path.join(this.root, host))) {
+        for (const entry of await readdirSafe(path.join(this.root, host, vm))) {
+          if (entry.startsWith(STAGING_PREFIX)) found.push(path.join(this.root, host, vm, entry));
+        }
+      }
+    }
+    return found;
+  }
+}
+
+async function readdirSafe(dir: string): Promise<string[]> {
+  try {
+    return (await fs.readdir(dir, { withFileTypes: true })).filter((e) => e.isDirectory()).map((e) => e.name);
+  } catch {
+    return [];
+  }
+}
+
+export async function fsyncDir(dir: string): Promise<void> {
+  const handle = await fs.open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Write a file and fsync it, so that a published backup survives a power cut. */
+export async function writeFileDurable(file: string, data: string | Buffer): Promise<void> {
+  const handle = await fs.open(file, 'w', 0o640);
+  try {
+    await handle.writeFile(data);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
