@@ -19,14 +19,14 @@ export type HyperVErrorCode =
   | 'inconsistent';
 
 export interface HyperVErrorDetails {
-  script?: string;
-  category?: string;
-  fullyQualifiedErrorId?: string;
-  cmdlet?: string;
-  exceptionType?: string;
-  exitCode?: number | null;
-  stderr?: string;
-  warnings?: string[];
+  script?: string | undefined;
+  category?: string | undefined;
+  fullyQualifiedErrorId?: string | undefined;
+  cmdlet?: string | undefined;
+  exceptionType?: string | undefined;
+  exitCode?: number | null | undefined;
+  stderr?: string | undefined;
+  warnings?: string[] | undefined;
   cause?: unknown;
 }
 

@@ -180,12 +180,9 @@ function ConvertTo-VmbAsciiJson($Object) {
     # -InputObject keeps a one-element array an array (the pipeline would unroll it).
     $json = ConvertTo-Json -InputObject $Object -Depth 6 -Compress
     if ($null -eq $json) { $json = 'null' }
-    # stdout stays ASCII whatever the console code page: every non-ASCII UTF-16 unit is escaped.
-    $sb = New-Object System.Text.StringBuilder ($json.Length + 16)
-    foreach ($ch in $json.ToCharArray()) {
-        if ([int]$ch -lt 128) { [void]$sb.Append($ch) } else { [void]$sb.AppendFormat('\u{0:x4}', [int]$ch) }
-    }
-    return $sb.ToString()
+    # stdout stays ASCII whatever the console code page: every non-ASCII UTF-16 unit is escaped
+    # (a surrogate pair becomes two escapes, as JSON wants).
+    return [regex]::Replace($json, '[^\x00-\x7F]', { param($m) '\u{0:x4}' -f [int][char]$m.Value })
 }
 
 # The envelope is written by hand so that -Depth counts from the result itself.
