@@ -35,14 +35,14 @@ interface LooseVm {
 }
 
 export function summarize(set: unknown, error?: Error): BackupSummary {
-  const s = (set && typeof set === 'object' ? set : {}) as { backupId?: string; host?: { name?: string }; stage?: string; createdAt?: string; vms?: LooseVm[] };
+  const s = (set && typeof set === 'object' ? set : {}) as { backupId?: string; host?: { name?: string }; stage?: string; createdAt?: string; repository?: string; vms?: LooseVm[] };
   const vms: VmSummary[] = (Array.isArray(s.vms) ? s.vms : []).filter((vm) => vm && typeof vm.id === 'string').map((vm) => {
     const failed = (vm.reasons ?? []).filter((r) => !r.ok);
     const out: VmSummary = { vm: vm.id, warnings: Array.isArray(vm.warnings) ? vm.warnings : [] };
     if (vm.method) out.method = vm.method;
     if (vm.reasons) out.why = failed.length ? failed.map((r) => `${r.rule}: ${r.detail}`).join('; ') : 'every condition for an online backup holds';
     if (vm.consistency) out.consistency = vm.consistency;
-    if (vm.copy) Object.assign(out, { bytes: vm.copy.bytes, path: vm.copy.path });
+    if (vm.copy) Object.assign(out, { bytes: vm.copy.bytes, path: s.repository ? `${s.repository.replace(/\/+$/, '')}/${vm.copy.path}` : vm.copy.path });
     if (vm.snapshot?.frozenMs !== undefined) out.frozenMs = vm.snapshot.frozenMs;
     if (vm.postSnapshot?.downtimeMs !== undefined) out.downtimeMs = vm.postSnapshot.downtimeMs;
     return out;

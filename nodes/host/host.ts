@@ -43,6 +43,9 @@ module.exports = function register(RED: NodeAPI) {
       return ready;
     };
 
+    // Recover at start, not at the first backup: a guest left frozen by a crash must be thawed now.
+    node.backupHost().catch((err: Error) => node.error(`not ready: ${err.message}`));
+
     node.on('close', (removed: boolean, done: () => void) => {
       const closing = ready;
       ready = undefined;

@@ -38,6 +38,9 @@ export const snapshotLocationSameVolume: Rule = (vm) => {
 
 /** "All volumes are basic disks": Linux LVM, md RAID and device-mapper volumes are the dynamic-disk analogue. */
 export const basicDisks: Rule = (vm) => {
+  if (vm.guest.filesystemsVisible === false && vm.agent.responding) {
+    return reason('basic-disks', true, 'guest volumes not visible to the host; the guest VSS refuses volumes it cannot snapshot');
+  }
   const dynamic = vm.guest.filesystems.filter((fs) => fs.dynamic === true || isDynamicDevice(fs.device));
   return dynamic.length === 0
     ? reason('basic-disks', true, `${vm.guest.filesystems.length} guest volume(s), none on a dynamic disk`)
@@ -56,6 +59,12 @@ export const FREEZABLE_FILESYSTEMS: ReadonlySet<string> = new Set([
 /** "All disks use a file system that supports snapshots." */
 export const freezableFilesystems: Rule = (vm) => {
   const fss = vm.guest.filesystems;
+  if (vm.guest.filesystemsVisible === false && vm.agent.responding) {
+    // Hyper-V: the host cannot list guest volumes, but a production checkpoint taken
+    // ProductionOnly fails outright when any guest volume cannot be quiesced, so the
+    // consistency claim still cannot be wrong.
+    return reason('freezable-filesystems', true, 'guest volumes not visible to the host; the guest VSS must quiesce every volume or the snapshot fails');
+  }
   if (fss.length === 0) return reason('freezable-filesystems', false, 'guest reported no file systems on its disks');
   const bad = fss.filter((fs) => !FREEZABLE_FILESYSTEMS.has(fs.type.toLowerCase()));
   return bad.length === 0

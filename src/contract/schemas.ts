@@ -87,6 +87,8 @@ const guest = {
       },
     },
     filesystems: { type: 'array', maxItems: 256, items: filesystem },
+    /** false when the host cannot see the guest's volumes (Hyper-V without published KVP data) */
+    filesystemsVisible: { type: 'boolean' },
   },
 } as const;
 

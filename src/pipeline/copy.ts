@@ -54,7 +54,8 @@ export async function copyBackupSet(
 
     for (const overlay of overlaysOf(vm)) {
       const disk = vm.disks.find((d) => d.id === overlay.disk);
-      const name = `disk-${overlay.disk.replace(/[^A-Za-z0-9._-]/g, '_')}.${provider.kind === 'hyperv' ? 'vhdx' : 'qcow2'}`;
+      const extension = provider.kind === 'hyperv' ? (overlay.baseFormat === 'vhd' ? 'vhd' : 'vhdx') : 'qcow2';
+      const name = `disk-${overlay.disk.replace(/[^A-Za-z0-9._-]/g, '_')}.${extension}`;
       const exported = await provider.exportDisk(overlay, path.join(dir, name), (p) => report(vm.id, name, p.done, p.total), { compress: options.compress });
       await fsyncFile(exported.path);
       files.push({

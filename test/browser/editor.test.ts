@@ -15,6 +15,7 @@ import { MODULE, NodeRed, REPO_ROOT, packAndInstall, readExample, removeDir, sle
 interface Locator {
   click(o?: { timeout?: number }): Promise<void>;
   dblclick(o?: { timeout?: number }): Promise<void>;
+  hover(o?: { position?: { x: number; y: number } }): Promise<void>;
   fill(v: string): Promise<void>;
   press(key: string): Promise<void>;
   selectOption(v: string): Promise<unknown>;
@@ -296,6 +297,8 @@ describe('editor in headless Chromium', function () {
     if (SCREENSHOT !== '0') {
       await page.locator('#red-ui-view-zoom-out').click();
       await page.locator('#red-ui-view-zoom-out').click();
+      await page.evaluate(`$('#red-ui-workspace-chart').scrollLeft(0).scrollTop(0)`);
+      await page.locator('#red-ui-workspace-chart').hover({ position: { x: 700, y: 500 } });
       await page.waitForFunction(`$('.red-ui-notification:visible').length === 0`, undefined, { timeout: 15_000 }).catch(() => undefined);
       fs.mkdirSync(path.dirname(SCREENSHOT), { recursive: true });
       await page.screenshot({ path: SCREENSHOT });

@@ -226,6 +226,12 @@ export class NodeRed {
     return JSON.parse(entry.msg) as T;
   }
 
+  /** Forget a global context value (global context outlives redeploys). */
+  async deleteGlobal(key: string): Promise<void> {
+    const res = await fetch(`${this.base}/context/global/${encodeURIComponent(key)}`, { method: 'DELETE' });
+    if (!res.ok && res.status !== 404) throw new Error(`DELETE /context/global/${key}: ${res.status} ${await res.text()}`);
+  }
+
   async waitForGlobal<T = unknown>(keys: string[], timeoutMs: number): Promise<{ key: string; value: T }> {
     const deadline = Date.now() + timeoutMs;
     while (Date.now() < deadline) {

@@ -4,7 +4,8 @@
 //   npm run build && npx mocha --timeout 600000 'dist/test/e2e/**/*.test.js'
 //
 // With a lab running (VMBACKUP_LAB_DIR=<dir> node dist/lab/cli.js start) the report-only example
-// also runs against the lab's VMs; without one that test is skipped and says why.
+// also classifies the lab's VMs and the nightly example backs them up (into a scratch repository);
+// without one those two tests are skipped and say why.
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -229,6 +230,7 @@ describe('installed package: npm pack, npm install, node-red', function () {
     const missing = path.join(installed!.dir, 'no-such-run-dir');
     Object.assign(host, { socketDir: missing, repository: path.join(installed!.dir, 'repository'), journalDir: path.join(installed!.dir, 'journal') });
     await nr!.deploy(flow);
+    await nr!.deleteGlobal('vmbackupLastSummary');
     assert.equal(await nr!.globalValue('vmbackupLastSummary'), undefined);
     await nr!.inject(flow.find((n) => n.type === 'inject')!.id);
     const { value } = await nr!.waitForGlobal<Summary>(['vmbackupLastSummary'], 60_000);
@@ -245,6 +247,7 @@ describe('installed package: npm pack, npm install, node-red', function () {
     fs.mkdirSync(repository);
     const { flow, injectId } = reportFlow(empty, repository, path.join(installed!.dir, 'journal-empty'));
     await nr!.deploy(flow);
+    for (const key of ['e2eReport', 'e2eFailure']) await nr!.deleteGlobal(key);
     await nr!.inject(injectId);
     const { key, value } = await nr!.waitForGlobal<ReportRow[] | Summary>(['e2eReport', 'e2eFailure'], 60_000);
     assert.equal(key, 'e2eReport', `report failed: ${JSON.stringify(value)}`);
@@ -263,10 +266,12 @@ describe('installed package: npm pack, npm install, node-red', function () {
     fs.mkdirSync(repository);
     const { flow, injectId } = reportFlow(lab.runDir, repository, path.join(installed!.dir, 'journal-lab'));
     await nr!.deploy(flow);
+    for (const key of ['e2eReport', 'e2eFailure']) await nr!.deleteGlobal(key);
     await nr!.inject(injectId);
     const { key, value } = await nr!.waitForGlobal<ReportRow[] | Summary>(['e2eReport', 'e2eFailure'], 240_000);
     assert.equal(key, 'e2eReport', `report failed: ${JSON.stringify(value)}`);
     const rows = value as ReportRow[];
+    for (const r of rows) console.log(`      ${r.vm}: ${r.method} (${r.consistency}) - ${r.why}${r.warnings.length ? ` [${r.warnings.join('; ')}]` : ''}`);
     const vms = fs.readdirSync(lab.runDir).filter((f) => f.endsWith('.qmp')).map((f) => f.slice(0, -4)).sort();
     assert.deepEqual(rows.map((r) => r.vm).sort(), vms, 'one row per QMP socket');
     for (const r of rows) {
@@ -283,5 +288,33 @@ describe('installed package: npm pack, npm install, node-red', function () {
     }
     if (row('vm-passthrough')) assert.ok(row('vm-passthrough')!.warnings.some((w) => /NOT backed up/.test(w)), 'the NBD disk is reported as not backed up');
     assert.deepEqual(fs.readdirSync(repository), [], 'the report writes nothing to the repository');
+  });
+
+  it('the nightly example backs up the lab VMs end to end, as the main job runs it (VMBACKUP_LAB_DIR)', async function () {
+    const lab = labRunDir();
+    if ('skip' in lab) {
+      console.log(`      skipped: ${lab.skip}`);
+      this.skip();
+    }
+    this.timeout(600_000);
+    const flow = readExample('Nightly backup of every VM');
+    const repository = path.join(installed!.dir, 'repository-nightly');
+    Object.assign(flow.find((n) => n.type === 'vmbackup-host')!, { socketDir: lab.runDir, repository, journalDir: path.join(installed!.dir, 'journal-nightly') });
+    await nr!.deploy(flow);
+    await nr!.deleteGlobal('vmbackupLastSummary');
+    await nr!.inject(flow.find((n) => n.type === 'inject')!.id);
+    const { value } = await nr!.waitForGlobal<Omit<Summary, 'vms'> & { backupId: string; vms: { vm: string; method: string; consistency: string; path?: string }[] }>(['vmbackupLastSummary'], 540_000);
+    console.log(value.text.split('\n').map((l) => `      ${l}`).join('\n'));
+    assert.equal(value.ok, true, value.text);
+    assert.equal(value.stage, 'copied');
+    const vms = fs.readdirSync(lab.runDir).filter((f) => f.endsWith('.qmp')).map((f) => f.slice(0, -4)).sort();
+    assert.deepEqual(value.vms.map((v) => v.vm).sort(), vms);
+    for (const v of value.vms) {
+      const dir = path.join(repository, 'lab', v.vm, value.backupId);
+      assert.equal(path.resolve(repository, v.path ?? ''), dir, `${v.vm} published under <repository>/<host>/<vm>/<backupId>`);
+      const manifest = JSON.parse(fs.readFileSync(path.join(dir, 'manifest.json'), 'utf8')) as { method: string; consistency: string };
+      assert.equal(manifest.method, v.method);
+      assert.equal(manifest.consistency, v.consistency);
+    }
   });
 });

@@ -49,6 +49,7 @@ export function nextMessage(id: string, timeoutMs = 60_000): Promise<any> {
   const node = helper.getNode(id);
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`no message at ${id} within ${timeoutMs} ms`)), timeoutMs);
+    timer.unref(); // a waiter that is never needed must not keep mocha alive
     node.once('input', (msg: unknown) => {
       clearTimeout(timer);
       resolve(msg);

@@ -397,7 +397,7 @@ export function mapVm(facts: RawVmFacts, volumes: Map<string, RawVolume>): Enume
     name,
     state: mapState(raw.State),
     agent,
-    guest: { filesystems: published ?? [], ...(os ? { os } : {}) },
+    guest: { filesystems: published ?? [], ...(published ? {} : { filesystemsVisible: false }), ...(os ? { os } : {}) },
     disks,
     snapshotLocation,
   };

@@ -19,7 +19,9 @@ export interface Discovery {
 }
 
 export async function discoverVms(socketDir: string): Promise<Discovery> {
-  const names = new Set(await fs.readdir(socketDir));
+  const names = new Set(await fs.readdir(socketDir).catch((err: NodeJS.ErrnoException) => {
+    throw new Error(`socketDir: cannot read ${socketDir} (${err.code ?? err.message})`);
+  }));
   const vms: DiscoveredVm[] = [];
   const skipped: string[] = [];
   for (const name of [...names].sort()) {
