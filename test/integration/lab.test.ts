@@ -17,16 +17,21 @@ const VMS = ['vm-agent', 'vm-noagent', 'vm-passthrough'];
 describe('lab host (integration)', function () {
   this.timeout(180000);
   let labDir = '';
+  // A shared lab (VMBACKUP_LAB_DIR) that is already running is used and left running:
+  // on 2 cores a second set of TCG guests would only slow every other suite down.
+  let ownLab = true;
 
   before(async function () {
     this.timeout(150000);
-    labDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmb-lab-'));
+    const shared = process.env.VMBACKUP_LAB_DIR;
+    ownLab = !shared || !labStatus(shared).vms.some((vm) => vm.alive);
+    labDir = shared && !ownLab ? shared : fs.mkdtempSync(path.join(os.tmpdir(), 'vmb-lab-'));
     await startLab({ labDir, install: true, timeoutMs: 120000 });
   });
 
   after(async function () {
     this.timeout(60000);
-    if (!labDir) return;
+    if (!labDir || !ownLab) return;
     await stopLab(labDir, { graceful: false });
     if (!process.env.VMBACKUP_LAB_KEEP) fs.rmSync(labDir, { recursive: true, force: true });
   });

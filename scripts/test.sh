@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Every test, on a fresh machine: set-up, then unit, node (Node-RED 4 and 5), integration on
+# lab VMs, fault injection, end-to-end as a user installs it, the editor in Chromium, and the
+# Flow Library scorecard. Ends with one line "N passed, N failed".
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/setup.sh || exit 1
+
+export VMBACKUP_LAB_DIR="${VMBACKUP_LAB_DIR:-/tmp/vm-backup-lab-test}"
+passed=0
+failed=0
+suites_failed=()
+
+# run a suite, echo its output, add up mocha's "N passing" / "N failing"
+suite() {
+  local name="$1"; shift
+  echo "=== $name" >&2
+  local out status
+  out="$("$@" 2>&1)"; status=$?
+  printf '%s\n' "$out"
+  local p f
+  p=$(printf '%s\n' "$out" | sed -n 's/^ *\([0-9][0-9]*\) passing.*/\1/p' | awk '{s+=$1} END {print s+0}')
+  f=$(printf '%s\n' "$out" | sed -n 's/^ *\([0-9][0-9]*\) failing.*/\1/p' | awk '{s+=$1} END {print s+0}')
+  passed=$((passed + p)); failed=$((failed + f))
+  if [ $status -ne 0 ]; then
+    suites_failed+=("$name")
+    [ "$f" -eq 0 ] && failed=$((failed + 1))
+  fi
+}
+
+mocha=(node node_modules/mocha/bin/mocha.js)
+suite unit "${mocha[@]}" 'dist/test/unit/**/*.test.js'
+suite nodes "${mocha[@]}" --timeout 60000 'dist/test/nodes/**/*.test.js'
+suite nodes-node-red-5 bash scripts/nr5-tests.sh
+node dist/lab/cli.js start --lab-dir "$VMBACKUP_LAB_DIR" >/dev/null 2>&1 || echo "lab did not start; integration suites will fail" >&2
+suite integration "${mocha[@]}" --timeout 600000 'dist/test/integration/**/*.test.js'
+[ -f scripts/fault-tests.sh ] && suite faults bash scripts/fault-tests.sh
+suite e2e bash scripts/e2e-tests.sh
+suite browser bash scripts/browser-tests.sh
+suite scorecard bash scripts/scorecard.sh
+node dist/lab/cli.js stop --lab-dir "$VMBACKUP_LAB_DIR" >/dev/null 2>&1 || true
+
+[ ${#suites_failed[@]} -gt 0 ] && echo "failed suites: ${suites_failed[*]}" >&2
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
