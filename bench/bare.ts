@@ -1,0 +1,109 @@
+// Many QEMU processes without a guest OS (-machine none, as test/support/bare-vms.ts starts them)
+// with two qcow2 disks each holding real data, and a pidfile each (as Proxmox and libvirt keep
+// them), so that a host of 100 VMs x 2 disks costs a few seconds to start.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { promises as fs } from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { makeDataImage } from './images';
+import { log, nowMs, procMem, sleep } from './util';
+
+export interface BareFleet {
+  dir: string;
+  imageDir: string;
+  runDir: string;
+  ids: string[];
+  procs: Map<string, ChildProcess>;
+  /** every disk of every VM */
+  disks: Map<string, string[]>;
+  stop(): Promise<void>;
+  /** RSS of one QEMU process (MiB), to show what a VM costs here */
+  qemuRssMiB(): number;
+}
+
+async function waitForSocket(file: string, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const c = net.connect(file, () => {
+        c.destroy();
+        resolve(true);
+      });
+      c.on('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (Date.now() > deadline) throw new Error(`${file} did not appear`);
+    await sleep(30);
+  }
+}
+
+export interface FleetOptions {
+  count: number;
+  disksPerVm: number;
+  /** template disks: virtual size and random data (MiB); every disk is a copy of the template */
+  diskMiB: number;
+  dataMiB: number;
+  prefix?: string;
+}
+
+export async function startFleet(dir: string, o: FleetOptions): Promise<BareFleet> {
+  const imageDir = path.join(dir, 'images');
+  const runDir = path.join(dir, 'run');
+  await fs.rm(dir, { recursive: true, force: true });
+  await fs.mkdir(imageDir, { recursive: true });
+  await fs.mkdir(runDir, { recursive: true });
+  const template = path.join(dir, 'template.qcow2');
+  await makeDataImage(template, { virtualMiB: o.diskMiB, dataMiB: o.dataMiB, layout: 'spread' });
+  const ids = Array.from({ length: o.count }, (_, i) => `${o.prefix ?? 'vm'}${String(i + 1).padStart(3, '0')}`);
+  const fleet: BareFleet = {
+    dir, imageDir, runDir, ids, procs: new Map(), disks: new Map(),
+    stop: async () => {
+      await Promise.all([...fleet.procs.values()].map((p) => new Promise<void>((resolve) => {
+        if (p.exitCode !== null || p.signalCode !== null) return resolve();
+        p.once('exit', () => resolve());
+        p.kill('SIGTERM');
+      })));
+      await fs.rm(dir, { recursive: true, force: true });
+    },
+    qemuRssMiB: () => {
+      const rss = [...fleet.procs.values()].map((p) => procMem(p.pid!)?.rssKiB ?? 0).filter((n) => n > 0);
+      return rss.length ? Math.round(rss.reduce((a, b) => a + b, 0) / rss.length / 1024) : 0;
+    },
+  };
+  const t0 = nowMs();
+  const startOne = async (id: string) => {
+    const disks: string[] = [];
+    for (let d = 0; d < o.disksPerVm; d++) {
+      const file = path.join(imageDir, `${id}-disk${d}.qcow2`);
+      await fs.copyFile(template, file);
+      disks.push(file);
+    }
+    fleet.disks.set(id, disks);
+    const args = ['-accel', 'tcg', '-machine', 'none', '-nodefaults', '-display', 'none', '-name', id,
+      '-pidfile', path.join(runDir, `${id}.pid`),
+      '-qmp', `unix:${path.join(runDir, `${id}.qmp`)},server=on,wait=off`];
+    disks.forEach((file, i) => args.push('-drive', `file=${file},format=qcow2,if=none,id=drive-virtio${i}`));
+    const child = spawn('qemu-system-x86_64', args, { stdio: 'ignore' });
+    fleet.procs.set(id, child);
+    await waitForSocket(path.join(runDir, `${id}.qmp`));
+  };
+  // a few at a time: each start is mostly waiting
+  let next = 0;
+  await Promise.all(Array.from({ length: 8 }, async () => {
+    while (next < ids.length) await startOne(ids[next++]);
+  }));
+  log(`fleet: ${o.count} QEMU processes x ${o.disksPerVm} disks (${o.diskMiB} MiB, ${o.dataMiB} MiB data each) started in ${Math.round(nowMs() - t0)} ms`);
+  return fleet;
+}
+
+/** A socket directory with the first `n` VMs of the fleet (links to their sockets and pidfiles). */
+export async function fleetSocketDir(root: string, fleet: BareFleet, n: number): Promise<string> {
+  const dir = path.join(root, `fleet-${n}`);
+  await fs.rm(dir, { recursive: true, force: true });
+  await fs.mkdir(dir, { recursive: true });
+  for (const id of fleet.ids.slice(0, n)) {
+    await fs.symlink(path.join(fleet.runDir, `${id}.qmp`), path.join(dir, `${id}.qmp`));
+    await fs.symlink(path.join(fleet.runDir, `${id}.pid`), path.join(dir, `${id}.pid`));
+  }
+  return dir;
+}

@@ -1,0 +1,198 @@
+// Small helpers the benchmark sections share: statistics, /proc readers, a sampler for the
+// Node-RED process (RSS, its children, the host's mount table), program runs without a shell.
+import { promises as fs, readFileSync, readdirSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
+import { runProgram } from '../src/util/run';
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Wall clock with sub-millisecond resolution (ms since the epoch). */
+export function nowMs(): number {
+  return performance.timeOrigin + performance.now();
+}
+
+export function log(text: string): void {
+  const t = new Date().toISOString().slice(11, 19);
+  process.stderr.write(`[bench ${t}] ${text}\n`);
+}
+
+// ---- statistics ----
+
+export function quantile(values: readonly number[], q: number): number {
+  if (values.length === 0) return NaN;
+  const s = [...values].sort((a, b) => a - b);
+  // nearest-rank: p95 of 20 samples is the 19th smallest
+  const rank = Math.max(1, Math.ceil(q * s.length));
+  return s[rank - 1];
+}
+
+export function median(values: readonly number[]): number {
+  if (values.length === 0) return NaN;
+  const s = [...values].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+export interface Stats { n: number; median: number; p95: number; min: number; max: number; mean: number }
+
+export function stats(values: readonly number[]): Stats {
+  return {
+    n: values.length,
+    median: round(median(values)),
+    p95: round(quantile(values, 0.95)),
+    min: round(Math.min(...values)),
+    max: round(Math.max(...values)),
+    mean: round(values.reduce((a, b) => a + b, 0) / Math.max(1, values.length)),
+  };
+}
+
+export function round(n: number, digits = 1): number {
+  const f = 10 ** digits;
+  return Math.round(n * f) / f;
+}
+
+export const MiB = 1024 * 1024;
+export const GiB = 1024 * MiB;
+
+// ---- /proc ----
+
+export interface ProcMem { rssKiB: number; hwmKiB: number }
+
+export function procMem(pid: number): ProcMem | undefined {
+  try {
+    const text = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const rss = /VmRSS:\s+(\d+)/.exec(text);
+    const hwm = /VmHWM:\s+(\d+)/.exec(text);
+    if (!rss || !hwm) return undefined;
+    return { rssKiB: Number(rss[1]), hwmKiB: Number(hwm[1]) };
+  } catch {
+    return undefined;
+  }
+}
+
+/** Reset the kernel's peak-RSS mark (VmHWM) of a process we started: `5 > clear_refs`. */
+export function resetPeak(pid: number): void {
+  try {
+    require('node:fs').writeFileSync(`/proc/${pid}/clear_refs`, '5');
+  } catch {
+    // not fatal: the peak then counts from the process start
+  }
+}
+
+export function childrenOf(pid: number): number[] {
+  const out: number[] = [];
+  let tasks: string[] = [];
+  try {
+    tasks = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const t of tasks) {
+    try {
+      for (const c of readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').trim().split(/\s+/)) if (c) out.push(Number(c));
+    } catch {
+      // thread gone
+    }
+  }
+  return out;
+}
+
+export function commOf(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+  } catch {
+    return '?';
+  }
+}
+
+/** Mount points the process sees (its mount namespace). */
+export function mountCount(pid: number | 'self' = 'self'): number {
+  return readFileSync(`/proc/${pid}/mountinfo`, 'utf8').split('\n').filter(Boolean).length;
+}
+
+export function loadAvg(): number[] {
+  return readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).map(Number);
+}
+
+/**
+ * Samples a process every `everyMs`: its RSS (and the kernel's peak), every child it has and
+ * each child's peak RSS, and the number of mounts. Children are tracked by pid and command.
+ */
+export class Sampler {
+  private timer: NodeJS.Timeout | undefined;
+  peakRssKiB = 0;
+  readonly childPeakKiB = new Map<string, number>();
+  readonly childPids = new Map<string, Set<number>>();
+  mountsMin = Infinity;
+  mountsMax = 0;
+  samples = 0;
+  readonly rssTrace: [number, number][] = [];
+
+  constructor(readonly pid: number, readonly everyMs = 25, readonly keepTrace = false) {}
+
+  start(): this {
+    const t0 = nowMs();
+    const tick = () => {
+      this.samples++;
+      const m = procMem(this.pid);
+      if (m) {
+        this.peakRssKiB = Math.max(this.peakRssKiB, m.rssKiB, m.hwmKiB);
+        if (this.keepTrace) this.rssTrace.push([Math.round(nowMs() - t0), m.rssKiB]);
+      }
+      for (const c of childrenOf(this.pid)) {
+        const comm = commOf(c);
+        const cm = procMem(c);
+        if (!this.childPids.has(comm)) this.childPids.set(comm, new Set());
+        this.childPids.get(comm)!.add(c);
+        if (cm) this.childPeakKiB.set(comm, Math.max(this.childPeakKiB.get(comm) ?? 0, cm.hwmKiB, cm.rssKiB));
+      }
+      try {
+        const n = mountCount(this.pid);
+        this.mountsMin = Math.min(this.mountsMin, n);
+        this.mountsMax = Math.max(this.mountsMax, n);
+      } catch {
+        // process gone
+      }
+    };
+    tick();
+    this.timer = setInterval(tick, this.everyMs);
+    return this;
+  }
+
+  stop(): this {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    return this;
+  }
+
+  children(): Record<string, { processes: number; peakRssMiB: number }> {
+    const out: Record<string, { processes: number; peakRssMiB: number }> = {};
+    for (const [comm, pids] of this.childPids) out[comm] = { processes: pids.size, peakRssMiB: round((this.childPeakKiB.get(comm) ?? 0) / 1024) };
+    return out;
+  }
+}
+
+// ---- programs ----
+
+export async function run(file: string, args: readonly string[]): Promise<string> {
+  return (await runProgram(file, args)).stdout;
+}
+
+/** Time a program run (ms). */
+export async function timed(file: string, args: readonly string[]): Promise<number> {
+  const t0 = nowMs();
+  await runProgram(file, args);
+  return nowMs() - t0;
+}
+
+export async function rmrf(p: string): Promise<void> {
+  await fs.rm(p, { recursive: true, force: true });
+}
+
+export async function du(dir: string): Promise<number> {
+  let total = 0;
+  for (const e of await fs.readdir(dir, { withFileTypes: true, recursive: true } as any) as any[]) {
+    if (e.isFile()) total += (await fs.stat(`${e.parentPath ?? e.path}/${e.name}`)).size;
+  }
+  return total;
+}

@@ -1,0 +1,68 @@
+import * as assert from 'node:assert/strict';
+import { classifyAll, classifyVm } from '../../../src/classify/classify';
+import { onlineVm } from './fixtures';
+
+const failed = (vm: ReturnType<typeof classifyVm>) => vm.reasons.filter((r) => !r.ok).map((r) => r.rule);
+
+describe('classification', () => {
+  it('gives the online method when every condition holds, with six named reasons', () => {
+    const vm = classifyVm(onlineVm(), 'checkpoint');
+    assert.equal(vm.method, 'child-vm-snapshot');
+    assert.equal(vm.consistency, 'application');
+    assert.deepEqual(vm.reasons.map((r) => r.rule), ['integration-service', 'vm-running', 'snapshot-location-same-volume', 'basic-disks', 'freezable-filesystems', 'supported-guest-os']);
+    assert.deepEqual(failed(vm), []);
+  });
+
+  const cases: [string, Parameters<typeof onlineVm>[0], string][] = [
+    ['agent absent', { agent: { present: false, responding: false, freezeEnabled: false } }, 'integration-service'],
+    ['agent silent', { agent: { present: true, responding: false, freezeEnabled: false, error: 'timeout' } }, 'integration-service'],
+    ['freeze disabled', { agent: { present: true, responding: true, freezeEnabled: false } }, 'integration-service'],
+    ['VM paused', { state: 'paused' }, 'vm-running'],
+    ['overlay on another volume', { snapshotLocation: { path: '/mnt/other', volumeId: '2050' } }, 'snapshot-location-same-volume'],
+    ['overlay volume unknown', { snapshotLocation: { path: '/gone' } }, 'snapshot-location-same-volume'],
+    ['LVM volume', { guest: { filesystems: [{ mountpoint: '/', type: 'ext4', device: 'dm-0' }], os: { name: 'Debian' } } }, 'basic-disks'],
+    ['md RAID volume', { guest: { filesystems: [{ mountpoint: '/srv', type: 'xfs', device: 'md127' }], os: { name: 'Debian' } } }, 'basic-disks'],
+    ['FAT file system', { guest: { filesystems: [{ mountpoint: '/boot/efi', type: 'vfat', device: 'vda1' }], os: { name: 'Debian' } } }, 'freezable-filesystems'],
+    ['no file system reported', { guest: { filesystems: [], os: { name: 'Debian' } } }, 'freezable-filesystems'],
+    ['Windows 2000', { guest: { filesystems: [{ mountpoint: 'C:\\', type: 'NTFS', device: 'Volume{1}' }], os: { name: 'Microsoft Windows 2000', version: '5.0' } } }, 'supported-guest-os'],
+    ['OS unknown', { guest: { filesystems: [{ mountpoint: '/', type: 'ext4', device: 'vda' }] } }, 'supported-guest-os'],
+  ];
+  for (const [what, over, rule] of cases) {
+    it(`falls back when ${what} (${rule}), by policy`, () => {
+      const checkpoint = classifyVm(onlineVm(over), 'checkpoint');
+      assert.ok((failed(checkpoint) as string[]).includes(rule), `${rule} fails: ${JSON.stringify(checkpoint.reasons)}`);
+      if (over?.state === 'paused') assert.equal(checkpoint.reasons.find((r) => r.rule === 'vm-running')?.detail, 'VM is paused, not running');
+      assert.equal(checkpoint.method, 'checkpoint');
+      assert.equal(checkpoint.consistency, 'crash');
+      assert.equal(classifyVm(onlineVm(over), 'saved-state').method, 'saved-state');
+      assert.throws(() => classifyAll([onlineVm(over)], 'fail'), new RegExp(`web1 \\(.*${rule}`));
+    });
+  }
+
+  it('copies a shut-down VM as it is, whatever the policy', () => {
+    for (const policy of ['checkpoint', 'saved-state', 'fail'] as const) {
+      const [vm] = classifyAll([onlineVm({ state: 'shutdown', agent: { present: false, responding: false, freezeEnabled: false } })], policy);
+      assert.deepEqual([vm.method, vm.consistency], ['offline', 'offline']);
+    }
+  });
+
+  it('warns about every excluded disk and keeps the rest', () => {
+    const vm = classifyVm(onlineVm({
+      disks: [
+        onlineVm().disks[0],
+        { id: 'drive-virtio1', node: '#b2', file: 'nbd+unix://?socket=/run/nbd.sock', format: 'raw', driver: 'nbd', included: false, excludedReason: 'network' },
+        { id: 'drive-scsi0', node: '#b3', file: '/dev/sdb', format: 'raw', driver: 'host_device', included: false, excludedReason: 'pass-through' },
+      ],
+    }), 'checkpoint');
+    assert.equal(vm.method, 'child-vm-snapshot', 'excluded disks do not change the method');
+    assert.equal(vm.warnings.length, 2);
+    assert.match(vm.warnings[0], /drive-virtio1 .* network and NOT backed up/);
+    assert.match(vm.warnings[1], /drive-scsi0 .* pass-through and NOT backed up/);
+  });
+
+  it('trusts a guest whose volumes the host cannot see only when its agent answers (Hyper-V)', () => {
+    const hidden = { guest: { filesystems: [], filesystemsVisible: false, os: { name: 'Windows Server 2022' } } };
+    assert.deepEqual(failed(classifyVm(onlineVm(hidden), 'checkpoint')), []);
+    assert.ok(failed(classifyVm(onlineVm({ ...hidden, agent: { present: true, responding: false, freezeEnabled: false } }), 'checkpoint')).includes('freezable-filesystems'));
+  });
+});

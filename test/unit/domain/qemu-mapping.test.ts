@@ -1,0 +1,51 @@
+import * as assert from 'node:assert/strict';
+import { disksFrom } from '../../../src/providers/qemu/block-graph';
+import { agentFrom, filesystemsFrom, osFrom } from '../../../src/providers/qemu/guest-facts';
+import { convertArgs, parseProgress } from '../../../src/providers/qemu/qemu-img';
+import { overlayNodeName, overlayPathFor, OVERLAY_FILE } from '../../../src/providers/overlay-plan';
+
+const entry = (device: string, file: string, drv = 'qcow2', extra: object = {}) => ({
+  device, removable: false, inserted: { file, 'node-name': `#${device}`, drv, ro: false, image: { filename: file, format: drv, 'virtual-size': 1024 } }, ...extra,
+});
+
+describe('QEMU answers mapped to the backup set', () => {
+  it('includes image files and excludes network, pass-through, media and empty drives', () => {
+    const disks = disksFrom([
+      entry('drive-virtio0', '/img/a.qcow2'),
+      entry('drive-virtio1', 'nbd+unix://?socket=/run/x.sock', 'raw'),
+      entry('drive-virtio2', '/dev/sdb', 'raw'),
+      entry('drive-virtio3', 'json:{"driver": "raw", "file": {"driver": "iscsi", "portal": "10.0.0.1"}}', 'raw'),
+      { ...entry('drive-ide2', '/iso/install.iso', 'raw'), removable: true, inserted: { ...entry('x', '/iso/install.iso', 'raw').inserted, ro: true } },
+      { device: 'drive-ide3', removable: true },
+    ], [{ 'node-name': 'proto-sdb', drv: 'host_device', file: '/dev/sdb' }]);
+    assert.deepEqual(disks.map((d) => [d.id, d.driver, d.included, d.excludedReason]), [
+      ['drive-virtio0', 'file', true, undefined],
+      ['drive-virtio1', 'nbd', false, 'network'],
+      ['drive-virtio2', 'host_device', false, 'pass-through'],
+      ['drive-virtio3', 'iscsi', false, 'network'],
+      ['drive-ide2', 'file', false, 'read-only-media'],
+      ['drive-ide3', '', false, 'no-medium'],
+    ]);
+  });
+
+  it('reads the guest agent: freeze enabled, OS, file systems with dynamic volumes marked', () => {
+    assert.deepEqual(agentFrom({ version: '8.0', supported_commands: [{ name: 'guest-fsfreeze-freeze', enabled: false }] }), { present: true, responding: true, freezeEnabled: false, version: '8.0' });
+    assert.deepEqual(osFrom({ id: 'debian', 'pretty-name': 'Debian 12', 'version-id': '12', 'kernel-release': '6.1' }), { id: 'debian', name: 'Debian 12', version: '12', kernel: '6.1' });
+    assert.deepEqual(filesystemsFrom([{ name: 'dm-0', mountpoint: '/', type: 'xfs', disk: [{ dev: '/dev/vda' }] }]), [{ mountpoint: '/', type: 'xfs', device: 'dm-0', disks: ['/dev/vda'], dynamic: true }]);
+  });
+
+  it('builds qemu-img argument vectors and parses its progress meter', () => {
+    assert.deepEqual(convertArgs('/b.qcow2', '/out.qcow2', { sourceFormat: 'qcow2', compress: true, forceShare: true }),
+      ['convert', '-p', '-f', 'qcow2', '-O', 'qcow2', '-U', '-c', '-m', '8', '-W', '/b.qcow2', '/out.qcow2']);
+    assert.equal(parseProgress('    (0.00/100%)\r    (45.50/100%)\r'), 0.455);
+    assert.equal(parseProgress('nothing'), undefined);
+  });
+
+  it('names overlays so that only ours are ever merged or deleted', () => {
+    const p = overlayPathFor('/img/a.qcow2', '/img/', '20260101T000000Z-abcdef');
+    assert.equal(p, '/img/a.qcow2.vmbackup-20260101T000000Z-abcdef.qcow2');
+    assert.ok(OVERLAY_FILE.test(p));
+    assert.ok(!OVERLAY_FILE.test('/img/a.qcow2'));
+    assert.ok(overlayNodeName('drive-virtio0-with-a-long-name', '20260101T000000Z-abcdef').length <= 31);
+  });
+});
