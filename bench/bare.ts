@@ -75,7 +75,8 @@ export async function startFleet(dir: string, o: FleetOptions): Promise<BareFlee
     const disks: string[] = [];
     for (let d = 0; d < o.disksPerVm; d++) {
       const file = path.join(imageDir, `${id}-disk${d}.qcow2`);
-      await fs.copyFile(template, file);
+      if (o.count === 1 && o.disksPerVm === 1) await fs.rename(template, file); // one disk: no copy of a big image
+      else await fs.copyFile(template, file);
       disks.push(file);
     }
     fleet.disks.set(id, disks);
@@ -97,8 +98,8 @@ export async function startFleet(dir: string, o: FleetOptions): Promise<BareFlee
 }
 
 /** A socket directory with the first `n` VMs of the fleet (links to their sockets and pidfiles). */
-export async function fleetSocketDir(root: string, fleet: BareFleet, n: number): Promise<string> {
-  const dir = path.join(root, `fleet-${n}`);
+export async function fleetSocketDir(root: string, fleet: BareFleet, n: number, name = `${path.basename(fleet.dir)}-${n}`): Promise<string> {
+  const dir = path.join(root, name);
   await fs.rm(dir, { recursive: true, force: true });
   await fs.mkdir(dir, { recursive: true });
   for (const id of fleet.ids.slice(0, n)) {

@@ -7,6 +7,7 @@ import { promises as fs, existsSync } from 'node:fs';
 import * as http from 'node:http';
 import * as net from 'node:net';
 import * as path from 'node:path';
+import type { ProbeCall } from './probe';
 import { log, nowMs, sleep } from './util';
 
 /** dist/bench -> repository root */
@@ -55,9 +56,13 @@ export function request(port: number, method: string, p: string, body?: unknown,
 export class NodeRedProcess {
   private logText = '';
   private exited: Promise<number | null>;
+  private stopping = false;
 
-  private constructor(readonly child: ChildProcess, readonly port: number, readonly userDir: string, readonly ajvOut: string) {
-    this.exited = new Promise((resolve) => child.once('exit', (code) => resolve(code)));
+  private constructor(readonly child: ChildProcess, readonly port: number, readonly userDir: string, readonly probeOut: string) {
+    this.exited = new Promise((resolve) => child.once('exit', (code, signal) => {
+      if (!this.stopping) log(`node-red exited unexpectedly (code ${code}, signal ${signal}); its log ends with:\n${this.logText.slice(-4000)}`);
+      resolve(code);
+    }));
     const keep = (c: Buffer) => {
       this.logText = (this.logText + c.toString('utf8')).slice(-200_000);
     };
@@ -73,12 +78,12 @@ export class NodeRedProcess {
     return this.logText;
   }
 
-  /** Start node-red with the package linked into a fresh user dir; ajv calls are probed. */
-  static async start(userDir: string): Promise<NodeRedProcess> {
+  /** Start node-red with the package at `root` linked into a fresh user dir; the probe (probe.ts) is preloaded. */
+  static async start(userDir: string, root = REPO_ROOT, extraEnv: Record<string, string> = {}): Promise<NodeRedProcess> {
     await fs.rm(userDir, { recursive: true, force: true });
     await fs.mkdir(path.join(userDir, 'node_modules', MODULE[0]), { recursive: true });
-    await fs.symlink(REPO_ROOT, path.join(userDir, 'node_modules', ...MODULE));
-    await fs.writeFile(path.join(userDir, 'package.json'), JSON.stringify({ name: 'bench-node-red', version: '0.0.1', private: true, dependencies: { [MODULE.join('/')]: `file:${REPO_ROOT}` } }, null, 2));
+    await fs.symlink(root, path.join(userDir, 'node_modules', ...MODULE));
+    await fs.writeFile(path.join(userDir, 'package.json'), JSON.stringify({ name: 'bench-node-red', version: '0.0.1', private: true, dependencies: { [MODULE.join('/')]: `file:${root}` } }, null, 2));
     const port = await freePort();
     const settings = path.join(userDir, 'bench-settings.js');
     await fs.writeFile(settings, `module.exports = {
@@ -93,13 +98,13 @@ export class NodeRedProcess {
 `);
     const redJs = path.join(REPO_ROOT, 'node_modules', 'node-red', 'red.js');
     if (!existsSync(redJs)) throw new Error(`${redJs} is missing: npm install first`);
-    const ajvOut = path.join(userDir, 'ajv-calls.json');
-    const child = spawn(process.execPath, ['-r', path.join(__dirname, 'ajv-probe.js'), redJs, '-u', userDir, '-p', String(port), '-s', settings], {
+    const probeOut = path.join(userDir, 'probe-calls.json');
+    const child = spawn(process.execPath, ['-r', path.join(__dirname, 'probe.js'), redJs, '-u', userDir, '-p', String(port), '-s', settings], {
       cwd: userDir,
-      env: { ...process.env, BENCH_AJV_OUT: ajvOut, BENCH_VALIDATE_MODULE: path.join(REPO_ROOT, 'dist', 'src', 'contract', 'validate.js') },
+      env: { ...process.env, BENCH_PROBE_OUT: probeOut, BENCH_DIST: path.join(root, 'dist'), ...extraEnv },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
-    const nr = new NodeRedProcess(child, port, userDir, ajvOut);
+    const nr = new NodeRedProcess(child, port, userDir, probeOut);
     let exitCode: number | null | undefined;
     void nr.exited.then((c) => (exitCode = c));
     const deadline = Date.now() + 90_000;
@@ -138,24 +143,25 @@ export class NodeRedProcess {
     return res;
   }
 
-  /** The ajv calls the probe recorded since the last call (and reset). */
-  async ajvCalls(): Promise<{ fn: string; stage: string; what: string; vms: number; ms: number; first: boolean }[]> {
-    await fs.rm(this.ajvOut, { force: true });
-    process.kill(this.pid, 'SIGUSR2');
+  /** What the probe (probe.ts) recorded in the Node-RED process since the last call (and reset). */
+  async probeCalls(): Promise<ProbeCall[]> {
+    await fs.rm(this.probeOut, { force: true });
+    process.kill(this.pid, 'SIGWINCH');
     for (let i = 0; i < 100; i++) {
       await sleep(50);
-      if (existsSync(this.ajvOut)) {
+      if (existsSync(this.probeOut)) {
         try {
-          return JSON.parse(await fs.readFile(this.ajvOut, 'utf8'));
+          return JSON.parse(await fs.readFile(this.probeOut, 'utf8'));
         } catch {
           // being written
         }
       }
     }
-    throw new Error('ajv probe did not answer');
+    throw new Error('the probe in the Node-RED process did not answer');
   }
 
   async stop(): Promise<void> {
+    this.stopping = true;
     if (this.child.exitCode !== null || this.child.signalCode !== null) return;
     this.child.kill('SIGINT');
     const timer = setTimeout(() => this.child.kill('SIGKILL'), 20_000);

@@ -127,11 +127,28 @@ export class Sampler {
   mountsMax = 0;
   samples = 0;
   readonly rssTrace: [number, number][] = [];
+  /** every child process: what it ran and when it was first and last seen (ms from start) */
+  readonly timeline = new Map<number, { comm: string; args: string; first: number; last: number }>();
 
   constructor(readonly pid: number, readonly everyMs = 25, readonly keepTrace = false) {}
 
   start(): this {
     const t0 = nowMs();
+    const parentComm = commOf(this.pid);
+    let parentCmd = '';
+    try {
+      parentCmd = readFileSync(`/proc/${this.pid}/cmdline`, 'utf8');
+    } catch {
+      // gone
+    }
+    const forkedNotExec = (pid: number, name: string) => {
+      if (name === parentComm) return true;
+      try {
+        return readFileSync(`/proc/${pid}/cmdline`, 'utf8') === parentCmd;
+      } catch {
+        return false;
+      }
+    };
     const tick = () => {
       this.samples++;
       const m = procMem(this.pid);
@@ -140,8 +157,22 @@ export class Sampler {
         if (this.keepTrace) this.rssTrace.push([Math.round(nowMs() - t0), m.rssKiB]);
       }
       for (const c of childrenOf(this.pid)) {
-        const comm = commOf(c);
+        // a child seen between fork and exec still carries the parent's name
+        const name = commOf(c);
+        const comm = forkedNotExec(c, name) ? '(forked, not yet exec)' : name === '?' ? '(exited)' : name;
         const cm = procMem(c);
+        const at = Math.round(nowMs() - t0);
+        const seen = this.timeline.get(c);
+        if (seen && seen.comm === comm) seen.last = at;
+        else {
+          let args = '';
+          try {
+            args = readFileSync(`/proc/${c}/cmdline`, 'utf8').split('\0').slice(1, 3).join(' ');
+          } catch {
+            // gone
+          }
+          this.timeline.set(c, { comm, args, first: at, last: at });
+        }
         if (!this.childPids.has(comm)) this.childPids.set(comm, new Set());
         this.childPids.get(comm)!.add(c);
         if (cm) this.childPeakKiB.set(comm, Math.max(this.childPeakKiB.get(comm) ?? 0, cm.hwmKiB, cm.rssKiB));
@@ -163,6 +194,17 @@ export class Sampler {
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
     return this;
+  }
+
+  /** Time spent in child programs by subcommand ("qemu-img convert": ms), from the sampled lifetimes. */
+  childTimes(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const t of this.timeline.values()) {
+      if (t.comm.startsWith('(')) continue;
+      const key = `${t.comm} ${t.args.split(' ')[0] ?? ''}`.trim();
+      out[key] = (out[key] ?? 0) + (t.last - t.first + this.everyMs);
+    }
+    return out;
   }
 
   children(): Record<string, { processes: number; peakRssMiB: number }> {
@@ -195,4 +237,16 @@ export async function du(dir: string): Promise<number> {
     if (e.isFile()) total += (await fs.stat(`${e.parentPath ?? e.path}/${e.name}`)).size;
   }
   return total;
+}
+
+export function childSummary(times: Record<string, number>): string {
+  return Object.entries(times).map(([k, v]) => `${k} ~${v} ms`).join(', ') || 'none seen';
+}
+
+/** "qemu-img convert 1x 812, sha256File 3x 1630, ..." from the probe's totals (ajv checks left out). */
+export function phaseSummary(phases: Record<string, { n: number; ms: number }>, only?: RegExp): string {
+  return Object.entries(phases)
+    .filter(([k]) => !k.startsWith('assert') && (!only || only.test(k)))
+    .map(([k, v]) => `${k} ${v.n}x ${Math.round(v.ms)}`)
+    .join(', ');
 }

@@ -7,6 +7,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh || exit 1
 
 export VMBACKUP_LAB_DIR="${VMBACKUP_LAB_DIR:-/tmp/vm-backup-lab-test}"
+export VMBACKUP_FAULTS_NO_DOC="${VMBACKUP_FAULTS_NO_DOC:-1}"
 passed=0
 failed=0
 suites_failed=()

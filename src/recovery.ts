@@ -12,12 +12,21 @@ export interface RecoveryAction {
   vm?: string;
   ok: boolean;
   error?: string;
+  /** "guardian": done by the guardian process right after Node-RED died, reported now */
+  by?: 'guardian';
+  at?: string;
 }
 
 export async function recover(journal: Journal, provider: HostProvider, repo: ArtifactRepository, commandMs: number): Promise<RecoveryAction[]> {
   const entries = journal.read();
   const actions: RecoveryAction[] = [];
   const failed: JournalEntry[] = [];
+  // what the guardian undid after Node-RED died: already done, but the user must hear of it
+  for (const e of entries) {
+    if (e.data?.by === 'guardian' && e.phase === 'done' && e.vm && (e.op === 'thaw' || e.op === 'resume' || e.op === 'merge' || e.op === 'discard')) {
+      actions.push({ kind: e.op, backupId: e.backupId, vm: e.vm, ok: true, by: 'guardian', at: e.t });
+    }
+  }
   for (const undo of pendingUndos(entries)) {
     const action: RecoveryAction = { kind: undo.kind, backupId: undo.backupId, vm: undo.vm, ok: true };
     try {
@@ -36,8 +45,9 @@ export async function recover(journal: Journal, provider: HostProvider, repo: Ar
   // Staging directories the journal does not know (journal lost or moved): no backup is live
   // at start, so none of them can ever be completed.
   for (const dir of await repo.listStaging()) {
-    await fs.rm(dir, { recursive: true, force: true });
-    actions.push({ kind: 'discard-unjournalled', ok: true, vm: dir });
+    // a repository that cannot be written now (read-only, gone) must not stop the thaws above
+    const error = await fs.rm(dir, { recursive: true, force: true }).then(() => undefined, (err: Error) => err.message);
+    actions.push({ kind: 'discard-unjournalled', ok: error === undefined, vm: dir, ...(error ? { error } : {}) });
   }
   journal.compact(failed);
   return actions;

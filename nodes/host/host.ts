@@ -3,7 +3,7 @@
 import * as path from 'node:path';
 import type { Node, NodeAPI, NodeDef } from 'node-red';
 import { BackupHost, DEFAULT_TIMEOUTS } from '../../src/pipeline/backup-host';
-import { Journal } from '../../src/journal/journal';
+import { Journal, JournalError } from '../../src/journal/journal';
 import { createProvider } from '../../src/providers';
 import { checkRoot } from '../../src/repository/paths';
 import { recover, type RecoveryAction } from '../../src/recovery';
@@ -13,6 +13,35 @@ import { hostSettings, type HostNodeDef, type HostCredentials } from './settings
 export interface HostConfigNode extends Node<HostCredentials> {
   backupHost(): Promise<BackupHost>;
   lastRecovery: RecoveryAction[];
+  /** the report of the recovery at start, once it ran and found something to do */
+  recoveryReport?: RecoveryReport;
+  /** stage nodes using this host register here; the flow's enumerate nodes raise the recovery report */
+  addReporter(node: Node, type: string): void;
+  removeReporter(node: Node): void;
+}
+
+/**
+ * What recovery at start did, as the payload of the message the enumerate node(s) of this host
+ * raise with node.error (Catch nodes get it; topic vm-backup/<host>/recovery) when it did anything.
+ */
+export interface RecoveryReport {
+  host: string;
+  at: string;
+  ok: boolean;
+  journal: string;
+  actions: RecoveryAction[];
+  text: string;
+}
+
+function describeAction(a: RecoveryAction): string {
+  const what = {
+    thaw: 'thawed',
+    resume: 'resumed',
+    merge: 'merged the overlays of',
+    discard: 'removed the unpublished partial backup of',
+    'discard-unjournalled': 'removed the unjournalled partial backup',
+  }[a.kind];
+  return `${a.ok ? '' : 'FAILED: '}${what} ${a.vm ?? ''}${a.backupId ? ` (backup ${a.backupId})` : ''}${a.by === 'guardian' ? ' by the guardian process when Node-RED died' : ''}${a.ok ? '' : `: ${a.error}`}`.trim();
 }
 
 module.exports = function register(RED: NodeAPI) {
@@ -21,6 +50,29 @@ module.exports = function register(RED: NodeAPI) {
     const node = this;
     node.lastRecovery = [];
     let ready: Promise<BackupHost> | undefined;
+    let closed = false;
+    const reporters = new Map<string, { node: Node; type: string }>();
+    node.addReporter = (user, type) => void reporters.set(user.id, { node: user, type });
+    node.removeReporter = (user) => void reporters.delete(user.id);
+    // Report once the flows are running, so that the Catch and Status nodes exist to see it.
+    const flowsStarted = new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, 3000);
+      timer.unref?.();
+      const events = (RED as unknown as { events?: { once(e: string, f: () => void): void } }).events;
+      events?.once('flows:started', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+    const raise = (report: RecoveryReport) => {
+      if (closed) return;
+      const all = [...reporters.values()];
+      const chosen = all.filter((r) => r.type === 'vmbackup-enumerate');
+      for (const { node: user } of chosen.length ? chosen : all.slice(0, 1)) {
+        user.status({ fill: report.ok ? 'yellow' : 'red', shape: 'ring', text: `recovered: ${report.actions.length} action(s)${report.ok ? '' : ', some FAILED'}`.slice(0, 60) });
+        user.error(report.text, { topic: `vm-backup/${report.host}/recovery`, payload: report } as never);
+      }
+    };
 
     node.backupHost = () => {
       ready ??= (async () => {
@@ -30,10 +82,26 @@ module.exports = function register(RED: NodeAPI) {
         const journal = new Journal(path.join(journalDir, `journal-${s.provider.hostName}.jsonl`));
         const host = new BackupHost(provider, journal, { hostName: s.provider.hostName, repositoryRoot: s.repository, timeouts: s.timeouts },
           (level, text) => (level === 'info' ? node.log(text) : node[level](text)));
-        node.lastRecovery = await recover(journal, provider, host.repository, s.timeouts.commandMs);
+        try {
+          node.lastRecovery = await recover(journal, provider, host.repository, s.timeouts.commandMs);
+        } catch (err) {
+          // no backup may run without a journal it can write: refuse, naming the setting
+          if (err instanceof JournalError) throw new Error(`journalDir: ${err.message}`);
+          throw err;
+        }
         if (node.lastRecovery.length > 0) {
           const failed = node.lastRecovery.filter((a) => !a.ok);
-          node[failed.length ? 'error' : 'warn'](`recovery: ${node.lastRecovery.map((a) => `${a.kind} ${a.vm ?? ''}${a.ok ? '' : ` FAILED: ${a.error}`}`).join('; ')}`);
+          const report: RecoveryReport = {
+            host: s.provider.hostName,
+            at: new Date().toISOString(),
+            ok: failed.length === 0,
+            journal: journal.file,
+            actions: node.lastRecovery,
+            text: `recovery on host ${s.provider.hostName} after an interrupted backup: ${node.lastRecovery.map(describeAction).join('; ')}`,
+          };
+          node.recoveryReport = report;
+          node[failed.length ? 'error' : 'warn'](report.text);
+          void flowsStarted.then(() => raise(report));
         }
         return host;
       })();
@@ -47,6 +115,7 @@ module.exports = function register(RED: NodeAPI) {
     node.backupHost().catch((err: Error) => node.error(`not ready: ${err.message}`));
 
     node.on('close', (removed: boolean, done: () => void) => {
+      closed = true;
       const closing = ready;
       ready = undefined;
       if (!closing) return done();

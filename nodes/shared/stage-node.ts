@@ -42,13 +42,24 @@ export function registerStageNode<C extends StageNodeDef>(RED: NodeAPI, spec: St
     const configError = !hostNode ? 'host: no host configuration node selected' : spec.checkConfig?.(config);
     if (configError) node.status({ fill: 'red', shape: 'ring', text: configError.slice(0, 60) });
     else node.status({});
+    // the host raises its recovery report (after a crash or a redeploy mid-backup) through its
+    // enumerate nodes, so that the flow's Catch and Status nodes see it
+    hostNode?.addReporter?.(node, spec.type);
+    node.on('close', () => hostNode?.removeReporter?.(node));
 
     node.on('input', (msg: NodeMessage, send, done) => {
       const status: StageContext<C>['status'] = (text, fill = 'blue') =>
         node.status({ fill, shape: fill === 'blue' ? 'ring' : 'dot', text });
       const fail = (err: Error) => {
         status(err.message.slice(0, 60), 'red');
-        (msg as NodeMessage & { summary?: unknown; error?: unknown }).summary = summarize(msg.payload, err);
+        let summary: unknown;
+        try {
+          summary = summarize(msg.payload, err);
+        } catch {
+          // a payload too broken to summarize: the refusal itself (naming the field) must still go out
+          summary = summarize(undefined, err);
+        }
+        (msg as NodeMessage & { summary?: unknown; error?: unknown }).summary = summary;
         done(err);
       };
       if (configError || !hostNode) return fail(new Error(configError ?? 'host: not configured'));

@@ -22,7 +22,17 @@ export interface JournalEntry {
   vm?: string;
   op: JournalOp;
   phase: 'intent' | 'done' | 'failed';
-  data?: { previousState?: string; overlays?: Overlay[]; dir?: string; error?: string };
+  /** by: "guardian" when the guardian process (Node-RED had died) wrote it */
+  data?: { previousState?: string; overlays?: Overlay[]; dir?: string; error?: string; by?: 'guardian' };
+}
+
+export class JournalError extends Error {
+  readonly code: string | undefined;
+  constructor(readonly file: string, cause: NodeJS.ErrnoException) {
+    super(`journal ${file} cannot be written (${cause.code ?? cause.message}): nothing was done that it could not record`);
+    this.name = 'JournalError';
+    this.code = cause.code;
+  }
 }
 
 export class Journal {
@@ -38,9 +48,14 @@ export class Journal {
   }
 
   append(entry: Omit<JournalEntry, 't'>): void {
-    const fd = this.open();
-    fs.writeSync(fd, JSON.stringify({ t: new Date().toISOString(), ...entry }) + '\n');
-    fs.fsyncSync(fd);
+    try {
+      const fd = this.open();
+      fs.writeSync(fd, JSON.stringify({ t: new Date().toISOString(), ...entry }) + '\n');
+      fs.fsyncSync(fd);
+    } catch (err) {
+      // an intent that cannot be made durable stops its effect from happening: say why
+      throw new JournalError(this.file, err as NodeJS.ErrnoException);
+    }
   }
 
   read(): JournalEntry[] {
@@ -49,7 +64,7 @@ export class Journal {
       text = fs.readFileSync(this.file, 'utf8');
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
-      throw err;
+      throw new JournalError(this.file, err as NodeJS.ErrnoException);
     }
     const entries: JournalEntry[] = [];
     for (const line of text.split('\n')) {
@@ -68,12 +83,16 @@ export class Journal {
   compact(keep: JournalEntry[]): void {
     this.close();
     const tmp = `${this.file}.tmp`;
-    fs.mkdirSync(path.dirname(this.file), { recursive: true, mode: 0o700 });
-    fs.writeFileSync(tmp, keep.map((e) => JSON.stringify(e) + '\n').join(''), { mode: 0o600 });
-    const fd = fs.openSync(tmp, 'r');
-    fs.fsyncSync(fd);
-    fs.closeSync(fd);
-    fs.renameSync(tmp, this.file);
+    try {
+      fs.mkdirSync(path.dirname(this.file), { recursive: true, mode: 0o700 });
+      fs.writeFileSync(tmp, keep.map((e) => JSON.stringify(e) + '\n').join(''), { mode: 0o600 });
+      const fd = fs.openSync(tmp, 'r');
+      fs.fsyncSync(fd);
+      fs.closeSync(fd);
+      fs.renameSync(tmp, this.file);
+    } catch (err) {
+      throw new JournalError(this.file, err as NodeJS.ErrnoException);
+    }
   }
 
   close(): void {

@@ -65,6 +65,11 @@ export class BackupHost {
       const missing = [...live.vmIds].filter((id) => !seen.has(id));
       throw new StageError(`/vms: VM(s) ${missing.join(', ')} of backup set ${set.backupId} are missing from the message; VMs cannot be dropped after prepare`);
     }
+    try {
+      live.checkUnchanged(set.vms as unknown as Record<string, unknown>[]);
+    } catch (err) {
+      throw new StageError((err as Error).message);
+    }
     return live;
   }
 
@@ -81,6 +86,7 @@ export class BackupHost {
     const live = new LiveBackup(backupId, vms.map((vm) => vm.id), this.provider, this.journal, this.options.timeouts, this.log,
       (l) => this.live.delete(l.backupId));
     this.live.set(backupId, live);
+    live.record('enumerated', vms);
     return {
       stage: 'enumerated',
       backupId,
@@ -106,6 +112,7 @@ export class BackupHost {
       throw err;
     }
     live.vmIds = new Set(vms.map((vm) => vm.id));
+    live.record('classified', vms);
     live.stage = 'classified';
     live.touch();
     return {
@@ -134,10 +141,13 @@ export class BackupHost {
     const t0 = Date.now();
     // Saves first, freezes last: a guest's frozen window must not include other VMs' saves.
     const freezes = (vm: ClassifiedVm) => vm.method === 'child-vm-snapshot' && !this.provider.snapshotQuiesces;
-    const first = await this.allOrNothing(live, set.vms.filter((vm) => !freezes(vm)), (vm) => this.prepareVm(live, set, vm));
-    const second = await this.allOrNothing(live, set.vms.filter(freezes), (vm) => this.prepareVm(live, set, vm));
-    const byId = new Map([...first, ...second].map((vm) => [vm.id, vm]));
-    const vms = set.vms.map((vm) => byId.get(vm.id)!);
+    const vms = await live.runStage(async () => {
+      const first = await this.allOrNothing(live, set.vms.filter((vm) => !freezes(vm)), (vm) => this.prepareVm(live, set, vm));
+      const second = await this.allOrNothing(live, set.vms.filter(freezes), (vm) => this.prepareVm(live, set, vm));
+      const byId = new Map([...first, ...second].map((vm) => [vm.id, vm]));
+      return set.vms.map((vm) => byId.get(vm.id)!);
+    });
+    await this.endStage(live, 'prepared', vms);
     live.stage = 'prepared';
     live.touch();
     return { ...set, stage: 'prepared', vms, timings: { ...set.timings, prepare: this.timing(t0) } };
@@ -152,8 +162,8 @@ export class BackupHost {
       return { ...vm, prepare: { action: 'freeze', previousState, frozenFilesystems, frozenAt: new Date(t0).toISOString(), ms: Date.now() - t0 } };
     }
     if (vm.method === 'saved-state') {
+      live.noteStaging(vm.id, this.repository.stagingDir(set.host.name, vm.id, set.backupId));
       const dir = await this.repository.openStaging(set.host.name, vm.id, set.backupId);
-      live.noteStaging(vm.id, dir);
       const file = `${dir}/state.vmstate`;
       let bytes = 0;
       const state = await this.provider.runState(vm.id);
@@ -175,7 +185,8 @@ export class BackupHost {
     live.stage = 'busy';
     live.busy();
     const t0 = Date.now();
-    const vms = await this.allOrNothing(live, set.vms, (vm) => this.snapshotVm(live, set, vm));
+    const vms = await live.runStage(() => this.allOrNothing(live, set.vms, (vm) => this.snapshotVm(live, set, vm)));
+    await this.endStage(live, 'snapshotted', vms);
     live.stage = 'snapshotted';
     live.touch();
     return { ...set, stage: 'snapshotted', vms, timings: { ...set.timings, snapshot: this.timing(t0) } };
@@ -228,7 +239,7 @@ export class BackupHost {
     live.stage = 'busy';
     live.busy();
     const t0 = Date.now();
-    const vms = await this.allOrNothing(live, set.vms, async (vm): Promise<PostSnapshotVm> => {
+    const vms = await live.runStage(() => this.allOrNothing(live, set.vms, async (vm): Promise<PostSnapshotVm> => {
       const v0 = Date.now();
       await live.thaw(vm.id); // normally already thawed in snapshot; a no-op then
       const resumedTo = await live.resume(vm.id);
@@ -244,7 +255,8 @@ export class BackupHost {
           ms: Date.now() - v0,
         },
       };
-    });
+    }));
+    await this.endStage(live, 'post-snapshot', vms);
     live.stage = 'post-snapshot';
     live.touch();
     return { ...set, stage: 'post-snapshot', vms, timings: { ...set.timings, postSnapshot: this.timing(t0) } };
@@ -259,10 +271,13 @@ export class BackupHost {
     const t0 = Date.now();
     let vms;
     try {
-      vms = await copyBackupSet(this.provider, this.repository, live, set, options);
+      vms = await live.runStage(() => copyBackupSet(this.provider, this.repository, live, set, options));
     } catch (err) {
-      await live.abort((err as Error).message, (dir) => this.removeStaging(dir));
-      throw err;
+      const why = live.abortedBecause ?? (err as Error).message;
+      await live.abort(why, (dir) => this.removeStaging(dir), true);
+      throw live.abortedBecause && live.abortedBecause !== (err as Error).message
+        ? new StageError(`backup set ${set.backupId} was aborted: ${live.abortedBecause} (${(err as Error).message})`)
+        : err;
     }
     const errors = await live.undoAll((dir) => this.removeStaging(dir));
     if (errors.length > 0) {
@@ -280,6 +295,18 @@ export class BackupHost {
     };
   }
 
+  /**
+   * A stage finished its steps: if the set was aborted meanwhile (watchdog, redeploy), its abort
+   * is waiting for this stage; report the abort instead of handing the set on.
+   */
+  private async endStage(live: LiveBackup, stage: StageName, vms: readonly { id: string }[]): Promise<void> {
+    if (live.abortedBecause !== undefined) {
+      await live.abort(live.abortedBecause, (dir) => this.removeStaging(dir), true);
+      throw new StageError(`/backupId: backup set ${live.backupId} was aborted: ${live.abortedBecause}`);
+    }
+    live.record(stage, vms);
+  }
+
   private async removeStaging(dir: string): Promise<void> {
     const { rm } = await import('node:fs/promises');
     await rm(dir, { recursive: true, force: true });
@@ -293,7 +320,7 @@ export class BackupHost {
     try {
       return await allSettledOrThrow(vms, step);
     } catch (err) {
-      await live.abort((err as Error).message, (dir) => this.removeStaging(dir));
+      await live.abort((err as Error).message, (dir) => this.removeStaging(dir), true);
       throw err;
     }
   }

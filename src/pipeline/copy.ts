@@ -5,9 +5,9 @@ import * as path from 'node:path';
 import { assertManifest } from '../contract/validate';
 import type { CopyResult, Manifest, ManifestFile, PostSnapshotSet, PostSnapshotVm } from '../contract/types';
 import type { HostProvider } from '../providers/provider';
-import { sha256File, writeFileDurable, type ArtifactRepository } from '../repository/repository';
+import { fsyncDir, sha256File, writeFileDurable, type ArtifactRepository } from '../repository/repository';
 import type { LiveBackup } from './live-backup';
-import { limitedSettledOrThrow } from './stage-error';
+import { limitedSettledOrThrow, StageError } from './stage-error';
 
 export interface CopyProgress {
   vm: string;
@@ -44,11 +44,14 @@ export async function copyBackupSet(
 
   const staged = await limitedSettledOrThrow(set.vms, options.concurrency, async (vm): Promise<Staged> => {
     const startedAt = Date.now();
+    live.assertLive();
+    // journalled before the directory exists: a crash right after mkdir still finds it
+    live.noteStaging(vm.id, repo.stagingDir(set.host.name, vm.id, set.backupId));
     const dir = await repo.openStaging(set.host.name, vm.id, set.backupId);
-    live.noteStaging(vm.id, dir);
     const files: ManifestFile[] = [];
 
     const definition = await provider.describe(vm.id);
+    live.assertLive();
     await writeFileDurable(path.join(dir, 'definition.json'), JSON.stringify(definition, null, 2) + '\n');
     files.push(await describeFile(dir, 'definition.json', 'definition'));
 
@@ -56,8 +59,14 @@ export async function copyBackupSet(
       const disk = vm.disks.find((d) => d.id === overlay.disk);
       const extension = provider.kind === 'hyperv' ? (overlay.baseFormat === 'vhd' ? 'vhd' : 'vhdx') : 'qcow2';
       const name = `disk-${overlay.disk.replace(/[^A-Za-z0-9._-]/g, '_')}.${extension}`;
-      const exported = await provider.exportDisk(overlay, path.join(dir, name), (p) => report(vm.id, name, p.done, p.total), { compress: options.compress });
+      live.assertLive();
+      // the signal stops qemu-img at once when the set is aborted (watchdog, redeploy)
+      const exportOptions: { compress?: boolean } = { compress: options.compress, signal: live.signal } as { compress?: boolean };
+      const exported = await provider.exportDisk(overlay, path.join(dir, name), (p) => report(vm.id, name, p.done, p.total), exportOptions);
       await fsyncFile(exported.path);
+      // read the copy back and compare it with its source before it is hashed for the manifest
+      await verifyExport(provider, overlay, exported.path);
+      live.assertLive();
       files.push({
         ...(await describeFile(dir, name, 'disk')),
         disk: overlay.disk,
@@ -79,16 +88,48 @@ export async function copyBackupSet(
     assertManifest(manifest);
     await writeFileDurable(path.join(s.dir, 'manifest.json'), JSON.stringify(manifest, null, 2) + '\n');
   }
-  for (const s of staged) {
-    const final = await repo.publish(set.host.name, s.vm.id, set.backupId);
-    live.notePublished(s.vm.id);
-    const bytes = s.files.reduce((n, f) => n + f.bytes, 0);
-    results.push({
-      ...s.vm,
-      copy: { path: path.relative(repo.root, final), bytes, files: s.files.length + 1, merged: false, ms: Date.now() - s.startedAt },
-    });
+  // Read every staged file back once more and compare with its manifest: what is published is
+  // what was verified (a write that went wrong, or anything that changed the file since, is caught).
+  for (const s of staged) await verifyStaged(s);
+  for (const s of staged) await fsyncDir(s.dir);
+  live.assertLive();
+  const published: Staged[] = [];
+  try {
+    for (const s of staged) {
+      live.assertLive();
+      const final = await repo.publish(set.host.name, s.vm.id, set.backupId);
+      published.push(s);
+      live.notePublished(s.vm.id);
+      const bytes = s.files.reduce((n, f) => n + f.bytes, 0);
+      results.push({
+        ...s.vm,
+        copy: { path: path.relative(repo.root, final), bytes, files: s.files.length + 1, merged: false, ms: Date.now() - s.startedAt },
+      });
+    }
+  } catch (err) {
+    // all or none: take back what this set already published, so that it is discarded with the rest
+    for (const s of published) {
+      await fs.rename(repo.finalDir(set.host.name, s.vm.id, set.backupId), s.dir).catch(() => undefined);
+      live.noteStaging(s.vm.id, s.dir, true);
+    }
+    throw err;
   }
   return results;
+}
+
+/** The provider's own check that the written copy holds what the source holds (QEMU: qemu-img compare). */
+async function verifyExport(provider: HostProvider, overlay: PostSnapshotVm['snapshot']['overlays'][number], file: string): Promise<void> {
+  const verify = (provider as Partial<{ verifyDisk(o: typeof overlay, f: string): Promise<void> }>).verifyDisk;
+  if (verify) await verify.call(provider, overlay, file);
+}
+
+async function verifyStaged(s: Staged): Promise<void> {
+  for (const f of s.files) {
+    const sha256 = await sha256File(path.join(s.dir, f.name)).catch((err: Error) => `unreadable (${err.message})`);
+    if (sha256 !== f.sha256) {
+      throw new StageError(`${s.vm.id}/${f.name}: read back before publishing, sha256 ${sha256} differs from the manifest's ${f.sha256}; not published`);
+    }
+  }
 }
 
 async function describeFile(dir: string, name: string, kind: ManifestFile['kind']): Promise<ManifestFile> {

@@ -4,6 +4,8 @@ import type { StageName } from '../contract/schemas';
 import type { Overlay } from '../contract/types';
 import type { Journal } from '../journal/journal';
 import type { HostProvider } from '../providers/provider';
+import type { ChildProcess } from 'node:child_process';
+import { startGuardian, stopGuardian } from './guardian';
 
 export interface Timeouts {
   /** a frozen guest is thawed after this long (VSS holds writes at most 10 s) */
@@ -38,6 +40,15 @@ export class LiveBackup {
   /** set when a watchdog aborted the set; the next stage reports it */
   abortedBecause: string | undefined;
   private ending: Promise<void> | undefined;
+  /** the stage running now, if any: an abort from outside waits for it (and cancels it) before undoing */
+  private running: Promise<unknown> | undefined;
+  private readonly controller = new AbortController();
+  /** what this host itself produced for each VM at the last stage: the message may not change it */
+  private readonly records = new Map<string, { stage: string; vm: Record<string, unknown> }>();
+  /** the process that undoes this set's effects if Node-RED itself dies (see guardian.ts) */
+  private guardian: ChildProcess | undefined;
+  private guarded = false;
+  private endWritten = false;
 
   constructor(
     readonly backupId: string,
@@ -75,10 +86,80 @@ export class LiveBackup {
     return this.frozen.size + this.saved.size + this.overlays.size + this.staging.size > 0;
   }
 
+  /** Fires when the set is aborted: long steps (copies) stop at once. */
+  get signal(): AbortSignal {
+    return this.controller.signal;
+  }
+
+  /** Throw if the set was aborted meanwhile (checked between steps and before publishing). */
+  assertLive(): void {
+    if (this.abortedBecause !== undefined || this.stage === 'ended') {
+      throw new Error(`backup set ${this.backupId} was aborted: ${this.abortedBecause ?? 'ended'}`);
+    }
+  }
+
+  /** Run one stage; an abort from a watchdog or a redeploy waits for it to settle before undoing. */
+  runStage<T>(fn: () => Promise<T>): Promise<T> {
+    const p = fn();
+    this.running = p;
+    const clear = () => {
+      if (this.running === p) this.running = undefined;
+    };
+    p.then(clear, clear);
+    return p;
+  }
+
+  /** Remember the VMs as this host output them at `stage` (a deep copy). */
+  record(stage: string, vms: readonly { id: string }[]): void {
+    this.records.clear();
+    for (const vm of vms) this.records.set(vm.id, { stage, vm: JSON.parse(JSON.stringify(vm)) as Record<string, unknown> });
+  }
+
+  /**
+   * The fields that steer side effects (which files and block nodes are touched, how the VM is
+   * treated, what a backup is labelled) must be exactly what this host produced: a message edited
+   * between stages (function node, replay of an old message) is refused, naming the field.
+   */
+  checkUnchanged(vms: readonly Record<string, unknown>[]): void {
+    vms.forEach((vm, i) => {
+      const rec = this.records.get(String(vm.id));
+      if (!rec) return;
+      for (const field of GUARDED_FIELDS) {
+        if (!(field in rec.vm)) continue;
+        const where = firstDifference(rec.vm[field], vm[field], `/vms/${i}/${field}`);
+        if (where !== undefined) {
+          throw new Error(`${where}: differs from what host produced for VM "${String(vm.id)}" at stage "${rec.stage}"; fields that steer side effects cannot be changed between stages`);
+        }
+      }
+    });
+  }
+
+  /** Journal the intent of a side effect, then make sure a guardian outlives us while it lasts. */
+  private intent(entry: Parameters<Journal['append']>[0]): void {
+    this.journal.append(entry);
+    if (!this.guarded) {
+      this.guarded = true;
+      this.guardian = startGuardian(this.provider, this.journal, this.backupId, this.timeouts.commandMs);
+    }
+  }
+
+  /**
+   * Journal an undo (or the end). Best effort: an undo is safe to repeat, so a journal that cannot
+   * be written (disk full) must never stop a guest from being thawed or a VM from being resumed;
+   * the effect's intent stays in the journal and recovery repeats the undo, harmlessly.
+   */
+  private note(entry: Parameters<Journal['append']>[0]): void {
+    try {
+      this.journal.append(entry);
+    } catch (err) {
+      this.log('error', `${entry.vm ?? this.backupId}: ${entry.op} ${entry.phase} not journalled: ${(err as Error).message}`);
+    }
+  }
+
   // --- freeze / thaw ---
 
   async freeze(vmId: string, run: () => Promise<number>): Promise<number> {
-    this.journal.append({ backupId: this.backupId, vm: vmId, op: 'freeze', phase: 'intent' });
+    this.intent({ backupId: this.backupId, vm: vmId, op: 'freeze', phase: 'intent' });
     const since = Date.now();
     // The watchdog is armed before the command: a freeze that hangs in the guest is thawed too.
     const timer = setTimeout(() => void this.watchdogThaw(vmId), this.timeouts.freezeMs);
@@ -101,7 +182,7 @@ export class LiveBackup {
     const f = this.frozen.get(vmId);
     if (!f) return undefined;
     clearTimeout(f.timer);
-    this.journal.append({ backupId: this.backupId, vm: vmId, op: 'thaw', phase: 'intent' });
+    this.note({ backupId: this.backupId, vm: vmId, op: 'thaw', phase: 'intent' });
     try {
       await this.provider.thaw(vmId, this.timeouts.commandMs);
     } catch (err) {
@@ -111,14 +192,15 @@ export class LiveBackup {
       throw err;
     }
     this.frozen.delete(vmId);
-    this.journal.append({ backupId: this.backupId, vm: vmId, op: 'thaw', phase: 'done' });
+    this.note({ backupId: this.backupId, vm: vmId, op: 'thaw', phase: 'done' });
+    this.endIfUndone();
     return Date.now() - f.since;
   }
 
   // --- saved state / resume ---
 
   async save(vmId: string, previousState: string, run: () => Promise<void>): Promise<void> {
-    this.journal.append({ backupId: this.backupId, vm: vmId, op: 'save', phase: 'intent', data: { previousState } });
+    this.intent({ backupId: this.backupId, vm: vmId, op: 'save', phase: 'intent', data: { previousState } });
     const timer = setTimeout(() => {
       this.log('warn', `${vmId}: stopped for pauseTimeout (${this.timeouts.pauseMs} ms); resuming now`);
       void this.resume(vmId).catch((err) => this.log('error', `${vmId}: watchdog resume failed: ${(err as Error).message}`));
@@ -133,10 +215,11 @@ export class LiveBackup {
     const s = this.saved.get(vmId);
     if (!s) return undefined;
     clearTimeout(s.timer);
-    this.journal.append({ backupId: this.backupId, vm: vmId, op: 'resume', phase: 'intent' });
+    this.note({ backupId: this.backupId, vm: vmId, op: 'resume', phase: 'intent' });
     await this.provider.resume(vmId, s.previousState);
     this.saved.delete(vmId);
-    this.journal.append({ backupId: this.backupId, vm: vmId, op: 'resume', phase: 'done' });
+    this.note({ backupId: this.backupId, vm: vmId, op: 'resume', phase: 'done' });
+    this.endIfUndone();
     return s.previousState;
   }
 
@@ -144,7 +227,7 @@ export class LiveBackup {
 
   async snapshot(vmId: string, planned: Overlay[], run: () => Promise<Overlay[]>): Promise<Overlay[]> {
     // Journal the planned overlay files first: if we die mid-transaction, recovery still finds them.
-    this.journal.append({ backupId: this.backupId, vm: vmId, op: 'overlay', phase: 'intent', data: { overlays: planned } });
+    this.intent({ backupId: this.backupId, vm: vmId, op: 'overlay', phase: 'intent', data: { overlays: planned } });
     this.overlays.set(vmId, planned);
     try {
       const made = await run();
@@ -160,18 +243,19 @@ export class LiveBackup {
   async merge(vmId: string): Promise<boolean> {
     const overlays = this.overlays.get(vmId);
     if (!overlays) return false;
-    this.journal.append({ backupId: this.backupId, vm: vmId, op: 'merge', phase: 'intent' });
+    this.note({ backupId: this.backupId, vm: vmId, op: 'merge', phase: 'intent' });
     await this.provider.merge(vmId, overlays);
     this.overlays.delete(vmId);
-    this.journal.append({ backupId: this.backupId, vm: vmId, op: 'merge', phase: 'done' });
+    this.note({ backupId: this.backupId, vm: vmId, op: 'merge', phase: 'done' });
     return true;
   }
 
   // --- staging directories ---
 
-  noteStaging(vmId: string, dir: string): void {
+  noteStaging(vmId: string, dir: string, unpublished = false): void {
     if (this.staging.get(vmId) === dir) return;
-    this.journal.append({ backupId: this.backupId, vm: vmId, op: 'staging', phase: 'intent', data: { dir } });
+    if (!unpublished) this.assertLive();
+    this.intent({ backupId: this.backupId, vm: vmId, op: 'staging', phase: 'intent', data: { dir } });
     this.staging.set(vmId, dir);
   }
 
@@ -185,7 +269,7 @@ export class LiveBackup {
     if (!dir) return;
     await remove(dir);
     this.staging.delete(vmId);
-    this.journal.append({ backupId: this.backupId, vm: vmId, op: 'discard', phase: 'done' });
+    this.note({ backupId: this.backupId, vm: vmId, op: 'discard', phase: 'done' });
   }
 
   // --- the end ---
@@ -210,12 +294,21 @@ export class LiveBackup {
     return errors;
   }
 
-  /** Undo everything and end the set. Used on failure, on timeouts and when the host node closes. */
-  abort(why: string, remove?: (dir: string) => Promise<void>): Promise<void> {
-    if (this.ending) return this.ending;
+  /**
+   * Undo everything and end the set. Used on failure, on timeouts and when the host node closes.
+   * From outside a stage (watchdog, redeploy) a running stage is cancelled and waited for first,
+   * so that nothing is undone under it (a merge under a running copy, a staging directory made
+   * again after its discard). `fromStage`: called by the failing stage itself.
+   */
+  abort(why: string, remove?: (dir: string) => Promise<void>, fromStage = false): Promise<void> {
+    // inside a running stage, an abort already under way is waiting for this very stage
+    if (this.ending) return fromStage && this.running ? Promise.resolve() : this.ending;
     this.abortedBecause ??= why;
-    if (this.hasSideEffects()) this.log('warn', `backup ${this.backupId} aborted: ${why}; undoing its effects`);
+    this.controller.abort(new Error(why));
+    const running = fromStage ? undefined : this.running;
+    if (this.hasSideEffects() || running) this.log('warn', `backup ${this.backupId} aborted: ${why}; undoing its effects`);
     this.ending = (async () => {
+      if (running) await running.catch(() => undefined);
       const errors = await this.undoAll(remove ?? defaultRemove);
       if (errors.length > 0) {
         this.log('error', `backup ${this.backupId}: could not undo: ${errors.join('; ')} (the journal keeps them for recovery)`);
@@ -225,14 +318,51 @@ export class LiveBackup {
     return this.ending;
   }
 
+  /** An ended set with nothing left in place: journal "end" and let its guardian go. */
+  private endIfUndone(): void {
+    if (this.stage !== 'ended' || this.endWritten || this.hasSideEffects()) return;
+    this.endWritten = true;
+    this.note({ backupId: this.backupId, op: 'end', phase: 'done' });
+    stopGuardian(this.guardian);
+    this.guardian = undefined;
+  }
+
   /** The set is over; with `clean`, the journal records that nothing of it is pending. */
   finish(clean: boolean): void {
     clearTimeout(this.sessionTimer);
     if (this.idleTimer) clearTimeout(this.idleTimer);
     this.stage = 'ended';
-    if (clean && !this.hasSideEffects()) this.journal.append({ backupId: this.backupId, op: 'end', phase: 'done' });
+    // Not clean: the journal keeps what is left for recovery, and the guardian stays (it undoes
+    // it if Node-RED goes away); a later successful retry (thaw) ends the set.
+    if (clean) this.endIfUndone();
     this.onEnd(this);
   }
+}
+
+/** The fields of a VM that decide what is touched and how the backup is labelled. */
+const GUARDED_FIELDS = ['disks', 'snapshotLocation', 'method', 'consistency', 'prepare', 'snapshot'] as const;
+
+/** JSON pointer of the first place where b differs from a; undefined when equal. */
+export function firstDifference(a: unknown, b: unknown, at: string): string | undefined {
+  if (a === b) return undefined;
+  if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null || Array.isArray(a) !== Array.isArray(b)) return at;
+  if (Array.isArray(a)) {
+    const bb = b as unknown[];
+    for (let i = 0; i < Math.max(a.length, bb.length); i++) {
+      const d = firstDifference(a[i], bb[i], `${at}/${i}`);
+      if (d !== undefined) return d;
+    }
+    return undefined;
+  }
+  const ao = a as Record<string, unknown>;
+  const bo = b as Record<string, unknown>;
+  for (const k of new Set([...Object.keys(ao), ...Object.keys(bo)])) {
+    // timings inside a stage result are informative only
+    if (k === 'ms') continue;
+    const d = firstDifference(ao[k], bo[k], `${at}/${k.replace(/~/g, '~0').replace(/\//g, '~1')}`);
+    if (d !== undefined) return d;
+  }
+  return undefined;
 }
 
 async function defaultRemove(dir: string): Promise<void> {

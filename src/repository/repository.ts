@@ -32,7 +32,11 @@ export class ArtifactRepository {
   /** Make (or re-use) the staging directory of one VM's backup. */
   async openStaging(host: string, vm: string, backupId: string): Promise<string> {
     const dir = this.stagingDir(host, vm, backupId);
-    await fs.mkdir(dir, { recursive: true });
+    await fs.mkdir(path.dirname(dir), { recursive: true });
+    // not recursive: a recursive mkdir reports a read-only file system as ENOENT
+    await fs.mkdir(dir).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EEXIST') throw err;
+    });
     return dir;
   }
 

@@ -3,6 +3,7 @@
 // QMP or QGA socket serves one client at a time and the host's own tools need them too.
 import { existsSync, promises as fs } from 'node:fs';
 import { isSafeName } from '../../util/ids';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import type { ClassifiedVm, EnumeratedVm, Overlay } from '../../contract/types';
 import type { ExportedFile, HostProvider, Progress } from '../provider';
@@ -181,7 +182,27 @@ export class QemuProvider implements HostProvider {
   }
 
   async thaw(vmId: string, timeoutMs: number): Promise<number> {
-    return this.qga(vmId, (c) => c.execute<number>('guest-fsfreeze-thaw', undefined, { timeoutMs }));
+    try {
+      return await this.qga(vmId, (c) => c.execute<number>('guest-fsfreeze-thaw', undefined, { timeoutMs }));
+    } catch (err) {
+      // No QEMU process behind the VM's QMP socket: no guest runs, so nothing is frozen. (A VM
+      // started again later boots with its file systems thawed.) Else keep failing: retry.
+      if (await this.qemuGone(vmId)) return 0;
+      throw err;
+    }
+  }
+
+  /** True when nothing listens on the VM's QMP socket (QEMU holds it for as long as it runs). */
+  private qemuGone(vmId: string): Promise<boolean> {
+    const file = this.vm(vmId).qmp;
+    return new Promise((resolve) => {
+      const c = net.connect(file);
+      c.once('connect', () => {
+        c.destroy();
+        resolve(false);
+      });
+      c.once('error', (err: NodeJS.ErrnoException) => resolve(err.code === 'ENOENT' || err.code === 'ECONNREFUSED'));
+    });
   }
 
   // ---- saved state ----
@@ -195,10 +216,16 @@ export class QemuProvider implements HostProvider {
   }
 
   async resume(vmId: string, previousState: string): Promise<void> {
-    await this.qmp(vmId, async (c) => {
-      const now = (await c.execute<{ status: string; running: boolean }>('query-status'));
-      if (previousState === 'running' && !now.running) await c.execute('cont');
-    });
+    try {
+      await this.qmp(vmId, async (c) => {
+        const now = (await c.execute<{ status: string; running: boolean }>('query-status'));
+        if (previousState === 'running' && !now.running) await c.execute('cont');
+      });
+    } catch (err) {
+      // QEMU is gone: the VM is not paused by us any more (started again, it boots afresh)
+      if (await this.qemuGone(vmId)) return;
+      throw err;
+    }
   }
 
   async runState(vmId: string): Promise<string> {
@@ -250,18 +277,29 @@ export class QemuProvider implements HostProvider {
     };
   }
 
-  async exportDisk(overlay: Overlay, dest: string, onProgress?: (p: Progress) => void, options: { compress?: boolean } = {}): Promise<ExportedFile> {
+  async exportDisk(overlay: Overlay, dest: string, onProgress?: (p: Progress) => void, options: { compress?: boolean; signal?: AbortSignal } = {}): Promise<ExportedFile> {
     const src = await qemuImg.info(this.qemuImgPath, overlay.base);
     const total = src['virtual-size'];
     await qemuImg.convert(this.qemuImgPath, overlay.base, dest, {
       sourceFormat: overlay.baseFormat,
       compress: options.compress ?? this.options.compress ?? false,
+      ...(options.signal ? { signal: options.signal } : {}),
       // The base is now a read-only backing file of the running VM; nobody writes it until merge.
       forceShare: true,
       onProgress: (f) => onProgress?.({ done: Math.round(f * total), total }),
     });
     const bytes = (await fs.stat(dest)).size;
     return { path: dest, bytes, format: 'qcow2', virtualSize: total };
+  }
+
+  /** What a guardian process needs to build its own provider (see src/pipeline/guardian.ts). */
+  guardianSpec(): { kind: 'qemu'; options: Record<string, unknown> } {
+    return { kind: 'qemu', options: { ...this.options } };
+  }
+
+  /** Read-back check of an exported disk: the copy must hold exactly what its source (the base) holds. */
+  async verifyDisk(overlay: Overlay, file: string): Promise<void> {
+    await qemuImg.compare(this.qemuImgPath, overlay.base, overlay.baseFormat, file, 'qcow2');
   }
 
   async close(): Promise<void> {

@@ -1,0 +1,72 @@
+// Preloaded into the benchmark's Node-RED process (node -r dist/bench/probe.js red.js ...). It wraps
+// a few of the package's own functions to time them where they run, in real backups, and changes
+// nothing else (same functions, same arguments, same results):
+//   - every ajv check the nodes make: assertStage / assertManifest (contract/validate)
+//   - the copy stage's steps: qemu-img info / convert / compare, sha256File, writeFileDurable,
+//     fsyncDir, and the provider's describe / exportDisk / verifyDisk / merge / snapshot / ...
+// On SIGWINCH (node-red itself exits on SIGUSR2) the records go to $BENCH_PROBE_OUT and are reset.
+import { writeFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { performance } from 'node:perf_hooks';
+
+export interface ProbeCall { fn: string; stage?: string; what?: string; vms?: number; ms: number; first?: boolean }
+
+const out = process.env.BENCH_PROBE_OUT;
+const dist = process.env.BENCH_DIST ?? path.resolve(__dirname, '..');
+
+if (out) {
+  const calls: ProbeCall[] = [];
+  const seen = new Set<string>();
+  const load = (rel: string): Record<string, any> | undefined => {
+    try {
+      return require(path.join(dist, rel)) as Record<string, any>;
+    } catch {
+      return undefined; // a module that moved: that part is simply not probed
+    }
+  };
+  const timeAsync = (obj: Record<string, any> | undefined, name: string, label: string) => {
+    const original = obj?.[name];
+    if (!obj || typeof original !== 'function') return;
+    obj[name] = function wrapped(this: unknown, ...args: unknown[]) {
+      const t0 = performance.now();
+      const done = () => calls.push({ fn: label, ms: performance.now() - t0 });
+      const result = original.apply(this, args);
+      if (result && typeof (result as Promise<unknown>).then === 'function') {
+        (result as Promise<unknown>).then(done, done);
+      } else done();
+      return result;
+    };
+  };
+
+  const validate = load('src/contract/validate.js');
+  if (validate) {
+    for (const name of ['assertStage', 'assertManifest'] as const) {
+      const original = validate[name];
+      validate[name] = function wrapped(this: unknown, ...args: unknown[]) {
+        const t0 = performance.now();
+        try {
+          return original.apply(this, args);
+        } finally {
+          const ms = performance.now() - t0;
+          const stage = name === 'assertStage' ? String(args[0]) : 'manifest';
+          const doc = (name === 'assertStage' ? args[1] : args[0]) as { vms?: unknown[] } | undefined;
+          calls.push({ fn: name, stage, what: name === 'assertStage' ? String(args[2] ?? 'msg.payload') : 'manifest.json', vms: Array.isArray(doc?.vms) ? doc!.vms!.length : 1, ms, first: !seen.has(stage) });
+          seen.add(stage);
+        }
+      };
+    }
+  }
+  const qemuImg = load('src/providers/qemu/qemu-img.js');
+  for (const name of ['info', 'convert', 'compare', 'commit']) timeAsync(qemuImg, name, `qemu-img ${name}`);
+  const repo = load('src/repository/repository.js');
+  for (const name of ['sha256File', 'writeFileDurable', 'fsyncDir']) timeAsync(repo, name, name);
+  const provider = load('src/providers/qemu/qemu-provider.js')?.QemuProvider?.prototype;
+  // experiment switch for A/B runs (bench/ab.ts --b-env=BENCH_NO_GUARDIAN=1): no guardian process
+  if (provider && process.env.BENCH_NO_GUARDIAN === '1') provider.guardianSpec = () => undefined;
+  for (const name of ['enumerate', 'freeze', 'thaw', 'saveState', 'resume', 'snapshot', 'merge', 'describe', 'exportDisk', 'verifyDisk']) timeAsync(provider, name, `provider.${name}`);
+
+  process.on('SIGWINCH', () => {
+    writeFileSync(out, JSON.stringify(calls));
+    calls.length = 0;
+  });
+}

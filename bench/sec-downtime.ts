@@ -1,0 +1,140 @@
+// 2. VM downtime, read from QEMU's own STOP / RESUME events on a second monitor the product does
+//    not use. Checkpoint method: no event at all (vCPUs never stopped). Saved-state method:
+//    STOP -> RESUME, against saving the same VM's memory alone (stop, migrate to a unix socket
+//    written to a file and fsync'd, cont: what any saver has to do), run in the same loop.
+import { createWriteStream, promises as fs } from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { addScenarios, backup, journalSpan, type Ctx } from './context';
+import { socketDirFor, type BenchVm } from './lab';
+import { log, nowMs, round, sleep, stats, type Stats } from './util';
+
+export interface CheckpointSample { method: string; stopEvents: number; resumeEvents: number; statusAfter: string; wallMs: number }
+export interface SavedSample {
+  method: string;
+  /** QEMU's STOP -> RESUME event timestamps */
+  downtimeMs: number;
+  /** what the product reports (postSnapshot.downtimeMs) */
+  productDowntimeMs: number;
+  /** journal: save intent -> save done (the product's save, stop included) */
+  saveMs?: number;
+  stateBytes: number;
+  /** journal: save done -> resume intent (snapshot stage and two Node-RED hops while stopped) */
+  stoppedBetweenMs?: number;
+}
+export interface SaveAloneSample { saveMs: number; stopToResumeMs: number; bytes: number; qemuTotalMs?: number }
+
+export interface DowntimeResult {
+  vm: string;
+  memoryMiB: number;
+  checkpoint: CheckpointSample[];
+  saved: SavedSample[];
+  alone: SaveAloneSample[];
+  savedStats: Stats;
+  aloneStats: Stats;
+  ratio: number;
+}
+
+export async function downtimeSection(ctx: Ctx, vm: BenchVm, o: { runs: number }): Promise<DowntimeResult> {
+  const lab = ctx.lab!;
+  for (const other of lab.vms.values()) if (other !== vm) await other.pause();
+  await vm.resume();
+  const socketDir = await socketDirFor(path.join(ctx.work, 'sockets'), vm);
+  const ck = `checkpoint-${vm.name}`;
+  const ss = `saved-${vm.name}`;
+  await addScenarios(ctx, [{ name: ck, socketDir, fallback: 'checkpoint' }, { name: ss, socketDir, fallback: 'saved-state' }]);
+  const checkpoint: CheckpointSample[] = [];
+  const saved: SavedSample[] = [];
+  const alone: SaveAloneSample[] = [];
+  const scratch = path.join(ctx.work, 'scratch');
+  await fs.mkdir(scratch, { recursive: true });
+
+  for (let i = 0; i < o.runs; i++) {
+    const c = await backup(ctx, ck);
+    const ev = vm.runStateEvents(c.startedAt - 50, c.endedAt + 50);
+    checkpoint.push({
+      method: c.set.vms[0].method,
+      stopEvents: ev.filter((e) => e.event === 'STOP').length,
+      resumeEvents: ev.filter((e) => e.event === 'RESUME').length,
+      statusAfter: await vm.status(),
+      wallMs: Math.round(c.wallMs),
+    });
+
+    const s = await backup(ctx, ss);
+    const v = s.set.vms[0];
+    const events = vm.runStateEvents(s.startedAt - 50, s.endedAt + 50);
+    const stop = events.find((e) => e.event === 'STOP');
+    const resume = events.find((e) => e.event === 'RESUME');
+    if (!stop || !resume) throw new Error(`${vm.name}: saved-state backup without STOP/RESUME events`);
+    saved.push({
+      method: v.method,
+      downtimeMs: round(resume.at - stop.at, 2),
+      productDowntimeMs: v.postSnapshot.downtimeMs,
+      saveMs: journalSpan(s.journal, vm.name, ['save', 'intent'], ['save', 'done']),
+      stateBytes: v.prepare.savedStateBytes,
+      stoppedBetweenMs: journalSpan(s.journal, vm.name, ['save', 'done'], ['resume', 'intent']),
+    });
+
+    const a = await saveAlone(vm, path.join(scratch, 'alone.vmstate'));
+    alone.push(a);
+    log(`downtime ${vm.name} ${i + 1}/${o.runs}: checkpoint ${checkpoint[i].stopEvents} STOP events; saved-state STOP->RESUME ${saved[i].downtimeMs} ms (product says ${saved[i].productDowntimeMs}, save ${saved[i].saveMs}, stopped between save and resume ${saved[i].stoppedBetweenMs}); memory saved alone ${round(a.saveMs)} ms (${a.bytes} B)`);
+  }
+  const savedStats = stats(saved.map((s) => s.downtimeMs));
+  const aloneStats = stats(alone.map((a) => a.saveMs));
+  return {
+    vm: vm.name,
+    memoryMiB: vm.spec.memoryMiB ?? 256,
+    checkpoint,
+    saved,
+    alone,
+    savedStats,
+    aloneStats,
+    ratio: round(savedStats.median / aloneStats.median, 2),
+  };
+}
+
+/**
+ * Save the VM's memory with nothing else: stop, migrate to a unix socket whose stream is written
+ * to a file, fsync, cont. `saveMs` runs from the migrate command to the file being on disk.
+ */
+async function saveAlone(vm: BenchVm, file: string): Promise<SaveAloneSample> {
+  const qmp = vm.observer!;
+  const sock = path.join(path.dirname(file), `alone-${process.pid}.sock`);
+  await fs.rm(sock, { force: true });
+  await fs.rm(file, { force: true });
+  const server = net.createServer();
+  const received = new Promise<void>((resolve, reject) => {
+    server.once('connection', (conn) => {
+      server.close();
+      pipeline(conn, createWriteStream(file)).then(resolve, reject);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(sock, resolve));
+  const t0 = nowMs();
+  await qmp.execute('stop');
+  const t1 = nowMs();
+  await qmp.execute('migrate', { uri: `unix:${sock}` });
+  await received;
+  const h = await fs.open(file, 'r+');
+  await h.sync();
+  const bytes = (await h.stat()).size;
+  await h.close();
+  const t2 = nowMs();
+  let qemuTotalMs: number | undefined;
+  for (let i = 0; i < 100; i++) {
+    const st = await qmp.execute<{ status?: string; 'total-time'?: number }>('query-migrate');
+    if (st.status === 'completed') {
+      qemuTotalMs = st['total-time'];
+      break;
+    }
+    if (st.status === 'failed') throw new Error('saving alone failed');
+    await sleep(5);
+  }
+  await qmp.execute('cont');
+  const t3 = nowMs();
+  server.close();
+  await fs.rm(sock, { force: true });
+  await fs.rm(file, { force: true });
+  return { saveMs: t2 - t1, stopToResumeMs: t3 - t0, bytes, qemuTotalMs };
+}

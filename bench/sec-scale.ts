@@ -1,0 +1,135 @@
+// 4. Many VMs on one host through the whole flow (checkpoint method): QEMU processes without a
+//    guest OS, two disks each with real data. Total time; the orchestration overhead beyond
+//    copying (the wall time minus the time the same qemu-img convert commands take run by
+//    themselves with the same concurrency); peak RSS of the Node-RED process; the host's mount
+//    table sampled throughout (the old design mounted every disk); every child process seen.
+// 6. Every ajv check the nodes made in the same runs, against the time of the stage itself.
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { convertArgs } from '../src/providers/qemu/qemu-img';
+import { runProgram } from '../src/util/run';
+import { startFleet, fleetSocketDir, type BareFleet } from './bare';
+import { addScenarios, backup, type Ctx } from './context';
+import { log, mountCount, nowMs, round } from './util';
+
+const STAGES = [
+  ['enumerate', 'enumerated', 'classified'],
+  ['classify', 'classified', 'prepared'],
+  ['prepare', 'prepared', 'snapshotted'],
+  ['snapshot', 'snapshotted', 'post-snapshot'],
+  ['postSnapshot', 'post-snapshot', 'copied'],
+  ['copy', 'copied', undefined],
+] as const;
+
+export interface AjvStage {
+  stage: string;
+  stageMs: number;
+  /** the node's check of its own output + the next node's check of its input (ms) */
+  outputCheckMs: number;
+  inputCheckMs: number;
+  percentOfStage: number;
+}
+
+export interface ScaleRun {
+  vms: number;
+  /** VMs in the backup set the flow returned (all of them, or the run says which were skipped) */
+  backedUp: number;
+  warnings: string[];
+  disks: number;
+  dataBytes: number;
+  wallMs: number;
+  stageMs: Record<string, number>;
+  copyAloneMs: number;
+  overheadMs: number;
+  overheadPerVmMs: number;
+  peakRssMiB: number;
+  children: Record<string, { processes: number; peakRssMiB: number }>;
+  mounts: { before: number; min: number; max: number; after: number };
+  responseBytes: number;
+  /** busy time of the product's steps inside the Node-RED process (sums over concurrent calls) */
+  phases: Record<string, { n: number; ms: number }>;
+  ajv: { stages: AjvStage[]; manifests: { count: number; totalMs: number; perManifestMs: number }; totalMs: number; perMessageMs: number };
+}
+
+export interface ScaleResult { qemuRssMiB: number; diskMiB: number; dataMiBPerDisk: number; runs: ScaleRun[] }
+
+/** The same qemu-img convert commands the product runs, by themselves, `lanes` VMs at a time. */
+async function copyAlone(fleet: BareFleet, n: number, scratch: string, lanes: number): Promise<number> {
+  const ids = fleet.ids.slice(0, n);
+  let next = 0;
+  const t0 = nowMs();
+  await Promise.all(Array.from({ length: lanes }, async (_, lane) => {
+    const out = path.join(scratch, `alone-${lane}.qcow2`);
+    while (next < ids.length) {
+      const id = ids[next++];
+      for (const disk of fleet.disks.get(id)!) {
+        await fs.rm(out, { force: true });
+        await runProgram('qemu-img', convertArgs(disk, out, { sourceFormat: 'qcow2', compress: false, forceShare: true }));
+      }
+    }
+    await fs.rm(out, { force: true });
+  }));
+  return nowMs() - t0;
+}
+
+export async function scaleSection(ctx: Ctx, o: { counts: number[]; diskMiB: number; dataMiB: number }): Promise<ScaleResult> {
+  for (const vm of ctx.lab?.vms.values() ?? []) await vm.pause();
+  const max = Math.max(...o.counts);
+  const fleet = await startFleet(path.join(ctx.work, 'bare', 'fleet'), { count: max, disksPerVm: 2, diskMiB: o.diskMiB, dataMiB: o.dataMiB, prefix: 'vm' });
+  const scratch = path.join(ctx.work, 'scratch');
+  await fs.mkdir(scratch, { recursive: true });
+  const runs: ScaleRun[] = [];
+  try {
+    const list = [];
+    for (const n of o.counts) list.push({ name: `scale-${n}`, socketDir: await fleetSocketDir(path.join(ctx.work, 'sockets'), fleet, n), fallback: 'checkpoint' as const, concurrency: 2 });
+    await addScenarios(ctx, list);
+    const qemuRssMiB = fleet.qemuRssMiB();
+    for (const n of o.counts) {
+      const before = mountCount(ctx.nr.pid);
+      const r = await backup(ctx, `scale-${n}`, { sampleMs: 50 });
+      const calls = r.calls.filter((c) => c.fn === 'assertStage' || c.fn === 'assertManifest');
+      const after = mountCount(ctx.nr.pid);
+      const alone = await copyAlone(fleet, n, scratch, 2);
+      const stageMs: Record<string, number> = {};
+      for (const [k, t] of Object.entries(r.set.timings as Record<string, { ms: number }>)) stageMs[k] = t.ms;
+      const ajvStages: AjvStage[] = STAGES.map(([timing, output, nextInput]) => {
+        const out = calls.filter((c) => c.fn === 'assertStage' && c.stage === output && c.what !== 'msg.payload').reduce((a, c) => a + c.ms, 0);
+        const inp = nextInput ? calls.filter((c) => c.fn === 'assertStage' && c.stage === output && c.what === 'msg.payload').reduce((a, c) => a + c.ms, 0) : 0;
+        const ms = stageMs[timing] ?? 0;
+        return { stage: timing, stageMs: ms, outputCheckMs: round(out, 2), inputCheckMs: round(inp, 2), percentOfStage: ms > 0 ? round(((out + inp) / ms) * 100, 2) : NaN };
+      });
+      const manifests = calls.filter((c) => c.fn === 'assertManifest');
+      const stageCalls = calls.filter((c) => c.fn === 'assertStage');
+      const totalMs = calls.reduce((a, c) => a + c.ms, 0);
+      const dataBytes = n * 2 * o.dataMiB * 1024 * 1024;
+      const run: ScaleRun = {
+        vms: n,
+        backedUp: r.set.vms.length,
+        warnings: (r.set.warnings ?? []).slice(0, 10),
+        disks: n * 2,
+        dataBytes,
+        wallMs: Math.round(r.wallMs),
+        stageMs,
+        copyAloneMs: Math.round(alone),
+        overheadMs: Math.round(r.wallMs - alone),
+        overheadPerVmMs: round((r.wallMs - alone) / n),
+        peakRssMiB: round(r.sampler.peakRssKiB / 1024),
+        children: r.sampler.children(),
+        mounts: { before, min: r.sampler.mountsMin, max: r.sampler.mountsMax, after },
+        responseBytes: r.responseBytes,
+        phases: r.phases,
+        ajv: {
+          stages: ajvStages,
+          manifests: { count: manifests.length, totalMs: round(manifests.reduce((a, c) => a + c.ms, 0), 2), perManifestMs: round(manifests.reduce((a, c) => a + c.ms, 0) / Math.max(1, manifests.length), 3) },
+          totalMs: round(totalMs, 2),
+          perMessageMs: round(stageCalls.reduce((a, c) => a + c.ms, 0) / Math.max(1, stageCalls.length), 3),
+        },
+      };
+      runs.push(run);
+      log(`scale ${n} VMs x 2 disks: ${run.wallMs} ms in the flow (${Object.entries(stageMs).map(([k, v]) => `${k} ${v}`).join(', ')}); qemu-img alone ${run.copyAloneMs} ms; overhead ${run.overheadMs} ms (${run.overheadPerVmMs} ms/VM); peak RSS ${run.peakRssMiB} MiB; mounts ${before}..${r.sampler.mountsMax}; ajv ${run.ajv.totalMs} ms in ${calls.length} checks; children ${JSON.stringify(run.children)}; busy ms by step ${JSON.stringify(Object.fromEntries(Object.entries(r.phases).filter(([k]) => !k.startsWith('assert')).map(([k, v]) => [k, `${v.n}x ${Math.round(v.ms)}`])))}`);
+    }
+    return { qemuRssMiB, diskMiB: o.diskMiB, dataMiBPerDisk: o.dataMiB, runs };
+  } finally {
+    await fleet.stop();
+  }
+}

@@ -1,0 +1,300 @@
+// Fault injection on the Node-RED process itself: a real `node-red` (v4) with the package linked
+// in, killed with SIGKILL at each point of a backup and started again, or redeployed mid-backup
+// (full deploy, and a partial deploy that deletes the next node). After a restart the host node
+// replays the journal; its report must reach the flow's Catch and Status nodes.
+import * as assert from 'node:assert/strict';
+import { promises as fs, mkdtempSync } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { pendingUndos } from '../../src/journal/journal';
+import { startBareWorld, type BareWorld } from './support/bare';
+import { clearHookLog, hookLog, waitAgent } from './support/guest';
+import { ensureLab, labImages, labRefs, labRun } from './support/lab';
+import { procFlow, RealNodeRed, type ProcFlowOptions } from './support/nodered';
+import { faultCase } from './support/table';
+import {
+  assertNoOverlays, assertRepository, assertVmsUnharmed, fmtMs, guestFrozenSpans, journalFrozenMs, readJournal, repositoryState, sleep, type VmRef,
+} from './support/world';
+
+const GROUP = 'Node-RED process';
+
+interface Ctx {
+  nr: RealNodeRed;
+  journalFile: string;
+  repository: string;
+  /** inject and wait until `stage` has sent its output; returns that backup set */
+  runTo(stage: string): Promise<any>;
+  /** the recovery report the flow's Catch node got after a restart, if any */
+  recoveryReport(withinMs?: number): Promise<any | undefined>;
+}
+
+interface Outcome {
+  note: string;
+  backupId?: string;
+  published: boolean;
+}
+
+describe('fault injection: the Node-RED process (SIGKILL and restart, redeploy)', function () {
+  this.timeout(300_000);
+  let nr: RealNodeRed;
+  let bare: BareWorld;
+  let repository: string;
+
+  before(async function () {
+    this.timeout(600_000);
+    await ensureLab();
+    bare = await startBareWorld(['alpha', 'beta'], { dataMiB: 24 });
+    repository = mkdtempSync(path.join(os.tmpdir(), 'vmb-faults-procrepo-'));
+    nr = RealNodeRed.create();
+    await nr.start();
+  });
+  after(async () => {
+    await nr?.stop();
+    await bare?.host.stop();
+    if (repository) await fs.rm(repository, { recursive: true, force: true });
+    if (nr) await fs.rm(nr.userDir, { recursive: true, force: true });
+  });
+
+  async function procCase(
+    name: string, expected: string, o: { lab: boolean } & Omit<ProcFlowOptions, 'socketDir' | 'repository' | 'journalDir' | 'hostName'>,
+    body: (ctx: Ctx) => Promise<Outcome>,
+  ) {
+    await faultCase(GROUP, name, expected, async () => {
+      const refs: VmRef[] = o.lab ? labRefs : bare.refs;
+      if (o.lab) for (const vm of labRefs) {
+        await waitAgent(vm.qga!);
+        await clearHookLog(vm.qga!);
+      }
+      if (!nr.nr) await nr.start();
+      for (const key of ['caught', 'statuses', 'enumerate', 'classify', 'prepare', 'snapshot', 'post_snapshot', 'copy']) await nr.nr!.deleteGlobal(key);
+      const journalDir = mkdtempSync(path.join(os.tmpdir(), 'vmb-faults-journal-'));
+      const hostName = o.lab ? 'lab' : 'bare';
+      const flow = procFlow({ ...o, socketDir: o.lab ? labRun : bare.host.socketDir, repository, journalDir, hostName });
+      await nr.deploy(flow);
+      const before = await repositoryState(repository);
+      const journalFile = path.join(journalDir, `journal-${hostName}.jsonl`);
+      const seenJournal: ReturnType<typeof readJournal> = [];
+      const ctx: Ctx = {
+        nr,
+        journalFile,
+        repository,
+        async runTo(stage) {
+          await nr.inject('go');
+          return nr.waitGlobal(stage.replace('-', '_'), 120_000, async () => {
+            const caught = await nr.global<any[]>('caught');
+            if (caught?.length) throw new Error(`the backup failed: ${caught.map((c) => c.error).join('; ')}`);
+          });
+        },
+        async recoveryReport(withinMs = 20_000) {
+          const deadline = Date.now() + withinMs;
+          while (Date.now() < deadline) {
+            const caught = (await nr.nr?.globalValue<any[]>('caught').catch(() => undefined)) ?? [];
+            const report = caught.find((c) => /\/recovery$/.test(c.topic ?? ''));
+            if (report) return report;
+            await sleep(250);
+          }
+          return undefined;
+        },
+      };
+      const out = await body(ctx);
+      seenJournal.push(...readJournal(journalFile));
+      // nothing may stay live: the case's own wait (idle watchdog) or a redeploy ended it
+      const notes = [out.note];
+      await assertNoOverlays([o.lab ? labImages : bare.host.imageDir]);
+      if (o.lab) {
+        const spans: string[] = [];
+        const limit = (o.freezeTimeout ?? 10) * 1000 + 1000;
+        for (const vm of labRefs) {
+          const s = guestFrozenSpans(await hookLog(vm.qga!));
+          const longest = s.length ? Math.max(...s) : undefined;
+          spans.push(`${vm.id} ${fmtMs(longest)}`);
+          if (longest !== undefined) assert.ok(longest <= limit, `${vm.id} was frozen ${fmtMs(longest)} by its own clock (limit ${fmtMs(limit)})`);
+        }
+        notes.push(`frozen max (guest clock): ${spans.join(', ')}`);
+      }
+      notes.push(await assertVmsUnharmed(refs));
+      notes.push(await assertRepository(repository, before, out.backupId, out.published));
+      assert.deepEqual(pendingUndos(readJournal(journalFile)), [], 'the journal still lists undos');
+      notes.push('journal: nothing pending');
+      void journalFrozenMs;
+      return notes.join('; ');
+    });
+  }
+
+  /** The guardian processes Node-RED started for this case's journal (found by their argument vector). */
+  async function guardiansOf(journalFile: string): Promise<number[]> {
+    const pids: number[] = [];
+    for (const entry of await fs.readdir('/proc')) {
+      if (!/^\d+$/.test(entry)) continue;
+      const argv = (await fs.readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '')).split('\0');
+      if (argv[1]?.endsWith(path.join('pipeline', 'guardian.js')) && argv[2]?.includes(JSON.stringify(journalFile).slice(1, -1))) pids.push(Number(entry));
+    }
+    return pids;
+  }
+
+  /**
+   * Kill Node-RED with SIGKILL (with `killGuardian`, its guardian first, as when a whole service
+   * is killed), optionally wait, start it again; returns the recovery report the flow got.
+   */
+  async function killAndRestart(ctx: Ctx, downMs = 0, killGuardian = false): Promise<{ report: any; note: string }> {
+    const pending = pendingUndos(readJournal(ctx.journalFile)).map((u) => `${u.kind} ${u.vm}`);
+    if (killGuardian) {
+      const pids = await guardiansOf(ctx.journalFile);
+      assert.ok(pids.length > 0, 'a guardian process watches the set');
+      for (const pid of pids) process.kill(pid, 'SIGKILL');
+    }
+    await nr.kill();
+    if (downMs) await sleep(downMs);
+    const byGuardian = readJournal(ctx.journalFile).filter((e) => e.data?.by === 'guardian' && e.vm).map((e) => `${e.op} ${e.vm}`);
+    const t0 = Date.now();
+    await nr.start();
+    const restartMs = Date.now() - t0;
+    const report = await ctx.recoveryReport();
+    const statuses = (await nr.global<any[]>('statuses')) ?? [];
+    const status = statuses.find((s) => s.source === 'enumerate' && /recovered/.test(s.text));
+    const note = `journal after the kill: ${pending.length ? pending.join(', ') : 'nothing pending'}; ` +
+      (byGuardian.length ? `guardian (Node-RED down): ${byGuardian.join(', ')}; ` : '') +
+      `restarted in ${(restartMs / 1000).toFixed(1)} s; ` +
+      (report ? `Catch got ${report.topic}: ${report.payload.actions.map((a: any) => `${a.kind}${a.ok ? '' : ' FAILED'} ${a.vm?.split('/').pop() ?? ''}${a.by ? ` (by ${a.by})` : ''}`).join(', ')}` : 'no recovery report') +
+      (status ? `; status "${status.text}"` : '');
+    return { report, note };
+  }
+
+  it('SIGKILL while guests are frozen, restarted at once', async () => {
+    await procCase('SIGKILL after prepare (guests frozen), restart at once', 'recovery at start thaws both guests; a recovery report reaches Catch and Status nodes',
+      { lab: true, lastStage: 'prepare' }, async (ctx) => {
+        const set = await ctx.runTo('prepare');
+        const { report, note } = await killAndRestart(ctx);
+        assert.ok(report, 'a recovery report reached the Catch node');
+        assert.deepEqual(report.payload.actions.filter((a: any) => a.kind === 'thaw').map((a: any) => a.vm).sort(), ['fa-one', 'fa-two']);
+        return { note, backupId: set.backupId, published: false };
+      });
+  });
+
+  it('SIGKILL of Node-RED and its guardian while guests are frozen', async () => {
+    await procCase('SIGKILL of Node-RED and its guardian after prepare (guests frozen), restart at once', 'recovery at start (journal replay) thaws both guests; report reaches Catch and Status nodes',
+      { lab: true, lastStage: 'prepare' }, async (ctx) => {
+        const set = await ctx.runTo('prepare');
+        const { report, note } = await killAndRestart(ctx, 0, true);
+        assert.deepEqual(report?.payload.actions.filter((a: any) => a.kind === 'thaw' && !a.by).map((a: any) => a.vm).sort(), ['fa-one', 'fa-two']);
+        return { note, backupId: set.backupId, published: false };
+      });
+  });
+
+  it('SIGKILL of Node-RED and its guardian while VMs run on overlays', async () => {
+    await procCase('SIGKILL of Node-RED and its guardian after snapshot (overlays), restart', 'recovery at start merges the overlays live; report reaches Catch',
+      { lab: false, lastStage: 'snapshot' }, async (ctx) => {
+        const set = await ctx.runTo('snapshot');
+        const { report, note } = await killAndRestart(ctx, 0, true);
+        assert.ok(report?.payload.actions.some((a: any) => a.kind === 'merge' && a.ok && !a.by), 'overlays merged by recovery at start');
+        return { note, backupId: set.backupId, published: false };
+      });
+  });
+
+  it('SIGKILL while guests are frozen, Node-RED left down for 15 s', async () => {
+    await procCase('SIGKILL after prepare (guests frozen), Node-RED down 15 s', 'the guests are thawed within freezeTimeout + 1 s although no Node-RED runs (guardian process); restart finds nothing frozen',
+      { lab: true, lastStage: 'prepare' }, async (ctx) => {
+        const set = await ctx.runTo('prepare');
+        const { report, note } = await killAndRestart(ctx, 15_000);
+        assert.ok(report?.payload.actions.some((a: any) => a.kind === 'thaw' && a.by === 'guardian'), 'the report says the guardian thawed');
+        return { note, backupId: set.backupId, published: false };
+      });
+  });
+
+  it('SIGKILL while VMs run on overlays', async () => {
+    await procCase('SIGKILL after snapshot (VMs on overlays), restart', 'recovery merges the overlays live (block-commit); report reaches Catch; nothing published',
+      { lab: false, lastStage: 'snapshot' }, async (ctx) => {
+        const set = await ctx.runTo('snapshot');
+        const { report, note } = await killAndRestart(ctx);
+        assert.ok(report?.payload.actions.some((a: any) => a.kind === 'merge' && a.ok), 'overlays merged by recovery');
+        return { note, backupId: set.backupId, published: false };
+      });
+  });
+
+  it('SIGKILL while VMs are saved/paused', async () => {
+    await procCase('SIGKILL after prepare (saved-state: VMs paused), restart', 'recovery resumes the VMs and removes the partial backup; report reaches Catch',
+      { lab: false, lastStage: 'prepare', fallback: 'saved-state' }, async (ctx) => {
+        const set = await ctx.runTo('prepare');
+        const { report, note } = await killAndRestart(ctx);
+        assert.ok(report?.payload.actions.some((a: any) => a.kind === 'resume' && a.ok), 'VMs resumed by recovery');
+        return { note, backupId: set.backupId, published: false };
+      });
+  });
+
+  it('SIGKILL during the copy', async () => {
+    await procCase('SIGKILL while copying, restart', 'recovery removes the partial (staging) backup and merges the overlays; nothing published; earlier backups intact',
+      { lab: false, lastStage: 'copy' }, async (ctx) => {
+        await ctx.runTo('post-snapshot');
+        const set = await ctx.nr.global('post_snapshot');
+        const staging = path.join(repository, 'bare', 'alpha', `.partial-${set.backupId}`);
+        for (let i = 0; i < 2000; i++) {
+          if (await fs.stat(staging).then(() => true, () => false)) break;
+          await sleep(5);
+        }
+        const { report, note } = await killAndRestart(ctx);
+        assert.ok(report?.payload.actions.some((a: any) => /discard/.test(a.kind)), 'the partial backup was removed');
+        return { note, backupId: set.backupId, published: false };
+      });
+  });
+
+  it('SIGKILL before any side effect', async () => {
+    await procCase('SIGKILL after classify (no side effect yet), restart', 'nothing to recover: no report, nothing pending',
+      { lab: false, lastStage: 'classify' }, async (ctx) => {
+        const set = await ctx.runTo('classify');
+        await nr.kill();
+        await nr.start();
+        const report = await ctx.recoveryReport(3000);
+        assert.equal(report, undefined, 'no recovery report when nothing was interrupted');
+        return { note: 'restarted; no recovery report', backupId: set.backupId, published: false };
+      });
+  });
+
+  it('full redeploy while guests are frozen', async () => {
+    await procCase('full redeploy after prepare (guests frozen)', 'the closing host node thaws the guests at once; the new host node finds nothing to recover',
+      { lab: true, lastStage: 'prepare' }, async (ctx) => {
+        const set = await ctx.runTo('prepare');
+        const t0 = Date.now();
+        const flow = procFlow({ socketDir: labRun, repository, journalDir: path.dirname(ctx.journalFile), hostName: 'lab', lastStage: 'copy' });
+        await ctx.nr.deploy(flow, 'full');
+        return { note: `redeployed in ${Date.now() - t0} ms`, backupId: set.backupId, published: false };
+      });
+  });
+
+  it('full redeploy while VMs run on overlays', async () => {
+    await procCase('full redeploy after snapshot (VMs on overlays)', 'the closing host node merges the overlays at once; nothing published',
+      { lab: false, lastStage: 'snapshot' }, async (ctx) => {
+        const set = await ctx.runTo('snapshot');
+        await ctx.nr.deploy(procFlow({ socketDir: bare.host.socketDir, repository, journalDir: path.dirname(ctx.journalFile), hostName: 'bare', lastStage: 'copy' }), 'full');
+        return { note: 'redeployed', backupId: set.backupId, published: false };
+      });
+  });
+
+  it('full redeploy during the copy', async () => {
+    await procCase('full redeploy while copying', 'the copy is cancelled, overlays merged, staging removed, nothing published',
+      { lab: false, lastStage: 'copy' }, async (ctx) => {
+        await ctx.runTo('post-snapshot');
+        const set = await ctx.nr.global('post_snapshot');
+        const staging = path.join(repository, 'bare', 'alpha', `.partial-${set.backupId}`);
+        for (let i = 0; i < 2000; i++) {
+          if (await fs.stat(staging).then(() => true, () => false)) break;
+          await sleep(5);
+        }
+        await ctx.nr.deploy(procFlow({ socketDir: bare.host.socketDir, repository, journalDir: path.dirname(ctx.journalFile), hostName: 'bare', lastStage: 'copy' }), 'full');
+        const published = await fs.stat(path.join(repository, 'bare', 'alpha', set.backupId)).then(() => true, () => false);
+        return { note: `redeployed mid-copy${published ? ' (copy had already published)' : ''}`, backupId: set.backupId, published };
+      });
+  });
+
+  it('partial deploy deletes the next node mid-backup', async () => {
+    await procCase('"modified nodes" deploy deletes the copy node after post-snapshot', 'the host node stays; its idleTimeout (5 s) aborts the orphaned set: overlays merged, nothing published',
+      { lab: false, lastStage: 'copy', idleTimeout: 5 }, async (ctx) => {
+        const flowOpts = { socketDir: bare.host.socketDir, repository, journalDir: path.dirname(ctx.journalFile), hostName: 'bare', idleTimeout: 5 } as const;
+        // stop after post-snapshot: the copy node is deleted before the message reaches it
+        await ctx.nr.deploy(procFlow({ ...flowOpts, lastStage: 'post-snapshot' }), 'nodes');
+        const set = await ctx.runTo('post-snapshot');
+        await ctx.nr.deploy(procFlow({ ...flowOpts, lastStage: 'post-snapshot', without: 'copy' }), 'nodes');
+        await sleep(8000);
+        return { note: 'copy node deleted; set aborted by the idle watchdog', backupId: set.backupId, published: false };
+      });
+  });
+});

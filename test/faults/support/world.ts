@@ -1,0 +1,191 @@
+// What the fault suite checks after every case, measured from outside the product: QMP and the
+// guest agent (run state, freeze status), the guest's own freeze log, the journal file, the image
+// directories and the repository on disk.
+import * as assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { promises as fs, readFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { GuestAgentClient, QmpClient } from '../../../src/providers/qemu/protocol';
+import { overlaysUnder } from '../../support/bare-vms';
+import type { JournalEntry } from '../../../src/journal/journal';
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+export async function qmp<T = any>(socket: string, command: string, args?: Record<string, unknown>, timeoutMs = 10_000): Promise<T> {
+  const c = await QmpClient.connect(socket, { timeoutMs });
+  try {
+    return await c.execute<T>(command, args);
+  } finally {
+    await c.close();
+  }
+}
+
+export async function qga<T = any>(socket: string, command: string, args?: Record<string, unknown>, timeoutMs = 10_000): Promise<T> {
+  const c = await GuestAgentClient.connect(socket, { timeoutMs, syncTimeoutMs: Math.min(timeoutMs, 5000) });
+  try {
+    return await c.execute<T>(command, args, { timeoutMs });
+  } finally {
+    await c.close();
+  }
+}
+
+/** Retry an agent command until it answers (the agent channel serves one client at a time). */
+export async function qgaRetry<T = any>(socket: string, command: string, args?: Record<string, unknown>, withinMs = 30_000): Promise<T> {
+  const deadline = Date.now() + withinMs;
+  let last: unknown;
+  while (Date.now() < deadline) {
+    try {
+      return await qga<T>(socket, command, args, 5000);
+    } catch (err) {
+      last = err;
+      await sleep(300);
+    }
+  }
+  throw new Error(`${path.basename(socket)}: ${command} got no answer within ${withinMs} ms: ${(last as Error)?.message}`);
+}
+
+export interface VmRef {
+  id: string;
+  qmp: string;
+  /** agent socket of a VM whose agent runs (freeze status is checked) */
+  qga?: string;
+}
+
+/** Every VM runs (not paused, not saved), none is on one of our overlays, every agent VM is thawed. */
+export async function assertVmsUnharmed(vms: readonly VmRef[]): Promise<string> {
+  const states: string[] = [];
+  for (const vm of vms) {
+    const status = (await qmp<{ status: string }>(vm.qmp, 'query-status')).status;
+    assert.equal(status, 'running', `${vm.id} is ${status}, not running`);
+    const block = await qmp<{ inserted?: { file: string; image?: { filename: string } } }[]>(vm.qmp, 'query-block');
+    for (const b of block) assert.doesNotMatch(b.inserted?.image?.filename ?? b.inserted?.file ?? '', /vmbackup-/, `${vm.id} still runs on an overlay`);
+    if (vm.qga) {
+      const fz = await qgaRetry<string>(vm.qga, 'guest-fsfreeze-status', undefined, 30_000);
+      assert.equal(fz, 'thawed', `${vm.id} guest is ${fz}`);
+      states.push(`${vm.id} running+thawed`);
+    } else states.push(`${vm.id} running`);
+  }
+  return states.join(', ');
+}
+
+export async function assertNoOverlays(dirs: readonly string[]): Promise<void> {
+  for (const dir of dirs) assert.deepEqual(await overlaysUnder(dir), [], `overlays left under ${dir}`);
+}
+
+// ---- repository ----
+
+export async function filesUnder(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  const walk = async (d: string) => {
+    for (const e of await fs.readdir(d, { withFileTypes: true }).catch(() => [])) {
+      const p = path.join(d, e.name);
+      if (e.isDirectory()) await walk(p);
+      else out.push(p);
+    }
+  };
+  await walk(dir);
+  return out.sort();
+}
+
+/** sha256 of every file in the repository, by path. */
+export async function repositoryState(root: string): Promise<Map<string, string>> {
+  const state = new Map<string, string>();
+  for (const f of await filesUnder(root)) state.set(path.relative(root, f), createHash('sha256').update(await fs.readFile(f)).digest('hex'));
+  return state;
+}
+
+/**
+ * Earlier backups byte-identical; nothing of `backupId` published unless `published`; no staging
+ * directory left; every published manifest's files match their sha256. Returns a short note.
+ */
+export async function assertRepository(root: string, before: Map<string, string>, backupId: string | undefined, published: boolean): Promise<string> {
+  const after = await repositoryState(root);
+  for (const [file, sha] of before) {
+    if (file.includes('.partial-')) continue;
+    assert.equal(after.get(file), sha, `earlier backup file ${file} changed or vanished`);
+  }
+  const staging = [...after.keys()].filter((f) => f.split(path.sep).some((p) => p.startsWith('.partial-')));
+  assert.deepEqual(staging, [], 'staging (partial) directories left in the repository');
+  const mine = [...after.keys()].filter((f) => backupId && f.split(path.sep).includes(backupId));
+  if (!published) assert.deepEqual(mine, [], `files of the failed backup ${backupId} were published`);
+  let checked = 0;
+  for (const manifestFile of [...after.keys()].filter((f) => f.endsWith('manifest.json') && !before.has(f))) {
+    const dir = path.dirname(manifestFile);
+    const manifest = JSON.parse(readFileSync(path.join(root, manifestFile), 'utf8')) as { files: { name: string; sha256: string }[] };
+    for (const f of manifest.files) {
+      assert.equal(after.get(path.join(dir, f.name)), f.sha256, `${dir}/${f.name} does not match its manifest`);
+      checked++;
+    }
+  }
+  const earlier = [...before.keys()].filter((f) => f.endsWith('manifest.json')).length;
+  return published
+    ? `published (${mine.filter((f) => f.endsWith('manifest.json')).length} manifests, ${checked} files verified), ${earlier} earlier intact`
+    : `nothing published, ${earlier} earlier intact`;
+}
+
+// ---- journal ----
+
+export function readJournal(file: string): JournalEntry[] {
+  let text = '';
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch {
+    return [];
+  }
+  return text.split('\n').filter((l) => l.trim()).flatMap((l) => {
+    try {
+      return [JSON.parse(l) as JournalEntry];
+    } catch {
+      return [];
+    }
+  });
+}
+
+/** Longest freeze-intent -> thaw-done span per VM in the journal (an open freeze counts until `now`). */
+export function journalFrozenMs(entries: readonly JournalEntry[], now = Date.now()): Map<string, number> {
+  const open = new Map<string, number>();
+  const longest = new Map<string, number>();
+  for (const e of entries) {
+    if (!e.vm) continue;
+    const key = `${e.backupId}/${e.vm}`;
+    const t = Date.parse(e.t);
+    if (e.op === 'freeze' && e.phase === 'intent') open.set(key, t);
+    if (e.op === 'thaw' && e.phase === 'done' && open.has(key)) {
+      longest.set(e.vm, Math.max(longest.get(e.vm) ?? 0, t - open.get(key)!));
+      open.delete(key);
+    }
+  }
+  for (const [key, t] of open) {
+    const vm = key.split('/')[1];
+    longest.set(vm, Math.max(longest.get(vm) ?? 0, now - t));
+  }
+  return longest;
+}
+
+// ---- the guest's own freeze log (lab guests: the fsfreeze hook appends "<phase> <uptime>") ----
+
+export const HOOK_LOG = '/run/qga/fsfreeze.log';
+
+/** freeze->thaw spans in ms from the guest's log (guest clock); an unmatched freeze is reported as Infinity. */
+export function guestFrozenSpans(log: string): number[] {
+  const spans: number[] = [];
+  let frozenAt: number | undefined;
+  for (const line of log.split('\n')) {
+    const m = /^(freeze|thaw) ([0-9.]+)/.exec(line.trim());
+    if (!m) continue;
+    const t = Number(m[2]) * 1000;
+    if (m[1] === 'freeze') frozenAt ??= t;
+    else if (frozenAt !== undefined) {
+      spans.push(t - frozenAt);
+      frozenAt = undefined;
+    }
+  }
+  if (frozenAt !== undefined) spans.push(Infinity);
+  return spans;
+}
+
+export function fmtMs(ms: number | undefined): string {
+  if (ms === undefined) return '-';
+  if (!Number.isFinite(ms)) return 'still frozen';
+  return `${(ms / 1000).toFixed(1)} s`;
+}
