@@ -5,9 +5,10 @@ import { pendingUndos } from './journal/journal';
 import type { HostProvider } from './providers/provider';
 import type { ArtifactRepository } from './repository/repository';
 import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
 
 export interface RecoveryAction {
-  kind: PendingUndo['kind'] | 'discard-unjournalled';
+  kind: PendingUndo['kind'] | 'discard-unjournalled' | 'unpublish';
   backupId?: string;
   vm?: string;
   ok: boolean;
@@ -27,6 +28,9 @@ export async function recover(journal: Journal, provider: HostProvider, repo: Ar
       actions.push({ kind: e.op, backupId: e.backupId, vm: e.vm, ok: true, by: 'guardian', at: e.t });
     }
   }
+  // A crash between two VMs' publish renames leaves a set partly published: take it back (all or
+  // none). A set whose every VM was renamed is complete and verified: it stays.
+  for (const action of await takeBackPartialPublish(entries)) actions.push(action);
   for (const undo of pendingUndos(entries)) {
     const action: RecoveryAction = { kind: undo.kind, backupId: undo.backupId, vm: undo.vm, ok: true };
     try {
@@ -50,5 +54,26 @@ export async function recover(journal: Journal, provider: HostProvider, repo: Ar
     actions.push({ kind: 'discard-unjournalled', ok: error === undefined, vm: dir, ...(error ? { error } : {}) });
   }
   journal.compact(failed);
+  return actions;
+}
+
+export async function takeBackPartialPublish(entries: readonly JournalEntry[]): Promise<RecoveryAction[]> {
+  const ended = new Set(entries.filter((e) => e.op === 'end').map((e) => e.backupId));
+  const publishing = new Set(entries.filter((e) => e.op === 'publish' && !ended.has(e.backupId)).map((e) => e.backupId));
+  const actions: RecoveryAction[] = [];
+  for (const backupId of publishing) {
+    const staged = new Map<string, string>();
+    for (const e of entries) if (e.backupId === backupId && e.op === 'staging' && e.phase === 'intent' && e.vm && e.data?.dir) staged.set(e.vm, e.data.dir);
+    const exists = (p: string) => fs.access(p).then(() => true, () => false);
+    const state = await Promise.all([...staged].map(async ([vm, dir]) => {
+      const final = path.join(path.dirname(dir), backupId);
+      return { vm, final, published: (await exists(final)) && !(await exists(dir)) };
+    }));
+    if (state.every((s) => s.published)) continue;
+    for (const s of state.filter((x) => x.published)) {
+      const error = await fs.rm(s.final, { recursive: true, force: true }).then(() => undefined, (err: Error) => err.message);
+      actions.push({ kind: 'unpublish', backupId, vm: s.vm, ok: error === undefined, ...(error ? { error } : {}) });
+    }
+  }
   return actions;
 }

@@ -40,6 +40,7 @@ function describeAction(a: RecoveryAction): string {
     merge: 'merged the overlays of',
     discard: 'removed the unpublished partial backup of',
     'discard-unjournalled': 'removed the unjournalled partial backup',
+    unpublish: 'took back (all or none) the partly published backup of',
   }[a.kind];
   return `${a.ok ? '' : 'FAILED: '}${what} ${a.vm ?? ''}${a.backupId ? ` (backup ${a.backupId})` : ''}${a.by === 'guardian' ? ' by the guardian process when Node-RED died' : ''}${a.ok ? '' : `: ${a.error}`}`.trim();
 }

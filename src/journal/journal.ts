@@ -42,7 +42,17 @@ export class Journal {
   private open(): number {
     if (this.fd === undefined) {
       fs.mkdirSync(path.dirname(this.file), { recursive: true, mode: 0o700 });
+      const created = !fs.existsSync(this.file);
       this.fd = fs.openSync(this.file, 'a', 0o600);
+      if (created) {
+        // the new file's directory entry must survive a power cut too
+        const dir = fs.openSync(path.dirname(this.file), 'r');
+        try {
+          fs.fsyncSync(dir);
+        } finally {
+          fs.closeSync(dir);
+        }
+      }
     }
     return this.fd;
   }

@@ -97,6 +97,7 @@ export async function copyBackupSet(
   try {
     for (const s of staged) {
       live.assertLive();
+      live.notePublishing(s.vm.id, s.dir);
       const final = await repo.publish(set.host.name, s.vm.id, set.backupId);
       published.push(s);
       live.notePublished(s.vm.id);

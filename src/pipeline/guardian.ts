@@ -71,6 +71,11 @@ async function guard(spec: GuardianSpec): Promise<void> {
   const provider = new QemuProvider(spec.provider.options as never);
   const t0 = Date.now();
   try {
+    // a set cut between two VMs' publish renames is taken back first (all or none)
+    const { takeBackPartialPublish } = require('../recovery') as typeof import('../recovery');
+    for (const a of await takeBackPartialPublish(journal.read().filter((e) => e.backupId === spec.backupId))) {
+      if (a.ok) journal.append({ backupId: spec.backupId, vm: a.vm, op: 'discard', phase: 'done', data: { by: 'guardian' } });
+    }
     for (;;) {
       const undos = pendingUndos(journal.read()).filter((u) => u.backupId === spec.backupId);
       let failed = 0;

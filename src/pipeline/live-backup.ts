@@ -259,6 +259,11 @@ export class LiveBackup {
     this.staging.set(vmId, dir);
   }
 
+  /** About to rename the VM's staging directory to its final name (recovery takes a half-published set back). */
+  notePublishing(vmId: string, dir: string): void {
+    this.journal.append({ backupId: this.backupId, vm: vmId, op: 'publish', phase: 'intent', data: { dir } });
+  }
+
   notePublished(vmId: string): void {
     this.staging.delete(vmId);
     this.journal.append({ backupId: this.backupId, vm: vmId, op: 'publish', phase: 'done' });

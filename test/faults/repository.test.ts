@@ -8,6 +8,7 @@ import { promises as fs, mkdirSync, mkdtempSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Journal, pendingUndos } from '../../src/journal/journal';
+import { recover } from '../../src/recovery';
 import { BackupHost, DEFAULT_TIMEOUTS } from '../../src/pipeline/backup-host';
 import type { Timeouts } from '../../src/pipeline/live-backup';
 import { QemuProvider } from '../../src/providers/qemu/qemu-provider';
@@ -275,6 +276,43 @@ describe('fault injection: repository and journal faults, read-back verification
         assert.ok(err, 'the copy must fail');
         assert.match(err.message, /alpha\/disk-.*read back before publishing, sha256 .* differs from the manifest/);
         return { note: `copy refused: "${err.message.slice(0, 110)}"`, backupId: set.backupId, published: false };
+      });
+  });
+
+  it('the second VM of a set cannot be published', async () => {
+    await domainCase('copy: publish of the second VM fails (its final directory already exists)', 'the first VM\'s publish is taken back (all or none); the existing directory untouched; nothing of the set published',
+      new QemuProvider({ socketDir: world.host.socketDir }), async (host) => {
+        const set = await upToCopy(host);
+        const blocker = path.join(host.repository.root, 'faulthost', 'beta', set.backupId);
+        await fs.mkdir(blocker, { recursive: true });
+        await fs.writeFile(path.join(blocker, 'keep.txt'), 'not ours');
+        const err = await host.copy(set, { concurrency: 2, compress: false }).then(() => undefined, (e: Error) => e);
+        assert.ok(err, 'the copy must fail');
+        assert.match(err.message, /already exists; not replaced/);
+        assert.equal(await fs.readFile(path.join(blocker, 'keep.txt'), 'utf8'), 'not ours');
+        const alpha = await fs.stat(path.join(host.repository.root, 'faulthost', 'alpha', set.backupId)).then(() => true, () => false);
+        assert.equal(alpha, false, 'alpha, published first, was taken back');
+        await fs.rm(blocker, { recursive: true });
+        return { note: `copy refused: "${err.message.slice(0, 100)}"; alpha taken back`, backupId: set.backupId, published: false };
+      });
+  });
+
+  it('a crash between two publish renames', async () => {
+    await domainCase('recovery: Node-RED died between the publish renames of two VMs', 'recovery takes the half-published set back (alpha unpublished, beta\'s staging removed): all or none',
+      new QemuProvider({ socketDir: world.host.socketDir }), async (host) => {
+        const set = await upToCopy(host);
+        await host.copy(set, { concurrency: 2, compress: false });
+        // what a SIGKILL right after alpha's rename leaves: beta still staged, the journal cut there
+        const root = host.repository.root;
+        await fs.rename(path.join(root, 'faulthost', 'beta', set.backupId), path.join(root, 'faulthost', 'beta', `.partial-${set.backupId}`));
+        const entries = readJournal(host.journal.file);
+        const cut = entries.findIndex((e) => e.backupId === set.backupId && e.vm === 'alpha' && e.op === 'publish' && e.phase === 'done');
+        assert.ok(cut > 0);
+        host.journal.compact(entries.slice(0, cut + 1));
+        const actions = await recover(host.journal, host.provider, host.repository, 30_000);
+        const kinds = actions.map((a) => `${a.kind} ${a.vm}`);
+        assert.ok(kinds.includes('unpublish alpha') && kinds.includes('discard beta'), kinds.join(', '));
+        return { note: `recovery: ${kinds.join(', ')}`, backupId: set.backupId, published: false };
       });
   });
 
