@@ -62,7 +62,7 @@ function parseArgs(argv: string[]): Args {
 export function plan(quick: boolean) {
   return quick
     ? { freezeRuns: 5, fill4g: 256, downtimeRuns: 3, sparseRuns: 2, memoryRuns: 1, memoryBigMiB: 2048, scale: [10, 50, 100], scaleDiskMiB: 32, scaleDataMiB: 4 }
-    : { freezeRuns: 20, fill4g: 512, downtimeRuns: 10, sparseRuns: 5, memoryRuns: 1, memoryBigMiB: 4096, scale: [10, 50, 100], scaleDiskMiB: 32, scaleDataMiB: 8 };
+    : { freezeRuns: 20, fill4g: 1024, downtimeRuns: 10, sparseRuns: 5, memoryRuns: 1, memoryBigMiB: 4096, scale: [10, 50, 100], scaleDiskMiB: 32, scaleDataMiB: 8 };
 }
 
 /** Which product code was measured: the commit, and a digest of uncommitted changes to src/ and nodes/. */

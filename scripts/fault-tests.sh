@@ -9,8 +9,9 @@
 #
 # Needs root (tmpfs mounts for the repository faults), QEMU (qemu-system-x86_64, qemu-img, qemu-io)
 # and the lab packages (node dist/lab/cli.js install). The lab cases start two guests of their own
-# in VMBACKUP_FAULTS_LAB_DIR (default /tmp/vmb-faults-lab, never the shared /tmp/vm-backup-lab) and
-# stop them at the end unless VMBACKUP_KEEP_LAB=1.
+# in VMBACKUP_FAULTS_LAB_DIR (default /tmp/vmb-faults-lab-<hash of this checkout's path>, never the
+# shared /tmp/vm-backup-lab) and stop them at the end unless VMBACKUP_KEEP_LAB=1. Do not run two
+# suites from the same checkout at once: they would share that lab.
 # Other settings: VMBACKUP_FUZZ_N (payloads per node), VMBACKUP_FUZZ_SEED (replay a run),
 # VMBACKUP_FAULTS_NO_DOC=1 (do not rewrite the table in docs/faults.md).
 # The table of cases (case, expected, observed) is printed and written into docs/faults.md.

@@ -1,12 +1,21 @@
 // The fault suite's own lab: two real TCG guests with qemu-ga and a workload (lab/lab-vms.ts),
 // in a lab directory of their own so that the suite can kill them without disturbing anyone
 // else's lab. Started once per mocha run; stopped at the end if this run started it.
+import { createHash } from 'node:crypto';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { labStatus, startLab, stopLab } from '../../../lab/lab-vms';
 import { clearHookLog, installFaultHook, waitAgent } from './guest';
 import type { VmRef } from './world';
 
-export const FAULT_LAB = process.env.VMBACKUP_FAULTS_LAB_DIR ?? '/tmp/vmb-faults-lab';
+/** dist/test/faults/support -> the checkout this suite runs from */
+const REPO_ROOT = path.resolve(__dirname, '..', '..', '..', '..');
+/**
+ * One lab per checkout (copies of the repository, e.g. for A/B benchmarks, must not kill and
+ * re-hook each other's guests); two runs from the same checkout at once are not supported.
+ */
+export const FAULT_LAB = process.env.VMBACKUP_FAULTS_LAB_DIR
+  ?? path.join(os.tmpdir(), `vmb-faults-lab-${createHash('sha256').update(REPO_ROOT).digest('hex').slice(0, 8)}`);
 export const LAB_VMS = ['fa-one', 'fa-two'] as const;
 const SPECS = LAB_VMS.map((name) => ({ name, agent: true }));
 
