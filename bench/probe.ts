@@ -7,7 +7,7 @@
 // On SIGWINCH (node-red itself exits on SIGUSR2) the records go to $BENCH_PROBE_OUT and are reset.
 import { writeFileSync } from 'node:fs';
 import * as path from 'node:path';
-import { performance } from 'node:perf_hooks';
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 
 export interface ProbeCall { fn: string; stage?: string; what?: string; vms?: number; ms: number; first?: boolean }
 
@@ -65,7 +65,14 @@ if (out) {
   if (provider && process.env.BENCH_NO_GUARDIAN === '1') provider.guardianSpec = () => undefined;
   for (const name of ['enumerate', 'freeze', 'thaw', 'saveState', 'resume', 'snapshot', 'merge', 'describe', 'exportDisk', 'verifyDisk']) timeAsync(provider, name, `provider.${name}`);
 
+  // the journal's intent lines are written and fsync'd synchronously, on the event loop
+  timeAsync(load('src/journal/journal.js')?.Journal?.prototype, 'append', 'journal append (fsync)');
+  const loop = monitorEventLoopDelay({ resolution: 10 });
+  loop.enable();
+
   process.on('SIGWINCH', () => {
+    calls.push({ fn: 'event loop delay, max', ms: loop.max / 1e6 }, { fn: 'event loop delay, mean', ms: loop.mean / 1e6 });
+    loop.reset();
     writeFileSync(out, JSON.stringify(calls));
     calls.length = 0;
   });

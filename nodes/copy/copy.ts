@@ -8,6 +8,8 @@ import { registerStageNode, type StageNodeDef } from '../shared/stage-node';
 
 interface CopyDef extends StageNodeDef {
   compress: boolean;
+  /** qemu-img compare of every copy with its source; missing in flows made before it existed: on */
+  verify?: boolean;
   concurrency: string | number;
   progressInterval: string | number; // ms
 }
@@ -48,7 +50,7 @@ module.exports = function register(RED: NodeAPI) {
         sendExtra([null, progress]);
       };
       status('copying 0 %');
-      return host.copy(set, { concurrency: concurrencyOf(config), compress: config.compress === true, onProgress });
+      return host.copy(set, { concurrency: concurrencyOf(config), compress: config.compress === true, verify: config.verify !== false, onProgress });
     },
     done: (set: CopiedSet) => `${set.vms.length} VMs, ${formatBytes(set.vms.reduce((n, vm) => n + vm.copy.bytes, 0))}`,
   });

@@ -1,6 +1,6 @@
 // Copy artifacts: every VM's disks, definition and saved state into its staging directory, a
 // schema-checked manifest with the sha256 of every file, then publish all VMs or none.
-import { promises as fs } from 'node:fs';
+import { promises as fs, type BigIntStats } from 'node:fs';
 import * as path from 'node:path';
 import { assertManifest } from '../contract/validate';
 import type { CopyResult, Manifest, ManifestFile, PostSnapshotSet, PostSnapshotVm } from '../contract/types';
@@ -24,10 +24,13 @@ export interface CopyOptions {
   concurrency: number;
   /** qcow2 compression of the copied disks (smaller, slower) */
   compress: boolean;
+  /** compare every disk copy with its source (qemu-img compare) before publishing; default true */
+  verify?: boolean;
   onProgress?: (p: CopyProgress) => void;
 }
 
-type Staged = { vm: PostSnapshotVm; dir: string; files: ManifestFile[]; startedAt: number };
+/** `identities`: file name -> size, mtime and inode when it was hashed (see verifyStaged) */
+type Staged = { vm: PostSnapshotVm; dir: string; files: ManifestFile[]; identities: Map<string, string>; startedAt: number };
 
 export async function copyBackupSet(
   provider: HostProvider, repo: ArtifactRepository, live: LiveBackup, set: PostSnapshotSet, options: CopyOptions,
@@ -49,11 +52,12 @@ export async function copyBackupSet(
     live.noteStaging(vm.id, repo.stagingDir(set.host.name, vm.id, set.backupId));
     const dir = await repo.openStaging(set.host.name, vm.id, set.backupId);
     const files: ManifestFile[] = [];
+    const identities = new Map<string, string>();
 
     const definition = await provider.describe(vm.id);
     live.assertLive();
     await writeFileDurable(path.join(dir, 'definition.json'), JSON.stringify(definition, null, 2) + '\n');
-    files.push(await describeFile(dir, 'definition.json', 'definition'));
+    files.push(await describeFile(dir, 'definition.json', 'definition', identities));
 
     for (const overlay of overlaysOf(vm)) {
       const disk = vm.disks.find((d) => d.id === overlay.disk);
@@ -61,23 +65,31 @@ export async function copyBackupSet(
       const name = `disk-${overlay.disk.replace(/[^A-Za-z0-9._-]/g, '_')}.${extension}`;
       live.assertLive();
       // the signal stops qemu-img at once when the set is aborted (watchdog, redeploy)
-      const exportOptions: { compress?: boolean } = { compress: options.compress, signal: live.signal } as { compress?: boolean };
-      const exported = await provider.exportDisk(overlay, path.join(dir, name), (p) => report(vm.id, name, p.done, p.total), exportOptions);
-      await fsyncFile(exported.path);
-      // read the copy back and compare it with its source before it is hashed for the manifest
-      await verifyExport(provider, overlay, exported.path);
+      const exported = await provider.exportDisk(overlay, path.join(dir, name), (p) => report(vm.id, name, p.done, p.total), {
+        compress: options.compress, signal: live.signal, ...(disk?.virtualSize ? { virtualSize: disk.virtualSize } : {}),
+      });
+      // Read the copy back twice at once, on two cores: the provider compares what a guest would
+      // see in it with the source (qemu-img compare), and its bytes are hashed for the manifest.
+      const [described] = await Promise.all([
+        fsyncFile(exported.path).then(() => describeFile(dir, name, 'disk', identities)),
+        options.verify === false ? undefined : provider.verifyDisk?.(overlay, exported.path),
+      ]);
       live.assertLive();
       files.push({
-        ...(await describeFile(dir, name, 'disk')),
+        ...described,
         disk: overlay.disk,
         ...(exported.format ? { format: exported.format } : {}),
         virtualSize: exported.virtualSize ?? disk?.virtualSize ?? 0,
       });
     }
     if (vm.prepare.action === 'save' && vm.prepare.savedStateFile) {
-      files.push(await describeFile(dir, path.basename(vm.prepare.savedStateFile), 'saved-state'));
+      files.push(await describeFile(dir, path.basename(vm.prepare.savedStateFile), 'saved-state', identities));
     }
-    return { vm, dir, files, startedAt };
+    // This VM's copies are made and checked: it leaves its overlays now rather than after every
+    // other VM is copied (its overlays stop growing, and merges overlap the other copies). A merge
+    // that fails here stays in the set and is tried again, and reported, when the set ends.
+    await live.merge(vm.id).catch(() => undefined);
+    return { vm, dir, files, identities, startedAt };
   });
 
   // Every VM is staged: write the manifests, then publish. A failure before the last rename
@@ -88,8 +100,8 @@ export async function copyBackupSet(
     assertManifest(manifest);
     await writeFileDurable(path.join(s.dir, 'manifest.json'), JSON.stringify(manifest, null, 2) + '\n');
   }
-  // Read every staged file back once more and compare with its manifest: what is published is
-  // what was verified (a write that went wrong, or anything that changed the file since, is caught).
+  // What is published is what was verified and hashed: a file written to or replaced since its
+  // hash was taken stops the publish.
   for (const s of staged) await verifyStaged(s);
   for (const s of staged) await fsyncDir(s.dir);
   live.assertLive();
@@ -118,25 +130,33 @@ export async function copyBackupSet(
   return results;
 }
 
-/** The provider's own check that the written copy holds what the source holds (QEMU: qemu-img compare). */
-async function verifyExport(provider: HostProvider, overlay: PostSnapshotVm['snapshot']['overlays'][number], file: string): Promise<void> {
-  const verify = (provider as Partial<{ verifyDisk(o: typeof overlay, f: string): Promise<void> }>).verifyDisk;
-  if (verify) await verify.call(provider, overlay, file);
-}
-
+/**
+ * Right before the rename: every staged file must still be the file that was hashed (same size,
+ * same modification time to the nanosecond, same inode). Anything that wrote to it since is caught
+ * without reading every byte a second time.
+ */
 async function verifyStaged(s: Staged): Promise<void> {
   for (const f of s.files) {
-    const sha256 = await sha256File(path.join(s.dir, f.name)).catch((err: Error) => `unreadable (${err.message})`);
-    if (sha256 !== f.sha256) {
-      throw new StageError(`${s.vm.id}/${f.name}: read back before publishing, sha256 ${sha256} differs from the manifest's ${f.sha256}; not published`);
+    const now = await fs.stat(path.join(s.dir, f.name), { bigint: true }).then(identity, (err: Error) => `unreadable (${err.message})`);
+    const then = s.identities.get(f.name);
+    if (now !== then) {
+      throw new StageError(`${s.vm.id}/${f.name}: changed after it was hashed for the manifest (${then ?? 'never hashed'} -> ${now}); not published`);
     }
   }
 }
 
-async function describeFile(dir: string, name: string, kind: ManifestFile['kind']): Promise<ManifestFile> {
+/** size, mtime (ns), inode: what changes when anything writes to or replaces a file */
+const identity = (st: BigIntStats) => `${st.size}b@${st.mtimeNs}ns#${st.ino}`;
+
+/** One read of the file: its sha256 for the manifest, with its identity before and after the read. */
+async function describeFile(dir: string, name: string, kind: ManifestFile['kind'], identities: Map<string, string>): Promise<ManifestFile> {
   const file = path.join(dir, name);
-  const [stat, sha256] = await Promise.all([fs.stat(file), sha256File(file)]);
-  return { name, kind, bytes: stat.size, sha256 };
+  const before = await fs.stat(file, { bigint: true });
+  const sha256 = await sha256File(file);
+  const after = await fs.stat(file, { bigint: true });
+  if (identity(before) !== identity(after)) throw new StageError(`${name}: changed while it was being hashed; not published`);
+  identities.set(name, identity(after));
+  return { name, kind, bytes: Number(after.size), sha256 };
 }
 
 async function fsyncFile(file: string): Promise<void> {

@@ -18,6 +18,14 @@ export interface ExportedFile {
   virtualSize?: number;
 }
 
+export interface ExportOptions {
+  compress?: boolean;
+  /** stops the copy when the backup set is aborted */
+  signal?: AbortSignal;
+  /** the disk's virtual size when the caller knows it already (saves asking the image) */
+  virtualSize?: number;
+}
+
 export interface HostProvider {
   readonly kind: ProviderKind;
   /** The seeds' "writer": what enumerates the VMs as components (e.g. "QEMU QMP writer"). */
@@ -51,7 +59,9 @@ export interface HostProvider {
   /** The VM's definition (command line, block graph, ...) as a JSON-serialisable object. */
   describe(vmId: string): Promise<Record<string, unknown>>;
   /** Copy the point-in-time image of one disk (overlay.base) to `dest`, sparse. */
-  exportDisk(overlay: Overlay, dest: string, onProgress?: (p: Progress) => void, options?: { compress?: boolean }): Promise<ExportedFile>;
+  exportDisk(overlay: Overlay, dest: string, onProgress?: (p: Progress) => void, options?: ExportOptions): Promise<ExportedFile>;
+  /** Read the copy back and check it holds what overlay.base holds; throws when it does not. */
+  verifyDisk?(overlay: Overlay, file: string): Promise<void>;
 
   /** Drop connections; nothing about the VMs changes. */
   close(): Promise<void>;

@@ -269,12 +269,12 @@ describe('fault injection: repository and journal faults, read-back verification
       }
     }
     root = world.host.repository;
-    await domainCase('copy: a staged file changed between its check and the publish', 'not published: the sha256 read back before publishing differs from the manifest',
+    await domainCase('copy: a staged file changed between its check and the publish', 'not published: the file is no longer the one hashed for the manifest (size, mtime, inode checked right before the rename)',
       new MeddlingProvider({ socketDir: world.host.socketDir }), async (host) => {
         const set = await upToCopy(host);
         const err = await host.copy(set, { concurrency: 1, compress: false }).then(() => undefined, (e: Error) => e);
         assert.ok(err, 'the copy must fail');
-        assert.match(err.message, /alpha\/disk-.*read back before publishing, sha256 .* differs from the manifest/);
+        assert.match(err.message, /alpha\/disk-.*changed after it was hashed for the manifest/);
         return { note: `copy refused: "${err.message.slice(0, 110)}"`, backupId: set.backupId, published: false };
       });
   });

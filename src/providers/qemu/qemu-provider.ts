@@ -6,7 +6,7 @@ import { isSafeName } from '../../util/ids';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import type { ClassifiedVm, EnumeratedVm, Overlay } from '../../contract/types';
-import type { ExportedFile, HostProvider, Progress } from '../provider';
+import type { ExportOptions, ExportedFile, HostProvider, Progress } from '../provider';
 import { disksFrom, type NamedNode, type QueryBlockEntry } from './block-graph';
 import { discoverVms, findQemuPid, readCmdline, type DiscoveredVm } from './discovery';
 import { agentFrom, filesystemsFrom, osFrom, type GuestFsInfo, type GuestInfo, type GuestOsInfo } from './guest-facts';
@@ -277,9 +277,8 @@ export class QemuProvider implements HostProvider {
     };
   }
 
-  async exportDisk(overlay: Overlay, dest: string, onProgress?: (p: Progress) => void, options: { compress?: boolean; signal?: AbortSignal } = {}): Promise<ExportedFile> {
-    const src = await qemuImg.info(this.qemuImgPath, overlay.base);
-    const total = src['virtual-size'];
+  async exportDisk(overlay: Overlay, dest: string, onProgress?: (p: Progress) => void, options: ExportOptions = {}): Promise<ExportedFile> {
+    const total = options.virtualSize ?? (await qemuImg.info(this.qemuImgPath, overlay.base))['virtual-size'];
     await qemuImg.convert(this.qemuImgPath, overlay.base, dest, {
       sourceFormat: overlay.baseFormat,
       compress: options.compress ?? this.options.compress ?? false,
