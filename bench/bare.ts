@@ -3,10 +3,10 @@
 // them), so that a host of 100 VMs x 2 disks costs a few seconds to start.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { promises as fs } from 'node:fs';
-import * as net from 'node:net';
 import * as path from 'node:path';
+import { waitForSocket } from '../test/support/bare-vms';
 import { makeDataImage } from './images';
-import { log, nowMs, procMem, sleep } from './util';
+import { log, nowMs, procMem } from './util';
 
 export interface BareFleet {
   dir: string;
@@ -19,22 +19,6 @@ export interface BareFleet {
   stop(): Promise<void>;
   /** RSS of one QEMU process (MiB), to show what a VM costs here */
   qemuRssMiB(): number;
-}
-
-async function waitForSocket(file: string, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const c = net.connect(file, () => {
-        c.destroy();
-        resolve(true);
-      });
-      c.on('error', () => resolve(false));
-    });
-    if (ok) return;
-    if (Date.now() > deadline) throw new Error(`${file} did not appear`);
-    await sleep(30);
-  }
 }
 
 export interface FleetOptions {
@@ -86,7 +70,7 @@ export async function startFleet(dir: string, o: FleetOptions): Promise<BareFlee
     disks.forEach((file, i) => args.push('-drive', `file=${file},format=qcow2,if=none,id=drive-virtio${i}`));
     const child = spawn('qemu-system-x86_64', args, { stdio: 'ignore' });
     fleet.procs.set(id, child);
-    await waitForSocket(path.join(runDir, `${id}.qmp`));
+    await waitForSocket(path.join(runDir, `${id}.qmp`), 20_000);
   };
   // a few at a time: each start is mostly waiting
   let next = 0;

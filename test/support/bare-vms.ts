@@ -58,7 +58,8 @@ export async function startBareVm(host: BareHost, id: string, disks = 1): Promis
   await waitForSocket(path.join(host.socketDir, `${id}.qmp`));
 }
 
-async function waitForSocket(file: string, timeoutMs = 10_000): Promise<void> {
+/** Resolves once something accepts connections on the unix socket `file` (QEMU's QMP, qemu-ga). */
+export async function waitForSocket(file: string, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const ok = await new Promise<boolean>((resolve) => {
