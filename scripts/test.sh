@@ -35,10 +35,13 @@ suite nodes "${mocha[@]}" --timeout 60000 'dist/test/nodes/**/*.test.js'
 suite nodes-node-red-5 bash scripts/nr5-tests.sh
 node dist/lab/cli.js start --lab-dir "$VMBACKUP_LAB_DIR" >/dev/null 2>&1 || echo "lab did not start; integration suites will fail" >&2
 suite integration "${mocha[@]}" --timeout 600000 'dist/test/integration/**/*.test.js'
-# fuzzing + fault cases on bare QEMU VMs and the repository; the lab-guest and Node-RED-process
-# cases (bash scripts/fault-tests.sh lab) are timing-sensitive on a loaded 2-core host and are not
-# yet gating (issue 3 stays open until they are stable)
-[ -f scripts/fault-tests.sh ] && suite faults bash scripts/fault-tests.sh fast
+# fuzzing + fault cases on bare QEMU VMs and the repository, then the cases on lab guests (qemu-ga,
+# freeze hooks) and on a real node-red process (SIGKILL, restart, redeploy); both gate. The lab part
+# starts two guests of its own (VMBACKUP_FAULTS_LAB_DIR), separate from the integration lab.
+if [ -f scripts/fault-tests.sh ]; then
+  suite faults bash scripts/fault-tests.sh fast
+  suite faults-lab bash scripts/fault-tests.sh lab
+fi
 suite e2e bash scripts/e2e-tests.sh
 suite browser bash scripts/browser-tests.sh
 suite scorecard bash scripts/scorecard.sh

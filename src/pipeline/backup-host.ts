@@ -131,7 +131,12 @@ export class BackupHost {
     const live = this.take(set, 'classified', true);
     for (const vm of set.vms) {
       for (const other of this.live.values()) {
-        if (other !== live && other.stage !== 'enumerated' && other.stage !== 'classified' && other.vmIds.has(vm.id)) {
+        if (other === live || other.stage === 'enumerated' || other.stage === 'classified') continue;
+        // an ended set stays until its retried thaws succeed: only its still-frozen guests are taken
+        if (other.stage === 'ended' && other.frozen.has(vm.id)) {
+          throw new StageError(`/vms: VM "${vm.id}" is still frozen by the ended backup set ${other.backupId} (its thaw is being retried until the guest agent answers)`);
+        }
+        if (other.stage !== 'ended' && other.vmIds.has(vm.id)) {
           throw new StageError(`/vms: VM "${vm.id}" is already in backup set ${other.backupId}`);
         }
       }

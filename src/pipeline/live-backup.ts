@@ -49,6 +49,7 @@ export class LiveBackup {
   private guardian: ChildProcess | undefined;
   private guarded = false;
   private endWritten = false;
+  private released = false;
 
   constructor(
     readonly backupId: string,
@@ -194,6 +195,7 @@ export class LiveBackup {
     this.frozen.delete(vmId);
     this.note({ backupId: this.backupId, vm: vmId, op: 'thaw', phase: 'done' });
     this.endIfUndone();
+    if (this.stage === 'ended' && this.frozen.size === 0) this.release();
     return Date.now() - f.since;
   }
 
@@ -340,6 +342,16 @@ export class LiveBackup {
     // Not clean: the journal keeps what is left for recovery, and the guardian stays (it undoes
     // it if Node-RED goes away); a later successful retry (thaw) ends the set.
     if (clean) this.endIfUndone();
+    // A guest whose thaw is still being retried (its agent stopped or busy) is still frozen by
+    // this set: the host keeps the set until the thaw succeeds, so that no new backup freezes
+    // that guest meanwhile and "no live set" really means nothing of ours is left in a guest.
+    if (this.frozen.size === 0) this.release();
+  }
+
+  /** Tell the host this set is gone (once). */
+  private release(): void {
+    if (this.released) return;
+    this.released = true;
     this.onEnd(this);
   }
 }

@@ -1,50 +1,87 @@
 // Faults made inside a real lab guest, through its own agent's standard commands (guest-exec,
 // guest-file-*) before the product touches it. Nothing here is a product hook: the product only
 // sees an agent that stops answering, hangs in its freeze hook, or dies and is respawned by init.
-import { HOOK_LOG, qga, qgaRetry, sleep } from './world';
+import { randomBytes } from 'node:crypto';
+import { readFileSync, statSync } from 'node:fs';
+import type { GuestAgentClient } from '../../../src/providers/qemu/protocol';
+import { AGENT_COMMAND_MS, HOOK_LOG, qgaRetry, sleep, withAgent } from './world';
 
-/** Run argv in the guest; returns its pid there (not waited for unless `wait`). */
-export async function guestExec(qgaSocket: string, argv: string[], wait = false): Promise<{ pid: number; exitcode?: number; out?: string }> {
-  const { pid } = await qgaRetry<{ pid: number }>(qgaSocket, 'guest-exec', { path: argv[0], arg: argv.slice(1), 'capture-output': wait });
+type ExecStatus = { exited: boolean; exitcode?: number; signal?: number; 'out-data'?: string; 'err-data'?: string };
+
+async function execOn(c: GuestAgentClient, argv: string[], wait: boolean, input?: string): Promise<{ pid: number; exitcode?: number; out?: string; err?: string }> {
+  const { pid } = await c.execute<{ pid: number }>('guest-exec', {
+    path: argv[0], arg: argv.slice(1), 'capture-output': wait, ...(input !== undefined ? { 'input-data': Buffer.from(input).toString('base64') } : {}),
+  }, { timeoutMs: AGENT_COMMAND_MS });
   if (!wait) return { pid };
-  for (let i = 0; i < 100; i++) {
-    const st = await qgaRetry<{ exited: boolean; exitcode?: number; 'out-data'?: string }>(qgaSocket, 'guest-exec-status', { pid });
-    if (st.exited) return { pid, exitcode: st.exitcode, out: Buffer.from(st['out-data'] ?? '', 'base64').toString('utf8') };
+  // bounded by time, not by polls: a TCG guest under load may take seconds to run a small command
+  const deadline = Date.now() + 60_000;
+  while (Date.now() < deadline) {
+    const st = await c.execute<ExecStatus>('guest-exec-status', { pid }, { timeoutMs: AGENT_COMMAND_MS });
+    if (st.exited) {
+      const text = (b?: string) => Buffer.from(b ?? '', 'base64').toString('utf8');
+      return { pid, exitcode: st.exitcode ?? (st.signal !== undefined ? 128 + st.signal : undefined), out: text(st['out-data']), err: text(st['err-data']) };
+    }
     await sleep(100);
   }
-  throw new Error(`guest command ${argv.join(' ')} did not finish`);
+  throw new Error(`guest command ${argv.join(' ')} did not finish within 60 s`);
 }
 
-export async function writeGuestFile(qgaSocket: string, file: string, content: string): Promise<void> {
-  const handle = await qgaRetry<number>(qgaSocket, 'guest-file-open', { path: file, mode: 'w' });
-  try {
-    await qgaRetry(qgaSocket, 'guest-file-write', { handle, 'buf-b64': Buffer.from(content).toString('base64') });
-  } finally {
-    await qgaRetry(qgaSocket, 'guest-file-close', { handle });
-  }
+/**
+ * Run argv in the guest; returns its pid there (not waited for unless `wait`). Sent once: only
+ * the connect-and-sync before it is retried (a fault must not run twice); `idempotent` commands
+ * (reading a file) are retried whole.
+ */
+export async function guestExec(
+  qgaSocket: string, argv: string[], wait = false, o: { idempotent?: boolean; input?: string } = {},
+): Promise<{ pid: number; exitcode?: number; out?: string; err?: string }> {
+  return withAgent(qgaSocket, (c) => execOn(c, argv, wait, o.input), { idempotent: o.idempotent, what: `guest-exec ${argv.join(' ').slice(0, 60)}` });
+}
+
+/**
+ * Replace a guest file atomically: written beside it, then renamed over it. So a reader (the
+ * agent running the freeze hook, the hook reading its switch) never sees it empty or half
+ * written, no writable handle to it is ever left open (a leaked one makes exec fail with
+ * ETXTBSY), and repeating the write after a lost answer changes nothing.
+ */
+export async function writeGuestFile(qgaSocket: string, file: string, content: string, mode = '644'): Promise<void> {
+  const r = await withAgent(qgaSocket, (c) => execOn(c, ['/bin/sh', '-c', 'cat > "$1.vmb-new" && chmod "$2" "$1.vmb-new" && mv -f "$1.vmb-new" "$1"', 'sh', file, mode], true, content),
+    { idempotent: true, what: `write ${file}` });
+  if (r.exitcode !== 0) throw new Error(`${qgaSocket}: writing ${file} in the guest failed (exit ${r.exitcode}): ${r.err?.trim()}`);
 }
 
 export async function readGuestFile(qgaSocket: string, file: string): Promise<string> {
-  const r = await guestExec(qgaSocket, ['/bin/cat', file], true);
+  const r = await guestExec(qgaSocket, ['/bin/cat', file], true, { idempotent: true });
+  if (r.exitcode !== 0) throw new Error(`${qgaSocket}: reading ${file} in the guest failed (exit ${r.exitcode}): ${r.err?.trim()}`);
   return r.out ?? '';
 }
 
 /**
  * The lab's freeze hook plus one switch: when /run/qga/hook-sleep holds N, the next "freeze" call
  * sleeps N seconds first (the agent is then stuck inside guest-fsfreeze-freeze, as a hung VSS
- * writer would be), and logs only after sleeping, right before the kernel freeze.
+ * writer would be), and logs only after sleeping.
+ * The log brackets the frozen window as tightly as the guest can see it: the agent runs the hook
+ * right before it freezes (so "freeze" is read last thing in the hook) and right after it thaws
+ * (so "thaw" is read first thing); /proc/uptime is read with the shell's own `read`, no process is
+ * started for it. Its resolution is 10 ms (GUEST_CLOCK_TICK_MS).
  */
 export const FAULT_HOOK = `#!/bin/sh
+if [ "$1" = thaw ]; then
+  read up _ < /proc/uptime
+  echo "thaw $up" >> ${HOOK_LOG}
+  echo "LAB-FSFREEZE thaw" > /dev/console
+  exit 0
+fi
 if [ "$1" = freeze ] && [ -s /run/qga/hook-sleep ]; then
   s=$(cat /run/qga/hook-sleep); rm -f /run/qga/hook-sleep; sleep "$s"
 fi
 echo "LAB-FSFREEZE $1" > /dev/console
-echo "$1 $(cat /proc/uptime)" >> ${HOOK_LOG}
+read up _ < /proc/uptime
+echo "$1 $up" >> ${HOOK_LOG}
 exit 0
 `;
 
 export async function installFaultHook(qgaSocket: string): Promise<void> {
-  await writeGuestFile(qgaSocket, '/etc/qemu/fsfreeze-hook', FAULT_HOOK);
+  await writeGuestFile(qgaSocket, '/etc/qemu/fsfreeze-hook', FAULT_HOOK, '755');
 }
 
 /** The next freeze hangs `seconds` inside the agent before the file systems freeze. */
@@ -61,25 +98,53 @@ export async function hookLog(qgaSocket: string): Promise<string> {
   return readGuestFile(qgaSocket, HOOK_LOG);
 }
 
-/**
- * SIGSTOP the agent for `seconds` (it answers nothing meanwhile), then SIGCONT. Returns once the
- * agent has verifiably stopped answering (a slow guest may take a while to run the command).
- */
-export async function stopAgentFor(qgaSocket: string, seconds: number): Promise<void> {
-  await guestExec(qgaSocket, ['/bin/sh', '-c', `usleep 200000; p=$(pidof qemu-ga); kill -STOP $p; sleep ${seconds}; kill -CONT $p`]);
-  const deadline = Date.now() + 10_000;
-  while (Date.now() < deadline) {
-    const answers = await qga(qgaSocket, 'guest-ping', undefined, 700).then(() => true, () => false);
-    if (!answers) return;
-    await sleep(100);
-  }
-  throw new Error(`${qgaSocket}: the agent still answers after kill -STOP`);
+/** The lab guest's serial console log on the host (run/<vm>.log beside run/<vm>.qga). */
+function consoleLogOf(qgaSocket: string): string {
+  return qgaSocket.replace(/\.qga$/, '.log');
 }
 
-/** SIGKILL the agent now (init respawns it within about a second). */
+function consoleSize(qgaSocket: string): number {
+  try {
+    return statSync(consoleLogOf(qgaSocket)).size;
+  } catch {
+    return 0;
+  }
+}
+
+/** Wait until the guest printed `marker` on its serial console (after byte `from` of the log). */
+async function waitConsole(qgaSocket: string, marker: string, from: number, withinMs = 60_000): Promise<void> {
+  const deadline = Date.now() + withinMs;
+  while (Date.now() < deadline) {
+    try {
+      const text = readFileSync(consoleLogOf(qgaSocket)).subarray(from).toString('latin1');
+      if (text.includes(marker)) return;
+    } catch {
+      // not there yet
+    }
+    await sleep(50);
+  }
+  throw new Error(`${qgaSocket}: the guest did not print "${marker}" on its console within ${withinMs} ms`);
+}
+
+/**
+ * SIGSTOP the agent for `seconds` (it answers nothing meanwhile), then SIGCONT. Returns once the
+ * guest itself said the agent is stopped (a line on its serial console, read on the host: asking
+ * the stopped agent cannot tell a stopped agent from a slow one).
+ */
+export async function stopAgentFor(qgaSocket: string, seconds: number): Promise<void> {
+  const token = `VMB-FAULT-${randomBytes(4).toString('hex')}`;
+  const from = consoleSize(qgaSocket);
+  await guestExec(qgaSocket, ['/bin/sh', '-c',
+    `usleep 200000; p=$(pidof qemu-ga); kill -STOP $p && echo "${token} agent stopped" > /dev/console; sleep ${seconds}; kill -CONT $p; echo "${token} agent continued" > /dev/console`]);
+  await waitConsole(qgaSocket, `${token} agent stopped`, from);
+}
+
+/** SIGKILL the agent now (init respawns it within about a second); returns once it was killed. */
 export async function killAgentNow(qgaSocket: string): Promise<void> {
-  await guestExec(qgaSocket, ['/bin/sh', '-c', 'usleep 300000; kill -9 $(pidof qemu-ga)']);
-  await sleep(600);
+  const token = `VMB-FAULT-${randomBytes(4).toString('hex')}`;
+  const from = consoleSize(qgaSocket);
+  await guestExec(qgaSocket, ['/bin/sh', '-c', `usleep 300000; kill -9 $(pidof qemu-ga) && echo "${token} agent killed" > /dev/console`]);
+  await waitConsole(qgaSocket, `${token} agent killed`, from);
 }
 
 /**

@@ -29,19 +29,53 @@ export async function qga<T = any>(socket: string, command: string, args?: Recor
   }
 }
 
-/** Retry an agent command until it answers (the agent channel serves one client at a time). */
-export async function qgaRetry<T = any>(socket: string, command: string, args?: Record<string, unknown>, withinMs = 30_000): Promise<T> {
+/** How long one of the suite's own agent commands may take once the agent answered its guest-sync. */
+export const AGENT_COMMAND_MS = 30_000;
+/** How long the suite waits for the agent to answer its guest-sync, per attempt. */
+const AGENT_SYNC_MS = 10_000;
+
+/**
+ * One session with a guest agent for the suite's own checks and faults: connect and guest-sync
+ * (the client syncs before its first command), then `fn` on that one connection, then close.
+ * The agent channel serves one client at a time and a TCG guest under load answers slowly, so the
+ * connect-and-sync is retried until `withinMs` (nothing was sent to the agent yet when it fails).
+ * A failure inside `fn` is retried only for `idempotent` sessions: a command that timed out may
+ * still run in the guest, and running a fault twice (a second SIGSTOP, a second write) would
+ * change the case.
+ */
+export async function withAgent<T>(
+  socket: string, fn: (c: GuestAgentClient) => Promise<T>, o: { withinMs?: number; idempotent?: boolean; what?: string } = {},
+): Promise<T> {
+  const withinMs = o.withinMs ?? 90_000;
   const deadline = Date.now() + withinMs;
   let last: unknown;
-  while (Date.now() < deadline) {
-    try {
-      return await qga<T>(socket, command, args, 5000);
-    } catch (err) {
-      last = err;
+  for (let attempt = 0; ; attempt++) {
+    if (attempt > 0) {
+      if (Date.now() >= deadline) break;
       await sleep(300);
     }
+    let c: GuestAgentClient;
+    try {
+      c = await GuestAgentClient.connect(socket, { timeoutMs: AGENT_COMMAND_MS, syncTimeoutMs: AGENT_SYNC_MS });
+    } catch (err) {
+      last = err; // no answer to the sync: nothing of ours ran in the guest; try again
+      continue;
+    }
+    try {
+      return await fn(c);
+    } catch (err) {
+      last = err;
+      if (!o.idempotent) throw new Error(`${path.basename(socket)}: ${o.what ?? 'agent session'} failed: ${(err as Error).message}`);
+    } finally {
+      await c.close();
+    }
   }
-  throw new Error(`${path.basename(socket)}: ${command} got no answer within ${withinMs} ms: ${(last as Error)?.message}`);
+  throw new Error(`${path.basename(socket)}: ${o.what ?? 'agent session'} got no answer within ${withinMs} ms: ${(last as Error)?.message}`);
+}
+
+/** An idempotent agent command, retried (after a fresh guest-sync) until it answers. */
+export async function qgaRetry<T = any>(socket: string, command: string, args?: Record<string, unknown>, withinMs = 90_000): Promise<T> {
+  return withAgent(socket, (c) => c.execute<T>(command, args, { timeoutMs: AGENT_COMMAND_MS }), { withinMs, idempotent: true, what: command });
 }
 
 export interface VmRef {
@@ -60,7 +94,7 @@ export async function assertVmsUnharmed(vms: readonly VmRef[]): Promise<string> 
     const block = await qmp<{ inserted?: { file: string; image?: { filename: string } } }[]>(vm.qmp, 'query-block');
     for (const b of block) assert.doesNotMatch(b.inserted?.image?.filename ?? b.inserted?.file ?? '', /vmbackup-/, `${vm.id} still runs on an overlay`);
     if (vm.qga) {
-      const fz = await qgaRetry<string>(vm.qga, 'guest-fsfreeze-status', undefined, 30_000);
+      const fz = await qgaRetry<string>(vm.qga, 'guest-fsfreeze-status');
       assert.equal(fz, 'thawed', `${vm.id} guest is ${fz}`);
       states.push(`${vm.id} running+thawed`);
     } else states.push(`${vm.id} running`);
@@ -173,7 +207,7 @@ export function guestFrozenSpans(log: string): number[] {
   for (const line of log.split('\n')) {
     const m = /^(freeze|thaw) ([0-9.]+)/.exec(line.trim());
     if (!m) continue;
-    const t = Number(m[2]) * 1000;
+    const t = Math.round(Number(m[2]) * 1000);
     if (m[1] === 'freeze') frozenAt ??= t;
     else if (frozenAt !== undefined) {
       spans.push(t - frozenAt);
@@ -182,6 +216,24 @@ export function guestFrozenSpans(log: string): number[] {
   }
   if (frozenAt !== undefined) spans.push(Infinity);
   return spans;
+}
+
+/** /proc/uptime counts in hundredths of a second. */
+export const GUEST_CLOCK_TICK_MS = 10;
+
+/**
+ * The longest freeze the guest's own log shows must be within `limitMs`. Each end of a span is
+ * read from a clock that counts in 10 ms ticks, so a measured span is the true one give or take
+ * less than one tick: the limit is breached when the measurement proves it (more than one tick
+ * over), not when the rounding might. Returns the longest span (undefined: no freeze logged).
+ */
+export function checkGuestFrozen(vmId: string, log: string, limitMs: number): number | undefined {
+  const spans = guestFrozenSpans(log);
+  const longest = spans.length ? Math.max(...spans) : undefined;
+  if (longest !== undefined) {
+    assert.ok(longest - GUEST_CLOCK_TICK_MS < limitMs, `${vmId} was frozen ${(longest / 1000).toFixed(2)} s by its own clock (limit ${fmtMs(limitMs)}); its log:\n${log.trim()}`);
+  }
+  return longest;
 }
 
 export function fmtMs(ms: number | undefined): string {
