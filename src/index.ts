@@ -10,3 +10,4 @@ export { recover } from './recovery';
 export { summarize, type BackupSummary } from './summary';
 export { createProvider, type ProviderConfig } from './providers';
 export type { HostProvider } from './providers/provider';
+export { verifyBackup, verifyRepository, verifyPath, formatReport, type BackupReport, type RepositoryReport, type VerifyOptions } from './verify';
