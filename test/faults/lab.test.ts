@@ -180,10 +180,10 @@ describe('fault injection: lab guests (qemu-ga, freeze) through the pipeline nod
   });
 
   it('agent killed while the guest is frozen', async () => {
-    await labCase('snapshot: agent SIGKILLed 1 s into the freeze (init respawns it), snapshot at 1.5 s', 'published; application only if the respawned agent confirms the freeze at the snapshot (the image must prove it), else crash; thawed', async (run) => {
+    await labCase('snapshot: agent SIGKILLed 1 s after it acknowledged the freeze (init respawns it), snapshot at 1.5 s', 'published; application only if the respawned agent confirms the freeze at the snapshot (the image must prove it), else crash; thawed', async (run) => {
       const r = await go(run, 'classify');
       assert.ok(r.last.ok);
-      // killed 1 s into the freeze; the snapshot comes at 1.5 s, while the guest is still frozen
+      // killed 1 s after the agent answered the freeze; the snapshot comes at 1.5 s, while the guest is still frozen
       await killAgentDuringNextFreeze(qgaOf('fa-two'), 1000);
       const p = await run.step('prepare', r.last.payload);
       assert.ok(p.ok, (p as any).error);

@@ -148,13 +148,18 @@ export async function killAgentNow(qgaSocket: string): Promise<void> {
 }
 
 /**
- * Arm a guest-side watcher that SIGKILLs the agent `delayMs` after the next freeze begins (the
- * agent refuses guest-exec while frozen, so the fault must be armed before).
+ * Arm a guest-side watcher that SIGKILLs the agent `delayMs` after it acknowledged the next freeze
+ * (the agent refuses guest-exec while frozen, so the fault must be armed before). The hook's
+ * "freeze" line comes before the kernel freeze and the reply; the agent is back in its main loop
+ * (in poll(2), syscall 7 in /proc/<pid>/syscall) only once the freeze is done and answered. So on
+ * a slow guest the kill cannot come before the answer and turn the case into "killed mid-freeze".
  */
 export async function killAgentDuringNextFreeze(qgaSocket: string, delayMs = 300): Promise<void> {
   const script = `n=$(grep -c '^freeze' ${HOOK_LOG}); i=0
 while [ "$(grep -c '^freeze' ${HOOK_LOG})" -le "$n" ] && [ $i -lt 1200 ]; do usleep 50000; i=$((i+1)); done
-usleep ${delayMs * 1000}; kill -9 $(pidof qemu-ga)`;
+p=$(pidof qemu-ga); j=0
+while [ $j -lt 1000 ]; do read nr _ < /proc/$p/syscall || break; [ "$nr" = 7 ] && break; usleep 20000; j=$((j+1)); done
+usleep ${delayMs * 1000}; kill -9 $p`;
   await guestExec(qgaSocket, ['/bin/sh', '-c', script]);
 }
 
