@@ -57,11 +57,18 @@ export class Journal {
     return this.fd;
   }
 
-  append(entry: Omit<JournalEntry, 't'>): void {
+  /**
+   * Append one line. `durable` (the default) fsyncs it before returning: an intent must be on disk
+   * before its effect. Without it the line is only written (the next durable line, or the kernel,
+   * flushes it): for lines whose loss is harmless because their undo is safe to repeat, where an
+   * fsync on a busy disk (it blocks the event loop) would delay the undo itself and every other
+   * guest's watchdog.
+   */
+  append(entry: Omit<JournalEntry, 't'>, durable = true): void {
     try {
       const fd = this.open();
       fs.writeSync(fd, JSON.stringify({ t: new Date().toISOString(), ...entry }) + '\n');
-      fs.fsyncSync(fd);
+      if (durable) fs.fsyncSync(fd);
     } catch (err) {
       // an intent that cannot be made durable stops its effect from happening: say why
       throw new JournalError(this.file, err as NodeJS.ErrnoException);

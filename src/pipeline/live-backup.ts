@@ -149,9 +149,9 @@ export class LiveBackup {
    * be written (disk full) must never stop a guest from being thawed or a VM from being resumed;
    * the effect's intent stays in the journal and recovery repeats the undo, harmlessly.
    */
-  private note(entry: Parameters<Journal['append']>[0]): void {
+  private note(entry: Parameters<Journal['append']>[0], durable = true): void {
     try {
-      this.journal.append(entry);
+      this.journal.append(entry, durable);
     } catch (err) {
       this.log('error', `${entry.vm ?? this.backupId}: ${entry.op} ${entry.phase} not journalled: ${(err as Error).message}`);
     }
@@ -167,7 +167,8 @@ export class LiveBackup {
     timer.unref();
     this.frozen.set(vmId, { since, timer });
     const count = await run();
-    this.journal.append({ backupId: this.backupId, vm: vmId, op: 'freeze', phase: 'done' });
+    // not fsync'd: recovery acts on the (durable) intent; an fsync here would lengthen the frozen window
+    this.journal.append({ backupId: this.backupId, vm: vmId, op: 'freeze', phase: 'done' }, false);
     return count;
   }
 
@@ -183,7 +184,10 @@ export class LiveBackup {
     const f = this.frozen.get(vmId);
     if (!f) return undefined;
     clearTimeout(f.timer);
-    this.note({ backupId: this.backupId, vm: vmId, op: 'thaw', phase: 'intent' });
+    // Thaw lines are not fsync'd: a thaw is safe to repeat (recovery thaws again if "done" is lost),
+    // and an fsync on a busy disk would hold the guest frozen, and block every other guest's
+    // watchdog, for as long as it takes.
+    this.note({ backupId: this.backupId, vm: vmId, op: 'thaw', phase: 'intent' }, false);
     try {
       await this.provider.thaw(vmId, this.timeouts.commandMs);
     } catch (err) {
@@ -193,7 +197,7 @@ export class LiveBackup {
       throw err;
     }
     this.frozen.delete(vmId);
-    this.note({ backupId: this.backupId, vm: vmId, op: 'thaw', phase: 'done' });
+    this.note({ backupId: this.backupId, vm: vmId, op: 'thaw', phase: 'done' }, false);
     this.endIfUndone();
     if (this.stage === 'ended' && this.frozen.size === 0) this.release();
     return Date.now() - f.since;
