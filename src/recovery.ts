@@ -24,7 +24,7 @@ export async function recover(journal: Journal, provider: HostProvider, repo: Ar
   const failed: JournalEntry[] = [];
   // what the guardian undid after Node-RED died: already done, but the user must hear of it
   for (const e of entries) {
-    if (e.data?.by === 'guardian' && e.phase === 'done' && e.vm && (e.op === 'thaw' || e.op === 'resume' || e.op === 'merge' || e.op === 'discard')) {
+    if (e.data?.by === 'guardian' && !e.data?.nothingToDo && e.phase === 'done' && e.vm && (e.op === 'thaw' || e.op === 'resume' || e.op === 'merge' || e.op === 'discard')) {
       actions.push({ kind: e.op, backupId: e.backupId, vm: e.vm, ok: true, by: 'guardian', at: e.t });
     }
   }
@@ -32,6 +32,8 @@ export async function recover(journal: Journal, provider: HostProvider, repo: Ar
   // none). A set whose every VM was renamed is complete and verified: it stays.
   for (const action of await takeBackPartialPublish(entries)) actions.push(action);
   for (const undo of pendingUndos(entries)) {
+    // overlays planned before a freeze but never made: nothing to merge, nothing to report
+    if (undo.kind === 'merge' && !(await anyExists(undo.overlays.map((o) => o.overlay)))) continue;
     const action: RecoveryAction = { kind: undo.kind, backupId: undo.backupId, vm: undo.vm, ok: true };
     try {
       if (undo.kind === 'thaw') await provider.thaw(undo.vm, commandMs);
@@ -76,4 +78,10 @@ export async function takeBackPartialPublish(entries: readonly JournalEntry[]): 
     }
   }
   return actions;
+}
+
+/** True when at least one of the files exists. */
+export async function anyExists(files: readonly string[]): Promise<boolean> {
+  for (const f of files) if (await fs.access(f).then(() => true, () => false)) return true;
+  return false;
 }

@@ -23,7 +23,7 @@ export interface JournalEntry {
   op: JournalOp;
   phase: 'intent' | 'done' | 'failed';
   /** by: "guardian" when the guardian process (Node-RED had died) wrote it */
-  data?: { previousState?: string; overlays?: Overlay[]; dir?: string; error?: string; by?: 'guardian' };
+  data?: { previousState?: string; overlays?: Overlay[]; dir?: string; error?: string; by?: 'guardian'; /** an undo found nothing to undo (overlays planned, never made) */ nothingToDo?: boolean };
 }
 
 export class JournalError extends Error {

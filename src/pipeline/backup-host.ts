@@ -162,6 +162,8 @@ export class BackupHost {
     const t0 = Date.now();
     const previousState = vm.state;
     if (vm.method === 'child-vm-snapshot' && !this.provider.snapshotQuiesces) {
+      // the overlay intent is made durable now, so that no fsync falls inside the frozen window
+      live.planOverlays(vm.id, plannedOverlays(vm, set.backupId));
       const frozenFilesystems = await live.freeze(vm.id, async () =>
         (await this.provider.freeze(vm, this.options.timeouts.freezeMs)).frozenFilesystems);
       return { ...vm, prepare: { action: 'freeze', previousState, frozenFilesystems, frozenAt: new Date(t0).toISOString(), ms: Date.now() - t0 } };

@@ -72,7 +72,7 @@ async function guard(spec: GuardianSpec): Promise<void> {
   const t0 = Date.now();
   try {
     // a set cut between two VMs' publish renames is taken back first (all or none)
-    const { takeBackPartialPublish } = require('../recovery') as typeof import('../recovery');
+    const { takeBackPartialPublish, anyExists } = require('../recovery') as typeof import('../recovery');
     for (const a of await takeBackPartialPublish(journal.read().filter((e) => e.backupId === spec.backupId))) {
       if (a.ok) journal.append({ backupId: spec.backupId, vm: a.vm, op: 'discard', phase: 'done', data: { by: 'guardian' } });
     }
@@ -83,8 +83,14 @@ async function guard(spec: GuardianSpec): Promise<void> {
         try {
           if (u.kind === 'thaw') await provider.thaw(u.vm, spec.commandMs);
           else if (u.kind === 'resume') await provider.resume(u.vm, u.previousState);
-          else if (u.kind === 'merge') await provider.merge(u.vm, u.overlays);
-          else await fs.rm(u.dir, { recursive: true, force: true });
+          else if (u.kind === 'merge') {
+            if (!(await anyExists(u.overlays.map((o) => o.overlay)))) {
+              // planned before a freeze, never made: nothing to merge, nothing to report
+              journal.append({ backupId: u.backupId, vm: u.vm, op: 'merge', phase: 'done', data: { by: 'guardian', nothingToDo: true } });
+              continue;
+            }
+            await provider.merge(u.vm, u.overlays);
+          } else await fs.rm(u.dir, { recursive: true, force: true });
           journal.append({ backupId: u.backupId, vm: u.vm, op: u.kind, phase: 'done', data: { by: 'guardian' } });
         } catch {
           failed++;

@@ -50,6 +50,8 @@ export class LiveBackup {
   private guarded = false;
   private endWritten = false;
   private released = false;
+  /** VM -> the overlays its journalled intent names (see planOverlays) */
+  private readonly overlayIntents = new Map<string, string>();
 
   constructor(
     readonly backupId: string,
@@ -231,9 +233,18 @@ export class LiveBackup {
 
   // --- overlays ---
 
+  /**
+   * Journal the overlay files a later snapshot will create, ahead of it (before a guest is
+   * frozen). Recovery merges what exists of them; a plan never carried out leaves nothing to merge.
+   */
+  planOverlays(vmId: string, planned: Overlay[]): void {
+    this.intent({ backupId: this.backupId, vm: vmId, op: 'overlay', phase: 'intent', data: { overlays: planned } });
+    this.overlayIntents.set(vmId, JSON.stringify(planned));
+  }
+
   async snapshot(vmId: string, planned: Overlay[], run: () => Promise<Overlay[]>): Promise<Overlay[]> {
     // Journal the planned overlay files first: if we die mid-transaction, recovery still finds them.
-    this.intent({ backupId: this.backupId, vm: vmId, op: 'overlay', phase: 'intent', data: { overlays: planned } });
+    if (this.overlayIntents.get(vmId) !== JSON.stringify(planned)) this.planOverlays(vmId, planned);
     this.overlays.set(vmId, planned);
     try {
       const made = await run();

@@ -247,7 +247,12 @@ export class QemuProvider implements HostProvider {
   }
 
   async merge(vmId: string, overlays: Overlay[]): Promise<void> {
-    const reachable = await this.runState(vmId).then(() => true, () => false);
+    // Offline merge (qemu-img commit) only when QEMU is really gone: a QEMU that runs but did not
+    // answer this once must be merged live or not at all (it holds the images).
+    const reachable = await this.runState(vmId).then(() => true, async (err: Error) => {
+      if (await this.qemuGone(vmId)) return false;
+      throw new Error(`cannot merge ${vmId} now: its QEMU runs but does not answer QMP (${err.message}); the merge is retried`);
+    });
     await mergeOverlays(overlays, {
       qemuImg: this.qemuImgPath,
       commandMs: this.commandMs,
