@@ -207,7 +207,8 @@ export function renderMarkdown(r: any, compare?: any): string {
     out.push('passing -> thaw reply passing; the figure the targets use), in the product\'s journal (freeze intent -> thaw done), as the');
     out.push('product reports it (`snapshot.frozenMs`), and by the guest itself (its fsfreeze hook logs /proc/uptime before it freezes and after');
     out.push('it thaws; 10 ms steps). "Agent alone" is the same agent answering guest-fsfreeze-freeze then, at once, guest-fsfreeze-thaw with');
-    out.push('nothing in between: the floor any product pays on this guest.');
+    out.push('nothing in between: the floor any product pays on this guest. The other lab guests are paused (QMP `stop`) while one is');
+    out.push('measured, so that three TCG guests\' workloads do not share the 2 cores (the run of 04:00 and 06:34 did not do this).');
     out.push('');
     const rows: (string | number)[][] = [];
     for (const f of [s.freeze256, s.freeze4g].filter(Boolean)) {

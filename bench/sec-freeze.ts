@@ -22,9 +22,9 @@ export interface FreezeSample {
   productFrozenMs: number;
   agentFreezeMs?: number;
   agentThawMs?: number;
-  /** journal: freeze done -> overlay intent (Node-RED hop prepare -> snapshot) */
+  /** journal: freeze done -> overlay done, less the transaction (Node-RED hop prepare -> snapshot) */
   hopMs?: number;
-  /** journal: overlay intent -> done (the QMP transaction) */
+  /** the provider's snapshot call in the Node-RED process (the QMP transaction) */
   transactionMs?: number;
   /** journal: overlay done -> thaw intent (the freeze-status probe) */
   probeMs?: number;
@@ -95,14 +95,18 @@ export async function freezeSection(ctx: Ctx, vm: BenchVm, o: { runs: number; ba
     if (!wire || wire.thawReplied === undefined || wire.freezeSent < r.startedAt) throw new Error(`${vm.name}: the proxy saw no complete freeze/thaw in this backup`);
     mounts.min = Math.min(mounts.min, r.sampler.mountsMin);
     mounts.max = Math.max(mounts.max, r.sampler.mountsMax);
+    const transactionMs = r.phases['provider.snapshot']?.ms;
+    const toOverlays = journalSpan(r.journal, vm.name, ['freeze', 'done'], ['overlay', 'done']);
     return {
       wireMs: round(wire.thawReplied - wire.freezeSent, 2),
       journalMs: journalSpan(r.journal, vm.name, ['freeze', 'intent'], ['thaw', 'done']),
       productFrozenMs: v.snapshot.frozenMs,
       agentFreezeMs: wire.freezeReplied !== undefined ? round(wire.freezeReplied - wire.freezeSent, 2) : undefined,
       agentThawMs: wire.thawSent !== undefined ? round(wire.thawReplied - wire.thawSent, 2) : undefined,
-      hopMs: journalSpan(r.journal, vm.name, ['freeze', 'done'], ['overlay', 'intent']),
-      transactionMs: journalSpan(r.journal, vm.name, ['overlay', 'intent'], ['overlay', 'done']),
+      // the overlay intent is journalled before the freeze: the transaction is timed where it runs
+      // (the probe's provider.snapshot), the hop is the rest of freeze acknowledged -> overlays made
+      transactionMs: transactionMs !== undefined ? round(transactionMs, 2) : undefined,
+      hopMs: toOverlays !== undefined && transactionMs !== undefined ? round(toOverlays - transactionMs, 2) : undefined,
       probeMs: journalSpan(r.journal, vm.name, ['overlay', 'done'], ['thaw', 'intent']),
       consistency: v.consistency,
       vcpuEvents: vm.runStateEvents(r.startedAt, r.endedAt).length,

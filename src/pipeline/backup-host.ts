@@ -147,6 +147,7 @@ export class BackupHost {
     // Saves first, freezes last: a guest's frozen window must not include other VMs' saves.
     const freezes = (vm: ClassifiedVm) => vm.method === 'child-vm-snapshot' && !this.provider.snapshotQuiesces;
     const vms = await live.runStage(async () => {
+      if (set.vms.some((vm) => freezes(vm) || vm.method === 'saved-state')) await live.guard();
       const first = await this.allOrNothing(live, set.vms.filter((vm) => !freezes(vm)), (vm) => this.prepareVm(live, set, vm));
       const second = await this.allOrNothing(live, set.vms.filter(freezes), (vm) => this.prepareVm(live, set, vm));
       const byId = new Map([...first, ...second].map((vm) => [vm.id, vm]));

@@ -25,16 +25,36 @@ export interface GuardianSpec {
 
 type Guarded = HostProvider & { guardianSpec?: () => GuardianSpec['provider'] | undefined };
 
+export interface StartedGuardian {
+  child: ChildProcess;
+  /** resolves once the guardian runs (or could not start, or after 5 s): never rejects */
+  ready: Promise<void>;
+}
+
 /** Start a guardian for one set; undefined when the provider cannot be guarded from outside. */
-export function startGuardian(provider: HostProvider, journal: Journal, backupId: string, commandMs: number): ChildProcess | undefined {
+export function startGuardian(provider: HostProvider, journal: Journal, backupId: string, commandMs: number): StartedGuardian | undefined {
   const spec = (provider as Guarded).guardianSpec?.();
   if (!spec) return undefined;
   const full: GuardianSpec = { journal: journal.file, backupId, parentPid: process.pid, provider: spec, commandMs, giveUpMs: 600_000 };
   try {
-    const child = spawn(process.execPath, [__filename, JSON.stringify(full)], { detached: true, stdio: 'ignore' });
+    // stdout is a pipe only until the guardian says it runs; nothing else is ever read from it
+    const child = spawn(process.execPath, [__filename, JSON.stringify(full)], { detached: true, stdio: ['ignore', 'pipe', 'ignore'] });
     child.on('error', () => undefined);
     child.unref();
-    return child;
+    const out = child.stdout as (NonNullable<ChildProcess['stdout']> & { unref?: () => void }) | null;
+    out?.unref?.();
+    const ready = new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        out?.destroy();
+        resolve();
+      };
+      const timer = setTimeout(done, 5000);
+      timer.unref();
+      out?.once('data', done).once('error', done).once('close', done);
+      child.once('exit', done);
+    });
+    return { child, ready };
   } catch {
     return undefined; // the watchdogs and recovery at start still hold
   }
@@ -60,6 +80,10 @@ async function guard(spec: GuardianSpec): Promise<void> {
   process.on('SIGTERM', () => {
     if (parentAlive()) process.exit(0);
   });
+  // tell the parent we run (it waits for this before the first freeze or save); a parent gone
+  // already has closed the pipe: that is not an error here
+  process.stdout.on('error', () => undefined);
+  process.stdout.write('ready\n');
   const journal = new Journal(spec.journal);
   const ended = () => journal.read().some((e) => e.backupId === spec.backupId && e.op === 'end');
   while (parentAlive()) {

@@ -137,12 +137,25 @@ export class LiveBackup {
     });
   }
 
+  /**
+   * Start the guardian now, ahead of the first side effect, and wait until it runs: a Node.js
+   * process starting takes a core for ~100 ms, which must not be taken from a guest that is
+   * freezing or a VM whose memory is being saved.
+   */
+  async guard(): Promise<void> {
+    if (this.guarded) return;
+    this.guarded = true;
+    const started = startGuardian(this.provider, this.journal, this.backupId, this.timeouts.commandMs);
+    this.guardian = started?.child;
+    await started?.ready;
+  }
+
   /** Journal the intent of a side effect, then make sure a guardian outlives us while it lasts. */
   private intent(entry: Parameters<Journal['append']>[0]): void {
     this.journal.append(entry);
     if (!this.guarded) {
       this.guarded = true;
-      this.guardian = startGuardian(this.provider, this.journal, this.backupId, this.timeouts.commandMs);
+      this.guardian = startGuardian(this.provider, this.journal, this.backupId, this.timeouts.commandMs)?.child;
     }
   }
 
