@@ -45,6 +45,9 @@ export async function copyBackupSet(
     options.onProgress?.({ vm, file, done, total, setDone, setTotal });
   };
 
+  // merges run beside the next VMs' copies; all of them are settled before this stage goes on
+  // (an abort must never find a merge of ours still running when it merges what is left)
+  const merges: Promise<unknown>[] = [];
   const staged = await limitedSettledOrThrow(set.vms, options.concurrency, async (vm): Promise<Staged> => {
     const startedAt = Date.now();
     live.assertLive();
@@ -54,10 +57,9 @@ export async function copyBackupSet(
     const files: ManifestFile[] = [];
     const identities = new Map<string, string>();
 
-    const definition = await provider.describe(vm.id);
-    live.assertLive();
-    await writeFileDurable(path.join(dir, 'definition.json'), JSON.stringify(definition, null, 2) + '\n');
-    files.push(await describeFile(dir, 'definition.json', 'definition', identities));
+    // asked while the first disk is copied: QMP answers while qemu-img works
+    const describing = provider.describe(vm.id);
+    describing.catch(() => undefined); // awaited below, after the disks
 
     for (const overlay of overlaysOf(vm)) {
       const disk = vm.disks.find((d) => d.id === overlay.disk);
@@ -82,15 +84,19 @@ export async function copyBackupSet(
         virtualSize: exported.virtualSize ?? disk?.virtualSize ?? 0,
       });
     }
+    const definition = await describing;
+    live.assertLive();
+    await writeFileDurable(path.join(dir, 'definition.json'), JSON.stringify(definition, null, 2) + '\n');
+    files.unshift(await describeFile(dir, 'definition.json', 'definition', identities));
     if (vm.prepare.action === 'save' && vm.prepare.savedStateFile) {
       files.push(await describeFile(dir, path.basename(vm.prepare.savedStateFile), 'saved-state', identities));
     }
     // This VM's copies are made and checked: it leaves its overlays now rather than after every
     // other VM is copied (its overlays stop growing, and merges overlap the other copies). A merge
     // that fails here stays in the set and is tried again, and reported, when the set ends.
-    await live.merge(vm.id).catch(() => undefined);
+    merges.push(live.merge(vm.id).catch(() => undefined));
     return { vm, dir, files, identities, startedAt };
-  });
+  }).finally(() => Promise.all(merges));
 
   // Every VM is staged: write the manifests, then publish. A failure before the last rename
   // leaves every earlier backup as it was and publishes nothing of this set that is incomplete.
