@@ -7,6 +7,7 @@ import { promises as fs, mkdtempSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { pendingUndos } from '../../src/journal/journal';
+import { verifyBackup } from '../../src/verify';
 import { startBareWorld, type BareWorld } from './support/bare';
 import { clearHookLog, hookLog, waitAgent } from './support/guest';
 import { ensureLab, labImages, labRefs, labRun } from './support/lab';
@@ -17,6 +18,32 @@ import {
 } from './support/world';
 
 const GROUP = 'Node-RED process';
+
+/**
+ * Seed of the random SIGKILL cases: printed in each case's name; VMBACKUP_FAULTS_SEED=<n> replays
+ * a run (the same fractions of the clean run's duration, the same choices).
+ */
+const SEED = (() => {
+  const env = process.env.VMBACKUP_FAULTS_SEED;
+  if (env !== undefined && env !== '') {
+    const n = Number(env);
+    if (!Number.isSafeInteger(n) || n < 0) throw new Error(`VMBACKUP_FAULTS_SEED must be a non-negative integer, not ${JSON.stringify(env)}`);
+    return n >>> 0;
+  }
+  return (Date.now() ^ (process.pid << 16) ^ Math.floor(Math.random() * 0x1_0000_0000)) >>> 0;
+})();
+
+/** mulberry32: a small seeded PRNG, uniform in [0, 1). */
+function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
 
 interface Ctx {
   nr: RealNodeRed;
@@ -135,20 +162,25 @@ describe('fault injection: the Node-RED process (SIGKILL and restart, redeploy)'
    * Kill Node-RED with SIGKILL (with `killGuardian`, its guardian first, as when a whole service
    * is killed), optionally wait, start it again; returns the recovery report the flow got.
    */
-  async function killAndRestart(ctx: Ctx, downMs = 0, killGuardian = false): Promise<{ report: any; note: string }> {
+  async function killAndRestart(
+    ctx: Ctx, downMs = 0, killGuardian = false, o: { guardianIfAny?: boolean; reportWithinMs?: number | (() => number) } = {},
+  ): Promise<{ report: any; note: string }> {
     const pending = pendingUndos(readJournal(ctx.journalFile)).map((u) => `${u.kind} ${u.vm}`);
     if (killGuardian) {
       const pids = await guardiansOf(ctx.journalFile);
-      assert.ok(pids.length > 0, 'a guardian process watches the set');
+      // a kill at a random point may fall where no guardian runs (before the first side effect, after the end)
+      if (!o.guardianIfAny) assert.ok(pids.length > 0, 'a guardian process watches the set');
       for (const pid of pids) process.kill(pid, 'SIGKILL');
     }
     await nr.kill();
+    // evaluated the moment Node-RED is gone (before its guardian may act)
+    const reportWithinMs = typeof o.reportWithinMs === 'function' ? o.reportWithinMs() : o.reportWithinMs;
     if (downMs) await sleep(downMs);
     const byGuardian = readJournal(ctx.journalFile).filter((e) => e.data?.by === 'guardian' && e.vm).map((e) => `${e.op} ${e.vm}`);
     const t0 = Date.now();
     await nr.start();
     const restartMs = Date.now() - t0;
-    const report = await ctx.recoveryReport();
+    const report = await ctx.recoveryReport(reportWithinMs);
     const statuses = (await nr.global<any[]>('statuses')) ?? [];
     const status = statuses.find((s) => s.source === 'enumerate' && /recovered/.test(s.text));
     const note = `journal after the kill: ${pending.length ? pending.join(', ') : 'nothing pending'}; ` +
@@ -246,6 +278,123 @@ describe('fault injection: the Node-RED process (SIGKILL and restart, redeploy)'
         assert.equal(report, undefined, 'no recovery report when nothing was interrupted');
         return { note: 'restarted; no recovery report', backupId: set.backupId, published: false };
       });
+  });
+
+  // ---- SIGKILL at a random point of a whole backup (enumerate through copy) ----
+  //
+  // The flow runs end to end; Node-RED is SIGKILLed after a delay drawn uniformly over the
+  // duration of a clean run of the same flow (measured once per flow, in this group), sometimes
+  // with its guardian, sometimes left down a few seconds. After the restart: the same checks as
+  // every other case, and every backup in the repository passes the product's own verifier
+  // (manifest, sha256 of every file, qemu-img check); nothing partial anywhere; the set is all or
+  // none (every VM of it published, or none).
+
+  type FlowKey = 'lab' | 'bare' | 'bare-saved';
+  const flowOf: Record<FlowKey, { lab: boolean; fallback?: string; label: string }> = {
+    lab: { lab: true, label: 'lab guests (freeze)' },
+    bare: { lab: false, label: 'bare VMs (checkpoint)' },
+    'bare-saved': { lab: false, fallback: 'saved-state', label: 'bare VMs (saved-state)' },
+  };
+  const cleanMs = new Map<FlowKey, number>();
+
+  /** `<root>/<host>/<vm>/<backupId>` directories, published or staging, and any `.partial-*` path. */
+  async function backupDirs(root: string): Promise<{ published: string[]; partial: string[] }> {
+    const published: string[] = [];
+    const partial: string[] = [];
+    const walk = async (dir: string, depth: number) => {
+      for (const e of await fs.readdir(dir, { withFileTypes: true }).catch(() => [])) {
+        const p = path.join(dir, e.name);
+        if (e.name.startsWith('.partial-')) partial.push(path.relative(root, p));
+        else if (e.isDirectory()) {
+          if (depth === 2) published.push(path.relative(root, p));
+          else await walk(p, depth + 1);
+        }
+      }
+    };
+    await walk(root, 0);
+    return { published: published.sort(), partial: partial.sort() };
+  }
+
+  /** verifyBackup (src/verify.ts: manifest, size and sha256 of every file, qemu-img check) of every published backup. */
+  async function verifyAll(): Promise<string> {
+    const { published, partial } = await backupDirs(repository);
+    assert.deepEqual(partial, [], 'partial (staging) directories left in the repository');
+    assert.ok(published.length > 0, 'the repository holds no backup (the clean run published some)');
+    for (const rel of published) {
+      const r = await verifyBackup(path.join(repository, rel));
+      assert.ok(r.ok, `verifyBackup ${rel}: ${r.problems.map((p) => `${path.relative(repository, p.file)}: ${p.problem}`).join('; ')}`);
+    }
+    return `verifyBackup: all ${published.length} backups in the repository OK`;
+  }
+
+  /** A clean run of the whole flow (enumerate through copy): published, verified; measures its duration. */
+  async function cleanRun(key: FlowKey): Promise<void> {
+    const f = flowOf[key];
+    await procCase(`clean run, ${f.label}: whole flow (measures the duration the random kills are drawn over)`, 'published, every backup verified (verifyBackup)',
+      { lab: f.lab, lastStage: 'copy', ...(f.fallback ? { fallback: f.fallback } : {}) }, async (ctx) => {
+        const t0 = Date.now();
+        const set = await ctx.runTo('copy');
+        const ms = Date.now() - t0;
+        cleanMs.set(key, ms);
+        const ids = (f.lab ? labRefs : bare.refs).map((v) => v.id).sort();
+        const { published } = await backupDirs(repository);
+        assert.deepEqual(published.filter((d) => path.basename(d) === set.backupId).map((d) => d.split(path.sep)[1]).sort(), ids, 'every VM of the set published');
+        return { note: `${fmtMs(ms)} inject to copy output; ${await verifyAll()}`, backupId: set.backupId, published: true };
+      });
+  }
+
+  const rng = mulberry32(SEED);
+  const randomCases: { key: FlowKey; guardian: boolean; downMs: number; u: number }[] = [
+    { key: 'lab', guardian: false, downMs: 0 },
+    { key: 'lab', guardian: true, downMs: 0 },
+    { key: 'lab', guardian: false, downMs: 4000 },
+    { key: 'bare', guardian: true, downMs: 0 },
+    { key: 'bare-saved', guardian: false, downMs: 3000 },
+    { key: 'bare', guardian: true, downMs: 3000 },
+  ].map((c) => ({ ...(c as { key: FlowKey; guardian: boolean; downMs: number }), u: rng() }));
+
+  randomCases.forEach((c, i) => {
+    const f = flowOf[c.key];
+    const how = `${c.guardian ? 'Node-RED and its guardian' : 'Node-RED'} SIGKILLed, ${c.downMs ? `down ${c.downMs / 1000} s` : 'restart at once'}`;
+    const name = `random kill #${i + 1} (seed ${SEED}, u=${c.u.toFixed(4)}), ${f.label}: ${how}`;
+    it(name, async function () {
+      if (!cleanMs.has(c.key)) await cleanRun(c.key);
+      await procCase(name, 'at u x the clean run\'s duration; after recovery every VM running, thawed, off its overlays; the set published whole (every VM, verified) or not at all; every backup passes verifyBackup; no .partial-* left',
+        { lab: f.lab, lastStage: 'copy', ...(f.fallback ? { fallback: f.fallback } : {}) }, async (ctx) => {
+          const delayMs = Math.round(c.u * cleanMs.get(c.key)!);
+          const before = new Set((await backupDirs(repository)).published);
+          await ctx.nr.inject('go');
+          await sleep(delayMs);
+          let reached: ReturnType<typeof readJournal> = [];
+          const { note } = await killAndRestart(ctx, c.downMs, c.guardian, {
+            guardianIfAny: true,
+            reportWithinMs: () => {
+              // the journal as Node-RED left it (the guardian's lines come after the kill)
+              reached = readJournal(ctx.journalFile).filter((e) => e.data?.by !== 'guardian');
+              // nothing pending: no recovery to wait for (a short wait still catches a report)
+              return pendingUndos(reached).length ? 20_000 : 3000;
+            },
+          });
+          const ids = (f.lab ? labRefs : bare.refs).map((v) => v.id).sort();
+          const fresh = (await backupDirs(repository)).published.filter((d) => !before.has(d));
+          const setIds = [...new Set(fresh.map((d) => path.basename(d)))];
+          assert.ok(setIds.length <= 1, `more than one new backup set published: ${setIds.join(', ')}`);
+          const published = setIds.length === 1;
+          if (published) assert.deepEqual(fresh.map((d) => d.split(path.sep)[1]).sort(), ids, `set ${setIds[0]} published for only some of its VMs (all or none)`);
+          const journalIds = [...new Set([...reached, ...readJournal(ctx.journalFile)].map((e) => e.backupId).filter(Boolean))];
+          assert.ok(journalIds.length <= 1, `the case's journal names more than one backup set: ${journalIds.join(', ')}`);
+          const backupId = setIds[0] ?? journalIds[0];
+          if (setIds.length && journalIds.length) assert.equal(setIds[0], journalIds[0], 'the set published is the one journalled');
+          const ops = reached.filter((e) => e.vm).map((e) => `${e.op}/${e.phase}`);
+          const last = ops.length ? ops[ops.length - 1] : 'nothing journalled yet';
+          return {
+            note: `killed ${delayMs} ms into the run (clean run ${fmtMs(cleanMs.get(c.key))}; last journal line at the kill: ${last}); ${note}; ` +
+              `${published ? `set ${setIds[0]} published whole` : 'set not published'}; ${await verifyAll()}`,
+            backupId,
+            published,
+          };
+        });
+    });
   });
 
   it('full redeploy while guests are frozen', async () => {
