@@ -179,6 +179,8 @@ export interface Scenario {
   journalDir: string;
   fallback: 'checkpoint' | 'saved-state' | 'fail';
   concurrency?: number;
+  /** the copy node's Verify (qemu-img compare of every copy); default on, as the node */
+  verify?: boolean;
 }
 
 /** One tab per scenario: POST /bench/<name> -> enumerate ... copy -> response; Catch -> 500. */
@@ -200,7 +202,7 @@ export function scenarioFlows(scenarios: Scenario[]): object[] {
       { id: id('prepare'), type: 'vmbackup-prepare', z, host: id('host'), x: 400, y: 100, wires: [[id('snapshot')]] },
       { id: id('snapshot'), type: 'vmbackup-snapshot', z, host: id('host'), x: 500, y: 100, wires: [[id('post')]] },
       { id: id('post'), type: 'vmbackup-post-snapshot', z, host: id('host'), x: 600, y: 100, wires: [[id('copy')]] },
-      { id: id('copy'), type: 'vmbackup-copy', z, host: id('host'), compress: false, concurrency: s.concurrency ?? 2, progressInterval: 250, x: 700, y: 100, wires: [[id('response')], []] },
+      { id: id('copy'), type: 'vmbackup-copy', z, host: id('host'), compress: false, verify: s.verify ?? true, concurrency: s.concurrency ?? 2, progressInterval: 250, x: 700, y: 100, wires: [[id('response')], []] },
       { id: id('response'), type: 'http response', z, name: '', statusCode: '', headers: {}, x: 800, y: 100, wires: [] },
       { id: id('catch'), type: 'catch', z, name: '', scope: null, uncaught: false, x: 100, y: 200, wires: [[id('failed')]] },
       {

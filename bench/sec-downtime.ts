@@ -23,7 +23,8 @@ export interface SavedSample {
   /** journal: save done -> resume intent (snapshot stage and two Node-RED hops while stopped) */
   stoppedBetweenMs?: number;
 }
-export interface SaveAloneSample { saveMs: number; stopToResumeMs: number; bytes: number; qemuTotalMs?: number }
+/** saveMs: migrate command -> the whole stream written to the file (page cache), as the product waits; fsyncMs: the flush after */
+export interface SaveAloneSample { saveMs: number; fsyncMs: number; stopToResumeMs: number; bytes: number; qemuTotalMs?: number }
 
 export interface DowntimeResult {
   vm: string;
@@ -96,7 +97,8 @@ export async function downtimeSection(ctx: Ctx, vm: BenchVm, o: { runs: number }
 
 /**
  * Save the VM's memory with nothing else: stop, migrate (unthrottled) to a unix socket whose
- * stream is written to a file, fsync, cont. `saveMs` runs from the migrate command to the file being on disk.
+ * stream is written to a file, cont. `saveMs` ends when the whole stream is in the file; the
+ * fsync after it is timed apart (the product flushes the file after the VM runs again).
  */
 async function saveAlone(vm: BenchVm, file: string): Promise<SaveAloneSample> {
   const qmp = vm.observer!;
@@ -119,11 +121,12 @@ async function saveAlone(vm: BenchVm, file: string): Promise<SaveAloneSample> {
   const t1 = nowMs();
   await qmp.execute('migrate', { uri: `unix:${sock}` });
   await received;
+  const t2 = nowMs();
   const h = await fs.open(file, 'r+');
   await h.sync();
   const bytes = (await h.stat()).size;
   await h.close();
-  const t2 = nowMs();
+  const fsyncMs = nowMs() - t2;
   let qemuTotalMs: number | undefined;
   for (let i = 0; i < 100; i++) {
     const st = await qmp.execute<{ status?: string; 'total-time'?: number }>('query-migrate');
@@ -140,5 +143,5 @@ async function saveAlone(vm: BenchVm, file: string): Promise<SaveAloneSample> {
   server.close();
   await fs.rm(sock, { force: true });
   await fs.rm(file, { force: true });
-  return { saveMs: t2 - t1, stopToResumeMs: t3 - t0, bytes, qemuTotalMs };
+  return { saveMs: t2 - t1, fsyncMs, stopToResumeMs: t3 - t0, bytes, qemuTotalMs };
 }

@@ -51,7 +51,11 @@ export interface ScaleRun {
   ajv: { stages: AjvStage[]; manifests: { count: number; totalMs: number; perManifestMs: number }; totalMs: number; perMessageMs: number };
 }
 
-export interface ScaleResult { qemuRssMiB: number; diskMiB: number; dataMiBPerDisk: number; runs: ScaleRun[] }
+export interface ScaleResult {
+  qemuRssMiB: number; diskMiB: number; dataMiBPerDisk: number; runs: ScaleRun[];
+  /** the largest run again with the copy node's Verify off: how much of the overhead is the read-back compare */
+  noVerify?: { vms: number; wallMs: number; copyAloneMs: number; overheadMs: number; stageMs: Record<string, number> };
+}
 
 /** The same qemu-img convert commands the product runs, by themselves, `lanes` VMs at a time. */
 async function copyAlone(fleet: BareFleet, n: number, scratch: string, lanes: number): Promise<number> {
@@ -128,7 +132,15 @@ export async function scaleSection(ctx: Ctx, o: { counts: number[]; diskMiB: num
       runs.push(run);
       log(`scale ${n} VMs x 2 disks: ${run.wallMs} ms in the flow (${Object.entries(stageMs).map(([k, v]) => `${k} ${v}`).join(', ')}); qemu-img alone ${run.copyAloneMs} ms; overhead ${run.overheadMs} ms (${run.overheadPerVmMs} ms/VM); peak RSS ${run.peakRssMiB} MiB; mounts ${before}..${r.sampler.mountsMax}; ajv ${run.ajv.totalMs} ms in ${calls.length} checks; children ${JSON.stringify(run.children)}; busy ms by step ${JSON.stringify(Object.fromEntries(Object.entries(r.phases).filter(([k]) => !k.startsWith('assert')).map(([k, v]) => [k, `${v.n}x ${Math.round(v.ms)}`])))}`);
     }
-    return { qemuRssMiB, diskMiB: o.diskMiB, dataMiBPerDisk: o.dataMiB, runs };
+    // the largest run once more with Verify off (no qemu-img compare per disk)
+    await addScenarios(ctx, [{ name: `scale-${max}-noverify`, socketDir: await fleetSocketDir(path.join(ctx.work, 'sockets'), fleet, max), fallback: 'checkpoint' as const, concurrency: 2, verify: false }]);
+    const nv = await backup(ctx, `scale-${max}-noverify`, { sampleMs: 50 });
+    const nvAlone = await copyAlone(fleet, max, scratch, 2);
+    const nvStages: Record<string, number> = {};
+    for (const [k, t] of Object.entries(nv.set.timings as Record<string, { ms: number }>)) nvStages[k] = t.ms;
+    const noVerify = { vms: max, wallMs: Math.round(nv.wallMs), copyAloneMs: Math.round(nvAlone), overheadMs: Math.round(nv.wallMs - nvAlone), stageMs: nvStages };
+    log(`scale ${max} VMs x 2 disks, Verify off: ${noVerify.wallMs} ms in the flow; qemu-img alone ${noVerify.copyAloneMs} ms; overhead ${noVerify.overheadMs} ms`);
+    return { qemuRssMiB, diskMiB: o.diskMiB, dataMiBPerDisk: o.dataMiB, runs, noVerify };
   } finally {
     await fleet.stop();
   }

@@ -89,6 +89,8 @@ export async function copyBackupSet(
     await writeFileDurable(path.join(dir, 'definition.json'), JSON.stringify(definition, null, 2) + '\n');
     files.unshift(await describeFile(dir, 'definition.json', 'definition', identities));
     if (vm.prepare.action === 'save' && vm.prepare.savedStateFile) {
+      // written while the VM was stopped, made durable now that it runs again (see saved-state.ts)
+      await fsyncFile(path.join(dir, path.basename(vm.prepare.savedStateFile)));
       files.push(await describeFile(dir, path.basename(vm.prepare.savedStateFile), 'saved-state', identities));
     }
     // This VM's copies are made and checked: it leaves its overlays now rather than after every
