@@ -70,10 +70,12 @@ export async function copyBackupSet(
       const exported = await provider.exportDisk(overlay, path.join(dir, name), (p) => report(vm.id, name, p.done, p.total), {
         compress: options.compress, signal: live.signal, ...(disk?.virtualSize ? { virtualSize: disk.virtualSize } : {}),
       });
-      // Read the copy back twice at once, on two cores: the provider compares what a guest would
-      // see in it with the source (qemu-img compare), and its bytes are hashed for the manifest.
+      // Three things at once: the copy is flushed to disk, and read back twice from the page cache
+      // (the provider compares what a guest would see in it with the source - qemu-img compare -
+      // while its bytes are hashed for the manifest). All three must succeed before it counts.
       const [described] = await Promise.all([
-        fsyncFile(exported.path).then(() => describeFile(dir, name, 'disk', identities)),
+        describeFile(dir, name, 'disk', identities),
+        fsyncFile(exported.path),
         options.verify === false ? undefined : provider.verifyDisk?.(overlay, exported.path),
       ]);
       live.assertLive();

@@ -38,6 +38,21 @@ async function commitLive(c: QmpClient, o: Overlay, commandMs: number): Promise<
   const jobId = `vmbackup-commit-${o.overlayNode}`;
   const long = Math.max(commandMs, 3600_000);
   const mark = c.eventMark();
+  // A merge of ours started before Node-RED died runs on in QEMU (an active commit then waits,
+  // READY, for block-job-complete): finish that job rather than start another under the same id.
+  const running = (await c.execute<{ device: string; status?: string; ready?: boolean }[]>('query-block-jobs')).find((j) => j.device === jobId);
+  if (running) {
+    if (active) {
+      if (!(running.ready === true || running.status === 'ready')) {
+        await c.waitEvent('BLOCK_JOB_READY', (d: any) => d?.device === jobId, long, { since: mark });
+      }
+      await c.execute('block-job-complete', { device: jobId });
+    }
+    const finished = await c.waitEvent('BLOCK_JOB_COMPLETED', (d: any) => d?.device === jobId, long, { since: mark });
+    const failed = (finished.data as { error?: string } | undefined)?.error;
+    if (failed) throw new Error(`block-commit of ${o.overlay} failed: ${failed}`);
+    return true;
+  }
   const args: Record<string, unknown> = { 'job-id': jobId, device: o.overlayNode };
   if (o.baseNode) args['base-node'] = o.baseNode;
   if (!active) {
