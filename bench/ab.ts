@@ -14,11 +14,10 @@ import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { startFleet, fleetSocketDir, type BareFleet } from './bare';
+import { copyAlone } from './sec-scale';
 import { addScenarios, backup, type BackupRun, type Ctx } from './context';
 import { NodeRedProcess, REPO_ROOT } from './nodered';
-import { loadAvg, log, median, nowMs, round, sleep } from './util';
-import { convertArgs } from '../src/providers/qemu/qemu-img';
-import { runProgram } from '../src/util/run';
+import { loadAvg, log, median, round, sleep } from './util';
 
 interface Side { name: 'A' | 'B'; root: string; ctx: Ctx }
 
@@ -81,24 +80,6 @@ async function labSection(sides: Side[], labDir: string, vmName: string, runs: n
 function arg(name: string, fallback: string): string {
   const hit = process.argv.slice(2).find((a) => a.startsWith(`--${name}=`));
   return hit ? hit.slice(name.length + 3) : fallback;
-}
-
-async function copyAlone(fleet: BareFleet, n: number, scratch: string): Promise<number> {
-  const ids = fleet.ids.slice(0, n);
-  let next = 0;
-  const t0 = nowMs();
-  await Promise.all([0, 1].map(async (lane) => {
-    const out = path.join(scratch, `alone-${lane}.qcow2`);
-    while (next < ids.length) {
-      const id = ids[next++];
-      for (const disk of fleet.disks.get(id)!) {
-        await fs.rm(out, { force: true });
-        await runProgram('qemu-img', convertArgs(disk, out, { sourceFormat: 'qcow2', compress: false, forceShare: true }));
-      }
-    }
-    await fs.rm(out, { force: true });
-  }));
-  return nowMs() - t0;
 }
 
 async function main(): Promise<void> {
@@ -180,7 +161,7 @@ async function main(): Promise<void> {
         const r = await turn(side, `scale-${n}`);
         row[side.name] = { wallMs: Math.round(r.wallMs), copyStageMs: r.set.timings.copy.ms, vmsBackedUp: r.set.vms.length, peakRssMiB: round(r.sampler.peakRssKiB / 1024) };
       }
-      row.aloneMs = Math.round(await copyAlone(fleet!, n, path.join(work, 'scratch')));
+      row.aloneMs = Math.round(await copyAlone(fleet!, n, path.join(work, 'scratch'), 2));
       for (const side of sides) row[side.name].overheadMs = row[side.name].wallMs - row.aloneMs;
       results.scale.push(row);
       log(`scale ${n}: A ${row.A.wallMs} ms (overhead ${row.A.overheadMs}), B ${row.B.wallMs} ms (overhead ${row.B.overheadMs}); qemu-img alone ${row.aloneMs} ms`);

@@ -58,7 +58,7 @@ export interface ScaleResult {
 }
 
 /** The same qemu-img convert commands the product runs, by themselves, `lanes` VMs at a time. */
-async function copyAlone(fleet: BareFleet, n: number, scratch: string, lanes: number): Promise<number> {
+export async function copyAlone(fleet: BareFleet, n: number, scratch: string, lanes: number): Promise<number> {
   const ids = fleet.ids.slice(0, n);
   let next = 0;
   const t0 = nowMs();
