@@ -74,6 +74,8 @@ export async function backup(ctx: Ctx, scenario: string, o: { keep?: boolean; sa
   const set = res.body;
   const calls = await ctx.nr.probeCalls();
   const journal = await readJournal(path.join(s.journalDir, 'journal-bench.jsonl'), set.backupId);
+  // BENCH_DUMP=DIR: every timed call and journal line of each backup, for timelines
+  if (process.env.BENCH_DUMP) await fs.writeFile(path.join(process.env.BENCH_DUMP, `${scenario}-${set.backupId}.json`), JSON.stringify({ set, calls, journal }));
   if (!o.keep) await rmrf(path.join(s.repository, 'bench'));
   return { set, wallMs: endedAt - startedAt, startedAt, endedAt, responseBytes: res.bytes, sampler, journal, calls, phases: phaseTotals(calls) };
 }

@@ -99,7 +99,9 @@ export class NodeRedProcess {
     const redJs = path.join(REPO_ROOT, 'node_modules', 'node-red', 'red.js');
     if (!existsSync(redJs)) throw new Error(`${redJs} is missing: npm install first`);
     const probeOut = path.join(userDir, 'probe-calls.json');
-    const child = spawn(process.execPath, ['-r', path.join(__dirname, 'probe.js'), redJs, '-u', userDir, '-p', String(port), '-s', settings], {
+    // BENCH_NODE_ARGS: extra node options for the Node-RED process (e.g. --cpu-prof --cpu-prof-dir=DIR)
+    const nodeArgs = (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
+    const child = spawn(process.execPath, [...nodeArgs, '-r', path.join(__dirname, 'probe.js'), redJs, '-u', userDir, '-p', String(port), '-s', settings], {
       cwd: userDir,
       env: { ...process.env, BENCH_PROBE_OUT: probeOut, BENCH_DIST: path.join(root, 'dist'), ...extraEnv },
       stdio: ['ignore', 'pipe', 'pipe'],

@@ -9,7 +9,7 @@ import { writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 
-export interface ProbeCall { fn: string; stage?: string; what?: string; vms?: number; ms: number; first?: boolean }
+export interface ProbeCall { fn: string; stage?: string; what?: string; vms?: number; ms: number; first?: boolean; /** start, ms since the process began (timelines) */ at?: number }
 
 const out = process.env.BENCH_PROBE_OUT;
 const dist = process.env.BENCH_DIST ?? path.resolve(__dirname, '..');
@@ -29,7 +29,7 @@ if (out) {
     if (!obj || typeof original !== 'function') return;
     obj[name] = function wrapped(this: unknown, ...args: unknown[]) {
       const t0 = performance.now();
-      const done = () => calls.push({ fn: label, ms: performance.now() - t0 });
+      const done = () => calls.push({ fn: label, ms: performance.now() - t0, at: t0 });
       const result = original.apply(this, args);
       if (result && typeof (result as Promise<unknown>).then === 'function') {
         (result as Promise<unknown>).then(done, done);

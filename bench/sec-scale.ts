@@ -10,7 +10,7 @@ import { convertArgs } from '../src/providers/qemu/qemu-img';
 import { runProgram } from '../src/util/run';
 import { startFleet, fleetSocketDir, type BareFleet } from './bare';
 import { addScenarios, backup, type Ctx } from './context';
-import { log, mountCount, nowMs, round } from './util';
+import { childrenOf, cpuOf, log, machineBusyMs, mountCount, nowMs, round } from './util';
 
 const STAGES = [
   ['enumerate', 'enumerated', 'classified'],
@@ -40,6 +40,8 @@ export interface ScaleRun {
   wallMs: number;
   stageMs: Record<string, number>;
   copyAloneMs: number;
+  /** CPU the machine used while the qemu-img commands ran by themselves */
+  copyAloneCpuMs: number;
   overheadMs: number;
   overheadPerVmMs: number;
   peakRssMiB: number;
@@ -48,13 +50,29 @@ export interface ScaleRun {
   responseBytes: number;
   /** busy time of the product's steps inside the Node-RED process (sums over concurrent calls) */
   phases: Record<string, { n: number; ms: number }>;
+  /** where the 2 cores went during the run (ms of CPU): Node-RED itself, the programs it ran, the VMs' QEMU processes, the whole machine */
+  cpu: CpuSplit;
   ajv: { stages: AjvStage[]; manifests: { count: number; totalMs: number; perManifestMs: number }; totalMs: number; perMessageMs: number };
 }
 
 export interface ScaleResult {
   qemuRssMiB: number; diskMiB: number; dataMiBPerDisk: number; runs: ScaleRun[];
   /** the largest run again with the copy node's Verify off: how much of the overhead is the read-back compare */
-  noVerify?: { vms: number; wallMs: number; copyAloneMs: number; overheadMs: number; stageMs: Record<string, number> };
+  noVerify?: { vms: number; wallMs: number; copyAloneMs: number; overheadMs: number; stageMs: Record<string, number>; cpu?: CpuSplit };
+}
+
+export interface CpuSplit { nodeRedMs: number; childrenMs: number; qemuMs: number; machineMs: number }
+
+/** CPU used while `fn` runs: by Node-RED, by the programs it ran, by the fleet's QEMU processes, by the machine. */
+async function withCpu<T>(nrPid: number, fleet: BareFleet, fn: () => Promise<T>): Promise<[T, CpuSplit]> {
+  const qemu = () => [...fleet.procs.values()].reduce((n, p) => n + cpuOf(p.pid!).selfMs, 0);
+  // programs: the children Node-RED waited for, and its live children (the program launcher, the
+  // guardian) with the programs they waited for
+  const programs = () => cpuOf(nrPid).childrenMs + childrenOf(nrPid).reduce((n, c) => n + cpuOf(c).selfMs + cpuOf(c).childrenMs, 0);
+  const nr0 = cpuOf(nrPid).selfMs, p0 = programs(), q0 = qemu(), m0 = machineBusyMs();
+  const result = await fn();
+  const nr1 = cpuOf(nrPid).selfMs, p1 = programs(), q1 = qemu(), m1 = machineBusyMs();
+  return [result, { nodeRedMs: nr1 - nr0, childrenMs: p1 - p0, qemuMs: q1 - q0, machineMs: m1 - m0 }];
 }
 
 /** The same qemu-img convert commands the product runs, by themselves, `lanes` VMs at a time. */
@@ -90,10 +108,12 @@ export async function scaleSection(ctx: Ctx, o: { counts: number[]; diskMiB: num
     const qemuRssMiB = fleet.qemuRssMiB();
     for (const n of o.counts) {
       const before = mountCount(ctx.nr.pid);
-      const r = await backup(ctx, `scale-${n}`, { sampleMs: 50 });
+      const [r, cpu] = await withCpu(ctx.nr.pid, fleet, () => backup(ctx, `scale-${n}`, { sampleMs: 50 }));
       const calls = r.calls.filter((c) => c.fn === 'assertStage' || c.fn === 'assertManifest');
       const after = mountCount(ctx.nr.pid);
+      const aloneCpu0 = machineBusyMs();
       const alone = await copyAlone(fleet, n, scratch, 2);
+      const copyAloneCpuMs = machineBusyMs() - aloneCpu0;
       const stageMs: Record<string, number> = {};
       for (const [k, t] of Object.entries(r.set.timings as Record<string, { ms: number }>)) stageMs[k] = t.ms;
       const ajvStages: AjvStage[] = STAGES.map(([timing, output, nextInput]) => {
@@ -115,6 +135,7 @@ export async function scaleSection(ctx: Ctx, o: { counts: number[]; diskMiB: num
         wallMs: Math.round(r.wallMs),
         stageMs,
         copyAloneMs: Math.round(alone),
+        copyAloneCpuMs,
         overheadMs: Math.round(r.wallMs - alone),
         overheadPerVmMs: round((r.wallMs - alone) / n),
         peakRssMiB: round(r.sampler.peakRssKiB / 1024),
@@ -122,6 +143,7 @@ export async function scaleSection(ctx: Ctx, o: { counts: number[]; diskMiB: num
         mounts: { before, min: r.sampler.mountsMin, max: r.sampler.mountsMax, after },
         responseBytes: r.responseBytes,
         phases: r.phases,
+        cpu,
         ajv: {
           stages: ajvStages,
           manifests: { count: manifests.length, totalMs: round(manifests.reduce((a, c) => a + c.ms, 0), 2), perManifestMs: round(manifests.reduce((a, c) => a + c.ms, 0) / Math.max(1, manifests.length), 3) },
@@ -130,16 +152,16 @@ export async function scaleSection(ctx: Ctx, o: { counts: number[]; diskMiB: num
         },
       };
       runs.push(run);
-      log(`scale ${n} VMs x 2 disks: ${run.wallMs} ms in the flow (${Object.entries(stageMs).map(([k, v]) => `${k} ${v}`).join(', ')}); qemu-img alone ${run.copyAloneMs} ms; overhead ${run.overheadMs} ms (${run.overheadPerVmMs} ms/VM); peak RSS ${run.peakRssMiB} MiB; mounts ${before}..${r.sampler.mountsMax}; ajv ${run.ajv.totalMs} ms in ${calls.length} checks; children ${JSON.stringify(run.children)}; busy ms by step ${JSON.stringify(Object.fromEntries(Object.entries(r.phases).filter(([k]) => !k.startsWith('assert')).map(([k, v]) => [k, `${v.n}x ${Math.round(v.ms)}`])))}`);
+      log(`scale ${n} VMs x 2 disks: ${run.wallMs} ms in the flow (${Object.entries(stageMs).map(([k, v]) => `${k} ${v}`).join(', ')}); qemu-img alone ${run.copyAloneMs} ms (CPU ${copyAloneCpuMs} ms); overhead ${run.overheadMs} ms (${run.overheadPerVmMs} ms/VM); peak RSS ${run.peakRssMiB} MiB; CPU ms ${JSON.stringify(cpu)}; mounts ${before}..${r.sampler.mountsMax}; ajv ${run.ajv.totalMs} ms in ${calls.length} checks; children ${JSON.stringify(run.children)}; busy ms by step ${JSON.stringify(Object.fromEntries(Object.entries(r.phases).filter(([k]) => !k.startsWith('assert')).map(([k, v]) => [k, `${v.n}x ${Math.round(v.ms)}`])))}`);
     }
     // the largest run once more with Verify off (no qemu-img compare per disk)
     await addScenarios(ctx, [{ name: `scale-${max}-noverify`, socketDir: await fleetSocketDir(path.join(ctx.work, 'sockets'), fleet, max), fallback: 'checkpoint' as const, concurrency: 2, verify: false }]);
-    const nv = await backup(ctx, `scale-${max}-noverify`, { sampleMs: 50 });
+    const [nv, nvCpu] = await withCpu(ctx.nr.pid, fleet, () => backup(ctx, `scale-${max}-noverify`, { sampleMs: 50 }));
     const nvAlone = await copyAlone(fleet, max, scratch, 2);
     const nvStages: Record<string, number> = {};
     for (const [k, t] of Object.entries(nv.set.timings as Record<string, { ms: number }>)) nvStages[k] = t.ms;
-    const noVerify = { vms: max, wallMs: Math.round(nv.wallMs), copyAloneMs: Math.round(nvAlone), overheadMs: Math.round(nv.wallMs - nvAlone), stageMs: nvStages };
-    log(`scale ${max} VMs x 2 disks, Verify off: ${noVerify.wallMs} ms in the flow; qemu-img alone ${noVerify.copyAloneMs} ms; overhead ${noVerify.overheadMs} ms`);
+    const noVerify = { vms: max, wallMs: Math.round(nv.wallMs), copyAloneMs: Math.round(nvAlone), overheadMs: Math.round(nv.wallMs - nvAlone), stageMs: nvStages, cpu: nvCpu };
+    log(`scale ${max} VMs x 2 disks, Verify off: ${noVerify.wallMs} ms in the flow; qemu-img alone ${noVerify.copyAloneMs} ms; overhead ${noVerify.overheadMs} ms; CPU ms ${JSON.stringify(nvCpu)}`);
     return { qemuRssMiB, diskMiB: o.diskMiB, dataMiBPerDisk: o.dataMiB, runs, noVerify };
   } finally {
     await fleet.stop();

@@ -97,6 +97,19 @@ export function childrenOf(pid: number): number[] {
   return out;
 }
 
+/** Every process below `pid`, with its parent's pid. */
+export function descendantsOf(pid: number): [number, number][] {
+  const out: [number, number][] = [];
+  const walk = (p: number, depth: number) => {
+    for (const c of childrenOf(p)) {
+      out.push([c, p]);
+      if (depth < 3) walk(c, depth + 1);
+    }
+  };
+  walk(pid, 0);
+  return out;
+}
+
 export function commOf(pid: number): string {
   try {
     return readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
@@ -108,6 +121,25 @@ export function commOf(pid: number): string {
 /** Mount points the process sees (its mount namespace). */
 export function mountCount(pid: number | 'self' = 'self'): number {
   return readFileSync(`/proc/${pid}/mountinfo`, 'utf8').split('\n').filter(Boolean).length;
+}
+
+/** CPU time of a process (ms): its own, and that of its children it has waited for. */
+export function cpuOf(pid: number): { selfMs: number; childrenMs: number } {
+  try {
+    // fields after the ")" of comm: state is 3rd overall; utime 14, stime 15, cutime 16, cstime 17
+    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+    const tick = 1000 / 100; // USER_HZ is 100 on Linux
+    return { selfMs: (Number(f[11]) + Number(f[12])) * tick, childrenMs: (Number(f[13]) + Number(f[14])) * tick };
+  } catch {
+    return { selfMs: 0, childrenMs: 0 };
+  }
+}
+
+/** CPU time the whole machine spent busy (not idle, not waiting for I/O), ms over all cores. */
+export function machineBusyMs(): number {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+  const [user, nice, system, , , irq, softirq, steal] = f;
+  return (user + nice + system + irq + softirq + (steal ?? 0)) * 10;
 }
 
 export function loadAvg(): number[] {
@@ -134,21 +166,15 @@ export class Sampler {
 
   start(): this {
     const t0 = nowMs();
-    const parentComm = commOf(this.pid);
-    let parentCmd = '';
-    try {
-      parentCmd = readFileSync(`/proc/${this.pid}/cmdline`, 'utf8');
-    } catch {
-      // gone
-    }
-    const forkedNotExec = (pid: number, name: string) => {
-      if (name === parentComm) return true;
+    const cmdlineOf = (pid: number) => {
       try {
-        return readFileSync(`/proc/${pid}/cmdline`, 'utf8') === parentCmd;
+        return readFileSync(`/proc/${pid}/cmdline`, 'utf8');
       } catch {
-        return false;
+        return '';
       }
     };
+    // a process seen between fork and exec still carries its parent's name and command line
+    const forkedNotExec = (pid: number, parent: number, name: string) => name === commOf(parent) && cmdlineOf(pid) === cmdlineOf(parent);
     const tick = () => {
       this.samples++;
       const m = procMem(this.pid);
@@ -156,10 +182,10 @@ export class Sampler {
         this.peakRssKiB = Math.max(this.peakRssKiB, m.rssKiB, m.hwmKiB);
         if (this.keepTrace) this.rssTrace.push([Math.round(nowMs() - t0), m.rssKiB]);
       }
-      for (const c of childrenOf(this.pid)) {
-        // a child seen between fork and exec still carries the parent's name
+      // children and their children: the programs are started by the package's launcher process
+      for (const [c, parent] of descendantsOf(this.pid)) {
         const name = commOf(c);
-        const comm = forkedNotExec(c, name) ? '(forked, not yet exec)' : name === '?' ? '(exited)' : name;
+        const comm = forkedNotExec(c, parent, name) ? '(forked, not yet exec)' : name === '?' ? '(exited)' : /launcher-process\.js/.test(cmdlineOf(c)) ? 'node (program launcher)' : name;
         const cm = procMem(c);
         const at = Math.round(nowMs() - t0);
         const seen = this.timeline.get(c);

@@ -8,6 +8,7 @@ import { createProvider } from '../../src/providers';
 import { checkRoot } from '../../src/repository/paths';
 import { recover, type RecoveryAction } from '../../src/recovery';
 import { isSafeName } from '../../src/util/ids';
+import { useProgramLauncher } from '../../src/util/run';
 import { hostSettings, type HostNodeDef, type HostCredentials } from './settings';
 
 export interface HostConfigNode extends Node<HostCredentials> {
@@ -46,6 +47,9 @@ function describeAction(a: RecoveryAction): string {
 }
 
 module.exports = function register(RED: NodeAPI) {
+  // qemu-img and friends are started by a small launcher process: a fork from the Node-RED
+  // process itself would hold its event loop (and every other flow) ~13 ms per program
+  useProgramLauncher(true);
   function VmBackupHost(this: HostConfigNode, config: HostNodeDef) {
     RED.nodes.createNode(this, config);
     const node = this;

@@ -77,6 +77,14 @@ export class BackupHost {
     return { startedAt: new Date(startedAt).toISOString(), ms: Date.now() - startedAt };
   }
 
+  /** A set ended: its VMs' connections go back to the host unless another live set uses them. */
+  private released(ended: LiveBackup): void {
+    this.live.delete(ended.backupId);
+    const stillUsed = new Set([...this.live.values()].flatMap((l) => [...l.vmIds]));
+    const free = [...ended.vmIds].filter((id) => !stillUsed.has(id));
+    if (free.length > 0) this.provider.release?.(free).catch(() => undefined);
+  }
+
   // ---- enumerate ----
 
   async enumerate(): Promise<EnumeratedSet> {
@@ -84,7 +92,7 @@ export class BackupHost {
     const vms = await this.provider.enumerate();
     const backupId = newBackupId();
     const live = new LiveBackup(backupId, vms.map((vm) => vm.id), this.provider, this.journal, this.options.timeouts, this.log,
-      (l) => this.live.delete(l.backupId));
+      (l) => this.released(l));
     this.live.set(backupId, live);
     live.record('enumerated', vms);
     return {

@@ -63,6 +63,8 @@ export interface HostProvider {
   /** Read the copy back and check it holds what overlay.base holds; throws when it does not. */
   verifyDisk?(overlay: Overlay, file: string): Promise<void>;
 
+  /** A backup set of these VMs ended: drop their idle connections now. Nothing about the VMs changes. */
+  release?(vmIds: readonly string[]): Promise<void>;
   /** Drop connections; nothing about the VMs changes. */
   close(): Promise<void>;
 }

@@ -1,5 +1,6 @@
 // Programs run with argument vectors only: never through a shell.
 import { spawn } from 'node:child_process';
+import { ProgramLauncher, type ProgramEvents, type StartedProgram } from './launcher';
 
 export interface RunResult {
   stdout: string;
@@ -13,31 +14,82 @@ export class ProgramFailed extends Error {
   }
 }
 
+let launcher: ProgramLauncher | undefined;
+
+/**
+ * Start programs through a small launcher process (see launcher.ts) rather than from this
+ * process. The Node-RED nodes turn it on: their process is the large one.
+ */
+export function useProgramLauncher(on: boolean): void {
+  if (on) launcher ??= new ProgramLauncher();
+  else {
+    launcher?.close();
+    launcher = undefined;
+  }
+}
+
+/** the launcher process's pid, when one runs */
+export function programLauncherPid(): number | undefined {
+  return launcher?.pid;
+}
+
+function startDirect(file: string, args: readonly string[], events: ProgramEvents): StartedProgram {
+  const child = spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  child.stdout.setEncoding('utf8').on('data', events.stdout);
+  child.stderr.setEncoding('utf8').on('data', events.stderr);
+  child.on('error', events.error);
+  child.on('close', events.close);
+  return { kill: (signal) => child.kill(signal) };
+}
+
 export function runProgram(
   file: string,
   args: readonly string[],
   opts: { onStdout?: (chunk: string) => void; timeoutMs?: number; signal?: AbortSignal } = {},
 ): Promise<RunResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe'], signal: opts.signal });
+    if (opts.signal?.aborted) {
+      reject(abortError(file, opts.signal));
+      return;
+    }
     let stdout = '';
     let stderr = '';
-    const timer = opts.timeoutMs ? setTimeout(() => child.kill('SIGTERM'), opts.timeoutMs) : undefined;
-    child.stdout.setEncoding('utf8').on('data', (d: string) => {
-      if (opts.onStdout) opts.onStdout(d);
-      else stdout += d;
-    });
-    child.stderr.setEncoding('utf8').on('data', (d: string) => {
-      stderr = (stderr + d).slice(-8192);
-    });
-    child.on('error', (err) => {
+    let settled = false;
+    const finish = (fn: () => void) => {
+      if (settled) return;
+      settled = true;
       if (timer) clearTimeout(timer);
-      reject(err);
-    });
-    child.on('close', (code) => {
-      if (timer) clearTimeout(timer);
-      if (code === 0) resolve({ stdout, stderr });
-      else reject(new ProgramFailed(file, code, stderr));
-    });
+      opts.signal?.removeEventListener('abort', onAbort);
+      fn();
+    };
+    const events: ProgramEvents = {
+      stdout: (d) => {
+        if (opts.onStdout) opts.onStdout(d);
+        else stdout += d;
+      },
+      stderr: (d) => {
+        stderr = (stderr + d).slice(-8192);
+      },
+      error: (err) => finish(() => reject(err)),
+      close: (code) => finish(() => {
+        if (opts.signal?.aborted) reject(abortError(file, opts.signal));
+        else if (code === 0) resolve({ stdout, stderr });
+        else reject(new ProgramFailed(file, code, stderr));
+      }),
+    };
+    let started: StartedProgram;
+    try {
+      started = launcher ? launcher.start(file, args, events) : startDirect(file, args, events);
+    } catch (err) {
+      finish(() => reject(err));
+      return;
+    }
+    const timer = opts.timeoutMs ? setTimeout(() => started.kill('SIGTERM'), opts.timeoutMs) : undefined;
+    const onAbort = () => started.kill('SIGTERM');
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
   });
+}
+
+function abortError(file: string, signal: AbortSignal): Error {
+  return Object.assign(new Error(`${file} was stopped: ${String(signal.reason ?? 'aborted')}`), { name: 'AbortError', code: 'ABORT_ERR' });
 }

@@ -78,6 +78,11 @@ describe('backups of the lab VMs through Node-RED', function () {
 
   it('checkpoint policy: online VMs application-consistent (proven from the image), the agentless VM crash-consistent, the network disk excluded', async () => {
     const msg = await runBackup('checkpoint', repository, journalDir);
+    // The set ended: its QMP sockets are given back at once (each serves one client at a time),
+    // not when the provider's idle connections time out (3 s).
+    const t0 = Date.now();
+    for (const vm of VMS) await qmp(vm, 'query-status');
+    assert.ok(Date.now() - t0 < 1500, `QMP of the backed-up VMs answered another client after ${Date.now() - t0} ms`);
     const byId = new Map<string, any>(msg.payload.vms.map((vm: any) => [vm.id, vm]));
     assert.deepEqual(VMS.map((id) => [id, byId.get(id)?.method, byId.get(id)?.consistency]), [
       ['vm-agent', 'child-vm-snapshot', 'application'],

@@ -30,7 +30,7 @@ export interface QemuOptions {
   idleCloseMs?: number;
 }
 
-interface Conn<T> { client: T; timer?: NodeJS.Timeout }
+interface Conn<T> { client: T; timer?: NodeJS.Timeout; inUse: number }
 
 export class QemuProvider implements HostProvider {
   readonly kind = 'qemu' as const;
@@ -75,15 +75,18 @@ export class QemuProvider implements HostProvider {
       }
     }
     if (!entry) {
-      entry = open().then((client) => ({ client }));
+      entry = open().then((client) => ({ client, inUse: 0 }));
       pool.set(id, entry);
       entry.catch(() => pool.delete(id));
     }
     const conn = await entry;
     if (conn.timer) clearTimeout(conn.timer);
+    conn.inUse++;
     try {
       return await fn(conn.client);
     } finally {
+      conn.inUse--;
+      if (conn.timer) clearTimeout(conn.timer);
       conn.timer = setTimeout(() => {
         pool.delete(id);
         void conn.client.close();
@@ -304,6 +307,27 @@ export class QemuProvider implements HostProvider {
   /** Read-back check of an exported disk: the copy must hold exactly what its source (the base) holds. */
   async verifyDisk(overlay: Overlay, file: string): Promise<void> {
     await qemuImg.compare(this.qemuImgPath, overlay.base, overlay.baseFormat, file, 'qcow2');
+  }
+
+  /**
+   * A backup set of these VMs ended: give their QMP and agent sockets back now rather than when
+   * idleCloseMs passes (each serves one client: the host's tools, another flow, wait for it).
+   */
+  async release(vmIds: readonly string[]): Promise<void> {
+    const closing: Promise<void>[] = [];
+    for (const pool of [this.qmpConns, this.qgaConns] as Map<string, Promise<Conn<{ close(): Promise<void> }>>>[]) {
+      for (const id of vmIds) {
+        const entry = pool.get(id);
+        if (!entry) continue;
+        closing.push(entry.then((conn) => {
+          if (conn.inUse > 0 || pool.get(id) !== entry) return; // in use again: its idle timer closes it
+          pool.delete(id);
+          if (conn.timer) clearTimeout(conn.timer);
+          return conn.client.close();
+        }, () => undefined));
+      }
+    }
+    await Promise.all(closing);
   }
 
   async close(): Promise<void> {
