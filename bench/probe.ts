@@ -69,9 +69,23 @@ if (out) {
   timeAsync(load('src/journal/journal.js')?.Journal?.prototype, 'append', 'journal append (fsync)');
   const loop = monitorEventLoopDelay({ resolution: 10 });
   loop.enable();
+  // how long a trivial file-system call waits for a libuv thread-pool thread (every 20 ms)
+  let poolMax = 0, poolSum = 0, poolN = 0;
+  const fsp = require('node:fs/promises') as typeof import('node:fs/promises');
+  setInterval(() => {
+    const t0 = performance.now();
+    void fsp.access('/').then(() => {
+      const ms = performance.now() - t0;
+      poolMax = Math.max(poolMax, ms);
+      poolSum += ms;
+      poolN++;
+    });
+  }, 20).unref();
 
   process.on('SIGWINCH', () => {
     calls.push({ fn: 'event loop delay, max', ms: loop.max / 1e6 }, { fn: 'event loop delay, mean', ms: loop.mean / 1e6 });
+    calls.push({ fn: 'thread pool wait, max', ms: poolMax }, { fn: 'thread pool wait, mean', ms: poolN ? poolSum / poolN : 0 });
+    poolMax = poolSum = poolN = 0;
     loop.reset();
     writeFileSync(out, JSON.stringify(calls));
     calls.length = 0;

@@ -8,6 +8,7 @@ import * as path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { addScenarios, backup, journalSpan, type Ctx } from './context';
 import { socketDirFor, type BenchVm } from './lab';
+import { saveStateToFile } from '../src/providers/qemu/saved-state';
 import { log, nowMs, round, sleep, stats, type Stats } from './util';
 
 export interface CheckpointSample { method: string; stopEvents: number; resumeEvents: number; statusAfter: string; wallMs: number }
@@ -22,9 +23,24 @@ export interface SavedSample {
   stateBytes: number;
   /** journal: save done -> resume intent (snapshot stage and two Node-RED hops while stopped) */
   stoppedBetweenMs?: number;
+  /** from QEMU's events: STOP -> MIGRATION setup -> MIGRATION completed -> RESUME */
+  split?: DowntimeSplit;
+  /** the Node-RED process during that backup: event loop delay and thread-pool wait (ms) */
+  nodeRed?: Record<string, number>;
+}
+export interface DowntimeSplit { stopToMigrationMs: number; migrationMs: number; migrationToResumeMs: number }
+
+/** STOP -> MIGRATION "setup" -> MIGRATION "completed" -> RESUME, from the events QEMU sent the observer. */
+function splitOf(events: { event: string; at: number; data?: any }[]): DowntimeSplit | undefined {
+  const stop = events.find((e) => e.event === 'STOP');
+  const setup = events.find((e) => e.event === 'MIGRATION' && e.data?.status === 'setup' && stop && e.at >= stop.at);
+  const done = events.find((e) => e.event === 'MIGRATION' && e.data?.status === 'completed' && setup && e.at >= setup.at);
+  const resume = events.find((e) => e.event === 'RESUME' && done && e.at >= done.at);
+  if (!stop || !setup || !done || !resume) return undefined;
+  return { stopToMigrationMs: round(setup.at - stop.at, 1), migrationMs: round(done.at - setup.at, 1), migrationToResumeMs: round(resume.at - done.at, 1) };
 }
 /** saveMs: migrate command -> the whole stream written to the file (page cache), as the product waits; fsyncMs: the flush after */
-export interface SaveAloneSample { saveMs: number; fsyncMs: number; stopToResumeMs: number; bytes: number; qemuTotalMs?: number }
+export interface SaveAloneSample { saveMs: number; fsyncMs: number; stopToResumeMs: number; bytes: number; qemuTotalMs?: number; split?: DowntimeSplit }
 
 export interface DowntimeResult {
   vm: string;
@@ -32,6 +48,8 @@ export interface DowntimeResult {
   checkpoint: CheckpointSample[];
   saved: SavedSample[];
   alone: SaveAloneSample[];
+  /** the product's saveStateToFile called from the benchmark process (not Node-RED) on the same VM */
+  productFn?: { saveMs: number; split?: DowntimeSplit }[];
   savedStats: Stats;
   aloneStats: Stats;
   ratio: number;
@@ -41,6 +59,8 @@ export async function downtimeSection(ctx: Ctx, vm: BenchVm, o: { runs: number }
   const lab = ctx.lab!;
   for (const other of lab.vms.values()) if (other !== vm) await other.pause();
   await vm.resume();
+  // MIGRATION events (setup, active, completed) on every monitor: where a stopped VM's time goes
+  await vm.observer!.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
   const socketDir = await socketDirFor(path.join(ctx.work, 'sockets'), vm);
   const ck = `checkpoint-${vm.name}`;
   const ss = `saved-${vm.name}`;
@@ -48,6 +68,7 @@ export async function downtimeSection(ctx: Ctx, vm: BenchVm, o: { runs: number }
   const checkpoint: CheckpointSample[] = [];
   const saved: SavedSample[] = [];
   const alone: SaveAloneSample[] = [];
+  const productFn: { saveMs: number; split?: DowntimeSplit }[] = [];
   const scratch = path.join(ctx.work, 'scratch');
   await fs.mkdir(scratch, { recursive: true });
 
@@ -65,6 +86,7 @@ export async function downtimeSection(ctx: Ctx, vm: BenchVm, o: { runs: number }
     const s = await backup(ctx, ss);
     const v = s.set.vms[0];
     const events = vm.runStateEvents(s.startedAt - 50, s.endedAt + 50);
+    const all = vm.events.filter((e) => e.at >= s.startedAt - 50 && e.at <= s.endedAt + 50);
     const stop = events.find((e) => e.event === 'STOP');
     const resume = events.find((e) => e.event === 'RESUME');
     if (!stop || !resume) throw new Error(`${vm.name}: saved-state backup without STOP/RESUME events`);
@@ -75,11 +97,28 @@ export async function downtimeSection(ctx: Ctx, vm: BenchVm, o: { runs: number }
       saveMs: journalSpan(s.journal, vm.name, ['save', 'intent'], ['save', 'done']),
       stateBytes: v.prepare.savedStateBytes,
       stoppedBetweenMs: journalSpan(s.journal, vm.name, ['save', 'done'], ['resume', 'intent']),
+      split: splitOf(all),
+      nodeRed: Object.fromEntries(['event loop delay, max', 'event loop delay, mean', 'thread pool wait, max', 'thread pool wait, mean'].map((k) => [k, round(s.phases[k]?.ms ?? NaN, 1)])),
     });
 
+    // the product's own save function, run from this process on the same VM: code against process
+    const fnFrom = nowMs();
+    const fnFile = path.join(scratch, 'product-fn.vmstate');
+    let f0 = 0;
+    await saveStateToFile(vm.observer!, fnFile, 120_000, async () => {
+      await vm.observer!.execute('stop');
+      f0 = nowMs();
+    });
+    const productFnMs = nowMs() - f0;
+    await vm.observer!.execute('cont');
+    await fs.rm(fnFile, { force: true });
+    productFn.push({ saveMs: productFnMs, split: splitOf(vm.events.filter((e) => e.at >= fnFrom)) });
+
+    const aloneFrom = nowMs();
     const a = await saveAlone(vm, path.join(scratch, 'alone.vmstate'));
+    a.split = splitOf(vm.events.filter((e) => e.at >= aloneFrom));
     alone.push(a);
-    log(`downtime ${vm.name} ${i + 1}/${o.runs}: checkpoint ${checkpoint[i].stopEvents} STOP events; saved-state STOP->RESUME ${saved[i].downtimeMs} ms (product says ${saved[i].productDowntimeMs}, save ${saved[i].saveMs}, stopped between save and resume ${saved[i].stoppedBetweenMs}); memory saved alone ${round(a.saveMs)} ms (${a.bytes} B)`);
+    log(`downtime ${vm.name} ${i + 1}/${o.runs}: checkpoint ${checkpoint[i].stopEvents} STOP events; saved-state STOP->RESUME ${saved[i].downtimeMs} ms (product says ${saved[i].productDowntimeMs}, save ${saved[i].saveMs}, stopped between save and resume ${saved[i].stoppedBetweenMs}; Node-RED ${JSON.stringify(saved[i].nodeRed)}; QEMU ${JSON.stringify(saved[i].split)}); product's save function from the benchmark process ${round(productFn[i].saveMs)} ms (QEMU ${JSON.stringify(productFn[i].split)}); memory saved alone ${round(a.saveMs)} ms (${a.bytes} B; QEMU ${JSON.stringify(a.split)})`);
   }
   const savedStats = stats(saved.map((s) => s.downtimeMs));
   const aloneStats = stats(alone.map((a) => a.saveMs));
@@ -89,6 +128,7 @@ export async function downtimeSection(ctx: Ctx, vm: BenchVm, o: { runs: number }
     checkpoint,
     saved,
     alone,
+    productFn,
     savedStats,
     aloneStats,
     ratio: round(savedStats.median / aloneStats.median, 2),

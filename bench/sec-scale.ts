@@ -6,7 +6,8 @@
 // 6. Every ajv check the nodes made in the same runs, against the time of the stage itself.
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { convertArgs } from '../src/providers/qemu/qemu-img';
+import { compare as qemuImgCompare, convertArgs } from '../src/providers/qemu/qemu-img';
+import { sha256File } from '../src/repository/repository';
 import { runProgram } from '../src/util/run';
 import { startFleet, fleetSocketDir, type BareFleet } from './bare';
 import { addScenarios, backup, type Ctx } from './context';
@@ -42,6 +43,10 @@ export interface ScaleRun {
   copyAloneMs: number;
   /** CPU the machine used while the qemu-img commands ran by themselves */
   copyAloneCpuMs: number;
+  /** the same copies flushed, hashed and compared with their sources, by themselves (copyAlone 'hashed+compared') */
+  checkedAloneMs: number;
+  /** wall time of the flow beyond that: the orchestration alone */
+  overheadBeyondCheckedMs: number;
   overheadMs: number;
   overheadPerVmMs: number;
   peakRssMiB: number;
@@ -58,7 +63,7 @@ export interface ScaleRun {
 export interface ScaleResult {
   qemuRssMiB: number; diskMiB: number; dataMiBPerDisk: number; runs: ScaleRun[];
   /** the largest run again with the copy node's Verify off: how much of the overhead is the read-back compare */
-  noVerify?: { vms: number; wallMs: number; copyAloneMs: number; overheadMs: number; stageMs: Record<string, number>; cpu?: CpuSplit };
+  noVerify?: { vms: number; wallMs: number; copyAloneMs: number; overheadMs: number; checkedAloneMs?: number; overheadBeyondCheckedMs?: number; stageMs: Record<string, number>; cpu?: CpuSplit };
 }
 
 export interface CpuSplit { nodeRedMs: number; childrenMs: number; qemuMs: number; machineMs: number }
@@ -75,8 +80,12 @@ async function withCpu<T>(nrPid: number, fleet: BareFleet, fn: () => Promise<T>)
   return [result, { nodeRedMs: nr1 - nr0, childrenMs: p1 - p0, qemuMs: q1 - q0, machineMs: m1 - m0 }];
 }
 
-/** The same qemu-img convert commands the product runs, by themselves, `lanes` VMs at a time. */
-export async function copyAlone(fleet: BareFleet, n: number, scratch: string, lanes: number): Promise<number> {
+/**
+ * The same qemu-img convert commands the product runs, by themselves, `lanes` VMs at a time.
+ * With `checked`, each copy is also what the product makes of it, minus the orchestration: flushed
+ * to disk, hashed (sha256) and compared with its source (qemu-img compare), the three at once.
+ */
+export async function copyAlone(fleet: BareFleet, n: number, scratch: string, lanes: number, checked: 'no' | 'hashed' | 'hashed+compared' = 'no'): Promise<number> {
   const ids = fleet.ids.slice(0, n);
   let next = 0;
   const t0 = nowMs();
@@ -87,6 +96,16 @@ export async function copyAlone(fleet: BareFleet, n: number, scratch: string, la
       for (const disk of fleet.disks.get(id)!) {
         await fs.rm(out, { force: true });
         await runProgram('qemu-img', convertArgs(disk, out, { sourceFormat: 'qcow2', compress: false, forceShare: true }));
+        if (checked !== 'no') {
+          await Promise.all([
+            fs.open(out, 'r+').then(async (h) => {
+              await h.sync();
+              await h.close();
+            }),
+            sha256File(out),
+            checked === 'hashed+compared' ? qemuImgCompare('qemu-img', disk, 'qcow2', out, 'qcow2') : undefined,
+          ]);
+        }
       }
     }
     await fs.rm(out, { force: true });
@@ -114,6 +133,7 @@ export async function scaleSection(ctx: Ctx, o: { counts: number[]; diskMiB: num
       const aloneCpu0 = machineBusyMs();
       const alone = await copyAlone(fleet, n, scratch, 2);
       const copyAloneCpuMs = machineBusyMs() - aloneCpu0;
+      const checkedAlone = await copyAlone(fleet, n, scratch, 2, 'hashed+compared');
       const stageMs: Record<string, number> = {};
       for (const [k, t] of Object.entries(r.set.timings as Record<string, { ms: number }>)) stageMs[k] = t.ms;
       const ajvStages: AjvStage[] = STAGES.map(([timing, output, nextInput]) => {
@@ -136,6 +156,8 @@ export async function scaleSection(ctx: Ctx, o: { counts: number[]; diskMiB: num
         stageMs,
         copyAloneMs: Math.round(alone),
         copyAloneCpuMs,
+        checkedAloneMs: Math.round(checkedAlone),
+        overheadBeyondCheckedMs: Math.round(r.wallMs - checkedAlone),
         overheadMs: Math.round(r.wallMs - alone),
         overheadPerVmMs: round((r.wallMs - alone) / n),
         peakRssMiB: round(r.sampler.peakRssKiB / 1024),
@@ -152,16 +174,17 @@ export async function scaleSection(ctx: Ctx, o: { counts: number[]; diskMiB: num
         },
       };
       runs.push(run);
-      log(`scale ${n} VMs x 2 disks: ${run.wallMs} ms in the flow (${Object.entries(stageMs).map(([k, v]) => `${k} ${v}`).join(', ')}); qemu-img alone ${run.copyAloneMs} ms (CPU ${copyAloneCpuMs} ms); overhead ${run.overheadMs} ms (${run.overheadPerVmMs} ms/VM); peak RSS ${run.peakRssMiB} MiB; CPU ms ${JSON.stringify(cpu)}; mounts ${before}..${r.sampler.mountsMax}; ajv ${run.ajv.totalMs} ms in ${calls.length} checks; children ${JSON.stringify(run.children)}; busy ms by step ${JSON.stringify(Object.fromEntries(Object.entries(r.phases).filter(([k]) => !k.startsWith('assert')).map(([k, v]) => [k, `${v.n}x ${Math.round(v.ms)}`])))}`);
+      log(`scale ${n} VMs x 2 disks: ${run.wallMs} ms in the flow (${Object.entries(stageMs).map(([k, v]) => `${k} ${v}`).join(', ')}); qemu-img alone ${run.copyAloneMs} ms (CPU ${copyAloneCpuMs} ms), with flush + sha256 + compare ${run.checkedAloneMs} ms (overhead beyond that ${run.overheadBeyondCheckedMs} ms); overhead ${run.overheadMs} ms (${run.overheadPerVmMs} ms/VM); peak RSS ${run.peakRssMiB} MiB; CPU ms ${JSON.stringify(cpu)}; mounts ${before}..${r.sampler.mountsMax}; ajv ${run.ajv.totalMs} ms in ${calls.length} checks; children ${JSON.stringify(run.children)}; busy ms by step ${JSON.stringify(Object.fromEntries(Object.entries(r.phases).filter(([k]) => !k.startsWith('assert')).map(([k, v]) => [k, `${v.n}x ${Math.round(v.ms)}`])))}`);
     }
     // the largest run once more with Verify off (no qemu-img compare per disk)
     await addScenarios(ctx, [{ name: `scale-${max}-noverify`, socketDir: await fleetSocketDir(path.join(ctx.work, 'sockets'), fleet, max), fallback: 'checkpoint' as const, concurrency: 2, verify: false }]);
     const [nv, nvCpu] = await withCpu(ctx.nr.pid, fleet, () => backup(ctx, `scale-${max}-noverify`, { sampleMs: 50 }));
     const nvAlone = await copyAlone(fleet, max, scratch, 2);
+    const nvChecked = await copyAlone(fleet, max, scratch, 2, 'hashed');
     const nvStages: Record<string, number> = {};
     for (const [k, t] of Object.entries(nv.set.timings as Record<string, { ms: number }>)) nvStages[k] = t.ms;
-    const noVerify = { vms: max, wallMs: Math.round(nv.wallMs), copyAloneMs: Math.round(nvAlone), overheadMs: Math.round(nv.wallMs - nvAlone), stageMs: nvStages, cpu: nvCpu };
-    log(`scale ${max} VMs x 2 disks, Verify off: ${noVerify.wallMs} ms in the flow; qemu-img alone ${noVerify.copyAloneMs} ms; overhead ${noVerify.overheadMs} ms; CPU ms ${JSON.stringify(nvCpu)}`);
+    const noVerify = { vms: max, wallMs: Math.round(nv.wallMs), copyAloneMs: Math.round(nvAlone), overheadMs: Math.round(nv.wallMs - nvAlone), checkedAloneMs: Math.round(nvChecked), overheadBeyondCheckedMs: Math.round(nv.wallMs - nvChecked), stageMs: nvStages, cpu: nvCpu };
+    log(`scale ${max} VMs x 2 disks, Verify off: ${noVerify.wallMs} ms in the flow; qemu-img alone ${noVerify.copyAloneMs} ms; overhead ${noVerify.overheadMs} ms; with flush + sha256 ${noVerify.checkedAloneMs} ms (overhead beyond that ${noVerify.overheadBeyondCheckedMs} ms); CPU ms ${JSON.stringify(nvCpu)}`);
     return { qemuRssMiB, diskMiB: o.diskMiB, dataMiBPerDisk: o.dataMiB, runs, noVerify };
   } finally {
     await fleet.stop();

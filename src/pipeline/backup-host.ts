@@ -182,13 +182,16 @@ export class BackupHost {
       const dir = await this.repository.openStaging(set.host.name, vm.id, set.backupId);
       const file = `${dir}/state.vmstate`;
       let bytes = 0;
+      let pausedAt = t0;
       const state = await this.provider.runState(vm.id);
       await live.save(vm.id, state, async () => {
-        bytes = (await this.provider.saveState(vm, file)).bytes;
+        const saved = await this.provider.saveState(vm, file);
+        bytes = saved.bytes;
+        if (saved.pausedAt !== undefined) pausedAt = saved.pausedAt;
       });
       return {
         ...vm,
-        prepare: { action: 'save', previousState: state, savedStateFile: file, savedStateBytes: bytes, pausedAt: new Date(t0).toISOString(), ms: Date.now() - t0 },
+        prepare: { action: 'save', previousState: state, savedStateFile: file, savedStateBytes: bytes, pausedAt: new Date(pausedAt).toISOString(), ms: Date.now() - t0 },
       };
     }
     return { ...vm, prepare: { action: 'none', previousState, ms: Date.now() - t0 } };

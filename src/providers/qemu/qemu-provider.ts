@@ -210,12 +210,14 @@ export class QemuProvider implements HostProvider {
 
   // ---- saved state ----
 
-  async saveState(vm: ClassifiedVm, file: string): Promise<{ bytes: number }> {
-    return this.qmp(vm.id, async (c) => {
+  async saveState(vm: ClassifiedVm, file: string): Promise<{ bytes: number; pausedAt?: number }> {
+    let pausedAt: number | undefined;
+    const { bytes } = await this.qmp(vm.id, (c) => saveStateToFile(c, file, Math.max(this.commandMs, 600_000), async () => {
+      pausedAt = Date.now();
       const status = (await c.execute<{ status: string }>('query-status')).status;
       if (status === 'running') await c.execute('stop');
-      return saveStateToFile(c, file, Math.max(this.commandMs, 600_000));
-    });
+    }));
+    return { bytes, ...(pausedAt !== undefined ? { pausedAt } : {}) };
   }
 
   async resume(vmId: string, previousState: string): Promise<void> {
