@@ -18,42 +18,64 @@ export interface MergeContext {
 export async function mergeOverlays(overlays: readonly Overlay[], ctx: MergeContext): Promise<void> {
   for (const o of overlays) {
     if (!OVERLAY_FILE.test(o.overlay)) throw new Error(`refusing to merge ${o.overlay}: not an overlay this product made`);
-    if (!(await exists(o.overlay))) continue; // merged and deleted already, or never created
+    if (!(await exists(o.overlay))) {
+      // merged and deleted already (perhaps by a process that died before it dismissed the job), or never created
+      if (ctx.qmp) await ctx.qmp((c) => dismissConcluded(c, jobIdOf(o))).catch(() => undefined);
+      continue;
+    }
     if (ctx.qmp) {
       const merged = await ctx.qmp((c) => commitLive(c, o, ctx.commandMs));
       if (!merged) await dropUnusedOverlay(ctx.qemuImg, o);
+      await fs.rm(o.overlay, { force: true });
+      // the job's record goes last: until the file is gone, it is what says the data is in the base
+      await ctx.qmp((c) => dismissConcluded(c, jobIdOf(o))).catch(() => undefined);
     } else {
       await qemuImg.commit(ctx.qemuImg, o.overlay);
+      await fs.rm(o.overlay, { force: true });
     }
-    await fs.rm(o.overlay, { force: true });
   }
 }
 
-/** block-commit the overlay into its base; false when the VM does not use the overlay. */
+const jobIdOf = (o: Overlay) => `vmbackup-commit-${o.overlayNode}`;
+
+interface JobInfo { id: string; type: string; status: string; error?: string }
+
+/**
+ * block-commit the overlay into its base; false when the VM does not use the overlay.
+ *
+ * The job is started with auto-dismiss off: when it has completed, QEMU keeps its record
+ * ("concluded") until we dismiss it, after the overlay file is deleted. A process that dies between
+ * the two (Node-RED killed, the guardian) leaves that record, and the next merge reads in it that
+ * the overlay's data is in the base: the overlay file may go. Without it, an overlay that left
+ * the VM's graph but still holds data could also be one the VM was restarted without; that one
+ * is never deleted (dropUnusedOverlay).
+ */
 async function commitLive(c: QmpClient, o: Overlay, commandMs: number): Promise<boolean> {
+  const jobId = jobIdOf(o);
+  const long = Math.max(commandMs, 3600_000);
+  const mark = c.eventMark();
+  const job = (await c.execute<JobInfo[]>('query-jobs')).find((j) => j.id === jobId);
+  if (job?.status === 'concluded') {
+    if (job.error) throw new Error(`block-commit of ${o.overlay} failed: ${job.error}`);
+    return true; // completed: the data is in the base
+  }
   const nodes = await c.execute<NamedNode[]>('query-named-block-nodes', { flat: true });
   if (!nodes.some((n) => n['node-name'] === o.overlayNode)) return false;
   const roots = await c.execute<QueryBlockEntry[]>('query-block');
   const active = roots.some((r) => r.inserted?.['node-name'] === o.overlayNode);
-  const jobId = `vmbackup-commit-${o.overlayNode}`;
-  const long = Math.max(commandMs, 3600_000);
-  const mark = c.eventMark();
-  // A merge of ours started before Node-RED died runs on in QEMU (an active commit then waits,
-  // READY, for block-job-complete): finish that job rather than start another under the same id.
-  const running = (await c.execute<{ device: string; status?: string; ready?: boolean }[]>('query-block-jobs')).find((j) => j.device === jobId);
-  if (running) {
-    if (active) {
-      if (!(running.ready === true || running.status === 'ready')) {
-        await c.waitEvent('BLOCK_JOB_READY', (d: any) => d?.device === jobId, long, { since: mark });
-      }
+  if (job) {
+    // A merge of ours started before Node-RED died runs on in QEMU (an active commit then waits,
+    // READY, for block-job-complete): finish that job rather than start another under the same id.
+    // (past READY, block-job-complete was already sent: waiting, pending, aborting only finish)
+    const completing = ['waiting', 'pending', 'aborting'].includes(job.status);
+    if (active && !completing) {
+      if (job.status !== 'ready') await c.waitEvent('BLOCK_JOB_READY', (d: any) => d?.device === jobId, long, { since: mark });
       await c.execute('block-job-complete', { device: jobId });
     }
-    const finished = await c.waitEvent('BLOCK_JOB_COMPLETED', (d: any) => d?.device === jobId, long, { since: mark });
-    const failed = (finished.data as { error?: string } | undefined)?.error;
-    if (failed) throw new Error(`block-commit of ${o.overlay} failed: ${failed}`);
+    await waitCompleted(c, o, jobId, long, mark);
     return true;
   }
-  const args: Record<string, unknown> = { 'job-id': jobId, device: o.overlayNode };
+  const args: Record<string, unknown> = { 'job-id': jobId, device: o.overlayNode, 'auto-dismiss': false };
   if (o.baseNode) args['base-node'] = o.baseNode;
   if (!active) {
     // someone stacked another snapshot on ours: commit ours as an intermediate layer
@@ -66,10 +88,23 @@ async function commitLive(c: QmpClient, o: Overlay, commandMs: number): Promise<
     await c.waitEvent('BLOCK_JOB_READY', (d: any) => d?.device === jobId, long, { since: mark });
     await c.execute('block-job-complete', { device: jobId });
   }
+  await waitCompleted(c, o, jobId, long, mark);
+  return true;
+}
+
+async function waitCompleted(c: QmpClient, o: Overlay, jobId: string, long: number, mark: number): Promise<void> {
   const done = await c.waitEvent('BLOCK_JOB_COMPLETED', (d: any) => d?.device === jobId, long, { since: mark });
   const error = (done.data as { error?: string } | undefined)?.error;
-  if (error) throw new Error(`block-commit of ${o.overlay} failed: ${error}`);
-  return true;
+  if (error) {
+    await dismissConcluded(c, jobId).catch(() => undefined);
+    throw new Error(`block-commit of ${o.overlay} failed: ${error}`);
+  }
+}
+
+/** Drop QEMU's record of a finished job of ours (none: nothing to do). */
+async function dismissConcluded(c: QmpClient, jobId: string): Promise<void> {
+  const job = (await c.execute<JobInfo[]>('query-jobs')).find((j) => j.id === jobId);
+  if (job?.status === 'concluded') await c.execute('job-dismiss', { id: jobId });
 }
 
 /**
