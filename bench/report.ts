@@ -249,7 +249,8 @@ export function renderMarkdown(r: any, compare?: any): string {
     out.push('(QEMU\'s own event timestamps). "Saving the memory alone": stop, migrate (without QEMU\'s 128 MiB/s migration throttle, which the');
     out.push('product lifts too) to a unix socket written to a file, cont, run by the benchmark in the same loop; measured from the migrate');
     out.push('command to the whole stream being in the file. The fsync of that file is timed apart: the product flushes the state file after');
-    out.push('the VM runs again (in the copy stage, before hashing it), so it is not part of the downtime of either.');
+    out.push('the VM runs again (in the copy stage, before hashing it), so it is not part of the downtime of either. "product: save" is the journal\'s');
+    out.push('save intent -> done, which includes starting the saved-state receiver process before the VM is stopped.');
     out.push('');
     const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
     const fsyncs = d.alone.map((x: any) => x.fsyncMs).filter((x: any) => typeof x === 'number');
@@ -259,6 +260,20 @@ export function renderMarkdown(r: any, compare?: any): string {
         `${fmt(med(d.saved.map((x: any) => x.saveMs)))} / ${fmt(med(d.saved.map((x: any) => x.stoppedBetweenMs)))}`, fsyncs.length ? fmt(med(fsyncs)) : 'n/a'],
     ]));
     out.push('');
+    // where a stopped VM's time goes, from QEMU's own events (MIGRATION needs the "events" capability)
+    const splits = (xs: any[] | undefined) => (xs ?? []).map((x: any) => x.split).filter(Boolean);
+    const rows = [
+      ['the product, in Node-RED (STOP -> RESUME)', splits(d.saved)],
+      ['the product\'s save function, called from the benchmark process', splits(d.productFn)],
+      ['saving the memory alone (its fsync before cont included)', splits(d.alone)],
+    ].filter(([, xs]) => (xs as any[]).length > 0) as [string, any[]][];
+    if (rows.length) {
+      out.push('Where the stopped time goes, from QEMU\'s events on the observing monitor (STOP, MIGRATION setup, MIGRATION completed, RESUME; medians):');
+      out.push('');
+      out.push(table(['saving', 'samples', 'STOP -> migration starts (ms)', 'migration (ms)', 'migration done -> RESUME (ms)'],
+        rows.map(([what, xs]) => [what, xs.length, fmt(med(xs.map((x) => x.stopToMigrationMs))), fmt(med(xs.map((x) => x.migrationMs))), fmt(med(xs.map((x) => x.migrationToResumeMs)))])));
+      out.push('');
+    }
   }
   // ---- 3
   const t = throughput(r);
