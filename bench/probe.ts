@@ -82,10 +82,33 @@ if (out) {
     });
   }, 20).unref();
 
+  // BENCH_PROFILE_DIR: SIGTTIN starts a CPU profile of this process, SIGTTOU writes it there
+  const profileDir = process.env.BENCH_PROFILE_DIR;
+  if (profileDir) {
+    const inspector = require('node:inspector') as typeof import('node:inspector');
+    const session = new inspector.Session();
+    session.connect();
+    let n = 0;
+    process.on('SIGTTIN', () => {
+      session.post('Profiler.enable', () => session.post('Profiler.start'));
+    });
+    process.on('SIGTTOU', () => {
+      session.post('Profiler.stop', (err, res) => {
+        if (!err) writeFileSync(path.join(profileDir, `probe-${process.pid}-${++n}.cpuprofile`), JSON.stringify(res.profile));
+      });
+    });
+  }
+
   process.on('SIGWINCH', () => {
     calls.push({ fn: 'event loop delay, max', ms: loop.max / 1e6 }, { fn: 'event loop delay, mean', ms: loop.mean / 1e6 });
     calls.push({ fn: 'thread pool wait, max', ms: poolMax }, { fn: 'thread pool wait, mean', ms: poolN ? poolSum / poolN : 0 });
     poolMax = poolSum = poolN = 0;
+    // what the process holds between backups: growth here is a leak (handles, timers, heap)
+    const proc = process as unknown as { _getActiveHandles(): unknown[]; _getActiveRequests(): unknown[] };
+    const handles = proc._getActiveHandles();
+    const kinds: Record<string, number> = {};
+    for (const h of handles) kinds[(h as object)?.constructor?.name ?? '?'] = (kinds[(h as object)?.constructor?.name ?? '?'] ?? 0) + 1;
+    calls.push({ fn: 'active handles', ms: handles.length, what: JSON.stringify(kinds) }, { fn: 'heap used MiB', ms: process.memoryUsage().heapUsed / 1048576 });
     loop.reset();
     writeFileSync(out, JSON.stringify(calls));
     calls.length = 0;

@@ -127,7 +127,11 @@ export async function scaleSection(ctx: Ctx, o: { counts: number[]; diskMiB: num
     const qemuRssMiB = fleet.qemuRssMiB();
     for (const n of o.counts) {
       const before = mountCount(ctx.nr.pid);
+      // BENCH_PROFILE_DIR: a CPU profile of Node-RED during the largest run (see probe.ts)
+      const profiling = process.env.BENCH_PROFILE_DIR && n === max;
+      if (profiling) process.kill(ctx.nr.pid, 'SIGTTIN');
       const [r, cpu] = await withCpu(ctx.nr.pid, fleet, () => backup(ctx, `scale-${n}`, { sampleMs: 50 }));
+      if (profiling) process.kill(ctx.nr.pid, 'SIGTTOU');
       const calls = r.calls.filter((c) => c.fn === 'assertStage' || c.fn === 'assertManifest');
       const after = mountCount(ctx.nr.pid);
       const aloneCpu0 = machineBusyMs();

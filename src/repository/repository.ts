@@ -13,23 +13,53 @@ export const STAGING_PREFIX = '.partial-';
  */
 export async function sha256File(file: string): Promise<string> {
   const hash = createHash('sha256');
-  const handle = await fs.open(file, 'r');
+  const buffers = takeBuffers();
   try {
-    const size = 2 << 20;
-    const buffers = [Buffer.allocUnsafe(size), Buffer.allocUnsafe(size)];
-    let turn = 0;
-    let pending = handle.read(buffers[turn], 0, size, null);
-    for (;;) {
-      const { bytesRead, buffer } = await pending;
-      if (bytesRead === 0) break;
-      turn ^= 1;
-      pending = handle.read(buffers[turn], 0, size, null);
-      hash.update(buffer.subarray(0, bytesRead));
+    const handle = await fs.open(file, 'r');
+    try {
+      let turn = 0;
+      let pending = handle.read(buffers[turn], 0, PIECE, null);
+      for (;;) {
+        const { bytesRead, buffer } = await pending;
+        if (bytesRead === 0) break;
+        turn ^= 1;
+        pending = handle.read(buffers[turn], 0, PIECE, null);
+        try {
+          hash.update(buffer.subarray(0, bytesRead));
+        } catch (err) {
+          await pending.catch(() => undefined); // no read may still fill a buffer given back
+          throw err;
+        }
+      }
+    } finally {
+      await handle.close();
     }
   } finally {
-    await handle.close();
+    giveBack(buffers);
   }
   return hash.digest('hex');
+}
+
+const PIECE = 2 << 20;
+
+/**
+ * Buffer pairs kept between hashes. Fresh 2 MiB buffers for every file (hundreds in a large
+ * backup set) made V8 run full garbage collections to account for the external memory: in a
+ * Node-RED with other flows loaded these took ~1.9 s of a 100-VM backup (measured, bench).
+ * Dropped after a minute without hashing.
+ */
+const spare: Buffer[][] = [];
+let dropSpare: NodeJS.Timeout | undefined;
+
+function takeBuffers(): Buffer[] {
+  return spare.pop() ?? [Buffer.allocUnsafe(PIECE), Buffer.allocUnsafe(PIECE)];
+}
+
+function giveBack(buffers: Buffer[]): void {
+  if (spare.length < 4) spare.push(buffers);
+  if (dropSpare) clearTimeout(dropSpare);
+  dropSpare = setTimeout(() => (spare.length = 0), 60_000);
+  dropSpare.unref();
 }
 
 export class ArtifactRepository {
