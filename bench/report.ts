@@ -200,6 +200,7 @@ export function renderMarkdown(r: any, compare?: any): string {
     ['QEMU', `${m.qemu}, ${m.qemuImg}; accelerator ${m.accel}`],
     ['work file system', `${m.workFs}`],
     ['load average at start / end', `${(m.loadAtStart ?? []).join(' ')} / ${(m.loadAtEnd ?? []).join(' ')}`],
+    ...(r.steal && Object.keys(r.steal).length ? [['CPU stolen by the hypervisor under this machine, per section', Object.entries(r.steal).map(([k, v]) => `${k} ${v} %`).join(', ')]] : []),
     ['other QEMU processes on the host at start', `${m.otherQemuProcessesAtStart} (not started by the benchmark; they share the 2 cores)`],
   ]));
   out.push('');

@@ -21,7 +21,7 @@ import { scaleSection } from './sec-scale';
 import { fleetSocketDir, startFleet } from './bare';
 import { addScenarios, backup } from './context';
 import { renderWithNotes, verdicts } from './report';
-import { commOf, loadAvg, log, nowMs, procMem, round, run } from './util';
+import { commOf, loadAvg, log, nowMs, procMem, round, run, stealMs } from './util';
 
 const SECTIONS = ['freeze', 'downtime', 'sparse', 'memory', 'scale'] as const;
 type Section = (typeof SECTIONS)[number];
@@ -133,6 +133,8 @@ async function main(): Promise<void> {
     machine: await machine(),
     code: codeIdentity(),
     load: {} as Record<string, number[]>,
+    /** % of the machine's CPU time the hypervisor under it gave to others, per section */
+    steal: {} as Record<string, number>,
     sections: {} as Record<string, unknown>,
   };
   let lab: BenchLab | undefined;
@@ -175,9 +177,12 @@ async function main(): Promise<void> {
     const section = async (name: string, fn: () => Promise<unknown>) => {
       const s0 = nowMs();
       const loadBefore = loadAvg();
+      const steal0 = stealMs();
       log(`--- ${name} ---`);
       results.sections[name] = await fn();
       results.load[name] = [...loadBefore, ...loadAvg()];
+      const steal1 = stealMs();
+      results.steal[name] = round((100 * (steal1.steal - steal0.steal)) / Math.max(1, steal1.total - steal0.total), 1);
       (results.sections[name] as Record<string, unknown>).sectionMs = Math.round(nowMs() - s0);
       await fs.mkdir(path.dirname(args.out), { recursive: true });
       await fs.writeFile(args.out, JSON.stringify(results, null, 2) + '\n'); // partial results survive a later failure

@@ -142,6 +142,12 @@ export function machineBusyMs(): number {
   return (user + nice + system + irq + softirq + (steal ?? 0)) * 10;
 }
 
+/** CPU time stolen by the hypervisor this machine runs on (other tenants), ms over all cores, and the total. */
+export function stealMs(): { steal: number; total: number } {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+  return { steal: (f[7] ?? 0) * 10, total: f.slice(0, 8).reduce((a, b) => a + b, 0) * 10 };
+}
+
 export function loadAvg(): number[] {
   return readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).map(Number);
 }

@@ -217,7 +217,11 @@ describe('installed package: npm pack, npm install, node-red', function () {
     await nr!.deploy(all);
     const deployed = await nr!.json<{ flows: FlowNode[] }>('/flows', { 'Node-RED-API-Version': 'v2' });
     assert.equal(deployed.flows.length, all.length);
-    await new Promise((r) => setTimeout(r, 1000));
+    // flows start after the deploy answers: wait for Node-RED to say so (a loaded machine takes longer)
+    for (let waited = 0; !/Started flows/.test(nr!.log.slice(from)) && waited < 20_000; waited += 200) {
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    await new Promise((r) => setTimeout(r, 500)); // errors of nodes starting come right after
     const log = nr!.log.slice(from);
     assert.doesNotMatch(log, /Waiting for missing types|Unknown type/);
     assert.doesNotMatch(log, /\[error\] \[vmbackup-/);
