@@ -179,9 +179,11 @@ export function renderMarkdown(r: any, compare?: any): string {
   out.push('');
   out.push('```sh');
   out.push('npm run build');
-  out.push('npm run bench              # full run, about 15-25 min; writes bench/results.json and BENCHMARKS.md');
-  out.push('npm run bench -- --quick   # fewer repetitions, smaller disks, about 6-8 min');
+  out.push('npm run bench              # full run, about 6-8 min; writes bench/results.json and BENCHMARKS.md');
+  out.push('npm run bench -- --quick   # fewer repetitions, smaller disks, about 3-4 min');
   out.push('npm run bench -- --only=freeze,downtime,sparse,memory,scale   # a subset');
+  out.push('# diagnostics: BENCH_DUMP=DIR (every timed call and journal line per backup), BENCH_PROFILE_DIR=DIR (CPU profile of');
+  out.push('# Node-RED during the largest scale run), BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=DIR" (node options for Node-RED)');
   out.push('node dist/bench/report.js bench/results.json BENCHMARKS.md   # re-render this file from the JSON');
   out.push('```');
   out.push('');
