@@ -87,11 +87,15 @@ export class QemuProvider implements HostProvider {
     } finally {
       conn.inUse--;
       if (conn.timer) clearTimeout(conn.timer);
-      conn.timer = setTimeout(() => {
-        pool.delete(id);
-        void conn.client.close();
-      }, this.options.idleCloseMs ?? 3000);
-      conn.timer.unref();
+      conn.timer = undefined;
+      // idle from now on: closed after idleCloseMs (never under a call that still runs on it)
+      if (conn.inUse === 0) {
+        conn.timer = setTimeout(() => {
+          pool.delete(id);
+          void conn.client.close();
+        }, this.options.idleCloseMs ?? 3000);
+        conn.timer.unref();
+      }
     }
   }
 
