@@ -96,15 +96,14 @@ async function waitCompleted(c: QmpClient, o: Overlay, jobId: string, long: numb
   const done = await c.waitEvent('BLOCK_JOB_COMPLETED', (d: any) => d?.device === jobId, long, { since: mark });
   const error = (done.data as { error?: string } | undefined)?.error;
   if (error) {
-    await dismissConcluded(c, jobId).catch(() => undefined);
+    await dismissConcluded(c, jobId);
     throw new Error(`block-commit of ${o.overlay} failed: ${error}`);
   }
 }
 
-/** Drop QEMU's record of a finished job of ours (none: nothing to do). */
+/** Drop QEMU's record of a finished job of ours. QEMU refuses for no such job or one not finished: nothing to do. */
 async function dismissConcluded(c: QmpClient, jobId: string): Promise<void> {
-  const job = (await c.execute<JobInfo[]>('query-jobs')).find((j) => j.id === jobId);
-  if (job?.status === 'concluded') await c.execute('job-dismiss', { id: jobId });
+  await c.execute('job-dismiss', { id: jobId }).catch(() => undefined);
 }
 
 /**
