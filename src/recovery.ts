@@ -4,6 +4,7 @@ import type { Journal, JournalEntry, PendingUndo } from './journal/journal';
 import { pendingUndos } from './journal/journal';
 import type { HostProvider } from './providers/provider';
 import type { ArtifactRepository } from './repository/repository';
+import { undoEffect } from './pipeline/undo';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 
@@ -24,7 +25,7 @@ export async function recover(journal: Journal, provider: HostProvider, repo: Ar
   const failed: JournalEntry[] = [];
   // what the guardian undid after Node-RED died: already done, but the user must hear of it
   for (const e of entries) {
-    if (e.data?.by === 'guardian' && !e.data?.nothingToDo && e.phase === 'done' && e.vm && (e.op === 'thaw' || e.op === 'resume' || e.op === 'merge' || e.op === 'discard')) {
+    if (e.data?.by === 'guardian' && !e.data?.nothingToDo && e.phase === 'done' && e.vm && (e.op === 'thaw' || e.op === 'resume' || e.op === 'release' || e.op === 'untrack' || e.op === 'discard')) {
       actions.push({ kind: e.op, backupId: e.backupId, vm: e.vm, ok: true, by: 'guardian', at: e.t });
     }
   }
@@ -32,14 +33,9 @@ export async function recover(journal: Journal, provider: HostProvider, repo: Ar
   // none). A set whose every VM was renamed is complete and verified: it stays.
   for (const action of await takeBackPartialPublish(entries)) actions.push(action);
   for (const undo of pendingUndos(entries)) {
-    // overlays planned before a freeze but never made: nothing to merge, nothing to report
-    if (undo.kind === 'merge' && !(await anyExists(undo.overlays.map((o) => o.overlay)))) continue;
     const action: RecoveryAction = { kind: undo.kind, backupId: undo.backupId, vm: undo.vm, ok: true };
     try {
-      if (undo.kind === 'thaw') await provider.thaw(undo.vm, commandMs);
-      else if (undo.kind === 'resume') await provider.resume(undo.vm, undo.previousState);
-      else if (undo.kind === 'merge') await provider.merge(undo.vm, undo.overlays);
-      else await fs.rm(undo.dir, { recursive: true, force: true });
+      await undoEffect(provider, undo, commandMs);
     } catch (err) {
       action.ok = false;
       action.error = (err as Error).message;

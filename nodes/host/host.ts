@@ -38,7 +38,8 @@ function describeAction(a: RecoveryAction): string {
   const what = {
     thaw: 'thawed',
     resume: 'resumed',
-    merge: 'merged the overlays of',
+    release: 'took the point-in-time view out of',
+    untrack: 'settled the change tracking of',
     discard: 'removed the unpublished partial backup of',
     'discard-unjournalled': 'removed the unjournalled partial backup',
     unpublish: 'took back (all or none) the partly published backup of',

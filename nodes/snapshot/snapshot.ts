@@ -14,8 +14,8 @@ module.exports = function register(RED: NodeAPI) {
     },
     done: (set: SnapshottedSet) => {
       const frozen = set.vms.map((vm) => vm.snapshot.frozenMs).filter((ms): ms is number => ms !== undefined);
-      const disks = set.vms.reduce((n, vm) => n + vm.snapshot.overlays.length, 0);
-      return `${disks} disks of ${set.vms.length} VMs${frozen.length ? `, frozen max ${Math.max(...frozen)} ms` : ''}`;
+      const disks = set.vms.reduce((n, vm) => n + vm.snapshot.view.disks.length, 0);
+      return `${disks} disks of ${set.vms.length} VMs${frozen.length ? `, frozen max ${Math.round(Math.max(...frozen))} ms` : ''}`;
     },
   });
 };

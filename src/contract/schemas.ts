@@ -42,6 +42,33 @@ const disk = {
     volumeId: { type: 'string', maxLength: 64 },
     included: { type: 'boolean' },
     excludedReason: { enum: ['pass-through', 'network', 'read-only-media', 'no-medium'] },
+    /** QEMU: the QOM path of the device's block backend (the view switches the device onto its filter) */
+    qdev: { type: 'string', maxLength: 256 },
+    /** change tracking on this disk: whether it can outlive the hypervisor process, and our records */
+    tracking: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['persistent', 'records'],
+      properties: {
+        persistent: { type: 'boolean' },
+        records: {
+          type: 'array',
+          maxItems: 16,
+          items: {
+            type: 'object',
+            additionalProperties: false,
+            required: ['name', 'recording', 'persistent', 'inconsistent', 'granularity'],
+            properties: {
+              name: { type: 'string', maxLength: 128 },
+              recording: { type: 'boolean' },
+              persistent: { type: 'boolean' },
+              inconsistent: { type: 'boolean' },
+              granularity: nonNegInt,
+            },
+          },
+        },
+      },
+    },
   },
 } as const;
 
@@ -92,6 +119,55 @@ const guest = {
   },
 } as const;
 
+/** The provider's point-in-time view of one VM: what it names and makes, and the file each disk becomes. */
+const view = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['disks', 'ref'],
+  properties: {
+    disks: {
+      type: 'array',
+      maxItems: 64,
+      items: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['disk', 'artifact', 'format'],
+        properties: {
+          disk: { type: 'string', maxLength: 128 },
+          artifact: { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$' },
+          format: { type: 'string', maxLength: 32 },
+        },
+      },
+    },
+    /** the provider's own record (node names, files, checkpoint), enough to undo it after a crash */
+    ref: { type: 'object' },
+  },
+} as const;
+
+/** Per disk: a full or an incremental, and why (decided at prepare, before the view's moment). */
+const chainPlan = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['disk', 'mode', 'reason', 'detail', 'depth'],
+  properties: {
+    disk: { type: 'string', maxLength: 128 },
+    mode: { enum: ['full', 'incremental'] },
+    reason: { type: 'string', maxLength: 64 },
+    detail: { type: 'string', maxLength: 1024 },
+    depth: nonNegInt,
+    parent: { type: 'string', pattern: '^[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}$' },
+    backing: { type: 'string', maxLength: 512 },
+    /** the tracking record the copy reads by (the parent's) */
+    since: { type: 'string', maxLength: 128 },
+    /** the full at the root of the chain (its id carries its time: fullEvery counts days from it) */
+    base: { type: 'string', pattern: '^[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}$' },
+    /** the tracking record started for this backup: the next one reads by it */
+    record: { type: 'string', maxLength: 128 },
+    persistent: { type: 'boolean' },
+    granularity: nonNegInt,
+  },
+} as const;
+
 const prepareResult = {
   type: 'object',
   additionalProperties: false,
@@ -104,31 +180,21 @@ const prepareResult = {
     savedStateBytes: nonNegInt,
     pausedAt: isoTime,
     frozenAt: isoTime,
+    view,
+    chain: { type: 'array', maxItems: 64, items: chainPlan },
     ms: { type: 'number', minimum: 0 },
-  },
-} as const;
-
-const overlay = {
-  type: 'object',
-  additionalProperties: false,
-  required: ['disk', 'base', 'overlay', 'overlayNode', 'baseFormat'],
-  properties: {
-    disk: { type: 'string', maxLength: 128 },
-    base: { type: 'string', maxLength: 4096 },
-    baseFormat: { type: 'string', maxLength: 32 },
-    overlay: { type: 'string', maxLength: 4096 },
-    overlayNode: { type: 'string', maxLength: 128 },
-    baseNode: { type: 'string', maxLength: 128 },
   },
 } as const;
 
 const snapshotResult = {
   type: 'object',
   additionalProperties: false,
-  required: ['at', 'overlays', 'ms'],
+  required: ['at', 'view', 'ms'],
   properties: {
     at: isoTime,
-    overlays: { type: 'array', maxItems: 64, items: overlay },
+    view,
+    /** vCPUs stopped to switch several disks of a guest that was not frozen at one moment */
+    pausedMs: { type: 'number', minimum: 0 },
     thawedAt: isoTime,
     frozenMs: { type: 'number', minimum: 0 },
     thawedByWatchdog: { type: 'boolean' },
@@ -152,12 +218,16 @@ const postSnapshotResult = {
 const copyResult = {
   type: 'object',
   additionalProperties: false,
-  required: ['path', 'bytes', 'files', 'merged', 'ms'],
+  required: ['path', 'bytes', 'files', 'released', 'ms'],
   properties: {
     path: { type: 'string', maxLength: 4096 },
     bytes: nonNegInt,
     files: nonNegInt,
-    merged: { type: 'boolean' },
+    /** the hypervisor shows nothing of ours left in the VM (the view taken away, checked) */
+    released: { type: 'boolean' },
+    /** bytes read out of the views, and how many of those the change tracking marked */
+    bytesRead: nonNegInt,
+    bytesChanged: nonNegInt,
     ms: { type: 'number', minimum: 0 },
   },
 } as const;
@@ -216,7 +286,7 @@ function stageSchema<S extends (typeof STAGES)[number], R extends readonly strin
         type: 'object',
         additionalProperties: false,
         required: ['name', 'provider'],
-        properties: { name: safeName, provider: { enum: ['qemu', 'hyperv'] } },
+        properties: { name: safeName, provider: { enum: ['qemu', 'hyperv', 'libvirt'] } },
       },
       writer: {
         type: 'object',
@@ -280,6 +350,30 @@ const manifestFile = {
     virtualSize: nonNegInt,
     bytes: nonNegInt,
     sha256: { type: 'string', pattern: '^[0-9a-f]{64}$' },
+    /** disks: a full, or an incremental whose qcow2 backing file is the parent backup's file */
+    chain: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['mode', 'reason', 'detail', 'depth', 'bytesRead'],
+      properties: {
+        mode: { enum: ['full', 'incremental'] },
+        reason: { type: 'string', maxLength: 64 },
+        detail: { type: 'string', maxLength: 1024 },
+        depth: nonNegInt,
+        parent: { type: 'string', pattern: '^[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}$' },
+        backing: { type: 'string', maxLength: 512 },
+        /** the full at the root of this chain */
+        base: { type: 'string', pattern: '^[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}$' },
+        bitmap: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['name', 'granularity', 'persistent'],
+          properties: { name: { type: 'string', maxLength: 128 }, granularity: nonNegInt, persistent: { type: 'boolean' } },
+        },
+        bytesChanged: nonNegInt,
+        bytesRead: nonNegInt,
+      },
+    },
   },
 } as const;
 
@@ -293,7 +387,7 @@ export const manifestSchema = {
     format: { const: 'vm-backup-manifest@1' },
     backupId: { type: 'string', pattern: '^[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}$' },
     host: safeName,
-    provider: { enum: ['qemu', 'hyperv'] },
+    provider: { enum: ['qemu', 'hyperv', 'libvirt'] },
     vm: safeName,
     vmName: { type: 'string', maxLength: 256 },
     method,

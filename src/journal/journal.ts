@@ -2,16 +2,18 @@
 // ("intent") and after it ("done"). After a crash, replaying it tells exactly what to undo.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { Overlay } from '../contract/types';
+import type { PointInTimeView } from '../contract/types';
 
 export type JournalOp =
   | 'freeze' // guest file systems frozen; undone by thaw
   | 'save' // vCPUs stopped and state saved; undone by resume (data.previousState)
-  | 'overlay' // overlays created (data.overlays); undone by merge
+  | 'view' // point-in-time view made (data.view); undone by release
+  | 'track' // change tracking started (data.track); undone by untrack
   | 'staging' // staging directory created (data.dir); undone by discard
   | 'thaw'
   | 'resume'
-  | 'merge'
+  | 'release'
+  | 'untrack'
   | 'discard'
   | 'publish'
   | 'end'; // the backup set is over: nothing of it is pending
@@ -23,7 +25,13 @@ export interface JournalEntry {
   op: JournalOp;
   phase: 'intent' | 'done' | 'failed';
   /** by: "guardian" when the guardian process (Node-RED had died) wrote it */
-  data?: { previousState?: string; overlays?: Overlay[]; dir?: string; error?: string; by?: 'guardian'; /** an undo found nothing to undo (overlays planned, never made) */ nothingToDo?: boolean };
+  data?: { previousState?: string; view?: PointInTimeView; track?: TrackIntent; dir?: string; error?: string; by?: 'guardian'; /** an undo found nothing to undo (overlays planned, never made) */ nothingToDo?: boolean };
+}
+
+/** Tracking started for a backup: `records` are this backup's new ones, `since` the parent's it reads by. */
+export interface TrackIntent {
+  records: { disk: string; name: string }[];
+  since: { disk: string; name: string }[];
 }
 
 export class JournalError extends Error {
@@ -121,19 +129,22 @@ export class Journal {
 export type PendingUndo =
   | { kind: 'thaw'; backupId: string; vm: string }
   | { kind: 'resume'; backupId: string; vm: string; previousState: string }
-  | { kind: 'merge'; backupId: string; vm: string; overlays: Overlay[] }
+  | { kind: 'release'; backupId: string; vm: string; view: PointInTimeView }
+  /** published: the parent's records go (the new ones carry on); not published: this backup's new ones go */
+  | { kind: 'untrack'; backupId: string; vm: string; view: PointInTimeView; remove: { disk: string; name: string }[]; published: boolean }
   | { kind: 'discard'; backupId: string; vm: string; dir: string };
 
-const UNDO_OF: Partial<Record<JournalOp, JournalOp>> = { freeze: 'thaw', save: 'resume', overlay: 'merge', staging: 'discard' };
+const UNDO_OF: Partial<Record<JournalOp, JournalOp>> = { freeze: 'thaw', save: 'resume', view: 'release', track: 'untrack', staging: 'discard' };
 
 /**
  * What a crash left undone: every effect whose intent was written and whose undo has not been
  * written as done. Order of the answer: thaw first (a frozen guest hangs its writes), then
- * resume, merge, discard.
+ * resume, release, untrack, discard.
  */
 export function pendingUndos(entries: readonly JournalEntry[]): PendingUndo[] {
   const open = new Map<string, JournalEntry>();
   const ended = new Set<string>();
+  const published = new Set<string>();
   for (const e of entries) {
     const key = (op: JournalOp) => `${e.backupId}\u0000${e.vm ?? ''}\u0000${op}`;
     if (e.op === 'end' && e.phase === 'done') {
@@ -146,15 +157,23 @@ export function pendingUndos(entries: readonly JournalEntry[]): PendingUndo[] {
       if (undo === e.op && e.phase === 'done') open.delete(key(effect as JournalOp));
     }
     // a published staging directory is gone by rename: nothing to discard
-    if (e.op === 'publish' && e.phase === 'done') open.delete(key('staging'));
+    if (e.op === 'publish' && e.phase === 'done') {
+      open.delete(key('staging'));
+      published.add(`${e.backupId}\u0000${e.vm ?? ''}`);
+    }
   }
-  const order = ['thaw', 'resume', 'merge', 'discard'];
+  const order = ['thaw', 'resume', 'release', 'untrack', 'discard'];
   const undos: PendingUndo[] = [];
   for (const e of open.values()) {
     if (ended.has(e.backupId) || !e.vm) continue;
     if (e.op === 'freeze') undos.push({ kind: 'thaw', backupId: e.backupId, vm: e.vm });
     if (e.op === 'save') undos.push({ kind: 'resume', backupId: e.backupId, vm: e.vm, previousState: e.data?.previousState ?? 'running' });
-    if (e.op === 'overlay') undos.push({ kind: 'merge', backupId: e.backupId, vm: e.vm, overlays: e.data?.overlays ?? [] });
+    if (e.op === 'view' && e.data?.view) undos.push({ kind: 'release', backupId: e.backupId, vm: e.vm, view: e.data.view });
+    if (e.op === 'track' && e.data?.track && e.data.view) {
+      const done = published.has(`${e.backupId}\u0000${e.vm}`);
+      const remove = done ? e.data.track.since : e.data.track.records;
+      undos.push({ kind: 'untrack', backupId: e.backupId, vm: e.vm, view: e.data.view, remove, published: done });
+    }
     if (e.op === 'staging' && e.data?.dir) undos.push({ kind: 'discard', backupId: e.backupId, vm: e.vm, dir: e.data.dir });
   }
   return undos.sort((a, b) => order.indexOf(a.kind) - order.indexOf(b.kind));

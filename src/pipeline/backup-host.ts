@@ -13,7 +13,7 @@ import { newBackupId } from '../util/ids';
 import { copyBackupSet, type CopyOptions } from './copy';
 import { LiveBackup, type Logger, type Timeouts } from './live-backup';
 import { allSettledOrThrow, StageError } from './stage-error';
-import { plannedOverlays } from '../providers/overlay-plan';
+import { planChain, trackIntent } from './chain-plan';
 
 export interface HostOptions {
   hostName: string;
@@ -73,8 +73,9 @@ export class BackupHost {
     return live;
   }
 
-  private timing(startedAt: number) {
-    return { startedAt: new Date(startedAt).toISOString(), ms: Date.now() - startedAt };
+  /** A stage's timing: when it started (wall clock), how long it took (monotonic clock). */
+  private timing(startedAt: number, monoStart: number) {
+    return { startedAt: new Date(startedAt).toISOString(), ms: performance.now() - monoStart };
   }
 
   /** A set ended: its VMs' connections go back to the host unless another live set uses them. */
@@ -89,12 +90,13 @@ export class BackupHost {
 
   async enumerate(): Promise<EnumeratedSet> {
     const t0 = Date.now();
+    const m0 = performance.now();
     const vms = await this.provider.enumerate();
     const backupId = newBackupId();
     const live = new LiveBackup(backupId, vms.map((vm) => vm.id), this.provider, this.journal, this.options.timeouts, this.log,
       (l) => this.released(l));
     this.live.set(backupId, live);
-    live.record('enumerated', vms);
+    live.end('enumerated', vms);
     return {
       stage: 'enumerated',
       backupId,
@@ -102,7 +104,7 @@ export class BackupHost {
       writer: { name: this.provider.writerName, components: vms.length },
       createdAt: new Date(t0).toISOString(),
       vms,
-      timings: { enumerate: this.timing(t0) },
+      timings: { enumerate: this.timing(t0, m0) },
       warnings: vms.flatMap((vm) => (vm.warnings ?? []).map((w) => `${vm.id}: ${w}`)),
     };
   }
@@ -112,6 +114,7 @@ export class BackupHost {
   classify(set: EnumeratedSet, fallback: FallbackPolicy): ClassifiedSet {
     const live = this.take(set, 'enumerated', false);
     const t0 = Date.now();
+    const m0 = performance.now();
     let vms: ClassifiedVm[];
     try {
       vms = classifyAll(set.vms, fallback);
@@ -120,40 +123,38 @@ export class BackupHost {
       throw err;
     }
     live.vmIds = new Set(vms.map((vm) => vm.id));
-    live.record('classified', vms);
-    live.stage = 'classified';
-    live.touch();
+    live.end('classified', vms);
     return {
       ...set,
       stage: 'classified',
       policy: { fallback },
       vms,
-      timings: { ...set.timings, classify: this.timing(t0) },
+      timings: { ...set.timings, classify: this.timing(t0, m0) },
       warnings: [...set.warnings, ...vms.flatMap((vm) => vm.warnings.filter((w) => !set.warnings.includes(`${vm.id}: ${w}`)).map((w) => `${vm.id}: ${w}`))],
     };
   }
 
-  // ---- prepare: quiesce online guests, save offline-by-policy VMs ----
+  // ---- prepare: plan each VM's view, start its change tracking, save or quiesce ----
 
   async prepare(set: ClassifiedSet): Promise<PreparedSet> {
     const live = this.take(set, 'classified', true);
     for (const vm of set.vms) {
       for (const other of this.live.values()) {
         if (other === live || other.stage === 'enumerated' || other.stage === 'classified') continue;
-        // an ended set stays until its retried thaws succeed: only its still-frozen guests are taken
-        if (other.stage === 'ended' && other.frozen.has(vm.id)) {
-          throw new StageError(`/vms: VM "${vm.id}" is still frozen by the ended backup set ${other.backupId} (its thaw is being retried until the guest agent answers)`);
+        // an ended set stays until its retried undos succeed: only the VMs it still holds are taken
+        if (other.stage === 'ended' && other.holds(vm.id)) {
+          throw new StageError(`/vms: VM "${vm.id}" still holds effects of the ended backup set ${other.backupId} (their undo is being retried)`);
         }
         if (other.stage !== 'ended' && other.vmIds.has(vm.id)) {
           throw new StageError(`/vms: VM "${vm.id}" is already in backup set ${other.backupId}`);
         }
       }
     }
-    live.stage = 'busy';
-    live.busy();
+    live.begin();
     const t0 = Date.now();
+    const m0 = performance.now();
     // Saves first, freezes last: a guest's frozen window must not include other VMs' saves.
-    const freezes = (vm: ClassifiedVm) => vm.method === 'child-vm-snapshot' && !this.provider.snapshotQuiesces;
+    const freezes = (vm: ClassifiedVm) => vm.method === 'child-vm-snapshot' && this.provider.quiesce === 'agent';
     const vms = await live.runStage(async () => {
       if (set.vms.some((vm) => freezes(vm) || vm.method === 'saved-state')) await live.guard();
       const first = await this.allOrNothing(live, set.vms.filter((vm) => !freezes(vm)), (vm) => this.prepareVm(live, set, vm));
@@ -162,64 +163,76 @@ export class BackupHost {
       return set.vms.map((vm) => byId.get(vm.id)!);
     });
     await this.endStage(live, 'prepared', vms);
-    live.stage = 'prepared';
-    live.touch();
-    return { ...set, stage: 'prepared', vms, timings: { ...set.timings, prepare: this.timing(t0) } };
+    return { ...set, stage: 'prepared', vms, timings: { ...set.timings, prepare: this.timing(t0, m0) } };
   }
 
   private async prepareVm(live: LiveBackup, set: ClassifiedSet, vm: ClassifiedVm): Promise<PreparedVm> {
     const t0 = Date.now();
+    const m0 = performance.now();
     const previousState = vm.state;
-    if (vm.method === 'child-vm-snapshot' && !this.provider.snapshotQuiesces) {
-      // the overlay intent is made durable now, so that no fsync falls inside the frozen window
-      live.planOverlays(vm.id, plannedOverlays(vm, set.backupId));
+    // The view is planned and journalled, and this backup's change tracking started, before the
+    // moment (the freeze or the stop): no fsync and no file creation falls inside a frozen window,
+    // and the new tracking record covers every write after the moment.
+    const view = this.provider.planView(vm, live.backupId);
+    const chain = await planChain(this.repository, this.options.hostName, vm, view, live.backupId, this.provider.tracking !== undefined);
+    live.planView(vm.id, view);
+    await live.startTracking(vm.id, trackIntent(vm, chain), view);
+    const base = { view, chain };
+    if (vm.method === 'child-vm-snapshot' && this.provider.quiesce === 'agent') {
+      await this.provider.armView(vm, view);
       const frozenFilesystems = await live.freeze(vm.id, async () =>
         (await this.provider.freeze(vm, this.options.timeouts.freezeMs)).frozenFilesystems);
-      return { ...vm, prepare: { action: 'freeze', previousState, frozenFilesystems, frozenAt: new Date(t0).toISOString(), ms: Date.now() - t0 } };
+      return { ...vm, prepare: { action: 'freeze', previousState, frozenFilesystems, frozenAt: new Date(t0).toISOString(), ...base, ms: performance.now() - m0 } };
     }
     if (vm.method === 'saved-state') {
-      live.noteStaging(vm.id, this.repository.stagingDir(set.host.name, vm.id, set.backupId));
-      const dir = await this.repository.openStaging(set.host.name, vm.id, set.backupId);
+      // the view is armed after the save: QEMU cannot migrate with its filters in the graph
+      live.noteStaging(vm.id, this.repository.stagingDir(this.options.hostName, vm.id, live.backupId));
+      const dir = await this.repository.openStaging(this.options.hostName, vm.id, live.backupId);
       const file = `${dir}/state.vmstate`;
       let bytes = 0;
-      let pausedAt = t0;
       const state = await this.provider.runState(vm.id);
+      let pausedAtWall = Date.now();
       await live.save(vm.id, state, async () => {
         const saved = await this.provider.saveState(vm, file);
         bytes = saved.bytes;
-        if (saved.pausedAt !== undefined) pausedAt = saved.pausedAt;
+        if (saved.pausedAt !== undefined) pausedAtWall = Date.now() - (performance.now() - saved.pausedAt);
+        return saved.pausedAt;
       });
       return {
         ...vm,
-        prepare: { action: 'save', previousState: state, savedStateFile: file, savedStateBytes: bytes, pausedAt: new Date(pausedAt).toISOString(), ms: Date.now() - t0 },
+        prepare: { action: 'save', previousState: state, savedStateFile: file, savedStateBytes: bytes, pausedAt: new Date(pausedAtWall).toISOString(), ...base, ms: performance.now() - m0 },
       };
     }
-    return { ...vm, prepare: { action: 'none', previousState, ms: Date.now() - t0 } };
+    await this.provider.armView(vm, view);
+    return { ...vm, prepare: { action: 'none', previousState, ...base, ms: performance.now() - m0 } };
   }
 
-  // ---- snapshot: one atomic snapshot per VM, thaw at once ----
+  // ---- snapshot: the view's moment for each VM, thaw at once ----
 
   async snapshot(set: PreparedSet): Promise<SnapshottedSet> {
     const live = this.take(set, 'prepared', true);
-    live.stage = 'busy';
-    live.busy();
+    live.begin();
     const t0 = Date.now();
-    const vms = await live.runStage(() => this.allOrNothing(live, set.vms, (vm) => this.snapshotVm(live, set, vm)));
+    const m0 = performance.now();
+    const vms = await live.runStage(() => this.allOrNothing(live, set.vms, (vm) => this.snapshotVm(live, vm)));
     await this.endStage(live, 'snapshotted', vms);
-    live.stage = 'snapshotted';
-    live.touch();
-    return { ...set, stage: 'snapshotted', vms, timings: { ...set.timings, snapshot: this.timing(t0) } };
+    return { ...set, stage: 'snapshotted', vms, timings: { ...set.timings, snapshot: this.timing(t0, m0) } };
   }
 
-  private async snapshotVm(live: LiveBackup, set: PreparedSet, vm: PreparedVm): Promise<SnapshottedVm> {
+  private async snapshotVm(live: LiveBackup, vm: PreparedVm): Promise<SnapshottedVm> {
     const t0 = Date.now();
-    const wasFrozen = live.frozen.has(vm.id);
-    const overlays = await live.snapshot(vm.id, plannedOverlays(vm, set.backupId), () => this.provider.snapshot(vm, set.backupId));
+    const m0 = performance.now();
+    const wasFrozen = live.frozen.has(vm.id) && !live.thawedByWatchdog.has(vm.id);
+    const planned = vm.prepare.view!;
+    if (vm.prepare.action === 'save') await this.provider.armView(vm, planned);
+    // a failure here aborts the set, and its undo thaws first: a frozen guest is the worst harm
+    const made = await this.provider.makeView(vm, planned, { frozen: wasFrozen });
+    live.viewMade(vm.id, made.view);
     let consistency = vm.consistency;
     const warnings = [...vm.warnings];
     let frozenMs: number | undefined;
     if (vm.prepare.action === 'freeze') {
-      // The freeze must have held from its acknowledgement until the snapshot: else crash-consistent.
+      // The freeze must have held from its acknowledgement until the moment: else crash-consistent.
       const held = wasFrozen && !live.thawedByWatchdog.has(vm.id) && (await this.stillFrozen(vm.id));
       frozenMs = await live.thaw(vm.id);
       if (!held) {
@@ -233,19 +246,19 @@ export class BackupHost {
       warnings,
       snapshot: {
         at: new Date(t0).toISOString(),
-        overlays,
+        view: made.view,
+        ...(made.pausedMs !== undefined ? { pausedMs: made.pausedMs } : {}),
         ...(frozenMs !== undefined ? { thawedAt: new Date().toISOString(), frozenMs } : {}),
         ...(live.thawedByWatchdog.has(vm.id) ? { thawedByWatchdog: true } : {}),
-        ms: Date.now() - t0,
+        ms: performance.now() - m0,
       },
     };
   }
 
   private async stillFrozen(vmId: string): Promise<boolean> {
-    const probe = (this.provider as Partial<{ freezeStatus(id: string): Promise<string> }>).freezeStatus;
-    if (!probe) return true;
+    if (!this.provider.freezeStatus) return true;
     try {
-      return (await probe.call(this.provider, vmId)) === 'frozen';
+      return (await this.provider.freezeStatus(vmId)) === 'frozen';
     } catch {
       return false;
     }
@@ -255,42 +268,43 @@ export class BackupHost {
 
   async postSnapshot(set: SnapshottedSet): Promise<PostSnapshotSet> {
     const live = this.take(set, 'snapshotted', true);
-    live.stage = 'busy';
-    live.busy();
+    live.begin();
     const t0 = Date.now();
+    const m0 = performance.now();
     const vms = await live.runStage(() => this.allOrNothing(live, set.vms, async (vm): Promise<PostSnapshotVm> => {
-      const v0 = Date.now();
+      const v0 = performance.now();
       await live.thaw(vm.id); // normally already thawed in snapshot; a no-op then
       const resumedTo = await live.resume(vm.id);
-      const returnedTo = resumedTo ?? (await this.provider.runState(vm.id));
+      const returnedTo = await this.provider.runState(vm.id);
+      if (resumedTo !== undefined && resumedTo !== returnedTo) {
+        throw new Error(`the VM was to return to "${resumedTo}" but the hypervisor reports "${returnedTo}"`);
+      }
       return {
         ...vm,
         postSnapshot: {
           returnedTo,
           resumed: resumedTo !== undefined,
-          // The base image holds the guest's consistency point; every later write is in the overlay.
+          // The view holds the guest's consistency point; every later write goes to the VM's own image.
           revertedToConsistencyPoint: vm.method === 'child-vm-snapshot' && vm.consistency === 'application',
-          ...(resumedTo !== undefined && vm.prepare.pausedAt ? { downtimeMs: Date.now() - Date.parse(vm.prepare.pausedAt) } : {}),
-          ms: Date.now() - v0,
+          ...(resumedTo !== undefined && live.downtimeMs(vm.id) !== undefined ? { downtimeMs: live.downtimeMs(vm.id) } : {}),
+          ms: performance.now() - v0,
         },
       };
     }));
     await this.endStage(live, 'post-snapshot', vms);
-    live.stage = 'post-snapshot';
-    live.touch();
-    return { ...set, stage: 'post-snapshot', vms, timings: { ...set.timings, postSnapshot: this.timing(t0) } };
+    return { ...set, stage: 'post-snapshot', vms, timings: { ...set.timings, postSnapshot: this.timing(t0, m0) } };
   }
 
-  // ---- copy artifacts, publish all or none, merge whatever happened ----
+  // ---- copy artifacts, publish all or none, take the views away whatever happened ----
 
   async copy(set: PostSnapshotSet, options: CopyOptions): Promise<CopiedSet> {
     const live = this.take(set, 'post-snapshot', true);
-    live.stage = 'busy';
-    live.busy();
+    live.begin();
     const t0 = Date.now();
+    const m0 = performance.now();
     let vms;
     try {
-      vms = await live.runStage(() => copyBackupSet(this.provider, this.repository, live, set, options));
+      vms = await live.runStage(() => copyBackupSet(this.provider, this.repository, live, set, { ...options, hostName: this.options.hostName }));
     } catch (err) {
       const why = live.abortedBecause ?? (err as Error).message;
       await live.abort(why, (dir) => this.removeStaging(dir), true);
@@ -302,15 +316,15 @@ export class BackupHost {
     if (errors.length > 0) {
       live.abortedBecause = `undo failed: ${errors.join('; ')}`;
       live.finish(false);
-      throw new StageError(`backup ${set.backupId} was published but cleaning up failed: ${errors.join('; ')}`);
+      throw new StageError(`backup ${set.backupId} was published, but the VMs are not all back as they were: ${errors.join('; ')} (retried every 5 s until it succeeds; the journal keeps it for recovery)`);
     }
     live.finish(true);
     return {
       ...set,
       stage: 'copied',
       repository: this.options.repositoryRoot,
-      vms: vms.map((vm) => ({ ...vm, copy: { ...vm.copy, merged: true } })),
-      timings: { ...set.timings, copy: this.timing(t0) },
+      vms: vms.map((vm) => ({ ...vm, copy: { ...vm.copy, released: true } })),
+      timings: { ...set.timings, copy: this.timing(t0, m0) },
     };
   }
 
@@ -323,7 +337,7 @@ export class BackupHost {
       await live.abort(live.abortedBecause, (dir) => this.removeStaging(dir), true);
       throw new StageError(`/backupId: backup set ${live.backupId} was aborted: ${live.abortedBecause}`);
     }
-    live.record(stage, vms);
+    live.end(stage, vms);
   }
 
   private async removeStaging(dir: string): Promise<void> {

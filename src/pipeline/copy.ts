@@ -1,10 +1,12 @@
-// Copy artifacts: every VM's disks, definition and saved state into its staging directory, a
-// schema-checked manifest with the sha256 of every file, then publish all VMs or none.
+// Copy artifacts: every VM's disks (each a full, or an incremental on the previous backup),
+// definition and saved state into its staging directory, a schema-checked manifest with the
+// sha256 of every file, then publish all VMs or none.
 import { promises as fs, type BigIntStats } from 'node:fs';
 import * as path from 'node:path';
 import { assertManifest } from '../contract/validate';
-import type { CopyResult, Manifest, ManifestFile, PostSnapshotSet, PostSnapshotVm } from '../contract/types';
-import type { HostProvider } from '../providers/provider';
+import type { ChainPlan, CopyResult, Manifest, ManifestFile, PointInTimeView, PostSnapshotSet, PostSnapshotVm } from '../contract/types';
+import type { ExportedFile, HostProvider } from '../providers/provider';
+import { applyPolicy, type ChainPolicy } from './chain-plan';
 import { fsyncDir, sha256File, writeFileDurable, type ArtifactRepository } from '../repository/repository';
 import type { LiveBackup } from './live-backup';
 import { limitedSettledOrThrow, StageError } from './stage-error';
@@ -24,120 +26,186 @@ export interface CopyOptions {
   concurrency: number;
   /** qcow2 compression of the copied disks (smaller, slower) */
   compress: boolean;
-  /** compare every disk copy with its source (qemu-img compare) before publishing; default true */
+  /** compare every full disk copy with its view before publishing; default true */
   verify?: boolean;
+  /** full or incremental, and how often a full (the copy node's policy); default incremental */
+  chain?: ChainPolicy;
+  /** the host's own name: paths are built from it, never from the message */
+  hostName?: string;
   onProgress?: (p: CopyProgress) => void;
 }
 
 /** `identities`: file name -> size, mtime and inode when it was hashed (see verifyStaged) */
 type Staged = { vm: PostSnapshotVm; dir: string; files: ManifestFile[]; identities: Map<string, string>; startedAt: number };
+type Reporter = (vm: string, file: string, done: number, total: number) => void;
 
 export async function copyBackupSet(
   provider: HostProvider, repo: ArtifactRepository, live: LiveBackup, set: PostSnapshotSet, options: CopyOptions,
 ): Promise<(PostSnapshotVm & { copy: CopyResult })[]> {
-  const overlaysOf = (vm: PostSnapshotVm) => vm.snapshot.overlays;
-  const setTotal = set.vms.reduce((n, vm) => n + overlaysOf(vm).reduce((m, o) => m + (vm.disks.find((d) => d.id === o.disk)?.virtualSize ?? 0), 0), 0);
-  const doneByFile = new Map<string, number>();
-  const report = (vm: string, file: string, done: number, total: number) => {
-    doneByFile.set(`${vm}/${file}`, done);
-    let setDone = 0;
-    for (const n of doneByFile.values()) setDone += n;
-    options.onProgress?.({ vm, file, done, total, setDone, setTotal });
-  };
-
-  // merges run beside the next VMs' copies; all of them are settled before this stage goes on
-  // (an abort must never find a merge of ours still running when it merges what is left)
-  const merges: Promise<unknown>[] = [];
+  const host = options.hostName ?? set.host.name;
+  const report = progressOver(set, options);
+  // each VM's view is taken away as soon as its copies are made and checked, beside the next VMs'
+  // copies; all of them are settled before this stage goes on (an abort must never find a
+  // release of ours still running when it releases what is left)
+  const releases: Promise<unknown>[] = [];
   const staged = await limitedSettledOrThrow(set.vms, options.concurrency, async (vm): Promise<Staged> => {
-    const startedAt = Date.now();
-    live.assertLive();
-    // journalled before the directory exists: a crash right after mkdir still finds it
-    live.noteStaging(vm.id, repo.stagingDir(set.host.name, vm.id, set.backupId));
-    const dir = await repo.openStaging(set.host.name, vm.id, set.backupId);
-    const files: ManifestFile[] = [];
-    const identities = new Map<string, string>();
-
-    // asked while the first disk is copied: QMP answers while qemu-img works
-    const describing = provider.describe(vm.id);
-    describing.catch(() => undefined); // awaited below, after the disks
-
-    for (const overlay of overlaysOf(vm)) {
-      const disk = vm.disks.find((d) => d.id === overlay.disk);
-      const extension = provider.kind === 'hyperv' ? (overlay.baseFormat === 'vhd' ? 'vhd' : 'vhdx') : 'qcow2';
-      const name = `disk-${overlay.disk.replace(/[^A-Za-z0-9._-]/g, '_')}.${extension}`;
-      live.assertLive();
-      // the signal stops qemu-img at once when the set is aborted (watchdog, redeploy)
-      const exported = await provider.exportDisk(overlay, path.join(dir, name), (p) => report(vm.id, name, p.done, p.total), {
-        compress: options.compress, signal: live.signal, ...(disk?.virtualSize ? { virtualSize: disk.virtualSize } : {}),
-      });
-      // Three things at once: the copy is flushed to disk, and read back twice from the page cache
-      // (the provider compares what a guest would see in it with the source - qemu-img compare -
-      // while its bytes are hashed for the manifest). All three must succeed before it counts.
-      const [described] = await Promise.all([
-        describeFile(dir, name, 'disk', identities),
-        fsyncFile(exported.path),
-        options.verify === false ? undefined : provider.verifyDisk?.(overlay, exported.path),
-      ]);
-      live.assertLive();
-      files.push({
-        ...described,
-        disk: overlay.disk,
-        ...(exported.format ? { format: exported.format } : {}),
-        virtualSize: exported.virtualSize ?? disk?.virtualSize ?? 0,
-      });
-    }
-    const definition = await describing;
-    live.assertLive();
-    await writeFileDurable(path.join(dir, 'definition.json'), JSON.stringify(definition, null, 2) + '\n');
-    files.unshift(await describeFile(dir, 'definition.json', 'definition', identities));
-    if (vm.prepare.action === 'save' && vm.prepare.savedStateFile) {
-      // written while the VM was stopped, made durable now that it runs again (see saved-state.ts)
-      await fsyncFile(path.join(dir, path.basename(vm.prepare.savedStateFile)));
-      files.push(await describeFile(dir, path.basename(vm.prepare.savedStateFile), 'saved-state', identities));
-    }
-    // This VM's copies are made and checked: it leaves its overlays now rather than after every
-    // other VM is copied (its overlays stop growing, and merges overlap the other copies). A merge
-    // that fails here stays in the set and is tried again, and reported, when the set ends.
-    merges.push(live.merge(vm.id).catch(() => undefined));
-    return { vm, dir, files, identities, startedAt };
-  }).finally(() => Promise.all(merges));
+    const s = await stageVm(provider, repo, live, host, set.backupId, vm, options, report);
+    releases.push(live.release(vm.id).catch(() => undefined));
+    return s;
+  }).finally(() => Promise.all(releases));
 
   // Every VM is staged: write the manifests, then publish. A failure before the last rename
   // leaves every earlier backup as it was and publishes nothing of this set that is incomplete.
-  const results: (PostSnapshotVm & { copy: CopyResult })[] = [];
   for (const s of staged) {
-    const manifest = buildManifest(set, s);
+    const manifest = buildManifest(set, host, s);
     assertManifest(manifest);
     await writeFileDurable(path.join(s.dir, 'manifest.json'), JSON.stringify(manifest, null, 2) + '\n');
   }
   // What is published is what was verified and hashed: a file written to or replaced since its
-  // hash was taken stops the publish.
+  // hash was taken stops the publish; so does an incremental whose parent is gone meanwhile.
   for (const s of staged) await verifyStaged(s);
+  for (const s of staged) await parentsStillThere(repo, host, s);
   for (const s of staged) await fsyncDir(s.dir);
   live.assertLive();
+  const results = await publishAll(repo, live, host, set.backupId, staged);
+  // published: each VM's change tracking moves on to this backup (the parent's record goes)
+  for (const s of staged) await live.settleTracking(s.vm.id).catch(() => undefined);
+  return results;
+}
+
+/** One VM: its disks out of the view, its definition, its saved state, each hashed, in its staging directory. */
+async function stageVm(
+  provider: HostProvider, repo: ArtifactRepository, live: LiveBackup, host: string, backupId: string,
+  vm: PostSnapshotVm, options: CopyOptions, report: Reporter,
+): Promise<Staged> {
+  const startedAt = Date.now();
+  live.assertLive();
+  // journalled before the directory exists: a crash right after mkdir still finds it
+  live.noteStaging(vm.id, repo.stagingDir(host, vm.id, backupId));
+  const dir = await repo.openStaging(host, vm.id, backupId);
+  const files: ManifestFile[] = [];
+  const identities = new Map<string, string>();
+
+  // asked while the first disk is copied: the hypervisor answers while the copy runs
+  const describing = provider.describe(vm.id);
+  describing.catch(() => undefined); // awaited below, after the disks
+
+  const view = vm.snapshot.view;
+  for (const d of view.disks) {
+    live.assertLive();
+    files.push(await copyOneDisk(provider, live, vm, d, dir, identities, options, report));
+  }
+  const definition = await describing;
+  live.assertLive();
+  await writeFileDurable(path.join(dir, 'definition.json'), JSON.stringify(definition, null, 2) + '\n');
+  files.unshift(await hashFile(dir, 'definition.json', 'definition', identities));
+  if (vm.prepare.action === 'save' && vm.prepare.savedStateFile) {
+    // written while the VM was stopped, made durable now that it runs again (see saved-state.ts)
+    await fsyncFile(path.join(dir, path.basename(vm.prepare.savedStateFile)));
+    files.push(await hashFile(dir, path.basename(vm.prepare.savedStateFile), 'saved-state', identities));
+  }
+  return { vm, dir, files, identities, startedAt };
+}
+
+async function copyOneDisk(
+  provider: HostProvider, live: LiveBackup, vm: PostSnapshotVm, d: PointInTimeView['disks'][number], dir: string,
+  identities: Map<string, string>, options: CopyOptions, report: Reporter,
+): Promise<ManifestFile> {
+  const disk = vm.disks.find((x) => x.id === d.disk);
+  const planned = vm.prepare.chain?.find((c) => c.disk === d.disk);
+  const plan = planned ? applyPolicy(planned, options.chain) : undefined;
+  const incremental = plan?.mode === 'incremental' && plan.backing && plan.since ? { backing: plan.backing, since: plan.since } : undefined;
+  // the signal stops the copy at once when the set is aborted (watchdog, redeploy)
+  const exported = await provider.exportDisk(vm.snapshot.view, d.disk, path.join(dir, d.artifact), (p) => report(vm.id, d.artifact, p.done, p.total), {
+    compress: options.compress, signal: live.signal, copy: incremental ? { mode: 'incremental', ...incremental } : { mode: 'full' },
+  });
+  // Three things at once: the copy is flushed to disk, and read back twice from the page cache
+  // (a full is compared with its view by the provider while its bytes are hashed for the
+  // manifest). All three must succeed before it counts.
+  const [hashed] = await Promise.all([
+    hashFile(dir, d.artifact, 'disk', identities),
+    fsyncFile(exported.path),
+    options.verify === false || incremental ? undefined : provider.verifyDisk?.(vm.snapshot.view, d.disk, exported.path),
+  ]);
+  live.assertLive();
+  return {
+    ...hashed,
+    disk: d.disk,
+    format: exported.format ?? d.format,
+    virtualSize: exported.virtualSize ?? disk?.virtualSize ?? 0,
+    ...(plan ? { chain: chainOf(plan, exported) } : {}),
+  };
+}
+
+function chainOf(plan: ChainPlan, exported: ExportedFile): NonNullable<ManifestFile['chain']> {
+  return {
+    mode: plan.mode,
+    reason: plan.reason,
+    detail: plan.detail,
+    depth: plan.depth,
+    ...(plan.mode === 'incremental' ? { parent: plan.parent, backing: plan.backing, ...(plan.base ? { base: plan.base } : {}) } : {}),
+    ...(plan.record ? { bitmap: { name: plan.record, granularity: plan.granularity ?? 65536, persistent: plan.persistent ?? false } } : {}),
+    ...(exported.bytesChanged !== undefined ? { bytesChanged: exported.bytesChanged } : {}),
+    bytesRead: exported.bytesRead ?? exported.bytes,
+  };
+}
+
+/** An incremental is published only while the backup it stacks on is still there, whole. */
+async function parentsStillThere(repo: ArtifactRepository, host: string, s: Staged): Promise<void> {
+  for (const f of s.files) {
+    if (f.chain?.mode !== 'incremental' || !f.chain.backing) continue;
+    const parentFile = path.resolve(s.dir, f.chain.backing);
+    const vmDir = repo.vmDir(host, s.vm.id);
+    if (!parentFile.startsWith(vmDir + path.sep)) throw new StageError(`${s.vm.id}/${f.name}: backing file ${f.chain.backing} leaves the VM's folder; not published`);
+    const ok = await fs.access(parentFile).then(() => true, () => false);
+    if (!ok) throw new StageError(`${s.vm.id}/${f.name}: its parent ${f.chain.parent} is gone from the repository; not published`);
+  }
+}
+
+/** Publish every VM (a rename each); if one fails, take back the ones already published: all or none. */
+async function publishAll(repo: ArtifactRepository, live: LiveBackup, host: string, backupId: string, staged: Staged[]): Promise<(PostSnapshotVm & { copy: CopyResult })[]> {
+  const results: (PostSnapshotVm & { copy: CopyResult })[] = [];
   const published: Staged[] = [];
   try {
     for (const s of staged) {
       live.assertLive();
       live.notePublishing(s.vm.id, s.dir);
-      const final = await repo.publish(set.host.name, s.vm.id, set.backupId);
+      const final = await repo.publish(host, s.vm.id, backupId);
       published.push(s);
       live.notePublished(s.vm.id);
       const bytes = s.files.reduce((n, f) => n + f.bytes, 0);
+      const disks = s.files.filter((f) => f.chain);
+      const bytesRead = disks.reduce((n, f) => n + (f.chain?.bytesRead ?? 0), 0);
+      const changed = disks.filter((f) => f.chain?.bytesChanged !== undefined);
       results.push({
         ...s.vm,
-        copy: { path: path.relative(repo.root, final), bytes, files: s.files.length + 1, merged: false, ms: Date.now() - s.startedAt },
+        copy: {
+          path: path.relative(repo.root, final), bytes, files: s.files.length + 1, released: false, ms: Date.now() - s.startedAt,
+          bytesRead, ...(changed.length ? { bytesChanged: changed.reduce((n, f) => n + (f.chain?.bytesChanged ?? 0), 0) } : {}),
+        },
       });
     }
   } catch (err) {
     // all or none: take back what this set already published, so that it is discarded with the rest
     for (const s of published) {
-      await fs.rename(repo.finalDir(set.host.name, s.vm.id, set.backupId), s.dir).catch(() => undefined);
-      live.noteStaging(s.vm.id, s.dir, true);
+      await fs.rename(repo.finalDir(host, s.vm.id, backupId), s.dir).catch(() => undefined);
+      live.unpublished(s.vm.id, s.dir);
     }
     throw err;
   }
   return results;
+}
+
+/** Progress over the whole set, from each file's own. */
+function progressOver(set: PostSnapshotSet, options: CopyOptions): Reporter {
+  const setTotal = set.vms.reduce((n, vm) => n + vm.snapshot.view.disks.reduce((m, d) => m + (vm.disks.find((x) => x.id === d.disk)?.virtualSize ?? 0), 0), 0);
+  const doneByFile = new Map<string, number>();
+  return (vm, file, done, total) => {
+    doneByFile.set(`${vm}/${file}`, done);
+    let setDone = 0;
+    for (const n of doneByFile.values()) setDone += n;
+    options.onProgress?.({ vm, file, done, total, setDone, setTotal });
+  };
 }
 
 /**
@@ -159,7 +227,7 @@ async function verifyStaged(s: Staged): Promise<void> {
 const identity = (st: BigIntStats) => `${st.size}b@${st.mtimeNs}ns#${st.ino}`;
 
 /** One read of the file: its sha256 for the manifest, with its identity before and after the read. */
-async function describeFile(dir: string, name: string, kind: ManifestFile['kind'], identities: Map<string, string>): Promise<ManifestFile> {
+async function hashFile(dir: string, name: string, kind: ManifestFile['kind'], identities: Map<string, string>): Promise<ManifestFile> {
   const file = path.join(dir, name);
   const before = await fs.stat(file, { bigint: true });
   const sha256 = await sha256File(file);
@@ -178,7 +246,7 @@ async function fsyncFile(file: string): Promise<void> {
   }
 }
 
-function buildManifest(set: PostSnapshotSet, s: Staged): Manifest {
+function buildManifest(set: PostSnapshotSet, host: string, s: Staged): Manifest {
   const vm = s.vm;
   const timings: Record<string, number> = {};
   for (const [stage, t] of Object.entries(set.timings)) if (t) timings[`${stage}Ms`] = t.ms;
@@ -186,7 +254,7 @@ function buildManifest(set: PostSnapshotSet, s: Staged): Manifest {
   return {
     format: 'vm-backup-manifest@1',
     backupId: set.backupId,
-    host: set.host.name,
+    host,
     provider: set.host.provider,
     vm: vm.id,
     vmName: vm.name,

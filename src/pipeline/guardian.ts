@@ -10,20 +10,19 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import { Journal, pendingUndos } from '../journal/journal';
-import type { HostProvider } from '../providers/provider';
+import type { GuardianProviderSpec, HostProvider } from '../providers/provider';
 
 export interface GuardianSpec {
   journal: string;
   backupId: string;
   parentPid: number;
   /** how the guardian builds its own provider; only QEMU for now */
-  provider: { kind: 'qemu'; options: Record<string, unknown> };
+  provider: GuardianProviderSpec;
   commandMs: number;
   /** stop retrying failed undos after this long (recovery at the next start goes on) */
   giveUpMs: number;
 }
 
-type Guarded = HostProvider & { guardianSpec?: () => GuardianSpec['provider'] | undefined };
 
 export interface StartedGuardian {
   child: ChildProcess;
@@ -33,7 +32,7 @@ export interface StartedGuardian {
 
 /** Start a guardian for one set; undefined when the provider cannot be guarded from outside. */
 export function startGuardian(provider: HostProvider, journal: Journal, backupId: string, commandMs: number): StartedGuardian | undefined {
-  const spec = (provider as Guarded).guardianSpec?.();
+  const spec = provider.guardianSpec?.();
   if (!spec) return undefined;
   const full: GuardianSpec = { journal: journal.file, backupId, parentPid: process.pid, provider: spec, commandMs, giveUpMs: 600_000 };
   try {
@@ -96,7 +95,8 @@ async function guard(spec: GuardianSpec): Promise<void> {
   const t0 = Date.now();
   try {
     // a set cut between two VMs' publish renames is taken back first (all or none)
-    const { takeBackPartialPublish, anyExists } = require('../recovery') as typeof import('../recovery');
+    const { takeBackPartialPublish } = require('../recovery') as typeof import('../recovery');
+    const { undoEffect } = require('./undo') as typeof import('./undo');
     for (const a of await takeBackPartialPublish(journal.read().filter((e) => e.backupId === spec.backupId))) {
       if (a.ok) journal.append({ backupId: spec.backupId, vm: a.vm, op: 'discard', phase: 'done', data: { by: 'guardian' } });
     }
@@ -105,16 +105,7 @@ async function guard(spec: GuardianSpec): Promise<void> {
       let failed = 0;
       for (const u of undos) {
         try {
-          if (u.kind === 'thaw') await provider.thaw(u.vm, spec.commandMs);
-          else if (u.kind === 'resume') await provider.resume(u.vm, u.previousState);
-          else if (u.kind === 'merge') {
-            if (!(await anyExists(u.overlays.map((o) => o.overlay)))) {
-              // planned before a freeze, never made: nothing to merge, nothing to report
-              journal.append({ backupId: u.backupId, vm: u.vm, op: 'merge', phase: 'done', data: { by: 'guardian', nothingToDo: true } });
-              continue;
-            }
-            await provider.merge(u.vm, u.overlays);
-          } else await fs.rm(u.dir, { recursive: true, force: true });
+          await undoEffect(provider, u, spec.commandMs);
           journal.append({ backupId: u.backupId, vm: u.vm, op: u.kind, phase: 'done', data: { by: 'guardian' } });
         } catch {
           failed++;

@@ -1,8 +1,8 @@
 // What one backup set has done to the VMs and not yet undone, with the watchdogs that undo it
 // whatever the flow does next. Every side effect is journalled before it happens.
 import type { StageName } from '../contract/schemas';
-import type { Overlay } from '../contract/types';
-import type { Journal } from '../journal/journal';
+import type { PointInTimeView } from '../contract/types';
+import type { Journal, TrackIntent } from '../journal/journal';
 import type { HostProvider } from '../providers/provider';
 import type { ChildProcess } from 'node:child_process';
 import { startGuardian, stopGuardian } from './guardian';
@@ -23,14 +23,20 @@ export interface Timeouts {
 export type Logger = (level: 'info' | 'warn' | 'error', text: string) => void;
 
 interface Frozen { since: number; timer: NodeJS.Timeout }
-interface Saved { previousState: string; timer: NodeJS.Timeout }
+interface Saved { previousState: string; timer: NodeJS.Timeout; since: number }
 
 export class LiveBackup {
   stage: StageName | 'busy' | 'ended';
   readonly startedAt = Date.now();
   readonly frozen = new Map<string, Frozen>();
   readonly saved = new Map<string, Saved>();
-  readonly overlays = new Map<string, Overlay[]>();
+  /** VM -> its point-in-time view, from the moment it is journalled until it is released (proven) */
+  readonly views = new Map<string, PointInTimeView>();
+  /** VM -> the change tracking this set started, until it is settled (see tracking.ts) */
+  readonly tracks = new Map<string, { intent: TrackIntent; view: PointInTimeView }>();
+  private readonly downtimes = new Map<string, number>();
+  /** VMs whose backup of this set is published */
+  readonly published = new Set<string>();
   readonly staging = new Map<string, string>();
   /** VMs the freeze watchdog thawed: never application-consistent */
   readonly thawedByWatchdog = new Set<string>();
@@ -50,8 +56,8 @@ export class LiveBackup {
   private guarded = false;
   private endWritten = false;
   private released = false;
-  /** VM -> the overlays its journalled intent names (see planOverlays) */
-  private readonly overlayIntents = new Map<string, string>();
+  /** undo retried in the background after it failed (the hypervisor busy or unreachable) */
+  private retryTimer: NodeJS.Timeout | undefined;
 
   constructor(
     readonly backupId: string,
@@ -86,7 +92,7 @@ export class LiveBackup {
   }
 
   hasSideEffects(): boolean {
-    return this.frozen.size + this.saved.size + this.overlays.size + this.staging.size > 0;
+    return this.frozen.size + this.saved.size + this.views.size + this.tracks.size + this.staging.size > 0;
   }
 
   /** Fires when the set is aborted: long steps (copies) stop at once. */
@@ -112,8 +118,31 @@ export class LiveBackup {
     return p;
   }
 
+  /** A stage starts on this set: no watchdog of idleness fires under it. */
+  begin(): void {
+    this.stage = 'busy';
+    this.busy();
+  }
+
+  /** A stage ended: the set is at `stage`, with the VMs as this host output them; idle time counts again. */
+  end(stage: StageName, vms: readonly { id: string }[]): void {
+    this.record(stage, vms);
+    this.stage = stage;
+    this.touch();
+  }
+
+  /** True while this set still has an effect in place on the VM (frozen, saved, a view, tracking to settle). */
+  holds(vmId: string): boolean {
+    return this.frozen.has(vmId) || this.saved.has(vmId) || this.views.has(vmId) || this.tracks.has(vmId);
+  }
+
+  /** How long the VM's vCPUs were stopped for its saved state, once it runs again (monotonic clock). */
+  downtimeMs(vmId: string): number | undefined {
+    return this.downtimes.get(vmId);
+  }
+
   /** Remember the VMs as this host output them at `stage` (a deep copy). */
-  record(stage: string, vms: readonly { id: string }[]): void {
+  private record(stage: string, vms: readonly { id: string }[]): void {
     this.records.clear();
     for (const vm of vms) this.records.set(vm.id, { stage, vm: JSON.parse(JSON.stringify(vm)) as Record<string, unknown> });
   }
@@ -214,21 +243,23 @@ export class LiveBackup {
     this.frozen.delete(vmId);
     this.note({ backupId: this.backupId, vm: vmId, op: 'thaw', phase: 'done' }, false);
     this.endIfUndone();
-    if (this.stage === 'ended' && this.frozen.size === 0) this.release();
+    if (this.stage === 'ended' && this.frozen.size === 0) this.leaveHost();
     return Date.now() - f.since;
   }
 
   // --- saved state / resume ---
 
-  async save(vmId: string, previousState: string, run: () => Promise<void>): Promise<void> {
+  /** `run` saves the state and answers when the vCPUs stopped (performance.now()), if it knows. */
+  async save(vmId: string, previousState: string, run: () => Promise<number | undefined>): Promise<void> {
     this.intent({ backupId: this.backupId, vm: vmId, op: 'save', phase: 'intent', data: { previousState } });
     const timer = setTimeout(() => {
       this.log('warn', `${vmId}: stopped for pauseTimeout (${this.timeouts.pauseMs} ms); resuming now`);
       void this.resume(vmId).catch((err) => this.log('error', `${vmId}: watchdog resume failed: ${(err as Error).message}`));
     }, this.timeouts.pauseMs);
     timer.unref();
-    this.saved.set(vmId, { previousState, timer });
-    await run();
+    const saved: Saved = { previousState, timer, since: performance.now() };
+    this.saved.set(vmId, saved);
+    saved.since = (await run()) ?? saved.since;
     this.journal.append({ backupId: this.backupId, vm: vmId, op: 'save', phase: 'done', data: { previousState } });
   }
 
@@ -239,45 +270,61 @@ export class LiveBackup {
     this.note({ backupId: this.backupId, vm: vmId, op: 'resume', phase: 'intent' });
     await this.provider.resume(vmId, s.previousState);
     this.saved.delete(vmId);
+    this.downtimes.set(vmId, performance.now() - s.since);
     this.note({ backupId: this.backupId, vm: vmId, op: 'resume', phase: 'done' });
     this.endIfUndone();
     return s.previousState;
   }
 
-  // --- overlays ---
+  // --- point-in-time view ---
 
   /**
-   * Journal the overlay files a later snapshot will create, ahead of it (before a guest is
-   * frozen). Recovery merges what exists of them; a plan never carried out leaves nothing to merge.
+   * Journal the view the provider planned, ahead of making any of it (before a guest is frozen):
+   * whatever a crash leaves of it, recovery takes out by these names.
    */
-  planOverlays(vmId: string, planned: Overlay[]): void {
-    this.intent({ backupId: this.backupId, vm: vmId, op: 'overlay', phase: 'intent', data: { overlays: planned } });
-    this.overlayIntents.set(vmId, JSON.stringify(planned));
+  planView(vmId: string, view: PointInTimeView): void {
+    this.intent({ backupId: this.backupId, vm: vmId, op: 'view', phase: 'intent', data: { view } });
+    this.views.set(vmId, view);
   }
 
-  async snapshot(vmId: string, planned: Overlay[], run: () => Promise<Overlay[]>): Promise<Overlay[]> {
-    // Journal the planned overlay files first: if we die mid-transaction, recovery still finds them.
-    if (this.overlayIntents.get(vmId) !== JSON.stringify(planned)) this.planOverlays(vmId, planned);
-    this.overlays.set(vmId, planned);
-    try {
-      const made = await run();
-      this.overlays.set(vmId, made);
-      this.journal.append({ backupId: this.backupId, vm: vmId, op: 'overlay', phase: 'done', data: { overlays: made } });
-      return made;
-    } catch (err) {
-      // A transaction is atomic: on error no overlay is active. Merge is safe when nothing is.
-      throw err;
-    }
+  /** The view as made (a provider may name things only now): the undo uses this record from here on. */
+  viewMade(vmId: string, view: PointInTimeView): void {
+    this.views.set(vmId, view);
+    // not fsync'd: the planned record, durable already, is enough to undo it
+    this.note({ backupId: this.backupId, vm: vmId, op: 'view', phase: 'intent', data: { view } }, false);
   }
 
-  async merge(vmId: string): Promise<boolean> {
-    const overlays = this.overlays.get(vmId);
-    if (!overlays) return false;
-    this.note({ backupId: this.backupId, vm: vmId, op: 'merge', phase: 'intent' });
-    await this.provider.merge(vmId, overlays);
-    this.overlays.delete(vmId);
-    this.note({ backupId: this.backupId, vm: vmId, op: 'merge', phase: 'done' });
+  /** Take the view away; done only when the provider has proven it with the hypervisor. */
+  async release(vmId: string): Promise<boolean> {
+    const view = this.views.get(vmId);
+    if (!view) return false;
+    this.note({ backupId: this.backupId, vm: vmId, op: 'release', phase: 'intent' }, false);
+    await this.provider.releaseView(vmId, view);
+    this.views.delete(vmId);
+    this.note({ backupId: this.backupId, vm: vmId, op: 'release', phase: 'done' });
     return true;
+  }
+
+  // --- change tracking ---
+
+  async startTracking(vmId: string, intent: TrackIntent, view: PointInTimeView): Promise<void> {
+    if (!this.provider.tracking || intent.records.length === 0) return;
+    this.intent({ backupId: this.backupId, vm: vmId, op: 'track', phase: 'intent', data: { track: intent, view } });
+    this.tracks.set(vmId, { intent, view });
+    await this.provider.tracking.start(vmId, intent.records, view);
+  }
+
+  /**
+   * Settle the tracking: published, the parent's records go (this backup's carry on); not
+   * published, this backup's go (the parent's never stopped recording: no change is lost).
+   */
+  async settleTracking(vmId: string): Promise<void> {
+    const t = this.tracks.get(vmId);
+    if (!t || !this.provider.tracking) return;
+    const remove = this.published.has(vmId) ? t.intent.since : t.intent.records;
+    await this.provider.tracking.remove(vmId, remove, t.view);
+    this.tracks.delete(vmId);
+    this.note({ backupId: this.backupId, vm: vmId, op: 'untrack', phase: 'done' });
   }
 
   // --- staging directories ---
@@ -296,7 +343,14 @@ export class LiveBackup {
 
   notePublished(vmId: string): void {
     this.staging.delete(vmId);
+    this.published.add(vmId);
     this.journal.append({ backupId: this.backupId, vm: vmId, op: 'publish', phase: 'done' });
+  }
+
+  /** A published VM taken back (another VM of the set failed to publish): it is staging again. */
+  unpublished(vmId: string, dir: string): void {
+    this.published.delete(vmId);
+    this.noteStaging(vmId, dir, true);
   }
 
   async discard(vmId: string, remove: (dir: string) => Promise<void>): Promise<void> {
@@ -310,8 +364,9 @@ export class LiveBackup {
   // --- the end ---
 
   /**
-   * Undo every side effect still in place: thaw, resume, merge, discard (in that order: a frozen
-   * guest hurts first). Every undo is tried even when others fail; errors are returned.
+   * Undo every side effect still in place: thaw, resume, release, settle tracking, discard (in
+   * that order: a frozen guest hurts first). Every undo is tried even when others fail; errors
+   * are returned, and what failed is retried in the background until it succeeds.
    */
   async undoAll(remove: (dir: string) => Promise<void>): Promise<string[]> {
     const errors: string[] = [];
@@ -324,9 +379,27 @@ export class LiveBackup {
     };
     await Promise.all([...this.frozen.keys()].map((vm) => attempt(`${vm} thaw`, () => this.thaw(vm))));
     await Promise.all([...this.saved.keys()].map((vm) => attempt(`${vm} resume`, () => this.resume(vm))));
-    await Promise.all([...this.overlays.keys()].map((vm) => attempt(`${vm} merge`, () => this.merge(vm))));
+    await Promise.all([...this.views.keys()].map((vm) => attempt(`${vm} release of the point-in-time view`, () => this.release(vm))));
+    await Promise.all([...this.tracks.keys()].map((vm) => attempt(`${vm} change tracking`, () => this.settleTracking(vm))));
     await Promise.all([...this.staging.keys()].map((vm) => attempt(`${vm} discard`, () => this.discard(vm, remove))));
+    if (errors.length > 0) this.retryLater(remove);
     return errors;
+  }
+
+  /** A failed undo is tried again every few seconds until it succeeds; the set ends then. */
+  private retryLater(remove: (dir: string) => Promise<void>): void {
+    if (this.retryTimer) return;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      void this.undoAll(remove).then((errors) => {
+        if (errors.length === 0) {
+          this.log('info', `backup ${this.backupId}: the undo that had failed succeeded on a retry; nothing of it is left`);
+          this.endIfUndone();
+          if (this.frozen.size === 0) this.leaveHost();
+        }
+      });
+    }, 5000);
+    this.retryTimer.unref();
   }
 
   /**
@@ -373,11 +446,11 @@ export class LiveBackup {
     // A guest whose thaw is still being retried (its agent stopped or busy) is still frozen by
     // this set: the host keeps the set until the thaw succeeds, so that no new backup freezes
     // that guest meanwhile and "no live set" really means nothing of ours is left in a guest.
-    if (this.frozen.size === 0) this.release();
+    if (this.frozen.size === 0) this.leaveHost();
   }
 
   /** Tell the host this set is gone (once). */
-  private release(): void {
+  private leaveHost(): void {
     if (this.released) return;
     this.released = true;
     this.onEnd(this);
@@ -385,7 +458,7 @@ export class LiveBackup {
 }
 
 /** The fields of a VM that decide what is touched and how the backup is labelled. */
-const GUARDED_FIELDS = ['disks', 'snapshotLocation', 'method', 'consistency', 'prepare', 'snapshot'] as const;
+const GUARDED_FIELDS = ['disks', 'snapshotLocation', 'method', 'consistency', 'prepare', 'snapshot', 'postSnapshot'] as const;
 
 /** JSON pointer of the first place where b differs from a; undefined when equal. */
 export function firstDifference(a: unknown, b: unknown, at: string): string | undefined {

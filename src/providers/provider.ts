@@ -1,13 +1,32 @@
 // The one small interface every hypervisor sits behind. The pipeline (src/pipeline) decides
-// what to do and in what order; a provider only knows how to do one thing to one VM.
-import type { ClassifiedVm, EnumeratedVm, Overlay } from '../contract/types';
+// what to do and in what order; a provider only knows how to do one thing to one VM, and names
+// its own things: the point-in-time view it makes, the files a backup holds, its change tracking.
+import type { ClassifiedVm, EnumeratedVm, PointInTimeView } from '../contract/types';
 
-export type ProviderKind = 'qemu' | 'hyperv';
+export type ProviderKind = 'qemu' | 'hyperv' | 'libvirt';
 
 export interface Progress {
   /** bytes done so far and bytes in all for this one artifact */
   done: number;
   total: number;
+}
+
+/** How one disk is copied: all of it, or the clusters changed since the backup it stacks on. */
+export type DiskCopyMode =
+  | { mode: 'full' }
+  | {
+      mode: 'incremental';
+      /** the qcow2 backing file of the new file: the parent backup's file, relative to the new one */
+      backing: string;
+      /** the change-tracking record (bitmap) that marks what changed since the parent */
+      since: string;
+    };
+
+export interface ExportOptions {
+  compress?: boolean;
+  /** stops the copy when the backup set is aborted */
+  signal?: AbortSignal;
+  copy?: DiskCopyMode;
 }
 
 export interface ExportedFile {
@@ -16,53 +35,97 @@ export interface ExportedFile {
   bytes: number;
   format?: string;
   virtualSize?: number;
+  /** bytes read out of the view */
+  bytesRead?: number;
+  /** bytes the change tracking marked as changed (incremental) */
+  bytesChanged?: number;
 }
 
-export interface ExportOptions {
-  compress?: boolean;
-  /** stops the copy when the backup set is aborted */
-  signal?: AbortSignal;
-  /** the disk's virtual size when the caller knows it already (saves asking the image) */
-  virtualSize?: number;
+/** What a provider's change tracking says about one disk, read at enumerate. */
+export interface TrackingRecord {
+  name: string;
+  recording: boolean;
+  persistent: boolean;
+  inconsistent: boolean;
+  granularity: number;
+}
+
+/** How a guardian process (outside Node-RED) rebuilds this provider to undo a set. */
+export interface GuardianProviderSpec {
+  kind: ProviderKind;
+  options: Record<string, unknown>;
 }
 
 export interface HostProvider {
   readonly kind: ProviderKind;
   /** The seeds' "writer": what enumerates the VMs as components (e.g. "QEMU QMP writer"). */
   readonly writerName: string;
+  /**
+   * 'agent': the pipeline freezes the guest around makeView (QEMU: guest-fsfreeze-freeze).
+   * 'view': the view quiesces by itself (Hyper-V production checkpoints); freeze is never called.
+   */
+  readonly quiesce: 'agent' | 'view';
 
   /** Every VM on the host, read-only: state, agent, guest file systems, disks with exclusions. */
   enumerate(): Promise<EnumeratedVm[]>;
 
-  /**
-   * Quiesce the guest (the guest takes its own consistency point). QEMU: guest-fsfreeze-freeze.
-   * A provider whose snapshot quiesces by itself (Hyper-V production checkpoints) returns 0 and
-   * sets `snapshotQuiesces`.
-   */
+  /** Quiesce the guest (the guest takes its own consistency point). */
   freeze(vm: ClassifiedVm, timeoutMs: number): Promise<{ frozenFilesystems: number }>;
   /** Thaw; must be safe to call when not frozen. Returns the file systems thawed. */
   thaw(vmId: string, timeoutMs: number): Promise<number>;
-  readonly snapshotQuiesces: boolean;
+  /** 'frozen' or 'thawed' as the guest says; used to confirm the freeze held until the view was made. */
+  freezeStatus?(vmId: string): Promise<string>;
 
-  /** Saved state: stop the vCPUs and write the device and memory state to `file`. The VM stays stopped. */
-  /** `pausedAt`: when the vCPUs stopped (ms since the epoch), when the provider knows it */
+  /**
+   * Saved state: stop the vCPUs and write the device and memory state to `file`; the VM stays
+   * stopped. `pausedAt`: when the vCPUs stopped (performance.now() of this process), if known.
+   */
   saveState(vm: ClassifiedVm, file: string): Promise<{ bytes: number; pausedAt?: number }>;
   /** Return the VM to `previousState` (only "running" starts it again). Safe to call twice. */
   resume(vmId: string, previousState: string): Promise<void>;
   /** Current run state as the hypervisor reports it ("running", "paused", ...). */
   runState(vmId: string): Promise<string>;
 
-  /** Point-in-time image of every included disk of the VM, atomic for the VM. */
-  snapshot(vm: ClassifiedVm, backupId: string): Promise<Overlay[]>;
-  /** Fold the overlays back into their bases and delete them. Safe to call when already merged. */
-  merge(vmId: string, overlays: Overlay[]): Promise<void>;
+  /**
+   * What the point-in-time view of the VM's included disks will be: names, files, and the file
+   * each disk becomes in the backup. Pure: the pipeline journals it before anything is made, so
+   * that undo after a crash finds everything by it.
+   */
+  planView(vm: ClassifiedVm, backupId: string): PointInTimeView;
+  /** Before the moment: whatever can be made ahead without touching the guest's path (fleecing images). */
+  armView(vm: ClassifiedVm, view: PointInTimeView): Promise<void>;
+  /**
+   * The moment: atomic over the VM's disks. Returns the view as made (a provider may learn names
+   * only now) and how long the vCPUs were stopped for it, if they were.
+   */
+  makeView(vm: ClassifiedVm, view: PointInTimeView, opts: { frozen: boolean }): Promise<{ view: PointInTimeView; pausedMs?: number }>;
+  /**
+   * Take the view away; proven by asking the hypervisor (the VM's graph holds nothing of ours),
+   * throws while it is not true. Safe to repeat, and on a view that was only planned.
+   */
+  releaseView(vmId: string, view: PointInTimeView): Promise<void>;
+
+  /** Copy one disk of the view to `dest` (artifact name from the view), sparse. */
+  exportDisk(view: PointInTimeView, disk: string, dest: string, onProgress?: (p: Progress) => void, options?: ExportOptions): Promise<ExportedFile>;
+  /** Read the copy back and check it holds what the view holds; throws when it does not. */
+  verifyDisk?(view: PointInTimeView, disk: string, file: string): Promise<void>;
+
+  /**
+   * Change tracking (absent: every backup is a full). Start a record of every write from now on
+   * (before the view's moment) for each listed disk; end one (removing it) once it is not needed.
+   */
+  tracking?: {
+    start(vmId: string, disks: readonly { disk: string; name: string }[], view: PointInTimeView): Promise<void>;
+    remove(vmId: string, disks: readonly { disk: string; name: string }[], view: PointInTimeView): Promise<void>;
+  };
 
   /** The VM's definition (command line, block graph, ...) as a JSON-serialisable object. */
   describe(vmId: string): Promise<Record<string, unknown>>;
-  /** Copy the point-in-time image of one disk (overlay.base) to `dest`, sparse. */
-  exportDisk(overlay: Overlay, dest: string, onProgress?: (p: Progress) => void, options?: ExportOptions): Promise<ExportedFile>;
-  /** Read the copy back and check it holds what overlay.base holds; throws when it does not. */
-  verifyDisk?(overlay: Overlay, file: string): Promise<void>;
+
+  /** How a guardian rebuilds this provider outside Node-RED; absent: no guardian (recovery at start only). */
+  guardianSpec?(): GuardianProviderSpec;
+  /** At start: remove what a crash of an earlier process left that no journal names (Hyper-V checkpoints). */
+  removeLeftovers?(): Promise<string[]>;
 
   /** A backup set of these VMs ended: drop their idle connections now. Nothing about the VMs changes. */
   release?(vmIds: readonly string[]): Promise<void>;

@@ -12,8 +12,8 @@ import { recover } from '../../src/recovery';
 import { BackupHost, DEFAULT_TIMEOUTS } from '../../src/pipeline/backup-host';
 import type { Timeouts } from '../../src/pipeline/live-backup';
 import { QemuProvider } from '../../src/providers/qemu/qemu-provider';
-import type { Overlay } from '../../src/contract/types';
-import type { Progress } from '../../src/providers/provider';
+import type { PointInTimeView } from '../../src/contract/types';
+import type { ExportOptions, Progress } from '../../src/providers/provider';
 import { runProgram } from '../../src/util/run';
 import { startBareWorld, type BareWorld } from './support/bare';
 import { InProcessRun } from './support/inproc';
@@ -238,9 +238,9 @@ describe('fault injection: repository and journal faults, read-back verification
 
   it('a copy written wrong is caught by the read-back check', async () => {
     class CorruptingProvider extends QemuProvider {
-      override async exportDisk(overlay: Overlay, dest: string, onProgress?: (p: Progress) => void, options?: { compress?: boolean }) {
-        const done = await super.exportDisk(overlay, dest, onProgress, options);
-        if (/beta/.test(overlay.base)) await corruptData(dest);
+      override async exportDisk(view: PointInTimeView, disk: string, dest: string, onProgress?: (p: Progress) => void, options?: ExportOptions) {
+        const done = await super.exportDisk(view, disk, dest, onProgress, options);
+        if (/beta/.test(dest)) await corruptData(dest);
         return done;
       }
     }
@@ -318,7 +318,7 @@ describe('fault injection: repository and journal faults, read-back verification
 
   it('sessionTimeout passes during the copy', async () => {
     class SlowProvider extends QemuProvider {
-      override async exportDisk(overlay: Overlay, dest: string, onProgress?: (p: Progress) => void, options?: { compress?: boolean; signal?: AbortSignal }) {
+      override async exportDisk(view: PointInTimeView, disk: string, dest: string, onProgress?: (p: Progress) => void, options?: ExportOptions) {
         // a slow repository: 8 s per disk, unless the set is aborted meanwhile
         await new Promise<void>((resolve, reject) => {
           const t = setTimeout(resolve, 8000);
@@ -327,7 +327,7 @@ describe('fault injection: repository and journal faults, read-back verification
             reject(new Error('copy cancelled'));
           });
         });
-        return super.exportDisk(overlay, dest, onProgress, options);
+        return super.exportDisk(view, disk, dest, onProgress, options);
       }
     }
     await domainCase('copy: sessionTimeout passes while copying', 'the copy is cancelled, then the set aborted: overlays merged, staging removed, nothing published',

@@ -1,7 +1,16 @@
 // Pure functions from what the scripts print (cmdlet properties, as Windows PowerShell 5.1's
 // ConvertTo-Json writes them) to the provider-independent backup-set fields. No I/O here.
 import { createHash } from 'node:crypto';
-import type { Disk, EnumeratedVm, Overlay } from '../../contract/types';
+import type { Disk, EnumeratedVm } from '../../contract/types';
+
+/** One disk under a backup checkpoint: base = the read-only parent copied, overlay = the .avhdx the VM writes since, overlayNode = the checkpoint's Id. */
+export interface Overlay {
+  disk: string;
+  base: string;
+  baseFormat: string;
+  overlay: string;
+  overlayNode: string;
+}
 import { HyperVError } from './errors';
 
 // ---------------------------------------------------------------------------------------------

@@ -3,10 +3,10 @@
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import type { ClassifiedVm, EnumeratedVm, Overlay } from '../../contract/types';
+import type { ClassifiedVm, EnumeratedVm, PointInTimeView } from '../../contract/types';
 import type { ExportedFile, HostProvider, Progress } from '../provider';
 import { HyperVError } from './errors';
-import { BACKUP_ID, GUID, mapEnumeration, mapState, overlaysFromCheckpoint, snapshotNamesIn, str, toArray } from './parse';
+import { BACKUP_ID, GUID, mapEnumeration, mapState, overlaysFromCheckpoint, snapshotNamesIn, str, toArray, type Overlay } from './parse';
 import { removeLeftoverCheckpoints, type RemoveLeftoversOptions, type RemoveLeftoversResult } from './recovery';
 import type { PowerShellRunner, ScriptName, ScriptParams } from './runner';
 
@@ -22,7 +22,7 @@ export class HyperVProvider implements HostProvider {
   readonly kind = 'hyperv' as const;
   readonly writerName = 'Hyper-V (Checkpoint-VM production checkpoints, PowerShell)';
   /** Production checkpoints quiesce the guest (VSS / fsfreeze) themselves. */
-  readonly snapshotQuiesces = true;
+  readonly quiesce = 'view' as const;
 
   /** bases handed out by snapshot(): exportDisk copies nothing else */
   private readonly bases = new Map<string, { format: string; virtualSize?: number }>();
@@ -120,6 +120,41 @@ export class HyperVProvider implements HostProvider {
     return mapState(r?.State?.State);
   }
 
+  // ---- the point-in-time view: a backup checkpoint named vmbackup-<backupId> ----
+
+  planView(vm: ClassifiedVm, backupId: string): PointInTimeView {
+    if (!BACKUP_ID.test(backupId)) throw new HyperVError('invalid-argument', `backupId "${backupId}" is not a backup id`);
+    const disks = vm.disks.filter((d) => d.included).map((d) => {
+      const format = d.format === 'vhd' || /\.vhd$/i.test(d.file) ? 'vhd' : 'vhdx';
+      return { disk: d.id, artifact: `disk-${d.id.replace(/[^A-Za-z0-9._-]/g, '_')}.${format}`, format };
+    });
+    return { disks, ref: { checkpointName: `vmbackup-${backupId}`, backupId } };
+  }
+
+  async armView(): Promise<void> {
+    // nothing can be made ahead of a checkpoint
+  }
+
+  async makeView(vm: ClassifiedVm, view: PointInTimeView): Promise<{ view: PointInTimeView }> {
+    const overlays = await this.snapshot(vm, String(view.ref.backupId));
+    return { view: { ...view, ref: { ...view.ref, checkpointId: overlays[0]?.overlayNode, overlays } } };
+  }
+
+  async releaseView(vmId: string, view: PointInTimeView): Promise<void> {
+    const overlays = Array.isArray(view.ref.overlays) ? (view.ref.overlays as Overlay[]) : [];
+    const name = String(view.ref.checkpointName ?? '');
+    await this.merge(vmId, overlays.length ? overlays : [{ disk: '', base: '', baseFormat: '', overlay: name, overlayNode: name }]);
+  }
+
+  /** At start: our vmbackup-* checkpoints a crash left (no journal may name them any more). */
+  async removeLeftovers(): Promise<string[]> {
+    const r = await this.removeLeftoverCheckpoints();
+    return [
+      ...r.removed.map((c) => `removed leftover checkpoint ${c.name} of VM ${c.vmName}`),
+      ...r.errors.map((e) => `FAILED to remove leftover checkpoint ${e.checkpoint.name} of VM ${e.checkpoint.vmName}: ${e.message}`),
+    ];
+  }
+
   /**
    * child-vm-snapshot: a ProductionOnly checkpoint (the guest quiesces or the checkpoint fails);
    * checkpoint, saved-state, offline: a Standard checkpoint, so that the parents stop changing.
@@ -192,7 +227,14 @@ export class HyperVProvider implements HostProvider {
    * Copy the point-in-time image (overlay.base, the checkpoint's read-only parent) to `dest` on
    * this machine. The copy is written next to `dest` and renamed when complete and checked.
    */
-  async exportDisk(overlay: Overlay, dest: string, onProgress?: (p: Progress) => void): Promise<ExportedFile> {
+  async exportDisk(view: PointInTimeView, disk: string, dest: string, onProgress?: (p: Progress) => void): Promise<ExportedFile> {
+    const overlay = (Array.isArray(view.ref.overlays) ? (view.ref.overlays as Overlay[]) : []).find((o) => o.disk === disk);
+    if (!overlay) throw new HyperVError('invalid-argument', `disk ${disk}: not under the backup checkpoint of this view`);
+    return this.exportOverlay(overlay, dest, onProgress);
+  }
+
+  /** Copy one checkpoint parent (overlay.base) that snapshot() handed out. */
+  async exportOverlay(overlay: Overlay, dest: string, onProgress?: (p: Progress) => void): Promise<ExportedFile> {
     const known = this.bases.get(overlay.base.toLowerCase());
     if (!known) {
       throw new HyperVError('invalid-argument', `overlay.base: ${overlay.base} is not the parent of a checkpoint this provider made in this session; refusing to copy it`);

@@ -64,6 +64,7 @@ export function disksFrom(entries: readonly QueryBlockEntry[], nodes: readonly N
       included: true,
     };
     if (ins.image) disk.virtualSize = ins.image['virtual-size'];
+    if (entry.qdev) disk.qdev = entry.qdev;
     if (NETWORK_DRIVERS.has(driver)) Object.assign(disk, { included: false, excludedReason: 'network' });
     else if (PASSTHROUGH_DRIVERS.has(driver)) Object.assign(disk, { included: false, excludedReason: 'pass-through' });
     else if (entry.removable && ins.ro) Object.assign(disk, { included: false, excludedReason: 'read-only-media' });

@@ -5,16 +5,32 @@ import { existsSync, promises as fs } from 'node:fs';
 import { isSafeName } from '../../util/ids';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import type { ClassifiedVm, EnumeratedVm, Overlay } from '../../contract/types';
-import type { ExportOptions, ExportedFile, HostProvider, Progress } from '../provider';
+import type { ClassifiedVm, EnumeratedVm, PointInTimeView } from '../../contract/types';
+import type { ExportOptions, ExportedFile, GuardianProviderSpec, HostProvider, Progress } from '../provider';
 import { disksFrom, type NamedNode, type QueryBlockEntry } from './block-graph';
 import { discoverVms, findQemuPid, readCmdline, type DiscoveredVm } from './discovery';
 import { agentFrom, filesystemsFrom, osFrom, type GuestFsInfo, type GuestInfo, type GuestOsInfo } from './guest-facts';
 import { GuestAgentClient, QmpClient } from './protocol';
-import * as qemuImg from './qemu-img';
 import { saveStateToFile } from './saved-state';
-import { mergeOverlays } from './merge';
-import { plannedOverlays } from '../overlay-plan';
+import { armView, leftoverNodes, namedNodes, planView, releaseView, removeFleeceFiles, switchView, type ViewDisk, type ViewPlan } from './view';
+import { addBitmap, bitmapsByNode, removeBitmap } from './tracking';
+import { compareWithView, copyDisk } from './disk-copy';
+
+/** The file a disk becomes in the backup (the disk id made safe as a file name). */
+export const artifactName = (disk: string) => `disk-${disk.replace(/[^A-Za-z0-9._-]/g, '_')}.qcow2`;
+
+/** The provider's own record inside a view (it made it in planView). */
+export function planOf(view: PointInTimeView): ViewPlan {
+  const ref = view.ref as unknown as ViewPlan;
+  if (!ref || typeof ref.prefix !== 'string' || !Array.isArray(ref.disks)) throw new Error('view.ref: not a QEMU view plan');
+  return ref;
+}
+
+function diskOf(plan: ViewPlan, disk: string): ViewDisk {
+  const d = plan.disks.find((x) => x.disk === disk);
+  if (!d) throw new Error(`disk ${disk}: not part of the view of ${plan.vm}`);
+  return d;
+}
 
 export interface QemuOptions {
   /** directory of <id>.qmp / <id>.qga sockets (Proxmox: /var/run/qemu-server) */
@@ -25,6 +41,7 @@ export interface QemuOptions {
   agentSyncMs?: number;
   commandMs?: number;
   qemuImg?: string;
+  qemuNbd?: string;
   compress?: boolean;
   /** connections unused this long are closed */
   idleCloseMs?: number;
@@ -35,7 +52,7 @@ interface Conn<T> { client: T; timer?: NodeJS.Timeout; inUse: number }
 export class QemuProvider implements HostProvider {
   readonly kind = 'qemu' as const;
   readonly writerName = 'QEMU QMP writer';
-  readonly snapshotQuiesces = false;
+  readonly quiesce = 'agent' as const;
   private readonly vms = new Map<string, DiscoveredVm>();
   private readonly qmpConns = new Map<string, Promise<Conn<QmpClient>>>();
   private readonly qgaConns = new Map<string, Promise<Conn<GuestAgentClient>>>();
@@ -141,8 +158,18 @@ export class QemuProvider implements HostProvider {
       name: await c.execute<{ name?: string }>('query-name').catch(() => ({ name: undefined })),
       block: await c.execute<QueryBlockEntry[]>('query-block'),
       nodes: await c.execute<NamedNode[]>('query-named-block-nodes', { flat: true }),
+      bitmaps: await bitmapsByNode(c),
     }));
     const disks = disksFrom(facts.block, facts.nodes);
+    for (const disk of disks) {
+      if (!disk.included) continue;
+      const drv = facts.nodes.find((n) => n['node-name'] === disk.node)?.drv;
+      disk.tracking = {
+        persistent: drv === 'qcow2',
+        records: (facts.bitmaps.get(disk.node) ?? []).slice(0, 16).map(({ name, recording, persistent, inconsistent, granularity }) => ({ name, recording, persistent, inconsistent, granularity })),
+      };
+    }
+    const leftovers = leftoverNodes(facts.nodes);
     for (const disk of disks) {
       if (disk.included && disk.file.startsWith('/')) {
         disk.volumeId = String((await fs.stat(disk.file)).dev);
@@ -160,6 +187,9 @@ export class QemuProvider implements HostProvider {
       disks,
       snapshotLocation: snapshotVolume ? { path: snapshotDir, volumeId: snapshotVolume } : { path: snapshotDir },
     };
+    if (leftovers.length) {
+      vm.warnings = [`holds block nodes of an earlier backup (${leftovers.slice(0, 8).join(', ')}): the journal's recovery takes them out; not backed up until then`];
+    }
     if (d.qga) {
       try {
         const g = await this.qga(d.id, async (c) => ({
@@ -217,7 +247,7 @@ export class QemuProvider implements HostProvider {
   async saveState(vm: ClassifiedVm, file: string): Promise<{ bytes: number; pausedAt?: number }> {
     let pausedAt: number | undefined;
     const { bytes } = await this.qmp(vm.id, (c) => saveStateToFile(c, file, Math.max(this.commandMs, 600_000), async () => {
-      pausedAt = Date.now();
+      pausedAt = performance.now();
       const status = (await c.execute<{ status: string }>('query-status')).status;
       if (status === 'running') await c.execute('stop');
     }));
@@ -241,33 +271,52 @@ export class QemuProvider implements HostProvider {
     return this.qmp(vmId, async (c) => (await c.execute<{ status: string }>('query-status')).status);
   }
 
-  // ---- snapshot / merge ----
+  // ---- point-in-time view (see view.ts) ----
 
-  async snapshot(vm: ClassifiedVm, backupId: string): Promise<Overlay[]> {
-    const overlays = plannedOverlays(vm, backupId);
-    if (overlays.length === 0) return [];
-    await this.qmp(vm.id, (c) => c.execute('transaction', {
-      actions: overlays.map((o) => ({
-        type: 'blockdev-snapshot-sync',
-        data: { 'node-name': o.baseNode, 'snapshot-file': o.overlay, 'snapshot-node-name': o.overlayNode, format: 'qcow2', mode: 'absolute-paths' },
-      })),
-    }));
-    return overlays;
+  planView(vm: ClassifiedVm, backupId: string): PointInTimeView {
+    const plan = planView(vm, backupId, vm.snapshotLocation.path);
+    return { disks: plan.disks.map((d) => ({ disk: d.disk, artifact: artifactName(d.disk), format: 'qcow2' })), ref: plan as unknown as Record<string, unknown> };
   }
 
-  async merge(vmId: string, overlays: Overlay[]): Promise<void> {
-    // Offline merge (qemu-img commit) only when QEMU is really gone: a QEMU that runs but did not
-    // answer this once must be merged live or not at all (it holds the images).
+  async armView(vm: ClassifiedVm, view: PointInTimeView): Promise<void> {
+    const plan = planOf(view);
+    if (plan.disks.length) await this.qmp(vm.id, (c) => armView(c, plan, this.qemuImgPath));
+  }
+
+  async makeView(vm: ClassifiedVm, view: PointInTimeView, opts: { frozen: boolean }): Promise<{ view: PointInTimeView; pausedMs?: number }> {
+    const plan = planOf(view);
+    if (!plan.disks.length) return { view };
+    const pausedMs = await this.qmp(vm.id, (c) => switchView(c, plan, { pause: !opts.frozen }));
+    return { view, ...(pausedMs !== undefined ? { pausedMs } : {}) };
+  }
+
+  async releaseView(vmId: string, view: PointInTimeView): Promise<void> {
+    const plan = planOf(view);
     const reachable = await this.runState(vmId).then(() => true, async (err: Error) => {
       if (await this.qemuGone(vmId)) return false;
-      throw new Error(`cannot merge ${vmId} now: its QEMU runs but does not answer QMP (${err.message}); the merge is retried`);
+      throw new Error(`cannot take the point-in-time view out of ${vmId} now: its QEMU runs but does not answer QMP (${err.message}); retried`);
     });
-    await mergeOverlays(overlays, {
-      qemuImg: this.qemuImgPath,
-      commandMs: this.commandMs,
-      qmp: reachable ? (fn) => this.qmp(vmId, fn) : undefined,
-    });
+    // QEMU gone: no graph holds our nodes any more (a QEMU started again opens only its own images)
+    if (reachable) await this.qmp(vmId, (c) => releaseView(c, plan));
+    await removeFleeceFiles(plan);
   }
+
+  readonly tracking = {
+    start: (vmId: string, disks: readonly { disk: string; name: string }[], view: PointInTimeView) => this.qmp(vmId, async (c) => {
+      const nodes = await namedNodes(c);
+      for (const t of disks) {
+        const d = diskOf(planOf(view), t.disk);
+        const drv = nodes.find((n) => n['node-name'] === d.node)?.drv;
+        await addBitmap(c, d.node, t.name, drv === 'qcow2');
+      }
+    }),
+    remove: async (vmId: string, disks: readonly { disk: string; name: string }[], view: PointInTimeView) => {
+      if (await this.qemuGone(vmId)) return; // a transient record went with QEMU; a persistent one is found at the next enumerate
+      await this.qmp(vmId, async (c) => {
+        for (const t of disks) await removeBitmap(c, diskOf(planOf(view), t.disk).node, t.name);
+      });
+    },
+  };
 
   // ---- copy ----
 
@@ -291,28 +340,35 @@ export class QemuProvider implements HostProvider {
     };
   }
 
-  async exportDisk(overlay: Overlay, dest: string, onProgress?: (p: Progress) => void, options: ExportOptions = {}): Promise<ExportedFile> {
-    const total = options.virtualSize ?? (await qemuImg.info(this.qemuImgPath, overlay.base))['virtual-size'];
-    await qemuImg.convert(this.qemuImgPath, overlay.base, dest, {
-      sourceFormat: overlay.baseFormat,
+  async exportDisk(view: PointInTimeView, disk: string, dest: string, onProgress?: (p: Progress) => void, options: ExportOptions = {}): Promise<ExportedFile> {
+    const plan = planOf(view);
+    const d = diskOf(plan, disk);
+    const copy = options.copy ?? { mode: 'full' as const };
+    const r = await this.qmp(plan.vm, (c) => copyDisk(c, d, dest, {
+      qemuImg: this.qemuImgPath,
+      qemuNbd: this.options.qemuNbd ?? 'qemu-nbd',
+      ...(copy.mode === 'incremental' ? { incremental: { backing: copy.backing, bitmap: copy.since } } : {}),
       compress: options.compress ?? this.options.compress ?? false,
       ...(options.signal ? { signal: options.signal } : {}),
-      // The base is now a read-only backing file of the running VM; nobody writes it until merge.
-      forceShare: true,
-      onProgress: (f) => onProgress?.({ done: Math.round(f * total), total }),
-    });
-    const bytes = (await fs.stat(dest)).size;
-    return { path: dest, bytes, format: 'qcow2', virtualSize: total };
+      onProgress: (done, total) => onProgress?.({ done, total }),
+    }));
+    return { path: dest, bytes: r.bytes, format: 'qcow2', virtualSize: d.virtualSize, bytesRead: r.bytesRead, ...(r.bytesChanged !== undefined ? { bytesChanged: r.bytesChanged } : {}) };
   }
 
   /** What a guardian process needs to build its own provider (see src/pipeline/guardian.ts). */
-  guardianSpec(): { kind: 'qemu'; options: Record<string, unknown> } {
+  guardianSpec(): GuardianProviderSpec {
     return { kind: 'qemu', options: { ...this.options } };
   }
 
-  /** Read-back check of an exported disk: the copy must hold exactly what its source (the base) holds. */
-  async verifyDisk(overlay: Overlay, file: string): Promise<void> {
-    await qemuImg.compare(this.qemuImgPath, overlay.base, overlay.baseFormat, file, 'qcow2');
+  /**
+   * Read-back check of a full copy: the copy must hold exactly what the view holds (qemu-img
+   * compare through a read-only NBD export of the view, on a private socket). An incremental is
+   * checked by qemu-img check and its chain (comparing it would read the whole disk again).
+   */
+  async verifyDisk(view: PointInTimeView, disk: string, file: string): Promise<void> {
+    const plan = planOf(view);
+    const d = diskOf(plan, disk);
+    await this.qmp(plan.vm, (c) => compareWithView(c, d, file, this.qemuImgPath));
   }
 
   /**

@@ -2,7 +2,7 @@ import * as assert from 'node:assert/strict';
 import { disksFrom } from '../../../src/providers/qemu/block-graph';
 import { agentFrom, filesystemsFrom, osFrom } from '../../../src/providers/qemu/guest-facts';
 import { convertArgs, parseProgress } from '../../../src/providers/qemu/qemu-img';
-import { overlayNodeName, overlayPathFor, OVERLAY_FILE } from '../../../src/providers/overlay-plan';
+import { FLEECE_FILE, planView } from '../../../src/providers/qemu/view';
 
 const entry = (device: string, file: string, drv = 'qcow2', extra: object = {}) => ({
   device, removable: false, inserted: { file, 'node-name': `#${device}`, drv, ro: false, image: { filename: file, format: drv, 'virtual-size': 1024 } }, ...extra,
@@ -41,11 +41,18 @@ describe('QEMU answers mapped to the backup set', () => {
     assert.equal(parseProgress('nothing'), undefined);
   });
 
-  it('names overlays so that only ours are ever merged or deleted', () => {
-    const p = overlayPathFor('/img/a.qcow2', '/img/', '20260101T000000Z-abcdef');
-    assert.equal(p, '/img/a.qcow2.vmbackup-20260101T000000Z-abcdef.qcow2');
-    assert.ok(OVERLAY_FILE.test(p));
-    assert.ok(!OVERLAY_FILE.test('/img/a.qcow2'));
-    assert.ok(overlayNodeName('drive-virtio0-with-a-long-name', '20260101T000000Z-abcdef').length <= 31);
+  it('names every node of a view from the backup id and the disk index: unique, short, ours', () => {
+    const vm = { id: 'web', disks: [
+      { id: 'drive-virtio0-with-a-very-long-qdev-name-as-libvirt-makes-them', node: 'libvirt-1-format', qdev: '/machine/peripheral/virtio-disk0/virtio-backend', included: true, virtualSize: 1 },
+      { id: 'drive-virtio0-with-a-very-long-qdev-name-as-libvirt-makes-them-2', node: 'libvirt-2-format', qdev: '/machine/peripheral/virtio-disk1/virtio-backend', included: true, virtualSize: 1 },
+    ] };
+    const plan = planView(vm, '20260101T000000Z-abcdef', '/img');
+    const names = plan.disks.flatMap((d) => [d.fleeceNode, d.cbwNode, d.accessNode, d.targetNode, d.jobId]);
+    assert.equal(new Set(names).size, names.length, 'no two names alike');
+    assert.ok(names.every((n) => n.length <= 31 && n.startsWith('vmb-abcdef-')), names.join(' '));
+    assert.ok(plan.disks.every((d) => FLEECE_FILE.test(d.fleece)), 'fleecing images carry our name');
+    assert.notEqual(plan.disks[0].fleece, plan.disks[1].fleece);
+    assert.ok(!FLEECE_FILE.test('/img/disk.qcow2'));
+    assert.throws(() => planView({ id: 'x', disks: [{ id: 'd', node: 'vmb-zzzzzz-0-c', qdev: '/q', included: true }] }, '20260101T000000Z-abcdef', '/img'), /earlier backup/);
   });
 });

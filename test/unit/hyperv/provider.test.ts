@@ -2,7 +2,9 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import type { ClassifiedVm, Overlay } from '../../../src/contract/types';
+import type { ClassifiedVm } from '../../../src/contract/types';
+import type { HyperVProvider } from '../../../src/providers/hyperv/provider';
+import type { Overlay } from '../../../src/providers/hyperv/parse';
 import type { Progress } from '../../../src/providers/provider';
 import { createHyperVProvider, HyperVError, LocalPowerShellRunner } from '../../../src/providers/hyperv';
 import { mapEnumeration } from '../../../src/providers/hyperv/parse';
@@ -34,7 +36,7 @@ class TestRunner extends LocalPowerShellRunner {
 function setup(answers: Record<string, string | Answer | (string | Answer)[]>, timeoutMs?: number) {
   const fake = FakeSpawn.byScript(answers);
   const runner = new TestRunner({ scriptsDir: SCRIPTS_DIR, spawn: fake.spawn });
-  const provider = createHyperVProvider({ hostName: 'HV01', mode: 'local', runner, ...(timeoutMs ? { timeoutMs } : {}) });
+  const provider = createHyperVProvider({ hostName: 'HV01', mode: 'local', runner, ...(timeoutMs ? { timeoutMs } : {}) }) as HyperVProvider;
   return { fake, runner, provider };
 }
 
@@ -49,7 +51,7 @@ describe('hyperv provider: identity and no-op quiesce', () => {
   it('is a hyperv provider whose snapshots quiesce by themselves; freeze and thaw run nothing', async () => {
     const { fake, provider } = setup({});
     assert.equal(provider.kind, 'hyperv');
-    assert.equal(provider.snapshotQuiesces, true);
+    assert.equal(provider.quiesce, 'view');
     assert.match(provider.writerName, /Hyper-V/);
     assert.deepEqual(await provider.freeze(classified('SQL01', 'child-vm-snapshot'), 10_000), { frozenFilesystems: 0 });
     assert.equal(await provider.thaw(SQL, 10_000), 0);
@@ -313,7 +315,7 @@ describe('hyperv provider: exportDisk', () => {
     const { provider, overlay } = await prepared(content);
     const dest = path.join(dir, 'disk-SCSI0_0.vhdx');
     const progress: Progress[] = [];
-    const out = await provider.exportDisk(overlay, dest, (p) => progress.push(p));
+    const out = await provider.exportOverlay(overlay, dest, (p) => progress.push(p));
     assert.deepEqual(out, { path: dest, bytes: content.length, format: 'vhdx', virtualSize: 127 * 2 ** 30 });
     assert.deepEqual(readFileSync(dest), content);
     assert.deepEqual(progress.at(-1), { done: content.length, total: content.length });
@@ -323,7 +325,7 @@ describe('hyperv provider: exportDisk', () => {
   it('refuses a copy that is not a VHDX, leaving nothing at dest', async () => {
     const { provider, overlay } = await prepared(Buffer.from('MZ this is not a disk'));
     const dest = path.join(dir, 'disk.vhdx');
-    await assert.rejects(provider.exportDisk(overlay, dest), (e: HyperVError) => e.code === 'inconsistent' && /vhdxfile/.test(e.message));
+    await assert.rejects(provider.exportOverlay(overlay, dest), (e: HyperVError) => e.code === 'inconsistent' && /vhdxfile/.test(e.message));
     assert.equal(existsSync(dest), false);
     assert.deepEqual(readdirSync(dir), ['host-os.vhdx']);
   });
@@ -331,7 +333,7 @@ describe('hyperv provider: exportDisk', () => {
   it('refuses to copy a file that is not the parent of a checkpoint it made', async () => {
     const { provider, overlay } = await prepared(Buffer.from('vhdxfile'));
     await assert.rejects(
-      provider.exportDisk({ ...overlay, base: 'C:\\Windows\\System32\\config\\SAM' }, path.join(dir, 'x')),
+      provider.exportOverlay({ ...overlay, base: 'C:\\Windows\\System32\\config\\SAM' }, path.join(dir, 'x')),
       (e: HyperVError) => e.code === 'invalid-argument' && /overlay\.base/.test(e.message),
     );
     await provider.merge(SQL, [overlay]).catch(() => undefined);

@@ -164,13 +164,14 @@ describe('hyperv ssh: against an ssh2 server on the loopback', function () {
 
     const vm = mapEnumeration(fixture('enumerate-host.json').result).find((v) => v.name === 'SQL01')!;
     const cvm: ClassifiedVm = { ...vm, method: 'child-vm-snapshot', consistency: 'application', reasons: [], warnings: [] };
-    const overlays = await provider.snapshot(cvm, '20240315T021500Z-a1b2c3');
+    const { view } = await provider.makeView(cvm, provider.planView(cvm, '20240315T021500Z-a1b2c3'), { frozen: false });
+    const overlays = view.ref.overlays as { base: string; disk: string }[];
     assert.equal(overlays[0]!.base, OS_BASE);
 
     const out = fs.mkdtempSync(path.join(tmpdir(), 'hv-sshcopy-'));
     try {
       const progress: { done: number; total: number }[] = [];
-      const exported = await provider.exportDisk(overlays[0]!, path.join(out, 'disk-SCSI0_0.vhdx'), (p) => progress.push(p));
+      const exported = await provider.exportDisk(view, overlays[0]!.disk, path.join(out, 'disk-SCSI0_0.vhdx'), (p) => progress.push(p));
       assert.equal(exported.bytes, disk.length);
       assert.equal(exported.format, 'vhdx');
       assert.deepEqual(fs.readFileSync(exported.path), disk);
@@ -180,7 +181,7 @@ describe('hyperv ssh: against an ssh2 server on the loopback', function () {
       fs.rmSync(out, { recursive: true, force: true });
     }
 
-    await provider.merge(SQL, overlays);
+    await provider.releaseView(SQL, view);
     assert.match(host.commands.at(-1)!, /remove-checkpoint\.ps1" -ArgsJson /);
     await provider.close();
     assert.equal(fs.existsSync(dir), false, 'uploaded scripts removed on close');
