@@ -36,10 +36,16 @@ export async function findParent(repo: ArtifactRepository, host: string, vmId: s
   const dir = repo.vmDir(host, vmId);
   const ids = (await fs.readdir(dir).catch(() => [] as string[])).filter((n) => BACKUP_ID.test(n)).sort().reverse();
   if (ids.length === 0) return { ok: false, reason: 'first-backup', detail: 'no earlier backup of this VM in the repository' };
-  const id = ids[0];
+  // ids sort by their second; two backups within one second are ordered by when they completed
+  const read = async (id: string) => assertManifest(JSON.parse(await fs.readFile(path.join(dir, id, 'manifest.json'), 'utf8')));
+  const sameSecond = ids.filter((x) => x.slice(0, 16) === ids[0].slice(0, 16));
+  let id = ids[0];
   let manifest: Manifest;
   try {
-    manifest = assertManifest(JSON.parse(await fs.readFile(path.join(dir, id, 'manifest.json'), 'utf8')));
+    const candidates = await Promise.all(sameSecond.map(async (x) => ({ id: x, m: await read(x).catch(() => undefined) })));
+    const newest = candidates.filter((c) => c.m).sort((a, b) => Date.parse(b.m!.completedAt) - Date.parse(a.m!.completedAt))[0];
+    if (newest) id = newest.id;
+    manifest = newest?.m ?? (await read(id));
   } catch (err) {
     return { ok: false, reason: 'parent-invalid', detail: `the previous backup ${id} has no valid manifest (${(err as Error).message.slice(0, 200)})` };
   }
@@ -84,7 +90,7 @@ export async function planChain(
     const rec = disk.tracking.records.find((r) => r.name === p.record);
     if (!rec) {
       return p.persistent
-        ? full('bitmap-missing', `the disk has no change-tracking record ${p.record} (removed, or the image was replaced)`)
+        ? full('bitmap-missing', `the disk has no change-tracking record ${p.record} (QEMU did not close the image since the record was made: killed? or the record was removed, or the image replaced)`)
         : full('transient-bitmap-lost', `the transient record ${p.record} ended with the QEMU process that had it`);
     }
     if (rec.inconsistent) return full('bitmap-inconsistent', `record ${p.record} is inconsistent (QEMU did not close the image: killed or crashed)`);

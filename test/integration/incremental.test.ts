@@ -10,7 +10,8 @@ import { Journal } from '../../src/journal/journal';
 import { QemuProvider } from '../../src/providers/qemu/qemu-provider';
 import { QmpClient } from '../../src/providers/qemu/protocol';
 import { runProgram } from '../../src/util/run';
-import { startBareHost, type BareHost } from '../support/bare-vms';
+import { spawn } from 'node:child_process';
+import { makeImage, startBareHost, startBareVm, waitForSocket, type BareHost } from '../support/bare-vms';
 import type { CopiedSet } from '../../src/contract/types';
 import type { ChainPolicy } from '../../src/pipeline/chain-plan';
 
@@ -32,9 +33,9 @@ describe('incremental backups (bare QEMU VMs, copy-before-write view, dirty bitm
   const write = (vm: string, pattern: number, offset: string, len: string) =>
     qmp(vm, (c) => c.execute('human-monitor-command', { 'command-line': `qemu-io drive-virtio0 "write -P ${pattern} ${offset} ${len}"` }));
 
-  async function backup(policy?: ChainPolicy, between?: () => Promise<void>): Promise<CopiedSet> {
+  async function backup(policy?: ChainPolicy, between?: () => Promise<void>, fallback: 'checkpoint' | 'saved-state' = 'checkpoint'): Promise<CopiedSet> {
     const e = await host.enumerate();
-    const c = host.classify(e, 'checkpoint');
+    const c = host.classify(e, fallback);
     const p = await host.prepare(c);
     const s = await host.snapshot(p);
     await between?.();
@@ -163,4 +164,97 @@ describe('incremental backups (bare QEMU VMs, copy-before-write view, dirty bitm
     assert.equal(d2.chain.mode, 'full');
     assert.equal(d2.chain.reason, 'policy-full-every');
   });
+
+  const diskOf = async (set: CopiedSet, vm: string) => {
+    const v = set.vms.find((x) => x.id === vm)!;
+    const m = JSON.parse(await fs.readFile(path.join(bare.repository, v.copy.path, 'manifest.json'), 'utf8'));
+    return { dir: path.join(bare.repository, v.copy.path), disk: m.files.find((f: any) => f.kind === 'disk'), manifest: m };
+  };
+  const only = async (vm: string) => {
+    // one VM at a time: the others are not started in these cases
+    for (const id of [...bare.vms.keys()]) if (id !== vm) {
+      bare.vms.get(id)!.kill('SIGKILL');
+      bare.vms.delete(id);
+      await fs.rm(path.join(bare.socketDir, `${id}.qmp`), { force: true });
+    }
+  };
+
+  it('tracking outlives a clean QEMU restart; after QEMU is killed the next backup is a full with the reason', async () => {
+    const before = await diskOf(await backup(), 'inc1');
+    assert.equal(before.disk.chain.mode, 'incremental');
+    const restart = async (how: 'quit' | 'kill') => {
+      const child = bare.vms.get('inc1')!;
+      const exited = new Promise((r) => child.once('exit', r));
+      if (how === 'quit') await qmp('inc1', (c) => c.execute('quit').catch(() => undefined));
+      else child.kill('SIGKILL');
+      await exited;
+      await startBareVm(bare, 'inc1');
+    };
+    // a clean stop writes the persistent record into the image: the chain goes on
+    await restart('quit');
+    await write('inc1', 0x77, '7M', '64k');
+    const kept = await diskOf(await backup(), 'inc1');
+    assert.equal(kept.disk.chain.mode, 'incremental', kept.disk.chain.detail);
+    // the record now loaded from the image is marked in use there: a kill leaves it inconsistent
+    await restart('quit');
+    // QEMU has the record loaded (and marked in use in the image) once it lists it; a guest write lands
+    assert.equal((await assertNothingOursLeft('inc1')).length, 1);
+    await write('inc1', 0x78, '7M', '64k');
+    await restart('kill');
+    const after = await diskOf(await backup(), 'inc1');
+    assert.equal(after.disk.chain.mode, 'full');
+    assert.equal(after.disk.chain.reason, 'bitmap-inconsistent', after.disk.chain.detail);
+    assert.deepEqual(await assertNothingOursLeft('inc1'), [after.disk.chain.bitmap.name], 'the stale record is gone, the new one stays');
+    const next = await diskOf(await backup(), 'inc1');
+    assert.equal(next.disk.chain.mode, 'incremental');
+  });
+
+  it('saved state: the VM is stopped, saved, its view made while stopped, resumed; tracking survives the migration', async () => {
+    const first = await backup(undefined, undefined, 'saved-state');
+    const v = first.vms.find((x) => x.id === 'inc1')!;
+    assert.equal(v.method, 'saved-state');
+    assert.equal(v.postSnapshot.returnedTo, 'running');
+    await write('inc1', 0x66, '6M', '64k');
+    const second = await diskOf(await backup(undefined, undefined, 'saved-state'), 'inc1');
+    assert.equal(second.disk.chain.mode, 'incremental', second.disk.chain.detail);
+    assert.ok(second.manifest.files.some((f: any) => f.kind === 'saved-state'));
+    const flat = path.join(bare.dir, 'flat-saved.raw');
+    await flatten(path.join(second.dir, second.disk.name), flat);
+    assert.ok((await runProgram('qemu-io', ['-r', '-f', 'raw', '-c', 'read -P 0x66 6M 64k', flat])).stdout.includes('read '));
+    assert.equal(await qmp('inc1', async (c) => (await c.execute<{ status: string }>('query-status')).status), 'running');
+    await assertNothingOursLeft('inc1');
+  });
+
+  it('a raw disk: transient tracking, incremental while its QEMU lives, a full with the reason after a restart', async () => {
+    const raw = path.join(bare.imageDir, 'raw1-disk0.qcow2'); // the name bare-vms uses; the format is raw
+    await makeImage(raw, '16M', 'raw');
+    const child = await startRaw('raw1', raw);
+    try {
+      await only('raw1');
+      const a = await diskOf(await backup(), 'raw1');
+      assert.equal(a.disk.chain.mode, 'full');
+      assert.match(a.disk.chain.detail, /transient/);
+      assert.equal(a.disk.chain.bitmap.persistent, false);
+      const b = await diskOf(await backup(), 'raw1');
+      assert.equal(b.disk.chain.mode, 'incremental');
+      child.kill('SIGTERM');
+      await new Promise((r) => child.once('exit', r));
+      const again = await startRaw('raw1', raw);
+      const c = await diskOf(await backup(), 'raw1');
+      assert.equal(c.disk.chain.mode, 'full');
+      assert.equal(c.disk.chain.reason, 'transient-bitmap-lost');
+      again.kill('SIGTERM');
+    } finally {
+      child.kill('SIGTERM');
+    }
+  });
+
+  async function startRaw(id: string, file: string) {
+    const sock = path.join(bare.socketDir, `${id}.qmp`);
+    await fs.rm(sock, { force: true });
+    const child = spawn('qemu-system-x86_64', ['-accel', 'tcg', '-machine', 'pc', '-m', '32', '-nodefaults', '-display', 'none', '-name', id,
+      '-qmp', `unix:${sock},server=on,wait=off`, '-drive', `file=${file},format=raw,if=none,id=drive-virtio0`, '-device', 'virtio-blk-pci,drive=drive-virtio0,id=virtio0'], { stdio: 'ignore' });
+    await waitForSocket(sock);
+    return child;
+  }
 });
