@@ -35,17 +35,17 @@ run() {
 case "$part" in
   all)
     run "${MOCHA[@]}" dist/test/fuzz/nodes.fuzz.test.js
-    VMBACKUP_FAULTS_PART=all run "${MOCHA[@]}" dist/test/faults/bare.test.js dist/test/faults/repository.test.js dist/test/faults/lab.test.js dist/test/faults/process.test.js
+    VMBACKUP_FAULTS_PART=all run "${MOCHA[@]}" dist/test/faults/bare.test.js dist/test/faults/repository.test.js dist/test/faults/tracking.test.js dist/test/faults/lab.test.js dist/test/faults/process.test.js
     ;;
   fuzz)
     run "${MOCHA[@]}" dist/test/fuzz/nodes.fuzz.test.js
     ;;
   faults)
-    VMBACKUP_FAULTS_PART=all run "${MOCHA[@]}" dist/test/faults/bare.test.js dist/test/faults/repository.test.js dist/test/faults/lab.test.js dist/test/faults/process.test.js
+    VMBACKUP_FAULTS_PART=all run "${MOCHA[@]}" dist/test/faults/bare.test.js dist/test/faults/repository.test.js dist/test/faults/tracking.test.js dist/test/faults/lab.test.js dist/test/faults/process.test.js
     ;;
   fast)
     run "${MOCHA[@]}" dist/test/fuzz/nodes.fuzz.test.js
-    VMBACKUP_FAULTS_PART=fast run "${MOCHA[@]}" dist/test/faults/bare.test.js dist/test/faults/repository.test.js
+    VMBACKUP_FAULTS_PART=fast run "${MOCHA[@]}" dist/test/faults/bare.test.js dist/test/faults/repository.test.js dist/test/faults/tracking.test.js
     ;;
   lab)
     VMBACKUP_FAULTS_PART=lab run "${MOCHA[@]}" dist/test/faults/lab.test.js dist/test/faults/process.test.js

@@ -1,0 +1,153 @@
+// Fault cases for change tracking and the point-in-time view, on real QEMU (bare VMs): a crash
+// between the start of a backup's tracking record and its publish, a crash after the publish
+// before the parent's record went, QEMU killed with the view in place. After each: QEMU shows no
+// node of ours, no fleecing image is left, the disk holds exactly the record the newest published
+// backup started, and the next backup holds every change (incremental) or says why it is a full.
+import { strict as assert } from 'node:assert';
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { BackupHost, DEFAULT_TIMEOUTS } from '../../src/pipeline/backup-host';
+import { Journal, pendingUndos } from '../../src/journal/journal';
+import { QemuProvider } from '../../src/providers/qemu/qemu-provider';
+import { QmpClient } from '../../src/providers/qemu/protocol';
+import { recover } from '../../src/recovery';
+import { runProgram } from '../../src/util/run';
+import { overlaysUnder, startBareHost, startBareVm, type BareHost } from '../support/bare-vms';
+import { faultCase } from './support/table';
+import type { CopiedSet, PostSnapshotSet } from '../../src/contract/types';
+
+const GROUP = 'change tracking and the point-in-time view';
+
+describe('fault injection: change tracking and the point-in-time view (bare QEMU VMs)', function () {
+  this.timeout(300_000);
+  let bare: BareHost;
+  let n = 0;
+
+  before(async () => {
+    bare = await startBareHost(['trk']);
+  });
+  after(async () => {
+    await bare?.stop();
+  });
+
+  const qmp = async <T>(fn: (c: QmpClient) => Promise<T>): Promise<T> => {
+    const c = await QmpClient.connect(path.join(bare.socketDir, 'trk.qmp'));
+    try {
+      return await fn(c);
+    } finally {
+      await c.close();
+    }
+  };
+  const write = (pattern: number, offset: string) =>
+    qmp((c) => c.execute('human-monitor-command', { 'command-line': `qemu-io drive-virtio0 "write -P ${pattern} ${offset} 64k"` }));
+
+  function newHost(journal: Journal, provider = new QemuProvider({ socketDir: bare.socketDir })) {
+    // idle and session watchdogs far away: a "crashed" host must not undo anything by itself
+    return new BackupHost(provider, journal, { hostName: 'bare', repositoryRoot: bare.repository, timeouts: { ...DEFAULT_TIMEOUTS, idleMs: 3600_000 } });
+  }
+  const journalFile = () => path.join(bare.dir, `journal-${++n}.jsonl`);
+  const upToCopy = async (host: BackupHost): Promise<PostSnapshotSet> =>
+    host.postSnapshot(await host.snapshot(await host.prepare(host.classify(await host.enumerate(), 'checkpoint'))));
+  const full = async (host: BackupHost): Promise<CopiedSet> => host.copy(await upToCopy(host), { concurrency: 1, compress: false });
+
+  /** QEMU's own account after the case, and the records on the disk. */
+  async function invariants(): Promise<string[]> {
+    const { nodes, roots } = await qmp(async (c) => ({
+      nodes: await c.execute<{ 'node-name': string; 'dirty-bitmaps'?: { name?: string }[] }[]>('query-named-block-nodes', { flat: true }),
+      roots: await c.execute<{ inserted?: { drv: string } }[]>('query-block'),
+    }));
+    assert.deepEqual(nodes.map((x) => x['node-name']).filter((x) => x.startsWith('vmb-')), [], 'QEMU shows nodes of ours');
+    assert.ok(roots.every((r) => r.inserted?.drv === 'qcow2'), 'a device is not on its own image');
+    assert.deepEqual((await overlaysUnder(bare.imageDir)).filter((f) => f.includes('.fleece.')), [], 'a fleecing image is left');
+    return nodes.flatMap((x) => (x['dirty-bitmaps'] ?? []).map((b) => b.name ?? '')).filter((x) => x.startsWith('vmbackup-'));
+  }
+
+  async function diskChain(set: CopiedSet) {
+    const m = JSON.parse(await fs.readFile(path.join(bare.repository, set.vms[0].copy.path, 'manifest.json'), 'utf8'));
+    const d = m.files.find((f: { kind: string }) => f.kind === 'disk');
+    return { chain: d.chain, file: path.join(bare.repository, set.vms[0].copy.path, d.name) };
+  }
+
+  async function holds(file: string, pattern: number, offset: string): Promise<boolean> {
+    const out = path.join(bare.dir, `flat-${++n}.raw`);
+    await runProgram('qemu-img', ['convert', '-O', 'raw', file, out]);
+    const r = await runProgram('qemu-io', ['-r', '-f', 'raw', '-c', `read -P ${pattern} ${offset} 64k`, out]);
+    await fs.rm(out, { force: true });
+    return r.stdout.includes('read ');
+  }
+
+  it('crash between the start of tracking and the publish: recovery drops the new record, the next backup has every change', async () => {
+    await faultCase(GROUP, 'Node-RED gone after the view and the new tracking record were made, before the publish; recovery at the next start',
+      'recovery takes the view out (QEMU shows none of our nodes) and removes the unpublished backup\'s record; the parent\'s stays; the next backup is incremental and holds the change', async () => {
+        const j0 = new Journal(journalFile());
+        const h0 = newHost(j0);
+        const parent = await full(h0);
+        await write(0x21, '1M');
+        const j = new Journal(journalFile());
+        const crashed = newHost(j);
+        await upToCopy(crashed); // ... and the process is gone: nothing of it runs any more
+        const before = await qmp(async (c) => (await c.execute<{ 'node-name': string }[]>('query-named-block-nodes', { flat: true })).filter((x) => x['node-name'].startsWith('vmb-')).length);
+        assert.ok(before > 0, 'the view was in place at the crash');
+        const actions = await recover(new Journal(j.file), new QemuProvider({ socketDir: bare.socketDir }), crashed.repository, 10_000);
+        const kinds = actions.map((a) => `${a.kind}${a.ok ? '' : ' FAILED'}`);
+        assert.ok(kinds.includes('release') && kinds.includes('untrack'), kinds.join(', '));
+        const records = await invariants();
+        assert.deepEqual(records, [(await diskChain(parent)).chain.bitmap.name], 'only the published parent\'s record is left');
+        const next = await full(newHost(new Journal(journalFile())));
+        const c = await diskChain(next);
+        assert.equal(c.chain.mode, 'incremental');
+        assert.ok(await holds(c.file, 0x21, '1M'), 'the change made before the crashed backup is in the next one');
+        return `recovery: ${kinds.join(', ')}; QEMU: no node of ours, one record (the parent's); next backup incremental (depth ${c.chain.depth}) holding the change`;
+      });
+  });
+
+  it('crash after the publish, before the parent\'s record went: recovery removes the parent\'s record', async () => {
+    await faultCase(GROUP, 'the parent\'s tracking record cannot be removed after the publish (QEMU refuses), then the host is gone; recovery at the next start',
+      'the backup stays published; recovery removes the parent\'s record, the new one carries on; the next backup is incremental on the published one', async () => {
+        const stuck = new QemuProvider({ socketDir: bare.socketDir });
+        (stuck as { tracking: QemuProvider['tracking'] }).tracking = {
+          start: stuck.tracking.start,
+          remove: async () => {
+            throw new Error('QMP refused (injected)');
+          },
+        };
+        const j = new Journal(journalFile());
+        const h = newHost(j, stuck);
+        const err = await full(h).then(() => undefined, (e: Error) => e);
+        assert.ok(err && /published, but/.test(err.message), `the copy says what happened: ${err?.message}`);
+        const published = (await fs.readdir(path.join(bare.repository, 'bare', 'trk'))).filter((x) => !x.startsWith('.')).sort();
+        const newest = published.at(-1)!;
+        assert.equal(pendingUndos(j.read()).filter((u) => u.kind === 'untrack').length, 1);
+        const actions = await recover(new Journal(j.file), new QemuProvider({ socketDir: bare.socketDir }), h.repository, 10_000);
+        assert.ok(actions.some((a) => a.kind === 'untrack' && a.ok), JSON.stringify(actions));
+        const records = await invariants();
+        assert.deepEqual(records, [`vmbackup-${newest}`], 'the published backup\'s record is the one left');
+        await write(0x31, '2M');
+        const next = await diskChain(await full(newHost(new Journal(journalFile()))));
+        assert.equal(next.chain.mode, 'incremental');
+        assert.equal(next.chain.parent, newest);
+        assert.ok(await holds(next.file, 0x31, '2M'));
+        return `copy failed loudly ("published, but ..."); recovery removed the parent's record; next backup incremental on ${newest}`;
+      });
+  });
+
+  it('QEMU killed with the view in place: the backup fails, nothing is left, the next backup is a full with its reason', async () => {
+    await faultCase(GROUP, 'QEMU SIGKILLed after the view was made and tracking started, before the copy',
+      'the copy fails naming the VM; the fleecing image is removed; after QEMU starts again nothing of ours is in its graph and the next backup is a full whose reason names the lost record', async () => {
+        const h = newHost(new Journal(journalFile()));
+        const set = await upToCopy(h);
+        const child = bare.vms.get('trk')!;
+        const exited = new Promise((r) => child.once('exit', r));
+        child.kill('SIGKILL');
+        await exited;
+        const err = await h.copy(set, { concurrency: 1, compress: false }).then(() => undefined, (e: Error) => e);
+        assert.ok(err, 'the copy failed');
+        await startBareVm(bare, 'trk');
+        await invariants();
+        const next = await diskChain(await full(newHost(new Journal(journalFile()))));
+        assert.equal(next.chain.mode, 'full');
+        assert.ok(['bitmap-inconsistent', 'bitmap-missing'].includes(next.chain.reason), next.chain.reason);
+        return `copy failed: "${err!.message.slice(0, 90)}"; next backup full (${next.chain.reason})`;
+      });
+  });
+});
