@@ -150,4 +150,53 @@ describe('fault injection: change tracking and the point-in-time view (bare QEMU
         return `copy failed: "${err!.message.slice(0, 90)}"; next backup full (${next.chain.reason})`;
       });
   });
+
+  it('the fleecing image deleted by someone during the copy: the backup is still right, nothing is left', async () => {
+    await faultCase(GROUP, 'the fleecing image file deleted (rm) while the copy reads the view',
+      'QEMU keeps the open file: the copy completes and holds the disk as at its moment; the view is taken out; nothing of ours left', async () => {
+        const h = newHost(new Journal(journalFile()));
+        await write(0x41, '3M');
+        const set = await upToCopy(h);
+        await write(0x42, '3M'); // after the moment: copied into the fleecing image first
+        const fleece = (set.vms[0].snapshot.view.ref as { disks: { fleece: string }[] }).disks[0].fleece;
+        await fs.rm(fleece);
+        const done = await h.copy(set, { concurrency: 1, compress: false });
+        const d = await diskChain(done);
+        assert.ok(await holds(d.file, 0x41, '3M'), 'the copy holds the disk at its moment');
+        await invariants();
+        return `published (${d.chain.mode}); copy holds the moment's data; QEMU: no node of ours`;
+      });
+  });
+
+  it('the fleecing image\'s file system full during the copy: the guest write goes on, the backup fails', async () => {
+    await faultCase(GROUP, 'the fleecing image on a 1 MiB tmpfs (the host\'s overlayDir) that the guest\'s writes fill during the copy',
+      'guest writes succeed and the VM keeps running (never paused on an I/O error); the view breaks, the copy fails naming it, nothing is published; nothing of ours left', async () => {
+        const small = path.join(bare.dir, 'small-fleece');
+        await fs.mkdir(small, { recursive: true });
+        await runProgram('mount', ['-t', 'tmpfs', '-o', 'size=1m,mode=0755', 'tmpfs', small]);
+        try {
+          const provider = new QemuProvider({ socketDir: bare.socketDir, overlayDir: small });
+          const h = newHost(new Journal(journalFile()), provider);
+          const at = (i: number) => `${8192 + i * 64}k`;
+          for (let i = 0; i < 64; i++) await write(0x50, at(i)); // data the view must keep
+          const set = await upToCopy(h);
+          // 4 MiB of guest writes after the moment: the old data they replace cannot fit in 1 MiB
+          for (let i = 0; i < 64; i++) await write(0x51, at(i));
+          const status = await qmp((c) => c.execute<{ status: string }>('query-status'));
+          assert.equal(status.status, 'running', 'the VM never paused');
+          const err = await h.copy(set, { concurrency: 1, compress: false }).then(() => undefined, (e: Error) => e);
+          assert.ok(err, 'the backup failed');
+          await invariants();
+          const flat = path.join(bare.dir, `flat-${++n}.raw`);
+          const img = path.join(bare.imageDir, 'trk-disk0.qcow2');
+          await runProgram('qemu-img', ['convert', '-U', '-O', 'raw', img, flat]);
+          const r = await runProgram('qemu-io', ['-r', '-f', 'raw', '-c', 'read -P 0x51 8M 4M', flat]);
+          await fs.rm(flat, { force: true });
+          assert.ok(r.stdout.includes('read '), 'every guest write landed on the VM\'s disk');
+          return `VM running throughout; guest writes all on its disk; copy failed: "${err!.message.slice(0, 100)}"`;
+        } finally {
+          await runProgram('umount', [small]).catch(() => undefined);
+        }
+      });
+  });
 });

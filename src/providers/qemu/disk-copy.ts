@@ -103,7 +103,13 @@ async function runJob(c: QmpClient, d: ViewDisk, o: DiskCopyOptions, tmpBitmap: 
       });
     const data = (ended.data ?? {}) as { error?: string; offset?: number; len?: number };
     if (o.signal?.aborted) throw o.signal.reason instanceof Error ? o.signal.reason : new Error('copy stopped');
-    if (data.error) throw new Error(`copying disk ${d.disk} out of its point-in-time view failed: ${data.error}`);
+    if (data.error) {
+      // snapshot-access answers EACCES once the filter broke the snapshot (on-cbw-error=break-snapshot)
+      const broke = /permission denied/i.test(data.error)
+        ? ` (the view broke: its fleecing image ${d.fleece} could not take a copy of old data, e.g. its file system is full or failing; the guest's writes went on unharmed)`
+        : '';
+      throw new Error(`copying disk ${d.disk} out of its point-in-time view failed: ${data.error}${broke}`);
+    }
     o.onProgress?.(data.len ?? 0, data.len ?? 0);
     return data.len ?? 0;
   } finally {
