@@ -24,8 +24,14 @@ function copyTree(from, to, keep) {
   return n;
 }
 
-const editorFile = (f) => /\.(html|json|png|svg)$/.test(f);
+const editorFile = (f) => /\.(html|json|png|svg)$/.test(f) && !f.endsWith(path.join('shared', 'stage-editor.html'));
 let copied = copyTree(path.join(root, 'nodes'), path.join(dist, 'nodes'), editorFile);
+// the three stage nodes with the same settings share one editor definition
+const stageEditor = fs.readFileSync(path.join(root, 'nodes', 'shared', 'stage-editor.html'), 'utf8');
+for (const stage of ['prepare', 'snapshot', 'post-snapshot']) {
+  fs.writeFileSync(path.join(dist, 'nodes', stage, `${stage}.html`), stageEditor.replace(/\{\{stage\}\}/g, stage));
+  copied++;
+}
 copied += copyTree(path.join(root, 'src', 'providers', 'hyperv', 'scripts'), path.join(dist, 'src', 'providers', 'hyperv', 'scripts'), (f) => f.endsWith('.ps1'));
 
 const { schemas, manifestSchema } = require(path.join(dist, 'src', 'contract', 'schemas.js'));

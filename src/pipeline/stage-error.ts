@@ -1,6 +1,6 @@
-/** A stage refused or failed; `vms` carries each VM's own reason when several failed. */
+/** A stage refused or failed (its message names the field, or every VM that failed and why). */
 export class StageError extends Error {
-  constructor(message: string, readonly vms: { vm: string; error: string }[] = []) {
+  constructor(message: string) {
     super(message);
     this.name = 'StageError';
   }
@@ -17,7 +17,7 @@ export async function allSettledOrThrow<In extends { id: string }, Out>(items: r
     .map((r, i) => (r.status === 'rejected' ? { vm: items[i].id, error: (r.reason as Error)?.message ?? String(r.reason) } : undefined))
     .filter((f): f is { vm: string; error: string } => f !== undefined);
   if (failed.length > 0) {
-    throw new StageError(`no VM backed up: ${failed.map((f) => `${f.vm}: ${f.error}`).join('; ')}`, failed);
+    throw new StageError(`no VM backed up: ${failed.map((f) => `${f.vm}: ${f.error}`).join('; ')}`);
   }
   return results.map((r) => (r as PromiseFulfilledResult<Out>).value);
 }
