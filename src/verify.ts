@@ -6,6 +6,7 @@
 // not a plain file are reported, never opened.
 import { promises as fs, type Stats } from 'node:fs';
 import * as path from 'node:path';
+import { vmChain } from './chain/policy';
 import { verifyIncrementalDisk } from './chain/verify-chain';
 import { assertManifest } from './contract/validate';
 import type { Manifest } from './contract/types';
@@ -176,6 +177,13 @@ async function verifyOne(dir: string, options: VerifyOptions, cache: ReportCache
   const sum = manifest.files.reduce((n, f) => n + f.bytes, 0);
   if (manifest.totalBytes !== undefined && manifest.totalBytes !== sum) {
     fail(manifestPath, `totalBytes is ${manifest.totalBytes} but its files add up to ${sum}`);
+  }
+  if (manifest.chain) {
+    // the VM's summary of its chain must be what its disks say (a restorer reads either)
+    const own = vmChain(manifest.files);
+    if (own.depth !== manifest.chain.depth || own.parent !== manifest.chain.parent) {
+      fail(manifestPath, `chain says parent ${manifest.chain.parent ?? 'none'} depth ${manifest.chain.depth}, its disks say parent ${own.parent ?? 'none'} depth ${own.depth}`);
+    }
   }
   if (manifest.files.filter((f) => f.kind === 'disk').length === 0 && manifest.method !== 'offline') {
     warn(manifestPath, 'lists no disk image');

@@ -204,6 +204,14 @@ function flipByte(file: string, offset: number): void {
     assert.ok(r.problems.some((p) => /has depth 5 but its parent .* has depth 2/.test(p.problem)), problemsOf(r).join('\n'));
   });
 
+  it('a VM chain summary that disagrees with its disks is named', async () => {
+    writeManifest(top(), 3, (m) => {
+      m.chain = { parent: IDS[1], depth: 3 };
+    });
+    const r = await verifyBackup(top());
+    assert.deepEqual(problemsOf(r), [`${path.join(top(), 'manifest.json')}: chain says parent ${IDS[1]} depth 3, its disks say parent ${IDS[2]} depth 3`]);
+  });
+
   it('flatten never overwrites, and names the argument at fault', async () => {
     const out = path.join(tmp, 'exists.qcow2');
     fs.writeFileSync(out, 'keep me');
