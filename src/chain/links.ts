@@ -204,8 +204,9 @@ export async function walkChain(top: ChainLink, vmDir: string, options: ImageToo
     if (!link.entry.chain || link.entry.chain.mode === 'full') break;
     const next = await parentLink(link, vmDir);
     if ('problem' in next) return { problem: next.problem, links };
-    if (seen.has(next.link.backupId) || links.length > MAX_CHAIN_DEPTH) {
-      return { problem: { file: link.file, problem: `the chain loops back to ${next.link.backupId}`, reason: 'parent-invalid' }, links };
+    // backup ids sort by time and a parent is always made before its child: this also rules out loops
+    if (next.link.backupId >= link.backupId || seen.has(next.link.backupId) || links.length > MAX_CHAIN_DEPTH) {
+      return { problem: { file: link.file, problem: `its parent ${next.link.backupId} is not an earlier backup than ${link.backupId}`, reason: 'parent-invalid' }, links };
     }
     seen.add(next.link.backupId);
     links.push(next.link);

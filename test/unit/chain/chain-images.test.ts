@@ -204,6 +204,17 @@ function flipByte(file: string, offset: number): void {
     assert.ok(r.problems.some((p) => /has depth 5 but its parent .* has depth 2/.test(p.problem)), problemsOf(r).join('\n'));
   });
 
+  it('a parent that is not older than its child is refused (no chain can loop)', async () => {
+    const file = path.join(repo.dirs[1], FILE);
+    run('qemu-img', ['rebase', '-q', '-u', '-f', 'qcow2', '-b', `../${IDS[3]}/${FILE}`, '-F', 'qcow2', file]);
+    writeManifest(repo.dirs[1], 1, (m) => {
+      Object.assign(m.files[1].chain!, { parent: IDS[3], backing: `../${IDS[3]}/${FILE}`, depth: 4 });
+      m.chain = { parent: IDS[3], depth: 4 };
+    });
+    const r = await verifyBackup(repo.dirs[1]);
+    assert.ok(r.problems.some((p) => p.file === file && p.problem.includes(`its parent ${IDS[3]} is not an earlier backup than ${IDS[1]}`)), problemsOf(r).join('\n'));
+  });
+
   it('a VM chain summary that disagrees with its disks is named', async () => {
     writeManifest(top(), 3, (m) => {
       m.chain = { parent: IDS[1], depth: 3 };
