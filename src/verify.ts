@@ -1,10 +1,13 @@
 // Verify a published backup the way a restorer would before trusting it: the manifest is valid,
 // every file it lists is there with its size and sha256, nothing else is there, and every disk
-// image passes `qemu-img check` (standalone, no backing file, the virtual size the manifest says).
+// image passes `qemu-img check` (a full: standalone, no backing file, the virtual size the manifest
+// says; an incremental: its whole chain down to its full, see chain/verify-chain.ts).
 // Read-only. Nothing outside the directory given is followed: symbolic links and anything that is
 // not a plain file are reported, never opened.
 import { promises as fs, type Stats } from 'node:fs';
 import * as path from 'node:path';
+import { vmChain } from './chain/policy';
+import { verifyIncrementalDisk } from './chain/verify-chain';
 import { assertManifest } from './contract/validate';
 import type { Manifest } from './contract/types';
 import { sha256File, STAGING_PREFIX } from './repository/repository';
@@ -39,7 +42,7 @@ export interface VerifiedFile {
 export interface BackupReport {
   dir: string;
   ok: boolean;
-  manifest?: Pick<Manifest, 'backupId' | 'host' | 'vm' | 'method' | 'consistency'> & { totalBytes?: number };
+  manifest?: Pick<Manifest, 'backupId' | 'host' | 'vm' | 'method' | 'consistency'> & { totalBytes?: number; chain?: { parent?: string; depth: number } };
   files: VerifiedFile[];
   problems: VerifyProblem[];
   /** not failures: e.g. leaked clusters, a backup moved away from <host>/<vm>/<backupId> */
@@ -86,8 +89,25 @@ function describeType(st: Stats): string {
   return 'not a regular file';
 }
 
-/** Check one published backup directory (`<repository>/<host>/<vm>/<backupId>/`). */
-export async function verifyBackup(dir: string, options: VerifyOptions = {}): Promise<BackupReport> {
+/** Check one published backup directory (`<repository>/<host>/<vm>/<backupId>/`), with its chain's parents. */
+export function verifyBackup(dir: string, options: VerifyOptions = {}): Promise<BackupReport> {
+  return verifyCached(dir, options, new Map());
+}
+
+/** every backup folder verified once per run, whether named or reached as some chain's parent */
+type ReportCache = Map<string, Promise<BackupReport>>;
+
+function verifyCached(dir: string, options: VerifyOptions, cache: ReportCache): Promise<BackupReport> {
+  const key = path.resolve(dir);
+  let report = cache.get(key);
+  if (!report) {
+    report = verifyOne(key, options, cache);
+    cache.set(key, report);
+  }
+  return report;
+}
+
+async function verifyOne(dir: string, options: VerifyOptions, cache: ReportCache): Promise<BackupReport> {
   const t0 = Date.now();
   const root = path.resolve(dir);
   const report: BackupReport = { dir: root, ok: false, files: [], problems: [], warnings: [], ms: 0 };
@@ -140,6 +160,7 @@ export async function verifyBackup(dir: string, options: VerifyOptions = {}): Pr
   report.manifest = {
     backupId: manifest.backupId, host: manifest.host, vm: manifest.vm, method: manifest.method, consistency: manifest.consistency,
     ...(manifest.totalBytes !== undefined ? { totalBytes: manifest.totalBytes } : {}),
+    ...(manifest.chain ? { chain: manifest.chain } : {}),
   };
 
   // where it lies: <host>/<vm>/<backupId> (a copy elsewhere is still a backup: a warning only)
@@ -156,6 +177,13 @@ export async function verifyBackup(dir: string, options: VerifyOptions = {}): Pr
   const sum = manifest.files.reduce((n, f) => n + f.bytes, 0);
   if (manifest.totalBytes !== undefined && manifest.totalBytes !== sum) {
     fail(manifestPath, `totalBytes is ${manifest.totalBytes} but its files add up to ${sum}`);
+  }
+  if (manifest.chain) {
+    // the VM's summary of its chain must be what its disks say (a restorer reads either)
+    const own = vmChain(manifest.files);
+    if (own.depth !== manifest.chain.depth || own.parent !== manifest.chain.parent) {
+      fail(manifestPath, `chain says parent ${manifest.chain.parent ?? 'none'} depth ${manifest.chain.depth}, its disks say parent ${own.parent ?? 'none'} depth ${own.depth}`);
+    }
   }
   if (manifest.files.filter((f) => f.kind === 'disk').length === 0 && manifest.method !== 'offline') {
     warn(manifestPath, 'lists no disk image');
@@ -199,7 +227,14 @@ export async function verifyBackup(dir: string, options: VerifyOptions = {}): Pr
 
     if (f.kind === 'disk') {
       const format = checkableFormat(f.name, f.format);
-      if (options.skipImageCheck || !format) {
+      if (f.chain?.mode === 'incremental') {
+        // a cycle of parents never recurses: the chain walk refuses a loop before any parent is verified
+        checked.imageCheck = await verifyIncrementalDisk(file, f, manifest, root, {
+          ...options, fail,
+          verifyParent: (parentDir) => verifyCached(parentDir, options, cache),
+          checkConsistency: (top) => consistencyCheck(top, 'qcow2', options, fail, warn),
+        });
+      } else if (options.skipImageCheck || !format) {
         checked.imageCheck = 'skipped';
         if (!options.skipImageCheck) warn(file, `format ${f.format ?? path.extname(f.name)} cannot be checked by qemu-img check`);
       } else {
@@ -215,7 +250,11 @@ export async function verifyBackup(dir: string, options: VerifyOptions = {}): Pr
   return finish();
 }
 
-/** `qemu-img check` (consistency of the image's metadata) and `qemu-img info` (no backing file, size). */
+/**
+ * A full's image: `qemu-img info` first (it reads the header only) for no backing file and the
+ * virtual size, then `qemu-img check` of its metadata, which would open a backing file: never one
+ * an image names by itself.
+ */
 async function checkImage(
   file: string, format: string, virtualSize: number | undefined, options: VerifyOptions,
   fail: (file: string, p: string) => void, warn: (file: string, p: string) => void,
@@ -224,36 +263,45 @@ async function checkImage(
   const timeoutMs = options.timeoutMs ?? 600_000;
   let result: 'ok' | 'leaks' | 'failed' = 'ok';
   try {
-    await runProgram(qemuImg, ['check', '-q', '-f', format, file], { timeoutMs });
-  } catch (err) {
-    // qemu-img check: 1 not checked (unreadable image), 2 corrupted, 3 leaked clusters only (harmless)
-    const code = err instanceof ProgramFailed ? err.code : undefined;
-    const detail = err instanceof ProgramFailed ? err.stderr.trim().split('\n').slice(-3).join(' | ').slice(0, 400) : (err as Error).message;
-    if (code === 3) {
-      warn(file, `qemu-img check: leaked clusters (wasted space, data intact)${detail ? `: ${detail}` : ''}`);
-      result = 'leaks';
-    } else {
-      fail(file, `qemu-img check failed (${code === 2 ? 'image corrupted' : code === 1 ? 'image could not be checked' : `exit ${code ?? 'signal'}`})${detail ? `: ${detail}` : ''}`);
-      return 'failed';
-    }
-  }
-  try {
     const { stdout } = await runProgram(qemuImg, ['info', '--output=json', '-f', format, file], { timeoutMs });
     const info = JSON.parse(stdout) as { 'virtual-size'?: number; 'backing-filename'?: string; 'full-backing-filename'?: string };
     const backing = info['full-backing-filename'] ?? info['backing-filename'];
     if (backing) {
       fail(file, `has a backing file (${backing}); a backup disk must stand alone`);
-      result = 'failed';
+      return 'failed';
     }
     if (virtualSize !== undefined && virtualSize > 0 && info['virtual-size'] !== virtualSize) {
       fail(file, `virtual size ${info['virtual-size']} bytes, manifest says ${virtualSize}`);
       result = 'failed';
     }
   } catch (err) {
-    fail(file, `qemu-img info failed: ${(err as Error).message}`);
-    result = 'failed';
+    // an image qemu-img cannot read names no backing file it would follow: its check says why
+    if ((await consistencyCheck(file, format, options, fail, warn)) !== 'failed') fail(file, `qemu-img info failed: ${(err as Error).message}`);
+    return 'failed';
   }
-  return result;
+  const checked = await consistencyCheck(file, format, options, fail, warn);
+  return result === 'failed' ? result : checked;
+}
+
+/** `qemu-img check` (consistency of the image's metadata; with its backing chain, checked before). */
+async function consistencyCheck(
+  file: string, format: string, options: VerifyOptions,
+  fail: (file: string, p: string) => void, warn: (file: string, p: string) => void,
+): Promise<'ok' | 'leaks' | 'failed'> {
+  try {
+    await runProgram(options.qemuImg ?? 'qemu-img', ['check', '-q', '-f', format, file], { timeoutMs: options.timeoutMs ?? 600_000 });
+    return 'ok';
+  } catch (err) {
+    // qemu-img check: 1 not checked (unreadable image), 2 corrupted, 3 leaked clusters only (harmless)
+    const code = err instanceof ProgramFailed ? err.code : undefined;
+    const detail = err instanceof ProgramFailed ? err.stderr.trim().split('\n').slice(-3).join(' | ').slice(0, 400) : (err as Error).message;
+    if (code === 3) {
+      warn(file, `qemu-img check: leaked clusters (wasted space, data intact)${detail ? `: ${detail}` : ''}`);
+      return 'leaks';
+    }
+    fail(file, `qemu-img check failed (${code === 2 ? 'image corrupted' : code === 1 ? 'image could not be checked' : `exit ${code ?? 'signal'}`})${detail ? `: ${detail}` : ''}`);
+    return 'failed';
+  }
 }
 
 /**
@@ -272,7 +320,9 @@ export async function verifyRepository(rootDir: string, options: VerifyOptions =
     const found: string[] = [];
     await walk(root, 0, found, report);
     found.sort();
-    for (const dir of found) report.backups.push(await verifyBackup(dir, options));
+    // one cache for the whole root: a full under ten incrementals is hashed once, not eleven times
+    const cache: ReportCache = new Map();
+    for (const dir of found) report.backups.push(await verifyCached(dir, options, cache));
     if (found.length === 0) report.problems.push({ file: root, problem: 'holds no backup (no <host>/<vm>/<backupId>/manifest.json)' });
   }
   report.ok = report.problems.length === 0 && report.backups.every((b) => b.ok);
@@ -329,7 +379,8 @@ export function formatReport(r: RepositoryReport): string {
   for (const w of r.warnings) lines.push(`WARN ${w.file}: ${w.problem}`);
   for (const b of r.backups) {
     const m = b.manifest;
-    const what = m ? `${m.host}/${m.vm} ${m.backupId} ${m.method} ${m.consistency}, ${b.files.length} files, ${m.totalBytes ?? b.files.reduce((n, f) => n + (f.bytes ?? 0), 0)} bytes` : 'no valid manifest';
+    const chain = m?.chain?.parent ? `, incremental on ${m.chain.parent} (depth ${m.chain.depth})` : '';
+    const what = m ? `${m.host}/${m.vm} ${m.backupId} ${m.method} ${m.consistency}${chain}, ${b.files.length} files, ${m.totalBytes ?? b.files.reduce((n, f) => n + (f.bytes ?? 0), 0)} bytes` : 'no valid manifest';
     lines.push(`${b.ok ? 'OK  ' : 'FAIL'} ${b.dir} (${what}; ${b.ms} ms)`);
     for (const p of b.problems) lines.push(`  FAIL ${p.file}: ${p.problem}`);
     for (const w of b.warnings) lines.push(`  WARN ${w.file}: ${w.problem}`);

@@ -1,8 +1,9 @@
 // Copy artifacts: disks, definition and saved state into the repository, published all or none;
 // overlays merged afterwards whatever happened. Progress goes out on the second output.
 import type { NodeAPI, NodeMessage } from 'node-red';
+import { ChainPolicyError, parseChainPolicy, type ChainPolicy } from '../../src/chain';
 import type { CopiedSet, PostSnapshotSet } from '../../src/contract/types';
-import type { CopyProgress } from '../../src/pipeline/copy';
+import type { CopyOptions, CopyProgress } from '../../src/pipeline/copy';
 import { formatBytes } from '../../src/summary';
 import { registerStageNode, type StageNodeDef } from '../shared/stage-node';
 
@@ -12,6 +13,20 @@ interface CopyDef extends StageNodeDef {
   verify?: boolean;
   concurrency: string | number;
   progressInterval: string | number; // ms
+  /** 'incremental' (default; missing in flows made before it existed) | 'full' */
+  mode?: string;
+  /** empty = never; a count of backups in a chain ("7"), or days since the chain's full ("7d") */
+  fullEvery?: string | number;
+}
+
+/** the chain policy, or the error naming the field */
+function chainPolicyOf(c: CopyDef): ChainPolicy | string {
+  try {
+    return parseChainPolicy({ mode: c.mode, fullEvery: c.fullEvery });
+  } catch (err) {
+    if (err instanceof ChainPolicyError) return err.message;
+    throw err;
+  }
 }
 
 function concurrencyOf(c: CopyDef): number {
@@ -29,6 +44,8 @@ module.exports = function register(RED: NodeAPI) {
       if (!Number.isInteger(n) || n < 1 || n > 16) return `concurrency: ${JSON.stringify(c.concurrency)} must be a whole number from 1 to 16`;
       const p = c.progressInterval === undefined || c.progressInterval === '' ? 250 : Number(c.progressInterval);
       if (!Number.isFinite(p) || p < 50 || p > 60000) return `progressInterval: ${JSON.stringify(c.progressInterval)} must be from 50 to 60000 ms`;
+      const chain = chainPolicyOf(c);
+      if (typeof chain === 'string') return chain;
       return undefined;
     },
     run: async ({ host, config, status, sendExtra, msg }, set: PostSnapshotSet) => {
@@ -50,7 +67,13 @@ module.exports = function register(RED: NodeAPI) {
         sendExtra([null, progress]);
       };
       status('copying 0 %');
-      return host.copy(set, { concurrency: concurrencyOf(config), compress: config.compress === true, verify: config.verify !== false, onProgress });
+      // checked at deploy (checkConfig): a policy here is valid
+      const chain = chainPolicyOf(config) as ChainPolicy;
+      // CopyOptions gains `chain?: ChainPolicy` with the incremental copy; until then it is carried along unread
+      const options: CopyOptions & { chain: ChainPolicy } = {
+        concurrency: concurrencyOf(config), compress: config.compress === true, verify: config.verify !== false, onProgress, chain,
+      };
+      return host.copy(set, options);
     },
     done: (set: CopiedSet) => `${set.vms.length} VMs, ${formatBytes(set.vms.reduce((n, vm) => n + vm.copy.bytes, 0))}`,
   });

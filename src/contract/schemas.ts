@@ -338,6 +338,59 @@ export const schemas = {
   copied: stageSchema('copied', vmCopiedRequired),
 } as const;
 
+/** Why a disk was copied whole (each a named reason, like the classification rules), or 'incremental'. */
+export const CHAIN_FULL_REASONS = [
+  'first-backup', 'new-disk', 'resized', 'bitmap-missing', 'bitmap-inconsistent', 'bitmap-not-recording',
+  'transient-bitmap-lost', 'parent-missing', 'parent-invalid', 'raw-disk', 'policy-full', 'policy-full-every', 'not-supported',
+] as const;
+
+const backupIdPattern = '^[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}$';
+/** `../<parent backupId>/<file name>`: relative, one level up, never anywhere else */
+const backingString = { type: 'string', pattern: '^\\.\\./[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}/[A-Za-z0-9][A-Za-z0-9._-]{0,127}$' } as const;
+
+/**
+ * How one disk file of a backup stands in its chain. A full stands alone (depth 0, no backing); an
+ * incremental holds only the changed clusters and its qcow2 backing file is `backing`, the same
+ * disk in its parent backup, relative to this backup's folder so the chain moves with the VM folder.
+ * Optional in format @1: a file without it is a full from before incrementals.
+ */
+const diskChain = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['mode', 'reason', 'detail', 'depth', 'bytesRead'],
+  properties: {
+    mode: { enum: ['full', 'incremental'] },
+    reason: { enum: [...CHAIN_FULL_REASONS, 'incremental'] },
+    detail: { type: 'string', maxLength: 1024 },
+    depth: { type: 'integer', minimum: 0, maximum: 100000 },
+    parent: { type: 'string', pattern: backupIdPattern },
+    backing: backingString,
+    /** the full at the root of this chain (its id carries its time: fullEvery counts days from it) */
+    base: { type: 'string', pattern: backupIdPattern },
+    bitmap: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['name', 'granularity', 'persistent'],
+      properties: {
+        name: { type: 'string', minLength: 1, maxLength: 1023 },
+        granularity: { type: 'integer', minimum: 512 },
+        persistent: { type: 'boolean' },
+      },
+    },
+    bytesChanged: nonNegInt,
+    bytesRead: nonNegInt,
+  },
+  // the two modes cannot be mixed up: an incremental names its parent and backing file, a full neither
+  if: { properties: { mode: { const: 'incremental' } } },
+  then: {
+    required: ['parent', 'backing'],
+    properties: { reason: { const: 'incremental' }, depth: { type: 'integer', minimum: 1 }, parent: { type: 'string', pattern: backupIdPattern }, backing: backingString },
+  },
+  else: {
+    properties: { reason: { enum: CHAIN_FULL_REASONS }, depth: { const: 0 }, parent: false, backing: false },
+  },
+} as const;
+
 const manifestFile = {
   type: 'object',
   additionalProperties: false,
@@ -350,30 +403,7 @@ const manifestFile = {
     virtualSize: nonNegInt,
     bytes: nonNegInt,
     sha256: { type: 'string', pattern: '^[0-9a-f]{64}$' },
-    /** disks: a full, or an incremental whose qcow2 backing file is the parent backup's file */
-    chain: {
-      type: 'object',
-      additionalProperties: false,
-      required: ['mode', 'reason', 'detail', 'depth', 'bytesRead'],
-      properties: {
-        mode: { enum: ['full', 'incremental'] },
-        reason: { type: 'string', maxLength: 64 },
-        detail: { type: 'string', maxLength: 1024 },
-        depth: nonNegInt,
-        parent: { type: 'string', pattern: '^[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}$' },
-        backing: { type: 'string', maxLength: 512 },
-        /** the full at the root of this chain */
-        base: { type: 'string', pattern: '^[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}$' },
-        bitmap: {
-          type: 'object',
-          additionalProperties: false,
-          required: ['name', 'granularity', 'persistent'],
-          properties: { name: { type: 'string', maxLength: 128 }, granularity: nonNegInt, persistent: { type: 'boolean' } },
-        },
-        bytesChanged: nonNegInt,
-        bytesRead: nonNegInt,
-      },
-    },
+    chain: diskChain,
   },
 } as const;
 
@@ -404,6 +434,13 @@ export const manifestSchema = {
     },
     warnings: { type: 'array', items: { type: 'string' } },
     files: { type: 'array', items: manifestFile },
+    /** the VM's place in its chain: the parent backup its incremental disks stack on, the deepest disk's depth */
+    chain: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['depth'],
+      properties: { parent: { type: 'string', pattern: backupIdPattern }, depth: { type: 'integer', minimum: 0, maximum: 100000 } },
+    },
     totalBytes: nonNegInt,
     timings: {
       type: 'object',
