@@ -69,8 +69,7 @@ module.exports = function register(RED: NodeAPI) {
       status('copying 0 %');
       // checked at deploy (checkConfig): a policy here is valid
       const chain = chainPolicyOf(config) as ChainPolicy;
-      // CopyOptions gains `chain?: ChainPolicy` with the incremental copy; until then it is carried along unread
-      const options: CopyOptions & { chain: ChainPolicy } = {
+      const options: CopyOptions = {
         concurrency: concurrencyOf(config), compress: config.compress === true, verify: config.verify !== false, onProgress, chain,
       };
       return host.copy(set, options);

@@ -27,6 +27,18 @@ export interface FindParentInput extends ImageToolOptions {
  * rather than being skipped: it may have held this disk, and the bitmap would then count changes
  * since it, so stacking on an older one could lose writes.
  */
+/** Backups made within one second sort by their random suffix: order those by when they completed. */
+async function newestFirst(vmDir: string, names: string[]): Promise<string[]> {
+  const second = (n: string) => n.slice(0, 16);
+  const completed = new Map<string, number>();
+  for (const n of names) {
+    if (names.filter((m) => second(m) === second(n)).length < 2) continue;
+    const read = await readManifestAt(path.join(vmDir, n));
+    completed.set(n, 'manifest' in read ? Date.parse(read.manifest.completedAt) : 0);
+  }
+  return [...names].sort((a, b) => (second(a) === second(b) ? (completed.get(b) ?? 0) - (completed.get(a) ?? 0) : a < b ? 1 : -1));
+}
+
 export async function findParent(input: FindParentInput): Promise<ParentResult> {
   const vmDir = inside(input.root, 'vm', input.host, input.vm);
   let names: string[];
@@ -35,13 +47,14 @@ export async function findParent(input: FindParentInput): Promise<ParentResult> 
       .filter((e) => e.isDirectory() && BACKUP_ID.test(e.name))
       .map((e) => e.name)
       .sort()
-      .reverse(); // backup ids sort by time
+      .reverse(); // backup ids sort by time, to the second
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
       return { ok: false, reason: 'parent-invalid', detail: `${vmDir} cannot be listed (${(err as Error).message})` };
     }
     names = [];
   }
+  names = await newestFirst(vmDir, names);
   if (names.length === 0) return { ok: false, reason: 'first-backup', detail: `no published backup of ${input.vm} in ${vmDir}` };
 
   for (const backupId of names) {
@@ -72,7 +85,8 @@ export async function findParent(input: FindParentInput): Promise<ParentResult> 
     const walked = await walkChain({ backupId, dir, manifest, entry, file }, vmDir, input);
     if ('problem' in walked) return { ok: false, reason: walked.problem.reason === 'resized' ? 'parent-invalid' : walked.problem.reason, detail: `${was}'s chain: ${walked.problem.file}: ${walked.problem.problem}` };
     const full = walked.links[walked.links.length - 1];
-    return { ok: true, backupId, dir, file, fileName: entry.name, depth: entry.chain?.depth ?? 0, fullCreatedAt: full.manifest.createdAt };
+    const record = entry.chain?.bitmap ? { record: { name: entry.chain.bitmap.name, persistent: entry.chain.bitmap.persistent } } : {};
+    return { ok: true, backupId, dir, file, fileName: entry.name, depth: entry.chain?.depth ?? 0, fullCreatedAt: full.manifest.createdAt, ...record };
   }
   return { ok: false, reason: 'new-disk', detail: `none of the ${names.length} published backup${names.length === 1 ? '' : 's'} of ${input.vm} holds disk ${input.disk}` };
 }

@@ -77,6 +77,8 @@ export interface ParentFound {
   depth: number;
   /** createdAt of the chain's full, for fullEvery in days */
   fullCreatedAt: string;
+  /** the change-tracking record the parent started (its manifest's bitmap): what changed since it */
+  record?: { name: string; persistent: boolean };
 }
 
 export interface ParentRefused {

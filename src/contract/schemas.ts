@@ -159,8 +159,8 @@ const chainPlan = {
     backing: { type: 'string', maxLength: 512 },
     /** the tracking record the copy reads by (the parent's) */
     since: { type: 'string', maxLength: 128 },
-    /** the full at the root of the chain (its id carries its time: fullEvery counts days from it) */
-    base: { type: 'string', pattern: '^[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}$' },
+    /** when the chain's full was made (fullEvery in days counts from it) */
+    fullAt: { type: 'string', maxLength: 64 },
     /** the tracking record started for this backup: the next one reads by it */
     record: { type: 'string', maxLength: 128 },
     persistent: { type: 'boolean' },
@@ -365,8 +365,6 @@ const diskChain = {
     depth: { type: 'integer', minimum: 0, maximum: 100000 },
     parent: { type: 'string', pattern: backupIdPattern },
     backing: backingString,
-    /** the full at the root of this chain (its id carries its time: fullEvery counts days from it) */
-    base: { type: 'string', pattern: backupIdPattern },
     bitmap: {
       type: 'object',
       additionalProperties: false,

@@ -1,74 +1,42 @@
-// Which disks of a VM can be copied incrementally, decided at prepare (before the view's moment,
-// when this backup's change-tracking record is started) and finished at copy (the copy node's
-// policy). A full happens when, and only when, it must, each time with a named reason.
-import { promises as fs } from 'node:fs';
-import * as path from 'node:path';
-import { assertManifest } from '../contract/validate';
-import type { ChainPlan, ClassifiedVm, Manifest, PointInTimeView } from '../contract/types';
+// Which disks of a VM are copied incrementally: planned at prepare (before the view's moment, when
+// this backup's change-tracking record is started) from the parent backup that src/chain finds and
+// checks and from what the hypervisor says of the parent's record; finished at copy with the copy
+// node's policy. The decision itself is src/chain's decideChain, used at both points.
+import type { ChainPlan, ClassifiedVm, ManifestFile, PointInTimeView } from '../contract/types';
+import { decideChain, findParent, type BitmapReport, type ChainDecision, type ChainPolicy, type ParentFound } from '../chain';
 import type { TrackIntent } from '../journal/journal';
 import type { ArtifactRepository } from '../repository/repository';
 
+export type { ChainPolicy };
 export const TRACKING_PREFIX = 'vmbackup-';
 /** The change-tracking record a backup starts: the next backup reads by it. */
 export const recordName = (backupId: string) => `${TRACKING_PREFIX}${backupId}`;
 const GRANULARITY = 65536;
-const BACKUP_ID = /^[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}$/;
+/** prepare does not know the copy node's policy yet: the chain is planned as far as it can go */
+const AS_FAR_AS_POSSIBLE: ChainPolicy = { mode: 'incremental' };
 
-/** The copy node's policy: incremental by default, a full every N backups or N days. */
-export interface ChainPolicy {
-  mode: 'incremental' | 'full';
-  fullEvery?: { backups: number } | { days: number };
+/** What the hypervisor says of the parent's record on this disk. */
+function bitmapReport(vm: ClassifiedVm, diskId: string, parent: ParentFound | undefined, tracks: boolean): BitmapReport {
+  const disk = vm.disks.find((d) => d.id === diskId);
+  if (!tracks || !disk?.tracking) return { state: 'not-supported', detail: 'this host has no change tracking for this disk' };
+  if (!parent?.record) return { state: 'missing', detail: `the previous backup${parent ? ` ${parent.backupId}` : ''} started no change tracking` };
+  const rec = disk.tracking.records.find((r) => r.name === parent.record!.name);
+  if (!rec) {
+    return parent.record.persistent
+      ? { state: 'missing', detail: `the disk has no change-tracking record ${parent.record.name} (QEMU did not close the image since the record was made: killed? or it was removed, or the image replaced)` }
+      : { state: 'transient-lost', name: parent.record.name, detail: `the transient record ${parent.record.name} ended with the QEMU process that had it (a raw image)` };
+  }
+  if (rec.inconsistent) return { state: 'inconsistent', name: rec.name, detail: `record ${rec.name} is inconsistent (QEMU was killed or crashed with it loaded)` };
+  if (!rec.recording) return { state: 'not-recording', name: rec.name };
+  return { state: 'ok', name: rec.name, granularity: rec.granularity, persistent: rec.persistent, since: parent.backupId };
 }
 
-interface Parent {
-  backupId: string;
-  file: string;
-  depth: number;
-  base: string;
-  record?: string;
-  persistent: boolean;
-}
-
-type Found = { ok: true; parent: Parent } | { ok: false; reason: string; detail: string };
-
-/** The newest published backup of the VM, if it holds this disk as it is now. */
-export async function findParent(repo: ArtifactRepository, host: string, vmId: string, disk: string, virtualSize: number | undefined): Promise<Found> {
-  const dir = repo.vmDir(host, vmId);
-  const ids = (await fs.readdir(dir).catch(() => [] as string[])).filter((n) => BACKUP_ID.test(n)).sort().reverse();
-  if (ids.length === 0) return { ok: false, reason: 'first-backup', detail: 'no earlier backup of this VM in the repository' };
-  // ids sort by their second; two backups within one second are ordered by when they completed
-  const read = async (id: string) => assertManifest(JSON.parse(await fs.readFile(path.join(dir, id, 'manifest.json'), 'utf8')));
-  const sameSecond = ids.filter((x) => x.slice(0, 16) === ids[0].slice(0, 16));
-  let id = ids[0];
-  let manifest: Manifest;
-  try {
-    const candidates = await Promise.all(sameSecond.map(async (x) => ({ id: x, m: await read(x).catch(() => undefined) })));
-    const newest = candidates.filter((c) => c.m).sort((a, b) => Date.parse(b.m!.completedAt) - Date.parse(a.m!.completedAt))[0];
-    if (newest) id = newest.id;
-    manifest = newest?.m ?? (await read(id));
-  } catch (err) {
-    return { ok: false, reason: 'parent-invalid', detail: `the previous backup ${id} has no valid manifest (${(err as Error).message.slice(0, 200)})` };
-  }
-  const f = manifest.files.find((x) => x.kind === 'disk' && x.disk === disk);
-  if (!f) return { ok: false, reason: 'new-disk', detail: `the previous backup ${id} has no disk ${disk}` };
-  if (virtualSize !== undefined && f.virtualSize !== undefined && f.virtualSize !== virtualSize) {
-    return { ok: false, reason: 'resized', detail: `disk ${disk} is ${virtualSize} bytes, ${f.virtualSize} in the previous backup ${id}` };
-  }
-  const st = await fs.stat(path.join(dir, id, f.name)).catch(() => undefined);
-  if (!st || st.size !== f.bytes) {
-    return { ok: false, reason: 'parent-invalid', detail: `${id}/${f.name} is ${st ? `${st.size} bytes, not the ${f.bytes} its manifest lists` : 'missing'}` };
-  }
-  const c = f.chain;
+function toPlan(disk: string, record: string, persistent: boolean, d: ChainDecision): ChainPlan {
+  const own = { disk, record, persistent, granularity: GRANULARITY };
+  if (d.mode === 'full') return { ...own, mode: 'full', reason: d.reason, detail: d.detail.slice(0, 1024), depth: 0 };
   return {
-    ok: true,
-    parent: {
-      backupId: id,
-      file: f.name,
-      depth: c?.depth ?? 0,
-      base: c?.mode === 'incremental' ? (c.base ?? id) : id,
-      ...(c?.bitmap ? { record: c.bitmap.name } : {}),
-      persistent: c?.bitmap?.persistent ?? true,
-    },
+    ...own, mode: 'incremental', reason: 'incremental', detail: d.detail.slice(0, 1024), depth: d.depth,
+    parent: d.parent.backupId, backing: `../${d.parent.backupId}/${d.parent.fileName}`, since: d.bitmap.name, fullAt: d.parent.fullCreatedAt,
   };
 }
 
@@ -79,44 +47,35 @@ export async function planChain(
   return Promise.all(view.disks.map(async ({ disk: id }): Promise<ChainPlan> => {
     const disk = vm.disks.find((d) => d.id === id);
     const persistent = disk?.tracking?.persistent ?? false;
-    const own = { disk: id, record: recordName(backupId), persistent, granularity: GRANULARITY };
-    const full = (reason: string, detail: string): ChainPlan => ({ ...own, mode: 'full', reason, detail, depth: 0 });
-    if (!tracks || !disk?.tracking) return full('not-supported', 'this host has no change tracking for this disk');
-    const found = await findParent(repo, host, vm.id, id, disk.virtualSize);
-    const transient = persistent ? '' : ' (raw image: its change tracking is transient, valid only while this QEMU process runs)';
-    if (!found.ok) return full(found.reason, found.detail + transient);
-    const p = found.parent;
-    if (!p.record) return full('bitmap-missing', `the previous backup ${p.backupId} started no change tracking`);
-    const rec = disk.tracking.records.find((r) => r.name === p.record);
-    if (!rec) {
-      return p.persistent
-        ? full('bitmap-missing', `the disk has no change-tracking record ${p.record} (QEMU did not close the image since the record was made: killed? or the record was removed, or the image replaced)`)
-        : full('transient-bitmap-lost', `the transient record ${p.record} ended with the QEMU process that had it`);
-    }
-    if (rec.inconsistent) return full('bitmap-inconsistent', `record ${p.record} is inconsistent (QEMU did not close the image: killed or crashed)`);
-    if (!rec.recording) return full('bitmap-not-recording', `record ${p.record} is not recording`);
-    return {
-      ...own, mode: 'incremental', reason: 'incremental', detail: `clusters changed since ${p.backupId}${transient}`,
-      depth: p.depth + 1, parent: p.backupId, backing: `../${p.backupId}/${p.file}`, since: p.record, base: p.base,
-    };
+    const parent = await findParent({ root: repo.root, host, vm: vm.id, disk: id, virtualSize: disk?.virtualSize ?? 0 });
+    const decision = decideChain({ parent, bitmap: bitmapReport(vm, id, parent.ok ? parent : undefined, tracks), policy: AS_FAR_AS_POSSIBLE });
+    const plan = toPlan(id, recordName(backupId), persistent, decision);
+    // said once, where it matters: the chain of a raw image lasts only as long as its QEMU process
+    if (tracks && disk?.tracking && !persistent) plan.detail = `${plan.detail} (raw image: its change tracking is transient, valid only while this QEMU process runs)`.slice(0, 1024);
+    return plan;
   }));
 }
 
 /** The copy node's policy, applied last: a planned incremental may still become a full. */
-export function applyPolicy(plan: ChainPlan, policy: ChainPolicy | undefined, now = Date.now()): ChainPlan {
-  if (plan.mode !== 'incremental' || !policy) return plan;
-  const { parent: _p, backing: _b, since: _s, base: _base, ...rest } = plan;
-  const full = (reason: string, detail: string): ChainPlan => ({ ...rest, mode: 'full', reason, detail, depth: 0 });
-  if (policy.mode === 'full') return full('policy-full', 'the copy node is set to full backups');
-  const every = policy.fullEvery;
-  if (every && 'backups' in every && plan.depth >= every.backups) {
-    return full('policy-full-every', `a full every ${every.backups} backups: this chain holds ${plan.depth} since its full`);
+export function applyPolicy(plan: ChainPlan, policy: ChainPolicy | undefined, now = new Date()): ChainPlan {
+  if (plan.mode !== 'incremental' || !policy || !plan.parent || !plan.since) return plan;
+  const fileName = plan.backing?.split('/').pop() ?? '';
+  const parent: ParentFound = { ok: true, backupId: plan.parent, dir: '', file: '', fileName, depth: plan.depth - 1, fullCreatedAt: plan.fullAt ?? '' };
+  const bitmap: BitmapReport = { state: 'ok', name: plan.since, granularity: plan.granularity ?? GRANULARITY, persistent: plan.persistent ?? false, since: plan.parent };
+  const d = decideChain({ parent, bitmap, policy, now });
+  return d.mode === 'full' ? toPlan(plan.disk, plan.record ?? '', plan.persistent ?? false, d) : plan;
+}
+
+/** The manifest's chain entry of a disk copied after `plan`. */
+export function chainEntry(plan: ChainPlan, bytes: { bytesRead: number; bytesChanged?: number }): NonNullable<ManifestFile['chain']> {
+  const bitmap = plan.record ? { bitmap: { name: plan.record, granularity: plan.granularity ?? GRANULARITY, persistent: plan.persistent ?? false } } : {};
+  if (plan.mode === 'incremental' && plan.parent && plan.backing) {
+    return {
+      mode: 'incremental', reason: 'incremental', detail: plan.detail, depth: plan.depth, parent: plan.parent, backing: plan.backing, ...bitmap,
+      ...(bytes.bytesChanged !== undefined ? { bytesChanged: bytes.bytesChanged } : {}), bytesRead: bytes.bytesRead,
+    } as NonNullable<ManifestFile['chain']>;
   }
-  if (every && 'days' in every && plan.base) {
-    const age = (now - idTime(plan.base)) / 86_400_000;
-    if (age >= every.days) return full('policy-full-every', `a full every ${every.days} days: the chain's full ${plan.base} is ${age.toFixed(1)} days old`);
-  }
-  return plan;
+  return { mode: 'full', reason: plan.reason, detail: plan.detail, depth: 0, ...bitmap, bytesRead: bytes.bytesRead } as NonNullable<ManifestFile['chain']>;
 }
 
 /** What to journal before tracking starts: the new records, and what goes once this backup is published. */
@@ -128,9 +87,4 @@ export function trackIntent(vm: ClassifiedVm, plans: readonly ChainPlan[]): Trac
     .filter((r) => r.name.startsWith(TRACKING_PREFIX) && r.name !== p.record)
     .map((r) => ({ disk: p.disk, name: r.name })));
   return { records, since };
-}
-
-function idTime(id: string): number {
-  const m = /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z/.exec(id);
-  return m ? Date.UTC(+m[1], +m[2] - 1, +m[3], +m[4], +m[5], +m[6]) : Date.now();
 }

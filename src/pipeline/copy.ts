@@ -4,9 +4,10 @@
 import { promises as fs, type BigIntStats } from 'node:fs';
 import * as path from 'node:path';
 import { assertManifest } from '../contract/validate';
-import type { ChainPlan, CopyResult, Manifest, ManifestFile, PointInTimeView, PostSnapshotSet, PostSnapshotVm } from '../contract/types';
-import type { ExportedFile, HostProvider } from '../providers/provider';
-import { applyPolicy, type ChainPolicy } from './chain-plan';
+import type { CopyResult, Manifest, ManifestFile, PointInTimeView, PostSnapshotSet, PostSnapshotVm } from '../contract/types';
+import type { HostProvider } from '../providers/provider';
+import { applyPolicy, chainEntry, type ChainPolicy } from './chain-plan';
+import { vmChain } from '../chain';
 import { fsyncDir, sha256File, writeFileDurable, type ArtifactRepository } from '../repository/repository';
 import type { LiveBackup } from './live-backup';
 import { limitedSettledOrThrow, StageError } from './stage-error';
@@ -133,20 +134,7 @@ async function copyOneDisk(
     disk: d.disk,
     format: exported.format ?? d.format,
     virtualSize: exported.virtualSize ?? disk?.virtualSize ?? 0,
-    ...(plan ? { chain: chainOf(plan, exported) } : {}),
-  };
-}
-
-function chainOf(plan: ChainPlan, exported: ExportedFile): NonNullable<ManifestFile['chain']> {
-  return {
-    mode: plan.mode,
-    reason: plan.reason,
-    detail: plan.detail,
-    depth: plan.depth,
-    ...(plan.mode === 'incremental' ? { parent: plan.parent, backing: plan.backing, ...(plan.base ? { base: plan.base } : {}) } : {}),
-    ...(plan.record ? { bitmap: { name: plan.record, granularity: plan.granularity ?? 65536, persistent: plan.persistent ?? false } } : {}),
-    ...(exported.bytesChanged !== undefined ? { bytesChanged: exported.bytesChanged } : {}),
-    bytesRead: exported.bytesRead ?? exported.bytes,
+    ...(plan ? { chain: chainEntry(plan, { bytesRead: exported.bytesRead ?? exported.bytes, ...(exported.bytesChanged !== undefined ? { bytesChanged: exported.bytesChanged } : {}) }) } : {}),
   };
 }
 
@@ -264,6 +252,7 @@ function buildManifest(set: PostSnapshotSet, host: string, s: Staged): Manifest 
     excludedDisks: vm.disks.filter((d) => !d.included).map((d) => ({ id: d.id, file: d.file, driver: d.driver, reason: d.excludedReason ?? 'excluded' })),
     warnings: vm.warnings,
     files: s.files,
+    ...(s.files.some((f) => f.chain) ? { chain: vmChain(s.files) } : {}),
     totalBytes: s.files.reduce((n, f) => n + f.bytes, 0),
     timings,
     ...(vm.snapshot.frozenMs !== undefined ? { frozenMs: vm.snapshot.frozenMs } : {}),

@@ -13,7 +13,7 @@ import { runProgram } from '../../src/util/run';
 import { spawn } from 'node:child_process';
 import { makeImage, startBareHost, startBareVm, waitForSocket, type BareHost } from '../support/bare-vms';
 import type { CopiedSet } from '../../src/contract/types';
-import type { ChainPolicy } from '../../src/pipeline/chain-plan';
+import type { ChainPolicy } from '../../src/chain';
 
 describe('incremental backups (bare QEMU VMs, copy-before-write view, dirty bitmaps)', function () {
   this.timeout(240_000);
@@ -158,7 +158,7 @@ describe('incremental backups (bare QEMU VMs, copy-before-write view, dirty bitm
     const d = m.files.find((f: any) => f.kind === 'disk');
     assert.equal(d.chain.mode, 'full');
     assert.ok(['policy-full', 'first-backup', 'parent-missing', 'new-disk'].includes(d.chain.reason), d.chain.reason);
-    const next = await backup({ mode: 'incremental', fullEvery: { backups: 1 } });
+    const next = await backup({ mode: 'incremental', fullEvery: { kind: 'count', count: 1 } });
     const m2 = JSON.parse(await fs.readFile(path.join(bare.repository, next.vms[0].copy.path, 'manifest.json'), 'utf8'));
     const d2 = m2.files.find((f: any) => f.kind === 'disk');
     assert.equal(d2.chain.mode, 'full');
