@@ -5,5 +5,5 @@ export {
   type ChainPolicy, type FullEvery, type BitmapReport, type ChainDecision, type ParentResult, type ParentFound, type ParentRefused,
   type FullReason, type DiskChain,
 } from './policy';
-export { findParent, type FindParentInput } from './parent';
+export { findParent, planDiskChain, type FindParentInput } from './parent';
 export { walkChain, checkOwnLink, parentLink, checkBackingChain, type ChainLink, type LinkProblem, type ImageToolOptions } from './links';

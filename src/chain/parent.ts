@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { inside } from '../repository/paths';
 import { sha256File } from '../repository/repository';
 import { diskEntryOf, lstatOrUndefined, readManifestAt, walkChain, type ImageToolOptions } from './links';
-import type { ParentResult } from './policy';
+import { decideChain, type BitmapReport, type ChainDecision, type ChainPolicy, type ParentResult } from './policy';
 
 const BACKUP_ID = /^[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}$/;
 
@@ -40,6 +40,7 @@ async function newestFirst(vmDir: string, names: string[]): Promise<string[]> {
 }
 
 export async function findParent(input: FindParentInput): Promise<ParentResult> {
+  inside(input.root, 'host', input.host); // so that a bad host name is refused as the host's
   const vmDir = inside(input.root, 'vm', input.host, input.vm);
   let names: string[];
   try {
@@ -89,4 +90,14 @@ export async function findParent(input: FindParentInput): Promise<ParentResult> 
     return { ok: true, backupId, dir, file, fileName: entry.name, depth: entry.chain?.depth ?? 0, fullCreatedAt: full.manifest.createdAt, ...record };
   }
   return { ok: false, reason: 'new-disk', detail: `none of the ${names.length} published backup${names.length === 1 ? '' : 's'} of ${input.vm} holds disk ${input.disk}` };
+}
+
+/**
+ * The whole decision for one disk, as the copy step asks it: the parent searched (and its file
+ * hashed) only when the policy allows an incremental at all.
+ */
+export async function planDiskChain(input: FindParentInput & { bitmap: BitmapReport; policy: ChainPolicy; now?: Date }): Promise<ChainDecision> {
+  if (input.policy.mode === 'full') return decideChain({ parent: { ok: false, reason: 'first-backup', detail: 'not searched' }, bitmap: input.bitmap, policy: input.policy });
+  const parent = await findParent(input);
+  return decideChain({ parent, bitmap: input.bitmap, policy: input.policy, ...(input.now ? { now: input.now } : {}) });
 }

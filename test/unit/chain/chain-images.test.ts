@@ -8,7 +8,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { findParent } from '../../../src/chain';
+import { findParent, planDiskChain } from '../../../src/chain';
 import { flattenDisk, FlattenRefused } from '../../../src/chain/flatten';
 import { verifyBackup, verifyRepository, type BackupReport } from '../../../src/verify';
 import { compare, DISK, FILE, HAVE_QEMU_IMG, HOST, IDS, makeChainRepo, run, setBacking, SIZE, VM, writeManifest, type ChainRepo } from './chain-repo';
@@ -92,6 +92,22 @@ function flipByte(file: string, offset: number): void {
     // a staging folder of a newer, unpublished backup is never a parent
     fs.mkdirSync(path.join(repo.vmDir, '.partial-20261201T050000Z-inc004'));
     assert.equal(((await parentOf()) as { backupId: string }).backupId, IDS[3]);
+  });
+
+  it('planDiskChain: an incremental on the newest backup, a full with its reason otherwise; bad names refused naming the field', async () => {
+    const bitmap = { state: 'ok' as const, name: 'vmbackup', granularity: 65536, persistent: true, since: IDS[3] };
+    const base = { root: repo.root, host: HOST, vm: VM, disk: DISK, virtualSize: SIZE, bitmap };
+    const inc = await planDiskChain({ ...base, policy: { mode: 'incremental' } });
+    assert.equal(inc.mode, 'incremental');
+    if (inc.mode === 'incremental') assert.deepEqual([inc.parent.backupId, inc.depth], [IDS[3], 4]);
+    const every = await planDiskChain({ ...base, policy: { mode: 'incremental', fullEvery: { kind: 'count', count: 4 } } });
+    assert.deepEqual([every.mode, every.mode === 'full' && every.reason], ['full', 'policy-full-every']);
+    const full = await planDiskChain({ ...base, policy: { mode: 'full' } });
+    assert.deepEqual([full.mode, full.mode === 'full' && full.reason], ['full', 'policy-full']);
+    const lost = await planDiskChain({ ...base, bitmap: { state: 'inconsistent', name: 'vmbackup' }, policy: { mode: 'incremental' } });
+    assert.deepEqual([lost.mode, lost.mode === 'full' && lost.reason], ['full', 'bitmap-inconsistent']);
+    await assert.rejects(findParent({ ...base, vm: '../vm-chain' }), /^PathRefused: vm: /);
+    await assert.rejects(findParent({ ...base, host: '' }), /^PathRefused: host: /);
   });
 
   it('first backup, new disk and resized disk are named by the parent search', async () => {
