@@ -199,4 +199,49 @@ describe('fault injection: change tracking and the point-in-time view (bare QEMU
         }
       });
   });
+
+  it('a VM started with -blockdev and long device ids, two disks (as libvirt starts them): backed up, names never collide', async () => {
+    await faultCase(GROUP, 'a VM with -blockdev nodes named libvirt-N-format and two devices whose ids are 40+ characters long',
+      'both disks in one view with distinct node names (made from the backup id and the disk index); published; QEMU shows nothing of ours after', async () => {
+        const { spawn } = await import('node:child_process');
+        const id = 'lv';
+        const sock = path.join(bare.socketDir, `${id}.qmp`);
+        const args = ['-accel', 'tcg', '-machine', 'pc', '-m', '32', '-nodefaults', '-display', 'none', '-qmp', `unix:${sock},server=on,wait=off`];
+        for (const i of [1, 2]) {
+          const file = path.join(bare.imageDir, `${id}-${i}.qcow2`);
+          await runProgram('qemu-img', ['create', '-q', '-f', 'qcow2', file, '16M']);
+          args.push('-blockdev', JSON.stringify({ driver: 'file', filename: file, 'node-name': `libvirt-${i}-storage` }));
+          args.push('-blockdev', JSON.stringify({ driver: 'qcow2', file: `libvirt-${i}-storage`, 'node-name': `libvirt-${i}-format` }));
+          args.push('-device', `virtio-blk-pci,drive=libvirt-${i}-format,id=ua-a-very-long-device-alias-for-disk-number-${i}`);
+        }
+        const child = spawn('qemu-system-x86_64', args, { stdio: 'ignore' });
+        try {
+          const { waitForSocket } = await import('../support/bare-vms.js');
+          await waitForSocket(sock);
+          const provider = new QemuProvider({ socketDir: bare.socketDir });
+          const h = newHost(new Journal(journalFile()), provider);
+          const e = await h.enumerate();
+          const vm = e.vms.find((v) => v.id === id)!;
+          assert.equal(vm.disks.filter((d) => d.included).length, 2);
+          const set = await h.postSnapshot(await h.snapshot(await h.prepare(h.classify({ ...e, vms: [vm] }, 'checkpoint'))));
+          const done = await h.copy(set, { concurrency: 1, compress: false });
+          const m = JSON.parse(await fs.readFile(path.join(bare.repository, done.vms[0].copy.path, 'manifest.json'), 'utf8'));
+          assert.equal(m.files.filter((f: { kind: string }) => f.kind === 'disk').length, 2);
+          const c = await QmpClient.connect(sock);
+          try {
+            const nodes = await c.execute<{ 'node-name': string }[]>('query-named-block-nodes', { flat: true });
+            assert.deepEqual(nodes.map((x) => x['node-name']).filter((x) => x.startsWith('vmb-')), []);
+            const roots = await c.execute<{ inserted?: { 'node-name': string } }[]>('query-block');
+            assert.deepEqual(roots.map((r) => r.inserted?.['node-name']).sort(), ['libvirt-1-format', 'libvirt-2-format']);
+          } finally {
+            await c.close();
+          }
+          await provider.close();
+          return 'published with both disks; devices back on libvirt-1-format and libvirt-2-format; no node of ours';
+        } finally {
+          child.kill('SIGTERM');
+          await fs.rm(sock, { force: true });
+        }
+      });
+  });
 });
