@@ -29,4 +29,6 @@ export type Overlay = SnapshotResult['overlays'][number];
 export type PostSnapshotResult = PostSnapshotVm['postSnapshot'];
 export type CopyResult = CopiedVm['copy'];
 export type ManifestFile = Manifest['files'][number];
+export type UnreachablePolicy = NonNullable<NonNullable<ClassifiedSet['policy']>['unreachable']>;
+export type SkippedVm = NonNullable<ClassifiedSet['skipped']>[number];
 export type Timing = NonNullable<EnumeratedSet['timings']['enumerate']>;

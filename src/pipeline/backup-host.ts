@@ -4,12 +4,13 @@ import { classifyAll } from '../classify/classify';
 import type { StageName } from '../contract/schemas';
 import type {
   ClassifiedSet, ClassifiedVm, CopiedSet, EnumeratedSet, FallbackPolicy, PostSnapshotSet, PreparedSet,
-  PreparedVm, SnapshottedSet, SnapshottedVm, PostSnapshotVm,
+  PreparedVm, SnapshottedSet, SnapshottedVm, PostSnapshotVm, SkippedVm, UnreachablePolicy,
 } from '../contract/types';
+import { fitVm } from '../contract/limits';
 import type { Journal } from '../journal/journal';
 import type { HostProvider } from '../providers/provider';
 import { ArtifactRepository } from '../repository/repository';
-import { newBackupId } from '../util/ids';
+import { isSafeName, newBackupId } from '../util/ids';
 import { copyBackupSet, type CopyOptions } from './copy';
 import { LiveBackup, type Logger, type Timeouts } from './live-backup';
 import { allSettledOrThrow, StageError } from './stage-error';
@@ -46,7 +47,7 @@ export class BackupHost {
 
   // ---- checks shared by every stage (no side effect before they pass) ----
 
-  private take(set: AnySet, expected: StageName, sameVms: boolean): LiveBackup {
+  private take(set: AnySet & Record<string, unknown>, expected: StageName, sameVms: boolean): LiveBackup {
     const live = this.live.get(set.backupId);
     if (!live) {
       throw new StageError(`/backupId: backup set ${set.backupId} is not live on host ${this.options.hostName} (not started by enumerate here, or already finished)`);
@@ -66,6 +67,7 @@ export class BackupHost {
       throw new StageError(`/vms: VM(s) ${missing.join(', ')} of backup set ${set.backupId} are missing from the message; VMs cannot be dropped after prepare`);
     }
     try {
+      live.checkSetUnchanged(set);
       live.checkUnchanged(set.vms as unknown as Record<string, unknown>[]);
     } catch (err) {
       throw new StageError((err as Error).message);
@@ -89,13 +91,21 @@ export class BackupHost {
 
   async enumerate(): Promise<EnumeratedSet> {
     const t0 = Date.now();
-    const vms = await this.provider.enumerate();
+    const found = this.provider.enumerateHost ? await this.provider.enumerateHost() : { vms: await this.provider.enumerate(), warnings: [] };
+    const listed = found.vms;
+    const hostWarnings = [...found.warnings];
+    // limits are per VM: one odd VM is clamped or marked unreachable, never fails the set
+    const vms = listed.filter((vm) => {
+      if (isSafeName(vm.id)) return true;
+      hostWarnings.push(`a VM named ${JSON.stringify(String(vm.id).slice(0, 80))} skipped: its id is not a valid name`);
+      return false;
+    }).map(fitVm);
     const backupId = newBackupId();
     const live = new LiveBackup(backupId, vms.map((vm) => vm.id), this.provider, this.journal, this.options.timeouts, this.log,
       (l) => this.released(l));
     this.live.set(backupId, live);
     live.record('enumerated', vms);
-    return {
+    const set: EnumeratedSet = {
       stage: 'enumerated',
       backupId,
       host: { name: this.options.hostName, provider: this.provider.kind },
@@ -103,33 +113,52 @@ export class BackupHost {
       createdAt: new Date(t0).toISOString(),
       vms,
       timings: { enumerate: this.timing(t0) },
-      warnings: vms.flatMap((vm) => (vm.warnings ?? []).map((w) => `${vm.id}: ${w}`)),
+      warnings: [
+        ...hostWarnings,
+        ...vms.flatMap((vm) => [
+          ...(vm.unreachable ? [`${vm.id}: defined but unreachable: ${vm.unreachable.reason}`] : []),
+          ...(vm.warnings ?? []).map((w) => `${vm.id}: ${w}`),
+        ]),
+      ].slice(0, 1024),
     };
+    live.recordSet({ host: set.host, writer: set.writer, createdAt: set.createdAt });
+    return set;
   }
 
   // ---- classify (pure; only records the VMs kept) ----
 
-  classify(set: EnumeratedSet, fallback: FallbackPolicy): ClassifiedSet {
+  classify(set: EnumeratedSet, fallback: FallbackPolicy, unreachable: UnreachablePolicy = 'fail'): ClassifiedSet {
     const live = this.take(set, 'enumerated', false);
     const t0 = Date.now();
     let vms: ClassifiedVm[];
+    const skipped: SkippedVm[] = set.vms.filter((vm) => vm.unreachable).map((vm) => ({ vm: vm.id, reason: vm.unreachable!.reason }));
     try {
-      vms = classifyAll(set.vms, fallback);
+      if (skipped.length > 0 && unreachable === 'fail') {
+        throw new StageError(`/vms: ${skipped.length} VM(s) defined on host ${this.options.hostName} cannot be reached: ${skipped.map((s) => `${s.vm} (${s.reason})`).join('; ')}; policy unreachable is "fail" (choose "report" on the classify node to back up the others)`);
+      }
+      const reachable = set.vms.filter((vm) => !vm.unreachable);
+      if (reachable.length === 0 && skipped.length > 0) {
+        // never "ok" about nothing: VMs are defined, none can be backed up
+        throw new StageError(`/vms: none of the ${skipped.length} VM(s) defined on host ${this.options.hostName} can be reached: ${skipped.map((s) => `${s.vm} (${s.reason})`).join('; ')}`);
+      }
+      vms = classifyAll(reachable, fallback);
     } catch (err) {
       void live.abort((err as Error).message);
       throw err;
     }
     live.vmIds = new Set(vms.map((vm) => vm.id));
     live.record('classified', vms);
+    live.recordSet({ policy: { fallback, unreachable }, ...(skipped.length ? { skipped } : {}) });
     live.stage = 'classified';
     live.touch();
     return {
       ...set,
       stage: 'classified',
-      policy: { fallback },
+      policy: { fallback, unreachable },
+      ...(skipped.length ? { skipped } : {}),
       vms,
       timings: { ...set.timings, classify: this.timing(t0) },
-      warnings: [...set.warnings, ...vms.flatMap((vm) => vm.warnings.filter((w) => !set.warnings.includes(`${vm.id}: ${w}`)).map((w) => `${vm.id}: ${w}`))],
+      warnings: [...set.warnings, ...vms.flatMap((vm) => vm.warnings.filter((w) => !set.warnings.includes(`${vm.id}: ${w}`)).map((w) => `${vm.id}: ${w}`))].slice(0, 1024),
     };
   }
 
@@ -178,8 +207,9 @@ export class BackupHost {
       return { ...vm, prepare: { action: 'freeze', previousState, frozenFilesystems, frozenAt: new Date(t0).toISOString(), ms: Date.now() - t0 } };
     }
     if (vm.method === 'saved-state') {
-      live.noteStaging(vm.id, this.repository.stagingDir(set.host.name, vm.id, set.backupId));
-      const dir = await this.repository.openStaging(set.host.name, vm.id, set.backupId);
+      // paths from the host's own settings, never from the message
+      live.noteStaging(vm.id, this.repository.stagingDir(this.options.hostName, vm.id, set.backupId));
+      const dir = await this.repository.openStaging(this.options.hostName, vm.id, set.backupId);
       const file = `${dir}/state.vmstate`;
       let bytes = 0;
       let pausedAt = t0;
@@ -290,7 +320,9 @@ export class BackupHost {
     const t0 = Date.now();
     let vms;
     try {
-      vms = await live.runStage(() => copyBackupSet(this.provider, this.repository, live, set, options));
+      // the repository folder is named by the host's own settings, never by the message
+      const own = { ...set, host: { name: this.options.hostName, provider: this.provider.kind } };
+      vms = await live.runStage(() => copyBackupSet(this.provider, this.repository, live, own, options));
     } catch (err) {
       const why = live.abortedBecause ?? (err as Error).message;
       await live.abort(why, (dir) => this.removeStaging(dir), true);

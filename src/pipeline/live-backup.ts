@@ -45,6 +45,8 @@ export class LiveBackup {
   private readonly controller = new AbortController();
   /** what this host itself produced for each VM at the last stage: the message may not change it */
   private readonly records = new Map<string, { stage: string; vm: Record<string, unknown> }>();
+  /** the set-level fields this host produced (host, writer, policy, ...): the message may not change them */
+  private readonly setRecord: Record<string, unknown> = {};
   /** the process that undoes this set's effects if Node-RED itself dies (see guardian.ts) */
   private guardian: ChildProcess | undefined;
   private guarded = false;
@@ -135,6 +137,25 @@ export class LiveBackup {
         }
       }
     });
+  }
+
+  /** Remember set-level fields as this host produced them (a deep copy); later stages check them. */
+  recordSet(fields: Record<string, unknown>): void {
+    for (const [k, v] of Object.entries(fields)) this.setRecord[k] = v === undefined ? undefined : JSON.parse(JSON.stringify(v));
+  }
+
+  /**
+   * Every set-level field that steers a side effect or a path (the host's name names the
+   * repository folder, the policy decides what is refused) must be what this host produced; a
+   * guarded field the host never produced (a repository at a stage before copy) is refused too.
+   */
+  checkSetUnchanged(set: Record<string, unknown>): void {
+    for (const field of GUARDED_SET_FIELDS) {
+      const where = firstDifference(this.setRecord[field], set[field], `/${field}`);
+      if (where !== undefined) {
+        throw new Error(`${where}: differs from what host produced for backup set ${this.backupId}; fields that steer side effects or paths cannot be changed between stages`);
+      }
+    }
   }
 
   /**
@@ -383,6 +404,9 @@ export class LiveBackup {
     this.onEnd(this);
   }
 }
+
+/** The fields of a set that name paths or decide what is done (backupId is the key the set is found by). */
+const GUARDED_SET_FIELDS = ['host', 'writer', 'createdAt', 'policy', 'skipped', 'repository'] as const;
 
 /** The fields of a VM that decide what is touched and how the backup is labelled. */
 const GUARDED_FIELDS = ['disks', 'snapshotLocation', 'method', 'consistency', 'prepare', 'snapshot'] as const;
