@@ -13,7 +13,7 @@ import { ArtifactRepository } from '../repository/repository';
 import { isSafeName, newBackupId } from '../util/ids';
 import { copyBackupSet, type CopyOptions } from './copy';
 import { LiveBackup, type Logger, type Timeouts } from './live-backup';
-import { allSettledOrThrow, StageError } from './stage-error';
+import { allSettledOrThrow, CleanupFailed, StageError } from './stage-error';
 import { plannedOverlays } from '../providers/overlay-plan';
 
 export interface HostOptions {
@@ -35,6 +35,8 @@ type AnySet = { stage: string; backupId: string; vms: { id: string }[] };
 export class BackupHost {
   readonly live = new Map<string, LiveBackup>();
   readonly repository: ArtifactRepository;
+  /** what ended sets left in place (the last few), for the summary of the stage that failed */
+  private readonly endedLeft = new Map<string, string[]>();
 
   constructor(
     readonly provider: HostProvider,
@@ -82,9 +84,17 @@ export class BackupHost {
   /** A set ended: its VMs' connections go back to the host unless another live set uses them. */
   private released(ended: LiveBackup): void {
     this.live.delete(ended.backupId);
+    this.endedLeft.set(ended.backupId, ended.leftovers());
+    for (const id of [...this.endedLeft.keys()].slice(0, Math.max(0, this.endedLeft.size - 32))) this.endedLeft.delete(id);
     const stillUsed = new Set([...this.live.values()].flatMap((l) => [...l.vmIds]));
     const free = [...ended.vmIds].filter((id) => !stillUsed.has(id));
     if (free.length > 0) this.provider.release?.(free).catch(() => undefined);
+  }
+
+  /** What a set (live or ended here) still has in place; undefined for a set this host does not know. */
+  leftovers(backupId: unknown): string[] | undefined {
+    if (typeof backupId !== 'string') return undefined;
+    return this.live.get(backupId)?.leftovers() ?? this.endedLeft.get(backupId);
   }
 
   // ---- enumerate ----
@@ -334,7 +344,8 @@ export class BackupHost {
     if (errors.length > 0) {
       live.abortedBecause = `undo failed: ${errors.join('; ')}`;
       live.finish(false);
-      throw new StageError(`backup ${set.backupId} was published but cleaning up failed: ${errors.join('; ')}`);
+      throw new CleanupFailed(`backup ${set.backupId} was published but cleaning up failed: ${errors.join('; ')}`,
+        vms.map((vm) => ({ vm: vm.id, path: `${this.options.repositoryRoot.replace(/\/+$/, '')}/${vm.copy.path}` })));
     }
     live.finish(true);
     return {

@@ -91,6 +91,16 @@ export class LiveBackup {
     return this.frozen.size + this.saved.size + this.overlays.size + this.staging.size > 0;
   }
 
+  /** What this set still has in place on the VMs and in the repository, in words (for the summary). */
+  leftovers(): string[] {
+    return [
+      ...[...this.frozen.keys()].map((vm) => `${vm}: guest still frozen (thaw retried every second)`),
+      ...[...this.saved.keys()].map((vm) => `${vm}: still stopped for its saved state`),
+      ...[...this.overlays].map(([vm, o]) => `${vm}: still on overlay(s) ${o.map((x) => x.overlay).join(', ')}`),
+      ...[...this.staging].map(([vm, dir]) => `${vm}: unpublished partial backup ${dir} not removed`),
+    ];
+  }
+
   /** Fires when the set is aborted: long steps (copies) stop at once. */
   get signal(): AbortSignal {
     return this.controller.signal;
