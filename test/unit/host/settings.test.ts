@@ -6,6 +6,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as vm from 'node:vm';
 import { journalPath, openHost } from '../../../src/host/open-host';
+import { createProvider } from '../../../src/providers';
+import { SshPowerShellRunner } from '../../../src/providers/hyperv/ssh-runner';
 import { HOST_RULES, hostFieldError, hostSettings, type HostConfig } from '../../../src/host/settings';
 
 const ROOT = path.resolve(__dirname, '../../../..');
@@ -54,6 +56,12 @@ describe('host settings: one validator', () => {
     assert.equal(q.timeouts.freezeMs, 5000);
     assert.equal(q.timeouts.sessionMs, 360 * 60_000);
     assert.deepEqual(q.provider.qemu, { socketDir: '/run/qemu-server' });
+  });
+
+  it('the pinned host key reaches the Hyper-V SSH runner that checks it', () => {
+    const provider = createProvider(hostSettings({ ...ssh, sshHostKey: FP }, { password: 'pw' }).provider) as unknown as { runner: unknown };
+    assert.ok(provider.runner instanceof SshPowerShellRunner);
+    assert.equal((provider.runner as unknown as { options: { ssh: { hostFingerprint?: string } } }).options.ssh.hostFingerprint, FP);
   });
 
   it('ignores the fields of the provider not chosen, and SSH fields in local mode', () => {
