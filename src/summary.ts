@@ -67,6 +67,7 @@ export function summarize(set: unknown, error?: Error, context: SummaryContext =
     const out: VmSummary = { vm: vm.id, warnings: Array.isArray(vm.warnings) ? vm.warnings : [] };
     if (vm.method) out.method = vm.method;
     if (vm.reasons) out.why = failed.length ? failed.map((r) => `${r.rule}: ${r.detail}`).join('; ') : 'every condition for an online backup holds';
+    if (vm.unreachable) out.why = `unreachable: ${vm.unreachable.reason}`;
     if (vm.consistency) out.consistency = vm.consistency;
     if (vm.copy && !error) Object.assign(out, { bytes: vm.copy.bytes, path: root ? `${root}/${vm.copy.path}` : vm.copy.path });
     if (paths.has(vm.id)) out.path = paths.get(vm.id)!;
