@@ -41,4 +41,13 @@ for (const [stage, schema] of Object.entries(schemas)) {
   fs.writeFileSync(path.join(out, `backup-set.${stage}.schema.json`), JSON.stringify(schema, null, 2) + '\n');
 }
 fs.writeFileSync(path.join(out, 'manifest.schema.json'), JSON.stringify(manifestSchema, null, 2) + '\n');
+// The host node's settings rules and their checking function, written into its editor, so that
+// the dialog and the runtime apply one validator (src/host/settings.ts).
+const settings = require(path.join(dist, 'src', 'host', 'settings.js'));
+const hostHtml = path.join(dist, 'nodes', 'host', 'host.html');
+const marker = '/*@HOST_SETTINGS_RULES@*/';
+const html = fs.readFileSync(hostHtml, 'utf8');
+if (!html.includes(marker)) throw new Error(`${hostHtml}: the marker ${marker} is missing`);
+fs.writeFileSync(hostHtml, html.replace(marker, () => `RULES = ${JSON.stringify(settings.HOST_RULES)};\n    hostFieldError = ${settings.hostFieldError.toString()};`));
+fs.writeFileSync(path.join(out, 'host-settings.rules.json'), JSON.stringify(settings.HOST_RULES, null, 2) + '\n');
 console.log(`assets: ${copied} files copied, ${Object.keys(schemas).length + 1} schemas written`);

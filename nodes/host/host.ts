@@ -1,15 +1,13 @@
 // The host config node owns the live sessions of one hypervisor host: what is frozen, saved or
 // on an overlay. Side effects go through it, so timeouts, crash recovery and cleanup have one home.
-import * as path from 'node:path';
-import type { Node, NodeAPI, NodeDef } from 'node-red';
-import { BackupHost, DEFAULT_TIMEOUTS } from '../../src/pipeline/backup-host';
-import { Journal, JournalError } from '../../src/journal/journal';
-import { createProvider } from '../../src/providers';
-import { checkRoot } from '../../src/repository/paths';
-import { recover, type RecoveryAction } from '../../src/recovery';
-import { isSafeName } from '../../src/util/ids';
+import type { Node, NodeAPI } from 'node-red';
+import type { BackupHost } from '../../src/pipeline/backup-host';
+import { openHost, type RecoveryReport } from '../../src/host/open-host';
+import type { RecoveryAction } from '../../src/recovery';
 import { useProgramLauncher } from '../../src/util/run';
-import { hostSettings, type HostNodeDef, type HostCredentials } from './settings';
+import type { HostNodeDef, HostCredentials } from './settings';
+
+export type { RecoveryReport };
 
 export interface HostConfigNode extends Node<HostCredentials> {
   backupHost(): Promise<BackupHost>;
@@ -19,32 +17,6 @@ export interface HostConfigNode extends Node<HostCredentials> {
   /** stage nodes using this host register here; the flow's enumerate nodes raise the recovery report */
   addReporter(node: Node, type: string): void;
   removeReporter(node: Node): void;
-}
-
-/**
- * What recovery at start did, as the payload of the message the enumerate node(s) of this host
- * raise with node.error (Catch nodes get it; topic vm-backup/<host>/recovery) when it did anything.
- */
-export interface RecoveryReport {
-  host: string;
-  at: string;
-  ok: boolean;
-  journal: string;
-  actions: RecoveryAction[];
-  text: string;
-}
-
-function describeAction(a: RecoveryAction): string {
-  const what = {
-    thaw: 'thawed',
-    resume: 'resumed',
-    release: 'took the point-in-time view out of',
-    untrack: 'settled the change tracking of',
-    discard: 'removed the unpublished partial backup of',
-    'discard-unjournalled': 'removed the unjournalled partial backup',
-    unpublish: 'took back (all or none) the partly published backup of',
-  }[a.kind];
-  return `${a.ok ? '' : 'FAILED: '}${what} ${a.vm ?? ''}${a.backupId ? ` (backup ${a.backupId})` : ''}${a.by === 'guardian' ? ' by the guardian process when Node-RED died' : ''}${a.ok ? '' : `: ${a.error}`}`.trim();
 }
 
 module.exports = function register(RED: NodeAPI) {
@@ -82,34 +54,16 @@ module.exports = function register(RED: NodeAPI) {
 
     node.backupHost = () => {
       ready ??= (async () => {
-        const s = hostSettings(config, node.credentials ?? {});
-        const provider = createProvider(s.provider);
-        const journalDir = s.journalDir ?? path.join(RED.settings.userDir ?? process.cwd(), 'vm-backup');
-        const journal = new Journal(path.join(journalDir, `journal-${s.provider.hostName}.jsonl`));
-        const host = new BackupHost(provider, journal, { hostName: s.provider.hostName, repositoryRoot: s.repository, timeouts: s.timeouts },
+        const opened = await openHost(config, node.credentials ?? {}, RED.settings.userDir ?? process.cwd(),
           (level, text) => (level === 'info' ? node.log(text) : node[level](text)));
-        try {
-          node.lastRecovery = await recover(journal, provider, host.repository, s.timeouts.commandMs);
-        } catch (err) {
-          // no backup may run without a journal it can write: refuse, naming the setting
-          if (err instanceof JournalError) throw new Error(`journalDir: ${err.message}`);
-          throw err;
-        }
-        if (node.lastRecovery.length > 0) {
-          const failed = node.lastRecovery.filter((a) => !a.ok);
-          const report: RecoveryReport = {
-            host: s.provider.hostName,
-            at: new Date().toISOString(),
-            ok: failed.length === 0,
-            journal: journal.file,
-            actions: node.lastRecovery,
-            text: `recovery on host ${s.provider.hostName} after an interrupted backup: ${node.lastRecovery.map(describeAction).join('; ')}`,
-          };
+        node.lastRecovery = opened.actions;
+        const report = opened.report;
+        if (report) {
           node.recoveryReport = report;
-          node[failed.length ? 'error' : 'warn'](report.text);
+          node[report.ok ? 'warn' : 'error'](report.text);
           void flowsStarted.then(() => raise(report));
         }
-        return host;
+        return opened.host;
       })();
       ready.catch(() => {
         ready = undefined; // a bad setting is reported on use, and can be fixed by redeploy
@@ -141,4 +95,3 @@ module.exports = function register(RED: NodeAPI) {
   });
 };
 
-export { checkRoot, isSafeName, DEFAULT_TIMEOUTS };

@@ -47,6 +47,9 @@ export function registerStageNode<C extends StageNodeDef>(RED: NodeAPI, spec: St
     hostNode?.addReporter?.(node, spec.type);
     node.on('close', () => hostNode?.removeReporter?.(node));
 
+    // the step a failure is named by in the summary: this node's own, not its input's stage
+    const step = spec.type.replace(/^vmbackup-/, '');
+    let opened: BackupHost | undefined;
     node.on('input', (msg: NodeMessage, send, done) => {
       const status: StageContext<C>['status'] = (text, fill = 'blue') =>
         node.status({ fill, shape: fill === 'blue' ? 'ring' : 'dot', text });
@@ -54,10 +57,12 @@ export function registerStageNode<C extends StageNodeDef>(RED: NodeAPI, spec: St
         status(err.message.slice(0, 60), 'red');
         let summary: unknown;
         try {
-          summary = summarize(msg.payload, err);
+          const backupId = (msg.payload as { backupId?: unknown } | undefined)?.backupId;
+          const left = opened?.leftovers(backupId);
+          summary = summarize(msg.payload, err, { failedAt: step, ...(left ? { left } : {}) });
         } catch {
           // a payload too broken to summarize: the refusal itself (naming the field) must still go out
-          summary = summarize(undefined, err);
+          summary = summarize(undefined, err, { failedAt: step });
         }
         (msg as NodeMessage & { summary?: unknown; error?: unknown }).summary = summary;
         done(err);
@@ -72,7 +77,10 @@ export function registerStageNode<C extends StageNodeDef>(RED: NodeAPI, spec: St
       const sendExtra = (outputs: (NodeMessage | null)[]) => send(outputs as NodeMessage[]);
       hostNode
         .backupHost()
-        .then((host) => spec.run({ node, config, host, msg, sendExtra, status }, payload))
+        .then((host) => {
+          opened = host;
+          return spec.run({ node, config, host, msg, sendExtra, status }, payload);
+        })
         .then((result) => {
           const checked = assertStage(spec.output, result, `${spec.type} output`);
           msg.payload = checked;

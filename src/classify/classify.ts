@@ -34,6 +34,13 @@ export function classifyVm(vm: EnumeratedVm, fallback: FallbackPolicy): Classifi
   } else if (reasons.every((r) => r.ok)) {
     method = 'child-vm-snapshot';
     consistency = 'application';
+  } else if (fallback === 'saved-state' && vm.state !== 'running') {
+    // QEMU 7.2: after `migrate` a VM that was not running stays in postmigrate with its images
+    // inactive, and only `cont` (running the guest) reactivates them. So a paused VM is not saved:
+    // its disks do not change while its vCPUs are stopped, and a checkpoint leaves it exactly as it was.
+    method = 'checkpoint';
+    consistency = 'crash';
+    warnings.push(`saved-state not used: the VM is ${vm.state}, not running; its disks do not change while its vCPUs are stopped, so it gets a checkpoint and stays ${vm.state}`);
   } else if (fallback === 'saved-state') {
     method = 'saved-state';
     // A saved VM's disks hold what the guest wrote before its vCPUs stopped; together with the

@@ -59,6 +59,10 @@ export const FREEZABLE_FILESYSTEMS: ReadonlySet<string> = new Set([
 /** "All disks use a file system that supports snapshots." */
 export const freezableFilesystems: Rule = (vm) => {
   const fss = vm.guest.filesystems;
+  if (vm.guest.filesystemsListed !== undefined) {
+    // the list was cut at the schema's limit: the ones not kept cannot be vouched for
+    return reason('freezable-filesystems', false, `the guest lists ${vm.guest.filesystemsListed} file systems, more than the ${fss.length} that can be checked`);
+  }
   if (vm.guest.filesystemsVisible === false && vm.agent.responding) {
     // Hyper-V: the host cannot list guest volumes, but a production checkpoint taken
     // ProductionOnly fails outright when any guest volume cannot be quiesced, so the

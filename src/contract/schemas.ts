@@ -116,6 +116,8 @@ const guest = {
     filesystems: { type: 'array', maxItems: 256, items: filesystem },
     /** false when the host cannot see the guest's volumes (Hyper-V without published KVP data) */
     filesystemsVisible: { type: 'boolean' },
+    /** set when the guest listed more file systems than `filesystems` holds: how many it listed */
+    filesystemsListed: nonNegInt,
   },
 } as const;
 
@@ -252,6 +254,17 @@ const vmBaseProperties = {
   consistency,
   reasons: { type: 'array', maxItems: 16, items: reason },
   warnings: { type: 'array', maxItems: 256, items: { type: 'string', maxLength: 1024 } },
+  /**
+   * A VM that is defined on the host (a socket, a config) but cannot be backed up as it is (its
+   * hypervisor does not answer, or what it reports is past a limit): enumerated with the reason,
+   * so that classify fails the set or reports it by its policy instead of it vanishing.
+   */
+  unreachable: {
+    type: 'object',
+    additionalProperties: false,
+    required: ['reason'],
+    properties: { reason: { type: 'string', maxLength: 1024 } },
+  },
   prepare: prepareResult,
   snapshot: snapshotResult,
   postSnapshot: postSnapshotResult,
@@ -299,7 +312,22 @@ function stageSchema<S extends (typeof STAGES)[number], R extends readonly strin
         type: 'object',
         additionalProperties: false,
         required: ['fallback'],
-        properties: { fallback: { enum: ['checkpoint', 'saved-state', 'fail'] } },
+        properties: {
+          fallback: { enum: ['checkpoint', 'saved-state', 'fail'] },
+          /** what classify did with VMs that are defined but unreachable */
+          unreachable: { enum: ['fail', 'report'] },
+        },
+      },
+      /** VMs defined on the host but not in this set (unreachable, reported by policy), with why */
+      skipped: {
+        type: 'array',
+        maxItems: 1000,
+        items: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['vm', 'reason'],
+          properties: { vm: safeName, reason: { type: 'string', maxLength: 1024 } },
+        },
       },
       vms: {
         type: 'array',

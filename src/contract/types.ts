@@ -31,4 +31,6 @@ export type TrackingInfo = NonNullable<Disk['tracking']>;
 export type PostSnapshotResult = PostSnapshotVm['postSnapshot'];
 export type CopyResult = CopiedVm['copy'];
 export type ManifestFile = Manifest['files'][number];
+export type UnreachablePolicy = NonNullable<NonNullable<ClassifiedSet['policy']>['unreachable']>;
+export type SkippedVm = NonNullable<ClassifiedSet['skipped']>[number];
 export type Timing = NonNullable<EnumeratedSet['timings']['enumerate']>;

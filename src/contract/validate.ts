@@ -72,3 +72,14 @@ export function validate(stage: StageName, doc: unknown): string | null {
     return (err as Error).message;
   }
 }
+
+/**
+ * Null, or why one VM of a set at `stage` breaks the schema (its pointer relative to the VM):
+ * so that one odd VM can be refused alone instead of failing the whole set.
+ */
+export function vmError(stage: StageName, vm: unknown): string | null {
+  const fn = validatorFor(`vm:${stage}`, schemas[stage].properties.vms.items);
+  if (fn(vm)) return null;
+  const e = fn.errors![0];
+  return `${e.instancePath || '/'} ${e.message ?? 'is invalid'} (${ruleOf(e)})`;
+}

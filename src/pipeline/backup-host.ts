@@ -4,15 +4,16 @@ import { classifyAll } from '../classify/classify';
 import type { StageName } from '../contract/schemas';
 import type {
   ClassifiedSet, ClassifiedVm, CopiedSet, EnumeratedSet, FallbackPolicy, PostSnapshotSet, PreparedSet,
-  PreparedVm, SnapshottedSet, SnapshottedVm, PostSnapshotVm,
+  PreparedVm, SnapshottedSet, SnapshottedVm, PostSnapshotVm, SkippedVm, UnreachablePolicy,
 } from '../contract/types';
+import { fitVm } from '../contract/limits';
 import type { Journal } from '../journal/journal';
 import type { HostProvider } from '../providers/provider';
 import { ArtifactRepository } from '../repository/repository';
-import { newBackupId } from '../util/ids';
+import { isSafeName, newBackupId } from '../util/ids';
 import { copyBackupSet, type CopyOptions } from './copy';
 import { LiveBackup, type Logger, type Timeouts } from './live-backup';
-import { allSettledOrThrow, StageError } from './stage-error';
+import { allSettledOrThrow, CleanupFailed, StageError } from './stage-error';
 import { planChain, trackIntent } from './chain-plan';
 
 export interface HostOptions {
@@ -34,6 +35,8 @@ type AnySet = { stage: string; backupId: string; vms: { id: string }[] };
 export class BackupHost {
   readonly live = new Map<string, LiveBackup>();
   readonly repository: ArtifactRepository;
+  /** what ended sets left in place (the last few), for the summary of the stage that failed */
+  private readonly endedLeft = new Map<string, string[]>();
 
   constructor(
     readonly provider: HostProvider,
@@ -46,7 +49,7 @@ export class BackupHost {
 
   // ---- checks shared by every stage (no side effect before they pass) ----
 
-  private take(set: AnySet, expected: StageName, sameVms: boolean): LiveBackup {
+  private take(set: AnySet & Record<string, unknown>, expected: StageName, sameVms: boolean): LiveBackup {
     const live = this.live.get(set.backupId);
     if (!live) {
       throw new StageError(`/backupId: backup set ${set.backupId} is not live on host ${this.options.hostName} (not started by enumerate here, or already finished)`);
@@ -66,6 +69,7 @@ export class BackupHost {
       throw new StageError(`/vms: VM(s) ${missing.join(', ')} of backup set ${set.backupId} are missing from the message; VMs cannot be dropped after prepare`);
     }
     try {
+      live.checkSetUnchanged(set);
       live.checkUnchanged(set.vms as unknown as Record<string, unknown>[]);
     } catch (err) {
       throw new StageError((err as Error).message);
@@ -81,9 +85,17 @@ export class BackupHost {
   /** A set ended: its VMs' connections go back to the host unless another live set uses them. */
   private released(ended: LiveBackup): void {
     this.live.delete(ended.backupId);
+    this.endedLeft.set(ended.backupId, ended.leftovers());
+    for (const id of [...this.endedLeft.keys()].slice(0, Math.max(0, this.endedLeft.size - 32))) this.endedLeft.delete(id);
     const stillUsed = new Set([...this.live.values()].flatMap((l) => [...l.vmIds]));
     const free = [...ended.vmIds].filter((id) => !stillUsed.has(id));
     if (free.length > 0) this.provider.release?.(free).catch(() => undefined);
+  }
+
+  /** What a set (live or ended here) still has in place; undefined for a set this host does not know. */
+  leftovers(backupId: unknown): string[] | undefined {
+    if (typeof backupId !== 'string') return undefined;
+    return this.live.get(backupId)?.leftovers() ?? this.endedLeft.get(backupId);
   }
 
   // ---- enumerate ----
@@ -91,13 +103,21 @@ export class BackupHost {
   async enumerate(): Promise<EnumeratedSet> {
     const t0 = Date.now();
     const m0 = performance.now();
-    const vms = await this.provider.enumerate();
+    const found = this.provider.enumerateHost ? await this.provider.enumerateHost() : { vms: await this.provider.enumerate(), warnings: [] };
+    const listed = found.vms;
+    const hostWarnings = [...found.warnings];
+    // limits are per VM: one odd VM is clamped or marked unreachable, never fails the set
+    const vms = listed.filter((vm) => {
+      if (isSafeName(vm.id)) return true;
+      hostWarnings.push(`a VM named ${JSON.stringify(String(vm.id).slice(0, 80))} skipped: its id is not a valid name`);
+      return false;
+    }).map(fitVm);
     const backupId = newBackupId();
     const live = new LiveBackup(backupId, vms.map((vm) => vm.id), this.provider, this.journal, this.options.timeouts, this.log,
       (l) => this.released(l));
     this.live.set(backupId, live);
     live.end('enumerated', vms);
-    return {
+    const set: EnumeratedSet = {
       stage: 'enumerated',
       backupId,
       host: { name: this.options.hostName, provider: this.provider.kind },
@@ -105,32 +125,51 @@ export class BackupHost {
       createdAt: new Date(t0).toISOString(),
       vms,
       timings: { enumerate: this.timing(t0, m0) },
-      warnings: vms.flatMap((vm) => (vm.warnings ?? []).map((w) => `${vm.id}: ${w}`)),
+      warnings: [
+        ...hostWarnings,
+        ...vms.flatMap((vm) => [
+          ...(vm.unreachable ? [`${vm.id}: defined but unreachable: ${vm.unreachable.reason}`] : []),
+          ...(vm.warnings ?? []).map((w) => `${vm.id}: ${w}`),
+        ]),
+      ].slice(0, 1024),
     };
+    live.recordSet({ host: set.host, writer: set.writer, createdAt: set.createdAt });
+    return set;
   }
 
   // ---- classify (pure; only records the VMs kept) ----
 
-  classify(set: EnumeratedSet, fallback: FallbackPolicy): ClassifiedSet {
+  classify(set: EnumeratedSet, fallback: FallbackPolicy, unreachable: UnreachablePolicy = 'fail'): ClassifiedSet {
     const live = this.take(set, 'enumerated', false);
     const t0 = Date.now();
     const m0 = performance.now();
     let vms: ClassifiedVm[];
+    const skipped: SkippedVm[] = set.vms.filter((vm) => vm.unreachable).map((vm) => ({ vm: vm.id, reason: vm.unreachable!.reason }));
     try {
-      vms = classifyAll(set.vms, fallback);
+      if (skipped.length > 0 && unreachable === 'fail') {
+        throw new StageError(`/vms: ${skipped.length} VM(s) defined on host ${this.options.hostName} cannot be reached: ${skipped.map((s) => `${s.vm} (${s.reason})`).join('; ')}; policy unreachable is "fail" (choose "report" on the classify node to back up the others)`);
+      }
+      const reachable = set.vms.filter((vm) => !vm.unreachable);
+      if (reachable.length === 0 && skipped.length > 0) {
+        // never "ok" about nothing: VMs are defined, none can be backed up
+        throw new StageError(`/vms: none of the ${skipped.length} VM(s) defined on host ${this.options.hostName} can be reached: ${skipped.map((s) => `${s.vm} (${s.reason})`).join('; ')}`);
+      }
+      vms = classifyAll(reachable, fallback);
     } catch (err) {
       void live.abort((err as Error).message);
       throw err;
     }
     live.vmIds = new Set(vms.map((vm) => vm.id));
     live.end('classified', vms);
+    live.recordSet({ policy: { fallback, unreachable }, ...(skipped.length ? { skipped } : {}) });
     return {
       ...set,
       stage: 'classified',
-      policy: { fallback },
+      policy: { fallback, unreachable },
+      ...(skipped.length ? { skipped } : {}),
       vms,
       timings: { ...set.timings, classify: this.timing(t0, m0) },
-      warnings: [...set.warnings, ...vms.flatMap((vm) => vm.warnings.filter((w) => !set.warnings.includes(`${vm.id}: ${w}`)).map((w) => `${vm.id}: ${w}`))],
+      warnings: [...set.warnings, ...vms.flatMap((vm) => vm.warnings.filter((w) => !set.warnings.includes(`${vm.id}: ${w}`)).map((w) => `${vm.id}: ${w}`))].slice(0, 1024),
     };
   }
 
@@ -185,7 +224,8 @@ export class BackupHost {
       return { ...vm, prepare: { action: 'freeze', previousState, frozenFilesystems, frozenAt: new Date(t0).toISOString(), ...base, ms: performance.now() - m0 } };
     }
     if (vm.method === 'saved-state') {
-      // the view is armed after the save: QEMU cannot migrate with its filters in the graph
+      // the view is armed after the save: QEMU cannot migrate with its filters in the graph;
+      // paths from the host's own settings, never from the message
       live.noteStaging(vm.id, this.repository.stagingDir(this.options.hostName, vm.id, live.backupId));
       const dir = await this.repository.openStaging(this.options.hostName, vm.id, live.backupId);
       const file = `${dir}/state.vmstate`;
@@ -316,7 +356,8 @@ export class BackupHost {
     if (errors.length > 0) {
       live.abortedBecause = `undo failed: ${errors.join('; ')}`;
       live.finish(false);
-      throw new StageError(`backup ${set.backupId} was published, but the VMs are not all back as they were: ${errors.join('; ')} (retried every 5 s until it succeeds; the journal keeps it for recovery)`);
+      throw new CleanupFailed(`backup ${set.backupId} was published, but the VMs are not all back as they were: ${errors.join('; ')} (retried every 5 s until it succeeds; the journal keeps it for recovery)`,
+        vms.map((vm) => ({ vm: vm.id, path: `${this.options.repositoryRoot.replace(/\/+$/, '')}/${vm.copy.path}` })));
     }
     live.finish(true);
     return {

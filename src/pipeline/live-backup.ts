@@ -51,6 +51,8 @@ export class LiveBackup {
   private readonly controller = new AbortController();
   /** what this host itself produced for each VM at the last stage: the message may not change it */
   private readonly records = new Map<string, { stage: string; vm: Record<string, unknown> }>();
+  /** the set-level fields this host produced (host, writer, policy, ...): the message may not change them */
+  private readonly setRecord: Record<string, unknown> = {};
   /** the process that undoes this set's effects if Node-RED itself dies (see guardian.ts) */
   private guardian: ChildProcess | undefined;
   private guarded = false;
@@ -93,6 +95,17 @@ export class LiveBackup {
 
   hasSideEffects(): boolean {
     return this.frozen.size + this.saved.size + this.views.size + this.tracks.size + this.staging.size > 0;
+  }
+
+  /** What this set still has in place on the VMs and in the repository, in words (for the summary). */
+  leftovers(): string[] {
+    return [
+      ...[...this.frozen.keys()].map((vm) => `${vm}: guest still frozen (thaw retried every second)`),
+      ...[...this.saved.keys()].map((vm) => `${vm}: still stopped for its saved state`),
+      ...[...this.views.keys()].map((vm) => `${vm}: its point-in-time view is still in place (taken out on a retry every 5 s; the guest runs unharmed on its own image)`),
+      ...[...this.tracks.keys()].map((vm) => `${vm}: change tracking not settled (retried; the next backup may copy more than changed, never less)`),
+      ...[...this.staging].map(([vm, dir]) => `${vm}: unpublished partial backup ${dir} not removed`),
+    ];
   }
 
   /** Fires when the set is aborted: long steps (copies) stop at once. */
@@ -164,6 +177,25 @@ export class LiveBackup {
         }
       }
     });
+  }
+
+  /** Remember set-level fields as this host produced them (a deep copy); later stages check them. */
+  recordSet(fields: Record<string, unknown>): void {
+    for (const [k, v] of Object.entries(fields)) this.setRecord[k] = v === undefined ? undefined : JSON.parse(JSON.stringify(v));
+  }
+
+  /**
+   * Every set-level field that steers a side effect or a path (the host's name names the
+   * repository folder, the policy decides what is refused) must be what this host produced; a
+   * guarded field the host never produced (a repository at a stage before copy) is refused too.
+   */
+  checkSetUnchanged(set: Record<string, unknown>): void {
+    for (const field of GUARDED_SET_FIELDS) {
+      const where = firstDifference(this.setRecord[field], set[field], `/${field}`);
+      if (where !== undefined) {
+        throw new Error(`${where}: differs from what host produced for backup set ${this.backupId}; fields that steer side effects or paths cannot be changed between stages`);
+      }
+    }
   }
 
   /**
@@ -456,6 +488,9 @@ export class LiveBackup {
     this.onEnd(this);
   }
 }
+
+/** The fields of a set that name paths or decide what is done (backupId is the key the set is found by). */
+const GUARDED_SET_FIELDS = ['host', 'writer', 'createdAt', 'policy', 'skipped', 'repository'] as const;
 
 /** The fields of a VM that decide what is touched and how the backup is labelled. */
 const GUARDED_FIELDS = ['disks', 'snapshotLocation', 'method', 'consistency', 'prepare', 'snapshot', 'postSnapshot'] as const;

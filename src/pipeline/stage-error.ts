@@ -6,6 +6,14 @@ export class StageError extends Error {
   }
 }
 
+/** Every VM's backup was published, but undoing the set's effects (merge, resume) failed afterwards. */
+export class CleanupFailed extends StageError {
+  constructor(message: string, readonly published: { vm: string; path: string }[]) {
+    super(message);
+    this.name = 'CleanupFailed';
+  }
+}
+
 /**
  * Run `step` for every item concurrently and wait for all of them (never leave one running
  * behind a failure: its side effect must be known before anything is undone). Throws one

@@ -1,19 +1,20 @@
 import { checkRoot, PathRefused } from '../repository/paths';
 import type { HostProvider } from './provider';
 import { QemuProvider } from './qemu/qemu-provider';
+import type { SshTarget } from './ssh-target';
 
+// The settings are checked once, in src/host/settings.ts (the host node's fields and the editor);
+// here each provider only turns its part into its own options.
 export interface ProviderConfig {
   provider: 'qemu' | 'hyperv';
   hostName: string;
   qemu?: { socketDir: string; overlayDir?: string; compress?: boolean; commandMs?: number };
-  hyperv?: {
-    mode: 'local' | 'ssh';
-    ssh?: { host: string; port?: number; username: string; password?: string; privateKey?: string };
-  };
+  hyperv?: { mode: 'local' | 'ssh'; ssh?: SshTarget };
 }
 
-export function createProvider(config: ProviderConfig): HostProvider {
-  if (config.provider === 'qemu') {
+/** The provider registry: a new provider is one line here (and its settings in src/host/settings.ts). */
+const FACTORIES: Record<ProviderConfig['provider'], (config: ProviderConfig) => HostProvider> = {
+  qemu: (config) => {
     const q = config.qemu;
     if (!q) throw new PathRefused('socketDir', 'is required for the QEMU provider');
     return new QemuProvider({
@@ -22,12 +23,17 @@ export function createProvider(config: ProviderConfig): HostProvider {
       ...(q.compress !== undefined ? { compress: q.compress } : {}),
       ...(q.commandMs !== undefined ? { commandMs: q.commandMs } : {}),
     });
-  }
-  if (config.provider === 'hyperv') {
-    // loaded on demand: QEMU users never load the Hyper-V code
+  },
+  // loaded on demand: QEMU users never load the Hyper-V code
+  hyperv: (config) => {
     const { createHyperVProvider } = require('./hyperv') as { createHyperVProvider: (o: object) => HostProvider };
     const h = config.hyperv ?? { mode: 'local' as const };
     return createHyperVProvider({ hostName: config.hostName, mode: h.mode, ...(h.ssh ? { ssh: h.ssh } : {}) });
-  }
-  throw new Error(`provider: "${String(config.provider)}" is not one of qemu, hyperv`);
+  },
+};
+
+export function createProvider(config: ProviderConfig): HostProvider {
+  const factory = Object.prototype.hasOwnProperty.call(FACTORIES, config.provider) ? FACTORIES[config.provider] : undefined;
+  if (!factory) throw new Error(`provider: "${String(config.provider)}" is not one of ${Object.keys(FACTORIES).join(', ')}`);
+  return factory(config);
 }

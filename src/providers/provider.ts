@@ -56,6 +56,12 @@ export interface GuardianProviderSpec {
   options: Record<string, unknown>;
 }
 
+/** What enumerate found: the VMs, and warnings about the host that belong to no VM. */
+export interface Enumeration {
+  vms: EnumeratedVm[];
+  warnings: string[];
+}
+
 export interface HostProvider {
   readonly kind: ProviderKind;
   /** The seeds' "writer": what enumerates the VMs as components (e.g. "QEMU QMP writer"). */
@@ -66,8 +72,14 @@ export interface HostProvider {
    */
   readonly quiesce: 'agent' | 'view';
 
-  /** Every VM on the host, read-only: state, agent, guest file systems, disks with exclusions. */
+  /**
+   * Every VM defined on the host, read-only: state, agent, guest file systems, disks with
+   * exclusions; a VM that is defined but cannot be reached is listed with `unreachable`.
+   */
   enumerate(): Promise<EnumeratedVm[]>;
+
+  /** The same, with the warnings about the host that belong to no VM (used when present). */
+  enumerateHost?(): Promise<Enumeration>;
 
   /** Quiesce the guest (the guest takes its own consistency point). */
   freeze(vm: ClassifiedVm, timeoutMs: number): Promise<{ frozenFilesystems: number }>;

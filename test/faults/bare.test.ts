@@ -4,10 +4,13 @@
 // After every case: every VM running and on no overlay, nothing pending in the journal, nothing
 // partial published, earlier backups byte-identical (see support/world.ts).
 import * as assert from 'node:assert/strict';
-import { mkdtempSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { pendingUndos } from '../../src/journal/journal';
+import { QmpClient } from '../../src/providers/qemu/protocol';
+import { waitForSocket } from '../support/bare-vms';
 import { startBareWorld, type BareWorld } from './support/bare';
 import { InProcessRun, type Stage, type StepResult } from './support/inproc';
 import { faultCase } from './support/table';
@@ -46,7 +49,7 @@ describe('fault injection: bare QEMU VMs through the pipeline nodes', function (
    * watchdogs get time to act, the flow is closed, killed VMs are started again, and the
    * invariants are checked from outside.
    */
-  async function bareCase(name: string, expected: string, body: (run: InProcessRun) => Promise<Outcome>, o: { fallback?: string; hostExtra?: Record<string, unknown> } = {}) {
+  async function bareCase(name: string, expected: string, body: (run: InProcessRun) => Promise<Outcome>, o: { fallback?: string; unreachable?: string; hostExtra?: Record<string, unknown> } = {}) {
     await faultCase(GROUP, name, expected, async () => {
       const repository = world.host.repository;
       const before = await repositoryState(repository);
@@ -55,6 +58,7 @@ describe('fault injection: bare QEMU VMs through the pipeline nodes', function (
         repository,
         journalDir: mkdtempSync(path.join(os.tmpdir(), 'vmb-faults-journal-')),
         fallback: o.fallback ?? 'checkpoint',
+        ...(o.unreachable ? { unreachable: o.unreachable } : {}),
         hostExtra: { idleTimeout: 5, pauseTimeout: 5, ...o.hostExtra },
       });
       let out: Outcome;
@@ -90,15 +94,87 @@ describe('fault injection: bare QEMU VMs through the pipeline nodes', function (
 
   // ---- VM gone / QEMU killed ----
 
-  it('QEMU killed before enumerate (stale socket)', async () => {
-    await bareCase('enumerate: QEMU killed before (stale QMP socket)', 'VM skipped with a warning naming it; the others backed up', async (run) => {
+  it('QEMU killed before enumerate (stale socket), policy unreachable fail', async () => {
+    await bareCase('enumerate: QEMU killed before (stale QMP socket), unreachable: fail', 'VM listed as unreachable with the reason; classify refuses the set naming it; summary not ok', async (run) => {
+      await world.kill('beta');
+      const r = await run.through('copy');
+      const enumerated = r.results.enumerate as { ok: true; payload: any };
+      assert.ok(enumerated.ok);
+      const beta = enumerated.payload.vms.find((v: any) => v.id === 'beta');
+      assert.equal(beta?.state, 'unreachable', 'beta is enumerated, not dropped');
+      assert.match(beta.unreachable.reason, /QMP socket .*beta\.qmp does not answer/);
+      assert.equal(r.stage, 'classify');
+      assert.match((r.last as any).error, /1 VM\(s\) defined on host faulthost cannot be reached: beta \(QMP socket .* policy unreachable is "fail"/);
+      const summary = r.last.msg.summary;
+      assert.equal(summary.ok, false);
+      assert.equal(summary.failedAt, 'classify');
+      assert.equal(summary.backups.published, false);
+      return { note: `${refusal(r.last, 'classify')}; summary ok=false`, backupId: enumerated.payload.backupId, published: false };
+    });
+  });
+
+  it('QEMU killed before enumerate (stale socket), policy unreachable report', async () => {
+    await bareCase('enumerate: QEMU killed before (stale QMP socket), unreachable: report', 'the other VM published; the unreachable one in skipped and in the summary, which is not ok', async (run) => {
       await world.kill('beta');
       const r = await run.through('copy');
       assert.ok(r.last.ok, (r.last as any).error);
       const set = r.last.payload;
       assert.deepEqual(set.vms.map((v: any) => v.id), ['alpha']);
-      assert.ok(set.warnings.some((w: string) => /beta.*does not answer/.test(w)), 'a warning names beta');
-      return { note: `alpha published; warning: "${short(set.warnings.find((w: string) => /beta/.test(w)), 70)}"`, backupId: set.backupId, published: true };
+      assert.deepEqual(set.skipped.map((x: any) => x.vm), ['beta']);
+      const summary = r.last.msg.summary;
+      assert.equal(summary.ok, false, 'a defined VM was not backed up: not ok');
+      assert.equal(summary.backups.published, true);
+      assert.match(summary.text, /NOT backed up \(defined but unreachable\): beta \(QMP socket/);
+      return { note: `alpha published; summary ok=false: "${short(summary.text.split('\n').find((l: string) => /NOT backed up/.test(l)), 70)}"`, backupId: set.backupId, published: true };
+    }, { unreachable: 'report' });
+  });
+
+  it('every QMP socket held by another client (as libvirtd holds them)', async () => {
+    await bareCase('enumerate: every QMP socket held by another client (libvirt), unreachable: report', 'every VM listed unreachable with the reason; classify refuses (0 VMs where VMs are defined); summary not ok, the warnings kept', async (run) => {
+      // the first client of a QMP socket is served; a second is queued and never greeted
+      const holders = await Promise.all(world.refs.map((ref) => QmpClient.connect(ref.qmp)));
+      let r;
+      try {
+        r = await run.through('copy');
+      } finally {
+        await Promise.all(holders.map((h) => h.close()));
+      }
+      const enumerated = r.results.enumerate as { ok: true; payload: any };
+      assert.ok(enumerated.ok, 'enumerate itself reports what it found');
+      assert.deepEqual(enumerated.payload.vms.map((v: any) => [v.id, v.state]), [['alpha', 'unreachable'], ['beta', 'unreachable']]);
+      assert.equal(enumerated.payload.warnings.filter((w: string) => /defined but unreachable/.test(w)).length, 2, 'the warnings are not lost with an empty list');
+      assert.equal(r.stage, 'classify');
+      assert.match((r.last as any).error, /none of the 2 VM\(s\) defined on host faulthost can be reached/);
+      assert.equal(r.last.msg.summary.ok, false);
+      return { note: refusal(r.last, 'classify'), backupId: enumerated.payload.backupId, published: false };
+    }, { unreachable: 'report' });
+  });
+
+  it('a guest agent listing 300 file systems', async function () {
+    if (process.getuid?.() !== 0) this.skip(); // bind mounts in a private mount namespace need root
+    await bareCase('enumerate: a guest agent lists 300+ file systems (schema limit 256)', 'that VM clamped with a warning and not application-consistent; the set passes its schema; both VMs published', async (run) => {
+      const socket = path.join(world.host.socketDir, 'beta.qga');
+      const scratch = mkdtempSync(path.join(os.tmpdir(), 'vmb-faults-fs-'));
+      const agent = spawn('unshare', ['-m', '--propagation', 'private', process.execPath, path.join(__dirname, 'support', 'many-filesystems-agent.js'), socket, '300', scratch], { stdio: 'ignore' });
+      try {
+        await waitForSocket(socket, 30_000);
+        const r = await run.through('copy');
+        assert.ok(r.last.ok, (r.last as any).error);
+        const beta = r.last.payload.vms.find((v: any) => v.id === 'beta');
+        assert.ok(beta.guest.filesystemsListed >= 300, `listed ${beta.guest.filesystemsListed}`);
+        assert.equal(beta.guest.filesystems.length, 256);
+        assert.match(beta.warnings.join('\n'), /the guest lists \d+ file systems; only the first 256 are kept/);
+        assert.equal(beta.method, 'checkpoint');
+        assert.match(beta.reasons.find((x: any) => x.rule === 'freezable-filesystems').detail, /lists \d+ file systems, more than the 256/);
+        assert.deepEqual(r.last.payload.vms.map((v: any) => v.copy.path.split('/')[1]), ['alpha', 'beta']);
+        return { note: `beta: ${beta.guest.filesystemsListed} listed, 256 kept, checkpoint; both published`, backupId: r.last.payload.backupId, published: true };
+      } finally {
+        const gone = new Promise<void>((resolve) => (agent.exitCode !== null ? resolve() : agent.once('exit', () => resolve())));
+        agent.kill('SIGTERM');
+        await gone;
+        rmSync(socket, { force: true });
+        rmSync(scratch, { recursive: true, force: true });
+      }
     });
   });
 
@@ -203,6 +279,9 @@ describe('fault injection: bare QEMU VMs through the pipeline nodes', function (
     ['copy', 'post-snapshot', 'an overlay base edited to /etc/shadow', (s) => (s.vms[0].snapshot.overlays[0].base = '/etc/shadow'), /\/vms\/0\/snapshot\/overlays\/0\/base: differs/],
     ['copy', 'post-snapshot', 'a crash-consistent VM relabelled application-consistent', (s) => (s.vms[1].consistency = 'application'), /\/vms\/1\/consistency: differs/],
     ['prepare', 'classify', 'the method edited to saved-state', (s) => (s.vms[0].method = 'saved-state'), /\/vms\/0\/method: differs/],
+    ['copy', 'post-snapshot', 'the host name edited to victimhost', (s) => (s.host.name = 'victimhost'), /\/host\/name: differs from what host produced/],
+    ['copy', 'post-snapshot', 'a repository added', (s) => (s.repository = '/tmp'), /\/repository: differs from what host produced/],
+    ['prepare', 'classify', 'the fallback policy edited', (s) => (s.policy.fallback = 'saved-state'), /\/policy\/fallback: differs from what host produced/],
   ];
   for (const [stage, after, what, edit, pattern] of edits) {
     it(`${stage} refuses ${what}`, async () => {
@@ -213,8 +292,10 @@ describe('fault injection: bare QEMU VMs through the pipeline nodes', function (
         edit(edited);
         const s = await run.step(stage, edited);
         assert.match((s as any).error ?? '', pattern);
+        assert.equal(s.msg.summary.failedAt, stage, 'the summary names the node that refused');
         const rest = await run.through('copy', r.last.payload, stage);
         assert.ok(rest.last.ok, (rest.last as any).error);
+        assert.ok(!existsSync(path.join(world.host.repository, 'victimhost')), 'nothing published under an edited host name');
         return { note: `${refusal(s, stage)}; genuine message published`, backupId: r.last.payload.backupId, published: true };
       });
     });

@@ -16,6 +16,8 @@ export interface FlowOptions {
   repository: string;
   journalDir: string;
   fallback?: string;
+  /** classify's policy for unreachable VMs (default: the node's default, fail) */
+  unreachable?: string;
   hostExtra?: Record<string, unknown>;
   /** wire each stage to the next (default) or only to the helper node "out-<stage>" */
   wired?: boolean;
@@ -38,6 +40,7 @@ export function pipelineFlow(o: FlowOptions): object[] {
     const out = [`out-${stage}`, ...(wired && next ? [next] : [])];
     const node: Record<string, unknown> = { id: stage, type: `vmbackup-${stage}`, z: 'f1', host: 'host', x: 0, y: 0, wires: [out] };
     if (stage === 'classify') node.fallback = o.fallback ?? 'checkpoint';
+    if (stage === 'classify' && o.unreachable) node.unreachable = o.unreachable;
     if (stage === 'copy') Object.assign(node, { compress: false, concurrency: 2, progressInterval: 50, wires: [out, ['progress']] });
     flow.push(node, { id: `out-${stage}`, type: 'helper', z: 'f1', x: 0, y: 0 });
   });

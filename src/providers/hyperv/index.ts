@@ -6,21 +6,12 @@ import { HyperVError } from './errors';
 import { HyperVProvider } from './provider';
 import { LocalPowerShellRunner, type PowerShellRunner } from './runner';
 import { SshPowerShellRunner, type SshClientFactory } from './ssh-runner';
+import type { SshTarget } from '../ssh-target';
 
 export interface HyperVOptions {
   hostName: string;
   mode: 'local' | 'ssh';
-  ssh?: {
-    host: string;
-    port?: number;
-    username: string;
-    password?: string;
-    /** the key itself (PEM / OpenSSH), not a path */
-    privateKey?: string;
-    passphrase?: string;
-    /** "SHA256:..." (ssh-keygen -lf); when set, any other host key is refused */
-    hostFingerprint?: string;
-  };
+  ssh?: SshTarget;
   /** default powershell.exe */
   powershell?: string;
   /** per script run; default 600000 (10 minutes) */

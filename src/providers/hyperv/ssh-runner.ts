@@ -16,17 +16,9 @@ import {
   type PowerShellRunner, type RawRun, type RunOptions, type ScriptName, type ScriptParams,
 } from './runner';
 
-export interface SshTarget {
-  host: string;
-  port?: number;
-  username: string;
-  password?: string;
-  /** the private key itself (PEM / OpenSSH format), not a path */
-  privateKey?: string;
-  passphrase?: string;
-  /** "SHA256:..." as `ssh-keygen -lf` prints it; when set, any other host key is refused */
-  hostFingerprint?: string;
-}
+// the one SSH options type (the host node's SSH fields), shared with the host settings
+import type { SshTarget } from '../ssh-target';
+export type { SshTarget };
 
 // The parts of ssh2 used here, typed structurally so that tests can stand in for it.
 export interface SshChannel extends EventEmitter {

@@ -6,7 +6,8 @@ import { isSafeName } from '../../util/ids';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import type { ClassifiedVm, EnumeratedVm, PointInTimeView } from '../../contract/types';
-import type { ExportOptions, ExportedFile, GuardianProviderSpec, HostProvider, Progress } from '../provider';
+import type { Enumeration, ExportOptions, ExportedFile, GuardianProviderSpec, HostProvider, Progress } from '../provider';
+import { unreachableVm } from '../../contract/limits';
 import { disksFrom, type NamedNode, type QueryBlockEntry } from './block-graph';
 import { discoverVms, findQemuPid, readCmdline, type DiscoveredVm } from './discovery';
 import { agentFrom, filesystemsFrom, osFrom, type GuestFsInfo, type GuestInfo, type GuestOsInfo } from './guest-facts';
@@ -131,25 +132,28 @@ export class QemuProvider implements HostProvider {
   // ---- enumerate ----
 
   async enumerate(): Promise<EnumeratedVm[]> {
+    return (await this.enumerateHost()).vms;
+  }
+
+  async enumerateHost(): Promise<Enumeration> {
     const found = await discoverVms(this.options.socketDir);
     const out: EnumeratedVm[] = [];
-    const skippedWarnings = new Map<string, string>();
     await Promise.all(found.vms.map(async (d) => {
       this.vms.set(d.id, d);
       try {
         out.push(await this.enumerateOne(d));
       } catch (err) {
-        // A stale socket (QEMU gone) is not a VM we can back up; say so instead of failing all.
+        // A VM whose socket is there but does not answer (QEMU gone, or another client such as
+        // libvirtd holding the monitor) is defined but unreachable: listed with the reason, so
+        // that classify's policy fails the set or reports it; never dropped without a word.
         this.vms.delete(d.id);
-        skippedWarnings.set(d.id, `${d.id}: QMP socket ${d.qmp} does not answer (${(err as Error).message}); VM skipped`);
+        out.push(unreachableVm(d.id, `QMP socket ${d.qmp} does not answer (${(err as Error).message})`,
+          { agent: { present: d.qga !== undefined, responding: false, freezeEnabled: false }, snapshotLocation: { path: this.options.overlayDir ?? this.options.socketDir } }));
       }
     }));
     out.sort((a, b) => a.id.localeCompare(b.id));
-    if (found.skipped.length || skippedWarnings.size) {
-      const notes = [...found.skipped.map((s) => `socket ${s} skipped: its name is not a valid VM id`), ...skippedWarnings.values()];
-      if (out[0]) out[0].warnings = [...(out[0].warnings ?? []), ...notes];
-    }
-    return out;
+    // host-level notes go with the set, not on a VM: they must reach the user when no VM is listed
+    return { vms: out, warnings: found.skipped.map((s) => `socket ${s} skipped: its name is not a valid VM id`) };
   }
 
   private async enumerateOne(d: DiscoveredVm): Promise<EnumeratedVm> {

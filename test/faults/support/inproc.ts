@@ -14,6 +14,7 @@ export interface RunOptions {
   repository: string;
   journalDir: string;
   fallback?: string;
+  unreachable?: string;
   hostName?: string;
   hostExtra?: Record<string, unknown>;
 }
@@ -44,6 +45,7 @@ export class InProcessRun {
       repository: this.o.repository,
       journalDir: this.o.journalDir,
       fallback: this.o.fallback ?? 'checkpoint',
+      ...(this.o.unreachable ? { unreachable: this.o.unreachable } : {}),
       wired: false,
       hostExtra: { hostName: this.hostName, ...this.o.hostExtra },
     });

@@ -1,5 +1,7 @@
 import * as assert from 'node:assert/strict';
 import { classifyAll, classifyVm } from '../../../src/classify/classify';
+import { fitVm } from '../../../src/contract/limits';
+import { vmError } from '../../../src/contract/validate';
 import { onlineVm } from './fixtures';
 
 const failed = (vm: ReturnType<typeof classifyVm>) => vm.reasons.filter((r) => !r.ok).map((r) => r.rule);
@@ -34,10 +36,46 @@ describe('classification', () => {
       if (over?.state === 'paused') assert.equal(checkpoint.reasons.find((r) => r.rule === 'vm-running')?.detail, 'VM is paused, not running');
       assert.equal(checkpoint.method, 'checkpoint');
       assert.equal(checkpoint.consistency, 'crash');
-      assert.equal(classifyVm(onlineVm(over), 'saved-state').method, 'saved-state');
+      // a VM that is not running is never saved (QEMU would leave its images inactive): checkpoint
+      assert.equal(classifyVm(onlineVm(over), 'saved-state').method, over?.state === 'paused' ? 'checkpoint' : 'saved-state');
       assert.throws(() => classifyAll([onlineVm(over)], 'fail'), new RegExp(`web1 \\(.*${rule}`));
     });
   }
+
+  it('gives a paused VM the checkpoint method, not saved-state, with the reason (issue 11 mechanism 7)', () => {
+    for (const state of ['paused', 'suspended', 'inmigrate']) {
+      const vm = classifyVm(onlineVm({ state }), 'saved-state');
+      assert.deepEqual([vm.method, vm.consistency], ['checkpoint', 'crash'], state);
+      assert.match(vm.warnings.join('\n'), new RegExp(`saved-state not used: the VM is ${state}, not running; its disks do not change while its vCPUs are stopped`));
+    }
+    const running = classifyVm(onlineVm({ agent: { present: false, responding: false, freezeEnabled: false } }), 'saved-state');
+    assert.equal(running.method, 'saved-state', 'a running VM still gets saved-state by policy');
+    assert.deepEqual(running.warnings, []);
+  });
+
+  it('a guest listing more file systems than the schema holds is clamped with a warning and is not application-consistent', () => {
+    const many = Array.from({ length: 300 }, (_, i) => ({ mountpoint: `/m${i}`, type: 'ext4', device: `vd${i}` }));
+    const fitted = fitVm(onlineVm({ guest: { filesystems: many, os: { name: 'Debian' } } }));
+    assert.equal(fitted.unreachable, undefined);
+    assert.equal(fitted.guest.filesystems.length, 256);
+    assert.equal(fitted.guest.filesystemsListed, 300);
+    assert.match(fitted.warnings!.join('\n'), /the guest lists 300 file systems; only the first 256 are kept/);
+    assert.equal(vmError('enumerated', fitted), null);
+    const vm = classifyVm(fitted, 'checkpoint');
+    assert.deepEqual([vm.method, vm.consistency], ['checkpoint', 'crash']);
+    assert.match(vm.reasons.find((r) => r.rule === 'freezable-filesystems')!.detail, /lists 300 file systems, more than the 256/);
+  });
+
+  it('a VM past a limit that cannot be clamped (too many disks) is refused alone, with the reason', () => {
+    const disk = onlineVm().disks[0];
+    const vm = fitVm(onlineVm({ disks: Array.from({ length: 65 }, (_, i) => ({ ...disk, id: `d${i}` })) }));
+    assert.equal(vm.state, 'unreachable');
+    assert.match(vm.unreachable!.reason, /does not fit the backup set: \/disks must NOT have more than 64 items/);
+    assert.deepEqual(vm.disks, []);
+    assert.equal(vmError('enumerated', vm), null);
+    const good = fitVm(onlineVm());
+    assert.deepEqual(good, onlineVm(), 'a VM within the limits is unchanged');
+  });
 
   it('copies a shut-down VM as it is, whatever the policy', () => {
     for (const policy of ['checkpoint', 'saved-state', 'fail'] as const) {
