@@ -6,7 +6,7 @@ import { BackupHost, DEFAULT_TIMEOUTS } from '../../src/pipeline/backup-host';
 import { Journal, JournalError } from '../../src/journal/journal';
 import { createProvider } from '../../src/providers';
 import { checkRoot } from '../../src/repository/paths';
-import { recover, type RecoveryAction } from '../../src/recovery';
+import { journalPath, recover, type RecoveryAction } from '../../src/recovery';
 import { isSafeName } from '../../src/util/ids';
 import { useProgramLauncher } from '../../src/util/run';
 import { hostSettings, type HostNodeDef, type HostCredentials } from './settings';
@@ -35,6 +35,8 @@ export interface RecoveryReport {
 }
 
 function describeAction(a: RecoveryAction): string {
+  // findings that are not undos: their error says what was found and what to do
+  if (a.kind === 'skip-lines' || a.kind === 'refuse' || a.kind === 'foreign-pending' || a.kind === 'leave-staging') return `${a.ok ? '' : 'ATTENTION: '}${a.error ?? a.kind}`;
   const what = {
     thaw: 'thawed',
     resume: 'resumed',
@@ -43,7 +45,21 @@ function describeAction(a: RecoveryAction): string {
     'discard-unjournalled': 'removed the unjournalled partial backup',
     unpublish: 'took back (all or none) the partly published backup of',
   }[a.kind];
-  return `${a.ok ? '' : 'FAILED: '}${what} ${a.vm ?? ''}${a.backupId ? ` (backup ${a.backupId})` : ''}${a.by === 'guardian' ? ' by the guardian process when Node-RED died' : ''}${a.ok ? '' : `: ${a.error}`}`.trim();
+  return `${a.ok ? '' : 'FAILED: '}${what} ${a.vm ?? ''}${a.backupId ? ` (backup ${a.backupId})` : ''}${a.by === 'guardian' ? ' by the guardian process when Node-RED died' : ''}${a.journal ? ` (from journal ${a.journal})` : ''}${a.ok ? '' : `: ${a.error}`}`.trim();
+}
+
+/** A node id as a journal owner (a safe name); undefined when it cannot be one. */
+function ownerId(id: string): string | undefined {
+  return isSafeName(id) ? id : undefined;
+}
+
+/** The other host config nodes of the deployed flows (their ids and host names). */
+function hostPeers(RED: NodeAPI, self: string): { id: string; hostName: string }[] {
+  const peers: { id: string; hostName: string }[] = [];
+  (RED.nodes as unknown as { eachNode(f: (n: { id: string; type: string; hostName?: string; d?: boolean }) => void): void }).eachNode((n) => {
+    if (n.type === 'vmbackup-host' && n.id !== self && !n.d) peers.push({ id: n.id, hostName: n.hostName || 'localhost' });
+  });
+  return peers;
 }
 
 module.exports = function register(RED: NodeAPI) {
@@ -84,11 +100,20 @@ module.exports = function register(RED: NodeAPI) {
         const s = hostSettings(config, node.credentials ?? {});
         const provider = createProvider(s.provider);
         const journalDir = s.journalDir ?? path.join(RED.settings.userDir ?? process.cwd(), 'vm-backup');
-        const journal = new Journal(path.join(journalDir, `journal-${s.provider.hostName}.jsonl`));
+        // Every line is stamped with this node's id, which a rename of the host keeps: recovery
+        // finds this node's sets in the journal of its older name too (src/recovery.ts).
+        const owner = ownerId(node.id);
+        const peers = hostPeers(RED, node.id);
+        // host nodes sharing a name share its journal: each recovers its own sets; the sets of a
+        // node no longer here are recovered by one of them only (the lowest id)
+        const adoptOrphans = !peers.some((p) => p.hostName === s.provider.hostName && p.id < node.id);
+        const journal = new Journal(journalPath(journalDir, s.provider.hostName), { host: s.provider.hostName, ...(owner ? { owner } : {}) });
         const host = new BackupHost(provider, journal, { hostName: s.provider.hostName, repositoryRoot: s.repository, timeouts: s.timeouts },
           (level, text) => (level === 'info' ? node.log(text) : node[level](text)));
         try {
-          node.lastRecovery = await recover(journal, provider, host.repository, s.timeouts.commandMs);
+          node.lastRecovery = await recover(journal, provider, host.repository, s.timeouts.commandMs, {
+            hostName: s.provider.hostName, ...(owner ? { owner } : {}), adoptOrphans, liveOwners: new Set(peers.map((p) => ownerId(p.id)).filter((id): id is string => !!id)),
+          });
         } catch (err) {
           // no backup may run without a journal it can write: refuse, naming the setting
           if (err instanceof JournalError) throw new Error(`journalDir: ${err.message}`);

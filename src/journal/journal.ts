@@ -3,6 +3,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Overlay } from '../contract/types';
+import { isSafeName } from '../util/ids';
+import { STAGING_PREFIX } from '../repository/repository';
 
 export type JournalOp =
   | 'freeze' // guest file systems frozen; undone by thaw
@@ -22,28 +24,51 @@ export interface JournalEntry {
   vm?: string;
   op: JournalOp;
   phase: 'intent' | 'done' | 'failed';
+  /** the host name the line was written under (paths of the set are computed from it, not from data) */
+  host?: string;
+  /** who wrote it: the host config node's id, which survives a rename of the host */
+  owner?: string;
   /** by: "guardian" when the guardian process (Node-RED had died) wrote it */
   data?: { previousState?: string; overlays?: Overlay[]; dir?: string; error?: string; by?: 'guardian'; /** an undo found nothing to undo (overlays planned, never made) */ nothingToDo?: boolean };
 }
 
+const WHY: Record<string, string> = {
+  ELOOP: ': the journal file is a symbolic link; refused, so that no line is written to where it points',
+  EISDIR: ': a directory is where the journal file should be',
+  ENOSPC: ': its file system is full',
+  EROFS: ': its file system is read-only',
+};
+
 export class JournalError extends Error {
   readonly code: string | undefined;
   constructor(readonly file: string, cause: NodeJS.ErrnoException) {
-    super(`journal ${file} cannot be written (${cause.code ?? cause.message}): nothing was done that it could not record`);
+    super(`journal ${file} cannot be written (${cause.code ?? cause.message}${WHY[cause.code ?? ''] ?? ''}): nothing was done that it could not record`);
     this.name = 'JournalError';
     this.code = cause.code;
   }
 }
 
+/** Stamped on every line a Journal writes, so that recovery knows whose work a line is. */
+export interface JournalStamp {
+  host?: string;
+  owner?: string;
+}
+
 export class Journal {
   private fd: number | undefined;
-  constructor(readonly file: string) {}
+  constructor(readonly file: string, readonly stamp: JournalStamp = {}) {}
 
   private open(): number {
+    // The file may have been removed, renamed or replaced since it was opened (a journal directory
+    // deleted between two backups): lines written to the old inode would never be read by recovery.
+    if (this.fd !== undefined && !this.stillAtPath(this.fd)) this.close();
     if (this.fd === undefined) {
       fs.mkdirSync(path.dirname(this.file), { recursive: true, mode: 0o700 });
       const created = !fs.existsSync(this.file);
-      this.fd = fs.openSync(this.file, 'a', 0o600);
+      // O_NOFOLLOW: a symlink planted at the journal's path would have us append (as root) to any
+      // file; a directory there fails with EISDIR. Either way the intent, and so its effect, is refused.
+      const c = fs.constants;
+      this.fd = fs.openSync(this.file, c.O_WRONLY | c.O_APPEND | c.O_CREAT | c.O_NOFOLLOW, 0o600);
       if (created) {
         // the new file's directory entry must survive a power cut too
         const dir = fs.openSync(path.dirname(this.file), 'r');
@@ -57,6 +82,17 @@ export class Journal {
     return this.fd;
   }
 
+  /** The open file is still the one at the journal's path (not unlinked, not replaced). */
+  private stillAtPath(fd: number): boolean {
+    try {
+      const open = fs.fstatSync(fd);
+      const now = fs.lstatSync(this.file);
+      return open.nlink > 0 && open.ino === now.ino && open.dev === now.dev;
+    } catch {
+      return false;
+    }
+  }
+
   /**
    * Append one line. `durable` (the default) fsyncs it before returning: an intent must be on disk
    * before its effect. Without it the line is only written (the next durable line, or the kernel,
@@ -67,7 +103,7 @@ export class Journal {
   append(entry: Omit<JournalEntry, 't'>, durable = true): void {
     try {
       const fd = this.open();
-      fs.writeSync(fd, JSON.stringify({ t: new Date().toISOString(), ...entry }) + '\n');
+      fs.writeSync(fd, JSON.stringify({ t: new Date().toISOString(), ...this.stamp, ...entry }) + '\n');
       if (durable) fs.fsyncSync(fd);
     } catch (err) {
       // an intent that cannot be made durable stops its effect from happening: say why
@@ -75,34 +111,55 @@ export class Journal {
     }
   }
 
+  /** The valid entries; lines that are not journal entries are skipped (see readChecked). */
   read(): JournalEntry[] {
+    return this.readChecked().entries;
+  }
+
+  /**
+   * Every line checked field by field: a line that is not JSON, or parses to something that is not
+   * a journal entry (null, wrong types, an unknown op, an id that is not a safe name), is skipped
+   * and counted with its reason, never acted on.
+   */
+  readChecked(): JournalRead {
     let text: string;
     try {
-      text = fs.readFileSync(this.file, 'utf8');
+      text = readJournalText(this.file);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { entries: [], skipped: [] };
       throw new JournalError(this.file, err as NodeJS.ErrnoException);
     }
-    const entries: JournalEntry[] = [];
-    for (const line of text.split('\n')) {
-      if (!line.trim()) continue;
-      try {
-        entries.push(JSON.parse(line) as JournalEntry);
-      } catch {
-        // a torn last line from a crash mid-write: the effect it announced may not have started,
-        // and every undo is safe to run when nothing is pending, so skipping it loses nothing.
-      }
-    }
-    return entries;
+    return parseJournal(text);
   }
 
   /** Replace the journal with `keep` (atomically), e.g. after recovery finished the rest. */
   compact(keep: JournalEntry[]): void {
+    this.replaceWith(keep.map((e) => JSON.stringify(e) + '\n').join(''));
+  }
+
+  /**
+   * Drop the lines of the sets `done` says are finished, keeping every other line as it is now on
+   * disk: read, filter and rename in one synchronous step, so that a line another live set (a
+   * second host node on this journal) appended meanwhile is never lost. Lines that are not journal
+   * entries were reported by the recovery that read them and are dropped with the rest.
+   */
+  dropSets(done: (e: JournalEntry) => boolean): void {
+    let text = '';
+    try {
+      text = readJournalText(this.file);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new JournalError(this.file, err as NodeJS.ErrnoException);
+    }
+    const keep = parseJournal(text).entries.filter((e) => !done(e));
+    this.replaceWith(keep.map((e) => JSON.stringify(e) + '\n').join(''));
+  }
+
+  private replaceWith(text: string): void {
     this.close();
     const tmp = `${this.file}.tmp`;
     try {
       fs.mkdirSync(path.dirname(this.file), { recursive: true, mode: 0o700 });
-      fs.writeFileSync(tmp, keep.map((e) => JSON.stringify(e) + '\n').join(''), { mode: 0o600 });
+      fs.writeFileSync(tmp, text, { mode: 0o600 });
       const fd = fs.openSync(tmp, 'r');
       fs.fsyncSync(fd);
       fs.closeSync(fd);
@@ -116,6 +173,90 @@ export class Journal {
     if (this.fd !== undefined) fs.closeSync(this.fd);
     this.fd = undefined;
   }
+}
+
+export interface SkippedLine {
+  /** 1-based line number in the journal file */
+  line: number;
+  why: string;
+  /** the line's first characters, for the report */
+  text: string;
+}
+
+export interface JournalRead {
+  entries: JournalEntry[];
+  skipped: SkippedLine[];
+}
+
+/** Read the journal's text; a symlink at its path is refused (ELOOP) as it is for writing. */
+function readJournalText(file: string): string {
+  const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+  try {
+    return fs.readFileSync(fd, 'utf8');
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Every op a journal line may name: a new op must be added here, or its lines are skipped. */
+const OPS: Record<JournalOp, true> = {
+  freeze: true, save: true, overlay: true, staging: true, thaw: true, resume: true, merge: true, discard: true, publish: true, end: true,
+};
+const PHASES = new Set(['intent', 'done', 'failed']);
+
+export function parseJournal(text: string): JournalRead {
+  const entries: JournalEntry[] = [];
+  const skipped: SkippedLine[] = [];
+  const lines = text.split('\n');
+  lines.forEach((line, i) => {
+    if (!line.trim()) return;
+    const skip = (why: string) => skipped.push({ line: i + 1, why, text: line.slice(0, 120) });
+    let value: unknown;
+    try {
+      value = JSON.parse(line);
+    } catch {
+      // a torn last line from a crash mid-write: the effect it announced may not have started,
+      // and every undo is safe to run when nothing is pending, so skipping it loses nothing.
+      return skip(i >= lines.length - 2 && !text.endsWith('\n') ? 'torn last line (not JSON)' : 'not JSON');
+    }
+    const why = checkEntry(value);
+    if (why) skip(why);
+    else entries.push(value as JournalEntry);
+  });
+  return { entries, skipped };
+}
+
+/**
+ * Why `v` is not a journal entry (undefined: it is one). Every field is checked for its type;
+ * names that become path components (backupId, vm, host) must be safe names. Fields of `data`
+ * not listed here are left alone (other undo kinds carry their own), but must not be functions
+ * of a line: JSON has none.
+ */
+export function checkEntry(v: unknown): string | undefined {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return `not an object (${v === null ? 'null' : Array.isArray(v) ? 'array' : typeof v})`;
+  const e = v as Record<string, unknown>;
+  if (typeof e.t !== 'string' || Number.isNaN(Date.parse(e.t))) return 't: not a timestamp';
+  if (!isSafeName(e.backupId)) return 'backupId: not a safe name';
+  if (e.vm !== undefined && !isSafeName(e.vm)) return 'vm: not a safe name';
+  if (e.host !== undefined && !isSafeName(e.host)) return 'host: not a safe name';
+  if (e.owner !== undefined && !isSafeName(e.owner)) return 'owner: not a safe name';
+  if (typeof e.op !== 'string' || !Object.prototype.hasOwnProperty.call(OPS, e.op)) return `op: unknown (${JSON.stringify(e.op)?.slice(0, 40)})`;
+  if (typeof e.phase !== 'string' || !PHASES.has(e.phase)) return `phase: not one of intent, done, failed`;
+  if (e.data === undefined) return undefined;
+  if (typeof e.data !== 'object' || e.data === null || Array.isArray(e.data)) return 'data: not an object';
+  const d = e.data as Record<string, unknown>;
+  for (const f of ['previousState', 'dir', 'error'] as const) if (d[f] !== undefined && typeof d[f] !== 'string') return `data.${f}: not a string`;
+  if (d.dir !== undefined && (!path.isAbsolute(d.dir as string) || (d.dir as string).includes('\0'))) return 'data.dir: not an absolute path';
+  if (d.by !== undefined && d.by !== 'guardian') return 'data.by: not "guardian"';
+  if (d.nothingToDo !== undefined && typeof d.nothingToDo !== 'boolean') return 'data.nothingToDo: not a boolean';
+  if (d.overlays !== undefined) {
+    if (!Array.isArray(d.overlays)) return 'data.overlays: not an array';
+    for (const [i, o] of d.overlays.entries()) {
+      if (typeof o !== 'object' || o === null || Array.isArray(o)) return `data.overlays[${i}]: not an object`;
+      for (const [k, x] of Object.entries(o)) if (typeof x !== 'string' && typeof x !== 'number' && typeof x !== 'boolean') return `data.overlays[${i}].${k}: not a plain value`;
+    }
+  }
+  return undefined;
 }
 
 export type PendingUndo =
@@ -155,7 +296,16 @@ export function pendingUndos(entries: readonly JournalEntry[]): PendingUndo[] {
     if (e.op === 'freeze') undos.push({ kind: 'thaw', backupId: e.backupId, vm: e.vm });
     if (e.op === 'save') undos.push({ kind: 'resume', backupId: e.backupId, vm: e.vm, previousState: e.data?.previousState ?? 'running' });
     if (e.op === 'overlay') undos.push({ kind: 'merge', backupId: e.backupId, vm: e.vm, overlays: e.data?.overlays ?? [] });
-    if (e.op === 'staging' && e.data?.dir) undos.push({ kind: 'discard', backupId: e.backupId, vm: e.vm, dir: e.data.dir });
+    // only a directory shaped like the set's own staging directory (<...>/<vm>/.partial-<backupId>);
+    // recovery also checks it is the one the repository computes (recovery.ts)
+    if (e.op === 'staging' && e.data?.dir && isStagingShaped(e.data.dir, e.vm, e.backupId)) {
+      undos.push({ kind: 'discard', backupId: e.backupId, vm: e.vm, dir: e.data.dir });
+    }
   }
   return undos.sort((a, b) => order.indexOf(a.kind) - order.indexOf(b.kind));
+}
+
+/** `<anything>/<vm>/.partial-<backupId>`, absolute and normalised. */
+export function isStagingShaped(dir: string, vm: string, backupId: string): boolean {
+  return path.isAbsolute(dir) && path.resolve(dir) === dir && path.basename(dir) === `${STAGING_PREFIX}${backupId}` && path.basename(path.dirname(dir)) === vm;
 }

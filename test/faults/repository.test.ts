@@ -309,7 +309,7 @@ describe('fault injection: repository and journal faults, read-back verification
         const cut = entries.findIndex((e) => e.backupId === set.backupId && e.vm === 'alpha' && e.op === 'publish' && e.phase === 'done');
         assert.ok(cut > 0);
         host.journal.compact(entries.slice(0, cut + 1));
-        const actions = await recover(host.journal, host.provider, host.repository, 30_000);
+        const actions = await recover(host.journal, host.provider, host.repository, 30_000, { hostName: 'faulthost' });
         const kinds = actions.map((a) => `${a.kind} ${a.vm}`);
         assert.ok(kinds.includes('unpublish alpha') && kinds.includes('discard beta'), kinds.join(', '));
         return { note: `recovery: ${kinds.join(', ')}`, backupId: set.backupId, published: false };
