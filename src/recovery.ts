@@ -8,7 +8,7 @@
 // Node-RED's live work in a shared repository.
 import * as fsSync from 'node:fs';
 import type { JournalEntry, PendingUndo, SkippedLine } from './journal/journal';
-import { Journal, pendingUndos } from './journal/journal';
+import { isStagingShaped, Journal, pendingUndos } from './journal/journal';
 import type { HostProvider } from './providers/provider';
 import type { ArtifactRepository } from './repository/repository';
 import { ownerGone, readOwner } from './repository/staging-owner';
@@ -159,6 +159,12 @@ export async function recover(journal: Journal, provider: HostProvider, repo: Ar
     const from = file !== journal.file ? { journal: file } : {};
     const stagingOf = (vm: string) => (host !== undefined ? repo.stagingDir(host, vm, set.backupId) : undefined);
     let failed = false;
+    for (const e of set.entries) {
+      // a staging line naming what cannot be this set's staging directory is never acted on: say so
+      if (e.op === 'staging' && e.phase === 'intent' && e.vm && e.data?.dir && !isStagingShaped(e.data.dir, e.vm, set.backupId)) {
+        actions.push({ kind: 'refuse', backupId: set.backupId, vm: e.vm, ok: false, path: e.data.dir, error: `journalled staging directory ${e.data.dir} is not a staging directory of backup ${set.backupId}; not touched`, ...from });
+      }
+    }
     // A crash between two VMs' publish renames leaves a set partly published: take it back (all or
     // none). A set whose every VM was renamed is complete and verified: it stays.
     for (const action of await takeBackPartialPublish(set.entries, stagingOf)) {
@@ -218,7 +224,8 @@ export async function recover(journal: Journal, provider: HostProvider, repo: Ar
 
   // Drop the lines of every set finished now; the rest (failed undos, other nodes' sets) stays.
   const ownDone = resolved.get(journal.file) ?? new Set<string>();
-  journal.dropSets((e) => ownDone.has(e.backupId));
+  // rewritten only when something goes: another host node's live lines stay exactly where they are
+  if (ownDone.size > 0 || own.skipped.length > 0) journal.dropSets((e) => ownDone.has(e.backupId));
   for (const [file, done] of resolved) {
     if (file === journal.file) continue;
     const other = new Journal(file);
