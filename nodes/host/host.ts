@@ -56,7 +56,7 @@ function ownerId(id: string): string | undefined {
 /** The other host config nodes of the deployed flows (their ids and host names). */
 function hostPeers(RED: NodeAPI, self: string): { id: string; hostName: string }[] {
   const peers: { id: string; hostName: string }[] = [];
-  (RED.nodes as unknown as { eachNode(f: (n: { id: string; type: string; hostName?: string; d?: boolean }) => void): void }).eachNode((n) => {
+  (RED.nodes as unknown as { eachNode?(f: (n: { id: string; type: string; hostName?: string; d?: boolean }) => void): void }).eachNode?.((n) => {
     if (n.type === 'vmbackup-host' && n.id !== self && !n.d) peers.push({ id: n.id, hostName: n.hostName || 'localhost' });
   });
   return peers;

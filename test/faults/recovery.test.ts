@@ -227,7 +227,7 @@ describe('fault injection: recovery touches only what it made', function () {
 
   it('a second Node-RED on the same repository starts while the first one backs up', async () => {
     await nrCase('a second Node-RED (same repository, same and other host name) starts while the first has live staging directories',
-      'the second one\'s recovery leaves them alone (their owner record names a live process); the first one\'s backup goes on and is published',
+      'the second one\'s recovery leaves them alone (their owner record names a live process); the first one\'s set stays whole until its own redeploy undoes it',
       { lastStage: 'prepare', fallback: 'saved-state' }, async (ctx) => {
         const set = await ctx.runTo('prepare'); // saved states are written into the staging directories
         const staging = ['alpha', 'beta'].map((vm) => path.join(repository, 'bare', vm, `.partial-${set.backupId}`));

@@ -22,6 +22,17 @@ import { assertNoOverlays, assertRepository, assertVmsUnharmed, readJournal, rep
 
 const GROUP = 'repository';
 
+/** The guardian processes whose spec names a journal in `journalDir` (found by their argument vector). */
+async function guardiansIn(journalDir: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const entry of await fs.readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const argv = (await fs.readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '')).split('\0');
+    if (argv[1]?.endsWith(path.join('pipeline', 'guardian.js')) && argv[2]?.includes(JSON.stringify(journalDir).slice(1, -1))) pids.push(Number(entry));
+  }
+  return pids;
+}
+
 async function mount(args: string[]): Promise<void> {
   await runProgram('mount', args);
 }
@@ -160,6 +171,32 @@ describe('fault injection: repository and journal faults, read-back verification
       assert.match((c as any).error ?? '', /EROFS|read-only/i);
       return { note: `copy refused: "${(c as any).error.slice(0, 90)}"`, backupId: r.last.payload.backupId, published: false };
     });
+  });
+
+  it('repository read-only with staging directories in it, writable again later', async () => {
+    await nodeCase('copy: repository read-only while staging directories (saved states) exist, writable again 4 s later',
+      'the discard fails and is retried every few seconds; once writable: staging removed, journal "end", guardian gone', async (run) => {
+        const r = await run.through('post-snapshot');
+        assert.ok(r.last.ok);
+        const backupId: string = r.last.payload.backupId;
+        const staging = ['alpha', 'beta'].map((vm) => path.join(repo, 'faulthost', vm, `.partial-${backupId}`));
+        await mount(['-o', 'remount,ro', repo]);
+        const c = await run.step('copy', r.last.payload);
+        assert.match((c as any).error ?? '', /EROFS|read-only/i);
+        await sleep(1000);
+        const left = await Promise.all(staging.map((d) => fs.access(d).then(() => true, () => false)));
+        assert.deepEqual(left, [true, true], 'the staging directories cannot be removed while read-only');
+        assert.equal(pendingUndos(readJournal(run.journalFile)).filter((u) => u.kind === 'discard').length, 2, 'their discards are pending');
+        assert.ok((await guardiansIn(path.dirname(run.journalFile))).length > 0, 'the guardian stays while they are');
+        await sleep(3000);
+        await mount(['-o', 'remount,rw', repo]);
+        const t0 = Date.now();
+        for (let i = 0; i < 100 && ((await guardiansIn(path.dirname(run.journalFile))).length > 0 || readJournal(run.journalFile).every((e) => e.op !== 'end')); i++) await sleep(100);
+        assert.deepEqual(await Promise.all(staging.map((d) => fs.access(d).then(() => true, () => false))), [false, false], 'removed once writable');
+        assert.ok(readJournal(run.journalFile).some((e) => e.backupId === backupId && e.op === 'end'), 'the set ended');
+        assert.deepEqual(await guardiansIn(path.dirname(run.journalFile)), [], 'its guardian is gone');
+        return { note: `copy refused: "${(c as any).error.slice(0, 60)}"; staging kept while read-only, removed ${((Date.now() - t0) / 1000).toFixed(1)} s after remount rw; set ended; guardian gone`, backupId, published: false };
+      }, { fallback: 'saved-state' });
   });
 
   it('repository read-only before prepare (saved-state)', async () => {
