@@ -13,6 +13,7 @@ import * as path from 'node:path';
 import { Journal, pendingUndos } from '../../src/journal/journal';
 import { BackupHost, DEFAULT_TIMEOUTS } from '../../src/pipeline/backup-host';
 import { QemuProvider } from '../../src/providers/qemu/qemu-provider';
+import { ArtifactRepository } from '../../src/repository/repository';
 import { journalPath, recover } from '../../src/recovery';
 import { startBareWorld, type BareWorld } from './support/bare';
 import { InProcessRun } from './support/inproc';
@@ -253,6 +254,57 @@ describe('fault injection: recovery touches only what it made', function () {
       });
   });
 
+  it('a staging directory renamed by someone during the copy', async () => {
+    await nrCase('staging directory renamed by someone (.partial-<id> -> .partial-<id>-moved) during the copy, then Node-RED restarted',
+      'the copy fails (or had finished); the renamed directory, which no journal names, is removed at the next start because its owner record names a process that is gone; reported',
+      { lastStage: 'copy' }, async (ctx) => {
+        await nr.inject('go');
+        const set = await nr.waitGlobal<any>('post_snapshot', 120_000);
+        const staging = path.join(repository, 'bare', 'alpha', `.partial-${set.backupId}`);
+        for (let i = 0; i < 2000 && !(await fs.access(staging).then(() => true, () => false)); i++) await sleep(5);
+        const moved = `${staging}-moved`;
+        const renamed = await fs.rename(staging, moved).then(() => true, () => false);
+        for (let i = 0; i < 600 && (await nr.global('copy')) === undefined && !((await nr.global<any[]>('caught')) ?? []).length; i++) await sleep(100);
+        const published = await fs.access(path.join(repository, 'bare', 'alpha', set.backupId)).then(() => true, () => false);
+        await nr.stop();
+        const report = await ctx.restart();
+        if (renamed) {
+          assert.ok(report?.payload.actions.some((a: any) => a.kind === 'discard-unjournalled' && a.ok && a.path === moved), `the renamed directory is removed: ${actionsText(report)}`);
+          await assert.rejects(fs.access(moved));
+        }
+        return { note: `${renamed ? 'renamed mid-copy' : 'copy was over before the rename'}; ${published ? 'published' : 'not published'}; report: ${actionsText(report)}`, backupId: set.backupId, published };
+      });
+  });
+
+  it('the journal file replaced by a symbolic link or a directory', async () => {
+    const target = mkdtempSync(path.join(os.tmpdir(), 'vmb-faults-linktarget-'));
+    try {
+      for (const kind of ['symbolic link', 'directory'] as const) {
+        await faultCase(GROUP, `host start: the journal file is a ${kind}`, 'every stage refused naming journalDir and the cause; the link\'s target untouched; nothing done', async () => {
+          const journalDir = mkdtempSync(path.join(os.tmpdir(), 'vmb-faults-recjournal-'));
+          const file = path.join(journalDir, 'journal-faulthost.jsonl');
+          await fs.writeFile(path.join(target, 'precious'), 'keep\n');
+          if (kind === 'symbolic link') await fs.symlink(path.join(target, 'precious'), file);
+          else await fs.mkdir(file);
+          const run = new InProcessRun({ socketDir: bare.host.socketDir, repository, journalDir });
+          try {
+            await run.load();
+            const r = await run.step('enumerate', '');
+            assert.equal(r.ok, false);
+            assert.match((r as any).error, kind === 'symbolic link' ? /^journalDir: .*ELOOP: the journal file is a symbolic link/ : /^journalDir: .*EISDIR: a directory is where the journal file should be/);
+            assert.equal(readFileSync(path.join(target, 'precious'), 'utf8'), 'keep\n');
+            return `enumerate refused: "${(r as any).error.slice(0, 120)}~"; ${await assertVmsUnharmed(bare.refs)}`;
+          } finally {
+            await run.stop();
+            await fs.rm(journalDir, { recursive: true, force: true });
+          }
+        });
+      }
+    } finally {
+      await fs.rm(target, { recursive: true, force: true });
+    }
+  });
+
   // ---- the domain directly, on the same VMs: what a second host node or someone's edits leave ----
 
   async function domainCase(name: string, expected: string, body: (h: { host: BackupHost; journal: Journal; root: string }) => Promise<Outcome>) {
@@ -282,6 +334,29 @@ describe('fault injection: recovery touches only what it made', function () {
     const set = await host.enumerate();
     return host.postSnapshot(await host.snapshot(await host.prepare(host.classify(set, 'checkpoint'))));
   };
+
+  it('a repository root that is a symbolic link', async () => {
+    const link = path.join(mkdtempSync(path.join(os.tmpdir(), 'vmb-faults-rootlink-')), 'repo');
+    await fs.symlink(bare.host.repository, link);
+    try {
+      await domainCase('repository root set to a symbolic link; a crash leaves a journalled staging directory',
+        'the root is the user\'s setting: recovery removes the set\'s staging directory through it (and nothing else)', async ({ host }) => {
+          const journal = new Journal(host.journal.file, { host: 'faulthost', owner: 'node-a' });
+          const repo = new ArtifactRepository(link);
+          const backupId = '20260101T000000Z-rootln';
+          const dir = repo.stagingDir('faulthost', 'alpha', backupId);
+          journal.append({ backupId, vm: 'alpha', op: 'staging', phase: 'intent', data: { dir } });
+          await repo.openStaging('faulthost', 'alpha', backupId);
+          const actions = await recover(journal, host.provider, repo, 30_000, { hostName: 'faulthost', owner: 'node-a' });
+          journal.close();
+          assert.deepEqual(actions.map((a) => `${a.kind}:${a.ok}`), ['discard:true']);
+          await assert.rejects(fs.access(dir));
+          return { note: `recovery through the linked root: ${actions.map((a) => a.kind).join(', ')}`, published: false };
+        });
+    } finally {
+      await fs.rm(path.dirname(link), { recursive: true, force: true });
+    }
+  });
 
   it('two host nodes in one Node-RED on one repository', async () => {
     await domainCase('two host nodes of one Node-RED, same host name, one repository: the second starts while the first copies',

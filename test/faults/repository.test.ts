@@ -17,6 +17,7 @@ import type { Progress } from '../../src/providers/provider';
 import { runProgram } from '../../src/util/run';
 import { startBareWorld, type BareWorld } from './support/bare';
 import { InProcessRun } from './support/inproc';
+import { helper } from '../nodes/flow-fixture';
 import { faultCase } from './support/table';
 import { assertNoOverlays, assertRepository, assertVmsUnharmed, readJournal, repositoryState, sleep } from './support/world';
 
@@ -242,6 +243,44 @@ describe('fault injection: repository and journal faults, read-back verification
         await fs.rm(path.join(journalFs, 'filler'), { force: true });
         return { note: `prepare refused: "${(p as any).error.slice(0, 100)}"`, backupId: r.last.payload.backupId, published: false };
       }, { journalDir: dir, fallback: 'saved-state' });
+    } finally {
+      await fs.rm(path.join(journalFs, 'filler'), { force: true });
+    }
+  });
+
+  it('journal file system full while the VMs are on overlays', async () => {
+    const dir = path.join(journalFs, 'overlays');
+    mkdirSync(dir, { recursive: true });
+    try {
+      await nodeCase('copy: journal file system full while the VMs run on overlays, space freed, host restarted',
+        'copy refused naming the journal (its staging intent cannot be written); the overlays merged all the same (undo lines are best effort); the next start finds them merged and clears the set', async (run) => {
+          const r = await run.through('post-snapshot');
+          assert.ok(r.last.ok);
+          await fillUp(journalFs);
+          // tmpfs gives space by the page: the journal's own last page has room for a few lines;
+          // fill it with newlines (blank lines are no entries) so that not one byte more fits
+          const fd = await fs.open(run.journalFile, 'a');
+          try {
+            for (let i = 0; i < 8192; i++) await fd.write('\n');
+          } catch (err) {
+            if ((err as NodeJS.ErrnoException).code !== 'ENOSPC') throw err;
+          } finally {
+            await fd.close();
+          }
+          const c = await run.step('copy', r.last.payload);
+          assert.equal(c.ok, false);
+          assert.match((c as any).error, /journal .*ENOSPC/);
+          await run.settled(30_000);
+          await assertNoOverlays([world.host.imageDir]);
+          const pendingBefore = pendingUndos(readJournal(run.journalFile)).map((u) => `${u.kind} ${u.vm}`);
+          await fs.rm(path.join(journalFs, 'filler'), { force: true });
+          await run.unload();
+          await run.load();
+          await run.host();
+          const actions = (helper.getNode('host') as any).lastRecovery as { kind: string }[];
+          assert.ok(!actions.some((a) => a.kind === 'merge'), 'nothing is merged twice');
+          return { note: `copy refused: "${(c as any).error.slice(0, 80)}~"; journal then listed: ${pendingBefore.join(', ') || 'nothing'}; restart: ${actions.length} action(s)`, backupId: r.last.payload.backupId, published: false };
+        }, { journalDir: dir });
     } finally {
       await fs.rm(path.join(journalFs, 'filler'), { force: true });
     }
