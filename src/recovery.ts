@@ -167,7 +167,7 @@ export async function recover(journal: Journal, provider: HostProvider, repo: Ar
     }
     // A crash between two VMs' publish renames leaves a set partly published: take it back (all or
     // none). A set whose every VM was renamed is complete and verified: it stays.
-    for (const action of await takeBackPartialPublish(set.entries, stagingOf)) {
+    for (const action of await takeBackPartialPublish(set.entries, stagingOf, (p) => repo.resolvesInside(p))) {
       actions.push({ ...action, ...from });
       failed ||= !action.ok;
     }
@@ -224,8 +224,11 @@ export async function recover(journal: Journal, provider: HostProvider, repo: Ar
 
   // Drop the lines of every set finished now; the rest (failed undos, other nodes' sets) stays.
   const ownDone = resolved.get(journal.file) ?? new Set<string>();
-  // rewritten only when something goes: another host node's live lines stay exactly where they are
+  // Rewritten only when something goes: another host node's live lines stay exactly where they
+  // are. Either way a journal that cannot be written stops here (JournalError): no backup may
+  // start without one; the undos above are done already.
   if (ownDone.size > 0 || own.skipped.length > 0) journal.dropSets((e) => ownDone.has(e.backupId));
+  else journal.ensureWritable();
   for (const [file, done] of resolved) {
     if (file === journal.file) continue;
     const other = new Journal(file);
@@ -270,7 +273,9 @@ async function checkStaging(repo: ArtifactRepository, journalled: string, comput
  * directory (recovery passes the repository's); without it, only a journalled directory shaped
  * like a staging directory of that set and VM is believed.
  */
-export async function takeBackPartialPublish(entries: readonly JournalEntry[], stagingOf?: (vm: string) => string | undefined): Promise<RecoveryAction[]> {
+export async function takeBackPartialPublish(
+  entries: readonly JournalEntry[], stagingOf?: (vm: string) => string | undefined, mayTouch: (dir: string) => Promise<boolean> = async () => true,
+): Promise<RecoveryAction[]> {
   const ended = new Set(entries.filter((e) => e.op === 'end').map((e) => e.backupId));
   const publishing = new Set(entries.filter((e) => e.op === 'publish' && !ended.has(e.backupId)).map((e) => e.backupId));
   const actions: RecoveryAction[] = [];
@@ -288,6 +293,10 @@ export async function takeBackPartialPublish(entries: readonly JournalEntry[], s
     }));
     if (state.every((s) => s.published)) continue;
     for (const s of state.filter((x) => x.published)) {
+      if (!(await mayTouch(s.final))) {
+        actions.push({ kind: 'refuse', backupId, vm: s.vm, ok: false, path: s.final, error: `${s.final} leads out of the repository (a symbolic link): not taken back` });
+        continue;
+      }
       const error = await fs.rm(s.final, { recursive: true, force: true }).then(() => undefined, (err: Error) => err.message);
       actions.push({ kind: 'unpublish', backupId, vm: s.vm, ok: error === undefined, ...(error ? { error } : {}) });
     }

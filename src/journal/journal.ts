@@ -93,6 +93,15 @@ export class Journal {
     }
   }
 
+  /** Throw a JournalError unless the journal file can be opened for appending (created if missing). */
+  ensureWritable(): void {
+    try {
+      this.open();
+    } catch (err) {
+      throw new JournalError(this.file, err as NodeJS.ErrnoException);
+    }
+  }
+
   /**
    * Append one line. `durable` (the default) fsyncs it before returning: an intent must be on disk
    * before its effect. Without it the line is only written (the next durable line, or the kernel,
@@ -159,7 +168,9 @@ export class Journal {
     const tmp = `${this.file}.tmp`;
     try {
       fs.mkdirSync(path.dirname(this.file), { recursive: true, mode: 0o700 });
-      fs.writeFileSync(tmp, text, { mode: 0o600 });
+      // exclusive create: a link planted at the temporary name is removed, never written through
+      fs.rmSync(tmp, { force: true });
+      fs.writeFileSync(tmp, text, { mode: 0o600, flag: 'wx' });
       const fd = fs.openSync(tmp, 'r');
       fs.fsyncSync(fd);
       fs.closeSync(fd);
