@@ -312,7 +312,10 @@ export class LiveBackup {
       // A repository that cannot be written now (read-only, gone) may be again: retry every few
       // seconds until the directory is gone, then the set ends (its guardian goes). The caller
       // reports this failure meanwhile.
-      const timer = setTimeout(() => void this.discard(vmId, remove).then(() => this.endIfUndone(), () => undefined), DISCARD_RETRY_MS);
+      const timer = setTimeout(() => void this.discard(vmId, remove).then(() => {
+        this.log('info', `${vmId}: partial backup ${dir} removed on a later try`);
+        this.endIfUndone();
+      }, () => undefined), DISCARD_RETRY_MS);
       timer.unref();
       this.discardRetry.set(vmId, timer);
       throw err;
