@@ -125,6 +125,7 @@ describe('fault injection: recovery touches only what it made', function () {
       notes.push(assertNothingPending(journalDir));
       for (let i = 0; i < 50 && (await guardiansIn(journalDir)).length > 0; i++) await sleep(200);
       assert.deepEqual(await guardiansIn(journalDir), [], 'guardian processes left');
+      await fs.rm(journalDir, { recursive: true, force: true });
       return notes.join('; ');
     });
   }
@@ -244,6 +245,7 @@ describe('fault injection: recovery touches only what it made', function () {
             notes.push(`second Node-RED as host "${hostName}": ${actions.length ? actions.map((a) => a.kind).join(', ') : 'no recovery action'}`);
           } finally {
             await second.stop();
+            await fs.rm(second.o.journalDir, { recursive: true, force: true });
           }
           for (const dir of staging) await fs.access(dir).catch(() => assert.fail(`${dir} was removed by the second Node-RED (host ${hostName})`));
         }
@@ -326,6 +328,7 @@ describe('fault injection: recovery touches only what it made', function () {
       }
       await assertNoOverlays([bare.host.imageDir]);
       const notes = [out.note, await assertVmsUnharmed(bare.refs), await assertRepository(root, before, out.backupId, out.published), assertNothingPending(journalDir)];
+      await fs.rm(journalDir, { recursive: true, force: true });
       return notes.join('; ');
     });
   }
