@@ -1,67 +1,291 @@
 // Recovery at start: replay the journal and finish every side effect a crash left in place,
 // then remove unpublished partial backups. Reports what it did.
-import type { Journal, JournalEntry, PendingUndo } from './journal/journal';
-import { pendingUndos } from './journal/journal';
+//
+// It trusts nothing it reads: every journal line is checked (bad ones are skipped and reported),
+// it acts only on sets its own host node started (found by the node's id, which survives a
+// rename of the host, in its own journal and in any older journal of that node), only on paths
+// it computes itself under its own repository folder, and never on another host's or another
+// Node-RED's live work in a shared repository.
+import * as fsSync from 'node:fs';
+import type { JournalEntry, PendingUndo, SkippedLine } from './journal/journal';
+import { isStagingShaped, Journal, pendingUndos } from './journal/journal';
 import type { HostProvider } from './providers/provider';
 import type { ArtifactRepository } from './repository/repository';
+import { ownerGone, readOwner } from './repository/staging-owner';
+import { isSafeName } from './util/ids';
 import { undoEffect } from './pipeline/undo';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 
 export interface RecoveryAction {
-  kind: PendingUndo['kind'] | 'discard-unjournalled' | 'unpublish';
+  kind: PendingUndo['kind'] | 'discard-unjournalled' | 'unpublish'
+    /** something an earlier crash left that the provider found and removed at start (Hyper-V checkpoints) */
+    | 'leftover'
+    /** journal lines that are not journal entries: skipped, never acted on */
+    | 'skip-lines'
+    /** a journalled path that is not the one this host computes: not touched */
+    | 'refuse'
+    /** pending work in a journal that no host node here owns: reported, not touched */
+    | 'foreign-pending'
+    /** a staging directory no journal names whose writer may still be at work: left in place */
+    | 'leave-staging';
   backupId?: string;
   vm?: string;
   ok: boolean;
   error?: string;
+  /** what was found and done, in words (leftover) */
+  detail?: string;
   /** "guardian": done by the guardian process right after Node-RED died, reported now */
   by?: 'guardian';
   at?: string;
+  /** the journal file the action comes from, when it is not this host's own */
+  journal?: string;
+  /** a path the action concerns (staging directories) */
+  path?: string;
 }
 
-export async function recover(journal: Journal, provider: HostProvider, repo: ArtifactRepository, commandMs: number): Promise<RecoveryAction[]> {
-  const entries = journal.read();
-  const actions: RecoveryAction[] = [];
-  const failed: JournalEntry[] = [];
-  // what the guardian undid after Node-RED died: already done, but the user must hear of it
+export interface RecoverOptions {
+  /** the host's name now (its repository folder) */
+  hostName?: string;
+  /** the host config node's id: sets stamped with it are this node's, whatever its name was */
+  owner?: string;
+  /** ids of the other host nodes running in this process: their sets are theirs to recover */
+  liveOwners?: ReadonlySet<string>;
+  /**
+   * Recover the sets of this journal file stamped by no node, or by one that no longer runs (a
+   * host node deleted and made again under the same name). Default true; false for all but one
+   * of the host nodes sharing a name, so that no set is recovered twice at once.
+   */
+  adoptOrphans?: boolean;
+}
+
+const JOURNAL_NAME = /^journal-([A-Za-z0-9][A-Za-z0-9._-]{0,63})\.jsonl$/;
+
+/** The journal of a host: one file per host name in the journal directory. */
+export function journalPath(journalDir: string, hostName: string): string {
+  return path.join(journalDir, `journal-${hostName}.jsonl`);
+}
+
+interface SetInfo {
+  backupId: string;
+  entries: JournalEntry[];
+  owner?: string;
+  host?: string;
+}
+
+function setsOf(entries: readonly JournalEntry[]): Map<string, SetInfo> {
+  const sets = new Map<string, SetInfo>();
   for (const e of entries) {
-    if (e.data?.by === 'guardian' && !e.data?.nothingToDo && e.phase === 'done' && e.vm && (e.op === 'thaw' || e.op === 'resume' || e.op === 'release' || e.op === 'untrack' || e.op === 'discard')) {
-      actions.push({ kind: e.op, backupId: e.backupId, vm: e.vm, ok: true, by: 'guardian', at: e.t });
-    }
+    let s = sets.get(e.backupId);
+    if (!s) sets.set(e.backupId, (s = { backupId: e.backupId, entries: [] }));
+    s.entries.push(e);
+    // the set's intents are written by its host node (stamped); undo lines by a guardian may not be
+    s.owner ??= e.owner;
+    s.host ??= e.host;
   }
-  // A crash between two VMs' publish renames leaves a set partly published: take it back (all or
-  // none). A set whose every VM was renamed is complete and verified: it stays.
-  for (const action of await takeBackPartialPublish(entries)) actions.push(action);
-  for (const undo of pendingUndos(entries)) {
-    const action: RecoveryAction = { kind: undo.kind, backupId: undo.backupId, vm: undo.vm, ok: true };
+  return sets;
+}
+
+function describeSkipped(file: string, skipped: readonly SkippedLine[]): RecoveryAction {
+  const list = skipped.slice(0, 5).map((s) => `line ${s.line}: ${s.why}`).join('; ');
+  return {
+    kind: 'skip-lines', ok: false, journal: file,
+    error: `${skipped.length} journal line(s) skipped, not journal entries (${list}${skipped.length > 5 ? '; ...' : ''})`,
+  };
+}
+
+export async function recover(journal: Journal, provider: HostProvider, repo: ArtifactRepository, commandMs: number, o: RecoverOptions = {}): Promise<RecoveryAction[]> {
+  const hostName = o.hostName ?? journal.stamp.host;
+  const owner = o.owner ?? journal.stamp.owner;
+  const actions: RecoveryAction[] = [];
+  const own = journal.readChecked();
+  if (own.skipped.length) actions.push(describeSkipped(journal.file, own.skipped));
+
+  // The other journals of the directory: a set this node wrote under an older host name is in one.
+  const others: { file: string; entries: JournalEntry[] }[] = [];
+  for (const file of otherJournals(journal.file)) {
+    let read;
     try {
-      await undoEffect(provider, undo, commandMs);
+      read = new Journal(file).readChecked();
     } catch (err) {
-      action.ok = false;
-      action.error = (err as Error).message;
-      // keep the journal lines that still need undoing, for the next start
-      failed.push(...entries.filter((e) => e.backupId === undo.backupId && e.vm === undo.vm));
+      actions.push({ kind: 'foreign-pending', ok: false, journal: file, error: `cannot be read: ${(err as Error).message}` });
+      continue;
     }
-    actions.push(action);
+    others.push({ file, entries: read.entries });
+    if (read.skipped.length && read.entries.some((e) => owner !== undefined && e.owner === owner)) actions.push(describeSkipped(file, read.skipped));
   }
-  // Staging directories the journal does not know (journal lost or moved): no backup is live
-  // at start, so none of them can ever be completed.
-  for (const dir of await repo.listStaging()) {
-    // a repository that cannot be written now (read-only, gone) must not stop the thaws above
-    const error = await fs.rm(dir, { recursive: true, force: true }).then(() => undefined, (err: Error) => err.message);
-    actions.push({ kind: 'discard-unjournalled', ok: error === undefined, vm: dir, ...(error ? { error } : {}) });
+
+  const liveOwner = (id: string | undefined) => id !== undefined && id !== owner && (o.liveOwners?.has(id) ?? false);
+  // Which sets are this node's: stamped with its id, or (in its own file) unstamped or stamped by a
+  // host node that no longer runs here (deleted and made again under the same name).
+  const mine: { file: string; set: SetInfo; host: string | undefined }[] = [];
+  const journalled = new Set<string>(); // every staging directory some journal here names
+  for (const set of setsOf(own.entries).values()) {
+    for (const e of set.entries) if (e.op === 'staging' && e.data?.dir) journalled.add(e.data.dir);
+    if (liveOwner(set.owner)) continue;
+    if (set.owner !== owner && o.adoptOrphans === false) continue;
+    mine.push({ file: journal.file, set, host: set.host ?? hostName });
   }
-  journal.compact(failed);
+  for (const other of others) {
+    const nameInFile = JOURNAL_NAME.exec(path.basename(other.file))?.[1];
+    for (const set of setsOf(other.entries).values()) {
+      if (owner !== undefined && set.owner === owner) {
+        mine.push({ file: other.file, set, host: set.host ?? nameInFile });
+        continue;
+      }
+      for (const e of set.entries) if (e.op === 'staging' && e.data?.dir) journalled.add(e.data.dir);
+      if (liveOwner(set.owner)) continue;
+      const pending = pendingUndos(set.entries);
+      if (pending.length === 0) continue;
+      // not ours, not a host node running here: someone must hear of it, nothing is touched
+      actions.push({
+        kind: 'foreign-pending', ok: false, backupId: set.backupId, journal: other.file,
+        error: `journal ${other.file} has pending work of host "${set.host ?? nameInFile ?? '?'}" that no host node here owns `
+          + `(${pending.map((u) => `${u.kind} ${u.vm}`).join(', ')}): if that host was renamed or deleted, undo it by hand or set it back`,
+      });
+    }
+  }
+  for (const m of mine) for (const e of m.set.entries) if (e.op === 'staging' && e.data?.dir) journalled.add(e.data.dir);
+
+  const resolved = new Map<string, Set<string>>(); // file -> backupIds whose lines can go
+  const resolve = (file: string, backupId: string) => {
+    if (!resolved.has(file)) resolved.set(file, new Set());
+    resolved.get(file)!.add(backupId);
+  };
+  // what the guardian undid after Node-RED died: already done, but the user must hear of it
+  for (const { file, set } of mine) {
+    for (const e of set.entries) {
+      if (e.data?.by === 'guardian' && !e.data?.nothingToDo && e.phase === 'done' && e.vm && (e.op === 'thaw' || e.op === 'resume' || e.op === 'release' || e.op === 'untrack' || e.op === 'discard')) {
+        actions.push({ kind: e.op, backupId: e.backupId, vm: e.vm, ok: true, by: 'guardian', at: e.t, ...(file !== journal.file ? { journal: file } : {}) });
+      }
+    }
+  }
+  for (const { file, set, host } of mine) {
+    const from = file !== journal.file ? { journal: file } : {};
+    const stagingOf = (vm: string) => (host !== undefined ? repo.stagingDir(host, vm, set.backupId) : undefined);
+    let failed = false;
+    for (const e of set.entries) {
+      // a staging line naming what cannot be this set's staging directory is never acted on: say so
+      if (e.op === 'staging' && e.phase === 'intent' && e.vm && e.data?.dir && !isStagingShaped(e.data.dir, e.vm, set.backupId)) {
+        actions.push({ kind: 'refuse', backupId: set.backupId, vm: e.vm, ok: false, path: e.data.dir, error: `journalled staging directory ${e.data.dir} is not a staging directory of backup ${set.backupId}; not touched`, ...from });
+      }
+    }
+    // A crash between two VMs' publish renames leaves a set partly published: take it back (all or
+    // none). A set whose every VM was renamed is complete and verified: it stays.
+    for (const action of await takeBackPartialPublish(set.entries, stagingOf, (p) => repo.resolvesInside(p))) {
+      actions.push({ ...action, ...from });
+      failed ||= !action.ok;
+    }
+    for (const undo of pendingUndos(set.entries)) {
+      const action: RecoveryAction = { kind: undo.kind, backupId: undo.backupId, vm: undo.vm, ok: true, ...from };
+      if (undo.kind === 'discard') {
+        // only the directory this host computes for the set, never the journalled one as given
+        const refusal = await checkStaging(repo, undo.dir, stagingOf(undo.vm));
+        if (refusal) {
+          actions.push({ kind: 'refuse', backupId: undo.backupId, vm: undo.vm, ok: false, path: undo.dir, error: refusal, ...from });
+          continue;
+        }
+      }
+      try {
+        await undoEffect(provider, undo, commandMs);
+      } catch (err) {
+        action.ok = false;
+        action.error = (err as Error).message;
+        // keep the set's journal lines that still need undoing, for the next start
+        failed = true;
+      }
+      actions.push(action);
+    }
+    if (!failed) resolve(file, set.backupId);
+  }
+
+  // Staging directories no journal names (journal lost, or another Node-RED's): only under this
+  // host's own folder, and only when their owner record proves the writer is gone.
+  if (hostName !== undefined) {
+    for (const dir of await repo.listStaging(hostName)) {
+      if (journalled.has(dir)) continue;
+      if (!(await repo.resolvesInside(dir))) {
+        actions.push({ kind: 'refuse', ok: false, path: dir, error: `${dir} leads out of the repository (a symbolic link): not touched` });
+        continue;
+      }
+      const gone = ownerGone(await readOwner(dir));
+      if (!gone.gone) {
+        // another Node-RED's live backup must not hear of us; a leftover we cannot prove must be told
+        if (!/still running|this very process/.test(gone.why)) {
+          actions.push({ kind: 'leave-staging', ok: false, path: dir, error: `${dir} left in place: ${gone.why}; remove it by hand when no backup of host ${hostName} runs` });
+        }
+        continue;
+      }
+      // a repository that cannot be written now (read-only, gone) must not stop the thaws above
+      const error = await fs.rm(dir, { recursive: true, force: true }).then(() => undefined, (err: Error) => err.message);
+      actions.push({ kind: 'discard-unjournalled', ok: error === undefined, vm: dir, path: dir, ...(error ? { error } : {}) });
+    }
+  }
+
+  // Drop the lines of every set finished now; the rest (failed undos, other nodes' sets) stays.
+  const ownDone = resolved.get(journal.file) ?? new Set<string>();
+  // Rewritten only when something goes: another host node's live lines stay exactly where they
+  // are. Either way a journal that cannot be written stops here (JournalError): no backup may
+  // start without one; the undos above are done already.
+  if (ownDone.size > 0 || own.skipped.length > 0) journal.dropSets((e) => ownDone.has(e.backupId));
+  else journal.ensureWritable();
+  for (const [file, done] of resolved) {
+    if (file === journal.file) continue;
+    const other = new Journal(file);
+    try {
+      other.dropSets((e) => done.has(e.backupId));
+      // an old journal of this node with nothing left in it goes (a host node using that name now reopens its own)
+      if (fsSync.statSync(file).size === 0) fsSync.rmSync(file, { force: true });
+    } catch (err) {
+      actions.push({ kind: 'foreign-pending', ok: false, journal: file, error: `recovered, but its lines could not be removed: ${(err as Error).message}` });
+    } finally {
+      other.close();
+    }
+  }
   return actions;
 }
 
-export async function takeBackPartialPublish(entries: readonly JournalEntry[]): Promise<RecoveryAction[]> {
+/** The other journal files beside `own` (journal-<name>.jsonl), by name; none when the directory is unreadable. */
+function otherJournals(own: string): string[] {
+  let names: string[];
+  try {
+    names = fsSync.readdirSync(path.dirname(own));
+  } catch {
+    return [];
+  }
+  return names.filter((n) => JOURNAL_NAME.test(n) && n !== path.basename(own)).sort().map((n) => path.join(path.dirname(own), n));
+}
+
+/**
+ * Why a journalled staging directory must not be removed (undefined: it may). It must be exactly
+ * the one the repository computes for that host, VM and set, and still lie inside the repository
+ * once links are resolved.
+ */
+async function checkStaging(repo: ArtifactRepository, journalled: string, computed: string | undefined): Promise<string | undefined> {
+  if (computed === undefined) return `journalled staging directory ${journalled}: the set's host is not known, so its directory cannot be computed; not touched`;
+  if (path.resolve(journalled) !== computed) return `journalled staging directory ${journalled} is not this set's (${computed}); not touched`;
+  if (!(await repo.resolvesInside(computed))) return `${computed} leads out of the repository (a symbolic link): not touched`;
+  return undefined;
+}
+
+/**
+ * Take back a set cut between two VMs' publish renames. `stagingOf` computes a VM's staging
+ * directory (recovery passes the repository's); without it, only a journalled directory shaped
+ * like a staging directory of that set and VM is believed.
+ */
+export async function takeBackPartialPublish(
+  entries: readonly JournalEntry[], stagingOf?: (vm: string) => string | undefined, mayTouch: (dir: string) => Promise<boolean> = async () => true,
+): Promise<RecoveryAction[]> {
   const ended = new Set(entries.filter((e) => e.op === 'end').map((e) => e.backupId));
   const publishing = new Set(entries.filter((e) => e.op === 'publish' && !ended.has(e.backupId)).map((e) => e.backupId));
   const actions: RecoveryAction[] = [];
   for (const backupId of publishing) {
     const staged = new Map<string, string>();
-    for (const e of entries) if (e.backupId === backupId && e.op === 'staging' && e.phase === 'intent' && e.vm && e.data?.dir) staged.set(e.vm, e.data.dir);
+    for (const e of entries) {
+      if (e.backupId !== backupId || e.op !== 'staging' || e.phase !== 'intent' || !isSafeName(e.vm) || !e.data?.dir) continue;
+      const dir = stagingOf ? stagingOf(e.vm) : e.data.dir;
+      if (dir !== undefined && dir === path.resolve(e.data.dir) && path.basename(dir) === `.partial-${backupId}`) staged.set(e.vm, dir);
+    }
     const exists = (p: string) => fs.access(p).then(() => true, () => false);
     const state = await Promise.all([...staged].map(async ([vm, dir]) => {
       const final = path.join(path.dirname(dir), backupId);
@@ -69,6 +293,10 @@ export async function takeBackPartialPublish(entries: readonly JournalEntry[]): 
     }));
     if (state.every((s) => s.published)) continue;
     for (const s of state.filter((x) => x.published)) {
+      if (!(await mayTouch(s.final))) {
+        actions.push({ kind: 'refuse', backupId, vm: s.vm, ok: false, path: s.final, error: `${s.final} leads out of the repository (a symbolic link): not taken back` });
+        continue;
+      }
       const error = await fs.rm(s.final, { recursive: true, force: true }).then(() => undefined, (err: Error) => err.message);
       actions.push({ kind: 'unpublish', backupId, vm: s.vm, ok: error === undefined, ...(error ? { error } : {}) });
     }

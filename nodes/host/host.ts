@@ -19,6 +19,15 @@ export interface HostConfigNode extends Node<HostCredentials> {
   removeReporter(node: Node): void;
 }
 
+/** The other host config nodes of the deployed flows (their ids and host names): recovery leaves their sets alone. */
+function hostPeers(RED: NodeAPI, self: string): { id: string; hostName: string }[] {
+  const peers: { id: string; hostName: string }[] = [];
+  (RED.nodes as unknown as { eachNode?(f: (n: { id: string; type: string; hostName?: string; d?: boolean }) => void): void }).eachNode?.((n) => {
+    if (n.type === 'vmbackup-host' && n.id !== self && !n.d) peers.push({ id: n.id, hostName: n.hostName || 'localhost' });
+  });
+  return peers;
+}
+
 module.exports = function register(RED: NodeAPI) {
   // qemu-img and friends are started by a small launcher process: a fork from the Node-RED
   // process itself would hold its event loop (and every other flow) ~13 ms per program
@@ -55,7 +64,7 @@ module.exports = function register(RED: NodeAPI) {
     node.backupHost = () => {
       ready ??= (async () => {
         const opened = await openHost(config, node.credentials ?? {}, RED.settings.userDir ?? process.cwd(),
-          (level, text) => (level === 'info' ? node.log(text) : node[level](text)));
+          (level, text) => (level === 'info' ? node.log(text) : node[level](text)), { id: node.id, peers: hostPeers(RED, node.id) });
         node.lastRecovery = opened.actions;
         const report = opened.report;
         if (report) {

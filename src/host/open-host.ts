@@ -6,7 +6,8 @@ import { BackupHost } from '../pipeline/backup-host';
 import type { Logger } from '../pipeline/live-backup';
 import { Journal, JournalError } from '../journal/journal';
 import { createProvider } from '../providers';
-import { recover, type RecoveryAction } from '../recovery';
+import { journalPath as journalFile, recover, type RecoveryAction } from '../recovery';
+import { isSafeName } from '../util/ids';
 import { hostSettings, type HostConfig, type HostCredentials, type HostSettings } from './settings';
 
 /**
@@ -31,27 +32,50 @@ export interface OpenedHost {
 }
 
 /**
- * The journal file of a host. One small function on purpose: how a journal is found (so that it
- * survives a rename of the host) is decided here and nowhere else.
+ * The journal file of a host. Every line is stamped with the host node's id, which a rename of
+ * the host keeps: recovery finds this node's sets in the journal of an older name too.
  */
 export function journalPath(settings: HostSettings, userDir: string): string {
-  const dir = settings.journalDir ?? path.join(userDir, 'vm-backup');
-  return path.join(dir, `journal-${settings.provider.hostName}.jsonl`);
+  return journalFile(settings.journalDir ?? path.join(userDir, 'vm-backup'), settings.provider.hostName);
+}
+
+/** Who this host node is among the host nodes deployed beside it (for recovery's ownership). */
+export interface HostIdentity {
+  /** the host config node's id */
+  id: string;
+  /** the other host config nodes deployed now */
+  peers: { id: string; hostName: string }[];
 }
 
 /**
  * Check the settings, build the provider, open the journal and run recovery. Throws, naming the
  * setting, on a bad setting or a journal that cannot be written (no backup may run without one).
  */
-export async function openHost(config: HostConfig, credentials: HostCredentials, userDir: string, log: Logger = () => undefined): Promise<OpenedHost> {
+export async function openHost(
+  config: HostConfig, credentials: HostCredentials, userDir: string, log: Logger = () => undefined, identity?: HostIdentity,
+): Promise<OpenedHost> {
   const settings = hostSettings(config, credentials);
   const provider = createProvider(settings.provider);
-  const journal = new Journal(journalPath(settings, userDir));
   const hostName = settings.provider.hostName;
+  const owner = identity && isSafeName(identity.id) ? identity.id : undefined;
+  const peers = identity?.peers ?? [];
+  // host nodes sharing a name share its journal: each recovers its own sets; the sets of a node
+  // no longer here are recovered by one of them only (the lowest id)
+  const adoptOrphans = !peers.some((p) => p.hostName === hostName && owner !== undefined && p.id < owner);
+  const journal = new Journal(journalPath(settings, userDir), { host: hostName, ...(owner ? { owner } : {}) });
   const host = new BackupHost(provider, journal, { hostName, repositoryRoot: settings.repository, timeouts: settings.timeouts }, log);
   let actions: RecoveryAction[];
   try {
-    actions = await recover(journal, provider, host.repository, settings.timeouts.commandMs);
+    actions = await recover(journal, provider, host.repository, settings.timeouts.commandMs, {
+      hostName, ...(owner ? { owner } : {}), adoptOrphans,
+      liveOwners: new Set(peers.map((p) => p.id).filter((id) => isSafeName(id))),
+    });
+    if (provider.removeLeftovers) {
+      // what a crash left that no journal names any more (Hyper-V: vmbackup-* checkpoints)
+      for (const line of await provider.removeLeftovers().catch((err: Error) => [`FAILED to look for leftovers: ${err.message}`])) {
+        actions.push({ kind: 'leftover', ok: !line.startsWith('FAILED'), ...(line.startsWith('FAILED') ? { error: line } : { detail: line }) });
+      }
+    }
   } catch (err) {
     await provider.close().catch(() => undefined);
     journal.close();
@@ -75,6 +99,9 @@ export function recoveryReport(host: string, journal: string, actions: RecoveryA
 }
 
 export function describeAction(a: RecoveryAction): string {
+  // findings that are not undos: their error says what was found and what to do
+  if (a.kind === 'skip-lines' || a.kind === 'refuse' || a.kind === 'foreign-pending' || a.kind === 'leave-staging') return `${a.ok ? '' : 'ATTENTION: '}${a.error ?? a.kind}`;
+  if (a.kind === 'leftover') return a.detail ?? a.error ?? 'leftover';
   const what = {
     thaw: 'thawed',
     resume: 'resumed',
@@ -84,5 +111,5 @@ export function describeAction(a: RecoveryAction): string {
     'discard-unjournalled': 'removed the unjournalled partial backup',
     unpublish: 'took back (all or none) the partly published backup of',
   }[a.kind];
-  return `${a.ok ? '' : 'FAILED: '}${what} ${a.vm ?? ''}${a.backupId ? ` (backup ${a.backupId})` : ''}${a.by === 'guardian' ? ' by the guardian process when Node-RED died' : ''}${a.ok ? '' : `: ${a.error}`}`.trim();
+  return `${a.ok ? '' : 'FAILED: '}${what} ${a.vm ?? ''}${a.backupId ? ` (backup ${a.backupId})` : ''}${a.by === 'guardian' ? ' by the guardian process when Node-RED died' : ''}${a.journal ? ` (from journal ${a.journal})` : ''}${a.ok ? '' : `: ${a.error}`}`.trim();
 }

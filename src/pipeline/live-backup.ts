@@ -60,6 +60,8 @@ export class LiveBackup {
   private released = false;
   /** undo retried in the background after it failed (the hypervisor busy or unreachable) */
   private retryTimer: NodeJS.Timeout | undefined;
+  /** VM -> the timer of its next try to remove a staging directory that could not be removed */
+  private readonly discardRetry = new Map<string, NodeJS.Timeout>();
 
   constructor(
     readonly backupId: string,
@@ -388,7 +390,22 @@ export class LiveBackup {
   async discard(vmId: string, remove: (dir: string) => Promise<void>): Promise<void> {
     const dir = this.staging.get(vmId);
     if (!dir) return;
-    await remove(dir);
+    if (this.discardRetry.has(vmId)) clearTimeout(this.discardRetry.get(vmId));
+    this.discardRetry.delete(vmId);
+    try {
+      await remove(dir);
+    } catch (err) {
+      // A repository that cannot be written now (read-only, gone) may be again: retry every few
+      // seconds until the directory is gone, then the set ends (its guardian goes). The caller
+      // reports this failure meanwhile.
+      const timer = setTimeout(() => void this.discard(vmId, remove).then(() => {
+        this.log('info', `${vmId}: partial backup ${dir} removed on a later try`);
+        this.endIfUndone();
+      }, () => undefined), DISCARD_RETRY_MS);
+      timer.unref();
+      this.discardRetry.set(vmId, timer);
+      throw err;
+    }
     this.staging.delete(vmId);
     this.note({ backupId: this.backupId, vm: vmId, op: 'discard', phase: 'done' });
   }
@@ -491,6 +508,9 @@ export class LiveBackup {
 
 /** The fields of a set that name paths or decide what is done (backupId is the key the set is found by). */
 const GUARDED_SET_FIELDS = ['host', 'writer', 'createdAt', 'policy', 'skipped', 'repository'] as const;
+
+/** How often a staging directory that could not be removed is tried again. */
+export const DISCARD_RETRY_MS = 3000;
 
 /** The fields of a VM that decide what is touched and how the backup is labelled. */
 const GUARDED_FIELDS = ['disks', 'snapshotLocation', 'method', 'consistency', 'prepare', 'snapshot', 'postSnapshot'] as const;

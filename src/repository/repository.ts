@@ -4,6 +4,7 @@ import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { inside } from './paths';
+import { OWNER_FILE, writeOwner } from './staging-owner';
 
 export const STAGING_PREFIX = '.partial-';
 
@@ -78,7 +79,11 @@ export class ArtifactRepository {
     return path.join(path.dirname(this.finalDir(host, vm, backupId)), `${STAGING_PREFIX}${backupId}`);
   }
 
-  /** Make (or re-use) the staging directory of one VM's backup. */
+  /**
+   * Make (or re-use) the staging directory of one VM's backup, with its owner record: which
+   * process on which machine writes it, so that a recovery elsewhere (a second Node-RED on this
+   * repository) can tell live work from a leftover without a journal (see staging-owner.ts).
+   */
   async openStaging(host: string, vm: string, backupId: string): Promise<string> {
     const dir = this.stagingDir(host, vm, backupId);
     await fs.mkdir(path.dirname(dir), { recursive: true });
@@ -86,6 +91,7 @@ export class ArtifactRepository {
     await fs.mkdir(dir).catch((err: NodeJS.ErrnoException) => {
       if (err.code !== 'EEXIST') throw err;
     });
+    await writeOwner(dir, host);
     return dir;
   }
 
@@ -99,6 +105,8 @@ export class ArtifactRepository {
         throw err.code === 'EEXIST' ? new Error(`backup ${to} already exists; not replaced`) : err;
       },
     );
+    // the owner record is not part of the backup (verify allows only the manifest's files)
+    await fs.rm(path.join(from, OWNER_FILE), { force: true });
     await fs.rename(from, to);
     await fsyncDir(path.dirname(to));
     return to;
@@ -108,17 +116,38 @@ export class ArtifactRepository {
     await fs.rm(this.stagingDir(host, vm, backupId), { recursive: true, force: true });
   }
 
-  /** Every unpublished staging directory under the root (for recovery). */
-  async listStaging(): Promise<string[]> {
+  /**
+   * Every unpublished staging directory of one host (for recovery): only under <root>/<host>/,
+   * never another host's folder of a shared repository.
+   */
+  async listStaging(host: string): Promise<string[]> {
     const found: string[] = [];
-    for (const host of await readdirSafe(this.root)) {
-      for (const vm of await readdirSafe(path.join(this.root, host))) {
-        for (const entry of await readdirSafe(path.join(this.root, host, vm))) {
-          if (entry.startsWith(STAGING_PREFIX)) found.push(path.join(this.root, host, vm, entry));
-        }
+    const hostDir = inside(this.root, 'host', host);
+    for (const vm of await readdirSafe(hostDir)) {
+      for (const entry of await readdirSafe(path.join(hostDir, vm))) {
+        if (entry.startsWith(STAGING_PREFIX)) found.push(path.join(hostDir, vm, entry));
       }
     }
     return found;
+  }
+
+  /**
+   * True when `p` (a path built by this class) is really inside the root once symbolic links are
+   * resolved: a host or VM folder replaced by a link to elsewhere must not make us remove what is
+   * there. The root itself may be a link (it is the user's setting).
+   */
+  async resolvesInside(p: string): Promise<boolean> {
+    try {
+      const root = await fs.realpath(this.root);
+      const parent = await fs.realpath(path.dirname(p));
+      const real = path.join(parent, path.basename(p));
+      if (!real.startsWith(root + path.sep)) return false;
+      // the last component itself must be a directory, not a link to one
+      const st = await fs.lstat(p).catch(() => undefined);
+      return st === undefined || st.isDirectory();
+    } catch {
+      return false;
+    }
   }
 }
 

@@ -17,10 +17,22 @@ import type { ExportOptions, Progress } from '../../src/providers/provider';
 import { runProgram } from '../../src/util/run';
 import { startBareWorld, type BareWorld } from './support/bare';
 import { InProcessRun } from './support/inproc';
+import { helper } from '../nodes/flow-fixture';
 import { faultCase } from './support/table';
 import { assertNoOverlays, assertRepository, assertVmsUnharmed, readJournal, repositoryState, sleep } from './support/world';
 
 const GROUP = 'repository';
+
+/** The guardian processes whose spec names a journal in `journalDir` (found by their argument vector). */
+async function guardiansIn(journalDir: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const entry of await fs.readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const argv = (await fs.readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '')).split('\0');
+    if (argv[1]?.endsWith(path.join('pipeline', 'guardian.js')) && argv[2]?.includes(JSON.stringify(journalDir).slice(1, -1))) pids.push(Number(entry));
+  }
+  return pids;
+}
 
 async function mount(args: string[]): Promise<void> {
   await runProgram('mount', args);
@@ -162,6 +174,32 @@ describe('fault injection: repository and journal faults, read-back verification
     });
   });
 
+  it('repository read-only with staging directories in it, writable again later', async () => {
+    await nodeCase('copy: repository read-only while staging directories (saved states) exist, writable again 4 s later',
+      'the discard fails and is retried every few seconds; once writable: staging removed, journal "end", guardian gone', async (run) => {
+        const r = await run.through('post-snapshot');
+        assert.ok(r.last.ok);
+        const backupId: string = r.last.payload.backupId;
+        const staging = ['alpha', 'beta'].map((vm) => path.join(repo, 'faulthost', vm, `.partial-${backupId}`));
+        await mount(['-o', 'remount,ro', repo]);
+        const c = await run.step('copy', r.last.payload);
+        assert.match((c as any).error ?? '', /EROFS|read-only/i);
+        await sleep(1000);
+        const left = await Promise.all(staging.map((d) => fs.access(d).then(() => true, () => false)));
+        assert.deepEqual(left, [true, true], 'the staging directories cannot be removed while read-only');
+        assert.equal(pendingUndos(readJournal(run.journalFile)).filter((u) => u.kind === 'discard').length, 2, 'their discards are pending');
+        assert.ok((await guardiansIn(path.dirname(run.journalFile))).length > 0, 'the guardian stays while they are');
+        await sleep(3000);
+        await mount(['-o', 'remount,rw', repo]);
+        const t0 = Date.now();
+        for (let i = 0; i < 100 && ((await guardiansIn(path.dirname(run.journalFile))).length > 0 || readJournal(run.journalFile).every((e) => e.op !== 'end')); i++) await sleep(100);
+        assert.deepEqual(await Promise.all(staging.map((d) => fs.access(d).then(() => true, () => false))), [false, false], 'removed once writable');
+        assert.ok(readJournal(run.journalFile).some((e) => e.backupId === backupId && e.op === 'end'), 'the set ended');
+        assert.deepEqual(await guardiansIn(path.dirname(run.journalFile)), [], 'its guardian is gone');
+        return { note: `copy refused: "${(c as any).error.slice(0, 60)}"; staging kept while read-only, removed ${((Date.now() - t0) / 1000).toFixed(1)} s after remount rw; set ended; guardian gone`, backupId, published: false };
+      }, { fallback: 'saved-state' });
+  });
+
   it('repository read-only before prepare (saved-state)', async () => {
     await nodeCase('prepare: repository read-only before a saved-state prepare', 'refused before any VM is paused', async (run) => {
       const r = await run.through('classify');
@@ -205,6 +243,44 @@ describe('fault injection: repository and journal faults, read-back verification
         await fs.rm(path.join(journalFs, 'filler'), { force: true });
         return { note: `prepare refused: "${(p as any).error.slice(0, 100)}"`, backupId: r.last.payload.backupId, published: false };
       }, { journalDir: dir, fallback: 'saved-state' });
+    } finally {
+      await fs.rm(path.join(journalFs, 'filler'), { force: true });
+    }
+  });
+
+  it('journal file system full while the VMs are on overlays', async () => {
+    const dir = path.join(journalFs, 'overlays');
+    mkdirSync(dir, { recursive: true });
+    try {
+      await nodeCase('copy: journal file system full while the VMs run on overlays, space freed, host restarted',
+        'copy refused naming the journal (its staging intent cannot be written); the overlays merged all the same (undo lines are best effort); the next start finds them merged and clears the set', async (run) => {
+          const r = await run.through('post-snapshot');
+          assert.ok(r.last.ok);
+          await fillUp(journalFs);
+          // tmpfs gives space by the page: the journal's own last page has room for a few lines;
+          // fill it with newlines (blank lines are no entries) so that not one byte more fits
+          const fd = await fs.open(run.journalFile, 'a');
+          try {
+            for (let i = 0; i < 8192; i++) await fd.write('\n');
+          } catch (err) {
+            if ((err as NodeJS.ErrnoException).code !== 'ENOSPC') throw err;
+          } finally {
+            await fd.close();
+          }
+          const c = await run.step('copy', r.last.payload);
+          assert.equal(c.ok, false);
+          assert.match((c as any).error, /journal .*ENOSPC/);
+          await run.settled(30_000);
+          await assertNoOverlays([world.host.imageDir]);
+          const pendingBefore = pendingUndos(readJournal(run.journalFile)).map((u) => `${u.kind} ${u.vm}`);
+          await fs.rm(path.join(journalFs, 'filler'), { force: true });
+          await run.unload();
+          await run.load();
+          await run.host();
+          const actions = (helper.getNode('host') as any).lastRecovery as { kind: string }[];
+          assert.ok(!actions.some((a) => a.kind === 'merge'), 'nothing is merged twice');
+          return { note: `copy refused: "${(c as any).error.slice(0, 80)}~"; journal then listed: ${pendingBefore.join(', ') || 'nothing'}; restart: ${actions.length} action(s)`, backupId: r.last.payload.backupId, published: false };
+        }, { journalDir: dir });
     } finally {
       await fs.rm(path.join(journalFs, 'filler'), { force: true });
     }
@@ -309,7 +385,7 @@ describe('fault injection: repository and journal faults, read-back verification
         const cut = entries.findIndex((e) => e.backupId === set.backupId && e.vm === 'alpha' && e.op === 'publish' && e.phase === 'done');
         assert.ok(cut > 0);
         host.journal.compact(entries.slice(0, cut + 1));
-        const actions = await recover(host.journal, host.provider, host.repository, 30_000);
+        const actions = await recover(host.journal, host.provider, host.repository, 30_000, { hostName: 'faulthost' });
         const kinds = actions.map((a) => `${a.kind} ${a.vm}`);
         assert.ok(kinds.includes('unpublish alpha') && kinds.includes('discard beta'), kinds.join(', '));
         return { note: `recovery: ${kinds.join(', ')}`, backupId: set.backupId, published: false };
