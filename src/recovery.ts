@@ -2,6 +2,7 @@
 // then remove unpublished partial backups. Reports what it did.
 import type { Journal, JournalEntry, PendingUndo } from './journal/journal';
 import { pendingUndos } from './journal/journal';
+import { undo as undoEffect } from './pipeline/undo';
 import type { HostProvider } from './providers/provider';
 import type { ArtifactRepository } from './repository/repository';
 import { promises as fs } from 'node:fs';
@@ -32,14 +33,10 @@ export async function recover(journal: Journal, provider: HostProvider, repo: Ar
   // none). A set whose every VM was renamed is complete and verified: it stays.
   for (const action of await takeBackPartialPublish(entries)) actions.push(action);
   for (const undo of pendingUndos(entries)) {
-    // overlays planned before a freeze but never made: nothing to merge, nothing to report
-    if (undo.kind === 'merge' && !(await anyExists(undo.overlays.map((o) => o.overlay)))) continue;
     const action: RecoveryAction = { kind: undo.kind, backupId: undo.backupId, vm: undo.vm, ok: true };
     try {
-      if (undo.kind === 'thaw') await provider.thaw(undo.vm, commandMs);
-      else if (undo.kind === 'resume') await provider.resume(undo.vm, undo.previousState);
-      else if (undo.kind === 'merge') await provider.merge(undo.vm, undo.overlays);
-      else await fs.rm(undo.dir, { recursive: true, force: true });
+      // overlays planned before a freeze but never made: nothing to merge, nothing to report
+      if ((await undoEffect(provider, undo, { commandMs })) === 'nothing-to-do') continue;
     } catch (err) {
       action.ok = false;
       action.error = (err as Error).message;

@@ -220,9 +220,10 @@ export class BackupHost {
     let frozenMs: number | undefined;
     if (vm.prepare.action === 'freeze') {
       // The freeze must have held from its acknowledgement until the snapshot: else crash-consistent.
-      const held = wasFrozen && !live.thawedByWatchdog.has(vm.id) && (await this.stillFrozen(vm.id));
+      const held = wasFrozen && !live.thawedByWatchdog.has(vm.id) && (await live.stillFrozen(vm.id));
       frozenMs = await live.thaw(vm.id);
-      if (!held) {
+      // the cap may have thawed it between the status and the thaw: never claim more than we know
+      if (!held || live.thawedByWatchdog.has(vm.id)) {
         consistency = 'crash';
         warnings.push('the guest was thawed before its snapshot (freezeTimeout or the guest ended the freeze): crash-consistent only');
       }
@@ -239,16 +240,6 @@ export class BackupHost {
         ms: Date.now() - t0,
       },
     };
-  }
-
-  private async stillFrozen(vmId: string): Promise<boolean> {
-    const probe = (this.provider as Partial<{ freezeStatus(id: string): Promise<string> }>).freezeStatus;
-    if (!probe) return true;
-    try {
-      return (await probe.call(this.provider, vmId)) === 'frozen';
-    } catch {
-      return false;
-    }
   }
 
   // ---- post-snapshot: VMs back to their previous state ----

@@ -64,6 +64,11 @@ export interface HostProvider {
   /** Read the copy back and check it holds what overlay.base holds; throws when it does not. */
   verifyDisk?(overlay: Overlay, file: string): Promise<void>;
 
+  /**
+   * Close this process's guest-agent connection to the VM now (the agent serves one client): the
+   * set's guardian process is about to freeze it and holds the agent until it thawed.
+   */
+  releaseAgent?(vmId: string): Promise<void>;
   /** A backup set of these VMs ended: drop their idle connections now. Nothing about the VMs changes. */
   release?(vmIds: readonly string[]): Promise<void>;
   /** Drop connections; nothing about the VMs changes. */

@@ -336,6 +336,15 @@ export class QemuProvider implements HostProvider {
     await Promise.all(closing);
   }
 
+  async releaseAgent(vmId: string): Promise<void> {
+    const entry = this.qgaConns.get(vmId);
+    if (!entry) return;
+    this.qgaConns.delete(vmId);
+    const conn = await entry.catch(() => undefined);
+    if (conn?.timer) clearTimeout(conn.timer);
+    await conn?.client.close();
+  }
+
   async close(): Promise<void> {
     const all = [...this.qmpConns.values(), ...this.qgaConns.values()];
     this.qmpConns.clear();
