@@ -10,6 +10,7 @@ import type { Journal } from '../journal/journal';
 import type { HostProvider } from '../providers/provider';
 import { ArtifactRepository } from '../repository/repository';
 import { newBackupId } from '../util/ids';
+import { monoNow, stopwatch, type Stopwatch } from '../util/clock';
 import { copyBackupSet, type CopyOptions } from './copy';
 import { LiveBackup, type Logger, type Timeouts } from './live-backup';
 import { allSettledOrThrow, StageError } from './stage-error';
@@ -73,8 +74,8 @@ export class BackupHost {
     return live;
   }
 
-  private timing(startedAt: number) {
-    return { startedAt: new Date(startedAt).toISOString(), ms: Date.now() - startedAt };
+  private timing(t0: Stopwatch) {
+    return { startedAt: t0.iso, ms: t0.ms() };
   }
 
   /** A set ended: its VMs' connections go back to the host unless another live set uses them. */
@@ -88,7 +89,7 @@ export class BackupHost {
   // ---- enumerate ----
 
   async enumerate(): Promise<EnumeratedSet> {
-    const t0 = Date.now();
+    const t0 = stopwatch();
     const vms = await this.provider.enumerate();
     const backupId = newBackupId();
     const live = new LiveBackup(backupId, vms.map((vm) => vm.id), this.provider, this.journal, this.options.timeouts, this.log,
@@ -100,7 +101,7 @@ export class BackupHost {
       backupId,
       host: { name: this.options.hostName, provider: this.provider.kind },
       writer: { name: this.provider.writerName, components: vms.length },
-      createdAt: new Date(t0).toISOString(),
+      createdAt: t0.iso,
       vms,
       timings: { enumerate: this.timing(t0) },
       warnings: vms.flatMap((vm) => (vm.warnings ?? []).map((w) => `${vm.id}: ${w}`)),
@@ -111,7 +112,7 @@ export class BackupHost {
 
   classify(set: EnumeratedSet, fallback: FallbackPolicy): ClassifiedSet {
     const live = this.take(set, 'enumerated', false);
-    const t0 = Date.now();
+    const t0 = stopwatch();
     let vms: ClassifiedVm[];
     try {
       vms = classifyAll(set.vms, fallback);
@@ -151,7 +152,7 @@ export class BackupHost {
     }
     live.stage = 'busy';
     live.busy();
-    const t0 = Date.now();
+    const t0 = stopwatch();
     // Saves first, freezes last: a guest's frozen window must not include other VMs' saves.
     const freezes = (vm: ClassifiedVm) => vm.method === 'child-vm-snapshot' && !this.provider.snapshotQuiesces;
     const vms = await live.runStage(async () => {
@@ -168,33 +169,37 @@ export class BackupHost {
   }
 
   private async prepareVm(live: LiveBackup, set: ClassifiedSet, vm: ClassifiedVm): Promise<PreparedVm> {
-    const t0 = Date.now();
+    const t0 = stopwatch();
     const previousState = vm.state;
     if (vm.method === 'child-vm-snapshot' && !this.provider.snapshotQuiesces) {
       // the overlay intent is made durable now, so that no fsync falls inside the frozen window
       live.planOverlays(vm.id, plannedOverlays(vm, set.backupId));
       const frozenFilesystems = await live.freeze(vm.id, async () =>
         (await this.provider.freeze(vm, this.options.timeouts.freezeMs)).frozenFilesystems);
-      return { ...vm, prepare: { action: 'freeze', previousState, frozenFilesystems, frozenAt: new Date(t0).toISOString(), ms: Date.now() - t0 } };
+      return { ...vm, prepare: { action: 'freeze', previousState, frozenFilesystems, frozenAt: t0.iso, ms: t0.ms() } };
     }
     if (vm.method === 'saved-state') {
       live.noteStaging(vm.id, this.repository.stagingDir(set.host.name, vm.id, set.backupId));
       const dir = await this.repository.openStaging(set.host.name, vm.id, set.backupId);
       const file = `${dir}/state.vmstate`;
       let bytes = 0;
-      let pausedAt = t0;
+      let pausedAt = Date.now();
+      let pausedMono = monoNow();
       const state = await this.provider.runState(vm.id);
       await live.save(vm.id, state, async () => {
         const saved = await this.provider.saveState(vm, file);
         bytes = saved.bytes;
         if (saved.pausedAt !== undefined) pausedAt = saved.pausedAt;
+        if (saved.pausedMono !== undefined) pausedMono = saved.pausedMono;
       });
+      // downtime is counted on the monotonic clock from the provider's own moment of the stop
+      live.pausedSince.set(vm.id, pausedMono);
       return {
         ...vm,
-        prepare: { action: 'save', previousState: state, savedStateFile: file, savedStateBytes: bytes, pausedAt: new Date(pausedAt).toISOString(), ms: Date.now() - t0 },
+        prepare: { action: 'save', previousState: state, savedStateFile: file, savedStateBytes: bytes, pausedAt: new Date(pausedAt).toISOString(), ms: t0.ms() },
       };
     }
-    return { ...vm, prepare: { action: 'none', previousState, ms: Date.now() - t0 } };
+    return { ...vm, prepare: { action: 'none', previousState, ms: t0.ms() } };
   }
 
   // ---- snapshot: one atomic snapshot per VM, thaw at once ----
@@ -203,7 +208,7 @@ export class BackupHost {
     const live = this.take(set, 'prepared', true);
     live.stage = 'busy';
     live.busy();
-    const t0 = Date.now();
+    const t0 = stopwatch();
     const vms = await live.runStage(() => this.allOrNothing(live, set.vms, (vm) => this.snapshotVm(live, set, vm)));
     await this.endStage(live, 'snapshotted', vms);
     live.stage = 'snapshotted';
@@ -212,7 +217,7 @@ export class BackupHost {
   }
 
   private async snapshotVm(live: LiveBackup, set: PreparedSet, vm: PreparedVm): Promise<SnapshottedVm> {
-    const t0 = Date.now();
+    const t0 = stopwatch();
     const wasFrozen = live.frozen.has(vm.id);
     const overlays = await live.snapshot(vm.id, plannedOverlays(vm, set.backupId), () => this.provider.snapshot(vm, set.backupId));
     let consistency = vm.consistency;
@@ -233,11 +238,11 @@ export class BackupHost {
       consistency,
       warnings,
       snapshot: {
-        at: new Date(t0).toISOString(),
+        at: t0.iso,
         overlays,
         ...(frozenMs !== undefined ? { thawedAt: new Date().toISOString(), frozenMs } : {}),
         ...(live.thawedByWatchdog.has(vm.id) ? { thawedByWatchdog: true } : {}),
-        ms: Date.now() - t0,
+        ms: t0.ms(),
       },
     };
   }
@@ -248,10 +253,11 @@ export class BackupHost {
     const live = this.take(set, 'snapshotted', true);
     live.stage = 'busy';
     live.busy();
-    const t0 = Date.now();
+    const t0 = stopwatch();
     const vms = await live.runStage(() => this.allOrNothing(live, set.vms, async (vm): Promise<PostSnapshotVm> => {
-      const v0 = Date.now();
+      const v0 = stopwatch();
       await live.thaw(vm.id); // normally already thawed in snapshot; a no-op then
+      const pausedSince = live.pausedSince.get(vm.id);
       const resumedTo = await live.resume(vm.id);
       const returnedTo = resumedTo ?? (await this.provider.runState(vm.id));
       return {
@@ -261,8 +267,8 @@ export class BackupHost {
           resumed: resumedTo !== undefined,
           // The base image holds the guest's consistency point; every later write is in the overlay.
           revertedToConsistencyPoint: vm.method === 'child-vm-snapshot' && vm.consistency === 'application',
-          ...(resumedTo !== undefined && vm.prepare.pausedAt ? { downtimeMs: Date.now() - Date.parse(vm.prepare.pausedAt) } : {}),
-          ms: Date.now() - v0,
+          ...(resumedTo !== undefined && pausedSince !== undefined ? { downtimeMs: monoNow() - pausedSince } : {}),
+          ms: v0.ms(),
         },
       };
     }));
@@ -278,7 +284,7 @@ export class BackupHost {
     const live = this.take(set, 'post-snapshot', true);
     live.stage = 'busy';
     live.busy();
-    const t0 = Date.now();
+    const t0 = stopwatch();
     let vms;
     try {
       vms = await live.runStage(() => copyBackupSet(this.provider, this.repository, live, set, options));

@@ -2,6 +2,7 @@
 // schema-checked manifest with the sha256 of every file, then publish all VMs or none.
 import { promises as fs, type BigIntStats } from 'node:fs';
 import * as path from 'node:path';
+import { performance } from 'node:perf_hooks';
 import { assertManifest } from '../contract/validate';
 import type { CopyResult, Manifest, ManifestFile, PostSnapshotSet, PostSnapshotVm } from '../contract/types';
 import type { HostProvider } from '../providers/provider';
@@ -49,7 +50,7 @@ export async function copyBackupSet(
   // (an abort must never find a merge of ours still running when it merges what is left)
   const merges: Promise<unknown>[] = [];
   const staged = await limitedSettledOrThrow(set.vms, options.concurrency, async (vm): Promise<Staged> => {
-    const startedAt = Date.now();
+    const startedAt = performance.now(); // monotonic: ms is a duration
     live.assertLive();
     // journalled before the directory exists: a crash right after mkdir still finds it
     live.noteStaging(vm.id, repo.stagingDir(set.host.name, vm.id, set.backupId));
@@ -126,7 +127,7 @@ export async function copyBackupSet(
       const bytes = s.files.reduce((n, f) => n + f.bytes, 0);
       results.push({
         ...s.vm,
-        copy: { path: path.relative(repo.root, final), bytes, files: s.files.length + 1, merged: false, ms: Date.now() - s.startedAt },
+        copy: { path: path.relative(repo.root, final), bytes, files: s.files.length + 1, merged: false, ms: performance.now() - s.startedAt },
       });
     }
   } catch (err) {
@@ -182,7 +183,7 @@ function buildManifest(set: PostSnapshotSet, s: Staged): Manifest {
   const vm = s.vm;
   const timings: Record<string, number> = {};
   for (const [stage, t] of Object.entries(set.timings)) if (t) timings[`${stage}Ms`] = t.ms;
-  timings.copyMs = Date.now() - s.startedAt;
+  timings.copyMs = performance.now() - s.startedAt;
   return {
     format: 'vm-backup-manifest@1',
     backupId: set.backupId,

@@ -39,6 +39,8 @@ export class LiveBackup {
   readonly staging = new Map<string, string>();
   /** VMs the freeze watchdog thawed: never application-consistent */
   readonly thawedByWatchdog = new Set<string>();
+  /** VM -> when its vCPUs stopped for its saved state, on the monotonic clock (downtimeMs) */
+  readonly pausedSince = new Map<string, number>();
   vmIds: Set<string>;
   private sessionTimer: NodeJS.Timeout;
   private idleTimer: NodeJS.Timeout | undefined;

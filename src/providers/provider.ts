@@ -45,8 +45,8 @@ export interface HostProvider {
   readonly snapshotQuiesces: boolean;
 
   /** Saved state: stop the vCPUs and write the device and memory state to `file`. The VM stays stopped. */
-  /** `pausedAt`: when the vCPUs stopped (ms since the epoch), when the provider knows it */
-  saveState(vm: ClassifiedVm, file: string): Promise<{ bytes: number; pausedAt?: number }>;
+  /** `pausedAt`: when the vCPUs stopped (ms since the epoch), when the provider knows it; `pausedMono`: the same moment on performance.now() */
+  saveState(vm: ClassifiedVm, file: string): Promise<{ bytes: number; pausedAt?: number; pausedMono?: number }>;
   /** Return the VM to `previousState` (only "running" starts it again). Safe to call twice. */
   resume(vmId: string, previousState: string): Promise<void>;
   /** Current run state as the hypervisor reports it ("running", "paused", ...). */
