@@ -73,6 +73,29 @@ async function guestSpans(limitMs = LIMIT_MS): Promise<string> {
   return `frozen max (guest clock): ${spans.join(', ')}`;
 }
 
+/**
+ * Wait for a global the flow sets, through the admin API. A Node-RED whose loop was held (or that
+ * was stopped) drops the keep-alive connections that timed out meanwhile: a failed request is
+ * asked again, not taken as the answer.
+ */
+async function waitGlobal(nr: RealNodeRed, key: string, withinMs: number): Promise<any> {
+  const deadline = Date.now() + withinMs;
+  let lastError = '';
+  for (;;) {
+    try {
+      const caught = await nr.global<any[]>('caught');
+      if (caught?.length) throw new Error(`the backup failed: ${caught.map((c) => c.error).join('; ')}`);
+      const v = await nr.global<any>(key);
+      if (v !== undefined) return v;
+    } catch (err) {
+      if (/the backup failed/.test((err as Error).message)) throw err;
+      lastError = (err as Error).message;
+    }
+    if (Date.now() > deadline) throw new Error(`global.${key} not set within ${withinMs} ms (${lastError}); node-red log tail:\n${nr.log.slice(-3000)}`);
+    await sleep(200);
+  }
+}
+
 describe('fault injection: deadlines outside the event loop (the guardian owns the freeze cap)', function () {
   this.timeout(300_000);
   let repository: string;
@@ -121,12 +144,9 @@ describe('fault injection: deadlines outside the event loop (the guardian owns t
       await nr.deploy(procFlow(o));
       const before = await repositoryState(repository);
       await nr.inject('go');
-      const prepared = await nr.waitGlobal<any>('prepare', 120_000);
+      const prepared = await waitGlobal(nr, 'prepare', 120_000);
       const note = await during(nr.nr!.child.pid!);
-      const copied = await nr.waitGlobal<any>('copy', 180_000, async () => {
-        const caught = await nr!.global<any[]>('caught');
-        if (caught?.length) throw new Error(`the backup failed: ${caught.map((c) => c.error).join('; ')}`);
-      });
+      const copied = await waitGlobal(nr, 'copy', 180_000);
       const notes = [note];
       for (const vm of copied.vms) {
         assert.equal(vm.snapshot.thawedByWatchdog, true, `${vm.id}: the cap thawed it, the snapshot must say so`);
