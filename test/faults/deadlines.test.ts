@@ -5,10 +5,12 @@
 // Frozen time is read from the guest's own clock (its freeze hook logs "freeze"/"thaw" with its
 // uptime); guardian processes are found in /proc by their argument vector.
 import * as assert from 'node:assert/strict';
-import { promises as fs, mkdtempSync, readFileSync } from 'node:fs';
+import { promises as fs, mkdirSync, mkdtempSync, readFileSync, symlinkSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { pendingUndos } from '../../src/journal/journal';
+import { Journal, pendingUndos } from '../../src/journal/journal';
+import { BackupHost, DEFAULT_TIMEOUTS } from '../../src/pipeline/backup-host';
+import { QemuProvider } from '../../src/providers/qemu/qemu-provider';
 import { runProgram } from '../../src/util/run';
 import { startBareWorld, type BareWorld } from './support/bare';
 import { clearHookLog, guestExec, hookLog, waitAgent } from './support/guest';
@@ -282,6 +284,58 @@ describe('fault injection: deadlines outside the event loop (the guardian owns t
         assert.ok(rest.last.ok, (rest.last as any).error);
         const labels = rest.last.payload.vms.map((v: any) => `${v.id} ${v.consistency} frozenMs ${Math.round(v.snapshot.frozenMs ?? -1)}`);
         return { note: `published: ${labels.join(', ')}`, backupId: r.last.payload.backupId, published: true };
+      });
+  });
+
+  // ---- two sets on two hosts at once, each with its own guardian, while the loop is held ----
+
+  it('two sets on two hosts at once, the event loop blocked 15 s while both are frozen', async () => {
+    await faultCase(GROUP, `two hosts (one guest each, own journals and guardians), both sets frozen, event loop blocked 15 s, cap ${CAP_S} s`,
+      'each guardian thaws its own guest at the cap; both snapshots afterwards crash-consistent; both sets end, both guardians exit',
+      async () => {
+        await resetGuests();
+        const base = mkdtempSync(path.join(os.tmpdir(), 'vmb-faults-twohosts-'));
+        // one socket directory per host, each holding one lab guest's sockets (symbolic links)
+        const hosts = labRefs.map((vm, i) => {
+          const socketDir = path.join(base, `host${i}`);
+          mkdirSync(socketDir);
+          for (const ext of ['qmp', 'qga', 'pid']) symlinkSync(path.join(labRun, `${vm.id}.${ext}`), path.join(socketDir, `${vm.id}.${ext}`));
+          const provider = new QemuProvider({ socketDir });
+          const journal = new Journal(path.join(base, `journal-host${i}.jsonl`));
+          return { vm, provider, journal, host: new BackupHost(provider, journal, { hostName: `host${i}`, repositoryRoot: repository, timeouts: { ...DEFAULT_TIMEOUTS, freezeMs: CAP_S * 1000 } }) };
+        });
+        try {
+          const prepared = await Promise.all(hosts.map(async (h) => h.host.prepare(h.host.classify(await h.host.enumerate(), 'checkpoint'))));
+          const guardians = await Promise.all(hosts.map((h) => guardiansOf(h.journal.file)));
+          assert.deepEqual(guardians.map((g) => g.length), [1, 1], 'one guardian per set');
+          const end = Date.now() + 15_000;
+          while (Date.now() < end) {
+            // both hosts live in this process: neither can run a timer now
+          }
+          const snapped = await Promise.all(hosts.map((h, i) => h.host.snapshot(prepared[i]!)));
+          for (const set of snapped) {
+            for (const vm of set.vms) {
+              assert.equal(vm.consistency, 'crash', `${vm.id} thawed by the cap: crash-consistent`);
+              assert.equal(vm.snapshot.thawedByWatchdog, true);
+            }
+          }
+          await Promise.all(hosts.map((h) => h.host.closeAll('case over')));
+          for (const h of hosts) {
+            await waitEnded(h.journal.file, prepared[hosts.indexOf(h)]!.backupId, 30_000);
+            assert.deepEqual(pendingUndos(h.journal.read()), [], `${h.vm.id}: the journal still lists undos`);
+          }
+          const gone = await Promise.all(hosts.map((h) => waitNoGuardian(h.journal.file, 5000)));
+          await assertNoOverlays([labImages]);
+          return [`both snapshots crash-consistent, thawedByWatchdog; both sets ended; guardians gone ${gone.map(fmtMs).join(', ')} after`,
+            await guestSpans(), await assertVmsUnharmed(labRefs)].join('; ');
+        } finally {
+          for (const h of hosts) {
+            await h.host.closeAll('case over').catch(() => undefined);
+            await h.provider.close();
+            h.journal.close();
+          }
+          await fs.rm(base, { recursive: true, force: true });
+        }
       });
   });
 
