@@ -145,6 +145,9 @@ export class BackupHost {
         if (other.stage === 'ended' && other.frozen.has(vm.id)) {
           throw new StageError(`/vms: VM "${vm.id}" is still frozen by the ended backup set ${other.backupId} (its thaw is being retried until the guest agent answers)`);
         }
+        if (other.stage === 'ended' && other.holds(vm.id)) {
+          throw new StageError(`/vms: VM "${vm.id}" still has undos of the ended backup set ${other.backupId} in place (its guardian retries them)`);
+        }
         if (other.stage !== 'ended' && other.vmIds.has(vm.id)) {
           throw new StageError(`/vms: VM "${vm.id}" is already in backup set ${other.backupId}`);
         }

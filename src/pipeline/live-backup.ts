@@ -57,6 +57,8 @@ export class LiveBackup {
   private guarded = false;
   private endWritten = false;
   private released = false;
+  /** the guardian retries the undos this set could not finish; the host keeps the set meanwhile */
+  private adopting = false;
   /** VM -> the overlays its journalled intent names (see planOverlays) */
   private readonly overlayIntents = new Map<string, string>();
 
@@ -166,6 +168,7 @@ export class LiveBackup {
       this.guardian = undefined;
       // a later side effect starts a new one
       this.guarded = false;
+      this.adoptionOver();
       // the guests it held frozen are ours again (its agent connections closed with it): thaw them
       for (const [vmId, f] of this.frozen) {
         if (!f.byGuardian) continue;
@@ -315,7 +318,7 @@ export class LiveBackup {
     this.frozen.delete(vmId);
     this.note({ backupId: this.backupId, vm: vmId, op: 'thaw', phase: 'done' }, false);
     this.endIfUndone();
-    if (this.stage === 'ended' && this.frozen.size === 0) this.release();
+    if (this.stage === 'ended' && this.frozen.size === 0 && !this.adopting) this.release();
     return frozenMs;
   }
 
@@ -473,11 +476,29 @@ export class LiveBackup {
     // A later successful retry here (a thaw without guardian) ends the set too.
     if (clean) this.endIfUndone();
     else if (this.guardian?.alive && this.hasSideEffects()) {
-      this.guardian.adopt().catch((err: Error) => this.log('warn', `backup ${this.backupId}: the guardian did not take the undos left (${err.message}); recovery at the next start does them`));
+      // kept by the host until its guardian is done, so that no new backup touches these VMs while
+      // their undos are retried
+      this.adopting = true;
+      this.guardian.adopt().catch((err: Error) => {
+        this.log('warn', `backup ${this.backupId}: the guardian did not take the undos left (${err.message}); recovery at the next start does them`);
+        this.adoptionOver();
+      });
     }
     // A guest whose thaw is still being retried (its agent stopped or busy) is still frozen by
     // this set: the host keeps the set until the thaw succeeds, so that no new backup freezes
     // that guest meanwhile and "no live set" really means nothing of ours is left in a guest.
+    if (this.frozen.size === 0 && !this.adopting) this.release();
+  }
+
+  /** Something of this VM is still in place (an ended set whose undo is retried holds it). */
+  holds(vmId: string): boolean {
+    return this.frozen.has(vmId) || this.saved.has(vmId) || this.overlays.has(vmId) || this.staging.has(vmId);
+  }
+
+  /** The guardian gave up or went away: recovery at the next start does the rest, as before. */
+  private adoptionOver(): void {
+    if (!this.adopting) return;
+    this.adopting = false;
     if (this.frozen.size === 0) this.release();
   }
 
@@ -491,6 +512,7 @@ export class LiveBackup {
     this.staging.clear();
     this.endWritten = true;
     this.guardian = undefined;
+    this.adopting = false;
     this.log('info', `backup ${this.backupId}: the undos left were retried and done by its guardian; the set ended`);
     this.release();
   }

@@ -373,13 +373,18 @@ describe('fault injection: deadlines outside the event loop (the guardian owns t
           await sleep(2000);
           assert.ok(await fs.stat(staging).then(() => true, () => false), 'the discard failed first (the staging directory is still there)');
           assert.ok((await guardiansOf(run.journalFile)).length > 0, 'the guardian stays while an undo is pending');
-          await sleep(3000);
+          // a new backup must not touch a VM whose undo is still being retried
+          const next = await run.through('prepare');
+          assert.equal(next.stage, 'prepare');
+          assert.equal(next.last.ok, false, 'a new set is refused while the old one\'s undo is retried');
+          assert.match((next.last as any).error, /VM "alpha" still has undos of the ended backup set/);
+          await sleep(2000);
           await runProgram('chattr', ['-i', staging]);
           const gone = await waitNoGuardian(run.journalFile, 15_000);
           await waitEnded(run.journalFile, backupId, 5000);
           assert.equal(await fs.stat(staging).then(() => true, () => false), false, 'the retried discard removed the staging directory');
-          await run.settled(10_000);
-          note = `copy refused ("${(c as any).error.slice(0, 60)}"); discard retried; guardian gone ${fmtMs(gone)} after the directory became removable; set ended`;
+          await run.settled(20_000); // the refused new set ends by its idle timeout (8 s)
+          note = `copy refused ("${(c as any).error.slice(0, 60)}"); a new set refused meanwhile ("${(next.last as any).error.slice(0, 70)}"); discard retried; guardian gone ${fmtMs(gone)} after the directory became removable; set ended`;
         } finally {
           if (staging) await runProgram('chattr', ['-i', staging]).catch(() => undefined);
           await run.stop();
