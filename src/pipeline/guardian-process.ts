@@ -119,17 +119,22 @@ export async function main(spec: GuardianSpec): Promise<void> {
         return { status, capped: held.get(req.vm)?.capped ?? thawed.get(req.vm)?.capped ?? false };
       }
       case 'adopt':
-        void adopt(false).then(() => {
-          send({ event: 'ended' });
-          setTimeout(() => process.exit(0), 50);
-        });
+        // "ended" only when every undo was done; after giving up it just exits (Node-RED sees the
+        // exit, takes back any guest still frozen, and recovery at the next start does the rest)
+        void adopt(false).then(
+          (done) => {
+            if (done) send({ event: 'ended' });
+            setTimeout(() => process.exit(0), 50);
+          },
+          () => setTimeout(() => process.exit(1), 50), // the journal cannot be written: recovery at start
+        );
         return 'adopted';
     }
   }
 
-  let adopting: Promise<void> | undefined;
-  /** Undo what the journal still lists for the set, retrying until done (or giveUpMs passed). */
-  function adopt(orphaned: boolean): Promise<void> {
+  let adopting: Promise<boolean> | undefined;
+  /** Undo what the journal still lists for the set, retrying until done (true) or giveUpMs passed (false). */
+  function adopt(orphaned: boolean): Promise<boolean> {
     adopting ??= (async () => {
       const by = orphaned ? { by: 'guardian' as const } : {};
       const t0 = performance.now();
@@ -153,9 +158,9 @@ export async function main(spec: GuardianSpec): Promise<void> {
         }
         if (failed === 0 && held.size === 0) {
           journal.append({ backupId: spec.backupId, op: 'end', phase: 'done', data: { ...by } });
-          return;
+          return true;
         }
-        if (performance.now() - t0 > spec.giveUpMs) return; // recovery at the next start goes on
+        if (performance.now() - t0 > spec.giveUpMs) return false; // recovery at the next start goes on
         await sleep(1000);
       }
     })();
