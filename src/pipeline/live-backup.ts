@@ -464,6 +464,8 @@ export class LiveBackup {
     this.note({ backupId: this.backupId, op: 'end', phase: 'done' });
     stopGuardian(this.guardian);
     this.guardian = undefined;
+    // nothing is left for an adopting guardian either (a retried thaw here was the last undo)
+    this.adopting = false;
   }
 
   /** The set is over; with `clean`, the journal records that nothing of it is pending. */
