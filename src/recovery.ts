@@ -13,7 +13,7 @@ import type { HostProvider } from './providers/provider';
 import type { ArtifactRepository } from './repository/repository';
 import { ownerGone, readOwner } from './repository/staging-owner';
 import { isSafeName } from './util/ids';
-import { undoEffect } from './pipeline/undo';
+import { undo as undoEffect } from './pipeline/undo';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 
@@ -187,7 +187,7 @@ export async function recover(journal: Journal, provider: HostProvider, repo: Ar
         }
       }
       try {
-        await undoEffect(provider, undo, commandMs);
+        if ((await undoEffect(provider, undo, { commandMs })) === 'nothing-to-do') continue;
       } catch (err) {
         action.ok = false;
         action.error = (err as Error).message;

@@ -184,6 +184,9 @@ export class BackupHost {
         if (other.stage === 'ended' && other.holds(vm.id)) {
           throw new StageError(`/vms: VM "${vm.id}" still holds effects of the ended backup set ${other.backupId} (their undo is being retried)`);
         }
+        if (other.stage === 'ended' && other.holds(vm.id)) {
+          throw new StageError(`/vms: VM "${vm.id}" still has undos of the ended backup set ${other.backupId} in place (its guardian retries them)`);
+        }
         if (other.stage !== 'ended' && other.vmIds.has(vm.id)) {
           throw new StageError(`/vms: VM "${vm.id}" is already in backup set ${other.backupId}`);
         }
@@ -232,11 +235,12 @@ export class BackupHost {
       let bytes = 0;
       const state = await this.provider.runState(vm.id);
       let pausedAtWall = Date.now();
+      // downtime is counted on the monotonic clock from the provider's own moment of the stop
       await live.save(vm.id, state, async () => {
         const saved = await this.provider.saveState(vm, file);
         bytes = saved.bytes;
-        if (saved.pausedAt !== undefined) pausedAtWall = Date.now() - (performance.now() - saved.pausedAt);
-        return saved.pausedAt;
+        if (saved.pausedAt !== undefined) pausedAtWall = saved.pausedAt;
+        return saved.pausedMono;
       });
       return {
         ...vm,
@@ -273,9 +277,10 @@ export class BackupHost {
     let frozenMs: number | undefined;
     if (vm.prepare.action === 'freeze') {
       // The freeze must have held from its acknowledgement until the moment: else crash-consistent.
-      const held = wasFrozen && !live.thawedByWatchdog.has(vm.id) && (await this.stillFrozen(vm.id));
+      const held = wasFrozen && !live.thawedByWatchdog.has(vm.id) && (await live.stillFrozen(vm.id));
       frozenMs = await live.thaw(vm.id);
-      if (!held) {
+      // the cap may have thawed it between the status and the thaw: never claim more than we know
+      if (!held || live.thawedByWatchdog.has(vm.id)) {
         consistency = 'crash';
         warnings.push('the guest was thawed before its snapshot (freezeTimeout or the guest ended the freeze): crash-consistent only');
       }
@@ -293,15 +298,6 @@ export class BackupHost {
         ms: performance.now() - m0,
       },
     };
-  }
-
-  private async stillFrozen(vmId: string): Promise<boolean> {
-    if (!this.provider.freezeStatus) return true;
-    try {
-      return (await this.provider.freezeStatus(vmId)) === 'frozen';
-    } catch {
-      return false;
-    }
   }
 
   // ---- post-snapshot: VMs back to their previous state ----

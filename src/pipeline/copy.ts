@@ -3,6 +3,7 @@
 // sha256 of every file, then publish all VMs or none.
 import { promises as fs, type BigIntStats } from 'node:fs';
 import * as path from 'node:path';
+import { performance } from 'node:perf_hooks';
 import { assertManifest } from '../contract/validate';
 import type { CopyResult, Manifest, ManifestFile, PointInTimeView, PostSnapshotSet, PostSnapshotVm } from '../contract/types';
 import type { HostProvider } from '../providers/provider';
@@ -79,7 +80,7 @@ async function stageVm(
   provider: HostProvider, repo: ArtifactRepository, live: LiveBackup, host: string, backupId: string,
   vm: PostSnapshotVm, options: CopyOptions, report: Reporter,
 ): Promise<Staged> {
-  const startedAt = Date.now();
+  const startedAt = performance.now(); // monotonic: ms is a duration
   live.assertLive();
   // journalled before the directory exists: a crash right after mkdir still finds it
   live.noteStaging(vm.id, repo.stagingDir(host, vm.id, backupId));
@@ -168,7 +169,7 @@ async function publishAll(repo: ArtifactRepository, live: LiveBackup, host: stri
       results.push({
         ...s.vm,
         copy: {
-          path: path.relative(repo.root, final), bytes, files: s.files.length + 1, released: false, ms: Date.now() - s.startedAt,
+          path: path.relative(repo.root, final), bytes, files: s.files.length + 1, released: false, ms: performance.now() - s.startedAt,
           bytesRead, ...(changed.length ? { bytesChanged: changed.reduce((n, f) => n + (f.chain?.bytesChanged ?? 0), 0) } : {}),
         },
       });
@@ -238,7 +239,7 @@ function buildManifest(set: PostSnapshotSet, host: string, s: Staged): Manifest 
   const vm = s.vm;
   const timings: Record<string, number> = {};
   for (const [stage, t] of Object.entries(set.timings)) if (t) timings[`${stage}Ms`] = t.ms;
-  timings.copyMs = Date.now() - s.startedAt;
+  timings.copyMs = performance.now() - s.startedAt;
   return {
     format: 'vm-backup-manifest@1',
     backupId: set.backupId,

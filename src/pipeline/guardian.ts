@@ -1,15 +1,16 @@
-// The guardian: a small detached process that watches one live backup set from outside the
-// Node-RED process. While Node-RED runs it does nothing (the watchdogs in live-backup.ts act).
-// If Node-RED dies (SIGKILL, OOM, crash) with the set's side effects in place, it undoes them at
-// once from the journal: thaw, resume, merge, discard; then it writes "end" for the set. So a
-// guest is never left frozen until someone restarts Node-RED. Recovery at the next start finds
+// The guardian: a small detached process per live backup set, outside Node-RED (its code is in
+// guardian-process.ts). It owns the guest agent of every guest the set freezes: Node-RED asks it
+// over an IPC channel to freeze, thaw and read the freeze status, and it thaws at freezeTimeout by
+// its own timer, so a busy, stopped or dead Node-RED cannot keep a guest frozen past the cap. If
+// Node-RED dies with the set's side effects in place, it undoes them at once from the journal:
+// thaw, resume, release of the view, settle tracking, discard; then it writes "end" for the set. Recovery at the next start finds
 // nothing left, or repeats what the guardian could not do (every undo is safe to repeat).
 //
 // Started by LiveBackup with process.execPath and an argument vector (no shell); SIGTERMed when
 // the set ends. Only providers that describe themselves for it (guardianSpec) get one.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { promises as fs } from 'node:fs';
-import { Journal, pendingUndos } from '../journal/journal';
+import { EventEmitter } from 'node:events';
+import type { Journal } from '../journal/journal';
 import type { GuardianProviderSpec, HostProvider } from '../providers/provider';
 
 export interface GuardianSpec {
@@ -23,43 +24,161 @@ export interface GuardianSpec {
   giveUpMs: number;
 }
 
+/** Node-RED -> guardian */
+export type GuardianRequest = { id: number } & (
+  | { op: 'ping' }
+  | { op: 'freeze'; vm: string; capMs: number; timeoutMs: number }
+  | { op: 'thaw'; vm: string }
+  | { op: 'status'; vm: string }
+  | { op: 'adopt' }
+);
 
-export interface StartedGuardian {
-  child: ChildProcess;
+/** guardian -> Node-RED: an answer to a request, or an event of its own */
+export type GuardianReply =
+  | { id: number; ok: true; value: unknown }
+  | { id: number; ok: false; error: string }
+  | { event: 'ready' }
+  | { event: 'thawed'; vm: string; frozenMs: number; capped: boolean }
+  | { event: 'ended' };
+
+
+type Req<O extends GuardianRequest['op']> = Omit<Extract<GuardianRequest, { op: O }>, 'id'>;
+
+/**
+ * Node-RED's end of one guardian. Events: "thawed" (vm, frozenMs, capped) when the guardian thawed
+ * a guest on its own (the cap, or a thaw it retried), "ended" when it finished the undos it
+ * adopted, "exit" when the process is gone.
+ */
+export class Guardian extends EventEmitter {
   /** resolves once the guardian runs (or could not start, or after 5 s): never rejects */
-  ready: Promise<void>;
+  readonly ready: Promise<void>;
+  private nextId = 1;
+  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void; timer?: NodeJS.Timeout }>();
+  private isReady = false;
+
+  constructor(readonly child: ChildProcess) {
+    super();
+    // the guardian must never keep Node-RED from exiting: the channel holds the loop only while a
+    // request waits for its answer
+    child.unref();
+    child.channel?.unref();
+    this.ready = new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, 5000);
+      timer.unref();
+      this.once('ready', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      child.once('exit', () => resolve());
+    });
+    child.on('message', (m: GuardianReply) => this.onMessage(m));
+    child.on('error', () => undefined);
+    child.once('exit', () => {
+      for (const p of this.pending.values()) {
+        if (p.timer) clearTimeout(p.timer);
+        p.reject(new Error('the guardian process exited'));
+      }
+      this.pending.clear();
+      this.emit('exit');
+    });
+  }
+
+  /** Running and reachable over its channel. */
+  get alive(): boolean {
+    return this.isReady && this.child.connected && this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  private onMessage(m: GuardianReply): void {
+    if ('id' in m) {
+      const p = this.pending.get(m.id);
+      if (!p) return;
+      this.pending.delete(m.id);
+      if (p.timer) clearTimeout(p.timer);
+      if (this.pending.size === 0) this.child.channel?.unref();
+      if (m.ok) p.resolve(m.value);
+      else p.reject(new Error(m.error));
+      return;
+    }
+    if (m.event === 'ready') {
+      this.isReady = true;
+      this.emit('ready');
+    } else if (m.event === 'thawed') this.emit('thawed', m.vm, m.frozenMs, m.capped);
+    else if (m.event === 'ended') this.emit('ended');
+  }
+
+  private request<O extends GuardianRequest['op']>(req: Req<O>, timeoutMs?: number): Promise<unknown> {
+    if (!this.alive) return Promise.reject(new Error('the guardian process is not running'));
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      const entry: { resolve: (v: unknown) => void; reject: (e: Error) => void; timer?: NodeJS.Timeout } = { resolve, reject };
+      if (timeoutMs !== undefined) {
+        entry.timer = setTimeout(() => {
+          this.pending.delete(id);
+          reject(new GuardianTimeout(`the guardian did not answer ${req.op} within ${timeoutMs} ms`));
+        }, timeoutMs);
+      }
+      this.pending.set(id, entry);
+      this.child.channel?.ref();
+      try {
+        this.child.send({ ...req, id } as GuardianRequest);
+      } catch (err) {
+        this.pending.delete(id);
+        if (entry.timer) clearTimeout(entry.timer);
+        reject(err as Error);
+      }
+    });
+  }
+
+  /** Answered by the guardian's event loop alone (no agent): tells a stalled guardian from a slow agent. */
+  async ping(timeoutMs: number): Promise<void> {
+    await this.request<'ping'>({ op: 'ping' }, timeoutMs);
+  }
+
+  /** The guardian arms its cap timer (capMs), then sends guest-fsfreeze-freeze. */
+  async freeze(vm: string, capMs: number, timeoutMs: number): Promise<number> {
+    return (await this.request<'freeze'>({ op: 'freeze', vm, capMs, timeoutMs })) as number;
+  }
+
+  /** frozenMs: freeze sent -> thaw acknowledged, on the guardian's monotonic clock; capped: the cap thawed it. */
+  async thaw(vm: string): Promise<{ frozenMs: number; capped: boolean }> {
+    return (await this.request<'thaw'>({ op: 'thaw', vm })) as { frozenMs: number; capped: boolean };
+  }
+
+  async status(vm: string): Promise<{ status: string; capped: boolean }> {
+    return (await this.request<'status'>({ op: 'status', vm })) as { status: string; capped: boolean };
+  }
+
+  /** Hand the set's undos still pending in the journal to the guardian: it retries them, ends the set and exits. */
+  async adopt(): Promise<void> {
+    await this.request<'adopt'>({ op: 'adopt' }, 5000);
+  }
+
+  kill(): void {
+    try {
+      this.child.kill('SIGKILL');
+    } catch {
+      // gone already
+    }
+  }
 }
 
+export class GuardianTimeout extends Error {}
+
 /** Start a guardian for one set; undefined when the provider cannot be guarded from outside. */
-export function startGuardian(provider: HostProvider, journal: Journal, backupId: string, commandMs: number): StartedGuardian | undefined {
+export function startGuardian(provider: HostProvider, journal: Journal, backupId: string, commandMs: number): Guardian | undefined {
   const spec = provider.guardianSpec?.();
   if (!spec) return undefined;
   const full: GuardianSpec = { journal: journal.file, backupId, parentPid: process.pid, provider: spec, commandMs, giveUpMs: 600_000 };
   try {
-    // stdout is a pipe only until the guardian says it runs; nothing else is ever read from it
-    const child = spawn(process.execPath, [__filename, JSON.stringify(full)], { detached: true, stdio: ['ignore', 'pipe', 'ignore'] });
-    child.on('error', () => undefined);
-    child.unref();
-    const out = child.stdout as (NonNullable<ChildProcess['stdout']> & { unref?: () => void }) | null;
-    out?.unref?.();
-    const ready = new Promise<void>((resolve) => {
-      const done = () => {
-        clearTimeout(timer);
-        out?.destroy();
-        resolve();
-      };
-      const timer = setTimeout(done, 5000);
-      timer.unref();
-      out?.once('data', done).once('error', done).once('close', done);
-      child.once('exit', done);
-    });
-    return { child, ready };
+    const child = spawn(process.execPath, [__filename, JSON.stringify(full)], { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'ipc'] });
+    return new Guardian(child);
   } catch {
     return undefined; // the watchdogs and recovery at start still hold
   }
 }
 
-export function stopGuardian(child: ChildProcess | undefined): void {
+export function stopGuardian(guardian: Guardian | undefined): void {
+  const child = guardian?.child;
   if (child && child.exitCode === null && child.signalCode === null) {
     try {
       child.kill('SIGTERM');
@@ -69,64 +188,8 @@ export function stopGuardian(child: ChildProcess | undefined): void {
   }
 }
 
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-async function guard(spec: GuardianSpec): Promise<void> {
-  // Reparented (the parent died) means Node-RED is gone; a SIGTERM while the parent lives is the
-  // parent ending the set. A SIGTERM after the parent died (a service manager stopping the whole
-  // unit) must not stop the undo: it is short, and the manager waits before SIGKILL.
-  const parentAlive = () => process.ppid === spec.parentPid;
-  process.on('SIGTERM', () => {
-    if (parentAlive()) process.exit(0);
-  });
-  // tell the parent we run (it waits for this before the first freeze or save); a parent gone
-  // already has closed the pipe: that is not an error here
-  process.stdout.on('error', () => undefined);
-  process.stdout.write('ready\n');
-  const journal = new Journal(spec.journal);
-  const ended = () => journal.read().some((e) => e.backupId === spec.backupId && e.op === 'end');
-  while (parentAlive()) {
-    await sleep(200);
-    if (ended()) return;
-  }
-  // loaded only here: the guardian is the one place of the pipeline that builds a provider
-  const { QemuProvider } = require('../providers/qemu/qemu-provider') as typeof import('../providers/qemu/qemu-provider');
-  const provider = new QemuProvider(spec.provider.options as never);
-  const t0 = Date.now();
-  try {
-    // a set cut between two VMs' publish renames is taken back first (all or none)
-    const { takeBackPartialPublish } = require('../recovery') as typeof import('../recovery');
-    const { undoEffect } = require('./undo') as typeof import('./undo');
-    for (const a of await takeBackPartialPublish(journal.read().filter((e) => e.backupId === spec.backupId))) {
-      if (a.ok) journal.append({ backupId: spec.backupId, vm: a.vm, op: 'discard', phase: 'done', data: { by: 'guardian' } });
-    }
-    for (;;) {
-      const undos = pendingUndos(journal.read()).filter((u) => u.backupId === spec.backupId);
-      let failed = 0;
-      for (const u of undos) {
-        try {
-          await undoEffect(provider, u, spec.commandMs);
-          journal.append({ backupId: u.backupId, vm: u.vm, op: u.kind, phase: 'done', data: { by: 'guardian' } });
-        } catch {
-          failed++;
-        }
-      }
-      if (failed === 0) {
-        journal.append({ backupId: spec.backupId, op: 'end', phase: 'done', data: { by: 'guardian' } });
-        return;
-      }
-      if (Date.now() - t0 > spec.giveUpMs) return;
-      await sleep(1000);
-    }
-  } finally {
-    await provider.close().catch(() => undefined);
-    journal.close();
-  }
-}
-
 if (require.main === module) {
-  guard(JSON.parse(process.argv[2] ?? '{}') as GuardianSpec).then(
-    () => process.exit(0),
-    () => process.exit(1),
-  );
+  // the process itself lives in its own file; this entry keeps the argument vector (and so the
+  // way operators and the fault suite find a set's guardian) as it was
+  (require('./guardian-process') as typeof import('./guardian-process')).main(JSON.parse(process.argv[2] ?? '{}') as GuardianSpec).catch(() => process.exit(1));
 }

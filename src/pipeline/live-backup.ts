@@ -4,8 +4,8 @@ import type { StageName } from '../contract/schemas';
 import type { PointInTimeView } from '../contract/types';
 import type { Journal, TrackIntent } from '../journal/journal';
 import type { HostProvider } from '../providers/provider';
-import type { ChildProcess } from 'node:child_process';
-import { startGuardian, stopGuardian } from './guardian';
+import { performance } from 'node:perf_hooks';
+import { GuardianTimeout, startGuardian, stopGuardian, type Guardian } from './guardian';
 
 export interface Timeouts {
   /** a frozen guest is thawed after this long (VSS holds writes at most 10 s) */
@@ -22,7 +22,12 @@ export interface Timeouts {
 
 export type Logger = (level: 'info' | 'warn' | 'error', text: string) => void;
 
-interface Frozen { since: number; timer: NodeJS.Timeout }
+/**
+ * since: performance.now() (monotonic: a wall clock stepped back must not make frozenMs negative).
+ * byGuardian: the guardian process froze it, holds its agent and enforces the cap; `timer` is then
+ * only the check that the guardian itself still runs.
+ */
+interface Frozen { since: number; timer: NodeJS.Timeout; byGuardian: boolean }
 interface Saved { previousState: string; timer: NodeJS.Timeout; since: number }
 
 export class LiveBackup {
@@ -40,6 +45,8 @@ export class LiveBackup {
   readonly staging = new Map<string, string>();
   /** VMs the freeze watchdog thawed: never application-consistent */
   readonly thawedByWatchdog = new Set<string>();
+  /** VM -> when its vCPUs stopped for its saved state, on the monotonic clock (downtimeMs) */
+  readonly pausedSince = new Map<string, number>();
   vmIds: Set<string>;
   private sessionTimer: NodeJS.Timeout;
   private idleTimer: NodeJS.Timeout | undefined;
@@ -54,7 +61,8 @@ export class LiveBackup {
   /** the set-level fields this host produced (host, writer, policy, ...): the message may not change them */
   private readonly setRecord: Record<string, unknown> = {};
   /** the process that undoes this set's effects if Node-RED itself dies (see guardian.ts) */
-  private guardian: ChildProcess | undefined;
+  /** the process that owns the frozen guests' agents and undoes this set's effects if Node-RED itself dies (see guardian.ts) */
+  private guardian: Guardian | undefined;
   private guarded = false;
   private endWritten = false;
   private released = false;
@@ -62,6 +70,8 @@ export class LiveBackup {
   private retryTimer: NodeJS.Timeout | undefined;
   /** VM -> the timer of its next try to remove a staging directory that could not be removed */
   private readonly discardRetry = new Map<string, NodeJS.Timeout>();
+  /** the guardian retries the undos this set could not finish; the host keeps the set meanwhile */
+  private adopting = false;
 
   constructor(
     readonly backupId: string,
@@ -208,9 +218,29 @@ export class LiveBackup {
   async guard(): Promise<void> {
     if (this.guarded) return;
     this.guarded = true;
-    const started = startGuardian(this.provider, this.journal, this.backupId, this.timeouts.commandMs);
-    this.guardian = started?.child;
-    await started?.ready;
+    this.attach(startGuardian(this.provider, this.journal, this.backupId, this.timeouts.commandMs));
+    await this.guardian?.ready;
+  }
+
+  private attach(guardian: Guardian | undefined): void {
+    this.guardian = guardian;
+    if (!guardian) return;
+    guardian.on('thawed', (vmId: string, frozenMs: number, capped: boolean) => this.thawedByGuardian(vmId, frozenMs, capped));
+    guardian.on('ended', () => this.adoptedDone());
+    guardian.once('exit', () => {
+      if (this.guardian !== guardian) return;
+      this.guardian = undefined;
+      // a later side effect starts a new one
+      this.guarded = false;
+      this.adoptionOver();
+      // the guests it held frozen are ours again (its agent connections closed with it): thaw them
+      for (const [vmId, f] of this.frozen) {
+        if (!f.byGuardian) continue;
+        f.byGuardian = false;
+        this.log('warn', `${vmId}: the guardian process exited while the guest was frozen; thawing from Node-RED`);
+        void this.thaw(vmId).catch((err) => this.log('error', `${vmId}: thaw failed: ${(err as Error).message}; retried`));
+      }
+    });
   }
 
   /** Journal the intent of a side effect, then make sure a guardian outlives us while it lasts. */
@@ -218,7 +248,7 @@ export class LiveBackup {
     this.journal.append(entry);
     if (!this.guarded) {
       this.guarded = true;
-      this.guardian = startGuardian(this.provider, this.journal, this.backupId, this.timeouts.commandMs)?.child;
+      this.attach(startGuardian(this.provider, this.journal, this.backupId, this.timeouts.commandMs));
     }
   }
 
@@ -237,17 +267,61 @@ export class LiveBackup {
 
   // --- freeze / thaw ---
 
+  /**
+   * Freeze through the guardian when it runs (it holds the agent, arms the cap, thaws at the cap
+   * whatever Node-RED does); `run` (the provider's own freeze) only when there is no guardian.
+   */
   async freeze(vmId: string, run: () => Promise<number>): Promise<number> {
     this.intent({ backupId: this.backupId, vm: vmId, op: 'freeze', phase: 'intent' });
-    const since = Date.now();
+    const guardian = this.guardian?.alive ? this.guardian : undefined;
+    // the agent serves one client: Node-RED's own connection (from enumerate) must be closed
+    // before the guardian connects; done before the freeze, outside the frozen window
+    if (guardian) await this.provider.releaseAgent?.(vmId);
+    const since = performance.now();
     // The watchdog is armed before the command: a freeze that hangs in the guest is thawed too.
-    const timer = setTimeout(() => void this.watchdogThaw(vmId), this.timeouts.freezeMs);
+    // With a guardian it only checks, a little after the cap, that the guardian really thawed.
+    const timer = guardian
+      ? setTimeout(() => void this.checkGuardian(vmId), this.timeouts.freezeMs + GUARDIAN_CHECK_MS)
+      : setTimeout(() => void this.watchdogThaw(vmId), this.timeouts.freezeMs);
     timer.unref();
-    this.frozen.set(vmId, { since, timer });
-    const count = await run();
+    this.frozen.set(vmId, { since, timer, byGuardian: guardian !== undefined });
+    const count = guardian ? await guardian.freeze(vmId, this.timeouts.freezeMs, this.timeouts.freezeMs) : await run();
     // not fsync'd: recovery acts on the (durable) intent; an fsync here would lengthen the frozen window
     this.journal.append({ backupId: this.backupId, vm: vmId, op: 'freeze', phase: 'done' }, false);
     return count;
+  }
+
+  /**
+   * A guest the guardian froze is still listed frozen past the cap: the guardian should have thawed
+   * it and told us. If it answers a ping it is alive (its thaw is slow or retried: it goes on); if
+   * it does not (stopped, hung), it is killed, which closes its agent connection, and Node-RED
+   * thaws the guest itself (the exit handler in attach()).
+   */
+  private async checkGuardian(vmId: string): Promise<void> {
+    const f = this.frozen.get(vmId);
+    const guardian = this.guardian;
+    if (!f || !f.byGuardian || !guardian) return;
+    try {
+      await guardian.ping(GUARDIAN_PING_MS);
+      f.timer = setTimeout(() => void this.checkGuardian(vmId), 1000);
+      f.timer.unref();
+    } catch (err) {
+      if (!(err instanceof GuardianTimeout) && guardian.alive) return;
+      this.log('warn', `${vmId}: frozen past freezeTimeout and the guardian process does not answer; killing it and thawing from Node-RED`);
+      this.thawedByWatchdog.add(vmId);
+      guardian.kill();
+    }
+  }
+
+  /** The guardian thawed a guest on its own (the cap, or a thaw it retried after a failure). */
+  private thawedByGuardian(vmId: string, frozenMs: number, capped: boolean): void {
+    const f = this.frozen.get(vmId);
+    if (!f) return;
+    if (capped) {
+      this.thawedByWatchdog.add(vmId);
+      this.log('warn', `${vmId}: frozen for freezeTimeout (${this.timeouts.freezeMs} ms); the guardian thawed it`);
+    }
+    this.thawed(vmId, f, frozenMs);
   }
 
   private async watchdogThaw(vmId: string): Promise<void> {
@@ -257,15 +331,41 @@ export class LiveBackup {
     await this.thaw(vmId).catch((err) => this.log('error', `${vmId}: watchdog thaw failed: ${(err as Error).message}`));
   }
 
-  /** Thaw and report how long the guest was frozen (freeze sent -> thaw acknowledged). */
+  /**
+   * Still frozen now, as the agent says (and not thawed by the cap meanwhile)? Asked right after
+   * the snapshot: only a freeze that held until then gives an application-consistent backup.
+   */
+  async stillFrozen(vmId: string): Promise<boolean> {
+    const f = this.frozen.get(vmId);
+    try {
+      if (f?.byGuardian && this.guardian?.alive) {
+        const s = await this.guardian.status(vmId);
+        return s.status === 'frozen' && !s.capped;
+      }
+      const probe = (this.provider as Partial<{ freezeStatus(id: string): Promise<string> }>).freezeStatus;
+      if (!probe) return true;
+      return (await probe.call(this.provider, vmId)) === 'frozen';
+    } catch {
+      return false;
+    }
+  }
+
+  /** Thaw and report how long the guest was frozen (freeze sent -> thaw acknowledged, monotonic). */
   async thaw(vmId: string): Promise<number | undefined> {
     const f = this.frozen.get(vmId);
     if (!f) return undefined;
-    clearTimeout(f.timer);
     // Thaw lines are not fsync'd: a thaw is safe to repeat (recovery thaws again if "done" is lost),
     // and an fsync on a busy disk would hold the guest frozen, and block every other guest's
     // watchdog, for as long as it takes.
     this.note({ backupId: this.backupId, vm: vmId, op: 'thaw', phase: 'intent' }, false);
+    if (f.byGuardian && this.guardian?.alive) {
+      // the guardian times the window itself; on failure it retries alone and reports "thawed"
+      const r = await this.guardian.thaw(vmId);
+      if (r.capped) this.thawedByWatchdog.add(vmId);
+      if (!this.frozen.has(vmId)) return r.frozenMs; // its "thawed" event came first
+      return this.thawed(vmId, f, r.frozenMs);
+    }
+    clearTimeout(f.timer);
     try {
       await this.provider.thaw(vmId, this.timeouts.commandMs);
     } catch (err) {
@@ -274,11 +374,16 @@ export class LiveBackup {
       f.timer.unref();
       throw err;
     }
+    return this.thawed(vmId, f, performance.now() - f.since);
+  }
+
+  private thawed(vmId: string, f: Frozen, frozenMs: number): number {
+    clearTimeout(f.timer);
     this.frozen.delete(vmId);
     this.note({ backupId: this.backupId, vm: vmId, op: 'thaw', phase: 'done' }, false);
     this.endIfUndone();
-    if (this.stage === 'ended' && this.frozen.size === 0) this.leaveHost();
-    return Date.now() - f.since;
+    if (this.stage === 'ended' && this.frozen.size === 0 && !this.adopting) this.leaveHost();
+    return frozenMs;
   }
 
   // --- saved state / resume ---
@@ -440,6 +545,8 @@ export class LiveBackup {
     if (this.retryTimer) return;
     this.retryTimer = setTimeout(() => {
       this.retryTimer = undefined;
+      // the guardian took them over (it retries from the journal, here or if Node-RED goes away)
+      if (this.adopting || this.endWritten) return;
       void this.undoAll(remove).then((errors) => {
         if (errors.length === 0) {
           this.log('info', `backup ${this.backupId}: the undo that had failed succeeded on a retry; nothing of it is left`);
@@ -482,6 +589,8 @@ export class LiveBackup {
     this.note({ backupId: this.backupId, op: 'end', phase: 'done' });
     stopGuardian(this.guardian);
     this.guardian = undefined;
+    // nothing is left for an adopting guardian either (a retried thaw here was the last undo)
+    this.adopting = false;
   }
 
   /** The set is over; with `clean`, the journal records that nothing of it is pending. */
@@ -489,13 +598,46 @@ export class LiveBackup {
     clearTimeout(this.sessionTimer);
     if (this.idleTimer) clearTimeout(this.idleTimer);
     this.stage = 'ended';
-    // Not clean: the journal keeps what is left for recovery, and the guardian stays (it undoes
-    // it if Node-RED goes away); a later successful retry (thaw) ends the set.
+    // Not clean: the journal keeps what is left, and the guardian adopts it: it retries those
+    // undos, writes "end" when they are done and exits (it also undoes them if Node-RED goes away).
+    // A later successful retry here (a thaw without guardian) ends the set too.
     if (clean) this.endIfUndone();
+    else if (this.guardian?.alive && this.hasSideEffects()) {
+      // kept by the host until its guardian is done, so that no new backup touches these VMs while
+      // their undos are retried
+      this.adopting = true;
+      this.guardian.adopt().catch((err: Error) => {
+        this.log('warn', `backup ${this.backupId}: the guardian did not take the undos left (${err.message}); recovery at the next start does them`);
+        this.adoptionOver();
+      });
+    }
     // A guest whose thaw is still being retried (its agent stopped or busy) is still frozen by
     // this set: the host keeps the set until the thaw succeeds, so that no new backup freezes
     // that guest meanwhile and "no live set" really means nothing of ours is left in a guest.
+    if (this.frozen.size === 0 && !this.adopting) this.leaveHost();
+  }
+
+  /** The guardian gave up or went away: recovery at the next start does the rest, as before. */
+  private adoptionOver(): void {
+    if (!this.adopting) return;
+    this.adopting = false;
     if (this.frozen.size === 0) this.leaveHost();
+  }
+
+  /** The guardian finished every undo it adopted and wrote "end": nothing of the set is left. */
+  private adoptedDone(): void {
+    for (const f of this.frozen.values()) clearTimeout(f.timer);
+    for (const s of this.saved.values()) clearTimeout(s.timer);
+    this.frozen.clear();
+    this.saved.clear();
+    this.views.clear();
+    this.tracks.clear();
+    this.staging.clear();
+    this.endWritten = true;
+    this.guardian = undefined;
+    this.adopting = false;
+    this.log('info', `backup ${this.backupId}: the undos left were retried and done by its guardian; the set ended`);
+    this.leaveHost();
   }
 
   /** Tell the host this set is gone (once). */
@@ -511,6 +653,11 @@ const GUARDED_SET_FIELDS = ['host', 'writer', 'createdAt', 'policy', 'skipped', 
 
 /** How often a staging directory that could not be removed is tried again. */
 export const DISCARD_RETRY_MS = 3000;
+
+/** After the cap, how long the guardian has to report its thaw before Node-RED checks on it. */
+const GUARDIAN_CHECK_MS = 250;
+/** A guardian that does not answer a ping within this is stalled (SIGSTOPped, hung). */
+const GUARDIAN_PING_MS = 400;
 
 /** The fields of a VM that decide what is touched and how the backup is labelled. */
 const GUARDED_FIELDS = ['disks', 'snapshotLocation', 'method', 'consistency', 'prepare', 'snapshot', 'postSnapshot'] as const;

@@ -1,25 +1,37 @@
-// One undo of one journalled effect, used by the live set's watchdogs' replay, by the guardian
-// (Node-RED died) and by recovery at start: the same effect is undone the same way everywhere.
+// The one place that knows how to undo each kind of side effect a journal can list. Used by the
+// guardian (Node-RED died, or it handed over what it could not undo) and by recovery at start,
+// so that the two can never disagree on what "undone" means. Every undo is safe to repeat.
 import { promises as fs } from 'node:fs';
 import type { PendingUndo } from '../journal/journal';
 import type { HostProvider } from '../providers/provider';
 
-export async function undoEffect(provider: HostProvider, u: PendingUndo, commandMs: number): Promise<void> {
-  switch (u.kind) {
+export interface UndoContext {
+  /** one guest-agent or QMP command */
+  commandMs: number;
+}
+
+/**
+ * Undo one pending side effect. Resolves "done" (a release is done only once the hypervisor
+ * shows nothing of the view: the provider proves it), or "nothing-to-do" when the provider has no
+ * change tracking to settle. Throws when the undo failed (the caller retries or reports).
+ */
+export async function undo(provider: HostProvider, pending: PendingUndo, ctx: UndoContext): Promise<'done' | 'nothing-to-do'> {
+  switch (pending.kind) {
     case 'thaw':
-      await provider.thaw(u.vm, commandMs);
-      return;
+      await provider.thaw(pending.vm, ctx.commandMs);
+      return 'done';
     case 'resume':
-      await provider.resume(u.vm, u.previousState);
-      return;
+      await provider.resume(pending.vm, pending.previousState);
+      return 'done';
     case 'release':
-      await provider.releaseView(u.vm, u.view);
-      return;
+      await provider.releaseView(pending.vm, pending.view);
+      return 'done';
     case 'untrack':
-      await provider.tracking?.remove(u.vm, u.remove, u.view);
-      return;
+      if (!provider.tracking) return 'nothing-to-do';
+      await provider.tracking.remove(pending.vm, pending.remove, pending.view);
+      return 'done';
     case 'discard':
-      await fs.rm(u.dir, { recursive: true, force: true });
-      return;
+      await fs.rm(pending.dir, { recursive: true, force: true });
+      return 'done';
   }
 }

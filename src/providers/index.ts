@@ -1,5 +1,5 @@
 import { checkRoot, PathRefused } from '../repository/paths';
-import type { HostProvider } from './provider';
+import type { GuardianProviderSpec, HostProvider } from './provider';
 import { QemuProvider } from './qemu/qemu-provider';
 import type { SshTarget } from './ssh-target';
 
@@ -36,4 +36,17 @@ export function createProvider(config: ProviderConfig): HostProvider {
   const factory = Object.prototype.hasOwnProperty.call(FACTORIES, config.provider) ? FACTORIES[config.provider] : undefined;
   if (!factory) throw new Error(`provider: "${String(config.provider)}" is not one of ${Object.keys(FACTORIES).join(', ')}`);
   return factory(config);
+}
+
+/**
+ * A provider rebuilt from what it said of itself (guardianSpec), in a process of ours outside
+ * Node-RED (the guardian): the options were checked when the provider was first made.
+ */
+export function providerFromSpec(spec: GuardianProviderSpec): HostProvider {
+  if (spec.kind === 'qemu') return new QemuProvider(spec.options as never);
+  if (spec.kind === 'libvirt') {
+    const { LibvirtProvider } = require('./libvirt') as { LibvirtProvider: new (o: never) => HostProvider };
+    return new LibvirtProvider(spec.options as never);
+  }
+  throw new Error(`provider ${spec.kind} cannot be rebuilt outside Node-RED`);
 }

@@ -88,11 +88,9 @@ export interface HostProvider {
   /** 'frozen' or 'thawed' as the guest says; used to confirm the freeze held until the view was made. */
   freezeStatus?(vmId: string): Promise<string>;
 
-  /**
-   * Saved state: stop the vCPUs and write the device and memory state to `file`; the VM stays
-   * stopped. `pausedAt`: when the vCPUs stopped (performance.now() of this process), if known.
-   */
-  saveState(vm: ClassifiedVm, file: string): Promise<{ bytes: number; pausedAt?: number }>;
+  /** Saved state: stop the vCPUs and write the device and memory state to `file`. The VM stays stopped. */
+  /** `pausedAt`: when the vCPUs stopped (ms since the epoch), when the provider knows it; `pausedMono`: the same moment on performance.now() */
+  saveState(vm: ClassifiedVm, file: string): Promise<{ bytes: number; pausedAt?: number; pausedMono?: number }>;
   /** Return the VM to `previousState` (only "running" starts it again). Safe to call twice. */
   resume(vmId: string, previousState: string): Promise<void>;
   /** Current run state as the hypervisor reports it ("running", "paused", ...). */
@@ -139,6 +137,11 @@ export interface HostProvider {
   /** At start: remove what a crash of an earlier process left that no journal names (Hyper-V checkpoints). */
   removeLeftovers?(): Promise<string[]>;
 
+  /**
+   * Close this process's guest-agent connection to the VM now (the agent serves one client): the
+   * set's guardian process is about to freeze it and holds the agent until it thawed.
+   */
+  releaseAgent?(vmId: string): Promise<void>;
   /** A backup set of these VMs ended: drop their idle connections now. Nothing about the VMs changes. */
   release?(vmIds: readonly string[]): Promise<void>;
   /** Drop connections; nothing about the VMs changes. */

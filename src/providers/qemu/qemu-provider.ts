@@ -4,6 +4,7 @@
 import { existsSync, promises as fs } from 'node:fs';
 import { isSafeName } from '../../util/ids';
 import * as net from 'node:net';
+import { performance } from 'node:perf_hooks';
 import * as path from 'node:path';
 import type { ClassifiedVm, EnumeratedVm, PointInTimeView } from '../../contract/types';
 import type { Enumeration, ExportOptions, ExportedFile, GuardianProviderSpec, HostProvider, Progress } from '../provider';
@@ -248,14 +249,16 @@ export class QemuProvider implements HostProvider {
 
   // ---- saved state ----
 
-  async saveState(vm: ClassifiedVm, file: string): Promise<{ bytes: number; pausedAt?: number }> {
+  async saveState(vm: ClassifiedVm, file: string): Promise<{ bytes: number; pausedAt?: number; pausedMono?: number }> {
     let pausedAt: number | undefined;
+    let pausedMono: number | undefined;
     const { bytes } = await this.qmp(vm.id, (c) => saveStateToFile(c, file, Math.max(this.commandMs, 600_000), async () => {
-      pausedAt = performance.now();
+      pausedAt = Date.now();
+      pausedMono = performance.now();
       const status = (await c.execute<{ status: string }>('query-status')).status;
       if (status === 'running') await c.execute('stop');
     }));
-    return { bytes, ...(pausedAt !== undefined ? { pausedAt } : {}) };
+    return { bytes, ...(pausedAt !== undefined ? { pausedAt } : {}), ...(pausedMono !== undefined ? { pausedMono } : {}) };
   }
 
   async resume(vmId: string, previousState: string): Promise<void> {
@@ -394,6 +397,15 @@ export class QemuProvider implements HostProvider {
       }
     }
     await Promise.all(closing);
+  }
+
+  async releaseAgent(vmId: string): Promise<void> {
+    const entry = this.qgaConns.get(vmId);
+    if (!entry) return;
+    this.qgaConns.delete(vmId);
+    const conn = await entry.catch(() => undefined);
+    if (conn?.timer) clearTimeout(conn.timer);
+    await conn?.client.close();
   }
 
   async close(): Promise<void> {

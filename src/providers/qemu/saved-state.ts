@@ -8,6 +8,7 @@ import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
 import { ProgramFailed, runProgram } from '../../util/run';
 import type { QmpClient } from './protocol';
 
@@ -88,7 +89,7 @@ async function unthrottle(qmp: QmpClient): Promise<() => Promise<void>> {
 const UNTHROTTLED = 64 * 1024 ** 3;
 
 async function waitMigration(qmp: QmpClient, timeoutMs: number, finished: () => boolean, received: Promise<void>): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
+  const deadline = performance.now() + timeoutMs;
   // QEMU closes the stream when it has sent everything (or failed): look at once then, and
   // otherwise every 100 ms. (MIGRATION events need the "events" capability; polling works everywhere.)
   let streamEnded = false;
@@ -104,7 +105,7 @@ async function waitMigration(qmp: QmpClient, timeoutMs: number, finished: () => 
     const st = await qmp.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
     if (st.status === 'completed') return;
     if (st.status === 'failed' || st.status === 'cancelled') throw new Error(`saving state failed: ${st['error-desc'] ?? st.status}`);
-    if (Date.now() > deadline) {
+    if (performance.now() > deadline) {
       await qmp.execute('migrate_cancel').catch(() => undefined);
       throw new Error(`saving state took longer than ${timeoutMs} ms; cancelled`);
     }

@@ -90,6 +90,9 @@ export interface ProcFlowOptions {
   idleTimeout?: number;
   /** leave this stage node out of the flow (a node deleted by a partial deploy) */
   without?: ProcStage;
+  /** a function node (its code) between this stage and the next: a user's node that spins, waits... */
+  between?: { after: ProcStage; func: string };
+  sessionTimeout?: number;
 }
 
 /**
@@ -103,7 +106,7 @@ export function procFlow(o: ProcFlowOptions): FlowNode[] {
     { id: z, type: 'tab', label: 'fault case' },
     {
       id: 'fh', type: 'vmbackup-host', name: o.hostName, hostName: o.hostName, provider: 'qemu', socketDir: o.socketDir, repository: o.repository, journalDir: o.journalDir,
-      freezeTimeout: String(o.freezeTimeout ?? 10), pauseTimeout: '30', sessionTimeout: '60', idleTimeout: String(o.idleTimeout ?? 300),
+      freezeTimeout: String(o.freezeTimeout ?? 10), pauseTimeout: '30', sessionTimeout: String(o.sessionTimeout ?? 60), idleTimeout: String(o.idleTimeout ?? 300),
     },
     { id: 'go', type: 'inject', z, name: 'go', props: [{ p: 'payload' }], payload: '', payloadType: 'str', repeat: '', once: false, x: 0, y: 0, wires: [['enumerate']] },
     {
@@ -123,7 +126,11 @@ export function procFlow(o: ProcFlowOptions): FlowNode[] {
   for (const stage of present) {
     const i = STAGES.indexOf(stage);
     const next = STAGES[i + 1];
-    const onward = stage !== o.lastStage && next && next !== o.without ? [next] : [];
+    let onward: string[] = stage !== o.lastStage && next && next !== o.without ? [next] : [];
+    if (o.between?.after === stage && onward.length) {
+      flow.push({ id: 'between', type: 'function', z, x: 0, y: 0, outputs: 1, wires: [onward], func: o.between.func });
+      onward = ['between'];
+    }
     const node: FlowNode = { id: stage, type: `vmbackup-${stage}`, z, host: 'fh', x: 0, y: 0, wires: [[...onward, `rec-${stage}`]] };
     if (stage === 'classify') node.fallback = o.fallback ?? 'checkpoint';
     if (stage === 'copy') Object.assign(node, { compress: false, concurrency: '2', progressInterval: '250', wires: [[`rec-${stage}`], []] });

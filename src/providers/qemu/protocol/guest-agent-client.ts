@@ -30,6 +30,7 @@
  * so the sync times out with GuestAgentUnavailableError.
  */
 import { randomInt } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
 import {
   GuestAgentUnavailableError,
   QmpConnectionClosedError,
@@ -140,10 +141,10 @@ export class GuestAgentClient {
    */
   execute<T = any>(command: string, args?: Record<string, unknown>, opts: GuestAgentExecuteOptions = {}): Promise<T> {
     const timeoutMs = opts.timeoutMs ?? this.defaultTimeoutMs;
-    const deadline = Date.now() + timeoutMs;
+    const deadline = performance.now() + timeoutMs;
     return this.serialize(async () => {
       if (this.conn.isClosed) throw new QmpConnectionClosedError('connection is closed', { command });
-      const remaining = deadline - Date.now();
+      const remaining = deadline - performance.now();
       if (remaining <= 0) throw new QmpTimeoutError(command, timeoutMs, 'queued');
       if (this.needsSync) await this.doSync();
       let reply: QmpMessage | undefined;
