@@ -204,8 +204,12 @@ export async function walkChain(top: ChainLink, vmDir: string, options: ImageToo
     if (!link.entry.chain || link.entry.chain.mode === 'full') break;
     const next = await parentLink(link, vmDir);
     if ('problem' in next) return { problem: next.problem, links };
-    // backup ids sort by time and a parent is always made before its child: this also rules out loops
-    if (next.link.backupId >= link.backupId || seen.has(next.link.backupId) || links.length > MAX_CHAIN_DEPTH) {
+    // backup ids sort by time (to the second) and a parent is always made before its child; two
+    // backups within one second compare by their manifests' times. With `seen`, no loop is possible.
+    const earlier = next.link.backupId.slice(0, 16) < link.backupId.slice(0, 16)
+      || (next.link.backupId.slice(0, 16) === link.backupId.slice(0, 16) && next.link.backupId !== link.backupId
+        && Date.parse(next.link.manifest.completedAt) <= Date.parse(link.manifest.createdAt));
+    if (!earlier || seen.has(next.link.backupId) || links.length > MAX_CHAIN_DEPTH) {
       return { problem: { file: link.file, problem: `its parent ${next.link.backupId} is not an earlier backup than ${link.backupId}`, reason: 'parent-invalid' }, links };
     }
     seen.add(next.link.backupId);
