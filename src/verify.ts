@@ -1,6 +1,7 @@
 // Verify a published backup the way a restorer would before trusting it: the manifest is valid,
 // every file it lists is there with its size and sha256, nothing else is there, and every disk
-// image passes `qemu-img check` (standalone, no backing file, the virtual size the manifest says).
+// image passes `qemu-img check` (standalone: no backing file, but for an incremental its own parent
+// backup in the same VM's folder, which qemu-img then reads; the virtual size the manifest says).
 // Read-only. Nothing outside the directory given is followed: symbolic links and anything that is
 // not a plain file are reported, never opened.
 import { promises as fs, type Stats } from 'node:fs';
@@ -203,7 +204,9 @@ export async function verifyBackup(dir: string, options: VerifyOptions = {}): Pr
         checked.imageCheck = 'skipped';
         if (!options.skipImageCheck) warn(file, `format ${f.format ?? path.extname(f.name)} cannot be checked by qemu-img check`);
       } else {
-        checked.imageCheck = await checkImage(file, format, f.virtualSize, options, fail, warn);
+        // an incremental stands on its parent: the one backing file it may have is the one its manifest names
+        const backing = f.chain?.mode === 'incremental' ? f.chain.backing : undefined;
+        checked.imageCheck = await checkImage(file, format, f.virtualSize, options, fail, warn, backing);
       }
     }
   }
@@ -215,10 +218,10 @@ export async function verifyBackup(dir: string, options: VerifyOptions = {}): Pr
   return finish();
 }
 
-/** `qemu-img check` (consistency of the image's metadata) and `qemu-img info` (no backing file, size). */
+/** `qemu-img check` (consistency of the image's metadata) and `qemu-img info` (no backing file but an incremental's own parent, size). */
 async function checkImage(
   file: string, format: string, virtualSize: number | undefined, options: VerifyOptions,
-  fail: (file: string, p: string) => void, warn: (file: string, p: string) => void,
+  fail: (file: string, p: string) => void, warn: (file: string, p: string) => void, expectedBacking?: string,
 ): Promise<'ok' | 'leaks' | 'failed'> {
   const qemuImg = options.qemuImg ?? 'qemu-img';
   const timeoutMs = options.timeoutMs ?? 600_000;
@@ -241,7 +244,11 @@ async function checkImage(
     const { stdout } = await runProgram(qemuImg, ['info', '--output=json', '-f', format, file], { timeoutMs });
     const info = JSON.parse(stdout) as { 'virtual-size'?: number; 'backing-filename'?: string; 'full-backing-filename'?: string };
     const backing = info['full-backing-filename'] ?? info['backing-filename'];
-    if (backing) {
+    // the parent must be another backup of the same VM (<vm>/<parent>/<file>), never outside it
+    const vmDir = path.dirname(path.dirname(file));
+    const inVm = expectedBacking !== undefined && path.resolve(path.dirname(file), expectedBacking).startsWith(vmDir + path.sep);
+    // (qemu-img check and info above opened the chain: a missing or broken parent fails there)
+    if (backing && !(inVm && info['backing-filename'] === expectedBacking)) {
       fail(file, `has a backing file (${backing}); a backup disk must stand alone`);
       result = 'failed';
     }
