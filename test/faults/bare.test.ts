@@ -61,12 +61,16 @@ describe('fault injection: bare QEMU VMs through the pipeline nodes', function (
         hostExtra: { idleTimeout: 5, pauseTimeout: 5, ...o.hostExtra },
       });
       let out: Outcome;
+      let done = false;
       try {
         await run.load();
         out = await body(run);
         await run.settled(30_000);
+        done = true;
       } finally {
         await run.stop();
+        // a case that failed part-way may leave a VM it killed down: the next case needs it
+        if (!done) await world.restore().catch(() => undefined);
       }
       await assertNoFleeceFiles([world.host.imageDir]);
       const restarted = await world.restore();
