@@ -190,7 +190,7 @@ export function renderMarkdown(r: any, compare?: any): string {
   out.push('Everything runs through a real Node-RED process (`node-red` ' + (m.nodeRed ?? '') + ' from devDependencies, this package linked into its user');
   out.push('directory, the six nodes wired `http in` -> enumerate -> classify -> prepare -> snapshot -> post-snapshot -> copy -> `http response`),');
   out.push('against real QEMU processes: lab guests (TCG, qemu-ga, a workload appending records to an ext4 data disk) and QEMU processes');
-  out.push('without a guest OS (`-machine none`). Root is needed (QEMU, `/proc/<pid>/clear_refs`).');
+  out.push('without a guest OS (`-machine pc -m 32`, a virtio-blk-pci device per disk). Root is needed (QEMU, `/proc/<pid>/clear_refs`).');
   out.push('');
   out.push(`## Machine (run of ${r.generatedAt}, ${r.mode} mode${r.label ? `, ${r.label}` : ''}, ${Math.round((r.totalMs ?? 0) / 1000)} s)`);
   out.push('');

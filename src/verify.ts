@@ -257,7 +257,7 @@ async function verifyOne(dir: string, options: VerifyOptions, cache: ReportCache
  */
 async function checkImage(
   file: string, format: string, virtualSize: number | undefined, options: VerifyOptions,
-  fail: (file: string, p: string) => void, warn: (file: string, p: string) => void,
+  fail: (file: string, p: string) => void, warn: (file: string, p: string) => void, expectedBacking?: string,
 ): Promise<'ok' | 'leaks' | 'failed'> {
   const qemuImg = options.qemuImg ?? 'qemu-img';
   const timeoutMs = options.timeoutMs ?? 600_000;
@@ -266,7 +266,11 @@ async function checkImage(
     const { stdout } = await runProgram(qemuImg, ['info', '--output=json', '-f', format, file], { timeoutMs });
     const info = JSON.parse(stdout) as { 'virtual-size'?: number; 'backing-filename'?: string; 'full-backing-filename'?: string };
     const backing = info['full-backing-filename'] ?? info['backing-filename'];
-    if (backing) {
+    // the parent must be another backup of the same VM (<vm>/<parent>/<file>), never outside it
+    const vmDir = path.dirname(path.dirname(file));
+    const inVm = expectedBacking !== undefined && path.resolve(path.dirname(file), expectedBacking).startsWith(vmDir + path.sep);
+    // (qemu-img check and info above opened the chain: a missing or broken parent fails there)
+    if (backing && !(inVm && info['backing-filename'] === expectedBacking)) {
       fail(file, `has a backing file (${backing}); a backup disk must stand alone`);
       return 'failed';
     }

@@ -19,7 +19,7 @@ import { ensureLab, labImages, labRefs, labRun, qgaOf } from './support/lab';
 import { procFlow, RealNodeRed, type ProcFlowOptions } from './support/nodered';
 import { faultCase } from './support/table';
 import {
-  assertNoOverlays, assertRepository, assertVmsUnharmed, checkGuestFrozen, fmtMs, readJournal, repositoryState, sleep, type VmRef,
+  assertNoFleeceFiles, assertRepository, assertVmsUnharmed, checkGuestFrozen, fmtMs, readJournal, repositoryState, sleep, type VmRef,
 } from './support/world';
 
 const GROUP = 'deadlines outside the event loop';
@@ -158,7 +158,7 @@ describe('fault injection: deadlines outside the event loop (the guardian owns t
       assert.deepEqual(Object.values(labels), labRefs.map(() => 'crash'), 'manifests say crash-consistent');
       notes.push(`published, manifests: ${Object.entries(labels).map(([k, v]) => `${k} ${v}`).join(', ')}, thawedByWatchdog`);
       notes.push(await guestSpans());
-      await assertNoOverlays([labImages]);
+      await assertNoFleeceFiles([labImages]);
       notes.push(await assertVmsUnharmed(labRefs));
       notes.push(await assertRepository(repository, before, prepared.backupId, true));
       assert.deepEqual(pendingUndos(readJournal(journalFile)), [], 'the journal still lists undos');
@@ -212,7 +212,7 @@ describe('fault injection: deadlines outside the event loop (the guardian owns t
         await run.stop();
       }
       const notes = [out.note, await guestSpans(out.limitMs)];
-      await assertNoOverlays([labImages]);
+      await assertNoFleeceFiles([labImages]);
       notes.push(await assertVmsUnharmed(labRefs));
       notes.push(await assertRepository(repository, before, out.backupId, out.published));
       assert.deepEqual(pendingUndos(readJournal(run.journalFile)), [], 'the journal still lists undos');
@@ -325,7 +325,7 @@ describe('fault injection: deadlines outside the event loop (the guardian owns t
             assert.deepEqual(pendingUndos(h.journal.read()), [], `${h.vm.id}: the journal still lists undos`);
           }
           const gone = await Promise.all(hosts.map((h) => waitNoGuardian(h.journal.file, 5000)));
-          await assertNoOverlays([labImages]);
+          await assertNoFleeceFiles([labImages]);
           return [`both snapshots crash-consistent, thawedByWatchdog; both sets ended; guardians gone ${gone.map(fmtMs).join(', ')} after`,
             await guestSpans(), await assertVmsUnharmed(labRefs)].join('; ');
         } finally {
@@ -389,7 +389,7 @@ describe('fault injection: deadlines outside the event loop (the guardian owns t
           if (staging) await runProgram('chattr', ['-i', staging]).catch(() => undefined);
           await run.stop();
         }
-        await assertNoOverlays([world.host.imageDir]);
+        await assertNoFleeceFiles([world.host.imageDir]);
         const notes = [note, await assertVmsUnharmed(world.refs as VmRef[]), await assertRepository(repository, before, backupId, false)];
         assert.deepEqual(pendingUndos(readJournal(run.journalFile)), [], 'the journal still lists undos');
         notes.push('journal: nothing pending');

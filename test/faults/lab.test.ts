@@ -16,7 +16,7 @@ import { InProcessRun, type Stage, type StepResult } from './support/inproc';
 import { ensureLab, labImages, labRefs, labRun, qgaOf, restartLabVm } from './support/lab';
 import { faultCase } from './support/table';
 import {
-  assertNoOverlays, assertRepository, assertVmsUnharmed, checkGuestFrozen, fmtMs, journalFrozenMs, readJournal, repositoryState, sleep,
+  assertNoFleeceFiles, assertRepository, assertVmsUnharmed, checkGuestFrozen, fmtMs, journalFrozenMs, readJournal, repositoryState, sleep,
 } from './support/world';
 
 const GROUP = 'lab guests';
@@ -80,7 +80,7 @@ describe('fault injection: lab guests (qemu-ga, freeze) through the pipeline nod
       // frozen time, as the journal and as the guests themselves saw it
       const journal = readJournal(run.journalFile);
       const byJournal = journalFrozenMs(journal);
-      await assertNoOverlays([labImages]);
+      await assertNoFleeceFiles([labImages]);
       for (const id of out.killed ?? []) await restartLabVm(id);
       const guestSpans: string[] = [];
       for (const vm of labRefs) {
@@ -285,7 +285,7 @@ usleep 1000000; p=$(pidof qemu-ga); kill -STOP $p; sleep 2; kill -CONT $p`]);
 
   it('QEMU killed while frozen', async function () {
     this.timeout(600_000);
-    await labCase('snapshot: QEMU of a frozen guest SIGKILLed', 'refused; the other guest thawed; a dead guest counts as thawed; no overlay; nothing published', async (run) => {
+    await labCase('snapshot: QEMU of a frozen guest SIGKILLed', 'refused; the other guest thawed; a dead guest counts as thawed; no fleecing image left; nothing published', async (run) => {
       const r = await go(run, 'prepare');
       assert.ok(r.last.ok);
       const pid = Number((await fs.readFile(path.join(labRun, 'fa-two.pid'), 'utf8')).trim());

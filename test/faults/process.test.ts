@@ -14,7 +14,7 @@ import { ensureLab, labImages, labRefs, labRun } from './support/lab';
 import { procFlow, RealNodeRed, type ProcFlowOptions } from './support/nodered';
 import { faultCase } from './support/table';
 import {
-  assertNoOverlays, assertRepository, assertVmsUnharmed, checkGuestFrozen, fmtMs, journalFrozenMs, readJournal, repositoryState, sleep, type VmRef,
+  assertNoFleeceFiles, assertRepository, assertVmsUnharmed, checkGuestFrozen, fmtMs, journalFrozenMs, readJournal, repositoryState, sleep, type VmRef,
 } from './support/world';
 
 const GROUP = 'Node-RED process';
@@ -127,7 +127,7 @@ describe('fault injection: the Node-RED process (SIGKILL and restart, redeploy)'
       seenJournal.push(...readJournal(journalFile));
       // nothing may stay live: the case's own wait (idle watchdog) or a redeploy ended it
       const notes = [out.note];
-      await assertNoOverlays([o.lab ? labImages : bare.host.imageDir]);
+      await assertNoFleeceFiles([o.lab ? labImages : bare.host.imageDir]);
       if (o.lab) {
         const spans: string[] = [];
         const limit = (o.freezeTimeout ?? 10) * 1000 + 1000;
@@ -163,7 +163,7 @@ describe('fault injection: the Node-RED process (SIGKILL and restart, redeploy)'
    * is killed), optionally wait, start it again; returns the recovery report the flow got.
    */
   async function killAndRestart(
-    ctx: Ctx, downMs = 0, killGuardian = false, o: { guardianIfAny?: boolean; reportWithinMs?: number | (() => number) } = {},
+    ctx: Ctx, downMs = 0, killGuardian = false, o: { guardianIfAny?: boolean; reportWithinMs?: number | (() => number); whileDown?: () => Promise<void> } = {},
   ): Promise<{ report: any; note: string }> {
     const pending = pendingUndos(readJournal(ctx.journalFile)).map((u) => `${u.kind} ${u.vm}`);
     if (killGuardian) {
@@ -176,6 +176,7 @@ describe('fault injection: the Node-RED process (SIGKILL and restart, redeploy)'
     // evaluated the moment Node-RED is gone (before its guardian may act)
     const reportWithinMs = typeof o.reportWithinMs === 'function' ? o.reportWithinMs() : o.reportWithinMs;
     if (downMs) await sleep(downMs);
+    await o.whileDown?.();
     const byGuardian = readJournal(ctx.journalFile).filter((e) => e.data?.by === 'guardian' && e.vm).map((e) => `${e.op} ${e.vm}`);
     const t0 = Date.now();
     await nr.start();
@@ -212,13 +213,36 @@ describe('fault injection: the Node-RED process (SIGKILL and restart, redeploy)'
       });
   });
 
-  it('SIGKILL of Node-RED and its guardian while VMs run on overlays', async () => {
-    await procCase('SIGKILL of Node-RED and its guardian after snapshot (overlays), restart', 'recovery at start merges the overlays live; report reaches Catch',
+  it('SIGKILL of Node-RED and its guardian while the views are in place', async () => {
+    await procCase('SIGKILL of Node-RED and its guardian after snapshot (views in place), restart', 'recovery at start releases the views live (QEMU shows nothing of ours after); report reaches Catch',
       { lab: false, lastStage: 'snapshot' }, async (ctx) => {
         const set = await ctx.runTo('snapshot');
         const { report, note } = await killAndRestart(ctx, 0, true);
-        assert.ok(report?.payload.actions.some((a: any) => a.kind === 'merge' && a.ok && !a.by), 'overlays merged by recovery at start');
+        assert.deepEqual(report?.payload.actions.filter((a: any) => a.kind === 'release' && a.ok && !a.by).map((a: any) => a.vm).sort(), ['alpha', 'beta'], 'views released by recovery at start');
         return { note, backupId: set.backupId, published: false };
+      });
+  });
+
+  it('SIGKILL of Node-RED and its guardian, then QEMU killed while its view is in place', async () => {
+    await procCase('SIGKILL of Node-RED and its guardian after snapshot, beta\'s QEMU killed while Node-RED is down, restart', 'recovery at start removes beta\'s fleecing image (its view went with QEMU) and releases alpha\'s live; both reported; beta restarts on its own image',
+      { lab: false, lastStage: 'snapshot' }, async (ctx) => {
+        const set = await ctx.runTo('snapshot');
+        const fleeces: string[] = set.vms.find((v: any) => v.id === 'beta').snapshot.view.ref.disks.map((d: any) => d.fleece);
+        let leftByQemu = 0;
+        const { report, note } = await killAndRestart(ctx, 0, true, {
+          whileDown: async () => {
+            await bare.kill('beta');
+            // what the dead QEMU left: its fleecing image (the case proves nothing if there is none)
+            for (const f of fleeces) if (await fs.stat(f).then(() => true, () => false)) leftByQemu++;
+          },
+        });
+        assert.equal(leftByQemu, fleeces.length, 'the killed QEMU left its fleecing image');
+        for (const f of fleeces) await assert.rejects(fs.stat(f), `recovery removed ${f}`);
+        const released = report?.payload.actions.filter((a: any) => a.kind === 'release' && a.ok && !a.by).map((a: any) => a.vm).sort();
+        assert.deepEqual(released, ['alpha', 'beta'], 'both views reported released by recovery at start');
+        const restarted = await bare.restore();
+        assert.deepEqual(restarted, ['beta']);
+        return { note: `${note}; ${await bare.checkImages()}, restarted beta`, backupId: set.backupId, published: false };
       });
   });
 
@@ -232,12 +256,12 @@ describe('fault injection: the Node-RED process (SIGKILL and restart, redeploy)'
       });
   });
 
-  it('SIGKILL while VMs run on overlays', async () => {
-    await procCase('SIGKILL after snapshot (VMs on overlays), restart', 'recovery merges the overlays live (block-commit); report reaches Catch; nothing published',
+  it('SIGKILL while the views are in place', async () => {
+    await procCase('SIGKILL after snapshot (views in place), restart', 'the views are released (by the guardian or by recovery at start); report reaches Catch; nothing published',
       { lab: false, lastStage: 'snapshot' }, async (ctx) => {
         const set = await ctx.runTo('snapshot');
         const { report, note } = await killAndRestart(ctx);
-        assert.ok(report?.payload.actions.some((a: any) => a.kind === 'merge' && a.ok), 'overlays merged by recovery');
+        assert.deepEqual([...new Set(report?.payload.actions.filter((a: any) => a.kind === 'release' && a.ok).map((a: any) => a.vm))].sort(), ['alpha', 'beta'], 'views released and reported');
         return { note, backupId: set.backupId, published: false };
       });
   });
@@ -253,7 +277,7 @@ describe('fault injection: the Node-RED process (SIGKILL and restart, redeploy)'
   });
 
   it('SIGKILL during the copy', async () => {
-    await procCase('SIGKILL while copying, restart', 'recovery removes the partial (staging) backup and merges the overlays; nothing published; earlier backups intact',
+    await procCase('SIGKILL while copying, restart', 'recovery removes the partial (staging) backup and releases the views; nothing published; earlier backups intact',
       { lab: false, lastStage: 'copy' }, async (ctx) => {
         await ctx.runTo('post-snapshot');
         const set = await ctx.nr.global('post_snapshot');
@@ -359,7 +383,7 @@ describe('fault injection: the Node-RED process (SIGKILL and restart, redeploy)'
     const name = `random kill #${i + 1} (seed ${SEED}, u=${c.u.toFixed(4)}), ${f.label}: ${how}`;
     it(name, async function () {
       if (!cleanMs.has(c.key)) await cleanRun(c.key);
-      await procCase(name, 'at u x the clean run\'s duration; after recovery every VM running, thawed, off its overlays; the set published whole (every VM, verified) or not at all; every backup passes verifyBackup; no .partial-* left',
+      await procCase(name, 'at u x the clean run\'s duration; after recovery every VM running, thawed, nothing of ours in its graph; the set published whole (every VM, verified) or not at all; every backup passes verifyBackup; no .partial-* left',
         { lab: f.lab, lastStage: 'copy', ...(f.fallback ? { fallback: f.fallback } : {}) }, async (ctx) => {
           const delayMs = Math.round(c.u * cleanMs.get(c.key)!);
           const before = new Set((await backupDirs(repository)).published);
@@ -408,8 +432,8 @@ describe('fault injection: the Node-RED process (SIGKILL and restart, redeploy)'
       });
   });
 
-  it('full redeploy while VMs run on overlays', async () => {
-    await procCase('full redeploy after snapshot (VMs on overlays)', 'the closing host node merges the overlays at once; nothing published',
+  it('full redeploy while the views are in place', async () => {
+    await procCase('full redeploy after snapshot (views in place)', 'the closing host node releases the views at once; nothing published',
       { lab: false, lastStage: 'snapshot' }, async (ctx) => {
         const set = await ctx.runTo('snapshot');
         await ctx.nr.deploy(procFlow({ socketDir: bare.host.socketDir, repository, journalDir: path.dirname(ctx.journalFile), hostName: 'bare', lastStage: 'copy' }), 'full');
@@ -418,7 +442,7 @@ describe('fault injection: the Node-RED process (SIGKILL and restart, redeploy)'
   });
 
   it('full redeploy during the copy', async () => {
-    await procCase('full redeploy while copying', 'the copy is cancelled, overlays merged, staging removed, nothing published',
+    await procCase('full redeploy while copying', 'the copy is cancelled, views released, staging removed, nothing published',
       { lab: false, lastStage: 'copy' }, async (ctx) => {
         await ctx.runTo('post-snapshot');
         const set = await ctx.nr.global('post_snapshot');
@@ -434,7 +458,7 @@ describe('fault injection: the Node-RED process (SIGKILL and restart, redeploy)'
   });
 
   it('partial deploy deletes the next node mid-backup', async () => {
-    await procCase('"modified nodes" deploy deletes the copy node after post-snapshot', 'the host node stays; its idleTimeout (5 s) aborts the orphaned set: overlays merged, nothing published',
+    await procCase('"modified nodes" deploy deletes the copy node after post-snapshot', 'the host node stays; its idleTimeout (5 s) aborts the orphaned set: views released, nothing published',
       { lab: false, lastStage: 'copy', idleTimeout: 5 }, async (ctx) => {
         const flowOpts = { socketDir: bare.host.socketDir, repository, journalDir: path.dirname(ctx.journalFile), hostName: 'bare', idleTimeout: 5 } as const;
         // stop after post-snapshot: the copy node is deleted before the message reaches it

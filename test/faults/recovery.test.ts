@@ -20,7 +20,7 @@ import { InProcessRun } from './support/inproc';
 import { helper } from '../nodes/flow-fixture';
 import { procFlow, RealNodeRed, type ProcFlowOptions } from './support/nodered';
 import { faultCase } from './support/table';
-import { assertNoOverlays, assertRepository, assertVmsUnharmed, readJournal, repositoryState, sleep } from './support/world';
+import { assertNoFleeceFiles, assertRepository, assertVmsUnharmed, readJournal, repositoryState, sleep } from './support/world';
 
 const GROUP = 'recovery';
 
@@ -119,7 +119,7 @@ describe('fault injection: recovery touches only what it made', function () {
       const before = await repositoryState(repository);
       const out = await body(ctx);
       const notes = [out.note];
-      await assertNoOverlays([bare.host.imageDir]);
+      await assertNoFleeceFiles([bare.host.imageDir]);
       notes.push(await assertVmsUnharmed(bare.refs));
       notes.push(await assertRepository(repository, before, out.backupId, out.published));
       notes.push(assertNothingPending(journalDir));
@@ -326,7 +326,7 @@ describe('fault injection: recovery touches only what it made', function () {
         await provider.close();
         journal.close();
       }
-      await assertNoOverlays([bare.host.imageDir]);
+      await assertNoFleeceFiles([bare.host.imageDir]);
       const notes = [out.note, await assertVmsUnharmed(bare.refs), await assertRepository(root, before, out.backupId, out.published), assertNothingPending(journalDir)];
       await fs.rm(journalDir, { recursive: true, force: true });
       return notes.join('; ');

@@ -1,8 +1,8 @@
 // Repository and journal faults made with real file-system conditions: a size-limited tmpfs that
 // fills up, a mount remounted read-only mid-backup; and the read-back verification, tested by
 // corrupting a written copy through the provider interface (a wrapped provider, not a product
-// switch). After every case: VMs running and merged, nothing pending in the journal, nothing
-// partial published, earlier backups byte-identical.
+// switch). After every case: VMs running with nothing of ours in QEMU's graph, nothing pending in
+// the journal, nothing partial published, earlier backups byte-identical.
 import * as assert from 'node:assert/strict';
 import { promises as fs, mkdirSync, mkdtempSync } from 'node:fs';
 import * as os from 'node:os';
@@ -19,7 +19,7 @@ import { startBareWorld, type BareWorld } from './support/bare';
 import { InProcessRun } from './support/inproc';
 import { helper } from '../nodes/flow-fixture';
 import { faultCase } from './support/table';
-import { assertNoOverlays, assertRepository, assertVmsUnharmed, readJournal, repositoryState, sleep } from './support/world';
+import { assertNoFleeceFiles, assertRepository, assertVmsUnharmed, qmp, readJournal, repositoryState, sleep } from './support/world';
 
 const GROUP = 'repository';
 
@@ -102,7 +102,7 @@ describe('fault injection: repository and journal faults, read-back verification
   }
 
   async function check(journalFile: string, before: Map<string, string>, out: Outcome, root = repo): Promise<string> {
-    await assertNoOverlays([world.host.imageDir]);
+    await assertNoFleeceFiles([world.host.imageDir]);
     const notes = [out.note, await assertVmsUnharmed(world.refs), await assertRepository(root, before, out.backupId, out.published)];
     assert.deepEqual(pendingUndos(readJournal(journalFile)), [], 'the journal still lists undos');
     notes.push('journal: nothing pending');
@@ -145,7 +145,10 @@ describe('fault injection: repository and journal faults, read-back verification
   });
 
   it('repository full during the copy', async () => {
-    await nodeCase('copy: repository full (ENOSPC on a size-limited tmpfs)', 'refused; staging removed; overlays merged; earlier backups byte-identical', async (run) => {
+    await nodeCase('copy: repository full (ENOSPC on a size-limited tmpfs)', 'refused; staging removed; views released; earlier backups byte-identical', async (run) => {
+      // this backup is an incremental of the baselines: the guest writes more than the space left
+      // (about 16 MiB), so that its changed clusters cannot fit
+      await qmp(world.refs[0].qmp, 'human-monitor-command', { 'command-line': 'qemu-io drive-virtio0 "write -P 0x66 8M 24M"' });
       const r = await run.through('copy');
       assert.equal(r.last.ok, false);
       assert.match((r.last as any).error, /ENOSPC|no space/i);
@@ -164,7 +167,7 @@ describe('fault injection: repository and journal faults, read-back verification
   });
 
   it('repository read-only from the copy on', async () => {
-    await nodeCase('copy: repository remounted read-only after post-snapshot', 'refused (EROFS); overlays merged; nothing published', async (run) => {
+    await nodeCase('copy: repository remounted read-only after post-snapshot', 'refused (EROFS); views released; nothing published', async (run) => {
       const r = await run.through('post-snapshot');
       assert.ok(r.last.ok);
       await mount(['-o', 'remount,ro', repo]);
@@ -271,7 +274,7 @@ describe('fault injection: repository and journal faults, read-back verification
           assert.equal(c.ok, false);
           assert.match((c as any).error, /journal .*ENOSPC/);
           await run.settled(30_000);
-          await assertNoOverlays([world.host.imageDir]);
+          await assertNoFleeceFiles([world.host.imageDir]);
           const pendingBefore = pendingUndos(readJournal(run.journalFile)).map((u) => `${u.kind} ${u.vm}`);
           await fs.rm(path.join(journalFs, 'filler'), { force: true });
           await run.unload();
@@ -320,7 +323,7 @@ describe('fault injection: repository and journal faults, read-back verification
         return done;
       }
     }
-    await domainCase('copy: a disk copy corrupted as it is written', 'not published: qemu-img compare of the copy against its source fails; set discarded, overlays merged',
+    await domainCase('copy: a disk copy corrupted as it is written', 'not published: qemu-img compare of the copy against its source fails; set discarded, views released',
       new CorruptingProvider({ socketDir: world.host.socketDir }), async (host) => {
         const set = await upToCopy(host);
         const err = await host.copy(set, { concurrency: 2, compress: false }).then(() => undefined, (e: Error) => e);
@@ -406,7 +409,7 @@ describe('fault injection: repository and journal faults, read-back verification
         return super.exportDisk(view, disk, dest, onProgress, options);
       }
     }
-    await domainCase('copy: sessionTimeout passes while copying', 'the copy is cancelled, then the set aborted: overlays merged, staging removed, nothing published',
+    await domainCase('copy: sessionTimeout passes while copying', 'the copy is cancelled, then the set aborted: views released, staging removed, nothing published',
       new SlowProvider({ socketDir: world.host.socketDir }), async (host) => {
         const t0 = Date.now();
         const set = await upToCopy(host);

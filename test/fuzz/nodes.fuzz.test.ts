@@ -2,8 +2,9 @@
 // 10,000 generated and mutated payloads per node (VMBACKUP_FUZZ_N to change, VMBACKUP_FUZZ_SEED
 // to replay). For every message: an answer (output or a refusal through Catch) and no crash; every
 // refusal names where (a JSON pointer into msg.payload, or the field); a refusal changes nothing
-// (the journal, in which every side effect is written before it happens, is byte-identical; VMs,
-// overlays and the repository are checked every 1,000 messages and at the end).
+// (the journal, in which every side effect is written before it happens, is byte-identical; VMs
+// and the repository are checked every 1,000 messages and at the end; at the end, once the flow is
+// closed, QEMU must show no view of ours in either VM and no fleecing image may be left).
 import * as assert from 'node:assert/strict';
 import { promises as fs, mkdtempSync, statSync } from 'node:fs';
 import * as os from 'node:os';
@@ -11,6 +12,7 @@ import * as path from 'node:path';
 import { pendingUndos } from '../../src/journal/journal';
 import type { BackupHost } from '../../src/pipeline/backup-host';
 import { overlaysUnder, startBareHost, type BareHost } from '../support/bare-vms';
+import { assertGraphClean } from '../support/graph';
 import { CATCH, helper, NODE_MODULES, pipelineFlow } from '../nodes/flow-fixture';
 import { qmp, readJournal } from '../faults/support/world';
 
@@ -140,7 +142,8 @@ describe('fuzz: every pipeline node input', function () {
   after(async () => {
     await helper.unload();
     await new Promise<void>((resolve) => helper.stopServer(() => resolve()));
-    assert.deepEqual(await overlaysUnder(bare.imageDir), [], 'no overlay left after the fuzz');
+    assert.deepEqual(await overlaysUnder(bare.imageDir), [], 'no fleecing image left after the fuzz');
+    for (const id of ['alpha', 'beta']) await assertGraphClean(path.join(bare.socketDir, `${id}.qmp`), id);
     await bare?.stop();
     await fs.rm(journalDir, { recursive: true, force: true });
     console.log(`\nfuzz (seed ${SEED}, ${N} per node):`);

@@ -7,6 +7,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { QmpClient } from '../../src/providers/qemu/protocol';
 import { overlaysUnder, startBareHost, type BareHost } from '../support/bare-vms';
+import { assertGraphClean } from '../support/graph';
 import { CATCH, expectRefusal, helper, nextMessage, NODE_MODULES, pipelineFlow, type FlowOptions } from './flow-fixture';
 
 async function vmStatus(host: BareHost, id: string): Promise<string> {
@@ -42,9 +43,12 @@ describe('pipeline nodes (real QEMU, no guest OS)', function () {
   afterEach(async () => {
     await helper.unload();
     await new Promise<void>((resolve) => helper.stopServer(() => resolve()));
-    // no test may leave an overlay behind or a VM stopped
+    // no test may leave a view of ours in a VM (as QEMU shows it), a fleecing image, or a VM stopped
     assert.deepEqual(await overlaysUnder(host.imageDir), []);
-    for (const id of ['alpha', 'beta']) assert.equal(await vmStatus(host, id), 'running');
+    for (const id of ['alpha', 'beta']) {
+      assert.equal(await vmStatus(host, id), 'running');
+      await assertGraphClean(path.join(host.socketDir, `${id}.qmp`), id);
+    }
   });
 
   const load = (extra: Partial<FlowOptions> = {}) =>
@@ -72,7 +76,7 @@ describe('pipeline nodes (real QEMU, no guest OS)', function () {
       assert.equal(manifest.vm, vm.id);
       assert.equal(manifest.consistency, 'crash');
       assert.deepEqual(manifest.files.map((f: any) => f.kind).sort(), ['definition', 'disk']);
-      assert.equal(vm.copy.merged, true);
+      assert.equal(vm.copy.released, true);
     }
     assert.ok(!(await listRepository(host.repository)).some((e) => e.includes('.partial-')), 'no staging directory left');
   });
@@ -176,7 +180,7 @@ describe('pipeline nodes (real QEMU, no guest OS)', function () {
     });
   });
 
-  it('all-or-nothing: one VM failing its snapshot merges the others and publishes nothing', async () => {
+  it('all-or-nothing: one VM failing its snapshot releases the others\' views and publishes nothing', async () => {
     await load({ wired: false });
     const send = async (node: string, payload: unknown) => {
       const out = nextMessage(`out-${node}`);
@@ -186,16 +190,20 @@ describe('pipeline nodes (real QEMU, no guest OS)', function () {
     const enumerated = await send('enumerate', '');
     const classified = await send('classify', enumerated);
     const prepared = await send('prepare', classified);
-    // block beta's overlay: a directory where its overlay file must be created
-    const blocker = path.join(host.imageDir, `beta-disk0.qcow2.vmbackup-${prepared.backupId}.qcow2`);
-    await fs.mkdir(blocker);
+    // beta's view is armed; take its copy-before-write filter away behind our back (another QMP
+    // client), so that beta's device cannot be switched onto it at the moment
+    const cbwNode: string = prepared.vms.find((v: any) => v.id === 'beta').prepare.view.ref.disks[0].cbwNode;
+    const c = await QmpClient.connect(path.join(host.socketDir, 'beta.qmp'));
     try {
-      const msg = await expectRefusal('snapshot', prepared);
-      assert.match(msg.error.message, /no VM backed up: beta: /);
-      assert.doesNotMatch(msg.error.message, /alpha:/);
+      await c.execute('blockdev-del', { 'node-name': cbwNode });
     } finally {
-      await fs.rmdir(blocker);
+      await c.close();
     }
+    const msg = await expectRefusal('snapshot', prepared);
+    assert.match(msg.error.message, /no VM backed up: beta: /);
+    assert.doesNotMatch(msg.error.message, /alpha:/);
+    // whatever of alpha's view was made is taken out again: QEMU shows nothing of ours in either VM
+    for (const id of ['alpha', 'beta']) await assertGraphClean(path.join(host.socketDir, `${id}.qmp`), id);
     assert.deepEqual(await overlaysUnder(host.imageDir), []);
     assert.ok(!(await listRepository(host.repository)).some((e) => e.includes(prepared.backupId)), 'nothing of this set in the repository');
     // the set is over: its next stage is refused

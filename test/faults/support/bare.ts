@@ -4,7 +4,7 @@ import * as assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { runProgram } from '../../../src/util/run';
+import { ProgramFailed, runProgram } from '../../../src/util/run';
 import { makeImage, startBareHost, startBareVm, type BareHost } from '../../support/bare-vms';
 import type { VmRef } from './world';
 
@@ -60,7 +60,12 @@ export async function startBareWorld(ids: string[], o: { dataMiB?: number; sizeM
       for (const id of ids) {
         const file = path.join(host.imageDir, `${id}-disk0.qcow2`);
         const r = await runProgram('qemu-img', ['check', '-U', file]).catch((err: Error) => err);
-        assert.ok(!(r instanceof Error), `qemu-img check ${file}: ${(r as Error).message}`);
+        // exit 3 is "leaked clusters, no corruption": what qemu-img -U may read of an image a
+        // running QEMU has open (its refcounts reach the file before, or without, the tables that
+        // would point at them; seen here after a saved state with persistent bitmaps);
+        // corruption (2) or a failed check (1) is not
+        const leaksOnly = r instanceof ProgramFailed && r.code === 3;
+        assert.ok(!(r instanceof Error) || leaksOnly, `qemu-img check ${file}: ${(r as Error).message}`);
       }
       return 'images check clean';
     },

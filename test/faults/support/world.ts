@@ -7,6 +7,7 @@ import { promises as fs, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { GuestAgentClient, QmpClient } from '../../../src/providers/qemu/protocol';
 import { overlaysUnder } from '../../support/bare-vms';
+import { assertGraphClean } from '../../support/graph';
 import type { JournalEntry } from '../../../src/journal/journal';
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -85,25 +86,29 @@ export interface VmRef {
   qga?: string;
 }
 
-/** Every VM runs (not paused, not saved), none is on one of our overlays, every agent VM is thawed. */
+/**
+ * Every VM runs (not paused, not saved), QEMU shows nothing of ours in its graph and at most one
+ * bitmap of ours per disk (assertGraphClean), every agent VM is thawed.
+ */
 export async function assertVmsUnharmed(vms: readonly VmRef[]): Promise<string> {
   const states: string[] = [];
   for (const vm of vms) {
     const status = (await qmp<{ status: string }>(vm.qmp, 'query-status')).status;
     assert.equal(status, 'running', `${vm.id} is ${status}, not running`);
-    const block = await qmp<{ inserted?: { file: string; image?: { filename: string } } }[]>(vm.qmp, 'query-block');
-    for (const b of block) assert.doesNotMatch(b.inserted?.image?.filename ?? b.inserted?.file ?? '', /vmbackup-/, `${vm.id} still runs on an overlay`);
+    const bitmaps = await assertGraphClean(vm.qmp, vm.id);
+    const note = bitmaps ? `, ${bitmaps} bitmap(s)` : '';
     if (vm.qga) {
       const fz = await qgaRetry<string>(vm.qga, 'guest-fsfreeze-status');
       assert.equal(fz, 'thawed', `${vm.id} guest is ${fz}`);
-      states.push(`${vm.id} running+thawed`);
-    } else states.push(`${vm.id} running`);
+      states.push(`${vm.id} running+thawed${note}`);
+    } else states.push(`${vm.id} running${note}`);
   }
   return states.join(', ');
 }
 
-export async function assertNoOverlays(dirs: readonly string[]): Promise<void> {
-  for (const dir of dirs) assert.deepEqual(await overlaysUnder(dir), [], `overlays left under ${dir}`);
+/** No fleecing image (or any other file named by us) left beside the VMs' images. */
+export async function assertNoFleeceFiles(dirs: readonly string[]): Promise<void> {
+  for (const dir of dirs) assert.deepEqual(await overlaysUnder(dir), [], `fleecing images left under ${dir}`);
 }
 
 // ---- repository ----
