@@ -1,4 +1,4 @@
-// Many QEMU processes without a guest OS (-machine none, as test/support/bare-vms.ts starts them)
+// Many QEMU processes without a guest OS (-machine pc, no boot disk, as test/support/bare-vms.ts starts them)
 // with two qcow2 disks each holding real data, and a pidfile each (as Proxmox and libvirt keep
 // them), so that a host of 100 VMs x 2 disks costs a few seconds to start.
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -64,10 +64,11 @@ export async function startFleet(dir: string, o: FleetOptions): Promise<BareFlee
       disks.push(file);
     }
     fleet.disks.set(id, disks);
-    const args = ['-accel', 'tcg', '-machine', 'none', '-nodefaults', '-display', 'none', '-name', id,
+    // a PC with no OS and a device per disk: the point-in-time view switches the device onto its filter
+    const args = ['-accel', 'tcg', '-machine', 'pc', '-m', '32', '-nodefaults', '-display', 'none', '-name', id,
       '-pidfile', path.join(runDir, `${id}.pid`),
       '-qmp', `unix:${path.join(runDir, `${id}.qmp`)},server=on,wait=off`];
-    disks.forEach((file, i) => args.push('-drive', `file=${file},format=qcow2,if=none,id=drive-virtio${i}`));
+    disks.forEach((file, i) => args.push('-drive', `file=${file},format=qcow2,if=none,id=drive-virtio${i}`, '-device', `virtio-blk-pci,drive=drive-virtio${i},id=virtio${i}`));
     const child = spawn('qemu-system-x86_64', args, { stdio: 'ignore' });
     fleet.procs.set(id, child);
     await waitForSocket(path.join(runDir, `${id}.qmp`), 20_000);
