@@ -181,3 +181,32 @@ export function renderIncremental(r: any): string[] {
   }
   return out;
 }
+
+const mark = (met: boolean | null) => (met === true ? 'met' : met === false ? '**missed**' : 'report');
+
+/**
+ * Put this section's verdict rows and tables into an existing BENCHMARKS.md from a run of this
+ * section alone (`--only=incremental`), leaving every other section's figures as they were:
+ * earlier 13.9 rows and an earlier section 7 are replaced. `notesMarker` ends the rendered body.
+ */
+export function spliceIncremental(existing: string, r: any, notesMarker: string): string {
+  const when = `run of ${r.generatedAt}, ${r.mode} mode${r.label ? `, ${r.label}` : ''}`;
+  const rows = incrementalVerdicts(r).map((x) => `| ${x.item} | ${x.measure} (${when}) | ${x.target} | ${x.result} | ${mark(x.met)} |`);
+  const lines = existing.split('\n').filter((l) => !l.startsWith('| 13.9 |'));
+  const results = lines.indexOf('## Results');
+  if (results < 0) throw new Error('BENCHMARKS.md has no "## Results" table to add the rows to');
+  let end = results + 1;
+  while (end < lines.length && (lines[end] === '' || lines[end].startsWith('|'))) end++;
+  while (lines[end - 1] === '') end--;
+  lines.splice(end, 0, ...rows);
+  let text = lines.join('\n');
+  const s7 = text.indexOf('\n## 7. Incremental backups');
+  const notes = text.indexOf(notesMarker);
+  if (notes < 0) throw new Error('BENCHMARKS.md has no analysis marker');
+  const from = s7 >= 0 && s7 < notes ? s7 + 1 : notes;
+  const m = r.machine ?? {};
+  const head = [`(${when}, ${Math.round((r.totalMs ?? 0) / 1000)} s; load average at start / end ${(m.loadAtStart ?? []).join(' ')} / ${(m.loadAtEnd ?? []).join(' ')}${r.steal ? `; CPU stolen ${Object.entries(r.steal).map(([k, v]) => `${k} ${v} %`).join(', ')}` : ''})`, ''];
+  const body = renderIncremental(r);
+  text = text.slice(0, from) + [body[0], '', ...head, ...body.slice(2)].join('\n') + '\n' + text.slice(notes);
+  return text;
+}

@@ -1,8 +1,9 @@
 // Turns bench/results.json into the verdicts (met / missed per target) and BENCHMARKS.md.
 // Run by itself to re-render: node dist/bench/report.js [results.json] [BENCHMARKS.md] [--compare=other.json]
+// or, from a run of --only=incremental, to put only that section in: ... --splice-incremental
 import { readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
-import { incrementalVerdicts, renderIncremental } from './report-incremental';
+import { incrementalVerdicts, renderIncremental, spliceIncremental } from './report-incremental';
 
 export interface Verdict { id: string; item: string; measure: string; target: string; result: string; met: boolean | null; why?: string }
 
@@ -404,6 +405,9 @@ if (require.main === module) {
   } catch {
     existing = undefined;
   }
-  writeFileSync(output, renderWithNotes(r, existing, compare));
+  if (args.includes('--splice-incremental')) {
+    if (!existing) throw new Error(`${output}: nothing to splice into`);
+    writeFileSync(output, spliceIncremental(existing, r, NOTES_MARKER));
+  } else writeFileSync(output, renderWithNotes(r, existing, compare));
   process.stdout.write(`${output} written from ${input}\n`);
 }
