@@ -112,6 +112,9 @@ export function renderIncremental(r: any): string[] {
   if (!inc?.rounds?.length && !fz?.samples?.length) return out;
   out.push('## 7. Incremental backups (issue 13 item 9)');
   out.push('');
+  out.push('Reproduce this section alone: `npm run bench -- --only=incremental --out=bench/results-incremental.json --md=none`, then');
+  out.push('`node dist/bench/report.js bench/results-incremental.json BENCHMARKS.md --splice-incremental`; the copy path by itself: `node dist/bench/copy-path.js`.');
+  out.push('');
   if (inc?.rounds?.length) {
     const s = incrementalSummary(inc);
     out.push(`A QEMU process without a guest OS (\`-machine pc\`, the disk on a virtio-blk device) holding a ${fmt(inc.virtualMiB / 1024, inc.virtualMiB < 1024 ? 2 : 0)} GiB qcow2 disk with`);
