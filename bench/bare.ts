@@ -1,6 +1,5 @@
-// Many QEMU processes without a guest OS (-machine pc -m 32, a virtio-blk-pci device per disk, as
-// test/support/bare-vms.ts starts them: the point-in-time view switches a disk's device onto its
-// filter, so a disk needs a device) with two qcow2 disks each holding real data, and a pidfile each (as Proxmox and libvirt keep
+// Many QEMU processes without a guest OS (-machine pc, no boot disk, as test/support/bare-vms.ts starts them)
+// with two qcow2 disks each holding real data, and a pidfile each (as Proxmox and libvirt keep
 // them), so that a host of 100 VMs x 2 disks costs a few seconds to start.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { promises as fs } from 'node:fs';
@@ -65,6 +64,7 @@ export async function startFleet(dir: string, o: FleetOptions): Promise<BareFlee
       disks.push(file);
     }
     fleet.disks.set(id, disks);
+    // a PC with no OS and a device per disk: the point-in-time view switches the device onto its filter
     const args = ['-accel', 'tcg', '-machine', 'pc', '-m', '32', '-nodefaults', '-display', 'none', '-name', id,
       '-pidfile', path.join(runDir, `${id}.pid`),
       '-qmp', `unix:${path.join(runDir, `${id}.qmp`)},server=on,wait=off`];

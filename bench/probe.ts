@@ -3,7 +3,9 @@
 // nothing else (same functions, same arguments, same results):
 //   - every ajv check the nodes make: assertStage / assertManifest (contract/validate)
 //   - the copy stage's steps: qemu-img info / convert / compare, sha256File, writeFileDurable,
-//     fsyncDir, and the provider's describe / exportDisk / verifyDisk / merge / snapshot / ...
+//     fsyncDir, and the provider's describe / exportDisk / verifyDisk / armView / makeView / ...
+//   - under the point-in-time view (1334ed9): every QMP command by name, every program run
+//     (`program qemu-img create`, `program qemu-nbd`), and the disk copy's and view's own steps
 // On SIGWINCH (node-red itself exits on SIGUSR2) the records go to $BENCH_PROBE_OUT and are reset.
 import { writeFileSync } from 'node:fs';
 import * as path from 'node:path';
@@ -24,12 +26,12 @@ if (out) {
       return undefined; // a module that moved: that part is simply not probed
     }
   };
-  const timeAsync = (obj: Record<string, any> | undefined, name: string, label: string) => {
+  const timeAsync = (obj: Record<string, any> | undefined, name: string, label: string | ((args: unknown[]) => string)) => {
     const original = obj?.[name];
     if (!obj || typeof original !== 'function') return;
     obj[name] = function wrapped(this: unknown, ...args: unknown[]) {
       const t0 = performance.now();
-      const done = () => calls.push({ fn: label, ms: performance.now() - t0, at: t0 });
+      const done = () => calls.push({ fn: typeof label === 'string' ? label : label(args), ms: performance.now() - t0, at: t0 });
       const result = original.apply(this, args);
       if (result && typeof (result as Promise<unknown>).then === 'function') {
         (result as Promise<unknown>).then(done, done);
@@ -63,7 +65,20 @@ if (out) {
   const provider = load('src/providers/qemu/qemu-provider.js')?.QemuProvider?.prototype;
   // experiment switch for A/B runs (bench/ab.ts --b-env=BENCH_NO_GUARDIAN=1): no guardian process
   if (provider && process.env.BENCH_NO_GUARDIAN === '1') provider.guardianSpec = () => undefined;
-  for (const name of ['enumerate', 'freeze', 'thaw', 'saveState', 'resume', 'snapshot', 'merge', 'describe', 'exportDisk', 'verifyDisk']) timeAsync(provider, name, `provider.${name}`);
+  for (const name of ['enumerate', 'freeze', 'thaw', 'saveState', 'resume', 'snapshot', 'merge', 'describe', 'exportDisk', 'verifyDisk', 'armView', 'makeView', 'releaseView']) timeAsync(provider, name, `provider.${name}`);
+  // where an incremental's time goes: each QMP command, each program, the copy's and the view's steps
+  timeAsync(load('src/providers/qemu/protocol/qmp-client.js')?.QmpClient?.prototype, 'execute', (args) => `qmp ${String(args[0])}`);
+  timeAsync(load('src/util/run.js'), 'runProgram', (args) => {
+    const prog = path.basename(String(args[0]));
+    const argv = (args[1] ?? []) as string[];
+    return `program ${prog}${prog === 'qemu-img' && argv[0] ? ` ${argv[0]}` : ''}`;
+  });
+  const diskCopy = load('src/providers/qemu/disk-copy.js');
+  for (const name of ['copyDisk', 'compareWithView']) timeAsync(diskCopy, name, `disk-copy.${name}`);
+  const tracking = load('src/providers/qemu/tracking.js');
+  for (const name of ['addBitmap', 'removeBitmap', 'bitmapForCopy']) timeAsync(tracking, name, `tracking.${name}`);
+  const chain = load('src/pipeline/chain-plan.js');
+  for (const name of ['planChain']) timeAsync(chain, name, `chain.${name}`);
 
   // the journal's intent lines are written and fsync'd synchronously, on the event loop
   timeAsync(load('src/journal/journal.js')?.Journal?.prototype, 'append', 'journal append (fsync)');

@@ -1,7 +1,8 @@
-// npm run bench [-- --quick] [--only=freeze,downtime,sparse,memory,scale] [--work=DIR] [--out=FILE] [--md=FILE] [--keep]
+// npm run bench [-- --quick] [--only=freeze,downtime,sparse,memory,scale,incremental] [--work=DIR] [--out=FILE] [--md=FILE] [--keep]
 //
 // Measures, in one run on this machine, what issue 5 asks: the guest freeze window, VM downtime,
-// copy throughput against qemu-img, 100 VMs on one host, memory, and the cost of the ajv checks.
+// copy throughput against qemu-img, 100 VMs on one host, memory, and the cost of the ajv checks;
+// and what issue 13 item 9 asks: incremental backups against fulls of the same disk.
 // Everything runs through a real Node-RED process (node-red from devDependencies) with this
 // package linked in, against real QEMU processes: lab guests (TCG, qemu-ga, a workload writing to
 // an ext4 data disk) and QEMU processes without a guest OS. Writes bench/results.json and
@@ -18,12 +19,13 @@ import { freezeSection } from './sec-freeze';
 import { downtimeSection } from './sec-downtime';
 import { memorySection, sparseSection } from './sec-copy';
 import { scaleSection } from './sec-scale';
+import { incrementalFreezeSection, incrementalSection } from './sec-incremental';
 import { fleetSocketDir, startFleet } from './bare';
 import { addScenarios, backup } from './context';
 import { renderWithNotes, verdicts } from './report';
 import { commOf, loadAvg, log, nowMs, procMem, round, run, stealMs } from './util';
 
-const SECTIONS = ['freeze', 'downtime', 'sparse', 'memory', 'scale'] as const;
+const SECTIONS = ['freeze', 'downtime', 'sparse', 'memory', 'scale', 'incremental'] as const;
 type Section = (typeof SECTIONS)[number];
 
 interface Args { quick: boolean; only: Set<Section>; work: string; out: string; md: string | undefined; keep: boolean; label: string }
@@ -61,8 +63,8 @@ function parseArgs(argv: string[]): Args {
 /** What the run does in each mode. */
 export function plan(quick: boolean) {
   return quick
-    ? { freezeRuns: 5, fill4g: 256, downtimeRuns: 3, sparseRuns: 2, memoryRuns: 1, memoryBigMiB: 2048, scale: [10, 50, 100], scaleDiskMiB: 32, scaleDataMiB: 4 }
-    : { freezeRuns: 20, fill4g: 1024, downtimeRuns: 10, sparseRuns: 5, memoryRuns: 1, memoryBigMiB: 4096, scale: [10, 50, 100], scaleDiskMiB: 32, scaleDataMiB: 8 };
+    ? { freezeRuns: 5, fill4g: 256, downtimeRuns: 3, sparseRuns: 2, memoryRuns: 1, memoryBigMiB: 2048, scale: [10, 50, 100], scaleDiskMiB: 32, scaleDataMiB: 4, incRounds: 1, incDiskMiB: 1024, incDataMiB: 256, incFreezePairs: 2, incFractions: [0.01, 0.1] }
+    : { freezeRuns: 20, fill4g: 1024, downtimeRuns: 10, sparseRuns: 5, memoryRuns: 1, memoryBigMiB: 4096, scale: [10, 50, 100], scaleDiskMiB: 32, scaleDataMiB: 8, incRounds: 3, incDiskMiB: 4096, incDataMiB: 1024, incFreezePairs: 4, incFractions: [0.01, 0.1] };
 }
 
 /** Which product code was measured: the commit, and a digest of uncommitted changes to src/ and nodes/. */
@@ -154,13 +156,13 @@ async function main(): Promise<void> {
     });
   }
   try {
-    const needLab = args.only.has('freeze') || args.only.has('downtime');
+    const needLab = args.only.has('freeze') || args.only.has('downtime') || args.only.has('incremental');
     if (needLab) {
       const specs: BenchVmSpec[] = [
         { name: 'bench-f256', agent: true, dataSizeMiB: 256, fillMiB: 64 },
         { name: 'bench-f4g', agent: true, dataSizeMiB: 4096, fillMiB: p.fill4g },
         { name: 'bench-noagent', agent: false, dataSizeMiB: 256, fillMiB: 64 },
-      ].filter((s) => (s.agent ? args.only.has('freeze') : args.only.has('downtime')));
+      ].filter((s) => (s.name === 'bench-f4g' && args.only.has('incremental')) || (s.agent ? args.only.has('freeze') : args.only.has('downtime')));
       const l0 = nowMs();
       lab = await startBenchLab(path.join(args.work, 'lab'), specs);
       results.sections.lab = { vms: specs, bootMs: Object.fromEntries([...lab.vms.values()].map((v) => [v.name, v.bootMs])), setupMs: Math.round(nowMs() - l0) };
@@ -205,6 +207,9 @@ async function main(): Promise<void> {
     if (args.only.has('downtime')) {
       await section('downtime', () => alone('bench-noagent', () => downtimeSection(ctx, lab!.vms.get('bench-noagent')!, { runs: p.downtimeRuns })));
     }
+    if (args.only.has('incremental')) {
+      await section('incrementalFreeze', () => alone('bench-f4g', () => incrementalFreezeSection(ctx, lab!.vms.get('bench-f4g')!, { pairs: p.incFreezePairs })));
+    }
     if (lab) {
       await lab.stop(); // the guests are not needed any more: give their CPU back
       lab = undefined;
@@ -213,6 +218,9 @@ async function main(): Promise<void> {
     if (args.only.has('sparse')) await section('sparse', () => sparseSection(ctx, { runs: p.sparseRuns }));
     if (args.only.has('memory')) await section('memory', () => memorySection(ctx, { runs: p.memoryRuns, bigMiB: p.memoryBigMiB }));
     if (args.only.has('scale')) await section('scale', () => scaleSection(ctx, { counts: p.scale, diskMiB: p.scaleDiskMiB, dataMiB: p.scaleDataMiB }));
+    if (args.only.has('incremental')) {
+      await section('incremental', () => incrementalSection(ctx, { rounds: p.incRounds, diskMiB: p.incDiskMiB, dataMiB: p.incDataMiB, fractions: p.incFractions }));
+    }
   } finally {
     await cleanup();
   }

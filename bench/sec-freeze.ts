@@ -14,6 +14,7 @@ import { allocatedBytes, imageInfo } from './images';
 import { socketDirFor, type BenchVm } from './lab';
 import { QgaProxy, type WireFreeze } from './qga-proxy';
 import { GuestAgentClient } from '../src/providers/qemu/protocol';
+import type { JournalEntry } from '../src/journal/journal';
 import { log, phaseSummary, round, sleep, stats, timed, type Stats } from './util';
 
 export interface FreezeSample {
@@ -95,8 +96,12 @@ export async function freezeSection(ctx: Ctx, vm: BenchVm, o: { runs: number; ba
     if (!wire || wire.thawReplied === undefined || wire.freezeSent < r.startedAt) throw new Error(`${vm.name}: the proxy saw no complete freeze/thaw in this backup`);
     mounts.min = Math.min(mounts.min, r.sampler.mountsMin);
     mounts.max = Math.max(mounts.max, r.sampler.mountsMax);
-    const transactionMs = r.phases['provider.snapshot']?.ms;
-    const toOverlays = journalSpan(r.journal, vm.name, ['freeze', 'done'], ['overlay', 'done']);
+    // the moment: the overlays' transaction before 1334ed9, the switch onto the point-in-time view since
+    const transactionMs = (r.phases['provider.snapshot'] ?? r.phases['provider.makeView'])?.ms;
+    const made = momentMade(r.journal, vm.name);
+    const frozeAt = r.journal.find((e) => e.vm === vm.name && e.op === 'freeze' && e.phase === 'done');
+    const thawAt = r.journal.find((e) => e.vm === vm.name && e.op === 'thaw' && e.phase === 'intent');
+    const toOverlays = made && frozeAt ? Date.parse(made.t) - Date.parse(frozeAt.t) : undefined;
     return {
       wireMs: round(wire.thawReplied - wire.freezeSent, 2),
       journalMs: journalSpan(r.journal, vm.name, ['freeze', 'intent'], ['thaw', 'done']),
@@ -107,7 +112,7 @@ export async function freezeSection(ctx: Ctx, vm: BenchVm, o: { runs: number; ba
       // (the probe's provider.snapshot), the hop is the rest of freeze acknowledged -> overlays made
       transactionMs: transactionMs !== undefined ? round(transactionMs, 2) : undefined,
       hopMs: toOverlays !== undefined && transactionMs !== undefined ? round(toOverlays - transactionMs, 2) : undefined,
-      probeMs: journalSpan(r.journal, vm.name, ['overlay', 'done'], ['thaw', 'intent']),
+      probeMs: made && thawAt ? Date.parse(thawAt.t) - Date.parse(made.t) : undefined,
       consistency: v.consistency,
       vcpuEvents: vm.runStateEvents(r.startedAt, r.endedAt).length,
       peakRssMiB: round(r.sampler.peakRssKiB / 1024),
@@ -173,6 +178,18 @@ export async function freezeSection(ctx: Ctx, vm: BenchVm, o: { runs: number; ba
     baselines,
     mounts,
   };
+}
+
+/**
+ * The journal entry that says the moment was made: `overlay done` before 1334ed9; since then the
+ * view is journalled twice, planned (before the freeze) and made (in the frozen window): the
+ * first view entry after the freeze is acknowledged.
+ */
+function momentMade(entries: JournalEntry[], vm: string): JournalEntry | undefined {
+  const overlay = entries.find((e) => e.vm === vm && (e.op as string) === 'overlay' && e.phase === 'done');
+  if (overlay) return overlay;
+  const frozeAt = entries.findIndex((e) => e.vm === vm && e.op === 'freeze' && e.phase === 'done');
+  return frozeAt < 0 ? undefined : entries.find((e, k) => k > frozeAt && e.vm === vm && e.op === 'view');
 }
 
 /**
