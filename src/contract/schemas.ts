@@ -216,7 +216,7 @@ function stageSchema<S extends (typeof STAGES)[number], R extends readonly strin
         type: 'object',
         additionalProperties: false,
         required: ['name', 'provider'],
-        properties: { name: safeName, provider: { enum: ['qemu', 'hyperv'] } },
+        properties: { name: safeName, provider: { enum: ['qemu', 'hyperv', 'libvirt'] } },
       },
       writer: {
         type: 'object',
@@ -293,7 +293,7 @@ export const manifestSchema = {
     format: { const: 'vm-backup-manifest@1' },
     backupId: { type: 'string', pattern: '^[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}$' },
     host: safeName,
-    provider: { enum: ['qemu', 'hyperv'] },
+    provider: { enum: ['qemu', 'hyperv', 'libvirt'] },
     vm: safeName,
     vmName: { type: 'string', maxLength: 256 },
     method,

@@ -3,13 +3,14 @@ import type { HostProvider } from './provider';
 import { QemuProvider } from './qemu/qemu-provider';
 
 export interface ProviderConfig {
-  provider: 'qemu' | 'hyperv';
+  provider: 'qemu' | 'hyperv' | 'libvirt';
   hostName: string;
   qemu?: { socketDir: string; overlayDir?: string; compress?: boolean; commandMs?: number };
   hyperv?: {
     mode: 'local' | 'ssh';
     ssh?: { host: string; port?: number; username: string; password?: string; privateKey?: string };
   };
+  libvirt?: { uri?: string; runDir?: string };
 }
 
 export function createProvider(config: ProviderConfig): HostProvider {
@@ -29,5 +30,15 @@ export function createProvider(config: ProviderConfig): HostProvider {
     const h = config.hyperv ?? { mode: 'local' as const };
     return createHyperVProvider({ hostName: config.hostName, mode: h.mode, ...(h.ssh ? { ssh: h.ssh } : {}) });
   }
-  throw new Error(`provider: "${String(config.provider)}" is not one of qemu, hyperv`);
+  if (config.provider === 'libvirt') {
+    // loaded on demand, like Hyper-V
+    const { LibvirtProvider } = require('./libvirt/libvirt-provider') as typeof import('./libvirt/libvirt-provider');
+    const { checkUri } = require('./libvirt/virsh') as typeof import('./libvirt/virsh');
+    const l = config.libvirt ?? {};
+    return new LibvirtProvider({
+      uri: checkUri(l.uri ?? 'qemu:///system'),
+      ...(l.runDir ? { runDir: checkRoot(l.runDir, 'runDir') } : {}),
+    });
+  }
+  throw new Error(`provider: "${String(config.provider)}" is not one of qemu, hyperv, libvirt`);
 }

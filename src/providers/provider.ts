@@ -2,7 +2,7 @@
 // what to do and in what order; a provider only knows how to do one thing to one VM.
 import type { ClassifiedVm, EnumeratedVm, Overlay } from '../contract/types';
 
-export type ProviderKind = 'qemu' | 'hyperv';
+export type ProviderKind = 'qemu' | 'hyperv' | 'libvirt';
 
 export interface Progress {
   /** bytes done so far and bytes in all for this one artifact */

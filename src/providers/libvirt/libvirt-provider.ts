@@ -1,0 +1,244 @@
+// libvirt behind the provider interface, through virsh only (see virsh.ts). What each stage does:
+//   prepare   domfsfreeze (online), managedsave (saved state)
+//   snapshot  backup-begin in pull mode (backup-job.ts), then the pipeline thaws at once;
+//             a saved domain is first restored paused; a shut-off domain needs no job
+//   copy      qemu-img reads the NBD export (online) or the image itself (shut off: qemu-img
+//             holds the image lock, so `virsh start` fails while it copies)
+//   "merge"   domjobabort of our job, proven ended by domjobinfo; nothing to fold back
+import { promises as fs } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import type { ClassifiedVm, EnumeratedVm, Overlay } from '../../contract/types';
+import { isSafeName } from '../../util/ids';
+import type { ExportOptions, ExportedFile, HostProvider, Progress } from '../provider';
+import { plannedOverlays } from '../overlay-plan';
+import * as qemuImg from '../qemu/qemu-img';
+import { beginBackup, endBackup, jobType, nbdUri, parseNbdUri, type BackupDisk } from './backup-job';
+import { enumerateDomains, type DomainRef } from './enumerate';
+import { definitionFrom, mapState, parseDomState } from './parse';
+import { saveDomain } from './saved-state';
+import { VirshError, VirshRunner, type Virsh } from './virsh';
+
+export interface LibvirtOptions {
+  /** libvirt URI; default qemu:///system */
+  uri?: string;
+  /** private directories for the NBD sockets (default <tmpdir>/vm-backup-libvirt) */
+  runDir?: string;
+  /** where scratch files go; default beside each VM's first disk (the VM's own storage) */
+  scratchDir?: string;
+  commandMs?: number;
+  qemuImg?: string;
+  compress?: boolean;
+  /** for tests: a recorded virsh */
+  virsh?: Virsh;
+}
+
+export class LibvirtProvider implements HostProvider {
+  readonly kind = 'libvirt' as const;
+  readonly writerName = 'libvirt (virsh backup-begin pull mode)';
+  readonly snapshotQuiesces = false;
+  readonly virsh: Virsh;
+  readonly runDir: string;
+  private readonly refs = new Map<string, DomainRef>();
+  /** image files enumerate saw as included disks: the only files an offline copy reads */
+  private readonly images = new Set<string>();
+
+  constructor(readonly options: LibvirtOptions = {}) {
+    this.virsh = options.virsh ?? new VirshRunner(options.uri ?? 'qemu:///system', 'virsh', this.commandMs);
+    this.runDir = path.resolve(options.runDir ?? path.join(os.tmpdir(), 'vm-backup-libvirt'));
+  }
+
+  private get commandMs(): number {
+    return this.options.commandMs ?? 30_000;
+  }
+
+  private get qemuImgPath(): string {
+    return this.options.qemuImg ?? 'qemu-img';
+  }
+
+  /** libvirt on this machine: its image paths and sockets are ours to open */
+  private get local(): boolean {
+    return /^[a-z]+:\/\/\/[a-z]+$/.test(this.virsh.uri);
+  }
+
+  /** the name virsh is given (after a restart: the id itself, a domain name or UUID) */
+  private domain(vmId: string): string {
+    if (!isSafeName(vmId)) throw new Error(`"${vmId}" is not a valid VM id`);
+    return this.refs.get(vmId)?.domain ?? vmId;
+  }
+
+  private call(timeoutMs = this.commandMs) {
+    return { timeoutMs };
+  }
+
+  async enumerate(): Promise<EnumeratedVm[]> {
+    const { vms, refs, warnings } = await enumerateDomains(this.virsh, {
+      timeoutMs: this.commandMs, localFiles: this.local, ...(this.options.scratchDir ? { scratchDir: this.options.scratchDir } : {}),
+    });
+    for (const [id, ref] of refs) {
+      this.refs.set(id, ref);
+      for (const d of ref.definition.disks) if (d.included) this.images.add(d.file);
+    }
+    if (warnings.length && vms[0]) vms[0].warnings = [...(vms[0].warnings ?? []), ...warnings];
+    return vms;
+  }
+
+  private async state(vmId: string): Promise<{ state: string; reason: string; mapped: string }> {
+    const s = parseDomState(await this.virsh.run(['domstate', '--domain', this.domain(vmId), '--reason'], this.call()));
+    return { ...s, mapped: mapState(s.state, s.reason) };
+  }
+
+  async runState(vmId: string): Promise<string> {
+    return (await this.state(vmId)).mapped;
+  }
+
+  // ---- quiesce ----
+
+  async freeze(vm: ClassifiedVm, timeoutMs: number): Promise<{ frozenFilesystems: number }> {
+    const out = await this.virsh.run(['domfsfreeze', '--domain', this.domain(vm.id)], this.call(timeoutMs));
+    return { frozenFilesystems: Number(/Froze (\d+)/.exec(out)?.[1] ?? 0) };
+  }
+
+  async thaw(vmId: string, timeoutMs: number): Promise<number> {
+    try {
+      const out = await this.virsh.run(['domfsthaw', '--domain', this.domain(vmId)], this.call(timeoutMs));
+      return Number(/Thawed (\d+)/.exec(out)?.[1] ?? 0);
+    } catch (err) {
+      // libvirt says no QEMU runs: no guest, nothing frozen (a later start boots thawed)
+      if (err instanceof VirshError && (err.notRunning || err.noDomain)) {
+        const now = await this.state(vmId).catch(() => undefined);
+        if (!now || (now.mapped !== 'running' && now.mapped !== 'paused')) return 0;
+      }
+      throw err;
+    }
+  }
+
+  // ---- saved state ----
+
+  async saveState(vm: ClassifiedVm, file: string): Promise<{ bytes: number; pausedAt?: number }> {
+    const name = this.refs.get(vm.id)?.definition.name ?? vm.name;
+    return saveDomain(this.virsh, this.domain(vm.id), name, file, Math.max(this.commandMs, 600_000));
+  }
+
+  /**
+   * Back to `previousState`, asked of libvirt afterwards. A managed-saved domain is started
+   * (libvirt restores its saved memory); a paused one resumed. Safe to call twice.
+   */
+  async resume(vmId: string, previousState: string): Promise<void> {
+    const domain = this.domain(vmId);
+    if (previousState !== 'running' && previousState !== 'paused') return;
+    let now = await this.state(vmId);
+    if (now.mapped === 'saved') {
+      await this.virsh.run(['start', '--domain', domain, ...(previousState === 'paused' ? ['--paused'] : [])], this.call(Math.max(this.commandMs, 120_000)));
+      now = await this.state(vmId);
+    }
+    if (previousState === 'running' && now.mapped === 'paused') {
+      await this.virsh.run(['resume', '--domain', domain], this.call());
+      now = await this.state(vmId);
+    }
+    if (now.mapped !== previousState && now.mapped !== 'off') {
+      throw new Error(`domain ${domain} is ${now.mapped} (${now.reason}), could not return it to ${previousState}`);
+    }
+  }
+
+  // ---- point in time ----
+
+  async snapshot(vm: ClassifiedVm, backupId: string): Promise<Overlay[]> {
+    // scratch files are named as the overlay plan names them: the plan journalled before the
+    // freeze then names files that exist exactly while our job runs (recovery looks for them)
+    const planned = plannedOverlays(vm, backupId);
+    if (planned.length === 0) return [];
+    const domain = this.domain(vm.id);
+    let now = await this.state(vm.id);
+    if (now.mapped === 'saved' && vm.method === 'saved-state') {
+      // restored paused: the view is taken before a single guest instruction runs again
+      await this.virsh.run(['start', '--domain', domain, '--paused'], this.call(Math.max(this.commandMs, 120_000)));
+      now = await this.state(vm.id);
+    }
+    if (now.mapped !== 'running' && now.mapped !== 'paused') {
+      if (now.state !== 'shut off') throw new Error(`domain ${domain} is ${now.state} (${now.reason}): neither running nor shut off`);
+      // no QEMU: the images are the point in time; the copy holds their lock while it reads
+      return planned.map((o) => ({ ...o, overlayNode: 'offline' }));
+    }
+    await fs.mkdir(this.runDir, { recursive: true, mode: 0o700 });
+    const dir = await fs.mkdtemp(path.join(this.runDir, `${backupId.slice(-6)}-`));
+    const included = new Map(planned.map((o) => [o.disk, o]));
+    const disks: BackupDisk[] = vm.disks.map((d) => included.has(d.id)
+      ? { name: d.id, backup: true, scratch: included.get(d.id)!.overlay }
+      : { name: d.id, backup: false });
+    let socket: string;
+    try {
+      socket = await beginBackup(this.virsh, domain, dir, disks, this.commandMs);
+    } catch (err) {
+      await fs.rm(dir, { recursive: true, force: true });
+      throw err;
+    }
+    return planned.map((o) => ({ ...o, base: nbdUri(socket, o.disk), baseFormat: 'raw', overlayNode: o.disk }));
+  }
+
+  /** End our backup job (the pull-mode view) and its private directory; safe when none runs. */
+  async merge(vmId: string, overlays: Overlay[]): Promise<void> {
+    const domain = this.domain(vmId);
+    await endBackup(this.virsh, domain, overlays.map((o) => o.overlay), this.commandMs);
+    for (const o of overlays) {
+      const nbd = parseNbdUri(o.base);
+      const dir = nbd && path.dirname(nbd.socket);
+      if (dir && path.dirname(dir) === this.runDir) await fs.rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  // ---- copy ----
+
+  async describe(vmId: string): Promise<Record<string, unknown>> {
+    const domain = this.domain(vmId);
+    const xml = await this.virsh.run(['dumpxml', '--domain', domain, '--inactive'], this.call());
+    const def = definitionFrom(xml);
+    return {
+      format: 'vm-backup-libvirt-definition@1',
+      provider: 'libvirt',
+      uri: this.virsh.uri,
+      id: vmId,
+      name: def.name,
+      uuid: def.uuid,
+      state: await this.runState(vmId).catch(() => 'unknown'),
+      // what `virsh define` takes back on restore (disk sources to be pointed at the restored files)
+      domainXml: xml,
+    };
+  }
+
+  async exportDisk(overlay: Overlay, dest: string, onProgress?: (p: Progress) => void, options: ExportOptions = {}): Promise<ExportedFile> {
+    const nbd = parseNbdUri(overlay.base);
+    if (nbd) {
+      if (path.dirname(path.dirname(nbd.socket)) !== this.runDir) {
+        throw new Error(`overlay.base: ${overlay.base} is not an export of a backup job this provider started (socket outside ${this.runDir})`);
+      }
+    } else if (!this.images.has(overlay.base)) {
+      throw new Error(`overlay.base: ${overlay.base} is not a disk image of a domain enumerated here; refusing to copy it`);
+    }
+    const total = options.virtualSize ?? (await qemuImg.info(this.qemuImgPath, overlay.base, !nbd))['virtual-size'];
+    await qemuImg.convert(this.qemuImgPath, overlay.base, dest, {
+      sourceFormat: overlay.baseFormat,
+      compress: options.compress ?? this.options.compress ?? false,
+      ...(options.signal ? { signal: options.signal } : {}),
+      // never -U: an image of a shut-off domain stays locked against `virsh start` while it is
+      // read, and an NBD export has no image lock to share
+      forceShare: false,
+      onProgress: (f) => onProgress?.({ done: Math.round(f * total), total }),
+    });
+    const bytes = (await fs.stat(dest)).size;
+    return { path: dest, bytes, format: 'qcow2', virtualSize: total };
+  }
+
+  async verifyDisk(overlay: Overlay, file: string): Promise<void> {
+    await qemuImg.compare(this.qemuImgPath, overlay.base, overlay.baseFormat, file, 'qcow2');
+  }
+
+  /** Is a backup job of ours still running on the domain? (libvirt's word, for tests and recovery) */
+  async jobOf(vmId: string): Promise<{ type: string; operation?: string }> {
+    return jobType(this.virsh, this.domain(vmId), this.commandMs);
+  }
+
+  async close(): Promise<void> {
+    // virsh processes end with each call: nothing stays open
+  }
+}
