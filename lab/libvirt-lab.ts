@@ -175,7 +175,7 @@ export function domainXml(spec: LibvirtDomainSpec, guest: Pick<GuestImage, 'kern
       <target dev='vda' bus='virtio'/>
       <serial>data</serial>
     </disk>
-    <serial type='file'><source path='${esc(domainConsole(spec.name, labDir))}'/><target port='0'/></serial>
+    <serial type='file'><source path='${esc(domainConsole(spec.name, labDir))}' append='on'/><target port='0'/></serial>
 ${agent}    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
     <memballoon model='none'/>
   </devices>
@@ -241,7 +241,8 @@ export async function libvirtStart(opts: LibvirtStartOptions = {}): Promise<Libv
   }
   const timeoutMs = opts.timeoutMs ?? 180_000;
   await Promise.all(LIBVIRT_DOMAINS.filter((s) => s.running).map(async (spec) => {
-    await waitForDomainWorkload(spec.name, timeoutMs, labDir);
+    // a domain that was running already passed this wait when it started
+    if (started.includes(spec.name)) await waitForDomainWorkload(spec.name, timeoutMs, labDir);
     if (spec.agent) await waitForDomainAgent(spec.name, timeoutMs);
     log(`lab: ${spec.name} ready${started.includes(spec.name) ? '' : ' (was running)'}`);
   }));
@@ -264,10 +265,10 @@ export async function waitForDomainWorkload(name: string, timeoutMs: number, lab
   if (!ok) throw new Error(`lab: workload of ${name} did not start within ${timeoutMs} ms; console tail:\n${tailFile(con, 1500)}`);
 }
 
-/** Until libvirt's agent channel answers guest-ping. */
+/** Until libvirt's agent channel answers (guestinfo: qemu-agent-command would taint the domain). */
 export async function waitForDomainAgent(name: string, timeoutMs: number): Promise<void> {
   const ok = await waitUntil(async () =>
-    (await virsh(['qemu-agent-command', name, '{"execute":"guest-ping"}', '--timeout', '3'], 10_000)).code === 0, timeoutMs, 500);
+    (await virsh(['guestinfo', '--domain', name, '--hostname'], 10_000)).code === 0, timeoutMs, 500);
   if (!ok) throw new Error(`lab: the guest agent of ${name} did not answer within ${timeoutMs} ms`);
 }
 
