@@ -7,8 +7,9 @@ import { checkRoot } from '../../src/repository/paths';
 import { isSafeName } from '../../src/util/ids';
 
 export interface HostNodeDef extends NodeDef {
-  provider: 'qemu' | 'hyperv';
+  provider: 'qemu' | 'hyperv' | 'libvirt';
   hostName: string;
+  libvirtUri: string;
   socketDir: string;
   overlayDir: string;
   repository: string;
@@ -46,7 +47,7 @@ export function hostSettings(c: Partial<HostNodeDef>, creds: HostCredentials): H
   const hostName = c.hostName || 'localhost';
   if (!isSafeName(hostName)) throw new Error(`hostName: "${hostName}" must be letters, digits, . _ - (it names a repository folder)`);
   const provider = c.provider ?? 'qemu';
-  if (provider !== 'qemu' && provider !== 'hyperv') throw new Error(`provider: "${String(provider)}" is not one of qemu, hyperv`);
+  if (provider !== 'qemu' && provider !== 'hyperv' && provider !== 'libvirt') throw new Error(`provider: "${String(provider)}" is not one of qemu, hyperv, libvirt`);
   const timeouts: Timeouts = {
     freezeMs: number('freezeTimeout', c.freezeTimeout, DEFAULT_TIMEOUTS.freezeMs / 1000, 1, 600) * 1000,
     pauseMs: number('pauseTimeout', c.pauseTimeout, DEFAULT_TIMEOUTS.pauseMs / 1000, 5, 86400) * 1000,
@@ -63,6 +64,10 @@ export function hostSettings(c: Partial<HostNodeDef>, creds: HostCredentials): H
   if (provider === 'qemu') {
     settings.provider.qemu = { socketDir: checkRoot(c.socketDir, 'socketDir') };
     if (c.overlayDir) settings.provider.qemu.overlayDir = checkRoot(c.overlayDir, 'overlayDir');
+  } else if (provider === 'libvirt') {
+    const uri = c.libvirtUri || 'qemu:///system';
+    if (!/^[a-z][a-z0-9+]*:\/\/\S*$/.test(uri) || uri.length > 512) throw new Error(`libvirtUri: "${uri}" is not a libvirt URI (e.g. qemu:///system)`);
+    settings.provider.libvirt = { uri };
   } else {
     const mode = c.hvMode ?? 'local';
     if (mode !== 'local' && mode !== 'ssh') throw new Error(`hvMode: "${String(mode)}" is not one of local, ssh`);

@@ -15,6 +15,7 @@ import { BackupHost, DEFAULT_TIMEOUTS } from '../../src/pipeline/backup-host';
 import { LibvirtProvider } from '../../src/providers/libvirt/libvirt-provider';
 import { parseJobInfo, parseTable } from '../../src/providers/libvirt/parse';
 import { inspectImage } from '../support/image-check';
+import { CATCH, helper, nextMessage, NODE_MODULES, pipelineFlow } from '../nodes/flow-fixture';
 
 const LAB = process.env.VMBACKUP_LAB_DIR ?? '/tmp/vm-backup-lab';
 const NAMES = LIBVIRT_DOMAINS.map((d) => d.name);
@@ -183,6 +184,32 @@ describe('libvirt provider on a real libvirtd', function () {
     } finally {
       await fs.rm(tmp, { recursive: true, force: true });
     }
+  });
+
+  it('through Node-RED: a host node with provider libvirt runs the example pipeline over every defined domain', async () => {
+    const journalDir = mkdtempSync(path.join(os.tmpdir(), 'vmb-lv-nrj-'));
+    await new Promise<void>((resolve) => helper.startServer(() => resolve()));
+    try {
+      await helper.load([...NODE_MODULES, CATCH], pipelineFlow({
+        socketDir: '/nonexistent', repository, journalDir, fallback: 'checkpoint',
+        hostExtra: { hostName: 'lv-nr', provider: 'libvirt', libvirtUri: 'qemu:///system' },
+      }) as any);
+      const done = nextMessage('out-copy', 300_000);
+      const failed = nextMessage('caught', 300_000).then((m) => Promise.reject(new Error(`backup failed: ${m.error.message}`)));
+      helper.getNode('enumerate').receive({ payload: '' });
+      const msg = await Promise.race([done, failed]);
+      const byId = new Map<string, any>(msg.payload.vms.map((vm: any) => [vm.id, vm]));
+      assert.deepEqual(NAMES.map((n) => byId.get(n)?.consistency), ['application', 'crash', 'offline']);
+      assert.equal(msg.summary.ok, true);
+      for (const n of NAMES) assert.equal(manifestOf(repository, byId.get(n)).manifest.provider, 'libvirt');
+    } finally {
+      await helper.unload();
+      await new Promise<void>((resolve) => helper.stopServer(() => resolve()));
+      await fs.rm(journalDir, { recursive: true, force: true });
+    }
+    for (const n of [AGENT, NOAGENT]) assertLibvirtView(n, 'running');
+    assertLibvirtView(OFF, 'shut off');
+    noScratchLeft();
   });
 
   it('saved-state policy: the agentless domain is managed-saved, restored and running again, its state copied', async () => {
