@@ -16,8 +16,8 @@ export interface GuardianSpec {
   journal: string;
   backupId: string;
   parentPid: number;
-  /** how the guardian builds its own provider; only QEMU for now */
-  provider: { kind: 'qemu'; options: Record<string, unknown> };
+  /** how the guardian builds its own provider: QEMU or libvirt */
+  provider: { kind: 'qemu' | 'libvirt'; options: Record<string, unknown> };
   commandMs: number;
   /** stop retrying failed undos after this long (recovery at the next start goes on) */
   giveUpMs: number;
@@ -92,7 +92,8 @@ async function guard(spec: GuardianSpec): Promise<void> {
   }
   // loaded only here: the guardian is the one place of the pipeline that builds a provider
   const { QemuProvider } = require('../providers/qemu/qemu-provider') as typeof import('../providers/qemu/qemu-provider');
-  const provider = new QemuProvider(spec.provider.options as never);
+  const { LibvirtProvider } = require('../providers/libvirt/libvirt-provider') as typeof import('../providers/libvirt/libvirt-provider');
+  const provider = spec.provider.kind === 'libvirt' ? new LibvirtProvider(spec.provider.options as never) : new QemuProvider(spec.provider.options as never);
   const t0 = Date.now();
   try {
     // a set cut between two VMs' publish renames is taken back first (all or none)

@@ -15,6 +15,8 @@ import { BackupHost, DEFAULT_TIMEOUTS } from '../../src/pipeline/backup-host';
 import { LibvirtProvider } from '../../src/providers/libvirt/libvirt-provider';
 import { parseJobInfo, parseTable } from '../../src/providers/libvirt/parse';
 import { inspectImage } from '../support/image-check';
+import { recover } from '../../src/recovery';
+import { ArtifactRepository } from '../../src/repository/repository';
 import { CATCH, helper, nextMessage, NODE_MODULES, pipelineFlow } from '../nodes/flow-fixture';
 
 const LAB = process.env.VMBACKUP_LAB_DIR ?? '/tmp/vm-backup-lab';
@@ -223,5 +225,70 @@ describe('libvirt provider on a real libvirtd', function () {
     for (const n of [AGENT, NOAGENT]) assertLibvirtView(n, 'running');
     assertLibvirtView(OFF, 'shut off');
     noScratchLeft();
+  });
+  describe('fault cases: the backup process SIGKILLed', () => {
+    const crashScript = path.resolve(__dirname, '../support/libvirt-crash.js');
+    const crash = (journalFile: string, runDir: string, after: string, guardian: boolean) => {
+      const r = spawnSync(process.execPath, [crashScript, journalFile, repository, runDir, AGENT, after, guardian ? 'yes' : 'no'], { encoding: 'utf8', timeout: 120_000 });
+      assert.equal(r.signal, 'SIGKILL', `the backup process died by SIGKILL (${r.stderr})`);
+      assert.equal(r.stdout.trim(), `at ${after}`);
+    };
+    const jobNow = () => parseJobInfo(virshOk('domjobinfo', '--domain', AGENT));
+    const thawed = () => virsh('guestinfo', '--domain', AGENT, '--filesystem').status === 0;
+    const waitFor = async (what: string, ok: () => boolean, ms = 30_000) => {
+      const deadline = Date.now() + ms;
+      while (!ok()) {
+        assert.ok(Date.now() < deadline, `${what} within ${ms} ms`);
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    };
+
+    it('between backup-begin and domjobabort, no guardian: the job outlives the process; recovery at the next start ends it', async () => {
+      const dir = mkdtempSync(path.join(os.tmpdir(), 'vmb-lv-crash-'));
+      const journalFile = path.join(dir, 'journal.jsonl');
+      try {
+        crash(journalFile, dir, 'snapshotted', false);
+        assert.equal(jobNow().operation, 'Backup', 'libvirt still runs our backup job');
+        assert.ok(readdirSync(path.dirname(domainImage(AGENT, LAB))).some((f) => f.includes('.vmbackup-')), 'its scratch file exists');
+        assert.ok(thawed(), 'the guest was thawed before the process died');
+        const j = new Journal(journalFile);
+        const actions = await recover(j, new LibvirtProvider({ runDir: dir }), new ArtifactRepository(repository), 30_000);
+        j.close();
+        assert.ok(actions.some((a) => a.kind === 'merge' && a.ok && a.vm === AGENT), `recovery ended the job: ${JSON.stringify(actions)}`);
+        assertLibvirtView(AGENT, 'running');
+        noScratchLeft();
+      } finally {
+        await fs.rm(dir, { recursive: true, force: true });
+      }
+    });
+
+    it('between backup-begin and domjobabort, with its guardian: the guardian ends the job at once', async () => {
+      const dir = mkdtempSync(path.join(os.tmpdir(), 'vmb-lv-crash-'));
+      const journalFile = path.join(dir, 'journal.jsonl');
+      try {
+        const t0 = Date.now();
+        crash(journalFile, dir, 'snapshotted', true);
+        await waitFor('the guardian ended the backup job', () => jobNow().type === 'None', 20_000);
+        console.log(`      (job ended ${Date.now() - t0} ms after the process started)`);
+        await waitFor('the guardian journalled the end', () => readFileSync(journalFile, 'utf8').includes('"op":"end"'));
+        assertLibvirtView(AGENT, 'running');
+        noScratchLeft();
+      } finally {
+        await fs.rm(dir, { recursive: true, force: true });
+      }
+    });
+
+    it('while the guest is frozen, with its guardian: the guardian thaws it (domfsthaw)', async () => {
+      const dir = mkdtempSync(path.join(os.tmpdir(), 'vmb-lv-crash-'));
+      const journalFile = path.join(dir, 'journal.jsonl');
+      try {
+        crash(journalFile, dir, 'frozen', true);
+        await waitFor('the guest answers guestinfo --filesystem again (thawed)', thawed, 20_000);
+        await waitFor('the guardian journalled the end', () => readFileSync(journalFile, 'utf8').includes('"op":"end"'));
+        assertLibvirtView(AGENT, 'running');
+      } finally {
+        await fs.rm(dir, { recursive: true, force: true });
+      }
+    });
   });
 });

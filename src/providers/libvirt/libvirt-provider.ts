@@ -99,6 +99,21 @@ export class LibvirtProvider implements HostProvider {
     return { frozenFilesystems: Number(/Froze (\d+)/.exec(out)?.[1] ?? 0) };
   }
 
+  /**
+   * "frozen" or "thawed", from libvirt without a tainting qemu-agent-command: a frozen qemu-ga
+   * refuses guest-get-fsinfo ("the agent is in frozen state"), which `guestinfo --filesystem` calls.
+   * The pipeline asks it before the thaw: a guest that thawed early is not labelled application-consistent.
+   */
+  async freezeStatus(vmId: string): Promise<string> {
+    try {
+      await this.virsh.run(['guestinfo', '--domain', this.domain(vmId), '--filesystem'], this.call(5000));
+      return 'thawed';
+    } catch (err) {
+      if (err instanceof VirshError && /frozen state/i.test(err.detail)) return 'frozen';
+      throw err;
+    }
+  }
+
   async thaw(vmId: string, timeoutMs: number): Promise<number> {
     try {
       const out = await this.virsh.run(['domfsthaw', '--domain', this.domain(vmId)], this.call(timeoutMs));
@@ -231,6 +246,16 @@ export class LibvirtProvider implements HostProvider {
 
   async verifyDisk(overlay: Overlay, file: string): Promise<void> {
     await qemuImg.compare(this.qemuImgPath, overlay.base, overlay.baseFormat, file, 'qcow2');
+  }
+
+  /**
+   * What a guardian process needs to build its own provider (src/pipeline/guardian.ts): if
+   * Node-RED dies, it thaws (domfsthaw) and ends the job (domjobabort) at once, through virsh.
+   */
+  guardianSpec(): { kind: 'libvirt'; options: Record<string, unknown> } | undefined {
+    // a provider given a stand-in virsh (tests) cannot be rebuilt in another process
+    if (this.options.virsh) return undefined;
+    return { kind: 'libvirt', options: { uri: this.virsh.uri, runDir: this.runDir, commandMs: this.commandMs, ...(this.options.scratchDir ? { scratchDir: this.options.scratchDir } : {}) } };
   }
 
   /** Is a backup job of ours still running on the domain? (libvirt's word, for tests and recovery) */

@@ -85,3 +85,12 @@ describe('libvirt provider: refusals before any side effect', () => {
     await assert.rejects(p.exportDisk({ ...overlay, base: 'nbd+unix:///vda?socket=/elsewhere/ab/nbd.sock' }, '/tmp/x.qcow2'), /overlay.base: .* not an export of a backup job this provider started/);
   });
 });
+
+describe('libvirt provider: freeze status without qemu-agent-command', () => {
+  it('a frozen agent refuses guest-get-fsinfo: frozen; guestinfo answering: thawed; anything else is an error', async () => {
+    const frozen = new ScriptedVirsh({ guestinfo: [{ error: "internal error: unable to execute QEMU agent command 'guest-get-fsinfo': Command guest-get-fsinfo has been disabled: the agent is in frozen state" }] });
+    assert.equal(await new LibvirtProvider({ virsh: frozen }).freezeStatus('web'), 'frozen');
+    assert.equal(await new LibvirtProvider({ virsh: new ScriptedVirsh({ guestinfo: ['fs.count : 0\n'] }) }).freezeStatus('web'), 'thawed');
+    await assert.rejects(new LibvirtProvider({ virsh: new ScriptedVirsh({ guestinfo: [{ error: 'Guest agent is not responding' }] }) }).freezeStatus('web'), /not responding/);
+  });
+});
