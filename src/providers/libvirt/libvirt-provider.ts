@@ -18,6 +18,7 @@ import { enumerateDomains, type DomainRef } from './enumerate';
 import { definitionFrom, mapState, parseDomState } from './parse';
 import { saveDomain } from './saved-state';
 import { VirshError, VirshRunner, type Virsh } from './virsh';
+import { VirshSession } from './virsh-session';
 
 export interface LibvirtOptions {
   /** libvirt URI; default qemu:///system */
@@ -42,6 +43,8 @@ export class LibvirtProvider implements HostProvider {
   private readonly refs = new Map<string, DomainRef>();
   /** image files enumerate saw as included disks: the only files an offline copy reads */
   private readonly images = new Set<string>();
+  /** per frozen VM: one virsh process from freeze to thaw (see virsh-session.ts) */
+  private readonly sessions = new Map<string, VirshSession>();
 
   constructor(readonly options: LibvirtOptions = {}) {
     this.virsh = options.virsh ?? new VirshRunner(options.uri ?? 'qemu:///system', 'virsh', this.commandMs);
@@ -95,8 +98,30 @@ export class LibvirtProvider implements HostProvider {
   // ---- quiesce ----
 
   async freeze(vm: ClassifiedVm, timeoutMs: number): Promise<{ frozenFilesystems: number }> {
-    const out = await this.virsh.run(['domfsfreeze', '--domain', this.domain(vm.id)], this.call(timeoutMs));
+    const args = ['domfsfreeze', '--domain', this.domain(vm.id)];
+    const session = this.openSession(vm.id);
+    const out = session ? await session.run(args, /Froze \d+/, timeoutMs) : await this.virsh.run(args, this.call(timeoutMs));
     return { frozenFilesystems: Number(/Froze (\d+)/.exec(out)?.[1] ?? 0) };
+  }
+
+  /** A virsh session for the frozen window, when this provider drives the real virsh. */
+  private openSession(vmId: string): VirshSession | undefined {
+    if (this.options.virsh) return undefined;
+    this.sessions.get(vmId)?.close();
+    const session = new VirshSession(this.virsh.uri);
+    this.sessions.set(vmId, session);
+    return session;
+  }
+
+  /** The VM's open session if it can take a command now; else the one-shot runner is used. */
+  private session(vmId: string): VirshSession | undefined {
+    const s = this.sessions.get(vmId);
+    return s && !s.isClosed && !s.busy ? s : undefined;
+  }
+
+  private closeSession(vmId: string): void {
+    this.sessions.get(vmId)?.close();
+    this.sessions.delete(vmId);
   }
 
   /**
@@ -106,7 +131,10 @@ export class LibvirtProvider implements HostProvider {
    */
   async freezeStatus(vmId: string): Promise<string> {
     try {
-      await this.virsh.run(['guestinfo', '--domain', this.domain(vmId), '--filesystem'], this.call(5000));
+      const args = ['guestinfo', '--domain', this.domain(vmId), '--filesystem'];
+      const session = this.session(vmId);
+      if (session) await session.run(args, /fs\.count/, 5000);
+      else await this.virsh.run(args, this.call(5000));
       return 'thawed';
     } catch (err) {
       if (err instanceof VirshError && /frozen state/i.test(err.detail)) return 'frozen';
@@ -115,8 +143,14 @@ export class LibvirtProvider implements HostProvider {
   }
 
   async thaw(vmId: string, timeoutMs: number): Promise<number> {
+    const args = ['domfsthaw', '--domain', this.domain(vmId)];
     try {
-      const out = await this.virsh.run(['domfsthaw', '--domain', this.domain(vmId)], this.call(timeoutMs));
+      const session = this.session(vmId);
+      // a session that fails (or is busy with a hung freeze) never stands between a guest and its thaw
+      const out = session
+        ? await session.run(args, /Thawed \d+/, timeoutMs).catch(() => this.virsh.run(args, this.call(timeoutMs)))
+        : await this.virsh.run(args, this.call(timeoutMs));
+      this.closeSession(vmId);
       return Number(/Thawed (\d+)/.exec(out)?.[1] ?? 0);
     } catch (err) {
       // libvirt says no QEMU runs: no guest, nothing frozen (a later start boots thawed)
@@ -164,16 +198,17 @@ export class LibvirtProvider implements HostProvider {
     const planned = plannedOverlays(vm, backupId);
     if (planned.length === 0) return [];
     const domain = this.domain(vm.id);
-    let now = await this.state(vm.id);
-    if (now.mapped === 'saved' && vm.method === 'saved-state') {
-      // restored paused: the view is taken before a single guest instruction runs again
-      await this.virsh.run(['start', '--domain', domain, '--paused'], this.call(Math.max(this.commandMs, 120_000)));
-      now = await this.state(vm.id);
-    }
-    if (now.mapped !== 'running' && now.mapped !== 'paused') {
-      if (now.state !== 'shut off') throw new Error(`domain ${domain} is ${now.state} (${now.reason}): neither running nor shut off`);
+    // An online guest is frozen now: no domstate call here, every virsh call is frozen time.
+    // (backup-begin itself refuses a domain that stopped meanwhile.)
+    if (vm.method === 'offline') {
+      const now = await this.state(vm.id);
+      if (now.state !== 'shut off') throw new Error(`domain ${domain} was shut off at enumerate and is ${now.state} (${now.reason}) now; not copied as offline`);
       // no QEMU: the images are the point in time; the copy holds their lock while it reads
       return planned.map((o) => ({ ...o, overlayNode: 'offline' }));
+    }
+    if (vm.method === 'saved-state' && (await this.state(vm.id)).mapped === 'saved') {
+      // restored paused: the view is taken before a single guest instruction runs again
+      await this.virsh.run(['start', '--domain', domain, '--paused'], this.call(Math.max(this.commandMs, 120_000)));
     }
     await fs.mkdir(this.runDir, { recursive: true, mode: 0o700 });
     const dir = await fs.mkdtemp(path.join(this.runDir, `${backupId.slice(-6)}-`));
@@ -183,7 +218,11 @@ export class LibvirtProvider implements HostProvider {
       : { name: d.id, backup: false });
     let socket: string;
     try {
-      socket = await beginBackup(this.virsh, domain, dir, disks, this.commandMs);
+      const session = this.session(vm.id);
+      const via: Virsh = session
+        ? { uri: this.virsh.uri, run: (args, call) => session.run(args, /Backup started/, call?.timeoutMs ?? this.commandMs) }
+        : this.virsh;
+      socket = await beginBackup(via, domain, dir, disks, this.commandMs);
     } catch (err) {
       await fs.rm(dir, { recursive: true, force: true });
       throw err;
@@ -264,6 +303,7 @@ export class LibvirtProvider implements HostProvider {
   }
 
   async close(): Promise<void> {
-    // virsh processes end with each call: nothing stays open
+    // one-shot virsh calls end by themselves; a frozen window's session is closed
+    for (const id of [...this.sessions.keys()]) this.closeSession(id);
   }
 }
