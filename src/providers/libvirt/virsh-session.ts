@@ -50,12 +50,13 @@ export class VirshSession {
   async run(args: readonly string[], success: RegExp, timeoutMs: number): Promise<string> {
     if (this.closed) throw new Error('virsh session is closed');
     if (this.busy) throw new Error('virsh session is busy');
-    this.busy = true;
     // virsh echoes each command line after its prompt: the mark is two words, so that only the
     // output of echo (joined by one space) holds it, never the echoed command ('a' 'b')
     const id = `__vmbackup_${process.pid}_${++this.seq}`;
     const mark = `${id} end__`;
     const line = `${args.map(VirshSession.quote).join(' ')}\necho '${id}' 'end__'\n`;
+    // busy only once the command line is made: a refused argument leaves the session usable
+    this.busy = true;
     this.stdout = '';
     this.stderr = '';
     try {
