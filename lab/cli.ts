@@ -9,11 +9,13 @@
  *   node dist/lab/cli.js stop [--hard]           stop VMs (ACPI power-down, then quit) and qemu-nbd
  *   node dist/lab/cli.js status [--probe]        JSON status (pid alive, sockets; --probe: QMP + guest-sync)
  *   node dist/lab/cli.js records VM              verify /records.log of VM's data disk (offline read)
+ *   node dist/lab/cli.js libvirt-start|libvirt-stop|libvirt-status   the libvirt lab (libvirt-lab.ts)
  *
  * Common option: --lab-dir DIR (default $VMBACKUP_LAB_DIR or /tmp/vm-backup-lab)
  */
 import { buildGuest, defaultLabDir } from './guest-image';
 import { installPackages } from './install-packages';
+import { libvirtStart, libvirtStatus, libvirtStop } from './libvirt-lab';
 import { DiskFormat, labStatus, probeLab, startLab, stopLab, verifyVmRecords } from './lab-vms';
 
 const USAGE = `usage: node dist/lab/cli.js <command> [options]
@@ -25,6 +27,9 @@ commands:
   stop [--hard]                stop all lab VMs and NBD servers
   status [--probe]             print JSON status
   records VM                   verify records.log on VM's data disk (offline read of the image)
+  libvirt-start [--no-install] libvirtd by hand + domains vmb-lv-agent, vmb-lv-noagent (running), vmb-lv-off
+  libvirt-stop                 stop and undefine those domains, stop the libvirtd it started
+  libvirt-status               JSON: each lab domain's state
 options:
   --lab-dir DIR                lab directory (default $VMBACKUP_LAB_DIR or /tmp/vm-backup-lab)`;
 
@@ -118,6 +123,20 @@ async function main(argv: string[]): Promise<number> {
       console.log(JSON.stringify(v, null, 2));
       return v.ok ? 0 : 1;
     }
+    case 'libvirt-start': {
+      const doms = await libvirtStart({
+        labDir: p.labDir, install: !p.flags.has('no-install'), log,
+        ...(p.timeoutSec ? { timeoutMs: p.timeoutSec * 1000 } : {}),
+      });
+      console.log(JSON.stringify(doms, null, 2));
+      return 0;
+    }
+    case 'libvirt-stop':
+      await libvirtStop({ labDir: p.labDir, log });
+      return 0;
+    case 'libvirt-status':
+      console.log(JSON.stringify(await libvirtStatus(p.labDir), null, 2));
+      return 0;
     case '':
     case 'help':
     case '--help':

@@ -33,7 +33,12 @@ mocha=(node node_modules/mocha/bin/mocha.js)
 suite unit "${mocha[@]}" 'dist/test/unit/**/*.test.js'
 suite nodes "${mocha[@]}" --timeout 60000 'dist/test/nodes/**/*.test.js'
 suite nodes-node-red-5 bash scripts/nr5-tests.sh
+# the libvirt lab (libvirtd by hand + 3 domains) boots beside the QEMU lab; its test skips, saying
+# why, only when libvirtd cannot run here
+node dist/lab/cli.js libvirt-start --no-install --lab-dir "$VMBACKUP_LAB_DIR" >/dev/null 2>&1 &
+libvirt_lab=$!
 node dist/lab/cli.js start --lab-dir "$VMBACKUP_LAB_DIR" >/dev/null 2>&1 || echo "lab did not start; integration suites will fail" >&2
+wait "$libvirt_lab" || echo "libvirt lab did not start (libvirt.test.js says why)" >&2
 suite integration "${mocha[@]}" --timeout 600000 'dist/test/integration/**/*.test.js'
 # fuzzing + fault cases on bare QEMU VMs and the repository, then the cases on lab guests (qemu-ga,
 # freeze hooks) and on a real node-red process (SIGKILL, restart, redeploy); both gate. The lab part
@@ -46,6 +51,7 @@ suite e2e bash scripts/e2e-tests.sh
 suite browser bash scripts/browser-tests.sh
 suite scorecard bash scripts/scorecard.sh
 node dist/lab/cli.js stop --lab-dir "$VMBACKUP_LAB_DIR" >/dev/null 2>&1 || true
+node dist/lab/cli.js libvirt-stop --lab-dir "$VMBACKUP_LAB_DIR" >/dev/null 2>&1 || true
 
 [ ${#suites_failed[@]} -gt 0 ] && echo "failed suites: ${suites_failed[*]}" >&2
 echo "$passed passed, $failed failed"

@@ -29,6 +29,10 @@ export const PROVIDERS = {
     socketDir: { rule: { kind: 'dir', required: true } },
     overlayDir: { rule: { kind: 'dir', required: false } },
   },
+  libvirt: {
+    // checked as a URI by the libvirt provider (virsh -c); qemu+ssh:// reaches a remote libvirtd
+    libvirtUri: { rule: { kind: 'text', required: false, maxLength: 1024 } },
+  },
   hyperv: {
     hvMode: { rule: { kind: 'enum', values: ['local', 'ssh'], default: 'local' } },
     sshHost: { rule: { kind: 'text', required: true, maxLength: 255 }, when: { hvMode: ['ssh'] } },
@@ -164,6 +168,8 @@ function providerSettings(provider: ProviderKind, c: HostConfig, creds: HostCred
   switch (provider) {
     case 'qemu':
       return { qemu: { socketDir: checkRoot(c.socketDir, 'socketDir'), ...(c.overlayDir ? { overlayDir: checkRoot(c.overlayDir, 'overlayDir') } : {}) } };
+    case 'libvirt':
+      return { libvirt: { uri: c.libvirtUri ? String(c.libvirtUri).trim() : 'qemu:///system' } };
     case 'hyperv': {
       const mode = c.hvMode === 'ssh' ? 'ssh' : 'local';
       if (mode === 'local') return { hyperv: { mode } };

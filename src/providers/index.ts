@@ -6,10 +6,11 @@ import type { SshTarget } from './ssh-target';
 // The settings are checked once, in src/host/settings.ts (the host node's fields and the editor);
 // here each provider only turns its part into its own options.
 export interface ProviderConfig {
-  provider: 'qemu' | 'hyperv';
+  provider: 'qemu' | 'hyperv' | 'libvirt';
   hostName: string;
   qemu?: { socketDir: string; overlayDir?: string; compress?: boolean; commandMs?: number };
   hyperv?: { mode: 'local' | 'ssh'; ssh?: SshTarget };
+  libvirt?: { uri?: string; runDir?: string };
 }
 
 /** The provider registry: a new provider is one line here (and its settings in src/host/settings.ts). */
@@ -23,6 +24,13 @@ const FACTORIES: Record<ProviderConfig['provider'], (config: ProviderConfig) => 
       ...(q.compress !== undefined ? { compress: q.compress } : {}),
       ...(q.commandMs !== undefined ? { commandMs: q.commandMs } : {}),
     });
+  },
+  // loaded on demand, like Hyper-V
+  libvirt: (config) => {
+    const { LibvirtProvider } = require('./libvirt/libvirt-provider') as typeof import('./libvirt/libvirt-provider');
+    const { checkUri } = require('./libvirt/virsh') as typeof import('./libvirt/virsh');
+    const l = config.libvirt ?? {};
+    return new LibvirtProvider({ uri: checkUri(l.uri ?? 'qemu:///system'), ...(l.runDir ? { runDir: checkRoot(l.runDir, 'runDir') } : {}) });
   },
   // loaded on demand: QEMU users never load the Hyper-V code
   hyperv: (config) => {
@@ -45,7 +53,7 @@ export function createProvider(config: ProviderConfig): HostProvider {
 export function providerFromSpec(spec: GuardianProviderSpec): HostProvider {
   if (spec.kind === 'qemu') return new QemuProvider(spec.options as never);
   if (spec.kind === 'libvirt') {
-    const { LibvirtProvider } = require('./libvirt') as { LibvirtProvider: new (o: never) => HostProvider };
+    const { LibvirtProvider } = require('./libvirt/libvirt-provider') as { LibvirtProvider: new (o: never) => HostProvider };
     return new LibvirtProvider(spec.options as never);
   }
   throw new Error(`provider ${spec.kind} cannot be rebuilt outside Node-RED`);

@@ -133,7 +133,7 @@ export interface HostProvider {
   describe(vmId: string): Promise<Record<string, unknown>>;
 
   /** How a guardian rebuilds this provider outside Node-RED; absent: no guardian (recovery at start only). */
-  guardianSpec?(): GuardianProviderSpec;
+  guardianSpec?(): GuardianProviderSpec | undefined;
   /** At start: remove what a crash of an earlier process left that no journal names (Hyper-V checkpoints). */
   removeLeftovers?(): Promise<string[]>;
 

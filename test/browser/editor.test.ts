@@ -215,7 +215,15 @@ describe('editor in headless Chromium', function () {
     assert.equal(await page.locator('#node-config-input-sshHost').isVisible(), true);
     assert.equal(await page.locator('#node-config-input-privateKey').isVisible(), true);
     await page.locator('#node-config-input-hvMode').selectOption('local');
+    // libvirt: its URI only, no socket dir, no Hyper-V rows
+    await provider.selectOption('libvirt');
+    assert.equal(await page.locator('#node-config-input-libvirtUri').isVisible(), true);
+    // an imported host has no URI set: the field shows the default the runtime then uses
+    assert.equal(await page.locator('#node-config-input-libvirtUri').getAttribute('placeholder'), 'qemu:///system');
+    assert.equal(await page.locator('#node-config-input-socketDir').isVisible(), false);
+    assert.equal(await page.locator('#node-config-input-hvMode').isVisible(), false);
     await provider.selectOption('qemu');
+    assert.equal(await page.locator('#node-config-input-libvirtUri').isVisible(), false);
     assert.equal(await page.locator('#node-config-input-socketDir').isVisible(), true);
     // a relative repository is refused in the dialog
     const repository = page.locator('#node-config-input-repository');

@@ -1,0 +1,97 @@
+// Every defined domain, running or not, as the backup set's EnumeratedVm: the same shape the
+// QEMU provider gives, so the classification rules apply unchanged.
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import type { EnumeratedVm } from '../../contract/types';
+import { isSafeName } from '../../util/ids';
+import { definitionFrom, guestFrom, mapState, parseDomState, parseKeyValues, parseNames, parseTable, type DomainDefinition } from './parse';
+import { VirshError, type Virsh } from './virsh';
+
+export interface EnumerateOptions {
+  timeoutMs: number;
+  /** stat the images (st_dev) for the same-volume rule: only when libvirt runs on this machine */
+  localFiles: boolean;
+  /** where scratch files go; default: beside each VM's first disk */
+  scratchDir?: string;
+}
+
+export interface DomainRef {
+  /** what virsh is given: the name when it is a safe id, else the UUID */
+  domain: string;
+  definition: DomainDefinition;
+  state: string;
+  reason: string;
+}
+
+/** The VM id: the domain name when it is usable as a folder name, else its UUID (always safe). */
+export function vmIdFor(name: string, uuid: string): string {
+  return isSafeName(name) ? name : uuid;
+}
+
+export async function enumerateDomains(virsh: Virsh, o: EnumerateOptions): Promise<{ vms: EnumeratedVm[]; refs: Map<string, DomainRef>; warnings: string[] }> {
+  const names = parseNames(await virsh.run(['list', '--all', '--name'], { timeoutMs: o.timeoutMs }));
+  const refs = new Map<string, DomainRef>();
+  const warnings: string[] = [];
+  const vms: EnumeratedVm[] = [];
+  // one domain at a time: libvirtd serialises calls on a domain anyway, and a host with many
+  // domains must not start hundreds of virsh processes at once
+  for (const name of names) {
+    try {
+      const { vm, ref } = await enumerateOne(virsh, name, o);
+      if (refs.has(vm.id)) throw new Error(`two domains map to the VM id "${vm.id}"`);
+      refs.set(vm.id, ref);
+      vms.push(vm);
+    } catch (err) {
+      // never dropped in silence: the set says which domain could not be read and why
+      warnings.push(`domain "${name.slice(0, 200)}" could not be enumerated and is NOT backed up: ${(err as Error).message.slice(0, 600)}`);
+    }
+  }
+  vms.sort((a, b) => a.id.localeCompare(b.id));
+  return { vms, refs, warnings };
+}
+
+async function enumerateOne(virsh: Virsh, name: string, o: EnumerateOptions): Promise<{ vm: EnumeratedVm; ref: DomainRef }> {
+  const call = { timeoutMs: o.timeoutMs };
+  // the live definition when it runs (hot-plugged disks, current sources), else the stored one
+  const { state, reason } = parseDomState(await virsh.run(['domstate', '--domain', name, '--reason'], call));
+  const definition = definitionFrom(await virsh.run(['dumpxml', '--domain', name], call));
+  const id = vmIdFor(definition.name || name, definition.uuid);
+  if (!isSafeName(id)) throw new Error(`neither its name nor its UUID "${definition.uuid}" is a usable VM id`);
+  const domain = id;
+  const mapped = mapState(state, reason);
+  const disks = definition.disks;
+  const sizes = await virsh.run(['domblkinfo', '--domain', domain, '--all'], call).then(parseTable, () => []);
+  for (const d of disks) {
+    const cap = Number(sizes.find((r) => r.Target === d.id)?.Capacity);
+    if (d.included && Number.isSafeInteger(cap) && cap > 0) d.virtualSize = cap;
+    if (d.included && o.localFiles && d.file.startsWith('/')) {
+      const st = await fs.stat(d.file).catch(() => undefined);
+      if (st) d.volumeId = String(st.dev);
+    }
+  }
+  const firstFile = disks.find((d) => d.included && d.file.startsWith('/'))?.file;
+  const snapshotDir = o.scratchDir ?? (firstFile ? path.dirname(firstFile) : '/');
+  const snapshotVolume = o.localFiles ? await fs.stat(snapshotDir).then((s) => String(s.dev), () => undefined) : undefined;
+  const vm: EnumeratedVm = {
+    id,
+    name: (definition.name || name).slice(0, 256),
+    state: mapped,
+    agent: { present: definition.agentChannel, responding: false, freezeEnabled: false },
+    guest: { filesystems: [] },
+    disks,
+    snapshotLocation: snapshotVolume ? { path: snapshotDir, volumeId: snapshotVolume } : { path: snapshotDir },
+  };
+  if (definition.agentChannel && mapped === 'running') {
+    try {
+      const kv = parseKeyValues(await virsh.run(['guestinfo', '--domain', domain, '--os', '--filesystem'], call));
+      vm.guest = guestFrom(kv);
+      // libvirt lists no agent command set without a (tainting) qemu-agent-command call: an agent
+      // that answers guestinfo counts as able to freeze, and a freeze it refuses fails prepare
+      vm.agent = { present: true, responding: true, freezeEnabled: true };
+    } catch (err) {
+      if (!(err instanceof VirshError)) throw err;
+      vm.agent = { present: true, responding: false, freezeEnabled: false, error: err.detail.slice(0, 1024) };
+    }
+  }
+  return { vm, ref: { domain, definition, state, reason } };
+}

@@ -1,0 +1,71 @@
+// libvirt is driven only through `virsh`, with argument vectors (no shell), against one URI.
+// libvirtd owns each domain's monitor and agent sockets: a second client on them would queue
+// behind libvirt and never be served, so nothing here opens them.
+import { ProgramFailed, runProgram } from '../../util/run';
+
+export interface VirshCall {
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+/** What the provider needs of virsh; a unit test passes a recorded one. */
+export interface Virsh {
+  readonly uri: string;
+  /** stdout of `virsh -c <uri> <args...>`; rejects with VirshError */
+  run(args: readonly string[], call?: VirshCall): Promise<string>;
+}
+
+export class VirshError extends Error {
+  constructor(readonly args: readonly string[], readonly detail: string, readonly code: number | null) {
+    super(`virsh ${args.slice(0, 2).join(' ')}: ${detail}`);
+    this.name = 'VirshError';
+  }
+
+  /** libvirt's own words for a domain that has no QEMU process */
+  get notRunning(): boolean {
+    return /domain is not running|not running/i.test(this.detail);
+  }
+
+  get noAgent(): boolean {
+    return /guest agent is not configured|agent is not connected|guest agent is not responding|agent not available|agent command timed out/i.test(this.detail);
+  }
+
+  get noDomain(): boolean {
+    return /failed to get domain|domain not found|no domain with matching/i.test(this.detail);
+  }
+}
+
+/** The "error: ..." lines virsh prints, without the prefix. */
+export function virshErrorText(stderr: string): string {
+  const lines = stderr.split('\n').map((l) => l.trim()).filter(Boolean);
+  const errors = lines.filter((l) => l.startsWith('error:')).map((l) => l.replace(/^error:\s*/, ''));
+  return (errors.length ? errors : lines).join(': ').slice(0, 900) || 'failed without a message';
+}
+
+/** A libvirt URI: qemu:///system, qemu:///session, qemu+ssh://user@host/system, ... */
+export function checkUri(uri: unknown): string {
+  if (typeof uri !== 'string' || !/^[a-z][a-z0-9+]*:\/\/[^\s]*$/.test(uri) || uri.length > 512) {
+    throw new Error(`uri: "${String(uri)}" is not a libvirt URI (e.g. qemu:///system or qemu+ssh://root@host/system)`);
+  }
+  return uri;
+}
+
+export class VirshRunner implements Virsh {
+  constructor(readonly uri: string, private readonly program = 'virsh', private readonly defaultTimeoutMs = 60_000) {
+    checkUri(uri);
+  }
+
+  async run(args: readonly string[], call: VirshCall = {}): Promise<string> {
+    const full = ['-c', this.uri, ...args];
+    try {
+      const { stdout } = await runProgram(this.program, full, {
+        timeoutMs: call.timeoutMs ?? this.defaultTimeoutMs,
+        ...(call.signal ? { signal: call.signal } : {}),
+      });
+      return stdout;
+    } catch (err) {
+      if (err instanceof ProgramFailed) throw new VirshError(args, virshErrorText(err.stderr), err.code);
+      throw err;
+    }
+  }
+}
