@@ -31,7 +31,7 @@ describe('host settings: one validator', () => {
   const bad: [string, HostConfig, RegExp][] = [
     ['relative repository', { ...base, repository: 'rel/dir' }, /^Error: repository: "rel\/dir" must be an absolute path$/],
     ['missing socketDir', { ...base, socketDir: '' }, /^Error: socketDir: is required$/],
-    ['unknown provider', { ...base, provider: 'vmware' }, /^Error: provider: "vmware" is not one of qemu, hyperv$/],
+    ['unknown provider', { ...base, provider: 'vmware' }, /^Error: provider: "vmware" is not one of qemu, libvirt, hyperv$/],
     ['host name with a slash', { ...base, hostName: 'a/b' }, /^Error: hostName: "a\/b" must be letters/],
     ['freeze timeout out of range', { ...base, freezeTimeout: '0' }, /^Error: freezeTimeout: "0" must be a number from 1 to 600$/],
     ['freeze timeout not a number', { ...base, freezeTimeout: '10s' }, /^Error: freezeTimeout: "10s" must be a number/],
