@@ -1,5 +1,6 @@
 // The all-or-nothing coordinator: one object per host, owning every live backup set on it.
 // Each stage checks that the set is one it started, at the stage it expects, before acting.
+import { msSince } from '../util/clock';
 import { classifyAll } from '../classify/classify';
 import type { StageName } from '../contract/schemas';
 import type {
@@ -79,7 +80,7 @@ export class BackupHost {
 
   /** A stage's timing: when it started (wall clock), how long it took (monotonic clock). */
   private timing(startedAt: number, monoStart: number) {
-    return { startedAt: new Date(startedAt).toISOString(), ms: performance.now() - monoStart };
+    return { startedAt: new Date(startedAt).toISOString(), ms: msSince(monoStart) };
   }
 
   /** A set ended: its VMs' connections go back to the host unless another live set uses them. */
@@ -224,7 +225,7 @@ export class BackupHost {
       await this.provider.armView(vm, view);
       const frozenFilesystems = await live.freeze(vm.id, async () =>
         (await this.provider.freeze(vm, this.options.timeouts.freezeMs)).frozenFilesystems);
-      return { ...vm, prepare: { action: 'freeze', previousState, frozenFilesystems, frozenAt: new Date(t0).toISOString(), ...base, ms: performance.now() - m0 } };
+      return { ...vm, prepare: { action: 'freeze', previousState, frozenFilesystems, frozenAt: new Date(t0).toISOString(), ...base, ms: msSince(m0) } };
     }
     if (vm.method === 'saved-state') {
       // the view is armed after the save: QEMU cannot migrate with its filters in the graph;
@@ -244,11 +245,11 @@ export class BackupHost {
       });
       return {
         ...vm,
-        prepare: { action: 'save', previousState: state, savedStateFile: file, savedStateBytes: bytes, pausedAt: new Date(pausedAtWall).toISOString(), ...base, ms: performance.now() - m0 },
+        prepare: { action: 'save', previousState: state, savedStateFile: file, savedStateBytes: bytes, pausedAt: new Date(pausedAtWall).toISOString(), ...base, ms: msSince(m0) },
       };
     }
     await this.provider.armView(vm, view);
-    return { ...vm, prepare: { action: 'none', previousState, ...base, ms: performance.now() - m0 } };
+    return { ...vm, prepare: { action: 'none', previousState, ...base, ms: msSince(m0) } };
   }
 
   // ---- snapshot: the view's moment for each VM, thaw at once ----
@@ -295,7 +296,7 @@ export class BackupHost {
         ...(made.pausedMs !== undefined ? { pausedMs: made.pausedMs } : {}),
         ...(frozenMs !== undefined ? { thawedAt: new Date().toISOString(), frozenMs } : {}),
         ...(live.thawedByWatchdog.has(vm.id) ? { thawedByWatchdog: true } : {}),
-        ms: performance.now() - m0,
+        ms: msSince(m0),
       },
     };
   }
@@ -323,7 +324,7 @@ export class BackupHost {
           // The view holds the guest's consistency point; every later write goes to the VM's own image.
           revertedToConsistencyPoint: vm.method === 'child-vm-snapshot' && vm.consistency === 'application',
           ...(resumedTo !== undefined && live.downtimeMs(vm.id) !== undefined ? { downtimeMs: live.downtimeMs(vm.id) } : {}),
-          ms: performance.now() - v0,
+          ms: msSince(v0),
         },
       };
     }));

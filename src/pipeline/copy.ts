@@ -1,6 +1,7 @@
 // Copy artifacts: every VM's disks (each a full, or an incremental on the previous backup),
 // definition and saved state into its staging directory, a schema-checked manifest with the
 // sha256 of every file, then publish all VMs or none.
+import { msSince } from '../util/clock';
 import { promises as fs, type BigIntStats } from 'node:fs';
 import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -169,7 +170,7 @@ async function publishAll(repo: ArtifactRepository, live: LiveBackup, host: stri
       results.push({
         ...s.vm,
         copy: {
-          path: path.relative(repo.root, final), bytes, files: s.files.length + 1, released: false, ms: performance.now() - s.startedAt,
+          path: path.relative(repo.root, final), bytes, files: s.files.length + 1, released: false, ms: msSince(s.startedAt),
           bytesRead, ...(changed.length ? { bytesChanged: changed.reduce((n, f) => n + (f.chain?.bytesChanged ?? 0), 0) } : {}),
         },
       });
@@ -239,7 +240,7 @@ function buildManifest(set: PostSnapshotSet, host: string, s: Staged): Manifest 
   const vm = s.vm;
   const timings: Record<string, number> = {};
   for (const [stage, t] of Object.entries(set.timings)) if (t) timings[`${stage}Ms`] = t.ms;
-  timings.copyMs = performance.now() - s.startedAt;
+  timings.copyMs = msSince(s.startedAt);
   return {
     format: 'vm-backup-manifest@1',
     backupId: set.backupId,

@@ -1,5 +1,6 @@
 // What one backup set has done to the VMs and not yet undone, with the watchdogs that undo it
 // whatever the flow does next. Every side effect is journalled before it happens.
+import { msSince } from '../util/clock';
 import type { StageName } from '../contract/schemas';
 import type { PointInTimeView } from '../contract/types';
 import type { Journal, TrackIntent } from '../journal/journal';
@@ -374,7 +375,7 @@ export class LiveBackup {
       f.timer.unref();
       throw err;
     }
-    return this.thawed(vmId, f, performance.now() - f.since);
+    return this.thawed(vmId, f, msSince(f.since));
   }
 
   private thawed(vmId: string, f: Frozen, frozenMs: number): number {
@@ -383,7 +384,7 @@ export class LiveBackup {
     this.note({ backupId: this.backupId, vm: vmId, op: 'thaw', phase: 'done' }, false);
     this.endIfUndone();
     if (this.stage === 'ended' && this.frozen.size === 0 && !this.adopting) this.leaveHost();
-    return frozenMs;
+    return Math.round(frozenMs * 10) / 10;
   }
 
   // --- saved state / resume ---
@@ -409,7 +410,7 @@ export class LiveBackup {
     this.note({ backupId: this.backupId, vm: vmId, op: 'resume', phase: 'intent' });
     await this.provider.resume(vmId, s.previousState);
     this.saved.delete(vmId);
-    this.downtimes.set(vmId, performance.now() - s.since);
+    this.downtimes.set(vmId, msSince(s.since));
     this.note({ backupId: this.backupId, vm: vmId, op: 'resume', phase: 'done' });
     this.endIfUndone();
     return s.previousState;

@@ -20,3 +20,8 @@ export function stopwatch(): Stopwatch {
 export function monoNow(): number {
   return performance.now();
 }
+
+/** Milliseconds since `mono` (a monoNow() reading), to a tenth of a millisecond: a duration to report. */
+export function msSince(mono: number): number {
+  return Math.round((performance.now() - mono) * 10) / 10;
+}

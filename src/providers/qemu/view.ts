@@ -128,7 +128,7 @@ export async function switchView(c: QmpClient, plan: ViewPlan, opts: { pause: bo
         for (const d of plan.disks) await c.execute('qom-set', { path: d.qdev, property: 'drive', value: d.cbwNode });
       } finally {
         await c.execute('cont');
-        paused = performance.now() - t0;
+        paused = Math.round((performance.now() - t0) * 10) / 10;
       }
     }
   }

@@ -39,7 +39,7 @@ function flipByte(file: string, offset: number): void {
     flattenDisk({ backupDir: dir, disk: DISK, out, format, verify: (d) => verifyBackup(d) });
 
   beforeEach(() => {
-    tmp = fs.mkdtempSync(path.join(process.env.VMBACKUP_LAB_DIR ?? os.tmpdir(), 'vmb-chain-'));
+    tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vmb-chain-'));
     repo = makeChainRepo(tmp);
   });
   afterEach(() => fs.rmSync(tmp, { recursive: true, force: true }));
