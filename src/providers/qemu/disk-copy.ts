@@ -71,7 +71,8 @@ export async function copyDisk(c: QmpClient, d: ViewDisk, dest: string, o: DiskC
   } finally {
     if (added) await c.execute('blockdev-del', { 'node-name': d.targetNode }).catch(() => undefined);
     stopServer.abort(new Error('copy ended'));
-    await server.catch(() => undefined);
+    // bounded: a qemu-nbd that does not end on SIGTERM must not hold the stage (and its undo) forever
+    await Promise.race([server.catch(() => undefined), new Promise((r) => setTimeout(r, 10_000).unref())]);
     await fs.rm(sock, { force: true });
   }
 }
