@@ -40,6 +40,8 @@ libvirt_lab=$!
 node dist/lab/cli.js start --lab-dir "$VMBACKUP_LAB_DIR" >/dev/null 2>&1 || echo "lab did not start; integration suites will fail" >&2
 wait "$libvirt_lab" || echo "libvirt lab did not start (libvirt.test.js says why)" >&2
 suite integration "${mocha[@]}" --timeout 600000 'dist/test/integration/**/*.test.js'
+# only the integration suite uses the libvirt domains: their CPU goes back to the timed fault cases
+node dist/lab/cli.js libvirt-stop --lab-dir "$VMBACKUP_LAB_DIR" >/dev/null 2>&1 || true
 # fuzzing + fault cases on bare QEMU VMs and the repository, then the cases on lab guests (qemu-ga,
 # freeze hooks) and on a real node-red process (SIGKILL, restart, redeploy); both gate. The lab part
 # starts two guests of its own (VMBACKUP_FAULTS_LAB_DIR), separate from the integration lab.
