@@ -183,10 +183,7 @@ export class BackupHost {
         if (other === live || other.stage === 'enumerated' || other.stage === 'classified') continue;
         // an ended set stays until its retried undos succeed: only the VMs it still holds are taken
         if (other.stage === 'ended' && other.holds(vm.id)) {
-          throw new StageError(`/vms: VM "${vm.id}" still holds effects of the ended backup set ${other.backupId} (their undo is being retried)`);
-        }
-        if (other.stage === 'ended' && other.holds(vm.id)) {
-          throw new StageError(`/vms: VM "${vm.id}" still has undos of the ended backup set ${other.backupId} in place (its guardian retries them)`);
+          throw new StageError(`/vms: VM "${vm.id}" still has undos of the ended backup set ${other.backupId} in place (they are retried until they succeed)`);
         }
         if (other.stage !== 'ended' && other.vmIds.has(vm.id)) {
           throw new StageError(`/vms: VM "${vm.id}" is already in backup set ${other.backupId}`);

@@ -159,7 +159,7 @@ export class LiveBackup {
 
   /** True while this set still has an effect in place on the VM (frozen, saved, a view, tracking to settle). */
   holds(vmId: string): boolean {
-    return this.frozen.has(vmId) || this.saved.has(vmId) || this.views.has(vmId) || this.tracks.has(vmId);
+    return this.frozen.has(vmId) || this.saved.has(vmId) || this.views.has(vmId) || this.tracks.has(vmId) || this.staging.has(vmId);
   }
 
   /** How long the VM's vCPUs were stopped for its saved state, once it runs again (monotonic clock). */

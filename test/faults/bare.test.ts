@@ -266,7 +266,7 @@ describe('fault injection: bare QEMU VMs through the pipeline nodes', function (
         await holder.close();
       }
       let retried: string | undefined;
-      for (let i = 0; i < 600 && !(retried = logged(/succeeded on a retry/)); i++) await sleep(100);
+      for (let i = 0; i < 600 && !(retried = logged(/succeeded on a retry|retried and done by its guardian/)); i++) await sleep(100);
       assert.ok(retried, 'the retry that succeeded is reported');
       return { note: `reported: "${short(failed!.replace(/^.*could not undo: /, ''), 90)}"; then "${short(retried, 60)}"`, backupId, published: false };
     });

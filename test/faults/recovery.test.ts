@@ -139,8 +139,8 @@ describe('fault injection: recovery touches only what it made', function () {
   }
 
   it('a null line and other non-entries in the journal', async () => {
-    await nrCase('journal lines that parse but are not entries (null, wrong types, unknown op, unsafe ids), after a kill on overlays',
-      'host ready; every bad line skipped and counted in the report with its reason; the overlays merged; a later backup runs', { lastStage: 'snapshot' }, async (ctx) => {
+    await nrCase('journal lines that parse but are not entries (null, wrong types, unknown op, unsafe ids), after a kill with views in place',
+      'host ready; every bad line skipped and counted in the report with its reason; the views taken out; a later backup runs', { lastStage: 'snapshot' }, async (ctx) => {
         const set = await ctx.runTo('snapshot');
         await ctx.killAll();
         const file = journalPath(ctx.journalDir, 'bare');
@@ -153,7 +153,7 @@ describe('fault injection: recovery touches only what it made', function () {
         assert.doesNotMatch(nr.log, /not ready/);
         const skipped = report.payload.actions.find((a: any) => a.kind === 'skip-lines');
         assert.match(skipped?.error ?? '', /^6 journal line\(s\) skipped.*not an object \(null\)/);
-        assert.deepEqual(report.payload.actions.filter((a: any) => a.kind === 'merge' && a.ok).map((a: any) => a.vm).sort(), ['alpha', 'beta']);
+        assert.deepEqual(report.payload.actions.filter((a: any) => a.kind === 'release' && a.ok).map((a: any) => a.vm).sort(), ['alpha', 'beta']);
         const next = await backupWorks(ctx);
         return { note: `report: ${actionsText(report)}; "${skipped.error.slice(0, 70)}~"; ${next}`, backupId: set.backupId, published: false };
       });
@@ -163,7 +163,7 @@ describe('fault injection: recovery touches only what it made', function () {
     const victim = mkdtempSync(path.join(os.tmpdir(), 'vmb-faults-victim-'));
     try {
       await nrCase('journal staging line naming a directory outside the repository (plain, and shaped like a staging directory)',
-        'neither directory touched (recovery removes only the staging directory it computes); reported; the overlays merged', { lastStage: 'snapshot' }, async (ctx) => {
+        'neither directory touched (recovery removes only the staging directory it computes); reported; the views taken out', { lastStage: 'snapshot' }, async (ctx) => {
           const set = await ctx.runTo('snapshot');
           await ctx.killAll();
           const shaped = path.join(victim, 'alpha', `.partial-${set.backupId}`);
@@ -182,7 +182,7 @@ describe('fault injection: recovery touches only what it made', function () {
           assert.equal(refused.length, 2, `both refused and reported: ${actionsText(report)}`);
           assert.match(refused.join('\n'), /is not a staging directory of backup/);
           assert.match(refused.join('\n'), /is not this set's/);
-          assert.ok(report.payload.actions.some((a: any) => a.kind === 'merge' && a.ok));
+          assert.ok(report.payload.actions.some((a: any) => a.kind === 'release' && a.ok));
           return { note: `report: ${actionsText(report)}; both directories intact`, backupId: set.backupId, published: false };
         });
     } finally {
@@ -191,8 +191,8 @@ describe('fault injection: recovery touches only what it made', function () {
   });
 
   it('the host renamed in the config after a crash', async () => {
-    await nrCase('host renamed in the config (bare -> bare-renamed) after Node-RED and its guardian were killed on overlays',
-      'the node finds its sets in the journal of its old name (lines stamped with its id): overlays merged, reported, old journal emptied; a backup under the new name runs on the VMs\' own images',
+    await nrCase('host renamed in the config (bare -> bare-renamed) after Node-RED and its guardian were killed with views in place',
+      'the node finds its sets in the journal of its old name (lines stamped with its id): views taken out, reported, old journal emptied; a backup under the new name runs on the VMs\' own images',
       { lastStage: 'snapshot' }, async (ctx) => {
         const set = await ctx.runTo('snapshot');
         await ctx.killAll();
@@ -202,9 +202,9 @@ describe('fault injection: recovery touches only what it made', function () {
         writeFileSync(flowsFile, JSON.stringify(flows));
         const report = await ctx.restart();
         assert.ok(report, 'a recovery report reached Catch');
-        const merges = report.payload.actions.filter((a: any) => a.kind === 'merge' && a.ok);
-        assert.deepEqual(merges.map((a: any) => a.vm).sort(), ['alpha', 'beta']);
-        assert.equal(merges[0].journal, journalPath(ctx.journalDir, 'bare'));
+        const releases = report.payload.actions.filter((a: any) => a.kind === 'release' && a.ok);
+        assert.deepEqual(releases.map((a: any) => a.vm).sort(), ['alpha', 'beta']);
+        assert.equal(releases[0].journal, journalPath(ctx.journalDir, 'bare'));
         const next = await backupWorks(ctx, 'bare-renamed');
         await fs.rm(path.join(repository, 'bare-renamed'), { recursive: true, force: true });
         return { note: `report: ${actionsText(report)} (from journal-bare.jsonl); ${next}`, backupId: set.backupId, published: false };
@@ -212,17 +212,17 @@ describe('fault injection: recovery touches only what it made', function () {
   });
 
   it('the journal directory removed between two backups', async () => {
-    await nrCase('journal directory removed between two backups, then Node-RED and its guardian killed on overlays',
-      'the second backup\'s intents land in a re-created journal at its path; recovery merges the overlays and reports it', { lastStage: 'snapshot', idleTimeout: 5 }, async (ctx) => {
+    await nrCase('journal directory removed between two backups, then Node-RED and its guardian killed with views in place',
+      'the second backup\'s intents land in a re-created journal at its path; recovery takes the views out and reports it', { lastStage: 'snapshot', idleTimeout: 5 }, async (ctx) => {
         await ctx.runTo('snapshot');
         for (let i = 0; i < 100 && pendingUndos(readJournal(journalPath(ctx.journalDir, 'bare'))).length > 0; i++) await sleep(200); // idle watchdog merges
         await fs.rm(ctx.journalDir, { recursive: true, force: true });
         const set = await ctx.runTo('snapshot');
         const pending = pendingUndos(readJournal(journalPath(ctx.journalDir, 'bare'))).map((u) => `${u.kind} ${u.vm}`);
-        assert.deepEqual(pending.sort(), ['merge alpha', 'merge beta'], 'the intents are in the journal file at its path');
+        assert.deepEqual(pending.sort(), ['release alpha', 'release beta', 'untrack alpha', 'untrack beta'], 'the intents are in the journal file at its path');
         await ctx.killAll();
         const report = await ctx.restart();
-        assert.deepEqual(report?.payload.actions.filter((a: any) => a.kind === 'merge' && a.ok).map((a: any) => a.vm).sort(), ['alpha', 'beta']);
+        assert.deepEqual(report?.payload.actions.filter((a: any) => a.kind === 'release' && a.ok).map((a: any) => a.vm).sort(), ['alpha', 'beta']);
         return { note: `journal re-created with: ${pending.join(', ')}; report: ${actionsText(report)}`, backupId: set.backupId, published: false };
       });
   });
