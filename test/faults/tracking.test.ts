@@ -115,8 +115,12 @@ describe('fault injection: change tracking and the point-in-time view (bare QEMU
         const h = newHost(j, stuck);
         const err = await full(h).then(() => undefined, (e: Error) => e);
         assert.ok(err && /published, but/.test(err.message), `the copy says what happened: ${err?.message}`);
-        const published = (await fs.readdir(path.join(bare.repository, 'bare', 'trk'))).filter((x) => !x.startsWith('.')).sort();
-        const newest = published.at(-1)!;
+        // the newest by completion (two backups within one second sort by their random suffix)
+        const vmDir = path.join(bare.repository, 'bare', 'trk');
+        const published = await Promise.all((await fs.readdir(vmDir)).filter((x) => !x.startsWith('.')).map(async (id) => ({
+          id, at: Date.parse(JSON.parse(await fs.readFile(path.join(vmDir, id, 'manifest.json'), 'utf8')).completedAt),
+        })));
+        const newest = published.sort((a, b) => a.at - b.at).at(-1)!.id;
         assert.equal(pendingUndos(j.read()).filter((u) => u.kind === 'untrack').length, 1);
         const actions = await recover(new Journal(j.file), new QemuProvider({ socketDir: bare.socketDir }), h.repository, 10_000);
         assert.ok(actions.some((a) => a.kind === 'untrack' && a.ok), JSON.stringify(actions));
