@@ -352,7 +352,7 @@ export function renderMarkdown(r: any, compare?: any): string {
     const mm = s.memory;
     out.push('## 5. Memory while copying');
     out.push('');
-    out.push(`QEMU process without a guest holding one disk full of random data. Peak RSS = the kernel\'s VmHWM of the Node-RED process, reset`);
+    out.push(`QEMU process without a guest holding one disk full of random data. Peak RSS = the kernel's VmHWM of the Node-RED process, reset`);
     out.push(`(\`5 > /proc/<pid>/clear_refs\`) before each backup, and VmRSS sampled every 20 ms; qemu-img (a child process) is sampled apart.`);
     out.push(`Node-RED RSS between backups: ${mm.idleRssMiB} MiB.`);
     out.push('');

@@ -25,7 +25,7 @@ import { socketDirFor, type BenchVm } from './lab';
 import { QgaProxy } from './qga-proxy';
 import type { ProbeCall } from './probe';
 import { RawQmp } from './qmp-raw';
-import { log, median, MiB, phaseSummary, rmrf, round, sleep, stats, timed, type Stats } from './util';
+import { log, MiB, phaseSummary, rmrf, round, sleep, stats, timed, type Stats } from './util';
 
 const execFileP = promisify(execFile);
 const VM = 'inc001';

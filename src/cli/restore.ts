@@ -40,8 +40,11 @@ async function main(argv: string[]): Promise<number> {
       if (v === undefined || v === '') return usage(`${name} needs a value`);
       opts[valued[name]] = v;
     } else if (a === '--json') opts.json = true;
-    else if (a === '--') positional.push(...argv.slice(i + 1)), (i = argv.length);
-    else if (a.startsWith('-')) return usage(`unknown option ${a}`);
+    else if (a === '--') {
+      // everything after -- is a positional argument, even one starting with -
+      positional.push(...argv.slice(i + 1));
+      break;
+    } else if (a.startsWith('-')) return usage(`unknown option ${a}`);
     else positional.push(a);
   }
   if (positional.length !== 1) return usage(positional.length ? `one backup directory expected, got ${positional.length}` : 'no backup directory given');

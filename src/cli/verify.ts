@@ -35,8 +35,11 @@ async function main(argv: string[]): Promise<number> {
     else if (a === '-h' || a === '--help') {
       process.stdout.write(USAGE + '\n');
       return 0;
-    } else if (a === '--') dirs.push(...argv.slice(i + 1)), (i = argv.length);
-    else if (a.startsWith('-')) return usage(`unknown option ${a}`);
+    } else if (a === '--') {
+      // everything after -- is a backup directory, even one starting with -
+      dirs.push(...argv.slice(i + 1));
+      break;
+    } else if (a.startsWith('-')) return usage(`unknown option ${a}`);
     else dirs.push(a);
   }
   if (dirs.length === 0) return usage('no directory given');

@@ -72,6 +72,7 @@ interface Session {
 }
 
 /** Characters that mean something to cmd.exe or PowerShell inside double quotes, and controls. */
+// eslint-disable-next-line no-control-regex -- matching the control characters is this pattern's purpose
 const UNSAFE_IN_QUOTES = /["%$`!^&|<>'\r\n\t;\u0000-\u001f]/;
 
 /** Windows path -> the SFTP path Windows OpenSSH understands: C:\VMs\a.vhdx -> /C:/VMs/a.vhdx */

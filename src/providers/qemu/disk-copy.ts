@@ -97,7 +97,7 @@ async function runJob(c: QmpClient, d: ViewDisk, o: DiskCopyOptions, tmpBitmap: 
     }, () => undefined);
   }, 250);
   try {
-    const ended = await c.waitEvent('BLOCK_JOB_COMPLETED', (data: any) => data?.device === d.jobId, 24 * 3600_000, { since: mark })
+    const ended = await c.waitEvent('BLOCK_JOB_COMPLETED', (data) => data?.device === d.jobId, 24 * 3600_000, { since: mark })
       .catch(async (err: Error) => {
         if (o.signal?.aborted) throw o.signal.reason instanceof Error ? o.signal.reason : new Error('copy stopped');
         throw err;

@@ -82,9 +82,9 @@ export class QemuProvider implements HostProvider {
     return vm;
   }
 
-  private async pooled<T extends { close(): Promise<void>; isClosed: boolean }>(
-    pool: Map<string, Promise<Conn<T>>>, id: string, open: () => Promise<T>, fn: (c: T) => Promise<any>,
-  ): Promise<any> {
+  private async pooled<T extends { close(): Promise<void>; isClosed: boolean }, R>(
+    pool: Map<string, Promise<Conn<T>>>, id: string, open: () => Promise<T>, fn: (c: T) => Promise<R>,
+  ): Promise<R> {
     let entry = pool.get(id);
     if (entry) {
       const conn = await entry.catch(() => undefined);

@@ -213,7 +213,6 @@ export class FakeSsh {
             setImmediate(() => done(Object.assign(new Error('No such file'), { code: 2 })));
             return;
           }
-          // eslint-disable-next-line @typescript-eslint/no-require-imports
           const fs = require('node:fs') as typeof import('node:fs');
           fs.writeFileSync(local, data);
           const half = Math.floor(data.length / 2);

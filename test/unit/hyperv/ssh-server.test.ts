@@ -13,7 +13,6 @@ import { SshPowerShellRunner, sshFingerprint } from '../../../src/providers/hype
 import type { ClassifiedVm } from '../../../src/contract/types';
 import { fixture, SCRIPTS, stdoutOf } from './helpers';
 
-// eslint-disable-next-line @typescript-eslint/no-require-imports
 const ssh2 = require('ssh2') as any;
 const { STATUS_CODE, OPEN_MODE } = ssh2.utils.sftp;
 
