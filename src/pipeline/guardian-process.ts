@@ -10,7 +10,7 @@
 import { performance } from 'node:perf_hooks';
 import { Journal, pendingUndos, type PendingUndo } from '../journal/journal';
 import type { HostProvider } from '../providers/provider';
-import type { GuardianReply, GuardianRequest, GuardianSpec } from './guardian';
+import type { GuardianReply, GuardianRequest, GuardianSpec } from './guardian-protocol';
 import { undo } from './undo';
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));

@@ -11,35 +11,10 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import type { Journal } from '../journal/journal';
-import type { GuardianProviderSpec, HostProvider } from '../providers/provider';
+import type { HostProvider } from '../providers/provider';
+import type { GuardianReply, GuardianRequest, GuardianSpec } from './guardian-protocol';
 
-export interface GuardianSpec {
-  journal: string;
-  backupId: string;
-  parentPid: number;
-  /** how the guardian builds its own provider; only QEMU for now */
-  provider: GuardianProviderSpec;
-  commandMs: number;
-  /** stop retrying failed undos after this long (recovery at the next start goes on) */
-  giveUpMs: number;
-}
-
-/** Node-RED -> guardian */
-export type GuardianRequest = { id: number } & (
-  | { op: 'ping' }
-  | { op: 'freeze'; vm: string; capMs: number; timeoutMs: number }
-  | { op: 'thaw'; vm: string }
-  | { op: 'status'; vm: string }
-  | { op: 'adopt' }
-);
-
-/** guardian -> Node-RED: an answer to a request, or an event of its own */
-export type GuardianReply =
-  | { id: number; ok: true; value: unknown }
-  | { id: number; ok: false; error: string }
-  | { event: 'ready' }
-  | { event: 'thawed'; vm: string; frozenMs: number; capped: boolean }
-  | { event: 'ended' };
+export type { GuardianReply, GuardianRequest, GuardianSpec } from './guardian-protocol';
 
 
 type Req<O extends GuardianRequest['op']> = Omit<Extract<GuardianRequest, { op: O }>, 'id'>;
