@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every test, on a fresh machine: set-up, then unit, node (Node-RED 4 and 5), integration on
+# Every test, on a fresh machine: set-up, then unit, lint, node (Node-RED 4 and 5), integration on
 # lab VMs, fault injection, end-to-end as a user installs it, the editor in Chromium, and the
 # Flow Library scorecard. Ends with one line "N passed, N failed".
 set -uo pipefail
@@ -31,6 +31,8 @@ suite() {
 
 mocha=(node node_modules/mocha/bin/mocha.js)
 suite unit "${mocha[@]}" 'dist/test/unit/**/*.test.js'
+# formatting, lint and the import map (scripts/lint.sh): one passing/failing line per check
+suite lint bash scripts/lint.sh
 suite nodes "${mocha[@]}" --timeout 60000 'dist/test/nodes/**/*.test.js'
 suite nodes-node-red-5 bash scripts/nr5-tests.sh
 # the libvirt lab (libvirtd by hand + 3 domains) boots beside the QEMU lab; its test skips, saying
