@@ -154,6 +154,31 @@ describe('stopped VMs on plain QEMU: inventory, offline backup under the image l
     assert.equal(after.started, true, `QEMU starts on the image after the backup: ${after.stderr}`);
   });
 
+  it('a lock holder left by a Node-RED that died is ended from the journalled plan alone (what recovery and the guardian call)', async () => {
+    const e = await host.enumerate();
+    const c = host.classify(e, 'checkpoint');
+    const off = c.vms.find((v) => v.id === 'off1')!;
+    const view = provider.planView(off, '20261201T130000Z-rcvr01');
+    const sockets = (view.ref.disks as { lock: string }[]).map((d) => d.lock);
+    // the holder a Node-RED that died left behind: not a child this process has a handle on
+    await fs.mkdir(LOCK_DIR, { recursive: true, mode: 0o700 });
+    const orphan = spawn('qemu-nbd', ['--read-only', '--persistent', '--format=qcow2', `--socket=${sockets[0]}`, offImage], { stdio: 'ignore', detached: true });
+    orphan.unref();
+    const orphanGone = new Promise((r) => orphan.once('exit', r));
+    await waitForSocket(sockets[0]);
+    assert.deepEqual(await holdersOf(sockets[0]), [orphan.pid], 'the lock holder runs');
+    assert.equal((await tryStart(offImage, path.join(bare.dir, 'try4.qmp'))).started, false);
+    // a provider that knows nothing of it (a restarted Node-RED) is given the plan as journalled
+    const fresh = new QemuProvider({ socketDir: bare.socketDir, qm: '' });
+    await fresh.releaseView('off1', JSON.parse(JSON.stringify(view)));
+    await fresh.close();
+    await orphanGone;
+    assert.deepEqual(await holdersOf(sockets[0]), []);
+    assert.equal((await tryStart(offImage, path.join(bare.dir, 'try5.qmp'))).started, true);
+    await provider.releaseView('off1', view); // safe to repeat
+    await host.closeAll('test: set not used');
+  });
+
   it('a bad inventory file is listed unreachable with its file and field, not dropped; none reachable is never ok', async () => {
     const badFile = path.join(bare.socketDir, 'bad1.vm.json');
     await fs.writeFile(badFile, JSON.stringify({ disks: [{ id: 'virtio0', file: offImage, format: 'vmdk' }] }));
