@@ -50,7 +50,7 @@ export const PROXMOX_CONF_DIR = '/etc/pve/qemu-server';
 const MAX_FILE = 256 * 1024;
 
 /** Every VM the inventory defines, by id; the bad ones with why. */
-export async function readInventory(o: InventoryOptions): Promise<Map<string, InventoryResult>> {
+export async function readInventory(o: InventoryOptions, skipped: string[] = []): Promise<Map<string, InventoryResult>> {
   const out = new Map<string, InventoryResult>();
   if (o.kind === 'none') return out;
   const dir = o.kind === 'json' ? o.socketDir : o.proxmoxConfDir ?? PROXMOX_CONF_DIR;
@@ -62,7 +62,10 @@ export async function readInventory(o: InventoryOptions): Promise<Map<string, In
   for (const name of names.sort()) {
     if (!name.endsWith(suffix)) continue;
     const id = name.slice(0, -suffix.length);
-    if (!isSafeName(id)) continue; // reported as a host warning by the caller's socket scan rules
+    if (!isSafeName(id)) {
+      skipped.push(path.join(dir, name)); // no VM id can be made of it: a host warning, never silence
+      continue;
+    }
     const source = path.join(dir, name);
     try {
       const text = await readSmall(source);

@@ -154,10 +154,11 @@ export class QemuProvider implements HostProvider {
 
   async enumerateHost(): Promise<Enumeration> {
     const found = await discoverVms(this.options.socketDir);
+    const badNames: string[] = [];
     const inventory = await readInventory({
       kind: this.options.inventory ?? 'json', socketDir: this.options.socketDir, run: this.runner,
       ...(this.options.proxmoxConfDir ? { proxmoxConfDir: this.options.proxmoxConfDir } : {}), ...(this.options.pvesm ? { pvesm: this.options.pvesm } : {}),
-    });
+    }, badNames);
     const out: EnumeratedVm[] = [];
     await Promise.all(found.vms.map(async (d) => {
       this.vms.set(d.id, d);
@@ -182,7 +183,13 @@ export class QemuProvider implements HostProvider {
     await Promise.all([...inventory.entries()].map(async ([id, inv]) => out.push(await this.notRunning(id, inv, `no QMP socket ${id}.qmp in ${this.options.socketDir}`))));
     out.sort((a, b) => a.id.localeCompare(b.id));
     // host-level notes go with the set, not on a VM: they must reach the user when no VM is listed
-    return { vms: out, warnings: found.skipped.map((s) => `socket ${s} skipped: its name is not a valid VM id`) };
+    return {
+      vms: out,
+      warnings: [
+        ...found.skipped.map((s) => `socket ${s} skipped: its name is not a valid VM id`),
+        ...badNames.map((f) => `inventory file ${f} skipped: its name is not a valid VM id; that VM is NOT backed up`),
+      ],
+    };
   }
 
   private get runner(): Runner {

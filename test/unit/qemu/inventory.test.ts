@@ -73,9 +73,12 @@ describe('QEMU inventory: <id>.vm.json', () => {
       await fs.writeFile(path.join(dir, 'db.vm.json'), '[]');
       await fs.writeFile(path.join(dir, 'web.qmp.json'), '{}');
       await fs.mkdir(path.join(dir, 'dir.vm.json'));
+      await fs.writeFile(path.join(dir, 'a b.vm.json'), JSON.stringify(good));
       const run = fakeRunner(() => new Error('no program may run for json'));
-      const inv = await readInventory({ kind: 'json', socketDir: dir, run });
+      const skipped: string[] = [];
+      const inv = await readInventory({ kind: 'json', socketDir: dir, run }, skipped);
       assert.deepEqual([...inv.keys()], ['db', 'dir', 'web']);
+      assert.deepEqual(skipped, [path.join(dir, 'a b.vm.json')], 'a file no VM id can be made of is reported, not silently dropped');
       assert.equal(inv.get('web')!.ok, true);
       const db = inv.get('db')!;
       assert.ok(!db.ok && /db\.vm\.json: \/ must be object/.test(db.reason), JSON.stringify(db));
