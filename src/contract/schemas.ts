@@ -370,6 +370,8 @@ export const schemas = {
 export const CHAIN_FULL_REASONS = [
   'first-backup', 'new-disk', 'resized', 'bitmap-missing', 'bitmap-inconsistent', 'bitmap-not-recording',
   'transient-bitmap-lost', 'parent-missing', 'parent-invalid', 'raw-disk', 'policy-full', 'policy-full-every', 'not-supported',
+  // a VM whose hypervisor process is not running: nothing records its writes, so no chain goes through it
+  'offline',
 ] as const;
 
 const backupIdPattern = '^[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}$';

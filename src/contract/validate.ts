@@ -3,6 +3,7 @@ import Ajv, { type ErrorObject, type ValidateFunction } from 'ajv';
 import addFormats from 'ajv-formats';
 import { schemas, manifestSchema, type StageName } from './schemas';
 import type { BackupSet, Manifest } from './types';
+import { inventorySchema, type InventoryEntry } from './inventory';
 
 export class ContractError extends Error {
   readonly pointer: string;
@@ -61,6 +62,16 @@ export function assertManifest(doc: unknown): Manifest {
   const fn = validatorFor('manifest', manifestSchema);
   if (!fn(doc)) throw new ContractError('manifest.json', fn.errors![0]);
   return doc as Manifest;
+}
+
+/** Throws ContractError unless `doc` is a VM inventory entry; `what` names the file it came from. */
+export function assertInventory(doc: unknown, what: string): InventoryEntry {
+  const fn = validatorFor('inventory', inventorySchema);
+  if (!fn(doc)) throw new ContractError(what, fn.errors![0]);
+  const ids = (doc as InventoryEntry).disks.map((d) => d.id);
+  const twice = ids.findIndex((id, i) => ids.indexOf(id) !== i);
+  if (twice >= 0) throw new ContractError(what, { instancePath: `/disks/${twice}/id`, keyword: 'uniqueItems', message: `"${ids[twice]}" names two disks`, params: {}, schemaPath: '' });
+  return doc as InventoryEntry;
 }
 
 /** For users' own function nodes: `validate('classified', msg.payload)` returns null or the error text. */

@@ -28,6 +28,10 @@ export const PROVIDERS = {
   qemu: {
     socketDir: { rule: { kind: 'dir', required: true } },
     overlayDir: { rule: { kind: 'dir', required: false } },
+    // where VMs whose QEMU is not running are defined: json reads <socketDir>/<id>.vm.json when
+    // present (nothing changes on a host without such files, so it is the default); proxmox reads
+    // /etc/pve/qemu-server/<id>.conf; none: only running VMs (sockets) are seen
+    inventory: { rule: { kind: 'enum', values: ['json', 'proxmox', 'none'], default: 'json' } },
   },
   libvirt: {
     // checked as a URI by the libvirt provider (virsh -c); qemu+ssh:// reaches a remote libvirtd
@@ -167,7 +171,12 @@ export function hostSettings(c: HostConfig, creds: HostCredentials = {}): HostSe
 function providerSettings(provider: ProviderKind, c: HostConfig, creds: HostCredentials): Partial<ProviderConfig> {
   switch (provider) {
     case 'qemu':
-      return { qemu: { socketDir: checkRoot(c.socketDir, 'socketDir'), ...(c.overlayDir ? { overlayDir: checkRoot(c.overlayDir, 'overlayDir') } : {}) } };
+      return {
+        qemu: {
+          socketDir: checkRoot(c.socketDir, 'socketDir'), ...(c.overlayDir ? { overlayDir: checkRoot(c.overlayDir, 'overlayDir') } : {}),
+          inventory: c.inventory === 'proxmox' || c.inventory === 'none' ? c.inventory : 'json',
+        },
+      };
     case 'libvirt':
       return { libvirt: { uri: c.libvirtUri ? String(c.libvirtUri).trim() : 'qemu:///system' } };
     case 'hyperv': {

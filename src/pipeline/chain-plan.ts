@@ -47,6 +47,10 @@ export async function planChain(
   return Promise.all(view.disks.map(async ({ disk: id }): Promise<ChainPlan> => {
     const disk = vm.disks.find((d) => d.id === id);
     const persistent = disk?.tracking?.persistent ?? false;
+    if (vm.method === 'offline' && !disk?.tracking) {
+      // no hypervisor process runs to keep a change-tracking record: a full, and none started
+      return { disk: id, mode: 'full', reason: 'offline', detail: 'the VM is shut off: nothing records its writes, so its disks are copied whole and no change tracking is started', depth: 0 };
+    }
     const parent = await findParent({ root: repo.root, host, vm: vm.id, disk: id, virtualSize: disk?.virtualSize ?? 0 });
     const decision = decideChain({ parent, bitmap: bitmapReport(vm, id, parent.ok ? parent : undefined, tracks), policy: AS_FAR_AS_POSSIBLE });
     const plan = toPlan(id, recordName(backupId), persistent, decision);
@@ -80,7 +84,7 @@ export function chainEntry(plan: ChainPlan, bytes: { bytesRead: number; bytesCha
 
 /** What to journal before tracking starts: the new records, and what goes once this backup is published. */
 export function trackIntent(vm: ClassifiedVm, plans: readonly ChainPlan[]): TrackIntent {
-  const records = plans.map((p) => ({ disk: p.disk, name: p.record! }));
+  const records = plans.filter((p) => p.record !== undefined).map((p) => ({ disk: p.disk, name: p.record! }));
   // once published, the parent's record and any other record of ours on the disk (left by a
   // backup that crashed, or inconsistent) are not needed any more
   const since = plans.flatMap((p) => (vm.disks.find((d) => d.id === p.disk)?.tracking?.records ?? [])

@@ -8,7 +8,7 @@ import type { SshTarget } from './ssh-target';
 export interface ProviderConfig {
   provider: 'qemu' | 'hyperv' | 'libvirt';
   hostName: string;
-  qemu?: { socketDir: string; overlayDir?: string; compress?: boolean; commandMs?: number };
+  qemu?: { socketDir: string; overlayDir?: string; compress?: boolean; commandMs?: number; inventory?: 'json' | 'proxmox' | 'none' };
   hyperv?: { mode: 'local' | 'ssh'; ssh?: SshTarget };
   libvirt?: { uri?: string; runDir?: string };
 }
@@ -23,6 +23,7 @@ const FACTORIES: Record<ProviderConfig['provider'], (config: ProviderConfig) => 
       ...(q.overlayDir ? { overlayDir: checkRoot(q.overlayDir, 'overlayDir') } : {}),
       ...(q.compress !== undefined ? { compress: q.compress } : {}),
       ...(q.commandMs !== undefined ? { commandMs: q.commandMs } : {}),
+      ...(q.inventory ? { inventory: q.inventory } : {}),
     });
   },
   // loaded on demand, like Hyper-V

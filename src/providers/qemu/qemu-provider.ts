@@ -17,6 +17,11 @@ import { saveStateToFile } from './saved-state';
 import { armView, leftoverNodes, namedNodes, planView, releaseView, removeFleeceFiles, switchView, type ViewDisk, type ViewPlan } from './view';
 import { addBitmap, bitmapsByNode, removeBitmap } from './tracking';
 import { compareWithView, copyDisk } from './disk-copy';
+import { compare as compareImages } from './qemu-img';
+import { copyOfflineImage } from '../offline-image';
+import { PROXMOX_CONF_DIR, readInventory, type InventoryKind, type InventoryResult, type InventoryVm } from './inventory';
+import { checkLocked, isOfflinePlan, lockOffline, offlinePlanOf, offlineVm, planOffline, unlockOffline, type LockTools } from './offline';
+import { defaultRunner, findQm, type Runner } from './proxmox';
 
 /** The file a disk becomes in the backup (the disk id made safe as a file name). */
 export const artifactName = (disk: string) => `disk-${disk.replace(/[^A-Za-z0-9._-]/g, '_')}.qcow2`;
@@ -47,6 +52,15 @@ export interface QemuOptions {
   compress?: boolean;
   /** connections unused this long are closed */
   idleCloseMs?: number;
+  /** where VMs whose QEMU is not running are defined (inventory.ts); default json: <socketDir>/<id>.vm.json */
+  inventory?: InventoryKind;
+  /** Proxmox VM configurations (default /etc/pve/qemu-server) */
+  proxmoxConfDir?: string;
+  pvesm?: string;
+  /** qm; default /usr/sbin/qm when it exists (a Proxmox host), else no config lock is taken */
+  qm?: string;
+  /** for tests: a recorded runner for pvesm and qm (never given to a guardian) */
+  runner?: Runner;
 }
 
 interface Conn<T> { client: T; timer?: NodeJS.Timeout; inUse: number }
@@ -59,6 +73,8 @@ export class QemuProvider implements HostProvider {
   private readonly qmpConns = new Map<string, Promise<Conn<QmpClient>>>();
   private readonly qgaConns = new Map<string, Promise<Conn<GuestAgentClient>>>();
   private readonly qemuImgPath: string;
+  /** VMs of the inventory whose QEMU was not running at the last enumerate: backed up offline */
+  private readonly offline = new Map<string, InventoryVm>();
 
   constructor(readonly options: QemuOptions) {
     this.qemuImgPath = options.qemuImg ?? 'qemu-img';
@@ -138,23 +154,77 @@ export class QemuProvider implements HostProvider {
 
   async enumerateHost(): Promise<Enumeration> {
     const found = await discoverVms(this.options.socketDir);
+    const badNames: string[] = [];
+    const inventory = await readInventory({
+      kind: this.options.inventory ?? 'json', socketDir: this.options.socketDir, run: this.runner,
+      ...(this.options.proxmoxConfDir ? { proxmoxConfDir: this.options.proxmoxConfDir } : {}), ...(this.options.pvesm ? { pvesm: this.options.pvesm } : {}),
+    }, badNames);
     const out: EnumeratedVm[] = [];
     await Promise.all(found.vms.map(async (d) => {
       this.vms.set(d.id, d);
+      const inv = inventory.get(d.id);
+      inventory.delete(d.id);
       try {
-        out.push(await this.enumerateOne(d));
+        const vm = await this.enumerateOne(d);
+        this.offline.delete(d.id);
+        // a live QEMU is asked; its inventory entry only gives a name QEMU was not told
+        if (inv?.ok && inv.vm.name && vm.name === d.id) vm.name = inv.vm.name.slice(0, 256);
+        if (inv && !inv.ok) vm.warnings = [...(vm.warnings ?? []), `inventory: ${inv.reason}`.slice(0, 1024)];
+        out.push(vm);
       } catch (err) {
         // A VM whose socket is there but does not answer (QEMU gone, or another client such as
         // libvirtd holding the monitor) is defined but unreachable: listed with the reason, so
         // that classify's policy fails the set or reports it; never dropped without a word.
         this.vms.delete(d.id);
-        out.push(unreachableVm(d.id, `QMP socket ${d.qmp} does not answer (${(err as Error).message})`,
-          { agent: { present: d.qga !== undefined, responding: false, freezeEnabled: false }, snapshotLocation: { path: this.options.overlayDir ?? this.options.socketDir } }));
+        out.push(await this.notRunning(d.id, inv, `QMP socket ${d.qmp} does not answer (${(err as Error).message})`));
       }
     }));
+    // defined in the inventory, no socket at all: not running (or running where we cannot see it)
+    await Promise.all([...inventory.entries()].map(async ([id, inv]) => out.push(await this.notRunning(id, inv, `no QMP socket ${id}.qmp in ${this.options.socketDir}`))));
     out.sort((a, b) => a.id.localeCompare(b.id));
     // host-level notes go with the set, not on a VM: they must reach the user when no VM is listed
-    return { vms: out, warnings: found.skipped.map((s) => `socket ${s} skipped: its name is not a valid VM id`) };
+    return {
+      vms: out,
+      warnings: [
+        ...found.skipped.map((s) => `socket ${s} skipped: its name is not a valid VM id`),
+        ...badNames.map((f) => `inventory file ${f} skipped: its name is not a valid VM id; that VM is NOT backed up`),
+      ],
+    };
+  }
+
+  private get runner(): Runner {
+    return this.options.runner ?? defaultRunner;
+  }
+
+  /**
+   * A VM whose QMP does not answer: shut off (backed up offline from its inventory entry) only when
+   * its socket is gone or refuses connections AND no QEMU process names it; else unreachable, why.
+   */
+  private async notRunning(id: string, inv: InventoryResult | undefined, qmpWhy: string): Promise<EnumeratedVm> {
+    const unreachable = (why: string) => unreachableVm(id, why, {
+      ...(inv?.ok && inv.vm.name ? { name: inv.vm.name } : {}),
+      agent: { present: existsSync(`${path.join(this.options.socketDir, id)}.qga`), responding: false, freezeEnabled: false },
+      snapshotLocation: { path: this.options.overlayDir ?? this.options.socketDir },
+    });
+    if (!inv) return unreachable(qmpWhy);
+    if (!inv.ok) return unreachable(`${qmpWhy}; its inventory entry cannot be used: ${inv.reason}`);
+    const gone = await this.qemuGone(id);
+    const pid = gone ? await findQemuPid(this.vm(id)) : undefined;
+    if (!gone || pid !== undefined) {
+      return unreachable(`${qmpWhy}, but ${pid !== undefined ? `a QEMU process (pid ${pid}) still runs for it` : 'something still listens on its socket'}: not shut off, so not copied offline`);
+    }
+    try {
+      const vm = await offlineVm(inv.vm, { qemuImg: this.qemuImgPath, ...(this.options.overlayDir ? { overlayDir: this.options.overlayDir } : {}) });
+      this.offline.set(id, inv.vm);
+      return vm;
+    } catch (err) {
+      return unreachable(`not running, and its disks cannot be read: ${(err as Error).message}`);
+    }
+  }
+
+  private get lockTools(): Promise<LockTools> {
+    const qm = this.options.qm !== undefined ? Promise.resolve(this.options.qm || undefined) : findQm();
+    return qm.then((q) => ({ qemuNbd: this.options.qemuNbd ?? 'qemu-nbd', run: this.runner, ...(q ? { qm: q } : {}) }));
   }
 
   private async enumerateOne(d: DiscoveredVm): Promise<EnumeratedVm> {
@@ -275,22 +345,43 @@ export class QemuProvider implements HostProvider {
   }
 
   async runState(vmId: string): Promise<string> {
-    return this.qmp(vmId, async (c) => (await c.execute<{ status: string }>('query-status')).status);
+    try {
+      return await this.qmp(vmId, async (c) => (await c.execute<{ status: string }>('query-status')).status);
+    } catch (err) {
+      // a VM of the inventory without a QEMU (no socket that answers, no process): it is off
+      if (this.offline.has(vmId) && (await this.qemuGone(vmId)) && (await findQemuPid(this.vm(vmId))) === undefined) return 'off';
+      throw err;
+    }
   }
 
   // ---- point-in-time view (see view.ts) ----
 
   planView(vm: ClassifiedVm, backupId: string): PointInTimeView {
+    const inv = this.offline.get(vm.id);
+    if (inv && vm.method === 'offline') {
+      const off = planOffline(vm, inv, backupId, this.options.proxmoxConfDir ?? PROXMOX_CONF_DIR);
+      return { disks: off.disks.map((d) => ({ disk: d.disk, artifact: artifactName(d.disk), format: 'qcow2' })), ref: off as unknown as Record<string, unknown> };
+    }
     const plan = planView(vm, backupId, vm.snapshotLocation.path);
     return { disks: plan.disks.map((d) => ({ disk: d.disk, artifact: artifactName(d.disk), format: 'qcow2' })), ref: plan as unknown as Record<string, unknown> };
   }
 
   async armView(vm: ClassifiedVm, view: PointInTimeView): Promise<void> {
+    if (isOfflinePlan(view)) {
+      // still off now? (a VM started since enumerate is not copied as offline; its lock would also fail)
+      if ((await this.runState(vm.id)) !== 'off') throw new Error(`VM ${vm.id} was shut off at enumerate and runs now; not copied offline`);
+      await lockOffline(offlinePlanOf(view), await this.lockTools);
+      return;
+    }
     const plan = planOf(view);
     if (plan.disks.length) await this.qmp(vm.id, (c) => armView(c, plan, this.qemuImgPath));
   }
 
   async makeView(vm: ClassifiedVm, view: PointInTimeView, opts: { frozen: boolean }): Promise<{ view: PointInTimeView; pausedMs?: number }> {
+    if (isOfflinePlan(view)) {
+      await checkLocked(offlinePlanOf(view)); // the images, locked since prepare, are the point in time
+      return { view };
+    }
     const plan = planOf(view);
     if (!plan.disks.length) return { view };
     const pausedMs = await this.qmp(vm.id, (c) => switchView(c, plan, { pause: !opts.frozen }));
@@ -298,6 +389,7 @@ export class QemuProvider implements HostProvider {
   }
 
   async releaseView(vmId: string, view: PointInTimeView): Promise<void> {
+    if (isOfflinePlan(view)) return unlockOffline(offlinePlanOf(view), await this.lockTools);
     const plan = planOf(view);
     const reachable = await this.runState(vmId).then(() => true, async (err: Error) => {
       if (await this.qemuGone(vmId)) return false;
@@ -309,7 +401,7 @@ export class QemuProvider implements HostProvider {
   }
 
   readonly tracking = {
-    start: (vmId: string, disks: readonly { disk: string; name: string }[], view: PointInTimeView) => this.qmp(vmId, async (c) => {
+    start: (vmId: string, disks: readonly { disk: string; name: string }[], view: PointInTimeView) => isOfflinePlan(view) ? Promise.resolve() : this.qmp(vmId, async (c) => {
       const nodes = await namedNodes(c);
       for (const t of disks) {
         const d = diskOf(planOf(view), t.disk);
@@ -318,6 +410,7 @@ export class QemuProvider implements HostProvider {
       }
     }),
     remove: async (vmId: string, disks: readonly { disk: string; name: string }[], view: PointInTimeView) => {
+      if (isOfflinePlan(view)) return; // an offline backup starts no record (chain reason 'offline')
       if (await this.qemuGone(vmId)) return; // a transient record went with QEMU; a persistent one is found at the next enumerate
       await this.qmp(vmId, async (c) => {
         for (const t of disks) await removeBitmap(c, diskOf(planOf(view), t.disk).node, t.name);
@@ -328,6 +421,11 @@ export class QemuProvider implements HostProvider {
   // ---- copy ----
 
   async describe(vmId: string): Promise<Record<string, unknown>> {
+    const inv = this.offline.get(vmId);
+    if (inv && (await this.runState(vmId).catch(() => undefined)) === 'off') {
+      // no QEMU to ask: the definition is the inventory's (the JSON entry, or the Proxmox conf)
+      return { format: 'vm-backup-qemu-definition@1', id: vmId, status: { status: 'off', running: false }, commandLine: null, inventory: { kind: inv.kind, source: inv.source, definition: inv.definition } };
+    }
     const d = this.vm(vmId);
     const pid = await findQemuPid(d);
     const facts = await this.qmp(vmId, async (c) => ({
@@ -348,6 +446,7 @@ export class QemuProvider implements HostProvider {
   }
 
   async exportDisk(view: PointInTimeView, disk: string, dest: string, onProgress?: (p: Progress) => void, options: ExportOptions = {}): Promise<ExportedFile> {
+    if (isOfflinePlan(view)) return this.exportOffline(view, disk, dest, onProgress, options);
     const plan = planOf(view);
     const d = diskOf(plan, disk);
     const copy = options.copy ?? { mode: 'full' as const };
@@ -362,9 +461,29 @@ export class QemuProvider implements HostProvider {
     return { path: dest, bytes: r.bytes, format: 'qcow2', virtualSize: d.virtualSize, bytesRead: r.bytesRead, ...(r.bytesChanged !== undefined ? { bytesChanged: r.bytesChanged } : {}) };
   }
 
+  /** An offline disk: the image itself, read under its lock; only an image the inventory names. */
+  private async exportOffline(view: PointInTimeView, disk: string, dest: string, onProgress?: (p: Progress) => void, options: ExportOptions = {}): Promise<ExportedFile> {
+    const d = this.offlineDisk(view, disk);
+    const r = await copyOfflineImage(this.qemuImgPath, d.file, d.format, dest, {
+      compress: options.compress ?? this.options.compress ?? false,
+      ...(options.signal ? { signal: options.signal } : {}),
+      onProgress: (done, total) => onProgress?.({ done, total }),
+    });
+    return { path: dest, bytes: r.bytes, format: 'qcow2', virtualSize: r.virtualSize, bytesRead: r.virtualSize };
+  }
+
+  private offlineDisk(view: PointInTimeView, disk: string) {
+    const plan = offlinePlanOf(view);
+    const d = plan.disks.find((x) => x.disk === disk);
+    if (!d) throw new Error(`disk ${disk}: not part of the view of ${plan.vm}`);
+    if (!this.offline.get(plan.vm)?.disks.some((x) => x.file === d.file)) throw new Error(`disk ${disk}: ${d.file} is not an image the inventory of ${plan.vm} names; refusing to read it`);
+    return d;
+  }
+
   /** What a guardian process needs to build its own provider (see src/pipeline/guardian.ts). */
   guardianSpec(): GuardianProviderSpec {
-    return { kind: 'qemu', options: { ...this.options } };
+    const { runner: _runner, ...options } = this.options;
+    return { kind: 'qemu', options: { ...options } };
   }
 
   /**
@@ -373,6 +492,10 @@ export class QemuProvider implements HostProvider {
    * checked by qemu-img check and its chain (comparing it would read the whole disk again).
    */
   async verifyDisk(view: PointInTimeView, disk: string, file: string): Promise<void> {
+    if (isOfflinePlan(view)) {
+      const d = this.offlineDisk(view, disk);
+      return compareImages(this.qemuImgPath, d.file, d.format, file, 'qcow2');
+    }
     const plan = planOf(view);
     const d = diskOf(plan, disk);
     await this.qmp(plan.vm, (c) => compareWithView(c, d, file, this.qemuImgPath));

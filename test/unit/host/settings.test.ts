@@ -55,7 +55,7 @@ describe('host settings: one validator', () => {
     const q = hostSettings({ ...base, freezeTimeout: '5', sessionTimeout: '' });
     assert.equal(q.timeouts.freezeMs, 5000);
     assert.equal(q.timeouts.sessionMs, 360 * 60_000);
-    assert.deepEqual(q.provider.qemu, { socketDir: '/run/qemu-server' });
+    assert.deepEqual(q.provider.qemu, { socketDir: '/run/qemu-server', inventory: 'json' });
   });
 
   it('the pinned host key reaches the Hyper-V SSH runner that checks it', () => {
