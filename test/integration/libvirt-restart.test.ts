@@ -123,7 +123,7 @@ describe('libvirt fault case: libvirtd restarted mid-backup', function () {
     await libvirtOwnSnapshotAndBackup(AGENT, LAB);
   }
 
-  it('during the copy: the NBD export outlives libvirtd, libvirt keeps the job after reconnecting, the backup completes and domjobabort ends it', async () => {
+  it('during the copy: the copy runs with libvirtd gone (an open NBD connection outlives it), libvirt keeps the job after reconnecting, the backup completes and domjobabort ends it', async () => {
     const seen: string[] = [];
     provider.duringExport = async (base, copy) => {
       const reader = nbdReader(base);
@@ -132,13 +132,15 @@ describe('libvirt fault case: libvirtd restarted mid-backup', function () {
         // the product's copy runs while libvirtd stops, is down 1.5 s and starts again
         const t0 = Date.now();
         const at: string[] = [];
-        await Promise.all([
-          copy().then(() => at.push(`copy done +${Date.now() - t0} ms`)),
-          libvirtdRestart({ labDir: LAB, downMs: 1500, onDown: async () => {
-            at.push(`libvirtd gone +${Date.now() - t0} ms`);
-            seen.push(`down: ${await reader.read(1 << 20)}`);
-          } }).then(() => at.push(`libvirtd answers +${Date.now() - t0} ms`)),
-        ]);
+        // libvirtd stops (SIGTERM), and the product's whole copy runs while it is gone; then it
+        // starts again and reconnects to the running QEMU
+        await libvirtdRestart({ labDir: LAB, downMs: 0, onDown: async () => {
+          at.push(`libvirtd gone +${Date.now() - t0} ms`);
+          seen.push(`down: ${await reader.read(1 << 20)}`);
+          await copy();
+          at.push(`copy done +${Date.now() - t0} ms`);
+        } });
+        at.push(`libvirtd answers +${Date.now() - t0} ms`);
         console.log(`      (${at.join(', ')})`);
         seen.push(`after: ${await reader.read(2 << 20)}`);
         seen.push(`job: ${virsh('domjobinfo', '--domain', AGENT).stdout.match(/Operation:\s*(\S+)/)?.[1]}`);
@@ -164,7 +166,7 @@ describe('libvirt fault case: libvirtd restarted mid-backup', function () {
     await libvirtViewRight();
   });
 
-  it('while the guest is frozen, libvirtd still down when backup-begin is sent: thawed, and the backup completes or fails naming libvirtd', async () => {
+  it('while the guest is frozen, libvirtd still down when backup-begin is sent: virsh waits for it (bounded), the backup completes, the guest thawed', async () => {
     let restarted: Promise<void> | undefined;
     provider.beforeView = async () => {
       provider.beforeView = undefined;
@@ -182,8 +184,10 @@ describe('libvirt fault case: libvirtd restarted mid-backup', function () {
       checkImage(set, vm.consistency as 'application' | 'crash');
       assert.ok((vm.snapshot.frozenMs ?? Infinity) <= DEFAULT_TIMEOUTS.freezeMs + 1000, 'never frozen past the cap');
     } catch (err) {
+      // before virsh waited for libvirtd (DAEMON_WAIT_MS) this failed: "virsh backup-begin
+      // --domain: failed to connect to the hypervisor: ... libvirt-sock: No such file"
       outcome = `failed: ${(err as Error).message}`;
-      assert.match((err as Error).message, /libvirt|hypervisor/i, 'the failure names libvirtd');
+      assert.fail(`the backup rides over a 3 s libvirtd restart: ${outcome}`);
     }
     console.log(`      ${outcome} (${Date.now() - t0} ms)`);
     await restarted;
