@@ -30,7 +30,7 @@ export const PROVIDERS = {
     overlayDir: { rule: { kind: 'dir', required: false } },
   },
   libvirt: {
-    // checked as a URI by the libvirt provider (virsh -c); qemu+ssh:// reaches a remote libvirtd
+    // checked as a URI by the libvirt provider (virsh -c); a remote one (qemu+ssh://) is refused at enumerate
     libvirtUri: { rule: { kind: 'text', required: false, maxLength: 1024 } },
   },
   hyperv: {

@@ -60,7 +60,7 @@ export function virshErrorText(stderr: string): string {
 /** A libvirt URI: qemu:///system, qemu:///session, qemu+ssh://user@host/system, ... */
 export function checkUri(uri: unknown): string {
   if (typeof uri !== 'string' || !/^[a-z][a-z0-9+]*:\/\/[^\s]*$/.test(uri) || uri.length > 512) {
-    throw new Error(`uri: "${String(uri)}" is not a libvirt URI (e.g. qemu:///system or qemu+ssh://root@host/system)`);
+    throw new Error(`uri: "${String(uri)}" is not a libvirt URI (e.g. qemu:///system)`);
   }
   return uri;
 }
