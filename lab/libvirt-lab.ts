@@ -126,6 +126,22 @@ async function startLibvirtd(dir: string, log: (m: string) => void): Promise<voi
   log(`lab: libvirtd started (pid ${ourLibvirtdPid(dir) ?? '?'})`);
 }
 
+/**
+ * Restart the libvirtd this lab started, the way it was started (fault cases: a package upgrade
+ * or an admin restarts libvirtd mid-backup). SIGTERM, wait for it to exit, stay down `downMs`,
+ * start it again and wait until it answers. A libvirtd the lab did not start is never touched.
+ */
+export async function libvirtdRestart(opts: { labDir?: string; downMs?: number; onDown?: () => void | Promise<void> } = {}): Promise<void> {
+  const dir = libvirtDir(opts.labDir);
+  const pid = ourLibvirtdPid(dir);
+  if (pid === undefined) throw new Error(`lab: no libvirtd started by this lab (${path.join(dir, 'libvirtd.pid')}); not restarting another one`);
+  process.kill(pid, 'SIGTERM');
+  if (!(await waitUntil(() => !pidAlive(pid), 20_000, 50))) throw new Error(`lab: libvirtd (pid ${pid}) did not exit on SIGTERM`);
+  await opts.onDown?.();
+  await sleep(opts.downMs ?? 0);
+  await startLibvirtd(dir, () => undefined);
+}
+
 /** An ext4 data disk as qcow2, with /hello.txt on it (so an offline copy has content to check). */
 async function makeDataImage(file: string, label: string): Promise<void> {
   mkdirp(path.dirname(file));

@@ -44,6 +44,8 @@ export interface SummaryContext {
   failedAt?: string;
   /** what this set still has in place on the VMs (BackupHost.leftovers), when known */
   left?: readonly string[];
+  /** the host's name when the set does not carry one (a failure at enumerate, before any set) */
+  hostName?: string;
 }
 
 /** An error that says which VMs' backups were published although the stage failed afterwards. */
@@ -79,7 +81,7 @@ export function summarize(set: unknown, error?: Error, context: SummaryContext =
   const skipped = Array.isArray(s.skipped) ? s.skipped : [];
   const totalBytes = vms.reduce((n, v) => n + (v.bytes ?? 0), 0);
   const copied = !error && s.stage === 'copied';
-  const hostName = s.host?.name ?? 'host';
+  const hostName = s.host?.name ?? context.hostName ?? 'host';
 
   const publishedVms = copied ? vms : vms.filter((v) => paths.has(v.vm));
   const where = root && s.host?.name ? `${root}/${s.host.name}/` : undefined;
@@ -129,7 +131,7 @@ export function summarize(set: unknown, error?: Error, context: SummaryContext =
   return {
     ok,
     ...(s.backupId ? { backupId: s.backupId } : {}),
-    ...(s.host?.name ? { host: s.host.name } : {}),
+    ...(s.host?.name || context.hostName ? { host: s.host?.name ?? context.hostName } : {}),
     ...(s.stage ? { stage: s.stage } : {}),
     ...(failedAt ? { failedAt } : {}),
     ...(error ? { error: error.message } : {}),

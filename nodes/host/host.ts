@@ -17,6 +17,8 @@ export interface HostConfigNode extends Node<HostCredentials> {
   /** stage nodes using this host register here; the flow's enumerate nodes raise the recovery report */
   addReporter(node: Node, type: string): void;
   removeReporter(node: Node): void;
+  /** the host name as configured: a failure before any set exists (enumerate) is still named by its host */
+  hostName: string;
 }
 
 /** The other host config nodes of the deployed flows (their ids and host names): recovery leaves their sets alone. */
@@ -36,6 +38,7 @@ module.exports = function register(RED: NodeAPI) {
     RED.nodes.createNode(this, config);
     const node = this;
     node.lastRecovery = [];
+    node.hostName = typeof config.hostName === 'string' && config.hostName ? config.hostName : 'localhost';
     let ready: Promise<BackupHost> | undefined;
     let closed = false;
     const reporters = new Map<string, { node: Node; type: string }>();

@@ -63,10 +63,10 @@ export function registerStageNode<C extends StageNodeDef>(RED: NodeAPI, spec: St
         try {
           const backupId = (msg.payload as { backupId?: unknown } | undefined)?.backupId;
           const left = opened?.leftovers(backupId);
-          summary = summarize(msg.payload, err, { failedAt: step, ...(left ? { left } : {}) });
+          summary = summarize(msg.payload, err, { failedAt: step, ...(left ? { left } : {}), ...(hostNode ? { hostName: hostNode.hostName } : {}) });
         } catch {
           // a payload too broken to summarize: the refusal itself (naming the field) must still go out
-          summary = summarize(undefined, err, { failedAt: step });
+          summary = summarize(undefined, err, { failedAt: step, ...(hostNode ? { hostName: hostNode.hostName } : {}) });
         }
         (msg as NodeMessage & { summary?: unknown; error?: unknown }).summary = summary;
         done(err);

@@ -34,7 +34,7 @@ export const PROVIDERS = {
     inventory: { rule: { kind: 'enum', values: ['json', 'proxmox', 'none'], default: 'json' } },
   },
   libvirt: {
-    // checked as a URI by the libvirt provider (virsh -c); qemu+ssh:// reaches a remote libvirtd
+    // checked as a URI by the libvirt provider (virsh -c); a remote one (qemu+ssh://) is refused at enumerate
     libvirtUri: { rule: { kind: 'text', required: false, maxLength: 1024 } },
   },
   hyperv: {

@@ -77,9 +77,14 @@ export class LibvirtProvider implements HostProvider {
     return this.options.qemuImg ?? 'qemu-img';
   }
 
-  /** libvirt on this machine: its image paths and sockets are ours to open */
+  /**
+   * libvirt on this machine: its image paths and sockets are ours to open. A URI with no host
+   * and a local transport (qemu:///system, qemu+unix:///system?socket=...) is; anything else
+   * (qemu+ssh://host/system, qemu+tcp://...) names a libvirtd elsewhere.
+   */
   private get local(): boolean {
-    return /^[a-z]+:\/\/\/[a-z]+$/.test(this.virsh.uri);
+    const m = /^[a-z][a-z0-9]*(?:\+([a-z]+))?:\/\/([^/?]*)\//.exec(this.virsh.uri);
+    return !!m && m[2] === '' && (m[1] === undefined || m[1] === 'unix');
   }
 
   /** the name virsh is given (after a restart: the id itself, a domain name or UUID) */
@@ -93,6 +98,13 @@ export class LibvirtProvider implements HostProvider {
   }
 
   async enumerate(): Promise<EnumeratedVm[]> {
+    // The copy reads libvirt's NBD export (a unix socket libvirtd makes on its own machine), a
+    // shut-off domain's image and libvirt's save file by their paths: with a remote libvirtd none
+    // of them is on this machine, and a same-named local file would be copied instead. Refused
+    // here, at the first node, before any call reaches the host.
+    if (!this.local) {
+      throw new Error(`libvirtUri: "${this.virsh.uri}" names a libvirtd on another machine; the libvirt provider copies through libvirt's NBD socket and image files on the machine Node-RED runs on, so it needs a local URI (qemu:///system): run Node-RED on the libvirt host`);
+    }
     const { vms, refs, warnings } = await enumerateDomains(this.virsh, {
       timeoutMs: this.commandMs, localFiles: this.local, ...(this.options.scratchDir ? { scratchDir: this.options.scratchDir } : {}),
     });

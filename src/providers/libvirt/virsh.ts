@@ -33,7 +33,22 @@ export class VirshError extends Error {
   get noDomain(): boolean {
     return /failed to get domain|domain not found|no domain with matching/i.test(this.detail);
   }
+
+  /**
+   * virsh could not reach libvirtd at all (not running, restarting): the command was never sent,
+   * so running it again is safe. A connection lost while a command ran is not this case.
+   */
+  get noDaemon(): boolean {
+    return /failed to connect to the hypervisor/i.test(this.detail);
+  }
 }
+
+/**
+ * How long a call waits for libvirtd to come back before failing. A restart of libvirtd
+ * (package upgrade, admin) takes 1-3 s here and leaves its domains, their jobs and our NBD
+ * exports running (docs/faults.md, libvirt); a backup should ride over it, not fail.
+ */
+export const DAEMON_WAIT_MS = 10_000;
 
 /** The "error: ..." lines virsh prints, without the prefix. */
 export function virshErrorText(stderr: string): string {
@@ -45,7 +60,7 @@ export function virshErrorText(stderr: string): string {
 /** A libvirt URI: qemu:///system, qemu:///session, qemu+ssh://user@host/system, ... */
 export function checkUri(uri: unknown): string {
   if (typeof uri !== 'string' || !/^[a-z][a-z0-9+]*:\/\/[^\s]*$/.test(uri) || uri.length > 512) {
-    throw new Error(`uri: "${String(uri)}" is not a libvirt URI (e.g. qemu:///system or qemu+ssh://root@host/system)`);
+    throw new Error(`uri: "${String(uri)}" is not a libvirt URI (e.g. qemu:///system)`);
   }
   return uri;
 }
@@ -56,12 +71,26 @@ export class VirshRunner implements Virsh {
   }
 
   async run(args: readonly string[], call: VirshCall = {}): Promise<string> {
+    const timeoutMs = call.timeoutMs ?? this.defaultTimeoutMs;
+    // never past the call's own timeout: a thaw's short timeout stays short (its caller retries)
+    const deadline = Date.now() + Math.min(timeoutMs, DAEMON_WAIT_MS);
+    for (;;) {
+      try {
+        return await this.once(args, timeoutMs, call.signal);
+      } catch (err) {
+        if (!(err instanceof VirshError && err.noDaemon) || call.signal?.aborted) throw err;
+        if (Date.now() + 250 > deadline) {
+          throw new VirshError(args, `libvirtd does not answer on ${this.uri} (waited ${Math.min(timeoutMs, DAEMON_WAIT_MS)} ms): ${err.detail}`, err.code);
+        }
+        await new Promise((r) => setTimeout(r, 250));
+      }
+    }
+  }
+
+  private async once(args: readonly string[], timeoutMs: number, signal?: AbortSignal): Promise<string> {
     const full = ['-c', this.uri, ...args];
     try {
-      const { stdout } = await runProgram(this.program, full, {
-        timeoutMs: call.timeoutMs ?? this.defaultTimeoutMs,
-        ...(call.signal ? { signal: call.signal } : {}),
-      });
+      const { stdout } = await runProgram(this.program, full, { timeoutMs, ...(signal ? { signal } : {}) });
       return stdout;
     } catch (err) {
       if (err instanceof ProgramFailed) throw new VirshError(args, virshErrorText(err.stderr), err.code);

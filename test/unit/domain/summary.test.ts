@@ -52,4 +52,12 @@ describe('summary: what happened to the backups and to the VMs', () => {
     assert.equal(none.ok, false);
     assert.match(none.text, /no VM is defined on this host: nothing was backed up/);
   });
+
+  it('a failure before any set exists (enumerate) is named by the host node\'s host name', () => {
+    const s = summarize({ payload: 'inject' }, new Error('virsh list --all: libvirtd does not answer'), { failedAt: 'enumerate', hostName: 'lab' });
+    assert.equal(s.host, 'lab');
+    assert.match(s.text, /^Backup\s+on lab FAILED at enumerate: virsh list --all/);
+    // the set's own host wins when it has one
+    assert.equal(summarize(set([copiedVm('a')], { stage: 'copied' }), undefined, { hostName: 'other' }).host, 'h1');
+  });
 });

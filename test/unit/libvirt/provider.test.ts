@@ -93,4 +93,20 @@ describe('libvirt provider: freeze status without qemu-agent-command', () => {
     assert.equal(await new LibvirtProvider({ virsh: new ScriptedVirsh({ guestinfo: ['fs.count : 0\n'] }) }).freezeStatus('web'), 'thawed');
     await assert.rejects(new LibvirtProvider({ virsh: new ScriptedVirsh({ guestinfo: [{ error: 'Guest agent is not responding' }] }) }).freezeStatus('web'), /not responding/);
   });
+
+  it('a remote URI (qemu+ssh://) is refused at enumerate, naming the setting, before any virsh call', async () => {
+    for (const uri of ['qemu+ssh://root@kvm1/system', 'qemu+tcp://kvm1/system', 'qemu+ssh://localhost/system']) {
+      const virsh = new ScriptedVirsh({});
+      Object.defineProperty(virsh, 'uri', { value: uri });
+      await assert.rejects(new LibvirtProvider({ virsh }).enumerate(), /^Error: libvirtUri: ".+" names a libvirtd on another machine/);
+      assert.deepEqual(virsh.calls, [], `${uri}: nothing asked of libvirt`);
+    }
+    // local ones go on to ask libvirt
+    for (const uri of ['qemu:///system', 'qemu+unix:///system?socket=/run/x.sock', 'qemu:///session']) {
+      const virsh = new ScriptedVirsh({ list: ['\n'] });
+      Object.defineProperty(virsh, 'uri', { value: uri });
+      await new LibvirtProvider({ virsh }).enumerate().catch(() => undefined);
+      assert.equal(virsh.calls[0]?.[0], 'list', `${uri}: enumerated`);
+    }
+  });
 });

@@ -1,0 +1,57 @@
+// libvirt's own view of the lab domains, asked of libvirt (virsh), for the libvirt fault cases:
+// disks on their original images, no job, the state expected, and libvirt's own disk-only
+// snapshot and backup still working.
+import * as assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { promises as fs, mkdtempSync } from 'node:fs';
+import * as path from 'node:path';
+import { domainImage } from '../../lab/libvirt-lab';
+import { parseJobInfo, parseTable } from '../../src/providers/libvirt/parse';
+
+export function virsh(...args: string[]): { status: number; stdout: string; stderr: string } {
+  const r = spawnSync('virsh', ['-c', 'qemu:///system', ...args], { encoding: 'utf8', timeout: 120_000 });
+  return { status: r.status ?? -1, stdout: r.stdout ?? '', stderr: r.stderr ?? '' };
+}
+
+export function virshOk(...args: string[]): string {
+  const r = virsh(...args);
+  assert.equal(r.status, 0, `virsh ${args.join(' ')}: ${r.stderr}`);
+  return r.stdout;
+}
+
+export function assertLibvirtView(name: string, state: string, lab: string): void {
+  const rows = parseTable(virshOk('domblklist', '--domain', name, '--details')).filter((r) => r.Device === 'disk');
+  assert.deepEqual(rows.map((r) => r.Source), [domainImage(name, lab)], `${name}: domblklist shows the original image`);
+  if (state === 'shut off') {
+    assert.match(virsh('domjobinfo', '--domain', name).stderr, /not running/, `${name}: no QEMU, no job`);
+  } else {
+    assert.equal(parseJobInfo(virshOk('domjobinfo', '--domain', name)).type, 'None', `${name}: no job runs`);
+  }
+  assert.equal(virshOk('domstate', '--domain', name).trim(), state, `${name} is ${state}`);
+}
+
+/** libvirt's own disk-only snapshot (+ blockcommit back) and its own push-mode backup, each checked. */
+export async function libvirtOwnSnapshotAndBackup(name: string, lab: string): Promise<void> {
+  const tmp = mkdtempSync(path.join(path.dirname(domainImage(name, lab)), 'own-'));
+  try {
+    const overlay = path.join(tmp, 'own-snap.qcow2');
+    virshOk('snapshot-create-as', '--domain', name, '--name', 'own', '--disk-only', '--atomic', '--no-metadata', '--diskspec', `vda,file=${overlay}`);
+    assert.deepEqual(parseTable(virshOk('domblklist', '--domain', name, '--details')).map((r) => r.Source), [overlay]);
+    virshOk('blockcommit', '--domain', name, 'vda', '--active', '--pivot', '--wait');
+    assertLibvirtView(name, 'running', lab);
+    const target = path.join(tmp, 'own-backup.qcow2');
+    const xml = path.join(tmp, 'push.xml');
+    await fs.writeFile(xml, `<domainbackup mode='push'><disks><disk name='vda' type='file'><target file='${target}'/><driver type='qcow2'/></disk></disks></domainbackup>`);
+    virshOk('backup-begin', '--domain', name, '--backupxml', xml);
+    const deadline = Date.now() + 120_000;
+    while (parseJobInfo(virshOk('domjobinfo', '--domain', name)).type !== 'None') {
+      assert.ok(Date.now() < deadline, 'libvirt\'s own backup finished');
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    assert.match(virshOk('domjobinfo', '--domain', name, '--completed'), /Completed/);
+    assert.equal(spawnSync('qemu-img', ['check', target]).status, 0, 'libvirt\'s own backup is a sound image');
+    assertLibvirtView(name, 'running', lab);
+  } finally {
+    await fs.rm(tmp, { recursive: true, force: true });
+  }
+}
