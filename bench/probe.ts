@@ -58,7 +58,7 @@ if (out) {
       };
     }
   }
-  const qemuImg = load('src/providers/qemu/qemu-img.js');
+  const qemuImg = load('src/providers/qemu-img.js');
   for (const name of ['info', 'convert', 'compare', 'commit']) timeAsync(qemuImg, name, `qemu-img ${name}`);
   const repo = load('src/repository/repository.js');
   for (const name of ['sha256File', 'writeFileDurable', 'fsyncDir']) timeAsync(repo, name, name);

@@ -7,7 +7,7 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { convertArgs } from '../src/providers/qemu/qemu-img';
+import { convertArgs } from '../src/providers/qemu-img';
 import { sha256File } from '../src/repository/repository';
 import { addScenarios, backup, journalSpan, type Ctx } from './context';
 import { allocatedBytes, imageInfo } from './images';

@@ -6,7 +6,7 @@
 // 6. Every ajv check the nodes made in the same runs, against the time of the stage itself.
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { compare as qemuImgCompare, convertArgs } from '../src/providers/qemu/qemu-img';
+import { compare as qemuImgCompare, convertArgs } from '../src/providers/qemu-img';
 import { sha256File } from '../src/repository/repository';
 import { runProgram } from '../src/util/run';
 import { startFleet, fleetSocketDir, type BareFleet } from './bare';

@@ -10,7 +10,7 @@ import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { ProgramFailed, runProgram } from '../util/run';
-import * as qemuImg from './qemu/qemu-img';
+import * as qemuImg from './qemu-img';
 
 /** Private directory of the lock holders' sockets (unix socket paths are limited to 108 bytes). */
 export const LOCK_DIR = path.join(os.tmpdir(), 'vm-backup-locks');

@@ -16,7 +16,7 @@ import { QmpClient } from '../../src/providers/qemu/protocol';
 import { holdersOf, LOCK_DIR } from '../../src/providers/offline-image';
 import { summarize } from '../../src/summary';
 import { runProgram } from '../../src/util/run';
-import { startBareHost, startBareVm, waitForSocket, type BareHost } from '../support/bare-vms';
+import { startBareHost, waitForSocket, type BareHost } from '../support/bare-vms';
 
 const LAB = process.env.VMBACKUP_LAB_DIR ?? '/tmp/vm-backup-lab';
 

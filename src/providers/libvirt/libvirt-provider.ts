@@ -30,7 +30,7 @@ function plannedOverlays(vm: ClassifiedVm, backupId: string): Overlay[] {
 }
 
 const overlaysOf = (view: PointInTimeView): Overlay[] => (Array.isArray(view.ref.overlays) ? (view.ref.overlays as Overlay[]) : []);
-import * as qemuImg from '../qemu/qemu-img';
+import * as qemuImg from '../qemu-img';
 import { beginBackup, endBackup, jobType, nbdUri, parseNbdUri, type BackupDisk } from './backup-job';
 import { enumerateDomains, type DomainRef } from './enumerate';
 import { definitionFrom, mapState, parseDomState } from './parse';

@@ -6,7 +6,7 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import type { EnumeratedVm, PointInTimeView } from '../../contract/types';
 import { holdImage, isHeld, lockSocket, releaseImages } from '../offline-image';
-import { info } from './qemu-img';
+import { info } from '../qemu-img';
 import { proxmoxLock, type InventoryVm } from './inventory';
 import { lockForBackup, unlock, type Runner } from './proxmox';
 

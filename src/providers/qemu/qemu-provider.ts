@@ -17,7 +17,7 @@ import { saveStateToFile } from './saved-state';
 import { armView, leftoverNodes, namedNodes, planView, releaseView, removeFleeceFiles, switchView, type ViewDisk, type ViewPlan } from './view';
 import { addBitmap, bitmapsByNode, removeBitmap } from './tracking';
 import { compareWithView, copyDisk } from './disk-copy';
-import { compare as compareImages } from './qemu-img';
+import { compare as compareImages } from '../qemu-img';
 import { copyOfflineImage } from '../offline-image';
 import { PROXMOX_CONF_DIR, readInventory, type InventoryKind, type InventoryResult, type InventoryVm } from './inventory';
 import { checkLocked, isOfflinePlan, lockOffline, offlinePlanOf, offlineVm, planOffline, unlockOffline, type LockTools } from './offline';

@@ -1,7 +1,7 @@
 import * as assert from 'node:assert/strict';
 import { disksFrom } from '../../../src/providers/qemu/block-graph';
 import { agentFrom, filesystemsFrom, osFrom } from '../../../src/providers/qemu/guest-facts';
-import { convertArgs, parseProgress } from '../../../src/providers/qemu/qemu-img';
+import { convertArgs, parseProgress } from '../../../src/providers/qemu-img';
 import { FLEECE_FILE, planView } from '../../../src/providers/qemu/view';
 
 const entry = (device: string, file: string, drv = 'qcow2', extra: object = {}) => ({

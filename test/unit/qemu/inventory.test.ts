@@ -145,7 +145,7 @@ describe('QEMU inventory: Proxmox confs (not run on a Proxmox host: fixtures and
       const conf = path.join(dir, '100.conf');
       await fs.copyFile(path.join(PVE, '100.conf'), conf);
       // the fake qm does to the conf what qm does
-      const run = fakeRunner((file, args) => {
+      const run = fakeRunner((file) => {
         if (file !== '/usr/sbin/qm') return new Error('not qm');
         return '';
       });

@@ -1,5 +1,5 @@
 // qemu-img does the copying: sparse, optionally compressed, with its own progress meter.
-import { runProgram } from '../../util/run';
+import { runProgram } from '../util/run';
 
 export interface ConvertOptions {
   sourceFormat: string;
