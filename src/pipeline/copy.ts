@@ -84,8 +84,7 @@ async function stageVm(
   const startedAt = performance.now(); // monotonic: ms is a duration
   live.assertLive();
   // journalled before the directory exists: a crash right after mkdir still finds it
-  live.noteStaging(vm.id, repo.stagingDir(host, vm.id, backupId));
-  const dir = await repo.openStaging(host, vm.id, backupId);
+  const dir = await repo.openStaging(host, vm.id, backupId, (d) => live.noteStaging(vm.id, d));
   const files: ManifestFile[] = [];
   const identities = new Map<string, string>();
 

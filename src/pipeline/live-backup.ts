@@ -5,6 +5,7 @@ import type { StageName } from '../contract/schemas';
 import type { PointInTimeView } from '../contract/types';
 import type { Journal, TrackIntent } from '../journal/journal';
 import type { HostProvider } from '../providers/provider';
+import { removeStaging } from '../repository/repository';
 import { performance } from 'node:perf_hooks';
 import { GuardianTimeout, startGuardian, stopGuardian, type Guardian } from './guardian';
 
@@ -493,18 +494,18 @@ export class LiveBackup {
     this.noteStaging(vmId, dir, true);
   }
 
-  async discard(vmId: string, remove: (dir: string) => Promise<void>): Promise<void> {
+  async discard(vmId: string): Promise<void> {
     const dir = this.staging.get(vmId);
     if (!dir) return;
     if (this.discardRetry.has(vmId)) clearTimeout(this.discardRetry.get(vmId));
     this.discardRetry.delete(vmId);
     try {
-      await remove(dir);
+      await removeStaging(dir);
     } catch (err) {
       // A repository that cannot be written now (read-only, gone) may be again: retry every few
       // seconds until the directory is gone, then the set ends (its guardian goes). The caller
       // reports this failure meanwhile.
-      const timer = setTimeout(() => void this.discard(vmId, remove).then(() => {
+      const timer = setTimeout(() => void this.discard(vmId).then(() => {
         this.log('info', `${vmId}: partial backup ${dir} removed on a later try`);
         this.endIfUndone();
       }, () => undefined), DISCARD_RETRY_MS);
@@ -523,7 +524,7 @@ export class LiveBackup {
    * that order: a frozen guest hurts first). Every undo is tried even when others fail; errors
    * are returned, and what failed is retried in the background until it succeeds.
    */
-  async undoAll(remove: (dir: string) => Promise<void>): Promise<string[]> {
+  async undoAll(): Promise<string[]> {
     const errors: string[] = [];
     const attempt = async (what: string, fn: () => Promise<unknown>) => {
       try {
@@ -536,19 +537,19 @@ export class LiveBackup {
     await Promise.all([...this.saved.keys()].map((vm) => attempt(`${vm} resume`, () => this.resume(vm))));
     await Promise.all([...this.views.keys()].map((vm) => attempt(`${vm} release of the point-in-time view`, () => this.release(vm))));
     await Promise.all([...this.tracks.keys()].map((vm) => attempt(`${vm} change tracking`, () => this.settleTracking(vm))));
-    await Promise.all([...this.staging.keys()].map((vm) => attempt(`${vm} discard`, () => this.discard(vm, remove))));
-    if (errors.length > 0) this.retryLater(remove);
+    await Promise.all([...this.staging.keys()].map((vm) => attempt(`${vm} discard`, () => this.discard(vm))));
+    if (errors.length > 0) this.retryLater();
     return errors;
   }
 
   /** A failed undo is tried again every few seconds until it succeeds; the set ends then. */
-  private retryLater(remove: (dir: string) => Promise<void>): void {
+  private retryLater(): void {
     if (this.retryTimer) return;
     this.retryTimer = setTimeout(() => {
       this.retryTimer = undefined;
       // the guardian took them over (it retries from the journal, here or if Node-RED goes away)
       if (this.adopting || this.endWritten) return;
-      void this.undoAll(remove).then((errors) => {
+      void this.undoAll().then((errors) => {
         if (errors.length === 0) {
           this.log('info', `backup ${this.backupId}: the undo that had failed succeeded on a retry; nothing of it is left`);
           this.endIfUndone();
@@ -565,7 +566,7 @@ export class LiveBackup {
    * so that nothing is undone under it (a merge under a running copy, a staging directory made
    * again after its discard). `fromStage`: called by the failing stage itself.
    */
-  abort(why: string, remove?: (dir: string) => Promise<void>, fromStage = false): Promise<void> {
+  abort(why: string, fromStage = false): Promise<void> {
     // inside a running stage, an abort already under way is waiting for this very stage
     if (this.ending) return fromStage && this.running ? Promise.resolve() : this.ending;
     this.abortedBecause ??= why;
@@ -574,7 +575,7 @@ export class LiveBackup {
     if (this.hasSideEffects() || running) this.log('warn', `backup ${this.backupId} aborted: ${why}; undoing its effects`);
     this.ending = (async () => {
       if (running) await running.catch(() => undefined);
-      const errors = await this.undoAll(remove ?? defaultRemove);
+      const errors = await this.undoAll();
       if (errors.length > 0) {
         this.log('error', `backup ${this.backupId}: could not undo: ${errors.join('; ')} (the journal keeps them for recovery)`);
       }
@@ -684,9 +685,4 @@ export function firstDifference(a: unknown, b: unknown, at: string): string | un
     if (d !== undefined) return d;
   }
   return undefined;
-}
-
-async function defaultRemove(dir: string): Promise<void> {
-  const { rm } = await import('node:fs/promises');
-  await rm(dir, { recursive: true, force: true });
 }

@@ -83,9 +83,12 @@ export class ArtifactRepository {
    * Make (or re-use) the staging directory of one VM's backup, with its owner record: which
    * process on which machine writes it, so that a recovery elsewhere (a second Node-RED on this
    * repository) can tell live work from a leftover without a journal (see staging-owner.ts).
+   * `beforeMaking` gets the path before the directory exists (the live set journals it there: a
+   * crash right after mkdir still finds it), so that callers never compute the path themselves.
    */
-  async openStaging(host: string, vm: string, backupId: string): Promise<string> {
+  async openStaging(host: string, vm: string, backupId: string, beforeMaking?: (dir: string) => void): Promise<string> {
     const dir = this.stagingDir(host, vm, backupId);
+    beforeMaking?.(dir);
     await fs.mkdir(path.dirname(dir), { recursive: true });
     // not recursive: a recursive mkdir reports a read-only file system as ENOENT
     await fs.mkdir(dir).catch((err: NodeJS.ErrnoException) => {
@@ -113,7 +116,7 @@ export class ArtifactRepository {
   }
 
   async discard(host: string, vm: string, backupId: string): Promise<void> {
-    await fs.rm(this.stagingDir(host, vm, backupId), { recursive: true, force: true });
+    await removeStaging(this.stagingDir(host, vm, backupId));
   }
 
   /**
@@ -149,6 +152,14 @@ export class ArtifactRepository {
       return false;
     }
   }
+}
+
+/**
+ * Remove one unpublished staging directory and all in it (gone already is fine). The one remove of
+ * staging: the live set's discard, the guardian's and recovery's undo all come here.
+ */
+export async function removeStaging(dir: string): Promise<void> {
+  await fs.rm(dir, { recursive: true, force: true });
 }
 
 async function readdirSafe(dir: string): Promise<string[]> {
