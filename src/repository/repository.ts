@@ -3,6 +3,7 @@
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
+import { fsyncDir } from './durable';
 import { inside } from './paths';
 import { OWNER_FILE, writeOwner } from './staging-owner';
 
@@ -167,25 +168,5 @@ async function readdirSafe(dir: string): Promise<string[]> {
     return (await fs.readdir(dir, { withFileTypes: true })).filter((e) => e.isDirectory()).map((e) => e.name);
   } catch {
     return [];
-  }
-}
-
-export async function fsyncDir(dir: string): Promise<void> {
-  const handle = await fs.open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
-/** Write a file and fsync it, so that a published backup survives a power cut. */
-export async function writeFileDurable(file: string, data: string | Buffer): Promise<void> {
-  const handle = await fs.open(file, 'w', 0o640);
-  try {
-    await handle.writeFile(data);
-    await handle.sync();
-  } finally {
-    await handle.close();
   }
 }
