@@ -5,17 +5,17 @@ import { promises as fs } from 'node:fs';
 
 /** fsync a file already written (a disk copy written by another process, a saved state). */
 export async function fsyncFile(file: string): Promise<void> {
-  const handle = await fs.open(file, 'r+');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
+  await syncOpened(file, 'r+');
 }
 
 /** fsync a directory: the names created, renamed or removed in it survive a power cut. */
 export async function fsyncDir(dir: string): Promise<void> {
-  const handle = await fs.open(dir, 'r');
+  // a directory can only be opened for reading
+  await syncOpened(dir, 'r');
+}
+
+async function syncOpened(p: string, flags: 'r' | 'r+'): Promise<void> {
+  const handle = await fs.open(p, flags);
   try {
     await handle.sync();
   } finally {
