@@ -8,6 +8,7 @@ import type { HostProvider } from '../providers/provider';
 import { removeStaging } from '../repository/repository';
 import { performance } from 'node:perf_hooks';
 import { GuardianTimeout, startGuardian, stopGuardian, type Guardian } from './guardian';
+import { assertSetUnchanged, assertVmsUnchanged } from './unchanged';
 
 export interface Timeouts {
   /** a frozen guest is thawed after this long (VSS holds writes at most 10 s) */
@@ -180,17 +181,7 @@ export class LiveBackup {
    * between stages (function node, replay of an old message) is refused, naming the field.
    */
   checkUnchanged(vms: readonly Record<string, unknown>[]): void {
-    vms.forEach((vm, i) => {
-      const rec = this.records.get(String(vm.id));
-      if (!rec) return;
-      for (const field of GUARDED_FIELDS) {
-        if (!(field in rec.vm)) continue;
-        const where = firstDifference(rec.vm[field], vm[field], `/vms/${i}/${field}`);
-        if (where !== undefined) {
-          throw new Error(`${where}: differs from what host produced for VM "${String(vm.id)}" at stage "${rec.stage}"; fields that steer side effects cannot be changed between stages`);
-        }
-      }
-    });
+    assertVmsUnchanged(this.records, vms);
   }
 
   /** Remember set-level fields as this host produced them (a deep copy); later stages check them. */
@@ -204,12 +195,7 @@ export class LiveBackup {
    * guarded field the host never produced (a repository at a stage before copy) is refused too.
    */
   checkSetUnchanged(set: Record<string, unknown>): void {
-    for (const field of GUARDED_SET_FIELDS) {
-      const where = firstDifference(this.setRecord[field], set[field], `/${field}`);
-      if (where !== undefined) {
-        throw new Error(`${where}: differs from what host produced for backup set ${this.backupId}; fields that steer side effects or paths cannot be changed between stages`);
-      }
-    }
+    assertSetUnchanged(this.setRecord, set, this.backupId);
   }
 
   /**
@@ -650,9 +636,6 @@ export class LiveBackup {
   }
 }
 
-/** The fields of a set that name paths or decide what is done (backupId is the key the set is found by). */
-const GUARDED_SET_FIELDS = ['host', 'writer', 'createdAt', 'policy', 'skipped', 'repository'] as const;
-
 /** How often a staging directory that could not be removed is tried again. */
 export const DISCARD_RETRY_MS = 3000;
 
@@ -660,29 +643,3 @@ export const DISCARD_RETRY_MS = 3000;
 const GUARDIAN_CHECK_MS = 250;
 /** A guardian that does not answer a ping within this is stalled (SIGSTOPped, hung). */
 const GUARDIAN_PING_MS = 400;
-
-/** The fields of a VM that decide what is touched and how the backup is labelled. */
-const GUARDED_FIELDS = ['disks', 'snapshotLocation', 'method', 'consistency', 'prepare', 'snapshot', 'postSnapshot'] as const;
-
-/** JSON pointer of the first place where b differs from a; undefined when equal. */
-export function firstDifference(a: unknown, b: unknown, at: string): string | undefined {
-  if (a === b) return undefined;
-  if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null || Array.isArray(a) !== Array.isArray(b)) return at;
-  if (Array.isArray(a)) {
-    const bb = b as unknown[];
-    for (let i = 0; i < Math.max(a.length, bb.length); i++) {
-      const d = firstDifference(a[i], bb[i], `${at}/${i}`);
-      if (d !== undefined) return d;
-    }
-    return undefined;
-  }
-  const ao = a as Record<string, unknown>;
-  const bo = b as Record<string, unknown>;
-  for (const k of new Set([...Object.keys(ao), ...Object.keys(bo)])) {
-    // timings inside a stage result are informative only
-    if (k === 'ms') continue;
-    const d = firstDifference(ao[k], bo[k], `${at}/${k.replace(/~/g, '~0').replace(/\//g, '~1')}`);
-    if (d !== undefined) return d;
-  }
-  return undefined;
-}
