@@ -61,7 +61,9 @@ if (out) {
   const qemuImg = load('src/providers/qemu-img.js');
   for (const name of ['info', 'convert', 'compare', 'commit']) timeAsync(qemuImg, name, `qemu-img ${name}`);
   const repo = load('src/repository/repository.js');
-  for (const name of ['sha256File', 'writeFileDurable', 'fsyncDir']) timeAsync(repo, name, name);
+  timeAsync(repo, 'sha256File', 'sha256File');
+  const durable = load('src/repository/durable.js');
+  for (const name of ['writeFileDurable', 'fsyncDir']) timeAsync(durable, name, name);
   const provider = load('src/providers/qemu/qemu-provider.js')?.QemuProvider?.prototype;
   // experiment switch for A/B runs (bench/ab.ts --b-env=BENCH_NO_GUARDIAN=1): no guardian process
   if (provider && process.env.BENCH_NO_GUARDIAN === '1') provider.guardianSpec = () => undefined;

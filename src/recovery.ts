@@ -10,7 +10,7 @@ import * as fsSync from 'node:fs';
 import type { JournalEntry, PendingUndo, SkippedLine } from './journal/journal';
 import { isStagingShaped, Journal, pendingUndos } from './journal/journal';
 import type { HostProvider } from './providers/provider';
-import type { ArtifactRepository } from './repository/repository';
+import { removeStaging, type ArtifactRepository } from './repository/repository';
 import { ownerGone, readOwner } from './repository/staging-owner';
 import { isSafeName } from './util/ids';
 import { undo as undoEffect } from './pipeline/undo';
@@ -217,7 +217,7 @@ export async function recover(journal: Journal, provider: HostProvider, repo: Ar
         continue;
       }
       // a repository that cannot be written now (read-only, gone) must not stop the thaws above
-      const error = await fs.rm(dir, { recursive: true, force: true }).then(() => undefined, (err: Error) => err.message);
+      const error = await removeStaging(dir).then(() => undefined, (err: Error) => err.message);
       actions.push({ kind: 'discard-unjournalled', ok: error === undefined, vm: dir, path: dir, ...(error ? { error } : {}) });
     }
   }

@@ -6,6 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
+import { fsyncFile } from '../repository/durable';
 import { runProgram } from '../util/run';
 import { diskEntryOf, lstatOrUndefined, programDetail, readManifestAt, type ImageToolOptions } from './links';
 
@@ -103,12 +104,7 @@ export async function flattenDisk(input: FlattenInput): Promise<FlattenResult> {
         throw new Error(`the flattened image differs from the chain of ${top}: ${programDetail(err)}`);
       }
     }
-    const handle = await fs.open(tmp, 'r+');
-    try {
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
+    await fsyncFile(tmp);
     // a hard link fails if the name was taken meanwhile: nothing is ever replaced
     await fs.link(tmp, out).catch((err: NodeJS.ErrnoException) => {
       throw err.code === 'EEXIST' ? new FlattenRefused('out', `${out} appeared while flattening; not overwritten`) : err;

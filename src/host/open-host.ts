@@ -5,7 +5,8 @@ import * as path from 'node:path';
 import { BackupHost } from '../pipeline/backup-host';
 import type { Logger } from '../pipeline/live-backup';
 import { Journal, JournalError } from '../journal/journal';
-import { createProvider } from '../providers';
+import { createProvider, type ProviderConfig } from '../providers';
+import type { HostProvider } from '../providers/provider';
 import { journalPath as journalFile, recover, type RecoveryAction } from '../recovery';
 import { isSafeName } from '../util/ids';
 import { hostSettings, type HostConfig, type HostCredentials, type HostSettings } from './settings';
@@ -50,12 +51,14 @@ export interface HostIdentity {
 /**
  * Check the settings, build the provider, open the journal and run recovery. Throws, naming the
  * setting, on a bad setting or a journal that cannot be written (no backup may run without one).
+ * `makeProvider` is the provider registry; a unit test passes one that adds a fake transport.
  */
 export async function openHost(
   config: HostConfig, credentials: HostCredentials, userDir: string, log: Logger = () => undefined, identity?: HostIdentity,
+  makeProvider: (config: ProviderConfig) => HostProvider = createProvider,
 ): Promise<OpenedHost> {
   const settings = hostSettings(config, credentials);
-  const provider = createProvider(settings.provider);
+  const provider = makeProvider(settings.provider);
   const hostName = settings.provider.hostName;
   const owner = identity && isSafeName(identity.id) ? identity.id : undefined;
   const peers = identity?.peers ?? [];

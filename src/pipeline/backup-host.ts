@@ -227,8 +227,7 @@ export class BackupHost {
     if (vm.method === 'saved-state') {
       // the view is armed after the save: QEMU cannot migrate with its filters in the graph;
       // paths from the host's own settings, never from the message
-      live.noteStaging(vm.id, this.repository.stagingDir(this.options.hostName, vm.id, live.backupId));
-      const dir = await this.repository.openStaging(this.options.hostName, vm.id, live.backupId);
+      const dir = await this.repository.openStaging(this.options.hostName, vm.id, live.backupId, (d) => live.noteStaging(vm.id, d));
       const file = `${dir}/state.vmstate`;
       let bytes = 0;
       const state = await this.provider.runState(vm.id);
@@ -341,12 +340,12 @@ export class BackupHost {
       vms = await live.runStage(() => copyBackupSet(this.provider, this.repository, live, set, { ...options, hostName: this.options.hostName }));
     } catch (err) {
       const why = live.abortedBecause ?? (err as Error).message;
-      await live.abort(why, (dir) => this.removeStaging(dir), true);
+      await live.abort(why, true);
       throw live.abortedBecause && live.abortedBecause !== (err as Error).message
         ? new StageError(`backup set ${set.backupId} was aborted: ${live.abortedBecause} (${(err as Error).message})`)
         : err;
     }
-    const errors = await live.undoAll((dir) => this.removeStaging(dir));
+    const errors = await live.undoAll();
     if (errors.length > 0) {
       live.abortedBecause = `undo failed: ${errors.join('; ')}`;
       live.finish(false);
@@ -369,15 +368,10 @@ export class BackupHost {
    */
   private async endStage(live: LiveBackup, stage: StageName, vms: readonly { id: string }[]): Promise<void> {
     if (live.abortedBecause !== undefined) {
-      await live.abort(live.abortedBecause, (dir) => this.removeStaging(dir), true);
+      await live.abort(live.abortedBecause, true);
       throw new StageError(`/backupId: backup set ${live.backupId} was aborted: ${live.abortedBecause}`);
     }
     live.end(stage, vms);
-  }
-
-  private async removeStaging(dir: string): Promise<void> {
-    const { rm } = await import('node:fs/promises');
-    await rm(dir, { recursive: true, force: true });
   }
 
   /**
@@ -388,14 +382,14 @@ export class BackupHost {
     try {
       return await allSettledOrThrow(vms, step);
     } catch (err) {
-      await live.abort((err as Error).message, (dir) => this.removeStaging(dir), true);
+      await live.abort((err as Error).message, true);
       throw err;
     }
   }
 
   /** Abort every live set (the host node is closing or being redeployed). */
   async closeAll(why: string): Promise<void> {
-    await Promise.all([...this.live.values()].map((live) => live.abort(why, (dir) => this.removeStaging(dir))));
+    await Promise.all([...this.live.values()].map((live) => live.abort(why)));
   }
 }
 

@@ -10,7 +10,8 @@ import type { CopyResult, Manifest, ManifestFile, PointInTimeView, PostSnapshotS
 import type { HostProvider } from '../providers/provider';
 import { applyPolicy, chainEntry, type ChainPolicy } from './chain-plan';
 import { vmChain } from '../chain';
-import { fsyncDir, sha256File, writeFileDurable, type ArtifactRepository } from '../repository/repository';
+import { fsyncDir, fsyncFile, writeFileDurable } from '../repository/durable';
+import { sha256File, type ArtifactRepository } from '../repository/repository';
 import type { LiveBackup } from './live-backup';
 import { limitedSettledOrThrow, StageError } from './stage-error';
 
@@ -84,8 +85,7 @@ async function stageVm(
   const startedAt = performance.now(); // monotonic: ms is a duration
   live.assertLive();
   // journalled before the directory exists: a crash right after mkdir still finds it
-  live.noteStaging(vm.id, repo.stagingDir(host, vm.id, backupId));
-  const dir = await repo.openStaging(host, vm.id, backupId);
+  const dir = await repo.openStaging(host, vm.id, backupId, (d) => live.noteStaging(vm.id, d));
   const files: ManifestFile[] = [];
   const identities = new Map<string, string>();
 
@@ -225,15 +225,6 @@ async function hashFile(dir: string, name: string, kind: ManifestFile['kind'], i
   if (identity(before) !== identity(after)) throw new StageError(`${name}: changed while it was being hashed; not published`);
   identities.set(name, identity(after));
   return { name, kind, bytes: Number(after.size), sha256 };
-}
-
-async function fsyncFile(file: string): Promise<void> {
-  const handle = await fs.open(file, 'r+');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
 }
 
 function buildManifest(set: PostSnapshotSet, host: string, s: Staged): Manifest {

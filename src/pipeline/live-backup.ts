@@ -5,8 +5,10 @@ import type { StageName } from '../contract/schemas';
 import type { PointInTimeView } from '../contract/types';
 import type { Journal, TrackIntent } from '../journal/journal';
 import type { HostProvider } from '../providers/provider';
+import { removeStaging } from '../repository/repository';
 import { performance } from 'node:perf_hooks';
 import { GuardianTimeout, startGuardian, stopGuardian, type Guardian } from './guardian';
+import { assertSetUnchanged, assertVmsUnchanged } from './unchanged';
 
 export interface Timeouts {
   /** a frozen guest is thawed after this long (VSS holds writes at most 10 s) */
@@ -179,17 +181,7 @@ export class LiveBackup {
    * between stages (function node, replay of an old message) is refused, naming the field.
    */
   checkUnchanged(vms: readonly Record<string, unknown>[]): void {
-    vms.forEach((vm, i) => {
-      const rec = this.records.get(String(vm.id));
-      if (!rec) return;
-      for (const field of GUARDED_FIELDS) {
-        if (!(field in rec.vm)) continue;
-        const where = firstDifference(rec.vm[field], vm[field], `/vms/${i}/${field}`);
-        if (where !== undefined) {
-          throw new Error(`${where}: differs from what host produced for VM "${String(vm.id)}" at stage "${rec.stage}"; fields that steer side effects cannot be changed between stages`);
-        }
-      }
-    });
+    assertVmsUnchanged(this.records, vms);
   }
 
   /** Remember set-level fields as this host produced them (a deep copy); later stages check them. */
@@ -203,12 +195,7 @@ export class LiveBackup {
    * guarded field the host never produced (a repository at a stage before copy) is refused too.
    */
   checkSetUnchanged(set: Record<string, unknown>): void {
-    for (const field of GUARDED_SET_FIELDS) {
-      const where = firstDifference(this.setRecord[field], set[field], `/${field}`);
-      if (where !== undefined) {
-        throw new Error(`${where}: differs from what host produced for backup set ${this.backupId}; fields that steer side effects or paths cannot be changed between stages`);
-      }
-    }
+    assertSetUnchanged(this.setRecord, set, this.backupId);
   }
 
   /**
@@ -493,18 +480,18 @@ export class LiveBackup {
     this.noteStaging(vmId, dir, true);
   }
 
-  async discard(vmId: string, remove: (dir: string) => Promise<void>): Promise<void> {
+  async discard(vmId: string): Promise<void> {
     const dir = this.staging.get(vmId);
     if (!dir) return;
     if (this.discardRetry.has(vmId)) clearTimeout(this.discardRetry.get(vmId));
     this.discardRetry.delete(vmId);
     try {
-      await remove(dir);
+      await removeStaging(dir);
     } catch (err) {
       // A repository that cannot be written now (read-only, gone) may be again: retry every few
       // seconds until the directory is gone, then the set ends (its guardian goes). The caller
       // reports this failure meanwhile.
-      const timer = setTimeout(() => void this.discard(vmId, remove).then(() => {
+      const timer = setTimeout(() => void this.discard(vmId).then(() => {
         this.log('info', `${vmId}: partial backup ${dir} removed on a later try`);
         this.endIfUndone();
       }, () => undefined), DISCARD_RETRY_MS);
@@ -523,7 +510,7 @@ export class LiveBackup {
    * that order: a frozen guest hurts first). Every undo is tried even when others fail; errors
    * are returned, and what failed is retried in the background until it succeeds.
    */
-  async undoAll(remove: (dir: string) => Promise<void>): Promise<string[]> {
+  async undoAll(): Promise<string[]> {
     const errors: string[] = [];
     const attempt = async (what: string, fn: () => Promise<unknown>) => {
       try {
@@ -536,19 +523,19 @@ export class LiveBackup {
     await Promise.all([...this.saved.keys()].map((vm) => attempt(`${vm} resume`, () => this.resume(vm))));
     await Promise.all([...this.views.keys()].map((vm) => attempt(`${vm} release of the point-in-time view`, () => this.release(vm))));
     await Promise.all([...this.tracks.keys()].map((vm) => attempt(`${vm} change tracking`, () => this.settleTracking(vm))));
-    await Promise.all([...this.staging.keys()].map((vm) => attempt(`${vm} discard`, () => this.discard(vm, remove))));
-    if (errors.length > 0) this.retryLater(remove);
+    await Promise.all([...this.staging.keys()].map((vm) => attempt(`${vm} discard`, () => this.discard(vm))));
+    if (errors.length > 0) this.retryLater();
     return errors;
   }
 
   /** A failed undo is tried again every few seconds until it succeeds; the set ends then. */
-  private retryLater(remove: (dir: string) => Promise<void>): void {
+  private retryLater(): void {
     if (this.retryTimer) return;
     this.retryTimer = setTimeout(() => {
       this.retryTimer = undefined;
       // the guardian took them over (it retries from the journal, here or if Node-RED goes away)
       if (this.adopting || this.endWritten) return;
-      void this.undoAll(remove).then((errors) => {
+      void this.undoAll().then((errors) => {
         if (errors.length === 0) {
           this.log('info', `backup ${this.backupId}: the undo that had failed succeeded on a retry; nothing of it is left`);
           this.endIfUndone();
@@ -565,7 +552,7 @@ export class LiveBackup {
    * so that nothing is undone under it (a merge under a running copy, a staging directory made
    * again after its discard). `fromStage`: called by the failing stage itself.
    */
-  abort(why: string, remove?: (dir: string) => Promise<void>, fromStage = false): Promise<void> {
+  abort(why: string, fromStage = false): Promise<void> {
     // inside a running stage, an abort already under way is waiting for this very stage
     if (this.ending) return fromStage && this.running ? Promise.resolve() : this.ending;
     this.abortedBecause ??= why;
@@ -574,7 +561,7 @@ export class LiveBackup {
     if (this.hasSideEffects() || running) this.log('warn', `backup ${this.backupId} aborted: ${why}; undoing its effects`);
     this.ending = (async () => {
       if (running) await running.catch(() => undefined);
-      const errors = await this.undoAll(remove ?? defaultRemove);
+      const errors = await this.undoAll();
       if (errors.length > 0) {
         this.log('error', `backup ${this.backupId}: could not undo: ${errors.join('; ')} (the journal keeps them for recovery)`);
       }
@@ -649,9 +636,6 @@ export class LiveBackup {
   }
 }
 
-/** The fields of a set that name paths or decide what is done (backupId is the key the set is found by). */
-const GUARDED_SET_FIELDS = ['host', 'writer', 'createdAt', 'policy', 'skipped', 'repository'] as const;
-
 /** How often a staging directory that could not be removed is tried again. */
 export const DISCARD_RETRY_MS = 3000;
 
@@ -659,34 +643,3 @@ export const DISCARD_RETRY_MS = 3000;
 const GUARDIAN_CHECK_MS = 250;
 /** A guardian that does not answer a ping within this is stalled (SIGSTOPped, hung). */
 const GUARDIAN_PING_MS = 400;
-
-/** The fields of a VM that decide what is touched and how the backup is labelled. */
-const GUARDED_FIELDS = ['disks', 'snapshotLocation', 'method', 'consistency', 'prepare', 'snapshot', 'postSnapshot'] as const;
-
-/** JSON pointer of the first place where b differs from a; undefined when equal. */
-export function firstDifference(a: unknown, b: unknown, at: string): string | undefined {
-  if (a === b) return undefined;
-  if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null || Array.isArray(a) !== Array.isArray(b)) return at;
-  if (Array.isArray(a)) {
-    const bb = b as unknown[];
-    for (let i = 0; i < Math.max(a.length, bb.length); i++) {
-      const d = firstDifference(a[i], bb[i], `${at}/${i}`);
-      if (d !== undefined) return d;
-    }
-    return undefined;
-  }
-  const ao = a as Record<string, unknown>;
-  const bo = b as Record<string, unknown>;
-  for (const k of new Set([...Object.keys(ao), ...Object.keys(bo)])) {
-    // timings inside a stage result are informative only
-    if (k === 'ms') continue;
-    const d = firstDifference(ao[k], bo[k], `${at}/${k.replace(/~/g, '~0').replace(/\//g, '~1')}`);
-    if (d !== undefined) return d;
-  }
-  return undefined;
-}
-
-async function defaultRemove(dir: string): Promise<void> {
-  const { rm } = await import('node:fs/promises');
-  await rm(dir, { recursive: true, force: true });
-}

@@ -1,9 +1,9 @@
 // The one place that knows how to undo each kind of side effect a journal can list. Used by the
 // guardian (Node-RED died, or it handed over what it could not undo) and by recovery at start,
 // so that the two can never disagree on what "undone" means. Every undo is safe to repeat.
-import { promises as fs } from 'node:fs';
 import type { PendingUndo } from '../journal/journal';
 import type { HostProvider } from '../providers/provider';
+import { removeStaging } from '../repository/repository';
 
 export interface UndoContext {
   /** one guest-agent or QMP command */
@@ -31,7 +31,7 @@ export async function undo(provider: HostProvider, pending: PendingUndo, ctx: Un
       await provider.tracking.remove(pending.vm, pending.remove, pending.view);
       return 'done';
     case 'discard':
-      await fs.rm(pending.dir, { recursive: true, force: true });
+      await removeStaging(pending.dir);
       return 'done';
   }
 }

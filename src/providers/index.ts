@@ -1,6 +1,7 @@
 import { checkRoot, PathRefused } from '../repository/paths';
 import type { GuardianProviderSpec, HostProvider } from './provider';
 import { QemuProvider } from './qemu/qemu-provider';
+import type { PowerShellRunner } from './hyperv/runner';
 import type { SshTarget } from './ssh-target';
 
 // The settings are checked once, in src/host/settings.ts (the host node's fields and the editor);
@@ -9,7 +10,8 @@ export interface ProviderConfig {
   provider: 'qemu' | 'hyperv' | 'libvirt';
   hostName: string;
   qemu?: { socketDir: string; overlayDir?: string; compress?: boolean; commandMs?: number; inventory?: 'json' | 'proxmox' | 'none' };
-  hyperv?: { mode: 'local' | 'ssh'; ssh?: SshTarget };
+  /** runner: replaces the PowerShell transport built from mode (unit tests; never from settings) */
+  hyperv?: { mode: 'local' | 'ssh'; ssh?: SshTarget; runner?: PowerShellRunner };
   libvirt?: { uri?: string; runDir?: string };
 }
 
@@ -37,7 +39,7 @@ const FACTORIES: Record<ProviderConfig['provider'], (config: ProviderConfig) => 
   hyperv: (config) => {
     const { createHyperVProvider } = require('./hyperv') as { createHyperVProvider: (o: object) => HostProvider };
     const h = config.hyperv ?? { mode: 'local' as const };
-    return createHyperVProvider({ hostName: config.hostName, mode: h.mode, ...(h.ssh ? { ssh: h.ssh } : {}) });
+    return createHyperVProvider({ hostName: config.hostName, mode: h.mode, ...(h.ssh ? { ssh: h.ssh } : {}), ...(h.runner ? { runner: h.runner } : {}) });
   },
 };
 

@@ -3,6 +3,7 @@
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
+import { fsyncDir } from './durable';
 import { inside } from './paths';
 import { OWNER_FILE, writeOwner } from './staging-owner';
 
@@ -83,9 +84,12 @@ export class ArtifactRepository {
    * Make (or re-use) the staging directory of one VM's backup, with its owner record: which
    * process on which machine writes it, so that a recovery elsewhere (a second Node-RED on this
    * repository) can tell live work from a leftover without a journal (see staging-owner.ts).
+   * `beforeMaking` gets the path before the directory exists (the live set journals it there: a
+   * crash right after mkdir still finds it), so that callers never compute the path themselves.
    */
-  async openStaging(host: string, vm: string, backupId: string): Promise<string> {
+  async openStaging(host: string, vm: string, backupId: string, beforeMaking?: (dir: string) => void): Promise<string> {
     const dir = this.stagingDir(host, vm, backupId);
+    beforeMaking?.(dir);
     await fs.mkdir(path.dirname(dir), { recursive: true });
     // not recursive: a recursive mkdir reports a read-only file system as ENOENT
     await fs.mkdir(dir).catch((err: NodeJS.ErrnoException) => {
@@ -113,7 +117,7 @@ export class ArtifactRepository {
   }
 
   async discard(host: string, vm: string, backupId: string): Promise<void> {
-    await fs.rm(this.stagingDir(host, vm, backupId), { recursive: true, force: true });
+    await removeStaging(this.stagingDir(host, vm, backupId));
   }
 
   /**
@@ -151,30 +155,18 @@ export class ArtifactRepository {
   }
 }
 
+/**
+ * Remove one unpublished staging directory and all in it (gone already is fine). The one remove of
+ * staging: the live set's discard, the guardian's and recovery's undo all come here.
+ */
+export async function removeStaging(dir: string): Promise<void> {
+  await fs.rm(dir, { recursive: true, force: true });
+}
+
 async function readdirSafe(dir: string): Promise<string[]> {
   try {
     return (await fs.readdir(dir, { withFileTypes: true })).filter((e) => e.isDirectory()).map((e) => e.name);
   } catch {
     return [];
-  }
-}
-
-export async function fsyncDir(dir: string): Promise<void> {
-  const handle = await fs.open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
-/** Write a file and fsync it, so that a published backup survives a power cut. */
-export async function writeFileDurable(file: string, data: string | Buffer): Promise<void> {
-  const handle = await fs.open(file, 'w', 0o640);
-  try {
-    await handle.writeFile(data);
-    await handle.sync();
-  } finally {
-    await handle.close();
   }
 }

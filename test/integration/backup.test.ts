@@ -2,18 +2,13 @@
 // proven by reading the backups: consistency claims are checked against the images.
 import * as assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { promises as fs, mkdtempSync, readFileSync } from 'node:fs';
-import * as os from 'node:os';
+import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
-import { startLab, stopLab, labStatus } from '../../lab/lab-vms';
 import { GuestAgentClient, QmpClient } from '../../src/providers/qemu/protocol';
 import { overlaysUnder } from '../support/bare-vms';
 import { assertGraphClean } from '../support/graph';
 import { inspectImage } from '../support/image-check';
-import { CATCH, helper, nextMessage, NODE_MODULES, pipelineFlow } from '../nodes/flow-fixture';
-
-const LAB = process.env.VMBACKUP_LAB_DIR ?? '/tmp/vm-backup-lab';
-const VMS = ['vm-agent', 'vm-noagent', 'vm-passthrough'];
+import { LAB, LAB_VMS as VMS, labBackupSuite, runLabBackup } from '../support/lab-backup';
 
 async function qmp<T>(vm: string, command: string): Promise<T> {
   const c = await QmpClient.connect(path.join(LAB, 'run', `${vm}.qmp`));
@@ -46,41 +41,12 @@ async function assertVmsUnharmed(): Promise<void> {
   for (const vm of ['vm-agent', 'vm-passthrough']) assert.equal(await freezeStatus(vm), 'thawed', `${vm} thawed`);
 }
 
-async function runBackup(fallback: string, repository: string, journalDir: string): Promise<any> {
-  await helper.load([...NODE_MODULES, CATCH], pipelineFlow({ socketDir: path.join(LAB, 'run'), repository, journalDir, fallback, hostExtra: { hostName: 'lab' } }) as any);
-  const done = nextMessage('out-copy', 300_000);
-  const failed = nextMessage('caught', 300_000).then((m) => Promise.reject(new Error(`backup failed: ${m.error.message}`)));
-  helper.getNode('enumerate').receive({ payload: '' });
-  return Promise.race([done, failed]);
-}
-
 describe('backups of the lab VMs through Node-RED', function () {
   this.timeout(600_000);
-  let repository: string;
-  let journalDir: string;
-  let startedHere = false;
-
-  before(async () => {
-    startedHere = !labStatus(LAB).vms.some((vm) => vm.alive);
-    await startLab({ labDir: LAB, install: false });
-    repository = mkdtempSync(path.join(os.tmpdir(), 'vmb-repo-'));
-    journalDir = mkdtempSync(path.join(os.tmpdir(), 'vmb-journal-'));
-  });
-  after(async () => {
-    if (startedHere && !process.env.VMBACKUP_KEEP_LAB) await stopLab(LAB);
-    if (repository) await fs.rm(repository, { recursive: true, force: true });
-    if (journalDir) await fs.rm(journalDir, { recursive: true, force: true });
-  });
-  beforeEach((done) => {
-    helper.startServer(done);
-  });
-  afterEach(async () => {
-    await helper.unload();
-    await new Promise<void>((resolve) => helper.stopServer(() => resolve()));
-  });
+  const lab = labBackupSuite('');
 
   it('checkpoint policy: online VMs application-consistent (proven from the image), the agentless VM crash-consistent, the network disk excluded', async () => {
-    const msg = await runBackup('checkpoint', repository, journalDir);
+    const msg = await runLabBackup(lab, 'checkpoint');
     // The set ended: its QMP sockets are given back at once (each serves one client at a time),
     // not when the provider's idle connections time out (3 s).
     const t0 = Date.now();
@@ -95,7 +61,7 @@ describe('backups of the lab VMs through Node-RED', function () {
     assert.ok(byId.get('vm-noagent').reasons.some((r: any) => r.rule === 'integration-service' && !r.ok));
 
     for (const id of VMS) {
-      const dir = path.join(repository, byId.get(id).copy.path);
+      const dir = path.join(lab.repository, byId.get(id).copy.path);
       const manifest = JSON.parse(readFileSync(path.join(dir, 'manifest.json'), 'utf8'));
       for (const f of manifest.files) {
         const sha = createHash('sha256').update(readFileSync(path.join(dir, f.name))).digest('hex');
@@ -115,7 +81,7 @@ describe('backups of the lab VMs through Node-RED', function () {
       }
       assert.ok(facts.records.records > 0, `${id}: the workload's records are in the backup`);
     }
-    const pt = JSON.parse(readFileSync(path.join(repository, byId.get('vm-passthrough').copy.path, 'manifest.json'), 'utf8'));
+    const pt = JSON.parse(readFileSync(path.join(lab.repository, byId.get('vm-passthrough').copy.path, 'manifest.json'), 'utf8'));
     assert.deepEqual(pt.excludedDisks.map((d: any) => [d.id, d.reason]), [['drive-virtio1', 'network']]);
     assert.ok(pt.warnings.some((w: string) => /drive-virtio1.*NOT backed up/.test(w)));
     assert.equal(pt.files.filter((f: any) => f.kind === 'disk').length, 1, 'only the local disk is copied');
@@ -124,14 +90,14 @@ describe('backups of the lab VMs through Node-RED', function () {
   });
 
   it('saved-state policy: the agentless VM is saved, returned to running, its state copied', async () => {
-    const msg = await runBackup('saved-state', repository, journalDir);
+    const msg = await runLabBackup(lab, 'saved-state');
     const vm = msg.payload.vms.find((v: any) => v.id === 'vm-noagent');
     assert.equal(vm.method, 'saved-state');
     assert.equal(vm.prepare.action, 'save');
     assert.equal(vm.postSnapshot.resumed, true);
     assert.equal(vm.postSnapshot.returnedTo, 'running');
     assert.ok(vm.postSnapshot.downtimeMs > 0);
-    const dir = path.join(repository, vm.copy.path);
+    const dir = path.join(lab.repository, vm.copy.path);
     const manifest = JSON.parse(readFileSync(path.join(dir, 'manifest.json'), 'utf8'));
     const state = manifest.files.find((f: any) => f.kind === 'saved-state');
     assert.ok(state && state.bytes > 1 << 20, 'saved state holds the guest memory');

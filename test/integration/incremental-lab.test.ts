@@ -5,30 +5,13 @@
 // each point holds more of the workload's records than the one before (what was written between
 // two backups is in the later point, not the earlier).
 import * as assert from 'node:assert/strict';
-import { promises as fs, mkdtempSync, readFileSync } from 'node:fs';
-import * as os from 'node:os';
+import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
-import { startLab, stopLab, labStatus } from '../../lab/lab-vms';
 import { QmpClient } from '../../src/providers/qemu/protocol';
 import { runProgram } from '../../src/util/run';
 import { inspectImage } from '../support/image-check';
 import { verifyRepository } from '../../src/verify';
-import { CATCH, helper, nextMessage, NODE_MODULES, pipelineFlow } from '../nodes/flow-fixture';
-
-const LAB = process.env.VMBACKUP_LAB_DIR ?? '/tmp/vm-backup-lab';
-const VMS = ['vm-agent', 'vm-noagent', 'vm-passthrough'];
-
-async function runBackup(repository: string, journalDir: string): Promise<any> {
-  await helper.load([...NODE_MODULES, CATCH], pipelineFlow({ socketDir: path.join(LAB, 'run'), repository, journalDir, fallback: 'checkpoint', hostExtra: { hostName: 'lab' } }) as any);
-  const done = nextMessage('out-copy', 300_000);
-  const failed = nextMessage('caught', 300_000).then((m) => Promise.reject(new Error(`backup failed: ${m.error.message}`)));
-  helper.getNode('enumerate').receive({ payload: '' });
-  try {
-    return await Promise.race([done, failed]);
-  } finally {
-    await helper.unload();
-  }
-}
+import { LAB, LAB_VMS as VMS, labBackupSuite, runLabBackup } from '../support/lab-backup';
 
 async function ourNodes(vm: string): Promise<{ nodes: string[]; bitmaps: string[] }> {
   const c = await QmpClient.connect(path.join(LAB, 'run', `${vm}.qmp`));
@@ -45,37 +28,17 @@ async function ourNodes(vm: string): Promise<{ nodes: string[]; bitmaps: string[
 
 describe('incremental chains of the lab guests through Node-RED (workloads running)', function () {
   this.timeout(900_000);
-  let repository: string;
-  let journalDir: string;
-  let startedHere = false;
-
-  before(async () => {
-    startedHere = !labStatus(LAB).vms.some((vm) => vm.alive);
-    await startLab({ labDir: LAB, install: false });
-    repository = mkdtempSync(path.join(os.tmpdir(), 'vmb-repo-inc-'));
-    journalDir = mkdtempSync(path.join(os.tmpdir(), 'vmb-journal-inc-'));
-  });
-  after(async () => {
-    if (startedHere && !process.env.VMBACKUP_KEEP_LAB) await stopLab(LAB);
-    if (repository) await fs.rm(repository, { recursive: true, force: true });
-    if (journalDir) await fs.rm(journalDir, { recursive: true, force: true });
-  });
-  beforeEach((done) => {
-    helper.startServer(done);
-  });
-  afterEach(async () => {
-    await new Promise<void>((resolve) => helper.stopServer(() => resolve()));
-  });
+  const lab = labBackupSuite('inc-');
 
   it('a full and three incrementals: every point flattened is consistent as labelled and holds more records than the last', async () => {
     const points: { vm: string; backupId: string; consistency: string; file: string; chain: any; bytes: number }[][] = [];
     for (let i = 0; i < 4; i++) {
       if (i > 0) await new Promise((r) => setTimeout(r, 3000)); // the workloads write meanwhile
-      const msg = await runBackup(repository, journalDir);
+      const msg = await runLabBackup(lab);
       const row = [];
       for (const id of VMS) {
         const vm = msg.payload.vms.find((v: any) => v.id === id);
-        const dir = path.join(repository, vm.copy.path);
+        const dir = path.join(lab.repository, vm.copy.path);
         const manifest = JSON.parse(readFileSync(path.join(dir, 'manifest.json'), 'utf8'));
         const disk = manifest.files.find((f: any) => f.disk === 'drive-virtio0');
         row.push({ vm: id, backupId: msg.payload.backupId, consistency: manifest.consistency, file: path.join(dir, disk.name), chain: disk.chain, bytes: disk.bytes });
@@ -115,7 +78,7 @@ describe('incremental chains of the lab guests through Node-RED (workloads runni
       }
     }
     // every point verifies with the product's own verifier (the whole chain)
-    const report = await verifyRepository(repository);
+    const report = await verifyRepository(lab.repository);
     assert.ok(report.ok, JSON.stringify([report.problems, report.backups.filter((b) => !b.ok)]).slice(0, 2000));
   });
 });

@@ -1,5 +1,10 @@
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
+import { openHost } from '../../../src/host/open-host';
+import type { HostConfig } from '../../../src/host/settings';
+import { createProvider } from '../../../src/providers';
 import { createHyperVProvider, findRecoveryCheckpoints, HyperVProvider, LocalPowerShellRunner, removeLeftoverCheckpoints } from '../../../src/providers/hyperv';
 import { b64, FakeSpawn, fixture, stdoutOf } from './helpers';
 
@@ -76,5 +81,38 @@ describe('hyperv recovery: through the provider', () => {
     const result = await provider.removeLeftoverCheckpoints();
     assert.equal(result.removed.length, 2);
     assert.equal(fake.calls.length, 3);
+  });
+});
+
+describe('hyperv recovery at start: openHost removes the leftover checkpoints', () => {
+  let dir: string;
+  beforeEach(() => {
+    dir = mkdtempSync(path.join(os.tmpdir(), 'vmb-hv-open-'));
+  });
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('two vmbackup-* checkpoints no journal names are removed by id, listed as leftover actions and in the report', async () => {
+    const { fake, runner } = runnerWith();
+    const config: HostConfig = { provider: 'hyperv', hostName: 'hv', hvMode: 'local', repository: path.join(dir, 'repo') };
+    // the registry itself builds the provider from the settings; only the transport is the fake
+    const opened = await openHost(config, {}, dir, undefined, undefined, (pc) => createProvider({ ...pc, hyperv: { ...pc.hyperv!, runner } }));
+    try {
+      assert.deepEqual(fake.calls.map((c) => c.script), ['find-recovery-checkpoints.ps1', 'remove-checkpoint.ps1', 'remove-checkpoint.ps1']);
+      assert.deepEqual(fake.calls.slice(1).map((c) => [c.params.VmId, c.params.CheckpointId]), [
+        [WEB, '22222222-aaaa-4bbb-8ccc-eeeeeeeeeeee'],
+        [SQL, '44444444-aaaa-4bbb-8ccc-000000000000'],
+      ], 'Remove-VMCheckpoint by the ids of ours; the Recovery checkpoint is left alone');
+      const leftovers = opened.actions.filter((a) => a.kind === 'leftover');
+      assert.deepEqual(leftovers.map((a) => [a.ok, a.detail]), [
+        [true, 'removed leftover checkpoint vmbackup-20240301T020000Z-k3j9x2 of VM WEB03'],
+        [true, 'removed leftover checkpoint vmbackup-20240315T021500Z-a1b2c3 of VM SQL01'],
+      ]);
+      assert.ok(opened.report, 'recovery did something, so there is a report');
+      assert.equal(opened.report.ok, true);
+      assert.match(opened.report.text, /^recovery on host hv after an interrupted backup: .*removed leftover checkpoint vmbackup-20240301T020000Z-k3j9x2 of VM WEB03; removed leftover checkpoint vmbackup-20240315T021500Z-a1b2c3 of VM SQL01/);
+    } finally {
+      await opened.host.provider.close();
+      opened.host.journal.close();
+    }
   });
 });
