@@ -11,7 +11,7 @@ import { QemuProvider } from '../../src/providers/qemu/qemu-provider';
 import { QmpClient } from '../../src/providers/qemu/protocol';
 import { runProgram } from '../../src/util/run';
 import { spawn } from 'node:child_process';
-import { makeImage, startBareHost, startBareVm, waitForSocket, type BareHost } from '../support/bare-vms';
+import { makeImage, startBareHost, startBareVm, waitForSocket, type BareHost, withQmp } from '../support/bare-vms';
 import type { CopiedSet } from '../../src/contract/types';
 import type { ChainPolicy } from '../../src/chain';
 
@@ -21,14 +21,7 @@ describe('incremental backups (bare QEMU VMs, copy-before-write view, dirty bitm
   let host: BackupHost;
   let provider: QemuProvider;
 
-  const qmp = async <T>(vm: string, fn: (c: QmpClient) => Promise<T>): Promise<T> => {
-    const c = await QmpClient.connect(path.join(bare.socketDir, `${vm}.qmp`));
-    try {
-      return await fn(c);
-    } finally {
-      await c.close();
-    }
-  };
+  const qmp = <T>(vm: string, fn: (c: QmpClient) => Promise<T>): Promise<T> => withQmp(bare, vm, fn);
   /** a guest write, through the VM's own device path (it goes through our filter while a view is in place) */
   const write = (vm: string, pattern: number, offset: string, len: string) =>
     qmp(vm, (c) => c.execute('human-monitor-command', { 'command-line': `qemu-io drive-virtio0 "write -P ${pattern} ${offset} ${len}"` }));

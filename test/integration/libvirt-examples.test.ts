@@ -8,9 +8,9 @@ import { spawnSync } from 'node:child_process';
 import { promises as fs, mkdtempSync, readFileSync, readdirSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { domainImage, LIBVIRT_DOMAINS, libvirtdUp, libvirtStart, libvirtStop } from '../../lab/libvirt-lab';
+import { domainImage, LIBVIRT_DOMAINS } from '../../lab/libvirt-lab';
 import { helper, NODE_MODULES } from '../nodes/flow-fixture';
-import { assertLibvirtView, virsh } from '../support/libvirt-view';
+import { assertLibvirtView, libvirtLabForSuite } from '../support/libvirt-view';
 
 const LAB = process.env.VMBACKUP_LAB_DIR ?? '/tmp/vm-backup-lab';
 const NAMES = LIBVIRT_DOMAINS.map((d) => d.name);
@@ -56,17 +56,12 @@ function nextInput(id: string, timeoutMs: number): Promise<any> {
 
 describe('every example flow runs unchanged on the libvirt provider', function () {
   this.timeout(900_000);
-  let startedHere = false;
+  let lab: { release(): Promise<void> } | undefined;
   let root: string;
   const proxy = { http: process.env.http_proxy, https: process.env.https_proxy };
 
   before(async function () {
-    if (spawnSync('virsh', ['--version']).status !== 0 || spawnSync('libvirtd', ['--version']).status !== 0) {
-      console.log('    libvirt skipped: virsh/libvirtd are not installed');
-      this.skip();
-    }
-    startedHere = !(await libvirtdUp()) || virsh('domstate', AGENT).stdout.trim() !== 'running';
-    await libvirtStart({ labDir: LAB, install: false, log: () => undefined });
+    lab = await libvirtLabForSuite(this, LAB);
     root = mkdtempSync(path.join(os.tmpdir(), 'vmb-lvx-'));
     // the alert example POSTs to its web hook: sent to a local port that refuses, nothing leaves
     process.env.http_proxy = process.env.https_proxy = 'http://127.0.0.1:9';
@@ -82,7 +77,7 @@ describe('every example flow runs unchanged on the libvirt provider', function (
       else process.env[k] = v;
     }
     if (root) await fs.rm(root, { recursive: true, force: true });
-    if (startedHere && !process.env.VMBACKUP_KEEP_LAB) await libvirtStop({ labDir: LAB });
+    await lab?.release();
   });
 
   function folders(tag: string) {

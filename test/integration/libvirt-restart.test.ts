@@ -5,11 +5,11 @@
 // backup-begin is sent). Each time the backup completes and its image is checked (or fails naming
 // the cause), the guest is thawed, and libvirt's own view is asked of libvirt afterwards.
 import * as assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { promises as fs, mkdtempSync, readFileSync, readdirSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { domainImage, LIBVIRT_DOMAINS, libvirtDir, libvirtdRestart, libvirtdUp, libvirtStart, libvirtStop } from '../../lab/libvirt-lab';
+import { domainImage, LIBVIRT_DOMAINS, libvirtDir, libvirtdRestart, libvirtdUp } from '../../lab/libvirt-lab';
 import { pidAlive, readPidFile } from '../../lab/util';
 import type { ClassifiedVm, CopiedSet, PointInTimeView } from '../../src/contract/types';
 import { Journal } from '../../src/journal/journal';
@@ -17,7 +17,7 @@ import { BackupHost, DEFAULT_TIMEOUTS } from '../../src/pipeline/backup-host';
 import type { ExportOptions, Progress } from '../../src/providers/provider';
 import { LibvirtProvider } from '../../src/providers/libvirt/libvirt-provider';
 import { inspectImage } from '../support/image-check';
-import { assertLibvirtView, libvirtOwnSnapshotAndBackup, virsh } from '../support/libvirt-view';
+import { assertLibvirtView, libvirtOwnSnapshotAndBackup, virsh, libvirtLabForSuite } from '../support/libvirt-view';
 
 const LAB = process.env.VMBACKUP_LAB_DIR ?? '/tmp/vm-backup-lab';
 const [AGENT] = LIBVIRT_DOMAINS.map((d) => d.name);
@@ -66,19 +66,14 @@ function nbdReader(uri: string) {
 
 describe('libvirt fault case: libvirtd restarted mid-backup', function () {
   this.timeout(600_000);
-  let startedHere = false;
+  let lab: { release(): Promise<void> } | undefined;
   let repository: string;
   let journalDir: string;
   let provider: HookedProvider;
   let host: BackupHost;
 
   before(async function () {
-    if (spawnSync('virsh', ['--version']).status !== 0 || spawnSync('libvirtd', ['--version']).status !== 0) {
-      console.log('    libvirt skipped: virsh/libvirtd are not installed');
-      this.skip();
-    }
-    startedHere = !(await libvirtdUp()) || virsh('domstate', AGENT).stdout.trim() !== 'running';
-    await libvirtStart({ labDir: LAB, install: false, log: () => undefined });
+    lab = await libvirtLabForSuite(this, LAB);
     const pid = readPidFile(path.join(libvirtDir(LAB), 'libvirtd.pid'));
     if (pid === undefined || !pidAlive(pid)) {
       // a libvirtd somebody else started is never restarted by a test
@@ -100,7 +95,7 @@ describe('libvirt fault case: libvirtd restarted mid-backup', function () {
   after(async () => {
     if (repository) await fs.rm(repository, { recursive: true, force: true });
     if (journalDir) await fs.rm(journalDir, { recursive: true, force: true });
-    if (startedHere && !process.env.VMBACKUP_KEEP_LAB) await libvirtStop({ labDir: LAB });
+    await lab?.release();
   });
 
   async function backupAgent(): Promise<CopiedSet> {

@@ -8,13 +8,14 @@ import { createHash } from 'node:crypto';
 import { promises as fs, mkdtempSync, readFileSync, readdirSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { domainImage, LIBVIRT_DOMAINS, libvirtdUp, libvirtStart, libvirtStop } from '../../lab/libvirt-lab';
+import { domainImage, LIBVIRT_DOMAINS } from '../../lab/libvirt-lab';
 import type { CopiedSet } from '../../src/contract/types';
 import { Journal } from '../../src/journal/journal';
 import { BackupHost, DEFAULT_TIMEOUTS } from '../../src/pipeline/backup-host';
 import { LibvirtProvider } from '../../src/providers/libvirt/libvirt-provider';
-import { parseJobInfo, parseTable } from '../../src/providers/libvirt/parse';
+import { parseJobInfo } from '../../src/providers/libvirt/parse';
 import { inspectImage } from '../support/image-check';
+import { assertLibvirtView, libvirtLabForSuite, libvirtOwnSnapshotAndBackup, virsh, virshOk } from '../support/libvirt-view';
 import { recover } from '../../src/recovery';
 import { ArtifactRepository } from '../../src/repository/repository';
 import { CATCH, helper, nextMessage, NODE_MODULES, pipelineFlow } from '../nodes/flow-fixture';
@@ -22,30 +23,6 @@ import { CATCH, helper, nextMessage, NODE_MODULES, pipelineFlow } from '../nodes
 const LAB = process.env.VMBACKUP_LAB_DIR ?? '/tmp/vm-backup-lab';
 const NAMES = LIBVIRT_DOMAINS.map((d) => d.name);
 const [AGENT, NOAGENT, OFF] = NAMES;
-
-function virsh(...args: string[]): { status: number; stdout: string; stderr: string } {
-  const r = spawnSync('virsh', ['-c', 'qemu:///system', ...args], { encoding: 'utf8', timeout: 120_000 });
-  return { status: r.status ?? -1, stdout: r.stdout ?? '', stderr: r.stderr ?? '' };
-}
-
-function virshOk(...args: string[]): string {
-  const r = virsh(...args);
-  assert.equal(r.status, 0, `virsh ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout;
-}
-
-/** libvirt's own view of a domain: disks on their original images, no job, state as expected. */
-function assertLibvirtView(name: string, state: string): void {
-  const rows = parseTable(virshOk('domblklist', '--domain', name, '--details')).filter((r) => r.Device === 'disk');
-  assert.deepEqual(rows.map((r) => r.Source), [domainImage(name, LAB)], `${name}: domblklist shows the original image`);
-  if (state === 'shut off') {
-    // an inactive domain runs no job: libvirt refuses the question
-    assert.match(virsh('domjobinfo', '--domain', name).stderr, /not running/, `${name}: no QEMU, no job`);
-  } else {
-    assert.equal(parseJobInfo(virshOk('domjobinfo', '--domain', name)).type, 'None', `${name}: no job runs`);
-  }
-  assert.equal(virshOk('domstate', '--domain', name).trim(), state, `${name} is ${state}`);
-}
 
 function noScratchLeft(): void {
   const left = readdirSync(path.dirname(domainImage(AGENT, LAB))).filter((f) => f.includes('.vmbackup-'));
@@ -74,27 +51,14 @@ function manifestOf(repository: string, vm: { copy: { path: string } }): any {
 
 describe('libvirt provider on a real libvirtd', function () {
   this.timeout(600_000);
-  let startedHere = false;
+  let lab: { release(): Promise<void> } | undefined;
   let repository: string;
   let host: BackupHost;
   let provider: LibvirtProvider;
   let journal: Journal;
 
   before(async function () {
-    if (spawnSync('virsh', ['--version']).status !== 0 || spawnSync('libvirtd', ['--version']).status !== 0) {
-      console.log('    libvirt skipped: virsh/libvirtd are not installed (Debian libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)');
-      this.skip();
-    }
-    startedHere = !(await libvirtdUp()) || virsh('domstate', AGENT).stdout.trim() !== 'running';
-    try {
-      await libvirtStart({ labDir: LAB, install: false, log: () => undefined });
-    } catch (err) {
-      if (!(await libvirtdUp())) {
-        console.log(`    libvirt skipped: libvirtd cannot run here: ${(err as Error).message.split('\n')[0]}`);
-        this.skip();
-      }
-      throw err;
-    }
+    lab = await libvirtLabForSuite(this, LAB);
     repository = mkdtempSync(path.join(os.tmpdir(), 'vmb-lv-repo-'));
     journal = new Journal(path.join(mkdtempSync(path.join(os.tmpdir(), 'vmb-lv-journal-')), 'journal-lv.jsonl'));
     provider = new LibvirtProvider({ runDir: mkdtempSync(path.join(os.tmpdir(), 'vmb-lv-run-')) });
@@ -104,7 +68,7 @@ describe('libvirt provider on a real libvirtd', function () {
     if (repository) await fs.rm(repository, { recursive: true, force: true });
     if (journal) await fs.rm(path.dirname(journal.file), { recursive: true, force: true });
     if (provider) await fs.rm(provider.runDir, { recursive: true, force: true });
-    if (startedHere && !process.env.VMBACKUP_KEEP_LAB) await libvirtStop({ labDir: LAB });
+    await lab?.release();
   });
 
   it('enumerates every defined domain with its state, disks and agent', async () => {
@@ -156,36 +120,14 @@ describe('libvirt provider on a real libvirtd', function () {
     await fs.rm(raw);
     assert.equal(hello, `hello from ${OFF}\n`);
 
-    assertLibvirtView(AGENT, 'running');
-    assertLibvirtView(NOAGENT, 'running');
-    assertLibvirtView(OFF, 'shut off');
+    assertLibvirtView(AGENT, 'running', LAB);
+    assertLibvirtView(NOAGENT, 'running', LAB);
+    assertLibvirtView(OFF, 'shut off', LAB);
     noScratchLeft();
   });
 
   it('after our backup, libvirt\'s own disk-only snapshot + blockcommit and its own backup-begin work', async () => {
-    const tmp = mkdtempSync(path.join(path.dirname(domainImage(AGENT, LAB)), 'own-'));
-    try {
-      const overlay = path.join(tmp, 'own-snap.qcow2');
-      virshOk('snapshot-create-as', '--domain', AGENT, '--name', 'own', '--disk-only', '--atomic', '--no-metadata', '--diskspec', `vda,file=${overlay}`);
-      assert.deepEqual(parseTable(virshOk('domblklist', '--domain', AGENT, '--details')).map((r) => r.Source), [overlay]);
-      virshOk('blockcommit', '--domain', AGENT, 'vda', '--active', '--pivot', '--wait');
-      assertLibvirtView(AGENT, 'running');
-
-      const target = path.join(tmp, 'own-backup.qcow2');
-      const xml = path.join(tmp, 'push.xml');
-      await fs.writeFile(xml, `<domainbackup mode='push'><disks><disk name='vda' type='file'><target file='${target}'/><driver type='qcow2'/></disk></disks></domainbackup>`);
-      virshOk('backup-begin', '--domain', AGENT, '--backupxml', xml);
-      const deadline = Date.now() + 120_000;
-      while (parseJobInfo(virshOk('domjobinfo', '--domain', AGENT)).type !== 'None') {
-        assert.ok(Date.now() < deadline, 'libvirt\'s own backup finished');
-        await new Promise((r) => setTimeout(r, 200));
-      }
-      assert.match(virshOk('domjobinfo', '--domain', AGENT, '--completed'), /Completed/);
-      assert.equal(spawnSync('qemu-img', ['check', target]).status, 0, 'libvirt\'s own backup is a sound image');
-      assertLibvirtView(AGENT, 'running');
-    } finally {
-      await fs.rm(tmp, { recursive: true, force: true });
-    }
+    await libvirtOwnSnapshotAndBackup(AGENT, LAB);
   });
 
   it('through Node-RED: a host node with provider libvirt runs the example pipeline over every defined domain', async () => {
@@ -209,8 +151,8 @@ describe('libvirt provider on a real libvirtd', function () {
       await new Promise<void>((resolve) => helper.stopServer(() => resolve()));
       await fs.rm(journalDir, { recursive: true, force: true });
     }
-    for (const n of [AGENT, NOAGENT]) assertLibvirtView(n, 'running');
-    assertLibvirtView(OFF, 'shut off');
+    for (const n of [AGENT, NOAGENT]) assertLibvirtView(n, 'running', LAB);
+    assertLibvirtView(OFF, 'shut off', LAB);
     noScratchLeft();
   });
 
@@ -222,8 +164,8 @@ describe('libvirt provider on a real libvirtd', function () {
     const state = manifest.files.find((f: any) => f.kind === 'saved-state');
     assert.ok(state && state.bytes > 1 << 20, 'the saved state holds the guest memory');
     assert.equal(virshOk('dominfo', '--domain', NOAGENT).match(/Managed save:\s*(\S+)/)?.[1], 'no', 'libvirt keeps no managed save image');
-    for (const n of [AGENT, NOAGENT]) assertLibvirtView(n, 'running');
-    assertLibvirtView(OFF, 'shut off');
+    for (const n of [AGENT, NOAGENT]) assertLibvirtView(n, 'running', LAB);
+    assertLibvirtView(OFF, 'shut off', LAB);
     noScratchLeft();
   });
   describe('fault cases: the backup process SIGKILLed', () => {
@@ -255,7 +197,7 @@ describe('libvirt provider on a real libvirtd', function () {
         const actions = await recover(j, new LibvirtProvider({ runDir: dir }), new ArtifactRepository(repository), 30_000);
         j.close();
         assert.ok(actions.some((a) => a.kind === 'release' && a.ok && a.vm === AGENT), `recovery ended the job: ${JSON.stringify(actions)}`);
-        assertLibvirtView(AGENT, 'running');
+        assertLibvirtView(AGENT, 'running', LAB);
         noScratchLeft();
       } finally {
         await fs.rm(dir, { recursive: true, force: true });
@@ -271,7 +213,7 @@ describe('libvirt provider on a real libvirtd', function () {
         await waitFor('the guardian ended the backup job', () => jobNow().type === 'None', 20_000);
         console.log(`      (job ended ${Date.now() - t0} ms after the process started)`);
         await waitFor('the guardian journalled the end', () => readFileSync(journalFile, 'utf8').includes('"op":"end"'));
-        assertLibvirtView(AGENT, 'running');
+        assertLibvirtView(AGENT, 'running', LAB);
         noScratchLeft();
       } finally {
         await fs.rm(dir, { recursive: true, force: true });
@@ -285,7 +227,7 @@ describe('libvirt provider on a real libvirtd', function () {
         crash(journalFile, dir, 'frozen', true);
         await waitFor('the guest answers guestinfo --filesystem again (thawed)', thawed, 20_000);
         await waitFor('the guardian journalled the end', () => readFileSync(journalFile, 'utf8').includes('"op":"end"'));
-        assertLibvirtView(AGENT, 'running');
+        assertLibvirtView(AGENT, 'running', LAB);
       } finally {
         await fs.rm(dir, { recursive: true, force: true });
       }

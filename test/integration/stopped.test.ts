@@ -16,7 +16,7 @@ import { QmpClient } from '../../src/providers/qemu/protocol';
 import { holdersOf, LOCK_DIR } from '../../src/providers/offline-image';
 import { summarize } from '../../src/summary';
 import { runProgram } from '../../src/util/run';
-import { startBareHost, waitForSocket, type BareHost } from '../support/bare-vms';
+import { startBareHost, waitForSocket, type BareHost, withQmp } from '../support/bare-vms';
 
 const LAB = process.env.VMBACKUP_LAB_DIR ?? '/tmp/vm-backup-lab';
 
@@ -59,14 +59,7 @@ describe('stopped VMs on plain QEMU: inventory, offline backup under the image l
   let provider: QemuProvider;
   let offImage: string;
 
-  const qmp = async <T>(vm: string, fn: (c: QmpClient) => Promise<T>): Promise<T> => {
-    const c = await QmpClient.connect(path.join(bare.socketDir, `${vm}.qmp`));
-    try {
-      return await fn(c);
-    } finally {
-      await c.close();
-    }
-  };
+  const qmp = <T>(vm: string, fn: (c: QmpClient) => Promise<T>): Promise<T> => withQmp(bare, vm, fn);
 
   before(async () => {
     await fs.mkdir(LAB, { recursive: true });

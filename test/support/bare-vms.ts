@@ -5,6 +5,7 @@ import { promises as fs, existsSync, mkdtempSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as net from 'node:net';
+import { QmpClient } from '../../src/providers/qemu/protocol';
 import { runProgram } from '../../src/util/run';
 
 export interface BareHost {
@@ -84,4 +85,14 @@ export async function overlaysUnder(dir: string): Promise<string[]> {
     if (/\.vmbackup-.*\.qcow2/.test(entry.name)) found.push(path.join(entry.parentPath ?? entry.path, entry.name));
   }
   return found;
+}
+
+/** One QMP connection to a bare VM for `fn`, closed afterwards (a test's own client, beside the provider's). */
+export async function withQmp<T>(host: BareHost, vm: string, fn: (c: QmpClient) => Promise<T>): Promise<T> {
+  const c = await QmpClient.connect(path.join(host.socketDir, `${vm}.qmp`));
+  try {
+    return await fn(c);
+  } finally {
+    await c.close();
+  }
 }

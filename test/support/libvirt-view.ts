@@ -5,7 +5,7 @@ import * as assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { promises as fs, mkdtempSync } from 'node:fs';
 import * as path from 'node:path';
-import { domainImage } from '../../lab/libvirt-lab';
+import { domainImage, LIBVIRT_DOMAINS, libvirtdUp, libvirtStart, libvirtStop } from '../../lab/libvirt-lab';
 import { parseJobInfo, parseTable } from '../../src/providers/libvirt/parse';
 
 export function virsh(...args: string[]): { status: number; stdout: string; stderr: string } {
@@ -54,4 +54,32 @@ export async function libvirtOwnSnapshotAndBackup(name: string, lab: string): Pr
   } finally {
     await fs.rm(tmp, { recursive: true, force: true });
   }
+}
+
+/**
+ * Bring the lab's libvirtd and domains up for a suite, or skip the suite saying why (virsh or
+ * libvirtd missing, libvirtd cannot run here). Returns the suite's lease: `release()` stops the lab
+ * only when this suite started it (another suite, or VMBACKUP_KEEP_LAB, keeps it running).
+ */
+export async function libvirtLabForSuite(ctx: Mocha.Context, lab: string): Promise<{ release(): Promise<void> }> {
+  if (spawnSync('virsh', ['--version']).status !== 0 || spawnSync('libvirtd', ['--version']).status !== 0) {
+    console.log('    libvirt skipped: virsh/libvirtd are not installed (Debian libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)');
+    ctx.skip();
+  }
+  const agent = LIBVIRT_DOMAINS.find((d) => d.running)?.name ?? LIBVIRT_DOMAINS[0].name;
+  const startedHere = !(await libvirtdUp()) || virsh('domstate', agent).stdout.trim() !== 'running';
+  try {
+    await libvirtStart({ labDir: lab, install: false, log: () => undefined });
+  } catch (err) {
+    if (!(await libvirtdUp())) {
+      console.log(`    libvirt skipped: libvirtd cannot run here: ${(err as Error).message.split('\n')[0]}`);
+      ctx.skip();
+    }
+    throw err;
+  }
+  return {
+    release: async () => {
+      if (startedHere && !process.env.VMBACKUP_KEEP_LAB) await libvirtStop({ labDir: lab });
+    },
+  };
 }
