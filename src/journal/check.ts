@@ -3,7 +3,7 @@
 // counted with its reason, never acted on (recovery reports them).
 import * as path from 'node:path';
 import { isSafeName } from '../util/ids';
-import type { JournalEntry, JournalOp } from './journal';
+import type { JournalEntry, JournalOp } from './entry';
 
 export interface SkippedLine {
   /** 1-based line number in the journal file */

@@ -2,45 +2,13 @@
 // ("intent") and after it ("done"). After a crash, replaying it tells exactly what to undo.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { PointInTimeView } from '../contract/types';
 import { STAGING_PREFIX } from '../repository/repository';
 import { parseJournal, type JournalRead } from './check';
+import type { PointInTimeView } from '../contract/types';
+import type { JournalEntry, JournalOp } from './entry';
 
 export { checkEntry, parseJournal, type JournalRead, type SkippedLine } from './check';
-
-export type JournalOp =
-  | 'freeze' // guest file systems frozen; undone by thaw
-  | 'save' // vCPUs stopped and state saved; undone by resume (data.previousState)
-  | 'view' // point-in-time view made (data.view); undone by release
-  | 'track' // change tracking started (data.track); undone by untrack
-  | 'staging' // staging directory created (data.dir); undone by discard
-  | 'thaw'
-  | 'resume'
-  | 'release'
-  | 'untrack'
-  | 'discard'
-  | 'publish'
-  | 'end'; // the backup set is over: nothing of it is pending
-
-export interface JournalEntry {
-  t: string;
-  backupId: string;
-  vm?: string;
-  op: JournalOp;
-  phase: 'intent' | 'done' | 'failed';
-  /** the host name the line was written under (paths of the set are computed from it, not from data) */
-  host?: string;
-  /** who wrote it: the host config node's id, which survives a rename of the host */
-  owner?: string;
-  /** by: "guardian" when the guardian process (Node-RED had died) wrote it */
-  data?: { previousState?: string; view?: PointInTimeView; track?: TrackIntent; dir?: string; error?: string; by?: 'guardian'; /** an undo found nothing to undo (overlays planned, never made) */ nothingToDo?: boolean };
-}
-
-/** Tracking started for a backup: `records` are this backup's new ones, `since` the parent's it reads by. */
-export interface TrackIntent {
-  records: { disk: string; name: string }[];
-  since: { disk: string; name: string }[];
-}
+export type { JournalEntry, JournalOp, TrackIntent } from './entry';
 
 const WHY: Record<string, string> = {
   ELOOP: ': the journal file is a symbolic link; refused, so that no line is written to where it points',

@@ -1,0 +1,37 @@
+// What one journal line holds: the shape journal.ts writes and check.ts checks each line against
+// (its own file so that the checker and the writer both depend on it, not on each other).
+import type { PointInTimeView } from '../contract/types';
+
+export type JournalOp =
+  | 'freeze' // guest file systems frozen; undone by thaw
+  | 'save' // vCPUs stopped and state saved; undone by resume (data.previousState)
+  | 'view' // point-in-time view made (data.view); undone by release
+  | 'track' // change tracking started (data.track); undone by untrack
+  | 'staging' // staging directory created (data.dir); undone by discard
+  | 'thaw'
+  | 'resume'
+  | 'release'
+  | 'untrack'
+  | 'discard'
+  | 'publish'
+  | 'end'; // the backup set is over: nothing of it is pending
+
+export interface JournalEntry {
+  t: string;
+  backupId: string;
+  vm?: string;
+  op: JournalOp;
+  phase: 'intent' | 'done' | 'failed';
+  /** the host name the line was written under (paths of the set are computed from it, not from data) */
+  host?: string;
+  /** who wrote it: the host config node's id, which survives a rename of the host */
+  owner?: string;
+  /** by: "guardian" when the guardian process (Node-RED had died) wrote it */
+  data?: { previousState?: string; view?: PointInTimeView; track?: TrackIntent; dir?: string; error?: string; by?: 'guardian'; /** an undo found nothing to undo (overlays planned, never made) */ nothingToDo?: boolean };
+}
+
+/** Tracking started for a backup: `records` are this backup's new ones, `since` the parent's it reads by. */
+export interface TrackIntent {
+  records: { disk: string; name: string }[];
+  since: { disk: string; name: string }[];
+}
