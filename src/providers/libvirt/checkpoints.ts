@@ -8,7 +8,9 @@
 // Measured on libvirt 9.0: a checkpoint cannot be made nor deleted while the domain is shut off
 // ("Operation not supported: cannot delete checkpoint for inactive domain"); `checkpoint-delete`
 // of a running domain removes the bitmap from the image (a child checkpoint keeps its own);
-// `checkpoint-dumpxml --size` asks QEMU for each bitmap's size and fails when a bitmap is unusable.
+// `checkpoint-dumpxml --size` asks QEMU for each bitmap's size and gives none for a disk whose
+// bitmap is not in the image (removed behind libvirt's back), and checkpoint-delete then fails
+// with "bitmap ... not found in backing chain" (only --metadata deletes it).
 import type { TrackingRecord } from '../provider';
 import { child, children, parseXml } from './xml';
 import { encodeXml } from './xml';
@@ -74,6 +76,13 @@ export async function deleteCheckpoint(virsh: Virsh, domain: string, name: strin
     if (!(err instanceof VirshError)) throw err;
     if (/no domain checkpoint with matching name|checkpoint not found/i.test(err.detail)) return 'absent';
     if (/inactive domain/i.test(err.detail) || err.notRunning) return 'left-inactive';
+    // the bitmap went from the image (replaced, or removed by hand): libvirt refuses to delete
+    // the checkpoint ("bitmap ... not found in backing chain"), so only its metadata is deleted;
+    // else the removal would fail on every retry and hold the VM
+    if (/bitmap .* not found/i.test(err.detail)) {
+      await virsh.run(['checkpoint-delete', '--domain', domain, '--checkpointname', name, '--metadata'], { timeoutMs });
+      return 'deleted';
+    }
     throw err;
   }
 }

@@ -6,7 +6,7 @@ import { checkpointRecords, checkpointXml, deleteCheckpoint, parseCheckpointDisk
 import { parseDirtyMap } from '../../../src/providers/libvirt/incremental-copy';
 import { VirshError, type Virsh } from '../../../src/providers/libvirt/virsh';
 
-/** Answers by (command, has --size); records every call. */
+/** Answers by the command and its --size/--metadata flags; records every call. */
 function scripted(answers: Record<string, string | { error: string }>): Virsh & { calls: string[][] } {
   const calls: string[][] = [];
   return {
@@ -14,7 +14,7 @@ function scripted(answers: Record<string, string | { error: string }>): Virsh & 
     calls,
     async run(args) {
       calls.push([...args]);
-      const key = `${args[0]}${args.includes('--size') ? ' --size' : ''}`;
+      const key = [args[0], ...args.filter((a) => a === '--size' || a === '--metadata')].join(' ');
       const a = answers[key];
       if (a === undefined) throw new Error(`unscripted virsh ${args.join(' ')}`);
       if (typeof a !== 'string') throw new VirshError(args, a.error, 1);
@@ -56,6 +56,10 @@ describe('libvirt checkpoints and the incremental copy', () => {
     assert.equal(await deleteCheckpoint(scripted({ 'checkpoint-delete': '' }), 'd', 'vmbackup-1', 1000), 'deleted');
     assert.equal(await deleteCheckpoint(scripted({ 'checkpoint-delete': { error: "Domain checkpoint not found: no domain checkpoint with matching name 'vmbackup-1'" } }), 'd', 'vmbackup-1', 1000), 'absent');
     assert.equal(await deleteCheckpoint(scripted({ 'checkpoint-delete': { error: 'Operation not supported: cannot delete checkpoint for inactive domain' } }), 'd', 'vmbackup-1', 1000), 'left-inactive');
+    // the bitmap went from the image: only libvirt's metadata can go
+    const gone = scripted({ 'checkpoint-delete': { error: "internal error: bitmap 'vmbackup-1' not found in backing chain of 'vda'" }, 'checkpoint-delete --metadata': '' });
+    assert.equal(await deleteCheckpoint(gone, 'd', 'vmbackup-1', 1000), 'deleted');
+    assert.deepEqual(gone.calls.at(-1), ['checkpoint-delete', '--domain', 'd', '--checkpointname', 'vmbackup-1', '--metadata']);
     await assert.rejects(deleteCheckpoint(scripted({ 'checkpoint-delete': { error: 'internal error: something else' } }), 'd', 'vmbackup-1', 1000), /something else/);
   });
 });
