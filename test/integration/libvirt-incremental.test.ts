@@ -158,4 +158,17 @@ describe('libvirt provider: incrementals by checkpoints (real libvirtd)', functi
     const rows = parseTable(virshOk('domblklist', '--domain', AGENT, '--details')).filter((r) => r.Device === 'disk');
     assert.deepEqual(rows.map((r) => r.Source), [domainImage(AGENT, LAB)]);
   });
+
+  it('the parent\'s checkpoint deleted behind our back: a full (bitmap-missing), and the chain goes on from it', async () => {
+    const before = virshOk('checkpoint-list', AGENT, '--name').trim();
+    assert.match(before, /^vmbackup-/);
+    virshOk('checkpoint-delete', AGENT, before);
+    const full = await backup();
+    assert.deepEqual([full.file.chain.mode, full.file.chain.reason], ['full', 'bitmap-missing'], JSON.stringify(full.file.chain));
+    await writeMarker(`${RUN}-m3`);
+    const inc = await backup();
+    assert.deepEqual([inc.file.chain.mode, inc.file.chain.parent], ['incremental', full.set.backupId]);
+    assert.deepEqual(virshOk('checkpoint-list', AGENT, '--name').trim().split('\n'), [`vmbackup-${inc.set.backupId}`]);
+    assert.equal(parseJobInfo(virshOk('domjobinfo', '--domain', AGENT)).type, 'None');
+  });
 });
