@@ -12,8 +12,7 @@
 // bitmap is not in the image (removed behind libvirt's back), and checkpoint-delete then fails
 // with "bitmap ... not found in backing chain" (only --metadata deletes it).
 import type { TrackingRecord } from '../provider';
-import { child, children, parseXml } from './xml';
-import { encodeXml } from './xml';
+import { child, children, encodeXml, parseXml } from './xml';
 import { VirshError, type Virsh } from './virsh';
 
 export const CHECKPOINT_PREFIX = 'vmbackup-';

@@ -3,7 +3,9 @@
 //   snapshot  backup-begin in pull mode (backup-job.ts), then the pipeline thaws at once;
 //             a saved domain is first restored paused; a shut-off domain needs no job
 //   copy      qemu-img reads the NBD export (online) or the image itself (shut off: qemu-img
-//             holds the image lock, so `virsh start` fails while it copies)
+//             holds the image lock, so `virsh start` fails while it copies); an incremental
+//             copies only the extents the export's dirty bitmap marks (incremental-copy.ts)
+//   tracking  libvirt checkpoints, made by backup-begin itself (checkpoints.ts)
 //   "merge"   domjobabort of our job, proven ended by domjobinfo; nothing to fold back
 import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
