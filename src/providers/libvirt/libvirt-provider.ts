@@ -334,12 +334,12 @@ export class LibvirtProvider implements HostProvider {
     } else if (!this.images.has(overlay.base)) {
       throw new Error(`overlay.base: ${overlay.base} is not a disk image of a domain enumerated here; refusing to copy it`);
     }
+    // the view must have been begun incremental from the very checkpoint the chain reads by
+    if (options.copy?.mode === 'incremental' && (!nbd || overlay.since !== options.copy.since)) {
+      throw new Error(`copy.since: disk ${disk}: the view reads no changes since ${options.copy.since} (${nbd ? `begun ${overlay.since ? `since ${overlay.since}` : 'as a full'}` : 'a shut-off domain has no change tracking'}); copy it as a full`);
+    }
     const total = (await qemuImg.info(this.qemuImgPath, overlay.base, !nbd))['virtual-size'];
-    if (options.copy?.mode === 'incremental') {
-      // the view must have been begun incremental from the very checkpoint the chain reads by
-      if (!nbd || overlay.since !== options.copy.since) {
-        throw new Error(`disk ${disk}: the view reads no changes since ${options.copy.since} (${nbd ? `begun ${overlay.since ? `since ${overlay.since}` : 'as a full'}` : 'a shut-off domain has no change tracking'}); copy it as a full`);
-      }
+    if (options.copy?.mode === 'incremental' && nbd) {
       const { bytesChanged } = await copyChanged(dest, {
         qemuImg: this.qemuImgPath, socket: nbd.socket, exportName: nbd.exportName, virtualSize: total, backing: options.copy.backing,
         ...(options.signal ? { signal: options.signal } : {}),
