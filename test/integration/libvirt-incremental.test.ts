@@ -13,11 +13,14 @@ import type { CopiedSet } from '../../src/contract/types';
 import { Journal } from '../../src/journal/journal';
 import { BackupHost, DEFAULT_TIMEOUTS } from '../../src/pipeline/backup-host';
 import { LibvirtProvider } from '../../src/providers/libvirt/libvirt-provider';
+import { deleteCheckpoint } from '../../src/providers/libvirt/checkpoints';
+import { VirshRunner } from '../../src/providers/libvirt/virsh';
 import { parseJobInfo, parseTable } from '../../src/providers/libvirt/parse';
 import { verifyBackup } from '../../src/verify';
 
 const LAB = process.env.VMBACKUP_LAB_DIR ?? '/tmp/vm-backup-lab';
 const AGENT = LIBVIRT_DOMAINS.find((d) => d.agent && d.running)!.name;
+const OFF = LIBVIRT_DOMAINS.find((d) => !d.running)!.name;
 
 function virsh(...args: string[]): { status: number; stdout: string; stderr: string } {
   const r = spawnSync('virsh', ['-c', 'qemu:///system', ...args], { encoding: 'utf8', timeout: 120_000 });
@@ -170,5 +173,41 @@ describe('libvirt provider: incrementals by checkpoints (real libvirtd)', functi
     assert.deepEqual([inc.file.chain.mode, inc.file.chain.parent], ['incremental', full.set.backupId]);
     assert.deepEqual(virshOk('checkpoint-list', AGENT, '--name').trim().split('\n'), [`vmbackup-${inc.set.backupId}`]);
     assert.equal(parseJobInfo(virshOk('domjobinfo', '--domain', AGENT)).type, 'None');
+  });
+
+  it('a shut-off domain: a full with reason offline and no checkpoint; a checkpoint due for removal while it is off stays (libvirt refuses), and goes once it runs', async () => {
+    const enumerated = await host.enumerate();
+    const set = { ...enumerated, vms: enumerated.vms.filter((vm) => vm.id === OFF) };
+    const copied = await host.copy(await host.postSnapshot(await host.snapshot(await host.prepare(host.classify(set, 'checkpoint')))), { concurrency: 1, compress: false });
+    const manifest = JSON.parse(readFileSync(path.join(repository, copied.vms[0].copy.path, 'manifest.json'), 'utf8'));
+    const f = manifest.files.find((x: any) => x.disk === 'vda');
+    assert.deepEqual([f.chain.mode, f.chain.reason, f.chain.bitmap], ['full', 'offline', undefined]);
+    assert.equal(virshOk('checkpoint-list', OFF, '--name').trim(), '');
+
+    // a checkpoint on the domain while it is off: made with QEMU started paused (no guest runs)
+    const dir = mkdtempSync(path.join(tmp, 'cp-'));
+    const name = 'vmbackup-20000101T000000Z-offtst';
+    await fs.writeFile(path.join(dir, 'b.xml'), `<domainbackup mode='pull'><server transport='unix' socket='${dir}/s.sock'/><disks><disk name='vda' backup='yes' type='file'><scratch file='${path.dirname(domainImage(OFF, LAB))}/.vmbackup-offtst.qcow2'/></disk></disks></domainbackup>`);
+    await fs.writeFile(path.join(dir, 'c.xml'), `<domaincheckpoint><name>${name}</name><disks><disk name='vda' checkpoint='bitmap'/></disks></domaincheckpoint>`);
+    const v = new VirshRunner('qemu:///system', 'virsh', 60_000);
+    try {
+      virshOk('start', OFF, '--paused');
+      virshOk('backup-begin', OFF, path.join(dir, 'b.xml'), '--checkpointxml', path.join(dir, 'c.xml'));
+      virshOk('domjobabort', OFF);
+      virshOk('destroy', OFF);
+      assert.equal(await deleteCheckpoint(v, OFF, name, 60_000), 'left-inactive');
+      assert.equal(virshOk('checkpoint-list', OFF, '--name').trim(), name, 'libvirt keeps it while the domain is off');
+      virshOk('start', OFF, '--paused');
+      assert.equal(await deleteCheckpoint(v, OFF, name, 60_000), 'deleted');
+      assert.equal(virshOk('checkpoint-list', OFF, '--name').trim(), '');
+    } finally {
+      if (virsh('domstate', OFF).stdout.trim() !== 'shut off') virsh('destroy', OFF);
+      if (virsh('checkpoint-list', OFF, '--name').stdout.includes(name)) {
+        virsh('start', OFF, '--paused');
+        virsh('checkpoint-delete', OFF, name);
+        virsh('destroy', OFF);
+      }
+    }
+    assert.equal(virshOk('domstate', OFF).trim(), 'shut off');
   });
 });
