@@ -19,11 +19,13 @@ export interface BackupDisk {
   scratch?: string;
   /** false: the disk is not part of the view (excluded disks) */
   backup: boolean;
+  /** the parent's checkpoint: the export then also says what changed since it (incremental) */
+  incremental?: string;
 }
 
 export function backupXml(socket: string, disks: readonly BackupDisk[]): string {
   const lines = disks.map((d) => d.backup
-    ? `    <disk name='${encodeXml(d.name)}' backup='yes' type='file'><scratch file='${encodeXml(d.scratch ?? '')}'/></disk>`
+    ? `    <disk name='${encodeXml(d.name)}' backup='yes' type='file'${d.incremental ? ` backupmode='incremental' incremental='${encodeXml(d.incremental)}'` : ''}><scratch file='${encodeXml(d.scratch ?? '')}'/></disk>`
     : `    <disk name='${encodeXml(d.name)}' backup='no'/>`);
   return `<domainbackup mode='pull'>\n  <server transport='unix' socket='${encodeXml(socket)}'/>\n  <disks>\n${lines.join('\n')}\n  </disks>\n</domainbackup>\n`;
 }
@@ -39,14 +41,19 @@ export function parseNbdUri(uri: string): { exportName: string; socket: string }
   return m ? { exportName: decodeURIComponent(m[1]), socket: m[2] } : undefined;
 }
 
-/** Start the pull-mode job. `dir` is private to this job (0700); its XML file goes there. */
-export async function beginBackup(virsh: Virsh, domain: string, dir: string, disks: readonly BackupDisk[], timeoutMs: number): Promise<string> {
+/**
+ * Start the pull-mode job. `dir` is private to this job (0700); its XML files go there. With
+ * `checkpoint` (its XML) libvirt makes that checkpoint in the same call: tracking from the view's moment.
+ */
+export async function beginBackup(virsh: Virsh, domain: string, dir: string, disks: readonly BackupDisk[], timeoutMs: number, checkpoint?: string): Promise<string> {
   const socket = path.join(dir, 'nbd.sock');
   // sun_path holds 108 bytes with its NUL
   if (Buffer.byteLength(socket) > 107) throw new Error(`runDir: the NBD socket path ${socket} is longer than a unix socket allows; choose a shorter runDir`);
   const file = path.join(dir, 'backup.xml');
   await fs.writeFile(file, backupXml(socket, disks), { mode: 0o600 });
-  await virsh.run(['backup-begin', '--domain', domain, '--backupxml', file], { timeoutMs });
+  const cp = path.join(dir, 'checkpoint.xml');
+  if (checkpoint) await fs.writeFile(cp, checkpoint, { mode: 0o600 });
+  await virsh.run(['backup-begin', '--domain', domain, '--backupxml', file, ...(checkpoint ? ['--checkpointxml', cp] : [])], { timeoutMs });
   return socket;
 }
 

@@ -6,6 +6,7 @@ import type { EnumeratedVm } from '../../contract/types';
 import { isSafeName } from '../../util/ids';
 import { definitionFrom, guestFrom, mapState, parseDomState, parseKeyValues, parseNames, parseTable, type DomainDefinition } from './parse';
 import { VirshError, type Virsh } from './virsh';
+import { checkpointRecords } from './checkpoints';
 
 export interface EnumerateOptions {
   timeoutMs: number;
@@ -67,6 +68,17 @@ async function enumerateOne(virsh: Virsh, name: string, o: EnumerateOptions): Pr
     if (d.included && o.localFiles && d.file.startsWith('/')) {
       const st = await fs.stat(d.file).catch(() => undefined);
       if (st) d.volumeId = String(st.dev);
+    }
+  }
+  if (mapped === 'running' || mapped === 'paused') {
+    // change tracking (libvirt checkpoints) needs a running QEMU and a qcow2 image; anything else
+    // has no tracking and gets fulls (a shut-off domain: reason 'offline')
+    const records = await checkpointRecords(virsh, domain, o.timeoutMs).catch((err: unknown) => {
+      if (err instanceof VirshError) return undefined;
+      throw err;
+    });
+    for (const d of disks) {
+      if (records && d.included && d.format === 'qcow2') d.tracking = { persistent: true, records: (records.get(d.id) ?? []).slice(0, 16) };
     }
   }
   const firstFile = disks.find((d) => d.included && d.file.startsWith('/'))?.file;

@@ -3,12 +3,14 @@
 //   snapshot  backup-begin in pull mode (backup-job.ts), then the pipeline thaws at once;
 //             a saved domain is first restored paused; a shut-off domain needs no job
 //   copy      qemu-img reads the NBD export (online) or the image itself (shut off: qemu-img
-//             holds the image lock, so `virsh start` fails while it copies)
+//             holds the image lock, so `virsh start` fails while it copies); an incremental
+//             copies only the extents the export's dirty bitmap marks (incremental-copy.ts)
+//   tracking  libvirt checkpoints, made by backup-begin itself (checkpoints.ts)
 //   "merge"   domjobabort of our job, proven ended by domjobinfo; nothing to fold back
 import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import type { ClassifiedVm, EnumeratedVm, PointInTimeView } from '../../contract/types';
+import type { ChainPlan, ClassifiedVm, EnumeratedVm, PointInTimeView, PreparedVm } from '../../contract/types';
 import { isSafeName } from '../../util/ids';
 import type { ExportOptions, ExportedFile, GuardianProviderSpec, HostProvider, Progress } from '../provider';
 
@@ -19,6 +21,8 @@ export interface Overlay {
   baseFormat: string;
   overlay: string;
   overlayNode: string;
+  /** the parent's checkpoint the export says the changes since (an incremental view) */
+  since?: string;
 }
 
 /** Scratch files on the VM's own storage, named from the backup id and the disk's index (journalled before they exist). */
@@ -32,6 +36,8 @@ function plannedOverlays(vm: ClassifiedVm, backupId: string): Overlay[] {
 const overlaysOf = (view: PointInTimeView): Overlay[] => (Array.isArray(view.ref.overlays) ? (view.ref.overlays as Overlay[]) : []);
 import * as qemuImg from '../qemu-img';
 import { beginBackup, endBackup, jobType, nbdUri, parseNbdUri, type BackupDisk } from './backup-job';
+import { CHECKPOINT_PREFIX, checkpointXml, deleteCheckpoint } from './checkpoints';
+import { copyChanged } from './incremental-copy';
 import { enumerateDomains, type DomainRef } from './enumerate';
 import { definitionFrom, mapState, parseDomState } from './parse';
 import { saveDomain } from './saved-state';
@@ -63,6 +69,8 @@ export class LibvirtProvider implements HostProvider {
   private readonly images = new Set<string>();
   /** per frozen VM: one virsh process from freeze to thaw (see virsh-session.ts) */
   private readonly sessions = new Map<string, VirshSession>();
+  /** per VM: the checkpoint tracking.start journalled, made by backup-begin at the moment */
+  private readonly checkpoints = new Map<string, { name: string; disks: Set<string> }>();
 
   constructor(readonly options: LibvirtOptions = {}) {
     this.virsh = options.virsh ?? new VirshRunner(options.uri ?? 'qemu:///system', 'virsh', this.commandMs);
@@ -232,7 +240,9 @@ export class LibvirtProvider implements HostProvider {
   }
 
   async makeView(vm: ClassifiedVm, view: PointInTimeView): Promise<{ view: PointInTimeView }> {
-    const overlays = await this.snapshot(vm, String(view.ref.backupId));
+    // the pipeline hands the prepared VM: its chain plan says which disks read changes since which checkpoint
+    const chain = (vm as Partial<PreparedVm>).prepare?.chain ?? [];
+    const overlays = await this.snapshot(vm, String(view.ref.backupId), chain);
     return { view: { ...view, ref: { ...view.ref, overlays } } };
   }
 
@@ -241,7 +251,7 @@ export class LibvirtProvider implements HostProvider {
     await this.merge(vmId, overlaysOf(view));
   }
 
-  async snapshot(vm: ClassifiedVm, backupId: string): Promise<Overlay[]> {
+  async snapshot(vm: ClassifiedVm, backupId: string, chain: readonly ChainPlan[] = []): Promise<Overlay[]> {
     // scratch files are named as the overlay plan names them: the plan journalled before the
     // freeze then names files that exist exactly while our job runs (recovery looks for them)
     const planned = plannedOverlays(vm, backupId);
@@ -262,21 +272,25 @@ export class LibvirtProvider implements HostProvider {
     await fs.mkdir(this.runDir, { recursive: true, mode: 0o700 });
     const dir = await fs.mkdtemp(path.join(this.runDir, `${backupId.slice(-6)}-`));
     const included = new Map(planned.map((o) => [o.disk, o]));
+    const since = new Map(chain.filter((p) => p.mode === 'incremental' && p.since).map((p) => [p.disk, p.since!]));
     const disks: BackupDisk[] = vm.disks.map((d) => included.has(d.id)
-      ? { name: d.id, backup: true, scratch: included.get(d.id)!.overlay }
+      ? { name: d.id, backup: true, scratch: included.get(d.id)!.overlay, ...(since.has(d.id) ? { incremental: since.get(d.id)! } : {}) }
       : { name: d.id, backup: false });
+    // only the checkpoint tracking.start journalled is made (its undo knows its name)
+    const cp = this.checkpoints.get(vm.id);
+    const cpXml = cp && cp.name === `${CHECKPOINT_PREFIX}${backupId}` ? checkpointXml(cp.name, vm.disks.map((d) => ({ name: d.id, bitmap: cp.disks.has(d.id) }))) : undefined;
     let socket: string;
     try {
       const session = this.session(vm.id);
       const via: Virsh = session
         ? { uri: this.virsh.uri, run: (args, call) => session.run(args, /Backup started/, call?.timeoutMs ?? this.commandMs) }
         : this.virsh;
-      socket = await beginBackup(via, domain, dir, disks, this.commandMs);
+      socket = await beginBackup(via, domain, dir, disks, this.commandMs, cpXml);
     } catch (err) {
       await fs.rm(dir, { recursive: true, force: true });
       throw err;
     }
-    return planned.map((o) => ({ ...o, base: nbdUri(socket, o.disk), baseFormat: 'raw', overlayNode: o.disk }));
+    return planned.map((o) => ({ ...o, base: nbdUri(socket, o.disk), baseFormat: 'raw', overlayNode: o.disk, ...(since.has(o.disk) ? { since: since.get(o.disk)! } : {}) }));
   }
 
   /** End our backup job (the pull-mode view) and its private directory; safe when none runs. */
@@ -320,7 +334,20 @@ export class LibvirtProvider implements HostProvider {
     } else if (!this.images.has(overlay.base)) {
       throw new Error(`overlay.base: ${overlay.base} is not a disk image of a domain enumerated here; refusing to copy it`);
     }
+    // the view must have been begun incremental from the very checkpoint the chain reads by
+    if (options.copy?.mode === 'incremental' && (!nbd || overlay.since !== options.copy.since)) {
+      throw new Error(`copy.since: disk ${disk}: the view reads no changes since ${options.copy.since} (${nbd ? `begun ${overlay.since ? `since ${overlay.since}` : 'as a full'}` : 'a shut-off domain has no change tracking'}); copy it as a full`);
+    }
     const total = (await qemuImg.info(this.qemuImgPath, overlay.base, !nbd))['virtual-size'];
+    if (options.copy?.mode === 'incremental' && nbd) {
+      const { bytesChanged } = await copyChanged(dest, {
+        qemuImg: this.qemuImgPath, socket: nbd.socket, exportName: nbd.exportName, virtualSize: total, backing: options.copy.backing,
+        ...(options.signal ? { signal: options.signal } : {}),
+        onProgress: (done, all) => onProgress?.({ done, total: all }),
+      });
+      const bytes = (await fs.stat(dest)).size;
+      return { path: dest, bytes, format: 'qcow2', virtualSize: total, bytesRead: bytesChanged, bytesChanged };
+    }
     await qemuImg.convert(this.qemuImgPath, overlay.base, dest, {
       sourceFormat: overlay.baseFormat,
       compress: options.compress ?? this.options.compress ?? false,
@@ -349,6 +376,31 @@ export class LibvirtProvider implements HostProvider {
     if (this.options.virsh) return undefined;
     return { kind: 'libvirt', options: { uri: this.virsh.uri, runDir: this.runDir, commandMs: this.commandMs, ...(this.options.scratchDir ? { scratchDir: this.options.scratchDir } : {}) } };
   }
+
+  /**
+   * Change tracking by libvirt checkpoints (checkpoints.ts). start only notes the name: the
+   * checkpoint is made by backup-begin at the moment. remove deletes it (a shut-off domain's is
+   * left for the next published backup to remove, libvirt cannot delete it then).
+   */
+  readonly tracking = {
+    start: async (vmId: string, disks: readonly { disk: string; name: string }[]): Promise<void> => {
+      const name = disks[0]?.name;
+      if (!name) return;
+      if (disks.some((d) => d.name !== name)) throw new Error(`tracking: one checkpoint per domain, got ${[...new Set(disks.map((d) => d.name))].join(', ')}`);
+      this.checkpoints.set(vmId, { name, disks: new Set(disks.map((d) => d.disk)) });
+    },
+    remove: async (vmId: string, disks: readonly { disk: string; name: string }[]): Promise<void> => {
+      const domain = this.domain(vmId);
+      for (const name of new Set(disks.map((d) => d.name))) {
+        await deleteCheckpoint(this.virsh, domain, name, this.commandMs).catch((err: unknown) => {
+          // a domain that is gone has no checkpoint left to remove
+          if (err instanceof VirshError && err.noDomain) return 'absent' as const;
+          throw err;
+        });
+        if (this.checkpoints.get(vmId)?.name === name) this.checkpoints.delete(vmId);
+      }
+    },
+  };
 
   /** Is a backup job of ours still running on the domain? (libvirt's word, for tests and recovery) */
   async jobOf(vmId: string): Promise<{ type: string; operation?: string }> {

@@ -83,6 +83,10 @@ describe('libvirt provider: refusals before any side effect', () => {
     const p = new LibvirtProvider({ virsh: new ScriptedVirsh({}), runDir: '/tmp/vmb-run' });
     await assert.rejects(p.exportDisk({ disks: [], ref: { overlays: [{ ...overlay, base: '/etc/shadow', baseFormat: 'raw' }] } }, overlay.disk, '/tmp/x.qcow2'), /overlay.base: \/etc\/shadow is not a disk image/);
     await assert.rejects(p.exportDisk({ disks: [], ref: { overlays: [{ ...overlay, base: 'nbd+unix:///vda?socket=/elsewhere/ab/nbd.sock' }] } }, overlay.disk, '/tmp/x.qcow2'), /overlay.base: .* not an export of a backup job this provider started/);
+    // an incremental needs a view begun incremental from the very checkpoint the chain reads by
+    const incremental = { mode: 'incremental' as const, backing: '../p/disk-vda.qcow2', since: 'vmbackup-p' };
+    await assert.rejects(p.exportDisk({ disks: [], ref: { overlays: [overlay] } }, overlay.disk, '/tmp/x.qcow2', undefined, { copy: incremental }), /copy.since: disk vda: the view reads no changes since vmbackup-p \(begun as a full\)/);
+    await assert.rejects(p.exportDisk({ disks: [], ref: { overlays: [{ ...overlay, since: 'vmbackup-q' }] } }, overlay.disk, '/tmp/x.qcow2', undefined, { copy: incremental }), /begun since vmbackup-q/);
   });
 });
 
