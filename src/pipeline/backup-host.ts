@@ -267,7 +267,7 @@ export class BackupHost {
     const planned = vm.prepare.view!;
     if (vm.prepare.action === 'save') await this.provider.armView(vm, planned);
     // a failure here aborts the set, and its undo thaws first: a frozen guest is the worst harm
-    const made = await this.provider.makeView(vm, planned, { frozen: wasFrozen });
+    const made = await this.provider.makeView(vm, planned, { frozen: wasFrozen, chain: vm.prepare.chain ?? [] });
     live.viewMade(vm.id, made.view);
     let consistency = vm.consistency;
     const warnings = [...vm.warnings];

@@ -1,7 +1,14 @@
 // The one small interface every hypervisor sits behind. The pipeline (src/pipeline) decides
 // what to do and in what order; a provider only knows how to do one thing to one VM, and names
 // its own things: the point-in-time view it makes, the files a backup holds, its change tracking.
-import type { ClassifiedVm, EnumeratedVm, PointInTimeView } from '../contract/types';
+import type { ChainPlan, ClassifiedVm, EnumeratedVm, PointInTimeView } from '../contract/types';
+
+/** What makeView is told beside the VM and its planned view. */
+export interface ViewOptions {
+  /** the guest's file systems are frozen around this call */
+  frozen: boolean;
+  chain?: readonly ChainPlan[];
+}
 
 export type ProviderKind = 'qemu' | 'hyperv' | 'libvirt';
 
@@ -106,9 +113,11 @@ export interface HostProvider {
   armView(vm: ClassifiedVm, view: PointInTimeView): Promise<void>;
   /**
    * The moment: atomic over the VM's disks. Returns the view as made (a provider may learn names
-   * only now) and how long the vCPUs were stopped for it, if they were.
+   * only now) and how long the vCPUs were stopped for it, if they were. `chain`: the prepared chain
+   * plan per disk (which disks read changes since which record): a provider whose view is made from
+   * its record (libvirt: an incremental backup-begin from a checkpoint) needs it at this moment.
    */
-  makeView(vm: ClassifiedVm, view: PointInTimeView, opts: { frozen: boolean }): Promise<{ view: PointInTimeView; pausedMs?: number }>;
+  makeView(vm: ClassifiedVm, view: PointInTimeView, opts: ViewOptions): Promise<{ view: PointInTimeView; pausedMs?: number }>;
   /**
    * Take the view away; proven by asking the hypervisor (the VM's graph holds nothing of ours),
    * throws while it is not true. Safe to repeat, and on a view that was only planned.

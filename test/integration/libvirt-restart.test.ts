@@ -14,7 +14,7 @@ import { pidAlive, readPidFile } from '../../lab/util';
 import type { ClassifiedVm, CopiedSet, PointInTimeView } from '../../src/contract/types';
 import { Journal } from '../../src/journal/journal';
 import { BackupHost, DEFAULT_TIMEOUTS } from '../../src/pipeline/backup-host';
-import type { ExportOptions, Progress } from '../../src/providers/provider';
+import type { ExportOptions, Progress, ViewOptions } from '../../src/providers/provider';
 import { LibvirtProvider } from '../../src/providers/libvirt/libvirt-provider';
 import { inspectImage } from '../support/image-check';
 import { assertLibvirtView, libvirtOwnSnapshotAndBackup, virsh, libvirtLabForSuite } from '../support/libvirt-view';
@@ -27,9 +27,9 @@ class HookedProvider extends LibvirtProvider {
   beforeView?: () => Promise<void>;
   duringExport?: (base: string, copy: () => Promise<unknown>) => Promise<void>;
 
-  override async makeView(vm: ClassifiedVm, view: PointInTimeView) {
+  override async makeView(vm: ClassifiedVm, view: PointInTimeView, opts: ViewOptions) {
     await this.beforeView?.();
-    return super.makeView(vm, view);
+    return super.makeView(vm, view, opts);
   }
 
   override async exportDisk(view: PointInTimeView, disk: string, dest: string, onProgress?: (p: Progress) => void, options?: ExportOptions) {

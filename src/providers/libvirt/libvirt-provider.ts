@@ -10,9 +10,9 @@
 import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import type { ChainPlan, ClassifiedVm, EnumeratedVm, PointInTimeView, PreparedVm } from '../../contract/types';
+import type { ChainPlan, ClassifiedVm, EnumeratedVm, PointInTimeView } from '../../contract/types';
 import { isSafeName } from '../../util/ids';
-import type { ExportOptions, ExportedFile, GuardianProviderSpec, HostProvider, Progress } from '../provider';
+import type { ExportOptions, ExportedFile, GuardianProviderSpec, HostProvider, Progress, ViewOptions } from '../provider';
 
 /** One disk under our backup job: base = what the copy reads (the NBD export, or the image of a shut-off domain), overlay = the scratch file. */
 export interface Overlay {
@@ -239,10 +239,9 @@ export class LibvirtProvider implements HostProvider {
     // libvirt makes the scratch files and the job in one call, at the moment
   }
 
-  async makeView(vm: ClassifiedVm, view: PointInTimeView): Promise<{ view: PointInTimeView }> {
-    // the pipeline hands the prepared VM: its chain plan says which disks read changes since which checkpoint
-    const chain = (vm as Partial<PreparedVm>).prepare?.chain ?? [];
-    const overlays = await this.snapshot(vm, String(view.ref.backupId), chain);
+  async makeView(vm: ClassifiedVm, view: PointInTimeView, opts: ViewOptions): Promise<{ view: PointInTimeView }> {
+    // the chain plan says which disks read changes since which checkpoint: backup-begin needs it now
+    const overlays = await this.snapshot(vm, String(view.ref.backupId), opts.chain ?? []);
     return { view: { ...view, ref: { ...view.ref, overlays } } };
   }
 

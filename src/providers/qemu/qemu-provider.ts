@@ -7,7 +7,7 @@ import * as net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import * as path from 'node:path';
 import type { ClassifiedVm, EnumeratedVm, PointInTimeView } from '../../contract/types';
-import type { Enumeration, ExportOptions, ExportedFile, GuardianProviderSpec, HostProvider, Progress } from '../provider';
+import type { Enumeration, ExportOptions, ExportedFile, GuardianProviderSpec, HostProvider, Progress, ViewOptions } from '../provider';
 import { unreachableVm } from '../../contract/limits';
 import { disksFrom, type NamedNode, type QueryBlockEntry } from './block-graph';
 import { discoverVms, findQemuPid, readCmdline, type DiscoveredVm } from './discovery';
@@ -377,7 +377,7 @@ export class QemuProvider implements HostProvider {
     if (plan.disks.length) await this.qmp(vm.id, (c) => armView(c, plan, this.qemuImgPath));
   }
 
-  async makeView(vm: ClassifiedVm, view: PointInTimeView, opts: { frozen: boolean }): Promise<{ view: PointInTimeView; pausedMs?: number }> {
+  async makeView(vm: ClassifiedVm, view: PointInTimeView, opts: ViewOptions): Promise<{ view: PointInTimeView; pausedMs?: number }> {
     if (isOfflinePlan(view)) {
       await checkLocked(offlinePlanOf(view)); // the images, locked since prepare, are the point in time
       return { view };
