@@ -17,7 +17,10 @@ export default tseslint.config(
     rules: {
       // _-prefixed names are kept on purpose (a callback's unused leading argument, a skipped element);
       // a caught error that is not looked at is the normal "it failed, fall back" case here
-      '@typescript-eslint/no-unused-vars': ['error', { args: 'after-used', argsIgnorePattern: '^_', varsIgnorePattern: '^_', caughtErrors: 'none' }],
+      '@typescript-eslint/no-unused-vars': [
+        'error',
+        { args: 'after-used', argsIgnorePattern: '^_', varsIgnorePattern: '^_', caughtErrors: 'none' },
+      ],
       // the code compares with === everywhere; == null as a shortcut would be the only exception and none is used
       eqeqeq: ['error', 'always'],
       // require() on purpose: a provider, ssh2 and the guardian's helpers load only when used (a QEMU

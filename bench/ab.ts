@@ -19,7 +19,11 @@ import { addScenarios, backup, type BackupRun, type Ctx } from './context';
 import { NodeRedProcess, REPO_ROOT } from './nodered';
 import { loadAvg, log, median, round, sleep } from './util';
 
-interface Side { name: 'A' | 'B'; root: string; ctx: Ctx }
+interface Side {
+  name: 'A' | 'B';
+  root: string;
+  ctx: Ctx;
+}
 
 async function labSection(sides: Side[], labDir: string, vmName: string, runs: number, work: string): Promise<Record<string, any>> {
   const { vmPaths } = await import('../lab/lab-vms.js');
@@ -52,7 +56,11 @@ async function labSection(sides: Side[], labDir: string, vmName: string, runs: n
         const r = await backup(side.ctx, 'lab-freeze');
         const f = r.journal.find((e) => e.op === 'freeze' && e.phase === 'intent');
         const t = r.journal.find((e) => e.op === 'thaw' && e.phase === 'done');
-        out.freeze[side.name].push({ frozenMs: r.set.vms[0].snapshot.frozenMs, journalMs: f && t ? Date.parse(t.t) - Date.parse(f.t) : undefined, first: i === 0 });
+        out.freeze[side.name].push({
+          frozenMs: r.set.vms[0].snapshot.frozenMs,
+          journalMs: f && t ? Date.parse(t.t) - Date.parse(f.t) : undefined,
+          first: i === 0,
+        });
         await sleep(3500);
       }
     }
@@ -64,7 +72,10 @@ async function labSection(sides: Side[], labDir: string, vmName: string, runs: n
         const resume = ev.find((e) => e.event === 'RESUME');
         const si = r.journal.find((e) => e.op === 'save' && e.phase === 'intent');
         const sd = r.journal.find((e) => e.op === 'save' && e.phase === 'done');
-        out.saved[side.name].push({ downtimeMs: stop && resume ? round(resume.at - stop.at) : undefined, saveMs: si && sd ? Date.parse(sd.t) - Date.parse(si.t) : undefined });
+        out.saved[side.name].push({
+          downtimeMs: stop && resume ? round(resume.at - stop.at) : undefined,
+          saveMs: si && sd ? Date.parse(sd.t) - Date.parse(si.t) : undefined,
+        });
         await sleep(3500);
       }
     }
@@ -72,7 +83,9 @@ async function labSection(sides: Side[], labDir: string, vmName: string, runs: n
     await observer.close();
   }
   for (const side of sides) {
-    log(`${side.name} lab: frozen ${out.freeze[side.name].map((x: any) => x.frozenMs).join(', ')} ms; saved-state downtime ${out.saved[side.name].map((x: any) => x.downtimeMs).join(', ')} ms`);
+    log(
+      `${side.name} lab: frozen ${out.freeze[side.name].map((x: any) => x.frozenMs).join(', ')} ms; saved-state downtime ${out.saved[side.name].map((x: any) => x.downtimeMs).join(', ')} ms`,
+    );
   }
   return out;
 }
@@ -84,7 +97,12 @@ function arg(name: string, fallback: string): string {
 
 async function main(): Promise<void> {
   const patched = path.resolve(arg('patched', REPO_ROOT));
-  const bEnv = Object.fromEntries(process.argv.slice(2).filter((a) => a.startsWith('--b-env=')).map((a) => a.slice(8).split('=', 2) as [string, string]));
+  const bEnv = Object.fromEntries(
+    process.argv
+      .slice(2)
+      .filter((a) => a.startsWith('--b-env='))
+      .map((a) => a.slice(8).split('=', 2) as [string, string]),
+  );
   const labDir = arg('lab', '');
   const labVm = arg('vm', '');
   const labRuns = Number(arg('lab-runs', '8'));
@@ -94,16 +112,37 @@ async function main(): Promise<void> {
   const out = path.resolve(arg('out', path.join(REPO_ROOT, 'bench', 'ab-results.json')));
   await fs.rm(work, { recursive: true, force: true });
   await fs.mkdir(path.join(work, 'scratch'), { recursive: true });
-  const results: Record<string, any> = { format: 'vm-backup-bench-ab@1', generatedAt: new Date().toISOString(), a: REPO_ROOT, b: patched, bEnv, load: { start: loadAvg() } };
+  const results: Record<string, any> = {
+    format: 'vm-backup-bench-ab@1',
+    generatedAt: new Date().toISOString(),
+    a: REPO_ROOT,
+    b: patched,
+    bEnv,
+    load: { start: loadAvg() },
+  };
 
   const fleets: BareFleet[] = [];
   const sides: Side[] = [];
   try {
     const tiny = await startFleet(path.join(work, 'bare', 'tiny'), { count: 1, disksPerVm: 1, diskMiB: 16, dataMiB: 4, prefix: 'tiny' });
     fleets.push(tiny);
-    const big = await startFleet(path.join(work, 'bare', 'one1g'), { count: 1, disksPerVm: 1, diskMiB: runs > 0 ? 1024 : 16, dataMiB: runs > 0 ? 1024 : 4, prefix: 'one' });
+    const big = await startFleet(path.join(work, 'bare', 'one1g'), {
+      count: 1,
+      disksPerVm: 1,
+      diskMiB: runs > 0 ? 1024 : 16,
+      dataMiB: runs > 0 ? 1024 : 4,
+      prefix: 'one',
+    });
     fleets.push(big);
-    const fleet = counts.length ? await startFleet(path.join(work, 'bare', 'fleet'), { count: Math.max(...counts), disksPerVm: 2, diskMiB: 32, dataMiB: 8, prefix: 'vm' }) : undefined;
+    const fleet = counts.length
+      ? await startFleet(path.join(work, 'bare', 'fleet'), {
+          count: Math.max(...counts),
+          disksPerVm: 2,
+          diskMiB: 32,
+          dataMiB: 8,
+          prefix: 'vm',
+        })
+      : undefined;
     if (fleet) fleets.push(fleet);
     const sockets = path.join(work, 'sockets');
     const tinyDir = await fleetSocketDir(sockets, tiny, 1);
@@ -111,7 +150,10 @@ async function main(): Promise<void> {
     const scaleDirs = new Map<number, string>();
     for (const n of counts) scaleDirs.set(n, await fleetSocketDir(sockets, fleet!, n));
 
-    for (const [name, root] of [['A', REPO_ROOT], ['B', patched]] as const) {
+    for (const [name, root] of [
+      ['A', REPO_ROOT],
+      ['B', patched],
+    ] as const) {
       const nr = await NodeRedProcess.start(path.join(work, `node-red-${name}`), root, name === 'B' ? bEnv : {});
       const ctx: Ctx = { work: path.join(work, name), quick: false, nr, scenarios: new Map() };
       await addScenarios(ctx, [
@@ -137,8 +179,14 @@ async function main(): Promise<void> {
       const r = await turn(side, 'tiny');
       const checks = r.calls.filter((c) => c.fn === 'assertStage' || c.fn === 'assertManifest');
       const prepared = checks.filter((c) => c.stage === 'prepared').reduce((n, c) => n + c.ms, 0);
-      results.cold[side.name] = { ajvMs: round(checks.reduce((n, c) => n + c.ms, 0)), preparedChecksMs: round(prepared, 2), wallMs: Math.round(r.wallMs) };
-      log(`${side.name} cold start: ajv ${results.cold[side.name].ajvMs} ms in the first backup; the "prepared" checks (made while guests are frozen) ${results.cold[side.name].preparedChecksMs} ms`);
+      results.cold[side.name] = {
+        ajvMs: round(checks.reduce((n, c) => n + c.ms, 0)),
+        preparedChecksMs: round(prepared, 2),
+        wallMs: Math.round(r.wallMs),
+      };
+      log(
+        `${side.name} cold start: ajv ${results.cold[side.name].ajvMs} ms in the first backup; the "prepared" checks (made while guests are frozen) ${results.cold[side.name].preparedChecksMs} ms`,
+      );
     }
 
     // 2. one disk, 1 GiB of data
@@ -147,9 +195,15 @@ async function main(): Promise<void> {
       for (const side of i % 2 === 0 ? sides : [...sides].reverse()) {
         const r = await turn(side, 'one1g');
         const v = r.set.vms[0];
-        const phases = Object.fromEntries(Object.entries(r.phases).filter(([k]) => !k.startsWith('assert')).map(([k, p]) => [k, { n: p.n, ms: Math.round(p.ms) }]));
+        const phases = Object.fromEntries(
+          Object.entries(r.phases)
+            .filter(([k]) => !k.startsWith('assert'))
+            .map(([k, p]) => [k, { n: p.n, ms: Math.round(p.ms) }]),
+        );
         results.copy1g[side.name].push({ copyMs: v.copy.ms, peakRssMiB: round(r.sampler.peakRssKiB / 1024), phases });
-        log(`${side.name} 1 GiB copy ${i + 1}/${runs}: ${v.copy.ms} ms, peak RSS ${round(r.sampler.peakRssKiB / 1024)} MiB; ${JSON.stringify(phases)}`);
+        log(
+          `${side.name} 1 GiB copy ${i + 1}/${runs}: ${v.copy.ms} ms, peak RSS ${round(r.sampler.peakRssKiB / 1024)} MiB; ${JSON.stringify(phases)}`,
+        );
       }
     }
 
@@ -159,12 +213,19 @@ async function main(): Promise<void> {
       const row: Record<string, any> = { vms: n };
       for (const side of sides) {
         const r = await turn(side, `scale-${n}`);
-        row[side.name] = { wallMs: Math.round(r.wallMs), copyStageMs: r.set.timings.copy.ms, vmsBackedUp: r.set.vms.length, peakRssMiB: round(r.sampler.peakRssKiB / 1024) };
+        row[side.name] = {
+          wallMs: Math.round(r.wallMs),
+          copyStageMs: r.set.timings.copy.ms,
+          vmsBackedUp: r.set.vms.length,
+          peakRssMiB: round(r.sampler.peakRssKiB / 1024),
+        };
       }
       row.aloneMs = Math.round(await copyAlone(fleet!, n, path.join(work, 'scratch'), 2));
       for (const side of sides) row[side.name].overheadMs = row[side.name].wallMs - row.aloneMs;
       results.scale.push(row);
-      log(`scale ${n}: A ${row.A.wallMs} ms (overhead ${row.A.overheadMs}), B ${row.B.wallMs} ms (overhead ${row.B.overheadMs}); qemu-img alone ${row.aloneMs} ms`);
+      log(
+        `scale ${n}: A ${row.A.wallMs} ms (overhead ${row.A.overheadMs}), B ${row.B.wallMs} ms (overhead ${row.B.overheadMs}); qemu-img alone ${row.aloneMs} ms`,
+      );
     }
   } finally {
     for (const s of sides) await s.ctx.nr.stop().catch(() => undefined);
@@ -173,10 +234,17 @@ async function main(): Promise<void> {
   }
   results.load.end = loadAvg();
   await fs.writeFile(out, JSON.stringify(results, null, 2) + '\n');
-  const med = (side: 'A' | 'B', k: string) => median(results.copy1g[side].map((x: any) => (k === 'copyMs' || k === 'peakRssMiB' ? x[k] : x.phases[k]?.ms ?? 0)));
+  const med = (side: 'A' | 'B', k: string) =>
+    median(results.copy1g[side].map((x: any) => (k === 'copyMs' || k === 'peakRssMiB' ? x[k] : (x.phases[k]?.ms ?? 0))));
   const labLines: string[] = [];
   if (results.lab) {
-    const m = (side: 'A' | 'B', k: string, sec: 'freeze' | 'saved', rest = false) => median(results.lab[sec][side].filter((x: any) => !rest || !x.first).map((x: any) => x[k]).filter((x: any) => typeof x === 'number'));
+    const m = (side: 'A' | 'B', k: string, sec: 'freeze' | 'saved', rest = false) =>
+      median(
+        results.lab[sec][side]
+          .filter((x: any) => !rest || !x.first)
+          .map((x: any) => x[k])
+          .filter((x: any) => typeof x === 'number'),
+      );
     const first = (side: 'A' | 'B') => results.lab.freeze[side].find((x: any) => x.first)?.frozenMs;
     labLines.push(
       `| lab guest: frozen, first backup after start (ms) | ${first('A')} | ${first('B')} |`,
@@ -192,9 +260,14 @@ async function main(): Promise<void> {
     `| ajv compile inside the first bare-VM backup${results.lab ? ' (after the lab runs: warm)' : ' after start'} (ms) | ${results.cold.A.ajvMs} | ${results.cold.B.ajvMs} |`,
     `| ... of it in the "prepared" checks, made while guests are frozen (ms) | ${results.cold.A.preparedChecksMs} | ${results.cold.B.preparedChecksMs} |`,
     `| 1 GiB disk, copy artifacts (copy.ms, median of ${runs}) | ${med('A', 'copyMs')} | ${med('B', 'copyMs')} |`,
-    ...['qemu-img info', 'qemu-img convert', 'qemu-img compare', 'sha256File'].map((k) => `| ... in it: ${k} (ms) | ${med('A', k)} | ${med('B', k)} |`),
+    ...['qemu-img info', 'qemu-img convert', 'qemu-img compare', 'sha256File'].map(
+      (k) => `| ... in it: ${k} (ms) | ${med('A', k)} | ${med('B', k)} |`,
+    ),
     `| 1 GiB disk, Node-RED peak RSS (MiB) | ${med('A', 'peakRssMiB')} | ${med('B', 'peakRssMiB')} |`,
-    ...results.scale.map((r: any) => `| ${r.vms} VMs x 2 disks: total / overhead beyond qemu-img alone (${(r.aloneMs / 1000).toFixed(1)} s) (s) | ${(r.A.wallMs / 1000).toFixed(1)} / ${(r.A.overheadMs / 1000).toFixed(1)} | ${(r.B.wallMs / 1000).toFixed(1)} / ${(r.B.overheadMs / 1000).toFixed(1)} |`),
+    ...results.scale.map(
+      (r: any) =>
+        `| ${r.vms} VMs x 2 disks: total / overhead beyond qemu-img alone (${(r.aloneMs / 1000).toFixed(1)} s) (s) | ${(r.A.wallMs / 1000).toFixed(1)} / ${(r.A.overheadMs / 1000).toFixed(1)} | ${(r.B.wallMs / 1000).toFixed(1)} / ${(r.B.overheadMs / 1000).toFixed(1)} |`,
+    ),
   ];
   process.stdout.write(lines.join('\n') + '\n');
   log(`A/B results: ${out} (load ${results.load.start.join(' ')} -> ${results.load.end.join(' ')})`);

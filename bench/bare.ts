@@ -40,13 +40,23 @@ export async function startFleet(dir: string, o: FleetOptions): Promise<BareFlee
   await makeDataImage(template, { virtualMiB: o.diskMiB, dataMiB: o.dataMiB, layout: 'spread' });
   const ids = Array.from({ length: o.count }, (_, i) => `${o.prefix ?? 'vm'}${String(i + 1).padStart(3, '0')}`);
   const fleet: BareFleet = {
-    dir, imageDir, runDir, ids, procs: new Map(), disks: new Map(),
+    dir,
+    imageDir,
+    runDir,
+    ids,
+    procs: new Map(),
+    disks: new Map(),
     stop: async () => {
-      await Promise.all([...fleet.procs.values()].map((p) => new Promise<void>((resolve) => {
-        if (p.exitCode !== null || p.signalCode !== null) return resolve();
-        p.once('exit', () => resolve());
-        p.kill('SIGTERM');
-      })));
+      await Promise.all(
+        [...fleet.procs.values()].map(
+          (p) =>
+            new Promise<void>((resolve) => {
+              if (p.exitCode !== null || p.signalCode !== null) return resolve();
+              p.once('exit', () => resolve());
+              p.kill('SIGTERM');
+            }),
+        ),
+      );
       await fs.rm(dir, { recursive: true, force: true });
     },
     qemuRssMiB: () => {
@@ -59,31 +69,62 @@ export async function startFleet(dir: string, o: FleetOptions): Promise<BareFlee
     const disks: string[] = [];
     for (let d = 0; d < o.disksPerVm; d++) {
       const file = path.join(imageDir, `${id}-disk${d}.qcow2`);
-      if (o.count === 1 && o.disksPerVm === 1) await fs.rename(template, file); // one disk: no copy of a big image
+      if (o.count === 1 && o.disksPerVm === 1)
+        await fs.rename(template, file); // one disk: no copy of a big image
       else await fs.copyFile(template, file);
       disks.push(file);
     }
     fleet.disks.set(id, disks);
     // a PC with no OS and a device per disk: the point-in-time view switches the device onto its filter
-    const args = ['-accel', 'tcg', '-machine', 'pc', '-m', '32', '-nodefaults', '-display', 'none', '-name', id,
-      '-pidfile', path.join(runDir, `${id}.pid`),
-      '-qmp', `unix:${path.join(runDir, `${id}.qmp`)},server=on,wait=off`];
-    disks.forEach((file, i) => args.push('-drive', `file=${file},format=qcow2,if=none,id=drive-virtio${i}`, '-device', `virtio-blk-pci,drive=drive-virtio${i},id=virtio${i}`));
+    const args = [
+      '-accel',
+      'tcg',
+      '-machine',
+      'pc',
+      '-m',
+      '32',
+      '-nodefaults',
+      '-display',
+      'none',
+      '-name',
+      id,
+      '-pidfile',
+      path.join(runDir, `${id}.pid`),
+      '-qmp',
+      `unix:${path.join(runDir, `${id}.qmp`)},server=on,wait=off`,
+    ];
+    disks.forEach((file, i) =>
+      args.push(
+        '-drive',
+        `file=${file},format=qcow2,if=none,id=drive-virtio${i}`,
+        '-device',
+        `virtio-blk-pci,drive=drive-virtio${i},id=virtio${i}`,
+      ),
+    );
     const child = spawn('qemu-system-x86_64', args, { stdio: 'ignore' });
     fleet.procs.set(id, child);
     await waitForSocket(path.join(runDir, `${id}.qmp`), 20_000);
   };
   // a few at a time: each start is mostly waiting
   let next = 0;
-  await Promise.all(Array.from({ length: 8 }, async () => {
-    while (next < ids.length) await startOne(ids[next++]);
-  }));
-  log(`fleet: ${o.count} QEMU processes x ${o.disksPerVm} disks (${o.diskMiB} MiB, ${o.dataMiB} MiB data each) started in ${Math.round(nowMs() - t0)} ms`);
+  await Promise.all(
+    Array.from({ length: 8 }, async () => {
+      while (next < ids.length) await startOne(ids[next++]);
+    }),
+  );
+  log(
+    `fleet: ${o.count} QEMU processes x ${o.disksPerVm} disks (${o.diskMiB} MiB, ${o.dataMiB} MiB data each) started in ${Math.round(nowMs() - t0)} ms`,
+  );
   return fleet;
 }
 
 /** A socket directory with the first `n` VMs of the fleet (links to their sockets and pidfiles). */
-export async function fleetSocketDir(root: string, fleet: BareFleet, n: number, name = `${path.basename(fleet.dir)}-${n}`): Promise<string> {
+export async function fleetSocketDir(
+  root: string,
+  fleet: BareFleet,
+  n: number,
+  name = `${path.basename(fleet.dir)}-${n}`,
+): Promise<string> {
   const dir = path.join(root, name);
   await fs.rm(dir, { recursive: true, force: true });
   await fs.mkdir(dir, { recursive: true });

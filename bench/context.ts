@@ -20,7 +20,11 @@ export interface Ctx {
 export async function addScenarios(ctx: Ctx, list: Omit<Scenario, 'repository' | 'journalDir'>[]): Promise<Scenario[]> {
   const added: Scenario[] = [];
   for (const s of list) {
-    const full: Scenario = { ...s, repository: path.join(ctx.work, 'repository', s.name), journalDir: path.join(ctx.work, 'journal', s.name) };
+    const full: Scenario = {
+      ...s,
+      repository: path.join(ctx.work, 'repository', s.name),
+      journalDir: path.join(ctx.work, 'journal', s.name),
+    };
     await fs.mkdir(full.repository, { recursive: true });
     await fs.mkdir(full.journalDir, { recursive: true });
     ctx.scenarios.set(s.name, full);
@@ -57,7 +61,11 @@ export function phaseTotals(calls: ProbeCall[]): Record<string, { n: number; ms:
 }
 
 /** One backup through the real flow, with the Node-RED process sampled (peak RSS reset first). */
-export async function backup(ctx: Ctx, scenario: string, o: { keep?: boolean; sampleMs?: number; trace?: boolean } = {}): Promise<BackupRun> {
+export async function backup(
+  ctx: Ctx,
+  scenario: string,
+  o: { keep?: boolean; sampleMs?: number; trace?: boolean } = {},
+): Promise<BackupRun> {
   const s = ctx.scenarios.get(scenario);
   if (!s) throw new Error(`scenario ${scenario} not deployed`);
   await ctx.nr.probeCalls(); // reset the probe's records
@@ -75,14 +83,29 @@ export async function backup(ctx: Ctx, scenario: string, o: { keep?: boolean; sa
   const calls = await ctx.nr.probeCalls();
   const journal = await readJournal(path.join(s.journalDir, 'journal-bench.jsonl'), set.backupId);
   // BENCH_DUMP=DIR: every timed call and journal line of each backup, for timelines
-  if (process.env.BENCH_DUMP) await fs.writeFile(path.join(process.env.BENCH_DUMP, `${scenario}-${set.backupId}.json`), JSON.stringify({ set, calls, journal }));
+  if (process.env.BENCH_DUMP)
+    await fs.writeFile(path.join(process.env.BENCH_DUMP, `${scenario}-${set.backupId}.json`), JSON.stringify({ set, calls, journal }));
   if (!o.keep) await rmrf(path.join(s.repository, 'bench'));
-  return { set, wallMs: endedAt - startedAt, startedAt, endedAt, responseBytes: res.bytes, sampler, journal, calls, phases: phaseTotals(calls) };
+  return {
+    set,
+    wallMs: endedAt - startedAt,
+    startedAt,
+    endedAt,
+    responseBytes: res.bytes,
+    sampler,
+    journal,
+    calls,
+    phases: phaseTotals(calls),
+  };
 }
 
 export async function readJournal(file: string, backupId: string): Promise<JournalEntry[]> {
   const text = await fs.readFile(file, 'utf8').catch(() => '');
-  return text.split('\n').filter(Boolean).map((l) => JSON.parse(l) as JournalEntry).filter((e) => e.backupId === backupId);
+  return text
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as JournalEntry)
+    .filter((e) => e.backupId === backupId);
 }
 
 /** ms between two journal entries (first match of each), or undefined. */

@@ -30,8 +30,27 @@ async function main(): Promise<void> {
   const size = String(diskMiB * MiB);
   execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', base, size]);
   const sock = path.join(dir, 'qmp.sock');
-  const qemu = spawn('qemu-system-x86_64', ['-accel', 'tcg', '-machine', 'pc', '-m', '32', '-nodefaults', '-display', 'none', '-qmp', `unix:${sock},server=on,wait=off`,
-    '-drive', `file=${disk},format=qcow2,if=none,id=drive0`, '-device', 'virtio-blk-pci,drive=drive0'], { stdio: 'ignore' });
+  const qemu = spawn(
+    'qemu-system-x86_64',
+    [
+      '-accel',
+      'tcg',
+      '-machine',
+      'pc',
+      '-m',
+      '32',
+      '-nodefaults',
+      '-display',
+      'none',
+      '-qmp',
+      `unix:${sock},server=on,wait=off`,
+      '-drive',
+      `file=${disk},format=qcow2,if=none,id=drive0`,
+      '-device',
+      'virtio-blk-pci,drive=drive0',
+    ],
+    { stdio: 'ignore' },
+  );
   const results: Record<string, { full: number[]; inc: number[] }> = {};
   let c: RawQmp | undefined;
   try {
@@ -66,7 +85,9 @@ async function main(): Promise<void> {
       const f = target(incremental);
       const s = path.join(dir, 'nbd.sock');
       await fs.rm(s, { force: true });
-      const p = spawn('qemu-nbd', ['--format=qcow2', `--socket=${s}`, '--discard=unmap', '--detect-zeroes=unmap', ...flags, f], { stdio: 'ignore' });
+      const p = spawn('qemu-nbd', ['--format=qcow2', `--socket=${s}`, '--discard=unmap', '--detect-zeroes=unmap', ...flags, f], {
+        stdio: 'ignore',
+      });
       const exited = new Promise((r) => p.once('exit', r));
       await waitForSocket(s, 10_000);
       await q.execute('blockdev-add', { driver: 'nbd', 'node-name': 'tn', server: { type: 'unix', path: s }, export: '' });
@@ -78,7 +99,7 @@ async function main(): Promise<void> {
       return [j, performance.now() - t0];
     };
     const variants: Record<string, (extra: Record<string, unknown>, incremental: boolean) => Promise<number[]>> = {
-      'local qcow2 (in the VM\'s QEMU)': local,
+      "local qcow2 (in the VM's QEMU)": local,
       'qemu-nbd --cache=writeback --aio=threads (the product)': nbd(['--cache=writeback', '--aio=threads']),
       'qemu-nbd --cache=writeback --aio=io_uring': nbd(['--cache=writeback', '--aio=io_uring']),
       'qemu-nbd --cache=none --aio=threads': nbd(['--cache=none', '--aio=threads']),
@@ -90,16 +111,24 @@ async function main(): Promise<void> {
         await q.execute('block-dirty-bitmap-remove', { node: 'drive0', name: 'b' }).catch(() => undefined);
         await q.execute('block-dirty-bitmap-add', { node: 'drive0', name: 'b', granularity: 65536 });
         const stride = Math.floor(diskMiB / 26) * MiB;
-        for (let i = 0; i < 26; i++) await q.execute('human-monitor-command', { 'command-line': `qemu-io drive0 "write -P 0x${(0x30 + r).toString(16)} ${i * stride} 1M"` });
+        for (let i = 0; i < 26; i++)
+          await q.execute('human-monitor-command', {
+            'command-line': `qemu-io drive0 "write -P 0x${(0x30 + r).toString(16)} ${i * stride} 1M"`,
+          });
         const inc = await fn({ sync: 'bitmap', bitmap: 'b', 'bitmap-mode': 'never' }, true);
         results[name] ??= { full: [], inc: [] };
         results[name].full.push(full[1]);
         results[name].inc.push(inc[1]);
-        log(`copy path ${r + 1}/${rounds} ${name}: full (${dataMiB} MiB of data in ${diskMiB} MiB) job ${Math.round(full[0])} ms, with close ${Math.round(full[1])} ms; incremental 26 MiB job ${Math.round(inc[0])} ms, with close ${Math.round(inc[1])} ms`);
+        log(
+          `copy path ${r + 1}/${rounds} ${name}: full (${dataMiB} MiB of data in ${diskMiB} MiB) job ${Math.round(full[0])} ms, with close ${Math.round(full[1])} ms; incremental 26 MiB job ${Math.round(inc[0])} ms, with close ${Math.round(inc[1])} ms`,
+        );
       }
     }
-    process.stdout.write('| copy target | full, job + close (median ms) | incremental 26 MiB, job + close (median ms) |\n| --- | --- | --- |\n');
-    for (const [name, x] of Object.entries(results)) process.stdout.write(`| ${name} | ${Math.round(median(x.full))} | ${Math.round(median(x.inc))} |\n`);
+    process.stdout.write(
+      '| copy target | full, job + close (median ms) | incremental 26 MiB, job + close (median ms) |\n| --- | --- | --- |\n',
+    );
+    for (const [name, x] of Object.entries(results))
+      process.stdout.write(`| ${name} | ${Math.round(median(x.full))} | ${Math.round(median(x.inc))} |\n`);
   } finally {
     await c?.close().catch(() => undefined);
     if (qemu.exitCode === null) {

@@ -20,14 +20,22 @@ export interface BenchVmSpec {
   memoryMiB?: number;
 }
 
-export interface ObservedEvent { event: string; at: number; data: unknown }
+export interface ObservedEvent {
+  event: string;
+  at: number;
+  data: unknown;
+}
 
 export class BenchVm {
   readonly events: ObservedEvent[] = [];
   observer?: QmpClient;
   bootMs = 0;
 
-  constructor(readonly spec: BenchVmSpec, readonly paths: LabVmPaths, readonly observerSocket: string) {}
+  constructor(
+    readonly spec: BenchVmSpec,
+    readonly paths: LabVmPaths,
+    readonly observerSocket: string,
+  ) {}
 
   get name(): string {
     return this.spec.name;
@@ -87,7 +95,9 @@ export async function startBenchLab(labDir: string, specs: BenchVmSpec[]): Promi
     await fs.rm(p.dataImage, { force: true });
     const t0 = nowMs();
     await makeExt4DataDisk(p.dataImage, { sizeMiB: spec.dataSizeMiB, fillMiB: spec.fillMiB });
-    log(`lab: ${spec.name}: ${spec.dataSizeMiB} MiB ext4 data disk with ${spec.fillMiB} MiB of random data made in ${Math.round(nowMs() - t0)} ms`);
+    log(
+      `lab: ${spec.name}: ${spec.dataSizeMiB} MiB ext4 data disk with ${spec.fillMiB} MiB of random data made in ${Math.round(nowMs() - t0)} ms`,
+    );
   }
   const started = new Map<string, number>();
   for (const spec of specs) {
@@ -96,8 +106,10 @@ export async function startBenchLab(labDir: string, specs: BenchVmSpec[]): Promi
     for (const f of [p.qmpSocket, p.qgaSocket, p.pidFile, observer]) await fs.rm(f, { force: true });
     const args = [
       ...qemuArgs({ name: spec.name, agent: spec.agent, memoryMiB: spec.memoryMiB }, p, { guest, memoryMiB: spec.memoryMiB }),
-      '-chardev', `socket,id=observer,path=${observer},server=on,wait=off`,
-      '-mon', 'chardev=observer,mode=control',
+      '-chardev',
+      `socket,id=observer,path=${observer},server=on,wait=off`,
+      '-mon',
+      'chardev=observer,mode=control',
     ];
     started.set(spec.name, nowMs());
     const r = await labRun('qemu-system-x86_64', args, { timeoutMs: 60_000 });
@@ -106,13 +118,15 @@ export async function startBenchLab(labDir: string, specs: BenchVmSpec[]): Promi
     lab.vms.set(spec.name, vm);
   }
   try {
-    await Promise.all([...lab.vms.values()].map(async (vm) => {
-      await vm.connectObserver();
-      await waitForWorkload(vm.paths, 300_000);
-      if (vm.spec.agent) await waitForAgent(vm.paths, 300_000);
-      vm.bootMs = Math.round(nowMs() - started.get(vm.name)!);
-      log(`lab: ${vm.name} ready after ${vm.bootMs} ms`);
-    }));
+    await Promise.all(
+      [...lab.vms.values()].map(async (vm) => {
+        await vm.connectObserver();
+        await waitForWorkload(vm.paths, 300_000);
+        if (vm.spec.agent) await waitForAgent(vm.paths, 300_000);
+        vm.bootMs = Math.round(nowMs() - started.get(vm.name)!);
+        log(`lab: ${vm.name} ready after ${vm.bootMs} ms`);
+      }),
+    );
   } catch (err) {
     await lab.stop();
     throw err;

@@ -79,7 +79,11 @@ async function recordStamps(work: string): Promise<number[]> {
   await runProgram('e2fsck', ['-E', 'journal_only', '-y', raw]).catch(() => undefined);
   const { stdout } = await runProgram('debugfs', ['-R', 'cat /records.log', raw]);
   await fs.rm(raw, { force: true });
-  return stdout.split('\n').map(parseRecord).filter((r) => r !== undefined).map((r) => r!.tsMs);
+  return stdout
+    .split('\n')
+    .map(parseRecord)
+    .filter((r) => r !== undefined)
+    .map((r) => r!.tsMs);
 }
 
 function longestGap(stamps: readonly number[], from: number, to: number): number {
@@ -124,7 +128,10 @@ async function main(): Promise<void> {
 
 // the pipeline waits for its guardian on unref'd handles (Node-RED keeps its own process alive)
 const alive = setInterval(() => undefined, 1000);
-main().then(() => clearInterval(alive), (err) => {
-  console.error(err);
-  process.exit(1);
-});
+main().then(
+  () => clearInterval(alive),
+  (err) => {
+    console.error(err);
+    process.exit(1);
+  },
+);

@@ -11,7 +11,15 @@ import { writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 
-export interface ProbeCall { fn: string; stage?: string; what?: string; vms?: number; ms: number; first?: boolean; /** start, ms since the process began (timelines) */ at?: number }
+export interface ProbeCall {
+  fn: string;
+  stage?: string;
+  what?: string;
+  vms?: number;
+  ms: number;
+  first?: boolean;
+  /** start, ms since the process began (timelines) */ at?: number;
+}
 
 const out = process.env.BENCH_PROBE_OUT;
 const dist = process.env.BENCH_DIST ?? path.resolve(__dirname, '..');
@@ -52,7 +60,14 @@ if (out) {
           const ms = performance.now() - t0;
           const stage = name === 'assertStage' ? String(args[0]) : 'manifest';
           const doc = (name === 'assertStage' ? args[1] : args[0]) as { vms?: unknown[] } | undefined;
-          calls.push({ fn: name, stage, what: name === 'assertStage' ? String(args[2] ?? 'msg.payload') : 'manifest.json', vms: Array.isArray(doc?.vms) ? doc!.vms!.length : 1, ms, first: !seen.has(stage) });
+          calls.push({
+            fn: name,
+            stage,
+            what: name === 'assertStage' ? String(args[2] ?? 'msg.payload') : 'manifest.json',
+            vms: Array.isArray(doc?.vms) ? doc!.vms!.length : 1,
+            ms,
+            first: !seen.has(stage),
+          });
           seen.add(stage);
         }
       };
@@ -67,7 +82,22 @@ if (out) {
   const provider = load('src/providers/qemu/qemu-provider.js')?.QemuProvider?.prototype;
   // experiment switch for A/B runs (bench/ab.ts --b-env=BENCH_NO_GUARDIAN=1): no guardian process
   if (provider && process.env.BENCH_NO_GUARDIAN === '1') provider.guardianSpec = () => undefined;
-  for (const name of ['enumerate', 'freeze', 'thaw', 'saveState', 'resume', 'snapshot', 'merge', 'describe', 'exportDisk', 'verifyDisk', 'armView', 'makeView', 'releaseView']) timeAsync(provider, name, `provider.${name}`);
+  for (const name of [
+    'enumerate',
+    'freeze',
+    'thaw',
+    'saveState',
+    'resume',
+    'snapshot',
+    'merge',
+    'describe',
+    'exportDisk',
+    'verifyDisk',
+    'armView',
+    'makeView',
+    'releaseView',
+  ])
+    timeAsync(provider, name, `provider.${name}`);
   // where an incremental's time goes: each QMP command, each program, the copy's and the view's steps
   timeAsync(load('src/providers/qemu/protocol/qmp-client.js')?.QmpClient?.prototype, 'execute', (args) => `qmp ${String(args[0])}`);
   timeAsync(load('src/util/run.js'), 'runProgram', (args) => {
@@ -87,7 +117,9 @@ if (out) {
   const loop = monitorEventLoopDelay({ resolution: 10 });
   loop.enable();
   // how long a trivial file-system call waits for a libuv thread-pool thread (every 20 ms)
-  let poolMax = 0, poolSum = 0, poolN = 0;
+  let poolMax = 0,
+    poolSum = 0,
+    poolN = 0;
   const fsp = require('node:fs/promises') as typeof import('node:fs/promises');
   setInterval(() => {
     const t0 = performance.now();
@@ -125,7 +157,10 @@ if (out) {
     const handles = proc._getActiveHandles();
     const kinds: Record<string, number> = {};
     for (const h of handles) kinds[(h as object)?.constructor?.name ?? '?'] = (kinds[(h as object)?.constructor?.name ?? '?'] ?? 0) + 1;
-    calls.push({ fn: 'active handles', ms: handles.length, what: JSON.stringify(kinds) }, { fn: 'heap used MiB', ms: process.memoryUsage().heapUsed / 1048576 });
+    calls.push(
+      { fn: 'active handles', ms: handles.length, what: JSON.stringify(kinds) },
+      { fn: 'heap used MiB', ms: process.memoryUsage().heapUsed / 1048576 },
+    );
     loop.reset();
     writeFileSync(out, JSON.stringify(calls));
     calls.length = 0;

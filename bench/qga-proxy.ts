@@ -19,7 +19,10 @@ export class QgaProxy {
   private readonly sockets = new Set<net.Socket>();
   connections = 0;
 
-  constructor(readonly listenPath: string, readonly targetPath: string) {}
+  constructor(
+    readonly listenPath: string,
+    readonly targetPath: string,
+  ) {}
 
   async start(): Promise<void> {
     await fs.rm(this.listenPath, { force: true });

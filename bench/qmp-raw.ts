@@ -3,7 +3,11 @@
 // does not use src/providers/qemu/protocol.ts either. One command at a time, events kept.
 import * as net from 'node:net';
 
-export interface RawEvent { event: string; data?: any; at: number }
+export interface RawEvent {
+  event: string;
+  data?: any;
+  at: number;
+}
 
 export class RawQmp {
   readonly events: RawEvent[] = [];

@@ -28,7 +28,15 @@ import { commOf, loadAvg, log, nowMs, procMem, round, run, stealMs } from './uti
 const SECTIONS = ['freeze', 'downtime', 'sparse', 'memory', 'scale', 'incremental'] as const;
 type Section = (typeof SECTIONS)[number];
 
-interface Args { quick: boolean; only: Set<Section>; work: string; out: string; md: string | undefined; keep: boolean; label: string }
+interface Args {
+  quick: boolean;
+  only: Set<Section>;
+  work: string;
+  out: string;
+  md: string | undefined;
+  keep: boolean;
+  label: string;
+}
 
 function parseArgs(argv: string[]): Args {
   const a: Args = {
@@ -53,7 +61,9 @@ function parseArgs(argv: string[]): Args {
       for (const s of want) if (!SECTIONS.includes(s)) throw new Error(`--only: unknown section "${s}" (known: ${SECTIONS.join(', ')})`);
       a.only = new Set(want);
     } else if (k === '--help' || k === '-h') {
-      process.stdout.write(`usage: npm run bench [-- --quick] [--only=${SECTIONS.join(',')}] [--work=DIR] [--out=FILE] [--md=FILE|none] [--keep]\n`);
+      process.stdout.write(
+        `usage: npm run bench [-- --quick] [--only=${SECTIONS.join(',')}] [--work=DIR] [--out=FILE] [--md=FILE|none] [--keep]\n`,
+      );
       process.exit(0);
     } else throw new Error(`unknown argument ${arg} (try --help)`);
   }
@@ -63,8 +73,38 @@ function parseArgs(argv: string[]): Args {
 /** What the run does in each mode. */
 export function plan(quick: boolean) {
   return quick
-    ? { freezeRuns: 5, fill4g: 256, downtimeRuns: 3, sparseRuns: 2, memoryRuns: 1, memoryBigMiB: 2048, scale: [10, 50, 100], scaleDiskMiB: 32, scaleDataMiB: 4, incRounds: 1, incDiskMiB: 1024, incDataMiB: 256, incFreezePairs: 2, incFractions: [0.01, 0.1] }
-    : { freezeRuns: 20, fill4g: 1024, downtimeRuns: 10, sparseRuns: 5, memoryRuns: 1, memoryBigMiB: 4096, scale: [10, 50, 100], scaleDiskMiB: 32, scaleDataMiB: 8, incRounds: 3, incDiskMiB: 4096, incDataMiB: 1024, incFreezePairs: 4, incFractions: [0.01, 0.1] };
+    ? {
+        freezeRuns: 5,
+        fill4g: 256,
+        downtimeRuns: 3,
+        sparseRuns: 2,
+        memoryRuns: 1,
+        memoryBigMiB: 2048,
+        scale: [10, 50, 100],
+        scaleDiskMiB: 32,
+        scaleDataMiB: 4,
+        incRounds: 1,
+        incDiskMiB: 1024,
+        incDataMiB: 256,
+        incFreezePairs: 2,
+        incFractions: [0.01, 0.1],
+      }
+    : {
+        freezeRuns: 20,
+        fill4g: 1024,
+        downtimeRuns: 10,
+        sparseRuns: 5,
+        memoryRuns: 1,
+        memoryBigMiB: 4096,
+        scale: [10, 50, 100],
+        scaleDiskMiB: 32,
+        scaleDataMiB: 8,
+        incRounds: 3,
+        incDiskMiB: 4096,
+        incDataMiB: 1024,
+        incFreezePairs: 4,
+        incFractions: [0.01, 0.1],
+      };
 }
 
 /** Which product code was measured: the commit, and a digest of uncommitted changes to src/ and nodes/. */
@@ -77,8 +117,15 @@ function codeIdentity(): Record<string, unknown> {
     }
   };
   const diff = git(['diff', 'HEAD', '--', 'src', 'nodes']);
-  const changed = git(['status', '--porcelain', '--', 'src', 'nodes']).split('\n').filter(Boolean).map((l) => l.slice(3));
-  return { commit: git(['rev-parse', '--short', 'HEAD']).trim() || undefined, uncommittedFiles: changed, uncommittedDigest: diff ? createHash('sha256').update(diff).digest('hex').slice(0, 12) : undefined };
+  const changed = git(['status', '--porcelain', '--', 'src', 'nodes'])
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => l.slice(3));
+  return {
+    commit: git(['rev-parse', '--short', 'HEAD']).trim() || undefined,
+    uncommittedFiles: changed,
+    uncommittedDigest: diff ? createHash('sha256').update(diff).digest('hex').slice(0, 12) : undefined,
+  };
 }
 
 async function machine(): Promise<Record<string, unknown>> {
@@ -99,16 +146,34 @@ async function machine(): Promise<Record<string, unknown>> {
     if (!/^\d+$/.test(p)) continue;
     if (commOf(Number(p)).startsWith('qemu-system')) others.push(p);
   }
-  const fsType = (await run('findmnt', ['-n', '-o', 'FSTYPE,OPTIONS', '-T', os.tmpdir()]).catch(() => '')).trim().replace(/\s+/, ' (') + ')';
+  const fsType =
+    (await run('findmnt', ['-n', '-o', 'FSTYPE,OPTIONS', '-T', os.tmpdir()]).catch(() => '')).trim().replace(/\s+/, ' (') + ')';
   return {
-    cpu, cores: os.cpus().length, shaNi: flags.includes('sha_ni'), memoryGiB: round(os.totalmem() / 2 ** 30), kernel: os.release(), os: osName,
-    node: process.version, qemu, qemuImg, accel: 'tcg', nodeRed, workFs: fsType,
-    otherQemuProcessesAtStart: others.length, loadAtStart: loadAvg(),
+    cpu,
+    cores: os.cpus().length,
+    shaNi: flags.includes('sha_ni'),
+    memoryGiB: round(os.totalmem() / 2 ** 30),
+    kernel: os.release(),
+    os: osName,
+    node: process.version,
+    qemu,
+    qemuImg,
+    accel: 'tcg',
+    nodeRed,
+    workFs: fsType,
+    otherQemuProcessesAtStart: others.length,
+    loadAtStart: loadAvg(),
   };
 }
 
 async function warmUp(ctx: Ctx): Promise<void> {
-  const fleet = await startFleet(path.join(ctx.work, 'bare', 'warmup'), { count: 1, disksPerVm: 1, diskMiB: 16, dataMiB: 4, prefix: 'warm' });
+  const fleet = await startFleet(path.join(ctx.work, 'bare', 'warmup'), {
+    count: 1,
+    disksPerVm: 1,
+    diskMiB: 16,
+    dataMiB: 4,
+    prefix: 'warm',
+  });
   try {
     const socketDir = await fleetSocketDir(path.join(ctx.work, 'sockets'), fleet, 1);
     await addScenarios(ctx, [{ name: 'warmup', socketDir, fallback: 'checkpoint' }]);
@@ -162,10 +227,16 @@ async function main(): Promise<void> {
         { name: 'bench-f256', agent: true, dataSizeMiB: 256, fillMiB: 64 },
         { name: 'bench-f4g', agent: true, dataSizeMiB: 4096, fillMiB: p.fill4g },
         { name: 'bench-noagent', agent: false, dataSizeMiB: 256, fillMiB: 64 },
-      ].filter((s) => (s.name === 'bench-f4g' && args.only.has('incremental')) || (s.agent ? args.only.has('freeze') : args.only.has('downtime')));
+      ].filter(
+        (s) => (s.name === 'bench-f4g' && args.only.has('incremental')) || (s.agent ? args.only.has('freeze') : args.only.has('downtime')),
+      );
       const l0 = nowMs();
       lab = await startBenchLab(path.join(args.work, 'lab'), specs);
-      results.sections.lab = { vms: specs, bootMs: Object.fromEntries([...lab.vms.values()].map((v) => [v.name, v.bootMs])), setupMs: Math.round(nowMs() - l0) };
+      results.sections.lab = {
+        vms: specs,
+        bootMs: Object.fromEntries([...lab.vms.values()].map((v) => [v.name, v.bootMs])),
+        setupMs: Math.round(nowMs() - l0),
+      };
     }
     nr = await NodeRedProcess.start(path.join(args.work, 'node-red'));
     const ctx: Ctx = { work: args.work, quick: args.quick, nr, lab, scenarios: new Map() };
@@ -201,14 +272,22 @@ async function main(): Promise<void> {
       }
     };
     if (args.only.has('freeze')) {
-      await section('freeze256', () => alone('bench-f256', () => freezeSection(ctx, lab!.vms.get('bench-f256')!, { runs: p.freezeRuns, baseline: false, cold: true })));
-      await section('freeze4g', () => alone('bench-f4g', () => freezeSection(ctx, lab!.vms.get('bench-f4g')!, { runs: p.freezeRuns, baseline: true })));
+      await section('freeze256', () =>
+        alone('bench-f256', () => freezeSection(ctx, lab!.vms.get('bench-f256')!, { runs: p.freezeRuns, baseline: false, cold: true })),
+      );
+      await section('freeze4g', () =>
+        alone('bench-f4g', () => freezeSection(ctx, lab!.vms.get('bench-f4g')!, { runs: p.freezeRuns, baseline: true })),
+      );
     }
     if (args.only.has('downtime')) {
-      await section('downtime', () => alone('bench-noagent', () => downtimeSection(ctx, lab!.vms.get('bench-noagent')!, { runs: p.downtimeRuns })));
+      await section('downtime', () =>
+        alone('bench-noagent', () => downtimeSection(ctx, lab!.vms.get('bench-noagent')!, { runs: p.downtimeRuns })),
+      );
     }
     if (args.only.has('incremental')) {
-      await section('incrementalFreeze', () => alone('bench-f4g', () => incrementalFreezeSection(ctx, lab!.vms.get('bench-f4g')!, { pairs: p.incFreezePairs })));
+      await section('incrementalFreeze', () =>
+        alone('bench-f4g', () => incrementalFreezeSection(ctx, lab!.vms.get('bench-f4g')!, { pairs: p.incFreezePairs })),
+      );
     }
     if (lab) {
       await lab.stop(); // the guests are not needed any more: give their CPU back
@@ -217,9 +296,12 @@ async function main(): Promise<void> {
     }
     if (args.only.has('sparse')) await section('sparse', () => sparseSection(ctx, { runs: p.sparseRuns }));
     if (args.only.has('memory')) await section('memory', () => memorySection(ctx, { runs: p.memoryRuns, bigMiB: p.memoryBigMiB }));
-    if (args.only.has('scale')) await section('scale', () => scaleSection(ctx, { counts: p.scale, diskMiB: p.scaleDiskMiB, dataMiB: p.scaleDataMiB }));
+    if (args.only.has('scale'))
+      await section('scale', () => scaleSection(ctx, { counts: p.scale, diskMiB: p.scaleDiskMiB, dataMiB: p.scaleDataMiB }));
     if (args.only.has('incremental')) {
-      await section('incremental', () => incrementalSection(ctx, { rounds: p.incRounds, diskMiB: p.incDiskMiB, dataMiB: p.incDataMiB, fractions: p.incFractions }));
+      await section('incremental', () =>
+        incrementalSection(ctx, { rounds: p.incRounds, diskMiB: p.incDiskMiB, dataMiB: p.incDataMiB, fractions: p.incFractions }),
+      );
     }
   } finally {
     await cleanup();
@@ -235,7 +317,8 @@ async function main(): Promise<void> {
     await fs.writeFile(args.md, renderWithNotes(results, existing));
     log(`table: ${args.md}`);
   }
-  for (const t of results.targets) log(`${t.met === true ? 'MET   ' : t.met === false ? 'MISSED' : 'n/a   '} ${t.item}: ${t.measure}: ${t.result} (target ${t.target})`);
+  for (const t of results.targets)
+    log(`${t.met === true ? 'MET   ' : t.met === false ? 'MISSED' : 'n/a   '} ${t.item}: ${t.measure}: ${t.result} (target ${t.target})`);
   log(`done in ${Math.round(results.totalMs / 1000)} s`);
 }
 

@@ -9,9 +9,24 @@ import { allocatedBytes } from './images';
 import { baselineCopy } from './sec-freeze';
 import { log, phaseSummary, median, MiB, procMem, round, stats, type Stats } from './util';
 
-export interface DiskCopySample { copyMs: number; copyStageMs: number; wallMs: number; bytes: number; peakRssMiB: number; qemuImgPeakRssMiB: number; mountsMax: number; children: Record<string, number>; phases: Record<string, { n: number; ms: number }> }
+export interface DiskCopySample {
+  copyMs: number;
+  copyStageMs: number;
+  wallMs: number;
+  bytes: number;
+  peakRssMiB: number;
+  qemuImgPeakRssMiB: number;
+  mountsMax: number;
+  children: Record<string, number>;
+  phases: Record<string, { n: number; ms: number }>;
+}
 
-async function oneDiskVm(ctx: Ctx, name: string, diskMiB: number, dataMiB: number): Promise<{ fleet: BareFleet; scenario: string; disk: string }> {
+async function oneDiskVm(
+  ctx: Ctx,
+  name: string,
+  diskMiB: number,
+  dataMiB: number,
+): Promise<{ fleet: BareFleet; scenario: string; disk: string }> {
   const fleet = await startFleet(path.join(ctx.work, 'bare', name), { count: 1, disksPerVm: 1, diskMiB, dataMiB, prefix: name });
   const socketDir = await fleetSocketDir(path.join(ctx.work, 'sockets'), fleet, 1);
   const scenario = `copy-${name}`;
@@ -54,16 +69,39 @@ export async function sparseSection(ctx: Ctx, o: { runs: number }): Promise<Spar
     const scratch = path.join(ctx.work, 'scratch');
     for (let i = 0; i < o.runs; i++) {
       // alternate the order, so that neither always runs on a warmer cache
-      const pair = i % 2 === 0 ? [[sparse, s], [dense, d]] as const : [[dense, d], [sparse, s]] as const;
+      const pair =
+        i % 2 === 0
+          ? ([
+              [sparse, s],
+              [dense, d],
+            ] as const)
+          : ([
+              [dense, d],
+              [sparse, s],
+            ] as const);
       for (const [vm, into] of pair) into.push(await copyOnce(ctx, vm.scenario));
       sa.push((await baselineCopy(sparse.disk, scratch, true)).plainMs);
       da.push((await baselineCopy(dense.disk, scratch, true)).plainMs);
-      log(`sparse ${i + 1}/${o.runs}: 8 GiB/256 MiB copy ${s[i].copyMs} ms, 256 MiB/256 MiB copy ${d[i].copyMs} ms (busy ms: ${phaseSummary(s[i].phases, /qemu-img|sha256/)} / ${phaseSummary(d[i].phases, /qemu-img|sha256/)}); qemu-img alone ${Math.round(sa[i])} / ${Math.round(da[i])} ms`);
+      log(
+        `sparse ${i + 1}/${o.runs}: 8 GiB/256 MiB copy ${s[i].copyMs} ms, 256 MiB/256 MiB copy ${d[i].copyMs} ms (busy ms: ${phaseSummary(s[i].phases, /qemu-img|sha256/)} / ${phaseSummary(d[i].phases, /qemu-img|sha256/)}); qemu-img alone ${Math.round(sa[i])} / ${Math.round(da[i])} ms`,
+      );
     }
     const ratio = round(median(s.map((x) => x.copyMs)) / median(d.map((x) => x.copyMs)), 2);
     return {
-      sparse: { virtualMiB: 8192, dataBytes: await allocatedBytes(sparse.disk), samples: s, copy: stats(s.map((x) => x.copyMs)), qemuImgAlone: stats(sa) },
-      dense: { virtualMiB: 256, dataBytes: await allocatedBytes(dense.disk), samples: d, copy: stats(d.map((x) => x.copyMs)), qemuImgAlone: stats(da) },
+      sparse: {
+        virtualMiB: 8192,
+        dataBytes: await allocatedBytes(sparse.disk),
+        samples: s,
+        copy: stats(s.map((x) => x.copyMs)),
+        qemuImgAlone: stats(sa),
+      },
+      dense: {
+        virtualMiB: 256,
+        dataBytes: await allocatedBytes(dense.disk),
+        samples: d,
+        copy: stats(d.map((x) => x.copyMs)),
+        qemuImgAlone: stats(da),
+      },
       ratio,
       qemuImgAloneRatio: round(median(sa) / median(da), 2),
     };
@@ -75,12 +113,23 @@ export async function sparseSection(ctx: Ctx, o: { runs: number }): Promise<Spar
 
 export interface MemoryResult {
   idleRssMiB: number;
-  disks: { label: string; virtualMiB: number; dataBytes: number; samples: DiskCopySample[]; peakRssMiB: number; qemuImgPeakRssMiB: number; trace?: [number, number][] }[];
+  disks: {
+    label: string;
+    virtualMiB: number;
+    dataBytes: number;
+    samples: DiskCopySample[];
+    peakRssMiB: number;
+    qemuImgPeakRssMiB: number;
+    trace?: [number, number][];
+  }[];
   growthMiB: number;
 }
 
 export async function memorySection(ctx: Ctx, o: { runs: number; bigMiB: number }): Promise<MemoryResult> {
-  const sizes = [{ label: '1 GiB', mib: 1024 }, { label: `${o.bigMiB / 1024} GiB`, mib: o.bigMiB }];
+  const sizes = [
+    { label: '1 GiB', mib: 1024 },
+    { label: `${o.bigMiB / 1024} GiB`, mib: o.bigMiB },
+  ];
   const out: MemoryResult['disks'] = [];
   const idle: number[] = [];
   for (const size of sizes) {
@@ -91,7 +140,9 @@ export async function memorySection(ctx: Ctx, o: { runs: number; bigMiB: number 
       for (let i = 0; i < o.runs; i++) {
         idle.push((procMem(ctx.nr.pid)?.rssKiB ?? 0) / 1024);
         samples.push(await copyOnce(ctx, vm.scenario, i === o.runs - 1));
-        log(`memory ${size.label} (${Math.round(dataBytes / MiB)} MiB of data) ${i + 1}/${o.runs}: Node-RED peak RSS ${samples[i].peakRssMiB} MiB, qemu-img ${samples[i].qemuImgPeakRssMiB} MiB; copy ${samples[i].copyMs} ms (busy ms: ${phaseSummary(samples[i].phases, /qemu-img|sha256|fsync|Durable/)})`);
+        log(
+          `memory ${size.label} (${Math.round(dataBytes / MiB)} MiB of data) ${i + 1}/${o.runs}: Node-RED peak RSS ${samples[i].peakRssMiB} MiB, qemu-img ${samples[i].qemuImgPeakRssMiB} MiB; copy ${samples[i].copyMs} ms (busy ms: ${phaseSummary(samples[i].phases, /qemu-img|sha256|fsync|Durable/)})`,
+        );
       }
       out.push({
         label: size.label,

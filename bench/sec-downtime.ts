@@ -11,7 +11,13 @@ import { socketDirFor, type BenchVm } from './lab';
 import { saveStateToFile } from '../src/providers/qemu/saved-state';
 import { log, nowMs, round, sleep, stats, type Stats } from './util';
 
-export interface CheckpointSample { method: string; stopEvents: number; resumeEvents: number; statusAfter: string; wallMs: number }
+export interface CheckpointSample {
+  method: string;
+  stopEvents: number;
+  resumeEvents: number;
+  statusAfter: string;
+  wallMs: number;
+}
 export interface SavedSample {
   method: string;
   /** QEMU's STOP -> RESUME event timestamps */
@@ -28,7 +34,11 @@ export interface SavedSample {
   /** the Node-RED process during that backup: event loop delay and thread-pool wait (ms) */
   nodeRed?: Record<string, number>;
 }
-export interface DowntimeSplit { stopToMigrationMs: number; migrationMs: number; migrationToResumeMs: number }
+export interface DowntimeSplit {
+  stopToMigrationMs: number;
+  migrationMs: number;
+  migrationToResumeMs: number;
+}
 
 /** STOP -> MIGRATION "setup" -> MIGRATION "completed" -> RESUME, from the events QEMU sent the observer. */
 function splitOf(events: { event: string; at: number; data?: any }[]): DowntimeSplit | undefined {
@@ -37,10 +47,21 @@ function splitOf(events: { event: string; at: number; data?: any }[]): DowntimeS
   const done = events.find((e) => e.event === 'MIGRATION' && e.data?.status === 'completed' && setup && e.at >= setup.at);
   const resume = events.find((e) => e.event === 'RESUME' && done && e.at >= done.at);
   if (!stop || !setup || !done || !resume) return undefined;
-  return { stopToMigrationMs: round(setup.at - stop.at, 1), migrationMs: round(done.at - setup.at, 1), migrationToResumeMs: round(resume.at - done.at, 1) };
+  return {
+    stopToMigrationMs: round(setup.at - stop.at, 1),
+    migrationMs: round(done.at - setup.at, 1),
+    migrationToResumeMs: round(resume.at - done.at, 1),
+  };
 }
 /** saveMs: migrate command -> the whole stream written to the file (page cache), as the product waits; fsyncMs: the flush after */
-export interface SaveAloneSample { saveMs: number; fsyncMs: number; stopToResumeMs: number; bytes: number; qemuTotalMs?: number; split?: DowntimeSplit }
+export interface SaveAloneSample {
+  saveMs: number;
+  fsyncMs: number;
+  stopToResumeMs: number;
+  bytes: number;
+  qemuTotalMs?: number;
+  split?: DowntimeSplit;
+}
 
 export interface DowntimeResult {
   vm: string;
@@ -64,7 +85,10 @@ export async function downtimeSection(ctx: Ctx, vm: BenchVm, o: { runs: number }
   const socketDir = await socketDirFor(path.join(ctx.work, 'sockets'), vm);
   const ck = `checkpoint-${vm.name}`;
   const ss = `saved-${vm.name}`;
-  await addScenarios(ctx, [{ name: ck, socketDir, fallback: 'checkpoint' }, { name: ss, socketDir, fallback: 'saved-state' }]);
+  await addScenarios(ctx, [
+    { name: ck, socketDir, fallback: 'checkpoint' },
+    { name: ss, socketDir, fallback: 'saved-state' },
+  ]);
   const checkpoint: CheckpointSample[] = [];
   const saved: SavedSample[] = [];
   const alone: SaveAloneSample[] = [];
@@ -98,7 +122,12 @@ export async function downtimeSection(ctx: Ctx, vm: BenchVm, o: { runs: number }
       stateBytes: v.prepare.savedStateBytes,
       stoppedBetweenMs: journalSpan(s.journal, vm.name, ['save', 'done'], ['resume', 'intent']),
       split: splitOf(all),
-      nodeRed: Object.fromEntries(['event loop delay, max', 'event loop delay, mean', 'thread pool wait, max', 'thread pool wait, mean'].map((k) => [k, round(s.phases[k]?.ms ?? NaN, 1)])),
+      nodeRed: Object.fromEntries(
+        ['event loop delay, max', 'event loop delay, mean', 'thread pool wait, max', 'thread pool wait, mean'].map((k) => [
+          k,
+          round(s.phases[k]?.ms ?? NaN, 1),
+        ]),
+      ),
     });
 
     // the product's own save function, run from this process on the same VM: code against process
@@ -118,7 +147,9 @@ export async function downtimeSection(ctx: Ctx, vm: BenchVm, o: { runs: number }
     const a = await saveAlone(vm, path.join(scratch, 'alone.vmstate'));
     a.split = splitOf(vm.events.filter((e) => e.at >= aloneFrom));
     alone.push(a);
-    log(`downtime ${vm.name} ${i + 1}/${o.runs}: checkpoint ${checkpoint[i].stopEvents} STOP events; saved-state STOP->RESUME ${saved[i].downtimeMs} ms (product says ${saved[i].productDowntimeMs}, save ${saved[i].saveMs}, stopped between save and resume ${saved[i].stoppedBetweenMs}; Node-RED ${JSON.stringify(saved[i].nodeRed)}; QEMU ${JSON.stringify(saved[i].split)}); product's save function from the benchmark process ${round(productFn[i].saveMs)} ms (QEMU ${JSON.stringify(productFn[i].split)}); memory saved alone ${round(a.saveMs)} ms (${a.bytes} B; QEMU ${JSON.stringify(a.split)})`);
+    log(
+      `downtime ${vm.name} ${i + 1}/${o.runs}: checkpoint ${checkpoint[i].stopEvents} STOP events; saved-state STOP->RESUME ${saved[i].downtimeMs} ms (product says ${saved[i].productDowntimeMs}, save ${saved[i].saveMs}, stopped between save and resume ${saved[i].stoppedBetweenMs}; Node-RED ${JSON.stringify(saved[i].nodeRed)}; QEMU ${JSON.stringify(saved[i].split)}); product's save function from the benchmark process ${round(productFn[i].saveMs)} ms (QEMU ${JSON.stringify(productFn[i].split)}); memory saved alone ${round(a.saveMs)} ms (${a.bytes} B; QEMU ${JSON.stringify(a.split)})`,
+    );
   }
   const savedStats = stats(saved.map((s) => s.downtimeMs));
   const aloneStats = stats(alone.map((a) => a.saveMs));

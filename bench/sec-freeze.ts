@@ -93,7 +93,8 @@ export async function freezeSection(ctx: Ctx, vm: BenchVm, o: { runs: number; ba
     const r = await backup(ctx, name);
     const v = r.set.vms[0];
     const wire = proxy.freezes[proxy.freezes.length - 1];
-    if (!wire || wire.thawReplied === undefined || wire.freezeSent < r.startedAt) throw new Error(`${vm.name}: the proxy saw no complete freeze/thaw in this backup`);
+    if (!wire || wire.thawReplied === undefined || wire.freezeSent < r.startedAt)
+      throw new Error(`${vm.name}: the proxy saw no complete freeze/thaw in this backup`);
     mounts.min = Math.min(mounts.min, r.sampler.mountsMin);
     mounts.max = Math.max(mounts.max, r.sampler.mountsMax);
     // the moment: the overlays' transaction before 1334ed9, the switch onto the point-in-time view since
@@ -129,7 +130,9 @@ export async function freezeSection(ctx: Ctx, vm: BenchVm, o: { runs: number; ba
   try {
     if (o.cold) {
       cold = await one();
-      log(`freeze ${vm.name}: cold start (first backup after Node-RED started): frozen ${cold.wireMs} ms on the wire, ${cold.productFrozenMs} ms by the product`);
+      log(
+        `freeze ${vm.name}: cold start (first backup after Node-RED started): frozen ${cold.wireMs} ms on the wire, ${cold.productFrozenMs} ms by the product`,
+      );
     }
     for (let i = 0; i < o.runs; i++) {
       const s = await one();
@@ -162,7 +165,9 @@ export async function freezeSection(ctx: Ctx, vm: BenchVm, o: { runs: number; ba
   }
   // the guest log holds [cold], runs, floor runs, in order
   const guestRuns = guestWindows.slice(-(o.runs + o.runs), -o.runs);
-  log(`freeze ${vm.name}: agent alone (freeze then thaw at once) median ${stats(floor).median} ms; guest's own record median ${stats(guestRuns).median} ms`);
+  log(
+    `freeze ${vm.name}: agent alone (freeze then thaw at once) median ${stats(floor).median} ms; guest's own record median ${stats(guestRuns).median} ms`,
+  );
   return {
     agentFloor: stats(floor),
     guest: stats(guestRuns),
@@ -208,7 +213,10 @@ export async function baselineCopy(base: string, scratch: string, plainFirst: bo
   let sha256Ms: number | undefined;
   const productFlags = async () => {
     await fs.rm(out, { force: true });
-    const ms = await timed('qemu-img', convertArgs(base, out, { sourceFormat: 'qcow2', compress: false, forceShare: true }).filter((a) => a !== '-p'));
+    const ms = await timed(
+      'qemu-img',
+      convertArgs(base, out, { sourceFormat: 'qcow2', compress: false, forceShare: true }).filter((a) => a !== '-p'),
+    );
     // the floor of any copy that is hashed for its manifest: one sha256 pass over what was written
     const t0 = performance.now();
     await sha256File(out);

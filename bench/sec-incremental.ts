@@ -34,7 +34,12 @@ const BARE_BITMAP = 'bench-bare';
 /** rewrites are made in pieces of this size, spread evenly over the disk's data */
 const PIECE = MiB;
 
-export interface IoCounters { rchar: number; wchar: number; readBytes: number; writeBytes: number }
+export interface IoCounters {
+  rchar: number;
+  wchar: number;
+  readBytes: number;
+  writeBytes: number;
+}
 
 export interface IncBackupSample {
   kind: 'full' | 'incremental';
@@ -59,7 +64,15 @@ export interface IncBackupSample {
   copySteps?: CopySteps;
 }
 
-export interface CopySteps { createMs: number; serverMs: number; addMs: number; jobMs: number; closeMs: number; copyDiskMs: number; hashMs: number }
+export interface CopySteps {
+  createMs: number;
+  serverMs: number;
+  addMs: number;
+  jobMs: number;
+  closeMs: number;
+  copyDiskMs: number;
+  hashMs: number;
+}
 
 /**
  * disk-copy.copyDisk's steps from the probe's records: the target created, qemu-nbd started until
@@ -81,8 +94,13 @@ function copySteps(calls: ProbeCall[]): CopySteps | undefined {
   if (!create || !nbd || !add || !job || !dismiss || !del) return undefined;
   const hashes = calls.filter((x) => x.fn === 'sha256File' && x.at !== undefined && x.at >= end).sort((a, b) => a.at! - b.at!);
   return {
-    createMs: round(create.ms), serverMs: round(add.at! - nbd.at!), addMs: round(job.at! - add.at!), jobMs: round(dismiss.at! - job.at!),
-    closeMs: round(nbd.at! + nbd.ms - del.at!), copyDiskMs: round(copy.ms), hashMs: round(hashes[0]?.ms ?? NaN),
+    createMs: round(create.ms),
+    serverMs: round(add.at! - nbd.at!),
+    addMs: round(job.at! - add.at!),
+    jobMs: round(dismiss.at! - job.at!),
+    closeMs: round(nbd.at! + nbd.ms - del.at!),
+    copyDiskMs: round(copy.ms),
+    hashMs: round(hashes[0]?.ms ?? NaN),
   };
 }
 
@@ -123,7 +141,13 @@ export function procIo(pid: number): IoCounters {
   return { rchar: get('rchar'), wchar: get('wchar'), readBytes: get('read_bytes'), writeBytes: get('write_bytes') };
 }
 
-interface IncVm { proc: ChildProcess; disk: string; socketDir: string; observer: string; stop(): Promise<void> }
+interface IncVm {
+  proc: ChildProcess;
+  disk: string;
+  socketDir: string;
+  observer: string;
+  stop(): Promise<void>;
+}
 
 /** One QEMU process (a PC with no OS, as bare.ts), its disk on a virtio device, and a second monitor for the benchmark. */
 async function startIncVm(dir: string, o: { diskMiB: number; dataMiB: number }): Promise<IncVm> {
@@ -136,15 +160,42 @@ async function startIncVm(dir: string, o: { diskMiB: number; dataMiB: number }):
   await makeDataImage(disk, { virtualMiB: o.diskMiB, dataMiB: o.dataMiB, layout: 'spread' });
   const qmp = path.join(socketDir, `${VM}.qmp`);
   const observer = path.join(run, `${VM}.observer.qmp`);
-  const proc = spawn('qemu-system-x86_64', ['-accel', 'tcg', '-machine', 'pc', '-m', '32', '-nodefaults', '-display', 'none', '-name', VM,
-    '-pidfile', path.join(socketDir, `${VM}.pid`),
-    '-qmp', `unix:${qmp},server=on,wait=off`,
-    '-chardev', `socket,id=observer,path=${observer},server=on,wait=off`, '-mon', 'chardev=observer,mode=control',
-    '-drive', `file=${disk},format=qcow2,if=none,id=${DRIVE}`, '-device', `virtio-blk-pci,drive=${DRIVE},id=virtio0`], { stdio: 'ignore' });
+  const proc = spawn(
+    'qemu-system-x86_64',
+    [
+      '-accel',
+      'tcg',
+      '-machine',
+      'pc',
+      '-m',
+      '32',
+      '-nodefaults',
+      '-display',
+      'none',
+      '-name',
+      VM,
+      '-pidfile',
+      path.join(socketDir, `${VM}.pid`),
+      '-qmp',
+      `unix:${qmp},server=on,wait=off`,
+      '-chardev',
+      `socket,id=observer,path=${observer},server=on,wait=off`,
+      '-mon',
+      'chardev=observer,mode=control',
+      '-drive',
+      `file=${disk},format=qcow2,if=none,id=${DRIVE}`,
+      '-device',
+      `virtio-blk-pci,drive=${DRIVE},id=virtio0`,
+    ],
+    { stdio: 'ignore' },
+  );
   await waitForSocket(qmp, 20_000);
   await waitForSocket(observer, 20_000);
   return {
-    proc, disk, socketDir, observer,
+    proc,
+    disk,
+    socketDir,
+    observer,
     stop: async () => {
       if (proc.exitCode === null && proc.signalCode === null) {
         await new Promise<void>((resolve) => {
@@ -160,7 +211,9 @@ async function startIncVm(dir: string, o: { diskMiB: number; dataMiB: number }):
 /** The data extents of an image (offset, length), before QEMU opens it. */
 async function dataExtents(file: string): Promise<[number, number][]> {
   const { stdout } = await execFileP('qemu-img', ['map', '-U', '--output=json', file], { maxBuffer: 64 * MiB });
-  return (JSON.parse(stdout) as { start: number; length: number; data: boolean; zero: boolean }[]).filter((e) => e.data && !e.zero).map((e) => [e.start, e.length]);
+  return (JSON.parse(stdout) as { start: number; length: number; data: boolean; zero: boolean }[])
+    .filter((e) => e.data && !e.zero)
+    .map((e) => [e.start, e.length]);
 }
 
 /**
@@ -168,7 +221,12 @@ async function dataExtents(file: string): Promise<[number, number][]> {
  * block layer (HMP qemu-io on the drive: the same path a guest write takes, so every dirty
  * bitmap on the disk records it).
  */
-async function rewrite(c: RawQmp, extents: [number, number][], fraction: number, pattern: number): Promise<{ fraction: number; bytes: number; pieces: number; ms: number }> {
+async function rewrite(
+  c: RawQmp,
+  extents: [number, number][],
+  fraction: number,
+  pattern: number,
+): Promise<{ fraction: number; bytes: number; pieces: number; ms: number }> {
   const total = extents.reduce((n, [, l]) => n + l, 0);
   const pieces = Math.max(1, Math.round((fraction * total) / PIECE));
   const t0 = performance.now();
@@ -183,7 +241,9 @@ async function rewrite(c: RawQmp, extents: [number, number][], fraction: number,
       at -= len;
     }
     if (off < 0) throw new Error(`rewrite: piece ${j} falls outside the data`);
-    const out = await c.execute<string>('human-monitor-command', { 'command-line': `qemu-io ${DRIVE} "write -P 0x${pattern.toString(16)} ${off} ${PIECE}"` });
+    const out = await c.execute<string>('human-monitor-command', {
+      'command-line': `qemu-io ${DRIVE} "write -P 0x${pattern.toString(16)} ${off} ${PIECE}"`,
+    });
     // HMP's qemu-io says nothing on success here (QEMU 7.2); an error is printed
     if (/fail|error|invalid|not found/i.test(out)) throw new Error(`qemu-io write at ${off} failed: ${out.trim()}`);
   }
@@ -193,18 +253,27 @@ async function rewrite(c: RawQmp, extents: [number, number][], fraction: number,
 async function diskOf(repository: string, r: BackupRun): Promise<{ chain: any; file: string; bytes: number }[]> {
   const dir = path.join(repository, r.set.vms[0].copy.path);
   const manifest = JSON.parse(await fs.readFile(path.join(dir, 'manifest.json'), 'utf8'));
-  return manifest.files.filter((f: any) => f.kind === 'disk').map((f: any) => ({ chain: f.chain, file: path.join(dir, f.name), bytes: f.bytes }));
+  return manifest.files
+    .filter((f: any) => f.kind === 'disk')
+    .map((f: any) => ({ chain: f.chain, file: path.join(dir, f.name), bytes: f.bytes }));
 }
 
 /** One backup through the flow, kept in the repository (the next incremental stacks on it). */
-async function productBackup(ctx: Ctx, scenario: string, qemuPid: number, expect: 'full' | 'incremental', fraction?: number): Promise<IncBackupSample & { file: string }> {
+async function productBackup(
+  ctx: Ctx,
+  scenario: string,
+  qemuPid: number,
+  expect: 'full' | 'incremental',
+  fraction?: number,
+): Promise<IncBackupSample & { file: string }> {
   const s = ctx.scenarios.get(scenario)!;
   if (expect === 'full') await rmrf(path.join(s.repository, 'bench')); // no parent: the product plans a full
   const io0 = procIo(qemuPid);
   const r = await backup(ctx, scenario, { keep: true });
   const io1 = procIo(qemuPid);
   const [d] = await diskOf(s.repository, r);
-  if (d.chain?.mode !== expect) throw new Error(`${scenario}: expected a ${expect} backup, the product made ${d.chain?.mode} (${d.chain?.reason}: ${d.chain?.detail})`);
+  if (d.chain?.mode !== expect)
+    throw new Error(`${scenario}: expected a ${expect} backup, the product made ${d.chain?.mode} (${d.chain?.reason}: ${d.chain?.detail})`);
   const st = await fs.stat(d.file);
   const v = r.set.vms[0];
   return {
@@ -230,7 +299,13 @@ async function productBackup(ctx: Ctx, scenario: string, qemuPid: number, expect
  * The same incremental by a bare QMP script: the bitmap it keeps itself (cleared by QEMU when
  * the job succeeds: sync=incremental), a qcow2 target on the previous backup, one job, done.
  */
-async function bareIncremental(c: RawQmp, qemuPid: number, backing: string, target: string, virtualSize: number): Promise<Omit<BareIncSample, 'fraction' | 'first'>> {
+async function bareIncremental(
+  c: RawQmp,
+  qemuPid: number,
+  backing: string,
+  target: string,
+  virtualSize: number,
+): Promise<Omit<BareIncSample, 'fraction' | 'first'>> {
   // first through NBD, keeping the bitmap (sync=bitmap, bitmap-mode=never), then the direct one
   const viaNbd = await bareViaNbd(c, backing, `${target}.nbd.qcow2`, virtualSize);
   await fs.rm(`${target}.nbd.qcow2`, { force: true });
@@ -242,8 +317,17 @@ async function bareIncremental(c: RawQmp, qemuPid: number, backing: string, targ
   await c.execute('blockdev-add', { driver: 'qcow2', 'node-name': 'bench-bare-t', file: { driver: 'file', filename: target } });
   const t2 = performance.now();
   const mark = c.events.length;
-  await c.execute('blockdev-backup', { 'job-id': 'bench-bare-j', device: DRIVE, target: 'bench-bare-t', sync: 'incremental', bitmap: BARE_BITMAP });
-  const ev = await c.waitEvent((e) => (e.event === 'BLOCK_JOB_COMPLETED' || e.event === 'BLOCK_JOB_CANCELLED') && e.data?.device === 'bench-bare-j', mark);
+  await c.execute('blockdev-backup', {
+    'job-id': 'bench-bare-j',
+    device: DRIVE,
+    target: 'bench-bare-t',
+    sync: 'incremental',
+    bitmap: BARE_BITMAP,
+  });
+  const ev = await c.waitEvent(
+    (e) => (e.event === 'BLOCK_JOB_COMPLETED' || e.event === 'BLOCK_JOB_CANCELLED') && e.data?.device === 'bench-bare-j',
+    mark,
+  );
   const t3 = performance.now();
   await c.execute('blockdev-del', { 'node-name': 'bench-bare-t' });
   const t4 = performance.now();
@@ -254,8 +338,14 @@ async function bareIncremental(c: RawQmp, qemuPid: number, backing: string, targ
   const sha256Ms = performance.now() - h0;
   const st = await fs.stat(target);
   return {
-    ms: round(t4 - t0), parts: { createMs: round(t1 - t0), addMs: round(t2 - t1), jobMs: round(t3 - t2), delMs: round(t4 - t3) }, viaNbd,
-    sha256Ms: round(sha256Ms), bytesRead: ev.data?.len ?? 0, fileBytes: st.size, fileAllocated: st.blocks * 512, qemuReadBytes: io1.rchar - io0.rchar,
+    ms: round(t4 - t0),
+    parts: { createMs: round(t1 - t0), addMs: round(t2 - t1), jobMs: round(t3 - t2), delMs: round(t4 - t3) },
+    viaNbd,
+    sha256Ms: round(sha256Ms),
+    bytesRead: ev.data?.len ?? 0,
+    fileBytes: st.size,
+    fileAllocated: st.blocks * 512,
+    qemuReadBytes: io1.rchar - io0.rchar,
   };
 }
 
@@ -270,7 +360,11 @@ async function bareViaNbd(c: RawQmp, backing: string, target: string, virtualSiz
   const t0 = performance.now();
   await execFileP('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', backing, '-F', 'qcow2', target, String(virtualSize)]);
   const t1 = performance.now();
-  const server = spawn('qemu-nbd', ['--format=qcow2', `--socket=${sock}`, '--discard=unmap', '--detect-zeroes=unmap', '--cache=writeback', '--aio=threads', target], { stdio: 'ignore' });
+  const server = spawn(
+    'qemu-nbd',
+    ['--format=qcow2', `--socket=${sock}`, '--discard=unmap', '--detect-zeroes=unmap', '--cache=writeback', '--aio=threads', target],
+    { stdio: 'ignore' },
+  );
   const exited = new Promise<number | null>((resolve) => server.once('exit', (code) => resolve(code)));
   try {
     await waitForSocket(sock, 10_000);
@@ -278,14 +372,32 @@ async function bareViaNbd(c: RawQmp, backing: string, target: string, virtualSiz
     await c.execute('blockdev-add', { driver: 'nbd', 'node-name': 'bench-nbd-t', server: { type: 'unix', path: sock }, export: '' });
     const t3 = performance.now();
     const mark = c.events.length;
-    await c.execute('blockdev-backup', { 'job-id': 'bench-nbd-j', device: DRIVE, target: 'bench-nbd-t', sync: 'bitmap', bitmap: BARE_BITMAP, 'bitmap-mode': 'never' });
-    const ev = await c.waitEvent((e) => (e.event === 'BLOCK_JOB_COMPLETED' || e.event === 'BLOCK_JOB_CANCELLED') && e.data?.device === 'bench-nbd-j', mark);
+    await c.execute('blockdev-backup', {
+      'job-id': 'bench-nbd-j',
+      device: DRIVE,
+      target: 'bench-nbd-t',
+      sync: 'bitmap',
+      bitmap: BARE_BITMAP,
+      'bitmap-mode': 'never',
+    });
+    const ev = await c.waitEvent(
+      (e) => (e.event === 'BLOCK_JOB_COMPLETED' || e.event === 'BLOCK_JOB_CANCELLED') && e.data?.device === 'bench-nbd-j',
+      mark,
+    );
     const t4 = performance.now();
     await c.execute('blockdev-del', { 'node-name': 'bench-nbd-t' });
     const code = await exited;
     const t5 = performance.now();
-    if (ev.event !== 'BLOCK_JOB_COMPLETED' || ev.data?.error || code !== 0) throw new Error(`bare incremental through NBD failed: ${ev.event} ${ev.data?.error ?? ''} (qemu-nbd exit ${code})`);
-    return { ms: round(t5 - t0), createMs: round(t1 - t0), serverMs: round(t2 - t1), addMs: round(t3 - t2), jobMs: round(t4 - t3), closeMs: round(t5 - t4) };
+    if (ev.event !== 'BLOCK_JOB_COMPLETED' || ev.data?.error || code !== 0)
+      throw new Error(`bare incremental through NBD failed: ${ev.event} ${ev.data?.error ?? ''} (qemu-nbd exit ${code})`);
+    return {
+      ms: round(t5 - t0),
+      createMs: round(t1 - t0),
+      serverMs: round(t2 - t1),
+      addMs: round(t3 - t2),
+      jobMs: round(t4 - t3),
+      closeMs: round(t5 - t4),
+    };
   } finally {
     if (server.exitCode === null && server.signalCode === null) server.kill('SIGTERM');
     await fs.rm(sock, { force: true });
@@ -305,7 +417,10 @@ async function fullAlone(disk: string, scratch: string): Promise<{ convertMs: nu
   return { convertMs: round(convertMs), sha256Ms: round(sha256Ms), bytes };
 }
 
-export async function incrementalSection(ctx: Ctx, o: { rounds: number; diskMiB: number; dataMiB: number; fractions: number[] }): Promise<IncrementalResult> {
+export async function incrementalSection(
+  ctx: Ctx,
+  o: { rounds: number; diskMiB: number; dataMiB: number; fractions: number[] },
+): Promise<IncrementalResult> {
   const vm = await startIncVm(path.join(ctx.work, 'bare', 'incremental'), { diskMiB: o.diskMiB, dataMiB: o.dataMiB });
   const scratch = path.join(ctx.work, 'scratch-inc');
   await fs.mkdir(scratch, { recursive: true });
@@ -324,7 +439,9 @@ export async function incrementalSection(ctx: Ctx, o: { rounds: number; diskMiB:
       // the bare script's bitmap starts where the product's full did (nothing writes in between)
       await c.execute('block-dirty-bitmap-clear', { node: DRIVE, name: BARE_BITMAP });
       const alone = await fullAlone(vm.disk, scratch);
-      log(`incremental ${i + 1}/${o.rounds}: full ${full.wallMs} ms (copy ${full.copyMs} ms; ${phaseSummary(full.phases, /exportDisk|verifyDisk|sha256File|copyDisk|program/)}); qemu-img convert alone ${Math.round(alone.convertMs)} ms + sha256 alone ${Math.round(alone.sha256Ms)} ms; copy steps ${JSON.stringify(full.copySteps)}`);
+      log(
+        `incremental ${i + 1}/${o.rounds}: full ${full.wallMs} ms (copy ${full.copyMs} ms; ${phaseSummary(full.phases, /exportDisk|verifyDisk|sha256File|copyDisk|program/)}); qemu-img convert alone ${Math.round(alone.convertMs)} ms + sha256 alone ${Math.round(alone.sha256Ms)} ms; copy steps ${JSON.stringify(full.copySteps)}`,
+      );
       const round_: IncRound = { full: stripFile(full), fullAlone: alone, incrementals: [], bare: [], writes: [] };
       let parentFile = full.file;
       for (const [k, fraction] of o.fractions.entries()) {
@@ -340,7 +457,9 @@ export async function incrementalSection(ctx: Ctx, o: { rounds: number; diskMiB:
         await fs.rm(target, { force: true });
         round_.incrementals.push(stripFile(inc));
         round_.bare.push({ ...bare!, fraction: w.fraction, first: productFirst ? 'product' : 'bare' });
-        log(`incremental ${i + 1}/${o.rounds}: ${round(w.fraction * 100, 2)} % rewritten (${w.pieces} x 1 MiB in ${w.ms} ms): product ${inc.wallMs} ms (copy ${inc.copyMs} ms, changed ${round((inc.bytesChanged ?? 0) / MiB)} MiB, file ${round(inc.fileBytes / MiB)} MiB; stages ${JSON.stringify(inc.stageMs)}); bare QMP ${bare!.ms} ms (job ${bare!.parts.jobMs} ms), through qemu-nbd ${bare!.viaNbd.ms} ms (job ${bare!.viaNbd.jobMs} ms, close ${bare!.viaNbd.closeMs} ms); product copy steps ${JSON.stringify(inc.copySteps)}`);
+        log(
+          `incremental ${i + 1}/${o.rounds}: ${round(w.fraction * 100, 2)} % rewritten (${w.pieces} x 1 MiB in ${w.ms} ms): product ${inc.wallMs} ms (copy ${inc.copyMs} ms, changed ${round((inc.bytesChanged ?? 0) / MiB)} MiB, file ${round(inc.fileBytes / MiB)} MiB; stages ${JSON.stringify(inc.stageMs)}); bare QMP ${bare!.ms} ms (job ${bare!.parts.jobMs} ms), through qemu-nbd ${bare!.viaNbd.ms} ms (job ${bare!.viaNbd.jobMs} ms, close ${bare!.viaNbd.closeMs} ms); product copy steps ${JSON.stringify(inc.copySteps)}`,
+        );
         parentFile = inc.file;
       }
       rounds.push(round_);
@@ -355,9 +474,23 @@ export async function incrementalSection(ctx: Ctx, o: { rounds: number; diskMiB:
 
 const stripFile = ({ file: _f, ...rest }: IncBackupSample & { file: string }): IncBackupSample => rest;
 
-export interface IncFreezeSample { kind: 'full' | 'incremental'; wireMs: number; productFrozenMs: number; wallMs: number; copyMs: number; reason: string }
+export interface IncFreezeSample {
+  kind: 'full' | 'incremental';
+  wireMs: number;
+  productFrozenMs: number;
+  wallMs: number;
+  copyMs: number;
+  reason: string;
+}
 
-export interface IncFreezeResult { vm: string; dataDiskMiB: number; fillMiB: number; samples: IncFreezeSample[]; full: Stats; incremental: Stats }
+export interface IncFreezeResult {
+  vm: string;
+  dataDiskMiB: number;
+  fillMiB: number;
+  samples: IncFreezeSample[];
+  full: Stats;
+  incremental: Stats;
+}
 
 /**
  * The freeze window of fulls against incrementals of the same lab guest (its workload writing),
@@ -379,24 +512,44 @@ export async function incrementalFreezeSection(ctx: Ctx, vm: BenchVm, o: { pairs
       await sleep(1000); // the guest's workload writes between backups
       const r = await backup(ctx, name, { keep: true });
       const wire = proxy.freezes[proxy.freezes.length - 1];
-      if (!wire || wire.thawReplied === undefined || wire.freezeSent < r.startedAt) throw new Error(`${vm.name}: the proxy saw no complete freeze/thaw in this backup`);
+      if (!wire || wire.thawReplied === undefined || wire.freezeSent < r.startedAt)
+        throw new Error(`${vm.name}: the proxy saw no complete freeze/thaw in this backup`);
       const disks = await diskOf(s.repository, r);
       const wrong = disks.find((d) => d.chain?.mode !== kind);
-      if (wrong) throw new Error(`${name}: expected a ${kind} backup, a disk was ${wrong.chain?.mode} (${wrong.chain?.reason}: ${wrong.chain?.detail})`);
+      if (wrong)
+        throw new Error(
+          `${name}: expected a ${kind} backup, a disk was ${wrong.chain?.mode} (${wrong.chain?.reason}: ${wrong.chain?.detail})`,
+        );
       const v = r.set.vms[0];
-      return { kind, wireMs: round(wire.thawReplied - wire.freezeSent, 2), productFrozenMs: v.snapshot.frozenMs, wallMs: Math.round(r.wallMs), copyMs: v.copy.ms, reason: disks.map((d) => d.chain.reason).join(',') };
+      return {
+        kind,
+        wireMs: round(wire.thawReplied - wire.freezeSent, 2),
+        productFrozenMs: v.snapshot.frozenMs,
+        wallMs: Math.round(r.wallMs),
+        copyMs: v.copy.ms,
+        reason: disks.map((d) => d.chain.reason).join(','),
+      };
     };
     await one('full');
     for (let i = 0; i < o.pairs; i++) {
       for (const kind of ['incremental', 'full'] as const) {
         const x = await one(kind);
         samples.push(x);
-        log(`incremental freeze ${vm.name} ${i + 1}/${o.pairs}: ${kind} frozen ${x.wireMs} ms on the wire (product ${x.productFrozenMs} ms), backup ${x.wallMs} ms`);
+        log(
+          `incremental freeze ${vm.name} ${i + 1}/${o.pairs}: ${kind} frozen ${x.wireMs} ms on the wire (product ${x.productFrozenMs} ms), backup ${x.wallMs} ms`,
+        );
       }
     }
   } finally {
     await proxy.close();
   }
   const of = (k: string) => samples.filter((x) => x.kind === k).map((x) => x.wireMs);
-  return { vm: vm.name, dataDiskMiB: vm.spec.dataSizeMiB, fillMiB: vm.spec.fillMiB, samples, full: stats(of('full')), incremental: stats(of('incremental')) };
+  return {
+    vm: vm.name,
+    dataDiskMiB: vm.spec.dataSizeMiB,
+    fillMiB: vm.spec.fillMiB,
+    samples,
+    full: stats(of('full')),
+    incremental: stats(of('incremental')),
+  };
 }

@@ -61,12 +61,29 @@ export interface ScaleRun {
 }
 
 export interface ScaleResult {
-  qemuRssMiB: number; diskMiB: number; dataMiBPerDisk: number; runs: ScaleRun[];
+  qemuRssMiB: number;
+  diskMiB: number;
+  dataMiBPerDisk: number;
+  runs: ScaleRun[];
   /** the largest run again with the copy node's Verify off: how much of the overhead is the read-back compare */
-  noVerify?: { vms: number; wallMs: number; copyAloneMs: number; overheadMs: number; checkedAloneMs?: number; overheadBeyondCheckedMs?: number; stageMs: Record<string, number>; cpu?: CpuSplit };
+  noVerify?: {
+    vms: number;
+    wallMs: number;
+    copyAloneMs: number;
+    overheadMs: number;
+    checkedAloneMs?: number;
+    overheadBeyondCheckedMs?: number;
+    stageMs: Record<string, number>;
+    cpu?: CpuSplit;
+  };
 }
 
-export interface CpuSplit { nodeRedMs: number; childrenMs: number; qemuMs: number; machineMs: number }
+export interface CpuSplit {
+  nodeRedMs: number;
+  childrenMs: number;
+  qemuMs: number;
+  machineMs: number;
+}
 
 /** CPU used while `fn` runs: by Node-RED, by the programs it ran, by the fleet's QEMU processes, by the machine. */
 async function withCpu<T>(nrPid: number, fleet: BareFleet, fn: () => Promise<T>): Promise<[T, CpuSplit]> {
@@ -74,9 +91,15 @@ async function withCpu<T>(nrPid: number, fleet: BareFleet, fn: () => Promise<T>)
   // programs: the children Node-RED waited for, and its live children (the program launcher, the
   // guardian) with the programs they waited for
   const programs = () => cpuOf(nrPid).childrenMs + childrenOf(nrPid).reduce((n, c) => n + cpuOf(c).selfMs + cpuOf(c).childrenMs, 0);
-  const nr0 = cpuOf(nrPid).selfMs, p0 = programs(), q0 = qemu(), m0 = machineBusyMs();
+  const nr0 = cpuOf(nrPid).selfMs,
+    p0 = programs(),
+    q0 = qemu(),
+    m0 = machineBusyMs();
   const result = await fn();
-  const nr1 = cpuOf(nrPid).selfMs, p1 = programs(), q1 = qemu(), m1 = machineBusyMs();
+  const nr1 = cpuOf(nrPid).selfMs,
+    p1 = programs(),
+    q1 = qemu(),
+    m1 = machineBusyMs();
   return [result, { nodeRedMs: nr1 - nr0, childrenMs: p1 - p0, qemuMs: q1 - q0, machineMs: m1 - m0 }];
 }
 
@@ -85,44 +108,64 @@ async function withCpu<T>(nrPid: number, fleet: BareFleet, fn: () => Promise<T>)
  * With `checked`, each copy is also what the product makes of it, minus the orchestration: flushed
  * to disk, hashed (sha256) and compared with its source (qemu-img compare), the three at once.
  */
-export async function copyAlone(fleet: BareFleet, n: number, scratch: string, lanes: number, checked: 'no' | 'hashed' | 'hashed+compared' = 'no'): Promise<number> {
+export async function copyAlone(
+  fleet: BareFleet,
+  n: number,
+  scratch: string,
+  lanes: number,
+  checked: 'no' | 'hashed' | 'hashed+compared' = 'no',
+): Promise<number> {
   const ids = fleet.ids.slice(0, n);
   let next = 0;
   const t0 = nowMs();
-  await Promise.all(Array.from({ length: lanes }, async (_, lane) => {
-    const out = path.join(scratch, `alone-${lane}.qcow2`);
-    while (next < ids.length) {
-      const id = ids[next++];
-      for (const disk of fleet.disks.get(id)!) {
-        await fs.rm(out, { force: true });
-        await runProgram('qemu-img', convertArgs(disk, out, { sourceFormat: 'qcow2', compress: false, forceShare: true }));
-        if (checked !== 'no') {
-          await Promise.all([
-            fs.open(out, 'r+').then(async (h) => {
-              await h.sync();
-              await h.close();
-            }),
-            sha256File(out),
-            checked === 'hashed+compared' ? qemuImgCompare('qemu-img', disk, 'qcow2', out, 'qcow2') : undefined,
-          ]);
+  await Promise.all(
+    Array.from({ length: lanes }, async (_, lane) => {
+      const out = path.join(scratch, `alone-${lane}.qcow2`);
+      while (next < ids.length) {
+        const id = ids[next++];
+        for (const disk of fleet.disks.get(id)!) {
+          await fs.rm(out, { force: true });
+          await runProgram('qemu-img', convertArgs(disk, out, { sourceFormat: 'qcow2', compress: false, forceShare: true }));
+          if (checked !== 'no') {
+            await Promise.all([
+              fs.open(out, 'r+').then(async (h) => {
+                await h.sync();
+                await h.close();
+              }),
+              sha256File(out),
+              checked === 'hashed+compared' ? qemuImgCompare('qemu-img', disk, 'qcow2', out, 'qcow2') : undefined,
+            ]);
+          }
         }
       }
-    }
-    await fs.rm(out, { force: true });
-  }));
+      await fs.rm(out, { force: true });
+    }),
+  );
   return nowMs() - t0;
 }
 
 export async function scaleSection(ctx: Ctx, o: { counts: number[]; diskMiB: number; dataMiB: number }): Promise<ScaleResult> {
   for (const vm of ctx.lab?.vms.values() ?? []) await vm.pause();
   const max = Math.max(...o.counts);
-  const fleet = await startFleet(path.join(ctx.work, 'bare', 'fleet'), { count: max, disksPerVm: 2, diskMiB: o.diskMiB, dataMiB: o.dataMiB, prefix: 'vm' });
+  const fleet = await startFleet(path.join(ctx.work, 'bare', 'fleet'), {
+    count: max,
+    disksPerVm: 2,
+    diskMiB: o.diskMiB,
+    dataMiB: o.dataMiB,
+    prefix: 'vm',
+  });
   const scratch = path.join(ctx.work, 'scratch');
   await fs.mkdir(scratch, { recursive: true });
   const runs: ScaleRun[] = [];
   try {
     const list = [];
-    for (const n of o.counts) list.push({ name: `scale-${n}`, socketDir: await fleetSocketDir(path.join(ctx.work, 'sockets'), fleet, n), fallback: 'checkpoint' as const, concurrency: 2 });
+    for (const n of o.counts)
+      list.push({
+        name: `scale-${n}`,
+        socketDir: await fleetSocketDir(path.join(ctx.work, 'sockets'), fleet, n),
+        fallback: 'checkpoint' as const,
+        concurrency: 2,
+      });
     await addScenarios(ctx, list);
     const qemuRssMiB = fleet.qemuRssMiB();
     for (const n of o.counts) {
@@ -141,10 +184,20 @@ export async function scaleSection(ctx: Ctx, o: { counts: number[]; diskMiB: num
       const stageMs: Record<string, number> = {};
       for (const [k, t] of Object.entries(r.set.timings as Record<string, { ms: number }>)) stageMs[k] = t.ms;
       const ajvStages: AjvStage[] = STAGES.map(([timing, output, nextInput]) => {
-        const out = calls.filter((c) => c.fn === 'assertStage' && c.stage === output && c.what !== 'msg.payload').reduce((a, c) => a + c.ms, 0);
-        const inp = nextInput ? calls.filter((c) => c.fn === 'assertStage' && c.stage === output && c.what === 'msg.payload').reduce((a, c) => a + c.ms, 0) : 0;
+        const out = calls
+          .filter((c) => c.fn === 'assertStage' && c.stage === output && c.what !== 'msg.payload')
+          .reduce((a, c) => a + c.ms, 0);
+        const inp = nextInput
+          ? calls.filter((c) => c.fn === 'assertStage' && c.stage === output && c.what === 'msg.payload').reduce((a, c) => a + c.ms, 0)
+          : 0;
         const ms = stageMs[timing] ?? 0;
-        return { stage: timing, stageMs: ms, outputCheckMs: round(out, 2), inputCheckMs: round(inp, 2), percentOfStage: ms > 0 ? round(((out + inp) / ms) * 100, 2) : NaN };
+        return {
+          stage: timing,
+          stageMs: ms,
+          outputCheckMs: round(out, 2),
+          inputCheckMs: round(inp, 2),
+          percentOfStage: ms > 0 ? round(((out + inp) / ms) * 100, 2) : NaN,
+        };
       });
       const manifests = calls.filter((c) => c.fn === 'assertManifest');
       const stageCalls = calls.filter((c) => c.fn === 'assertStage');
@@ -172,23 +225,61 @@ export async function scaleSection(ctx: Ctx, o: { counts: number[]; diskMiB: num
         cpu,
         ajv: {
           stages: ajvStages,
-          manifests: { count: manifests.length, totalMs: round(manifests.reduce((a, c) => a + c.ms, 0), 2), perManifestMs: round(manifests.reduce((a, c) => a + c.ms, 0) / Math.max(1, manifests.length), 3) },
+          manifests: {
+            count: manifests.length,
+            totalMs: round(
+              manifests.reduce((a, c) => a + c.ms, 0),
+              2,
+            ),
+            perManifestMs: round(manifests.reduce((a, c) => a + c.ms, 0) / Math.max(1, manifests.length), 3),
+          },
           totalMs: round(totalMs, 2),
           perMessageMs: round(stageCalls.reduce((a, c) => a + c.ms, 0) / Math.max(1, stageCalls.length), 3),
         },
       };
       runs.push(run);
-      log(`scale ${n} VMs x 2 disks: ${run.wallMs} ms in the flow (${Object.entries(stageMs).map(([k, v]) => `${k} ${v}`).join(', ')}); qemu-img alone ${run.copyAloneMs} ms (CPU ${copyAloneCpuMs} ms), with flush + sha256 + compare ${run.checkedAloneMs} ms (overhead beyond that ${run.overheadBeyondCheckedMs} ms); overhead ${run.overheadMs} ms (${run.overheadPerVmMs} ms/VM); peak RSS ${run.peakRssMiB} MiB; CPU ms ${JSON.stringify(cpu)}; mounts ${before}..${r.sampler.mountsMax}; ajv ${run.ajv.totalMs} ms in ${calls.length} checks; children ${JSON.stringify(run.children)}; busy ms by step ${JSON.stringify(Object.fromEntries(Object.entries(r.phases).filter(([k]) => !k.startsWith('assert')).map(([k, v]) => [k, `${v.n}x ${Math.round(v.ms)}`])))}`);
+      log(
+        `scale ${n} VMs x 2 disks: ${run.wallMs} ms in the flow (${Object.entries(stageMs)
+          .map(([k, v]) => `${k} ${v}`)
+          .join(
+            ', ',
+          )}); qemu-img alone ${run.copyAloneMs} ms (CPU ${copyAloneCpuMs} ms), with flush + sha256 + compare ${run.checkedAloneMs} ms (overhead beyond that ${run.overheadBeyondCheckedMs} ms); overhead ${run.overheadMs} ms (${run.overheadPerVmMs} ms/VM); peak RSS ${run.peakRssMiB} MiB; CPU ms ${JSON.stringify(cpu)}; mounts ${before}..${r.sampler.mountsMax}; ajv ${run.ajv.totalMs} ms in ${calls.length} checks; children ${JSON.stringify(run.children)}; busy ms by step ${JSON.stringify(
+          Object.fromEntries(
+            Object.entries(r.phases)
+              .filter(([k]) => !k.startsWith('assert'))
+              .map(([k, v]) => [k, `${v.n}x ${Math.round(v.ms)}`]),
+          ),
+        )}`,
+      );
     }
     // the largest run once more with Verify off (no qemu-img compare per disk)
-    await addScenarios(ctx, [{ name: `scale-${max}-noverify`, socketDir: await fleetSocketDir(path.join(ctx.work, 'sockets'), fleet, max), fallback: 'checkpoint' as const, concurrency: 2, verify: false }]);
+    await addScenarios(ctx, [
+      {
+        name: `scale-${max}-noverify`,
+        socketDir: await fleetSocketDir(path.join(ctx.work, 'sockets'), fleet, max),
+        fallback: 'checkpoint' as const,
+        concurrency: 2,
+        verify: false,
+      },
+    ]);
     const [nv, nvCpu] = await withCpu(ctx.nr.pid, fleet, () => backup(ctx, `scale-${max}-noverify`, { sampleMs: 50 }));
     const nvAlone = await copyAlone(fleet, max, scratch, 2);
     const nvChecked = await copyAlone(fleet, max, scratch, 2, 'hashed');
     const nvStages: Record<string, number> = {};
     for (const [k, t] of Object.entries(nv.set.timings as Record<string, { ms: number }>)) nvStages[k] = t.ms;
-    const noVerify = { vms: max, wallMs: Math.round(nv.wallMs), copyAloneMs: Math.round(nvAlone), overheadMs: Math.round(nv.wallMs - nvAlone), checkedAloneMs: Math.round(nvChecked), overheadBeyondCheckedMs: Math.round(nv.wallMs - nvChecked), stageMs: nvStages, cpu: nvCpu };
-    log(`scale ${max} VMs x 2 disks, Verify off: ${noVerify.wallMs} ms in the flow; qemu-img alone ${noVerify.copyAloneMs} ms; overhead ${noVerify.overheadMs} ms; with flush + sha256 ${noVerify.checkedAloneMs} ms (overhead beyond that ${noVerify.overheadBeyondCheckedMs} ms); CPU ms ${JSON.stringify(nvCpu)}`);
+    const noVerify = {
+      vms: max,
+      wallMs: Math.round(nv.wallMs),
+      copyAloneMs: Math.round(nvAlone),
+      overheadMs: Math.round(nv.wallMs - nvAlone),
+      checkedAloneMs: Math.round(nvChecked),
+      overheadBeyondCheckedMs: Math.round(nv.wallMs - nvChecked),
+      stageMs: nvStages,
+      cpu: nvCpu,
+    };
+    log(
+      `scale ${max} VMs x 2 disks, Verify off: ${noVerify.wallMs} ms in the flow; qemu-img alone ${noVerify.copyAloneMs} ms; overhead ${noVerify.overheadMs} ms; with flush + sha256 ${noVerify.checkedAloneMs} ms (overhead beyond that ${noVerify.overheadBeyondCheckedMs} ms); CPU ms ${JSON.stringify(nvCpu)}`,
+    );
     return { qemuRssMiB, diskMiB: o.diskMiB, dataMiBPerDisk: o.dataMiB, runs, noVerify };
   } finally {
     await fleet.stop();

@@ -33,7 +33,14 @@ export function median(values: readonly number[]): number {
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
-export interface Stats { n: number; median: number; p95: number; min: number; max: number; mean: number }
+export interface Stats {
+  n: number;
+  median: number;
+  p95: number;
+  min: number;
+  max: number;
+  mean: number;
+}
 
 export function stats(values: readonly number[]): Stats {
   return {
@@ -56,7 +63,10 @@ export const GiB = 1024 * MiB;
 
 // ---- /proc ----
 
-export interface ProcMem { rssKiB: number; hwmKiB: number }
+export interface ProcMem {
+  rssKiB: number;
+  hwmKiB: number;
+}
 
 export function procMem(pid: number): ProcMem | undefined {
   try {
@@ -168,7 +178,11 @@ export class Sampler {
   /** every child process: what it ran and when it was first and last seen (ms from start) */
   readonly timeline = new Map<number, { comm: string; args: string; first: number; last: number }>();
 
-  constructor(readonly pid: number, readonly everyMs = 25, readonly keepTrace = false) {}
+  constructor(
+    readonly pid: number,
+    readonly everyMs = 25,
+    readonly keepTrace = false,
+  ) {}
 
   start(): this {
     const t0 = nowMs();
@@ -191,7 +205,13 @@ export class Sampler {
       // children and their children: the programs are started by the package's launcher process
       for (const [c, parent] of descendantsOf(this.pid)) {
         const name = commOf(c);
-        const comm = forkedNotExec(c, parent, name) ? '(forked, not yet exec)' : name === '?' ? '(exited)' : /launcher-process\.js/.test(cmdlineOf(c)) ? 'node (program launcher)' : name;
+        const comm = forkedNotExec(c, parent, name)
+          ? '(forked, not yet exec)'
+          : name === '?'
+            ? '(exited)'
+            : /launcher-process\.js/.test(cmdlineOf(c))
+              ? 'node (program launcher)'
+              : name;
         const cm = procMem(c);
         const at = Math.round(nowMs() - t0);
         const seen = this.timeline.get(c);
@@ -241,7 +261,8 @@ export class Sampler {
 
   children(): Record<string, { processes: number; peakRssMiB: number }> {
     const out: Record<string, { processes: number; peakRssMiB: number }> = {};
-    for (const [comm, pids] of this.childPids) out[comm] = { processes: pids.size, peakRssMiB: round((this.childPeakKiB.get(comm) ?? 0) / 1024) };
+    for (const [comm, pids] of this.childPids)
+      out[comm] = { processes: pids.size, peakRssMiB: round((this.childPeakKiB.get(comm) ?? 0) / 1024) };
     return out;
   }
 }
@@ -265,14 +286,18 @@ export async function rmrf(p: string): Promise<void> {
 
 export async function du(dir: string): Promise<number> {
   let total = 0;
-  for (const e of await fs.readdir(dir, { withFileTypes: true, recursive: true } as any) as any[]) {
+  for (const e of (await fs.readdir(dir, { withFileTypes: true, recursive: true } as any)) as any[]) {
     if (e.isFile()) total += (await fs.stat(`${e.parentPath ?? e.path}/${e.name}`)).size;
   }
   return total;
 }
 
 export function childSummary(times: Record<string, number>): string {
-  return Object.entries(times).map(([k, v]) => `${k} ~${v} ms`).join(', ') || 'none seen';
+  return (
+    Object.entries(times)
+      .map(([k, v]) => `${k} ~${v} ms`)
+      .join(', ') || 'none seen'
+  );
 }
 
 /** "qemu-img convert 1x 812, sha256File 3x 1630, ..." from the probe's totals (ajv checks left out). */

@@ -125,7 +125,9 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'libvirt-start': {
       const doms = await libvirtStart({
-        labDir: p.labDir, install: !p.flags.has('no-install'), log,
+        labDir: p.labDir,
+        install: !p.flags.has('no-install'),
+        log,
         ...(p.timeoutSec ? { timeoutMs: p.timeoutSec * 1000 } : {}),
       });
       console.log(JSON.stringify(doms, null, 2));

@@ -122,9 +122,7 @@ export function findKernel(kver: string | undefined = process.env.VMBACKUP_LAB_K
     const modulesDir = `/lib/modules/${v}`;
     if (fs.existsSync(vmlinuz) && fs.existsSync(modulesDir)) return { version: v, vmlinuz, modulesDir };
   }
-  throw new Error(
-    `lab: no usable kernel (need /boot/vmlinuz-<v> and /lib/modules/<v>); install linux-image-amd64`,
-  );
+  throw new Error(`lab: no usable kernel (need /boot/vmlinuz-<v> and /lib/modules/<v>); install linux-image-amd64`);
 }
 
 // ---------------------------------------------------------------------------
@@ -147,9 +145,13 @@ function isBuiltin(kernel: KernelInfo, mod: string): boolean {
   try {
     const txt = fs.readFileSync(path.join(kernel.modulesDir, 'modules.builtin'), 'utf8');
     const want = mod.replace(/-/g, '_');
-    return txt
-      .split('\n')
-      .some((l) => path.basename(l).replace(/\.ko.*$/, '').replace(/-/g, '_') === want);
+    return txt.split('\n').some(
+      (l) =>
+        path
+          .basename(l)
+          .replace(/\.ko.*$/, '')
+          .replace(/-/g, '_') === want,
+    );
   } catch {
     return false;
   }
@@ -462,10 +464,7 @@ function workloadScript(): string {
   // 8 payload words, unrolled so that no subshell is needed per record.
   const words = [0, 1, 2, 3, 4, 5, 6, 7];
   const wordLines = words
-    .map(
-      (i) =>
-        `  x=$(( (x * 1103515245 + 12345) & 0xffffffff )); p${i}=$x; h=$(( ((h ^ x) * ${FNV_PRIME}) & 0xffffffff ))`,
-    )
+    .map((i) => `  x=$(( (x * 1103515245 + 12345) & 0xffffffff )); p${i}=$x; h=$(( ((h ^ x) * ${FNV_PRIME}) & 0xffffffff ))`)
     .join('\n');
   const fmtWords = words.map(() => '%08x').join('');
   const argWords = words.map((i) => `$p${i}`).join(' ');
@@ -645,7 +644,23 @@ export async function buildGuest(opts: BuildGuestOptions = {}): Promise<GuestIma
   }
 
   const cpio = new CpioBuilder();
-  for (const d of ['bin', 'sbin', 'usr/bin', 'usr/sbin', 'lib/x86_64-linux-gnu', 'lib64', 'etc/qemu', 'proc', 'sys', 'dev', 'run', 'tmp', 'data', 'root', 'var/log']) {
+  for (const d of [
+    'bin',
+    'sbin',
+    'usr/bin',
+    'usr/sbin',
+    'lib/x86_64-linux-gnu',
+    'lib64',
+    'etc/qemu',
+    'proc',
+    'sys',
+    'dev',
+    'run',
+    'tmp',
+    'data',
+    'root',
+    'var/log',
+  ]) {
     cpio.dir(d);
   }
   cpio.dir('tmp', 0o1777);
@@ -656,7 +671,10 @@ export async function buildGuest(opts: BuildGuestOptions = {}): Promise<GuestIma
   // busybox + applet symlinks
   cpio.file('bin/busybox', fs.readFileSync(busybox), 0o755);
   const list = await runOk(busybox, ['--list-full']);
-  for (const applet of list.stdout.split('\n').map((s) => s.trim()).filter(Boolean)) {
+  for (const applet of list.stdout
+    .split('\n')
+    .map((s) => s.trim())
+    .filter(Boolean)) {
     if (applet === 'bin/busybox' || applet === 'linuxrc') continue;
     cpio.symlink(applet, '/bin/busybox');
   }
@@ -727,7 +745,7 @@ export function recordChecksum(seq: number, tsMs: number, payloadWords: readonly
     h = Math.imul((h ^ w) >>> 0, FNV_PRIME) >>> 0;
   };
   mix(seq >>> 0);
-  mix(tsMs % 4294967296 >>> 0);
+  mix((tsMs % 4294967296) >>> 0);
   mix(Math.floor(tsMs / 4294967296) >>> 0);
   for (const w of payloadWords) mix(w >>> 0);
   return h >>> 0;

@@ -17,7 +17,10 @@ export class JsonLineClient {
   private waiters: Array<{ resolve: (m: JsonObject) => void; reject: (e: Error) => void }> = [];
   private closedError: Error | undefined;
 
-  private constructor(private readonly sock: net.Socket, readonly path: string) {
+  private constructor(
+    private readonly sock: net.Socket,
+    readonly path: string,
+  ) {
     sock.setEncoding('utf8');
     sock.on('data', (chunk: string) => this.onData(chunk));
     sock.on('error', (e) => this.fail(e));
@@ -49,7 +52,10 @@ export class JsonLineClient {
     let nl: number;
     while ((nl = this.buf.indexOf('\n')) >= 0) {
       // 0xFF (guest-sync-delimited) arrives as U+FFFD after utf8 decoding: drop it.
-      const line = this.buf.slice(0, nl).replace(/[\uFFFD\u00FF\r]/g, '').trim();
+      const line = this.buf
+        .slice(0, nl)
+        .replace(/[\uFFFD\u00FF\r]/g, '')
+        .trim();
       this.buf = this.buf.slice(nl + 1);
       if (!line) continue;
       let msg: JsonObject;
@@ -117,7 +123,10 @@ export class JsonLineClient {
 }
 
 export class CommandError extends Error {
-  constructor(readonly command: string, readonly error: JsonObject) {
+  constructor(
+    readonly command: string,
+    readonly error: JsonObject,
+  ) {
     super(`${command}: ${error?.class ?? 'Error'}: ${error?.desc ?? JSON.stringify(error)}`);
   }
 }

@@ -217,37 +217,59 @@ export function qemuArgs(spec: LabVmSpec, p: LabVmPaths, o: QemuArgsOptions): st
     'lab.data_serial=data',
   ].join(' ');
   const args = [
-    '-name', `guest=${spec.name}`,
-    '-accel', 'tcg,tb-size=128',
-    '-machine', 'pc',
-    '-m', String(spec.memoryMiB ?? o.memoryMiB ?? 256),
-    '-smp', '1',
+    '-name',
+    `guest=${spec.name}`,
+    '-accel',
+    'tcg,tb-size=128',
+    '-machine',
+    'pc',
+    '-m',
+    String(spec.memoryMiB ?? o.memoryMiB ?? 256),
+    '-smp',
+    '1',
     '-nodefaults',
     '-no-user-config',
-    '-display', 'none',
+    '-display',
+    'none',
     '-daemonize',
-    '-pidfile', p.pidFile,
-    '-rtc', 'base=utc',
-    '-chardev', `socket,id=qmp,path=${p.qmpSocket},server=on,wait=off`,
-    '-mon', 'chardev=qmp,mode=control',
-    '-serial', `file:${p.logFile}`,
-    '-kernel', o.guest.kernel,
-    '-initrd', o.guest.initramfs,
-    '-append', append,
-    '-device', 'virtio-rng-pci,id=rng0',
-    '-drive', `file=${p.dataImage},format=${p.dataFormat},if=none,id=drive-virtio0,cache=writeback,discard=unmap`,
-    '-device', 'virtio-blk-pci,drive=drive-virtio0,id=virtio0,serial=data,bootindex=100',
+    '-pidfile',
+    p.pidFile,
+    '-rtc',
+    'base=utc',
+    '-chardev',
+    `socket,id=qmp,path=${p.qmpSocket},server=on,wait=off`,
+    '-mon',
+    'chardev=qmp,mode=control',
+    '-serial',
+    `file:${p.logFile}`,
+    '-kernel',
+    o.guest.kernel,
+    '-initrd',
+    o.guest.initramfs,
+    '-append',
+    append,
+    '-device',
+    'virtio-rng-pci,id=rng0',
+    '-drive',
+    `file=${p.dataImage},format=${p.dataFormat},if=none,id=drive-virtio0,cache=writeback,discard=unmap`,
+    '-device',
+    'virtio-blk-pci,drive=drive-virtio0,id=virtio0,serial=data,bootindex=100',
   ];
   if (spec.nbdDisk) {
     args.push(
-      '-drive', `file.driver=nbd,file.server.type=unix,file.server.path=${p.nbdSocket},format=raw,if=none,id=drive-virtio1,cache=writeback`,
-      '-device', 'virtio-blk-pci,drive=drive-virtio1,id=virtio1,serial=passthrough',
+      '-drive',
+      `file.driver=nbd,file.server.type=unix,file.server.path=${p.nbdSocket},format=raw,if=none,id=drive-virtio1,cache=writeback`,
+      '-device',
+      'virtio-blk-pci,drive=drive-virtio1,id=virtio1,serial=passthrough',
     );
   }
   args.push(
-    '-chardev', `socket,path=${p.qgaSocket},server=on,wait=off,id=qga0`,
-    '-device', 'virtio-serial,id=qga-serial0',
-    '-device', `virtserialport,chardev=qga0,name=${QGA_PORT_NAME}`,
+    '-chardev',
+    `socket,path=${p.qgaSocket},server=on,wait=off,id=qga0`,
+    '-device',
+    'virtio-serial,id=qga-serial0',
+    '-device',
+    `virtserialport,chardev=qga0,name=${QGA_PORT_NAME}`,
   );
   return args;
 }
@@ -620,11 +642,7 @@ export async function waitForWorkload(vm: string | LabVmPaths, timeoutMs = 18000
  * (`e2fsck -E journal_only`), then `debugfs -R 'cat <file>'`. Works while
  * the VM runs (the copy is crash-consistent at best).
  */
-export async function readDataFileOffline(
-  vm: string | LabVmPaths,
-  file = '/records.log',
-  labDir?: string,
-): Promise<Buffer> {
+export async function readDataFileOffline(vm: string | LabVmPaths, file = '/records.log', labDir?: string): Promise<Buffer> {
   const p = pathsOf(vm, labDir);
   const tmpDir = fs.mkdtempSync(path.join(os.tmpdir(), 'lab-read-'));
   const raw = path.join(tmpDir, 'data.raw');

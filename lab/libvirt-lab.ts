@@ -134,7 +134,8 @@ async function startLibvirtd(dir: string, log: (m: string) => void): Promise<voi
 export async function libvirtdRestart(opts: { labDir?: string; downMs?: number; onDown?: () => void | Promise<void> } = {}): Promise<void> {
   const dir = libvirtDir(opts.labDir);
   const pid = ourLibvirtdPid(dir);
-  if (pid === undefined) throw new Error(`lab: no libvirtd started by this lab (${path.join(dir, 'libvirtd.pid')}); not restarting another one`);
+  if (pid === undefined)
+    throw new Error(`lab: no libvirtd started by this lab (${path.join(dir, 'libvirtd.pid')}); not restarting another one`);
   process.kill(pid, 'SIGTERM');
   if (!(await waitUntil(() => !pidAlive(pid), 20_000, 50))) throw new Error(`lab: libvirtd (pid ${pid}) did not exit on SIGTERM`);
   await opts.onDown?.();
@@ -166,9 +167,7 @@ const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replac
 /** The domain XML: direct kernel boot of the lab guest, one virtio data disk, console to a file. */
 export function domainXml(spec: LibvirtDomainSpec, guest: Pick<GuestImage, 'kernel' | 'initramfs'>, labDir = defaultLabDir()): string {
   const cmdline = `console=ttyS0 quiet lab.vm=${spec.name} lab.agent=${spec.agent ? 1 : 0} lab.rate_ms=50 lab.data_serial=data`;
-  const agent = spec.agent
-    ? `    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>\n`
-    : '';
+  const agent = spec.agent ? `    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>\n` : '';
   return `<domain type='qemu'>
   <name>${esc(spec.name)}</name>
   <memory unit='MiB'>256</memory>
@@ -256,12 +255,14 @@ export async function libvirtStart(opts: LibvirtStartOptions = {}): Promise<Libv
     }
   }
   const timeoutMs = opts.timeoutMs ?? 180_000;
-  await Promise.all(LIBVIRT_DOMAINS.filter((s) => s.running).map(async (spec) => {
-    // a domain that was running already passed this wait when it started
-    if (started.includes(spec.name)) await waitForDomainWorkload(spec.name, timeoutMs, labDir);
-    if (spec.agent) await waitForDomainAgent(spec.name, timeoutMs);
-    log(`lab: ${spec.name} ready${started.includes(spec.name) ? '' : ' (was running)'}`);
-  }));
+  await Promise.all(
+    LIBVIRT_DOMAINS.filter((s) => s.running).map(async (spec) => {
+      // a domain that was running already passed this wait when it started
+      if (started.includes(spec.name)) await waitForDomainWorkload(spec.name, timeoutMs, labDir);
+      if (spec.agent) await waitForDomainAgent(spec.name, timeoutMs);
+      log(`lab: ${spec.name} ready${started.includes(spec.name) ? '' : ' (was running)'}`);
+    }),
+  );
   return libvirtStatus(labDir);
 }
 
@@ -273,18 +274,21 @@ export async function domState(name: string): Promise<string | undefined> {
 
 export async function waitForDomainWorkload(name: string, timeoutMs: number, labDir = defaultLabDir()): Promise<void> {
   const con = domainConsole(name, labDir);
-  const ok = await waitUntil(() => {
-    const text = exists(con) ? fs.readFileSync(con, 'latin1') : '';
-    if (/LAB-ERROR/.test(text)) throw new Error(`lab: ${name} reported an error; console tail:\n${tailFile(con, 1500)}`);
-    return text.includes(WORKLOAD_MARKER);
-  }, timeoutMs, 250);
+  const ok = await waitUntil(
+    () => {
+      const text = exists(con) ? fs.readFileSync(con, 'latin1') : '';
+      if (/LAB-ERROR/.test(text)) throw new Error(`lab: ${name} reported an error; console tail:\n${tailFile(con, 1500)}`);
+      return text.includes(WORKLOAD_MARKER);
+    },
+    timeoutMs,
+    250,
+  );
   if (!ok) throw new Error(`lab: workload of ${name} did not start within ${timeoutMs} ms; console tail:\n${tailFile(con, 1500)}`);
 }
 
 /** Until libvirt's agent channel answers (guestinfo: qemu-agent-command would taint the domain). */
 export async function waitForDomainAgent(name: string, timeoutMs: number): Promise<void> {
-  const ok = await waitUntil(async () =>
-    (await virsh(['guestinfo', '--domain', name, '--hostname'], 10_000)).code === 0, timeoutMs, 500);
+  const ok = await waitUntil(async () => (await virsh(['guestinfo', '--domain', name, '--hostname'], 10_000)).code === 0, timeoutMs, 500);
   if (!ok) throw new Error(`lab: the guest agent of ${name} did not answer within ${timeoutMs} ms`);
 }
 
@@ -311,19 +315,21 @@ export async function libvirtStop(opts: { labDir?: string; log?: (m: string) => 
   const log = opts.log ?? (() => undefined);
   const dir = libvirtDir(labDir);
   if (await libvirtdUp()) {
-    await Promise.all(LIBVIRT_DOMAINS.map(async (spec) => {
-      const state = await domState(spec.name);
-      if (state === undefined) return;
-      if (state !== 'shut off') {
-        await virsh(['shutdown', spec.name]);
-        if (!(await waitUntil(async () => (await domState(spec.name)) === 'shut off', 20_000, 500))) {
-          await virsh(['destroy', spec.name]);
+    await Promise.all(
+      LIBVIRT_DOMAINS.map(async (spec) => {
+        const state = await domState(spec.name);
+        if (state === undefined) return;
+        if (state !== 'shut off') {
+          await virsh(['shutdown', spec.name]);
+          if (!(await waitUntil(async () => (await domState(spec.name)) === 'shut off', 20_000, 500))) {
+            await virsh(['destroy', spec.name]);
+          }
         }
-      }
-      // a backup job of a killed test would keep the domain; managed save images go with it
-      await virsh(['undefine', spec.name, '--managed-save', '--checkpoints-metadata', '--snapshots-metadata']);
-      log(`lab: domain ${spec.name} stopped and undefined`);
-    }));
+        // a backup job of a killed test would keep the domain; managed save images go with it
+        await virsh(['undefine', spec.name, '--managed-save', '--checkpoints-metadata', '--snapshots-metadata']);
+        log(`lab: domain ${spec.name} stopped and undefined`);
+      }),
+    );
   }
   const pid = ourLibvirtdPid(dir);
   if (pid !== undefined) {

@@ -25,18 +25,28 @@ async function main(): Promise<number> {
   const nr = await NodeRed.start(installed.userDir);
   try {
     say(`Node-RED ${nr.base} is up; deploying the example "${EXAMPLE}"`);
-    const flow = readExample(EXAMPLE).map((n) => (n.type === 'vmbackup-host' ? { ...n, socketDir: path.join(labDir, 'run'), repository, hostName: 'lab' } : n));
+    const flow = readExample(EXAMPLE).map((n) =>
+      n.type === 'vmbackup-host' ? { ...n, socketDir: path.join(labDir, 'run'), repository, hostName: 'lab' } : n,
+    );
     await nr.deploy(flow);
     await nr.deleteGlobal(SUMMARY_KEY);
     const inject = flow.find((n) => n.type === 'inject');
     if (!inject) throw new Error(`the example "${EXAMPLE}" has no inject node`);
     const t0 = Date.now();
     await nr.inject(inject.id);
-    const { value: summary } = await nr.waitForGlobal<{ ok: boolean; text: string; vms: { vm: string; method?: string; consistency?: string; bytes?: number; frozenMs?: number; path?: string; warnings: string[] }[] }>([SUMMARY_KEY], 600_000);
+    const { value: summary } = await nr.waitForGlobal<{
+      ok: boolean;
+      text: string;
+      vms: { vm: string; method?: string; consistency?: string; bytes?: number; frozenMs?: number; path?: string; warnings: string[] }[];
+    }>([SUMMARY_KEY], 600_000);
     process.stdout.write(`\n${summary.text}\n\n`);
-    process.stdout.write(`${'VM'.padEnd(16)}${'method'.padEnd(20)}${'consistency'.padEnd(13)}${'bytes'.padStart(12)}${'frozen ms'.padStart(11)}  path\n`);
+    process.stdout.write(
+      `${'VM'.padEnd(16)}${'method'.padEnd(20)}${'consistency'.padEnd(13)}${'bytes'.padStart(12)}${'frozen ms'.padStart(11)}  path\n`,
+    );
     for (const vm of summary.vms) {
-      process.stdout.write(`${vm.vm.padEnd(16)}${(vm.method ?? '').padEnd(20)}${(vm.consistency ?? '').padEnd(13)}${String(vm.bytes ?? '').padStart(12)}${String(vm.frozenMs ?? '').padStart(11)}  ${vm.path ?? ''}\n`);
+      process.stdout.write(
+        `${vm.vm.padEnd(16)}${(vm.method ?? '').padEnd(20)}${(vm.consistency ?? '').padEnd(13)}${String(vm.bytes ?? '').padStart(12)}${String(vm.frozenMs ?? '').padStart(11)}  ${vm.path ?? ''}\n`,
+      );
     }
     process.stdout.write(`\nbackup took ${((Date.now() - t0) / 1000).toFixed(1)} s; repository: ${repository}\n`);
     process.stdout.write(`the lab keeps running; stop it with: node dist/lab/cli.js stop --lab-dir ${labDir}\n`);

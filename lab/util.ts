@@ -70,9 +70,7 @@ export function run(file: string, args: readonly string[], opts: RunOptions = {}
 export async function runOk(file: string, args: readonly string[], opts: RunOptions = {}): Promise<RunResult> {
   const r = await run(file, args, opts);
   if (r.code !== 0) {
-    throw new Error(
-      `${file} ${args.join(' ')} exited with ${r.code}: ${(r.stderr || r.stdout).trim().slice(-2000)}`,
-    );
+    throw new Error(`${file} ${args.join(' ')} exited with ${r.code}: ${(r.stderr || r.stdout).trim().slice(-2000)}`);
   }
   return r;
 }
@@ -152,11 +150,7 @@ export function exists(p: string): boolean {
 }
 
 /** Wait until `pred()` is true, polling every `intervalMs`; false on timeout. */
-export async function waitUntil(
-  pred: () => boolean | Promise<boolean>,
-  timeoutMs: number,
-  intervalMs = 200,
-): Promise<boolean> {
+export async function waitUntil(pred: () => boolean | Promise<boolean>, timeoutMs: number, intervalMs = 200): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (await pred()) return true;

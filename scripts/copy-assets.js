@@ -32,7 +32,11 @@ for (const stage of ['prepare', 'snapshot', 'post-snapshot']) {
   fs.writeFileSync(path.join(dist, 'nodes', stage, `${stage}.html`), stageEditor.replace(/\{\{stage\}\}/g, stage));
   copied++;
 }
-copied += copyTree(path.join(root, 'src', 'providers', 'hyperv', 'scripts'), path.join(dist, 'src', 'providers', 'hyperv', 'scripts'), (f) => f.endsWith('.ps1'));
+copied += copyTree(
+  path.join(root, 'src', 'providers', 'hyperv', 'scripts'),
+  path.join(dist, 'src', 'providers', 'hyperv', 'scripts'),
+  (f) => f.endsWith('.ps1'),
+);
 
 const { schemas, manifestSchema } = require(path.join(dist, 'src', 'contract', 'schemas.js'));
 const out = path.join(root, 'schemas');
@@ -48,6 +52,12 @@ const hostHtml = path.join(dist, 'nodes', 'host', 'host.html');
 const marker = '/*@HOST_SETTINGS_RULES@*/';
 const html = fs.readFileSync(hostHtml, 'utf8');
 if (!html.includes(marker)) throw new Error(`${hostHtml}: the marker ${marker} is missing`);
-fs.writeFileSync(hostHtml, html.replace(marker, () => `RULES = ${JSON.stringify(settings.HOST_RULES)};\n    hostFieldError = ${settings.hostFieldError.toString()};`));
+fs.writeFileSync(
+  hostHtml,
+  html.replace(
+    marker,
+    () => `RULES = ${JSON.stringify(settings.HOST_RULES)};\n    hostFieldError = ${settings.hostFieldError.toString()};`,
+  ),
+);
 fs.writeFileSync(path.join(out, 'host-settings.rules.json'), JSON.stringify(settings.HOST_RULES, null, 2) + '\n');
 console.log(`assets: ${copied} files copied, ${Object.keys(schemas).length + 1} schemas written`);

@@ -9,7 +9,8 @@ Module._load = function load(request, ...rest) {
   const exported = originalLoad.call(this, request, ...rest);
   if (request === 'axios' && exported && !exported.vmbackupOffline) {
     const get = exported.get.bind(exported);
-    exported.get = (url, ...more) => (/^https?:\/\/catalogue\./.test(String(url)) ? Promise.resolve({ data: { modules: [] } }) : get(url, ...more));
+    exported.get = (url, ...more) =>
+      /^https?:\/\/catalogue\./.test(String(url)) ? Promise.resolve({ data: { modules: [] } }) : get(url, ...more);
     exported.vmbackupOffline = true;
   }
   return exported;

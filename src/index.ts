@@ -10,8 +10,23 @@ export { recover } from './recovery';
 export { summarize, type BackupSummary } from './summary';
 export { createProvider, type ProviderConfig } from './providers';
 export type { HostProvider } from './providers/provider';
-export { verifyBackup, verifyRepository, verifyPath, formatReport, type BackupReport, type RepositoryReport, type VerifyOptions } from './verify';
 export {
-  parseChainPolicy, decideChain, findParent, ChainPolicyError, type ChainPolicy, type ChainDecision, type BitmapReport, type ParentResult,
+  verifyBackup,
+  verifyRepository,
+  verifyPath,
+  formatReport,
+  type BackupReport,
+  type RepositoryReport,
+  type VerifyOptions,
+} from './verify';
+export {
+  parseChainPolicy,
+  decideChain,
+  findParent,
+  ChainPolicyError,
+  type ChainPolicy,
+  type ChainDecision,
+  type BitmapReport,
+  type ParentResult,
 } from './chain';
 export { flattenDisk, FlattenRefused, type FlattenInput, type FlattenResult } from './chain/flatten';

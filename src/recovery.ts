@@ -18,7 +18,10 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 
 export interface RecoveryAction {
-  kind: PendingUndo['kind'] | 'discard-unjournalled' | 'unpublish'
+  kind:
+    | PendingUndo['kind']
+    | 'discard-unjournalled'
+    | 'unpublish'
     /** something an earlier crash left that the provider found and removed at start (Hyper-V checkpoints) */
     | 'leftover'
     /** journal lines that are not journal entries: skipped, never acted on */
@@ -87,14 +90,25 @@ function setsOf(entries: readonly JournalEntry[]): Map<string, SetInfo> {
 }
 
 function describeSkipped(file: string, skipped: readonly SkippedLine[]): RecoveryAction {
-  const list = skipped.slice(0, 5).map((s) => `line ${s.line}: ${s.why}`).join('; ');
+  const list = skipped
+    .slice(0, 5)
+    .map((s) => `line ${s.line}: ${s.why}`)
+    .join('; ');
   return {
-    kind: 'skip-lines', ok: false, journal: file,
+    kind: 'skip-lines',
+    ok: false,
+    journal: file,
     error: `${skipped.length} journal line(s) skipped, not journal entries (${list}${skipped.length > 5 ? '; ...' : ''})`,
   };
 }
 
-export async function recover(journal: Journal, provider: HostProvider, repo: ArtifactRepository, commandMs: number, o: RecoverOptions = {}): Promise<RecoveryAction[]> {
+export async function recover(
+  journal: Journal,
+  provider: HostProvider,
+  repo: ArtifactRepository,
+  commandMs: number,
+  o: RecoverOptions = {},
+): Promise<RecoveryAction[]> {
   const hostName = o.hostName ?? journal.stamp.host;
   const owner = o.owner ?? journal.stamp.owner;
   const actions: RecoveryAction[] = [];
@@ -112,7 +126,8 @@ export async function recover(journal: Journal, provider: HostProvider, repo: Ar
       continue;
     }
     others.push({ file, entries: read.entries });
-    if (read.skipped.length && read.entries.some((e) => owner !== undefined && e.owner === owner)) actions.push(describeSkipped(file, read.skipped));
+    if (read.skipped.length && read.entries.some((e) => owner !== undefined && e.owner === owner))
+      actions.push(describeSkipped(file, read.skipped));
   }
 
   const liveOwner = (id: string | undefined) => id !== undefined && id !== owner && (o.liveOwners?.has(id) ?? false);
@@ -139,9 +154,13 @@ export async function recover(journal: Journal, provider: HostProvider, repo: Ar
       if (pending.length === 0) continue;
       // not ours, not a host node running here: someone must hear of it, nothing is touched
       actions.push({
-        kind: 'foreign-pending', ok: false, backupId: set.backupId, journal: other.file,
-        error: `journal ${other.file} has pending work of host "${set.host ?? nameInFile ?? '?'}" that no host node here owns `
-          + `(${pending.map((u) => `${u.kind} ${u.vm}`).join(', ')}): if that host was renamed or deleted, undo it by hand or set it back`,
+        kind: 'foreign-pending',
+        ok: false,
+        backupId: set.backupId,
+        journal: other.file,
+        error:
+          `journal ${other.file} has pending work of host "${set.host ?? nameInFile ?? '?'}" that no host node here owns ` +
+          `(${pending.map((u) => `${u.kind} ${u.vm}`).join(', ')}): if that host was renamed or deleted, undo it by hand or set it back`,
       });
     }
   }
@@ -155,8 +174,22 @@ export async function recover(journal: Journal, provider: HostProvider, repo: Ar
   // what the guardian undid after Node-RED died: already done, but the user must hear of it
   for (const { file, set } of mine) {
     for (const e of set.entries) {
-      if (e.data?.by === 'guardian' && !e.data?.nothingToDo && e.phase === 'done' && e.vm && (e.op === 'thaw' || e.op === 'resume' || e.op === 'release' || e.op === 'untrack' || e.op === 'discard')) {
-        actions.push({ kind: e.op, backupId: e.backupId, vm: e.vm, ok: true, by: 'guardian', at: e.t, ...(file !== journal.file ? { journal: file } : {}) });
+      if (
+        e.data?.by === 'guardian' &&
+        !e.data?.nothingToDo &&
+        e.phase === 'done' &&
+        e.vm &&
+        (e.op === 'thaw' || e.op === 'resume' || e.op === 'release' || e.op === 'untrack' || e.op === 'discard')
+      ) {
+        actions.push({
+          kind: e.op,
+          backupId: e.backupId,
+          vm: e.vm,
+          ok: true,
+          by: 'guardian',
+          at: e.t,
+          ...(file !== journal.file ? { journal: file } : {}),
+        });
       }
     }
   }
@@ -167,7 +200,15 @@ export async function recover(journal: Journal, provider: HostProvider, repo: Ar
     for (const e of set.entries) {
       // a staging line naming what cannot be this set's staging directory is never acted on: say so
       if (e.op === 'staging' && e.phase === 'intent' && e.vm && e.data?.dir && !isStagingShaped(e.data.dir, e.vm, set.backupId)) {
-        actions.push({ kind: 'refuse', backupId: set.backupId, vm: e.vm, ok: false, path: e.data.dir, error: `journalled staging directory ${e.data.dir} is not a staging directory of backup ${set.backupId}; not touched`, ...from });
+        actions.push({
+          kind: 'refuse',
+          backupId: set.backupId,
+          vm: e.vm,
+          ok: false,
+          path: e.data.dir,
+          error: `journalled staging directory ${e.data.dir} is not a staging directory of backup ${set.backupId}; not touched`,
+          ...from,
+        });
       }
     }
     // A crash between two VMs' publish renames leaves a set partly published: take it back (all or
@@ -212,12 +253,20 @@ export async function recover(journal: Journal, provider: HostProvider, repo: Ar
       if (!gone.gone) {
         // another Node-RED's live backup must not hear of us; a leftover we cannot prove must be told
         if (!/still running|this very process/.test(gone.why)) {
-          actions.push({ kind: 'leave-staging', ok: false, path: dir, error: `${dir} left in place: ${gone.why}; remove it by hand when no backup of host ${hostName} runs` });
+          actions.push({
+            kind: 'leave-staging',
+            ok: false,
+            path: dir,
+            error: `${dir} left in place: ${gone.why}; remove it by hand when no backup of host ${hostName} runs`,
+          });
         }
         continue;
       }
       // a repository that cannot be written now (read-only, gone) must not stop the thaws above
-      const error = await removeStaging(dir).then(() => undefined, (err: Error) => err.message);
+      const error = await removeStaging(dir).then(
+        () => undefined,
+        (err: Error) => err.message,
+      );
       actions.push({ kind: 'discard-unjournalled', ok: error === undefined, vm: dir, path: dir, ...(error ? { error } : {}) });
     }
   }
@@ -237,7 +286,12 @@ export async function recover(journal: Journal, provider: HostProvider, repo: Ar
       // an old journal of this node with nothing left in it goes (a host node using that name now reopens its own)
       if (fsSync.statSync(file).size === 0) fsSync.rmSync(file, { force: true });
     } catch (err) {
-      actions.push({ kind: 'foreign-pending', ok: false, journal: file, error: `recovered, but its lines could not be removed: ${(err as Error).message}` });
+      actions.push({
+        kind: 'foreign-pending',
+        ok: false,
+        journal: file,
+        error: `recovered, but its lines could not be removed: ${(err as Error).message}`,
+      });
     } finally {
       other.close();
     }
@@ -253,7 +307,10 @@ function otherJournals(own: string): string[] {
   } catch {
     return [];
   }
-  return names.filter((n) => JOURNAL_NAME.test(n) && n !== path.basename(own)).sort().map((n) => path.join(path.dirname(own), n));
+  return names
+    .filter((n) => JOURNAL_NAME.test(n) && n !== path.basename(own))
+    .sort()
+    .map((n) => path.join(path.dirname(own), n));
 }
 
 /**
@@ -262,8 +319,10 @@ function otherJournals(own: string): string[] {
  * once links are resolved.
  */
 async function checkStaging(repo: ArtifactRepository, journalled: string, computed: string | undefined): Promise<string | undefined> {
-  if (computed === undefined) return `journalled staging directory ${journalled}: the set's host is not known, so its directory cannot be computed; not touched`;
-  if (path.resolve(journalled) !== computed) return `journalled staging directory ${journalled} is not this set's (${computed}); not touched`;
+  if (computed === undefined)
+    return `journalled staging directory ${journalled}: the set's host is not known, so its directory cannot be computed; not touched`;
+  if (path.resolve(journalled) !== computed)
+    return `journalled staging directory ${journalled} is not this set's (${computed}); not touched`;
   if (!(await repo.resolvesInside(computed))) return `${computed} leads out of the repository (a symbolic link): not touched`;
   return undefined;
 }
@@ -274,7 +333,9 @@ async function checkStaging(repo: ArtifactRepository, journalled: string, comput
  * like a staging directory of that set and VM is believed.
  */
 export async function takeBackPartialPublish(
-  entries: readonly JournalEntry[], stagingOf?: (vm: string) => string | undefined, mayTouch: (dir: string) => Promise<boolean> = async () => true,
+  entries: readonly JournalEntry[],
+  stagingOf?: (vm: string) => string | undefined,
+  mayTouch: (dir: string) => Promise<boolean> = async () => true,
 ): Promise<RecoveryAction[]> {
   const ended = new Set(entries.filter((e) => e.op === 'end').map((e) => e.backupId));
   const publishing = new Set(entries.filter((e) => e.op === 'publish' && !ended.has(e.backupId)).map((e) => e.backupId));
@@ -286,18 +347,34 @@ export async function takeBackPartialPublish(
       const dir = stagingOf ? stagingOf(e.vm) : e.data.dir;
       if (dir !== undefined && dir === path.resolve(e.data.dir) && path.basename(dir) === `.partial-${backupId}`) staged.set(e.vm, dir);
     }
-    const exists = (p: string) => fs.access(p).then(() => true, () => false);
-    const state = await Promise.all([...staged].map(async ([vm, dir]) => {
-      const final = path.join(path.dirname(dir), backupId);
-      return { vm, final, published: (await exists(final)) && !(await exists(dir)) };
-    }));
+    const exists = (p: string) =>
+      fs.access(p).then(
+        () => true,
+        () => false,
+      );
+    const state = await Promise.all(
+      [...staged].map(async ([vm, dir]) => {
+        const final = path.join(path.dirname(dir), backupId);
+        return { vm, final, published: (await exists(final)) && !(await exists(dir)) };
+      }),
+    );
     if (state.every((s) => s.published)) continue;
     for (const s of state.filter((x) => x.published)) {
       if (!(await mayTouch(s.final))) {
-        actions.push({ kind: 'refuse', backupId, vm: s.vm, ok: false, path: s.final, error: `${s.final} leads out of the repository (a symbolic link): not taken back` });
+        actions.push({
+          kind: 'refuse',
+          backupId,
+          vm: s.vm,
+          ok: false,
+          path: s.final,
+          error: `${s.final} leads out of the repository (a symbolic link): not taken back`,
+        });
         continue;
       }
-      const error = await fs.rm(s.final, { recursive: true, force: true }).then(() => undefined, (err: Error) => err.message);
+      const error = await fs.rm(s.final, { recursive: true, force: true }).then(
+        () => undefined,
+        (err: Error) => err.message,
+      );
       actions.push({ kind: 'unpublish', backupId, vm: s.vm, ok: error === undefined, ...(error ? { error } : {}) });
     }
   }
@@ -306,6 +383,13 @@ export async function takeBackPartialPublish(
 
 /** True when at least one of the files exists. */
 export async function anyExists(files: readonly string[]): Promise<boolean> {
-  for (const f of files) if (await fs.access(f).then(() => true, () => false)) return true;
+  for (const f of files)
+    if (
+      await fs.access(f).then(
+        () => true,
+        () => false,
+      )
+    )
+      return true;
   return false;
 }

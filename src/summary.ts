@@ -55,8 +55,13 @@ interface PublishedInfo {
 
 type LooseVm = Partial<CopiedVm> & { id: string };
 type LooseSet = {
-  backupId?: string; host?: { name?: string }; stage?: string; createdAt?: string; repository?: string;
-  vms?: LooseVm[]; skipped?: SkippedVm[];
+  backupId?: string;
+  host?: { name?: string };
+  stage?: string;
+  createdAt?: string;
+  repository?: string;
+  vms?: LooseVm[];
+  skipped?: SkippedVm[];
 };
 
 export function summarize(set: unknown, error?: Error, context: SummaryContext = {}): BackupSummary {
@@ -64,20 +69,23 @@ export function summarize(set: unknown, error?: Error, context: SummaryContext =
   const root = s.repository ? s.repository.replace(/\/+$/, '') : undefined;
   const publishedOnError = (error as (Error & PublishedInfo) | undefined)?.published;
   const paths = new Map((publishedOnError ?? []).map((p) => [p.vm, p.path]));
-  const vms: VmSummary[] = (Array.isArray(s.vms) ? s.vms : []).filter((vm) => vm && typeof vm.id === 'string').map((vm) => {
-    const failed = (vm.reasons ?? []).filter((r) => !r.ok);
-    const out: VmSummary = { vm: vm.id, warnings: Array.isArray(vm.warnings) ? vm.warnings : [] };
-    if (vm.method) out.method = vm.method;
-    if (vm.reasons) out.why = failed.length ? failed.map((r) => `${r.rule}: ${r.detail}`).join('; ') : 'every condition for an online backup holds';
-    if (vm.unreachable) out.why = `unreachable: ${vm.unreachable.reason}`;
-    if (vm.consistency) out.consistency = vm.consistency;
-    if (vm.copy && !error) Object.assign(out, { bytes: vm.copy.bytes, path: root ? `${root}/${vm.copy.path}` : vm.copy.path });
-    if (paths.has(vm.id)) out.path = paths.get(vm.id)!;
-    if (vm.snapshot?.frozenMs !== undefined) out.frozenMs = vm.snapshot.frozenMs;
-    if (vm.postSnapshot?.downtimeMs !== undefined) out.downtimeMs = vm.postSnapshot.downtimeMs;
-    if (vm.postSnapshot?.returnedTo !== undefined) out.returnedTo = vm.postSnapshot.returnedTo;
-    return out;
-  });
+  const vms: VmSummary[] = (Array.isArray(s.vms) ? s.vms : [])
+    .filter((vm) => vm && typeof vm.id === 'string')
+    .map((vm) => {
+      const failed = (vm.reasons ?? []).filter((r) => !r.ok);
+      const out: VmSummary = { vm: vm.id, warnings: Array.isArray(vm.warnings) ? vm.warnings : [] };
+      if (vm.method) out.method = vm.method;
+      if (vm.reasons)
+        out.why = failed.length ? failed.map((r) => `${r.rule}: ${r.detail}`).join('; ') : 'every condition for an online backup holds';
+      if (vm.unreachable) out.why = `unreachable: ${vm.unreachable.reason}`;
+      if (vm.consistency) out.consistency = vm.consistency;
+      if (vm.copy && !error) Object.assign(out, { bytes: vm.copy.bytes, path: root ? `${root}/${vm.copy.path}` : vm.copy.path });
+      if (paths.has(vm.id)) out.path = paths.get(vm.id)!;
+      if (vm.snapshot?.frozenMs !== undefined) out.frozenMs = vm.snapshot.frozenMs;
+      if (vm.postSnapshot?.downtimeMs !== undefined) out.downtimeMs = vm.postSnapshot.downtimeMs;
+      if (vm.postSnapshot?.returnedTo !== undefined) out.returnedTo = vm.postSnapshot.returnedTo;
+      return out;
+    });
   const skipped = Array.isArray(s.skipped) ? s.skipped : [];
   const totalBytes = vms.reduce((n, v) => n + (v.bytes ?? 0), 0);
   const copied = !error && s.stage === 'copied';
@@ -85,39 +93,47 @@ export function summarize(set: unknown, error?: Error, context: SummaryContext =
 
   const publishedVms = copied ? vms : vms.filter((v) => paths.has(v.vm));
   const where = root && s.host?.name ? `${root}/${s.host.name}/` : undefined;
-  const backups = publishedVms.length > 0
-    ? {
-        published: true,
-        count: publishedVms.length,
-        ...(where ? { where } : {}),
-        text: `${publishedVms.length === vms.length ? 'all' : publishedVms.length} of ${vms.length} VM(s) published${where ? ` under ${where}` : ''}: ${publishedVms.map((v) => v.path ?? v.vm).join(', ')}`,
-      }
-    : {
-        published: false,
-        count: 0,
-        text: error ? 'none published (all or none: nothing partial is kept, earlier backups are untouched)' : vms.length === 0 ? 'none: no VM to back up' : 'none published yet',
-      };
+  const backups =
+    publishedVms.length > 0
+      ? {
+          published: true,
+          count: publishedVms.length,
+          ...(where ? { where } : {}),
+          text: `${publishedVms.length === vms.length ? 'all' : publishedVms.length} of ${vms.length} VM(s) published${where ? ` under ${where}` : ''}: ${publishedVms.map((v) => v.path ?? v.vm).join(', ')}`,
+        }
+      : {
+          published: false,
+          count: 0,
+          text: error
+            ? 'none published (all or none: nothing partial is kept, earlier backups are untouched)'
+            : vms.length === 0
+              ? 'none: no VM to back up'
+              : 'none published yet',
+        };
 
   const left = [...(context.left ?? [])];
-  const vmState = left.length > 0
-    ? {
-        returned: false,
-        left,
-        text: `NOT all back in their state: ${left.join('; ')}. The host keeps retrying what it can; the journal keeps the rest and recovery finishes it when the host node starts again (redeploy or restart Node-RED); if it persists, check the VM with its hypervisor (QMP query-status, query-block).`,
-      }
-    : {
-        returned: true,
-        left,
-        text: error
-          ? context.left ? 'every VM is back in its state (whatever this set did was undone)' : 'not known here (see the error)'
-          : `every VM is back in its state${vms.some((v) => v.returnedTo) ? ` (${vms.map((v) => `${v.vm}: ${v.returnedTo ?? '?'}`).join(', ')})` : ''}`,
-      };
+  const vmState =
+    left.length > 0
+      ? {
+          returned: false,
+          left,
+          text: `NOT all back in their state: ${left.join('; ')}. The host keeps retrying what it can; the journal keeps the rest and recovery finishes it when the host node starts again (redeploy or restart Node-RED); if it persists, check the VM with its hypervisor (QMP query-status, query-block).`,
+        }
+      : {
+          returned: true,
+          left,
+          text: error
+            ? context.left
+              ? 'every VM is back in its state (whatever this set did was undone)'
+              : 'not known here (see the error)'
+            : `every VM is back in its state${vms.some((v) => v.returnedTo) ? ` (${vms.map((v) => `${v.vm}: ${v.returnedTo ?? '?'}`).join(', ')})` : ''}`,
+        };
   if (!vmState.returned || (error && !context.left)) vmState.returned = false;
 
   // never "ok" about nothing: VMs defined but not backed up, or no VM at all, is not a success
   const ok = copied && vms.length > 0 && skipped.length === 0 && vmState.returned;
   const durationMs = s.createdAt ? Date.now() - Date.parse(s.createdAt) : undefined;
-  const failedAt = error ? context.failedAt ?? s.stage ?? 'start' : undefined;
+  const failedAt = error ? (context.failedAt ?? s.stage ?? 'start') : undefined;
   const head = error
     ? `Backup ${s.backupId ?? ''} on ${hostName} FAILED at ${failedAt}: ${error.message}`
     : `Backup ${s.backupId ?? ''} on ${hostName}: ${vms.length} VM(s), ${formatBytes(totalBytes)}${copied ? '' : ` (at stage ${s.stage})`}${ok ? '' : ' NOT OK'}`;
@@ -126,7 +142,10 @@ export function summarize(set: unknown, error?: Error, context: SummaryContext =
     `VMs: ${vmState.text}`,
     ...(skipped.length ? [`NOT backed up (defined but unreachable): ${skipped.map((x) => `${x.vm} (${x.reason})`).join('; ')}`] : []),
     ...(vms.length === 0 && skipped.length === 0 && !error ? ['no VM is defined on this host: nothing was backed up'] : []),
-    ...vms.map((v) => `- ${v.vm}: ${v.method ?? '?'} (${v.consistency ?? '?'})${v.bytes !== undefined ? `, ${formatBytes(v.bytes)}` : ''}${v.why && v.method !== 'child-vm-snapshot' ? ` because ${v.why}` : ''}${v.warnings.length ? `; warnings: ${v.warnings.join('; ')}` : ''}`),
+    ...vms.map(
+      (v) =>
+        `- ${v.vm}: ${v.method ?? '?'} (${v.consistency ?? '?'})${v.bytes !== undefined ? `, ${formatBytes(v.bytes)}` : ''}${v.why && v.method !== 'child-vm-snapshot' ? ` because ${v.why}` : ''}${v.warnings.length ? `; warnings: ${v.warnings.join('; ')}` : ''}`,
+    ),
   ];
   return {
     ok,

@@ -42,7 +42,10 @@ export interface VerifiedFile {
 export interface BackupReport {
   dir: string;
   ok: boolean;
-  manifest?: Pick<Manifest, 'backupId' | 'host' | 'vm' | 'method' | 'consistency'> & { totalBytes?: number; chain?: { parent?: string; depth: number } };
+  manifest?: Pick<Manifest, 'backupId' | 'host' | 'vm' | 'method' | 'consistency'> & {
+    totalBytes?: number;
+    chain?: { parent?: string; depth: number };
+  };
   files: VerifiedFile[];
   problems: VerifyProblem[];
   /** not failures: e.g. leaked clusters, a backup moved away from <host>/<vm>/<backupId> */
@@ -158,7 +161,11 @@ async function verifyOne(dir: string, options: VerifyOptions, cache: ReportCache
     return finish();
   }
   report.manifest = {
-    backupId: manifest.backupId, host: manifest.host, vm: manifest.vm, method: manifest.method, consistency: manifest.consistency,
+    backupId: manifest.backupId,
+    host: manifest.host,
+    vm: manifest.vm,
+    method: manifest.method,
+    consistency: manifest.consistency,
     ...(manifest.totalBytes !== undefined ? { totalBytes: manifest.totalBytes } : {}),
     ...(manifest.chain ? { chain: manifest.chain } : {}),
   };
@@ -182,7 +189,10 @@ async function verifyOne(dir: string, options: VerifyOptions, cache: ReportCache
     // the VM's summary of its chain must be what its disks say (a restorer reads either)
     const own = vmChain(manifest.files);
     if (own.depth !== manifest.chain.depth || own.parent !== manifest.chain.parent) {
-      fail(manifestPath, `chain says parent ${manifest.chain.parent ?? 'none'} depth ${manifest.chain.depth}, its disks say parent ${own.parent ?? 'none'} depth ${own.depth}`);
+      fail(
+        manifestPath,
+        `chain says parent ${manifest.chain.parent ?? 'none'} depth ${manifest.chain.depth}, its disks say parent ${own.parent ?? 'none'} depth ${own.depth}`,
+      );
     }
   }
   if (manifest.files.filter((f) => f.kind === 'disk').length === 0 && manifest.method !== 'offline') {
@@ -230,7 +240,8 @@ async function verifyOne(dir: string, options: VerifyOptions, cache: ReportCache
       if (f.chain?.mode === 'incremental') {
         // a cycle of parents never recurses: the chain walk refuses a loop before any parent is verified
         checked.imageCheck = await verifyIncrementalDisk(file, f, manifest, root, {
-          ...options, fail,
+          ...options,
+          fail,
           verifyParent: (parentDir) => verifyCached(parentDir, options, cache),
           checkConsistency: (top) => consistencyCheck(top, 'qcow2', options, fail, warn),
         });
@@ -256,8 +267,13 @@ async function verifyOne(dir: string, options: VerifyOptions, cache: ReportCache
  * an image names by itself.
  */
 async function checkImage(
-  file: string, format: string, virtualSize: number | undefined, options: VerifyOptions,
-  fail: (file: string, p: string) => void, warn: (file: string, p: string) => void, expectedBacking?: string,
+  file: string,
+  format: string,
+  virtualSize: number | undefined,
+  options: VerifyOptions,
+  fail: (file: string, p: string) => void,
+  warn: (file: string, p: string) => void,
+  expectedBacking?: string,
 ): Promise<'ok' | 'leaks' | 'failed'> {
   const qemuImg = options.qemuImg ?? 'qemu-img';
   const timeoutMs = options.timeoutMs ?? 600_000;
@@ -280,7 +296,8 @@ async function checkImage(
     }
   } catch (err) {
     // an image qemu-img cannot read names no backing file it would follow: its check says why
-    if ((await consistencyCheck(file, format, options, fail, warn)) !== 'failed') fail(file, `qemu-img info failed: ${(err as Error).message}`);
+    if ((await consistencyCheck(file, format, options, fail, warn)) !== 'failed')
+      fail(file, `qemu-img info failed: ${(err as Error).message}`);
     return 'failed';
   }
   const checked = await consistencyCheck(file, format, options, fail, warn);
@@ -289,8 +306,11 @@ async function checkImage(
 
 /** `qemu-img check` (consistency of the image's metadata; with its backing chain, checked before). */
 async function consistencyCheck(
-  file: string, format: string, options: VerifyOptions,
-  fail: (file: string, p: string) => void, warn: (file: string, p: string) => void,
+  file: string,
+  format: string,
+  options: VerifyOptions,
+  fail: (file: string, p: string) => void,
+  warn: (file: string, p: string) => void,
 ): Promise<'ok' | 'leaks' | 'failed'> {
   try {
     await runProgram(options.qemuImg ?? 'qemu-img', ['check', '-q', '-f', format, file], { timeoutMs: options.timeoutMs ?? 600_000 });
@@ -298,12 +318,16 @@ async function consistencyCheck(
   } catch (err) {
     // qemu-img check: 1 not checked (unreadable image), 2 corrupted, 3 leaked clusters only (harmless)
     const code = err instanceof ProgramFailed ? err.code : undefined;
-    const detail = err instanceof ProgramFailed ? err.stderr.trim().split('\n').slice(-3).join(' | ').slice(0, 400) : (err as Error).message;
+    const detail =
+      err instanceof ProgramFailed ? err.stderr.trim().split('\n').slice(-3).join(' | ').slice(0, 400) : (err as Error).message;
     if (code === 3) {
       warn(file, `qemu-img check: leaked clusters (wasted space, data intact)${detail ? `: ${detail}` : ''}`);
       return 'leaks';
     }
-    fail(file, `qemu-img check failed (${code === 2 ? 'image corrupted' : code === 1 ? 'image could not be checked' : `exit ${code ?? 'signal'}`})${detail ? `: ${detail}` : ''}`);
+    fail(
+      file,
+      `qemu-img check failed (${code === 2 ? 'image corrupted' : code === 1 ? 'image could not be checked' : `exit ${code ?? 'signal'}`})${detail ? `: ${detail}` : ''}`,
+    );
     return 'failed';
   }
 }
@@ -384,14 +408,18 @@ export function formatReport(r: RepositoryReport): string {
   for (const b of r.backups) {
     const m = b.manifest;
     const chain = m?.chain?.parent ? `, incremental on ${m.chain.parent} (depth ${m.chain.depth})` : '';
-    const what = m ? `${m.host}/${m.vm} ${m.backupId} ${m.method} ${m.consistency}${chain}, ${b.files.length} files, ${m.totalBytes ?? b.files.reduce((n, f) => n + (f.bytes ?? 0), 0)} bytes` : 'no valid manifest';
+    const what = m
+      ? `${m.host}/${m.vm} ${m.backupId} ${m.method} ${m.consistency}${chain}, ${b.files.length} files, ${m.totalBytes ?? b.files.reduce((n, f) => n + (f.bytes ?? 0), 0)} bytes`
+      : 'no valid manifest';
     lines.push(`${b.ok ? 'OK  ' : 'FAIL'} ${b.dir} (${what}; ${b.ms} ms)`);
     for (const p of b.problems) lines.push(`  FAIL ${p.file}: ${p.problem}`);
     for (const w of b.warnings) lines.push(`  WARN ${w.file}: ${w.problem}`);
   }
   const bad = r.backups.filter((b) => !b.ok).length;
-  lines.push(r.ok
-    ? `verified ${r.backups.length} backup${r.backups.length === 1 ? '' : 's'}: all OK`
-    : `verified ${r.backups.length} backup${r.backups.length === 1 ? '' : 's'}: ${bad} failed${r.problems.length ? `, ${r.problems.length} problem${r.problems.length === 1 ? '' : 's'} in ${r.root}` : ''}`);
+  lines.push(
+    r.ok
+      ? `verified ${r.backups.length} backup${r.backups.length === 1 ? '' : 's'}: all OK`
+      : `verified ${r.backups.length} backup${r.backups.length === 1 ? '' : 's'}: ${bad} failed${r.problems.length ? `, ${r.problems.length} problem${r.problems.length === 1 ? '' : 's'} in ${r.root}` : ''}`,
+  );
   return lines.join('\n');
 }

@@ -19,10 +19,12 @@ module.exports = function register(RED: NodeAPI) {
     output: 'classified',
     checkConfig: (c) => {
       if (c.fallback && !POLICIES.includes(c.fallback)) return `fallback: "${c.fallback}" is not one of ${POLICIES.join(', ')}`;
-      if (c.unreachable && !UNREACHABLE.includes(c.unreachable)) return `unreachable: "${c.unreachable}" is not one of ${UNREACHABLE.join(', ')}`;
+      if (c.unreachable && !UNREACHABLE.includes(c.unreachable))
+        return `unreachable: "${c.unreachable}" is not one of ${UNREACHABLE.join(', ')}`;
       return undefined;
     },
     run: async ({ host, config }, set: EnumeratedSet) => host.classify(set, config.fallback || 'checkpoint', config.unreachable || 'fail'),
-    done: (set: ClassifiedSet) => `${countBy(set.vms, (vm) => vm.method) || '0 VMs'}${set.skipped?.length ? `, ${set.skipped.length} unreachable` : ''}`,
+    done: (set: ClassifiedSet) =>
+      `${countBy(set.vms, (vm) => vm.method) || '0 VMs'}${set.skipped?.length ? `, ${set.skipped.length} unreachable` : ''}`,
   });
 };

@@ -41,9 +41,11 @@ module.exports = function register(RED: NodeAPI) {
     outputs: 2,
     checkConfig: (c) => {
       const n = concurrencyOf(c);
-      if (!Number.isInteger(n) || n < 1 || n > 16) return `concurrency: ${JSON.stringify(c.concurrency)} must be a whole number from 1 to 16`;
+      if (!Number.isInteger(n) || n < 1 || n > 16)
+        return `concurrency: ${JSON.stringify(c.concurrency)} must be a whole number from 1 to 16`;
       const p = c.progressInterval === undefined || c.progressInterval === '' ? 250 : Number(c.progressInterval);
-      if (!Number.isFinite(p) || p < 50 || p > 60000) return `progressInterval: ${JSON.stringify(c.progressInterval)} must be from 50 to 60000 ms`;
+      if (!Number.isFinite(p) || p < 50 || p > 60000)
+        return `progressInterval: ${JSON.stringify(c.progressInterval)} must be from 50 to 60000 ms`;
       const chain = chainPolicyOf(c);
       if (typeof chain === 'string') return chain;
       return undefined;
@@ -62,7 +64,17 @@ module.exports = function register(RED: NodeAPI) {
         const progress: NodeMessage = {
           _msgid: msg._msgid,
           topic: `vm-backup/${set.host.name}/progress`,
-          payload: { backupId: set.backupId, vm: p.vm, file: p.file, bytes: p.done, total: p.total, setBytes: p.setDone, setTotal: p.setTotal, percent, bytesPerSecond: Math.round(rate) },
+          payload: {
+            backupId: set.backupId,
+            vm: p.vm,
+            file: p.file,
+            bytes: p.done,
+            total: p.total,
+            setBytes: p.setDone,
+            setTotal: p.setTotal,
+            percent,
+            bytesPerSecond: Math.round(rate),
+          },
         };
         sendExtra([null, progress]);
       };
@@ -70,7 +82,11 @@ module.exports = function register(RED: NodeAPI) {
       // checked at deploy (checkConfig): a policy here is valid
       const chain = chainPolicyOf(config) as ChainPolicy;
       const options: CopyOptions = {
-        concurrency: concurrencyOf(config), compress: config.compress === true, verify: config.verify !== false, onProgress, chain,
+        concurrency: concurrencyOf(config),
+        compress: config.compress === true,
+        verify: config.verify !== false,
+        onProgress,
+        chain,
       };
       return host.copy(set, options);
     },

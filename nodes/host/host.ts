@@ -24,9 +24,11 @@ export interface HostConfigNode extends Node<HostCredentials> {
 /** The other host config nodes of the deployed flows (their ids and host names): recovery leaves their sets alone. */
 function hostPeers(RED: NodeAPI, self: string): { id: string; hostName: string }[] {
   const peers: { id: string; hostName: string }[] = [];
-  (RED.nodes as unknown as { eachNode?(f: (n: { id: string; type: string; hostName?: string; d?: boolean }) => void): void }).eachNode?.((n) => {
-    if (n.type === 'vmbackup-host' && n.id !== self && !n.d) peers.push({ id: n.id, hostName: n.hostName || 'localhost' });
-  });
+  (RED.nodes as unknown as { eachNode?(f: (n: { id: string; type: string; hostName?: string; d?: boolean }) => void): void }).eachNode?.(
+    (n) => {
+      if (n.type === 'vmbackup-host' && n.id !== self && !n.d) peers.push({ id: n.id, hostName: n.hostName || 'localhost' });
+    },
+  );
   return peers;
 }
 
@@ -59,15 +61,24 @@ module.exports = function register(RED: NodeAPI) {
       const all = [...reporters.values()];
       const chosen = all.filter((r) => r.type === 'vmbackup-enumerate');
       for (const { node: user } of chosen.length ? chosen : all.slice(0, 1)) {
-        user.status({ fill: report.ok ? 'yellow' : 'red', shape: 'ring', text: `recovered: ${report.actions.length} action(s)${report.ok ? '' : ', some FAILED'}`.slice(0, 60) });
+        user.status({
+          fill: report.ok ? 'yellow' : 'red',
+          shape: 'ring',
+          text: `recovered: ${report.actions.length} action(s)${report.ok ? '' : ', some FAILED'}`.slice(0, 60),
+        });
         user.error(report.text, { topic: `vm-backup/${report.host}/recovery`, payload: report } as never);
       }
     };
 
     node.backupHost = () => {
       ready ??= (async () => {
-        const opened = await openHost(config, node.credentials ?? {}, RED.settings.userDir ?? process.cwd(),
-          (level, text) => (level === 'info' ? node.log(text) : node[level](text)), { id: node.id, peers: hostPeers(RED, node.id) });
+        const opened = await openHost(
+          config,
+          node.credentials ?? {},
+          RED.settings.userDir ?? process.cwd(),
+          (level, text) => (level === 'info' ? node.log(text) : node[level](text)),
+          { id: node.id, peers: hostPeers(RED, node.id) },
+        );
         node.lastRecovery = opened.actions;
         const report = opened.report;
         if (report) {
@@ -108,4 +119,3 @@ module.exports = function register(RED: NodeAPI) {
     credentials: { password: { type: 'password' }, privateKey: { type: 'password' } },
   });
 };
-

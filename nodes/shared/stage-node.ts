@@ -63,7 +63,11 @@ export function registerStageNode<C extends StageNodeDef>(RED: NodeAPI, spec: St
         try {
           const backupId = (msg.payload as { backupId?: unknown } | undefined)?.backupId;
           const left = opened?.leftovers(backupId);
-          summary = summarize(msg.payload, err, { failedAt: step, ...(left ? { left } : {}), ...(hostNode ? { hostName: hostNode.hostName } : {}) });
+          summary = summarize(msg.payload, err, {
+            failedAt: step,
+            ...(left ? { left } : {}),
+            ...(hostNode ? { hostName: hostNode.hostName } : {}),
+          });
         } catch {
           // a payload too broken to summarize: the refusal itself (naming the field) must still go out
           summary = summarize(undefined, err, { failedAt: step, ...(hostNode ? { hostName: hostNode.hostName } : {}) });

@@ -41,7 +41,10 @@ export interface FlattenResult {
 
 /** A refusal before anything is written: `field` names the argument at fault. */
 export class FlattenRefused extends Error {
-  constructor(readonly field: 'backup' | 'disk' | 'out' | 'format', detail: string) {
+  constructor(
+    readonly field: 'backup' | 'disk' | 'out' | 'format',
+    detail: string,
+  ) {
     super(`${field}: ${detail}`);
     this.name = 'FlattenRefused';
   }
@@ -57,7 +60,8 @@ export async function flattenDisk(input: FlattenInput): Promise<FlattenResult> {
   const out = path.resolve(input.out);
   const vmDir = path.dirname(dir);
   // an image written into the repository would become an unlisted file of some backup
-  if (out === vmDir || out.startsWith(vmDir + path.sep)) throw new FlattenRefused('out', `${out} is inside the VM's backup folder ${vmDir}; write it elsewhere`);
+  if (out === vmDir || out.startsWith(vmDir + path.sep))
+    throw new FlattenRefused('out', `${out} is inside the VM's backup folder ${vmDir}; write it elsewhere`);
   if (await lstatOrUndefined(out)) throw new FlattenRefused('out', `${out} exists; not overwritten`);
   const outDir = await lstatOrUndefined(path.dirname(out));
   if (!outDir?.isDirectory()) throw new FlattenRefused('out', `${path.dirname(out)} is not a directory`);
@@ -72,8 +76,14 @@ export async function flattenDisk(input: FlattenInput): Promise<FlattenResult> {
   }
   const report = await input.verify(dir);
   if (!report.ok) {
-    const shown = report.problems.slice(0, 5).map((p) => `${p.file}: ${p.problem}`).join('; ');
-    throw new FlattenRefused('backup', `${dir} does not verify, nothing written: ${shown}${report.problems.length > 5 ? ` (and ${report.problems.length - 5} more)` : ''}`);
+    const shown = report.problems
+      .slice(0, 5)
+      .map((p) => `${p.file}: ${p.problem}`)
+      .join('; ');
+    throw new FlattenRefused(
+      'backup',
+      `${dir} does not verify, nothing written: ${shown}${report.problems.length > 5 ? ` (and ${report.problems.length - 5} more)` : ''}`,
+    );
   }
 
   const chain: string[] = [manifest.backupId];
@@ -114,7 +124,13 @@ export async function flattenDisk(input: FlattenInput): Promise<FlattenResult> {
   }
   const st = await fs.stat(out);
   return {
-    out, format, backupId: manifest.backupId, disk: input.disk, chain, bytes: st.size, ms: Date.now() - t0,
+    out,
+    format,
+    backupId: manifest.backupId,
+    disk: input.disk,
+    chain,
+    bytes: st.size,
+    ms: Date.now() - t0,
     ...(entry.virtualSize !== undefined ? { virtualSize: entry.virtualSize } : {}),
   };
 }

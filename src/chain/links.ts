@@ -52,10 +52,13 @@ export async function lstatOrUndefined(file: string): Promise<Stats | undefined>
 }
 
 /** A backup folder's manifest, schema-checked; never through a symbolic link. */
-export async function readManifestAt(dir: string): Promise<{ manifest: Manifest } | { missing: true; error: string } | { missing: false; error: string }> {
+export async function readManifestAt(
+  dir: string,
+): Promise<{ manifest: Manifest } | { missing: true; error: string } | { missing: false; error: string }> {
   const dst = await lstatOrUndefined(dir);
   if (!dst) return { missing: true, error: 'does not exist' };
-  if (!dst.isDirectory()) return { missing: false, error: dst.isSymbolicLink() ? 'is a symbolic link (not followed)' : 'is not a directory' };
+  if (!dst.isDirectory())
+    return { missing: false, error: dst.isSymbolicLink() ? 'is a symbolic link (not followed)' : 'is not a directory' };
   const file = path.join(dir, MANIFEST);
   const st = await lstatOrUndefined(file);
   if (!st) return { missing: false, error: `${MANIFEST} is missing` };
@@ -64,7 +67,11 @@ export async function readManifestAt(dir: string): Promise<{ manifest: Manifest 
   try {
     return { manifest: assertManifest(JSON.parse(await fs.readFile(file, 'utf8'))) };
   } catch (err) {
-    return { missing: false, error: err instanceof SyntaxError ? `${MANIFEST} is not valid JSON (${err.message})` : `${MANIFEST} is invalid: ${(err as Error).message}` };
+    return {
+      missing: false,
+      error:
+        err instanceof SyntaxError ? `${MANIFEST} is not valid JSON (${err.message})` : `${MANIFEST} is invalid: ${(err as Error).message}`,
+    };
   }
 }
 
@@ -85,20 +92,27 @@ function toInfo(raw: Record<string, unknown>): ImageInfo {
   const num = (v: unknown) => (typeof v === 'number' ? v : undefined);
   const str = (v: unknown) => (typeof v === 'string' ? v : undefined);
   return {
-    virtualSize: num(raw['virtual-size']), format: str(raw.format), filename: str(raw.filename),
-    backingFilename: str(raw['backing-filename']), backingFormat: str(raw['backing-filename-format']),
+    virtualSize: num(raw['virtual-size']),
+    format: str(raw.format),
+    filename: str(raw.filename),
+    backingFilename: str(raw['backing-filename']),
+    backingFormat: str(raw['backing-filename-format']),
   };
 }
 
 /** `qemu-img info` of one image: reads its header only, never opens its backing file. */
 export async function imageInfo(file: string, options: ImageToolOptions = {}): Promise<ImageInfo> {
-  const { stdout } = await runProgram(options.qemuImg ?? 'qemu-img', ['info', '--output=json', '-f', 'qcow2', file], { timeoutMs: options.timeoutMs ?? 600_000 });
+  const { stdout } = await runProgram(options.qemuImg ?? 'qemu-img', ['info', '--output=json', '-f', 'qcow2', file], {
+    timeoutMs: options.timeoutMs ?? 600_000,
+  });
   return toInfo(JSON.parse(stdout) as Record<string, unknown>);
 }
 
 /** `qemu-img info --backing-chain`: opens every level. Call only on a chain whose links are checked. */
 export async function backingChainInfo(file: string, options: ImageToolOptions = {}): Promise<ImageInfo[]> {
-  const { stdout } = await runProgram(options.qemuImg ?? 'qemu-img', ['info', '--output=json', '--backing-chain', '-f', 'qcow2', file], { timeoutMs: options.timeoutMs ?? 600_000 });
+  const { stdout } = await runProgram(options.qemuImg ?? 'qemu-img', ['info', '--output=json', '--backing-chain', '-f', 'qcow2', file], {
+    timeoutMs: options.timeoutMs ?? 600_000,
+  });
   const list = JSON.parse(stdout) as unknown;
   if (!Array.isArray(list)) throw new Error('qemu-img info --backing-chain did not print a list');
   return list.map((x) => toInfo(x as Record<string, unknown>));
@@ -114,12 +128,14 @@ export function programDetail(err: unknown): string {
  * Returns an error text otherwise.
  */
 export function resolveBacking(file: string, backing: string, vmDir: string): { path: string } | { error: string } {
-  if (path.isAbsolute(backing)) return { error: `its backing file is the absolute path ${backing}; a chain must be relative (../<backupId>/<file>)` };
+  if (path.isAbsolute(backing))
+    return { error: `its backing file is the absolute path ${backing}; a chain must be relative (../<backupId>/<file>)` };
   const target = path.resolve(path.dirname(file), backing);
   const base = path.resolve(vmDir);
   if (!target.startsWith(base + path.sep)) return { error: `its backing file ${backing} leaves the VM's folder ${base}` };
   const rel = path.relative(base, target).split(path.sep);
-  if (rel.length !== 2 || backing !== `../${rel[0]}/${rel[1]}`) return { error: `its backing file ${backing} is not ../<backupId>/<file> in the VM's folder` };
+  if (rel.length !== 2 || backing !== `../${rel[0]}/${rel[1]}`)
+    return { error: `its backing file ${backing} is not ../<backupId>/<file> in the VM's folder` };
   return { path: target };
 }
 
@@ -129,7 +145,10 @@ export function resolveBacking(file: string, backing: string, vmDir: string): { 
  * qcow2 format, with the manifest's virtual size. The backing file is not opened.
  */
 export async function checkOwnLink(
-  file: string, entry: ManifestFile, vmDir: string, options: ImageToolOptions = {},
+  file: string,
+  entry: ManifestFile,
+  vmDir: string,
+  options: ImageToolOptions = {},
 ): Promise<{ info: ImageInfo; problem?: LinkProblem }> {
   let info: ImageInfo;
   try {
@@ -147,12 +166,15 @@ export async function checkOwnLink(
     return { info };
   }
   if (!info.backingFilename) return bad(`has no backing file, but the manifest says it is an incremental on ${chain.backing}`);
-  if (info.backingFilename !== chain.backing) return bad(`its backing file is "${info.backingFilename}", the manifest says "${chain.backing}"`);
+  if (info.backingFilename !== chain.backing)
+    return bad(`its backing file is "${info.backingFilename}", the manifest says "${chain.backing}"`);
   const where = resolveBacking(file, info.backingFilename, vmDir);
   if ('error' in where) return bad(where.error);
-  if (path.basename(path.dirname(where.path)) !== chain.parent) return bad(`its backing file ${info.backingFilename} is not in its parent backup ${chain.parent}`);
+  if (path.basename(path.dirname(where.path)) !== chain.parent)
+    return bad(`its backing file ${info.backingFilename} is not in its parent backup ${chain.parent}`);
   // a backing file without its format is probed by qemu: a raw file could then pass for anything
-  if (info.backingFormat !== 'qcow2') return bad(`its backing file's format is ${info.backingFormat ? `"${info.backingFormat}"` : 'not recorded'}; it must be qcow2`);
+  if (info.backingFormat !== 'qcow2')
+    return bad(`its backing file's format is ${info.backingFormat ? `"${info.backingFormat}"` : 'not recorded'}; it must be qcow2`);
   return { info };
 }
 
@@ -163,30 +185,74 @@ export async function parentLink(child: ChainLink, vmDir: string): Promise<{ lin
   const dir = path.join(vmDir, parentId);
   const read = await readManifestAt(dir);
   if (!('manifest' in read)) {
-    return { problem: { file: dir, problem: `parent ${parentId} of ${child.backupId} (disk ${child.entry.disk}): ${read.error}`, reason: read.missing ? 'parent-missing' : 'parent-invalid' } };
+    return {
+      problem: {
+        file: dir,
+        problem: `parent ${parentId} of ${child.backupId} (disk ${child.entry.disk}): ${read.error}`,
+        reason: read.missing ? 'parent-missing' : 'parent-invalid',
+      },
+    };
   }
   const m = read.manifest;
   if (m.backupId !== parentId || m.vm !== child.manifest.vm || m.host !== child.manifest.host) {
-    return { problem: { file: path.join(dir, MANIFEST), problem: `parent ${parentId} of ${child.backupId}: its manifest describes ${m.host}/${m.vm}/${m.backupId}`, reason: 'parent-invalid' } };
+    return {
+      problem: {
+        file: path.join(dir, MANIFEST),
+        problem: `parent ${parentId} of ${child.backupId}: its manifest describes ${m.host}/${m.vm}/${m.backupId}`,
+        reason: 'parent-invalid',
+      },
+    };
   }
   const entry = diskEntryOf(m, child.entry.disk!);
   if (!entry) {
-    return { problem: { file: path.join(dir, MANIFEST), problem: `parent ${parentId} of ${child.backupId} lists no disk ${child.entry.disk}`, reason: 'parent-invalid' } };
+    return {
+      problem: {
+        file: path.join(dir, MANIFEST),
+        problem: `parent ${parentId} of ${child.backupId} lists no disk ${child.entry.disk}`,
+        reason: 'parent-invalid',
+      },
+    };
   }
   if (`../${parentId}/${entry.name}` !== chain.backing) {
-    return { problem: { file: child.file, problem: `its manifest's backing ${chain.backing} is not the parent's file of disk ${child.entry.disk} (../${parentId}/${entry.name})`, reason: 'parent-invalid' } };
+    return {
+      problem: {
+        file: child.file,
+        problem: `its manifest's backing ${chain.backing} is not the parent's file of disk ${child.entry.disk} (../${parentId}/${entry.name})`,
+        reason: 'parent-invalid',
+      },
+    };
   }
   if (entry.virtualSize !== child.entry.virtualSize) {
-    return { problem: { file: path.join(dir, entry.name), problem: `parent ${parentId} has disk ${child.entry.disk} at ${entry.virtualSize} bytes, ${child.backupId} at ${child.entry.virtualSize}: the chain's virtual size changed`, reason: 'resized' } };
+    return {
+      problem: {
+        file: path.join(dir, entry.name),
+        problem: `parent ${parentId} has disk ${child.entry.disk} at ${entry.virtualSize} bytes, ${child.backupId} at ${child.entry.virtualSize}: the chain's virtual size changed`,
+        reason: 'resized',
+      },
+    };
   }
   const parentDepth = entry.chain?.depth ?? 0;
   if (chain.depth !== parentDepth + 1) {
-    return { problem: { file: path.join(child.dir, MANIFEST), problem: `disk ${child.entry.disk} has depth ${chain.depth} but its parent ${parentId} has depth ${parentDepth}`, reason: 'parent-invalid' } };
+    return {
+      problem: {
+        file: path.join(child.dir, MANIFEST),
+        problem: `disk ${child.entry.disk} has depth ${chain.depth} but its parent ${parentId} has depth ${parentDepth}`,
+        reason: 'parent-invalid',
+      },
+    };
   }
   const file = path.join(dir, entry.name);
   const st = await lstatOrUndefined(file);
-  if (!st) return { problem: { file, problem: `parent ${parentId}'s file of disk ${child.entry.disk} is missing`, reason: 'parent-missing' } };
-  if (!st.isFile()) return { problem: { file, problem: `parent ${parentId}'s file of disk ${child.entry.disk} is not a regular file (symbolic links are not followed)`, reason: 'parent-invalid' } };
+  if (!st)
+    return { problem: { file, problem: `parent ${parentId}'s file of disk ${child.entry.disk} is missing`, reason: 'parent-missing' } };
+  if (!st.isFile())
+    return {
+      problem: {
+        file,
+        problem: `parent ${parentId}'s file of disk ${child.entry.disk} is not a regular file (symbolic links are not followed)`,
+        reason: 'parent-invalid',
+      },
+    };
   return { link: { backupId: parentId, dir, manifest: m, entry, file } };
 }
 
@@ -195,7 +261,11 @@ export async function parentLink(child: ChainLink, vmDir: string): Promise<{ lin
  * letting qemu-img follow anything, then `qemu-img info --backing-chain` of the top (now safe),
  * which must open exactly these files with one virtual size.
  */
-export async function walkChain(top: ChainLink, vmDir: string, options: ImageToolOptions = {}): Promise<{ links: ChainLink[] } | { problem: LinkProblem; links: ChainLink[] }> {
+export async function walkChain(
+  top: ChainLink,
+  vmDir: string,
+  options: ImageToolOptions = {},
+): Promise<{ links: ChainLink[] } | { problem: LinkProblem; links: ChainLink[] }> {
   const links: ChainLink[] = [top];
   const seen = new Set<string>([top.backupId]);
   for (let link = top; ;) {
@@ -206,41 +276,76 @@ export async function walkChain(top: ChainLink, vmDir: string, options: ImageToo
     if ('problem' in next) return { problem: next.problem, links };
     // backup ids sort by time (to the second) and a parent is always made before its child; two
     // backups within one second compare by their manifests' times. With `seen`, no loop is possible.
-    const earlier = next.link.backupId.slice(0, 16) < link.backupId.slice(0, 16)
-      || (next.link.backupId.slice(0, 16) === link.backupId.slice(0, 16) && next.link.backupId !== link.backupId
-        && Date.parse(next.link.manifest.completedAt) <= Date.parse(link.manifest.createdAt));
+    const earlier =
+      next.link.backupId.slice(0, 16) < link.backupId.slice(0, 16) ||
+      (next.link.backupId.slice(0, 16) === link.backupId.slice(0, 16) &&
+        next.link.backupId !== link.backupId &&
+        Date.parse(next.link.manifest.completedAt) <= Date.parse(link.manifest.createdAt));
     if (!earlier || seen.has(next.link.backupId) || links.length > MAX_CHAIN_DEPTH) {
-      return { problem: { file: link.file, problem: `its parent ${next.link.backupId} is not an earlier backup than ${link.backupId}`, reason: 'parent-invalid' }, links };
+      return {
+        problem: {
+          file: link.file,
+          problem: `its parent ${next.link.backupId} is not an earlier backup than ${link.backupId}`,
+          reason: 'parent-invalid',
+        },
+        links,
+      };
     }
     seen.add(next.link.backupId);
     links.push(next.link);
     link = next.link;
   }
-  const problem = await checkBackingChain(top.file, links.map((l) => l.file), top.entry.virtualSize, options);
+  const problem = await checkBackingChain(
+    top.file,
+    links.map((l) => l.file),
+    top.entry.virtualSize,
+    options,
+  );
   return problem ? { problem, links } : { links };
 }
 
 /** `qemu-img info --backing-chain` of `file` opens exactly `expected` (top first), all of `virtualSize`. */
-export async function checkBackingChain(file: string, expected: string[], virtualSize: number | undefined, options: ImageToolOptions = {}): Promise<LinkProblem | undefined> {
+export async function checkBackingChain(
+  file: string,
+  expected: string[],
+  virtualSize: number | undefined,
+  options: ImageToolOptions = {},
+): Promise<LinkProblem | undefined> {
   let levels: ImageInfo[];
   try {
     levels = await backingChainInfo(path.resolve(file), options);
   } catch (err) {
     const detail = programDetail(err);
-    return { file, problem: `qemu-img info --backing-chain failed: ${detail}`, reason: /No such file/i.test(detail) ? 'parent-missing' : 'parent-invalid' };
+    return {
+      file,
+      problem: `qemu-img info --backing-chain failed: ${detail}`,
+      reason: /No such file/i.test(detail) ? 'parent-missing' : 'parent-invalid',
+    };
   }
   if (levels.length !== expected.length) {
-    return { file, problem: `qemu-img info --backing-chain shows ${levels.length} level${levels.length === 1 ? '' : 's'}, the manifests ${expected.length}`, reason: 'parent-invalid' };
+    return {
+      file,
+      problem: `qemu-img info --backing-chain shows ${levels.length} level${levels.length === 1 ? '' : 's'}, the manifests ${expected.length}`,
+      reason: 'parent-invalid',
+    };
   }
   for (let i = 0; i < levels.length; i++) {
     // qemu-img names level i+1 by joining level i's directory and its backing string: with an
     // absolute top, every level is named by its absolute path
     const opened = levels[i].filename ? path.resolve(levels[i].filename!) : undefined;
     if (i > 0 && opened !== path.resolve(expected[i])) {
-      return { file: expected[i], problem: `qemu-img opened ${levels[i].filename} at level ${i} of ${file}'s chain, not this file`, reason: 'parent-invalid' };
+      return {
+        file: expected[i],
+        problem: `qemu-img opened ${levels[i].filename} at level ${i} of ${file}'s chain, not this file`,
+        reason: 'parent-invalid',
+      };
     }
     if (virtualSize !== undefined && levels[i].virtualSize !== virtualSize) {
-      return { file: expected[i], problem: `virtual size ${levels[i].virtualSize} bytes at level ${i} of the chain of ${file}, the top has ${virtualSize}`, reason: 'resized' };
+      return {
+        file: expected[i],
+        problem: `virtual size ${levels[i].virtualSize} bytes at level ${i} of the chain of ${file}, the top has ${virtualSize}`,
+        reason: 'resized',
+      };
     }
   }
   return undefined;

@@ -64,13 +64,21 @@ export async function findParent(input: FindParentInput): Promise<ParentResult> 
     if (!('manifest' in read)) return { ok: false, reason: 'parent-invalid', detail: `the newest backup ${backupId}: ${read.error}` };
     const manifest = read.manifest;
     if (manifest.backupId !== backupId || manifest.vm !== input.vm || manifest.host !== input.host) {
-      return { ok: false, reason: 'parent-invalid', detail: `backup folder ${backupId}'s manifest describes ${manifest.host}/${manifest.vm}/${manifest.backupId}` };
+      return {
+        ok: false,
+        reason: 'parent-invalid',
+        detail: `backup folder ${backupId}'s manifest describes ${manifest.host}/${manifest.vm}/${manifest.backupId}`,
+      };
     }
     const entry = diskEntryOf(manifest, input.disk);
     if (!entry) continue; // the disk was not in that backup (excluded, or added since): look further back
     const was = `backup ${backupId}'s disk ${input.disk}`;
     if (entry.virtualSize !== input.virtualSize) {
-      return { ok: false, reason: 'resized', detail: `${was} is ${entry.virtualSize ?? 'of unknown size'} bytes, the disk is now ${input.virtualSize}` };
+      return {
+        ok: false,
+        reason: 'resized',
+        detail: `${was} is ${entry.virtualSize ?? 'of unknown size'} bytes, the disk is now ${input.virtualSize}`,
+      };
     }
     if ((entry.format ?? path.extname(entry.name).slice(1)) !== 'qcow2') {
       return { ok: false, reason: 'parent-invalid', detail: `${was} is ${entry.format ?? entry.name}, not qcow2: nothing can stack on it` };
@@ -79,25 +87,56 @@ export async function findParent(input: FindParentInput): Promise<ParentResult> 
     const st = await lstatOrUndefined(file);
     if (!st) return { ok: false, reason: 'parent-missing', detail: `${was} (${entry.name}) is missing` };
     if (!st.isFile()) return { ok: false, reason: 'parent-invalid', detail: `${was} (${entry.name}) is not a regular file` };
-    if (st.size !== entry.bytes) return { ok: false, reason: 'parent-invalid', detail: `${was} (${entry.name}) is ${st.size} bytes, its manifest says ${entry.bytes}` };
+    if (st.size !== entry.bytes)
+      return {
+        ok: false,
+        reason: 'parent-invalid',
+        detail: `${was} (${entry.name}) is ${st.size} bytes, its manifest says ${entry.bytes}`,
+      };
     const sha = await sha256File(file).catch((err: Error) => `unreadable (${err.message})`);
-    if (sha !== entry.sha256) return { ok: false, reason: 'parent-invalid', detail: `${was} (${entry.name}) has sha256 ${sha}, its manifest says ${entry.sha256}` };
+    if (sha !== entry.sha256)
+      return { ok: false, reason: 'parent-invalid', detail: `${was} (${entry.name}) has sha256 ${sha}, its manifest says ${entry.sha256}` };
 
     const walked = await walkChain({ backupId, dir, manifest, entry, file }, vmDir, input);
-    if ('problem' in walked) return { ok: false, reason: walked.problem.reason === 'resized' ? 'parent-invalid' : walked.problem.reason, detail: `${was}'s chain: ${walked.problem.file}: ${walked.problem.problem}` };
+    if ('problem' in walked)
+      return {
+        ok: false,
+        reason: walked.problem.reason === 'resized' ? 'parent-invalid' : walked.problem.reason,
+        detail: `${was}'s chain: ${walked.problem.file}: ${walked.problem.problem}`,
+      };
     const full = walked.links[walked.links.length - 1];
     const record = entry.chain?.bitmap ? { record: { name: entry.chain.bitmap.name, persistent: entry.chain.bitmap.persistent } } : {};
-    return { ok: true, backupId, dir, file, fileName: entry.name, depth: entry.chain?.depth ?? 0, fullCreatedAt: full.manifest.createdAt, ...record };
+    return {
+      ok: true,
+      backupId,
+      dir,
+      file,
+      fileName: entry.name,
+      depth: entry.chain?.depth ?? 0,
+      fullCreatedAt: full.manifest.createdAt,
+      ...record,
+    };
   }
-  return { ok: false, reason: 'new-disk', detail: `none of the ${names.length} published backup${names.length === 1 ? '' : 's'} of ${input.vm} holds disk ${input.disk}` };
+  return {
+    ok: false,
+    reason: 'new-disk',
+    detail: `none of the ${names.length} published backup${names.length === 1 ? '' : 's'} of ${input.vm} holds disk ${input.disk}`,
+  };
 }
 
 /**
  * The whole decision for one disk, as the copy step asks it: the parent searched (and its file
  * hashed) only when the policy allows an incremental at all.
  */
-export async function planDiskChain(input: FindParentInput & { bitmap: BitmapReport; policy: ChainPolicy; now?: Date }): Promise<ChainDecision> {
-  if (input.policy.mode === 'full') return decideChain({ parent: { ok: false, reason: 'first-backup', detail: 'not searched' }, bitmap: input.bitmap, policy: input.policy });
+export async function planDiskChain(
+  input: FindParentInput & { bitmap: BitmapReport; policy: ChainPolicy; now?: Date },
+): Promise<ChainDecision> {
+  if (input.policy.mode === 'full')
+    return decideChain({
+      parent: { ok: false, reason: 'first-backup', detail: 'not searched' },
+      bitmap: input.bitmap,
+      policy: input.policy,
+    });
   const parent = await findParent(input);
   return decideChain({ parent, bitmap: input.bitmap, policy: input.policy, ...(input.now ? { now: input.now } : {}) });
 }

@@ -21,7 +21,10 @@ export interface ChainPolicy {
 export const DEFAULT_CHAIN_POLICY: ChainPolicy = Object.freeze({ mode: 'incremental' });
 
 export class ChainPolicyError extends Error {
-  constructor(readonly field: 'mode' | 'fullEvery', detail: string) {
+  constructor(
+    readonly field: 'mode' | 'fullEvery',
+    detail: string,
+  ) {
     super(`${field}: ${detail}`);
     this.name = 'ChainPolicyError';
   }
@@ -47,14 +50,23 @@ export function parseChainPolicy(config: { mode?: unknown; fullEvery?: unknown }
   const m = text === undefined ? null : /^([0-9]{1,5})(d?)$/.exec(text);
   const n = m ? Number(m[1]) : NaN;
   if (!m || n < 1 || n > (m[2] ? MAX_DAYS : MAX_COUNT)) {
-    throw new ChainPolicyError('fullEvery', `${JSON.stringify(fe)?.slice(0, 40)} must be empty (never), a count of backups from 1 to ${MAX_COUNT} (e.g. 7), or days from 1 to ${MAX_DAYS} (e.g. 7d)`);
+    throw new ChainPolicyError(
+      'fullEvery',
+      `${JSON.stringify(fe)?.slice(0, 40)} must be empty (never), a count of backups from 1 to ${MAX_COUNT} (e.g. 7), or days from 1 to ${MAX_DAYS} (e.g. 7d)`,
+    );
   }
   return { mode, fullEvery: m[2] ? { kind: 'days', days: n } : { kind: 'count', count: n } };
 }
 
 /** What the provider reports of a disk's dirty bitmap at this backup's point in time. */
 export type BitmapReport =
-  | { state: 'ok'; name: string; granularity: number; persistent: boolean; /** the backup the bitmap counts changes since, when the provider knows */ since?: string }
+  | {
+      state: 'ok';
+      name: string;
+      granularity: number;
+      persistent: boolean;
+      /** the backup the bitmap counts changes since, when the provider knows */ since?: string;
+    }
   | { state: 'missing'; detail?: string }
   | { state: 'inconsistent'; name: string; detail?: string }
   | { state: 'not-recording'; name: string; detail?: string }
@@ -92,9 +104,12 @@ export type ParentResult = ParentFound | ParentRefused;
 export type ChainDecision =
   | { mode: 'full'; reason: FullReason; detail: string }
   | {
-    mode: 'incremental'; parent: ParentFound; depth: number; detail: string;
-    bitmap: { name: string; granularity: number; persistent: boolean };
-  };
+      mode: 'incremental';
+      parent: ParentFound;
+      depth: number;
+      detail: string;
+      bitmap: { name: string; granularity: number; persistent: boolean };
+    };
 
 const DAY_MS = 86_400_000;
 
@@ -109,17 +124,27 @@ export function decideChain(input: { parent: ParentResult; bitmap: BitmapReport;
   if (policy.mode === 'full') return full('policy-full', 'the copy node\'s mode is "full"');
   if (!parent.ok) return full(parent.reason, parent.detail);
   switch (bitmap.state) {
-    case 'missing': return full('bitmap-missing', bitmap.detail ?? 'the disk has no dirty bitmap of ours');
-    case 'inconsistent': return full('bitmap-inconsistent', bitmap.detail ?? `bitmap ${bitmap.name} is inconsistent (QEMU did not close the image cleanly)`);
-    case 'not-recording': return full('bitmap-not-recording', bitmap.detail ?? `bitmap ${bitmap.name} is not recording writes`);
-    case 'transient-lost': return full('transient-bitmap-lost', bitmap.detail ?? 'the disk\'s transient bitmap was lost with the QEMU process that held it');
-    case 'raw-disk': return full('raw-disk', bitmap.detail ?? 'a raw image keeps no persistent bitmap and no transient one is running');
-    case 'not-supported': return full('not-supported', bitmap.detail ?? 'the provider cannot track changed blocks of this disk');
-    case 'ok': break;
+    case 'missing':
+      return full('bitmap-missing', bitmap.detail ?? 'the disk has no dirty bitmap of ours');
+    case 'inconsistent':
+      return full('bitmap-inconsistent', bitmap.detail ?? `bitmap ${bitmap.name} is inconsistent (QEMU did not close the image cleanly)`);
+    case 'not-recording':
+      return full('bitmap-not-recording', bitmap.detail ?? `bitmap ${bitmap.name} is not recording writes`);
+    case 'transient-lost':
+      return full('transient-bitmap-lost', bitmap.detail ?? "the disk's transient bitmap was lost with the QEMU process that held it");
+    case 'raw-disk':
+      return full('raw-disk', bitmap.detail ?? 'a raw image keeps no persistent bitmap and no transient one is running');
+    case 'not-supported':
+      return full('not-supported', bitmap.detail ?? 'the provider cannot track changed blocks of this disk');
+    case 'ok':
+      break;
   }
   // a bitmap counts the changes since one backup: stacked on any other, changes would be lost
   if (bitmap.since !== undefined && bitmap.since !== parent.backupId) {
-    return full('parent-missing', `bitmap ${bitmap.name} counts changes since backup ${bitmap.since}, but the newest usable backup of the disk is ${parent.backupId}`);
+    return full(
+      'parent-missing',
+      `bitmap ${bitmap.name} counts changes since backup ${bitmap.since}, but the newest usable backup of the disk is ${parent.backupId}`,
+    );
   }
   const depth = parent.depth + 1;
   const every = policy.fullEvery;
@@ -130,12 +155,17 @@ export function decideChain(input: { parent: ParentResult; bitmap: BitmapReport;
     const age = (input.now ?? new Date()).getTime() - Date.parse(parent.fullCreatedAt);
     // an unreadable date cannot prove the chain young enough
     if (!(age < every.days * DAY_MS)) {
-      return full('policy-full-every', `fullEvery ${every.days}d: the chain's full was made ${Number.isFinite(age) ? `${(age / DAY_MS).toFixed(1)} days ago` : 'at an unreadable time'} (${parent.fullCreatedAt})`);
+      return full(
+        'policy-full-every',
+        `fullEvery ${every.days}d: the chain's full was made ${Number.isFinite(age) ? `${(age / DAY_MS).toFixed(1)} days ago` : 'at an unreadable time'} (${parent.fullCreatedAt})`,
+      );
     }
   }
   const tracked = bitmap.persistent ? 'persistent' : 'transient (valid only while this QEMU process lives)';
   return {
-    mode: 'incremental', parent, depth,
+    mode: 'incremental',
+    parent,
+    depth,
     bitmap: { name: bitmap.name, granularity: bitmap.granularity, persistent: bitmap.persistent },
     detail: `changes since ${parent.backupId} from ${tracked} bitmap ${bitmap.name}; depth ${depth}`,
   };
@@ -150,9 +180,14 @@ export function diskChainEntry(decision: ChainDecision, bytes: { bytesRead: numb
     return { mode: 'full', reason: decision.reason, detail: decision.detail.slice(0, 1024), depth: 0, bytesRead: bytes.bytesRead };
   }
   return {
-    mode: 'incremental', reason: 'incremental', detail: decision.detail.slice(0, 1024), depth: decision.depth,
-    parent: decision.parent.backupId, backing: backingString(decision.parent.backupId, decision.parent.fileName),
-    bitmap: decision.bitmap, bytesRead: bytes.bytesRead,
+    mode: 'incremental',
+    reason: 'incremental',
+    detail: decision.detail.slice(0, 1024),
+    depth: decision.depth,
+    parent: decision.parent.backupId,
+    backing: backingString(decision.parent.backupId, decision.parent.fileName),
+    bitmap: decision.bitmap,
+    bytesRead: bytes.bytesRead,
     ...(bytes.bytesChanged !== undefined ? { bytesChanged: bytes.bytesChanged } : {}),
   } as DiskChain;
 }

@@ -28,7 +28,11 @@ export interface ChainCheckContext extends ImageToolOptions {
  * `manifest`. Returns the disk's image check result.
  */
 export async function verifyIncrementalDisk(
-  file: string, entry: ManifestFile, manifest: Manifest, dir: string, ctx: ChainCheckContext,
+  file: string,
+  entry: ManifestFile,
+  manifest: Manifest,
+  dir: string,
+  ctx: ChainCheckContext,
 ): Promise<'ok' | 'leaks' | 'failed' | 'skipped'> {
   const vmDir = path.dirname(dir);
   const chain = entry.chain!;
@@ -46,7 +50,10 @@ export async function verifyIncrementalDisk(
   const parent = await ctx.verifyParent(parentDir);
   if (!parent.ok) {
     const first = parent.problems[0];
-    ctx.fail(file, `parent ${chain.parent} does not verify${first ? ` (${first.file}: ${first.problem})` : ''}; this backup cannot be restored`);
+    ctx.fail(
+      file,
+      `parent ${chain.parent} does not verify${first ? ` (${first.file}: ${first.problem})` : ''}; this backup cannot be restored`,
+    );
     result = 'failed';
   }
   if (ctx.skipImageCheck || result === 'failed') return result;

@@ -12,7 +12,15 @@ export class ClassificationRefused extends Error {
   constructor(readonly vms: ClassifiedVm[]) {
     super(
       `fallback policy is "fail" and ${vms.length} VM(s) cannot be backed up online: ` +
-        vms.map((vm) => `${vm.id} (${vm.reasons.filter((r) => !r.ok).map((r) => r.rule).join(', ')})`).join('; '),
+        vms
+          .map(
+            (vm) =>
+              `${vm.id} (${vm.reasons
+                .filter((r) => !r.ok)
+                .map((r) => r.rule)
+                .join(', ')})`,
+          )
+          .join('; '),
     );
     this.name = 'ClassificationRefused';
   }
@@ -23,7 +31,9 @@ export function classifyVm(vm: EnumeratedVm, fallback: FallbackPolicy): Classifi
   const warnings = [...(vm.warnings ?? [])];
   for (const d of vm.disks) {
     if (!d.included) {
-      warnings.push(`disk ${d.id} (${d.driver}${d.file ? ` ${d.file}` : ''}) is ${d.excludedReason ?? 'excluded'} and NOT backed up: back it up from inside the guest`);
+      warnings.push(
+        `disk ${d.id} (${d.driver}${d.file ? ` ${d.file}` : ''}) is ${d.excludedReason ?? 'excluded'} and NOT backed up: back it up from inside the guest`,
+      );
     }
   }
   let method: Method;
@@ -40,7 +50,9 @@ export function classifyVm(vm: EnumeratedVm, fallback: FallbackPolicy): Classifi
     // its disks do not change while its vCPUs are stopped, and a checkpoint leaves it exactly as it was.
     method = 'checkpoint';
     consistency = 'crash';
-    warnings.push(`saved-state not used: the VM is ${vm.state}, not running; its disks do not change while its vCPUs are stopped, so it gets a checkpoint and stays ${vm.state}`);
+    warnings.push(
+      `saved-state not used: the VM is ${vm.state}, not running; its disks do not change while its vCPUs are stopped, so it gets a checkpoint and stays ${vm.state}`,
+    );
   } else if (fallback === 'saved-state') {
     method = 'saved-state';
     // A saved VM's disks hold what the guest wrote before its vCPUs stopped; together with the

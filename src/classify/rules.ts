@@ -19,9 +19,7 @@ export const integrationService: Rule = (vm) => {
 
 /** "The child VM must be in the running state." */
 export const vmRunning: Rule = (vm) =>
-  vm.state === 'running'
-    ? reason('vm-running', true, 'VM is running')
-    : reason('vm-running', false, `VM is ${vm.state}, not running`);
+  vm.state === 'running' ? reason('vm-running', true, 'VM is running') : reason('vm-running', false, `VM is ${vm.state}, not running`);
 
 /** "Snapshot file location on the same host volume as the virtual disks": overlays on the images' file system. */
 export const snapshotLocationSameVolume: Rule = (vm) => {
@@ -30,8 +28,11 @@ export const snapshotLocationSameVolume: Rule = (vm) => {
   if (where.volumeId === undefined) return reason('snapshot-location-same-volume', false, `volume of ${where.path} unknown`);
   const other = disks.filter((d) => d.volumeId !== where.volumeId);
   if (other.length > 0) {
-    return reason('snapshot-location-same-volume', false,
-      `snapshot location ${where.path} is not on the volume of ${other.map((d) => d.file || d.id).join(', ')}`);
+    return reason(
+      'snapshot-location-same-volume',
+      false,
+      `snapshot location ${where.path} is not on the volume of ${other.map((d) => d.file || d.id).join(', ')}`,
+    );
   }
   return reason('snapshot-location-same-volume', true, `snapshot location ${where.path} is on the disks' volume`);
 };
@@ -53,7 +54,17 @@ export function isDynamicDevice(device: string | undefined): boolean {
 
 /** File systems whose freeze (FIFREEZE / VSS) leaves a clean, auto-recoverable image. */
 export const FREEZABLE_FILESYSTEMS: ReadonlySet<string> = new Set([
-  'ext3', 'ext4', 'xfs', 'btrfs', 'f2fs', 'jfs', 'reiserfs', 'nilfs2', 'gfs2', 'ntfs', 'refs',
+  'ext3',
+  'ext4',
+  'xfs',
+  'btrfs',
+  'f2fs',
+  'jfs',
+  'reiserfs',
+  'nilfs2',
+  'gfs2',
+  'ntfs',
+  'refs',
 ]);
 
 /** "All disks use a file system that supports snapshots." */
@@ -61,13 +72,21 @@ export const freezableFilesystems: Rule = (vm) => {
   const fss = vm.guest.filesystems;
   if (vm.guest.filesystemsListed !== undefined) {
     // the list was cut at the schema's limit: the ones not kept cannot be vouched for
-    return reason('freezable-filesystems', false, `the guest lists ${vm.guest.filesystemsListed} file systems, more than the ${fss.length} that can be checked`);
+    return reason(
+      'freezable-filesystems',
+      false,
+      `the guest lists ${vm.guest.filesystemsListed} file systems, more than the ${fss.length} that can be checked`,
+    );
   }
   if (vm.guest.filesystemsVisible === false && vm.agent.responding) {
     // Hyper-V: the host cannot list guest volumes, but a production checkpoint taken
     // ProductionOnly fails outright when any guest volume cannot be quiesced, so the
     // consistency claim still cannot be wrong.
-    return reason('freezable-filesystems', true, 'guest volumes not visible to the host; the guest VSS must quiesce every volume or the snapshot fails');
+    return reason(
+      'freezable-filesystems',
+      true,
+      'guest volumes not visible to the host; the guest VSS must quiesce every volume or the snapshot fails',
+    );
   }
   if (fss.length === 0) return reason('freezable-filesystems', false, 'guest reported no file systems on its disks');
   const bad = fss.filter((fs) => !FREEZABLE_FILESYSTEMS.has(fs.type.toLowerCase()));

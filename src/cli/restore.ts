@@ -30,7 +30,12 @@ async function main(argv: string[]): Promise<number> {
   if (argv[0] !== 'flatten') return usage(argv[0] ? `unknown command ${argv[0]}` : 'no command given');
   const positional: string[] = [];
   const opts: { disk?: string; out?: string; format?: string; qemuImg?: string; json?: boolean } = {};
-  const valued: Record<string, 'disk' | 'out' | 'format' | 'qemuImg'> = { '--disk': 'disk', '--out': 'out', '--format': 'format', '--qemu-img': 'qemuImg' };
+  const valued: Record<string, 'disk' | 'out' | 'format' | 'qemuImg'> = {
+    '--disk': 'disk',
+    '--out': 'out',
+    '--format': 'format',
+    '--qemu-img': 'qemuImg',
+  };
   for (let i = 1; i < argv.length; i++) {
     const a = argv[i];
     const eq = a.indexOf('=');
@@ -47,25 +52,38 @@ async function main(argv: string[]): Promise<number> {
     } else if (a.startsWith('-')) return usage(`unknown option ${a}`);
     else positional.push(a);
   }
-  if (positional.length !== 1) return usage(positional.length ? `one backup directory expected, got ${positional.length}` : 'no backup directory given');
+  if (positional.length !== 1)
+    return usage(positional.length ? `one backup directory expected, got ${positional.length}` : 'no backup directory given');
   if (!opts.disk) return usage('--disk is required');
   if (!opts.out) return usage('--out is required');
-  if (opts.format !== undefined && !FLATTEN_FORMATS.includes(opts.format as FlattenFormat)) return usage(`--format: "${opts.format}" must be qcow2 or raw`);
+  if (opts.format !== undefined && !FLATTEN_FORMATS.includes(opts.format as FlattenFormat))
+    return usage(`--format: "${opts.format}" must be qcow2 or raw`);
   try {
     const r = await flattenDisk({
-      backupDir: positional[0], disk: opts.disk, out: opts.out, format: (opts.format ?? 'qcow2') as FlattenFormat,
+      backupDir: positional[0],
+      disk: opts.disk,
+      out: opts.out,
+      format: (opts.format ?? 'qcow2') as FlattenFormat,
       verify: (dir) => verifyBackup(dir, opts.qemuImg ? { qemuImg: opts.qemuImg } : {}),
       ...(opts.qemuImg ? { qemuImg: opts.qemuImg } : {}),
     });
     if (opts.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n');
     else {
-      const made = r.chain.length === 1 ? `full ${r.backupId}` : `${r.backupId} over ${r.chain.length - 1} parent${r.chain.length === 2 ? '' : 's'} down to full ${r.chain[r.chain.length - 1]}`;
-      process.stdout.write(`flattened disk ${r.disk} of ${made} into ${r.out} (${r.format}, ${r.virtualSize ?? '?'} bytes virtual, ${r.bytes} on disk; ${r.ms} ms)\n`);
+      const made =
+        r.chain.length === 1
+          ? `full ${r.backupId}`
+          : `${r.backupId} over ${r.chain.length - 1} parent${r.chain.length === 2 ? '' : 's'} down to full ${r.chain[r.chain.length - 1]}`;
+      process.stdout.write(
+        `flattened disk ${r.disk} of ${made} into ${r.out} (${r.format}, ${r.virtualSize ?? '?'} bytes virtual, ${r.bytes} on disk; ${r.ms} ms)\n`,
+      );
     }
     return 0;
   } catch (err) {
     // a refusal names the argument (--disk, --out, --format, or the backup that does not verify)
-    const text = err instanceof FlattenRefused ? `${err.field === 'backup' ? 'backup' : `--${err.field}`}${err.message.slice(err.field.length)}` : (err as Error).message;
+    const text =
+      err instanceof FlattenRefused
+        ? `${err.field === 'backup' ? 'backup' : `--${err.field}`}${err.message.slice(err.field.length)}`
+        : (err as Error).message;
     process.stderr.write(`vm-backup-restore: ${text}\n`);
     return 1;
   }

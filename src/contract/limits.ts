@@ -12,7 +12,11 @@ const MAX_WARNINGS = vmSchema.warnings.maxItems;
 const MAX_REASON = vmSchema.unreachable.properties.reason.maxLength;
 
 /** A VM that is defined but cannot be backed up: enumerated with the reason, nothing else known. */
-export function unreachableVm(id: string, reason: string, known: Partial<Pick<EnumeratedVm, 'name' | 'agent' | 'snapshotLocation'>> = {}): EnumeratedVm {
+export function unreachableVm(
+  id: string,
+  reason: string,
+  known: Partial<Pick<EnumeratedVm, 'name' | 'agent' | 'snapshotLocation'>> = {},
+): EnumeratedVm {
   return {
     id,
     name: (known.name ?? id).slice(0, 256),
@@ -30,12 +34,19 @@ export function fitVm(vm: EnumeratedVm): EnumeratedVm {
   const warnings = [...(vm.warnings ?? [])];
   let guest = vm.guest;
   if (Array.isArray(guest?.filesystems) && guest.filesystems.length > MAX_FILESYSTEMS) {
-    warnings.push(`the guest lists ${guest.filesystems.length} file systems; only the first ${MAX_FILESYSTEMS} are kept, so not every file system can be checked as freezable: not application-consistent`);
+    warnings.push(
+      `the guest lists ${guest.filesystems.length} file systems; only the first ${MAX_FILESYSTEMS} are kept, so not every file system can be checked as freezable: not application-consistent`,
+    );
     guest = { ...guest, filesystems: guest.filesystems.slice(0, MAX_FILESYSTEMS), filesystemsListed: guest.filesystems.length };
   }
   if (Array.isArray(guest?.filesystems) && guest.filesystems.some((f) => Array.isArray(f.disks) && f.disks.length > MAX_FS_DISKS)) {
     warnings.push(`a guest file system spans more than ${MAX_FS_DISKS} disks; the list is cut there`);
-    guest = { ...guest, filesystems: guest.filesystems.map((f) => (Array.isArray(f.disks) && f.disks.length > MAX_FS_DISKS ? { ...f, disks: f.disks.slice(0, MAX_FS_DISKS) } : f)) };
+    guest = {
+      ...guest,
+      filesystems: guest.filesystems.map((f) =>
+        Array.isArray(f.disks) && f.disks.length > MAX_FS_DISKS ? { ...f, disks: f.disks.slice(0, MAX_FS_DISKS) } : f,
+      ),
+    };
   }
   if (warnings.length > MAX_WARNINGS) {
     const more = warnings.length - (MAX_WARNINGS - 1);
@@ -47,6 +58,9 @@ export function fitVm(vm: EnumeratedVm): EnumeratedVm {
   // Past a limit that cannot be cut without losing what the backup needs (a disk, the VM's own
   // record): this VM alone is refused, with the reason; the others go on.
   const id = typeof vm.id === 'string' ? vm.id : String(vm.id);
-  return unreachableVm(id, `what the hypervisor reports for this VM does not fit the backup set: ${error}`,
-    typeof vm.name === 'string' ? { name: vm.name } : {});
+  return unreachableVm(
+    id,
+    `what the hypervisor reports for this VM does not fit the backup set: ${error}`,
+    typeof vm.name === 'string' ? { name: vm.name } : {},
+  );
 }

@@ -368,8 +368,19 @@ export const schemas = {
 
 /** Why a disk was copied whole (each a named reason, like the classification rules), or 'incremental'. */
 export const CHAIN_FULL_REASONS = [
-  'first-backup', 'new-disk', 'resized', 'bitmap-missing', 'bitmap-inconsistent', 'bitmap-not-recording',
-  'transient-bitmap-lost', 'parent-missing', 'parent-invalid', 'raw-disk', 'policy-full', 'policy-full-every', 'not-supported',
+  'first-backup',
+  'new-disk',
+  'resized',
+  'bitmap-missing',
+  'bitmap-inconsistent',
+  'bitmap-not-recording',
+  'transient-bitmap-lost',
+  'parent-missing',
+  'parent-invalid',
+  'raw-disk',
+  'policy-full',
+  'policy-full-every',
+  'not-supported',
   // a VM whose hypervisor process is not running: nothing records its writes, so no chain goes through it
   'offline',
 ] as const;
@@ -412,7 +423,12 @@ const diskChain = {
   if: { properties: { mode: { const: 'incremental' } } },
   then: {
     required: ['parent', 'backing'],
-    properties: { reason: { const: 'incremental' }, depth: { type: 'integer', minimum: 1 }, parent: { type: 'string', pattern: backupIdPattern }, backing: backingString },
+    properties: {
+      reason: { const: 'incremental' },
+      depth: { type: 'integer', minimum: 1 },
+      parent: { type: 'string', pattern: backupIdPattern },
+      backing: backingString,
+    },
   },
   else: {
     properties: { reason: { enum: CHAIN_FULL_REASONS }, depth: { const: 0 }, parent: false, backing: false },
@@ -440,7 +456,21 @@ export const manifestSchema = {
   title: 'manifest.json of one VM backup',
   type: 'object',
   additionalProperties: false,
-  required: ['format', 'backupId', 'host', 'vm', 'method', 'consistency', 'reasons', 'excludedDisks', 'warnings', 'files', 'timings', 'createdAt', 'completedAt'],
+  required: [
+    'format',
+    'backupId',
+    'host',
+    'vm',
+    'method',
+    'consistency',
+    'reasons',
+    'excludedDisks',
+    'warnings',
+    'files',
+    'timings',
+    'createdAt',
+    'completedAt',
+  ],
   properties: {
     format: { const: 'vm-backup-manifest@1' },
     backupId: { type: 'string', pattern: '^[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}$' },

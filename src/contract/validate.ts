@@ -43,12 +43,20 @@ function validatorFor(key: string, schema: object): ValidateFunction {
 /** Throws ContractError unless `doc` is a backup set at `stage`. */
 export function assertStage<T extends BackupSet>(stage: StageName, doc: unknown, what = 'msg.payload'): T {
   if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) {
-    throw new ContractError(what, { instancePath: '', keyword: 'type', message: 'must be a backup-set object', params: {}, schemaPath: '#/type' });
+    throw new ContractError(what, {
+      instancePath: '',
+      keyword: 'type',
+      message: 'must be a backup-set object',
+      params: {},
+      schemaPath: '#/type',
+    });
   }
   const actual = (doc as { stage?: unknown }).stage;
   if (actual !== stage && typeof actual === 'string') {
     throw new ContractError(what, {
-      instancePath: '/stage', keyword: 'const', params: { allowedValue: stage },
+      instancePath: '/stage',
+      keyword: 'const',
+      params: { allowedValue: stage },
       message: `is "${actual.slice(0, 32)}" but this node takes a backup set at stage "${stage}" (stages run in order)`,
       schemaPath: '#/properties/stage/const',
     });
@@ -70,7 +78,14 @@ export function assertInventory(doc: unknown, what: string): InventoryEntry {
   if (!fn(doc)) throw new ContractError(what, fn.errors![0]);
   const ids = (doc as InventoryEntry).disks.map((d) => d.id);
   const twice = ids.findIndex((id, i) => ids.indexOf(id) !== i);
-  if (twice >= 0) throw new ContractError(what, { instancePath: `/disks/${twice}/id`, keyword: 'uniqueItems', message: `"${ids[twice]}" names two disks`, params: {}, schemaPath: '' });
+  if (twice >= 0)
+    throw new ContractError(what, {
+      instancePath: `/disks/${twice}/id`,
+      keyword: 'uniqueItems',
+      message: `"${ids[twice]}" names two disks`,
+      params: {},
+      schemaPath: '',
+    });
   return doc as InventoryEntry;
 }
 

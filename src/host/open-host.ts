@@ -54,7 +54,11 @@ export interface HostIdentity {
  * `makeProvider` is the provider registry; a unit test passes one that adds a fake transport.
  */
 export async function openHost(
-  config: HostConfig, credentials: HostCredentials, userDir: string, log: Logger = () => undefined, identity?: HostIdentity,
+  config: HostConfig,
+  credentials: HostCredentials,
+  userDir: string,
+  log: Logger = () => undefined,
+  identity?: HostIdentity,
   makeProvider: (config: ProviderConfig) => HostProvider = createProvider,
 ): Promise<OpenedHost> {
   const settings = hostSettings(config, credentials);
@@ -70,13 +74,19 @@ export async function openHost(
   let actions: RecoveryAction[];
   try {
     actions = await recover(journal, provider, host.repository, settings.timeouts.commandMs, {
-      hostName, ...(owner ? { owner } : {}), adoptOrphans,
+      hostName,
+      ...(owner ? { owner } : {}),
+      adoptOrphans,
       liveOwners: new Set(peers.map((p) => p.id).filter((id) => isSafeName(id))),
     });
     if (provider.removeLeftovers) {
       // what a crash left that no journal names any more (Hyper-V: vmbackup-* checkpoints)
       for (const line of await provider.removeLeftovers().catch((err: Error) => [`FAILED to look for leftovers: ${err.message}`])) {
-        actions.push({ kind: 'leftover', ok: !line.startsWith('FAILED'), ...(line.startsWith('FAILED') ? { error: line } : { detail: line }) });
+        actions.push({
+          kind: 'leftover',
+          ok: !line.startsWith('FAILED'),
+          ...(line.startsWith('FAILED') ? { error: line } : { detail: line }),
+        });
       }
     }
   } catch (err) {
@@ -103,7 +113,8 @@ export function recoveryReport(host: string, journal: string, actions: RecoveryA
 
 export function describeAction(a: RecoveryAction): string {
   // findings that are not undos: their error says what was found and what to do
-  if (a.kind === 'skip-lines' || a.kind === 'refuse' || a.kind === 'foreign-pending' || a.kind === 'leave-staging') return `${a.ok ? '' : 'ATTENTION: '}${a.error ?? a.kind}`;
+  if (a.kind === 'skip-lines' || a.kind === 'refuse' || a.kind === 'foreign-pending' || a.kind === 'leave-staging')
+    return `${a.ok ? '' : 'ATTENTION: '}${a.error ?? a.kind}`;
   if (a.kind === 'leftover') return a.detail ?? a.error ?? 'leftover';
   const what = {
     thaw: 'thawed',

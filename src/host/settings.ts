@@ -72,7 +72,13 @@ export type HostRules = typeof HOST_RULES;
  * `editor`: the dialog also accepts an environment variable reference (${NAME}), which
  * Node-RED replaces before the runtime sees the value.
  */
-export function hostFieldError(rules: HostRules, field: string, value: unknown, config: Record<string, unknown>, editor?: boolean): string | undefined {
+export function hostFieldError(
+  rules: HostRules,
+  field: string,
+  value: unknown,
+  config: Record<string, unknown>,
+  editor?: boolean,
+): string | undefined {
   const provider = config.provider === undefined || config.provider === '' ? 'qemu' : String(config.provider);
   const common = (rules.common as Record<string, FieldSpec | undefined>)[field];
   const own = ((rules.providers as Record<string, Record<string, FieldSpec> | undefined>)[provider] ?? {})[field];
@@ -173,7 +179,8 @@ function providerSettings(provider: ProviderKind, c: HostConfig, creds: HostCred
     case 'qemu':
       return {
         qemu: {
-          socketDir: checkRoot(c.socketDir, 'socketDir'), ...(c.overlayDir ? { overlayDir: checkRoot(c.overlayDir, 'overlayDir') } : {}),
+          socketDir: checkRoot(c.socketDir, 'socketDir'),
+          ...(c.overlayDir ? { overlayDir: checkRoot(c.overlayDir, 'overlayDir') } : {}),
           inventory: c.inventory === 'proxmox' || c.inventory === 'none' ? c.inventory : 'json',
         },
       };

@@ -20,7 +20,18 @@ export interface JournalRead {
 
 /** Every op a journal line may name: a new op must be added here, or its lines are skipped. */
 const OPS: Record<JournalOp, true> = {
-  freeze: true, save: true, view: true, track: true, staging: true, thaw: true, resume: true, release: true, untrack: true, discard: true, publish: true, end: true,
+  freeze: true,
+  save: true,
+  view: true,
+  track: true,
+  staging: true,
+  thaw: true,
+  resume: true,
+  release: true,
+  untrack: true,
+  discard: true,
+  publish: true,
+  end: true,
 };
 const PHASES = new Set(['intent', 'done', 'failed']);
 
@@ -53,28 +64,34 @@ export function parseJournal(text: string): JournalRead {
  * of a line: JSON has none.
  */
 export function checkEntry(v: unknown): string | undefined {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) return `not an object (${v === null ? 'null' : Array.isArray(v) ? 'array' : typeof v})`;
+  if (typeof v !== 'object' || v === null || Array.isArray(v))
+    return `not an object (${v === null ? 'null' : Array.isArray(v) ? 'array' : typeof v})`;
   const e = v as Record<string, unknown>;
   if (typeof e.t !== 'string' || Number.isNaN(Date.parse(e.t))) return 't: not a timestamp';
   if (!isSafeName(e.backupId)) return 'backupId: not a safe name';
   if (e.vm !== undefined && !isSafeName(e.vm)) return 'vm: not a safe name';
   if (e.host !== undefined && !isSafeName(e.host)) return 'host: not a safe name';
   if (e.owner !== undefined && !isSafeName(e.owner)) return 'owner: not a safe name';
-  if (typeof e.op !== 'string' || !Object.prototype.hasOwnProperty.call(OPS, e.op)) return `op: unknown (${JSON.stringify(e.op)?.slice(0, 40)})`;
+  if (typeof e.op !== 'string' || !Object.prototype.hasOwnProperty.call(OPS, e.op))
+    return `op: unknown (${JSON.stringify(e.op)?.slice(0, 40)})`;
   if (typeof e.phase !== 'string' || !PHASES.has(e.phase)) return `phase: not one of intent, done, failed`;
   if (e.data === undefined) return undefined;
   if (typeof e.data !== 'object' || e.data === null || Array.isArray(e.data)) return 'data: not an object';
   const d = e.data as Record<string, unknown>;
-  for (const f of ['previousState', 'dir', 'error'] as const) if (d[f] !== undefined && typeof d[f] !== 'string') return `data.${f}: not a string`;
-  if (d.dir !== undefined && (!path.isAbsolute(d.dir as string) || (d.dir as string).includes('\0'))) return 'data.dir: not an absolute path';
+  for (const f of ['previousState', 'dir', 'error'] as const)
+    if (d[f] !== undefined && typeof d[f] !== 'string') return `data.${f}: not a string`;
+  if (d.dir !== undefined && (!path.isAbsolute(d.dir as string) || (d.dir as string).includes('\0')))
+    return 'data.dir: not an absolute path';
   if (d.by !== undefined && d.by !== 'guardian') return 'data.by: not "guardian"';
   if (d.nothingToDo !== undefined && typeof d.nothingToDo !== 'boolean') return 'data.nothingToDo: not a boolean';
   if (d.view !== undefined) {
     const view = d.view as Record<string, unknown>;
-    if (typeof view !== 'object' || view === null || !Array.isArray(view.disks) || typeof view.ref !== 'object' || view.ref === null) return 'data.view: not a view (disks, ref)';
+    if (typeof view !== 'object' || view === null || !Array.isArray(view.disks) || typeof view.ref !== 'object' || view.ref === null)
+      return 'data.view: not a view (disks, ref)';
     for (const [i, x] of (view.disks as unknown[]).entries()) {
       const disk = x as Record<string, unknown>;
-      if (typeof disk !== 'object' || disk === null || typeof disk.disk !== 'string' || typeof disk.artifact !== 'string') return `data.view.disks[${i}]: not a disk of a view`;
+      if (typeof disk !== 'object' || disk === null || typeof disk.disk !== 'string' || typeof disk.artifact !== 'string')
+        return `data.view.disks[${i}]: not a disk of a view`;
     }
   }
   if (d.track !== undefined) {
@@ -84,10 +101,10 @@ export function checkEntry(v: unknown): string | undefined {
       if (!Array.isArray(t[f])) return `data.track.${f}: not an array`;
       for (const [i, r] of (t[f] as unknown[]).entries()) {
         const rec = r as Record<string, unknown>;
-        if (typeof rec !== 'object' || rec === null || typeof rec.disk !== 'string' || typeof rec.name !== 'string') return `data.track.${f}[${i}]: not a {disk, name}`;
+        if (typeof rec !== 'object' || rec === null || typeof rec.disk !== 'string' || typeof rec.name !== 'string')
+          return `data.track.${f}[${i}]: not a {disk, name}`;
       }
     }
   }
   return undefined;
 }
-

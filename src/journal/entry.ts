@@ -27,7 +27,15 @@ export interface JournalEntry {
   /** who wrote it: the host config node's id, which survives a rename of the host */
   owner?: string;
   /** by: "guardian" when the guardian process (Node-RED had died) wrote it */
-  data?: { previousState?: string; view?: PointInTimeView; track?: TrackIntent; dir?: string; error?: string; by?: 'guardian'; /** an undo found nothing to undo (overlays planned, never made) */ nothingToDo?: boolean };
+  data?: {
+    previousState?: string;
+    view?: PointInTimeView;
+    track?: TrackIntent;
+    dir?: string;
+    error?: string;
+    by?: 'guardian';
+    /** an undo found nothing to undo (overlays planned, never made) */ nothingToDo?: boolean;
+  };
 }
 
 /** Tracking started for a backup: `records` are this backup's new ones, `since` the parent's it reads by. */

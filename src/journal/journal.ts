@@ -19,8 +19,13 @@ const WHY: Record<string, string> = {
 
 export class JournalError extends Error {
   readonly code: string | undefined;
-  constructor(readonly file: string, cause: NodeJS.ErrnoException) {
-    super(`journal ${file} cannot be written (${cause.code ?? cause.message}${WHY[cause.code ?? ''] ?? ''}): nothing was done that it could not record`);
+  constructor(
+    readonly file: string,
+    cause: NodeJS.ErrnoException,
+  ) {
+    super(
+      `journal ${file} cannot be written (${cause.code ?? cause.message}${WHY[cause.code ?? ''] ?? ''}): nothing was done that it could not record`,
+    );
     this.name = 'JournalError';
     this.code = cause.code;
   }
@@ -34,7 +39,10 @@ export interface JournalStamp {
 
 export class Journal {
   private fd: number | undefined;
-  constructor(readonly file: string, readonly stamp: JournalStamp = {}) {}
+  constructor(
+    readonly file: string,
+    readonly stamp: JournalStamp = {},
+  ) {}
 
   private open(): number {
     // The file may have been removed, renamed or replaced since it was opened (a journal directory
@@ -182,7 +190,13 @@ export type PendingUndo =
   | { kind: 'untrack'; backupId: string; vm: string; view: PointInTimeView; remove: { disk: string; name: string }[]; published: boolean }
   | { kind: 'discard'; backupId: string; vm: string; dir: string };
 
-const UNDO_OF: Partial<Record<JournalOp, JournalOp>> = { freeze: 'thaw', save: 'resume', view: 'release', track: 'untrack', staging: 'discard' };
+const UNDO_OF: Partial<Record<JournalOp, JournalOp>> = {
+  freeze: 'thaw',
+  save: 'resume',
+  view: 'release',
+  track: 'untrack',
+  staging: 'discard',
+};
 
 /**
  * What a crash left undone: every effect whose intent was written and whose undo has not been
@@ -233,5 +247,10 @@ export function pendingUndos(entries: readonly JournalEntry[]): PendingUndo[] {
 
 /** `<anything>/<vm>/.partial-<backupId>`, absolute and normalised. */
 export function isStagingShaped(dir: string, vm: string, backupId: string): boolean {
-  return path.isAbsolute(dir) && path.resolve(dir) === dir && path.basename(dir) === `${STAGING_PREFIX}${backupId}` && path.basename(path.dirname(dir)) === vm;
+  return (
+    path.isAbsolute(dir) &&
+    path.resolve(dir) === dir &&
+    path.basename(dir) === `${STAGING_PREFIX}${backupId}` &&
+    path.basename(path.dirname(dir)) === vm
+  );
 }

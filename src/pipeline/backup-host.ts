@@ -4,8 +4,19 @@ import { msSince } from '../util/clock';
 import { classifyAll } from '../classify/classify';
 import type { StageName } from '../contract/schemas';
 import type {
-  ClassifiedSet, ClassifiedVm, CopiedSet, EnumeratedSet, FallbackPolicy, PostSnapshotSet, PreparedSet,
-  PreparedVm, SnapshottedSet, SnapshottedVm, PostSnapshotVm, SkippedVm, UnreachablePolicy,
+  ClassifiedSet,
+  ClassifiedVm,
+  CopiedSet,
+  EnumeratedSet,
+  FallbackPolicy,
+  PostSnapshotSet,
+  PreparedSet,
+  PreparedVm,
+  SnapshottedSet,
+  SnapshottedVm,
+  PostSnapshotVm,
+  SkippedVm,
+  UnreachablePolicy,
 } from '../contract/types';
 import { fitVm } from '../contract/limits';
 import type { Journal } from '../journal/journal';
@@ -53,11 +64,15 @@ export class BackupHost {
   private take(set: AnySet & Record<string, unknown>, expected: StageName, sameVms: boolean): LiveBackup {
     const live = this.live.get(set.backupId);
     if (!live) {
-      throw new StageError(`/backupId: backup set ${set.backupId} is not live on host ${this.options.hostName} (not started by enumerate here, or already finished)`);
+      throw new StageError(
+        `/backupId: backup set ${set.backupId} is not live on host ${this.options.hostName} (not started by enumerate here, or already finished)`,
+      );
     }
     if (live.abortedBecause) throw new StageError(`/backupId: backup set ${set.backupId} was aborted: ${live.abortedBecause}`);
     if (live.stage !== expected) {
-      throw new StageError(`/stage: backup set ${set.backupId} is at stage "${live.stage}" on the host, not "${expected}" (a stage ran twice or out of order)`);
+      throw new StageError(
+        `/stage: backup set ${set.backupId} is at stage "${live.stage}" on the host, not "${expected}" (a stage ran twice or out of order)`,
+      );
     }
     const seen = new Set<string>();
     set.vms.forEach((vm, i) => {
@@ -67,7 +82,9 @@ export class BackupHost {
     });
     if (sameVms && seen.size !== live.vmIds.size) {
       const missing = [...live.vmIds].filter((id) => !seen.has(id));
-      throw new StageError(`/vms: VM(s) ${missing.join(', ')} of backup set ${set.backupId} are missing from the message; VMs cannot be dropped after prepare`);
+      throw new StageError(
+        `/vms: VM(s) ${missing.join(', ')} of backup set ${set.backupId} are missing from the message; VMs cannot be dropped after prepare`,
+      );
     }
     try {
       live.checkSetUnchanged(set);
@@ -104,18 +121,29 @@ export class BackupHost {
   async enumerate(): Promise<EnumeratedSet> {
     const t0 = Date.now();
     const m0 = performance.now();
-    const found = this.provider.enumerateHost ? await this.provider.enumerateHost() : { vms: await this.provider.enumerate(), warnings: [] };
+    const found = this.provider.enumerateHost
+      ? await this.provider.enumerateHost()
+      : { vms: await this.provider.enumerate(), warnings: [] };
     const listed = found.vms;
     const hostWarnings = [...found.warnings];
     // limits are per VM: one odd VM is clamped or marked unreachable, never fails the set
-    const vms = listed.filter((vm) => {
-      if (isSafeName(vm.id)) return true;
-      hostWarnings.push(`a VM named ${JSON.stringify(String(vm.id).slice(0, 80))} skipped: its id is not a valid name`);
-      return false;
-    }).map(fitVm);
+    const vms = listed
+      .filter((vm) => {
+        if (isSafeName(vm.id)) return true;
+        hostWarnings.push(`a VM named ${JSON.stringify(String(vm.id).slice(0, 80))} skipped: its id is not a valid name`);
+        return false;
+      })
+      .map(fitVm);
     const backupId = newBackupId();
-    const live = new LiveBackup(backupId, vms.map((vm) => vm.id), this.provider, this.journal, this.options.timeouts, this.log,
-      (l) => this.released(l));
+    const live = new LiveBackup(
+      backupId,
+      vms.map((vm) => vm.id),
+      this.provider,
+      this.journal,
+      this.options.timeouts,
+      this.log,
+      (l) => this.released(l),
+    );
     this.live.set(backupId, live);
     live.end('enumerated', vms);
     const set: EnumeratedSet = {
@@ -148,12 +176,16 @@ export class BackupHost {
     const skipped: SkippedVm[] = set.vms.filter((vm) => vm.unreachable).map((vm) => ({ vm: vm.id, reason: vm.unreachable!.reason }));
     try {
       if (skipped.length > 0 && unreachable === 'fail') {
-        throw new StageError(`/vms: ${skipped.length} VM(s) defined on host ${this.options.hostName} cannot be reached: ${skipped.map((s) => `${s.vm} (${s.reason})`).join('; ')}; policy unreachable is "fail" (choose "report" on the classify node to back up the others)`);
+        throw new StageError(
+          `/vms: ${skipped.length} VM(s) defined on host ${this.options.hostName} cannot be reached: ${skipped.map((s) => `${s.vm} (${s.reason})`).join('; ')}; policy unreachable is "fail" (choose "report" on the classify node to back up the others)`,
+        );
       }
       const reachable = set.vms.filter((vm) => !vm.unreachable);
       if (reachable.length === 0 && skipped.length > 0) {
         // never "ok" about nothing: VMs are defined, none can be backed up
-        throw new StageError(`/vms: none of the ${skipped.length} VM(s) defined on host ${this.options.hostName} can be reached: ${skipped.map((s) => `${s.vm} (${s.reason})`).join('; ')}`);
+        throw new StageError(
+          `/vms: none of the ${skipped.length} VM(s) defined on host ${this.options.hostName} can be reached: ${skipped.map((s) => `${s.vm} (${s.reason})`).join('; ')}`,
+        );
       }
       vms = classifyAll(reachable, fallback);
     } catch (err) {
@@ -170,7 +202,10 @@ export class BackupHost {
       ...(skipped.length ? { skipped } : {}),
       vms,
       timings: { ...set.timings, classify: this.timing(t0, m0) },
-      warnings: [...set.warnings, ...vms.flatMap((vm) => vm.warnings.filter((w) => !set.warnings.includes(`${vm.id}: ${w}`)).map((w) => `${vm.id}: ${w}`))].slice(0, 1024),
+      warnings: [
+        ...set.warnings,
+        ...vms.flatMap((vm) => vm.warnings.filter((w) => !set.warnings.includes(`${vm.id}: ${w}`)).map((w) => `${vm.id}: ${w}`)),
+      ].slice(0, 1024),
     };
   }
 
@@ -183,7 +218,9 @@ export class BackupHost {
         if (other === live || other.stage === 'enumerated' || other.stage === 'classified') continue;
         // an ended set stays until its retried undos succeed: only the VMs it still holds are taken
         if (other.stage === 'ended' && other.holds(vm.id)) {
-          throw new StageError(`/vms: VM "${vm.id}" still has undos of the ended backup set ${other.backupId} in place (they are retried until they succeed)`);
+          throw new StageError(
+            `/vms: VM "${vm.id}" still has undos of the ended backup set ${other.backupId} in place (they are retried until they succeed)`,
+          );
         }
         if (other.stage !== 'ended' && other.vmIds.has(vm.id)) {
           throw new StageError(`/vms: VM "${vm.id}" is already in backup set ${other.backupId}`);
@@ -197,7 +234,11 @@ export class BackupHost {
     const freezes = (vm: ClassifiedVm) => vm.method === 'child-vm-snapshot' && this.provider.quiesce === 'agent';
     const vms = await live.runStage(async () => {
       if (set.vms.some((vm) => freezes(vm) || vm.method === 'saved-state')) await live.guard();
-      const first = await this.allOrNothing(live, set.vms.filter((vm) => !freezes(vm)), (vm) => this.prepareVm(live, set, vm));
+      const first = await this.allOrNothing(
+        live,
+        set.vms.filter((vm) => !freezes(vm)),
+        (vm) => this.prepareVm(live, set, vm),
+      );
       const second = await this.allOrNothing(live, set.vms.filter(freezes), (vm) => this.prepareVm(live, set, vm));
       const byId = new Map([...first, ...second].map((vm) => [vm.id, vm]));
       return set.vms.map((vm) => byId.get(vm.id)!);
@@ -220,9 +261,14 @@ export class BackupHost {
     const base = { view, chain };
     if (vm.method === 'child-vm-snapshot' && this.provider.quiesce === 'agent') {
       await this.provider.armView(vm, view);
-      const frozenFilesystems = await live.freeze(vm.id, async () =>
-        (await this.provider.freeze(vm, this.options.timeouts.freezeMs)).frozenFilesystems);
-      return { ...vm, prepare: { action: 'freeze', previousState, frozenFilesystems, frozenAt: new Date(t0).toISOString(), ...base, ms: msSince(m0) } };
+      const frozenFilesystems = await live.freeze(
+        vm.id,
+        async () => (await this.provider.freeze(vm, this.options.timeouts.freezeMs)).frozenFilesystems,
+      );
+      return {
+        ...vm,
+        prepare: { action: 'freeze', previousState, frozenFilesystems, frozenAt: new Date(t0).toISOString(), ...base, ms: msSince(m0) },
+      };
     }
     if (vm.method === 'saved-state') {
       // the view is armed after the save: QEMU cannot migrate with its filters in the graph;
@@ -241,7 +287,15 @@ export class BackupHost {
       });
       return {
         ...vm,
-        prepare: { action: 'save', previousState: state, savedStateFile: file, savedStateBytes: bytes, pausedAt: new Date(pausedAtWall).toISOString(), ...base, ms: msSince(m0) },
+        prepare: {
+          action: 'save',
+          previousState: state,
+          savedStateFile: file,
+          savedStateBytes: bytes,
+          pausedAt: new Date(pausedAtWall).toISOString(),
+          ...base,
+          ms: msSince(m0),
+        },
       };
     }
     await this.provider.armView(vm, view);
@@ -304,26 +358,28 @@ export class BackupHost {
     live.begin();
     const t0 = Date.now();
     const m0 = performance.now();
-    const vms = await live.runStage(() => this.allOrNothing(live, set.vms, async (vm): Promise<PostSnapshotVm> => {
-      const v0 = performance.now();
-      await live.thaw(vm.id); // normally already thawed in snapshot; a no-op then
-      const resumedTo = await live.resume(vm.id);
-      const returnedTo = await this.provider.runState(vm.id);
-      if (resumedTo !== undefined && resumedTo !== returnedTo) {
-        throw new Error(`the VM was to return to "${resumedTo}" but the hypervisor reports "${returnedTo}"`);
-      }
-      return {
-        ...vm,
-        postSnapshot: {
-          returnedTo,
-          resumed: resumedTo !== undefined,
-          // The view holds the guest's consistency point; every later write goes to the VM's own image.
-          revertedToConsistencyPoint: vm.method === 'child-vm-snapshot' && vm.consistency === 'application',
-          ...(resumedTo !== undefined && live.downtimeMs(vm.id) !== undefined ? { downtimeMs: live.downtimeMs(vm.id) } : {}),
-          ms: msSince(v0),
-        },
-      };
-    }));
+    const vms = await live.runStage(() =>
+      this.allOrNothing(live, set.vms, async (vm): Promise<PostSnapshotVm> => {
+        const v0 = performance.now();
+        await live.thaw(vm.id); // normally already thawed in snapshot; a no-op then
+        const resumedTo = await live.resume(vm.id);
+        const returnedTo = await this.provider.runState(vm.id);
+        if (resumedTo !== undefined && resumedTo !== returnedTo) {
+          throw new Error(`the VM was to return to "${resumedTo}" but the hypervisor reports "${returnedTo}"`);
+        }
+        return {
+          ...vm,
+          postSnapshot: {
+            returnedTo,
+            resumed: resumedTo !== undefined,
+            // The view holds the guest's consistency point; every later write goes to the VM's own image.
+            revertedToConsistencyPoint: vm.method === 'child-vm-snapshot' && vm.consistency === 'application',
+            ...(resumedTo !== undefined && live.downtimeMs(vm.id) !== undefined ? { downtimeMs: live.downtimeMs(vm.id) } : {}),
+            ms: msSince(v0),
+          },
+        };
+      }),
+    );
     await this.endStage(live, 'post-snapshot', vms);
     return { ...set, stage: 'post-snapshot', vms, timings: { ...set.timings, postSnapshot: this.timing(t0, m0) } };
   }
@@ -337,7 +393,9 @@ export class BackupHost {
     const m0 = performance.now();
     let vms;
     try {
-      vms = await live.runStage(() => copyBackupSet(this.provider, this.repository, live, set, { ...options, hostName: this.options.hostName }));
+      vms = await live.runStage(() =>
+        copyBackupSet(this.provider, this.repository, live, set, { ...options, hostName: this.options.hostName }),
+      );
     } catch (err) {
       const why = live.abortedBecause ?? (err as Error).message;
       await live.abort(why, true);
@@ -349,8 +407,10 @@ export class BackupHost {
     if (errors.length > 0) {
       live.abortedBecause = `undo failed: ${errors.join('; ')}`;
       live.finish(false);
-      throw new CleanupFailed(`backup ${set.backupId} was published, but the VMs are not all back as they were: ${errors.join('; ')} (retried every 5 s until it succeeds; the journal keeps it for recovery)`,
-        vms.map((vm) => ({ vm: vm.id, path: `${this.options.repositoryRoot.replace(/\/+$/, '')}/${vm.copy.path}` })));
+      throw new CleanupFailed(
+        `backup ${set.backupId} was published, but the VMs are not all back as they were: ${errors.join('; ')} (retried every 5 s until it succeeds; the journal keeps it for recovery)`,
+        vms.map((vm) => ({ vm: vm.id, path: `${this.options.repositoryRoot.replace(/\/+$/, '')}/${vm.copy.path}` })),
+      );
     }
     live.finish(true);
     return {
@@ -378,7 +438,11 @@ export class BackupHost {
    * Run one step for every VM. If any VM fails, undo what every VM's steps did so far and
    * fail with each VM's reason: partial backups are not supported.
    */
-  private async allOrNothing<In extends { id: string }, Out>(live: LiveBackup, vms: readonly In[], step: (vm: In) => Promise<Out>): Promise<Out[]> {
+  private async allOrNothing<In extends { id: string }, Out>(
+    live: LiveBackup,
+    vms: readonly In[],
+    step: (vm: In) => Promise<Out>,
+  ): Promise<Out[]> {
     try {
       return await allSettledOrThrow(vms, step);
     } catch (err) {

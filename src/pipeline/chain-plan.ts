@@ -19,14 +19,27 @@ const AS_FAR_AS_POSSIBLE: ChainPolicy = { mode: 'incremental' };
 function bitmapReport(vm: ClassifiedVm, diskId: string, parent: ParentFound | undefined, tracks: boolean): BitmapReport {
   const disk = vm.disks.find((d) => d.id === diskId);
   if (!tracks || !disk?.tracking) return { state: 'not-supported', detail: 'this host has no change tracking for this disk' };
-  if (!parent?.record) return { state: 'missing', detail: `the previous backup${parent ? ` ${parent.backupId}` : ''} started no change tracking` };
+  if (!parent?.record)
+    return { state: 'missing', detail: `the previous backup${parent ? ` ${parent.backupId}` : ''} started no change tracking` };
   const rec = disk.tracking.records.find((r) => r.name === parent.record!.name);
   if (!rec) {
     return parent.record.persistent
-      ? { state: 'missing', detail: `the disk has no change-tracking record ${parent.record.name} (QEMU did not close the image since the record was made: killed? or it was removed, or the image replaced)` }
-      : { state: 'transient-lost', name: parent.record.name, detail: `the transient record ${parent.record.name} ended with the QEMU process that had it (a raw image)` };
+      ? {
+          state: 'missing',
+          detail: `the disk has no change-tracking record ${parent.record.name} (QEMU did not close the image since the record was made: killed? or it was removed, or the image replaced)`,
+        }
+      : {
+          state: 'transient-lost',
+          name: parent.record.name,
+          detail: `the transient record ${parent.record.name} ended with the QEMU process that had it (a raw image)`,
+        };
   }
-  if (rec.inconsistent) return { state: 'inconsistent', name: rec.name, detail: `record ${rec.name} is inconsistent (QEMU was killed or crashed with it loaded)` };
+  if (rec.inconsistent)
+    return {
+      state: 'inconsistent',
+      name: rec.name,
+      detail: `record ${rec.name} is inconsistent (QEMU was killed or crashed with it loaded)`,
+    };
   if (!rec.recording) return { state: 'not-recording', name: rec.name };
   return { state: 'ok', name: rec.name, granularity: rec.granularity, persistent: rec.persistent, since: parent.backupId };
 }
@@ -35,51 +48,104 @@ function toPlan(disk: string, record: string, persistent: boolean, d: ChainDecis
   const own = { disk, record, persistent, granularity: GRANULARITY };
   if (d.mode === 'full') return { ...own, mode: 'full', reason: d.reason, detail: d.detail.slice(0, 1024), depth: 0 };
   return {
-    ...own, mode: 'incremental', reason: 'incremental', detail: d.detail.slice(0, 1024), depth: d.depth,
-    parent: d.parent.backupId, backing: `../${d.parent.backupId}/${d.parent.fileName}`, since: d.bitmap.name, fullAt: d.parent.fullCreatedAt,
+    ...own,
+    mode: 'incremental',
+    reason: 'incremental',
+    detail: d.detail.slice(0, 1024),
+    depth: d.depth,
+    parent: d.parent.backupId,
+    backing: `../${d.parent.backupId}/${d.parent.fileName}`,
+    since: d.bitmap.name,
+    fullAt: d.parent.fullCreatedAt,
   };
 }
 
 /** Per disk of the view: incremental where the parent and the hypervisor's record allow, else full and why. */
 export async function planChain(
-  repo: ArtifactRepository, host: string, vm: ClassifiedVm, view: PointInTimeView, backupId: string, tracks: boolean,
+  repo: ArtifactRepository,
+  host: string,
+  vm: ClassifiedVm,
+  view: PointInTimeView,
+  backupId: string,
+  tracks: boolean,
 ): Promise<ChainPlan[]> {
-  return Promise.all(view.disks.map(async ({ disk: id }): Promise<ChainPlan> => {
-    const disk = vm.disks.find((d) => d.id === id);
-    const persistent = disk?.tracking?.persistent ?? false;
-    if (vm.method === 'offline' && !disk?.tracking) {
-      // no hypervisor process runs to keep a change-tracking record: a full, and none started
-      return { disk: id, mode: 'full', reason: 'offline', detail: 'the VM is shut off: nothing records its writes, so its disks are copied whole and no change tracking is started', depth: 0 };
-    }
-    const parent = await findParent({ root: repo.root, host, vm: vm.id, disk: id, virtualSize: disk?.virtualSize ?? 0 });
-    const decision = decideChain({ parent, bitmap: bitmapReport(vm, id, parent.ok ? parent : undefined, tracks), policy: AS_FAR_AS_POSSIBLE });
-    const plan = toPlan(id, recordName(backupId), persistent, decision);
-    // said once, where it matters: the chain of a raw image lasts only as long as its QEMU process
-    if (tracks && disk?.tracking && !persistent) plan.detail = `${plan.detail} (raw image: its change tracking is transient, valid only while this QEMU process runs)`.slice(0, 1024);
-    return plan;
-  }));
+  return Promise.all(
+    view.disks.map(async ({ disk: id }): Promise<ChainPlan> => {
+      const disk = vm.disks.find((d) => d.id === id);
+      const persistent = disk?.tracking?.persistent ?? false;
+      if (vm.method === 'offline' && !disk?.tracking) {
+        // no hypervisor process runs to keep a change-tracking record: a full, and none started
+        return {
+          disk: id,
+          mode: 'full',
+          reason: 'offline',
+          detail: 'the VM is shut off: nothing records its writes, so its disks are copied whole and no change tracking is started',
+          depth: 0,
+        };
+      }
+      const parent = await findParent({ root: repo.root, host, vm: vm.id, disk: id, virtualSize: disk?.virtualSize ?? 0 });
+      const decision = decideChain({
+        parent,
+        bitmap: bitmapReport(vm, id, parent.ok ? parent : undefined, tracks),
+        policy: AS_FAR_AS_POSSIBLE,
+      });
+      const plan = toPlan(id, recordName(backupId), persistent, decision);
+      // said once, where it matters: the chain of a raw image lasts only as long as its QEMU process
+      if (tracks && disk?.tracking && !persistent)
+        plan.detail = `${plan.detail} (raw image: its change tracking is transient, valid only while this QEMU process runs)`.slice(
+          0,
+          1024,
+        );
+      return plan;
+    }),
+  );
 }
 
 /** The copy node's policy, applied last: a planned incremental may still become a full. */
 export function applyPolicy(plan: ChainPlan, policy: ChainPolicy | undefined, now = new Date()): ChainPlan {
   if (plan.mode !== 'incremental' || !policy || !plan.parent || !plan.since) return plan;
   const fileName = plan.backing?.split('/').pop() ?? '';
-  const parent: ParentFound = { ok: true, backupId: plan.parent, dir: '', file: '', fileName, depth: plan.depth - 1, fullCreatedAt: plan.fullAt ?? '' };
-  const bitmap: BitmapReport = { state: 'ok', name: plan.since, granularity: plan.granularity ?? GRANULARITY, persistent: plan.persistent ?? false, since: plan.parent };
+  const parent: ParentFound = {
+    ok: true,
+    backupId: plan.parent,
+    dir: '',
+    file: '',
+    fileName,
+    depth: plan.depth - 1,
+    fullCreatedAt: plan.fullAt ?? '',
+  };
+  const bitmap: BitmapReport = {
+    state: 'ok',
+    name: plan.since,
+    granularity: plan.granularity ?? GRANULARITY,
+    persistent: plan.persistent ?? false,
+    since: plan.parent,
+  };
   const d = decideChain({ parent, bitmap, policy, now });
   return d.mode === 'full' ? toPlan(plan.disk, plan.record ?? '', plan.persistent ?? false, d) : plan;
 }
 
 /** The manifest's chain entry of a disk copied after `plan`. */
 export function chainEntry(plan: ChainPlan, bytes: { bytesRead: number; bytesChanged?: number }): NonNullable<ManifestFile['chain']> {
-  const bitmap = plan.record ? { bitmap: { name: plan.record, granularity: plan.granularity ?? GRANULARITY, persistent: plan.persistent ?? false } } : {};
+  const bitmap = plan.record
+    ? { bitmap: { name: plan.record, granularity: plan.granularity ?? GRANULARITY, persistent: plan.persistent ?? false } }
+    : {};
   if (plan.mode === 'incremental' && plan.parent && plan.backing) {
     return {
-      mode: 'incremental', reason: 'incremental', detail: plan.detail, depth: plan.depth, parent: plan.parent, backing: plan.backing, ...bitmap,
-      ...(bytes.bytesChanged !== undefined ? { bytesChanged: bytes.bytesChanged } : {}), bytesRead: bytes.bytesRead,
+      mode: 'incremental',
+      reason: 'incremental',
+      detail: plan.detail,
+      depth: plan.depth,
+      parent: plan.parent,
+      backing: plan.backing,
+      ...bitmap,
+      ...(bytes.bytesChanged !== undefined ? { bytesChanged: bytes.bytesChanged } : {}),
+      bytesRead: bytes.bytesRead,
     } as NonNullable<ManifestFile['chain']>;
   }
-  return { mode: 'full', reason: plan.reason, detail: plan.detail, depth: 0, ...bitmap, bytesRead: bytes.bytesRead } as NonNullable<ManifestFile['chain']>;
+  return { mode: 'full', reason: plan.reason, detail: plan.detail, depth: 0, ...bitmap, bytesRead: bytes.bytesRead } as NonNullable<
+    ManifestFile['chain']
+  >;
 }
 
 /** What to journal before tracking starts: the new records, and what goes once this backup is published. */
@@ -87,8 +153,10 @@ export function trackIntent(vm: ClassifiedVm, plans: readonly ChainPlan[]): Trac
   const records = plans.filter((p) => p.record !== undefined).map((p) => ({ disk: p.disk, name: p.record! }));
   // once published, the parent's record and any other record of ours on the disk (left by a
   // backup that crashed, or inconsistent) are not needed any more
-  const since = plans.flatMap((p) => (vm.disks.find((d) => d.id === p.disk)?.tracking?.records ?? [])
-    .filter((r) => r.name.startsWith(TRACKING_PREFIX) && r.name !== p.record)
-    .map((r) => ({ disk: p.disk, name: r.name })));
+  const since = plans.flatMap((p) =>
+    (vm.disks.find((d) => d.id === p.disk)?.tracking?.records ?? [])
+      .filter((r) => r.name.startsWith(TRACKING_PREFIX) && r.name !== p.record)
+      .map((r) => ({ disk: p.disk, name: r.name })),
+  );
   return { records, since };
 }

@@ -44,7 +44,11 @@ type Staged = { vm: PostSnapshotVm; dir: string; files: ManifestFile[]; identiti
 type Reporter = (vm: string, file: string, done: number, total: number) => void;
 
 export async function copyBackupSet(
-  provider: HostProvider, repo: ArtifactRepository, live: LiveBackup, set: PostSnapshotSet, options: CopyOptions,
+  provider: HostProvider,
+  repo: ArtifactRepository,
+  live: LiveBackup,
+  set: PostSnapshotSet,
+  options: CopyOptions,
 ): Promise<(PostSnapshotVm & { copy: CopyResult })[]> {
   const host = options.hostName ?? set.host.name;
   const report = progressOver(set, options);
@@ -79,8 +83,14 @@ export async function copyBackupSet(
 
 /** One VM: its disks out of the view, its definition, its saved state, each hashed, in its staging directory. */
 async function stageVm(
-  provider: HostProvider, repo: ArtifactRepository, live: LiveBackup, host: string, backupId: string,
-  vm: PostSnapshotVm, options: CopyOptions, report: Reporter,
+  provider: HostProvider,
+  repo: ArtifactRepository,
+  live: LiveBackup,
+  host: string,
+  backupId: string,
+  vm: PostSnapshotVm,
+  options: CopyOptions,
+  report: Reporter,
 ): Promise<Staged> {
   const startedAt = performance.now(); // monotonic: ms is a duration
   live.assertLive();
@@ -111,17 +121,31 @@ async function stageVm(
 }
 
 async function copyOneDisk(
-  provider: HostProvider, live: LiveBackup, vm: PostSnapshotVm, d: PointInTimeView['disks'][number], dir: string,
-  identities: Map<string, string>, options: CopyOptions, report: Reporter,
+  provider: HostProvider,
+  live: LiveBackup,
+  vm: PostSnapshotVm,
+  d: PointInTimeView['disks'][number],
+  dir: string,
+  identities: Map<string, string>,
+  options: CopyOptions,
+  report: Reporter,
 ): Promise<ManifestFile> {
   const disk = vm.disks.find((x) => x.id === d.disk);
   const planned = vm.prepare.chain?.find((c) => c.disk === d.disk);
   const plan = planned ? applyPolicy(planned, options.chain) : undefined;
   const incremental = plan?.mode === 'incremental' && plan.backing && plan.since ? { backing: plan.backing, since: plan.since } : undefined;
   // the signal stops the copy at once when the set is aborted (watchdog, redeploy)
-  const exported = await provider.exportDisk(vm.snapshot.view, d.disk, path.join(dir, d.artifact), (p) => report(vm.id, d.artifact, p.done, p.total), {
-    compress: options.compress, signal: live.signal, copy: incremental ? { mode: 'incremental', ...incremental } : { mode: 'full' },
-  });
+  const exported = await provider.exportDisk(
+    vm.snapshot.view,
+    d.disk,
+    path.join(dir, d.artifact),
+    (p) => report(vm.id, d.artifact, p.done, p.total),
+    {
+      compress: options.compress,
+      signal: live.signal,
+      copy: incremental ? { mode: 'incremental', ...incremental } : { mode: 'full' },
+    },
+  );
   // Three things at once: the copy is flushed to disk, and read back twice from the page cache
   // (a full is compared with its view by the provider while its bytes are hashed for the
   // manifest). All three must succeed before it counts.
@@ -136,7 +160,14 @@ async function copyOneDisk(
     disk: d.disk,
     format: exported.format ?? d.format,
     virtualSize: exported.virtualSize ?? disk?.virtualSize ?? 0,
-    ...(plan ? { chain: chainEntry(plan, { bytesRead: exported.bytesRead ?? exported.bytes, ...(exported.bytesChanged !== undefined ? { bytesChanged: exported.bytesChanged } : {}) }) } : {}),
+    ...(plan
+      ? {
+          chain: chainEntry(plan, {
+            bytesRead: exported.bytesRead ?? exported.bytes,
+            ...(exported.bytesChanged !== undefined ? { bytesChanged: exported.bytesChanged } : {}),
+          }),
+        }
+      : {}),
   };
 }
 
@@ -146,14 +177,24 @@ async function parentsStillThere(repo: ArtifactRepository, host: string, s: Stag
     if (f.chain?.mode !== 'incremental' || !f.chain.backing) continue;
     const parentFile = path.resolve(s.dir, f.chain.backing);
     const vmDir = repo.vmDir(host, s.vm.id);
-    if (!parentFile.startsWith(vmDir + path.sep)) throw new StageError(`${s.vm.id}/${f.name}: backing file ${f.chain.backing} leaves the VM's folder; not published`);
-    const ok = await fs.access(parentFile).then(() => true, () => false);
+    if (!parentFile.startsWith(vmDir + path.sep))
+      throw new StageError(`${s.vm.id}/${f.name}: backing file ${f.chain.backing} leaves the VM's folder; not published`);
+    const ok = await fs.access(parentFile).then(
+      () => true,
+      () => false,
+    );
     if (!ok) throw new StageError(`${s.vm.id}/${f.name}: its parent ${f.chain.parent} is gone from the repository; not published`);
   }
 }
 
 /** Publish every VM (a rename each); if one fails, take back the ones already published: all or none. */
-async function publishAll(repo: ArtifactRepository, live: LiveBackup, host: string, backupId: string, staged: Staged[]): Promise<(PostSnapshotVm & { copy: CopyResult })[]> {
+async function publishAll(
+  repo: ArtifactRepository,
+  live: LiveBackup,
+  host: string,
+  backupId: string,
+  staged: Staged[],
+): Promise<(PostSnapshotVm & { copy: CopyResult })[]> {
   const results: (PostSnapshotVm & { copy: CopyResult })[] = [];
   const published: Staged[] = [];
   try {
@@ -170,8 +211,13 @@ async function publishAll(repo: ArtifactRepository, live: LiveBackup, host: stri
       results.push({
         ...s.vm,
         copy: {
-          path: path.relative(repo.root, final), bytes, files: s.files.length + 1, released: false, ms: msSince(s.startedAt),
-          bytesRead, ...(changed.length ? { bytesChanged: changed.reduce((n, f) => n + (f.chain?.bytesChanged ?? 0), 0) } : {}),
+          path: path.relative(repo.root, final),
+          bytes,
+          files: s.files.length + 1,
+          released: false,
+          ms: msSince(s.startedAt),
+          bytesRead,
+          ...(changed.length ? { bytesChanged: changed.reduce((n, f) => n + (f.chain?.bytesChanged ?? 0), 0) } : {}),
         },
       });
     }
@@ -188,7 +234,10 @@ async function publishAll(repo: ArtifactRepository, live: LiveBackup, host: stri
 
 /** Progress over the whole set, from each file's own. */
 function progressOver(set: PostSnapshotSet, options: CopyOptions): Reporter {
-  const setTotal = set.vms.reduce((n, vm) => n + vm.snapshot.view.disks.reduce((m, d) => m + (vm.disks.find((x) => x.id === d.disk)?.virtualSize ?? 0), 0), 0);
+  const setTotal = set.vms.reduce(
+    (n, vm) => n + vm.snapshot.view.disks.reduce((m, d) => m + (vm.disks.find((x) => x.id === d.disk)?.virtualSize ?? 0), 0),
+    0,
+  );
   const doneByFile = new Map<string, number>();
   return (vm, file, done, total) => {
     doneByFile.set(`${vm}/${file}`, done);
@@ -208,7 +257,9 @@ async function verifyStaged(s: Staged): Promise<void> {
     const now = await fs.stat(path.join(s.dir, f.name), { bigint: true }).then(identity, (err: Error) => `unreadable (${err.message})`);
     const then = s.identities.get(f.name);
     if (now !== then) {
-      throw new StageError(`${s.vm.id}/${f.name}: changed after it was hashed for the manifest (${then ?? 'never hashed'} -> ${now}); not published`);
+      throw new StageError(
+        `${s.vm.id}/${f.name}: changed after it was hashed for the manifest (${then ?? 'never hashed'} -> ${now}); not published`,
+      );
     }
   }
 }
@@ -242,7 +293,9 @@ function buildManifest(set: PostSnapshotSet, host: string, s: Staged): Manifest 
     method: vm.method,
     consistency: vm.consistency,
     reasons: vm.reasons,
-    excludedDisks: vm.disks.filter((d) => !d.included).map((d) => ({ id: d.id, file: d.file, driver: d.driver, reason: d.excludedReason ?? 'excluded' })),
+    excludedDisks: vm.disks
+      .filter((d) => !d.included)
+      .map((d) => ({ id: d.id, file: d.file, driver: d.driver, reason: d.excludedReason ?? 'excluded' })),
     warnings: vm.warnings,
     files: s.files,
     ...(s.files.some((f) => f.chain) ? { chain: vmChain(s.files) } : {}),

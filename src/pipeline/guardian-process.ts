@@ -67,7 +67,9 @@ export async function main(spec: GuardianSpec): Promise<void> {
       if (h.retry) clearTimeout(h.retry);
       thawed.set(vm, done);
       // the agent channel serves one client: give it back now (the host's tools, the next enumerate)
-      void qemu().release?.([vm]).catch(() => undefined);
+      void qemu()
+        .release?.([vm])
+        .catch(() => undefined);
       return done;
     })();
     return h.thawing;
@@ -151,7 +153,13 @@ export async function main(spec: GuardianSpec): Promise<void> {
         for (const u of undos) {
           try {
             const result = await undoOne(u);
-            journal.append({ backupId: u.backupId, vm: u.vm, op: u.kind, phase: 'done', data: { ...by, ...(result === 'nothing-to-do' ? { nothingToDo: true } : {}) } });
+            journal.append({
+              backupId: u.backupId,
+              vm: u.vm,
+              op: u.kind,
+              phase: 'done',
+              data: { ...by, ...(result === 'nothing-to-do' ? { nothingToDo: true } : {}) },
+            });
           } catch {
             failed++;
           }

@@ -16,7 +16,6 @@ import type { GuardianReply, GuardianRequest, GuardianSpec } from './guardian-pr
 
 export type { GuardianReply, GuardianRequest, GuardianSpec } from './guardian-protocol';
 
-
 type Req<O extends GuardianRequest['op']> = Omit<Extract<GuardianRequest, { op: O }>, 'id'>;
 
 /**
@@ -145,7 +144,10 @@ export function startGuardian(provider: HostProvider, journal: Journal, backupId
   if (!spec) return undefined;
   const full: GuardianSpec = { journal: journal.file, backupId, parentPid: process.pid, provider: spec, commandMs, giveUpMs: 600_000 };
   try {
-    const child = spawn(process.execPath, [__filename, JSON.stringify(full)], { detached: true, stdio: ['ignore', 'ignore', 'ignore', 'ipc'] });
+    const child = spawn(process.execPath, [__filename, JSON.stringify(full)], {
+      detached: true,
+      stdio: ['ignore', 'ignore', 'ignore', 'ipc'],
+    });
     return new Guardian(child);
   } catch {
     return undefined; // the watchdogs and recovery at start still hold
@@ -166,5 +168,7 @@ export function stopGuardian(guardian: Guardian | undefined): void {
 if (require.main === module) {
   // the process itself lives in its own file; this entry keeps the argument vector (and so the
   // way operators and the fault suite find a set's guardian) as it was
-  (require('./guardian-process') as typeof import('./guardian-process')).main(JSON.parse(process.argv[2] ?? '{}') as GuardianSpec).catch(() => process.exit(1));
+  (require('./guardian-process') as typeof import('./guardian-process'))
+    .main(JSON.parse(process.argv[2] ?? '{}') as GuardianSpec)
+    .catch(() => process.exit(1));
 }

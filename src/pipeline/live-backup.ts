@@ -30,8 +30,16 @@ export type Logger = (level: 'info' | 'warn' | 'error', text: string) => void;
  * byGuardian: the guardian process froze it, holds its agent and enforces the cap; `timer` is then
  * only the check that the guardian itself still runs.
  */
-interface Frozen { since: number; timer: NodeJS.Timeout; byGuardian: boolean }
-interface Saved { previousState: string; timer: NodeJS.Timeout; since: number }
+interface Frozen {
+  since: number;
+  timer: NodeJS.Timeout;
+  byGuardian: boolean;
+}
+interface Saved {
+  previousState: string;
+  timer: NodeJS.Timeout;
+  since: number;
+}
 
 export class LiveBackup {
   stage: StageName | 'busy' | 'ended';
@@ -117,8 +125,13 @@ export class LiveBackup {
     return [
       ...[...this.frozen.keys()].map((vm) => `${vm}: guest still frozen (thaw retried every second)`),
       ...[...this.saved.keys()].map((vm) => `${vm}: still stopped for its saved state`),
-      ...[...this.views.keys()].map((vm) => `${vm}: its point-in-time view is still in place (taken out on a retry every 5 s; the guest runs unharmed on its own image)`),
-      ...[...this.tracks.keys()].map((vm) => `${vm}: change tracking not settled (retried; the next backup may copy more than changed, never less)`),
+      ...[...this.views.keys()].map(
+        (vm) =>
+          `${vm}: its point-in-time view is still in place (taken out on a retry every 5 s; the guest runs unharmed on its own image)`,
+      ),
+      ...[...this.tracks.keys()].map(
+        (vm) => `${vm}: change tracking not settled (retried; the next backup may copy more than changed, never less)`,
+      ),
       ...[...this.staging].map(([vm, dir]) => `${vm}: unpublished partial backup ${dir} not removed`),
     ];
   }
@@ -491,10 +504,17 @@ export class LiveBackup {
       // A repository that cannot be written now (read-only, gone) may be again: retry every few
       // seconds until the directory is gone, then the set ends (its guardian goes). The caller
       // reports this failure meanwhile.
-      const timer = setTimeout(() => void this.discard(vmId).then(() => {
-        this.log('info', `${vmId}: partial backup ${dir} removed on a later try`);
-        this.endIfUndone();
-      }, () => undefined), DISCARD_RETRY_MS);
+      const timer = setTimeout(
+        () =>
+          void this.discard(vmId).then(
+            () => {
+              this.log('info', `${vmId}: partial backup ${dir} removed on a later try`);
+              this.endIfUndone();
+            },
+            () => undefined,
+          ),
+        DISCARD_RETRY_MS,
+      );
       timer.unref();
       this.discardRetry.set(vmId, timer);
       throw err;
@@ -595,7 +615,10 @@ export class LiveBackup {
       // their undos are retried
       this.adopting = true;
       this.guardian.adopt().catch((err: Error) => {
-        this.log('warn', `backup ${this.backupId}: the guardian did not take the undos left (${err.message}); recovery at the next start does them`);
+        this.log(
+          'warn',
+          `backup ${this.backupId}: the guardian did not take the undos left (${err.message}); recovery at the next start does them`,
+        );
         this.adoptionOver();
       });
     }

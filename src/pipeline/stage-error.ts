@@ -8,7 +8,10 @@ export class StageError extends Error {
 
 /** Every VM's backup was published, but undoing the set's effects (merge, resume) failed afterwards. */
 export class CleanupFailed extends StageError {
-  constructor(message: string, readonly published: { vm: string; path: string }[]) {
+  constructor(
+    message: string,
+    readonly published: { vm: string; path: string }[],
+  ) {
     super(message);
     this.name = 'CleanupFailed';
   }
@@ -19,7 +22,10 @@ export class CleanupFailed extends StageError {
  * behind a failure: its side effect must be known before anything is undone). Throws one
  * StageError naming every item that failed.
  */
-export async function allSettledOrThrow<In extends { id: string }, Out>(items: readonly In[], step: (item: In) => Promise<Out>): Promise<Out[]> {
+export async function allSettledOrThrow<In extends { id: string }, Out>(
+  items: readonly In[],
+  step: (item: In) => Promise<Out>,
+): Promise<Out[]> {
   const results = await Promise.allSettled(items.map((item) => step(item)));
   const failed = results
     .map((r, i) => (r.status === 'rejected' ? { vm: items[i].id, error: (r.reason as Error)?.message ?? String(r.reason) } : undefined))
@@ -31,7 +37,11 @@ export async function allSettledOrThrow<In extends { id: string }, Out>(items: r
 }
 
 /** Like allSettledOrThrow, with at most `limit` steps running at once. */
-export async function limitedSettledOrThrow<In extends { id: string }, Out>(items: readonly In[], limit: number, step: (item: In) => Promise<Out>): Promise<Out[]> {
+export async function limitedSettledOrThrow<In extends { id: string }, Out>(
+  items: readonly In[],
+  limit: number,
+  step: (item: In) => Promise<Out>,
+): Promise<Out[]> {
   const started = new Map<In, Promise<Out>>();
   let next = 0;
   const worker = async (): Promise<void> => {

@@ -3,7 +3,10 @@
 // backup is labelled, which folder it goes to). LiveBackup keeps the records; these compare.
 
 /** What the host output for one VM at a stage (a deep copy). */
-export interface VmRecord { stage: string; vm: Record<string, unknown> }
+export interface VmRecord {
+  stage: string;
+  vm: Record<string, unknown>;
+}
 
 /** The fields of a set that name paths or decide what is done (backupId is the key the set is found by). */
 const GUARDED_SET_FIELDS = ['host', 'writer', 'createdAt', 'policy', 'skipped', 'repository'] as const;
@@ -20,7 +23,9 @@ export function assertVmsUnchanged(records: ReadonlyMap<string, VmRecord>, vms: 
       if (!(field in rec.vm)) continue;
       const where = firstDifference(rec.vm[field], vm[field], `/vms/${i}/${field}`);
       if (where !== undefined) {
-        throw new Error(`${where}: differs from what host produced for VM "${String(vm.id)}" at stage "${rec.stage}"; fields that steer side effects cannot be changed between stages`);
+        throw new Error(
+          `${where}: differs from what host produced for VM "${String(vm.id)}" at stage "${rec.stage}"; fields that steer side effects cannot be changed between stages`,
+        );
       }
     }
   });
@@ -34,7 +39,9 @@ export function assertSetUnchanged(recorded: Readonly<Record<string, unknown>>, 
   for (const field of GUARDED_SET_FIELDS) {
     const where = firstDifference(recorded[field], set[field], `/${field}`);
     if (where !== undefined) {
-      throw new Error(`${where}: differs from what host produced for backup set ${backupId}; fields that steer side effects or paths cannot be changed between stages`);
+      throw new Error(
+        `${where}: differs from what host produced for backup set ${backupId}; fields that steer side effects or paths cannot be changed between stages`,
+      );
     }
   }
 }

@@ -33,13 +33,21 @@ const FACTORIES: Record<ProviderConfig['provider'], (config: ProviderConfig) => 
     const { LibvirtProvider } = require('./libvirt/libvirt-provider') as typeof import('./libvirt/libvirt-provider');
     const { checkUri } = require('./libvirt/virsh') as typeof import('./libvirt/virsh');
     const l = config.libvirt ?? {};
-    return new LibvirtProvider({ uri: checkUri(l.uri ?? 'qemu:///system'), ...(l.runDir ? { runDir: checkRoot(l.runDir, 'runDir') } : {}) });
+    return new LibvirtProvider({
+      uri: checkUri(l.uri ?? 'qemu:///system'),
+      ...(l.runDir ? { runDir: checkRoot(l.runDir, 'runDir') } : {}),
+    });
   },
   // loaded on demand: QEMU users never load the Hyper-V code
   hyperv: (config) => {
     const { createHyperVProvider } = require('./hyperv') as { createHyperVProvider: (o: object) => HostProvider };
     const h = config.hyperv ?? { mode: 'local' as const };
-    return createHyperVProvider({ hostName: config.hostName, mode: h.mode, ...(h.ssh ? { ssh: h.ssh } : {}), ...(h.runner ? { runner: h.runner } : {}) });
+    return createHyperVProvider({
+      hostName: config.hostName,
+      mode: h.mode,
+      ...(h.ssh ? { ssh: h.ssh } : {}),
+      ...(h.runner ? { runner: h.runner } : {}),
+    });
   },
 };
 

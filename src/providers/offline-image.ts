@@ -21,7 +21,10 @@ export function lockSocket(backupId: string, vm: string, index: number): string 
   return path.join(LOCK_DIR, `${backupId.slice(-6)}-${h}-${index}.lock`);
 }
 
-interface Hold { stop: AbortController; ended: Promise<void> }
+interface Hold {
+  stop: AbortController;
+  ended: Promise<void>;
+}
 const holds = new Map<string, Hold>();
 
 /**
@@ -32,14 +35,22 @@ export async function holdImage(qemuNbd: string, file: string, format: string, s
   await fs.mkdir(LOCK_DIR, { recursive: true, mode: 0o700 });
   await fs.rm(socket, { force: true });
   const stop = new AbortController();
-  const ended = runProgram(qemuNbd, ['--read-only', '--persistent', `--format=${format}`, `--socket=${socket}`, '--cache=none', '--aio=threads', file], { signal: stop.signal })
-    .then(() => undefined, (err: Error) => {
+  const ended = runProgram(
+    qemuNbd,
+    ['--read-only', '--persistent', `--format=${format}`, `--socket=${socket}`, '--cache=none', '--aio=threads', file],
+    { signal: stop.signal },
+  ).then(
+    () => undefined,
+    (err: Error) => {
       if (stop.signal.aborted) return;
       const why = err instanceof ProgramFailed ? err.stderr.trim().split('\n')[0] || err.message : err.message;
-      throw new Error(/lock/i.test(why)
-        ? `image ${file} is in use by another process (${why}): its VM is not shut off; not copied offline`
-        : `cannot hold the image lock of ${file} (qemu-nbd: ${why})`);
-    });
+      throw new Error(
+        /lock/i.test(why)
+          ? `image ${file} is in use by another process (${why}): its VM is not shut off; not copied offline`
+          : `cannot hold the image lock of ${file} (qemu-nbd: ${why})`,
+      );
+    },
+  );
   ended.catch(() => undefined);
   holds.set(socket, { stop, ended });
   // qemu-nbd opens the image (and takes its lock) before it listens: the socket means "held"
@@ -49,7 +60,13 @@ export async function holdImage(qemuNbd: string, file: string, format: string, s
   void ended.finally(() => (done = true));
   for (let i = 0; i < 400; i++) {
     if (failed) break;
-    if (await fs.access(socket).then(() => true, () => false)) return;
+    if (
+      await fs.access(socket).then(
+        () => true,
+        () => false,
+      )
+    )
+      return;
     if (done) break;
     await new Promise((r) => setTimeout(r, 25));
   }
@@ -63,7 +80,10 @@ export async function holdersOf(socket: string): Promise<number[]> {
   const pids: number[] = [];
   for (const entry of await fs.readdir('/proc').catch(() => [] as string[])) {
     if (!/^\d+$/.test(entry)) continue;
-    const argv = await fs.readFile(`/proc/${entry}/cmdline`).then((b) => b.toString('utf8').split('\0'), () => [] as string[]);
+    const argv = await fs.readFile(`/proc/${entry}/cmdline`).then(
+      (b) => b.toString('utf8').split('\0'),
+      () => [] as string[],
+    );
     if (argv.length && path.basename(argv[0]) === 'qemu-nbd' && argv.includes(`--socket=${socket}`)) pids.push(Number(entry));
   }
   return pids;
@@ -89,7 +109,9 @@ export async function releaseImages(sockets: readonly string[]): Promise<void> {
       for (const pid of left) {
         try {
           process.kill(pid, i < 40 ? 'SIGTERM' : 'SIGKILL');
-        } catch { /* ended meanwhile */ }
+        } catch {
+          /* ended meanwhile */
+        }
       }
       await new Promise((r) => setTimeout(r, 50));
     }
@@ -107,12 +129,17 @@ export async function isHeld(socket: string): Promise<boolean> {
  * then wants no writer either, so a VM started on the image meanwhile fails, or fails this copy.
  */
 export async function copyOfflineImage(
-  qemuImgPath: string, file: string, format: string, dest: string,
+  qemuImgPath: string,
+  file: string,
+  format: string,
+  dest: string,
   o: { compress: boolean; signal?: AbortSignal; onProgress?: (done: number, total: number) => void },
 ): Promise<{ bytes: number; virtualSize: number }> {
   const total = (await qemuImg.info(qemuImgPath, file, false))['virtual-size'];
   await qemuImg.convert(qemuImgPath, file, dest, {
-    sourceFormat: format, compress: o.compress, forceShare: false,
+    sourceFormat: format,
+    compress: o.compress,
+    forceShare: false,
     ...(o.signal ? { signal: o.signal } : {}),
     onProgress: (f) => o.onProgress?.(Math.round(f * total), total),
   });

@@ -125,7 +125,13 @@ export interface HostProvider {
   releaseView(vmId: string, view: PointInTimeView): Promise<void>;
 
   /** Copy one disk of the view to `dest` (artifact name from the view), sparse. */
-  exportDisk(view: PointInTimeView, disk: string, dest: string, onProgress?: (p: Progress) => void, options?: ExportOptions): Promise<ExportedFile>;
+  exportDisk(
+    view: PointInTimeView,
+    disk: string,
+    dest: string,
+    onProgress?: (p: Progress) => void,
+    options?: ExportOptions,
+  ): Promise<ExportedFile>;
   /** Read the copy back and check it holds what the view holds; throws when it does not. */
   verifyDisk?(view: PointInTimeView, disk: string, file: string): Promise<void>;
 

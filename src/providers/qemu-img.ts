@@ -13,12 +13,20 @@ export interface ConvertOptions {
 
 export function convertArgs(source: string, dest: string, o: ConvertOptions): string[] {
   return [
-    'convert', '-p', '-f', o.sourceFormat, '-O', 'qcow2',
+    'convert',
+    '-p',
+    '-f',
+    o.sourceFormat,
+    '-O',
+    'qcow2',
     ...(o.forceShare ? ['-U'] : []),
     ...(o.compress ? ['-c'] : []),
     // more coroutines and out-of-order writes: qcow2 output from a single source goes faster
-    '-m', '8', '-W',
-    source, dest,
+    '-m',
+    '8',
+    '-W',
+    source,
+    dest,
   ];
 }
 
@@ -38,7 +46,11 @@ export async function convert(qemuImg: string, source: string, dest: string, o: 
   });
 }
 
-export async function info(qemuImg: string, file: string, forceShare = true): Promise<{ 'virtual-size': number; format: string; 'actual-size'?: number; 'backing-filename'?: string }> {
+export async function info(
+  qemuImg: string,
+  file: string,
+  forceShare = true,
+): Promise<{ 'virtual-size': number; format: string; 'actual-size'?: number; 'backing-filename'?: string }> {
   const { stdout } = await runProgram(qemuImg, ['info', '--output=json', ...(forceShare ? ['-U'] : []), file]);
   return JSON.parse(stdout);
 }

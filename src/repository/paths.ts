@@ -3,7 +3,10 @@ import * as path from 'node:path';
 import { isSafeName } from '../util/ids';
 
 export class PathRefused extends Error {
-  constructor(readonly field: string, detail: string) {
+  constructor(
+    readonly field: string,
+    detail: string,
+  ) {
     super(`${field}: ${detail}`);
     this.name = 'PathRefused';
   }
@@ -12,7 +15,8 @@ export class PathRefused extends Error {
 /** Join safe components under root; refuse anything that is not one plain component. */
 export function inside(root: string, field: string, ...parts: string[]): string {
   for (const part of parts) {
-    if (!isSafeName(part)) throw new PathRefused(field, `"${String(part).slice(0, 80)}" is not a plain name (letters, digits, . _ -; no separators or "..")`);
+    if (!isSafeName(part))
+      throw new PathRefused(field, `"${String(part).slice(0, 80)}" is not a plain name (letters, digits, . _ -; no separators or "..")`);
   }
   const base = path.resolve(root);
   const full = path.resolve(base, ...parts);

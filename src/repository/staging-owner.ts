@@ -51,7 +51,8 @@ export async function writeOwner(dir: string, host: string): Promise<void> {
 export async function readOwner(dir: string): Promise<StagingOwner | undefined> {
   try {
     const v = JSON.parse(await fs.readFile(path.join(dir, OWNER_FILE), 'utf8')) as Partial<StagingOwner>;
-    if (typeof v !== 'object' || v === null || typeof v.machine !== 'string' || !Number.isSafeInteger(v.pid) || typeof v.host !== 'string') return undefined;
+    if (typeof v !== 'object' || v === null || typeof v.machine !== 'string' || !Number.isSafeInteger(v.pid) || typeof v.host !== 'string')
+      return undefined;
     return v as StagingOwner;
   } catch {
     return undefined;
@@ -76,7 +77,8 @@ export function ownerGone(owner: StagingOwner | undefined): { gone: true } | { g
   const me = currentOwner(owner.host);
   if (owner.machine !== me.machine) return { gone: false, why: `it is written by machine ${owner.machine}, not this one (${me.machine})` };
   if (owner.boot && me.boot && owner.boot !== me.boot) return { gone: true }; // this machine rebooted since
-  if (owner.pid === process.pid && (!owner.started || owner.started === me.started)) return { gone: false, why: 'this very process writes it (another host node here)' };
+  if (owner.pid === process.pid && (!owner.started || owner.started === me.started))
+    return { gone: false, why: 'this very process writes it (another host node here)' };
   if (!exists(owner.pid)) return { gone: true };
   if (owner.started && processStarted(owner.pid) !== undefined && processStarted(owner.pid) !== owner.started) return { gone: true }; // pid reused
   return { gone: false, why: `its writer, process ${owner.pid} on this machine, is still running` };

@@ -2,8 +2,16 @@ import { randomBytes } from 'node:crypto';
 
 /** A backup id sorts by time and is safe as a path component: 20261122T101500Z-k3f9a2. */
 export function newBackupId(now = new Date()): string {
-  const stamp = now.toISOString().replace(/[-:]/g, '').replace(/\.\d{3}Z$/, 'Z');
-  const suffix = randomBytes(6).toString('base64').replace(/[^a-z0-9]/gi, '').toLowerCase().padEnd(6, '0').slice(0, 6);
+  const stamp = now
+    .toISOString()
+    .replace(/[-:]/g, '')
+    .replace(/\.\d{3}Z$/, 'Z');
+  const suffix = randomBytes(6)
+    .toString('base64')
+    .replace(/[^a-z0-9]/gi, '')
+    .toLowerCase()
+    .padEnd(6, '0')
+    .slice(0, 6);
   return `${stamp}-${suffix}`;
 }
 

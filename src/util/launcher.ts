@@ -7,8 +7,7 @@ import { fork, type ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
 
 export type LauncherRequest =
-  | { type: 'run'; id: number; file: string; args: string[] }
-  | { type: 'kill'; id: number; signal: NodeJS.Signals };
+  { type: 'run'; id: number; file: string; args: string[] } | { type: 'kill'; id: number; signal: NodeJS.Signals };
 
 export type LauncherReply =
   | { id: number; type: 'stdout'; data: string }

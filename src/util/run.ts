@@ -8,7 +8,11 @@ export interface RunResult {
 }
 
 export class ProgramFailed extends Error {
-  constructor(readonly file: string, readonly code: number | null, readonly stderr: string) {
+  constructor(
+    readonly file: string,
+    readonly code: number | null,
+    readonly stderr: string,
+  ) {
     super(`${file} exited with ${code ?? 'a signal'}: ${stderr.trim().split('\n').slice(-3).join(' | ').slice(0, 600)}`);
     this.name = 'ProgramFailed';
   }
@@ -71,11 +75,12 @@ export function runProgram(
         stderr = (stderr + d).slice(-8192);
       },
       error: (err) => finish(() => reject(err)),
-      close: (code) => finish(() => {
-        if (opts.signal?.aborted) reject(abortError(file, opts.signal));
-        else if (code === 0) resolve({ stdout, stderr });
-        else reject(new ProgramFailed(file, code, stderr));
-      }),
+      close: (code) =>
+        finish(() => {
+          if (opts.signal?.aborted) reject(abortError(file, opts.signal));
+          else if (code === 0) resolve({ stdout, stderr });
+          else reject(new ProgramFailed(file, code, stderr));
+        }),
     };
     let started: StartedProgram;
     try {

@@ -93,7 +93,16 @@ describe('editor in headless Chromium', function () {
     context = await chromium.launchPersistentContext(path.join(installed.dir, 'chromium-profile'), {
       executablePath: CHROMIUM,
       headless: true,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      args: [
+        '--headless',
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-quic',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+      ],
       viewport: { width: 2000, height: 1000 },
     });
     page = context.pages()[0] ?? (await context.newPage());
@@ -103,7 +112,11 @@ describe('editor in headless Chromium', function () {
       if (m.type() === 'error' && /vmbackup|vm-backup/i.test(m.text())) pageErrors.push(m.text());
     });
     await page.goto(nr.base + '/');
-    await page.waitForFunction(`window.RED && RED.nodes && RED.nodes.getType('vmbackup-copy') && document.querySelector('#red-ui-palette-container-VM_backup')`, undefined, { timeout: 60_000 });
+    await page.waitForFunction(
+      `window.RED && RED.nodes && RED.nodes.getType('vmbackup-copy') && document.querySelector('#red-ui-palette-container-VM_backup')`,
+      undefined,
+      { timeout: 60_000 },
+    );
   });
 
   after(async function () {
@@ -165,7 +178,10 @@ describe('editor in headless Chromium', function () {
   it('lists the six pipeline nodes in the "VM backup" palette category, with their icons', async function () {
     const category = page.locator('#red-ui-palette-container-VM_backup');
     await category.waitFor();
-    const header = await page.locator('#red-ui-palette-header-VM_backup, #red-ui-palette-VM_backup .red-ui-palette-header').first().textContent();
+    const header = await page
+      .locator('#red-ui-palette-header-VM_backup, #red-ui-palette-VM_backup .red-ui-palette-header')
+      .first()
+      .textContent();
     assert.match(header ?? '', /VM backup/);
     const labels = (await category.locator('.red-ui-palette-label').allTextContents()).map((t) => t.replace(/\s+/g, ''));
     assert.deepEqual(labels, ['enumerate', 'classify', 'prepare', 'snapshot', 'post-snapshot', 'copy']);
@@ -272,14 +288,24 @@ describe('editor in headless Chromium', function () {
     const labels = await page.evaluate<string[]>(
       `(() => { const out = []; RED.nodes.eachNode((n) => { if (n.z === ${JSON.stringify(tabId)} && /^vmbackup-/.test(n.type)) out.push(RED.utils.getNodeLabel(n)); }); return out; })()`,
     );
-    assert.deepEqual(labels.sort(), ['classify (fallback: checkpoint)', 'copy (2 at a time)', 'enumerate VMs (lab)', 'post-snapshot', 'prepare', 'snapshot']);
+    assert.deepEqual(labels.sort(), [
+      'classify (fallback: checkpoint)',
+      'copy (2 at a time)',
+      'enumerate VMs (lab)',
+      'post-snapshot',
+      'prepare',
+      'snapshot',
+    ]);
     await deploy();
     const { flows } = await nr!.json<{ flows: FlowNode[] }>('/flows', { 'Node-RED-API-Version': 'v2' });
     const nightly = flows.filter((n) => n.z === tabId);
     assert.equal(nightly.filter((n) => /^vmbackup-/.test(n.type)).length, 6);
     assert.ok(nightly.some((n) => n.type === 'inject' && n.crontab === '30 01 * * *'));
     const hosts = flows.filter((n) => n.type === 'vmbackup-host');
-    assert.ok(hosts.every((h) => h.socketDir !== '/tmp/vm-backup-lab/run'), 'no deployed host reaches the shared lab');
+    assert.ok(
+      hosts.every((h) => h.socketDir !== '/tmp/vm-backup-lab/run'),
+      'no deployed host reaches the shared lab',
+    );
   });
 
   it('shows the node help in the Help sidebar and writes the screenshot', async function () {
@@ -288,13 +314,17 @@ describe('editor in headless Chromium', function () {
     await page.locator(`[id="${classifyId}"] .red-ui-flow-node`).click();
     await page.evaluate(`RED.sidebar.show('help')`);
     const help = page.locator('.red-ui-sidebar-help-stack .red-ui-help');
-    await page.waitForFunction(`/Chooses the backup method/.test($('.red-ui-sidebar-help-stack .red-ui-help').text())`, undefined, { timeout: 30_000 });
+    await page.waitForFunction(`/Chooses the backup method/.test($('.red-ui-sidebar-help-stack .red-ui-help').text())`, undefined, {
+      timeout: 30_000,
+    });
     const text = (await help.first().textContent()) ?? '';
     for (const h of ['Inputs', 'Outputs', 'Details', 'References']) assert.match(text, new RegExp(h));
     assert.match(text, /integration-service/);
     // the help of copy documents both outputs
     await page.evaluate(`RED.sidebar.help.show('vmbackup-copy')`);
-    await page.waitForFunction(`/Progress/.test($('.red-ui-sidebar-help-stack .red-ui-help').text()) && $('.red-ui-sidebar-help-stack .red-ui-help ol.node-ports').length > 0`);
+    await page.waitForFunction(
+      `/Progress/.test($('.red-ui-sidebar-help-stack .red-ui-help').text()) && $('.red-ui-sidebar-help-stack .red-ui-help ol.node-ports').length > 0`,
+    );
     await page.evaluate(`RED.sidebar.help.show('vmbackup-classify')`);
     await page.waitForFunction(`/Chooses the backup method/.test($('.red-ui-sidebar-help-stack .red-ui-help').text())`);
     // the palette filter finds our nodes by type

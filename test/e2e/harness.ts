@@ -87,7 +87,10 @@ export async function packAndInstall(): Promise<Installed> {
   const info = JSON.parse(packed.stdout) as { filename: string }[];
   const tarball = path.join(packDir, path.basename(info[0].filename));
   if (!fs.existsSync(tarball)) throw new Error(`npm pack did not write ${tarball}`);
-  fs.writeFileSync(path.join(userDir, 'package.json'), JSON.stringify({ name: 'node-red-project', description: 'e2e', version: '0.0.1', private: true }, null, 2));
+  fs.writeFileSync(
+    path.join(userDir, 'package.json'),
+    JSON.stringify({ name: 'node-red-project', description: 'e2e', version: '0.0.1', private: true }, null, 2),
+  );
   await run('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', '--loglevel=error', tarball], userDir, 300_000);
   return { dir, userDir, tarball, moduleDir: path.join(userDir, 'node_modules', ...MODULE.split('/')) };
 }
@@ -116,7 +119,11 @@ export class NodeRed {
   private exited: Promise<number | null>;
   private logText = '';
 
-  private constructor(readonly child: ChildProcess, readonly port: number, readonly userDir: string) {
+  private constructor(
+    readonly child: ChildProcess,
+    readonly port: number,
+    readonly userDir: string,
+  ) {
     this.base = `http://127.0.0.1:${port}`;
     this.exited = new Promise((resolve) => child.once('exit', (code) => resolve(code)));
     const keep = (chunk: Buffer) => {
@@ -219,8 +226,11 @@ export class NodeRed {
 
   /** A global context value as the admin API returns it, decoded; undefined while unset. */
   async globalValue<T = unknown>(key: string): Promise<T | undefined> {
-    const body = await this.json<{ msg?: string; format?: string } | Record<string, { msg: string; format: string }>>(`/context/global/${encodeURIComponent(key)}`);
-    const entry = (typeof (body as { msg?: unknown }).msg === 'string' ? body : Object.values(body)[0]) as { msg: string; format: string } | undefined;
+    const body = await this.json<{ msg?: string; format?: string } | Record<string, { msg: string; format: string }>>(
+      `/context/global/${encodeURIComponent(key)}`,
+    );
+    const entry = (typeof (body as { msg?: unknown }).msg === 'string' ? body : Object.values(body)[0]) as
+      { msg: string; format: string } | undefined;
     if (!entry || entry.msg === undefined || entry.format === 'undefined') return undefined;
     if (/^(string|number|boolean)/.test(entry.format)) return (entry.format.startsWith('string') ? entry.msg : JSON.parse(entry.msg)) as T;
     return JSON.parse(entry.msg) as T;
@@ -241,7 +251,9 @@ export class NodeRed {
       }
       await sleep(500);
     }
-    throw new Error(`none of global.${keys.join(', global.')} was set within ${timeoutMs} ms; node-red log tail:\n${this.log.slice(-4000)}`);
+    throw new Error(
+      `none of global.${keys.join(', global.')} was set within ${timeoutMs} ms; node-red log tail:\n${this.log.slice(-4000)}`,
+    );
   }
 }
 

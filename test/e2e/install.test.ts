@@ -10,8 +10,16 @@ import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
-  EXAMPLES, MODULE, NodeRed, TYPES, labRunDir, packAndInstall, readExample, removeDir,
-  type FlowNode, type Installed,
+  EXAMPLES,
+  MODULE,
+  NodeRed,
+  TYPES,
+  labRunDir,
+  packAndInstall,
+  readExample,
+  removeDir,
+  type FlowNode,
+  type Installed,
 } from './harness';
 
 const PIPELINE = TYPES.filter((t) => t !== 'vmbackup-host');
@@ -50,9 +58,19 @@ function reportFlow(socketDir: string, repository: string, journalDir: string): 
   const fn = flow.find((n) => n.type === 'function')!;
   const catcher = flow.find((n) => n.type === 'catch')!;
   const capture = (id: string, key: string, from: string, y: number): FlowNode => ({
-    id, type: 'change', z: fn.z, name: `e2e: global.${key}`,
+    id,
+    type: 'change',
+    z: fn.z,
+    name: `e2e: global.${key}`,
     rules: [{ t: 'set', p: key, pt: 'global', to: from, tot: 'msg' }],
-    action: '', property: '', from: '', to: '', reg: false, x: 960, y, wires: [[]],
+    action: '',
+    property: '',
+    from: '',
+    to: '',
+    reg: false,
+    x: 960,
+    y,
+    wires: [[]],
   });
   flow.push(capture('e2e0capture00001', 'e2eReport', 'payload', 300), capture('e2e0capture00002', 'e2eFailure', 'summary', 340));
   fn.wires![0].push('e2e0capture00001');
@@ -85,8 +103,14 @@ describe('installed package: npm pack, npm install, node-red', function () {
         assert.ok(fs.existsSync(path.join(m, 'dist', 'nodes', f, rel)), `${MODULE}/dist/nodes/${f}/${rel} is in the package`);
       }
     }
-    const examples = fs.readdirSync(path.join(m, 'examples')).filter((f) => f.endsWith('.json')).sort();
-    assert.deepEqual(examples, EXAMPLES.map((e) => `${e}.json`));
+    const examples = fs
+      .readdirSync(path.join(m, 'examples'))
+      .filter((f) => f.endsWith('.json'))
+      .sort();
+    assert.deepEqual(
+      examples,
+      EXAMPLES.map((e) => `${e}.json`),
+    );
     assert.equal(fs.existsSync(path.join(m, 'dist', 'test')), false, 'tests are not shipped');
     const pkg = JSON.parse(fs.readFileSync(path.join(m, 'package.json'), 'utf8')) as { 'node-red': { nodes: Record<string, string> } };
     assert.deepEqual(Object.keys(pkg['node-red'].nodes).sort(), [...TYPES].sort());
@@ -193,15 +217,22 @@ describe('installed package: npm pack, npm install, node-red', function () {
     }
     const copy = node;
     const keeps = (n: FlowNode | undefined) =>
-      n?.type === 'change' && JSON.stringify(n.rules) === JSON.stringify([{ t: 'set', p: 'vmbackupLastSummary', pt: 'global', to: 'summary', tot: 'msg' }]);
-    assert.ok(copy.wires![0].some((id) => keeps(byId.get(id))), 'copy output 1 -> change global.vmbackupLastSummary = msg.summary');
+      n?.type === 'change' &&
+      JSON.stringify(n.rules) === JSON.stringify([{ t: 'set', p: 'vmbackupLastSummary', pt: 'global', to: 'summary', tot: 'msg' }]);
+    assert.ok(
+      copy.wires![0].some((id) => keeps(byId.get(id))),
+      'copy output 1 -> change global.vmbackupLastSummary = msg.summary',
+    );
     const progress = byId.get(copy.wires![1][0])!;
     assert.equal(progress.type, 'debug');
     assert.equal(progress.active, false, 'progress debug is off by default');
     const catcher = flow.find((n) => n.type === 'catch')!;
     const pipelineIds = flow.filter((n) => (PIPELINE as readonly string[]).includes(n.type)).map((n) => n.id);
     assert.deepEqual([...(catcher.scope as string[])].sort(), pipelineIds.sort());
-    assert.ok(catcher.wires![0].some((id) => keeps(byId.get(id))), 'catch -> change global.vmbackupLastSummary = msg.summary');
+    assert.ok(
+      catcher.wires![0].some((id) => keeps(byId.get(id))),
+      'catch -> change global.vmbackupLastSummary = msg.summary',
+    );
   });
 
   it('deploys all four examples at once, with no missing types and no node errors', async function () {
@@ -211,7 +242,11 @@ describe('installed package: npm pack, npm install, node-red', function () {
     const scratch = path.join(installed!.dir, 'deploy-all');
     fs.mkdirSync(path.join(scratch, 'run'), { recursive: true });
     for (const host of all.filter((n) => n.type === 'vmbackup-host')) {
-      Object.assign(host, { socketDir: path.join(scratch, 'run'), repository: path.join(scratch, 'repository'), journalDir: path.join(scratch, 'journal') });
+      Object.assign(host, {
+        socketDir: path.join(scratch, 'run'),
+        repository: path.join(scratch, 'repository'),
+        journalDir: path.join(scratch, 'journal'),
+      });
     }
     const from = nr!.log.length;
     await nr!.deploy(all);
@@ -232,7 +267,11 @@ describe('installed package: npm pack, npm install, node-red', function () {
     const flow = readExample('Nightly backup of every VM');
     const host = flow.find((n) => n.type === 'vmbackup-host')!;
     const missing = path.join(installed!.dir, 'no-such-run-dir');
-    Object.assign(host, { socketDir: missing, repository: path.join(installed!.dir, 'repository'), journalDir: path.join(installed!.dir, 'journal') });
+    Object.assign(host, {
+      socketDir: missing,
+      repository: path.join(installed!.dir, 'repository'),
+      journalDir: path.join(installed!.dir, 'journal'),
+    });
     await nr!.deploy(flow);
     await nr!.deleteGlobal('vmbackupLastSummary');
     assert.equal(await nr!.globalValue('vmbackupLastSummary'), undefined);
@@ -275,8 +314,13 @@ describe('installed package: npm pack, npm install, node-red', function () {
     const { key, value } = await nr!.waitForGlobal<ReportRow[] | Summary>(['e2eReport', 'e2eFailure'], 240_000);
     assert.equal(key, 'e2eReport', `report failed: ${JSON.stringify(value)}`);
     const rows = value as ReportRow[];
-    for (const r of rows) console.log(`      ${r.vm}: ${r.method} (${r.consistency}) - ${r.why}${r.warnings.length ? ` [${r.warnings.join('; ')}]` : ''}`);
-    const vms = fs.readdirSync(lab.runDir).filter((f) => f.endsWith('.qmp')).map((f) => f.slice(0, -4)).sort();
+    for (const r of rows)
+      console.log(`      ${r.vm}: ${r.method} (${r.consistency}) - ${r.why}${r.warnings.length ? ` [${r.warnings.join('; ')}]` : ''}`);
+    const vms = fs
+      .readdirSync(lab.runDir)
+      .filter((f) => f.endsWith('.qmp'))
+      .map((f) => f.slice(0, -4))
+      .sort();
     assert.deepEqual(rows.map((r) => r.vm).sort(), vms, 'one row per QMP socket');
     for (const r of rows) {
       assert.match(r.method, /^(child-vm-snapshot|checkpoint|saved-state|offline)$/, r.vm);
@@ -290,7 +334,11 @@ describe('installed package: npm pack, npm install, node-red', function () {
       assert.equal(row('vm-noagent')!.method, 'checkpoint');
       assert.match(row('vm-noagent')!.why, /integration-service/);
     }
-    if (row('vm-passthrough')) assert.ok(row('vm-passthrough')!.warnings.some((w) => /NOT backed up/.test(w)), 'the NBD disk is reported as not backed up');
+    if (row('vm-passthrough'))
+      assert.ok(
+        row('vm-passthrough')!.warnings.some((w) => /NOT backed up/.test(w)),
+        'the NBD disk is reported as not backed up',
+      );
     assert.deepEqual(fs.readdirSync(repository), [], 'the report writes nothing to the repository');
   });
 
@@ -303,15 +351,29 @@ describe('installed package: npm pack, npm install, node-red', function () {
     this.timeout(600_000);
     const flow = readExample('Nightly backup of every VM');
     const repository = path.join(installed!.dir, 'repository-nightly');
-    Object.assign(flow.find((n) => n.type === 'vmbackup-host')!, { socketDir: lab.runDir, repository, journalDir: path.join(installed!.dir, 'journal-nightly') });
+    Object.assign(
+      flow.find((n) => n.type === 'vmbackup-host')!,
+      { socketDir: lab.runDir, repository, journalDir: path.join(installed!.dir, 'journal-nightly') },
+    );
     await nr!.deploy(flow);
     await nr!.deleteGlobal('vmbackupLastSummary');
     await nr!.inject(flow.find((n) => n.type === 'inject')!.id);
-    const { value } = await nr!.waitForGlobal<Omit<Summary, 'vms'> & { backupId: string; vms: { vm: string; method: string; consistency: string; path?: string }[] }>(['vmbackupLastSummary'], 540_000);
-    console.log(value.text.split('\n').map((l) => `      ${l}`).join('\n'));
+    const { value } = await nr!.waitForGlobal<
+      Omit<Summary, 'vms'> & { backupId: string; vms: { vm: string; method: string; consistency: string; path?: string }[] }
+    >(['vmbackupLastSummary'], 540_000);
+    console.log(
+      value.text
+        .split('\n')
+        .map((l) => `      ${l}`)
+        .join('\n'),
+    );
     assert.equal(value.ok, true, value.text);
     assert.equal(value.stage, 'copied');
-    const vms = fs.readdirSync(lab.runDir).filter((f) => f.endsWith('.qmp')).map((f) => f.slice(0, -4)).sort();
+    const vms = fs
+      .readdirSync(lab.runDir)
+      .filter((f) => f.endsWith('.qmp'))
+      .map((f) => f.slice(0, -4))
+      .sort();
     assert.deepEqual(value.vms.map((v) => v.vm).sort(), vms);
     for (const v of value.vms) {
       const dir = path.join(repository, 'lab', v.vm, value.backupId);

@@ -19,7 +19,15 @@ import { ensureLab, labImages, labRefs, labRun, qgaOf } from './support/lab';
 import { procFlow, RealNodeRed, type ProcFlowOptions } from './support/nodered';
 import { faultCase } from './support/table';
 import {
-  assertNoFleeceFiles, assertRepository, assertVmsUnharmed, checkGuestFrozen, fmtMs, readJournal, repositoryState, sleep, type VmRef,
+  assertNoFleeceFiles,
+  assertRepository,
+  assertVmsUnharmed,
+  checkGuestFrozen,
+  fmtMs,
+  readJournal,
+  repositoryState,
+  sleep,
+  type VmRef,
 } from './support/world';
 
 const GROUP = 'deadlines outside the event loop';
@@ -32,7 +40,8 @@ async function guardiansOf(journalFile: string): Promise<number[]> {
   for (const entry of await fs.readdir('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     const argv = (await fs.readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '')).split('\0');
-    if (argv[1]?.endsWith(path.join('pipeline', 'guardian.js')) && argv[2]?.includes(JSON.stringify(journalFile).slice(1, -1))) pids.push(Number(entry));
+    if (argv[1]?.endsWith(path.join('pipeline', 'guardian.js')) && argv[2]?.includes(JSON.stringify(journalFile).slice(1, -1)))
+      pids.push(Number(entry));
   }
   return pids;
 }
@@ -42,7 +51,8 @@ async function waitNoGuardian(journalFile: string, withinMs: number): Promise<nu
   for (;;) {
     const pids = await guardiansOf(journalFile);
     if (pids.length === 0) return Date.now() - t0;
-    if (Date.now() - t0 > withinMs) assert.fail(`guardian process(es) ${pids.join(', ')} still run ${withinMs} ms after the set's undos were done`);
+    if (Date.now() - t0 > withinMs)
+      assert.fail(`guardian process(es) ${pids.join(', ')} still run ${withinMs} ms after the set's undos were done`);
     await sleep(200);
   }
 }
@@ -93,7 +103,8 @@ async function waitGlobal(nr: RealNodeRed, key: string, withinMs: number): Promi
       if (/the backup failed/.test((err as Error).message)) throw err;
       lastError = (err as Error).message;
     }
-    if (Date.now() > deadline) throw new Error(`global.${key} not set within ${withinMs} ms (${lastError}); node-red log tail:\n${nr.log.slice(-3000)}`);
+    if (Date.now() > deadline)
+      throw new Error(`global.${key} not set within ${withinMs} ms (${lastError}); node-red log tail:\n${nr.log.slice(-3000)}`);
     await sleep(200);
   }
 }
@@ -136,11 +147,18 @@ describe('fault injection: deadlines outside the event loop (the guardian owns t
         nr = RealNodeRed.create();
         await nr.start();
       }
-      for (const key of ['caught', 'statuses', 'enumerate', 'classify', 'prepare', 'snapshot', 'post_snapshot', 'copy']) await nr.nr!.deleteGlobal(key);
+      for (const key of ['caught', 'statuses', 'enumerate', 'classify', 'prepare', 'snapshot', 'post_snapshot', 'copy'])
+        await nr.nr!.deleteGlobal(key);
       const journalDir = mkdtempSync(path.join(os.tmpdir(), 'vmb-faults-journal-'));
       const journalFile = path.join(journalDir, 'journal-lab.jsonl');
       const o: ProcFlowOptions = {
-        socketDir: labRun, repository, journalDir, hostName: 'lab', lastStage: 'copy', freezeTimeout: CAP_S, sessionTimeout: 300,
+        socketDir: labRun,
+        repository,
+        journalDir,
+        hostName: 'lab',
+        lastStage: 'copy',
+        freezeTimeout: CAP_S,
+        sessionTimeout: 300,
         between: { after: 'prepare', func: between },
       };
       await nr.deploy(procFlow(o));
@@ -155,8 +173,16 @@ describe('fault injection: deadlines outside the event loop (the guardian owns t
         assert.equal(vm.consistency, 'crash', `${vm.id}: thawed by the cap before its snapshot, it must be labelled crash-consistent`);
       }
       const labels = consistencies(repository, prepared.backupId);
-      assert.deepEqual(Object.values(labels), labRefs.map(() => 'crash'), 'manifests say crash-consistent');
-      notes.push(`published, manifests: ${Object.entries(labels).map(([k, v]) => `${k} ${v}`).join(', ')}, thawedByWatchdog`);
+      assert.deepEqual(
+        Object.values(labels),
+        labRefs.map(() => 'crash'),
+        'manifests say crash-consistent',
+      );
+      notes.push(
+        `published, manifests: ${Object.entries(labels)
+          .map(([k, v]) => `${k} ${v}`)
+          .join(', ')}, thawedByWatchdog`,
+      );
       notes.push(await guestSpans());
       await assertNoFleeceFiles([labImages]);
       notes.push(await assertVmsUnharmed(labRefs));
@@ -168,14 +194,17 @@ describe('fault injection: deadlines outside the event loop (the guardian owns t
   }
 
   it('(a) a function node elsewhere keeps the event loop busy 15 s while the guests are frozen', async () => {
-    await realCase(`Node-RED event loop busy 15 s (function node spinning) while guests frozen, cap ${CAP_S} s`,
+    await realCase(
+      `Node-RED event loop busy 15 s (function node spinning) while guests frozen, cap ${CAP_S} s`,
       `each guest thawed by its guardian at the cap (<= ${CAP_S} + 1 s by the guest's clock); published, labelled crash-consistent (thawedByWatchdog)`,
-      'const end = Date.now() + 15000; while (Date.now() < end) { /* a user\'s heavy computation */ } return msg;',
-      async () => 'loop blocked 15 s right after prepare');
+      "const end = Date.now() + 15000; while (Date.now() < end) { /* a user's heavy computation */ } return msg;",
+      async () => 'loop blocked 15 s right after prepare',
+    );
   });
 
   it('(b) Node-RED SIGSTOPped 20 s while the guests are frozen, then SIGCONT', async () => {
-    await realCase(`Node-RED SIGSTOPped 20 s while guests frozen, then SIGCONT, cap ${CAP_S} s`,
+    await realCase(
+      `Node-RED SIGSTOPped 20 s while guests frozen, then SIGCONT, cap ${CAP_S} s`,
       `each guest thawed by its guardian at the cap (<= ${CAP_S} + 1 s by the guest's clock); after SIGCONT the backup goes on: published, labelled crash-consistent`,
       // hold the message 2 s so that the test stops Node-RED while the guests are frozen
       'setTimeout(() => node.send(msg), 2000); return null;',
@@ -187,19 +216,25 @@ describe('fault injection: deadlines outside the event loop (the guardian owns t
           process.kill(pid, 'SIGCONT');
         }
         return 'Node-RED stopped 20 s right after prepare';
-      });
+      },
+    );
   });
 
   // ---- in-process Node-RED (node-red-node-test-helper), for faults of the guardian itself ----
 
   async function inprocCase(
-    name: string, expected: string, body: (run: InProcessRun) => Promise<{ note: string; backupId: string; published: boolean; limitMs?: number }>,
+    name: string,
+    expected: string,
+    body: (run: InProcessRun) => Promise<{ note: string; backupId: string; published: boolean; limitMs?: number }>,
   ) {
     await faultCase(GROUP, name, expected, async () => {
       await resetGuests();
       const before = await repositoryState(repository);
       const run = new InProcessRun({
-        socketDir: labRun, repository, hostName: 'lab', fallback: 'checkpoint',
+        socketDir: labRun,
+        repository,
+        hostName: 'lab',
+        fallback: 'checkpoint',
         journalDir: mkdtempSync(path.join(os.tmpdir(), 'vmb-faults-journal-')),
         hostExtra: { freezeTimeout: CAP_S, idleTimeout: 8, pauseTimeout: 5 },
       });
@@ -222,7 +257,8 @@ describe('fault injection: deadlines outside the event loop (the guardian owns t
   }
 
   it('the event loop blocked 15 s in-process while the guests are frozen', async () => {
-    await inprocCase(`in-process Node-RED: event loop blocked 15 s after prepare, cap ${CAP_S} s`,
+    await inprocCase(
+      `in-process Node-RED: event loop blocked 15 s after prepare, cap ${CAP_S} s`,
       'the guardian thaws at the cap; the snapshot afterwards is published, labelled crash-consistent',
       async (run) => {
         const r = await run.through('prepare');
@@ -238,11 +274,13 @@ describe('fault injection: deadlines outside the event loop (the guardian owns t
           assert.equal(vm.snapshot.thawedByWatchdog, true);
         }
         return { note: 'published, both crash-consistent, thawedByWatchdog', backupId: r.last.payload.backupId, published: true };
-      });
+      },
+    );
   });
 
   it('the guardian SIGSTOPped while the guests are frozen', async () => {
-    await inprocCase(`guardian SIGSTOPped after prepare (guests frozen), snapshot never sent, cap ${CAP_S} s`,
+    await inprocCase(
+      `guardian SIGSTOPped after prepare (guests frozen), snapshot never sent, cap ${CAP_S} s`,
       'Node-RED finds the stalled guardian a moment after the cap (no answer to a ping), kills it (its agent connections close) and thaws the guests itself; the set ends',
       async (run) => {
         const r = await run.through('prepare');
@@ -252,11 +290,13 @@ describe('fault injection: deadlines outside the event loop (the guardian owns t
         process.kill(pids[0]!, 'SIGSTOP');
         await run.settled(30_000);
         return { note: `guardian ${pids[0]} stopped; set ended`, backupId: r.last.payload.backupId, published: false };
-      });
+      },
+    );
   });
 
   it('the guardian SIGKILLed while the guests are frozen', async () => {
-    await inprocCase('guardian SIGKILLed 1 s after prepare (guests frozen), then the snapshot',
+    await inprocCase(
+      'guardian SIGKILLed 1 s after prepare (guests frozen), then the snapshot',
       'Node-RED thaws the guests at once from its own process; the snapshot is published crash-consistent (the freeze did not hold until it)',
       async (run) => {
         const r = await run.through('prepare');
@@ -267,14 +307,21 @@ describe('fault injection: deadlines outside the event loop (the guardian owns t
         process.kill(pids[0]!, 'SIGKILL');
         await sleep(1000);
         const rest = await run.through('copy', r.last.payload, 'snapshot');
-        if (!rest.last.ok) return { note: `refused at ${rest.stage}: ${(rest.last as any).error.slice(0, 100)}`, backupId: r.last.payload.backupId, published: false };
+        if (!rest.last.ok)
+          return {
+            note: `refused at ${rest.stage}: ${(rest.last as any).error.slice(0, 100)}`,
+            backupId: r.last.payload.backupId,
+            published: false,
+          };
         for (const vm of rest.last.payload.vms) assert.equal(vm.consistency, 'crash', `${vm.id} must be crash-consistent`);
         return { note: 'published, both crash-consistent', backupId: r.last.payload.backupId, published: true };
-      });
+      },
+    );
   });
 
   it('the agent answers slowly (its freeze hook takes 3 s)', async () => {
-    await inprocCase(`agent slow: fa-two's freeze hook sleeps 3 s, cap ${CAP_S} s`,
+    await inprocCase(
+      `agent slow: fa-two's freeze hook sleeps 3 s, cap ${CAP_S} s`,
       'published; the cap counts from the freeze sent (the slow freeze is inside it): thawed in time, labelled by what held',
       async (run) => {
         const r = await run.through('classify');
@@ -284,13 +331,16 @@ describe('fault injection: deadlines outside the event loop (the guardian owns t
         assert.ok(rest.last.ok, (rest.last as any).error);
         const labels = rest.last.payload.vms.map((v: any) => `${v.id} ${v.consistency} frozenMs ${Math.round(v.snapshot.frozenMs ?? -1)}`);
         return { note: `published: ${labels.join(', ')}`, backupId: r.last.payload.backupId, published: true };
-      });
+      },
+    );
   });
 
   // ---- two sets on two hosts at once, each with its own guardian, while the loop is held ----
 
   it('two sets on two hosts at once, the event loop blocked 15 s while both are frozen', async () => {
-    await faultCase(GROUP, `two hosts (one guest each, own journals and guardians), both sets frozen, event loop blocked 15 s, cap ${CAP_S} s`,
+    await faultCase(
+      GROUP,
+      `two hosts (one guest each, own journals and guardians), both sets frozen, event loop blocked 15 s, cap ${CAP_S} s`,
       'each guardian thaws its own guest at the cap; both snapshots afterwards crash-consistent; both sets end, both guardians exit',
       async () => {
         await resetGuests();
@@ -299,15 +349,31 @@ describe('fault injection: deadlines outside the event loop (the guardian owns t
         const hosts = labRefs.map((vm, i) => {
           const socketDir = path.join(base, `host${i}`);
           mkdirSync(socketDir);
-          for (const ext of ['qmp', 'qga', 'pid']) symlinkSync(path.join(labRun, `${vm.id}.${ext}`), path.join(socketDir, `${vm.id}.${ext}`));
+          for (const ext of ['qmp', 'qga', 'pid'])
+            symlinkSync(path.join(labRun, `${vm.id}.${ext}`), path.join(socketDir, `${vm.id}.${ext}`));
           const provider = new QemuProvider({ socketDir });
           const journal = new Journal(path.join(base, `journal-host${i}.jsonl`));
-          return { vm, provider, journal, host: new BackupHost(provider, journal, { hostName: `host${i}`, repositoryRoot: repository, timeouts: { ...DEFAULT_TIMEOUTS, freezeMs: CAP_S * 1000 } }) };
+          return {
+            vm,
+            provider,
+            journal,
+            host: new BackupHost(provider, journal, {
+              hostName: `host${i}`,
+              repositoryRoot: repository,
+              timeouts: { ...DEFAULT_TIMEOUTS, freezeMs: CAP_S * 1000 },
+            }),
+          };
         });
         try {
-          const prepared = await Promise.all(hosts.map(async (h) => h.host.prepare(h.host.classify(await h.host.enumerate(), 'checkpoint'))));
+          const prepared = await Promise.all(
+            hosts.map(async (h) => h.host.prepare(h.host.classify(await h.host.enumerate(), 'checkpoint'))),
+          );
           const guardians = await Promise.all(hosts.map((h) => guardiansOf(h.journal.file)));
-          assert.deepEqual(guardians.map((g) => g.length), [1, 1], 'one guardian per set');
+          assert.deepEqual(
+            guardians.map((g) => g.length),
+            [1, 1],
+            'one guardian per set',
+          );
           const end = Date.now() + 15_000;
           while (Date.now() < end) {
             // both hosts live in this process: neither can run a timer now
@@ -326,8 +392,11 @@ describe('fault injection: deadlines outside the event loop (the guardian owns t
           }
           const gone = await Promise.all(hosts.map((h) => waitNoGuardian(h.journal.file, 5000)));
           await assertNoFleeceFiles([labImages]);
-          return [`both snapshots crash-consistent, thawedByWatchdog; both sets ended; guardians gone ${gone.map(fmtMs).join(', ')} after`,
-            await guestSpans(), await assertVmsUnharmed(labRefs)].join('; ');
+          return [
+            `both snapshots crash-consistent, thawedByWatchdog; both sets ended; guardians gone ${gone.map(fmtMs).join(', ')} after`,
+            await guestSpans(),
+            await assertVmsUnharmed(labRefs),
+          ].join('; ');
         } finally {
           for (const h of hosts) {
             await h.host.closeAll('case over').catch(() => undefined);
@@ -336,7 +405,8 @@ describe('fault injection: deadlines outside the event loop (the guardian owns t
           }
           await fs.rm(base, { recursive: true, force: true });
         }
-      });
+      },
+    );
   });
 
   // ---- an undo that fails, then succeeds when retried: the set ends and its guardian exits ----
@@ -345,13 +415,19 @@ describe('fault injection: deadlines outside the event loop (the guardian owns t
     this.timeout(600_000);
     bare ??= await startBareWorld(['alpha', 'beta'], { dataMiB: 8 });
     const world = bare;
-    await faultCase(GROUP, 'discard fails (staging directory made immutable, chattr +i, during the copy), made removable 5 s later',
+    await faultCase(
+      GROUP,
+      'discard fails (staging directory made immutable, chattr +i, during the copy), made removable 5 s later',
       'copy refused; the discard is retried by the guardian until it succeeds; then the set ends and the guardian exits; nothing left',
       async () => {
         const before = await repositoryState(repository);
         const run = new InProcessRun({
-          socketDir: world.host.socketDir, repository, hostName: 'bare', fallback: 'checkpoint',
-          journalDir: mkdtempSync(path.join(os.tmpdir(), 'vmb-faults-journal-')), hostExtra: { idleTimeout: 8 },
+          socketDir: world.host.socketDir,
+          repository,
+          hostName: 'bare',
+          fallback: 'checkpoint',
+          journalDir: mkdtempSync(path.join(os.tmpdir(), 'vmb-faults-journal-')),
+          hostExtra: { idleTimeout: 8 },
         });
         let staging = '';
         let note = '';
@@ -364,25 +440,44 @@ describe('fault injection: deadlines outside the event loop (the guardian owns t
           staging = path.join(repository, 'bare', 'alpha', `.partial-${backupId}`);
           const copying = run.step('copy', r.last.payload);
           for (let i = 0; i < 4000; i++) {
-            if (await fs.stat(staging).then(() => true, () => false)) break;
+            if (
+              await fs.stat(staging).then(
+                () => true,
+                () => false,
+              )
+            )
+              break;
             await sleep(2);
           }
           await runProgram('chattr', ['+i', staging]);
           const c = await copying;
           assert.equal(c.ok, false, 'the copy cannot finish in an immutable directory');
           await sleep(2000);
-          assert.ok(await fs.stat(staging).then(() => true, () => false), 'the discard failed first (the staging directory is still there)');
+          assert.ok(
+            await fs.stat(staging).then(
+              () => true,
+              () => false,
+            ),
+            'the discard failed first (the staging directory is still there)',
+          );
           assert.ok((await guardiansOf(run.journalFile)).length > 0, 'the guardian stays while an undo is pending');
           // a new backup must not touch a VM whose undo is still being retried
           const next = await run.through('prepare');
           assert.equal(next.stage, 'prepare');
-          assert.equal(next.last.ok, false, 'a new set is refused while the old one\'s undo is retried');
+          assert.equal(next.last.ok, false, "a new set is refused while the old one's undo is retried");
           assert.match((next.last as any).error, /VM "alpha" still has undos of the ended backup set/);
           await sleep(2000);
           await runProgram('chattr', ['-i', staging]);
           const gone = await waitNoGuardian(run.journalFile, 15_000);
           await waitEnded(run.journalFile, backupId, 5000);
-          assert.equal(await fs.stat(staging).then(() => true, () => false), false, 'the retried discard removed the staging directory');
+          assert.equal(
+            await fs.stat(staging).then(
+              () => true,
+              () => false,
+            ),
+            false,
+            'the retried discard removed the staging directory',
+          );
           await run.settled(20_000); // the refused new set ends by its idle timeout (8 s)
           note = `copy refused ("${(c as any).error.slice(0, 60)}"); a new set refused meanwhile ("${(next.last as any).error.slice(0, 70)}"); discard retried; guardian gone ${fmtMs(gone)} after the directory became removable; set ended`;
         } finally {
@@ -394,6 +489,7 @@ describe('fault injection: deadlines outside the event loop (the guardian owns t
         assert.deepEqual(pendingUndos(readJournal(run.journalFile)), [], 'the journal still lists undos');
         notes.push('journal: nothing pending');
         return notes.join('; ');
-      });
+      },
+    );
   });
 });

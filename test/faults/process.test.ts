@@ -14,7 +14,16 @@ import { ensureLab, labImages, labRefs, labRun } from './support/lab';
 import { procFlow, RealNodeRed, type ProcFlowOptions } from './support/nodered';
 import { faultCase } from './support/table';
 import {
-  assertNoFleeceFiles, assertRepository, assertVmsUnharmed, checkGuestFrozen, fmtMs, journalFrozenMs, readJournal, repositoryState, sleep, type VmRef,
+  assertNoFleeceFiles,
+  assertRepository,
+  assertVmsUnharmed,
+  checkGuestFrozen,
+  fmtMs,
+  journalFrozenMs,
+  readJournal,
+  repositoryState,
+  sleep,
+  type VmRef,
 } from './support/world';
 
 const GROUP = 'Node-RED process';
@@ -27,7 +36,8 @@ const SEED = (() => {
   const env = process.env.VMBACKUP_FAULTS_SEED;
   if (env !== undefined && env !== '') {
     const n = Number(env);
-    if (!Number.isSafeInteger(n) || n < 0) throw new Error(`VMBACKUP_FAULTS_SEED must be a non-negative integer, not ${JSON.stringify(env)}`);
+    if (!Number.isSafeInteger(n) || n < 0)
+      throw new Error(`VMBACKUP_FAULTS_SEED must be a non-negative integer, not ${JSON.stringify(env)}`);
     return n >>> 0;
   }
   return (Date.now() ^ (process.pid << 16) ^ Math.floor(Math.random() * 0x1_0000_0000)) >>> 0;
@@ -83,17 +93,21 @@ describe('fault injection: the Node-RED process (SIGKILL and restart, redeploy)'
   });
 
   async function procCase(
-    name: string, expected: string, o: { lab: boolean } & Omit<ProcFlowOptions, 'socketDir' | 'repository' | 'journalDir' | 'hostName'>,
+    name: string,
+    expected: string,
+    o: { lab: boolean } & Omit<ProcFlowOptions, 'socketDir' | 'repository' | 'journalDir' | 'hostName'>,
     body: (ctx: Ctx) => Promise<Outcome>,
   ) {
     await faultCase(GROUP, name, expected, async () => {
       const refs: VmRef[] = o.lab ? labRefs : bare.refs;
-      if (o.lab) for (const vm of labRefs) {
-        await waitAgent(vm.qga!);
-        await clearHookLog(vm.qga!);
-      }
+      if (o.lab)
+        for (const vm of labRefs) {
+          await waitAgent(vm.qga!);
+          await clearHookLog(vm.qga!);
+        }
       if (!nr.nr) await nr.start();
-      for (const key of ['caught', 'statuses', 'enumerate', 'classify', 'prepare', 'snapshot', 'post_snapshot', 'copy']) await nr.nr!.deleteGlobal(key);
+      for (const key of ['caught', 'statuses', 'enumerate', 'classify', 'prepare', 'snapshot', 'post_snapshot', 'copy'])
+        await nr.nr!.deleteGlobal(key);
       const journalDir = mkdtempSync(path.join(os.tmpdir(), 'vmb-faults-journal-'));
       const hostName = o.lab ? 'lab' : 'bare';
       const flow = procFlow({ ...o, socketDir: o.lab ? labRun : bare.host.socketDir, repository, journalDir, hostName });
@@ -153,7 +167,8 @@ describe('fault injection: the Node-RED process (SIGKILL and restart, redeploy)'
     for (const entry of await fs.readdir('/proc')) {
       if (!/^\d+$/.test(entry)) continue;
       const argv = (await fs.readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '')).split('\0');
-      if (argv[1]?.endsWith(path.join('pipeline', 'guardian.js')) && argv[2]?.includes(JSON.stringify(journalFile).slice(1, -1))) pids.push(Number(entry));
+      if (argv[1]?.endsWith(path.join('pipeline', 'guardian.js')) && argv[2]?.includes(JSON.stringify(journalFile).slice(1, -1)))
+        pids.push(Number(entry));
     }
     return pids;
   }
@@ -163,7 +178,10 @@ describe('fault injection: the Node-RED process (SIGKILL and restart, redeploy)'
    * is killed), optionally wait, start it again; returns the recovery report the flow got.
    */
   async function killAndRestart(
-    ctx: Ctx, downMs = 0, killGuardian = false, o: { guardianIfAny?: boolean; reportWithinMs?: number | (() => number); whileDown?: () => Promise<void> } = {},
+    ctx: Ctx,
+    downMs = 0,
+    killGuardian = false,
+    o: { guardianIfAny?: boolean; reportWithinMs?: number | (() => number); whileDown?: () => Promise<void> } = {},
   ): Promise<{ report: any; note: string }> {
     const pending = pendingUndos(readJournal(ctx.journalFile)).map((u) => `${u.kind} ${u.vm}`);
     if (killGuardian) {
@@ -177,55 +195,94 @@ describe('fault injection: the Node-RED process (SIGKILL and restart, redeploy)'
     const reportWithinMs = typeof o.reportWithinMs === 'function' ? o.reportWithinMs() : o.reportWithinMs;
     if (downMs) await sleep(downMs);
     await o.whileDown?.();
-    const byGuardian = readJournal(ctx.journalFile).filter((e) => e.data?.by === 'guardian' && e.vm).map((e) => `${e.op} ${e.vm}`);
+    const byGuardian = readJournal(ctx.journalFile)
+      .filter((e) => e.data?.by === 'guardian' && e.vm)
+      .map((e) => `${e.op} ${e.vm}`);
     const t0 = Date.now();
     await nr.start();
     const restartMs = Date.now() - t0;
     const report = await ctx.recoveryReport(reportWithinMs);
     const statuses = (await nr.global<any[]>('statuses')) ?? [];
     const status = statuses.find((s) => s.source === 'enumerate' && /recovered/.test(s.text));
-    const note = `journal after the kill: ${pending.length ? pending.join(', ') : 'nothing pending'}; ` +
+    const note =
+      `journal after the kill: ${pending.length ? pending.join(', ') : 'nothing pending'}; ` +
       (byGuardian.length ? `guardian (Node-RED down): ${byGuardian.join(', ')}; ` : '') +
       `restarted in ${(restartMs / 1000).toFixed(1)} s; ` +
-      (report ? `Catch got ${report.topic}: ${report.payload.actions.map((a: any) => `${a.kind}${a.ok ? '' : ' FAILED'} ${a.vm?.split('/').pop() ?? ''}${a.by ? ` (by ${a.by})` : ''}`).join(', ')}` : 'no recovery report') +
+      (report
+        ? `Catch got ${report.topic}: ${report.payload.actions.map((a: any) => `${a.kind}${a.ok ? '' : ' FAILED'} ${a.vm?.split('/').pop() ?? ''}${a.by ? ` (by ${a.by})` : ''}`).join(', ')}`
+        : 'no recovery report') +
       (status ? `; status "${status.text}"` : '');
     return { report, note };
   }
 
   it('SIGKILL while guests are frozen, restarted at once', async () => {
-    await procCase('SIGKILL after prepare (guests frozen), restart at once', 'recovery at start thaws both guests; a recovery report reaches Catch and Status nodes',
-      { lab: true, lastStage: 'prepare' }, async (ctx) => {
+    await procCase(
+      'SIGKILL after prepare (guests frozen), restart at once',
+      'recovery at start thaws both guests; a recovery report reaches Catch and Status nodes',
+      { lab: true, lastStage: 'prepare' },
+      async (ctx) => {
         const set = await ctx.runTo('prepare');
         const { report, note } = await killAndRestart(ctx);
         assert.ok(report, 'a recovery report reached the Catch node');
-        assert.deepEqual(report.payload.actions.filter((a: any) => a.kind === 'thaw').map((a: any) => a.vm).sort(), ['fa-one', 'fa-two']);
+        assert.deepEqual(
+          report.payload.actions
+            .filter((a: any) => a.kind === 'thaw')
+            .map((a: any) => a.vm)
+            .sort(),
+          ['fa-one', 'fa-two'],
+        );
         return { note, backupId: set.backupId, published: false };
-      });
+      },
+    );
   });
 
   it('SIGKILL of Node-RED and its guardian while guests are frozen', async () => {
-    await procCase('SIGKILL of Node-RED and its guardian after prepare (guests frozen), restart at once', 'recovery at start (journal replay) thaws both guests; report reaches Catch and Status nodes',
-      { lab: true, lastStage: 'prepare' }, async (ctx) => {
+    await procCase(
+      'SIGKILL of Node-RED and its guardian after prepare (guests frozen), restart at once',
+      'recovery at start (journal replay) thaws both guests; report reaches Catch and Status nodes',
+      { lab: true, lastStage: 'prepare' },
+      async (ctx) => {
         const set = await ctx.runTo('prepare');
         const { report, note } = await killAndRestart(ctx, 0, true);
-        assert.deepEqual(report?.payload.actions.filter((a: any) => a.kind === 'thaw' && !a.by).map((a: any) => a.vm).sort(), ['fa-one', 'fa-two']);
+        assert.deepEqual(
+          report?.payload.actions
+            .filter((a: any) => a.kind === 'thaw' && !a.by)
+            .map((a: any) => a.vm)
+            .sort(),
+          ['fa-one', 'fa-two'],
+        );
         return { note, backupId: set.backupId, published: false };
-      });
+      },
+    );
   });
 
   it('SIGKILL of Node-RED and its guardian while the views are in place', async () => {
-    await procCase('SIGKILL of Node-RED and its guardian after snapshot (views in place), restart', 'recovery at start releases the views live (QEMU shows nothing of ours after); report reaches Catch',
-      { lab: false, lastStage: 'snapshot' }, async (ctx) => {
+    await procCase(
+      'SIGKILL of Node-RED and its guardian after snapshot (views in place), restart',
+      'recovery at start releases the views live (QEMU shows nothing of ours after); report reaches Catch',
+      { lab: false, lastStage: 'snapshot' },
+      async (ctx) => {
         const set = await ctx.runTo('snapshot');
         const { report, note } = await killAndRestart(ctx, 0, true);
-        assert.deepEqual(report?.payload.actions.filter((a: any) => a.kind === 'release' && a.ok && !a.by).map((a: any) => a.vm).sort(), ['alpha', 'beta'], 'views released by recovery at start');
+        assert.deepEqual(
+          report?.payload.actions
+            .filter((a: any) => a.kind === 'release' && a.ok && !a.by)
+            .map((a: any) => a.vm)
+            .sort(),
+          ['alpha', 'beta'],
+          'views released by recovery at start',
+        );
         return { note, backupId: set.backupId, published: false };
-      });
+      },
+    );
   });
 
   it('SIGKILL of Node-RED and its guardian, then QEMU killed while its view is in place', async () => {
-    await procCase('SIGKILL of Node-RED and its guardian after snapshot, beta\'s QEMU killed while Node-RED is down, restart', 'recovery at start removes beta\'s fleecing image (its view went with QEMU) and releases alpha\'s live; both reported; beta restarts on its own image',
-      { lab: false, lastStage: 'snapshot' }, async (ctx) => {
+    await procCase(
+      "SIGKILL of Node-RED and its guardian after snapshot, beta's QEMU killed while Node-RED is down, restart",
+      "recovery at start removes beta's fleecing image (its view went with QEMU) and releases alpha's live; both reported; beta restarts on its own image",
+      { lab: false, lastStage: 'snapshot' },
+      async (ctx) => {
         const set = await ctx.runTo('snapshot');
         const fleeces: string[] = set.vms.find((v: any) => v.id === 'beta').snapshot.view.ref.disks.map((d: any) => d.fleece);
         let leftByQemu = 0;
@@ -233,75 +290,125 @@ describe('fault injection: the Node-RED process (SIGKILL and restart, redeploy)'
           whileDown: async () => {
             await bare.kill('beta');
             // what the dead QEMU left: its fleecing image (the case proves nothing if there is none)
-            for (const f of fleeces) if (await fs.stat(f).then(() => true, () => false)) leftByQemu++;
+            for (const f of fleeces)
+              if (
+                await fs.stat(f).then(
+                  () => true,
+                  () => false,
+                )
+              )
+                leftByQemu++;
           },
         });
         assert.equal(leftByQemu, fleeces.length, 'the killed QEMU left its fleecing image');
         for (const f of fleeces) await assert.rejects(fs.stat(f), `recovery removed ${f}`);
-        const released = report?.payload.actions.filter((a: any) => a.kind === 'release' && a.ok && !a.by).map((a: any) => a.vm).sort();
+        const released = report?.payload.actions
+          .filter((a: any) => a.kind === 'release' && a.ok && !a.by)
+          .map((a: any) => a.vm)
+          .sort();
         assert.deepEqual(released, ['alpha', 'beta'], 'both views reported released by recovery at start');
         const restarted = await bare.restore();
         assert.deepEqual(restarted, ['beta']);
         return { note: `${note}; ${await bare.checkImages()}, restarted beta`, backupId: set.backupId, published: false };
-      });
+      },
+    );
   });
 
   it('SIGKILL while guests are frozen, Node-RED left down for 15 s', async () => {
-    await procCase('SIGKILL after prepare (guests frozen), Node-RED down 15 s', 'the guests are thawed within freezeTimeout + 1 s although no Node-RED runs (guardian process); restart finds nothing frozen',
-      { lab: true, lastStage: 'prepare' }, async (ctx) => {
+    await procCase(
+      'SIGKILL after prepare (guests frozen), Node-RED down 15 s',
+      'the guests are thawed within freezeTimeout + 1 s although no Node-RED runs (guardian process); restart finds nothing frozen',
+      { lab: true, lastStage: 'prepare' },
+      async (ctx) => {
         const set = await ctx.runTo('prepare');
         const { report, note } = await killAndRestart(ctx, 15_000);
-        assert.ok(report?.payload.actions.some((a: any) => a.kind === 'thaw' && a.by === 'guardian'), 'the report says the guardian thawed');
+        assert.ok(
+          report?.payload.actions.some((a: any) => a.kind === 'thaw' && a.by === 'guardian'),
+          'the report says the guardian thawed',
+        );
         return { note, backupId: set.backupId, published: false };
-      });
+      },
+    );
   });
 
   it('SIGKILL while the views are in place', async () => {
-    await procCase('SIGKILL after snapshot (views in place), restart', 'the views are released (by the guardian or by recovery at start); report reaches Catch; nothing published',
-      { lab: false, lastStage: 'snapshot' }, async (ctx) => {
+    await procCase(
+      'SIGKILL after snapshot (views in place), restart',
+      'the views are released (by the guardian or by recovery at start); report reaches Catch; nothing published',
+      { lab: false, lastStage: 'snapshot' },
+      async (ctx) => {
         const set = await ctx.runTo('snapshot');
         const { report, note } = await killAndRestart(ctx);
-        assert.deepEqual([...new Set(report?.payload.actions.filter((a: any) => a.kind === 'release' && a.ok).map((a: any) => a.vm))].sort(), ['alpha', 'beta'], 'views released and reported');
+        assert.deepEqual(
+          [...new Set(report?.payload.actions.filter((a: any) => a.kind === 'release' && a.ok).map((a: any) => a.vm))].sort(),
+          ['alpha', 'beta'],
+          'views released and reported',
+        );
         return { note, backupId: set.backupId, published: false };
-      });
+      },
+    );
   });
 
   it('SIGKILL while VMs are saved/paused', async () => {
-    await procCase('SIGKILL after prepare (saved-state: VMs paused), restart', 'recovery resumes the VMs and removes the partial backup; report reaches Catch',
-      { lab: false, lastStage: 'prepare', fallback: 'saved-state' }, async (ctx) => {
+    await procCase(
+      'SIGKILL after prepare (saved-state: VMs paused), restart',
+      'recovery resumes the VMs and removes the partial backup; report reaches Catch',
+      { lab: false, lastStage: 'prepare', fallback: 'saved-state' },
+      async (ctx) => {
         const set = await ctx.runTo('prepare');
         const { report, note } = await killAndRestart(ctx);
-        assert.ok(report?.payload.actions.some((a: any) => a.kind === 'resume' && a.ok), 'VMs resumed by recovery');
+        assert.ok(
+          report?.payload.actions.some((a: any) => a.kind === 'resume' && a.ok),
+          'VMs resumed by recovery',
+        );
         return { note, backupId: set.backupId, published: false };
-      });
+      },
+    );
   });
 
   it('SIGKILL during the copy', async () => {
-    await procCase('SIGKILL while copying, restart', 'recovery removes the partial (staging) backup and releases the views; nothing published; earlier backups intact',
-      { lab: false, lastStage: 'copy' }, async (ctx) => {
+    await procCase(
+      'SIGKILL while copying, restart',
+      'recovery removes the partial (staging) backup and releases the views; nothing published; earlier backups intact',
+      { lab: false, lastStage: 'copy' },
+      async (ctx) => {
         await ctx.runTo('post-snapshot');
         const set = await ctx.nr.global('post_snapshot');
         const staging = path.join(repository, 'bare', 'alpha', `.partial-${set.backupId}`);
         for (let i = 0; i < 2000; i++) {
-          if (await fs.stat(staging).then(() => true, () => false)) break;
+          if (
+            await fs.stat(staging).then(
+              () => true,
+              () => false,
+            )
+          )
+            break;
           await sleep(5);
         }
         const { report, note } = await killAndRestart(ctx);
-        assert.ok(report?.payload.actions.some((a: any) => /discard/.test(a.kind)), 'the partial backup was removed');
+        assert.ok(
+          report?.payload.actions.some((a: any) => /discard/.test(a.kind)),
+          'the partial backup was removed',
+        );
         return { note, backupId: set.backupId, published: false };
-      });
+      },
+    );
   });
 
   it('SIGKILL before any side effect', async () => {
-    await procCase('SIGKILL after classify (no side effect yet), restart', 'nothing to recover: no report, nothing pending',
-      { lab: false, lastStage: 'classify' }, async (ctx) => {
+    await procCase(
+      'SIGKILL after classify (no side effect yet), restart',
+      'nothing to recover: no report, nothing pending',
+      { lab: false, lastStage: 'classify' },
+      async (ctx) => {
         const set = await ctx.runTo('classify');
         await nr.kill();
         await nr.start();
         const report = await ctx.recoveryReport(3000);
         assert.equal(report, undefined, 'no recovery report when nothing was interrupted');
         return { note: 'restarted; no recovery report', backupId: set.backupId, published: false };
-      });
+      },
+    );
   });
 
   // ---- SIGKILL at a random point of a whole backup (enumerate through copy) ----
@@ -354,17 +461,28 @@ describe('fault injection: the Node-RED process (SIGKILL and restart, redeploy)'
   /** A clean run of the whole flow (enumerate through copy): published, verified; measures its duration. */
   async function cleanRun(key: FlowKey): Promise<void> {
     const f = flowOf[key];
-    await procCase(`clean run, ${f.label}: whole flow (measures the duration the random kills are drawn over)`, 'published, every backup verified (verifyBackup)',
-      { lab: f.lab, lastStage: 'copy', ...(f.fallback ? { fallback: f.fallback } : {}) }, async (ctx) => {
+    await procCase(
+      `clean run, ${f.label}: whole flow (measures the duration the random kills are drawn over)`,
+      'published, every backup verified (verifyBackup)',
+      { lab: f.lab, lastStage: 'copy', ...(f.fallback ? { fallback: f.fallback } : {}) },
+      async (ctx) => {
         const t0 = Date.now();
         const set = await ctx.runTo('copy');
         const ms = Date.now() - t0;
         cleanMs.set(key, ms);
         const ids = (f.lab ? labRefs : bare.refs).map((v) => v.id).sort();
         const { published } = await backupDirs(repository);
-        assert.deepEqual(published.filter((d) => path.basename(d) === set.backupId).map((d) => d.split(path.sep)[1]).sort(), ids, 'every VM of the set published');
+        assert.deepEqual(
+          published
+            .filter((d) => path.basename(d) === set.backupId)
+            .map((d) => d.split(path.sep)[1])
+            .sort(),
+          ids,
+          'every VM of the set published',
+        );
         return { note: `${fmtMs(ms)} inject to copy output; ${await verifyAll()}`, backupId: set.backupId, published: true };
-      });
+      },
+    );
   }
 
   const rng = mulberry32(SEED);
@@ -383,8 +501,11 @@ describe('fault injection: the Node-RED process (SIGKILL and restart, redeploy)'
     const name = `random kill #${i + 1} (seed ${SEED}, u=${c.u.toFixed(4)}), ${f.label}: ${how}`;
     it(name, async function () {
       if (!cleanMs.has(c.key)) await cleanRun(c.key);
-      await procCase(name, 'at u x the clean run\'s duration; after recovery every VM running, thawed, nothing of ours in its graph; the set published whole (every VM, verified) or not at all; every backup passes verifyBackup; no .partial-* left',
-        { lab: f.lab, lastStage: 'copy', ...(f.fallback ? { fallback: f.fallback } : {}) }, async (ctx) => {
+      await procCase(
+        name,
+        "at u x the clean run's duration; after recovery every VM running, thawed, nothing of ours in its graph; the set published whole (every VM, verified) or not at all; every backup passes verifyBackup; no .partial-* left",
+        { lab: f.lab, lastStage: 'copy', ...(f.fallback ? { fallback: f.fallback } : {}) },
+        async (ctx) => {
           const delayMs = Math.round(c.u * cleanMs.get(c.key)!);
           const before = new Set((await backupDirs(repository)).published);
           await ctx.nr.inject('go');
@@ -404,7 +525,12 @@ describe('fault injection: the Node-RED process (SIGKILL and restart, redeploy)'
           const setIds = [...new Set(fresh.map((d) => path.basename(d)))];
           assert.ok(setIds.length <= 1, `more than one new backup set published: ${setIds.join(', ')}`);
           const published = setIds.length === 1;
-          if (published) assert.deepEqual(fresh.map((d) => d.split(path.sep)[1]).sort(), ids, `set ${setIds[0]} published for only some of its VMs (all or none)`);
+          if (published)
+            assert.deepEqual(
+              fresh.map((d) => d.split(path.sep)[1]).sort(),
+              ids,
+              `set ${setIds[0]} published for only some of its VMs (all or none)`,
+            );
           const journalIds = [...new Set([...reached, ...readJournal(ctx.journalFile)].map((e) => e.backupId).filter(Boolean))];
           assert.ok(journalIds.length <= 1, `the case's journal names more than one backup set: ${journalIds.join(', ')}`);
           const backupId = setIds[0] ?? journalIds[0];
@@ -412,61 +538,118 @@ describe('fault injection: the Node-RED process (SIGKILL and restart, redeploy)'
           const ops = reached.filter((e) => e.vm).map((e) => `${e.op}/${e.phase}`);
           const last = ops.length ? ops[ops.length - 1] : 'nothing journalled yet';
           return {
-            note: `killed ${delayMs} ms into the run (clean run ${fmtMs(cleanMs.get(c.key))}; last journal line at the kill: ${last}); ${note}; ` +
+            note:
+              `killed ${delayMs} ms into the run (clean run ${fmtMs(cleanMs.get(c.key))}; last journal line at the kill: ${last}); ${note}; ` +
               `${published ? `set ${setIds[0]} published whole` : 'set not published'}; ${await verifyAll()}`,
             backupId,
             published,
           };
-        });
+        },
+      );
     });
   });
 
   it('full redeploy while guests are frozen', async () => {
-    await procCase('full redeploy after prepare (guests frozen)', 'the closing host node thaws the guests at once; the new host node finds nothing to recover',
-      { lab: true, lastStage: 'prepare' }, async (ctx) => {
+    await procCase(
+      'full redeploy after prepare (guests frozen)',
+      'the closing host node thaws the guests at once; the new host node finds nothing to recover',
+      { lab: true, lastStage: 'prepare' },
+      async (ctx) => {
         const set = await ctx.runTo('prepare');
         const t0 = Date.now();
-        const flow = procFlow({ socketDir: labRun, repository, journalDir: path.dirname(ctx.journalFile), hostName: 'lab', lastStage: 'copy' });
+        const flow = procFlow({
+          socketDir: labRun,
+          repository,
+          journalDir: path.dirname(ctx.journalFile),
+          hostName: 'lab',
+          lastStage: 'copy',
+        });
         await ctx.nr.deploy(flow, 'full');
         return { note: `redeployed in ${Date.now() - t0} ms`, backupId: set.backupId, published: false };
-      });
+      },
+    );
   });
 
   it('full redeploy while the views are in place', async () => {
-    await procCase('full redeploy after snapshot (views in place)', 'the closing host node releases the views at once; nothing published',
-      { lab: false, lastStage: 'snapshot' }, async (ctx) => {
+    await procCase(
+      'full redeploy after snapshot (views in place)',
+      'the closing host node releases the views at once; nothing published',
+      { lab: false, lastStage: 'snapshot' },
+      async (ctx) => {
         const set = await ctx.runTo('snapshot');
-        await ctx.nr.deploy(procFlow({ socketDir: bare.host.socketDir, repository, journalDir: path.dirname(ctx.journalFile), hostName: 'bare', lastStage: 'copy' }), 'full');
+        await ctx.nr.deploy(
+          procFlow({
+            socketDir: bare.host.socketDir,
+            repository,
+            journalDir: path.dirname(ctx.journalFile),
+            hostName: 'bare',
+            lastStage: 'copy',
+          }),
+          'full',
+        );
         return { note: 'redeployed', backupId: set.backupId, published: false };
-      });
+      },
+    );
   });
 
   it('full redeploy during the copy', async () => {
-    await procCase('full redeploy while copying', 'the copy is cancelled, views released, staging removed, nothing published',
-      { lab: false, lastStage: 'copy' }, async (ctx) => {
+    await procCase(
+      'full redeploy while copying',
+      'the copy is cancelled, views released, staging removed, nothing published',
+      { lab: false, lastStage: 'copy' },
+      async (ctx) => {
         await ctx.runTo('post-snapshot');
         const set = await ctx.nr.global('post_snapshot');
         const staging = path.join(repository, 'bare', 'alpha', `.partial-${set.backupId}`);
         for (let i = 0; i < 2000; i++) {
-          if (await fs.stat(staging).then(() => true, () => false)) break;
+          if (
+            await fs.stat(staging).then(
+              () => true,
+              () => false,
+            )
+          )
+            break;
           await sleep(5);
         }
-        await ctx.nr.deploy(procFlow({ socketDir: bare.host.socketDir, repository, journalDir: path.dirname(ctx.journalFile), hostName: 'bare', lastStage: 'copy' }), 'full');
-        const published = await fs.stat(path.join(repository, 'bare', 'alpha', set.backupId)).then(() => true, () => false);
+        await ctx.nr.deploy(
+          procFlow({
+            socketDir: bare.host.socketDir,
+            repository,
+            journalDir: path.dirname(ctx.journalFile),
+            hostName: 'bare',
+            lastStage: 'copy',
+          }),
+          'full',
+        );
+        const published = await fs.stat(path.join(repository, 'bare', 'alpha', set.backupId)).then(
+          () => true,
+          () => false,
+        );
         return { note: `redeployed mid-copy${published ? ' (copy had already published)' : ''}`, backupId: set.backupId, published };
-      });
+      },
+    );
   });
 
   it('partial deploy deletes the next node mid-backup', async () => {
-    await procCase('"modified nodes" deploy deletes the copy node after post-snapshot', 'the host node stays; its idleTimeout (5 s) aborts the orphaned set: views released, nothing published',
-      { lab: false, lastStage: 'copy', idleTimeout: 5 }, async (ctx) => {
-        const flowOpts = { socketDir: bare.host.socketDir, repository, journalDir: path.dirname(ctx.journalFile), hostName: 'bare', idleTimeout: 5 } as const;
+    await procCase(
+      '"modified nodes" deploy deletes the copy node after post-snapshot',
+      'the host node stays; its idleTimeout (5 s) aborts the orphaned set: views released, nothing published',
+      { lab: false, lastStage: 'copy', idleTimeout: 5 },
+      async (ctx) => {
+        const flowOpts = {
+          socketDir: bare.host.socketDir,
+          repository,
+          journalDir: path.dirname(ctx.journalFile),
+          hostName: 'bare',
+          idleTimeout: 5,
+        } as const;
         // stop after post-snapshot: the copy node is deleted before the message reaches it
         await ctx.nr.deploy(procFlow({ ...flowOpts, lastStage: 'post-snapshot' }), 'nodes');
         const set = await ctx.runTo('post-snapshot');
         await ctx.nr.deploy(procFlow({ ...flowOpts, lastStage: 'post-snapshot', without: 'copy' }), 'nodes');
         await sleep(8000);
         return { note: 'copy node deleted; set aborted by the idle watchdog', backupId: set.backupId, published: false };
-      });
+      },
+    );
   });
 });

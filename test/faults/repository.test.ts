@@ -29,7 +29,8 @@ async function guardiansIn(journalDir: string): Promise<number[]> {
   for (const entry of await fs.readdir('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     const argv = (await fs.readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '')).split('\0');
-    if (argv[1]?.endsWith(path.join('pipeline', 'guardian.js')) && argv[2]?.includes(JSON.stringify(journalDir).slice(1, -1))) pids.push(Number(entry));
+    if (argv[1]?.endsWith(path.join('pipeline', 'guardian.js')) && argv[2]?.includes(JSON.stringify(journalDir).slice(1, -1)))
+      pids.push(Number(entry));
   }
   return pids;
 }
@@ -85,7 +86,9 @@ describe('fault injection: repository and journal faults, read-back verification
       mounted.push(journalFs);
     } catch (err) {
       if (process.env.VMBACKUP_FAULTS_NO_MOUNT === '1') return this.skip();
-      throw new Error(`mounting a tmpfs failed (the repository faults need root and mount; VMBACKUP_FAULTS_NO_MOUNT=1 skips them): ${(err as Error).message}`);
+      throw new Error(
+        `mounting a tmpfs failed (the repository faults need root and mount; VMBACKUP_FAULTS_NO_MOUNT=1 skips them): ${(err as Error).message}`,
+      );
     }
     world = await startBareWorld(['alpha', 'beta'], { dataMiB: 6 });
   });
@@ -110,7 +113,12 @@ describe('fault injection: repository and journal faults, read-back verification
   }
 
   /** Through the nodes (test helper), with the repository on the tmpfs. */
-  async function nodeCase(name: string, expected: string, body: (run: InProcessRun) => Promise<Outcome>, o: { fallback?: string; journalDir?: string } = {}) {
+  async function nodeCase(
+    name: string,
+    expected: string,
+    body: (run: InProcessRun) => Promise<Outcome>,
+    o: { fallback?: string; journalDir?: string } = {},
+  ) {
     await faultCase(GROUP, name, expected, async () => {
       const before = await repositoryState(repo);
       const run = new InProcessRun({
@@ -139,47 +147,70 @@ describe('fault injection: repository and journal faults, read-back verification
       await nodeCase(`no fault (baseline ${n} into the 30 MiB tmpfs)`, 'published', async (run) => {
         const r = await run.through('copy');
         assert.ok(r.last.ok, (r.last as any).error);
-        return { note: `published, ${(r.last.payload.vms as any[]).reduce((n, vm) => n + vm.copy.bytes, 0)} bytes`, backupId: r.last.payload.backupId, published: true };
+        return {
+          note: `published, ${(r.last.payload.vms as any[]).reduce((n, vm) => n + vm.copy.bytes, 0)} bytes`,
+          backupId: r.last.payload.backupId,
+          published: true,
+        };
       });
     }
   });
 
   it('repository full during the copy', async () => {
-    await nodeCase('copy: repository full (ENOSPC on a size-limited tmpfs)', 'refused; staging removed; views released; earlier backups byte-identical', async (run) => {
-      // this backup is an incremental of the baselines: the guest writes more than the space left
-      // (about 16 MiB), so that its changed clusters cannot fit
-      await qmp(world.refs[0].qmp, 'human-monitor-command', { 'command-line': 'qemu-io drive-virtio0 "write -P 0x66 8M 24M"' });
-      const r = await run.through('copy');
-      assert.equal(r.last.ok, false);
-      assert.match((r.last as any).error, /ENOSPC|no space/i);
-      return { note: `copy refused: "${(r.last as any).error.slice(0, 90)}"`, backupId: r.last.msg.payload.backupId, published: false };
-    });
+    await nodeCase(
+      'copy: repository full (ENOSPC on a size-limited tmpfs)',
+      'refused; staging removed; views released; earlier backups byte-identical',
+      async (run) => {
+        // this backup is an incremental of the baselines: the guest writes more than the space left
+        // (about 16 MiB), so that its changed clusters cannot fit
+        await qmp(world.refs[0].qmp, 'human-monitor-command', { 'command-line': 'qemu-io drive-virtio0 "write -P 0x66 8M 24M"' });
+        const r = await run.through('copy');
+        assert.equal(r.last.ok, false);
+        assert.match((r.last as any).error, /ENOSPC|no space/i);
+        return { note: `copy refused: "${(r.last as any).error.slice(0, 90)}"`, backupId: r.last.msg.payload.backupId, published: false };
+      },
+    );
   });
 
   it('repository full when the saved state is written', async () => {
-    await nodeCase('prepare: repository full while saving VM state', 'refused; the VMs resumed at once; nothing published', async (run) => {
-      await fillUp(repo);
-      const r = await run.through('copy');
-      assert.equal(r.stage, 'prepare');
-      assert.equal(r.last.ok, false);
-      return { note: `prepare refused: "${(r.last as any).error.slice(0, 90)}"`, backupId: r.last.msg.payload.backupId, published: false };
-    }, { fallback: 'saved-state' });
+    await nodeCase(
+      'prepare: repository full while saving VM state',
+      'refused; the VMs resumed at once; nothing published',
+      async (run) => {
+        await fillUp(repo);
+        const r = await run.through('copy');
+        assert.equal(r.stage, 'prepare');
+        assert.equal(r.last.ok, false);
+        return {
+          note: `prepare refused: "${(r.last as any).error.slice(0, 90)}"`,
+          backupId: r.last.msg.payload.backupId,
+          published: false,
+        };
+      },
+      { fallback: 'saved-state' },
+    );
   });
 
   it('repository read-only from the copy on', async () => {
-    await nodeCase('copy: repository remounted read-only after post-snapshot', 'refused (EROFS); views released; nothing published', async (run) => {
-      const r = await run.through('post-snapshot');
-      assert.ok(r.last.ok);
-      await mount(['-o', 'remount,ro', repo]);
-      const c = await run.step('copy', r.last.payload);
-      assert.match((c as any).error ?? '', /EROFS|read-only/i);
-      return { note: `copy refused: "${(c as any).error.slice(0, 90)}"`, backupId: r.last.payload.backupId, published: false };
-    });
+    await nodeCase(
+      'copy: repository remounted read-only after post-snapshot',
+      'refused (EROFS); views released; nothing published',
+      async (run) => {
+        const r = await run.through('post-snapshot');
+        assert.ok(r.last.ok);
+        await mount(['-o', 'remount,ro', repo]);
+        const c = await run.step('copy', r.last.payload);
+        assert.match((c as any).error ?? '', /EROFS|read-only/i);
+        return { note: `copy refused: "${(c as any).error.slice(0, 90)}"`, backupId: r.last.payload.backupId, published: false };
+      },
+    );
   });
 
   it('repository read-only with staging directories in it, writable again later', async () => {
-    await nodeCase('copy: repository read-only while staging directories (saved states) exist, writable again 4 s later',
-      'the discard fails and is retried every few seconds; once writable: staging removed, journal "end", guardian gone', async (run) => {
+    await nodeCase(
+      'copy: repository read-only while staging directories (saved states) exist, writable again 4 s later',
+      'the discard fails and is retried every few seconds; once writable: staging removed, journal "end", guardian gone',
+      async (run) => {
         const r = await run.through('post-snapshot');
         assert.ok(r.last.ok);
         const backupId: string = r.last.payload.backupId;
@@ -188,32 +219,78 @@ describe('fault injection: repository and journal faults, read-back verification
         const c = await run.step('copy', r.last.payload);
         assert.match((c as any).error ?? '', /EROFS|read-only/i);
         await sleep(1000);
-        const left = await Promise.all(staging.map((d) => fs.access(d).then(() => true, () => false)));
+        const left = await Promise.all(
+          staging.map((d) =>
+            fs.access(d).then(
+              () => true,
+              () => false,
+            ),
+          ),
+        );
         assert.deepEqual(left, [true, true], 'the staging directories cannot be removed while read-only');
-        assert.equal(pendingUndos(readJournal(run.journalFile)).filter((u) => u.kind === 'discard').length, 2, 'their discards are pending');
+        assert.equal(
+          pendingUndos(readJournal(run.journalFile)).filter((u) => u.kind === 'discard').length,
+          2,
+          'their discards are pending',
+        );
         assert.ok((await guardiansIn(path.dirname(run.journalFile))).length > 0, 'the guardian stays while they are');
         await sleep(3000);
         await mount(['-o', 'remount,rw', repo]);
         const t0 = Date.now();
-        for (let i = 0; i < 100 && ((await guardiansIn(path.dirname(run.journalFile))).length > 0 || readJournal(run.journalFile).every((e) => e.op !== 'end')); i++) await sleep(100);
-        assert.deepEqual(await Promise.all(staging.map((d) => fs.access(d).then(() => true, () => false))), [false, false], 'removed once writable');
-        assert.ok(readJournal(run.journalFile).some((e) => e.backupId === backupId && e.op === 'end'), 'the set ended');
+        for (
+          let i = 0;
+          i < 100 &&
+          ((await guardiansIn(path.dirname(run.journalFile))).length > 0 || readJournal(run.journalFile).every((e) => e.op !== 'end'));
+          i++
+        )
+          await sleep(100);
+        assert.deepEqual(
+          await Promise.all(
+            staging.map((d) =>
+              fs.access(d).then(
+                () => true,
+                () => false,
+              ),
+            ),
+          ),
+          [false, false],
+          'removed once writable',
+        );
+        assert.ok(
+          readJournal(run.journalFile).some((e) => e.backupId === backupId && e.op === 'end'),
+          'the set ended',
+        );
         assert.deepEqual(await guardiansIn(path.dirname(run.journalFile)), [], 'its guardian is gone');
-        return { note: `copy refused: "${(c as any).error.slice(0, 60)}"; staging kept while read-only, removed ${((Date.now() - t0) / 1000).toFixed(1)} s after remount rw; set ended; guardian gone`, backupId, published: false };
-      }, { fallback: 'saved-state' });
+        return {
+          note: `copy refused: "${(c as any).error.slice(0, 60)}"; staging kept while read-only, removed ${((Date.now() - t0) / 1000).toFixed(1)} s after remount rw; set ended; guardian gone`,
+          backupId,
+          published: false,
+        };
+      },
+      { fallback: 'saved-state' },
+    );
   });
 
   it('repository read-only before prepare (saved-state)', async () => {
-    await nodeCase('prepare: repository read-only before a saved-state prepare', 'refused before any VM is paused', async (run) => {
-      const r = await run.through('classify');
-      assert.ok(r.last.ok);
-      await mount(['-o', 'remount,ro', repo]);
-      const p = await run.step('prepare', r.last.payload);
-      assert.match((p as any).error ?? '', /EROFS|read-only/i);
-      const journal = readJournal(run.journalFile);
-      assert.ok(!journal.some((e) => e.op === 'save'), 'no VM was saved');
-      return { note: `prepare refused: "${(p as any).error.slice(0, 90)}"; no save in the journal`, backupId: r.last.payload.backupId, published: false };
-    }, { fallback: 'saved-state' });
+    await nodeCase(
+      'prepare: repository read-only before a saved-state prepare',
+      'refused before any VM is paused',
+      async (run) => {
+        const r = await run.through('classify');
+        assert.ok(r.last.ok);
+        await mount(['-o', 'remount,ro', repo]);
+        const p = await run.step('prepare', r.last.payload);
+        assert.match((p as any).error ?? '', /EROFS|read-only/i);
+        const journal = readJournal(run.journalFile);
+        assert.ok(!journal.some((e) => e.op === 'save'), 'no VM was saved');
+        return {
+          note: `prepare refused: "${(p as any).error.slice(0, 90)}"; no save in the journal`,
+          backupId: r.last.payload.backupId,
+          published: false,
+        };
+      },
+      { fallback: 'saved-state' },
+    );
   });
 
   it('journal unwritable at start', async () => {
@@ -221,12 +298,17 @@ describe('fault injection: repository and journal faults, read-back verification
     mkdirSync(dir, { recursive: true });
     await mount(['-o', 'remount,ro', journalFs]);
     try {
-      await nodeCase('host start: journal on a read-only file system', 'every stage refused naming journalDir; nothing touched', async (run) => {
-        const r = await run.step('enumerate', '');
-        assert.equal(r.ok, false);
-        assert.match((r as any).error, /^journalDir: /);
-        return { note: `enumerate refused: "${(r as any).error.slice(0, 100)}"`, published: false };
-      }, { journalDir: dir });
+      await nodeCase(
+        'host start: journal on a read-only file system',
+        'every stage refused naming journalDir; nothing touched',
+        async (run) => {
+          const r = await run.step('enumerate', '');
+          assert.equal(r.ok, false);
+          assert.match((r as any).error, /^journalDir: /);
+          return { note: `enumerate refused: "${(r as any).error.slice(0, 100)}"`, published: false };
+        },
+        { journalDir: dir },
+      );
     } finally {
       await mount(['-o', 'remount,rw', journalFs]);
     }
@@ -236,16 +318,21 @@ describe('fault injection: repository and journal faults, read-back verification
     const dir = path.join(journalFs, 'mid');
     mkdirSync(dir, { recursive: true });
     try {
-      await nodeCase('prepare: journal file system full before the VMs are saved', 'refused before any side effect (the intent cannot be written, so the effect is not done)', async (run) => {
-        const r = await run.through('classify');
-        assert.ok(r.last.ok);
-        await fillUp(journalFs);
-        const p = await run.step('prepare', r.last.payload);
-        assert.equal(p.ok, false);
-        assert.match((p as any).error, /journal/);
-        await fs.rm(path.join(journalFs, 'filler'), { force: true });
-        return { note: `prepare refused: "${(p as any).error.slice(0, 100)}"`, backupId: r.last.payload.backupId, published: false };
-      }, { journalDir: dir, fallback: 'saved-state' });
+      await nodeCase(
+        'prepare: journal file system full before the VMs are saved',
+        'refused before any side effect (the intent cannot be written, so the effect is not done)',
+        async (run) => {
+          const r = await run.through('classify');
+          assert.ok(r.last.ok);
+          await fillUp(journalFs);
+          const p = await run.step('prepare', r.last.payload);
+          assert.equal(p.ok, false);
+          assert.match((p as any).error, /journal/);
+          await fs.rm(path.join(journalFs, 'filler'), { force: true });
+          return { note: `prepare refused: "${(p as any).error.slice(0, 100)}"`, backupId: r.last.payload.backupId, published: false };
+        },
+        { journalDir: dir, fallback: 'saved-state' },
+      );
     } finally {
       await fs.rm(path.join(journalFs, 'filler'), { force: true });
     }
@@ -255,8 +342,10 @@ describe('fault injection: repository and journal faults, read-back verification
     const dir = path.join(journalFs, 'overlays');
     mkdirSync(dir, { recursive: true });
     try {
-      await nodeCase('copy: journal file system full while the VMs run on overlays, space freed, host restarted',
-        'copy refused naming the journal (its staging intent cannot be written); the overlays merged all the same (undo lines are best effort); the next start finds them merged and clears the set', async (run) => {
+      await nodeCase(
+        'copy: journal file system full while the VMs run on overlays, space freed, host restarted',
+        'copy refused naming the journal (its staging intent cannot be written); the overlays merged all the same (undo lines are best effort); the next start finds them merged and clears the set',
+        async (run) => {
           const r = await run.through('post-snapshot');
           assert.ok(r.last.ok);
           await fillUp(journalFs);
@@ -282,8 +371,14 @@ describe('fault injection: repository and journal faults, read-back verification
           await run.host();
           const actions = (helper.getNode('host') as any).lastRecovery as { kind: string }[];
           assert.ok(!actions.some((a) => a.kind === 'merge'), 'nothing is merged twice');
-          return { note: `copy refused: "${(c as any).error.slice(0, 80)}~"; journal then listed: ${pendingBefore.join(', ') || 'nothing'}; restart: ${actions.length} action(s)`, backupId: r.last.payload.backupId, published: false };
-        }, { journalDir: dir });
+          return {
+            note: `copy refused: "${(c as any).error.slice(0, 80)}~"; journal then listed: ${pendingBefore.join(', ') || 'nothing'}; restart: ${actions.length} action(s)`,
+            backupId: r.last.payload.backupId,
+            published: false,
+          };
+        },
+        { journalDir: dir },
+      );
     } finally {
       await fs.rm(path.join(journalFs, 'filler'), { force: true });
     }
@@ -291,12 +386,22 @@ describe('fault injection: repository and journal faults, read-back verification
 
   // ---- read-back verification: the domain directly, with a provider whose copy goes wrong ----
 
-  async function domainCase(name: string, expected: string, provider: QemuProvider, run: (host: BackupHost) => Promise<Outcome>, timeouts: Partial<Timeouts> = {}) {
+  async function domainCase(
+    name: string,
+    expected: string,
+    provider: QemuProvider,
+    run: (host: BackupHost) => Promise<Outcome>,
+    timeouts: Partial<Timeouts> = {},
+  ) {
     await faultCase(GROUP, name, expected, async () => {
       const root = world.host.repository;
       const before = await repositoryState(root);
       const journal = new Journal(path.join(mkdtempSync(path.join(os.tmpdir(), 'vmb-faults-journal-')), 'journal.jsonl'));
-      const host = new BackupHost(provider, journal, { hostName: 'faulthost', repositoryRoot: root, timeouts: { ...DEFAULT_TIMEOUTS, ...timeouts } });
+      const host = new BackupHost(provider, journal, {
+        hostName: 'faulthost',
+        repositoryRoot: root,
+        timeouts: { ...DEFAULT_TIMEOUTS, ...timeouts },
+      });
       let out: Outcome;
       try {
         out = await run(host);
@@ -317,20 +422,33 @@ describe('fault injection: repository and journal faults, read-back verification
 
   it('a copy written wrong is caught by the read-back check', async () => {
     class CorruptingProvider extends QemuProvider {
-      override async exportDisk(view: PointInTimeView, disk: string, dest: string, onProgress?: (p: Progress) => void, options?: ExportOptions) {
+      override async exportDisk(
+        view: PointInTimeView,
+        disk: string,
+        dest: string,
+        onProgress?: (p: Progress) => void,
+        options?: ExportOptions,
+      ) {
         const done = await super.exportDisk(view, disk, dest, onProgress, options);
         if (/beta/.test(dest)) await corruptData(dest);
         return done;
       }
     }
-    await domainCase('copy: a disk copy corrupted as it is written', 'not published: qemu-img compare of the copy against its source fails; set discarded, views released',
-      new CorruptingProvider({ socketDir: world.host.socketDir }), async (host) => {
+    await domainCase(
+      'copy: a disk copy corrupted as it is written',
+      'not published: qemu-img compare of the copy against its source fails; set discarded, views released',
+      new CorruptingProvider({ socketDir: world.host.socketDir }),
+      async (host) => {
         const set = await upToCopy(host);
-        const err = await host.copy(set, { concurrency: 2, compress: false }).then(() => undefined, (e: Error) => e);
+        const err = await host.copy(set, { concurrency: 2, compress: false }).then(
+          () => undefined,
+          (e: Error) => e,
+        );
         assert.ok(err, 'the copy must fail');
         assert.match(err.message, /beta: verification failed: .* content differs/);
         return { note: `copy refused: "${err.message.slice(0, 110)}"`, backupId: set.backupId, published: false };
-      });
+      },
+    );
   });
 
   it('a staged file changed before publishing is caught', async () => {
@@ -348,42 +466,65 @@ describe('fault injection: repository and journal faults, read-back verification
       }
     }
     root = world.host.repository;
-    await domainCase('copy: a staged file changed between its check and the publish', 'not published: the file is no longer the one hashed for the manifest (size, mtime, inode checked right before the rename)',
-      new MeddlingProvider({ socketDir: world.host.socketDir }), async (host) => {
+    await domainCase(
+      'copy: a staged file changed between its check and the publish',
+      'not published: the file is no longer the one hashed for the manifest (size, mtime, inode checked right before the rename)',
+      new MeddlingProvider({ socketDir: world.host.socketDir }),
+      async (host) => {
         const set = await upToCopy(host);
-        const err = await host.copy(set, { concurrency: 1, compress: false }).then(() => undefined, (e: Error) => e);
+        const err = await host.copy(set, { concurrency: 1, compress: false }).then(
+          () => undefined,
+          (e: Error) => e,
+        );
         assert.ok(err, 'the copy must fail');
         assert.match(err.message, /alpha\/disk-.*changed after it was hashed for the manifest/);
         return { note: `copy refused: "${err.message.slice(0, 110)}"`, backupId: set.backupId, published: false };
-      });
+      },
+    );
   });
 
   it('the second VM of a set cannot be published', async () => {
-    await domainCase('copy: publish of the second VM fails (its final directory already exists)', 'the first VM\'s publish is taken back (all or none); the existing directory untouched; nothing of the set published',
-      new QemuProvider({ socketDir: world.host.socketDir }), async (host) => {
+    await domainCase(
+      'copy: publish of the second VM fails (its final directory already exists)',
+      "the first VM's publish is taken back (all or none); the existing directory untouched; nothing of the set published",
+      new QemuProvider({ socketDir: world.host.socketDir }),
+      async (host) => {
         const set = await upToCopy(host);
         const blocker = path.join(host.repository.root, 'faulthost', 'beta', set.backupId);
         await fs.mkdir(blocker, { recursive: true });
         await fs.writeFile(path.join(blocker, 'keep.txt'), 'not ours');
-        const err = await host.copy(set, { concurrency: 2, compress: false }).then(() => undefined, (e: Error) => e);
+        const err = await host.copy(set, { concurrency: 2, compress: false }).then(
+          () => undefined,
+          (e: Error) => e,
+        );
         assert.ok(err, 'the copy must fail');
         assert.match(err.message, /already exists; not replaced/);
         assert.equal(await fs.readFile(path.join(blocker, 'keep.txt'), 'utf8'), 'not ours');
-        const alpha = await fs.stat(path.join(host.repository.root, 'faulthost', 'alpha', set.backupId)).then(() => true, () => false);
+        const alpha = await fs.stat(path.join(host.repository.root, 'faulthost', 'alpha', set.backupId)).then(
+          () => true,
+          () => false,
+        );
         assert.equal(alpha, false, 'alpha, published first, was taken back');
         await fs.rm(blocker, { recursive: true });
         return { note: `copy refused: "${err.message.slice(0, 100)}"; alpha taken back`, backupId: set.backupId, published: false };
-      });
+      },
+    );
   });
 
   it('a crash between two publish renames', async () => {
-    await domainCase('recovery: Node-RED died between the publish renames of two VMs', 'recovery takes the half-published set back (alpha unpublished, beta\'s staging removed): all or none',
-      new QemuProvider({ socketDir: world.host.socketDir }), async (host) => {
+    await domainCase(
+      'recovery: Node-RED died between the publish renames of two VMs',
+      "recovery takes the half-published set back (alpha unpublished, beta's staging removed): all or none",
+      new QemuProvider({ socketDir: world.host.socketDir }),
+      async (host) => {
         const set = await upToCopy(host);
         await host.copy(set, { concurrency: 2, compress: false });
         // what a SIGKILL right after alpha's rename leaves: beta still staged, the journal cut there
         const root = host.repository.root;
-        await fs.rename(path.join(root, 'faulthost', 'beta', set.backupId), path.join(root, 'faulthost', 'beta', `.partial-${set.backupId}`));
+        await fs.rename(
+          path.join(root, 'faulthost', 'beta', set.backupId),
+          path.join(root, 'faulthost', 'beta', `.partial-${set.backupId}`),
+        );
         const entries = readJournal(host.journal.file);
         const cut = entries.findIndex((e) => e.backupId === set.backupId && e.vm === 'alpha' && e.op === 'publish' && e.phase === 'done');
         assert.ok(cut > 0);
@@ -392,12 +533,19 @@ describe('fault injection: repository and journal faults, read-back verification
         const kinds = actions.map((a) => `${a.kind} ${a.vm}`);
         assert.ok(kinds.includes('unpublish alpha') && kinds.includes('discard beta'), kinds.join(', '));
         return { note: `recovery: ${kinds.join(', ')}`, backupId: set.backupId, published: false };
-      });
+      },
+    );
   });
 
   it('sessionTimeout passes during the copy', async () => {
     class SlowProvider extends QemuProvider {
-      override async exportDisk(view: PointInTimeView, disk: string, dest: string, onProgress?: (p: Progress) => void, options?: ExportOptions) {
+      override async exportDisk(
+        view: PointInTimeView,
+        disk: string,
+        dest: string,
+        onProgress?: (p: Progress) => void,
+        options?: ExportOptions,
+      ) {
         // a slow repository: 8 s per disk, unless the set is aborted meanwhile
         await new Promise<void>((resolve, reject) => {
           const t = setTimeout(resolve, 8000);
@@ -409,14 +557,26 @@ describe('fault injection: repository and journal faults, read-back verification
         return super.exportDisk(view, disk, dest, onProgress, options);
       }
     }
-    await domainCase('copy: sessionTimeout passes while copying', 'the copy is cancelled, then the set aborted: views released, staging removed, nothing published',
-      new SlowProvider({ socketDir: world.host.socketDir }), async (host) => {
+    await domainCase(
+      'copy: sessionTimeout passes while copying',
+      'the copy is cancelled, then the set aborted: views released, staging removed, nothing published',
+      new SlowProvider({ socketDir: world.host.socketDir }),
+      async (host) => {
         const t0 = Date.now();
         const set = await upToCopy(host);
-        const err = await host.copy(set, { concurrency: 2, compress: false }).then(() => undefined, (e: Error) => e);
+        const err = await host.copy(set, { concurrency: 2, compress: false }).then(
+          () => undefined,
+          (e: Error) => e,
+        );
         assert.ok(err, 'the copy must fail');
         assert.match(err.message, /sessionTimeout/);
-        return { note: `copy refused after ${((Date.now() - t0) / 1000).toFixed(1)} s: "${err.message.slice(0, 90)}"`, backupId: set.backupId, published: false };
-      }, { sessionMs: 3000 });
+        return {
+          note: `copy refused after ${((Date.now() - t0) / 1000).toFixed(1)} s: "${err.message.slice(0, 90)}"`,
+          backupId: set.backupId,
+          published: false,
+        };
+      },
+      { sessionMs: 3000 },
+    );
   });
 });

@@ -43,7 +43,11 @@ describe('fault injection: change tracking and the point-in-time view (bare QEMU
 
   function newHost(journal: Journal, provider = new QemuProvider({ socketDir: bare.socketDir })) {
     // idle and session watchdogs far away: a "crashed" host must not undo anything by itself
-    return new BackupHost(provider, journal, { hostName: 'bare', repositoryRoot: bare.repository, timeouts: { ...DEFAULT_TIMEOUTS, idleMs: 3600_000 } });
+    return new BackupHost(provider, journal, {
+      hostName: 'bare',
+      repositoryRoot: bare.repository,
+      timeouts: { ...DEFAULT_TIMEOUTS, idleMs: 3600_000 },
+    });
   }
   const journalFile = () => path.join(bare.dir, `journal-${++n}.jsonl`);
   const upToCopy = async (host: BackupHost): Promise<PostSnapshotSet> =>
@@ -56,9 +60,20 @@ describe('fault injection: change tracking and the point-in-time view (bare QEMU
       nodes: await c.execute<{ 'node-name': string; 'dirty-bitmaps'?: { name?: string }[] }[]>('query-named-block-nodes', { flat: true }),
       roots: await c.execute<{ inserted?: { drv: string } }[]>('query-block'),
     }));
-    assert.deepEqual(nodes.map((x) => x['node-name']).filter((x) => x.startsWith('vmb-')), [], 'QEMU shows nodes of ours');
-    assert.ok(roots.every((r) => r.inserted?.drv === 'qcow2'), 'a device is not on its own image');
-    assert.deepEqual((await overlaysUnder(bare.imageDir)).filter((f) => f.includes('.fleece.')), [], 'a fleecing image is left');
+    assert.deepEqual(
+      nodes.map((x) => x['node-name']).filter((x) => x.startsWith('vmb-')),
+      [],
+      'QEMU shows nodes of ours',
+    );
+    assert.ok(
+      roots.every((r) => r.inserted?.drv === 'qcow2'),
+      'a device is not on its own image',
+    );
+    assert.deepEqual(
+      (await overlaysUnder(bare.imageDir)).filter((f) => f.includes('.fleece.')),
+      [],
+      'a fleecing image is left',
+    );
     return nodes.flatMap((x) => (x['dirty-bitmaps'] ?? []).map((b) => b.name ?? '')).filter((x) => x.startsWith('vmbackup-'));
   }
 
@@ -77,8 +92,11 @@ describe('fault injection: change tracking and the point-in-time view (bare QEMU
   }
 
   it('crash between the start of tracking and the publish: recovery drops the new record, the next backup has every change', async () => {
-    await faultCase(GROUP, 'Node-RED gone after the view and the new tracking record were made, before the publish; recovery at the next start',
-      'recovery takes the view out (QEMU shows none of our nodes) and removes the unpublished backup\'s record; the parent\'s stays; the next backup is incremental and holds the change', async () => {
+    await faultCase(
+      GROUP,
+      'Node-RED gone after the view and the new tracking record were made, before the publish; recovery at the next start',
+      "recovery takes the view out (QEMU shows none of our nodes) and removes the unpublished backup's record; the parent's stays; the next backup is incremental and holds the change",
+      async () => {
         const j0 = new Journal(journalFile());
         const h0 = newHost(j0);
         const parent = await full(h0);
@@ -86,24 +104,33 @@ describe('fault injection: change tracking and the point-in-time view (bare QEMU
         const j = new Journal(journalFile());
         const crashed = newHost(j);
         await upToCopy(crashed); // ... and the process is gone: nothing of it runs any more
-        const before = await qmp(async (c) => (await c.execute<{ 'node-name': string }[]>('query-named-block-nodes', { flat: true })).filter((x) => x['node-name'].startsWith('vmb-')).length);
+        const before = await qmp(
+          async (c) =>
+            (await c.execute<{ 'node-name': string }[]>('query-named-block-nodes', { flat: true })).filter((x) =>
+              x['node-name'].startsWith('vmb-'),
+            ).length,
+        );
         assert.ok(before > 0, 'the view was in place at the crash');
         const actions = await recover(new Journal(j.file), new QemuProvider({ socketDir: bare.socketDir }), crashed.repository, 10_000);
         const kinds = actions.map((a) => `${a.kind}${a.ok ? '' : ' FAILED'}`);
         assert.ok(kinds.includes('release') && kinds.includes('untrack'), kinds.join(', '));
         const records = await invariants();
-        assert.deepEqual(records, [(await diskChain(parent)).chain.bitmap.name], 'only the published parent\'s record is left');
+        assert.deepEqual(records, [(await diskChain(parent)).chain.bitmap.name], "only the published parent's record is left");
         const next = await full(newHost(new Journal(journalFile())));
         const c = await diskChain(next);
         assert.equal(c.chain.mode, 'incremental');
         assert.ok(await holds(c.file, 0x21, '1M'), 'the change made before the crashed backup is in the next one');
         return `recovery: ${kinds.join(', ')}; QEMU: no node of ours, one record (the parent's); next backup incremental (depth ${c.chain.depth}) holding the change`;
-      });
+      },
+    );
   });
 
-  it('crash after the publish, before the parent\'s record went: recovery removes the parent\'s record', async () => {
-    await faultCase(GROUP, 'the parent\'s tracking record cannot be removed after the publish (QEMU refuses), then the host is gone; recovery at the next start',
-      'the backup stays published; recovery removes the parent\'s record, the new one carries on; the next backup is incremental on the published one', async () => {
+  it("crash after the publish, before the parent's record went: recovery removes the parent's record", async () => {
+    await faultCase(
+      GROUP,
+      "the parent's tracking record cannot be removed after the publish (QEMU refuses), then the host is gone; recovery at the next start",
+      "the backup stays published; recovery removes the parent's record, the new one carries on; the next backup is incremental on the published one",
+      async () => {
         const stuck = new QemuProvider({ socketDir: bare.socketDir });
         (stuck as { tracking: QemuProvider['tracking'] }).tracking = {
           start: stuck.tracking.start,
@@ -113,38 +140,56 @@ describe('fault injection: change tracking and the point-in-time view (bare QEMU
         };
         const j = new Journal(journalFile());
         const h = newHost(j, stuck);
-        const err = await full(h).then(() => undefined, (e: Error) => e);
+        const err = await full(h).then(
+          () => undefined,
+          (e: Error) => e,
+        );
         assert.ok(err && /published, but/.test(err.message), `the copy says what happened: ${err?.message}`);
         // the newest by completion (two backups within one second sort by their random suffix)
         const vmDir = path.join(bare.repository, 'bare', 'trk');
-        const published = await Promise.all((await fs.readdir(vmDir)).filter((x) => !x.startsWith('.')).map(async (id) => ({
-          id, at: Date.parse(JSON.parse(await fs.readFile(path.join(vmDir, id, 'manifest.json'), 'utf8')).completedAt),
-        })));
+        const published = await Promise.all(
+          (await fs.readdir(vmDir))
+            .filter((x) => !x.startsWith('.'))
+            .map(async (id) => ({
+              id,
+              at: Date.parse(JSON.parse(await fs.readFile(path.join(vmDir, id, 'manifest.json'), 'utf8')).completedAt),
+            })),
+        );
         const newest = published.sort((a, b) => a.at - b.at).at(-1)!.id;
         assert.equal(pendingUndos(j.read()).filter((u) => u.kind === 'untrack').length, 1);
         const actions = await recover(new Journal(j.file), new QemuProvider({ socketDir: bare.socketDir }), h.repository, 10_000);
-        assert.ok(actions.some((a) => a.kind === 'untrack' && a.ok), JSON.stringify(actions));
+        assert.ok(
+          actions.some((a) => a.kind === 'untrack' && a.ok),
+          JSON.stringify(actions),
+        );
         const records = await invariants();
-        assert.deepEqual(records, [`vmbackup-${newest}`], 'the published backup\'s record is the one left');
+        assert.deepEqual(records, [`vmbackup-${newest}`], "the published backup's record is the one left");
         await write(0x31, '2M');
         const next = await diskChain(await full(newHost(new Journal(journalFile()))));
         assert.equal(next.chain.mode, 'incremental');
         assert.equal(next.chain.parent, newest);
         assert.ok(await holds(next.file, 0x31, '2M'));
         return `copy failed loudly ("published, but ..."); recovery removed the parent's record; next backup incremental on ${newest}`;
-      });
+      },
+    );
   });
 
   it('QEMU killed with the view in place: the backup fails, nothing is left, the next backup is a full with its reason', async () => {
-    await faultCase(GROUP, 'QEMU SIGKILLed after the view was made and tracking started, before the copy',
-      'the copy fails naming the VM; the fleecing image is removed; after QEMU starts again nothing of ours is in its graph and the next backup is a full whose reason names the lost record', async () => {
+    await faultCase(
+      GROUP,
+      'QEMU SIGKILLed after the view was made and tracking started, before the copy',
+      'the copy fails naming the VM; the fleecing image is removed; after QEMU starts again nothing of ours is in its graph and the next backup is a full whose reason names the lost record',
+      async () => {
         const h = newHost(new Journal(journalFile()));
         const set = await upToCopy(h);
         const child = bare.vms.get('trk')!;
         const exited = new Promise((r) => child.once('exit', r));
         child.kill('SIGKILL');
         await exited;
-        const err = await h.copy(set, { concurrency: 1, compress: false }).then(() => undefined, (e: Error) => e);
+        const err = await h.copy(set, { concurrency: 1, compress: false }).then(
+          () => undefined,
+          (e: Error) => e,
+        );
         assert.ok(err, 'the copy failed');
         await startBareVm(bare, 'trk');
         await invariants();
@@ -152,12 +197,16 @@ describe('fault injection: change tracking and the point-in-time view (bare QEMU
         assert.equal(next.chain.mode, 'full');
         assert.ok(['bitmap-inconsistent', 'bitmap-missing'].includes(next.chain.reason), next.chain.reason);
         return `copy failed: "${err!.message.slice(0, 90)}"; next backup full (${next.chain.reason})`;
-      });
+      },
+    );
   });
 
   it('the fleecing image deleted by someone during the copy: the backup is still right, nothing is left', async () => {
-    await faultCase(GROUP, 'the fleecing image file deleted (rm) while the copy reads the view',
-      'QEMU keeps the open file: the copy completes and holds the disk as at its moment; the view is taken out; nothing of ours left', async () => {
+    await faultCase(
+      GROUP,
+      'the fleecing image file deleted (rm) while the copy reads the view',
+      'QEMU keeps the open file: the copy completes and holds the disk as at its moment; the view is taken out; nothing of ours left',
+      async () => {
         const h = newHost(new Journal(journalFile()));
         await write(0x41, '3M');
         const set = await upToCopy(h);
@@ -169,12 +218,16 @@ describe('fault injection: change tracking and the point-in-time view (bare QEMU
         assert.ok(await holds(d.file, 0x41, '3M'), 'the copy holds the disk at its moment');
         await invariants();
         return `published (${d.chain.mode}); copy holds the moment's data; QEMU: no node of ours`;
-      });
+      },
+    );
   });
 
-  it('the fleecing image\'s file system full during the copy: the guest write goes on, the backup fails', async () => {
-    await faultCase(GROUP, 'the fleecing image on a 1 MiB tmpfs (the host\'s overlayDir) that the guest\'s writes fill during the copy',
-      'guest writes succeed and the VM keeps running (never paused on an I/O error); the view breaks, the copy fails naming it, nothing is published; nothing of ours left', async () => {
+  it("the fleecing image's file system full during the copy: the guest write goes on, the backup fails", async () => {
+    await faultCase(
+      GROUP,
+      "the fleecing image on a 1 MiB tmpfs (the host's overlayDir) that the guest's writes fill during the copy",
+      'guest writes succeed and the VM keeps running (never paused on an I/O error); the view breaks, the copy fails naming it, nothing is published; nothing of ours left',
+      async () => {
         const small = path.join(bare.dir, 'small-fleece');
         await fs.mkdir(small, { recursive: true });
         await runProgram('mount', ['-t', 'tmpfs', '-o', 'size=1m,mode=0755', 'tmpfs', small]);
@@ -188,7 +241,10 @@ describe('fault injection: change tracking and the point-in-time view (bare QEMU
           for (let i = 0; i < 64; i++) await write(0x51, at(i));
           const status = await qmp((c) => c.execute<{ status: string }>('query-status'));
           assert.equal(status.status, 'running', 'the VM never paused');
-          const err = await h.copy(set, { concurrency: 1, compress: false }).then(() => undefined, (e: Error) => e);
+          const err = await h.copy(set, { concurrency: 1, compress: false }).then(
+            () => undefined,
+            (e: Error) => e,
+          );
           assert.ok(err, 'the backup failed');
           await invariants();
           const flat = path.join(bare.dir, `flat-${++n}.raw`);
@@ -196,21 +252,37 @@ describe('fault injection: change tracking and the point-in-time view (bare QEMU
           await runProgram('qemu-img', ['convert', '-U', '-O', 'raw', img, flat]);
           const r = await runProgram('qemu-io', ['-r', '-f', 'raw', '-c', 'read -P 0x51 8M 4M', flat]);
           await fs.rm(flat, { force: true });
-          assert.ok(r.stdout.includes('read '), 'every guest write landed on the VM\'s disk');
+          assert.ok(r.stdout.includes('read '), "every guest write landed on the VM's disk");
           return `VM running throughout; guest writes all on its disk; copy failed: "${err!.message.slice(0, 100)}"`;
         } finally {
           await runProgram('umount', [small]).catch(() => undefined);
         }
-      });
+      },
+    );
   });
 
   it('a VM started with -blockdev and long device ids, two disks (as libvirt starts them): backed up, names never collide', async () => {
-    await faultCase(GROUP, 'a VM with -blockdev nodes named libvirt-N-format and two devices whose ids are 40+ characters long',
-      'both disks in one view with distinct node names (made from the backup id and the disk index); published; QEMU shows nothing of ours after', async () => {
+    await faultCase(
+      GROUP,
+      'a VM with -blockdev nodes named libvirt-N-format and two devices whose ids are 40+ characters long',
+      'both disks in one view with distinct node names (made from the backup id and the disk index); published; QEMU shows nothing of ours after',
+      async () => {
         const { spawn } = await import('node:child_process');
         const id = 'lv';
         const sock = path.join(bare.socketDir, `${id}.qmp`);
-        const args = ['-accel', 'tcg', '-machine', 'pc', '-m', '32', '-nodefaults', '-display', 'none', '-qmp', `unix:${sock},server=on,wait=off`];
+        const args = [
+          '-accel',
+          'tcg',
+          '-machine',
+          'pc',
+          '-m',
+          '32',
+          '-nodefaults',
+          '-display',
+          'none',
+          '-qmp',
+          `unix:${sock},server=on,wait=off`,
+        ];
         for (const i of [1, 2]) {
           const file = path.join(bare.imageDir, `${id}-${i}.qcow2`);
           await runProgram('qemu-img', ['create', '-q', '-f', 'qcow2', file, '16M']);
@@ -234,7 +306,10 @@ describe('fault injection: change tracking and the point-in-time view (bare QEMU
           const c = await QmpClient.connect(sock);
           try {
             const nodes = await c.execute<{ 'node-name': string }[]>('query-named-block-nodes', { flat: true });
-            assert.deepEqual(nodes.map((x) => x['node-name']).filter((x) => x.startsWith('vmb-')), []);
+            assert.deepEqual(
+              nodes.map((x) => x['node-name']).filter((x) => x.startsWith('vmb-')),
+              [],
+            );
             const roots = await c.execute<{ inserted?: { 'node-name': string } }[]>('query-block');
             assert.deepEqual(roots.map((r) => r.inserted?.['node-name']).sort(), ['libvirt-1-format', 'libvirt-2-format']);
           } finally {
@@ -246,6 +321,7 @@ describe('fault injection: change tracking and the point-in-time view (bare QEMU
           child.kill('SIGTERM');
           await fs.rm(sock, { force: true });
         }
-      });
+      },
+    );
   });
 });

@@ -36,27 +36,110 @@ function prng(seed: number) {
 type Rng = ReturnType<typeof prng>;
 
 const NASTY_STRINGS = [
-  '', ' ', '..', '../', '../../etc/passwd', '/etc/shadow', 'a/b', 'a\\b', '\0', 'x\0y', '.hidden', '-rf', '$(reboot)', '`id`', ';rm -rf /',
-  '%2e%2e%2f', '\u202e', '\ud800', '😀', 'CON', 'vm-agent', 'alpha', 'beta', '20261122T101500Z-abcdef', 'enumerated', 'classified', 'prepared',
-  'snapshotted', 'post-snapshot', 'copied', 'application', 'crash', 'saved-state', 'child-vm-snapshot', 'freeze', 'save', 'none',
-  '__proto__', 'constructor', 'prototype', 'x'.repeat(5000), 'y'.repeat(70),
+  '',
+  ' ',
+  '..',
+  '../',
+  '../../etc/passwd',
+  '/etc/shadow',
+  'a/b',
+  'a\\b',
+  '\0',
+  'x\0y',
+  '.hidden',
+  '-rf',
+  '$(reboot)',
+  '`id`',
+  ';rm -rf /',
+  '%2e%2e%2f',
+  '\u202e',
+  '\ud800',
+  '😀',
+  'CON',
+  'vm-agent',
+  'alpha',
+  'beta',
+  '20261122T101500Z-abcdef',
+  'enumerated',
+  'classified',
+  'prepared',
+  'snapshotted',
+  'post-snapshot',
+  'copied',
+  'application',
+  'crash',
+  'saved-state',
+  'child-vm-snapshot',
+  'freeze',
+  'save',
+  'none',
+  '__proto__',
+  'constructor',
+  'prototype',
+  'x'.repeat(5000),
+  'y'.repeat(70),
 ];
-const NASTY_NUMBERS = [0, -0, -1, 1, 1.5, -1.5, 2 ** 31, 2 ** 53 + 1, -(2 ** 63), 1e308, -1e308, Number.NaN, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY, Number.MIN_VALUE];
-const KEYS = ['stage', 'backupId', 'host', 'writer', 'createdAt', 'vms', 'timings', 'warnings', 'policy', 'repository', 'id', 'name', 'disks', 'file', 'agent', '__proto__', 'constructor', 'x', ''];
+const NASTY_NUMBERS = [
+  0,
+  -0,
+  -1,
+  1,
+  1.5,
+  -1.5,
+  2 ** 31,
+  2 ** 53 + 1,
+  -(2 ** 63),
+  1e308,
+  -1e308,
+  Number.NaN,
+  Number.POSITIVE_INFINITY,
+  Number.NEGATIVE_INFINITY,
+  Number.MIN_VALUE,
+];
+const KEYS = [
+  'stage',
+  'backupId',
+  'host',
+  'writer',
+  'createdAt',
+  'vms',
+  'timings',
+  'warnings',
+  'policy',
+  'repository',
+  'id',
+  'name',
+  'disks',
+  'file',
+  'agent',
+  '__proto__',
+  'constructor',
+  'x',
+  '',
+];
 
 function generate(r: Rng, depth = 0): unknown {
   const k = r.int(depth > 3 ? 6 : 10);
   switch (k) {
-    case 0: return null;
-    case 1: return r.next() < 0.5;
-    case 2: return r.pick(NASTY_NUMBERS);
-    case 3: return r.pick(NASTY_STRINGS);
-    case 4: return r.int(1000);
-    case 5: return undefined;
-    case 6: case 7: return Array.from({ length: r.int(5) }, () => generate(r, depth + 1));
+    case 0:
+      return null;
+    case 1:
+      return r.next() < 0.5;
+    case 2:
+      return r.pick(NASTY_NUMBERS);
+    case 3:
+      return r.pick(NASTY_STRINGS);
+    case 4:
+      return r.int(1000);
+    case 5:
+      return undefined;
+    case 6:
+    case 7:
+      return Array.from({ length: r.int(5) }, () => generate(r, depth + 1));
     default: {
       const o: Record<string, unknown> = {};
-      for (let i = r.int(6); i > 0; i--) Object.defineProperty(o, r.pick(KEYS), { value: generate(r, depth + 1), enumerable: true, configurable: true, writable: true });
+      for (let i = r.int(6); i > 0; i--)
+        Object.defineProperty(o, r.pick(KEYS), { value: generate(r, depth + 1), enumerable: true, configurable: true, writable: true });
       return o;
     }
   }
@@ -73,12 +156,26 @@ function oddity(r: Rng): unknown {
   // (Objects whose getters throw are left out: Node-RED's own Catch handling clones the message
   // and throws on them before any node code runs, whatever the node.)
   return r.pick([
-    () => BigInt(7), () => Symbol('s'), () => () => 1, () => new Date(), () => Buffer.from('abc'), () => new Map([[1, 2]]), () => cyclic,
-    () => root, () => Object.create(null), () => [root], () => new Uint8Array(4), () => Promise.resolve(1), () => new Error('payload'),
+    () => BigInt(7),
+    () => Symbol('s'),
+    () => () => 1,
+    () => new Date(),
+    () => Buffer.from('abc'),
+    () => new Map([[1, 2]]),
+    () => cyclic,
+    () => root,
+    () => Object.create(null),
+    () => [root],
+    () => new Uint8Array(4),
+    () => Promise.resolve(1),
+    () => new Error('payload'),
   ])();
 }
 
-interface PathRef { parent: any; key: string | number }
+interface PathRef {
+  parent: any;
+  key: string | number;
+}
 
 function paths(doc: unknown, out: PathRef[] = [], depth = 0): PathRef[] {
   if (depth > 8 || doc === null || typeof doc !== 'object') return out;
@@ -98,22 +195,52 @@ function mutate(r: Rng, seed: unknown, others: readonly unknown[]): unknown {
     const { parent, key } = r.pick(all);
     const value = parent[key];
     switch (r.int(12)) {
-      case 0: if (Array.isArray(parent)) parent.splice(key as number, 1); else delete parent[key]; break;
-      case 1: parent[key] = generate(r); break;
-      case 2: parent[key] = typeof value === 'string' ? r.pick(NASTY_STRINGS) : r.pick(NASTY_NUMBERS); break;
-      case 3: parent[key] = typeof value === 'number' ? String(value) : typeof value === 'string' ? value.length : value === null ? {} : null; break;
-      case 4: if (Array.isArray(value) && value.length) value.push(JSON.parse(JSON.stringify(value[r.int(value.length)]))); else parent[key] = [value]; break;
-      case 5: if (value && typeof value === 'object' && !Array.isArray(value)) value[r.pick(KEYS)] = generate(r); else parent[key] = { value }; break;
-      case 6: if (Array.isArray(value)) parent[key] = []; else parent[key] = r.pick(NASTY_STRINGS); break;
-      case 7: if (typeof value === 'string') parent[key] = value + r.pick(['/..', '/', '\0', '-', ' ', 'x'.repeat(2000)]); else parent[key] = -1; break;
-      case 8: doc.stage = r.pick(['enumerated', 'classified', 'prepared', 'snapshotted', 'post-snapshot', 'copied', 'x', 7]); break;
-      case 9: { const o = r.pick(others) as any; if (o && typeof o === 'object' && o.backupId) doc.backupId = o.backupId; break; }
+      case 0:
+        if (Array.isArray(parent)) parent.splice(key as number, 1);
+        else delete parent[key];
+        break;
+      case 1:
+        parent[key] = generate(r);
+        break;
+      case 2:
+        parent[key] = typeof value === 'string' ? r.pick(NASTY_STRINGS) : r.pick(NASTY_NUMBERS);
+        break;
+      case 3:
+        parent[key] = typeof value === 'number' ? String(value) : typeof value === 'string' ? value.length : value === null ? {} : null;
+        break;
+      case 4:
+        if (Array.isArray(value) && value.length) value.push(JSON.parse(JSON.stringify(value[r.int(value.length)])));
+        else parent[key] = [value];
+        break;
+      case 5:
+        if (value && typeof value === 'object' && !Array.isArray(value)) value[r.pick(KEYS)] = generate(r);
+        else parent[key] = { value };
+        break;
+      case 6:
+        if (Array.isArray(value)) parent[key] = [];
+        else parent[key] = r.pick(NASTY_STRINGS);
+        break;
+      case 7:
+        if (typeof value === 'string') parent[key] = value + r.pick(['/..', '/', '\0', '-', ' ', 'x'.repeat(2000)]);
+        else parent[key] = -1;
+        break;
+      case 8:
+        doc.stage = r.pick(['enumerated', 'classified', 'prepared', 'snapshotted', 'post-snapshot', 'copied', 'x', 7]);
+        break;
+      case 9: {
+        const o = r.pick(others) as any;
+        if (o && typeof o === 'object' && o.backupId) doc.backupId = o.backupId;
+        break;
+      }
       case 10: {
         const vm = Array.isArray(doc?.vms) && doc.vms.length ? doc.vms[r.int(doc.vms.length)] : undefined;
         if (vm && typeof vm === 'object') vm.id = r.pick(['../etc', 'gamma', 'alpha', 'beta', 'a/b', '..', 'ALPHA', '']);
         break;
       }
-      default: if (Array.isArray(value)) for (let i = 0; i < 1100; i++) value.push(value[0] ?? 1); else parent[key] = value; break;
+      default:
+        if (Array.isArray(value)) for (let i = 0; i < 1100; i++) value.push(value[0] ?? 1);
+        else parent[key] = value;
+        break;
     }
   }
   return doc;
@@ -133,10 +260,17 @@ describe('fuzz: every pipeline node input', function () {
     bare = await startBareHost(['alpha', 'beta']);
     journalDir = mkdtempSync(path.join(os.tmpdir(), 'vmb-fuzz-journal-'));
     await new Promise<void>((resolve) => helper.startServer(() => resolve()));
-    await helper.load([...NODE_MODULES, CATCH], pipelineFlow({
-      socketDir: bare.socketDir, repository: bare.repository, journalDir, wired: false, fallback: 'checkpoint',
-      hostExtra: { hostName: 'fuzz', idleTimeout: 3600, sessionTimeout: 600 },
-    }) as any);
+    await helper.load(
+      [...NODE_MODULES, CATCH],
+      pipelineFlow({
+        socketDir: bare.socketDir,
+        repository: bare.repository,
+        journalDir,
+        wired: false,
+        fallback: 'checkpoint',
+        hostExtra: { hostName: 'fuzz', idleTimeout: 3600, sessionTimeout: 600 },
+      }) as any,
+    );
     host = await (helper.getNode('host') as any).backupHost();
   });
   after(async () => {
@@ -148,7 +282,9 @@ describe('fuzz: every pipeline node input', function () {
     await fs.rm(journalDir, { recursive: true, force: true });
     console.log(`\nfuzz (seed ${SEED}, ${N} per node):`);
     for (const [node, s] of Object.entries(stats)) {
-      console.log(`  ${node.padEnd(14)} sent ${s.sent}, refused ${s.refused} (each naming where), accepted ${s.accepted}, failed in execution ${s.failed}; ${s.kinds.size} distinct refusal kinds`);
+      console.log(
+        `  ${node.padEnd(14)} sent ${s.sent}, refused ${s.refused} (each naming where), accepted ${s.accepted}, failed in execution ${s.failed}; ${s.kinds.size} distinct refusal kinds`,
+      );
     }
   });
 
@@ -235,7 +371,8 @@ describe('fuzz: every pipeline node input', function () {
         if (node === 'enumerate' || roll < 0.25) payload = generate(r);
         else if (roll < 0.3) payload = oddity(r);
         else payload = mutate(r, roll < 0.4 ? seed : dead, others);
-        const msg: Record<string, unknown> = r.next() < 0.02 ? {} : { payload, ...(r.next() < 0.05 ? { topic: generate(r), _msgid: generate(r) } : {}) };
+        const msg: Record<string, unknown> =
+          r.next() < 0.02 ? {} : { payload, ...(r.next() < 0.05 ? { topic: generate(r), _msgid: generate(r) } : {}) };
         // the test helper records every node call in sinon spies: forget them, or the run slows down
         if (i % 200 === 0) (helper as unknown as { _sandbox?: { resetHistory(): void } })._sandbox?.resetHistory();
         const before = journalSize();
@@ -263,8 +400,17 @@ describe('fuzz: every pipeline node input', function () {
           continue;
         }
         s.refused++;
-        s.kinds.add(error.replace(/"[^"]*"/g, '"…"').replace(/\d+/g, 'N').slice(0, 80));
-        assert.equal(journalSize(), before, `${node} #${i}: a refused message wrote to the journal (a side effect happened): ${error.slice(0, 200)}`);
+        s.kinds.add(
+          error
+            .replace(/"[^"]*"/g, '"…"')
+            .replace(/\d+/g, 'N')
+            .slice(0, 80),
+        );
+        assert.equal(
+          journalSize(),
+          before,
+          `${node} #${i}: a refused message wrote to the journal (a side effect happened): ${error.slice(0, 200)}`,
+        );
         if (i % 1000 === 999) await assertWorldClean(`${node} #${i}`);
       }
       if (node === 'enumerate') await endAllSets();

@@ -53,18 +53,23 @@ describe('backups of the lab VMs through Node-RED', function () {
     for (const vm of VMS) await qmp(vm, 'query-status');
     assert.ok(Date.now() - t0 < 1500, `QMP of the backed-up VMs answered another client after ${Date.now() - t0} ms`);
     const byId = new Map<string, any>(msg.payload.vms.map((vm: any) => [vm.id, vm]));
-    assert.deepEqual(VMS.map((id) => [id, byId.get(id)?.method, byId.get(id)?.consistency]), [
-      ['vm-agent', 'child-vm-snapshot', 'application'],
-      ['vm-noagent', 'checkpoint', 'crash'],
-      ['vm-passthrough', 'child-vm-snapshot', 'application'],
-    ]);
+    assert.deepEqual(
+      VMS.map((id) => [id, byId.get(id)?.method, byId.get(id)?.consistency]),
+      [
+        ['vm-agent', 'child-vm-snapshot', 'application'],
+        ['vm-noagent', 'checkpoint', 'crash'],
+        ['vm-passthrough', 'child-vm-snapshot', 'application'],
+      ],
+    );
     assert.ok(byId.get('vm-noagent').reasons.some((r: any) => r.rule === 'integration-service' && !r.ok));
 
     for (const id of VMS) {
       const dir = path.join(lab.repository, byId.get(id).copy.path);
       const manifest = JSON.parse(readFileSync(path.join(dir, 'manifest.json'), 'utf8'));
       for (const f of manifest.files) {
-        const sha = createHash('sha256').update(readFileSync(path.join(dir, f.name))).digest('hex');
+        const sha = createHash('sha256')
+          .update(readFileSync(path.join(dir, f.name)))
+          .digest('hex');
         assert.equal(sha, f.sha256, `${id}/${f.name} sha256`);
       }
       const data = manifest.files.find((f: any) => f.disk === 'drive-virtio0');
@@ -82,7 +87,10 @@ describe('backups of the lab VMs through Node-RED', function () {
       assert.ok(facts.records.records > 0, `${id}: the workload's records are in the backup`);
     }
     const pt = JSON.parse(readFileSync(path.join(lab.repository, byId.get('vm-passthrough').copy.path, 'manifest.json'), 'utf8'));
-    assert.deepEqual(pt.excludedDisks.map((d: any) => [d.id, d.reason]), [['drive-virtio1', 'network']]);
+    assert.deepEqual(
+      pt.excludedDisks.map((d: any) => [d.id, d.reason]),
+      [['drive-virtio1', 'network']],
+    );
     assert.ok(pt.warnings.some((w: string) => /drive-virtio1.*NOT backed up/.test(w)));
     assert.equal(pt.files.filter((f: any) => f.kind === 'disk').length, 1, 'only the local disk is copied');
     assert.ok(msg.payload.vms.every((vm: any) => vm.snapshot.frozenMs === undefined || vm.snapshot.frozenMs < 10_000));

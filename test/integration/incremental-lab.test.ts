@@ -16,7 +16,9 @@ import { LAB, LAB_VMS as VMS, labBackupSuite, runLabBackup } from '../support/la
 async function ourNodes(vm: string): Promise<{ nodes: string[]; bitmaps: string[] }> {
   const c = await QmpClient.connect(path.join(LAB, 'run', `${vm}.qmp`));
   try {
-    const nodes = await c.execute<{ 'node-name': string; 'dirty-bitmaps'?: { name?: string }[] }[]>('query-named-block-nodes', { flat: true });
+    const nodes = await c.execute<{ 'node-name': string; 'dirty-bitmaps'?: { name?: string }[] }[]>('query-named-block-nodes', {
+      flat: true,
+    });
     return {
       nodes: nodes.map((n) => n['node-name']).filter((n) => n.startsWith('vmb-')),
       bitmaps: nodes.flatMap((n) => (n['dirty-bitmaps'] ?? []).map((b) => b.name ?? '')).filter((n) => n.startsWith('vmbackup-')),
@@ -41,11 +43,25 @@ describe('incremental chains of the lab guests through Node-RED (workloads runni
         const dir = path.join(lab.repository, vm.copy.path);
         const manifest = JSON.parse(readFileSync(path.join(dir, 'manifest.json'), 'utf8'));
         const disk = manifest.files.find((f: any) => f.disk === 'drive-virtio0');
-        row.push({ vm: id, backupId: msg.payload.backupId, consistency: manifest.consistency, file: path.join(dir, disk.name), chain: disk.chain, bytes: disk.bytes });
+        row.push({
+          vm: id,
+          backupId: msg.payload.backupId,
+          consistency: manifest.consistency,
+          file: path.join(dir, disk.name),
+          chain: disk.chain,
+          bytes: disk.bytes,
+        });
         const left = await ourNodes(id);
         assert.deepEqual(left.nodes, [], `${id}: QEMU shows no node of ours after backup ${i}`);
-        assert.ok(left.bitmaps.length >= 1 && left.bitmaps.every((b) => b === `vmbackup-${msg.payload.backupId}` || b.startsWith('vmbackup-')), `${id}: ${left.bitmaps}`);
-        assert.equal(left.bitmaps.filter((b) => b.startsWith('vmbackup-')).length, vm.disks.filter((d: any) => d.included).length, `${id}: one tracking record per disk`);
+        assert.ok(
+          left.bitmaps.length >= 1 && left.bitmaps.every((b) => b === `vmbackup-${msg.payload.backupId}` || b.startsWith('vmbackup-')),
+          `${id}: ${left.bitmaps}`,
+        );
+        assert.equal(
+          left.bitmaps.filter((b) => b.startsWith('vmbackup-')).length,
+          vm.disks.filter((d: any) => d.included).length,
+          `${id}: one tracking record per disk`,
+        );
       }
       points.push(row);
     }
@@ -73,7 +89,10 @@ describe('incremental chains of the lab guests through Node-RED (workloads runni
           assert.equal(p.consistency, 'crash');
         }
         const before = lastRecords.get(p.vm) ?? 0;
-        assert.ok(facts.records.records > before, `${p.vm} point ${i}: ${facts.records.records} records, more than ${before} at the point before`);
+        assert.ok(
+          facts.records.records > before,
+          `${p.vm} point ${i}: ${facts.records.records} records, more than ${before} at the point before`,
+        );
         lastRecords.set(p.vm, facts.records.records);
       }
     }

@@ -26,7 +26,11 @@ describe('incremental backups (bare QEMU VMs, copy-before-write view, dirty bitm
   const write = (vm: string, pattern: number, offset: string, len: string) =>
     qmp(vm, (c) => c.execute('human-monitor-command', { 'command-line': `qemu-io drive-virtio0 "write -P ${pattern} ${offset} ${len}"` }));
 
-  async function backup(policy?: ChainPolicy, between?: () => Promise<void>, fallback: 'checkpoint' | 'saved-state' = 'checkpoint'): Promise<CopiedSet> {
+  async function backup(
+    policy?: ChainPolicy,
+    between?: () => Promise<void>,
+    fallback: 'checkpoint' | 'saved-state' = 'checkpoint',
+  ): Promise<CopiedSet> {
     const e = await host.enumerate();
     const c = host.classify(e, fallback);
     const p = await host.prepare(c);
@@ -39,10 +43,19 @@ describe('incremental backups (bare QEMU VMs, copy-before-write view, dirty bitm
   /** QEMU's own account: the device on its image, no node of ours, only our bitmaps on the disk. */
   async function assertNothingOursLeft(vm: string): Promise<string[]> {
     return qmp(vm, async (c) => {
-      const nodes = await c.execute<{ 'node-name': string; 'dirty-bitmaps'?: { name?: string }[] }[]>('query-named-block-nodes', { flat: true });
-      assert.deepEqual(nodes.map((n) => n['node-name']).filter((n) => n.startsWith('vmb-')), [], 'no node of ours in the graph');
+      const nodes = await c.execute<{ 'node-name': string; 'dirty-bitmaps'?: { name?: string }[] }[]>('query-named-block-nodes', {
+        flat: true,
+      });
+      assert.deepEqual(
+        nodes.map((n) => n['node-name']).filter((n) => n.startsWith('vmb-')),
+        [],
+        'no node of ours in the graph',
+      );
       const roots = await c.execute<{ inserted?: { drv: string } }[]>('query-block');
-      assert.ok(roots.every((r) => r.inserted?.drv === 'qcow2'), 'every device on its own qcow2 image');
+      assert.ok(
+        roots.every((r) => r.inserted?.drv === 'qcow2'),
+        'every device on its own qcow2 image',
+      );
       return nodes.flatMap((n) => (n['dirty-bitmaps'] ?? []).map((b) => b.name ?? '')).filter((n) => n.startsWith('vmbackup-'));
     });
   }
@@ -55,7 +68,9 @@ describe('incremental backups (bare QEMU VMs, copy-before-write view, dirty bitm
     bare = await startBareHost(['inc1']);
     provider = new QemuProvider({ socketDir: bare.socketDir });
     host = new BackupHost(provider, new Journal(path.join(bare.dir, 'journal.jsonl')), {
-      hostName: 'bare', repositoryRoot: bare.repository, timeouts: { ...DEFAULT_TIMEOUTS, idleMs: 60_000 },
+      hostName: 'bare',
+      repositoryRoot: bare.repository,
+      timeouts: { ...DEFAULT_TIMEOUTS, idleMs: 60_000 },
     });
   });
   after(async () => {
@@ -134,7 +149,7 @@ describe('incremental backups (bare QEMU VMs, copy-before-write view, dirty bitm
     await fs.rename(`${hostDir}.aside`, hostDir);
     const left = await assertNothingOursLeft('inc1');
     assert.equal(left.length, 1, `one tracking record left (${left.join(', ')})`);
-    assert.ok(!left[0].endsWith(ps.backupId), 'the failed backup\'s own record is gone, its parent\'s stays');
+    assert.ok(!left[0].endsWith(ps.backupId), "the failed backup's own record is gone, its parent's stays");
     // and the next backup still holds the change made before the failed one
     const next = await backup();
     const m = JSON.parse(await fs.readFile(path.join(bare.repository, next.vms[0].copy.path, 'manifest.json'), 'utf8'));
@@ -165,11 +180,12 @@ describe('incremental backups (bare QEMU VMs, copy-before-write view, dirty bitm
   };
   const only = async (vm: string) => {
     // one VM at a time: the others are not started in these cases
-    for (const id of [...bare.vms.keys()]) if (id !== vm) {
-      bare.vms.get(id)!.kill('SIGKILL');
-      bare.vms.delete(id);
-      await fs.rm(path.join(bare.socketDir, `${id}.qmp`), { force: true });
-    }
+    for (const id of [...bare.vms.keys()])
+      if (id !== vm) {
+        bare.vms.get(id)!.kill('SIGKILL');
+        bare.vms.delete(id);
+        await fs.rm(path.join(bare.socketDir, `${id}.qmp`), { force: true });
+      }
   };
 
   it('tracking outlives a clean QEMU restart; after QEMU is killed the next backup is a full with the reason', async () => {
@@ -245,8 +261,29 @@ describe('incremental backups (bare QEMU VMs, copy-before-write view, dirty bitm
   async function startRaw(id: string, file: string) {
     const sock = path.join(bare.socketDir, `${id}.qmp`);
     await fs.rm(sock, { force: true });
-    const child = spawn('qemu-system-x86_64', ['-accel', 'tcg', '-machine', 'pc', '-m', '32', '-nodefaults', '-display', 'none', '-name', id,
-      '-qmp', `unix:${sock},server=on,wait=off`, '-drive', `file=${file},format=raw,if=none,id=drive-virtio0`, '-device', 'virtio-blk-pci,drive=drive-virtio0,id=virtio0'], { stdio: 'ignore' });
+    const child = spawn(
+      'qemu-system-x86_64',
+      [
+        '-accel',
+        'tcg',
+        '-machine',
+        'pc',
+        '-m',
+        '32',
+        '-nodefaults',
+        '-display',
+        'none',
+        '-name',
+        id,
+        '-qmp',
+        `unix:${sock},server=on,wait=off`,
+        '-drive',
+        `file=${file},format=raw,if=none,id=drive-virtio0`,
+        '-device',
+        'virtio-blk-pci,drive=drive-virtio0,id=virtio0',
+      ],
+      { stdio: 'ignore' },
+    );
     await waitForSocket(sock);
     return child;
   }

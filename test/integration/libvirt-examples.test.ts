@@ -18,8 +18,17 @@ const [AGENT, NOAGENT, OFF] = NAMES;
 const EXAMPLES = path.resolve(__dirname, '../../../examples');
 const core = (f: string) => require(require.resolve(`@node-red/nodes/core/${f}`));
 // the core node types the examples use, as Node-RED itself loads them
-const CORE = ['common/20-inject.js', 'common/21-debug.js', 'common/25-catch.js', 'common/90-comment.js', 'function/10-function.js',
-  'function/15-change.js', 'function/80-template.js', 'network/10-mqtt.js', 'network/21-httprequest.js'].map(core);
+const CORE = [
+  'common/20-inject.js',
+  'common/21-debug.js',
+  'common/25-catch.js',
+  'common/90-comment.js',
+  'function/10-function.js',
+  'function/15-change.js',
+  'function/80-template.js',
+  'network/10-mqtt.js',
+  'network/21-httprequest.js',
+].map(core);
 
 type FlowNode = Record<string, any> & { id: string; type: string };
 
@@ -90,7 +99,11 @@ describe('every example flow runs unchanged on the libvirt provider', function (
   function libvirtViewRight(): void {
     for (const n of [AGENT, NOAGENT]) assertLibvirtView(n, 'running', LAB);
     assertLibvirtView(OFF, 'shut off', LAB);
-    assert.deepEqual(readdirSync(path.dirname(domainImage(AGENT, LAB))).filter((f) => f.includes('.vmbackup-')), [], 'no scratch file left');
+    assert.deepEqual(
+      readdirSync(path.dirname(domainImage(AGENT, LAB))).filter((f) => f.includes('.vmbackup-')),
+      [],
+      'no scratch file left',
+    );
   }
 
   /** Load, trigger the inject node, wait for `ok` or the flow's Catch. */
@@ -103,7 +116,10 @@ describe('every example flow runs unchanged on the libvirt provider', function (
     return { flow, ok, caught };
   }
 
-  for (const [name, fallback] of [['Nightly backup of every VM', 'checkpoint'], ['Legacy saved-state backup', 'saved-state']] as const) {
+  for (const [name, fallback] of [
+    ['Nightly backup of every VM', 'checkpoint'],
+    ['Legacy saved-state backup', 'saved-state'],
+  ] as const) {
     it(`${name}: a backup set published for the 3 domains (${fallback} policy)`, async () => {
       const { repository, journalDir } = folders(name.split(' ')[0]);
       const { ok, caught } = await run(name, { repository, journalDir }, ['debug', 'backup summary']);
@@ -111,20 +127,31 @@ describe('every example flow runs unchanged on the libvirt provider', function (
       const s = msg.summary;
       assert.equal(s.ok, true, s.text);
       const byId = new Map<string, any>(s.vms.map((v: any) => [v.vm, v]));
-      assert.deepEqual(NAMES.map((n) => [n, byId.get(n)?.method, byId.get(n)?.consistency]), [
-        [AGENT, 'child-vm-snapshot', 'application'],
-        fallback === 'checkpoint' ? [NOAGENT, 'checkpoint', 'crash'] : [NOAGENT, 'saved-state', 'crash'],
-        [OFF, 'offline', 'offline'],
-      ]);
+      assert.deepEqual(
+        NAMES.map((n) => [n, byId.get(n)?.method, byId.get(n)?.consistency]),
+        [
+          [AGENT, 'child-vm-snapshot', 'application'],
+          fallback === 'checkpoint' ? [NOAGENT, 'checkpoint', 'crash'] : [NOAGENT, 'saved-state', 'crash'],
+          [OFF, 'offline', 'offline'],
+        ],
+      );
       assert.equal(s.backups.published, true);
       for (const n of NAMES) {
         const dir = byId.get(n).path;
         assert.ok(dir.startsWith(`${repository}/`), `${n}: published under the repository (${dir})`);
         const manifest = JSON.parse(readFileSync(path.join(dir, 'manifest.json'), 'utf8'));
         assert.equal(manifest.provider, 'libvirt');
-        assert.equal(spawnSync('qemu-img', ['check', path.join(dir, manifest.files.find((f: any) => f.disk === 'vda').name)]).status, 0, `${n}: its image is sound`);
+        assert.equal(
+          spawnSync('qemu-img', ['check', path.join(dir, manifest.files.find((f: any) => f.disk === 'vda').name)]).status,
+          0,
+          `${n}: its image is sound`,
+        );
       }
-      if (fallback === 'saved-state') assert.ok(readdirSync(byId.get(NOAGENT).path).some((f) => /state/.test(f)), 'the saved state is in the backup');
+      if (fallback === 'saved-state')
+        assert.ok(
+          readdirSync(byId.get(NOAGENT).path).some((f) => /state/.test(f)),
+          'the saved state is in the backup',
+        );
       libvirtViewRight();
     });
   }
@@ -134,7 +161,10 @@ describe('every example flow runs unchanged on the libvirt provider', function (
     const { ok, caught } = await run('Report only - enumerate and classify', { repository, journalDir }, ['debug', 'methods'], 120_000);
     const msg = await Promise.race([ok, caught.then((m) => Promise.reject(new Error(`the flow's catch: ${m.error?.message}`)))]);
     const rows = new Map<string, any>(msg.payload.map((r: any) => [r.vm, r]));
-    assert.deepEqual(NAMES.map((n) => rows.get(n)?.method), ['child-vm-snapshot', 'checkpoint', 'offline']);
+    assert.deepEqual(
+      NAMES.map((n) => rows.get(n)?.method),
+      ['child-vm-snapshot', 'checkpoint', 'offline'],
+    );
     assert.match(rows.get(NOAGENT).why, /integration-service/);
     assert.deepEqual(readdirSync(repository), [], 'nothing written to the repository');
     libvirtViewRight();
@@ -145,7 +175,11 @@ describe('every example flow runs unchanged on the libvirt provider', function (
     // socket where no libvirtd listens, the only edit being the host node's, as for the others)
     const { repository, journalDir } = folders('alert');
     const name = 'Alert on failure';
-    const flow = onLibvirt(example(name), { repository, journalDir, libvirtUri: `qemu:///system?socket=${path.join(root, 'no-libvirtd.sock')}` });
+    const flow = onLibvirt(example(name), {
+      repository,
+      journalDir,
+      libvirtUri: `qemu:///system?socket=${path.join(root, 'no-libvirtd.sock')}`,
+    });
     await helper.load([...NODE_MODULES, ...CORE], flow as any);
     const text = nextInput(byName(flow, 'debug', 'alert text'), 400_000);
     const mqtt = nextInput(byName(flow, 'mqtt out'), 400_000);

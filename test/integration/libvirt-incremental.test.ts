@@ -36,10 +36,14 @@ function virshOk(...args: string[]): string {
 /** Run a shell line in the guest through its agent (libvirt's channel) and wait for it. */
 async function inGuest(script: string): Promise<void> {
   const cmd = { execute: 'guest-exec', arguments: { path: '/bin/sh', arg: ['-c', script], 'capture-output': true } };
-  const { return: { pid } } = JSON.parse(virshOk('qemu-agent-command', AGENT, JSON.stringify(cmd), '--timeout', '30'));
+  const {
+    return: { pid },
+  } = JSON.parse(virshOk('qemu-agent-command', AGENT, JSON.stringify(cmd), '--timeout', '30'));
   const deadline = Date.now() + 60_000;
   for (;;) {
-    const st = JSON.parse(virshOk('qemu-agent-command', AGENT, JSON.stringify({ execute: 'guest-exec-status', arguments: { pid } }), '--timeout', '30')).return;
+    const st = JSON.parse(
+      virshOk('qemu-agent-command', AGENT, JSON.stringify({ execute: 'guest-exec-status', arguments: { pid } }), '--timeout', '30'),
+    ).return;
     if (st.exited) {
       assert.equal(st.exitcode, 0, `guest: ${script}: ${Buffer.from(st['err-data'] ?? '', 'base64').toString()}`);
       return;
@@ -50,7 +54,10 @@ async function inGuest(script: string): Promise<void> {
 }
 
 /** A marker file of 1 MiB of a known pattern plus its name, synced to the disk. */
-const writeMarker = (name: string) => inGuest(`i=0; while [ $i -lt 16384 ]; do echo "${name}-line-$i-padding-padding-padding-padding"; i=$((i+1)); done > /data/${name} && sync`);
+const writeMarker = (name: string) =>
+  inGuest(
+    `i=0; while [ $i -lt 16384 ]; do echo "${name}-line-$i-padding-padding-padding-padding"; i=$((i+1)); done > /data/${name} && sync`,
+  );
 /** this run's marker names: the files of an earlier run stay in the guest */
 const RUN = `inc${process.pid}`;
 const [M0, M1, M2] = ['m0', 'm1', 'm2'].map((m) => `${RUN}-${m}`);
@@ -69,7 +76,11 @@ describe('libvirt provider: incrementals by checkpoints (real libvirtd)', functi
   let provider: LibvirtProvider;
 
   before(async function () {
-    if (spawnSync('virsh', ['--version']).status !== 0 || spawnSync('nbdcopy', ['--version']).status !== 0 || spawnSync('nbdkit', ['--version']).status !== 0) {
+    if (
+      spawnSync('virsh', ['--version']).status !== 0 ||
+      spawnSync('nbdcopy', ['--version']).status !== 0 ||
+      spawnSync('nbdkit', ['--version']).status !== 0
+    ) {
       console.log('    libvirt incremental skipped: virsh, nbdcopy or nbdkit is not installed (Debian libvirt-clients libnbd-bin nbdkit)');
       this.skip();
     }
@@ -78,7 +89,11 @@ describe('libvirt provider: incrementals by checkpoints (real libvirtd)', functi
     repository = mkdtempSync(path.join(os.tmpdir(), 'vmb-lvinc-repo-'));
     tmp = mkdtempSync(path.join(os.tmpdir(), 'vmb-lvinc-'));
     provider = new LibvirtProvider({ runDir: mkdtempSync(path.join(os.tmpdir(), 'vmb-lvinc-run-')) });
-    host = new BackupHost(provider, new Journal(path.join(tmp, 'journal.jsonl')), { hostName: 'lvinc', repositoryRoot: repository, timeouts: DEFAULT_TIMEOUTS });
+    host = new BackupHost(provider, new Journal(path.join(tmp, 'journal.jsonl')), {
+      hostName: 'lvinc',
+      repositoryRoot: repository,
+      timeouts: DEFAULT_TIMEOUTS,
+    });
   });
   after(async () => {
     if (repository) await fs.rm(repository, { recursive: true, force: true });
@@ -88,7 +103,10 @@ describe('libvirt provider: incrementals by checkpoints (real libvirtd)', functi
       await fs.rm(provider.runDir, { recursive: true, force: true });
     }
     // our checkpoints go with the test (the other libvirt tests start from none)
-    for (const name of virsh('checkpoint-list', AGENT, '--name').stdout.split('\n').map((l) => l.trim()).filter((n) => n.startsWith('vmbackup-'))) {
+    for (const name of virsh('checkpoint-list', AGENT, '--name')
+      .stdout.split('\n')
+      .map((l) => l.trim())
+      .filter((n) => n.startsWith('vmbackup-'))) {
       virsh('checkpoint-delete', AGENT, name);
     }
     if (startedHere && !process.env.VMBACKUP_KEEP_LAB) await libvirtStop({ labDir: LAB });
@@ -126,7 +144,11 @@ describe('libvirt provider: incrementals by checkpoints (real libvirtd)', functi
     assert.equal(b1.file.chain.parent, b0.set.backupId);
     assert.equal(b1.file.chain.backing, `../${b0.set.backupId}/${b0.file.name}`);
     assert.ok(b1.file.chain.bytesChanged >= 1 << 20, `at least the 1 MiB marker changed: ${b1.file.chain.bytesChanged}`);
-    assert.deepEqual(virshOk('checkpoint-list', AGENT, '--name').trim().split('\n'), [`vmbackup-${b1.set.backupId}`], 'the parent\'s checkpoint went once b1 was published');
+    assert.deepEqual(
+      virshOk('checkpoint-list', AGENT, '--name').trim().split('\n'),
+      [`vmbackup-${b1.set.backupId}`],
+      "the parent's checkpoint went once b1 was published",
+    );
 
     await writeMarker(M2);
     const b2 = await backup();
@@ -144,12 +166,19 @@ describe('libvirt provider: incrementals by checkpoints (real libvirtd)', functi
       for (let i = 0; i < 16384; i++) expect += `${name}-line-${i}-padding-padding-padding-padding\n`;
       return expect;
     };
-    const points: [string, string[], string[]][] = [[b0.dir, [M0], [M1, M2]], [b1.dir, [M0, M1], [M2]], [b2.dir, [M0, M1, M2], []]];
+    const points: [string, string[], string[]][] = [
+      [b0.dir, [M0], [M1, M2]],
+      [b1.dir, [M0, M1], [M2]],
+      [b2.dir, [M0, M1, M2], []],
+    ];
     for (const [dir, has, hasNot] of points) {
       const raw = await flattened(dir, path.basename(dir));
       for (const m of has) {
         const got = fileIn(raw, m);
-        assert.ok(got === marker(m), `${path.basename(dir)} holds ${m} whole (got ${got.length} bytes, ${got.split('\n').filter((l) => !l.startsWith(`${m}-line-`)).length} foreign lines)`);
+        assert.ok(
+          got === marker(m),
+          `${path.basename(dir)} holds ${m} whole (got ${got.length} bytes, ${got.split('\n').filter((l) => !l.startsWith(`${m}-line-`)).length} foreign lines)`,
+        );
       }
       for (const m of hasNot) assert.ok(fileIn(raw, m) === '', `${path.basename(dir)} does not hold ${m} (written after its moment)`);
       assert.equal(spawnSync('e2fsck', ['-fn', raw]).status, 0, `${path.basename(dir)}: e2fsck -fn clean`);
@@ -159,10 +188,13 @@ describe('libvirt provider: incrementals by checkpoints (real libvirtd)', functi
     assert.deepEqual(virshOk('checkpoint-list', AGENT, '--name').trim().split('\n'), [`vmbackup-${b2.set.backupId}`]);
     assert.equal(parseJobInfo(virshOk('domjobinfo', '--domain', AGENT)).type, 'None');
     const rows = parseTable(virshOk('domblklist', '--domain', AGENT, '--details')).filter((r) => r.Device === 'disk');
-    assert.deepEqual(rows.map((r) => r.Source), [domainImage(AGENT, LAB)]);
+    assert.deepEqual(
+      rows.map((r) => r.Source),
+      [domainImage(AGENT, LAB)],
+    );
   });
 
-  it('the parent\'s checkpoint deleted behind our back: a full (bitmap-missing), and the chain goes on from it', async () => {
+  it("the parent's checkpoint deleted behind our back: a full (bitmap-missing), and the chain goes on from it", async () => {
     const before = virshOk('checkpoint-list', AGENT, '--name').trim();
     assert.match(before, /^vmbackup-/);
     virshOk('checkpoint-delete', AGENT, before);
@@ -178,7 +210,10 @@ describe('libvirt provider: incrementals by checkpoints (real libvirtd)', functi
   it('a shut-off domain: a full with reason offline and no checkpoint; a checkpoint due for removal while it is off stays (libvirt refuses), and goes once it runs', async () => {
     const enumerated = await host.enumerate();
     const set = { ...enumerated, vms: enumerated.vms.filter((vm) => vm.id === OFF) };
-    const copied = await host.copy(await host.postSnapshot(await host.snapshot(await host.prepare(host.classify(set, 'checkpoint')))), { concurrency: 1, compress: false });
+    const copied = await host.copy(await host.postSnapshot(await host.snapshot(await host.prepare(host.classify(set, 'checkpoint')))), {
+      concurrency: 1,
+      compress: false,
+    });
     const manifest = JSON.parse(readFileSync(path.join(repository, copied.vms[0].copy.path, 'manifest.json'), 'utf8'));
     const f = manifest.files.find((x: any) => x.disk === 'vda');
     assert.deepEqual([f.chain.mode, f.chain.reason, f.chain.bitmap], ['full', 'offline', undefined]);
@@ -187,8 +222,14 @@ describe('libvirt provider: incrementals by checkpoints (real libvirtd)', functi
     // a checkpoint on the domain while it is off: made with QEMU started paused (no guest runs)
     const dir = mkdtempSync(path.join(tmp, 'cp-'));
     const name = 'vmbackup-20000101T000000Z-offtst';
-    await fs.writeFile(path.join(dir, 'b.xml'), `<domainbackup mode='pull'><server transport='unix' socket='${dir}/s.sock'/><disks><disk name='vda' backup='yes' type='file'><scratch file='${path.dirname(domainImage(OFF, LAB))}/.vmbackup-offtst.qcow2'/></disk></disks></domainbackup>`);
-    await fs.writeFile(path.join(dir, 'c.xml'), `<domaincheckpoint><name>${name}</name><disks><disk name='vda' checkpoint='bitmap'/></disks></domaincheckpoint>`);
+    await fs.writeFile(
+      path.join(dir, 'b.xml'),
+      `<domainbackup mode='pull'><server transport='unix' socket='${dir}/s.sock'/><disks><disk name='vda' backup='yes' type='file'><scratch file='${path.dirname(domainImage(OFF, LAB))}/.vmbackup-offtst.qcow2'/></disk></disks></domainbackup>`,
+    );
+    await fs.writeFile(
+      path.join(dir, 'c.xml'),
+      `<domaincheckpoint><name>${name}</name><disks><disk name='vda' checkpoint='bitmap'/></disks></domaincheckpoint>`,
+    );
     const v = new VirshRunner('qemu:///system', 'virsh', 60_000);
     try {
       virshOk('start', OFF, '--paused');

@@ -32,12 +32,20 @@ class HookedProvider extends LibvirtProvider {
     return super.makeView(vm, view, opts);
   }
 
-  override async exportDisk(view: PointInTimeView, disk: string, dest: string, onProgress?: (p: Progress) => void, options?: ExportOptions) {
+  override async exportDisk(
+    view: PointInTimeView,
+    disk: string,
+    dest: string,
+    onProgress?: (p: Progress) => void,
+    options?: ExportOptions,
+  ) {
     const hook = this.duringExport;
     if (!hook) return super.exportDisk(view, disk, dest, onProgress, options);
     const base = (view.ref.overlays as Array<{ disk: string; base: string }>).find((o) => o.disk === disk)!.base;
     let result: Awaited<ReturnType<LibvirtProvider['exportDisk']>> | undefined;
-    await hook(base, async () => { result = await super.exportDisk(view, disk, dest, onProgress, options); });
+    await hook(base, async () => {
+      result = await super.exportDisk(view, disk, dest, onProgress, options);
+    });
     return result!;
   }
 }
@@ -46,8 +54,12 @@ class HookedProvider extends LibvirtProvider {
 function nbdReader(uri: string) {
   const child = spawn('qemu-io', ['-r', '-f', 'raw', uri], { stdio: ['pipe', 'pipe', 'pipe'] });
   let out = '';
-  child.stdout.setEncoding('utf8').on('data', (d: string) => { out += d; });
-  child.stderr.setEncoding('utf8').on('data', (d: string) => { out += d; });
+  child.stdout.setEncoding('utf8').on('data', (d: string) => {
+    out += d;
+  });
+  child.stderr.setEncoding('utf8').on('data', (d: string) => {
+    out += d;
+  });
   return {
     /** read 1 MiB at `offset` on the same connection; resolves with what qemu-io said */
     async read(offset: number): Promise<string> {
@@ -60,7 +72,9 @@ function nbdReader(uri: string) {
       }
       return out.slice(from).trim();
     },
-    close: () => { child.stdin.end('quit\n'); },
+    close: () => {
+      child.stdin.end('quit\n');
+    },
   };
 }
 
@@ -85,7 +99,11 @@ describe('libvirt fault case: libvirtd restarted mid-backup', function () {
   });
   beforeEach(() => {
     provider = new HookedProvider({ runDir: mkdtempSync(path.join(os.tmpdir(), 'vmb-lvr-run-')) });
-    host = new BackupHost(provider, new Journal(path.join(journalDir, `journal-${Date.now()}.jsonl`)), { hostName: 'lvr', repositoryRoot: repository, timeouts: DEFAULT_TIMEOUTS });
+    host = new BackupHost(provider, new Journal(path.join(journalDir, `journal-${Date.now()}.jsonl`)), {
+      hostName: 'lvr',
+      repositoryRoot: repository,
+      timeouts: DEFAULT_TIMEOUTS,
+    });
   });
   afterEach(async () => {
     // whatever a case did, libvirtd answers again before the next one (never a second one started)
@@ -121,7 +139,11 @@ describe('libvirt fault case: libvirtd restarted mid-backup', function () {
   async function libvirtViewRight(): Promise<void> {
     assert.equal(virsh('guestinfo', '--domain', AGENT, '--filesystem').status, 0, 'the guest is thawed (the agent lists its file systems)');
     assertLibvirtView(AGENT, 'running', LAB);
-    assert.deepEqual(readdirSync(path.dirname(domainImage(AGENT, LAB))).filter((f) => f.includes('.vmbackup-')), [], 'no scratch file left');
+    assert.deepEqual(
+      readdirSync(path.dirname(domainImage(AGENT, LAB))).filter((f) => f.includes('.vmbackup-')),
+      [],
+      'no scratch file left',
+    );
     await libvirtOwnSnapshotAndBackup(AGENT, LAB);
   }
 
@@ -136,12 +158,16 @@ describe('libvirt fault case: libvirtd restarted mid-backup', function () {
         const at: string[] = [];
         // libvirtd stops (SIGTERM), and the product's whole copy runs while it is gone; then it
         // starts again and reconnects to the running QEMU
-        await libvirtdRestart({ labDir: LAB, downMs: 0, onDown: async () => {
-          at.push(`libvirtd gone +${Date.now() - t0} ms`);
-          seen.push(`down: ${await reader.read(1 << 20)}`);
-          await copy();
-          at.push(`copy done +${Date.now() - t0} ms`);
-        } });
+        await libvirtdRestart({
+          labDir: LAB,
+          downMs: 0,
+          onDown: async () => {
+            at.push(`libvirtd gone +${Date.now() - t0} ms`);
+            seen.push(`down: ${await reader.read(1 << 20)}`);
+            await copy();
+            at.push(`copy done +${Date.now() - t0} ms`);
+          },
+        });
         at.push(`libvirtd answers +${Date.now() - t0} ms`);
         console.log(`      (${at.join(', ')})`);
         seen.push(`after: ${await reader.read(2 << 20)}`);
@@ -152,7 +178,10 @@ describe('libvirt fault case: libvirtd restarted mid-backup', function () {
     };
     const set = await backupAgent();
     console.log(`      ${seen.join(' | ')}`);
-    assert.ok(seen.slice(0, 3).every((s) => /read 1048576\/1048576 bytes/.test(s)), `one NBD connection read before, while libvirtd was down, and after: ${seen.join(' | ')}`);
+    assert.ok(
+      seen.slice(0, 3).every((s) => /read 1048576\/1048576 bytes/.test(s)),
+      `one NBD connection read before, while libvirtd was down, and after: ${seen.join(' | ')}`,
+    );
     assert.equal(seen[3], 'job: Backup', 'after its restart libvirt still reports our backup job');
     checkImage(set, 'application');
     await libvirtViewRight();
@@ -173,7 +202,9 @@ describe('libvirt fault case: libvirtd restarted mid-backup', function () {
     provider.beforeView = async () => {
       provider.beforeView = undefined;
       let down!: () => void;
-      const isDown = new Promise<void>((r) => { down = r; });
+      const isDown = new Promise<void>((r) => {
+        down = r;
+      });
       restarted = libvirtdRestart({ labDir: LAB, downMs: 3000, onDown: () => down() });
       await isDown;
     };
@@ -196,7 +227,10 @@ describe('libvirt fault case: libvirtd restarted mid-backup', function () {
     const back = Date.now();
     // the guardian thaws and ends the job once libvirtd is back: wait for it, bounded
     const deadline = Date.now() + 30_000;
-    while (virsh('guestinfo', '--domain', AGENT, '--filesystem').status !== 0 || !/None/.test(virsh('domjobinfo', '--domain', AGENT).stdout)) {
+    while (
+      virsh('guestinfo', '--domain', AGENT, '--filesystem').status !== 0 ||
+      !/None/.test(virsh('domjobinfo', '--domain', AGENT).stdout)
+    ) {
       assert.ok(Date.now() < deadline, 'thawed and no job within 30 s of libvirtd being back');
       await new Promise((r) => setTimeout(r, 250));
     }

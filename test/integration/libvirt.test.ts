@@ -44,7 +44,13 @@ function manifestOf(repository: string, vm: { copy: { path: string } }): any {
   const dir = path.join(repository, vm.copy.path);
   const manifest = JSON.parse(readFileSync(path.join(dir, 'manifest.json'), 'utf8'));
   for (const f of manifest.files) {
-    assert.equal(createHash('sha256').update(readFileSync(path.join(dir, f.name))).digest('hex'), f.sha256, `${f.name} sha256`);
+    assert.equal(
+      createHash('sha256')
+        .update(readFileSync(path.join(dir, f.name)))
+        .digest('hex'),
+      f.sha256,
+      `${f.name} sha256`,
+    );
   }
   return { dir, manifest };
 }
@@ -74,25 +80,40 @@ describe('libvirt provider on a real libvirtd', function () {
   it('enumerates every defined domain with its state, disks and agent', async () => {
     const vms = await provider.enumerate();
     const byId = new Map(vms.map((vm) => [vm.id, vm]));
-    assert.deepEqual(NAMES.map((n) => [n, byId.get(n)?.state]), [[AGENT, 'running'], [NOAGENT, 'running'], [OFF, 'off']]);
+    assert.deepEqual(
+      NAMES.map((n) => [n, byId.get(n)?.state]),
+      [
+        [AGENT, 'running'],
+        [NOAGENT, 'running'],
+        [OFF, 'off'],
+      ],
+    );
     const agent = byId.get(AGENT)!;
     assert.deepEqual([agent.agent.present, agent.agent.responding], [true, true]);
-    assert.deepEqual(agent.guest.filesystems.map((f) => [f.mountpoint, f.type]), [['/data', 'ext4']]);
+    assert.deepEqual(
+      agent.guest.filesystems.map((f) => [f.mountpoint, f.type]),
+      [['/data', 'ext4']],
+    );
     assert.equal(byId.get(NOAGENT)!.agent.present, false);
     for (const n of NAMES) {
-      assert.deepEqual(byId.get(n)!.disks.map((d) => [d.id, d.file, d.format, d.included, d.virtualSize]),
-        [['vda', domainImage(n, LAB), 'qcow2', true, 128 << 20]]);
+      assert.deepEqual(
+        byId.get(n)!.disks.map((d) => [d.id, d.file, d.format, d.included, d.virtualSize]),
+        [['vda', domainImage(n, LAB), 'qcow2', true, 128 << 20]],
+      );
     }
   });
 
-  it('checkpoint policy: agent domain application-consistent, agentless crash-consistent, shut-off offline; libvirt\'s view right after', async () => {
+  it("checkpoint policy: agent domain application-consistent, agentless crash-consistent, shut-off offline; libvirt's view right after", async () => {
     const set = await backupAll(host, 'checkpoint');
     const byId = new Map(set.vms.map((vm) => [vm.id, vm]));
-    assert.deepEqual(NAMES.map((n) => [n, byId.get(n)?.method, byId.get(n)?.consistency]), [
-      [AGENT, 'child-vm-snapshot', 'application'],
-      [NOAGENT, 'checkpoint', 'crash'],
-      [OFF, 'offline', 'offline'],
-    ]);
+    assert.deepEqual(
+      NAMES.map((n) => [n, byId.get(n)?.method, byId.get(n)?.consistency]),
+      [
+        [AGENT, 'child-vm-snapshot', 'application'],
+        [NOAGENT, 'checkpoint', 'crash'],
+        [OFF, 'offline', 'offline'],
+      ],
+    );
     assert.ok((byId.get(AGENT)!.snapshot.frozenMs ?? Infinity) < 10_000, 'frozen under the cap');
     assert.equal(set.host.provider, 'libvirt');
 
@@ -126,7 +147,7 @@ describe('libvirt provider on a real libvirtd', function () {
     noScratchLeft();
   });
 
-  it('after our backup, libvirt\'s own disk-only snapshot + blockcommit and its own backup-begin work', async () => {
+  it("after our backup, libvirt's own disk-only snapshot + blockcommit and its own backup-begin work", async () => {
     await libvirtOwnSnapshotAndBackup(AGENT, LAB);
   });
 
@@ -134,16 +155,25 @@ describe('libvirt provider on a real libvirtd', function () {
     const journalDir = mkdtempSync(path.join(os.tmpdir(), 'vmb-lv-nrj-'));
     await new Promise<void>((resolve) => helper.startServer(() => resolve()));
     try {
-      await helper.load([...NODE_MODULES, CATCH], pipelineFlow({
-        socketDir: '/nonexistent', repository, journalDir, fallback: 'checkpoint',
-        hostExtra: { hostName: 'lv-nr', provider: 'libvirt', libvirtUri: 'qemu:///system' },
-      }) as any);
+      await helper.load(
+        [...NODE_MODULES, CATCH],
+        pipelineFlow({
+          socketDir: '/nonexistent',
+          repository,
+          journalDir,
+          fallback: 'checkpoint',
+          hostExtra: { hostName: 'lv-nr', provider: 'libvirt', libvirtUri: 'qemu:///system' },
+        }) as any,
+      );
       const done = nextMessage('out-copy', 300_000);
       const failed = nextMessage('caught', 300_000).then((m) => Promise.reject(new Error(`backup failed: ${m.error.message}`)));
       helper.getNode('enumerate').receive({ payload: '' });
       const msg = await Promise.race([done, failed]);
       const byId = new Map<string, any>(msg.payload.vms.map((vm: any) => [vm.id, vm]));
-      assert.deepEqual(NAMES.map((n) => byId.get(n)?.consistency), ['application', 'crash', 'offline']);
+      assert.deepEqual(
+        NAMES.map((n) => byId.get(n)?.consistency),
+        ['application', 'crash', 'offline'],
+      );
       assert.equal(msg.summary.ok, true);
       for (const n of NAMES) assert.equal(manifestOf(repository, byId.get(n)).manifest.provider, 'libvirt');
     } finally {
@@ -159,7 +189,10 @@ describe('libvirt provider on a real libvirtd', function () {
   it('saved-state policy: the agentless domain is managed-saved, restored and running again, its state copied', async () => {
     const set = await backupAll(host, 'saved-state');
     const vm = set.vms.find((v) => v.id === NOAGENT)!;
-    assert.deepEqual([vm.method, vm.prepare.action, vm.postSnapshot.resumed, vm.postSnapshot.returnedTo], ['saved-state', 'save', true, 'running']);
+    assert.deepEqual(
+      [vm.method, vm.prepare.action, vm.postSnapshot.resumed, vm.postSnapshot.returnedTo],
+      ['saved-state', 'save', true, 'running'],
+    );
     const { manifest } = manifestOf(repository, vm);
     const state = manifest.files.find((f: any) => f.kind === 'saved-state');
     assert.ok(state && state.bytes > 1 << 20, 'the saved state holds the guest memory');
@@ -171,7 +204,10 @@ describe('libvirt provider on a real libvirtd', function () {
   describe('fault cases: the backup process SIGKILLed', () => {
     const crashScript = path.resolve(__dirname, '../support/libvirt-crash.js');
     const crash = (journalFile: string, runDir: string, after: string, guardian: boolean) => {
-      const r = spawnSync(process.execPath, [crashScript, journalFile, repository, runDir, AGENT, after, guardian ? 'yes' : 'no'], { encoding: 'utf8', timeout: 120_000 });
+      const r = spawnSync(process.execPath, [crashScript, journalFile, repository, runDir, AGENT, after, guardian ? 'yes' : 'no'], {
+        encoding: 'utf8',
+        timeout: 120_000,
+      });
       assert.equal(r.signal, 'SIGKILL', `the backup process died by SIGKILL (${r.stderr})`);
       assert.equal(r.stdout.trim(), `at ${after}`);
     };
@@ -191,12 +227,18 @@ describe('libvirt provider on a real libvirtd', function () {
       try {
         crash(journalFile, dir, 'snapshotted', false);
         assert.equal(jobNow().operation, 'Backup', 'libvirt still runs our backup job');
-        assert.ok(readdirSync(path.dirname(domainImage(AGENT, LAB))).some((f) => f.includes('.vmbackup-')), 'its scratch file exists');
+        assert.ok(
+          readdirSync(path.dirname(domainImage(AGENT, LAB))).some((f) => f.includes('.vmbackup-')),
+          'its scratch file exists',
+        );
         assert.ok(thawed(), 'the guest was thawed before the process died');
         const j = new Journal(journalFile);
         const actions = await recover(j, new LibvirtProvider({ runDir: dir }), new ArtifactRepository(repository), 30_000);
         j.close();
-        assert.ok(actions.some((a) => a.kind === 'release' && a.ok && a.vm === AGENT), `recovery ended the job: ${JSON.stringify(actions)}`);
+        assert.ok(
+          actions.some((a) => a.kind === 'release' && a.ok && a.vm === AGENT),
+          `recovery ended the job: ${JSON.stringify(actions)}`,
+        );
         assertLibvirtView(AGENT, 'running', LAB);
         noScratchLeft();
       } finally {

@@ -117,11 +117,15 @@ describe('integration: QEMU protocol clients', function () {
     before(async () => {
       qmpPath = path.join(dir, 'q.qmp');
       qemu = start(QEMU, [
-        '-accel', 'tcg',
-        '-machine', 'none',
+        '-accel',
+        'tcg',
+        '-machine',
+        'none',
         '-nodefaults',
-        '-display', 'none',
-        '-qmp', `unix:${qmpPath},server=on,wait=off`,
+        '-display',
+        'none',
+        '-qmp',
+        `unix:${qmpPath},server=on,wait=off`,
       ]);
       await waitForSocket(qmpPath, qemu);
       client = await QmpClient.connect(qmpPath, { timeoutMs: 20000 });
@@ -239,7 +243,17 @@ describe('integration: QEMU protocol clients', function () {
 
     it('quit answers, emits SHUTDOWN (before the reply), then QEMU closes the socket', async () => {
       const qmpPath = path.join(dir, 'quit.qmp');
-      qemu = start(QEMU, ['-accel', 'tcg', '-machine', 'none', '-nodefaults', '-display', 'none', '-qmp', `unix:${qmpPath},server=on,wait=off`]);
+      qemu = start(QEMU, [
+        '-accel',
+        'tcg',
+        '-machine',
+        'none',
+        '-nodefaults',
+        '-display',
+        'none',
+        '-qmp',
+        `unix:${qmpPath},server=on,wait=off`,
+      ]);
       await waitForSocket(qmpPath, qemu);
       const client = await QmpClient.connect(qmpPath);
       const shutdown = client.waitEvent('SHUTDOWN', undefined, 10000);
@@ -260,11 +274,16 @@ describe('integration: QEMU protocol clients', function () {
       const stateDir = path.join(dir, 'ga-state');
       fs.mkdirSync(stateDir);
       ga = start(QEMU_GA, [
-        '-m', 'unix-listen',
-        '-p', gaPath,
-        '-t', stateDir,
-        '-f', path.join(dir, 'qemu-ga.pid'),
-        '-b', BLOCKED_RPCS.join(','),
+        '-m',
+        'unix-listen',
+        '-p',
+        gaPath,
+        '-t',
+        stateDir,
+        '-f',
+        path.join(dir, 'qemu-ga.pid'),
+        '-b',
+        BLOCKED_RPCS.join(','),
       ]);
       await waitForSocket(gaPath, ga);
     });
@@ -276,8 +295,7 @@ describe('integration: QEMU protocol clients', function () {
       try {
         assert.equal(client.outOfSync, false);
         assert.deepEqual(await client.execute('guest-ping'), {});
-        const info: { version: string; supported_commands: Array<{ name: string; enabled: boolean }> } =
-          await client.execute('guest-info');
+        const info: { version: string; supported_commands: Array<{ name: string; enabled: boolean }> } = await client.execute('guest-info');
         assert.match(info.version, /^\d+\.\d+/);
         const enabled = new Map(info.supported_commands.map((c) => [c.name, c.enabled]));
         assert.equal(enabled.get('guest-ping'), true);
@@ -338,14 +356,21 @@ describe('integration: QEMU protocol clients', function () {
     it('rejects with GuestAgentUnavailableError after syncTimeoutMs', async () => {
       const qgaPath = path.join(dir, 'vm-qga.sock');
       qemu = start(QEMU, [
-        '-accel', 'tcg',
-        '-machine', 'pc',
-        '-m', '32',
+        '-accel',
+        'tcg',
+        '-machine',
+        'pc',
+        '-m',
+        '32',
         '-nodefaults',
-        '-display', 'none',
-        '-chardev', `socket,id=qga0,path=${qgaPath},server=on,wait=off`,
-        '-device', 'virtio-serial',
-        '-device', 'virtserialport,chardev=qga0,name=org.qemu.guest_agent.0',
+        '-display',
+        'none',
+        '-chardev',
+        `socket,id=qga0,path=${qgaPath},server=on,wait=off`,
+        '-device',
+        'virtio-serial',
+        '-device',
+        'virtserialport,chardev=qga0,name=org.qemu.guest_agent.0',
       ]);
       await waitForSocket(qgaPath, qemu);
       const t0 = Date.now();

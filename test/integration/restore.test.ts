@@ -17,7 +17,14 @@ import { pipeline } from 'node:stream/promises';
 import { verifyRecords } from '../../lab/guest-image';
 import { qmpCommand, QgaSession } from '../../lab/jsonline';
 import {
-  labStatus, readDataFileOffline, readGuestFileViaAgent, startLab, vmPaths, waitForAgent, waitForWorkload, type LabVmPaths,
+  labStatus,
+  readDataFileOffline,
+  readGuestFileViaAgent,
+  startLab,
+  vmPaths,
+  waitForAgent,
+  waitForWorkload,
+  type LabVmPaths,
 } from '../../lab/lab-vms';
 import { pidAlive, readPidFile, run, sleep, tailFile, waitUntil } from '../../lab/util';
 import { formatReport, verifyBackup, verifyRepository } from '../../src/verify';
@@ -31,9 +38,17 @@ const CLI = path.resolve(__dirname, '../../src/cli/verify.js');
 
 /** Run the pipeline node by node over a subset of the host's VMs (dropped between enumerate and classify). */
 async function backupThroughNodeRed(vm: string, fallback: string, repository: string, journalDir: string): Promise<any> {
-  await helper.load([...NODE_MODULES, CATCH], pipelineFlow({
-    socketDir: path.join(LAB, 'run'), repository, journalDir, fallback, hostExtra: { hostName: 'lab' }, wired: false,
-  }) as any);
+  await helper.load(
+    [...NODE_MODULES, CATCH],
+    pipelineFlow({
+      socketDir: path.join(LAB, 'run'),
+      repository,
+      journalDir,
+      fallback,
+      hostExtra: { hostName: 'lab' },
+      wired: false,
+    }) as any,
+  );
   try {
     const caught = nextMessage('caught', 300_000).then((m) => Promise.reject(new Error(`backup failed: ${m.error?.message}`)));
     caught.catch(() => undefined);
@@ -63,10 +78,17 @@ const started: Restored[] = [];
 /** Paths of a restored VM in its own directory; `name` also goes into -name guest=<name>. */
 function restoredPaths(dir: string, name: string, dataImage: string): LabVmPaths {
   return {
-    name, labDir: dir, dataImage, dataFormat: 'qcow2',
-    qmpSocket: path.join(dir, `${name}.qmp`), qgaSocket: path.join(dir, `${name}.qga`),
-    pidFile: path.join(dir, `${name}.pid`), logFile: path.join(dir, `${name}.log`),
-    nbdImage: '', nbdSocket: '', nbdPidFile: '',
+    name,
+    labDir: dir,
+    dataImage,
+    dataFormat: 'qcow2',
+    qmpSocket: path.join(dir, `${name}.qmp`),
+    qgaSocket: path.join(dir, `${name}.qga`),
+    pidFile: path.join(dir, `${name}.pid`),
+    logFile: path.join(dir, `${name}.log`),
+    nbdImage: '',
+    nbdSocket: '',
+    nbdPidFile: '',
   };
 }
 
@@ -121,14 +143,16 @@ function qemuImg(args: string[]): void {
 
 /** Power off the lab VMs this suite started (the shared lab's others are left alone). */
 async function stopLabVms(names: string[]): Promise<void> {
-  await Promise.all(names.map(async (name) => {
-    const p = vmPaths(name, LAB);
-    const pid = readPidFile(p.pidFile);
-    if (pid === undefined || !pidAlive(pid)) return;
-    await qmpCommand(p.qmpSocket, 'system_powerdown', undefined, 5000).catch(() => undefined);
-    if (await waitUntil(() => !pidAlive(pid), 20_000, 200)) return;
-    await stopQemu({ dir: '', paths: p });
-  }));
+  await Promise.all(
+    names.map(async (name) => {
+      const p = vmPaths(name, LAB);
+      const pid = readPidFile(p.pidFile);
+      if (pid === undefined || !pidAlive(pid)) return;
+      await qmpCommand(p.qmpSocket, 'system_powerdown', undefined, 5000).catch(() => undefined);
+      if (await waitUntil(() => !pidAlive(pid), 20_000, 200)) return;
+      await stopQemu({ dir: '', paths: p });
+    }),
+  );
 }
 
 describe('restore: backups that verify and boot again', function () {
@@ -141,7 +165,11 @@ describe('restore: backups that verify and boot again', function () {
 
   before(async function () {
     this.timeout(300_000);
-    const alive = new Set(labStatus(LAB).vms.filter((v) => v.alive).map((v) => v.name));
+    const alive = new Set(
+      labStatus(LAB)
+        .vms.filter((v) => v.alive)
+        .map((v) => v.name),
+    );
     startedHere = NEEDED.filter((n) => !alive.has(n));
     const lab = await startLab({ labDir: LAB, vms: NEEDED, install: false, timeoutMs: 180_000 });
     guest = lab.guest;
@@ -227,7 +255,10 @@ describe('restore: backups that verify and boot again', function () {
       const definition = JSON.parse(readFileSync(path.join(backupDir, 'definition.json'), 'utf8'));
       const args = restoredCommandLine(definition, vmPaths('vm-agent', LAB), r.paths);
       assert.ok(args.includes(guest.kernel) && args.includes(guest.initramfs), 'the lab kernel and initramfs');
-      assert.ok(args.some((a) => a.startsWith('tcg')), 'TCG');
+      assert.ok(
+        args.some((a) => a.startsWith('tcg')),
+        'TCG',
+      );
       const shared = args.filter((a) => a.includes(path.join(LAB, 'run')) || a.includes(path.join(LAB, 'images')));
       assert.deepEqual(shared, [], 'no socket, pidfile, log or image of the lab VM is shared');
       const t0 = Date.now();
@@ -240,7 +271,10 @@ describe('restore: backups that verify and boot again', function () {
       try {
         assert.equal((await s.execute('guest-get-host-name'))['host-name'], 'vm-agent', 'the guest answers as itself');
         const fsinfo = (await s.execute('guest-get-fsinfo')) as { mountpoint: string; type: string }[];
-        assert.ok(fsinfo.some((f) => f.mountpoint === '/data' && f.type === 'ext4'), JSON.stringify(fsinfo));
+        assert.ok(
+          fsinfo.some((f) => f.mountpoint === '/data' && f.type === 'ext4'),
+          JSON.stringify(fsinfo),
+        );
       } finally {
         s.close();
       }
@@ -254,7 +288,9 @@ describe('restore: backups that verify and boot again', function () {
       const offline = verifyRecords(await readDataFileOffline(r.paths));
       assert.equal(offline.ok, true, offline.errors.join('; '));
       assert.ok(offline.lastSeq >= inBackup.records.lastSeq);
-      console.log(`      restored vm-agent: agent and workload after ${bootMs} ms; records ${inBackup.records.lastSeq} in the backup -> ${live.lastSeq}`);
+      console.log(
+        `      restored vm-agent: agent and workload after ${bootMs} ms; records ${inBackup.records.lastSeq} in the backup -> ${live.lastSeq}`,
+      );
       await stopQemu(r);
     });
   });
@@ -303,12 +339,20 @@ describe('restore: backups that verify and boot again', function () {
       // (query-migrate below), not the socket's
       const streamError = streamed ? ` (the stream ended with ${streamed.message})` : '';
       let status = '';
-      assert.ok(await waitUntil(async () => {
-        const m = await qmpCommand(r.paths.qmpSocket, 'query-migrate');
-        if (m.status === 'failed') throw new Error(`incoming migration failed${streamError}: ${m['error-desc'] ?? ''}; ${tailFile(r.paths.logFile, 800)}`);
-        status = (await qmpCommand(r.paths.qmpSocket, 'query-status')).status;
-        return m.status === 'completed' && status !== 'inmigrate';
-      }, 120_000, 200), `incoming migration completes (status ${status})`);
+      assert.ok(
+        await waitUntil(
+          async () => {
+            const m = await qmpCommand(r.paths.qmpSocket, 'query-migrate');
+            if (m.status === 'failed')
+              throw new Error(`incoming migration failed${streamError}: ${m['error-desc'] ?? ''}; ${tailFile(r.paths.logFile, 800)}`);
+            status = (await qmpCommand(r.paths.qmpSocket, 'query-status')).status;
+            return m.status === 'completed' && status !== 'inmigrate';
+          },
+          120_000,
+          200,
+        ),
+        `incoming migration completes (status ${status})`,
+      );
       // saved with its vCPUs stopped, so it arrives paused: cont, as post-snapshot did on the original
       if (status === 'paused') await qmpCommand(r.paths.qmpSocket, 'cont');
       const st = await qmpCommand(r.paths.qmpSocket, 'query-status');
@@ -318,15 +362,24 @@ describe('restore: backups that verify and boot again', function () {
 
       // it resumed, it did not boot: the workload goes on with the same sequence on the restored disk
       let after = inBackup.records;
-      assert.ok(await waitUntil(async () => {
-        after = verifyRecords(await readDataFileOffline(r.paths));
-        return after.lastSeq > inBackup.records.lastSeq + 20;
-      }, 90_000, 2000), `records grow after the resume (${inBackup.records.lastSeq} -> ${after.lastSeq})`);
+      assert.ok(
+        await waitUntil(
+          async () => {
+            after = verifyRecords(await readDataFileOffline(r.paths));
+            return after.lastSeq > inBackup.records.lastSeq + 20;
+          },
+          90_000,
+          2000,
+        ),
+        `records grow after the resume (${inBackup.records.lastSeq} -> ${after.lastSeq})`,
+      );
       assert.equal(after.ok, true, after.errors.join('; '));
       assert.equal(after.firstSeq, inBackup.records.firstSeq);
       const console_ = readFileSync(r.paths.logFile, 'latin1');
       assert.doesNotMatch(console_, /LAB-BOOT|LAB-WORKLOAD-STARTED/, 'no new boot: the guest resumed from its memory');
-      console.log(`      resumed vm-noagent: state ${state.bytes} bytes loaded and running after ${loadMs} ms; records ${inBackup.records.lastSeq} -> ${after.lastSeq}`);
+      console.log(
+        `      resumed vm-noagent: state ${state.bytes} bytes loaded and running after ${loadMs} ms; records ${inBackup.records.lastSeq} -> ${after.lastSeq}`,
+      );
       await stopQemu(r);
     });
   });

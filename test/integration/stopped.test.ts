@@ -33,13 +33,34 @@ async function processesNaming(file: string): Promise<number[]> {
 
 /** Start a QEMU on the image as a user would; resolves with its exit code and stderr (it is quit at once when it starts). */
 async function tryStart(image: string, qmpSock: string): Promise<{ started: boolean; stderr: string }> {
-  const child = spawn('qemu-system-x86_64', ['-accel', 'tcg', '-machine', 'pc', '-m', '32', '-nodefaults', '-display', 'none', '-S',
-    '-qmp', `unix:${qmpSock},server=on,wait=off`, '-drive', `file=${image},format=qcow2,if=virtio`], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(
+    'qemu-system-x86_64',
+    [
+      '-accel',
+      'tcg',
+      '-machine',
+      'pc',
+      '-m',
+      '32',
+      '-nodefaults',
+      '-display',
+      'none',
+      '-S',
+      '-qmp',
+      `unix:${qmpSock},server=on,wait=off`,
+      '-drive',
+      `file=${image},format=qcow2,if=virtio`,
+    ],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
   let stderr = '';
   child.stderr.setEncoding('utf8').on('data', (d) => (stderr += d));
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  const up = waitForSocket(qmpSock, 20_000).then(() => true, () => false);
-  const first = await Promise.race([exited.then(() => 'exit' as const), up.then((ok) => (ok ? 'up' as const : 'exit' as const))]);
+  const up = waitForSocket(qmpSock, 20_000).then(
+    () => true,
+    () => false,
+  );
+  const first = await Promise.race([exited.then(() => 'exit' as const), up.then((ok) => (ok ? ('up' as const) : ('exit' as const)))]);
   if (first === 'exit') {
     await exited;
     return { started: false, stderr };
@@ -71,10 +92,15 @@ describe('stopped VMs on plain QEMU: inventory, offline backup under the image l
     const gone = new Promise((r) => off.once('exit', r));
     await qmp('off1', (c) => c.execute('quit').catch(() => undefined));
     await gone;
-    await fs.writeFile(path.join(bare.socketDir, 'off1.vm.json'), JSON.stringify({ name: 'office', disks: [{ id: 'virtio0', file: offImage, format: 'qcow2' }] }));
+    await fs.writeFile(
+      path.join(bare.socketDir, 'off1.vm.json'),
+      JSON.stringify({ name: 'office', disks: [{ id: 'virtio0', file: offImage, format: 'qcow2' }] }),
+    );
     provider = new QemuProvider({ socketDir: bare.socketDir, qm: '' });
     host = new BackupHost(provider, new Journal(path.join(bare.dir, 'journal.jsonl')), {
-      hostName: 'bare', repositoryRoot: bare.repository, timeouts: { ...DEFAULT_TIMEOUTS, idleMs: 60_000 },
+      hostName: 'bare',
+      repositoryRoot: bare.repository,
+      timeouts: { ...DEFAULT_TIMEOUTS, idleMs: 60_000 },
     });
   });
   after(async () => {
@@ -91,7 +117,10 @@ describe('stopped VMs on plain QEMU: inventory, offline backup under the image l
     assert.equal(off.state, 'off');
     assert.equal(off.name, 'office');
     assert.equal(off.unreachable, undefined);
-    assert.deepEqual(off.disks.map((d) => [d.id, d.file, d.format, d.included]), [['virtio0', offImage, 'qcow2', true]]);
+    assert.deepEqual(
+      off.disks.map((d) => [d.id, d.file, d.format, d.included]),
+      [['virtio0', offImage, 'qcow2', true]],
+    );
     assert.equal(off.disks[0].virtualSize, 16 * 1024 * 1024);
     const c = host.classify(e, 'checkpoint');
     const offC = c.vms.find((v) => v.id === 'off1')!;
@@ -155,7 +184,10 @@ describe('stopped VMs on plain QEMU: inventory, offline backup under the image l
     const sockets = (view.ref.disks as { lock: string }[]).map((d) => d.lock);
     // the holder a Node-RED that died left behind: not a child this process has a handle on
     await fs.mkdir(LOCK_DIR, { recursive: true, mode: 0o700 });
-    const orphan = spawn('qemu-nbd', ['--read-only', '--persistent', '--format=qcow2', `--socket=${sockets[0]}`, offImage], { stdio: 'ignore', detached: true });
+    const orphan = spawn('qemu-nbd', ['--read-only', '--persistent', '--format=qcow2', `--socket=${sockets[0]}`, offImage], {
+      stdio: 'ignore',
+      detached: true,
+    });
     orphan.unref();
     const orphanGone = new Promise((r) => orphan.once('exit', r));
     await waitForSocket(sockets[0]);
@@ -183,7 +215,10 @@ describe('stopped VMs on plain QEMU: inventory, offline backup under the image l
       assert.match(bad.unreachable!.reason, new RegExp(`${badFile.replace(/[.]/g, '\\.')}: /disks/0/format`));
       assert.throws(() => host.classify(e, 'checkpoint'), /cannot be reached/);
       const reported = host.classify(await host.enumerate(), 'checkpoint', 'report');
-      assert.deepEqual(reported.skipped?.map((s) => s.vm), ['bad1']);
+      assert.deepEqual(
+        reported.skipped?.map((s) => s.vm),
+        ['bad1'],
+      );
       assert.equal(summarize(reported).ok, false);
       await host.closeAll('test: set not used');
 
@@ -192,7 +227,11 @@ describe('stopped VMs on plain QEMU: inventory, offline backup under the image l
       await fs.mkdir(lone);
       await fs.copyFile(badFile, path.join(lone, 'bad1.vm.json'));
       const p2 = new QemuProvider({ socketDir: lone, qm: '' });
-      const h2 = new BackupHost(p2, new Journal(path.join(bare.dir, 'journal2.jsonl')), { hostName: 'lone', repositoryRoot: bare.repository, timeouts: DEFAULT_TIMEOUTS });
+      const h2 = new BackupHost(p2, new Journal(path.join(bare.dir, 'journal2.jsonl')), {
+        hostName: 'lone',
+        repositoryRoot: bare.repository,
+        timeouts: DEFAULT_TIMEOUTS,
+      });
       const e2 = await h2.enumerate();
       assert.equal(e2.vms.length, 1);
       assert.throws(() => h2.classify(e2, 'checkpoint', 'report'), /none of the 1 VM\(s\) defined/);

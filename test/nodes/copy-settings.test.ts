@@ -22,17 +22,34 @@ describe('copy node: mode and fullEvery', function () {
     await new Promise<void>((resolve) => helper.stopServer(() => resolve()));
   });
 
-  const load = (copy: Record<string, unknown>) => helper.load([...NODE_MODULES, CATCH], [
-    { id: 'f1', type: 'tab', label: 'test' },
-    {
-      id: 'host', type: 'vmbackup-host', hostName: 'testhost', provider: 'qemu', socketDir: path.join(tmp, 'run'),
-      repository: path.join(tmp, 'repo'), journalDir: path.join(tmp, 'journal'), freezeTimeout: 10,
-    },
-    { id: 'copy', type: 'vmbackup-copy', z: 'f1', host: 'host', compress: false, concurrency: 2, progressInterval: 250, ...copy, wires: [['out'], []] },
-    { id: 'out', type: 'helper', z: 'f1' },
-    { id: 'catch-all', type: 'catch', z: 'f1', scope: null, uncaught: false, wires: [['caught']] },
-    { id: 'caught', type: 'helper', z: 'f1' },
-  ] as any);
+  const load = (copy: Record<string, unknown>) =>
+    helper.load([...NODE_MODULES, CATCH], [
+      { id: 'f1', type: 'tab', label: 'test' },
+      {
+        id: 'host',
+        type: 'vmbackup-host',
+        hostName: 'testhost',
+        provider: 'qemu',
+        socketDir: path.join(tmp, 'run'),
+        repository: path.join(tmp, 'repo'),
+        journalDir: path.join(tmp, 'journal'),
+        freezeTimeout: 10,
+      },
+      {
+        id: 'copy',
+        type: 'vmbackup-copy',
+        z: 'f1',
+        host: 'host',
+        compress: false,
+        concurrency: 2,
+        progressInterval: 250,
+        ...copy,
+        wires: [['out'], []],
+      },
+      { id: 'out', type: 'helper', z: 'f1' },
+      { id: 'catch-all', type: 'catch', z: 'f1', scope: null, uncaught: false, wires: [['caught']] },
+      { id: 'caught', type: 'helper', z: 'f1' },
+    ] as any);
 
   for (const [setting, value, pattern] of [
     ['mode', 'sometimes', /mode: "sometimes" must be "incremental" or "full"$/],

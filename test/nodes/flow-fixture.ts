@@ -7,8 +7,9 @@ helper.init(require.resolve('node-red'));
 export { helper };
 
 const nodesDir = path.resolve(__dirname, '../../nodes');
-export const NODE_MODULES = ['host', 'enumerate', 'classify', 'prepare', 'snapshot', 'post-snapshot', 'copy']
-  .map((name) => require(path.join(nodesDir, name, `${name}.js`)));
+export const NODE_MODULES = ['host', 'enumerate', 'classify', 'prepare', 'snapshot', 'post-snapshot', 'copy'].map((name) =>
+  require(path.join(nodesDir, name, `${name}.js`)),
+);
 export const CATCH = require(require.resolve('@node-red/nodes/core/common/25-catch.js'));
 
 export interface FlowOptions {
@@ -29,7 +30,17 @@ export const STAGE_NODES = ['enumerate', 'classify', 'prepare', 'snapshot', 'pos
 export function pipelineFlow(o: FlowOptions): object[] {
   const wired = o.wired ?? true;
   const flow: object[] = [
-    { id: 'host', type: 'vmbackup-host', hostName: 'testhost', provider: 'qemu', socketDir: o.socketDir, repository: o.repository, journalDir: o.journalDir, freezeTimeout: 10, ...o.hostExtra },
+    {
+      id: 'host',
+      type: 'vmbackup-host',
+      hostName: 'testhost',
+      provider: 'qemu',
+      socketDir: o.socketDir,
+      repository: o.repository,
+      journalDir: o.journalDir,
+      freezeTimeout: 10,
+      ...o.hostExtra,
+    },
     { id: 'catch-all', type: 'catch', z: 'f1', scope: null, uncaught: false, x: 0, y: 0, wires: [['caught']] },
     { id: 'caught', type: 'helper', z: 'f1', x: 0, y: 0 },
     { id: 'progress', type: 'helper', z: 'f1', x: 0, y: 0 },

@@ -43,7 +43,10 @@ describe('a paused VM with the saved-state fallback (real QEMU, no guest OS)', f
   it('gets a checkpoint with the reason, is published, and stays paused on its own image', async () => {
     await qmp(host, 'pz', 'stop');
     try {
-      await helper.load([...NODE_MODULES, CATCH], pipelineFlow({ socketDir: host.socketDir, repository: host.repository, journalDir, fallback: 'saved-state' }) as any);
+      await helper.load(
+        [...NODE_MODULES, CATCH],
+        pipelineFlow({ socketDir: host.socketDir, repository: host.repository, journalDir, fallback: 'saved-state' }) as any,
+      );
       const done = nextMessage('out-copy');
       helper.getNode('enumerate').receive({ payload: '' });
       const msg = await done;
@@ -58,7 +61,7 @@ describe('a paused VM with the saved-state fallback (real QEMU, no guest OS)', f
       assert.match(msg.summary.vmState.text, /pz: paused/);
       // QEMU says: still paused, and on its own image again
       assert.equal((await qmp<{ status: string }>(host, 'pz', 'query-status')).status, 'paused');
-      const block = await qmp<{ inserted?: { file: string; 'backing_file_depth'?: number } }[]>(host, 'pz', 'query-block');
+      const block = await qmp<{ inserted?: { file: string; backing_file_depth?: number } }[]>(host, 'pz', 'query-block');
       assert.equal(block[0].inserted?.file, path.join(host.imageDir, 'pz-disk0.qcow2'));
       assert.equal(block[0].inserted?.backing_file_depth ?? 0, 0);
       assert.equal((await qmp<{ status: string }>(host, 'run1', 'query-status')).status, 'running');

@@ -52,7 +52,10 @@ describe('pipeline nodes (real QEMU, no guest OS)', function () {
   });
 
   const load = (extra: Partial<FlowOptions> = {}) =>
-    helper.load([...NODE_MODULES, CATCH], pipelineFlow({ socketDir: host.socketDir, repository: host.repository, journalDir, ...extra }) as any);
+    helper.load(
+      [...NODE_MODULES, CATCH],
+      pipelineFlow({ socketDir: host.socketDir, repository: host.repository, journalDir, ...extra }) as any,
+    );
 
   it('backs up every VM through the whole flow and publishes a manifest per VM', async () => {
     await load();
@@ -61,10 +64,13 @@ describe('pipeline nodes (real QEMU, no guest OS)', function () {
     helper.getNode('enumerate').receive({ payload: 'go' });
     const msg = await done;
     assert.equal(msg.payload.stage, 'copied');
-    assert.deepEqual(msg.payload.vms.map((vm: any) => [vm.id, vm.method, vm.consistency]), [
-      ['alpha', 'checkpoint', 'crash'],
-      ['beta', 'checkpoint', 'crash'],
-    ]);
+    assert.deepEqual(
+      msg.payload.vms.map((vm: any) => [vm.id, vm.method, vm.consistency]),
+      [
+        ['alpha', 'checkpoint', 'crash'],
+        ['beta', 'checkpoint', 'crash'],
+      ],
+    );
     assert.equal(msg.summary.ok, true);
     assert.match(msg.summary.text, /2 VM\(s\)/);
     const p = await progress;
@@ -87,7 +93,10 @@ describe('pipeline nodes (real QEMU, no guest OS)', function () {
     const done = nextMessage('out-copy');
     helper.getNode('enumerate').receive({ payload: '' });
     const p = await prepared;
-    assert.deepEqual(p.payload.vms.map((vm: any) => vm.prepare.action), ['save', 'save']);
+    assert.deepEqual(
+      p.payload.vms.map((vm: any) => vm.prepare.action),
+      ['save', 'save'],
+    );
     const msg = await done;
     for (const vm of msg.payload.vms) {
       assert.equal(vm.postSnapshot.resumed, true);
@@ -118,19 +127,49 @@ describe('pipeline nodes (real QEMU, no guest OS)', function () {
     const cases: [string, string, (set: any) => unknown, RegExp][] = [
       ['classify', 'a non-object payload', () => 'hello', /msg\.payload: \/ must be a backup-set object/],
       ['classify', 'an array payload', () => [1, 2], /msg\.payload: \/ must be a backup-set object/],
-      ['classify', 'a missing field', (s) => ({ ...s, vms: [{ ...s.vms[0], disks: undefined }] }), /\/vms\/0 must have required property 'disks'/],
-      ['classify', 'a wrong type', (s) => ({ ...s, vms: [{ ...s.vms[0], agent: { ...s.vms[0].agent, present: 'yes' } }] }), /\/vms\/0\/agent\/present must be boolean/],
+      [
+        'classify',
+        'a missing field',
+        (s) => ({ ...s, vms: [{ ...s.vms[0], disks: undefined }] }),
+        /\/vms\/0 must have required property 'disks'/,
+      ],
+      [
+        'classify',
+        'a wrong type',
+        (s) => ({ ...s, vms: [{ ...s.vms[0], agent: { ...s.vms[0].agent, present: 'yes' } }] }),
+        /\/vms\/0\/agent\/present must be boolean/,
+      ],
       ['classify', 'an unknown property', (s) => ({ ...s, extra: 1 }), /additionalProperties: extra/],
-      ['classify', 'a VM id with a path separator', (s) => ({ ...s, vms: [{ ...s.vms[0], id: '../etc' }] }), /\/vms\/0\/id must match pattern/],
+      [
+        'classify',
+        'a VM id with a path separator',
+        (s) => ({ ...s, vms: [{ ...s.vms[0], id: '../etc' }] }),
+        /\/vms\/0\/id must match pattern/,
+      ],
       ['classify', 'a malformed backup id', (s) => ({ ...s, backupId: '../../x' }), /\/backupId must match pattern/],
-      ['classify', 'an unknown backup id', (s) => ({ ...s, backupId: '20000101T000000Z-aaaaaa' }), /\/backupId: backup set 20000101T000000Z-aaaaaa is not live/],
+      [
+        'classify',
+        'an unknown backup id',
+        (s) => ({ ...s, backupId: '20000101T000000Z-aaaaaa' }),
+        /\/backupId: backup set 20000101T000000Z-aaaaaa is not live/,
+      ],
       ['classify', 'a duplicate VM id', (s) => ({ ...s, vms: [s.vms[0], s.vms[0]] }), /\/vms\/1\/id: duplicate VM id "alpha"/],
-      ['classify', 'a VM not in the set', (s) => ({ ...s, vms: [{ ...s.vms[0], id: 'gamma' }] }), /\/vms\/0\/id: VM "gamma" is not part of backup set/],
+      [
+        'classify',
+        'a VM not in the set',
+        (s) => ({ ...s, vms: [{ ...s.vms[0], id: 'gamma' }] }),
+        /\/vms\/0\/id: VM "gamma" is not part of backup set/,
+      ],
       ['prepare', 'a set at the wrong stage', (s) => s, /\/stage is "enumerated" but this node takes a backup set at stage "classified"/],
       ['snapshot', 'a set at the wrong stage', (s) => s, /\/stage is "enumerated" but this node takes a backup set at stage "prepared"/],
       ['post-snapshot', 'a set at the wrong stage', (s) => s, /\/stage is "enumerated".*"snapshotted"/],
       ['copy', 'a set at the wrong stage', (s) => s, /\/stage is "enumerated".*"post-snapshot"/],
-      ['copy', 'an absurd number', (s) => ({ ...s, stage: 'post-snapshot', timings: { enumerate: { startedAt: s.createdAt, ms: -1 } } }), /must have required property|must be >= 0/],
+      [
+        'copy',
+        'an absurd number',
+        (s) => ({ ...s, stage: 'post-snapshot', timings: { enumerate: { startedAt: s.createdAt, ms: -1 } } }),
+        /must have required property|must be >= 0/,
+      ],
     ];
     for (const [node, what, mutate, pattern] of cases) {
       it(`${node} refuses ${what} with a pointer, through Catch, and does nothing`, async () => {
@@ -180,7 +219,7 @@ describe('pipeline nodes (real QEMU, no guest OS)', function () {
     });
   });
 
-  it('all-or-nothing: one VM failing its snapshot releases the others\' views and publishes nothing', async () => {
+  it("all-or-nothing: one VM failing its snapshot releases the others' views and publishes nothing", async () => {
     await load({ wired: false });
     const send = async (node: string, payload: unknown) => {
       const out = nextMessage(`out-${node}`);

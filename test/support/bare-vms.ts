@@ -31,11 +31,16 @@ export async function startBareHost(ids: string[], opts: { disks?: number; dir?:
     repository: path.join(dir, 'repository'),
     vms: new Map(),
     stop: async () => {
-      await Promise.all([...host.vms.values()].map((p) => new Promise<void>((resolve) => {
-        if (p.exitCode !== null || p.signalCode !== null) return resolve();
-        p.once('exit', () => resolve());
-        p.kill('SIGTERM');
-      })));
+      await Promise.all(
+        [...host.vms.values()].map(
+          (p) =>
+            new Promise<void>((resolve) => {
+              if (p.exitCode !== null || p.signalCode !== null) return resolve();
+              p.once('exit', () => resolve());
+              p.kill('SIGTERM');
+            }),
+        ),
+      );
       await fs.rm(dir, { recursive: true, force: true });
     },
   };
@@ -49,12 +54,30 @@ export async function startBareHost(ids: string[], opts: { disks?: number; dir?:
 export async function startBareVm(host: BareHost, id: string, disks = 1): Promise<void> {
   // a PC with no OS: the firmware finds nothing to boot and halts (no CPU used), and each disk has
   // a device, as a VM's disk always has (the point-in-time view switches the device onto its filter)
-  const args = ['-accel', 'tcg', '-machine', 'pc', '-m', '32', '-nodefaults', '-display', 'none', '-name', id,
-    '-qmp', `unix:${path.join(host.socketDir, `${id}.qmp`)},server=on,wait=off`];
+  const args = [
+    '-accel',
+    'tcg',
+    '-machine',
+    'pc',
+    '-m',
+    '32',
+    '-nodefaults',
+    '-display',
+    'none',
+    '-name',
+    id,
+    '-qmp',
+    `unix:${path.join(host.socketDir, `${id}.qmp`)},server=on,wait=off`,
+  ];
   for (let i = 0; i < disks; i++) {
     const file = path.join(host.imageDir, `${id}-disk${i}.qcow2`);
     if (!existsSync(file)) await makeImage(file);
-    args.push('-drive', `file=${file},format=qcow2,if=none,id=drive-virtio${i}`, '-device', `virtio-blk-pci,drive=drive-virtio${i},id=virtio${i}`);
+    args.push(
+      '-drive',
+      `file=${file},format=qcow2,if=none,id=drive-virtio${i}`,
+      '-device',
+      `virtio-blk-pci,drive=drive-virtio${i},id=virtio${i}`,
+    );
   }
   const child = spawn('qemu-system-x86_64', args, { stdio: 'ignore' });
   host.vms.set(id, child);
@@ -81,7 +104,7 @@ export async function waitForSocket(file: string, timeoutMs = 10_000): Promise<v
 /** Files anywhere under dir whose name says they are ours (fleecing images of a point-in-time view). */
 export async function overlaysUnder(dir: string): Promise<string[]> {
   const found: string[] = [];
-  for (const entry of await fs.readdir(dir, { withFileTypes: true, recursive: true } as any) as any[]) {
+  for (const entry of (await fs.readdir(dir, { withFileTypes: true, recursive: true } as any)) as any[]) {
     if (/\.vmbackup-.*\.qcow2/.test(entry.name)) found.push(path.join(entry.parentPath ?? entry.path, entry.name));
   }
   return found;

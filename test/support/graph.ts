@@ -36,13 +36,24 @@ export async function assertGraphClean(qmpSocket: string, vmId: string): Promise
   for (const b of block) {
     if (!b.inserted) continue;
     const dev = b.qdev ?? b.device ?? '?';
-    assert.doesNotMatch(b.inserted['node-name'] ?? '', /^vmb-/, `${vmId}: device ${dev} is on node ${b.inserted['node-name']}, not on its own image`);
-    assert.doesNotMatch(b.inserted.image?.filename ?? b.inserted.file, /\.vmbackup-/, `${vmId}: device ${dev} reads ${b.inserted.file}, not its own image`);
+    assert.doesNotMatch(
+      b.inserted['node-name'] ?? '',
+      /^vmb-/,
+      `${vmId}: device ${dev} is on node ${b.inserted['node-name']}, not on its own image`,
+    );
+    assert.doesNotMatch(
+      b.inserted.image?.filename ?? b.inserted.file,
+      /\.vmbackup-/,
+      `${vmId}: device ${dev} reads ${b.inserted.file}, not its own image`,
+    );
   }
   let count = 0;
   for (const n of nodes) {
     const mine = (n['dirty-bitmaps'] ?? []).map((b) => b.name ?? '').filter((name) => name.startsWith('vmbackup-'));
-    assert.ok(mine.length <= 1, `${vmId}: node ${n['node-name']} holds ${mine.length} bitmaps of ours (${mine.join(', ')}); only the newest published backup's may stay`);
+    assert.ok(
+      mine.length <= 1,
+      `${vmId}: node ${n['node-name']} holds ${mine.length} bitmaps of ours (${mine.join(', ')}); only the newest published backup's may stay`,
+    );
     count += mine.length;
   }
   return count;

@@ -11,7 +11,10 @@ export const LAB = process.env.VMBACKUP_LAB_DIR ?? '/tmp/vm-backup-lab';
 export const LAB_VMS = ['vm-agent', 'vm-noagent', 'vm-passthrough'];
 
 /** The suite's folders, set once its before() hook ran. */
-export interface LabBackupSuite { repository: string; journalDir: string }
+export interface LabBackupSuite {
+  repository: string;
+  journalDir: string;
+}
 
 /** Register the hooks of a lab backup suite (call it inside describe). `tag` names its temporary folders. */
 export function labBackupSuite(tag: string): LabBackupSuite {
@@ -42,9 +45,16 @@ export function labBackupSuite(tag: string): LabBackupSuite {
  * with what the Catch node got. The flow is unloaded after, so that a case may run several.
  */
 export async function runLabBackup(suite: LabBackupSuite, fallback = 'checkpoint'): Promise<any> {
-  await helper.load([...NODE_MODULES, CATCH], pipelineFlow({
-    socketDir: path.join(LAB, 'run'), repository: suite.repository, journalDir: suite.journalDir, fallback, hostExtra: { hostName: 'lab' },
-  }) as any);
+  await helper.load(
+    [...NODE_MODULES, CATCH],
+    pipelineFlow({
+      socketDir: path.join(LAB, 'run'),
+      repository: suite.repository,
+      journalDir: suite.journalDir,
+      fallback,
+      hostExtra: { hostName: 'lab' },
+    }) as any,
+  );
   const done = nextMessage('out-copy', 300_000);
   const failed = nextMessage('caught', 300_000).then((m) => Promise.reject(new Error(`backup failed: ${m.error.message}`)));
   helper.getNode('enumerate').receive({ payload: '' });

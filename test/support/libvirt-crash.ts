@@ -18,7 +18,11 @@ async function main(): Promise<void> {
   setInterval(() => undefined, 1000);
   const [journalFile, repository, runDir, vmId, after, guardian] = process.argv.slice(2);
   const provider = guardian === 'yes' ? new LibvirtProvider({ runDir }) : new Unguarded({ runDir });
-  const host = new BackupHost(provider, new Journal(journalFile), { hostName: 'lv-crash', repositoryRoot: repository, timeouts: DEFAULT_TIMEOUTS });
+  const host = new BackupHost(provider, new Journal(journalFile), {
+    hostName: 'lv-crash',
+    repositoryRoot: repository,
+    timeouts: DEFAULT_TIMEOUTS,
+  });
   const enumerated = await host.enumerate();
   const classified = host.classify({ ...enumerated, vms: enumerated.vms.filter((vm) => vm.id === vmId) }, 'checkpoint');
   if (after === 'frozen') {

@@ -21,7 +21,11 @@ export function virshOk(...args: string[]): string {
 
 export function assertLibvirtView(name: string, state: string, lab: string): void {
   const rows = parseTable(virshOk('domblklist', '--domain', name, '--details')).filter((r) => r.Device === 'disk');
-  assert.deepEqual(rows.map((r) => r.Source), [domainImage(name, lab)], `${name}: domblklist shows the original image`);
+  assert.deepEqual(
+    rows.map((r) => r.Source),
+    [domainImage(name, lab)],
+    `${name}: domblklist shows the original image`,
+  );
   if (state === 'shut off') {
     assert.match(virsh('domjobinfo', '--domain', name).stderr, /not running/, `${name}: no QEMU, no job`);
   } else {
@@ -35,21 +39,38 @@ export async function libvirtOwnSnapshotAndBackup(name: string, lab: string): Pr
   const tmp = mkdtempSync(path.join(path.dirname(domainImage(name, lab)), 'own-'));
   try {
     const overlay = path.join(tmp, 'own-snap.qcow2');
-    virshOk('snapshot-create-as', '--domain', name, '--name', 'own', '--disk-only', '--atomic', '--no-metadata', '--diskspec', `vda,file=${overlay}`);
-    assert.deepEqual(parseTable(virshOk('domblklist', '--domain', name, '--details')).map((r) => r.Source), [overlay]);
+    virshOk(
+      'snapshot-create-as',
+      '--domain',
+      name,
+      '--name',
+      'own',
+      '--disk-only',
+      '--atomic',
+      '--no-metadata',
+      '--diskspec',
+      `vda,file=${overlay}`,
+    );
+    assert.deepEqual(
+      parseTable(virshOk('domblklist', '--domain', name, '--details')).map((r) => r.Source),
+      [overlay],
+    );
     virshOk('blockcommit', '--domain', name, 'vda', '--active', '--pivot', '--wait');
     assertLibvirtView(name, 'running', lab);
     const target = path.join(tmp, 'own-backup.qcow2');
     const xml = path.join(tmp, 'push.xml');
-    await fs.writeFile(xml, `<domainbackup mode='push'><disks><disk name='vda' type='file'><target file='${target}'/><driver type='qcow2'/></disk></disks></domainbackup>`);
+    await fs.writeFile(
+      xml,
+      `<domainbackup mode='push'><disks><disk name='vda' type='file'><target file='${target}'/><driver type='qcow2'/></disk></disks></domainbackup>`,
+    );
     virshOk('backup-begin', '--domain', name, '--backupxml', xml);
     const deadline = Date.now() + 120_000;
     while (parseJobInfo(virshOk('domjobinfo', '--domain', name)).type !== 'None') {
-      assert.ok(Date.now() < deadline, 'libvirt\'s own backup finished');
+      assert.ok(Date.now() < deadline, "libvirt's own backup finished");
       await new Promise((r) => setTimeout(r, 200));
     }
     assert.match(virshOk('domjobinfo', '--domain', name, '--completed'), /Completed/);
-    assert.equal(spawnSync('qemu-img', ['check', target]).status, 0, 'libvirt\'s own backup is a sound image');
+    assert.equal(spawnSync('qemu-img', ['check', target]).status, 0, "libvirt's own backup is a sound image");
     assertLibvirtView(name, 'running', lab);
   } finally {
     await fs.rm(tmp, { recursive: true, force: true });

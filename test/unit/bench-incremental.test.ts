@@ -5,12 +5,30 @@ import { strict as assert } from 'node:assert';
 import { incrementalSummary, incrementalVerdicts } from '../../bench/report-incremental';
 
 const backup = (kind: 'full' | 'incremental', wallMs: number, copyMs: number, fraction?: number) => ({
-  kind, ...(fraction !== undefined ? { fraction } : {}), reason: kind === 'full' ? 'first-backup' : 'incremental', depth: kind === 'full' ? 0 : 1,
-  wallMs, copyMs, stageMs: { copy: copyMs }, bytesRead: 1, fileBytes: 1, fileAllocated: 1, qemuReadBytes: 1, phases: {},
+  kind,
+  ...(fraction !== undefined ? { fraction } : {}),
+  reason: kind === 'full' ? 'first-backup' : 'incremental',
+  depth: kind === 'full' ? 0 : 1,
+  wallMs,
+  copyMs,
+  stageMs: { copy: copyMs },
+  bytesRead: 1,
+  fileBytes: 1,
+  fileAllocated: 1,
+  qemuReadBytes: 1,
+  phases: {},
 });
 const bare = (fraction: number, ms: number) => ({
-  fraction, ms, parts: { createMs: 1, addMs: 1, jobMs: ms - 3, delMs: 1 }, viaNbd: { ms, createMs: 1, serverMs: 1, addMs: 1, jobMs: 1, closeMs: 1 },
-  sha256Ms: 1, bytesRead: 1, fileBytes: 1, fileAllocated: 1, qemuReadBytes: 1, first: 'product' as const,
+  fraction,
+  ms,
+  parts: { createMs: 1, addMs: 1, jobMs: ms - 3, delMs: 1 },
+  viaNbd: { ms, createMs: 1, serverMs: 1, addMs: 1, jobMs: 1, closeMs: 1 },
+  sha256Ms: 1,
+  bytesRead: 1,
+  fileBytes: 1,
+  fileAllocated: 1,
+  qemuReadBytes: 1,
+  first: 'product' as const,
 });
 
 function results(incWalls: [number, number], bareMs: [number, number], fullCopy = 10_000) {
@@ -25,8 +43,15 @@ function results(incWalls: [number, number], bareMs: [number, number], fullCopy 
     sections: {
       incremental: { virtualMiB: 4096, dataBytes: 2 ** 30, fractions: [0.01, 0.1], rounds: [round, round, round] },
       incrementalFreeze: {
-        vm: 'v', dataDiskMiB: 4096, fillMiB: 1024, samples: [{ kind: 'full', wireMs: 200 }, { kind: 'incremental', wireMs: 240 }],
-        full: { n: 1, median: 200, p95: 200, min: 200, max: 200, mean: 200 }, incremental: { n: 1, median: 240, p95: 240, min: 240, max: 240, mean: 240 },
+        vm: 'v',
+        dataDiskMiB: 4096,
+        fillMiB: 1024,
+        samples: [
+          { kind: 'full', wireMs: 200 },
+          { kind: 'incremental', wireMs: 240 },
+        ],
+        full: { n: 1, median: 200, p95: 200, min: 200, max: 200, mean: 200 },
+        incremental: { n: 1, median: 240, p95: 240, min: 240, max: 240, mean: 240 },
       },
     },
   };
@@ -50,11 +75,15 @@ describe('bench: incremental verdicts (issue 13 item 9)', () => {
   });
 
   it('the full floor is (convert + sha256) / copy artifacts, at least 0.9', () => {
-    assert.equal(incrementalVerdicts(results([1, 1], [1, 1], 10_000)).find((x) => x.id === '13-full-floor')?.met, true, '9000 / 10000 = 0.9');
+    assert.equal(
+      incrementalVerdicts(results([1, 1], [1, 1], 10_000)).find((x) => x.id === '13-full-floor')?.met,
+      true,
+      '9000 / 10000 = 0.9',
+    );
     assert.equal(incrementalVerdicts(results([1, 1], [1, 1], 10_001)).find((x) => x.id === '13-full-floor')?.met, false);
   });
 
-  it('the freeze window may not grow more than 15 % over the full\'s', () => {
+  it("the freeze window may not grow more than 15 % over the full's", () => {
     const v = incrementalVerdicts(results([1, 1], [1, 1]));
     assert.equal(v.find((x) => x.id === '13-freeze')?.met, false, '240 vs 200 ms is +20 %');
   });

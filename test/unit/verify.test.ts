@@ -35,10 +35,22 @@ function makeBackup(root: string, vm = 'vm-one', backupId = BACKUP_ID): string {
     { name: 'state.vmstate', kind: 'saved-state' as const },
   ].map((f) => ({ ...f, bytes: fs.statSync(path.join(dir, f.name)).size, sha256: sha(path.join(dir, f.name)) }));
   const manifest: Manifest = {
-    format: 'vm-backup-manifest@1', backupId, host: 'lab', provider: 'qemu', vm, vmName: vm,
-    method: 'saved-state', consistency: 'crash', reasons: [], excludedDisks: [], warnings: [],
-    files, totalBytes: files.reduce((n, f) => n + f.bytes, 0), timings: { copyMs: 1 },
-    createdAt: '2026-11-22T10:15:00.000Z', completedAt: '2026-11-22T10:15:05.000Z',
+    format: 'vm-backup-manifest@1',
+    backupId,
+    host: 'lab',
+    provider: 'qemu',
+    vm,
+    vmName: vm,
+    method: 'saved-state',
+    consistency: 'crash',
+    reasons: [],
+    excludedDisks: [],
+    warnings: [],
+    files,
+    totalBytes: files.reduce((n, f) => n + f.bytes, 0),
+    timings: { copyMs: 1 },
+    createdAt: '2026-11-22T10:15:00.000Z',
+    completedAt: '2026-11-22T10:15:05.000Z',
   } as Manifest;
   fs.writeFileSync(path.join(dir, 'manifest.json'), JSON.stringify(manifest, null, 2) + '\n');
   return dir;
@@ -81,7 +93,14 @@ describe('verifyBackup', function () {
     assert.equal(r.ok, true);
     assert.deepEqual(r.warnings, []);
     assert.equal(r.manifest?.vm, 'vm-one');
-    assert.deepEqual(r.files.map((f) => [f.name, f.contentOk]), [['definition.json', true], ['disk-drive-virtio0.qcow2', true], ['state.vmstate', true]]);
+    assert.deepEqual(
+      r.files.map((f) => [f.name, f.contentOk]),
+      [
+        ['definition.json', true],
+        ['disk-drive-virtio0.qcow2', true],
+        ['state.vmstate', true],
+      ],
+    );
     if (HAVE_QEMU_IMG) assert.equal(r.files[1].imageCheck, 'ok');
   });
 
@@ -100,7 +119,10 @@ describe('verifyBackup', function () {
     fs.truncateSync(def, 5);
     const r = await verifyBackup(dir, { skipImageCheck: true });
     assert.equal(r.ok, false);
-    assert.ok(about(r.problems, def).some((p) => /^is 5 bytes, manifest says \d+$/.test(p)), JSON.stringify(r.problems));
+    assert.ok(
+      about(r.problems, def).some((p) => /^is 5 bytes, manifest says \d+$/.test(p)),
+      JSON.stringify(r.problems),
+    );
   });
 
   (HAVE_QEMU_IMG ? it : it.skip)('a damaged qcow2 header fails qemu-img as well as its sha256', async () => {
@@ -108,8 +130,14 @@ describe('verifyBackup', function () {
     flipByte(disk, 0); // the "QFI\xfb" magic
     const r = await verifyBackup(dir);
     const problems = about(r.problems, disk);
-    assert.ok(problems.some((p) => /^sha256 /.test(p)), JSON.stringify(problems));
-    assert.ok(problems.some((p) => /^qemu-img check failed/.test(p)), JSON.stringify(problems));
+    assert.ok(
+      problems.some((p) => /^sha256 /.test(p)),
+      JSON.stringify(problems),
+    );
+    assert.ok(
+      problems.some((p) => /^qemu-img check failed/.test(p)),
+      JSON.stringify(problems),
+    );
     assert.equal(r.files.find((f) => f.name === 'disk-drive-virtio0.qcow2')?.imageCheck, 'failed');
   });
 
@@ -228,8 +256,17 @@ describe('verifyRepository and vm-backup-verify', function () {
   it('checks every backup under the root and names the damaged one', async () => {
     const r = await verifyRepository(tmp);
     assert.equal(r.ok, false);
-    assert.deepEqual(r.backups.map((b) => [b.dir, b.ok]), [[good, true], [bad, false]]);
-    assert.deepEqual(r.warnings.map((w) => w.problem), ['an unpublished (partial) backup; not checked']);
+    assert.deepEqual(
+      r.backups.map((b) => [b.dir, b.ok]),
+      [
+        [good, true],
+        [bad, false],
+      ],
+    );
+    assert.deepEqual(
+      r.warnings.map((w) => w.problem),
+      ['an unpublished (partial) backup; not checked'],
+    );
     const text = formatReport(r);
     assert.match(text, new RegExp(`FAIL ${path.join(bad, 'definition.json').replace(/[.]/g, '\\.')}: sha256 `));
     assert.match(text, /verified 2 backups: 1 failed/);

@@ -42,7 +42,8 @@ export function createRunner(opts: HyperVOptions): PowerShellRunner {
   };
   if (opts.mode === 'local') return new LocalPowerShellRunner(common);
   if (opts.mode === 'ssh') {
-    if (!opts.ssh) throw new HyperVError('invalid-argument', 'hyperv.ssh: host, username and password or privateKey are required in SSH mode');
+    if (!opts.ssh)
+      throw new HyperVError('invalid-argument', 'hyperv.ssh: host, username and password or privateKey are required in SSH mode');
     return new SshPowerShellRunner({
       ...common,
       ssh: opts.ssh,
@@ -57,19 +58,54 @@ export { createRunner as createHyperVRunner };
 
 export function createHyperVProvider(opts: HyperVOptions): HostProvider {
   const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-  if (!Number.isFinite(timeoutMs) || timeoutMs < 1000) throw new HyperVError('invalid-argument', `hyperv.timeoutMs: ${String(timeoutMs)} is not a time of at least 1000 ms`);
+  if (!Number.isFinite(timeoutMs) || timeoutMs < 1000)
+    throw new HyperVError('invalid-argument', `hyperv.timeoutMs: ${String(timeoutMs)} is not a time of at least 1000 ms`);
   return new HyperVProvider(createRunner(opts), { timeoutMs });
 }
 
 export { HyperVError, type HyperVErrorCode } from './errors';
 export { HyperVProvider, checkSignature } from './provider';
 export {
-  LocalPowerShellRunner, HOST_SCRIPTS, SCRIPT_FILES, POWERSHELL_FLAGS, encodeArgs, decodeArgs, powershellArgs, interpretRun,
-  defaultScriptsDir, type PowerShellRunner, type ScriptName, type ScriptParams, type RunOptions, type RawRun, type SpawnFn,
+  LocalPowerShellRunner,
+  HOST_SCRIPTS,
+  SCRIPT_FILES,
+  POWERSHELL_FLAGS,
+  encodeArgs,
+  decodeArgs,
+  powershellArgs,
+  interpretRun,
+  defaultScriptsDir,
+  type PowerShellRunner,
+  type ScriptName,
+  type ScriptParams,
+  type RunOptions,
+  type RawRun,
+  type SpawnFn,
 } from './runner';
-export { SshPowerShellRunner, sshCommandLine, windowsToSftpPath, sftpToWindowsPath, sshFingerprint, type SshClientFactory } from './ssh-runner';
 export {
-  findRecoveryCheckpoints, removeLeftoverCheckpoints, mapLeftovers, type LeftoverCheckpoint, type RecoveryOptions, type RemoveLeftoversOptions,
+  SshPowerShellRunner,
+  sshCommandLine,
+  windowsToSftpPath,
+  sftpToWindowsPath,
+  sshFingerprint,
+  type SshClientFactory,
+} from './ssh-runner';
+export {
+  findRecoveryCheckpoints,
+  removeLeftoverCheckpoints,
+  mapLeftovers,
+  type LeftoverCheckpoint,
+  type RecoveryOptions,
+  type RemoveLeftoversOptions,
   type RemoveLeftoversResult,
 } from './recovery';
-export { mapEnumeration, mapVm, mapState, mapAgent, parseKvpItems, parseGuestVolumes, overlaysFromCheckpoint, GUEST_VOLUMES_KEY } from './parse';
+export {
+  mapEnumeration,
+  mapVm,
+  mapState,
+  mapAgent,
+  parseKvpItems,
+  parseGuestVolumes,
+  overlaysFromCheckpoint,
+  GUEST_VOLUMES_KEY,
+} from './parse';

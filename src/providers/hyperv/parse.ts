@@ -60,15 +60,29 @@ export const BACKUP_ID = /^[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}$/;
 
 /** Microsoft.HyperV.PowerShell.VMState values whose numbers every source agrees on. */
 const STATE_NUMBERS: Record<number, string> = {
-  1: 'Other', 2: 'Running', 3: 'Off', 4: 'Stopping', 6: 'Saved', 9: 'Paused', 10: 'Starting', 11: 'Reset',
-  32773: 'Saving', 32776: 'Pausing', 32777: 'Resuming', 32779: 'FastSaved', 32780: 'FastSaving',
+  1: 'Other',
+  2: 'Running',
+  3: 'Off',
+  4: 'Stopping',
+  6: 'Saved',
+  9: 'Paused',
+  10: 'Starting',
+  11: 'Reset',
+  32773: 'Saving',
+  32776: 'Pausing',
+  32777: 'Resuming',
+  32779: 'FastSaved',
+  32780: 'FastSaving',
 };
 
 /** Get-VM State -> the pipeline's words: Running -> running, FastSaved -> fast-saved, PausedCritical -> paused-critical. */
 export function mapState(value: unknown): string {
-  let s = typeof value === 'number' ? STATE_NUMBERS[value] ?? 'Other' : str(value) ?? 'Other';
+  let s = typeof value === 'number' ? (STATE_NUMBERS[value] ?? 'Other') : (str(value) ?? 'Other');
   if (!/^[A-Za-z]+$/.test(s)) s = 'Other';
-  return s.replace(/([a-z])([A-Z])/g, '$1-$2').toLowerCase().slice(0, 32);
+  return s
+    .replace(/([a-z])([A-Z])/g, '$1-$2')
+    .toLowerCase()
+    .slice(0, 32);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -201,19 +215,28 @@ export const INTEGRATION_SERVICE_IDS = {
 const VSS_NAMES = ['vss', 'backup (volume shadow copy)', 'backup (volume snapshot)', 'backup (volume checkpoint)'];
 
 export function findVssService(services: RawIntegrationService[]): RawIntegrationService | undefined {
-  return services.find((s) => (str(s.Id) ?? '').toUpperCase().endsWith(INTEGRATION_SERVICE_IDS.vss))
-    ?? services.find((s) => VSS_NAMES.includes(lower(str(s.Name) ?? '')));
+  return (
+    services.find((s) => (str(s.Id) ?? '').toUpperCase().endsWith(INTEGRATION_SERVICE_IDS.vss)) ??
+    services.find((s) => VSS_NAMES.includes(lower(str(s.Name) ?? '')))
+  );
 }
 
 export function mapAgent(services: RawIntegrationService[], integrationServicesVersion: string | undefined): EnumeratedVm['agent'] {
   const vss = findVssService(services);
   if (!vss) {
-    return { present: false, responding: false, freezeEnabled: false, error: 'the VM has no Backup (volume shadow copy) integration service' };
+    return {
+      present: false,
+      responding: false,
+      freezeEnabled: false,
+      error: 'the VM has no Backup (volume shadow copy) integration service',
+    };
   }
   const enabled = vss.Enabled === true;
   const primary = str(vss.PrimaryStatusDescription);
   const secondary = str(vss.SecondaryStatusDescription);
-  const opStatus = toArray(vss.OperationalStatus).map((x) => str(x)).filter((x): x is string => !!x);
+  const opStatus = toArray(vss.OperationalStatus)
+    .map((x) => str(x))
+    .filter((x): x is string => !!x);
   const ok = opStatus.length > 0 ? lower(opStatus[0]!) === 'ok' : lower(primary ?? '') === 'ok';
   const responding = enabled && ok;
   const agent: EnumeratedVm['agent'] = { present: true, responding, freezeEnabled: enabled };
@@ -221,7 +244,11 @@ export function mapAgent(services: RawIntegrationService[], integrationServicesV
   if (!enabled) {
     agent.error = 'the Backup (volume shadow copy) integration service is disabled for this VM (Enable-VMIntegrationService)';
   } else if (!responding) {
-    agent.error = `Backup (volume shadow copy) integration service: ${primary ?? opStatus[0] ?? 'no status (guest not running?)'}${secondary ? `; ${secondary}` : ''}`.slice(0, 1024);
+    agent.error =
+      `Backup (volume shadow copy) integration service: ${primary ?? opStatus[0] ?? 'no status (guest not running?)'}${secondary ? `; ${secondary}` : ''}`.slice(
+        0,
+        1024,
+      );
   } else if (secondary && lower(secondary) !== 'ok') {
     agent.error = `Backup (volume shadow copy) integration service: ${secondary}`.slice(0, 1024);
   }
@@ -329,8 +356,13 @@ export function mapDisk(d: RawDrive, vhds: Map<string, RawVhd>, volumes: Map<str
   if (isPassThrough(d)) {
     const n = num(d.DiskNumber);
     return {
-      id, node: n !== undefined ? `disk${n}` : nodeName(file || id), file: file.slice(0, 4096), format: 'raw', driver: 'host_device',
-      included: false, excludedReason: 'pass-through',
+      id,
+      node: n !== undefined ? `disk${n}` : nodeName(file || id),
+      file: file.slice(0, 4096),
+      format: 'raw',
+      driver: 'host_device',
+      included: false,
+      excludedReason: 'pass-through',
     };
   }
   if (!file) {
@@ -373,24 +405,30 @@ export function mapVm(facts: RawVmFacts, volumes: Map<string, RawVolume>): Enume
   const guestKvp = parseKvpItems(facts.KvpGuest);
   const os = mapGuestOs(kvp);
   const published = parseGuestVolumes(guestKvp.get(GUEST_VOLUMES_KEY));
-  if (guestKvp.has(GUEST_VOLUMES_KEY) && !published) warnings.push(`the guest's ${GUEST_VOLUMES_KEY} KVP value is malformed or too long; ignored`);
+  if (guestKvp.has(GUEST_VOLUMES_KEY) && !published)
+    warnings.push(`the guest's ${GUEST_VOLUMES_KEY} KVP value is malformed or too long; ignored`);
 
   const agent = mapAgent(toArray<RawIntegrationService>(facts.IntegrationServices), str(raw.IntegrationServicesVersion));
 
   for (const d of disks) {
     const vhd = vhds.get(lower(d.file));
     if (d.included && isDifferencing(d.file, vhd)) {
-      warnings.push(`disk ${d.id} (${d.file}) is a differencing disk: the VM has checkpoints; a backup of this VM is refused until they are merged (Remove-VMCheckpoint)`);
+      warnings.push(
+        `disk ${d.id} (${d.file}) is a differencing disk: the VM has checkpoints; a backup of this VM is refused until they are merged (Remove-VMCheckpoint)`,
+      );
     }
     if (d.format === 'vhds') warnings.push(`disk ${d.id} (${d.file}) is a VHD Set (shared disk): not supported by this provider`);
   }
   for (const d of toArray<RawDrive>(facts.HardDrives)) {
-    if (d.SupportPersistentReservations === true) warnings.push(`disk ${diskId(d)} is a shared VHDX (persistent reservations): Hyper-V cannot checkpoint it`);
+    if (d.SupportPersistentReservations === true)
+      warnings.push(`disk ${diskId(d)} is a shared VHDX (persistent reservations): Hyper-V cannot checkpoint it`);
   }
   for (const cp of toArray<RawCheckpoint>(facts.Checkpoints)) {
     const cpName = str(cp.Name) ?? '';
-    if (cpName.startsWith('vmbackup-')) warnings.push(`leftover backup checkpoint ${cpName} (${str(cp.Id) ?? '?'}): an earlier backup was interrupted; recovery removes it`);
-    else if (lower(str(cp.SnapshotType) ?? '') === 'recovery') warnings.push(`Recovery checkpoint ${cpName || str(cp.Id)} (left by a VSS-based backup product?)`);
+    if (cpName.startsWith('vmbackup-'))
+      warnings.push(`leftover backup checkpoint ${cpName} (${str(cp.Id) ?? '?'}): an earlier backup was interrupted; recovery removes it`);
+    else if (lower(str(cp.SnapshotType) ?? '') === 'recovery')
+      warnings.push(`Recovery checkpoint ${cpName || str(cp.Id)} (left by a VSS-based backup product?)`);
   }
   const secondary = lower(str(raw.SecondaryOperationalStatus) ?? '');
   if (secondary === 'mergingdisks' || toArray(raw.OperationalStatus).some((s) => lower(str(s) ?? '') === 'mergingdisks')) {
@@ -398,7 +436,9 @@ export function mapVm(facts: RawVmFacts, volumes: Map<string, RawVolume>): Enume
   }
   for (const e of toArray(facts.Errors)) if (str(e)) warnings.push(str(e)!);
   if (agent.present && !published && mapState(raw.State) === 'running') {
-    warnings.push(`the host cannot see this guest's volumes: run guest-publish-volumes.ps1 in the guest to publish them (KVP ${GUEST_VOLUMES_KEY}); the production checkpoint still fails if the guest cannot quiesce every volume`);
+    warnings.push(
+      `the host cannot see this guest's volumes: run guest-publish-volumes.ps1 in the guest to publish them (KVP ${GUEST_VOLUMES_KEY}); the production checkpoint still fails if the guest cannot quiesce every volume`,
+    );
   }
 
   const vm: EnumeratedVm = {
@@ -422,7 +462,9 @@ export function mapEnumeration(result: unknown): EnumeratedVm[] {
     const p = str(v.Path);
     if (p) volumes.set(lower(p), v);
   }
-  return toArray<RawVmFacts>(r.Vms).filter((f) => f && typeof f === 'object').map((f) => mapVm(f, volumes));
+  return toArray<RawVmFacts>(r.Vms)
+    .filter((f) => f && typeof f === 'object')
+    .map((f) => mapVm(f, volumes));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -459,12 +501,19 @@ export function overlaysFromCheckpoint(includedDiskIds: string[], result: unknow
   for (const id of includedDiskIds) {
     const b = str(before.get(id)?.Path);
     const a = str(after.get(id)?.Path);
-    if (!b || !a) throw new HyperVError('inconsistent', `checkpoint: disk ${id} is missing ${!b ? 'before' : 'after'} the checkpoint (was the VM reconfigured?)`);
-    if (samePath(a, b)) throw new HyperVError('inconsistent', `checkpoint: disk ${id} still writes to ${b}: Hyper-V made no differencing disk for it`);
+    if (!b || !a)
+      throw new HyperVError(
+        'inconsistent',
+        `checkpoint: disk ${id} is missing ${!b ? 'before' : 'after'} the checkpoint (was the VM reconfigured?)`,
+      );
+    if (samePath(a, b))
+      throw new HyperVError('inconsistent', `checkpoint: disk ${id} still writes to ${b}: Hyper-V made no differencing disk for it`);
     const cp = str(inCheckpoint.get(id)?.Path);
-    if (cp && !samePath(cp, b)) throw new HyperVError('inconsistent', `checkpoint: disk ${id}: the checkpoint holds ${cp}, but the VM used ${b} before it`);
+    if (cp && !samePath(cp, b))
+      throw new HyperVError('inconsistent', `checkpoint: disk ${id}: the checkpoint holds ${cp}, but the VM used ${b} before it`);
     const parent = str(afterVhds.get(lower(a))?.ParentPath);
-    if (parent && !samePath(parent, b)) throw new HyperVError('inconsistent', `checkpoint: disk ${id}: the new ${a} has parent ${parent}, not ${b}`);
+    if (parent && !samePath(parent, b))
+      throw new HyperVError('inconsistent', `checkpoint: disk ${id}: the new ${a} has parent ${parent}, not ${b}`);
     overlays.push({ disk: id, base: b, baseFormat: vhdFormat(b), overlay: a, overlayNode: checkpointId });
   }
   return { overlays, checkpointId };

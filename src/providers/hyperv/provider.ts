@@ -31,7 +31,10 @@ export class HyperVProvider implements HostProvider {
   /** checkpoint name asked for per VM, until merged: lets merge clean up after a failed snapshot */
   private readonly pendingNames = new Map<string, string>();
 
-  constructor(readonly runner: PowerShellRunner, private readonly settings: HyperVProviderSettings) {}
+  constructor(
+    readonly runner: PowerShellRunner,
+    private readonly settings: HyperVProviderSettings,
+  ) {}
 
   private run(script: ScriptName, params: ScriptParams): Promise<unknown> {
     return this.runner.run(script, params, { timeoutMs: this.settings.timeoutMs });
@@ -73,7 +76,10 @@ export class HyperVProvider implements HostProvider {
    */
   async saveState(vm: ClassifiedVm, file: string): Promise<{ bytes: number }> {
     const r = (await this.run('save-vm.ps1', { VmId: checkVmId(vm.id) })) as {
-      StateBefore?: unknown; Saved?: unknown; State?: { State?: unknown }; Files?: unknown;
+      StateBefore?: unknown;
+      Saved?: unknown;
+      State?: { State?: unknown };
+      Files?: unknown;
     } | null;
     const files = toArray<{ Path?: unknown; Length?: unknown }>(r?.Files)
       .map((f) => ({ path: str(f.Path) ?? '', bytes: typeof f.Length === 'number' ? f.Length : 0 }))
@@ -124,10 +130,12 @@ export class HyperVProvider implements HostProvider {
 
   planView(vm: ClassifiedVm, backupId: string): PointInTimeView {
     if (!BACKUP_ID.test(backupId)) throw new HyperVError('invalid-argument', `backupId "${backupId}" is not a backup id`);
-    const disks = vm.disks.filter((d) => d.included).map((d) => {
-      const format = d.format === 'vhd' || /\.vhd$/i.test(d.file) ? 'vhd' : 'vhdx';
-      return { disk: d.id, artifact: `disk-${d.id.replace(/[^A-Za-z0-9._-]/g, '_')}.${format}`, format };
-    });
+    const disks = vm.disks
+      .filter((d) => d.included)
+      .map((d) => {
+        const format = d.format === 'vhd' || /\.vhd$/i.test(d.file) ? 'vhd' : 'vhdx';
+        return { disk: d.id, artifact: `disk-${d.id.replace(/[^A-Za-z0-9._-]/g, '_')}.${format}`, format };
+      });
     return { disks, ref: { checkpointName: `vmbackup-${backupId}`, backupId } };
   }
 
@@ -166,22 +174,39 @@ export class HyperVProvider implements HostProvider {
     if (included.length === 0) return [];
     for (const d of included) {
       if (/\.avhdx?$/i.test(d.file)) {
-        throw new HyperVError('unsupported', `VM ${vm.name}: disk ${d.id} is the differencing disk ${d.file} (the VM has checkpoints); its parent alone is not a whole disk. Merge them (Remove-VMCheckpoint) before backing it up`);
+        throw new HyperVError(
+          'unsupported',
+          `VM ${vm.name}: disk ${d.id} is the differencing disk ${d.file} (the VM has checkpoints); its parent alone is not a whole disk. Merge them (Remove-VMCheckpoint) before backing it up`,
+        );
       }
       if (d.format === 'vhds' || /\.vhds$/i.test(d.file)) {
-        throw new HyperVError('unsupported', `VM ${vm.name}: disk ${d.id} is a VHD Set (${d.file}); shared disks are not backed up by this provider`);
+        throw new HyperVError(
+          'unsupported',
+          `VM ${vm.name}: disk ${d.id} is a VHD Set (${d.file}); shared disks are not backed up by this provider`,
+        );
       }
     }
     const name = `vmbackup-${backupId}`;
     const checkpointType = vm.method === 'child-vm-snapshot' ? 'ProductionOnly' : 'Standard';
     this.pendingNames.set(vmId, name);
-    const result = await this.run('checkpoint.ps1', { VmId: vmId, SnapshotName: name, CheckpointType: checkpointType, WaitSeconds: this.checkpointWaitSeconds });
+    const result = await this.run('checkpoint.ps1', {
+      VmId: vmId,
+      SnapshotName: name,
+      CheckpointType: checkpointType,
+      WaitSeconds: this.checkpointWaitSeconds,
+    });
     let mapped: { overlays: Overlay[]; checkpointId: string };
     try {
-      mapped = overlaysFromCheckpoint(included.map((d) => d.id), result);
+      mapped = overlaysFromCheckpoint(
+        included.map((d) => d.id),
+        result,
+      );
       const r = result as { CheckpointTypeRestored?: unknown; RestoreError?: unknown; PreviousCheckpointType?: unknown };
       if (r.CheckpointTypeRestored === false) {
-        throw new HyperVError('inconsistent', `VM ${vm.name}: could not restore its CheckpointType to ${str(r.PreviousCheckpointType) ?? '?'} after the backup checkpoint (${str(r.RestoreError) ?? 'unknown error'}); it is still ${checkpointType}. Set it back with Set-VM -CheckpointType`);
+        throw new HyperVError(
+          'inconsistent',
+          `VM ${vm.name}: could not restore its CheckpointType to ${str(r.PreviousCheckpointType) ?? '?'} after the backup checkpoint (${str(r.RestoreError) ?? 'unknown error'}); it is still ${checkpointType}. Set it back with Set-VM -CheckpointType`,
+        );
       }
     } catch (err) {
       // all or nothing: a checkpoint we cannot use is removed at once
@@ -237,7 +262,10 @@ export class HyperVProvider implements HostProvider {
   async exportOverlay(overlay: Overlay, dest: string, onProgress?: (p: Progress) => void): Promise<ExportedFile> {
     const known = this.bases.get(overlay.base.toLowerCase());
     if (!known) {
-      throw new HyperVError('invalid-argument', `overlay.base: ${overlay.base} is not the parent of a checkpoint this provider made in this session; refusing to copy it`);
+      throw new HyperVError(
+        'invalid-argument',
+        `overlay.base: ${overlay.base} is not the parent of a checkpoint this provider made in this session; refusing to copy it`,
+      );
     }
     const tmp = `${dest}.part-${randomBytes(4).toString('hex')}`;
     try {
@@ -262,7 +290,8 @@ export class HyperVProvider implements HostProvider {
 }
 
 function checkVmId(vmId: string): string {
-  if (typeof vmId !== 'string' || !GUID.test(vmId)) throw new HyperVError('invalid-argument', `vm id "${String(vmId)}" is not a Hyper-V VM id (a GUID)`);
+  if (typeof vmId !== 'string' || !GUID.test(vmId))
+    throw new HyperVError('invalid-argument', `vm id "${String(vmId)}" is not a Hyper-V VM id (a GUID)`);
   return vmId;
 }
 

@@ -41,7 +41,8 @@ export function mapLeftovers(result: unknown): LeftoverCheckpoint[] {
 
 /** Read-only: every vmbackup-* and Recovery checkpoint on the host (or on one VM). */
 export async function findRecoveryCheckpoints(runner: PowerShellRunner, options: RecoveryOptions = {}): Promise<LeftoverCheckpoint[]> {
-  if (options.vmId !== undefined && !GUID.test(options.vmId)) throw new HyperVError('invalid-argument', `vm id "${options.vmId}" is not a GUID`);
+  if (options.vmId !== undefined && !GUID.test(options.vmId))
+    throw new HyperVError('invalid-argument', `vm id "${options.vmId}" is not a GUID`);
   const result = await runner.run('find-recovery-checkpoints.ps1', options.vmId ? { VmId: options.vmId } : {}, {
     ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
   });
@@ -64,7 +65,10 @@ export interface RemoveLeftoversResult {
 }
 
 /** Find and Remove-VMCheckpoint every leftover; one failure does not stop the others. */
-export async function removeLeftoverCheckpoints(runner: PowerShellRunner, options: RemoveLeftoversOptions = {}): Promise<RemoveLeftoversResult> {
+export async function removeLeftoverCheckpoints(
+  runner: PowerShellRunner,
+  options: RemoveLeftoversOptions = {},
+): Promise<RemoveLeftoversResult> {
   const found = await findRecoveryCheckpoints(runner, options);
   const exclude = new Set([...(options.exclude ?? [])].map((s) => s.toLowerCase()));
   const result: RemoveLeftoversResult = { removed: [], skipped: [], errors: [] };
@@ -74,12 +78,16 @@ export async function removeLeftoverCheckpoints(runner: PowerShellRunner, option
       continue;
     }
     try {
-      await runner.run('remove-checkpoint.ps1', {
-        VmId: cp.vmId,
-        CheckpointId: cp.id,
-        WaitSeconds: options.waitSeconds ?? 0,
-        ...(cp.kind === 'recovery' ? { AllowRecoveryType: true } : {}),
-      }, { ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}) });
+      await runner.run(
+        'remove-checkpoint.ps1',
+        {
+          VmId: cp.vmId,
+          CheckpointId: cp.id,
+          WaitSeconds: options.waitSeconds ?? 0,
+          ...(cp.kind === 'recovery' ? { AllowRecoveryType: true } : {}),
+        },
+        { ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}) },
+      );
       result.removed.push(cp);
     } catch (err) {
       result.errors.push({ checkpoint: cp, message: (err as Error).message });

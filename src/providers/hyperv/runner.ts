@@ -49,7 +49,8 @@ export interface PowerShellRunner {
 /** `-ArgsJson` value: Base64 of the UTF-8 JSON. Its alphabet (A-Z a-z 0-9 + / =) means nothing to cmd or PowerShell. */
 export function encodeArgs(params: ScriptParams): string {
   for (const [key, value] of Object.entries(params)) {
-    if (!/^[A-Za-z][A-Za-z0-9]{0,63}$/.test(key)) throw new HyperVError('invalid-argument', `script argument name "${key}" is not a plain name`);
+    if (!/^[A-Za-z][A-Za-z0-9]{0,63}$/.test(key))
+      throw new HyperVError('invalid-argument', `script argument name "${key}" is not a plain name`);
     const t = typeof value;
     if (value !== null && t !== 'string' && t !== 'number' && t !== 'boolean') {
       throw new HyperVError('invalid-argument', `script argument ${key} must be a string, number, boolean or null`);
@@ -98,7 +99,9 @@ export function interpretRun(script: string, run: RawRun): unknown {
   if (!envelope) {
     const what = stderr || run.stdout.trim().slice(-MAX_TEXT) || 'no output';
     throw new HyperVError('spawn', `${script}: PowerShell gave no JSON answer (exit code ${String(run.exitCode)}): ${what}`, {
-      script, exitCode: run.exitCode, ...(stderr ? { stderr } : {}),
+      script,
+      exitCode: run.exitCode,
+      ...(stderr ? { stderr } : {}),
     });
   }
   const warnings = Array.isArray(envelope.warnings) ? envelope.warnings.filter((w): w is string => typeof w === 'string') : [];
@@ -120,7 +123,8 @@ export function interpretRun(script: string, run: RawRun): unknown {
   }
   if (run.exitCode !== 0) {
     throw new HyperVError('protocol', `${script}: exit code ${String(run.exitCode)} with a result envelope${stderr ? `: ${stderr}` : ''}`, {
-      script, exitCode: run.exitCode,
+      script,
+      exitCode: run.exitCode,
     });
   }
   if (!('result' in envelope)) throw new HyperVError('protocol', `${script}: answer has neither result nor error`, { script });
@@ -150,7 +154,11 @@ export function readableStderr(stderr: string): string {
     text = parts
       .join('')
       .replace(/_x([0-9A-Fa-f]{4})_/g, (_, hex: string) => String.fromCharCode(parseInt(hex, 16)))
-      .replace(/&lt;/g, '<').replace(/&gt;/g, '>').replace(/&quot;/g, '"').replace(/&apos;/g, "'").replace(/&amp;/g, '&')
+      .replace(/&lt;/g, '<')
+      .replace(/&gt;/g, '>')
+      .replace(/&quot;/g, '"')
+      .replace(/&apos;/g, "'")
+      .replace(/&amp;/g, '&')
       .trim();
   }
   return text.length > MAX_TEXT ? `${text.slice(0, MAX_TEXT)}...` : text;
@@ -280,7 +288,15 @@ export class LocalPowerShellRunner implements PowerShellRunner {
       };
       const timer = setTimeout(() => {
         child.kill();
-        finish(() => reject(new HyperVError('timeout', `${script}: no answer within ${timeoutMs} ms; powershell.exe was stopped (the Hyper-V operation it started may still complete)`, { script })));
+        finish(() =>
+          reject(
+            new HyperVError(
+              'timeout',
+              `${script}: no answer within ${timeoutMs} ms; powershell.exe was stopped (the Hyper-V operation it started may still complete)`,
+              { script },
+            ),
+          ),
+        );
       }, timeoutMs);
       timer.unref?.();
       child.stdout?.on('data', (chunk: Buffer) => {
@@ -295,7 +311,9 @@ export class LocalPowerShellRunner implements PowerShellRunner {
         finish(() => reject(new HyperVError('spawn', `${script}: cannot start ${program}: ${err.message}${hint}`, { script, cause: err })));
       });
       child.on('close', (code: number | null) => {
-        finish(() => resolve({ stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(errOut).toString('utf8'), exitCode: code }));
+        finish(() =>
+          resolve({ stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(errOut).toString('utf8'), exitCode: code }),
+        );
       });
     });
   }

@@ -12,8 +12,19 @@ import * as path from 'node:path';
 import type { Progress } from '../provider';
 import { HyperVError } from './errors';
 import {
-  defaultScriptsDir, encodeArgs, Gate, interpretRun, isScriptName, POWERSHELL_FLAGS, SCRIPT_FILES, throttledProgress,
-  type PowerShellRunner, type RawRun, type RunOptions, type ScriptName, type ScriptParams,
+  defaultScriptsDir,
+  encodeArgs,
+  Gate,
+  interpretRun,
+  isScriptName,
+  POWERSHELL_FLAGS,
+  SCRIPT_FILES,
+  throttledProgress,
+  type PowerShellRunner,
+  type RawRun,
+  type RunOptions,
+  type ScriptName,
+  type ScriptParams,
 } from './runner';
 
 // the one SSH options type (the host node's SSH fields), shared with the host settings
@@ -32,7 +43,8 @@ export interface SftpSession {
   unlink(p: string, cb: (err?: Error | null) => void): void;
   rmdir(p: string, cb: (err?: Error | null) => void): void;
   fastGet(
-    remotePath: string, localPath: string,
+    remotePath: string,
+    localPath: string,
     opts: { concurrency?: number; chunkSize?: number; step?: (transferred: number, chunk: number, total: number) => void },
     cb: (err?: Error | null) => void,
   ): void;
@@ -79,7 +91,10 @@ const UNSAFE_IN_QUOTES = /["%$`!^&|<>'\r\n\t;\u0000-\u001f]/;
 export function windowsToSftpPath(winPath: string): string {
   if (/^[A-Za-z]:[\\/]/.test(winPath)) return `/${winPath.replace(/\\/g, '/')}`;
   if (winPath.startsWith('\\\\')) {
-    throw new HyperVError('unsupported', `${winPath} is on an SMB share: copying it over SSH/SFTP is not supported (back up that share's host, or run Node-RED on the Hyper-V host)`);
+    throw new HyperVError(
+      'unsupported',
+      `${winPath} is on an SMB share: copying it over SSH/SFTP is not supported (back up that share's host, or run Node-RED on the Hyper-V host)`,
+    );
   }
   throw new HyperVError('invalid-argument', `${winPath} is not an absolute Windows path`);
 }
@@ -87,7 +102,8 @@ export function windowsToSftpPath(winPath: string): string {
 /** /C:/Users/backup -> C:\Users\backup */
 export function sftpToWindowsPath(sftpPath: string): string {
   const m = /^\/?([A-Za-z]:)(\/.*)?$/.exec(sftpPath);
-  if (!m) throw new HyperVError('ssh', `the SSH server's home folder "${sftpPath}" is not a Windows path: is this a Windows OpenSSH server?`);
+  if (!m)
+    throw new HyperVError('ssh', `the SSH server's home folder "${sftpPath}" is not a Windows path: is this a Windows OpenSSH server?`);
   return `${m[1]}${(m[2] ?? '/').replace(/\//g, '\\')}`;
 }
 
@@ -98,10 +114,16 @@ export function sftpToWindowsPath(sftpPath: string): string {
  */
 export function sshCommandLine(powershell: string, scriptPath: string, params: ScriptParams): string {
   if (!/^[A-Za-z0-9_.:\\-]+$/.test(powershell)) {
-    throw new HyperVError('invalid-argument', `powershell "${powershell}" must be a program name or path without spaces or shell characters for SSH mode`);
+    throw new HyperVError(
+      'invalid-argument',
+      `powershell "${powershell}" must be a program name or path without spaces or shell characters for SSH mode`,
+    );
   }
   if (!/^[A-Za-z]:\\/.test(scriptPath) || UNSAFE_IN_QUOTES.test(scriptPath)) {
-    throw new HyperVError('invalid-argument', `remote script path "${scriptPath}" contains characters that cmd.exe or PowerShell would interpret; set remoteScriptsDir to a plain folder such as C:\\vm-backup`);
+    throw new HyperVError(
+      'invalid-argument',
+      `remote script path "${scriptPath}" contains characters that cmd.exe or PowerShell would interpret; set remoteScriptsDir to a plain folder such as C:\\vm-backup`,
+    );
   }
   return [powershell, ...POWERSHELL_FLAGS, '-File', `"${scriptPath}"`, '-ArgsJson', encodeArgs(params)].join(' ');
 }
@@ -114,10 +136,15 @@ function sshError(target: SshTarget, err: unknown): HyperVError {
   if (err instanceof HyperVError) return err;
   const e = err as { message?: string; level?: string; code?: string };
   const where = `${target.username}@${target.host}:${target.port ?? 22}`;
-  const hint = e.level === 'client-authentication'
-    ? ' (check the user name and password or key; the user must be an administrator of the Hyper-V host)'
-    : e.code === 'ECONNREFUSED' ? ' (is the OpenSSH Server feature installed and sshd running?)' : '';
-  return new HyperVError('ssh', `SSH to ${where} failed: ${e.message ?? String(err)}${e.level ? ` [${e.level}]` : ''}${hint}`, { cause: err });
+  const hint =
+    e.level === 'client-authentication'
+      ? ' (check the user name and password or key; the user must be an administrator of the Hyper-V host)'
+      : e.code === 'ECONNREFUSED'
+        ? ' (is the OpenSSH Server feature installed and sshd running?)'
+        : '';
+  return new HyperVError('ssh', `SSH to ${where} failed: ${e.message ?? String(err)}${e.level ? ` [${e.level}]` : ''}${hint}`, {
+    cause: err,
+  });
 }
 
 function loadSsh2(): SshClientFactory {
@@ -146,8 +173,10 @@ export class SshPowerShellRunner implements PowerShellRunner {
   private readonly inFlight = new Set<Promise<unknown>>();
 
   constructor(private readonly options: SshRunnerOptions) {
-    if (!options.ssh?.host || !options.ssh.username) throw new HyperVError('invalid-argument', 'ssh.host and ssh.username are required in SSH mode');
-    if (!options.ssh.password && !options.ssh.privateKey) throw new HyperVError('invalid-argument', 'ssh.password or ssh.privateKey is required in SSH mode');
+    if (!options.ssh?.host || !options.ssh.username)
+      throw new HyperVError('invalid-argument', 'ssh.host and ssh.username are required in SSH mode');
+    if (!options.ssh.password && !options.ssh.privateKey)
+      throw new HyperVError('invalid-argument', 'ssh.password or ssh.privateKey is required in SSH mode');
     this.powershell = options.powershell ?? 'powershell.exe';
     this.scriptsDir = options.scriptsDir ?? defaultScriptsDir();
     this.timeoutMs = options.timeoutMs ?? 600_000;
@@ -192,7 +221,13 @@ export class SshPowerShellRunner implements PowerShellRunner {
           if (settled) return;
           settled = true;
           channel.close();
-          reject(new HyperVError('timeout', `${script}: no answer over SSH within ${timeoutMs} ms; the channel was closed (Windows OpenSSH may leave powershell.exe running to its end)`, { script }));
+          reject(
+            new HyperVError(
+              'timeout',
+              `${script}: no answer over SSH within ${timeoutMs} ms; the channel was closed (Windows OpenSSH may leave powershell.exe running to its end)`,
+              { script },
+            ),
+          );
         }, timeoutMs);
         timer.unref?.();
         channel.on('data', (chunk: Buffer) => out.push(chunk));
@@ -225,15 +260,20 @@ export class SshPowerShellRunner implements PowerShellRunner {
     let size = 0;
     report(0, 0, true);
     await new Promise<void>((resolve, reject) => {
-      s.sftp.fastGet(remote, localPath, {
-        concurrency: 64,
-        chunkSize: 32768,
-        step: (transferred, _chunk, total) => {
-          bytes = transferred;
-          size = total;
-          report(transferred, total);
+      s.sftp.fastGet(
+        remote,
+        localPath,
+        {
+          concurrency: 64,
+          chunkSize: 32768,
+          step: (transferred, _chunk, total) => {
+            bytes = transferred;
+            size = total;
+            report(transferred, total);
+          },
         },
-      }, (err) => (err ? reject(new HyperVError('ssh', `copying ${hostPath} over SFTP failed: ${err.message}`, { cause: err })) : resolve()));
+        (err) => (err ? reject(new HyperVError('ssh', `copying ${hostPath} over SFTP failed: ${err.message}`, { cause: err })) : resolve()),
+      );
     });
     report(bytes, Math.max(size, bytes), true);
     return { bytes };
@@ -301,7 +341,10 @@ export class SshPowerShellRunner implements PowerShellRunner {
       }
       const winDir = sftpToWindowsPath(sftpDir);
       if (UNSAFE_IN_QUOTES.test(winDir)) {
-        throw new HyperVError('invalid-argument', `the remote scripts folder "${winDir}" contains characters that cmd.exe or PowerShell would interpret; set remoteScriptsDir to a plain folder such as C:\\vm-backup`);
+        throw new HyperVError(
+          'invalid-argument',
+          `the remote scripts folder "${winDir}" contains characters that cmd.exe or PowerShell would interpret; set remoteScriptsDir to a plain folder such as C:\\vm-backup`,
+        );
       }
       const session: Session = { client, sftp, sftpDir, winDir, created, uploaded: [] };
       for (const name of SCRIPT_FILES) {

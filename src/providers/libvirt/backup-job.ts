@@ -24,9 +24,11 @@ export interface BackupDisk {
 }
 
 export function backupXml(socket: string, disks: readonly BackupDisk[]): string {
-  const lines = disks.map((d) => d.backup
-    ? `    <disk name='${encodeXml(d.name)}' backup='yes' type='file'${d.incremental ? ` backupmode='incremental' incremental='${encodeXml(d.incremental)}'` : ''}><scratch file='${encodeXml(d.scratch ?? '')}'/></disk>`
-    : `    <disk name='${encodeXml(d.name)}' backup='no'/>`);
+  const lines = disks.map((d) =>
+    d.backup
+      ? `    <disk name='${encodeXml(d.name)}' backup='yes' type='file'${d.incremental ? ` backupmode='incremental' incremental='${encodeXml(d.incremental)}'` : ''}><scratch file='${encodeXml(d.scratch ?? '')}'/></disk>`
+      : `    <disk name='${encodeXml(d.name)}' backup='no'/>`,
+  );
   return `<domainbackup mode='pull'>\n  <server transport='unix' socket='${encodeXml(socket)}'/>\n  <disks>\n${lines.join('\n')}\n  </disks>\n</domainbackup>\n`;
 }
 
@@ -45,10 +47,18 @@ export function parseNbdUri(uri: string): { exportName: string; socket: string }
  * Start the pull-mode job. `dir` is private to this job (0700); its XML files go there. With
  * `checkpoint` (its XML) libvirt makes that checkpoint in the same call: tracking from the view's moment.
  */
-export async function beginBackup(virsh: Virsh, domain: string, dir: string, disks: readonly BackupDisk[], timeoutMs: number, checkpoint?: string): Promise<string> {
+export async function beginBackup(
+  virsh: Virsh,
+  domain: string,
+  dir: string,
+  disks: readonly BackupDisk[],
+  timeoutMs: number,
+  checkpoint?: string,
+): Promise<string> {
   const socket = path.join(dir, 'nbd.sock');
   // sun_path holds 108 bytes with its NUL
-  if (Buffer.byteLength(socket) > 107) throw new Error(`runDir: the NBD socket path ${socket} is longer than a unix socket allows; choose a shorter runDir`);
+  if (Buffer.byteLength(socket) > 107)
+    throw new Error(`runDir: the NBD socket path ${socket} is longer than a unix socket allows; choose a shorter runDir`);
   const file = path.join(dir, 'backup.xml');
   await fs.writeFile(file, backupXml(socket, disks), { mode: 0o600 });
   const cp = path.join(dir, 'checkpoint.xml');
@@ -84,7 +94,8 @@ export async function endBackup(virsh: Virsh, domain: string, ours: readonly str
     if ((await jobType(virsh, domain, timeoutMs)).type === 'None') return 'none';
     throw err;
   }
-  if (!mine) throw new Error(`domain ${domain} runs a backup job that is not ours (its scratch files are not ${ours.join(', ')}); left alone`);
+  if (!mine)
+    throw new Error(`domain ${domain} runs a backup job that is not ours (its scratch files are not ${ours.join(', ')}); left alone`);
   await virsh.run(['domjobabort', '--domain', domain], { timeoutMs }).catch(async (err: unknown) => {
     if ((await jobType(virsh, domain, timeoutMs)).type !== 'None') throw err;
   });

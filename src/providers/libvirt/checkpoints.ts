@@ -29,7 +29,11 @@ export function parseCheckpointDisks(xml: string): { disk: string; bitmap: strin
   const root = parseXml(xml);
   return children(child(root, 'disks'), 'disk')
     .filter((d) => d.attrs.checkpoint === 'bitmap')
-    .map((d) => ({ disk: d.attrs.name ?? '', bitmap: d.attrs.bitmap ?? d.attrs.name ?? '', ...(d.attrs.size !== undefined ? { size: Number(d.attrs.size) } : {}) }));
+    .map((d) => ({
+      disk: d.attrs.name ?? '',
+      bitmap: d.attrs.bitmap ?? d.attrs.name ?? '',
+      ...(d.attrs.size !== undefined ? { size: Number(d.attrs.size) } : {}),
+    }));
 }
 
 /**
@@ -40,20 +44,32 @@ export function parseCheckpointDisks(xml: string): { disk: string; bitmap: strin
 export async function checkpointRecords(virsh: Virsh, domain: string, timeoutMs: number): Promise<Map<string, TrackingRecord[]>> {
   const out = new Map<string, TrackingRecord[]>();
   const names = (await virsh.run(['checkpoint-list', '--domain', domain, '--name'], { timeoutMs }))
-    .split('\n').map((l) => l.trim()).filter((n) => n.startsWith(CHECKPOINT_PREFIX));
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((n) => n.startsWith(CHECKPOINT_PREFIX));
   for (const name of names) {
     let disks: { disk: string; bitmap: string; size?: number }[];
     let inconsistent = false;
     try {
-      disks = parseCheckpointDisks(await virsh.run(['checkpoint-dumpxml', '--domain', domain, '--checkpointname', name, '--no-domain', '--size'], { timeoutMs }));
+      disks = parseCheckpointDisks(
+        await virsh.run(['checkpoint-dumpxml', '--domain', domain, '--checkpointname', name, '--no-domain', '--size'], { timeoutMs }),
+      );
     } catch (err) {
       if (!(err instanceof VirshError)) throw err;
       // the metadata is there, the bitmaps are not usable: which disks it covered is still known
-      disks = parseCheckpointDisks(await virsh.run(['checkpoint-dumpxml', '--domain', domain, '--checkpointname', name, '--no-domain'], { timeoutMs }));
+      disks = parseCheckpointDisks(
+        await virsh.run(['checkpoint-dumpxml', '--domain', domain, '--checkpointname', name, '--no-domain'], { timeoutMs }),
+      );
       inconsistent = true;
     }
     for (const d of disks) {
-      const rec: TrackingRecord = { name, recording: true, persistent: true, inconsistent: inconsistent || d.size === undefined, granularity: GRANULARITY };
+      const rec: TrackingRecord = {
+        name,
+        recording: true,
+        persistent: true,
+        inconsistent: inconsistent || d.size === undefined,
+        granularity: GRANULARITY,
+      };
       out.set(d.disk, [...(out.get(d.disk) ?? []), rec]);
     }
   }
@@ -66,7 +82,12 @@ export async function checkpointRecords(virsh: Virsh, domain: string, timeoutMs:
  * more), and the next published backup of the running domain removes it as a stale record.
  * Returns what happened.
  */
-export async function deleteCheckpoint(virsh: Virsh, domain: string, name: string, timeoutMs: number): Promise<'deleted' | 'absent' | 'left-inactive'> {
+export async function deleteCheckpoint(
+  virsh: Virsh,
+  domain: string,
+  name: string,
+  timeoutMs: number,
+): Promise<'deleted' | 'absent' | 'left-inactive'> {
   if (!name.startsWith(CHECKPOINT_PREFIX)) throw new Error(`refusing to delete checkpoint ${name}: not one this product made`);
   try {
     await virsh.run(['checkpoint-delete', '--domain', domain, '--checkpointname', name], { timeoutMs });

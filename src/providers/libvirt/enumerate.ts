@@ -29,7 +29,10 @@ export function vmIdFor(name: string, uuid: string): string {
   return isSafeName(name) ? name : uuid;
 }
 
-export async function enumerateDomains(virsh: Virsh, o: EnumerateOptions): Promise<{ vms: EnumeratedVm[]; refs: Map<string, DomainRef>; warnings: string[] }> {
+export async function enumerateDomains(
+  virsh: Virsh,
+  o: EnumerateOptions,
+): Promise<{ vms: EnumeratedVm[]; refs: Map<string, DomainRef>; warnings: string[] }> {
   const names = parseNames(await virsh.run(['list', '--all', '--name'], { timeoutMs: o.timeoutMs }));
   const refs = new Map<string, DomainRef>();
   const warnings: string[] = [];
@@ -83,7 +86,12 @@ async function enumerateOne(virsh: Virsh, name: string, o: EnumerateOptions): Pr
   }
   const firstFile = disks.find((d) => d.included && d.file.startsWith('/'))?.file;
   const snapshotDir = o.scratchDir ?? (firstFile ? path.dirname(firstFile) : '/');
-  const snapshotVolume = o.localFiles ? await fs.stat(snapshotDir).then((s) => String(s.dev), () => undefined) : undefined;
+  const snapshotVolume = o.localFiles
+    ? await fs.stat(snapshotDir).then(
+        (s) => String(s.dev),
+        () => undefined,
+      )
+    : undefined;
   const vm: EnumeratedVm = {
     id,
     name: (definition.name || name).slice(0, 256),

@@ -52,7 +52,10 @@ export const dirtyContext = (disk: string) => `qemu:dirty-bitmap:backup-${disk}`
 /** Copy the changed extents; returns the bytes they cover. */
 export async function copyChanged(dest: string, o: IncrementalCopyOptions): Promise<{ bytesChanged: number }> {
   const uri = `nbd+unix:///${encodeURIComponent(o.exportName)}?socket=${o.socket}`;
-  const map = await runProgram('nbdinfo', [`--map=${dirtyContext(o.exportName)}`, uri], { ...(o.signal ? { signal: o.signal } : {}), timeoutMs: 600_000 });
+  const map = await runProgram('nbdinfo', [`--map=${dirtyContext(o.exportName)}`, uri], {
+    ...(o.signal ? { signal: o.signal } : {}),
+    timeoutMs: 600_000,
+  });
   const extents = parseDirtyMap(map.stdout);
   const bytesChanged = extents.reduce((n, e) => n + e.length, 0);
   await runProgram(o.qemuImg, ['create', '-q', '-f', 'qcow2', '-b', o.backing, '-F', 'qcow2', dest, String(o.virtualSize)]);
@@ -65,11 +68,32 @@ export async function copyChanged(dest: string, o: IncrementalCopyOptions): Prom
   await fs.writeFile(list, extents.map((e) => `${e.offset} ${e.length}`).join('\n') + '\n', { mode: 0o600 });
   try {
     o.onProgress?.(0, bytesChanged);
-    await runProgram('nbdcopy', [
-      '--destination-is-zero', '-S', '0', '--request-size=65536', '--',
-      '[', 'nbdkit', '--exit-with-parent', '--filter=extentlist', 'nbd', `socket=${o.socket}`, `export=${o.exportName}`, `extentlist=${list}`, ']',
-      '[', 'qemu-nbd', '-f', 'qcow2', dest, ']',
-    ], { ...(o.signal ? { signal: o.signal } : {}) });
+    await runProgram(
+      'nbdcopy',
+      [
+        '--destination-is-zero',
+        '-S',
+        '0',
+        '--request-size=65536',
+        '--',
+        '[',
+        'nbdkit',
+        '--exit-with-parent',
+        '--filter=extentlist',
+        'nbd',
+        `socket=${o.socket}`,
+        `export=${o.exportName}`,
+        `extentlist=${list}`,
+        ']',
+        '[',
+        'qemu-nbd',
+        '-f',
+        'qcow2',
+        dest,
+        ']',
+      ],
+      { ...(o.signal ? { signal: o.signal } : {}) },
+    );
     o.onProgress?.(bytesChanged, bytesChanged);
   } finally {
     await fs.rm(list, { force: true });

@@ -28,9 +28,15 @@ export interface Overlay {
 /** Scratch files on the VM's own storage, named from the backup id and the disk's index (journalled before they exist). */
 function plannedOverlays(vm: ClassifiedVm, backupId: string): Overlay[] {
   const dir = vm.snapshotLocation.path.replace(/\/+$/, '');
-  return vm.disks.filter((d) => d.included).map((d, i) => ({
-    disk: d.id, base: d.file, baseFormat: d.format, overlay: `${dir}/.vmbackup-${backupId}-${vm.id}-${i}.scratch.qcow2`, overlayNode: '',
-  }));
+  return vm.disks
+    .filter((d) => d.included)
+    .map((d, i) => ({
+      disk: d.id,
+      base: d.file,
+      baseFormat: d.format,
+      overlay: `${dir}/.vmbackup-${backupId}-${vm.id}-${i}.scratch.qcow2`,
+      overlayNode: '',
+    }));
 }
 
 const overlaysOf = (view: PointInTimeView): Overlay[] => (Array.isArray(view.ref.overlays) ? (view.ref.overlays as Overlay[]) : []);
@@ -111,10 +117,14 @@ export class LibvirtProvider implements HostProvider {
     // of them is on this machine, and a same-named local file would be copied instead. Refused
     // here, at the first node, before any call reaches the host.
     if (!this.local) {
-      throw new Error(`libvirtUri: "${this.virsh.uri}" names a libvirtd on another machine; the libvirt provider copies through libvirt's NBD socket and image files on the machine Node-RED runs on, so it needs a local URI (qemu:///system): run Node-RED on the libvirt host`);
+      throw new Error(
+        `libvirtUri: "${this.virsh.uri}" names a libvirtd on another machine; the libvirt provider copies through libvirt's NBD socket and image files on the machine Node-RED runs on, so it needs a local URI (qemu:///system): run Node-RED on the libvirt host`,
+      );
     }
     const { vms, refs, warnings } = await enumerateDomains(this.virsh, {
-      timeoutMs: this.commandMs, localFiles: this.local, ...(this.options.scratchDir ? { scratchDir: this.options.scratchDir } : {}),
+      timeoutMs: this.commandMs,
+      localFiles: this.local,
+      ...(this.options.scratchDir ? { scratchDir: this.options.scratchDir } : {}),
     });
     for (const [id, ref] of refs) {
       this.refs.set(id, ref);
@@ -216,7 +226,10 @@ export class LibvirtProvider implements HostProvider {
     if (previousState !== 'running' && previousState !== 'paused') return;
     let now = await this.state(vmId);
     if (now.mapped === 'saved') {
-      await this.virsh.run(['start', '--domain', domain, ...(previousState === 'paused' ? ['--paused'] : [])], this.call(Math.max(this.commandMs, 120_000)));
+      await this.virsh.run(
+        ['start', '--domain', domain, ...(previousState === 'paused' ? ['--paused'] : [])],
+        this.call(Math.max(this.commandMs, 120_000)),
+      );
       now = await this.state(vmId);
     }
     if (previousState === 'running' && now.mapped === 'paused') {
@@ -232,7 +245,10 @@ export class LibvirtProvider implements HostProvider {
 
   planView(vm: ClassifiedVm, backupId: string): PointInTimeView {
     const overlays = plannedOverlays(vm, backupId);
-    return { disks: overlays.map((o) => ({ disk: o.disk, artifact: `disk-${o.disk.replace(/[^A-Za-z0-9._-]/g, '_')}.qcow2`, format: 'qcow2' })), ref: { backupId, overlays } };
+    return {
+      disks: overlays.map((o) => ({ disk: o.disk, artifact: `disk-${o.disk.replace(/[^A-Za-z0-9._-]/g, '_')}.qcow2`, format: 'qcow2' })),
+      ref: { backupId, overlays },
+    };
   }
 
   async armView(): Promise<void> {
@@ -260,7 +276,8 @@ export class LibvirtProvider implements HostProvider {
     // (backup-begin itself refuses a domain that stopped meanwhile.)
     if (vm.method === 'offline') {
       const now = await this.state(vm.id);
-      if (now.state !== 'shut off') throw new Error(`domain ${domain} was shut off at enumerate and is ${now.state} (${now.reason}) now; not copied as offline`);
+      if (now.state !== 'shut off')
+        throw new Error(`domain ${domain} was shut off at enumerate and is ${now.state} (${now.reason}) now; not copied as offline`);
       // no QEMU: the images are the point in time; the copy holds their lock while it reads
       return planned.map((o) => ({ ...o, overlayNode: 'offline' }));
     }
@@ -272,12 +289,20 @@ export class LibvirtProvider implements HostProvider {
     const dir = await fs.mkdtemp(path.join(this.runDir, `${backupId.slice(-6)}-`));
     const included = new Map(planned.map((o) => [o.disk, o]));
     const since = new Map(chain.filter((p) => p.mode === 'incremental' && p.since).map((p) => [p.disk, p.since!]));
-    const disks: BackupDisk[] = vm.disks.map((d) => included.has(d.id)
-      ? { name: d.id, backup: true, scratch: included.get(d.id)!.overlay, ...(since.has(d.id) ? { incremental: since.get(d.id)! } : {}) }
-      : { name: d.id, backup: false });
+    const disks: BackupDisk[] = vm.disks.map((d) =>
+      included.has(d.id)
+        ? { name: d.id, backup: true, scratch: included.get(d.id)!.overlay, ...(since.has(d.id) ? { incremental: since.get(d.id)! } : {}) }
+        : { name: d.id, backup: false },
+    );
     // only the checkpoint tracking.start journalled is made (its undo knows its name)
     const cp = this.checkpoints.get(vm.id);
-    const cpXml = cp && cp.name === `${CHECKPOINT_PREFIX}${backupId}` ? checkpointXml(cp.name, vm.disks.map((d) => ({ name: d.id, bitmap: cp.disks.has(d.id) }))) : undefined;
+    const cpXml =
+      cp && cp.name === `${CHECKPOINT_PREFIX}${backupId}`
+        ? checkpointXml(
+            cp.name,
+            vm.disks.map((d) => ({ name: d.id, bitmap: cp.disks.has(d.id) })),
+          )
+        : undefined;
     let socket: string;
     try {
       const session = this.session(vm.id);
@@ -289,13 +314,24 @@ export class LibvirtProvider implements HostProvider {
       await fs.rm(dir, { recursive: true, force: true });
       throw err;
     }
-    return planned.map((o) => ({ ...o, base: nbdUri(socket, o.disk), baseFormat: 'raw', overlayNode: o.disk, ...(since.has(o.disk) ? { since: since.get(o.disk)! } : {}) }));
+    return planned.map((o) => ({
+      ...o,
+      base: nbdUri(socket, o.disk),
+      baseFormat: 'raw',
+      overlayNode: o.disk,
+      ...(since.has(o.disk) ? { since: since.get(o.disk)! } : {}),
+    }));
   }
 
   /** End our backup job (the pull-mode view) and its private directory; safe when none runs. */
   async merge(vmId: string, overlays: Overlay[]): Promise<void> {
     const domain = this.domain(vmId);
-    await endBackup(this.virsh, domain, overlays.map((o) => o.overlay), this.commandMs);
+    await endBackup(
+      this.virsh,
+      domain,
+      overlays.map((o) => o.overlay),
+      this.commandMs,
+    );
     for (const o of overlays) {
       const nbd = parseNbdUri(o.base);
       const dir = nbd && path.dirname(nbd.socket);
@@ -322,25 +358,39 @@ export class LibvirtProvider implements HostProvider {
     };
   }
 
-  async exportDisk(view: PointInTimeView, disk: string, dest: string, onProgress?: (p: Progress) => void, options: ExportOptions = {}): Promise<ExportedFile> {
+  async exportDisk(
+    view: PointInTimeView,
+    disk: string,
+    dest: string,
+    onProgress?: (p: Progress) => void,
+    options: ExportOptions = {},
+  ): Promise<ExportedFile> {
     const overlay = overlaysOf(view).find((o) => o.disk === disk);
     if (!overlay) throw new Error(`disk ${disk}: not part of this view`);
     const nbd = parseNbdUri(overlay.base);
     if (nbd) {
       if (path.dirname(path.dirname(nbd.socket)) !== this.runDir) {
-        throw new Error(`overlay.base: ${overlay.base} is not an export of a backup job this provider started (socket outside ${this.runDir})`);
+        throw new Error(
+          `overlay.base: ${overlay.base} is not an export of a backup job this provider started (socket outside ${this.runDir})`,
+        );
       }
     } else if (!this.images.has(overlay.base)) {
       throw new Error(`overlay.base: ${overlay.base} is not a disk image of a domain enumerated here; refusing to copy it`);
     }
     // the view must have been begun incremental from the very checkpoint the chain reads by
     if (options.copy?.mode === 'incremental' && (!nbd || overlay.since !== options.copy.since)) {
-      throw new Error(`copy.since: disk ${disk}: the view reads no changes since ${options.copy.since} (${nbd ? `begun ${overlay.since ? `since ${overlay.since}` : 'as a full'}` : 'a shut-off domain has no change tracking'}); copy it as a full`);
+      throw new Error(
+        `copy.since: disk ${disk}: the view reads no changes since ${options.copy.since} (${nbd ? `begun ${overlay.since ? `since ${overlay.since}` : 'as a full'}` : 'a shut-off domain has no change tracking'}); copy it as a full`,
+      );
     }
     const total = (await qemuImg.info(this.qemuImgPath, overlay.base, !nbd))['virtual-size'];
     if (options.copy?.mode === 'incremental' && nbd) {
       const { bytesChanged } = await copyChanged(dest, {
-        qemuImg: this.qemuImgPath, socket: nbd.socket, exportName: nbd.exportName, virtualSize: total, backing: options.copy.backing,
+        qemuImg: this.qemuImgPath,
+        socket: nbd.socket,
+        exportName: nbd.exportName,
+        virtualSize: total,
+        backing: options.copy.backing,
         ...(options.signal ? { signal: options.signal } : {}),
         onProgress: (done, all) => onProgress?.({ done, total: all }),
       });
@@ -373,7 +423,15 @@ export class LibvirtProvider implements HostProvider {
   guardianSpec(): GuardianProviderSpec | undefined {
     // a provider given a stand-in virsh (tests) cannot be rebuilt in another process
     if (this.options.virsh) return undefined;
-    return { kind: 'libvirt', options: { uri: this.virsh.uri, runDir: this.runDir, commandMs: this.commandMs, ...(this.options.scratchDir ? { scratchDir: this.options.scratchDir } : {}) } };
+    return {
+      kind: 'libvirt',
+      options: {
+        uri: this.virsh.uri,
+        runDir: this.runDir,
+        commandMs: this.commandMs,
+        ...(this.options.scratchDir ? { scratchDir: this.options.scratchDir } : {}),
+      },
+    };
   }
 
   /**
@@ -385,7 +443,8 @@ export class LibvirtProvider implements HostProvider {
     start: async (vmId: string, disks: readonly { disk: string; name: string }[]): Promise<void> => {
       const name = disks[0]?.name;
       if (!name) return;
-      if (disks.some((d) => d.name !== name)) throw new Error(`tracking: one checkpoint per domain, got ${[...new Set(disks.map((d) => d.name))].join(', ')}`);
+      if (disks.some((d) => d.name !== name))
+        throw new Error(`tracking: one checkpoint per domain, got ${[...new Set(disks.map((d) => d.name))].join(', ')}`);
       this.checkpoints.set(vmId, { name, disks: new Set(disks.map((d) => d.disk)) });
     },
     remove: async (vmId: string, disks: readonly { disk: string; name: string }[]): Promise<void> => {

@@ -5,7 +5,10 @@ import { child, children, parseXml, type XmlElement } from './xml';
 
 /** `virsh list --all --name`: one name a line, a blank line at the end. */
 export function parseNames(out: string): string[] {
-  return out.split('\n').map((l) => l.trim()).filter(Boolean);
+  return out
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean);
 }
 
 /** `virsh domstate --reason`: "running (booted)", "shut off (saved)", "paused (user)". */
@@ -106,7 +109,21 @@ export interface DomainDefinition {
   disks: Disk[];
 }
 
-const NETWORK_PROTOCOLS = new Set(['nbd', 'iscsi', 'rbd', 'gluster', 'sheepdog', 'http', 'https', 'ftp', 'ftps', 'tftp', 'ssh', 'vxhs', 'nfs']);
+const NETWORK_PROTOCOLS = new Set([
+  'nbd',
+  'iscsi',
+  'rbd',
+  'gluster',
+  'sheepdog',
+  'http',
+  'https',
+  'ftp',
+  'ftps',
+  'tftp',
+  'ssh',
+  'vxhs',
+  'nfs',
+]);
 
 /**
  * Disks of a domain from its XML. What the host can copy: a disk whose source is a file (or a
@@ -138,9 +155,17 @@ function diskFrom(el: XmlElement): Disk {
     file = `${driver}://${child(source, 'host')?.attrs.name ?? ''}/${source?.attrs.name ?? ''}`;
   } else if (type === 'volume') file = `${source?.attrs.pool ?? ''}/${source?.attrs.volume ?? ''}`;
   else if (type === 'dir') file = source?.attrs.dir ?? '';
-  const disk: Disk = { id: target.slice(0, 128), node: target.slice(0, 128), file: file.slice(0, 4096), format: format.slice(0, 32), driver: driver.slice(0, 32), included: true };
+  const disk: Disk = {
+    id: target.slice(0, 128),
+    node: target.slice(0, 128),
+    file: file.slice(0, 4096),
+    format: format.slice(0, 32),
+    driver: driver.slice(0, 32),
+    included: true,
+  };
   if (!source || (!file && type !== 'network')) Object.assign(disk, { included: false, excludedReason: 'no-medium' });
-  else if (device === 'cdrom' || device === 'floppy' || readonly) Object.assign(disk, { included: false, excludedReason: 'read-only-media' });
+  else if (device === 'cdrom' || device === 'floppy' || readonly)
+    Object.assign(disk, { included: false, excludedReason: 'read-only-media' });
   else if (type === 'network' || NETWORK_PROTOCOLS.has(driver)) Object.assign(disk, { included: false, excludedReason: 'network' });
   else if (type === 'block' || device === 'lun') Object.assign(disk, { included: false, excludedReason: 'pass-through' });
   else if (type !== 'file') Object.assign(disk, { included: false, excludedReason: 'pass-through' });

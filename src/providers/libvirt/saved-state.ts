@@ -12,14 +12,22 @@ export const SYSTEM_SAVE_DIR = '/var/lib/libvirt/qemu/save';
 
 export function managedSaveFile(uri: string, domainName: string): string {
   if (uri !== 'qemu:///system') {
-    throw new Error(`saved state: the managed save image is only read on this machine's qemu:///system (uri is ${uri}); use the checkpoint fallback policy`);
+    throw new Error(
+      `saved state: the managed save image is only read on this machine's qemu:///system (uri is ${uri}); use the checkpoint fallback policy`,
+    );
   }
   if (domainName.includes('/')) throw new Error(`saved state: domain name "${domainName}" cannot name a file`);
   return path.join(SYSTEM_SAVE_DIR, `${domainName}.save`);
 }
 
 /** Stop the domain into its managed save image and copy that image to `file`. */
-export async function saveDomain(virsh: Virsh, domain: string, domainName: string, file: string, timeoutMs: number): Promise<{ bytes: number; pausedAt: number }> {
+export async function saveDomain(
+  virsh: Virsh,
+  domain: string,
+  domainName: string,
+  file: string,
+  timeoutMs: number,
+): Promise<{ bytes: number; pausedAt: number }> {
   const source = managedSaveFile(virsh.uri, domainName);
   const pausedAt = Date.now();
   await virsh.run(['managedsave', '--domain', domain], { timeoutMs });

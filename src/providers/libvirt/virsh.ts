@@ -16,7 +16,11 @@ export interface Virsh {
 }
 
 export class VirshError extends Error {
-  constructor(readonly args: readonly string[], readonly detail: string, readonly code: number | null) {
+  constructor(
+    readonly args: readonly string[],
+    readonly detail: string,
+    readonly code: number | null,
+  ) {
     super(`virsh ${args.slice(0, 2).join(' ')}: ${detail}`);
     this.name = 'VirshError';
   }
@@ -27,7 +31,9 @@ export class VirshError extends Error {
   }
 
   get noAgent(): boolean {
-    return /guest agent is not configured|agent is not connected|guest agent is not responding|agent not available|agent command timed out/i.test(this.detail);
+    return /guest agent is not configured|agent is not connected|guest agent is not responding|agent not available|agent command timed out/i.test(
+      this.detail,
+    );
   }
 
   get noDomain(): boolean {
@@ -52,7 +58,10 @@ export const DAEMON_WAIT_MS = 10_000;
 
 /** The "error: ..." lines virsh prints, without the prefix. */
 export function virshErrorText(stderr: string): string {
-  const lines = stderr.split('\n').map((l) => l.trim()).filter(Boolean);
+  const lines = stderr
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean);
   const errors = lines.filter((l) => l.startsWith('error:')).map((l) => l.replace(/^error:\s*/, ''));
   return (errors.length ? errors : lines).join(': ').slice(0, 900) || 'failed without a message';
 }
@@ -66,7 +75,11 @@ export function checkUri(uri: unknown): string {
 }
 
 export class VirshRunner implements Virsh {
-  constructor(readonly uri: string, private readonly program = 'virsh', private readonly defaultTimeoutMs = 60_000) {
+  constructor(
+    readonly uri: string,
+    private readonly program = 'virsh',
+    private readonly defaultTimeoutMs = 60_000,
+  ) {
     checkUri(uri);
   }
 
@@ -80,7 +93,11 @@ export class VirshRunner implements Virsh {
       } catch (err) {
         if (!(err instanceof VirshError && err.noDaemon) || call.signal?.aborted) throw err;
         if (Date.now() + 250 > deadline) {
-          throw new VirshError(args, `libvirtd does not answer on ${this.uri} (waited ${Math.min(timeoutMs, DAEMON_WAIT_MS)} ms): ${err.detail}`, err.code);
+          throw new VirshError(
+            args,
+            `libvirtd does not answer on ${this.uri} (waited ${Math.min(timeoutMs, DAEMON_WAIT_MS)} ms): ${err.detail}`,
+            err.code,
+          );
         }
         await new Promise((r) => setTimeout(r, 250));
       }

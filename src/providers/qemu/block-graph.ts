@@ -23,7 +23,21 @@ export interface NamedNode {
 }
 
 /** Protocol drivers that reach storage over the network: the guest's data is not in a host file. */
-export const NETWORK_DRIVERS = new Set(['nbd', 'iscsi', 'rbd', 'gluster', 'ssh', 'http', 'https', 'ftp', 'ftps', 'nfs', 'curl', 'sheepdog', 'vxhs']);
+export const NETWORK_DRIVERS = new Set([
+  'nbd',
+  'iscsi',
+  'rbd',
+  'gluster',
+  'ssh',
+  'http',
+  'https',
+  'ftp',
+  'ftps',
+  'nfs',
+  'curl',
+  'sheepdog',
+  'vxhs',
+]);
 /** Protocol drivers that pass a host block device through. */
 export const PASSTHROUGH_DRIVERS = new Set(['host_device', 'host_cdrom', 'nvme', 'iscsi_generic']);
 

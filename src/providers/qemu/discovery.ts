@@ -19,9 +19,11 @@ export interface Discovery {
 }
 
 export async function discoverVms(socketDir: string): Promise<Discovery> {
-  const names = new Set(await fs.readdir(socketDir).catch((err: NodeJS.ErrnoException) => {
-    throw new Error(`socketDir: cannot read ${socketDir} (${err.code ?? err.message})`);
-  }));
+  const names = new Set(
+    await fs.readdir(socketDir).catch((err: NodeJS.ErrnoException) => {
+      throw new Error(`socketDir: cannot read ${socketDir} (${err.code ?? err.message})`);
+    }),
+  );
   const vms: DiscoveredVm[] = [];
   const skipped: string[] = [];
   for (const name of [...names].sort()) {
@@ -56,7 +58,10 @@ export async function findQemuPid(vm: DiscoveredVm): Promise<number | undefined>
 export async function readCmdline(pid: number): Promise<string[] | undefined> {
   try {
     const raw = await fs.readFile(`/proc/${pid}/cmdline`);
-    return raw.toString('utf8').split('\0').filter((a, i, all) => a !== '' || i < all.length - 1);
+    return raw
+      .toString('utf8')
+      .split('\0')
+      .filter((a, i, all) => a !== '' || i < all.length - 1);
   } catch {
     return undefined;
   }

@@ -35,21 +35,30 @@ export interface DiskCopyResult {
 
 export async function copyDisk(c: QmpClient, d: ViewDisk, dest: string, o: DiskCopyOptions): Promise<DiskCopyResult> {
   await runProgram(o.qemuImg, [
-    'create', '-q', '-f', 'qcow2',
+    'create',
+    '-q',
+    '-f',
+    'qcow2',
     ...(o.incremental ? ['-b', o.incremental.backing, '-F', 'qcow2'] : []),
-    dest, String(d.virtualSize),
+    dest,
+    String(d.virtualSize),
   ]);
   // unix socket paths are limited to 108 bytes, staging paths may be longer
   const sock = path.join(os.tmpdir(), `vmbackup-nbd-${randomBytes(6).toString('hex')}.sock`);
   const stopServer = new AbortController();
   // Without --persistent qemu-nbd serves one client and exits when it disconnects, having
   // flushed the image: its exit is the end of the write.
-  const server = runProgram(o.qemuNbd, [
-    '--format=qcow2', `--socket=${sock}`, '--discard=unmap', '--detect-zeroes=unmap', '--cache=writeback', '--aio=threads', dest,
-  ], { signal: stopServer.signal }).then(() => undefined, (err: Error) => {
-    const why = err instanceof ProgramFailed ? err.stderr.trim().split('\n').pop() || err.message : err.message;
-    throw new Error(`writing ${path.basename(dest)} (qemu-nbd) failed: ${why}`);
-  });
+  const server = runProgram(
+    o.qemuNbd,
+    ['--format=qcow2', `--socket=${sock}`, '--discard=unmap', '--detect-zeroes=unmap', '--cache=writeback', '--aio=threads', dest],
+    { signal: stopServer.signal },
+  ).then(
+    () => undefined,
+    (err: Error) => {
+      const why = err instanceof ProgramFailed ? err.stderr.trim().split('\n').pop() || err.message : err.message;
+      throw new Error(`writing ${path.basename(dest)} (qemu-nbd) failed: ${why}`);
+    },
+  );
   server.catch(() => undefined); // awaited below; it may fail first
   const tmpBitmap = `${d.jobId}-b`;
   let added = false;
@@ -81,23 +90,31 @@ export async function copyDisk(c: QmpClient, d: ViewDisk, dest: string, o: DiskC
 async function runJob(c: QmpClient, d: ViewDisk, o: DiskCopyOptions, tmpBitmap: string): Promise<number> {
   const mark = c.eventMark();
   await c.execute('blockdev-backup', {
-    'job-id': d.jobId, device: d.accessNode, target: d.targetNode,
-    sync: o.incremental ? 'bitmap' : 'full', ...(o.incremental ? { bitmap: tmpBitmap, 'bitmap-mode': 'never' } : {}),
+    'job-id': d.jobId,
+    device: d.accessNode,
+    target: d.targetNode,
+    sync: o.incremental ? 'bitmap' : 'full',
+    ...(o.incremental ? { bitmap: tmpBitmap, 'bitmap-mode': 'never' } : {}),
     ...(o.compress ? { compress: true } : {}),
     'auto-dismiss': false,
     // a read error of the view (the snapshot broke: fleecing image full) ends the job at once
-    'on-source-error': 'report', 'on-target-error': 'report',
+    'on-source-error': 'report',
+    'on-target-error': 'report',
   });
   const cancel = () => void c.execute('block-job-cancel', { device: d.jobId, force: true }).catch(() => undefined);
   o.signal?.addEventListener('abort', cancel, { once: true });
   const progress = setInterval(() => {
-    c.execute<{ id: string; 'current-progress': number; 'total-progress': number }[]>('query-jobs').then((jobs) => {
-      const j = jobs.find((x) => x.id === d.jobId);
-      if (j) o.onProgress?.(j['current-progress'], j['total-progress']);
-    }, () => undefined);
+    c.execute<{ id: string; 'current-progress': number; 'total-progress': number }[]>('query-jobs').then(
+      (jobs) => {
+        const j = jobs.find((x) => x.id === d.jobId);
+        if (j) o.onProgress?.(j['current-progress'], j['total-progress']);
+      },
+      () => undefined,
+    );
   }, 250);
   try {
-    const ended = await c.waitEvent('BLOCK_JOB_COMPLETED', (data) => data?.device === d.jobId, 24 * 3600_000, { since: mark })
+    const ended = await c
+      .waitEvent('BLOCK_JOB_COMPLETED', (data) => data?.device === d.jobId, 24 * 3600_000, { since: mark })
       .catch(async (err: Error) => {
         if (o.signal?.aborted) throw o.signal.reason instanceof Error ? o.signal.reason : new Error('copy stopped');
         throw err;
@@ -125,7 +142,13 @@ async function waitForSocket(sock: string, server: Promise<void>): Promise<void>
   server.catch((err: Error) => (failed = err));
   for (let i = 0; i < 200; i++) {
     if (failed) throw failed;
-    if (await fs.access(sock).then(() => true, () => false)) return;
+    if (
+      await fs.access(sock).then(
+        () => true,
+        () => false,
+      )
+    )
+      return;
     await new Promise((r) => setTimeout(r, 25));
   }
   throw new Error(`qemu-nbd did not listen on ${sock} within 5 s`);
@@ -156,7 +179,10 @@ export async function compareWithView(c: QmpClient, d: ViewDisk, file: string, q
       await runProgram(qemuImg, ['compare', '-q', '-f', 'raw', '-F', 'qcow2', `nbd+unix:///view?socket=${sock}`, file]);
     } catch (err) {
       const code = (err as { code?: number | null }).code;
-      if (code === 1) throw new Error(`verification failed: ${file} does not hold what disk ${d.disk} held at the backup's moment (qemu-img compare: content differs)`);
+      if (code === 1)
+        throw new Error(
+          `verification failed: ${file} does not hold what disk ${d.disk} held at the backup's moment (qemu-img compare: content differs)`,
+        );
       throw new Error(`verification failed: ${file} could not be compared with disk ${d.disk}: ${(err as Error).message}`);
     }
   } finally {

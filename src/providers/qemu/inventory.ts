@@ -53,7 +53,7 @@ const MAX_FILE = 256 * 1024;
 export async function readInventory(o: InventoryOptions, skipped: string[] = []): Promise<Map<string, InventoryResult>> {
   const out = new Map<string, InventoryResult>();
   if (o.kind === 'none') return out;
-  const dir = o.kind === 'json' ? o.socketDir : o.proxmoxConfDir ?? PROXMOX_CONF_DIR;
+  const dir = o.kind === 'json' ? o.socketDir : (o.proxmoxConfDir ?? PROXMOX_CONF_DIR);
   const suffix = o.kind === 'json' ? '.vm.json' : '.conf';
   const names = await fs.readdir(dir).catch((err: NodeJS.ErrnoException) => {
     if (o.kind === 'json') throw new Error(`socketDir: cannot read ${dir} (${err.code ?? err.message})`);
@@ -93,7 +93,14 @@ export function fromJson(id: string, source: string, text: string): InventoryVm 
     throw new Error(`${source}: not JSON (${(err as Error).message.slice(0, 200)})`);
   }
   const entry = assertInventory(doc, source);
-  return { id, source, kind: 'json', ...(entry.name ? { name: entry.name } : {}), disks: entry.disks.map((d) => ({ ...d })), definition: entry };
+  return {
+    id,
+    source,
+    kind: 'json',
+    ...(entry.name ? { name: entry.name } : {}),
+    disks: entry.disks.map((d) => ({ ...d })),
+    definition: entry,
+  };
 }
 
 async function fromProxmox(id: string, source: string, text: string, o: InventoryOptions): Promise<InventoryVm> {
@@ -108,10 +115,18 @@ async function fromProxmox(id: string, source: string, text: string, o: Inventor
     }
     // pvesm prints e.g. rbd:pool/vm-100-disk-0 or iscsi://...: not a file of this host
     if (!file.startsWith('/')) disks.push({ id: d.id, file: '', format: d.format ?? 'raw', excluded: 'network' });
-    else if (/(^|\/)\.\.?(\/|$)|\0/.test(file)) throw new Error(`${source}: ${d.id}: volume path "${file.slice(0, 200)}" has . or .. segments`);
+    else if (/(^|\/)\.\.?(\/|$)|\0/.test(file))
+      throw new Error(`${source}: ${d.id}: volume path "${file.slice(0, 200)}" has . or .. segments`);
     else disks.push({ id: d.id, file, format: volumeFormat(d, file) });
   }
-  return { id, source, kind: 'proxmox', ...(conf.name ? { name: conf.name.slice(0, 256) } : {}), disks, definition: { proxmoxConf: text, lock: conf.lock ?? null } };
+  return {
+    id,
+    source,
+    kind: 'proxmox',
+    ...(conf.name ? { name: conf.name.slice(0, 256) } : {}),
+    disks,
+    definition: { proxmoxConf: text, lock: conf.lock ?? null },
+  };
 }
 
 /** The conf's current lock (`lock: backup`), read again now: recovery unlocks only our kind of lock. */

@@ -35,7 +35,8 @@ export function isOfflinePlan(view: PointInTimeView): boolean {
 
 export function offlinePlanOf(view: PointInTimeView): OfflinePlan {
   const ref = view.ref as unknown as OfflinePlan;
-  if (ref.offline !== true || typeof ref.vm !== 'string' || !Array.isArray(ref.disks)) throw new Error('view.ref: not an offline QEMU plan');
+  if (ref.offline !== true || typeof ref.vm !== 'string' || !Array.isArray(ref.disks))
+    throw new Error('view.ref: not an offline QEMU plan');
   return ref;
 }
 
@@ -54,15 +55,25 @@ export async function offlineVm(inv: InventoryVm, o: { qemuImg: string; overlayD
     const facts = await info(o.qemuImg, d.file, true).catch((err: Error) => {
       throw new Error(`${inv.source}: disk ${d.id}: qemu-img info ${d.file} failed (${err.message.slice(0, 300)})`);
     });
-    if (facts.format !== d.format) throw new Error(`${inv.source}: disk ${d.id}: ${d.file} is ${facts.format}, not ${d.format} as the inventory says`);
+    if (facts.format !== d.format)
+      throw new Error(`${inv.source}: disk ${d.id}: ${d.file} is ${facts.format}, not ${d.format} as the inventory says`);
     disks.push({
-      id: d.id, node: d.id, file: d.file, format: d.format, driver: st.isFile() ? 'file' : 'host_device',
-      included: true, virtualSize: facts['virtual-size'], volumeId: String(st.dev),
+      id: d.id,
+      node: d.id,
+      file: d.file,
+      format: d.format,
+      driver: st.isFile() ? 'file' : 'host_device',
+      included: true,
+      virtualSize: facts['virtual-size'],
+      volumeId: String(st.dev),
     });
   }
   const first = disks.find((x) => x.included)?.file;
   const snapshotDir = o.overlayDir ?? (first ? path.dirname(first) : path.dirname(inv.source));
-  const volume = await fs.stat(snapshotDir).then((s) => String(s.dev), () => undefined);
+  const volume = await fs.stat(snapshotDir).then(
+    (s) => String(s.dev),
+    () => undefined,
+  );
   return {
     id: inv.id,
     name: (inv.name ?? inv.id).slice(0, 256),
@@ -75,15 +86,34 @@ export async function offlineVm(inv: InventoryVm, o: { qemuImg: string; overlayD
 }
 
 export function planOffline(vm: EnumeratedVm, inv: InventoryVm, backupId: string, proxmoxConfDir: string): OfflinePlan {
-  const disks = vm.disks.filter((d) => d.included).map((d, index): OfflinePlanDisk => {
-    const own = inv.disks.find((x) => x.id === d.id && x.file === d.file);
-    if (!own) throw new Error(`disk ${d.id} (${d.file}) is not a disk the inventory (${inv.source}) names`);
-    return { disk: d.id, index, file: own.file, format: own.format, virtualSize: d.virtualSize ?? 0, lock: lockSocket(backupId, vm.id, index) };
-  });
-  return { offline: true, backupId, vm: vm.id, disks, ...(inv.kind === 'proxmox' ? { proxmox: { id: inv.id, confDir: proxmoxConfDir } } : {}) };
+  const disks = vm.disks
+    .filter((d) => d.included)
+    .map((d, index): OfflinePlanDisk => {
+      const own = inv.disks.find((x) => x.id === d.id && x.file === d.file);
+      if (!own) throw new Error(`disk ${d.id} (${d.file}) is not a disk the inventory (${inv.source}) names`);
+      return {
+        disk: d.id,
+        index,
+        file: own.file,
+        format: own.format,
+        virtualSize: d.virtualSize ?? 0,
+        lock: lockSocket(backupId, vm.id, index),
+      };
+    });
+  return {
+    offline: true,
+    backupId,
+    vm: vm.id,
+    disks,
+    ...(inv.kind === 'proxmox' ? { proxmox: { id: inv.id, confDir: proxmoxConfDir } } : {}),
+  };
 }
 
-export interface LockTools { qemuNbd: string; qm?: string; run: Runner }
+export interface LockTools {
+  qemuNbd: string;
+  qm?: string;
+  run: Runner;
+}
 
 /** What this process did to a Proxmox conf (per backup and VM): recovery without it unlocks only a `backup` lock. */
 const pveLocks = new Map<string, boolean>();

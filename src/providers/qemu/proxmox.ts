@@ -67,7 +67,8 @@ export function parseProxmoxConf(text: string): ProxmoxConf {
 /** The path of a volume on this host: as-is when absolute, else what `pvesm path` says. */
 export async function resolveVolume(volume: string, o: { pvesm: string; run: Runner }): Promise<string> {
   if (volume.startsWith('/')) return volume;
-  if (!/^[A-Za-z0-9][A-Za-z0-9._-]*:[^\0\s]+$/.test(volume)) throw new Error(`volume "${volume.slice(0, 200)}" is neither an absolute path nor a Proxmox volume id`);
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]*:[^\0\s]+$/.test(volume))
+    throw new Error(`volume "${volume.slice(0, 200)}" is neither an absolute path nor a Proxmox volume id`);
   const { stdout } = await o.run(o.pvesm, ['path', volume], { timeoutMs: 30_000 });
   const out = stdout.trim().split('\n').pop() ?? '';
   if (!out) throw new Error(`pvesm path ${volume} printed no path`);
@@ -84,7 +85,13 @@ export function volumeFormat(disk: ProxmoxDisk, file: string): string {
 /** Where `qm` is, when this is a Proxmox host; undefined elsewhere (then no config lock is taken). */
 export async function findQm(candidates: readonly string[] = ['/usr/sbin/qm']): Promise<string | undefined> {
   for (const c of candidates) {
-    if (await fs.access(c).then(() => true, () => false)) return c;
+    if (
+      await fs.access(c).then(
+        () => true,
+        () => false,
+      )
+    )
+      return c;
   }
   return undefined;
 }

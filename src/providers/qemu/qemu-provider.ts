@@ -14,7 +14,17 @@ import { discoverVms, findQemuPid, readCmdline, type DiscoveredVm } from './disc
 import { agentFrom, filesystemsFrom, osFrom, type GuestFsInfo, type GuestInfo, type GuestOsInfo } from './guest-facts';
 import { GuestAgentClient, QmpClient } from './protocol';
 import { saveStateToFile } from './saved-state';
-import { armView, leftoverNodes, namedNodes, planView, releaseView, removeFleeceFiles, switchView, type ViewDisk, type ViewPlan } from './view';
+import {
+  armView,
+  leftoverNodes,
+  namedNodes,
+  planView,
+  releaseView,
+  removeFleeceFiles,
+  switchView,
+  type ViewDisk,
+  type ViewPlan,
+} from './view';
 import { addBitmap, bitmapsByNode, removeBitmap } from './tracking';
 import { compareWithView, copyDisk } from './disk-copy';
 import { compare as compareImages } from '../qemu-img';
@@ -63,7 +73,11 @@ export interface QemuOptions {
   runner?: Runner;
 }
 
-interface Conn<T> { client: T; timer?: NodeJS.Timeout; inUse: number }
+interface Conn<T> {
+  client: T;
+  timer?: NodeJS.Timeout;
+  inUse: number;
+}
 
 export class QemuProvider implements HostProvider {
   readonly kind = 'qemu' as const;
@@ -99,7 +113,10 @@ export class QemuProvider implements HostProvider {
   }
 
   private async pooled<T extends { close(): Promise<void>; isClosed: boolean }, R>(
-    pool: Map<string, Promise<Conn<T>>>, id: string, open: () => Promise<T>, fn: (c: T) => Promise<R>,
+    pool: Map<string, Promise<Conn<T>>>,
+    id: string,
+    open: () => Promise<T>,
+    fn: (c: T) => Promise<R>,
   ): Promise<R> {
     let entry = pool.get(id);
     if (entry) {
@@ -142,8 +159,12 @@ export class QemuProvider implements HostProvider {
   private qga<R>(id: string, fn: (c: GuestAgentClient) => Promise<R>): Promise<R> {
     const vm = this.vm(id);
     if (!vm.qga) throw new Error(`VM "${id}" has no guest agent socket (${id}.qga)`);
-    return this.pooled(this.qgaConns, id, () =>
-      GuestAgentClient.connect(vm.qga!, { timeoutMs: this.commandMs, syncTimeoutMs: this.options.agentSyncMs ?? 3000 }), fn);
+    return this.pooled(
+      this.qgaConns,
+      id,
+      () => GuestAgentClient.connect(vm.qga!, { timeoutMs: this.commandMs, syncTimeoutMs: this.options.agentSyncMs ?? 3000 }),
+      fn,
+    );
   }
 
   // ---- enumerate ----
@@ -155,32 +176,44 @@ export class QemuProvider implements HostProvider {
   async enumerateHost(): Promise<Enumeration> {
     const found = await discoverVms(this.options.socketDir);
     const badNames: string[] = [];
-    const inventory = await readInventory({
-      kind: this.options.inventory ?? 'json', socketDir: this.options.socketDir, run: this.runner,
-      ...(this.options.proxmoxConfDir ? { proxmoxConfDir: this.options.proxmoxConfDir } : {}), ...(this.options.pvesm ? { pvesm: this.options.pvesm } : {}),
-    }, badNames);
+    const inventory = await readInventory(
+      {
+        kind: this.options.inventory ?? 'json',
+        socketDir: this.options.socketDir,
+        run: this.runner,
+        ...(this.options.proxmoxConfDir ? { proxmoxConfDir: this.options.proxmoxConfDir } : {}),
+        ...(this.options.pvesm ? { pvesm: this.options.pvesm } : {}),
+      },
+      badNames,
+    );
     const out: EnumeratedVm[] = [];
-    await Promise.all(found.vms.map(async (d) => {
-      this.vms.set(d.id, d);
-      const inv = inventory.get(d.id);
-      inventory.delete(d.id);
-      try {
-        const vm = await this.enumerateOne(d);
-        this.offline.delete(d.id);
-        // a live QEMU is asked; its inventory entry only gives a name QEMU was not told
-        if (inv?.ok && inv.vm.name && vm.name === d.id) vm.name = inv.vm.name.slice(0, 256);
-        if (inv && !inv.ok) vm.warnings = [...(vm.warnings ?? []), `inventory: ${inv.reason}`.slice(0, 1024)];
-        out.push(vm);
-      } catch (err) {
-        // A VM whose socket is there but does not answer (QEMU gone, or another client such as
-        // libvirtd holding the monitor) is defined but unreachable: listed with the reason, so
-        // that classify's policy fails the set or reports it; never dropped without a word.
-        this.vms.delete(d.id);
-        out.push(await this.notRunning(d.id, inv, `QMP socket ${d.qmp} does not answer (${(err as Error).message})`));
-      }
-    }));
+    await Promise.all(
+      found.vms.map(async (d) => {
+        this.vms.set(d.id, d);
+        const inv = inventory.get(d.id);
+        inventory.delete(d.id);
+        try {
+          const vm = await this.enumerateOne(d);
+          this.offline.delete(d.id);
+          // a live QEMU is asked; its inventory entry only gives a name QEMU was not told
+          if (inv?.ok && inv.vm.name && vm.name === d.id) vm.name = inv.vm.name.slice(0, 256);
+          if (inv && !inv.ok) vm.warnings = [...(vm.warnings ?? []), `inventory: ${inv.reason}`.slice(0, 1024)];
+          out.push(vm);
+        } catch (err) {
+          // A VM whose socket is there but does not answer (QEMU gone, or another client such as
+          // libvirtd holding the monitor) is defined but unreachable: listed with the reason, so
+          // that classify's policy fails the set or reports it; never dropped without a word.
+          this.vms.delete(d.id);
+          out.push(await this.notRunning(d.id, inv, `QMP socket ${d.qmp} does not answer (${(err as Error).message})`));
+        }
+      }),
+    );
     // defined in the inventory, no socket at all: not running (or running where we cannot see it)
-    await Promise.all([...inventory.entries()].map(async ([id, inv]) => out.push(await this.notRunning(id, inv, `no QMP socket ${id}.qmp in ${this.options.socketDir}`))));
+    await Promise.all(
+      [...inventory.entries()].map(async ([id, inv]) =>
+        out.push(await this.notRunning(id, inv, `no QMP socket ${id}.qmp in ${this.options.socketDir}`)),
+      ),
+    );
     out.sort((a, b) => a.id.localeCompare(b.id));
     // host-level notes go with the set, not on a VM: they must reach the user when no VM is listed
     return {
@@ -201,20 +234,26 @@ export class QemuProvider implements HostProvider {
    * its socket is gone or refuses connections AND no QEMU process names it; else unreachable, why.
    */
   private async notRunning(id: string, inv: InventoryResult | undefined, qmpWhy: string): Promise<EnumeratedVm> {
-    const unreachable = (why: string) => unreachableVm(id, why, {
-      ...(inv?.ok && inv.vm.name ? { name: inv.vm.name } : {}),
-      agent: { present: existsSync(`${path.join(this.options.socketDir, id)}.qga`), responding: false, freezeEnabled: false },
-      snapshotLocation: { path: this.options.overlayDir ?? this.options.socketDir },
-    });
+    const unreachable = (why: string) =>
+      unreachableVm(id, why, {
+        ...(inv?.ok && inv.vm.name ? { name: inv.vm.name } : {}),
+        agent: { present: existsSync(`${path.join(this.options.socketDir, id)}.qga`), responding: false, freezeEnabled: false },
+        snapshotLocation: { path: this.options.overlayDir ?? this.options.socketDir },
+      });
     if (!inv) return unreachable(qmpWhy);
     if (!inv.ok) return unreachable(`${qmpWhy}; its inventory entry cannot be used: ${inv.reason}`);
     const gone = await this.qemuGone(id);
     const pid = gone ? await findQemuPid(this.vm(id)) : undefined;
     if (!gone || pid !== undefined) {
-      return unreachable(`${qmpWhy}, but ${pid !== undefined ? `a QEMU process (pid ${pid}) still runs for it` : 'something still listens on its socket'}: not shut off, so not copied offline`);
+      return unreachable(
+        `${qmpWhy}, but ${pid !== undefined ? `a QEMU process (pid ${pid}) still runs for it` : 'something still listens on its socket'}: not shut off, so not copied offline`,
+      );
     }
     try {
-      const vm = await offlineVm(inv.vm, { qemuImg: this.qemuImgPath, ...(this.options.overlayDir ? { overlayDir: this.options.overlayDir } : {}) });
+      const vm = await offlineVm(inv.vm, {
+        qemuImg: this.qemuImgPath,
+        ...(this.options.overlayDir ? { overlayDir: this.options.overlayDir } : {}),
+      });
       this.offline.set(id, inv.vm);
       return vm;
     } catch (err) {
@@ -241,7 +280,13 @@ export class QemuProvider implements HostProvider {
       const drv = facts.nodes.find((n) => n['node-name'] === disk.node)?.drv;
       disk.tracking = {
         persistent: drv === 'qcow2',
-        records: (facts.bitmaps.get(disk.node) ?? []).slice(0, 16).map(({ name, recording, persistent, inconsistent, granularity }) => ({ name, recording, persistent, inconsistent, granularity })),
+        records: (facts.bitmaps.get(disk.node) ?? []).slice(0, 16).map(({ name, recording, persistent, inconsistent, granularity }) => ({
+          name,
+          recording,
+          persistent,
+          inconsistent,
+          granularity,
+        })),
       };
     }
     const leftovers = leftoverNodes(facts.nodes);
@@ -252,7 +297,10 @@ export class QemuProvider implements HostProvider {
     }
     const firstFile = disks.find((x) => x.included)?.file;
     const snapshotDir = this.options.overlayDir ?? (firstFile ? path.dirname(firstFile) : this.options.socketDir);
-    const snapshotVolume = await fs.stat(snapshotDir).then((s) => String(s.dev), () => undefined);
+    const snapshotVolume = await fs.stat(snapshotDir).then(
+      (s) => String(s.dev),
+      () => undefined,
+    );
     const vm: EnumeratedVm = {
       id: d.id,
       name: (facts.name.name ?? d.id).slice(0, 256),
@@ -263,7 +311,9 @@ export class QemuProvider implements HostProvider {
       snapshotLocation: snapshotVolume ? { path: snapshotDir, volumeId: snapshotVolume } : { path: snapshotDir },
     };
     if (leftovers.length) {
-      vm.warnings = [`holds block nodes of an earlier backup (${leftovers.slice(0, 8).join(', ')}): the journal's recovery takes them out; not backed up until then`];
+      vm.warnings = [
+        `holds block nodes of an earlier backup (${leftovers.slice(0, 8).join(', ')}): the journal's recovery takes them out; not backed up until then`,
+      ];
     }
     if (d.qga) {
       try {
@@ -322,19 +372,21 @@ export class QemuProvider implements HostProvider {
   async saveState(vm: ClassifiedVm, file: string): Promise<{ bytes: number; pausedAt?: number; pausedMono?: number }> {
     let pausedAt: number | undefined;
     let pausedMono: number | undefined;
-    const { bytes } = await this.qmp(vm.id, (c) => saveStateToFile(c, file, Math.max(this.commandMs, 600_000), async () => {
-      pausedAt = Date.now();
-      pausedMono = performance.now();
-      const status = (await c.execute<{ status: string }>('query-status')).status;
-      if (status === 'running') await c.execute('stop');
-    }));
+    const { bytes } = await this.qmp(vm.id, (c) =>
+      saveStateToFile(c, file, Math.max(this.commandMs, 600_000), async () => {
+        pausedAt = Date.now();
+        pausedMono = performance.now();
+        const status = (await c.execute<{ status: string }>('query-status')).status;
+        if (status === 'running') await c.execute('stop');
+      }),
+    );
     return { bytes, ...(pausedAt !== undefined ? { pausedAt } : {}), ...(pausedMono !== undefined ? { pausedMono } : {}) };
   }
 
   async resume(vmId: string, previousState: string): Promise<void> {
     try {
       await this.qmp(vmId, async (c) => {
-        const now = (await c.execute<{ status: string; running: boolean }>('query-status'));
+        const now = await c.execute<{ status: string; running: boolean }>('query-status');
         if (previousState === 'running' && !now.running) await c.execute('cont');
       });
     } catch (err) {
@@ -360,10 +412,16 @@ export class QemuProvider implements HostProvider {
     const inv = this.offline.get(vm.id);
     if (inv && vm.method === 'offline') {
       const off = planOffline(vm, inv, backupId, this.options.proxmoxConfDir ?? PROXMOX_CONF_DIR);
-      return { disks: off.disks.map((d) => ({ disk: d.disk, artifact: artifactName(d.disk), format: 'qcow2' })), ref: off as unknown as Record<string, unknown> };
+      return {
+        disks: off.disks.map((d) => ({ disk: d.disk, artifact: artifactName(d.disk), format: 'qcow2' })),
+        ref: off as unknown as Record<string, unknown>,
+      };
     }
     const plan = planView(vm, backupId, vm.snapshotLocation.path);
-    return { disks: plan.disks.map((d) => ({ disk: d.disk, artifact: artifactName(d.disk), format: 'qcow2' })), ref: plan as unknown as Record<string, unknown> };
+    return {
+      disks: plan.disks.map((d) => ({ disk: d.disk, artifact: artifactName(d.disk), format: 'qcow2' })),
+      ref: plan as unknown as Record<string, unknown>,
+    };
   }
 
   async armView(vm: ClassifiedVm, view: PointInTimeView): Promise<void> {
@@ -391,24 +449,32 @@ export class QemuProvider implements HostProvider {
   async releaseView(vmId: string, view: PointInTimeView): Promise<void> {
     if (isOfflinePlan(view)) return unlockOffline(offlinePlanOf(view), await this.lockTools);
     const plan = planOf(view);
-    const reachable = await this.runState(vmId).then(() => true, async (err: Error) => {
-      if (await this.qemuGone(vmId)) return false;
-      throw new Error(`cannot take the point-in-time view out of ${vmId} now: its QEMU runs but does not answer QMP (${err.message}); retried`);
-    });
+    const reachable = await this.runState(vmId).then(
+      () => true,
+      async (err: Error) => {
+        if (await this.qemuGone(vmId)) return false;
+        throw new Error(
+          `cannot take the point-in-time view out of ${vmId} now: its QEMU runs but does not answer QMP (${err.message}); retried`,
+        );
+      },
+    );
     // QEMU gone: no graph holds our nodes any more (a QEMU started again opens only its own images)
     if (reachable) await this.qmp(vmId, (c) => releaseView(c, plan));
     await removeFleeceFiles(plan);
   }
 
   readonly tracking = {
-    start: (vmId: string, disks: readonly { disk: string; name: string }[], view: PointInTimeView) => isOfflinePlan(view) ? Promise.resolve() : this.qmp(vmId, async (c) => {
-      const nodes = await namedNodes(c);
-      for (const t of disks) {
-        const d = diskOf(planOf(view), t.disk);
-        const drv = nodes.find((n) => n['node-name'] === d.node)?.drv;
-        await addBitmap(c, d.node, t.name, drv === 'qcow2');
-      }
-    }),
+    start: (vmId: string, disks: readonly { disk: string; name: string }[], view: PointInTimeView) =>
+      isOfflinePlan(view)
+        ? Promise.resolve()
+        : this.qmp(vmId, async (c) => {
+            const nodes = await namedNodes(c);
+            for (const t of disks) {
+              const d = diskOf(planOf(view), t.disk);
+              const drv = nodes.find((n) => n['node-name'] === d.node)?.drv;
+              await addBitmap(c, d.node, t.name, drv === 'qcow2');
+            }
+          }),
     remove: async (vmId: string, disks: readonly { disk: string; name: string }[], view: PointInTimeView) => {
       if (isOfflinePlan(view)) return; // an offline backup starts no record (chain reason 'offline')
       if (await this.qemuGone(vmId)) return; // a transient record went with QEMU; a persistent one is found at the next enumerate
@@ -424,7 +490,13 @@ export class QemuProvider implements HostProvider {
     const inv = this.offline.get(vmId);
     if (inv && (await this.runState(vmId).catch(() => undefined)) === 'off') {
       // no QEMU to ask: the definition is the inventory's (the JSON entry, or the Proxmox conf)
-      return { format: 'vm-backup-qemu-definition@1', id: vmId, status: { status: 'off', running: false }, commandLine: null, inventory: { kind: inv.kind, source: inv.source, definition: inv.definition } };
+      return {
+        format: 'vm-backup-qemu-definition@1',
+        id: vmId,
+        status: { status: 'off', running: false },
+        commandLine: null,
+        inventory: { kind: inv.kind, source: inv.source, definition: inv.definition },
+      };
     }
     const d = this.vm(vmId);
     const pid = await findQemuPid(d);
@@ -445,24 +517,45 @@ export class QemuProvider implements HostProvider {
     };
   }
 
-  async exportDisk(view: PointInTimeView, disk: string, dest: string, onProgress?: (p: Progress) => void, options: ExportOptions = {}): Promise<ExportedFile> {
+  async exportDisk(
+    view: PointInTimeView,
+    disk: string,
+    dest: string,
+    onProgress?: (p: Progress) => void,
+    options: ExportOptions = {},
+  ): Promise<ExportedFile> {
     if (isOfflinePlan(view)) return this.exportOffline(view, disk, dest, onProgress, options);
     const plan = planOf(view);
     const d = diskOf(plan, disk);
     const copy = options.copy ?? { mode: 'full' as const };
-    const r = await this.qmp(plan.vm, (c) => copyDisk(c, d, dest, {
-      qemuImg: this.qemuImgPath,
-      qemuNbd: this.options.qemuNbd ?? 'qemu-nbd',
-      ...(copy.mode === 'incremental' ? { incremental: { backing: copy.backing, bitmap: copy.since } } : {}),
-      compress: options.compress ?? this.options.compress ?? false,
-      ...(options.signal ? { signal: options.signal } : {}),
-      onProgress: (done, total) => onProgress?.({ done, total }),
-    }));
-    return { path: dest, bytes: r.bytes, format: 'qcow2', virtualSize: d.virtualSize, bytesRead: r.bytesRead, ...(r.bytesChanged !== undefined ? { bytesChanged: r.bytesChanged } : {}) };
+    const r = await this.qmp(plan.vm, (c) =>
+      copyDisk(c, d, dest, {
+        qemuImg: this.qemuImgPath,
+        qemuNbd: this.options.qemuNbd ?? 'qemu-nbd',
+        ...(copy.mode === 'incremental' ? { incremental: { backing: copy.backing, bitmap: copy.since } } : {}),
+        compress: options.compress ?? this.options.compress ?? false,
+        ...(options.signal ? { signal: options.signal } : {}),
+        onProgress: (done, total) => onProgress?.({ done, total }),
+      }),
+    );
+    return {
+      path: dest,
+      bytes: r.bytes,
+      format: 'qcow2',
+      virtualSize: d.virtualSize,
+      bytesRead: r.bytesRead,
+      ...(r.bytesChanged !== undefined ? { bytesChanged: r.bytesChanged } : {}),
+    };
   }
 
   /** An offline disk: the image itself, read under its lock; only an image the inventory names. */
-  private async exportOffline(view: PointInTimeView, disk: string, dest: string, onProgress?: (p: Progress) => void, options: ExportOptions = {}): Promise<ExportedFile> {
+  private async exportOffline(
+    view: PointInTimeView,
+    disk: string,
+    dest: string,
+    onProgress?: (p: Progress) => void,
+    options: ExportOptions = {},
+  ): Promise<ExportedFile> {
     const d = this.offlineDisk(view, disk);
     const r = await copyOfflineImage(this.qemuImgPath, d.file, d.format, dest, {
       compress: options.compress ?? this.options.compress ?? false,
@@ -476,7 +569,8 @@ export class QemuProvider implements HostProvider {
     const plan = offlinePlanOf(view);
     const d = plan.disks.find((x) => x.disk === disk);
     if (!d) throw new Error(`disk ${disk}: not part of the view of ${plan.vm}`);
-    if (!this.offline.get(plan.vm)?.disks.some((x) => x.file === d.file)) throw new Error(`disk ${disk}: ${d.file} is not an image the inventory of ${plan.vm} names; refusing to read it`);
+    if (!this.offline.get(plan.vm)?.disks.some((x) => x.file === d.file))
+      throw new Error(`disk ${disk}: ${d.file} is not an image the inventory of ${plan.vm} names; refusing to read it`);
     return d;
   }
 
@@ -511,12 +605,17 @@ export class QemuProvider implements HostProvider {
       for (const id of vmIds) {
         const entry = pool.get(id);
         if (!entry) continue;
-        closing.push(entry.then((conn) => {
-          if (conn.inUse > 0 || pool.get(id) !== entry) return; // in use again: its idle timer closes it
-          pool.delete(id);
-          if (conn.timer) clearTimeout(conn.timer);
-          return conn.client.close();
-        }, () => undefined));
+        closing.push(
+          entry.then(
+            (conn) => {
+              if (conn.inUse > 0 || pool.get(id) !== entry) return; // in use again: its idle timer closes it
+              pool.delete(id);
+              if (conn.timer) clearTimeout(conn.timer);
+              return conn.client.close();
+            },
+            () => undefined,
+          ),
+        );
       }
     }
     await Promise.all(closing);
@@ -535,10 +634,12 @@ export class QemuProvider implements HostProvider {
     const all = [...this.qmpConns.values(), ...this.qgaConns.values()];
     this.qmpConns.clear();
     this.qgaConns.clear();
-    await Promise.all(all.map(async (p) => {
-      const conn = await p.catch(() => undefined);
-      if (conn?.timer) clearTimeout(conn.timer);
-      await conn?.client.close();
-    }));
+    await Promise.all(
+      all.map(async (p) => {
+        const conn = await p.catch(() => undefined);
+        if (conn?.timer) clearTimeout(conn.timer);
+        await conn?.client.close();
+      }),
+    );
   }
 }

@@ -19,7 +19,12 @@ const RECEIVER = path.join(__dirname, 'state-receiver.js');
  * migration is unthrottled, so that neither counts in the VM's downtime (nor is the VM stopped
  * at all when the receiver cannot start, e.g. the repository is read-only).
  */
-export async function saveStateToFile(qmp: QmpClient, file: string, timeoutMs: number, stopVm: () => Promise<void>): Promise<{ bytes: number }> {
+export async function saveStateToFile(
+  qmp: QmpClient,
+  file: string,
+  timeoutMs: number,
+  stopVm: () => Promise<void>,
+): Promise<{ bytes: number }> {
   // unix socket paths are limited to 108 bytes, staging paths may be longer
   const sock = path.join(os.tmpdir(), `vmbackup-mig-${randomBytes(6).toString('hex')}.sock`);
   const stop = new AbortController();
@@ -32,10 +37,13 @@ export async function saveStateToFile(qmp: QmpClient, file: string, timeoutMs: n
       said += chunk;
       if (said.includes('listening\n')) listening();
     },
-  }).then(() => undefined, (err: Error) => {
-    const why = err instanceof ProgramFailed ? err.stderr.trim().split('\n').pop() || err.message : err.message;
-    throw new Error(`writing the saved state to ${file} failed: ${why}`);
-  });
+  }).then(
+    () => undefined,
+    (err: Error) => {
+      const why = err instanceof ProgramFailed ? err.stderr.trim().split('\n').pop() || err.message : err.message;
+      throw new Error(`writing the saved state to ${file} failed: ${why}`);
+    },
+  );
   // Awaited below, but it may fail first (repository full while the state streams in): without a
   // handler now, Node (which Node-RED leaves at --unhandled-rejections=throw) would end the process.
   received.catch(() => undefined);
@@ -79,7 +87,10 @@ async function unthrottle(qmp: QmpClient): Promise<() => Promise<void>> {
   const params = await qmp.execute<{ 'max-bandwidth'?: number }>('query-migrate-parameters').catch(() => undefined);
   const previous = params?.['max-bandwidth'];
   if (previous === undefined) return async () => undefined;
-  const set = await qmp.execute('migrate-set-parameters', { 'max-bandwidth': UNTHROTTLED }).then(() => true, () => false);
+  const set = await qmp.execute('migrate-set-parameters', { 'max-bandwidth': UNTHROTTLED }).then(
+    () => true,
+    () => false,
+  );
   return async () => {
     if (set) await qmp.execute('migrate-set-parameters', { 'max-bandwidth': previous }).catch(() => undefined);
   };
@@ -93,12 +104,28 @@ async function waitMigration(qmp: QmpClient, timeoutMs: number, finished: () => 
   // QEMU closes the stream when it has sent everything (or failed): look at once then, and
   // otherwise every 100 ms. (MIGRATION events need the "events" capability; polling works everywhere.)
   let streamEnded = false;
-  received.then(() => { streamEnded = true; }, () => { streamEnded = true; });
+  received.then(
+    () => {
+      streamEnded = true;
+    },
+    () => {
+      streamEnded = true;
+    },
+  );
   for (;;) {
     if (!streamEnded) {
       await new Promise<void>((r) => {
         const timer = setTimeout(r, 100);
-        received.then(() => { clearTimeout(timer); r(); }, () => { clearTimeout(timer); r(); });
+        received.then(
+          () => {
+            clearTimeout(timer);
+            r();
+          },
+          () => {
+            clearTimeout(timer);
+            r();
+          },
+        );
       });
     }
     if (finished()) throw new Error('saving state abandoned');

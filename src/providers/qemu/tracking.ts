@@ -33,7 +33,9 @@ export interface TrackedBitmap {
 export async function bitmapsByNode(c: QmpClient): Promise<Map<string, TrackedBitmap[]>> {
   const out = new Map<string, TrackedBitmap[]>();
   for (const n of await namedNodes(c)) {
-    const ours = (n['dirty-bitmaps'] ?? []).filter((b): b is DirtyBitmap & { name: string } => typeof b.name === 'string' && b.name.startsWith(BITMAP_PREFIX));
+    const ours = (n['dirty-bitmaps'] ?? []).filter(
+      (b): b is DirtyBitmap & { name: string } => typeof b.name === 'string' && b.name.startsWith(BITMAP_PREFIX),
+    );
     if (ours.length) out.set(n['node-name'], ours.map(tracked));
   }
   return out;
@@ -67,9 +69,22 @@ export async function removeBitmap(c: QmpClient, node: string, name: string): Pr
  * on the node it reads: a disabled copy of the parent's bitmap is made there (it goes with the node).
  * Returns the bytes it marks.
  */
-export async function bitmapForCopy(c: QmpClient, opts: { accessNode: string; diskNode: string; from: string; name: string }): Promise<number> {
-  await c.execute('block-dirty-bitmap-add', { node: opts.accessNode, name: opts.name, persistent: false, disabled: true, granularity: GRANULARITY });
-  await c.execute('block-dirty-bitmap-merge', { node: opts.accessNode, target: opts.name, bitmaps: [{ node: opts.diskNode, name: opts.from }] });
+export async function bitmapForCopy(
+  c: QmpClient,
+  opts: { accessNode: string; diskNode: string; from: string; name: string },
+): Promise<number> {
+  await c.execute('block-dirty-bitmap-add', {
+    node: opts.accessNode,
+    name: opts.name,
+    persistent: false,
+    disabled: true,
+    granularity: GRANULARITY,
+  });
+  await c.execute('block-dirty-bitmap-merge', {
+    node: opts.accessNode,
+    target: opts.name,
+    bitmaps: [{ node: opts.diskNode, name: opts.from }],
+  });
   const b = (await namedNodes(c)).find((n) => n['node-name'] === opts.accessNode)?.['dirty-bitmaps']?.find((x) => x.name === opts.name);
   return b?.count ?? 0;
 }

@@ -62,25 +62,30 @@ export function planView(
   fleeceDir: string,
 ): ViewPlan {
   const prefix = viewPrefix(backupId);
-  const disks = vm.disks.filter((d) => d.included).map((d, index): ViewDisk => {
-    if (d.node.startsWith(NODE_PREFIX)) {
-      throw new Error(`disk ${d.id} is still on the point-in-time view of an earlier backup (node ${d.node}): recovery takes it out first`);
-    }
-    if (!d.qdev) throw new Error(`disk ${d.id}: QEMU names no device for it (query-block qdev); it cannot be switched onto a point-in-time view`);
-    return {
-      disk: d.id,
-      index,
-      qdev: d.qdev,
-      node: d.node,
-      virtualSize: d.virtualSize ?? 0,
-      fleece: path.join(fleeceDir, `.vmbackup-${backupId}-${vm.id}-${index}.fleece.qcow2`),
-      fleeceNode: `${prefix}${index}-f`,
-      cbwNode: `${prefix}${index}-c`,
-      accessNode: `${prefix}${index}-a`,
-      targetNode: `${prefix}${index}-t`,
-      jobId: `${prefix}${index}-j`,
-    };
-  });
+  const disks = vm.disks
+    .filter((d) => d.included)
+    .map((d, index): ViewDisk => {
+      if (d.node.startsWith(NODE_PREFIX)) {
+        throw new Error(
+          `disk ${d.id} is still on the point-in-time view of an earlier backup (node ${d.node}): recovery takes it out first`,
+        );
+      }
+      if (!d.qdev)
+        throw new Error(`disk ${d.id}: QEMU names no device for it (query-block qdev); it cannot be switched onto a point-in-time view`);
+      return {
+        disk: d.id,
+        index,
+        qdev: d.qdev,
+        node: d.node,
+        virtualSize: d.virtualSize ?? 0,
+        fleece: path.join(fleeceDir, `.vmbackup-${backupId}-${vm.id}-${index}.fleece.qcow2`),
+        fleeceNode: `${prefix}${index}-f`,
+        cbwNode: `${prefix}${index}-c`,
+        accessNode: `${prefix}${index}-a`,
+        targetNode: `${prefix}${index}-t`,
+        jobId: `${prefix}${index}-j`,
+      };
+    });
   return { backupId, vm: vm.id, prefix, disks };
 }
 
@@ -98,14 +103,20 @@ export async function armView(c: QmpClient, plan: ViewPlan, qemuImg: string): Pr
       // a fleecing image holds only clusters the guest overwrites while the view lives
       await runProgram(qemuImg, ['create', '-q', '-f', 'qcow2', d.fleece, String(d.virtualSize)]);
       await c.execute('blockdev-add', {
-        driver: 'qcow2', 'node-name': d.fleeceNode, discard: 'unmap',
+        driver: 'qcow2',
+        'node-name': d.fleeceNode,
+        discard: 'unmap',
         file: { driver: 'file', filename: d.fleece },
       });
     }
     if (!nodes.some((n) => n['node-name'] === d.cbwNode)) {
       await c.execute('blockdev-add', {
-        driver: 'copy-before-write', 'node-name': d.cbwNode, file: d.node, target: d.fleeceNode,
-        'on-cbw-error': 'break-snapshot', 'cbw-timeout': CBW_TIMEOUT_S,
+        driver: 'copy-before-write',
+        'node-name': d.cbwNode,
+        file: d.node,
+        target: d.fleeceNode,
+        'on-cbw-error': 'break-snapshot',
+        'cbw-timeout': CBW_TIMEOUT_S,
       });
     }
   }
@@ -157,7 +168,8 @@ export async function releaseView(c: QmpClient, plan: ViewPlan): Promise<void> {
   const jobs = await c.execute<{ id: string; status: string }[]>('query-jobs');
   for (const d of plan.disks) {
     const job = jobs.find((j) => j.id === d.jobId);
-    if (job && job.status !== 'concluded' && job.status !== 'null') await quiet(c.execute('block-job-cancel', { device: d.jobId, force: true }));
+    if (job && job.status !== 'concluded' && job.status !== 'null')
+      await quiet(c.execute('block-job-cancel', { device: d.jobId, force: true }));
   }
   for (const d of plan.disks) {
     if (jobs.some((j) => j.id === d.jobId)) await waitJobGone(c, d.jobId);
@@ -190,7 +202,9 @@ export async function assertNothingOurs(c: QmpClient, plan: ViewPlan): Promise<v
     return root !== undefined && root.startsWith(plan.prefix);
   });
   if (left.length || moved.length) {
-    throw new Error(`QEMU still shows nodes of backup ${plan.backupId} in VM ${plan.vm}: ${[...new Set([...left, ...moved.map((d) => d.cbwNode)])].join(', ')}`);
+    throw new Error(
+      `QEMU still shows nodes of backup ${plan.backupId} in VM ${plan.vm}: ${[...new Set([...left, ...moved.map((d) => d.cbwNode)])].join(', ')}`,
+    );
   }
 }
 

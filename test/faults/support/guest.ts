@@ -8,10 +8,22 @@ import { AGENT_COMMAND_MS, HOOK_LOG, qgaRetry, sleep, withAgent } from './world'
 
 type ExecStatus = { exited: boolean; exitcode?: number; signal?: number; 'out-data'?: string; 'err-data'?: string };
 
-async function execOn(c: GuestAgentClient, argv: string[], wait: boolean, input?: string): Promise<{ pid: number; exitcode?: number; out?: string; err?: string }> {
-  const { pid } = await c.execute<{ pid: number }>('guest-exec', {
-    path: argv[0], arg: argv.slice(1), 'capture-output': wait, ...(input !== undefined ? { 'input-data': Buffer.from(input).toString('base64') } : {}),
-  }, { timeoutMs: AGENT_COMMAND_MS });
+async function execOn(
+  c: GuestAgentClient,
+  argv: string[],
+  wait: boolean,
+  input?: string,
+): Promise<{ pid: number; exitcode?: number; out?: string; err?: string }> {
+  const { pid } = await c.execute<{ pid: number }>(
+    'guest-exec',
+    {
+      path: argv[0],
+      arg: argv.slice(1),
+      'capture-output': wait,
+      ...(input !== undefined ? { 'input-data': Buffer.from(input).toString('base64') } : {}),
+    },
+    { timeoutMs: AGENT_COMMAND_MS },
+  );
   if (!wait) return { pid };
   // bounded by time, not by polls: a TCG guest under load may take seconds to run a small command
   const deadline = Date.now() + 60_000;
@@ -19,7 +31,12 @@ async function execOn(c: GuestAgentClient, argv: string[], wait: boolean, input?
     const st = await c.execute<ExecStatus>('guest-exec-status', { pid }, { timeoutMs: AGENT_COMMAND_MS });
     if (st.exited) {
       const text = (b?: string) => Buffer.from(b ?? '', 'base64').toString('utf8');
-      return { pid, exitcode: st.exitcode ?? (st.signal !== undefined ? 128 + st.signal : undefined), out: text(st['out-data']), err: text(st['err-data']) };
+      return {
+        pid,
+        exitcode: st.exitcode ?? (st.signal !== undefined ? 128 + st.signal : undefined),
+        out: text(st['out-data']),
+        err: text(st['err-data']),
+      };
     }
     await sleep(100);
   }
@@ -32,9 +49,15 @@ async function execOn(c: GuestAgentClient, argv: string[], wait: boolean, input?
  * (reading a file) are retried whole.
  */
 export async function guestExec(
-  qgaSocket: string, argv: string[], wait = false, o: { idempotent?: boolean; input?: string } = {},
+  qgaSocket: string,
+  argv: string[],
+  wait = false,
+  o: { idempotent?: boolean; input?: string } = {},
 ): Promise<{ pid: number; exitcode?: number; out?: string; err?: string }> {
-  return withAgent(qgaSocket, (c) => execOn(c, argv, wait, o.input), { idempotent: o.idempotent, what: `guest-exec ${argv.join(' ').slice(0, 60)}` });
+  return withAgent(qgaSocket, (c) => execOn(c, argv, wait, o.input), {
+    idempotent: o.idempotent,
+    what: `guest-exec ${argv.join(' ').slice(0, 60)}`,
+  });
 }
 
 /**
@@ -44,8 +67,17 @@ export async function guestExec(
  * ETXTBSY), and repeating the write after a lost answer changes nothing.
  */
 export async function writeGuestFile(qgaSocket: string, file: string, content: string, mode = '644'): Promise<void> {
-  const r = await withAgent(qgaSocket, (c) => execOn(c, ['/bin/sh', '-c', 'cat > "$1.vmb-new" && chmod "$2" "$1.vmb-new" && mv -f "$1.vmb-new" "$1"', 'sh', file, mode], true, content),
-    { idempotent: true, what: `write ${file}` });
+  const r = await withAgent(
+    qgaSocket,
+    (c) =>
+      execOn(
+        c,
+        ['/bin/sh', '-c', 'cat > "$1.vmb-new" && chmod "$2" "$1.vmb-new" && mv -f "$1.vmb-new" "$1"', 'sh', file, mode],
+        true,
+        content,
+      ),
+    { idempotent: true, what: `write ${file}` },
+  );
   if (r.exitcode !== 0) throw new Error(`${qgaSocket}: writing ${file} in the guest failed (exit ${r.exitcode}): ${r.err?.trim()}`);
 }
 
@@ -134,8 +166,11 @@ async function waitConsole(qgaSocket: string, marker: string, from: number, with
 export async function stopAgentFor(qgaSocket: string, seconds: number): Promise<void> {
   const token = `VMB-FAULT-${randomBytes(4).toString('hex')}`;
   const from = consoleSize(qgaSocket);
-  await guestExec(qgaSocket, ['/bin/sh', '-c',
-    `usleep 200000; p=$(pidof qemu-ga); kill -STOP $p && echo "${token} agent stopped" > /dev/console; sleep ${seconds}; kill -CONT $p; echo "${token} agent continued" > /dev/console`]);
+  await guestExec(qgaSocket, [
+    '/bin/sh',
+    '-c',
+    `usleep 200000; p=$(pidof qemu-ga); kill -STOP $p && echo "${token} agent stopped" > /dev/console; sleep ${seconds}; kill -CONT $p; echo "${token} agent continued" > /dev/console`,
+  ]);
   await waitConsole(qgaSocket, `${token} agent stopped`, from);
 }
 

@@ -100,7 +100,11 @@ export class InProcessRun {
   }
 
   /** Run stages in order from `from` (with `payload`) up to and including `to`; stop at a refusal. */
-  async through(to: Stage, payload: unknown = '', from: Stage = 'enumerate'): Promise<{ results: Partial<Record<Stage, StepResult>>; last: StepResult; stage: Stage }> {
+  async through(
+    to: Stage,
+    payload: unknown = '',
+    from: Stage = 'enumerate',
+  ): Promise<{ results: Partial<Record<Stage, StepResult>>; last: StepResult; stage: Stage }> {
     const results: Partial<Record<Stage, StepResult>> = {};
     let current: unknown = payload;
     let last: StepResult | undefined;
@@ -123,7 +127,10 @@ export class InProcessRun {
     if (!host) return; // the host never became ready: nothing can have started
     const deadline = Date.now() + withinMs;
     while (host.live.size > 0) {
-      if (Date.now() > deadline) throw new Error(`backup sets still live after ${withinMs} ms: ${[...host.live.values()].map((l) => `${l.backupId}@${l.stage}`).join(', ')}`);
+      if (Date.now() > deadline)
+        throw new Error(
+          `backup sets still live after ${withinMs} ms: ${[...host.live.values()].map((l) => `${l.backupId}@${l.stage}`).join(', ')}`,
+        );
       await sleep(100);
     }
   }

@@ -14,8 +14,9 @@ const REPO_ROOT = path.resolve(__dirname, '..', '..', '..', '..');
  * One lab per checkout (copies of the repository, e.g. for A/B benchmarks, must not kill and
  * re-hook each other's guests); two runs from the same checkout at once are not supported.
  */
-export const FAULT_LAB = process.env.VMBACKUP_FAULTS_LAB_DIR
-  ?? path.join(os.tmpdir(), `vmb-faults-lab-${createHash('sha256').update(REPO_ROOT).digest('hex').slice(0, 8)}`);
+export const FAULT_LAB =
+  process.env.VMBACKUP_FAULTS_LAB_DIR ??
+  path.join(os.tmpdir(), `vmb-faults-lab-${createHash('sha256').update(REPO_ROOT).digest('hex').slice(0, 8)}`);
 export const LAB_VMS = ['fa-one', 'fa-two'] as const;
 const SPECS = LAB_VMS.map((name) => ({ name, agent: true }));
 
@@ -31,7 +32,9 @@ export const dataImage = (id: string) => path.join(labImages, `${id}-data.qcow2`
 /** Start (or find running) the lab VMs, with the fault-capable freeze hook in each guest. */
 export function ensureLab(): Promise<void> {
   starting ??= (async () => {
-    const running = labStatus(FAULT_LAB).vms.filter((v) => v.alive).map((v) => v.name);
+    const running = labStatus(FAULT_LAB)
+      .vms.filter((v) => v.alive)
+      .map((v) => v.name);
     startedHere = LAB_VMS.some((vm) => !running.includes(vm));
     await startLab({ labDir: FAULT_LAB, vms: SPECS, install: false, log: (m) => process.env.VMBACKUP_FAULTS_VERBOSE && console.log(m) });
     for (const vm of LAB_VMS) await prepareGuest(vm);

@@ -9,9 +9,21 @@ import { mkdirSync } from 'node:fs';
 import * as path from 'node:path';
 
 const BLOCKED = [
-  'guest-fsfreeze-freeze', 'guest-fsfreeze-freeze-list', 'guest-fstrim', 'guest-shutdown', 'guest-suspend-disk',
-  'guest-suspend-ram', 'guest-suspend-hybrid', 'guest-exec', 'guest-file-open', 'guest-set-time', 'guest-set-user-password',
-  'guest-set-vcpus', 'guest-set-memory-blocks', 'guest-ssh-add-authorized-keys', 'guest-ssh-remove-authorized-keys',
+  'guest-fsfreeze-freeze',
+  'guest-fsfreeze-freeze-list',
+  'guest-fstrim',
+  'guest-shutdown',
+  'guest-suspend-disk',
+  'guest-suspend-ram',
+  'guest-suspend-hybrid',
+  'guest-exec',
+  'guest-file-open',
+  'guest-set-time',
+  'guest-set-user-password',
+  'guest-set-vcpus',
+  'guest-set-memory-blocks',
+  'guest-ssh-add-authorized-keys',
+  'guest-ssh-remove-authorized-keys',
 ];
 
 const [socket, countText, scratch] = process.argv.slice(2);

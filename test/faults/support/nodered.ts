@@ -13,7 +13,14 @@ export class RealNodeRed {
 
   static create(): RealNodeRed {
     const userDir = mkdtempSync(path.join(os.tmpdir(), 'vmb-faults-nr-'));
-    writeFileSync(path.join(userDir, 'package.json'), JSON.stringify({ name: 'faults', version: '0.0.1', private: true, dependencies: { '@vm-backup/node-red-vm-backup': `file:${REPO_ROOT}` } }, null, 2));
+    writeFileSync(
+      path.join(userDir, 'package.json'),
+      JSON.stringify(
+        { name: 'faults', version: '0.0.1', private: true, dependencies: { '@vm-backup/node-red-vm-backup': `file:${REPO_ROOT}` } },
+        null,
+        2,
+      ),
+    );
     mkdirSync(path.join(userDir, 'node_modules', '@vm-backup'), { recursive: true });
     symlinkSync(REPO_ROOT, path.join(userDir, 'node_modules', '@vm-backup', 'node-red-vm-backup'), 'dir');
     return new RealNodeRed(userDir);
@@ -69,7 +76,8 @@ export class RealNodeRed {
       const v = await this.global<T>(key);
       if (v !== undefined) return v;
       await also?.();
-      if (Date.now() > deadline) throw new Error(`global.${key} not set within ${withinMs} ms; node-red log tail:\n${this.log.slice(-3000)}`);
+      if (Date.now() > deadline)
+        throw new Error(`global.${key} not set within ${withinMs} ms; node-red log tail:\n${this.log.slice(-3000)}`);
       await sleep(150);
     }
   }
@@ -105,20 +113,62 @@ export function procFlow(o: ProcFlowOptions): FlowNode[] {
   const flow: FlowNode[] = [
     { id: z, type: 'tab', label: 'fault case' },
     {
-      id: 'fh', type: 'vmbackup-host', name: o.hostName, hostName: o.hostName, provider: 'qemu', socketDir: o.socketDir, repository: o.repository, journalDir: o.journalDir,
-      freezeTimeout: String(o.freezeTimeout ?? 10), pauseTimeout: '30', sessionTimeout: String(o.sessionTimeout ?? 60), idleTimeout: String(o.idleTimeout ?? 300),
+      id: 'fh',
+      type: 'vmbackup-host',
+      name: o.hostName,
+      hostName: o.hostName,
+      provider: 'qemu',
+      socketDir: o.socketDir,
+      repository: o.repository,
+      journalDir: o.journalDir,
+      freezeTimeout: String(o.freezeTimeout ?? 10),
+      pauseTimeout: '30',
+      sessionTimeout: String(o.sessionTimeout ?? 60),
+      idleTimeout: String(o.idleTimeout ?? 300),
     },
-    { id: 'go', type: 'inject', z, name: 'go', props: [{ p: 'payload' }], payload: '', payloadType: 'str', repeat: '', once: false, x: 0, y: 0, wires: [['enumerate']] },
     {
-      id: 'catch', type: 'catch', z, scope: null, uncaught: false, x: 0, y: 0, wires: [['rec-caught']],
+      id: 'go',
+      type: 'inject',
+      z,
+      name: 'go',
+      props: [{ p: 'payload' }],
+      payload: '',
+      payloadType: 'str',
+      repeat: '',
+      once: false,
+      x: 0,
+      y: 0,
+      wires: [['enumerate']],
     },
     {
-      id: 'rec-caught', type: 'function', z, x: 0, y: 0, outputs: 1, wires: [],
+      id: 'catch',
+      type: 'catch',
+      z,
+      scope: null,
+      uncaught: false,
+      x: 0,
+      y: 0,
+      wires: [['rec-caught']],
+    },
+    {
+      id: 'rec-caught',
+      type: 'function',
+      z,
+      x: 0,
+      y: 0,
+      outputs: 1,
+      wires: [],
       func: "const l = global.get('caught') || []; l.push({ topic: msg.topic, source: msg.error && msg.error.source && msg.error.source.id, error: msg.error && msg.error.message, payload: msg.topic ? msg.payload : undefined }); global.set('caught', l); return null;",
     },
     { id: 'status', type: 'status', z, scope: null, x: 0, y: 0, wires: [['rec-status']] },
     {
-      id: 'rec-status', type: 'function', z, x: 0, y: 0, outputs: 1, wires: [],
+      id: 'rec-status',
+      type: 'function',
+      z,
+      x: 0,
+      y: 0,
+      outputs: 1,
+      wires: [],
       func: "const l = global.get('statuses') || []; l.push({ source: msg.status.source.id, text: msg.status.text, fill: msg.status.fill }); global.set('statuses', l); return null;",
     },
   ];
@@ -133,9 +183,15 @@ export function procFlow(o: ProcFlowOptions): FlowNode[] {
     }
     const node: FlowNode = { id: stage, type: `vmbackup-${stage}`, z, host: 'fh', x: 0, y: 0, wires: [[...onward, `rec-${stage}`]] };
     if (stage === 'classify') node.fallback = o.fallback ?? 'checkpoint';
-    if (stage === 'copy') Object.assign(node, { compress: false, concurrency: '2', progressInterval: '250', wires: [[`rec-${stage}`], []] });
+    if (stage === 'copy')
+      Object.assign(node, { compress: false, concurrency: '2', progressInterval: '250', wires: [[`rec-${stage}`], []] });
     flow.push(node, {
-      id: `rec-${stage}`, type: 'change', z, x: 0, y: 0, wires: [],
+      id: `rec-${stage}`,
+      type: 'change',
+      z,
+      x: 0,
+      y: 0,
+      wires: [],
       rules: [{ t: 'set', p: stage.replace('-', '_'), pt: 'global', to: 'payload', tot: 'msg' }],
     });
   }

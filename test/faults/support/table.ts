@@ -47,7 +47,9 @@ function cell(text: string): string {
 export function markdownTable(all: readonly Row[] = rows): string {
   const lines = ['| # | group | case | expected | observed | result | s |', '| --- | --- | --- | --- | --- | --- | --- |'];
   all.forEach((r, i) => {
-    lines.push(`| ${i + 1} | ${cell(r.group)} | ${cell(r.name)} | ${cell(r.expected)} | ${cell(r.observed)} | ${r.ok ? 'pass' : '**FAIL**'} | ${(r.ms / 1000).toFixed(1)} |`);
+    lines.push(
+      `| ${i + 1} | ${cell(r.group)} | ${cell(r.name)} | ${cell(r.expected)} | ${cell(r.observed)} | ${r.ok ? 'pass' : '**FAIL**'} | ${(r.ms / 1000).toFixed(1)} |`,
+    );
   });
   return lines.join('\n');
 }

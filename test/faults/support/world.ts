@@ -45,7 +45,9 @@ const AGENT_SYNC_MS = 10_000;
  * change the case.
  */
 export async function withAgent<T>(
-  socket: string, fn: (c: GuestAgentClient) => Promise<T>, o: { withinMs?: number; idempotent?: boolean; what?: string } = {},
+  socket: string,
+  fn: (c: GuestAgentClient) => Promise<T>,
+  o: { withinMs?: number; idempotent?: boolean; what?: string } = {},
 ): Promise<T> {
   const withinMs = o.withinMs ?? 90_000;
   const deadline = Date.now() + withinMs;
@@ -71,12 +73,18 @@ export async function withAgent<T>(
       await c.close();
     }
   }
-  throw new Error(`${path.basename(socket)}: ${o.what ?? 'agent session'} got no answer within ${withinMs} ms: ${(last as Error)?.message}`);
+  throw new Error(
+    `${path.basename(socket)}: ${o.what ?? 'agent session'} got no answer within ${withinMs} ms: ${(last as Error)?.message}`,
+  );
 }
 
 /** An idempotent agent command, retried (after a fresh guest-sync) until it answers. */
 export async function qgaRetry<T = any>(socket: string, command: string, args?: Record<string, unknown>, withinMs = 90_000): Promise<T> {
-  return withAgent(socket, (c) => c.execute<T>(command, args, { timeoutMs: AGENT_COMMAND_MS }), { withinMs, idempotent: true, what: command });
+  return withAgent(socket, (c) => c.execute<T>(command, args, { timeoutMs: AGENT_COMMAND_MS }), {
+    withinMs,
+    idempotent: true,
+    what: command,
+  });
 }
 
 export interface VmRef {
@@ -129,7 +137,13 @@ export async function filesUnder(dir: string): Promise<string[]> {
 /** sha256 of every file in the repository, by path. */
 export async function repositoryState(root: string): Promise<Map<string, string>> {
   const state = new Map<string, string>();
-  for (const f of await filesUnder(root)) state.set(path.relative(root, f), createHash('sha256').update(await fs.readFile(f)).digest('hex'));
+  for (const f of await filesUnder(root))
+    state.set(
+      path.relative(root, f),
+      createHash('sha256')
+        .update(await fs.readFile(f))
+        .digest('hex'),
+    );
   return state;
 }
 
@@ -137,7 +151,12 @@ export async function repositoryState(root: string): Promise<Map<string, string>
  * Earlier backups byte-identical; nothing of `backupId` published unless `published`; no staging
  * directory left; every published manifest's files match their sha256. Returns a short note.
  */
-export async function assertRepository(root: string, before: Map<string, string>, backupId: string | undefined, published: boolean): Promise<string> {
+export async function assertRepository(
+  root: string,
+  before: Map<string, string>,
+  backupId: string | undefined,
+  published: boolean,
+): Promise<string> {
   const after = await repositoryState(root);
   for (const [file, sha] of before) {
     if (file.includes('.partial-')) continue;
@@ -171,13 +190,16 @@ export function readJournal(file: string): JournalEntry[] {
   } catch {
     return [];
   }
-  return text.split('\n').filter((l) => l.trim()).flatMap((l) => {
-    try {
-      return [JSON.parse(l) as JournalEntry];
-    } catch {
-      return [];
-    }
-  });
+  return text
+    .split('\n')
+    .filter((l) => l.trim())
+    .flatMap((l) => {
+      try {
+        return [JSON.parse(l) as JournalEntry];
+      } catch {
+        return [];
+      }
+    });
 }
 
 /** Longest freeze-intent -> thaw-done span per VM in the journal (an open freeze counts until `now`). */
@@ -236,7 +258,10 @@ export function checkGuestFrozen(vmId: string, log: string, limitMs: number): nu
   const spans = guestFrozenSpans(log);
   const longest = spans.length ? Math.max(...spans) : undefined;
   if (longest !== undefined) {
-    assert.ok(longest - GUEST_CLOCK_TICK_MS < limitMs, `${vmId} was frozen ${(longest / 1000).toFixed(2)} s by its own clock (limit ${fmtMs(limitMs)}); its log:\n${log.trim()}`);
+    assert.ok(
+      longest - GUEST_CLOCK_TICK_MS < limitMs,
+      `${vmId} was frozen ${(longest / 1000).toFixed(2)} s by its own clock (limit ${fmtMs(limitMs)}); its log:\n${log.trim()}`,
+    );
   }
   return longest;
 }

@@ -11,7 +11,21 @@ import * as path from 'node:path';
 import { findParent, planDiskChain } from '../../../src/chain';
 import { flattenDisk, FlattenRefused } from '../../../src/chain/flatten';
 import { verifyBackup, verifyRepository, type BackupReport } from '../../../src/verify';
-import { compare, DISK, FILE, HAVE_QEMU_IMG, HOST, IDS, makeChainRepo, run, setBacking, SIZE, VM, writeManifest, type ChainRepo } from './chain-repo';
+import {
+  compare,
+  DISK,
+  FILE,
+  HAVE_QEMU_IMG,
+  HOST,
+  IDS,
+  makeChainRepo,
+  run,
+  setBacking,
+  SIZE,
+  VM,
+  writeManifest,
+  type ChainRepo,
+} from './chain-repo';
 
 const RESTORE_CLI = path.resolve(__dirname, '../../../src/cli/restore.js');
 const VERIFY_CLI = path.resolve(__dirname, '../../../src/cli/verify.js');
@@ -71,7 +85,8 @@ function flipByte(file: string, offset: number): void {
       const r = await flatten(repo.dirs[i], out);
       assert.deepEqual(r.chain, IDS.slice(0, i + 1).reverse());
       assert.equal(compare(repo.refs[i], 'raw', out, 'qcow2'), 0, `point ${i} differs from its reference`);
-      if (i + 1 < repo.refs.length) assert.equal(compare(repo.refs[i + 1], 'raw', out, 'qcow2'), 1, `point ${i} holds writes of point ${i + 1}`);
+      if (i + 1 < repo.refs.length)
+        assert.equal(compare(repo.refs[i + 1], 'raw', out, 'qcow2'), 1, `point ${i} holds writes of point ${i + 1}`);
       const info = JSON.parse(run('qemu-img', ['info', '--output=json', out]));
       assert.equal(info['backing-filename'], undefined, 'a flattened image stands alone');
       assert.equal(info['virtual-size'], SIZE);
@@ -81,7 +96,7 @@ function flipByte(file: string, offset: number): void {
     assert.ok(fs.readFileSync(raw).equals(fs.readFileSync(repo.refs[3])), 'raw output is byte for byte the reference');
   });
 
-  it('the parent search returns the newest backup with its depth and the chain\'s full', async () => {
+  it("the parent search returns the newest backup with its depth and the chain's full", async () => {
     const p = await parentOf();
     assert.equal(p.ok, true, JSON.stringify(p));
     if (!p.ok) return;
@@ -127,23 +142,43 @@ function flipByte(file: string, offset: number): void {
     fs.rmSync(repo.dirs[1], { recursive: true });
     const r = await verifyBackup(top());
     assert.equal(r.ok, false);
-    assert.ok(r.problems.some((p) => p.file === repo.dirs[1] && new RegExp(`parent ${IDS[1]} of ${IDS[2]} \\(disk ${DISK}\\): does not exist`).test(p.problem)), problemsOf(r).join('\n'));
+    assert.ok(
+      r.problems.some(
+        (p) => p.file === repo.dirs[1] && new RegExp(`parent ${IDS[1]} of ${IDS[2]} \\(disk ${DISK}\\): does not exist`).test(p.problem),
+      ),
+      problemsOf(r).join('\n'),
+    );
     const p = await parentOf();
     assert.deepEqual([p.ok, !p.ok && p.reason], [false, 'parent-missing']);
     const out = path.join(tmp, 'flat.qcow2');
-    await assert.rejects(flatten(top(), out), (err: Error) => err instanceof FlattenRefused && err.field === 'backup' && err.message.includes(repo.dirs[1]));
+    await assert.rejects(
+      flatten(top(), out),
+      (err: Error) => err instanceof FlattenRefused && err.field === 'backup' && err.message.includes(repo.dirs[1]),
+    );
     assert.equal(fs.existsSync(out), false);
-    assert.deepEqual(fs.readdirSync(tmp).filter((n) => n.includes('partial')), []);
+    assert.deepEqual(
+      fs.readdirSync(tmp).filter((n) => n.includes('partial')),
+      [],
+    );
     // without qemu-img the manifests still show the missing link (through the parent that lists it)
     const quick = await verifyBackup(top(), { skipImageCheck: true });
-    assert.ok(quick.problems.some((p) => p.problem.includes(`${repo.dirs[1]}: chain of ${IDS[2]}`) && p.problem.includes('does not exist')), problemsOf(quick).join('\n'));
+    assert.ok(
+      quick.problems.some((p) => p.problem.includes(`${repo.dirs[1]}: chain of ${IDS[2]}`) && p.problem.includes('does not exist')),
+      problemsOf(quick).join('\n'),
+    );
   });
 
   it('a wrong backing string (an image stacked on another parent than its manifest says) is named', async () => {
     setBacking(repo.dirs[2], 2, `../${IDS[0]}/${FILE}`);
     const file = path.join(repo.dirs[2], FILE);
     const r = await verifyBackup(top());
-    assert.ok(r.problems.some((p) => p.file === file && p.problem.includes(`its backing file is "../${IDS[0]}/${FILE}", the manifest says "../${IDS[1]}/${FILE}"`)), problemsOf(r).join('\n'));
+    assert.ok(
+      r.problems.some(
+        (p) =>
+          p.file === file && p.problem.includes(`its backing file is "../${IDS[0]}/${FILE}", the manifest says "../${IDS[1]}/${FILE}"`),
+      ),
+      problemsOf(r).join('\n'),
+    );
     // the incremental itself fails on its own link, not only through its children
     assert.ok((await verifyBackup(repo.dirs[2])).problems.some((p) => p.file === file));
     const p = await parentOf();
@@ -157,7 +192,12 @@ function flipByte(file: string, offset: number): void {
     setBacking(repo.dirs[2], 2, fifo);
     const file = path.join(repo.dirs[2], FILE);
     const r = await verifyBackup(repo.dirs[2]);
-    assert.ok(r.problems.some((p) => p.file === file && p.problem.includes(`its backing file is "${fifo}", the manifest says "../${IDS[1]}/${FILE}"`)), problemsOf(r).join('\n'));
+    assert.ok(
+      r.problems.some(
+        (p) => p.file === file && p.problem.includes(`its backing file is "${fifo}", the manifest says "../${IDS[1]}/${FILE}"`),
+      ),
+      problemsOf(r).join('\n'),
+    );
     const p = await parentOf();
     assert.deepEqual([p.ok, !p.ok && p.reason], [false, 'parent-invalid']);
     await assert.rejects(flatten(top(), path.join(tmp, 'flat.qcow2')), FlattenRefused);
@@ -167,7 +207,7 @@ function flipByte(file: string, offset: number): void {
     assert.deepEqual(problemsOf(full), [`${path.join(repo.dirs[0], FILE)}: has a backing file (${fifo}); a backup disk must stand alone`]);
   });
 
-  it('a backing path leaving the VM\'s folder is refused (another VM\'s backup, same file name)', async () => {
+  it("a backing path leaving the VM's folder is refused (another VM's backup, same file name)", async () => {
     // the same bytes under another VM: a chain must never reach there, even when the data would match
     const other = path.join(repo.root, HOST, 'vm-other', IDS[1]);
     fs.mkdirSync(path.dirname(other), { recursive: true });
@@ -177,7 +217,10 @@ function flipByte(file: string, offset: number): void {
     const file = path.join(repo.dirs[2], FILE);
     // the manifest cannot say it (schema); the image does
     const r = await verifyBackup(repo.dirs[2]);
-    assert.ok(r.problems.some((p) => p.file === file && p.problem.includes(`its backing file is "${escaping}"`)), problemsOf(r).join('\n'));
+    assert.ok(
+      r.problems.some((p) => p.file === file && p.problem.includes(`its backing file is "${escaping}"`)),
+      problemsOf(r).join('\n'),
+    );
     const links = await import('../../../src/chain/links.js');
     const where = links.resolveBacking(file, escaping, repo.vmDir);
     assert.ok('error' in where && /leaves the VM's folder/.test(where.error));
@@ -185,12 +228,15 @@ function flipByte(file: string, offset: number): void {
     assert.deepEqual([p.ok, !p.ok && p.reason], [false, 'parent-invalid']);
   });
 
-  it('a parent with a bad sha256 fails every backup above it, naming the parent\'s file', async () => {
+  it("a parent with a bad sha256 fails every backup above it, naming the parent's file", async () => {
     const damaged = path.join(repo.dirs[1], FILE);
     flipByte(damaged, fs.statSync(damaged).size - 100); // inside a data cluster: the image stays readable
     const r = await verifyBackup(top());
     assert.equal(r.ok, false);
-    assert.ok(r.problems.some((p) => p.file === path.join(top(), FILE) && p.problem.includes(`${damaged}: sha256`)), problemsOf(r).join('\n'));
+    assert.ok(
+      r.problems.some((p) => p.file === path.join(top(), FILE) && p.problem.includes(`${damaged}: sha256`)),
+      problemsOf(r).join('\n'),
+    );
     // the search checks the hash of the candidate itself
     const newest = path.join(top(), FILE);
     flipByte(newest, fs.statSync(newest).size - 100);
@@ -207,17 +253,23 @@ function flipByte(file: string, offset: number): void {
     run('qemu-img', ['resize', '-q', '-f', 'qcow2', path.join(top(), FILE), String(2 * SIZE)]);
     writeManifest(top(), 3);
     const r = await verifyBackup(top());
-    assert.ok(r.problems.some((p) => /the chain's virtual size changed/.test(p.problem)), problemsOf(r).join('\n'));
+    assert.ok(
+      r.problems.some((p) => /the chain's virtual size changed/.test(p.problem)),
+      problemsOf(r).join('\n'),
+    );
     const p = await parentOf(2 * SIZE);
     assert.deepEqual([p.ok, !p.ok && p.reason], [false, 'parent-invalid']);
   });
 
-  it('an incremental whose manifest depth does not follow its parent\'s is named', async () => {
+  it("an incremental whose manifest depth does not follow its parent's is named", async () => {
     writeManifest(top(), 3, (m) => {
       m.files[1].chain!.depth = 5;
     });
     const r = await verifyBackup(top());
-    assert.ok(r.problems.some((p) => /has depth 5 but its parent .* has depth 2/.test(p.problem)), problemsOf(r).join('\n'));
+    assert.ok(
+      r.problems.some((p) => /has depth 5 but its parent .* has depth 2/.test(p.problem)),
+      problemsOf(r).join('\n'),
+    );
   });
 
   it('a parent that is not older than its child is refused (no chain can loop)', async () => {
@@ -228,7 +280,10 @@ function flipByte(file: string, offset: number): void {
       m.chain = { parent: IDS[3], depth: 4 };
     });
     const r = await verifyBackup(repo.dirs[1]);
-    assert.ok(r.problems.some((p) => p.file === file && p.problem.includes(`its parent ${IDS[3]} is not an earlier backup than ${IDS[1]}`)), problemsOf(r).join('\n'));
+    assert.ok(
+      r.problems.some((p) => p.file === file && p.problem.includes(`its parent ${IDS[3]} is not an earlier backup than ${IDS[1]}`)),
+      problemsOf(r).join('\n'),
+    );
   });
 
   it('a VM chain summary that disagrees with its disks is named', async () => {
@@ -236,29 +291,47 @@ function flipByte(file: string, offset: number): void {
       m.chain = { parent: IDS[1], depth: 3 };
     });
     const r = await verifyBackup(top());
-    assert.deepEqual(problemsOf(r), [`${path.join(top(), 'manifest.json')}: chain says parent ${IDS[1]} depth 3, its disks say parent ${IDS[2]} depth 3`]);
+    assert.deepEqual(problemsOf(r), [
+      `${path.join(top(), 'manifest.json')}: chain says parent ${IDS[1]} depth 3, its disks say parent ${IDS[2]} depth 3`,
+    ]);
   });
 
   it('flatten never overwrites, and names the argument at fault', async () => {
     const out = path.join(tmp, 'exists.qcow2');
     fs.writeFileSync(out, 'keep me');
-    await assert.rejects(flatten(top(), out), (err: Error) => err instanceof FlattenRefused && err.field === 'out' && /exists; not overwritten/.test(err.message));
+    await assert.rejects(
+      flatten(top(), out),
+      (err: Error) => err instanceof FlattenRefused && err.field === 'out' && /exists; not overwritten/.test(err.message),
+    );
     assert.equal(fs.readFileSync(out, 'utf8'), 'keep me');
-    await assert.rejects(flattenDisk({ backupDir: top(), disk: 'nope', out: path.join(tmp, 'x.qcow2'), verify: verifyBackup }), (err: Error) => err instanceof FlattenRefused && err.field === 'disk' && err.message.includes(DISK));
-    await assert.rejects(flatten(top(), path.join(repo.vmDir, 'x.qcow2')), (err: Error) => err instanceof FlattenRefused && err.field === 'out');
+    await assert.rejects(
+      flattenDisk({ backupDir: top(), disk: 'nope', out: path.join(tmp, 'x.qcow2'), verify: verifyBackup }),
+      (err: Error) => err instanceof FlattenRefused && err.field === 'disk' && err.message.includes(DISK),
+    );
+    await assert.rejects(
+      flatten(top(), path.join(repo.vmDir, 'x.qcow2')),
+      (err: Error) => err instanceof FlattenRefused && err.field === 'out',
+    );
     assert.deepEqual(fs.readdirSync(tmp).sort(), ['exists.qcow2', 'ref-0.raw', 'ref-1.raw', 'ref-2.raw', 'ref-3.raw', 'ref.raw', 'repo']);
   });
 
   it('vm-backup-restore flatten: 0 and the image, 1 naming the refusal, 2 on usage errors', () => {
     const out = path.join(tmp, 'cli.raw');
-    const ok = spawnSync(process.execPath, [RESTORE_CLI, 'flatten', repo.dirs[2], '--disk', DISK, '--out', out, '--format', 'raw'], { encoding: 'utf8' });
+    const ok = spawnSync(process.execPath, [RESTORE_CLI, 'flatten', repo.dirs[2], '--disk', DISK, '--out', out, '--format', 'raw'], {
+      encoding: 'utf8',
+    });
     assert.equal(ok.status, 0, ok.stderr);
     assert.match(ok.stdout, new RegExp(`flattened disk ${DISK} of ${IDS[2]} over 2 parents down to full ${IDS[0]}`));
     assert.equal(compare(repo.refs[2], 'raw', out, 'raw'), 0);
     const again = spawnSync(process.execPath, [RESTORE_CLI, 'flatten', repo.dirs[2], '--disk', DISK, '--out', out], { encoding: 'utf8' });
     assert.equal(again.status, 1);
     assert.match(again.stderr, /--out: .* exists; not overwritten/);
-    for (const args of [['flatten', repo.dirs[2], '--out', out + '2'], ['flatten', repo.dirs[2], '--disk', DISK], ['flatten', repo.dirs[2], '--disk', DISK, '--out', out + '2', '--format', 'vmdk'], ['unflatten']]) {
+    for (const args of [
+      ['flatten', repo.dirs[2], '--out', out + '2'],
+      ['flatten', repo.dirs[2], '--disk', DISK],
+      ['flatten', repo.dirs[2], '--disk', DISK, '--out', out + '2', '--format', 'vmdk'],
+      ['unflatten'],
+    ]) {
       const bad = spawnSync(process.execPath, [RESTORE_CLI, ...args], { encoding: 'utf8' });
       assert.equal(bad.status, 2, args.join(' '));
     }

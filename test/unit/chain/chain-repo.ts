@@ -20,10 +20,24 @@ export const IDS = ['20261201T010000Z-full00', '20261201T020000Z-inc001', '20261
 
 /** what is written at each point: [pattern byte, offset, length]; later points overwrite earlier ones in part */
 export const WRITES: [number, number, number][][] = [
-  [[0x11, 0, 256 << 10], [0x12, 1 << 20, 64 << 10], [0x13, SIZE - (64 << 10), 64 << 10]],
-  [[0x21, 64 << 10, 64 << 10], [0x22, 2 << 20, 128 << 10]],
-  [[0x31, 0, 64 << 10], [0x32, (2 << 20) + (64 << 10), 64 << 10], [0x33, 3 << 20, 4096]],
-  [[0x41, 1 << 20, 64 << 10], [0x42, 512 << 10, 192 << 10]],
+  [
+    [0x11, 0, 256 << 10],
+    [0x12, 1 << 20, 64 << 10],
+    [0x13, SIZE - (64 << 10), 64 << 10],
+  ],
+  [
+    [0x21, 64 << 10, 64 << 10],
+    [0x22, 2 << 20, 128 << 10],
+  ],
+  [
+    [0x31, 0, 64 << 10],
+    [0x32, (2 << 20) + (64 << 10), 64 << 10],
+    [0x33, 3 << 20, 4096],
+  ],
+  [
+    [0x41, 1 << 20, 64 << 10],
+    [0x42, 512 << 10, 192 << 10],
+  ],
 ];
 
 export function run(file: string, args: string[]): string {
@@ -77,27 +91,55 @@ export function makeChainRepo(tmp: string, points = IDS.length): ChainRepo {
 export function writeManifest(dir: string, i: number, edit?: (m: Manifest) => void): void {
   const image = path.join(dir, FILE);
   const changed = WRITES[i].reduce((n, [, , len]) => n + len, 0);
-  const chain = i === 0
-    ? { mode: 'full' as const, reason: 'first-backup' as const, detail: 'no earlier backup', depth: 0, bytesRead: SIZE }
-    : {
-      mode: 'incremental' as const, reason: 'incremental' as const, detail: `changes since ${IDS[i - 1]}`, depth: i,
-      parent: IDS[i - 1], backing: `../${IDS[i - 1]}/${FILE}`, bitmap: { name: 'vmbackup', granularity: 65536, persistent: true },
-      bytesChanged: changed, bytesRead: changed,
-    };
+  const chain =
+    i === 0
+      ? { mode: 'full' as const, reason: 'first-backup' as const, detail: 'no earlier backup', depth: 0, bytesRead: SIZE }
+      : {
+          mode: 'incremental' as const,
+          reason: 'incremental' as const,
+          detail: `changes since ${IDS[i - 1]}`,
+          depth: i,
+          parent: IDS[i - 1],
+          backing: `../${IDS[i - 1]}/${FILE}`,
+          bitmap: { name: 'vmbackup', granularity: 65536, persistent: true },
+          bytesChanged: changed,
+          bytesRead: changed,
+        };
   const virtualSize = JSON.parse(run('qemu-img', ['info', '--output=json', '-f', 'qcow2', image]))['virtual-size'] as number;
   const definition = path.join(dir, 'definition.json');
   if (!fs.existsSync(definition)) fs.writeFileSync(definition, JSON.stringify({ format: 'vm-backup-qemu-definition@1', id: VM }) + '\n');
   const files = [
     { name: 'definition.json', kind: 'definition' as const, bytes: fs.statSync(definition).size, sha256: sha(definition) },
-    { name: FILE, kind: 'disk' as const, disk: DISK, format: 'qcow2', virtualSize, bytes: fs.statSync(image).size, sha256: sha(image), chain },
+    {
+      name: FILE,
+      kind: 'disk' as const,
+      disk: DISK,
+      format: 'qcow2',
+      virtualSize,
+      bytes: fs.statSync(image).size,
+      sha256: sha(image),
+      chain,
+    },
   ];
   const hour = String(i + 1).padStart(2, '0');
   const manifest = {
-    format: 'vm-backup-manifest@1', backupId: IDS[i], host: HOST, provider: 'qemu', vm: VM, vmName: VM,
-    method: 'offline', consistency: 'offline', reasons: [], excludedDisks: [], warnings: [],
-    files, totalBytes: files.reduce((n, f) => n + f.bytes, 0), timings: { copyMs: 1 },
+    format: 'vm-backup-manifest@1',
+    backupId: IDS[i],
+    host: HOST,
+    provider: 'qemu',
+    vm: VM,
+    vmName: VM,
+    method: 'offline',
+    consistency: 'offline',
+    reasons: [],
+    excludedDisks: [],
+    warnings: [],
+    files,
+    totalBytes: files.reduce((n, f) => n + f.bytes, 0),
+    timings: { copyMs: 1 },
     chain: i === 0 ? { depth: 0 } : { parent: IDS[i - 1], depth: i },
-    createdAt: `2026-12-01T${hour}:00:00.000Z`, completedAt: `2026-12-01T${hour}:00:05.000Z`,
+    createdAt: `2026-12-01T${hour}:00:00.000Z`,
+    completedAt: `2026-12-01T${hour}:00:05.000Z`,
   } as Manifest;
   edit?.(manifest);
   assertManifest(manifest);

@@ -1,13 +1,26 @@
 // The chain policy as the copy node parses it, and the full-or-incremental decision: every full
 // reason, their order, the fullEvery limits at their edges, and manifest entries the schema takes.
 import * as assert from 'node:assert/strict';
-import { decideChain, diskChainEntry, parseChainPolicy, vmChain, type BitmapReport, type ParentFound, type ParentResult } from '../../../src/chain';
+import {
+  decideChain,
+  diskChainEntry,
+  parseChainPolicy,
+  vmChain,
+  type BitmapReport,
+  type ParentFound,
+  type ParentResult,
+} from '../../../src/chain';
 import { CHAIN_FULL_REASONS } from '../../../src/contract/schemas';
 import { assertManifest } from '../../../src/contract/validate';
 
 const PARENT: ParentFound = {
-  ok: true, backupId: '20261201T010000Z-bbbbbb', dir: '/r/lab/vm/20261201T010000Z-bbbbbb', file: '/r/lab/vm/20261201T010000Z-bbbbbb/disk-d.qcow2',
-  fileName: 'disk-d.qcow2', depth: 2, fullCreatedAt: '2026-11-28T01:00:00.000Z',
+  ok: true,
+  backupId: '20261201T010000Z-bbbbbb',
+  dir: '/r/lab/vm/20261201T010000Z-bbbbbb',
+  file: '/r/lab/vm/20261201T010000Z-bbbbbb/disk-d.qcow2',
+  fileName: 'disk-d.qcow2',
+  depth: 2,
+  fullCreatedAt: '2026-11-28T01:00:00.000Z',
 };
 const OK: BitmapReport = { state: 'ok', name: 'vmbackup-d', granularity: 65536, persistent: true };
 const NOW = new Date('2026-12-01T02:00:00.000Z');
@@ -28,11 +41,16 @@ describe('parseChainPolicy', () => {
     assert.deepEqual(parseChainPolicy({ fullEvery: '3650d' }).fullEvery, { kind: 'days', days: 3650 });
   });
   it('refuses a bad mode naming the field', () => {
-    for (const mode of ['incr', 'FULL', 3, true]) assert.throws(() => parseChainPolicy({ mode }), /^ChainPolicyError: mode: .* must be "incremental" or "full"$/);
+    for (const mode of ['incr', 'FULL', 3, true])
+      assert.throws(() => parseChainPolicy({ mode }), /^ChainPolicyError: mode: .* must be "incremental" or "full"$/);
   });
   it('refuses a bad fullEvery naming the field', () => {
     for (const fullEvery of [0, '0', '0d', -1, 1.5, '1.5', '7w', 'd', 'seven', '10001', '3651d', {}, [7], true]) {
-      assert.throws(() => parseChainPolicy({ fullEvery }), (err: Error) => err.name === 'ChainPolicyError' && err.message.startsWith('fullEvery: '), String(fullEvery));
+      assert.throws(
+        () => parseChainPolicy({ fullEvery }),
+        (err: Error) => err.name === 'ChainPolicyError' && err.message.startsWith('fullEvery: '),
+        String(fullEvery),
+      );
     }
   });
 });
@@ -72,7 +90,7 @@ describe('decideChain', () => {
       assert.ok(d.detail.length > 0);
     }
   });
-  it('the user\'s mode comes first, then the parent, then the bitmap', () => {
+  it("the user's mode comes first, then the parent, then the bitmap", () => {
     const noParent: ParentResult = { ok: false, reason: 'first-backup', detail: 'none' };
     assert.equal((decide({ policy: { mode: 'full' }, parent: noParent, bitmap: { state: 'missing' } }) as any).reason, 'policy-full');
     assert.equal((decide({ parent: noParent, bitmap: { state: 'missing' } }) as any).reason, 'first-backup');
@@ -91,21 +109,49 @@ describe('decideChain', () => {
     assert.equal((d as any).reason, 'policy-full-every');
     assert.equal((decide({ policy: { mode: 'incremental', fullEvery: { kind: 'count', count: 1 } } }) as any).reason, 'policy-full-every');
   });
-  it('fullEvery in days counts from the chain\'s full', () => {
+  it("fullEvery in days counts from the chain's full", () => {
     // the full was made 3 days and 1 hour before NOW
     assert.equal(decide({ policy: { mode: 'incremental', fullEvery: { kind: 'days', days: 4 } } }).mode, 'incremental');
     assert.equal((decide({ policy: { mode: 'incremental', fullEvery: { kind: 'days', days: 3 } } }) as any).reason, 'policy-full-every');
-    assert.equal((decide({ parent: { ...PARENT, fullCreatedAt: 'garbage' }, policy: { mode: 'incremental', fullEvery: { kind: 'days', days: 30 } } }) as any).reason, 'policy-full-every');
+    assert.equal(
+      (
+        decide({
+          parent: { ...PARENT, fullCreatedAt: 'garbage' },
+          policy: { mode: 'incremental', fullEvery: { kind: 'days', days: 30 } },
+        }) as any
+      ).reason,
+      'policy-full-every',
+    );
   });
 });
 
 describe('manifest chain entries', () => {
   const manifest = (files: any[], chain?: any) => ({
-    format: 'vm-backup-manifest@1', backupId: '20261201T030000Z-dddddd', host: 'lab', vm: 'vm', method: 'offline', consistency: 'offline',
-    reasons: [], excludedDisks: [], warnings: [], timings: {}, createdAt: NOW.toISOString(), completedAt: NOW.toISOString(),
-    files, ...(chain ? { chain } : {}),
+    format: 'vm-backup-manifest@1',
+    backupId: '20261201T030000Z-dddddd',
+    host: 'lab',
+    vm: 'vm',
+    method: 'offline',
+    consistency: 'offline',
+    reasons: [],
+    excludedDisks: [],
+    warnings: [],
+    timings: {},
+    createdAt: NOW.toISOString(),
+    completedAt: NOW.toISOString(),
+    files,
+    ...(chain ? { chain } : {}),
   });
-  const file = (chain: any) => ({ name: 'disk-d.qcow2', kind: 'disk', disk: 'd', format: 'qcow2', virtualSize: 1 << 20, bytes: 1, sha256: 'a'.repeat(64), chain });
+  const file = (chain: any) => ({
+    name: 'disk-d.qcow2',
+    kind: 'disk',
+    disk: 'd',
+    format: 'qcow2',
+    virtualSize: 1 << 20,
+    bytes: 1,
+    sha256: 'a'.repeat(64),
+    chain,
+  });
 
   it('what diskChainEntry writes, for a full of every reason and for an incremental, passes the schema', () => {
     for (const reason of CHAIN_FULL_REASONS) {
@@ -123,12 +169,48 @@ describe('manifest chain entries', () => {
   });
   it('refuses mixed-up entries naming the field', () => {
     const bad: [any, RegExp][] = [
-      [{ mode: 'incremental', reason: 'incremental', detail: '', depth: 1, bytesRead: 0 }, /\/files\/0\/chain must have required property 'parent'/],
+      [
+        { mode: 'incremental', reason: 'incremental', detail: '', depth: 1, bytesRead: 0 },
+        /\/files\/0\/chain must have required property 'parent'/,
+      ],
       [{ mode: 'full', reason: 'incremental', detail: '', depth: 0, bytesRead: 0 }, /\/files\/0\/chain\/reason/],
       [{ mode: 'full', reason: 'resized', detail: '', depth: 2, bytesRead: 0 }, /\/files\/0\/chain\/depth/],
-      [{ mode: 'incremental', reason: 'incremental', detail: '', depth: 1, bytesRead: 0, parent: PARENT.backupId, backing: '/abs/disk-d.qcow2' }, /\/files\/0\/chain\/backing must match pattern/],
-      [{ mode: 'incremental', reason: 'incremental', detail: '', depth: 1, bytesRead: 0, parent: PARENT.backupId, backing: '../../x/disk-d.qcow2' }, /\/files\/0\/chain\/backing must match pattern/],
-      [{ mode: 'incremental', reason: 'incremental', detail: '', depth: 0, bytesRead: 0, parent: PARENT.backupId, backing: `../${PARENT.backupId}/disk-d.qcow2` }, /\/files\/0\/chain\/depth must be >= 1/],
+      [
+        {
+          mode: 'incremental',
+          reason: 'incremental',
+          detail: '',
+          depth: 1,
+          bytesRead: 0,
+          parent: PARENT.backupId,
+          backing: '/abs/disk-d.qcow2',
+        },
+        /\/files\/0\/chain\/backing must match pattern/,
+      ],
+      [
+        {
+          mode: 'incremental',
+          reason: 'incremental',
+          detail: '',
+          depth: 1,
+          bytesRead: 0,
+          parent: PARENT.backupId,
+          backing: '../../x/disk-d.qcow2',
+        },
+        /\/files\/0\/chain\/backing must match pattern/,
+      ],
+      [
+        {
+          mode: 'incremental',
+          reason: 'incremental',
+          detail: '',
+          depth: 0,
+          bytesRead: 0,
+          parent: PARENT.backupId,
+          backing: `../${PARENT.backupId}/disk-d.qcow2`,
+        },
+        /\/files\/0\/chain\/depth must be >= 1/,
+      ],
     ];
     for (const [chain, re] of bad) assert.throws(() => assertManifest(manifest([file(chain)])), re);
   });

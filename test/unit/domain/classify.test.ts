@@ -11,7 +11,10 @@ describe('classification', () => {
     const vm = classifyVm(onlineVm(), 'checkpoint');
     assert.equal(vm.method, 'child-vm-snapshot');
     assert.equal(vm.consistency, 'application');
-    assert.deepEqual(vm.reasons.map((r) => r.rule), ['integration-service', 'vm-running', 'snapshot-location-same-volume', 'basic-disks', 'freezable-filesystems', 'supported-guest-os']);
+    assert.deepEqual(
+      vm.reasons.map((r) => r.rule),
+      ['integration-service', 'vm-running', 'snapshot-location-same-volume', 'basic-disks', 'freezable-filesystems', 'supported-guest-os'],
+    );
     assert.deepEqual(failed(vm), []);
   });
 
@@ -23,17 +26,35 @@ describe('classification', () => {
     ['overlay on another volume', { snapshotLocation: { path: '/mnt/other', volumeId: '2050' } }, 'snapshot-location-same-volume'],
     ['overlay volume unknown', { snapshotLocation: { path: '/gone' } }, 'snapshot-location-same-volume'],
     ['LVM volume', { guest: { filesystems: [{ mountpoint: '/', type: 'ext4', device: 'dm-0' }], os: { name: 'Debian' } } }, 'basic-disks'],
-    ['md RAID volume', { guest: { filesystems: [{ mountpoint: '/srv', type: 'xfs', device: 'md127' }], os: { name: 'Debian' } } }, 'basic-disks'],
-    ['FAT file system', { guest: { filesystems: [{ mountpoint: '/boot/efi', type: 'vfat', device: 'vda1' }], os: { name: 'Debian' } } }, 'freezable-filesystems'],
+    [
+      'md RAID volume',
+      { guest: { filesystems: [{ mountpoint: '/srv', type: 'xfs', device: 'md127' }], os: { name: 'Debian' } } },
+      'basic-disks',
+    ],
+    [
+      'FAT file system',
+      { guest: { filesystems: [{ mountpoint: '/boot/efi', type: 'vfat', device: 'vda1' }], os: { name: 'Debian' } } },
+      'freezable-filesystems',
+    ],
     ['no file system reported', { guest: { filesystems: [], os: { name: 'Debian' } } }, 'freezable-filesystems'],
-    ['Windows 2000', { guest: { filesystems: [{ mountpoint: 'C:\\', type: 'NTFS', device: 'Volume{1}' }], os: { name: 'Microsoft Windows 2000', version: '5.0' } } }, 'supported-guest-os'],
+    [
+      'Windows 2000',
+      {
+        guest: {
+          filesystems: [{ mountpoint: 'C:\\', type: 'NTFS', device: 'Volume{1}' }],
+          os: { name: 'Microsoft Windows 2000', version: '5.0' },
+        },
+      },
+      'supported-guest-os',
+    ],
     ['OS unknown', { guest: { filesystems: [{ mountpoint: '/', type: 'ext4', device: 'vda' }] } }, 'supported-guest-os'],
   ];
   for (const [what, over, rule] of cases) {
     it(`falls back when ${what} (${rule}), by policy`, () => {
       const checkpoint = classifyVm(onlineVm(over), 'checkpoint');
       assert.ok((failed(checkpoint) as string[]).includes(rule), `${rule} fails: ${JSON.stringify(checkpoint.reasons)}`);
-      if (over?.state === 'paused') assert.equal(checkpoint.reasons.find((r) => r.rule === 'vm-running')?.detail, 'VM is paused, not running');
+      if (over?.state === 'paused')
+        assert.equal(checkpoint.reasons.find((r) => r.rule === 'vm-running')?.detail, 'VM is paused, not running');
       assert.equal(checkpoint.method, 'checkpoint');
       assert.equal(checkpoint.consistency, 'crash');
       // a VM that is not running is never saved (QEMU would leave its images inactive): checkpoint
@@ -46,7 +67,10 @@ describe('classification', () => {
     for (const state of ['paused', 'suspended', 'inmigrate']) {
       const vm = classifyVm(onlineVm({ state }), 'saved-state');
       assert.deepEqual([vm.method, vm.consistency], ['checkpoint', 'crash'], state);
-      assert.match(vm.warnings.join('\n'), new RegExp(`saved-state not used: the VM is ${state}, not running; its disks do not change while its vCPUs are stopped`));
+      assert.match(
+        vm.warnings.join('\n'),
+        new RegExp(`saved-state not used: the VM is ${state}, not running; its disks do not change while its vCPUs are stopped`),
+      );
     }
     const running = classifyVm(onlineVm({ agent: { present: false, responding: false, freezeEnabled: false } }), 'saved-state');
     assert.equal(running.method, 'saved-state', 'a running VM still gets saved-state by policy');
@@ -79,19 +103,41 @@ describe('classification', () => {
 
   it('copies a shut-down VM as it is, whatever the policy', () => {
     for (const policy of ['checkpoint', 'saved-state', 'fail'] as const) {
-      const [vm] = classifyAll([onlineVm({ state: 'shutdown', agent: { present: false, responding: false, freezeEnabled: false } })], policy);
+      const [vm] = classifyAll(
+        [onlineVm({ state: 'shutdown', agent: { present: false, responding: false, freezeEnabled: false } })],
+        policy,
+      );
       assert.deepEqual([vm.method, vm.consistency], ['offline', 'offline']);
     }
   });
 
   it('warns about every excluded disk and keeps the rest', () => {
-    const vm = classifyVm(onlineVm({
-      disks: [
-        onlineVm().disks[0],
-        { id: 'drive-virtio1', node: '#b2', file: 'nbd+unix://?socket=/run/nbd.sock', format: 'raw', driver: 'nbd', included: false, excludedReason: 'network' },
-        { id: 'drive-scsi0', node: '#b3', file: '/dev/sdb', format: 'raw', driver: 'host_device', included: false, excludedReason: 'pass-through' },
-      ],
-    }), 'checkpoint');
+    const vm = classifyVm(
+      onlineVm({
+        disks: [
+          onlineVm().disks[0],
+          {
+            id: 'drive-virtio1',
+            node: '#b2',
+            file: 'nbd+unix://?socket=/run/nbd.sock',
+            format: 'raw',
+            driver: 'nbd',
+            included: false,
+            excludedReason: 'network',
+          },
+          {
+            id: 'drive-scsi0',
+            node: '#b3',
+            file: '/dev/sdb',
+            format: 'raw',
+            driver: 'host_device',
+            included: false,
+            excludedReason: 'pass-through',
+          },
+        ],
+      }),
+      'checkpoint',
+    );
     assert.equal(vm.method, 'child-vm-snapshot', 'excluded disks do not change the method');
     assert.equal(vm.warnings.length, 2);
     assert.match(vm.warnings[0], /drive-virtio1 .* network and NOT backed up/);
@@ -101,6 +147,10 @@ describe('classification', () => {
   it('trusts a guest whose volumes the host cannot see only when its agent answers (Hyper-V)', () => {
     const hidden = { guest: { filesystems: [], filesystemsVisible: false, os: { name: 'Windows Server 2022' } } };
     assert.deepEqual(failed(classifyVm(onlineVm(hidden), 'checkpoint')), []);
-    assert.ok(failed(classifyVm(onlineVm({ ...hidden, agent: { present: true, responding: false, freezeEnabled: false } }), 'checkpoint')).includes('freezable-filesystems'));
+    assert.ok(
+      failed(classifyVm(onlineVm({ ...hidden, agent: { present: true, responding: false, freezeEnabled: false } }), 'checkpoint')).includes(
+        'freezable-filesystems',
+      ),
+    );
   });
 });

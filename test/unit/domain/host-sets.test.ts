@@ -30,7 +30,9 @@ describe('BackupHost: enumerate and classify', () => {
 
   function hostWith(vms: EnumeratedVm[], warnings: string[] = []): BackupHost {
     const provider = {
-      kind: 'qemu', writerName: 'test writer', snapshotQuiesces: false,
+      kind: 'qemu',
+      writerName: 'test writer',
+      snapshotQuiesces: false,
       enumerate: async () => vms,
       enumerateHost: async () => ({ vms, warnings }),
     } as unknown as HostProvider;
@@ -44,16 +46,28 @@ describe('BackupHost: enumerate and classify', () => {
   it('lists a defined but unreachable VM with its reason; policy fail refuses the set, naming it', async () => {
     const host = hostWith([onlineVm(), gone]);
     const set = assertStage<any>('enumerated', await host.enumerate());
-    assert.deepEqual(set.vms.map((v: EnumeratedVm) => [v.id, v.state]), [['web1', 'running'], ['db', 'unreachable']]);
+    assert.deepEqual(
+      set.vms.map((v: EnumeratedVm) => [v.id, v.state]),
+      [
+        ['web1', 'running'],
+        ['db', 'unreachable'],
+      ],
+    );
     assert.ok(set.warnings.some((w: string) => /^db: defined but unreachable: QMP socket/.test(w)));
-    assert.throws(() => host.classify(set, 'checkpoint'), /\/vms: 1 VM\(s\) defined on host h1 cannot be reached: db \(QMP socket .* policy unreachable is "fail"/);
+    assert.throws(
+      () => host.classify(set, 'checkpoint'),
+      /\/vms: 1 VM\(s\) defined on host h1 cannot be reached: db \(QMP socket .* policy unreachable is "fail"/,
+    );
   });
 
   it('policy report backs up the others and lists the unreachable VM in skipped', async () => {
     const host = hostWith([onlineVm(), gone]);
     const set = await host.enumerate();
     const classified = assertStage<any>('classified', host.classify(set, 'checkpoint', 'report'));
-    assert.deepEqual(classified.vms.map((v: EnumeratedVm) => v.id), ['web1']);
+    assert.deepEqual(
+      classified.vms.map((v: EnumeratedVm) => v.id),
+      ['web1'],
+    );
     assert.deepEqual(classified.skipped, [{ vm: 'db', reason: gone.unreachable!.reason }]);
     assert.deepEqual(classified.policy, { fallback: 'checkpoint', unreachable: 'report' });
   });
@@ -76,7 +90,13 @@ describe('BackupHost: enumerate and classify', () => {
     const host = hostWith([onlineVm(), onlineVm({ id: 'odd', guest: { filesystems: many, os: { name: 'Debian' } } })]);
     const set = assertStage<any>('enumerated', await host.enumerate());
     const classified = assertStage<any>('classified', host.classify(set, 'checkpoint'));
-    assert.deepEqual(classified.vms.map((v: any) => [v.id, v.method]), [['web1', 'child-vm-snapshot'], ['odd', 'checkpoint']]);
+    assert.deepEqual(
+      classified.vms.map((v: any) => [v.id, v.method]),
+      [
+        ['web1', 'child-vm-snapshot'],
+        ['odd', 'checkpoint'],
+      ],
+    );
   });
 
   it('refuses an edited host name, policy or an added repository at the next stage', async () => {
@@ -87,11 +107,20 @@ describe('BackupHost: enumerate and classify', () => {
     ]) {
       const host = hostWith([onlineVm()]);
       const set = await host.enumerate();
-      assert.throws(() => host.classify(edit(set), 'checkpoint'), /^StageError: \/(host\/name|writer\/components|repository): differs from what host produced for backup set/);
+      assert.throws(
+        () => host.classify(edit(set), 'checkpoint'),
+        /^StageError: \/(host\/name|writer\/components|repository): differs from what host produced for backup set/,
+      );
     }
     const host = hostWith([onlineVm()]);
     const classified = host.classify(await host.enumerate(), 'checkpoint');
-    await assert.rejects(host.prepare({ ...classified, policy: { fallback: 'saved-state', unreachable: 'fail' } }), /\/policy\/fallback: differs from what host produced/);
-    await assert.rejects(host.prepare({ ...classified, skipped: [{ vm: 'x', reason: 'y' }] }), /\/skipped: differs from what host produced/);
+    await assert.rejects(
+      host.prepare({ ...classified, policy: { fallback: 'saved-state', unreachable: 'fail' } }),
+      /\/policy\/fallback: differs from what host produced/,
+    );
+    await assert.rejects(
+      host.prepare({ ...classified, skipped: [{ vm: 'x', reason: 'y' }] }),
+      /\/skipped: differs from what host produced/,
+    );
   });
 });

@@ -33,26 +33,46 @@ describe('live backup set: a thaw that has to be retried', () => {
       },
     } as unknown as HostProvider;
     let ended = 0;
-    const live = new LiveBackup('20260101T000000Z-cccccc', ['a'], provider, journal,
-      { freezeMs: 60_000, pauseMs: 60_000, sessionMs: 60_000, idleMs: 60_000, commandMs: 1000 }, () => undefined, () => void ended++);
+    const live = new LiveBackup(
+      '20260101T000000Z-cccccc',
+      ['a'],
+      provider,
+      journal,
+      { freezeMs: 60_000, pauseMs: 60_000, sessionMs: 60_000, idleMs: 60_000, commandMs: 1000 },
+      () => undefined,
+      () => void ended++,
+    );
     await live.freeze('a', async () => 1);
     await live.abort('agent stopped');
     assert.equal(live.stage, 'ended');
     assert.equal(ended, 0, 'a set whose guest is still frozen is not released');
-    assert.deepEqual(pendingUndos(journal.read()).map((u) => `${u.kind}:${u.vm}`), ['thaw:a']);
+    assert.deepEqual(
+      pendingUndos(journal.read()).map((u) => `${u.kind}:${u.vm}`),
+      ['thaw:a'],
+    );
     agentAnswers = true;
     for (let i = 0; i < 40 && ended === 0; i++) await sleep(100);
     assert.equal(ended, 1, 'released once the retried thaw succeeded');
     assert.ok(thaws >= 2);
     assert.deepEqual(pendingUndos(journal.read()), []);
-    assert.ok(journal.read().some((e) => e.op === 'end'), 'the set ended in the journal');
+    assert.ok(
+      journal.read().some((e) => e.op === 'end'),
+      'the set ended in the journal',
+    );
   });
 
   it('is released at once when everything was undone', async () => {
     const provider = { kind: 'qemu', thaw: async () => 1 } as unknown as HostProvider;
     let ended = 0;
-    const live = new LiveBackup('20260101T000000Z-dddddd', ['a'], provider, journal,
-      { freezeMs: 60_000, pauseMs: 60_000, sessionMs: 60_000, idleMs: 60_000, commandMs: 1000 }, () => undefined, () => void ended++);
+    const live = new LiveBackup(
+      '20260101T000000Z-dddddd',
+      ['a'],
+      provider,
+      journal,
+      { freezeMs: 60_000, pauseMs: 60_000, sessionMs: 60_000, idleMs: 60_000, commandMs: 1000 },
+      () => undefined,
+      () => void ended++,
+    );
     await live.freeze('a', async () => 1);
     await live.abort('test');
     assert.equal(ended, 1);

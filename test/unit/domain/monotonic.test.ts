@@ -43,9 +43,14 @@ describe('durations come from a monotonic clock (wall clock stepped back while f
       kind: 'qemu',
       writerName: 'test',
       quiesce: 'agent',
-      enumerate: async () => [onlineVm({ id: 'web1' }), onlineVm({
-        id: 'db1', agent: { present: true, responding: false, freezeEnabled: false }, disks: [{ ...onlineVm().disks[0]!, file: '/var/lib/vz/db1.qcow2' }],
-      })],
+      enumerate: async () => [
+        onlineVm({ id: 'web1' }),
+        onlineVm({
+          id: 'db1',
+          agent: { present: true, responding: false, freezeEnabled: false },
+          disks: [{ ...onlineVm().disks[0]!, file: '/var/lib/vz/db1.qcow2' }],
+        }),
+      ],
       freeze: async () => {
         onFreeze();
         return { frozenFilesystems: 1 };
@@ -58,35 +63,54 @@ describe('durations come from a monotonic clock (wall clock stepped back while f
       },
       resume: async () => undefined,
       runState: async () => 'running',
-      planView: (vm: ClassifiedVm) => ({ disks: vm.disks.filter((d) => d.included).map((d) => ({ disk: d.id, artifact: `disk-${d.id}.qcow2`, format: 'qcow2' })), ref: {} }),
+      planView: (vm: ClassifiedVm) => ({
+        disks: vm.disks.filter((d) => d.included).map((d) => ({ disk: d.id, artifact: `disk-${d.id}.qcow2`, format: 'qcow2' })),
+        ref: {},
+      }),
       armView: async () => undefined,
       makeView: async (_vm: ClassifiedVm, view: unknown) => ({ view }),
       releaseView: async () => undefined,
       describe: async () => ({}),
-      exportDisk: async () => { throw new Error('not used'); },
+      exportDisk: async () => {
+        throw new Error('not used');
+      },
       close: async () => undefined,
     } as unknown as HostProvider;
   }
 
   it('frozenMs, downtimeMs and every stage ms stay >= 0 and true; each stage output passes its schema', async () => {
     // the step happens while the guest is frozen (web1) and while the VM is stopped (db1)
-    const p = provider(() => void (offset -= HOUR), () => void (offset -= HOUR));
+    const p = provider(
+      () => void (offset -= HOUR),
+      () => void (offset -= HOUR),
+    );
     const host = new BackupHost(p, journal, { hostName: 'h', repositoryRoot: dir, timeouts: { ...DEFAULT_TIMEOUTS, freezeMs: 60_000 } });
     const e = await host.enumerate();
     const c = host.classify(e, 'saved-state');
-    assert.deepEqual(c.vms.map((vm) => vm.method), ['child-vm-snapshot', 'saved-state'], 'web1 frozen, db1 (no agent) saved');
+    assert.deepEqual(
+      c.vms.map((vm) => vm.method),
+      ['child-vm-snapshot', 'saved-state'],
+      'web1 frozen, db1 (no agent) saved',
+    );
     const pr = await host.prepare(c);
     assert.equal(validate('prepared', pr), null);
     await sleep(120);
     const s = await host.snapshot(pr);
     assert.equal(validate('snapshotted', s), null, 'the snapshot output passes its schema');
     const web = s.vms.find((v) => v.id === 'web1')!;
-    assert.ok(web.snapshot.frozenMs !== undefined && web.snapshot.frozenMs >= 100 && web.snapshot.frozenMs < 5000, `frozenMs ${web.snapshot.frozenMs} is the real frozen time`);
+    assert.ok(
+      web.snapshot.frozenMs !== undefined && web.snapshot.frozenMs >= 100 && web.snapshot.frozenMs < 5000,
+      `frozenMs ${web.snapshot.frozenMs} is the real frozen time`,
+    );
     const ps = await host.postSnapshot(s);
     assert.equal(validate('post-snapshot', ps), null, 'the post-snapshot output passes its schema');
     for (const [stage, t] of Object.entries(ps.timings)) assert.ok(t.ms >= 0 && t.ms < 10_000, `${stage} ms ${t.ms}`);
     for (const vm of ps.vms) {
-      if (vm.postSnapshot.downtimeMs !== undefined) assert.ok(vm.postSnapshot.downtimeMs >= 0 && vm.postSnapshot.downtimeMs < 10_000, `${vm.id} downtimeMs ${vm.postSnapshot.downtimeMs}`);
+      if (vm.postSnapshot.downtimeMs !== undefined)
+        assert.ok(
+          vm.postSnapshot.downtimeMs >= 0 && vm.postSnapshot.downtimeMs < 10_000,
+          `${vm.id} downtimeMs ${vm.postSnapshot.downtimeMs}`,
+        );
     }
     assert.ok(offset <= -HOUR, 'the wall clock was stepped back during the run');
     await host.closeAll('test over');

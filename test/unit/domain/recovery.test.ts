@@ -29,9 +29,10 @@ describe('recovery: what it takes as its own', () => {
   });
   afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
-  const j = (host: string, owner?: string) => new Journal(journalPath(path.join(dir, 'journal'), host), { host, ...(owner ? { owner } : {}) });
+  const j = (host: string, owner?: string) =>
+    new Journal(journalPath(path.join(dir, 'journal'), host), { host, ...(owner ? { owner } : {}) });
 
-  it('recovers its sets from the journal of its old name, reports others\' pending work, leaves live peers\' sets', async () => {
+  it("recovers its sets from the journal of its old name, reports others' pending work, leaves live peers' sets", async () => {
     const old = j('old', 'node-a');
     old.append({ backupId: '20260101T000000Z-aaaaaa', vm: 'v1', op: 'freeze', phase: 'intent' });
     const stranger = j('gone', 'node-x');
@@ -42,15 +43,18 @@ describe('recovery: what it takes as its own', () => {
     const now = j('new', 'node-a');
     const actions = await recover(now, provider, repo, 1000, { hostName: 'new', owner: 'node-a', liveOwners: new Set(['node-p']) });
     assert.deepEqual(calls, ['thaw v1'], 'only its own set is undone');
-    assert.deepEqual(actions.map((a) => a.kind), ['foreign-pending', 'thaw']);
+    assert.deepEqual(
+      actions.map((a) => a.kind),
+      ['foreign-pending', 'thaw'],
+    );
     assert.match(actions[0].error!, /journal-gone\.jsonl has pending work of host "gone".*thaw v2/);
     assert.equal(actions[1].journal, journalPath(path.join(dir, 'journal'), 'old'));
     assert.equal(existsSync(old.file), false, 'the old journal, empty now, is gone');
-    assert.equal(new Journal(stranger.file).read().length, 1, 'the stranger\'s lines stay');
-    assert.equal(new Journal(peer.file).read().length, 1, 'the peer\'s lines stay');
+    assert.equal(new Journal(stranger.file).read().length, 1, "the stranger's lines stay");
+    assert.equal(new Journal(peer.file).read().length, 1, "the peer's lines stay");
   });
 
-  it('removes only the staging directory it computes, under the set\'s own host name', async () => {
+  it("removes only the staging directory it computes, under the set's own host name", async () => {
     const journal = j('h', 'node-a');
     const id = '20260101T000000Z-dddddd';
     const mineDir = repo.stagingDir('h', 'v1', id);
@@ -72,11 +76,14 @@ describe('recovery: what it takes as its own', () => {
     writeFileSync(journal.file, 'null\n{"op":1}\n', { flag: 'a' });
     const actions = await recover(journal, provider, repo, 1000, { hostName: 'h', owner: 'node-a' });
     assert.deepEqual(calls, ['resume v1']);
-    assert.match(actions.find((a) => a.kind === 'skip-lines')!.error!, /^2 journal line\(s\) skipped.*line 2: not an object \(null\); line 3: t: not a timestamp/);
+    assert.match(
+      actions.find((a) => a.kind === 'skip-lines')!.error!,
+      /^2 journal line\(s\) skipped.*line 2: not an object \(null\); line 3: t: not a timestamp/,
+    );
     assert.deepEqual(new Journal(journal.file).read(), [], 'finished sets and bad lines are dropped');
   });
 
-  it('proves a staging directory\'s writer gone only from its owner record', () => {
+  it("proves a staging directory's writer gone only from its owner record", () => {
     const me = currentOwner('h');
     assert.equal(ownerGone(undefined).gone, false);
     assert.equal(ownerGone(me).gone, false, 'this very process');
@@ -84,6 +91,7 @@ describe('recovery: what it takes as its own', () => {
     const child = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))']);
     assert.equal(ownerGone({ ...me, pid: Number(child.stdout), started: '1' }).gone, true, 'a process that exited');
     if (me.boot) assert.equal(ownerGone({ ...me, boot: 'another-boot' }).gone, true, 'rebooted since');
-    if (me.started) assert.equal(ownerGone({ ...me, pid: process.ppid, started: 'not-its-start' }).gone, true, 'a pid now used by another process');
+    if (me.started)
+      assert.equal(ownerGone({ ...me, pid: process.ppid, started: 'not-its-start' }).gone, true, 'a pid now used by another process');
   });
 });

@@ -22,14 +22,20 @@ for (const viaLauncher of [false, true]) {
     });
 
     it('fails with the exit code and the end of stderr', async () => {
-      const err = await runProgram('sh', ['-c', 'echo broken >&2; exit 3']).then(() => undefined, (e: unknown) => e);
+      const err = await runProgram('sh', ['-c', 'echo broken >&2; exit 3']).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
       assert.ok(err instanceof ProgramFailed);
       assert.equal(err.code, 3);
       assert.match(err.message, /sh exited with 3: broken/);
     });
 
     it('fails with ENOENT for a program that does not exist', async () => {
-      const err = await runProgram('/nonexistent/vmb-program', []).then(() => undefined, (e: unknown) => e as NodeJS.ErrnoException);
+      const err = await runProgram('/nonexistent/vmb-program', []).then(
+        () => undefined,
+        (e: unknown) => e as NodeJS.ErrnoException,
+      );
       assert.equal(err?.code, 'ENOENT');
     });
 
@@ -51,7 +57,10 @@ for (const viaLauncher of [false, true]) {
 
     it('runs many programs at once', async () => {
       const out = await Promise.all(Array.from({ length: 40 }, (_, i) => runProgram('printf', [String(i)])));
-      assert.deepEqual(out.map((r) => r.stdout), Array.from({ length: 40 }, (_, i) => String(i)));
+      assert.deepEqual(
+        out.map((r) => r.stdout),
+        Array.from({ length: 40 }, (_, i) => String(i)),
+      );
     });
   });
 }

@@ -13,15 +13,20 @@ describe('sha256File', () => {
 
   it('gives each file its own digest, ten at once, sizes from empty to several read pieces', async () => {
     const sizes = [0, 1, 4095, 2 << 20, (2 << 20) + 1, 5 * (1 << 20) + 7, 3, 7 << 20, 1 << 20, 12345];
-    const files = await Promise.all(sizes.map(async (n, i) => {
-      const data = randomBytes(n);
-      const file = path.join(dir, `f${i}`);
-      await fs.writeFile(file, data);
-      return { file, want: createHash('sha256').update(data).digest('hex') };
-    }));
+    const files = await Promise.all(
+      sizes.map(async (n, i) => {
+        const data = randomBytes(n);
+        const file = path.join(dir, `f${i}`);
+        await fs.writeFile(file, data);
+        return { file, want: createHash('sha256').update(data).digest('hex') };
+      }),
+    );
     for (let round = 0; round < 2; round++) {
       const got = await Promise.all(files.map((f) => sha256File(f.file)));
-      assert.deepEqual(got, files.map((f) => f.want));
+      assert.deepEqual(
+        got,
+        files.map((f) => f.want),
+      );
     }
   });
 

@@ -14,7 +14,10 @@ describe('undo(provider, pending, ctx): one dispatch for the guardian and recove
     thaw: async (vm: string, ms: number) => void calls.push(`thaw ${vm} ${ms}`),
     resume: async (vm: string, state: string) => void calls.push(`resume ${vm} ${state}`),
     releaseView: async (vm: string, v: { disks: unknown[] }) => void calls.push(`release ${vm} ${v.disks.length}`),
-    tracking: { start: async () => undefined, remove: async (vm: string, r: { name: string }[]) => void calls.push(`untrack ${vm} ${r.map((x) => x.name).join(',')}`) },
+    tracking: {
+      start: async () => undefined,
+      remove: async (vm: string, r: { name: string }[]) => void calls.push(`untrack ${vm} ${r.map((x) => x.name).join(',')}`),
+    },
   } as unknown as HostProvider;
   beforeEach(() => {
     calls.length = 0;
@@ -32,10 +35,20 @@ describe('undo(provider, pending, ctx): one dispatch for the guardian and recove
 
   it('release goes to the provider with the view; untrack removes the records named, nothing to do without tracking', async () => {
     assert.equal(await undo(provider, { kind: 'release', backupId: 'x', vm: 'a', view }, { commandMs: 1 }), 'done');
-    assert.equal(await undo(provider, { kind: 'untrack', backupId: 'x', vm: 'a', view, remove: [{ disk: 'd0', name: 'vmbackup-1' }], published: true }, { commandMs: 1 }), 'done');
+    assert.equal(
+      await undo(
+        provider,
+        { kind: 'untrack', backupId: 'x', vm: 'a', view, remove: [{ disk: 'd0', name: 'vmbackup-1' }], published: true },
+        { commandMs: 1 },
+      ),
+      'done',
+    );
     assert.deepEqual(calls, ['release a 1', 'untrack a vmbackup-1']);
     const untracked = { ...provider, tracking: undefined } as unknown as HostProvider;
-    assert.equal(await undo(untracked, { kind: 'untrack', backupId: 'x', vm: 'a', view, remove: [], published: false }, { commandMs: 1 }), 'nothing-to-do');
+    assert.equal(
+      await undo(untracked, { kind: 'untrack', backupId: 'x', vm: 'a', view, remove: [], published: false }, { commandMs: 1 }),
+      'nothing-to-do',
+    );
   });
 
   it('discard removes the staging directory (and is safe to repeat)', async () => {
@@ -48,7 +61,11 @@ describe('undo(provider, pending, ctx): one dispatch for the guardian and recove
   });
 
   it('a failing undo throws (the caller retries or reports)', async () => {
-    const failing = { thaw: async () => { throw new Error('agent gone'); } } as unknown as HostProvider;
+    const failing = {
+      thaw: async () => {
+        throw new Error('agent gone');
+      },
+    } as unknown as HostProvider;
     await assert.rejects(undo(failing, { kind: 'thaw', backupId: 'x', vm: 'a' }, { commandMs: 1 }), /agent gone/);
   });
 });

@@ -13,7 +13,14 @@ import { HOST_RULES, hostFieldError, hostSettings, type HostConfig } from '../..
 const ROOT = path.resolve(__dirname, '../../../..');
 const FP = 'SHA256:' + 'A'.repeat(43);
 const base: HostConfig = { provider: 'qemu', hostName: 'h1', socketDir: '/run/qemu-server', repository: '/srv/backup' };
-const ssh: HostConfig = { provider: 'hyperv', hostName: 'hv', repository: '/srv/backup', hvMode: 'ssh', sshHost: 'hv01', sshUser: 'backup' };
+const ssh: HostConfig = {
+  provider: 'hyperv',
+  hostName: 'hv',
+  repository: '/srv/backup',
+  hvMode: 'ssh',
+  sshHost: 'hv01',
+  sshUser: 'backup',
+};
 
 /** The editor's copy: what the built host.html defines, run as the browser would. */
 function editorValidator(): (field: string, value: unknown, config: Record<string, unknown>) => string | undefined {
@@ -37,7 +44,11 @@ describe('host settings: one validator', () => {
     ['freeze timeout not a number', { ...base, freezeTimeout: '10s' }, /^Error: freezeTimeout: "10s" must be a number/],
     ['ssh without host', { ...ssh, sshHost: ' ' }, /^Error: sshHost: is required$/],
     ['ssh port out of range', { ...ssh, sshPort: 70000 }, /^Error: sshPort: "70000" must be a number from 1 to 65535$/],
-    ['a host key that is not a sha256 fingerprint', { ...ssh, sshHostKey: 'MD5:aa:bb' }, /^Error: sshHostKey: "MD5:aa:bb" must be a SHA256 fingerprint as ssh-keygen -lf prints it/],
+    [
+      'a host key that is not a sha256 fingerprint',
+      { ...ssh, sshHostKey: 'MD5:aa:bb' },
+      /^Error: sshHostKey: "MD5:aa:bb" must be a SHA256 fingerprint as ssh-keygen -lf prints it/,
+    ],
     ['ssh without password or key', { ...ssh }, /^Error: password: a password or a private key is required when hvMode is ssh$/],
   ];
   for (const [what, config, error] of bad) {
@@ -49,7 +60,8 @@ describe('host settings: one validator', () => {
   it('builds the domain options, with the pinned host key in the one SSH options type', () => {
     const s = hostSettings({ ...ssh, sshPort: '2222', sshHostKey: ` ${FP} ` }, { password: 'pw' });
     assert.deepEqual(s.provider, {
-      provider: 'hyperv', hostName: 'hv',
+      provider: 'hyperv',
+      hostName: 'hv',
       hyperv: { mode: 'ssh', ssh: { host: 'hv01', port: 2222, username: 'backup', password: 'pw', hostFingerprint: FP } },
     });
     const q = hostSettings({ ...base, freezeTimeout: '5', sessionTimeout: '' });
@@ -59,7 +71,9 @@ describe('host settings: one validator', () => {
   });
 
   it('the pinned host key reaches the Hyper-V SSH runner that checks it', () => {
-    const provider = createProvider(hostSettings({ ...ssh, sshHostKey: FP }, { password: 'pw' }).provider) as unknown as { runner: unknown };
+    const provider = createProvider(hostSettings({ ...ssh, sshHostKey: FP }, { password: 'pw' }).provider) as unknown as {
+      runner: unknown;
+    };
     assert.ok(provider.runner instanceof SshPowerShellRunner);
     assert.equal((provider.runner as unknown as { options: { ssh: { hostFingerprint?: string } } }).options.ssh.hostFingerprint, FP);
   });
@@ -71,8 +85,33 @@ describe('host settings: one validator', () => {
 
   it('the editor gives exactly the runtime answer for every field (the same rules and function)', () => {
     const editor = editorValidator();
-    const samples: unknown[] = ['', undefined, 'rel', '/abs', '/a\0b', 'qemu', 'hyperv', 'ssh', 'local', '0', '5', '600', '601', 'x', 'a/b', 'h-1.x', FP, `${FP}=`, 'SHA256:short', 70000];
-    const fields = [...Object.keys(HOST_RULES.common), ...Object.keys(HOST_RULES.providers.qemu), ...Object.keys(HOST_RULES.providers.hyperv)];
+    const samples: unknown[] = [
+      '',
+      undefined,
+      'rel',
+      '/abs',
+      '/a\0b',
+      'qemu',
+      'hyperv',
+      'ssh',
+      'local',
+      '0',
+      '5',
+      '600',
+      '601',
+      'x',
+      'a/b',
+      'h-1.x',
+      FP,
+      `${FP}=`,
+      'SHA256:short',
+      70000,
+    ];
+    const fields = [
+      ...Object.keys(HOST_RULES.common),
+      ...Object.keys(HOST_RULES.providers.qemu),
+      ...Object.keys(HOST_RULES.providers.hyperv),
+    ];
     let compared = 0;
     for (const config of [base, ssh, { ...ssh, hvMode: 'local' }]) {
       for (const field of fields) {
@@ -115,7 +154,10 @@ describe('openHost: the host wiring outside Node-RED', () => {
   it('a journal that cannot be written refuses the host, naming journalDir', async () => {
     const file = path.join(dir, 'a-file');
     writeFileSync(file, '');
-    await assert.rejects(openHost({ ...base, socketDir: dir, repository: path.join(dir, 'repo'), journalDir: file }, {}, dir), /^Error: journalDir: journal .* cannot be written/);
+    await assert.rejects(
+      openHost({ ...base, socketDir: dir, repository: path.join(dir, 'repo'), journalDir: file }, {}, dir),
+      /^Error: journalDir: journal .* cannot be written/,
+    );
   });
 
   it('a bad setting is refused before anything is opened', async () => {

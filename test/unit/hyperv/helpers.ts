@@ -88,7 +88,8 @@ export class FakeSpawn {
     const fileAt = args.indexOf('-File');
     const argsAt = args.indexOf('-ArgsJson');
     const script = fileAt >= 0 ? path.basename(String(args[fileAt + 1]).replace(/\\/g, '/')) : '';
-    const params = argsAt >= 0 ? (JSON.parse(Buffer.from(String(args[argsAt + 1]), 'base64').toString('utf8')) as Record<string, unknown>) : {};
+    const params =
+      argsAt >= 0 ? (JSON.parse(Buffer.from(String(args[argsAt + 1]), 'base64').toString('utf8')) as Record<string, unknown>) : {};
     const call: SpawnCall = { command, args: [...args], options, script, params };
     this.calls.push(call);
     const answer = this.answer(script, params, call);
@@ -202,10 +203,22 @@ export class FakeSsh {
     client.sftp = (cb: (err: Error | undefined, sftp: SftpSession) => void) => {
       const sftp: SftpSession = {
         realpath: (_p, done) => setImmediate(() => done(undefined, fake.options.home ?? '/C:/Users/backup')),
-        mkdir: (p, done) => { fake.mkdirs.push(p); setImmediate(() => done()); },
-        writeFile: (p, data, done) => { fake.written.set(p, data); setImmediate(() => done()); },
-        unlink: (p, done) => { fake.unlinked.push(p); setImmediate(() => done()); },
-        rmdir: (p, done) => { fake.rmdirs.push(p); setImmediate(() => done()); },
+        mkdir: (p, done) => {
+          fake.mkdirs.push(p);
+          setImmediate(() => done());
+        },
+        writeFile: (p, data, done) => {
+          fake.written.set(p, data);
+          setImmediate(() => done());
+        },
+        unlink: (p, done) => {
+          fake.unlinked.push(p);
+          setImmediate(() => done());
+        },
+        rmdir: (p, done) => {
+          fake.rmdirs.push(p);
+          setImmediate(() => done());
+        },
         fastGet: (remote, local, opts, done) => {
           fake.gets.push({ remote, local });
           const data = fake.options.remoteFiles?.get(remote);

@@ -4,7 +4,15 @@ import { assertStage } from '../../../src/contract/validate';
 import type { EnumeratedVm } from '../../../src/contract/types';
 import { HyperVError } from '../../../src/providers/hyperv/errors';
 import {
-  isoDate, mapEnumeration, mapState, overlaysFromCheckpoint, parseGuestVolumes, parseKvpItems, snapshotNamesIn, toArray, volumeIdOf,
+  isoDate,
+  mapEnumeration,
+  mapState,
+  overlaysFromCheckpoint,
+  parseGuestVolumes,
+  parseKvpItems,
+  snapshotNamesIn,
+  toArray,
+  volumeIdOf,
 } from '../../../src/providers/hyperv/parse';
 import { fixture } from './helpers';
 
@@ -106,9 +114,14 @@ describe('hyperv parse: enumerate.ps1 output -> enumerated VMs', () => {
     const vms = enumerated();
     assert.equal(vms.length, 7);
     const doc = {
-      stage: 'enumerated', backupId: '20240315T021500Z-a1b2c3', host: { name: 'HV01', provider: 'hyperv' },
-      writer: { name: 'Hyper-V', components: vms.length }, createdAt: '2024-03-15T02:15:00.000Z', vms,
-      timings: {}, warnings: [],
+      stage: 'enumerated',
+      backupId: '20240315T021500Z-a1b2c3',
+      host: { name: 'HV01', provider: 'hyperv' },
+      writer: { name: 'Hyper-V', components: vms.length },
+      createdAt: '2024-03-15T02:15:00.000Z',
+      vms,
+      timings: {},
+      warnings: [],
     };
     assertStage('enumerated', doc);
   });
@@ -125,15 +138,30 @@ describe('hyperv parse: enumerate.ps1 output -> enumerated VMs', () => {
     ]);
     assert.deepEqual(vm.disks, [
       {
-        id: 'SCSI0:0', node: 'D:\\Hyper-V\\SQL01\\Virtual Hard Disks\\SQL01-os.vhdx', file: 'D:\\Hyper-V\\SQL01\\Virtual Hard Disks\\SQL01-os.vhdx',
-        format: 'vhdx', driver: 'vhdx', included: true, virtualSize: 127 * 2 ** 30, volumeId: '\\\\?\\volume{6a1c3f55-0000-0000-0000-100000000000}\\',
+        id: 'SCSI0:0',
+        node: 'D:\\Hyper-V\\SQL01\\Virtual Hard Disks\\SQL01-os.vhdx',
+        file: 'D:\\Hyper-V\\SQL01\\Virtual Hard Disks\\SQL01-os.vhdx',
+        format: 'vhdx',
+        driver: 'vhdx',
+        included: true,
+        virtualSize: 127 * 2 ** 30,
+        volumeId: '\\\\?\\volume{6a1c3f55-0000-0000-0000-100000000000}\\',
       },
       {
-        id: 'SCSI0:1', node: 'D:\\Hyper-V\\SQL01\\Virtual Hard Disks\\SQL01-data.vhdx', file: 'D:\\Hyper-V\\SQL01\\Virtual Hard Disks\\SQL01-data.vhdx',
-        format: 'vhdx', driver: 'vhdx', included: true, virtualSize: 512 * 2 ** 30, volumeId: '\\\\?\\volume{6a1c3f55-0000-0000-0000-100000000000}\\',
+        id: 'SCSI0:1',
+        node: 'D:\\Hyper-V\\SQL01\\Virtual Hard Disks\\SQL01-data.vhdx',
+        file: 'D:\\Hyper-V\\SQL01\\Virtual Hard Disks\\SQL01-data.vhdx',
+        format: 'vhdx',
+        driver: 'vhdx',
+        included: true,
+        virtualSize: 512 * 2 ** 30,
+        volumeId: '\\\\?\\volume{6a1c3f55-0000-0000-0000-100000000000}\\',
       },
     ]);
-    assert.deepEqual(vm.snapshotLocation, { path: 'D:\\Hyper-V\\SQL01', volumeId: '\\\\?\\volume{6a1c3f55-0000-0000-0000-100000000000}\\' });
+    assert.deepEqual(vm.snapshotLocation, {
+      path: 'D:\\Hyper-V\\SQL01',
+      volumeId: '\\\\?\\volume{6a1c3f55-0000-0000-0000-100000000000}\\',
+    });
     assert.equal(vm.warnings, undefined);
   });
 
@@ -167,8 +195,13 @@ describe('hyperv parse: enumerate.ps1 output -> enumerated VMs', () => {
     );
     assert.match(vm.agent.error ?? '', /disabled/);
     assert.deepEqual(vm.disks[1], {
-      id: 'SCSI0:1', node: 'disk3', file: 'Disk 3 500.00 GB Bus 0 Lun 1 Target 0', format: 'raw', driver: 'host_device',
-      included: false, excludedReason: 'pass-through',
+      id: 'SCSI0:1',
+      node: 'disk3',
+      file: 'Disk 3 500.00 GB Bus 0 Lun 1 Target 0',
+      format: 'raw',
+      driver: 'host_device',
+      included: false,
+      excludedReason: 'pass-through',
     });
     assert.equal(vm.disks[0]!.included, true);
     assert.deepEqual(vm.guest.filesystems[1], { mountpoint: 'F:', type: 'NTFS', dynamic: true });
@@ -199,7 +232,15 @@ describe('hyperv parse: enumerate.ps1 output -> enumerated VMs', () => {
   it('B\u00fcro-DC: non-ASCII name (\\u escaped on the wire), off, empty drive slot, KVP error as a warning', () => {
     const vm = byName(enumerated(), 'B\u00fcro-DC');
     assert.equal(vm.state, 'off');
-    assert.deepEqual(vm.disks[1], { id: 'SCSI0:2', node: 'SCSI0:2', file: '', format: 'none', driver: 'none', included: false, excludedReason: 'no-medium' });
+    assert.deepEqual(vm.disks[1], {
+      id: 'SCSI0:2',
+      node: 'SCSI0:2',
+      file: '',
+      format: 'none',
+      driver: 'none',
+      included: false,
+      excludedReason: 'no-medium',
+    });
     assert.match((vm.warnings ?? []).join('\n'), /Msvm_KvpExchangeComponent: Invalid class/);
   });
 
@@ -224,12 +265,16 @@ describe('hyperv parse: checkpoint.ps1 output -> overlays', () => {
     assert.equal(checkpointId, '9c8b7a65-4321-4fed-8cba-0123456789ab');
     assert.deepEqual(overlays, [
       {
-        disk: 'SCSI0:0', base: 'D:\\Hyper-V\\SQL01\\Virtual Hard Disks\\SQL01-os.vhdx', baseFormat: 'vhdx',
+        disk: 'SCSI0:0',
+        base: 'D:\\Hyper-V\\SQL01\\Virtual Hard Disks\\SQL01-os.vhdx',
+        baseFormat: 'vhdx',
         overlay: 'D:\\Hyper-V\\SQL01\\Virtual Hard Disks\\SQL01-os_9C8B7A65-4321-4FED-8CBA-0123456789AB.avhdx',
         overlayNode: '9c8b7a65-4321-4fed-8cba-0123456789ab',
       },
       {
-        disk: 'SCSI0:1', base: 'D:\\Hyper-V\\SQL01\\Virtual Hard Disks\\SQL01-data.vhdx', baseFormat: 'vhdx',
+        disk: 'SCSI0:1',
+        base: 'D:\\Hyper-V\\SQL01\\Virtual Hard Disks\\SQL01-data.vhdx',
+        baseFormat: 'vhdx',
         overlay: 'D:\\Hyper-V\\SQL01\\Virtual Hard Disks\\SQL01-data_9C8B7A65-4321-4FED-8CBA-0123456789AB.avhdx',
         overlayNode: '9c8b7a65-4321-4fed-8cba-0123456789ab',
       },
@@ -237,7 +282,10 @@ describe('hyperv parse: checkpoint.ps1 output -> overlays', () => {
   });
 
   it('refuses a disk that still writes to its parent, a missing disk, a parent mismatch, no Id', () => {
-    assert.throws(() => overlaysFromCheckpoint(['SCSI0:0', 'SCSI0:1'], fixture('checkpoint-no-differencing.json').result), /SCSI0:1 still writes to/);
+    assert.throws(
+      () => overlaysFromCheckpoint(['SCSI0:0', 'SCSI0:1'], fixture('checkpoint-no-differencing.json').result),
+      /SCSI0:1 still writes to/,
+    );
     assert.throws(() => overlaysFromCheckpoint(['SCSI0:5'], fixture('checkpoint-production.json').result), /SCSI0:5 is missing/);
     const r = fixture('checkpoint-production.json').result;
     r.AfterVhds[0].ParentPath = 'D:\\elsewhere.vhdx';
@@ -249,10 +297,15 @@ describe('hyperv parse: checkpoint.ps1 output -> overlays', () => {
   });
 
   it('finds our checkpoint name in overlays that were only planned', () => {
-    const planned = [{
-      disk: 'SCSI0:0', base: 'D:\\x.vhdx', baseFormat: 'vhdx', overlay: 'D:\\snap/D:\\x.vhdx.vmbackup-20240315T021500Z-a1b2c3.qcow2',
-      overlayNode: 'vmb-a1b2c3-SCSI0_0',
-    }];
+    const planned = [
+      {
+        disk: 'SCSI0:0',
+        base: 'D:\\x.vhdx',
+        baseFormat: 'vhdx',
+        overlay: 'D:\\snap/D:\\x.vhdx.vmbackup-20240315T021500Z-a1b2c3.qcow2',
+        overlayNode: 'vmb-a1b2c3-SCSI0_0',
+      },
+    ];
     assert.deepEqual(snapshotNamesIn(planned), ['vmbackup-20240315T021500Z-a1b2c3']);
     assert.deepEqual(snapshotNamesIn([{ ...planned[0]!, overlay: 'D:\\x.avhdx' }]), []);
   });

@@ -64,7 +64,10 @@ describe('hyperv provider: enumerate', () => {
     const { fake, provider } = setup({ 'enumerate.ps1': 'enumerate-host.json' });
     const vms = await provider.enumerate();
     assert.equal(vms.length, 7);
-    assert.deepEqual(fake.calls.map((c) => c.args), [argv('enumerate.ps1', {})]);
+    assert.deepEqual(
+      fake.calls.map((c) => c.args),
+      [argv('enumerate.ps1', {})],
+    );
     assert.equal(fake.calls[0]!.args.at(-1), 'e30=');
   });
 
@@ -76,7 +79,10 @@ describe('hyperv provider: enumerate', () => {
 
   it('a PowerShell failure is a HyperVError with the cmdlet message', async () => {
     const { provider } = setup({ 'enumerate.ps1': 'error-module-missing.json' });
-    await assert.rejects(provider.enumerate(), (e: HyperVError) => e instanceof HyperVError && e.code === 'script' && /not recognized/.test(e.message));
+    await assert.rejects(
+      provider.enumerate(),
+      (e: HyperVError) => e instanceof HyperVError && e.code === 'script' && /not recognized/.test(e.message),
+    );
   });
 });
 
@@ -84,11 +90,17 @@ describe('hyperv provider: snapshot', () => {
   it('child-vm-snapshot: a ProductionOnly checkpoint named vmbackup-<backupId>; one overlay per included disk', async () => {
     const { fake, provider } = setup({ 'checkpoint.ps1': 'checkpoint-production.json' });
     const overlays = await provider.snapshot(classified('SQL01', 'child-vm-snapshot'), BACKUP);
-    assert.deepEqual(fake.calls.map((c) => c.args), [argv('checkpoint.ps1', CHECKPOINT_PARAMS('ProductionOnly'))]);
-    assert.deepEqual(overlays.map((o) => [o.disk, o.base, o.baseFormat, o.overlayNode]), [
-      ['SCSI0:0', OS_BASE, 'vhdx', CP],
-      ['SCSI0:1', DATA_BASE, 'vhdx', CP],
-    ]);
+    assert.deepEqual(
+      fake.calls.map((c) => c.args),
+      [argv('checkpoint.ps1', CHECKPOINT_PARAMS('ProductionOnly'))],
+    );
+    assert.deepEqual(
+      overlays.map((o) => [o.disk, o.base, o.baseFormat, o.overlayNode]),
+      [
+        ['SCSI0:0', OS_BASE, 'vhdx', CP],
+        ['SCSI0:1', DATA_BASE, 'vhdx', CP],
+      ],
+    );
     assert.ok(overlays.every((o) => o.overlay.endsWith('_9C8B7A65-4321-4FED-8CBA-0123456789AB.avhdx')));
   });
 
@@ -101,17 +113,24 @@ describe('hyperv provider: snapshot', () => {
   }
 
   it('the merge waits follow timeoutMs (half of it before a checkpoint, all but 30 s when removing one)', async () => {
-    const { fake, provider } = setup({ 'checkpoint.ps1': 'checkpoint-production.json', 'remove-checkpoint.ps1': 'remove-checkpoint-merged.json' }, 120_000);
+    const { fake, provider } = setup(
+      { 'checkpoint.ps1': 'checkpoint-production.json', 'remove-checkpoint.ps1': 'remove-checkpoint-merged.json' },
+      120_000,
+    );
     const overlays = await provider.snapshot(classified('SQL01', 'child-vm-snapshot'), BACKUP);
     await provider.merge(SQL, overlays);
-    assert.deepEqual(fake.calls.map((c) => c.params.WaitSeconds), [60, 90]);
+    assert.deepEqual(
+      fake.calls.map((c) => c.params.WaitSeconds),
+      [60, 90],
+    );
   });
 
   it('a guest that cannot quiesce fails the production checkpoint: HyperVError from Checkpoint-VM, nothing else run', async () => {
     const { fake, provider } = setup({ 'checkpoint.ps1': 'checkpoint-productiononly-failed.json' });
     await assert.rejects(
       provider.snapshot(classified('SQL01', 'child-vm-snapshot'), BACKUP),
-      (e: HyperVError) => e.code === 'script' && e.cmdlet === 'Checkpoint-VM' && /Production checkpoints cannot be created for 'SQL01'/.test(e.message),
+      (e: HyperVError) =>
+        e.code === 'script' && e.cmdlet === 'Checkpoint-VM' && /Production checkpoints cannot be created for 'SQL01'/.test(e.message),
     );
     assert.equal(fake.calls.length, 1);
   });
@@ -122,24 +141,45 @@ describe('hyperv provider: snapshot', () => {
   });
 
   it('a checkpoint that left a disk on its parent is removed again at once (all or nothing)', async () => {
-    const { fake, provider } = setup({ 'checkpoint.ps1': 'checkpoint-no-differencing.json', 'remove-checkpoint.ps1': 'remove-checkpoint-merged.json' });
-    await assert.rejects(provider.snapshot(classified('SQL01', 'child-vm-snapshot'), BACKUP), (e: HyperVError) => e.code === 'inconsistent');
-    assert.deepEqual(fake.calls.map((c) => c.args), [
-      argv('checkpoint.ps1', CHECKPOINT_PARAMS('ProductionOnly')),
-      argv('remove-checkpoint.ps1', { VmId: SQL, SnapshotName: `vmbackup-${BACKUP}`, WaitSeconds: 0 }),
-    ]);
+    const { fake, provider } = setup({
+      'checkpoint.ps1': 'checkpoint-no-differencing.json',
+      'remove-checkpoint.ps1': 'remove-checkpoint-merged.json',
+    });
+    await assert.rejects(
+      provider.snapshot(classified('SQL01', 'child-vm-snapshot'), BACKUP),
+      (e: HyperVError) => e.code === 'inconsistent',
+    );
+    assert.deepEqual(
+      fake.calls.map((c) => c.args),
+      [
+        argv('checkpoint.ps1', CHECKPOINT_PARAMS('ProductionOnly')),
+        argv('remove-checkpoint.ps1', { VmId: SQL, SnapshotName: `vmbackup-${BACKUP}`, WaitSeconds: 0 }),
+      ],
+    );
   });
 
   it('a CheckpointType that could not be restored fails the snapshot and names the fix', async () => {
-    const { fake, provider } = setup({ 'checkpoint.ps1': 'checkpoint-restore-failed.json', 'remove-checkpoint.ps1': 'remove-checkpoint-merged.json' });
-    await assert.rejects(provider.snapshot(classified('SQL01', 'child-vm-snapshot'), BACKUP), /still ProductionOnly\. Set it back with Set-VM -CheckpointType/);
+    const { fake, provider } = setup({
+      'checkpoint.ps1': 'checkpoint-restore-failed.json',
+      'remove-checkpoint.ps1': 'remove-checkpoint-merged.json',
+    });
+    await assert.rejects(
+      provider.snapshot(classified('SQL01', 'child-vm-snapshot'), BACKUP),
+      /still ProductionOnly\. Set it back with Set-VM -CheckpointType/,
+    );
     assert.equal(fake.calls[1]!.script, 'remove-checkpoint.ps1');
   });
 
   it('refuses, before running anything: a differencing disk, a bad backup id, a bad VM id', async () => {
     const { fake, provider } = setup({});
-    await assert.rejects(provider.snapshot(classified('WEB03', 'child-vm-snapshot'), BACKUP), (e: HyperVError) => e.code === 'unsupported' && /differencing disk/.test(e.message));
-    await assert.rejects(provider.snapshot(classified('SQL01', 'child-vm-snapshot'), 'x; Remove-VM'), (e: HyperVError) => e.code === 'invalid-argument');
+    await assert.rejects(
+      provider.snapshot(classified('WEB03', 'child-vm-snapshot'), BACKUP),
+      (e: HyperVError) => e.code === 'unsupported' && /differencing disk/.test(e.message),
+    );
+    await assert.rejects(
+      provider.snapshot(classified('SQL01', 'child-vm-snapshot'), 'x; Remove-VM'),
+      (e: HyperVError) => e.code === 'invalid-argument',
+    );
     await assert.rejects(provider.snapshot({ ...classified('SQL01', 'checkpoint'), id: 'SQL01' }, BACKUP), /not a Hyper-V VM id/);
     assert.equal(fake.calls.length, 0);
   });
@@ -166,7 +206,10 @@ describe('hyperv provider: merge', () => {
   it('removes the checkpoint once by its Id (Remove-VMCheckpoint), whatever the number of disks', async () => {
     const { fake, provider, overlays } = await snapshotted();
     await provider.merge(SQL, overlays);
-    assert.deepEqual(fake.calls.slice(1).map((c) => c.args), [argv('remove-checkpoint.ps1', { VmId: SQL, CheckpointId: CP, WaitSeconds: 570 })]);
+    assert.deepEqual(
+      fake.calls.slice(1).map((c) => c.args),
+      [argv('remove-checkpoint.ps1', { VmId: SQL, CheckpointId: CP, WaitSeconds: 570 })],
+    );
   });
 
   it('is safe twice (already removed)', async () => {
@@ -184,11 +227,20 @@ describe('hyperv provider: merge', () => {
 
   it('overlays that were only planned (snapshot failed, process died) are removed by checkpoint name', async () => {
     const { fake, provider } = setup({ 'remove-checkpoint.ps1': 'remove-checkpoint-already-removed.json' });
-    const planned: Overlay[] = [{
-      disk: 'SCSI0:0', base: OS_BASE, baseFormat: 'vhdx', overlay: `D:\\Hyper-V\\SQL01/SQL01-os.vhdx.vmbackup-${BACKUP}.qcow2`, overlayNode: 'vmb-a1b2c3-SCSI0_0',
-    }];
+    const planned: Overlay[] = [
+      {
+        disk: 'SCSI0:0',
+        base: OS_BASE,
+        baseFormat: 'vhdx',
+        overlay: `D:\\Hyper-V\\SQL01/SQL01-os.vhdx.vmbackup-${BACKUP}.qcow2`,
+        overlayNode: 'vmb-a1b2c3-SCSI0_0',
+      },
+    ];
     await provider.merge(SQL, planned);
-    assert.deepEqual(fake.calls.map((c) => c.args), [argv('remove-checkpoint.ps1', { VmId: SQL, SnapshotName: `vmbackup-${BACKUP}`, WaitSeconds: 570 })]);
+    assert.deepEqual(
+      fake.calls.map((c) => c.args),
+      [argv('remove-checkpoint.ps1', { VmId: SQL, SnapshotName: `vmbackup-${BACKUP}`, WaitSeconds: 570 })],
+    );
   });
 
   it('after a snapshot that timed out, merge still knows the checkpoint name', async () => {
@@ -206,12 +258,23 @@ describe('hyperv provider: merge', () => {
 
   it('a refusal of the script (not our checkpoint) propagates', async () => {
     const { provider } = setup({ 'remove-checkpoint.ps1': 'remove-checkpoint-refused.json' });
-    await assert.rejects(provider.merge(SQL, [{ disk: 'SCSI0:0', base: OS_BASE, baseFormat: 'vhdx', overlay: 'x', overlayNode: '11111111-aaaa-4bbb-8ccc-dddddddddddd' }]), /not a vmbackup-\* checkpoint/);
+    await assert.rejects(
+      provider.merge(SQL, [
+        { disk: 'SCSI0:0', base: OS_BASE, baseFormat: 'vhdx', overlay: 'x', overlayNode: '11111111-aaaa-4bbb-8ccc-dddddddddddd' },
+      ]),
+      /not a vmbackup-\* checkpoint/,
+    );
   });
 });
 
 describe('hyperv provider: run state, save, resume', () => {
-  const states = [['Running', 'running'], ['Paused', 'paused'], ['Saved', 'saved'], ['Off', 'off'], ['RunningCritical', 'running-critical']] as const;
+  const states = [
+    ['Running', 'running'],
+    ['Paused', 'paused'],
+    ['Saved', 'saved'],
+    ['Off', 'off'],
+    ['RunningCritical', 'running-critical'],
+  ] as const;
   for (const [raw, mapped] of states) {
     it(`runState: ${raw} -> ${mapped}`, async () => {
       const { fake, provider } = setup({ 'get-state.ps1': `get-state-${raw.toLowerCase()}.json` });
@@ -222,7 +285,10 @@ describe('hyperv provider: run state, save, resume', () => {
 
   it('runState of a VM that is gone: HyperVError from Get-VM', async () => {
     const { provider } = setup({ 'get-state.ps1': 'error-vm-not-found.json' });
-    await assert.rejects(provider.runState(SQL), (e: HyperVError) => e.cmdlet === 'Get-VM' && /unable to find a virtual machine/.test(e.message));
+    await assert.rejects(
+      provider.runState(SQL),
+      (e: HyperVError) => e.cmdlet === 'Get-VM' && /unable to find a virtual machine/.test(e.message),
+    );
   });
 
   it('saveState: Save-VM, a JSON reference to the .vmrs written to `file`, its size returned', async () => {
@@ -237,7 +303,9 @@ describe('hyperv provider: run state, save, resume', () => {
       assert.equal(ref.format, 'vm-backup-hyperv-saved-state@1');
       assert.equal(ref.stateBefore, 'running');
       assert.equal(ref.state, 'saved');
-      assert.deepEqual(ref.files, [{ path: 'D:\\Hyper-V\\APP02\\Virtual Machines\\7E3C1A22-5B4D-4E8F-8C2A-1D9E0F3B4A22.vmrs', bytes: 4328521728 }]);
+      assert.deepEqual(ref.files, [
+        { path: 'D:\\Hyper-V\\APP02\\Virtual Machines\\7E3C1A22-5B4D-4E8F-8C2A-1D9E0F3B4A22.vmrs', bytes: 4328521728 },
+      ]);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -246,29 +314,44 @@ describe('hyperv provider: run state, save, resume', () => {
   it('resume to running from saved: Start-VM', async () => {
     const { fake, provider } = setup({ 'get-state.ps1': 'get-state-saved.json', 'start-vm.ps1': 'start-vm.json' });
     await provider.resume(APP, 'running');
-    assert.deepEqual(fake.calls.map((c) => c.args), [argv('get-state.ps1', { VmId: APP }), argv('start-vm.ps1', { VmId: APP })]);
+    assert.deepEqual(
+      fake.calls.map((c) => c.args),
+      [argv('get-state.ps1', { VmId: APP }), argv('start-vm.ps1', { VmId: APP })],
+    );
   });
 
   it('resume to running from paused: Resume-VM', async () => {
     const { fake, provider } = setup({ 'get-state.ps1': 'get-state-paused.json', 'resume-vm.ps1': 'resume-vm.json' });
     await provider.resume(APP, 'running');
-    assert.deepEqual(fake.calls.map((c) => c.script), ['get-state.ps1', 'resume-vm.ps1']);
+    assert.deepEqual(
+      fake.calls.map((c) => c.script),
+      ['get-state.ps1', 'resume-vm.ps1'],
+    );
   });
 
   it('resume to paused from running: Suspend-VM; from saved: Start-VM then Suspend-VM', async () => {
     const a = setup({ 'get-state.ps1': 'get-state-running.json', 'suspend-vm.ps1': 'suspend-vm.json' });
     await a.provider.resume(APP, 'paused');
-    assert.deepEqual(a.fake.calls.map((c) => c.script), ['get-state.ps1', 'suspend-vm.ps1']);
+    assert.deepEqual(
+      a.fake.calls.map((c) => c.script),
+      ['get-state.ps1', 'suspend-vm.ps1'],
+    );
     const b = setup({ 'get-state.ps1': 'get-state-saved.json', 'start-vm.ps1': 'start-vm.json', 'suspend-vm.ps1': 'suspend-vm.json' });
     await b.provider.resume(APP, 'Paused');
-    assert.deepEqual(b.fake.calls.map((c) => c.script), ['get-state.ps1', 'start-vm.ps1', 'suspend-vm.ps1']);
+    assert.deepEqual(
+      b.fake.calls.map((c) => c.script),
+      ['get-state.ps1', 'start-vm.ps1', 'suspend-vm.ps1'],
+    );
   });
 
   it('safe twice: already running means nothing to do; off or saved before means nothing at all', async () => {
     const a = setup({ 'get-state.ps1': 'get-state-running.json' });
     await a.provider.resume(APP, 'running');
     await a.provider.resume(APP, 'running');
-    assert.deepEqual(a.fake.calls.map((c) => c.script), ['get-state.ps1', 'get-state.ps1']);
+    assert.deepEqual(
+      a.fake.calls.map((c) => c.script),
+      ['get-state.ps1', 'get-state.ps1'],
+    );
     const b = setup({});
     await b.provider.resume(APP, 'off');
     await b.provider.resume(APP, 'saved');
@@ -297,7 +380,9 @@ describe('hyperv provider: describe', () => {
 
 describe('hyperv provider: exportDisk', () => {
   let dir: string;
-  beforeEach(() => { dir = mkdtempSync(path.join(tmpdir(), 'hv-export-')); });
+  beforeEach(() => {
+    dir = mkdtempSync(path.join(tmpdir(), 'hv-export-'));
+  });
   afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
   async function prepared(content: Buffer) {
@@ -325,7 +410,10 @@ describe('hyperv provider: exportDisk', () => {
   it('refuses a copy that is not a VHDX, leaving nothing at dest', async () => {
     const { provider, overlay } = await prepared(Buffer.from('MZ this is not a disk'));
     const dest = path.join(dir, 'disk.vhdx');
-    await assert.rejects(provider.exportOverlay(overlay, dest), (e: HyperVError) => e.code === 'inconsistent' && /vhdxfile/.test(e.message));
+    await assert.rejects(
+      provider.exportOverlay(overlay, dest),
+      (e: HyperVError) => e.code === 'inconsistent' && /vhdxfile/.test(e.message),
+    );
     assert.equal(existsSync(dest), false);
     assert.deepEqual(readdirSync(dir), ['host-os.vhdx']);
   });
@@ -345,7 +433,10 @@ describe('hyperv provider: options', () => {
     assert.throws(() => createHyperVProvider({ hostName: 'h', mode: 'ssh' }), /hyperv\.ssh/);
     assert.throws(() => createHyperVProvider({ hostName: 'h', mode: 'nfs' as 'ssh' }), /not local or ssh/);
     assert.throws(() => createHyperVProvider({ hostName: 'h', mode: 'local', timeoutMs: 5 }), /timeoutMs/);
-    assert.throws(() => createHyperVProvider({ hostName: 'h', mode: 'ssh', ssh: { host: 'hv', username: 'u' } }), /password or ssh\.privateKey/);
+    assert.throws(
+      () => createHyperVProvider({ hostName: 'h', mode: 'ssh', ssh: { host: 'hv', username: 'u' } }),
+      /password or ssh\.privateKey/,
+    );
   });
 
   it('local mode starts nothing until asked', () => {

@@ -4,7 +4,13 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { HyperVError } from '../../../src/providers/hyperv/errors';
 import {
-  decodeArgs, encodeArgs, interpretRun, LocalPowerShellRunner, powershellArgs, readableStderr, type ScriptName,
+  decodeArgs,
+  encodeArgs,
+  interpretRun,
+  LocalPowerShellRunner,
+  powershellArgs,
+  readableStderr,
+  type ScriptName,
 } from '../../../src/providers/hyperv/runner';
 import { b64, FakeSpawn, fixture, fixtureText, stdoutOf } from './helpers';
 
@@ -12,7 +18,13 @@ const VM = '4d1b2f0e-8a6c-4c57-9a1e-3f2b7c9d0e11';
 
 describe('hyperv runner: arguments', () => {
   it('encodes the parameters as Base64 of UTF-8 JSON, alphabet A-Z a-z 0-9 + / =', () => {
-    const params = { VmId: VM, SnapshotName: 'vmbackup-20240315T021500Z-a1b2c3', WaitSeconds: 570, AllowRecoveryType: true, Note: "B\u00fcro \"x\" & 'y' $(calc) ; `n -Force" };
+    const params = {
+      VmId: VM,
+      SnapshotName: 'vmbackup-20240315T021500Z-a1b2c3',
+      WaitSeconds: 570,
+      AllowRecoveryType: true,
+      Note: 'B\u00fcro "x" & \'y\' $(calc) ; `n -Force',
+    };
     const enc = encodeArgs(params);
     assert.match(enc, /^[A-Za-z0-9+/]+={0,2}$/);
     assert.deepEqual(decodeArgs(enc), params);
@@ -27,7 +39,14 @@ describe('hyperv runner: arguments', () => {
 
   it('builds the argument vector: fixed flags, -File <script>, -ArgsJson <base64>', () => {
     assert.deepEqual(powershellArgs('C:\\vm-backup\\scripts\\get-state.ps1', { VmId: VM }), [
-      '-NoProfile', '-NonInteractive', '-ExecutionPolicy', 'Bypass', '-File', 'C:\\vm-backup\\scripts\\get-state.ps1', '-ArgsJson', b64({ VmId: VM }),
+      '-NoProfile',
+      '-NonInteractive',
+      '-ExecutionPolicy',
+      'Bypass',
+      '-File',
+      'C:\\vm-backup\\scripts\\get-state.ps1',
+      '-ArgsJson',
+      b64({ VmId: VM }),
     ]);
   });
 });
@@ -35,7 +54,11 @@ describe('hyperv runner: arguments', () => {
 describe('hyperv runner: reading a script answer', () => {
   it('takes the last JSON envelope line, after WARNING lines', () => {
     const env = fixture('get-state-running.json');
-    const result = interpretRun('get-state.ps1', { stdout: stdoutOf(env, ['The operation may take a while.']), stderr: '', exitCode: 0 }) as { State: string };
+    const result = interpretRun('get-state.ps1', {
+      stdout: stdoutOf(env, ['The operation may take a while.']),
+      stderr: '',
+      exitCode: 0,
+    }) as { State: string };
     assert.equal(result.State, 'Running');
   });
 
@@ -60,7 +83,10 @@ describe('hyperv runner: reading a script answer', () => {
   it('reports a missing Hyper-V module as such', () => {
     assert.throws(
       () => interpretRun('enumerate.ps1', { stdout: stdoutOf(fixture('error-module-missing.json')), stderr: '', exitCode: 1 }),
-      (err: HyperVError) => err.code === 'script' && err.fullyQualifiedErrorId === 'CommandNotFoundException' && /Hyper-V\\Get-VM' is not recognized/.test(err.message),
+      (err: HyperVError) =>
+        err.code === 'script' &&
+        err.fullyQualifiedErrorId === 'CommandNotFoundException' &&
+        /Hyper-V\\Get-VM' is not recognized/.test(err.message),
     );
   });
 
@@ -73,13 +99,25 @@ describe('hyperv runner: reading a script answer', () => {
 
   it('decodes CLIXML on stderr', () => {
     const text = readableStderr(fixtureText('stderr-clixml.txt'));
-    assert.match(text, /^At C:\\vm-backup\\enumerate\.ps1:12 char:5\r\n\+ \$a = Read-VmbArgs \$ArgsJson && x\r\nThe token '&&' is not a valid/);
+    assert.match(
+      text,
+      /^At C:\\vm-backup\\enumerate\.ps1:12 char:5\r\n\+ \$a = Read-VmbArgs \$ArgsJson && x\r\nThe token '&&' is not a valid/,
+    );
   });
 
   it('a result envelope with a failing exit code, or an envelope without result, is a protocol error', () => {
-    assert.throws(() => interpretRun('get-state.ps1', { stdout: stdoutOf(fixture('get-state-running.json')), stderr: '', exitCode: 3 }), (e: HyperVError) => e.code === 'protocol');
-    assert.throws(() => interpretRun('get-state.ps1', { stdout: '{"error":"x"}\n{"warnings":[]}', stderr: '', exitCode: 0 }), (e: HyperVError) => e.code === 'protocol' && /neither result nor error/.test(e.message));
-    assert.throws(() => interpretRun('get-state.ps1', { stdout: '{"warnings":[]}', stderr: '', exitCode: 0 }), (e: HyperVError) => e.code === 'spawn');
+    assert.throws(
+      () => interpretRun('get-state.ps1', { stdout: stdoutOf(fixture('get-state-running.json')), stderr: '', exitCode: 3 }),
+      (e: HyperVError) => e.code === 'protocol',
+    );
+    assert.throws(
+      () => interpretRun('get-state.ps1', { stdout: '{"error":"x"}\n{"warnings":[]}', stderr: '', exitCode: 0 }),
+      (e: HyperVError) => e.code === 'protocol' && /neither result nor error/.test(e.message),
+    );
+    assert.throws(
+      () => interpretRun('get-state.ps1', { stdout: '{"warnings":[]}', stderr: '', exitCode: 0 }),
+      (e: HyperVError) => e.code === 'spawn',
+    );
   });
 });
 
@@ -93,7 +131,14 @@ describe('hyperv runner: local powershell.exe', () => {
     const call = fake.calls[0]!;
     assert.equal(call.command, 'powershell.exe');
     assert.deepEqual(call.args, [
-      '-NoProfile', '-NonInteractive', '-ExecutionPolicy', 'Bypass', '-File', path.join('/opt/vm-backup/scripts', 'get-state.ps1'), '-ArgsJson', b64({ VmId: VM }),
+      '-NoProfile',
+      '-NonInteractive',
+      '-ExecutionPolicy',
+      'Bypass',
+      '-File',
+      path.join('/opt/vm-backup/scripts', 'get-state.ps1'),
+      '-ArgsJson',
+      b64({ VmId: VM }),
     ]);
     assert.equal(call.options.shell, false);
     assert.equal(call.options.windowsHide, true);
@@ -102,7 +147,11 @@ describe('hyperv runner: local powershell.exe', () => {
 
   it('honours the powershell option (e.g. a full path)', async () => {
     const fake = FakeSpawn.byScript({ 'get-state.ps1': 'get-state-running.json' });
-    const runner = new LocalPowerShellRunner({ powershell: 'C:\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe', scriptsDir: '/s', spawn: fake.spawn });
+    const runner = new LocalPowerShellRunner({
+      powershell: 'C:\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe',
+      scriptsDir: '/s',
+      spawn: fake.spawn,
+    });
     await runner.run('get-state.ps1', { VmId: VM });
     assert.equal(fake.calls[0]!.command, 'C:\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe');
   });
@@ -117,14 +166,20 @@ describe('hyperv runner: local powershell.exe', () => {
   it('stops powershell.exe at the timeout', async () => {
     const fake = FakeSpawn.byScript({ 'enumerate.ps1': { hang: true } });
     const runner = new LocalPowerShellRunner({ scriptsDir: '/s', spawn: fake.spawn });
-    await assert.rejects(runner.run('enumerate.ps1', {}, { timeoutMs: 30 }), (e: HyperVError) => e.code === 'timeout' && /within 30 ms/.test(e.message));
+    await assert.rejects(
+      runner.run('enumerate.ps1', {}, { timeoutMs: 30 }),
+      (e: HyperVError) => e.code === 'timeout' && /within 30 ms/.test(e.message),
+    );
     assert.equal(fake.killed, 1);
   });
 
   it('explains a missing powershell.exe (local mode off the Hyper-V host)', async () => {
     const fake = FakeSpawn.byScript({ 'enumerate.ps1': { errorCode: 'ENOENT' } });
     const runner = new LocalPowerShellRunner({ scriptsDir: '/s', spawn: fake.spawn });
-    await assert.rejects(runner.run('enumerate.ps1', {}), (e: HyperVError) => e.code === 'spawn' && /runs on the Hyper-V host itself/.test(e.message));
+    await assert.rejects(
+      runner.run('enumerate.ps1', {}),
+      (e: HyperVError) => e.code === 'spawn' && /runs on the Hyper-V host itself/.test(e.message),
+    );
   });
 
   it('runs at most `concurrency` PowerShell processes at once', async () => {

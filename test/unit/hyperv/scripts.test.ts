@@ -40,14 +40,35 @@ function codeOf(text: string): string {
 }
 
 const HYPERV_CMDLETS = [
-  'Get-VM', 'Set-VM', 'Start-VM', 'Stop-VM', 'Save-VM', 'Suspend-VM', 'Resume-VM', 'Checkpoint-VM', 'Get-VMSnapshot', 'Get-VMCheckpoint',
-  'Remove-VMSnapshot', 'Remove-VMCheckpoint', 'Get-VMHardDiskDrive', 'Get-VHD', 'Get-VMIntegrationService', 'Get-VMProcessor',
-  'Get-VMMemory', 'Get-VMNetworkAdapter', 'Get-VMNetworkAdapterVlan', 'Get-VMDvdDrive', 'Get-VMFirmware', 'Get-VMBios',
+  'Get-VM',
+  'Set-VM',
+  'Start-VM',
+  'Stop-VM',
+  'Save-VM',
+  'Suspend-VM',
+  'Resume-VM',
+  'Checkpoint-VM',
+  'Get-VMSnapshot',
+  'Get-VMCheckpoint',
+  'Remove-VMSnapshot',
+  'Remove-VMCheckpoint',
+  'Get-VMHardDiskDrive',
+  'Get-VHD',
+  'Get-VMIntegrationService',
+  'Get-VMProcessor',
+  'Get-VMMemory',
+  'Get-VMNetworkAdapter',
+  'Get-VMNetworkAdapterVlan',
+  'Get-VMDvdDrive',
+  'Get-VMFirmware',
+  'Get-VMBios',
 ];
 
 describe('hyperv scripts (static checks)', () => {
   it('the folder holds exactly the host scripts, common.ps1 and the guest helper', () => {
-    const files = readdirSync(SCRIPTS).filter((f) => f.endsWith('.ps1')).sort();
+    const files = readdirSync(SCRIPTS)
+      .filter((f) => f.endsWith('.ps1'))
+      .sort();
     assert.deepEqual(files, [...SCRIPT_FILES, 'guest-publish-volumes.ps1'].sort());
   });
 
@@ -75,7 +96,10 @@ describe('hyperv scripts (static checks)', () => {
       });
 
       it('runs no dynamic code and starts no other program', () => {
-        assert.doesNotMatch(code, /Invoke-Expression|\biex\b|Add-Type|EncodedCommand|Start-Process|\bcmd(\.exe)?\b|ScriptBlock\]::Create|&\s*\$/i);
+        assert.doesNotMatch(
+          code,
+          /Invoke-Expression|\biex\b|Add-Type|EncodedCommand|Start-Process|\bcmd(\.exe)?\b|ScriptBlock\]::Create|&\s*\$/i,
+        );
       });
 
       it('never deletes files itself (Hyper-V merges and deletes .avhdx files)', () => {
@@ -119,7 +143,10 @@ describe('hyperv scripts (static checks)', () => {
     assert.match(text.slice(fin), /Hyper-V\\Set-VM -VM \(Hyper-V\\Get-VM -Id \$vmId\) -CheckpointType \$previousType/);
     assert.match(text.slice(0, fin), /Hyper-V\\Checkpoint-VM -VM \$vm -SnapshotName \$name -Passthru/);
     assert.match(text.slice(0, fin), /Hyper-V\\Set-VM -VM \$vm -CheckpointType \$type/);
-    assert.match(text.slice(0, fin), /catch \{\s+\$failure = \$_\s+try \{ Hyper-V\\Remove-VMSnapshot -VMSnapshot \$checkpoint -Confirm:\$false \}/);
+    assert.match(
+      text.slice(0, fin),
+      /catch \{\s+\$failure = \$_\s+try \{ Hyper-V\\Remove-VMSnapshot -VMSnapshot \$checkpoint -Confirm:\$false \}/,
+    );
     assert.match(text, /'\^vmbackup-\[0-9\]\{8\}T\[0-9\]\{6\}Z-\[a-z0-9\]\{6\}\$'/);
   });
 

@@ -68,10 +68,22 @@ async function startHost(): Promise<Host> {
           let next = 0;
           const fail = (reqid: number, err: NodeJS.ErrnoException) =>
             sftp.status(reqid, err.code === 'ENOENT' ? STATUS_CODE.NO_SUCH_FILE : STATUS_CODE.FAILURE, err.message);
-          const attrs = (st: fs.Stats) => ({ mode: st.mode, uid: 0, gid: 0, size: st.size, atime: st.atimeMs / 1000, mtime: st.mtimeMs / 1000 });
+          const attrs = (st: fs.Stats) => ({
+            mode: st.mode,
+            uid: 0,
+            gid: 0,
+            size: st.size,
+            atime: st.atimeMs / 1000,
+            mtime: st.mtimeMs / 1000,
+          });
           sftp.on('REALPATH', (reqid: number) => sftp.name(reqid, [{ filename: '/C:/Users/backup', longname: 'backup', attrs: {} }]));
           sftp.on('MKDIR', (reqid: number, p: string) => {
-            try { fs.mkdirSync(local(root, p)); sftp.status(reqid, STATUS_CODE.OK); } catch (e) { fail(reqid, e as NodeJS.ErrnoException); }
+            try {
+              fs.mkdirSync(local(root, p));
+              sftp.status(reqid, STATUS_CODE.OK);
+            } catch (e) {
+              fail(reqid, e as NodeJS.ErrnoException);
+            }
           });
           sftp.on('OPEN', (reqid: number, p: string, flags: number) => {
             try {
@@ -80,7 +92,9 @@ async function startHost(): Promise<Host> {
               h.writeUInt32BE(next++);
               handles.set(h.toString('hex'), fd);
               sftp.handle(reqid, h);
-            } catch (e) { fail(reqid, e as NodeJS.ErrnoException); }
+            } catch (e) {
+              fail(reqid, e as NodeJS.ErrnoException);
+            }
           });
           sftp.on('WRITE', (reqid: number, h: Buffer, offset: number, data: Buffer) => {
             fs.writeSync(handles.get(h.toString('hex'))!, data, 0, data.length, offset);
@@ -94,7 +108,11 @@ async function startHost(): Promise<Host> {
           });
           sftp.on('FSTAT', (reqid: number, h: Buffer) => sftp.attrs(reqid, attrs(fs.fstatSync(handles.get(h.toString('hex'))!))));
           sftp.on('STAT', (reqid: number, p: string) => {
-            try { sftp.attrs(reqid, attrs(fs.statSync(local(root, p)))); } catch (e) { fail(reqid, e as NodeJS.ErrnoException); }
+            try {
+              sftp.attrs(reqid, attrs(fs.statSync(local(root, p))));
+            } catch (e) {
+              fail(reqid, e as NodeJS.ErrnoException);
+            }
           });
           sftp.on('CLOSE', (reqid: number, h: Buffer) => {
             const key = h.toString('hex');
@@ -103,10 +121,20 @@ async function startHost(): Promise<Host> {
             sftp.status(reqid, STATUS_CODE.OK);
           });
           sftp.on('REMOVE', (reqid: number, p: string) => {
-            try { fs.unlinkSync(local(root, p)); sftp.status(reqid, STATUS_CODE.OK); } catch (e) { fail(reqid, e as NodeJS.ErrnoException); }
+            try {
+              fs.unlinkSync(local(root, p));
+              sftp.status(reqid, STATUS_CODE.OK);
+            } catch (e) {
+              fail(reqid, e as NodeJS.ErrnoException);
+            }
           });
           sftp.on('RMDIR', (reqid: number, p: string) => {
-            try { fs.rmdirSync(local(root, p)); sftp.status(reqid, STATUS_CODE.OK); } catch (e) { fail(reqid, e as NodeJS.ErrnoException); }
+            try {
+              fs.rmdirSync(local(root, p));
+              sftp.status(reqid, STATUS_CODE.OK);
+            } catch (e) {
+              fail(reqid, e as NodeJS.ErrnoException);
+            }
           });
         });
       });
@@ -114,10 +142,11 @@ async function startHost(): Promise<Host> {
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   host.port = (server.address() as AddressInfo).port;
-  host.close = () => new Promise<void>((resolve) => {
-    server.close(() => resolve());
-    fs.rmSync(root, { recursive: true, force: true });
-  });
+  host.close = () =>
+    new Promise<void>((resolve) => {
+      server.close(() => resolve());
+      fs.rmSync(root, { recursive: true, force: true });
+    });
   return host as Host;
 }
 
@@ -133,8 +162,12 @@ function byFixture(map: Record<string, string>) {
 describe('hyperv ssh: against an ssh2 server on the loopback', function () {
   this.timeout(20_000);
   let host: Host;
-  beforeEach(async () => { host = await startHost(); });
-  afterEach(async () => { await host.close(); });
+  beforeEach(async () => {
+    host = await startHost();
+  });
+  afterEach(async () => {
+    await host.close();
+  });
 
   it('enumerate, snapshot, copy the parent disk, merge, close: over one SSH session', async () => {
     host.answer = byFixture({
@@ -148,7 +181,9 @@ describe('hyperv ssh: against an ssh2 server on the loopback', function () {
     fs.writeFileSync(diskPath, disk);
 
     const provider = createHyperVProvider({
-      hostName: 'HV01', mode: 'ssh', scriptsDir: SCRIPTS,
+      hostName: 'HV01',
+      mode: 'ssh',
+      scriptsDir: SCRIPTS,
       ssh: { host: '127.0.0.1', port: host.port, username: 'backup', password: 'pw', hostFingerprint: host.fingerprint },
     });
     const vms = await provider.enumerate();
@@ -159,7 +194,10 @@ describe('hyperv ssh: against an ssh2 server on the loopback', function () {
     assert.match(uploaded[0]!, /^\.vm-backup-[0-9a-f]{8}$/);
     const dir = path.join(host.root, 'C', 'Users', 'backup', uploaded[0]!);
     for (const f of SCRIPT_FILES) assert.deepEqual(fs.readFileSync(path.join(dir, f)), fs.readFileSync(path.join(SCRIPTS, f)));
-    assert.equal(host.commands[0], `powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass -File "C:\\Users\\backup\\${uploaded[0]}\\enumerate.ps1" -ArgsJson e30=`);
+    assert.equal(
+      host.commands[0],
+      `powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass -File "C:\\Users\\backup\\${uploaded[0]}\\enumerate.ps1" -ArgsJson e30=`,
+    );
 
     const vm = mapEnumeration(fixture('enumerate-host.json').result).find((v) => v.name === 'SQL01')!;
     const cvm: ClassifiedVm = { ...vm, method: 'child-vm-snapshot', consistency: 'application', reasons: [], warnings: [] };
@@ -188,9 +226,15 @@ describe('hyperv ssh: against an ssh2 server on the loopback', function () {
 
   it('a script error arrives with its exit code and cmdlet', async () => {
     host.answer = byFixture({ 'get-state.ps1': 'error-vm-not-found.json' });
-    const runner = new SshPowerShellRunner({ ssh: { host: '127.0.0.1', port: host.port, username: 'backup', password: 'pw' }, scriptsDir: SCRIPTS });
+    const runner = new SshPowerShellRunner({
+      ssh: { host: '127.0.0.1', port: host.port, username: 'backup', password: 'pw' },
+      scriptsDir: SCRIPTS,
+    });
     try {
-      await assert.rejects(runner.run('get-state.ps1', { VmId: SQL }), (e: HyperVError) => e.code === 'script' && e.exitCode === 1 && e.cmdlet === 'Get-VM');
+      await assert.rejects(
+        runner.run('get-state.ps1', { VmId: SQL }),
+        (e: HyperVError) => e.code === 'script' && e.exitCode === 1 && e.cmdlet === 'Get-VM',
+      );
       assert.equal(runner.seenFingerprint, host.fingerprint);
     } finally {
       await runner.close();
@@ -199,11 +243,26 @@ describe('hyperv ssh: against an ssh2 server on the loopback', function () {
 
   it('refuses a host whose key does not match hostFingerprint, and a wrong password', async () => {
     host.answer = byFixture({});
-    const wrongKey = new SshPowerShellRunner({ ssh: { host: '127.0.0.1', port: host.port, username: 'backup', password: 'pw', hostFingerprint: 'SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA' }, scriptsDir: SCRIPTS });
+    const wrongKey = new SshPowerShellRunner({
+      ssh: {
+        host: '127.0.0.1',
+        port: host.port,
+        username: 'backup',
+        password: 'pw',
+        hostFingerprint: 'SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA',
+      },
+      scriptsDir: SCRIPTS,
+    });
     await assert.rejects(wrongKey.run('enumerate.ps1', {}), (e: HyperVError) => e.code === 'ssh');
     await wrongKey.close();
-    const wrongPassword = new SshPowerShellRunner({ ssh: { host: '127.0.0.1', port: host.port, username: 'backup', password: 'nope' }, scriptsDir: SCRIPTS });
-    await assert.rejects(wrongPassword.run('enumerate.ps1', {}), (e: HyperVError) => e.code === 'ssh' && /authentication methods failed/.test(e.message));
+    const wrongPassword = new SshPowerShellRunner({
+      ssh: { host: '127.0.0.1', port: host.port, username: 'backup', password: 'nope' },
+      scriptsDir: SCRIPTS,
+    });
+    await assert.rejects(
+      wrongPassword.run('enumerate.ps1', {}),
+      (e: HyperVError) => e.code === 'ssh' && /authentication methods failed/.test(e.message),
+    );
     await wrongPassword.close();
     assert.equal(host.commands.length, 0);
   });

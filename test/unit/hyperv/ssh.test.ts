@@ -6,7 +6,11 @@ import { createHyperVProvider } from '../../../src/providers/hyperv';
 import { HyperVError } from '../../../src/providers/hyperv/errors';
 import { SCRIPT_FILES } from '../../../src/providers/hyperv/runner';
 import {
-  sftpToWindowsPath, SshPowerShellRunner, sshCommandLine, sshFingerprint, windowsToSftpPath,
+  sftpToWindowsPath,
+  SshPowerShellRunner,
+  sshCommandLine,
+  sshFingerprint,
+  windowsToSftpPath,
 } from '../../../src/providers/hyperv/ssh-runner';
 import { b64, FakeSsh, fixture, SCRIPTS, stdoutOf } from './helpers';
 
@@ -31,8 +35,20 @@ describe('hyperv ssh: command line and paths', () => {
   });
 
   it('refuses a program or a script path that cmd.exe or PowerShell would interpret', () => {
-    for (const bad of ['C:\\a"b\\x.ps1', 'C:\\100%\\x.ps1', 'C:\\$env\\x.ps1', 'C:\\a`b\\x.ps1', 'C:\\a&b\\x.ps1', 'C:\\a^b\\x.ps1', 'relative\\x.ps1']) {
-      assert.throws(() => sshCommandLine('powershell.exe', bad, {}), (e: HyperVError) => e.code === 'invalid-argument', bad);
+    for (const bad of [
+      'C:\\a"b\\x.ps1',
+      'C:\\100%\\x.ps1',
+      'C:\\$env\\x.ps1',
+      'C:\\a`b\\x.ps1',
+      'C:\\a&b\\x.ps1',
+      'C:\\a^b\\x.ps1',
+      'relative\\x.ps1',
+    ]) {
+      assert.throws(
+        () => sshCommandLine('powershell.exe', bad, {}),
+        (e: HyperVError) => e.code === 'invalid-argument',
+        bad,
+      );
     }
     assert.throws(() => sshCommandLine('C:\\Program Files\\PowerShell\\7\\pwsh.exe', 'C:\\x\\a.ps1', {}), /without spaces/);
     assert.throws(() => sshCommandLine('powershell.exe & calc', 'C:\\x\\a.ps1', {}), /without spaces/);
@@ -44,8 +60,14 @@ describe('hyperv ssh: command line and paths', () => {
     assert.equal(sftpToWindowsPath('C:/Users/backup'), 'C:\\Users\\backup');
     assert.equal(sftpToWindowsPath('/C:'), 'C:\\');
     assert.throws(() => sftpToWindowsPath('/home/backup'), /not a Windows path/);
-    assert.throws(() => windowsToSftpPath('\\\\fs01\\vms\\a.vhdx'), (e: HyperVError) => e.code === 'unsupported');
-    assert.throws(() => windowsToSftpPath('a.vhdx'), (e: HyperVError) => e.code === 'invalid-argument');
+    assert.throws(
+      () => windowsToSftpPath('\\\\fs01\\vms\\a.vhdx'),
+      (e: HyperVError) => e.code === 'unsupported',
+    );
+    assert.throws(
+      () => windowsToSftpPath('a.vhdx'),
+      (e: HyperVError) => e.code === 'invalid-argument',
+    );
   });
 
   it('host key fingerprints look like ssh-keygen -lf', () => {
@@ -65,7 +87,8 @@ describe('hyperv ssh: session', () => {
     const dir = fake.mkdirs[0]!;
     assert.match(dir, /^\/C:\/Users\/backup\/\.vm-backup-[0-9a-f]{8}$/);
     assert.deepEqual([...fake.written.keys()].sort(), SCRIPT_FILES.map((f) => `${dir}/${f}`).sort());
-    for (const f of SCRIPT_FILES) assert.deepEqual(fake.written.get(`${dir}/${f}`), readFileSync(path.join(SCRIPTS, f)), `${f} uploaded unchanged`);
+    for (const f of SCRIPT_FILES)
+      assert.deepEqual(fake.written.get(`${dir}/${f}`), readFileSync(path.join(SCRIPTS, f)), `${f} uploaded unchanged`);
     const winDir = `C:\\Users\\backup\\${dir.split('/').pop()}`;
     assert.deepEqual(fake.commands, [
       `powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass -File "${winDir}\\get-state.ps1" -ArgsJson ${b64({ VmId: SQL })}`,
@@ -86,9 +109,16 @@ describe('hyperv ssh: session', () => {
 
   it('a fixed remoteScriptsDir gives a fixed command line and is left in place on close', async () => {
     const fake = new FakeSsh({ exec: () => ({ stdout: stdoutOf(fixture('get-state-paused.json')), exitCode: 0 }) });
-    const runner = new SshPowerShellRunner({ ssh: { ...target, port: 2222 }, clientFactory: fake.factory, scriptsDir: SCRIPTS, remoteScriptsDir: 'C:\\vm-backup\\' });
+    const runner = new SshPowerShellRunner({
+      ssh: { ...target, port: 2222 },
+      clientFactory: fake.factory,
+      scriptsDir: SCRIPTS,
+      remoteScriptsDir: 'C:\\vm-backup\\',
+    });
     await runner.run('get-state.ps1', { VmId: SQL });
-    assert.deepEqual(fake.commands, [`powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass -File "C:\\vm-backup\\get-state.ps1" -ArgsJson ${b64({ VmId: SQL })}`]);
+    assert.deepEqual(fake.commands, [
+      `powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass -File "C:\\vm-backup\\get-state.ps1" -ArgsJson ${b64({ VmId: SQL })}`,
+    ]);
     assert.equal(fake.configs[0]!.port, 2222);
     assert.ok(fake.written.has('/C:/vm-backup/enumerate.ps1'));
     await runner.close();
@@ -106,9 +136,15 @@ describe('hyperv ssh: session', () => {
   it('authentication failure (recorded ssh2 error) is a HyperVError naming the host and the likely cause', async () => {
     const fake = new FakeSsh({ connectError: fixture('ssh-auth-failure.json') });
     const runner = new SshPowerShellRunner({ ssh: target, clientFactory: fake.factory, scriptsDir: SCRIPTS });
-    await assert.rejects(runner.run('enumerate.ps1', {}), (e: HyperVError) =>
-      e.code === 'ssh' && /^SSH to backup@hv01\.corp\.example:22 failed: All configured authentication methods failed \[client-authentication\]/.test(e.message)
-      && /administrator/.test(e.message));
+    await assert.rejects(
+      runner.run('enumerate.ps1', {}),
+      (e: HyperVError) =>
+        e.code === 'ssh' &&
+        /^SSH to backup@hv01\.corp\.example:22 failed: All configured authentication methods failed \[client-authentication\]/.test(
+          e.message,
+        ) &&
+        /administrator/.test(e.message),
+    );
   });
 
   it('connection refused: hints at the OpenSSH server; the next run connects again', async () => {
@@ -121,17 +157,31 @@ describe('hyperv ssh: session', () => {
 
   it('with hostFingerprint set, another host key is refused', async () => {
     const fake = new FakeSsh({ hostKey: Buffer.from('the real key') });
-    const runner = new SshPowerShellRunner({ ssh: { ...target, hostFingerprint: sshFingerprint(Buffer.from('another key')) }, clientFactory: fake.factory, scriptsDir: SCRIPTS });
+    const runner = new SshPowerShellRunner({
+      ssh: { ...target, hostFingerprint: sshFingerprint(Buffer.from('another key')) },
+      clientFactory: fake.factory,
+      scriptsDir: SCRIPTS,
+    });
     await assert.rejects(runner.run('enumerate.ps1', {}), /verification failed/);
     assert.equal(runner.seenFingerprint, sshFingerprint(Buffer.from('the real key')));
-    const ok = new SshPowerShellRunner({ ssh: { ...target, hostFingerprint: sshFingerprint(Buffer.from('the real key')) }, clientFactory: new FakeSsh({ hostKey: Buffer.from('the real key'), exec: () => ({ stdout: stdoutOf(fixture('get-state-running.json')) }) }).factory, scriptsDir: SCRIPTS });
+    const ok = new SshPowerShellRunner({
+      ssh: { ...target, hostFingerprint: sshFingerprint(Buffer.from('the real key')) },
+      clientFactory: new FakeSsh({
+        hostKey: Buffer.from('the real key'),
+        exec: () => ({ stdout: stdoutOf(fixture('get-state-running.json')) }),
+      }).factory,
+      scriptsDir: SCRIPTS,
+    });
     await ok.run('get-state.ps1', { VmId: SQL });
   });
 
   it('a script error over SSH is the same HyperVError as locally', async () => {
     const fake = new FakeSsh({ exec: () => ({ stdout: stdoutOf(fixture('error-vm-not-found.json')), exitCode: 1 }) });
     const runner = new SshPowerShellRunner({ ssh: target, clientFactory: fake.factory, scriptsDir: SCRIPTS });
-    await assert.rejects(runner.run('get-state.ps1', { VmId: SQL }), (e: HyperVError) => e.code === 'script' && e.cmdlet === 'Get-VM' && e.exitCode === 1);
+    await assert.rejects(
+      runner.run('get-state.ps1', { VmId: SQL }),
+      (e: HyperVError) => e.code === 'script' && e.cmdlet === 'Get-VM' && e.exitCode === 1,
+    );
   });
 
   it('a channel that never answers times out', async () => {
@@ -152,7 +202,10 @@ describe('hyperv ssh: session', () => {
       assert.equal(bytes, data.length);
       assert.deepEqual(readFileSync(local), data);
       assert.deepEqual(progress.at(-1), { done: data.length, total: data.length });
-      await assert.rejects(runner.fetchFile('D:\\missing.vhdx', path.join(dir, 'm')), (e: HyperVError) => e.code === 'ssh' && /No such file/.test(e.message));
+      await assert.rejects(
+        runner.fetchFile('D:\\missing.vhdx', path.join(dir, 'm')),
+        (e: HyperVError) => e.code === 'ssh' && /No such file/.test(e.message),
+      );
       await assert.rejects(runner.fetchFile('\\\\fs01\\vms\\a.vhdx', path.join(dir, 'x')), (e: HyperVError) => e.code === 'unsupported');
     } finally {
       rmSync(dir, { recursive: true, force: true });
@@ -160,8 +213,16 @@ describe('hyperv ssh: session', () => {
   });
 
   it('the provider in SSH mode runs through the same session', async () => {
-    const fake = new FakeSsh({ exec: (cmd) => ({ stdout: stdoutOf(fixture(cmd.includes('enumerate.ps1') ? 'enumerate-host.json' : 'get-state-running.json')) }) });
-    const provider = createHyperVProvider({ hostName: 'HV01', mode: 'ssh', ssh: target, sshClientFactory: fake.factory, scriptsDir: SCRIPTS });
+    const fake = new FakeSsh({
+      exec: (cmd) => ({ stdout: stdoutOf(fixture(cmd.includes('enumerate.ps1') ? 'enumerate-host.json' : 'get-state-running.json')) }),
+    });
+    const provider = createHyperVProvider({
+      hostName: 'HV01',
+      mode: 'ssh',
+      ssh: target,
+      sshClientFactory: fake.factory,
+      scriptsDir: SCRIPTS,
+    });
     assert.equal((await provider.enumerate()).length, 7);
     assert.equal(await provider.runState(SQL), 'running');
     assert.equal(fake.clients, 1);

@@ -6,7 +6,15 @@ import * as path from 'node:path';
 import { classifyAll } from '../../../src/classify/classify';
 import { backupXml, nbdUri, parseNbdUri } from '../../../src/providers/libvirt/backup-job';
 import {
-  definitionFrom, guestFrom, mapState, parseBackupXml, parseDomState, parseJobInfo, parseKeyValues, parseNames, parseTable,
+  definitionFrom,
+  guestFrom,
+  mapState,
+  parseBackupXml,
+  parseDomState,
+  parseJobInfo,
+  parseKeyValues,
+  parseNames,
+  parseTable,
 } from '../../../src/providers/libvirt/parse';
 import { checkUri, virshErrorText } from '../../../src/providers/libvirt/virsh';
 import { parseXml } from '../../../src/providers/libvirt/xml';
@@ -50,7 +58,11 @@ describe('libvirt parse: recorded virsh output', () => {
   });
 
   it('guestinfo: a volume on device-mapper is dynamic', () => {
-    const g = guestFrom(parseKeyValues('fs.count : 1\nfs.0.name : dm-0\nfs.0.mountpoint : /\nfs.0.fstype : xfs\nfs.0.disk.count : 1\nfs.0.disk.0.alias : vda\n'));
+    const g = guestFrom(
+      parseKeyValues(
+        'fs.count : 1\nfs.0.name : dm-0\nfs.0.mountpoint : /\nfs.0.fstype : xfs\nfs.0.disk.count : 1\nfs.0.disk.0.alias : vda\n',
+      ),
+    );
     assert.equal(g.filesystems[0].dynamic, true);
   });
 
@@ -59,7 +71,16 @@ describe('libvirt parse: recorded virsh output', () => {
     assert.equal(d.name, 'vmb-lv-agent');
     assert.match(d.uuid, /^[0-9a-f-]{36}$/);
     assert.equal(d.agentChannel, true);
-    assert.deepEqual(d.disks, [{ id: 'vda', node: 'vda', file: '/tmp/lab-h3-libvirt/libvirt/images/vmb-lv-agent-data.qcow2', format: 'qcow2', driver: 'file', included: true }]);
+    assert.deepEqual(d.disks, [
+      {
+        id: 'vda',
+        node: 'vda',
+        file: '/tmp/lab-h3-libvirt/libvirt/images/vmb-lv-agent-data.qcow2',
+        format: 'qcow2',
+        driver: 'file',
+        included: true,
+      },
+    ]);
     assert.equal(definitionFrom(fixture('dumpxml-noagent-live.xml')).agentChannel, false);
   });
 
@@ -74,28 +95,38 @@ describe('libvirt parse: recorded virsh output', () => {
     </devices></domain>`;
     const d = definitionFrom(xml);
     assert.equal(d.name, 'x & y');
-    assert.deepEqual(d.disks.map((x) => [x.id, x.file, x.included, x.excludedReason]), [
-      ['vda', '/var/lib/libvirt/images/a b.img', true, undefined],
-      ['vdb', '/dev/sdb', false, 'pass-through'],
-      ['vdc', 'iscsi://10.0.0.1/iqn.2024-01.x:t/1', false, 'network'],
-      ['sda', '/iso/d.iso', false, 'read-only-media'],
-      ['sdb', '', false, 'no-medium'],
-    ]);
+    assert.deepEqual(
+      d.disks.map((x) => [x.id, x.file, x.included, x.excludedReason]),
+      [
+        ['vda', '/var/lib/libvirt/images/a b.img', true, undefined],
+        ['vdb', '/dev/sdb', false, 'pass-through'],
+        ['vdc', 'iscsi://10.0.0.1/iqn.2024-01.x:t/1', false, 'network'],
+        ['sda', '/iso/d.iso', false, 'read-only-media'],
+        ['sdb', '', false, 'no-medium'],
+      ],
+    );
   });
 
   it('domjobinfo and backup-dumpxml', () => {
     assert.deepEqual(parseJobInfo(fixture('domjobinfo-none.txt')), { type: 'None' });
-    assert.deepEqual(parseJobInfo('Job type:         Unbounded   \nOperation:        Backup      \n'), { type: 'Unbounded', operation: 'Backup' });
+    assert.deepEqual(parseJobInfo('Job type:         Unbounded   \nOperation:        Backup      \n'), {
+      type: 'Unbounded',
+      operation: 'Backup',
+    });
     const desc = parseBackupXml(fixture('backup-dumpxml.xml'));
     assert.equal(desc.mode, 'pull');
     assert.equal(desc.socket, '/tmp/lab-h3-libvirt/exp/nbd.sock');
-    assert.deepEqual(desc.disks, [{ name: 'vda', backup: true, exportName: 'vda', scratch: '/tmp/lab-h3-libvirt/libvirt/images/vda.scratch' }]);
+    assert.deepEqual(desc.disks, [
+      { name: 'vda', backup: true, exportName: 'vda', scratch: '/tmp/lab-h3-libvirt/libvirt/images/vda.scratch' },
+    ]);
   });
 
   it('virsh error text and URIs', () => {
-    assert.equal(virshErrorText('error: failed to get domain \'x\'\n'), "failed to get domain 'x'");
-    assert.equal(virshErrorText('error: Unable to get filesystem information\nerror: argument unsupported: QEMU guest agent is not configured\n'),
-      'Unable to get filesystem information: argument unsupported: QEMU guest agent is not configured');
+    assert.equal(virshErrorText("error: failed to get domain 'x'\n"), "failed to get domain 'x'");
+    assert.equal(
+      virshErrorText('error: Unable to get filesystem information\nerror: argument unsupported: QEMU guest agent is not configured\n'),
+      'Unable to get filesystem information: argument unsupported: QEMU guest agent is not configured',
+    );
     assert.equal(checkUri('qemu:///system'), 'qemu:///system');
     assert.equal(checkUri('qemu+ssh://root@h1/system'), 'qemu+ssh://root@h1/system');
     assert.throws(() => checkUri('qemu:///system; rm -rf /'), /^Error: uri: .* is not a libvirt URI/);
@@ -105,12 +136,18 @@ describe('libvirt parse: recorded virsh output', () => {
 
 describe('libvirt backup job XML', () => {
   it('pull mode over a unix socket, a scratch file per included disk, excluded disks off', () => {
-    const xml = backupXml('/run/vmb/ab/nbd.sock', [{ name: 'vda', backup: true, scratch: "/img/a'b.vmbackup-x.qcow2" }, { name: 'sda', backup: false }]);
+    const xml = backupXml('/run/vmb/ab/nbd.sock', [
+      { name: 'vda', backup: true, scratch: "/img/a'b.vmbackup-x.qcow2" },
+      { name: 'sda', backup: false },
+    ]);
     const root = parseXml(xml);
     assert.equal(root.attrs.mode, 'pull');
     const desc = parseBackupXml(xml);
     assert.equal(desc.socket, '/run/vmb/ab/nbd.sock');
-    assert.deepEqual(desc.disks, [{ name: 'vda', backup: true, scratch: "/img/a'b.vmbackup-x.qcow2" }, { name: 'sda', backup: false }]);
+    assert.deepEqual(desc.disks, [
+      { name: 'vda', backup: true, scratch: "/img/a'b.vmbackup-x.qcow2" },
+      { name: 'sda', backup: false },
+    ]);
   });
 
   it('NBD URIs round-trip; anything else is not one', () => {
@@ -133,11 +170,39 @@ describe('libvirt XML reader', () => {
 describe('libvirt enumerate output classifies like QEMU', () => {
   it('a shut-off domain is offline, a running one without agent falls back', () => {
     const base = { guest: { filesystems: [] }, disks: [], snapshotLocation: { path: '/img', volumeId: '1' } };
-    const vms = classifyAll([
-      { ...base, id: 'off', name: 'off', state: mapState('shut off', 'shutdown'), agent: { present: true, responding: false, freezeEnabled: false } },
-      { ...base, id: 'run', name: 'run', state: mapState('running', 'booted'), agent: { present: false, responding: false, freezeEnabled: false } },
-      { ...base, id: 'saved', name: 'saved', state: mapState('shut off', 'saved'), agent: { present: false, responding: false, freezeEnabled: false } },
-    ], 'checkpoint');
-    assert.deepEqual(vms.map((v) => [v.id, v.method]), [['off', 'offline'], ['run', 'checkpoint'], ['saved', 'checkpoint']]);
+    const vms = classifyAll(
+      [
+        {
+          ...base,
+          id: 'off',
+          name: 'off',
+          state: mapState('shut off', 'shutdown'),
+          agent: { present: true, responding: false, freezeEnabled: false },
+        },
+        {
+          ...base,
+          id: 'run',
+          name: 'run',
+          state: mapState('running', 'booted'),
+          agent: { present: false, responding: false, freezeEnabled: false },
+        },
+        {
+          ...base,
+          id: 'saved',
+          name: 'saved',
+          state: mapState('shut off', 'saved'),
+          agent: { present: false, responding: false, freezeEnabled: false },
+        },
+      ],
+      'checkpoint',
+    );
+    assert.deepEqual(
+      vms.map((v) => [v.id, v.method]),
+      [
+        ['off', 'offline'],
+        ['run', 'checkpoint'],
+        ['saved', 'checkpoint'],
+      ],
+    );
   });
 });

@@ -23,15 +23,30 @@ class ScriptedVirsh implements Virsh {
 
 const BACKUP_JOB = 'Job type:         Unbounded\nOperation:        Backup\n';
 const NO_JOB = 'Job type:         None\n';
-const dumpxml = (scratch: string) => `<domainbackup mode='pull'><server transport='unix' socket='/run/x/ab/nbd.sock'/><disks><disk name='vda' backup='yes' type='file' exportname='vda'><scratch file='${scratch}'/></disk></disks></domainbackup>`;
-const overlay = { disk: 'vda', base: 'nbd+unix:///vda?socket=/tmp/vmb-run/ab/nbd.sock', baseFormat: 'raw', overlay: '/img/d.qcow2.vmbackup-20261201T000000Z-abcdef.qcow2', overlayNode: 'vda', baseNode: 'vda' };
+const dumpxml = (scratch: string) =>
+  `<domainbackup mode='pull'><server transport='unix' socket='/run/x/ab/nbd.sock'/><disks><disk name='vda' backup='yes' type='file' exportname='vda'><scratch file='${scratch}'/></disk></disks></domainbackup>`;
+const overlay = {
+  disk: 'vda',
+  base: 'nbd+unix:///vda?socket=/tmp/vmb-run/ab/nbd.sock',
+  baseFormat: 'raw',
+  overlay: '/img/d.qcow2.vmbackup-20261201T000000Z-abcdef.qcow2',
+  overlayNode: 'vda',
+  baseNode: 'vda',
+};
 
 describe('libvirt provider: ending the backup job', () => {
   it('aborts our job and asks libvirt until it reports none', async () => {
     // the job still shows once after domjobabort: the provider asks again
-    const virsh = new ScriptedVirsh({ domjobinfo: [BACKUP_JOB, BACKUP_JOB, NO_JOB], 'backup-dumpxml': [dumpxml(overlay.overlay)], domjobabort: [''] });
+    const virsh = new ScriptedVirsh({
+      domjobinfo: [BACKUP_JOB, BACKUP_JOB, NO_JOB],
+      'backup-dumpxml': [dumpxml(overlay.overlay)],
+      domjobabort: [''],
+    });
     await new LibvirtProvider({ virsh, runDir: '/tmp/vmb-run' }).merge('web', [overlay]);
-    assert.deepEqual(virsh.calls.map((c) => c[0]), ['domjobinfo', 'backup-dumpxml', 'domjobabort', 'domjobinfo', 'domjobinfo']);
+    assert.deepEqual(
+      virsh.calls.map((c) => c[0]),
+      ['domjobinfo', 'backup-dumpxml', 'domjobabort', 'domjobinfo', 'domjobinfo'],
+    );
     assert.deepEqual(virsh.calls[2], ['domjobabort', '--domain', 'web']);
   });
 
@@ -45,14 +60,20 @@ describe('libvirt provider: ending the backup job', () => {
     for (const answer of [NO_JOB, { error: 'Requested operation is not valid: domain is not running' }] as Answer[]) {
       const virsh = new ScriptedVirsh({ domjobinfo: [answer] });
       await new LibvirtProvider({ virsh }).merge('web', [overlay]);
-      assert.deepEqual(virsh.calls.map((c) => c[0]), ['domjobinfo']);
+      assert.deepEqual(
+        virsh.calls.map((c) => c[0]),
+        ['domjobinfo'],
+      );
     }
   });
 });
 
 describe('libvirt provider: undo', () => {
   it('thaw of a domain libvirt reports shut off is 0 (no guest runs); of a running one it fails', async () => {
-    const stopped = new ScriptedVirsh({ domfsthaw: [{ error: 'Requested operation is not valid: domain is not running' }], domstate: ['shut off (destroyed)\n'] });
+    const stopped = new ScriptedVirsh({
+      domfsthaw: [{ error: 'Requested operation is not valid: domain is not running' }],
+      domstate: ['shut off (destroyed)\n'],
+    });
     assert.equal(await new LibvirtProvider({ virsh: stopped }).thaw('web', 1000), 0);
     const running = new ScriptedVirsh({ domfsthaw: [{ error: 'Guest agent is not responding: QEMU guest agent is not connected' }] });
     await assert.rejects(new LibvirtProvider({ virsh: running }).thaw('web', 1000), /not responding/);
@@ -61,7 +82,10 @@ describe('libvirt provider: undo', () => {
   it('resume: a managed-saved domain is started, then proven running', async () => {
     const virsh = new ScriptedVirsh({ domstate: ['shut off (saved)\n', 'running (restored)\n'], start: [''] });
     await new LibvirtProvider({ virsh }).resume('web', 'running');
-    assert.deepEqual(virsh.calls.map((c) => c.join(' ')), ['domstate --domain web --reason', 'start --domain web', 'domstate --domain web --reason']);
+    assert.deepEqual(
+      virsh.calls.map((c) => c.join(' ')),
+      ['domstate --domain web --reason', 'start --domain web', 'domstate --domain web --reason'],
+    );
   });
 
   it('resume: a paused domain is resumed; one that stays paused is an error', async () => {
@@ -81,21 +105,53 @@ describe('libvirt provider: refusals before any side effect', () => {
 
   it('exportDisk of a file no enumerated domain has, or of a socket outside runDir', async () => {
     const p = new LibvirtProvider({ virsh: new ScriptedVirsh({}), runDir: '/tmp/vmb-run' });
-    await assert.rejects(p.exportDisk({ disks: [], ref: { overlays: [{ ...overlay, base: '/etc/shadow', baseFormat: 'raw' }] } }, overlay.disk, '/tmp/x.qcow2'), /overlay.base: \/etc\/shadow is not a disk image/);
-    await assert.rejects(p.exportDisk({ disks: [], ref: { overlays: [{ ...overlay, base: 'nbd+unix:///vda?socket=/elsewhere/ab/nbd.sock' }] } }, overlay.disk, '/tmp/x.qcow2'), /overlay.base: .* not an export of a backup job this provider started/);
+    await assert.rejects(
+      p.exportDisk(
+        { disks: [], ref: { overlays: [{ ...overlay, base: '/etc/shadow', baseFormat: 'raw' }] } },
+        overlay.disk,
+        '/tmp/x.qcow2',
+      ),
+      /overlay.base: \/etc\/shadow is not a disk image/,
+    );
+    await assert.rejects(
+      p.exportDisk(
+        { disks: [], ref: { overlays: [{ ...overlay, base: 'nbd+unix:///vda?socket=/elsewhere/ab/nbd.sock' }] } },
+        overlay.disk,
+        '/tmp/x.qcow2',
+      ),
+      /overlay.base: .* not an export of a backup job this provider started/,
+    );
     // an incremental needs a view begun incremental from the very checkpoint the chain reads by
     const incremental = { mode: 'incremental' as const, backing: '../p/disk-vda.qcow2', since: 'vmbackup-p' };
-    await assert.rejects(p.exportDisk({ disks: [], ref: { overlays: [overlay] } }, overlay.disk, '/tmp/x.qcow2', undefined, { copy: incremental }), /copy.since: disk vda: the view reads no changes since vmbackup-p \(begun as a full\)/);
-    await assert.rejects(p.exportDisk({ disks: [], ref: { overlays: [{ ...overlay, since: 'vmbackup-q' }] } }, overlay.disk, '/tmp/x.qcow2', undefined, { copy: incremental }), /begun since vmbackup-q/);
+    await assert.rejects(
+      p.exportDisk({ disks: [], ref: { overlays: [overlay] } }, overlay.disk, '/tmp/x.qcow2', undefined, { copy: incremental }),
+      /copy.since: disk vda: the view reads no changes since vmbackup-p \(begun as a full\)/,
+    );
+    await assert.rejects(
+      p.exportDisk({ disks: [], ref: { overlays: [{ ...overlay, since: 'vmbackup-q' }] } }, overlay.disk, '/tmp/x.qcow2', undefined, {
+        copy: incremental,
+      }),
+      /begun since vmbackup-q/,
+    );
   });
 });
 
 describe('libvirt provider: freeze status without qemu-agent-command', () => {
   it('a frozen agent refuses guest-get-fsinfo: frozen; guestinfo answering: thawed; anything else is an error', async () => {
-    const frozen = new ScriptedVirsh({ guestinfo: [{ error: "internal error: unable to execute QEMU agent command 'guest-get-fsinfo': Command guest-get-fsinfo has been disabled: the agent is in frozen state" }] });
+    const frozen = new ScriptedVirsh({
+      guestinfo: [
+        {
+          error:
+            "internal error: unable to execute QEMU agent command 'guest-get-fsinfo': Command guest-get-fsinfo has been disabled: the agent is in frozen state",
+        },
+      ],
+    });
     assert.equal(await new LibvirtProvider({ virsh: frozen }).freezeStatus('web'), 'frozen');
     assert.equal(await new LibvirtProvider({ virsh: new ScriptedVirsh({ guestinfo: ['fs.count : 0\n'] }) }).freezeStatus('web'), 'thawed');
-    await assert.rejects(new LibvirtProvider({ virsh: new ScriptedVirsh({ guestinfo: [{ error: 'Guest agent is not responding' }] }) }).freezeStatus('web'), /not responding/);
+    await assert.rejects(
+      new LibvirtProvider({ virsh: new ScriptedVirsh({ guestinfo: [{ error: 'Guest agent is not responding' }] }) }).freezeStatus('web'),
+      /not responding/,
+    );
   });
 
   it('a remote URI (qemu+ssh://) is refused at enumerate, naming the setting, before any virsh call', async () => {

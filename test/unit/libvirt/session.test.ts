@@ -37,7 +37,7 @@ describe('libvirt virsh session', function () {
   });
   after(() => rmSync(dir, { recursive: true, force: true }));
 
-  it('frames each command by its echo mark; success by the expected line, failure with virsh\'s error', async () => {
+  it("frames each command by its echo mark; success by the expected line, failure with virsh's error", async () => {
     const s = new VirshSession('qemu:///system', program);
     try {
       assert.match(await s.run(['domfsfreeze', '--domain', 'web'], /Froze \d+/, 5000), /Froze 1 filesystem/);

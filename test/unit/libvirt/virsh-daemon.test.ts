@@ -52,8 +52,12 @@ describe('libvirt VirshRunner: libvirtd not answering', function () {
   it('gives up within the call timeout, naming libvirtd and the URI', async () => {
     process.env.FAKE_FAILS = '1000';
     const t0 = Date.now();
-    await assert.rejects(new VirshRunner('qemu:///system', program).run(['domfsthaw', '--domain', 'a'], { timeoutMs: 1500 }),
-      (err: unknown) => err instanceof VirshError && /libvirtd does not answer on qemu:\/\/\/system \(waited 1500 ms\): failed to connect/.test(err.message));
+    await assert.rejects(
+      new VirshRunner('qemu:///system', program).run(['domfsthaw', '--domain', 'a'], { timeoutMs: 1500 }),
+      (err: unknown) =>
+        err instanceof VirshError &&
+        /libvirtd does not answer on qemu:\/\/\/system \(waited 1500 ms\): failed to connect/.test(err.message),
+    );
     assert.ok(Date.now() - t0 < 6000, 'bounded by the call timeout');
   });
 

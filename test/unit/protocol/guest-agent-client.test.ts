@@ -50,7 +50,9 @@ async function fakeAgent(b: Behaviour = {}): Promise<FakeServer> {
           const r = b.handle?.(msg);
           if (r === undefined) {
             if (!['guest-shutdown', 'guest-suspend-ram'].includes(msg.execute)) {
-              peer.send(`${JSON.stringify({ error: { class: 'CommandNotFound', desc: `The command ${msg.execute} has not been found` } })}\n`);
+              peer.send(
+                `${JSON.stringify({ error: { class: 'CommandNotFound', desc: `The command ${msg.execute} has not been found` } })}\n`,
+              );
             }
             return;
           }
@@ -164,12 +166,7 @@ describe('protocol/GuestAgentClient', function () {
     // The agent is still busy with guest-slow; the late reply arrives while
     // the re-sync is in flight and must be discarded.
     assert.equal(await client.execute('guest-get-time'), 1234);
-    assert.deepEqual(executes(server), [
-      'guest-sync-delimited',
-      'guest-slow',
-      'guest-sync-delimited',
-      'guest-get-time',
-    ]);
+    assert.deepEqual(executes(server), ['guest-sync-delimited', 'guest-slow', 'guest-sync-delimited', 'guest-get-time']);
   });
 
   it('a late reply arriving while idle marks the channel out of sync', async () => {
@@ -199,13 +196,7 @@ describe('protocol/GuestAgentClient', function () {
     await assert.rejects(slow, QmpTimeoutError);
     assert.equal(await a, 'a');
     assert.equal(await b, 'b');
-    assert.deepEqual(executes(server), [
-      'guest-sync-delimited',
-      'guest-slow',
-      'guest-sync-delimited',
-      'guest-echo',
-      'guest-echo',
-    ]);
+    assert.deepEqual(executes(server), ['guest-sync-delimited', 'guest-slow', 'guest-sync-delimited', 'guest-echo', 'guest-echo']);
   });
 
   it('a re-sync that times out rejects with GuestAgentUnavailableError and is retried next time', async () => {

@@ -40,8 +40,7 @@ describe('protocol/message: MessageDecoder', () => {
 
   it('decodes several objects in one chunk', () => {
     const d = new MessageDecoder();
-    const chunk =
-      '{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP"}\r\n{"return": {}, "id": "s"}\r\n{"return": 5}\n';
+    const chunk = '{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP"}\r\n{"return": {}, "id": "s"}\r\n{"return": 5}\n';
     assert.deepEqual(messages(d.push(chunk)), [
       { timestamp: { seconds: 1, microseconds: 2 }, event: 'STOP' },
       { return: {}, id: 's' },

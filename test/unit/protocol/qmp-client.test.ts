@@ -166,9 +166,7 @@ describe('protocol/QmpClient', function () {
       });
       client = await QmpClient.connect(server.path);
       const stale: QmpMessage[] = [];
-      (client as unknown as { conn: { on: (e: string, f: (m: QmpMessage) => void) => void } }).conn.on('stale', (m) =>
-        stale.push(m),
-      );
+      (client as unknown as { conn: { on: (e: string, f: (m: QmpMessage) => void) => void } }).conn.on('stale', (m) => stale.push(m));
       await assert.rejects(client.execute('hang', undefined, { timeoutMs: 50 }), (err: unknown) => {
         assert.ok(err instanceof QmpTimeoutError);
         assert.equal(err.command, 'hang');
@@ -178,7 +176,10 @@ describe('protocol/QmpClient', function () {
         return true;
       });
       assert.equal(await client.execute('next'), 'fresh');
-      assert.deepEqual(stale.map((m) => m.return), ['LATE']);
+      assert.deepEqual(
+        stale.map((m) => m.return),
+        ['LATE'],
+      );
     });
 
     it('a command that times out while queued is never sent', async () => {

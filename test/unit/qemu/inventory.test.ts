@@ -49,13 +49,34 @@ describe('QEMU inventory: <id>.vm.json', () => {
   });
 
   const bad: [string, unknown, RegExp][] = [
-    ['an unknown format', { disks: [{ id: 'virtio0', file: '/a.img', format: 'vmdk' }] }, /\/run\/q\/x\.vm\.json: \/disks\/0\/format must be equal to one of the allowed values/],
+    [
+      'an unknown format',
+      { disks: [{ id: 'virtio0', file: '/a.img', format: 'vmdk' }] },
+      /\/run\/q\/x\.vm\.json: \/disks\/0\/format must be equal to one of the allowed values/,
+    ],
     ['a relative path', { disks: [{ id: 'virtio0', file: 'images/a.qcow2', format: 'qcow2' }] }, /\/disks\/0\/file must match pattern/],
-    ['a .. segment', { disks: [{ id: 'virtio0', file: '/var/lib/../../etc/shadow', format: 'raw' }] }, /\/disks\/0\/file must match pattern/],
+    [
+      'a .. segment',
+      { disks: [{ id: 'virtio0', file: '/var/lib/../../etc/shadow', format: 'raw' }] },
+      /\/disks\/0\/file must match pattern/,
+    ],
     ['no disks', { name: 'x', disks: [] }, /\/disks must NOT have fewer than 1 items/],
-    ['a field it does not know', { disks: [{ id: 'virtio0', file: '/a.qcow2', format: 'qcow2' }], cmd: 'rm -rf /' }, /additionalProperties: cmd/],
+    [
+      'a field it does not know',
+      { disks: [{ id: 'virtio0', file: '/a.qcow2', format: 'qcow2' }], cmd: 'rm -rf /' },
+      /additionalProperties: cmd/,
+    ],
     ['a disk id that is no name', { disks: [{ id: '../x', file: '/a.qcow2', format: 'qcow2' }] }, /\/disks\/0\/id must match pattern/],
-    ['two disks with one id', { disks: [{ id: 'd', file: '/a.qcow2', format: 'qcow2' }, { id: 'd', file: '/b.qcow2', format: 'qcow2' }] }, /\/disks\/1\/id "d" names two disks/],
+    [
+      'two disks with one id',
+      {
+        disks: [
+          { id: 'd', file: '/a.qcow2', format: 'qcow2' },
+          { id: 'd', file: '/b.qcow2', format: 'qcow2' },
+        ],
+      },
+      /\/disks\/1\/id "d" names two disks/,
+    ],
   ];
   for (const [what, doc, re] of bad) {
     it(`refuses ${what}, naming the file and the field`, () => {
@@ -130,14 +151,22 @@ describe('QEMU inventory: Proxmox confs (not run on a Proxmox host: fixtures and
   });
 
   it('a volume pvesm cannot resolve makes that VM a bad entry, with the conf and the disk', async () => {
-    const run = fakeRunner((file, args) => (args[1].startsWith('local-lvm:vm-101') ? new Error("pvesm: storage 'local-lvm' is not online") : pvesmPaths(file, args)));
+    const run = fakeRunner((file, args) =>
+      args[1].startsWith('local-lvm:vm-101') ? new Error("pvesm: storage 'local-lvm' is not online") : pvesmPaths(file, args),
+    );
     const inv = await readInventory({ kind: 'proxmox', socketDir: '/x', proxmoxConfDir: PVE, run });
     const db = inv.get('101')!;
     assert.ok(!db.ok);
     assert.match(db.reason, /101\.conf: virtio0: pvesm: storage 'local-lvm' is not online/);
   });
 
-  const plan = (id: string, confDir: string): OfflinePlan => ({ offline: true, backupId: '20261201T120000Z-abcdef', vm: id, disks: [], proxmox: { id, confDir } });
+  const plan = (id: string, confDir: string): OfflinePlan => ({
+    offline: true,
+    backupId: '20261201T120000Z-abcdef',
+    vm: id,
+    disks: [],
+    proxmox: { id, confDir },
+  });
 
   it('locks with `qm set <id> --lock backup` and unlocks with `qm unlock <id>`, checking the conf after', async () => {
     const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'vmb-pve-'));
@@ -160,7 +189,10 @@ describe('QEMU inventory: Proxmox confs (not run on a Proxmox host: fixtures and
       await lockOffline(plan('100', dir), tools);
       assert.equal(parseProxmoxConf(await fs.readFile(conf, 'utf8')).lock, 'backup');
       await unlockOffline(plan('100', dir), tools);
-      assert.deepEqual(run.calls, [['/usr/sbin/qm', 'set', '100', '--lock', 'backup'], ['/usr/sbin/qm', 'unlock', '100']]);
+      assert.deepEqual(run.calls, [
+        ['/usr/sbin/qm', 'set', '100', '--lock', 'backup'],
+        ['/usr/sbin/qm', 'unlock', '100'],
+      ]);
       assert.equal(parseProxmoxConf(await fs.readFile(conf, 'utf8')).lock, undefined);
       // repeated: nothing more to do
       await unlockOffline(plan('100', dir), tools);
@@ -198,7 +230,8 @@ describe('QEMU inventory: Proxmox confs (not run on a Proxmox host: fixtures and
 });
 
 describe('a stopped VM: classification, chain and settings', () => {
-  const off = () => onlineVm({ state: 'off', agent: { present: false, responding: false, freezeEnabled: false }, guest: { filesystems: [] } });
+  const off = () =>
+    onlineVm({ state: 'off', agent: { present: false, responding: false, freezeEnabled: false }, guest: { filesystems: [] } });
 
   it('is classified offline, with the vm-running reason', () => {
     const vm = classifyVm(off(), 'checkpoint');

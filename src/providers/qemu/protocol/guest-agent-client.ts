@@ -31,12 +31,7 @@
  */
 import { randomInt } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
-import {
-  GuestAgentUnavailableError,
-  QmpConnectionClosedError,
-  QmpError,
-  QmpTimeoutError,
-} from './errors';
+import { GuestAgentUnavailableError, QmpConnectionClosedError, QmpError, QmpTimeoutError } from './errors';
 import { QmpMessage, isResponse } from './message';
 import { ConnectionOptions, QmpConnection } from './protocol';
 

@@ -4,15 +4,7 @@
  * protocol (socket + command queue), clients.
  */
 export * from './errors';
-export {
-  DEFAULT_MAX_MESSAGE_BYTES,
-  MessageDecoder,
-  isEvent,
-  isGreeting,
-  isResponse,
-  serializeCommand,
-  toEvent,
-} from './message';
+export { DEFAULT_MAX_MESSAGE_BYTES, MessageDecoder, isEvent, isGreeting, isResponse, serializeCommand, toEvent } from './message';
 export type { DecodedItem, QmpCommand, QmpEvent, QmpGreeting, QmpMessage, QmpTimestamp } from './message';
 export { DEFAULT_CONNECT_TIMEOUT_MS, QmpConnection } from './protocol';
 export type { ConnectionOptions, RequestOptions } from './protocol';

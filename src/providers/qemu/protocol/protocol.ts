@@ -25,12 +25,7 @@
  */
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
-import {
-  QmpConnectError,
-  QmpConnectionClosedError,
-  QmpParseError,
-  QmpTimeoutError,
-} from './errors';
+import { QmpConnectError, QmpConnectionClosedError, QmpParseError, QmpTimeoutError } from './errors';
 import {
   DEFAULT_MAX_MESSAGE_BYTES,
   MessageDecoder,
