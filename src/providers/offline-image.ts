@@ -17,7 +17,8 @@ export const LOCK_DIR = path.join(os.tmpdir(), 'vm-backup-locks');
 
 /** The holder's socket of one disk of one backup: from the backup id, the VM and the disk's index only (journalled before it exists). */
 export function lockSocket(backupId: string, vm: string, index: number): string {
-  const h = createHash('sha256').update(vm).digest('hex').slice(0, 10);
+  // the whole backup id in the hash: two backups (two Node-REDs) never share a holder's socket
+  const h = createHash('sha256').update(`${backupId}\0${vm}`).digest('hex').slice(0, 10);
   return path.join(LOCK_DIR, `${backupId.slice(-6)}-${h}-${index}.lock`);
 }
 
@@ -75,8 +76,11 @@ export async function holdImage(qemuNbd: string, file: string, format: string, s
   throw failed ?? new Error(`qemu-nbd did not hold ${file} within 10 s`);
 }
 
-/** The holder processes of a socket, found by their command line (after a restart no handle is left). */
-export async function holdersOf(socket: string): Promise<number[]> {
+/**
+ * The holder processes of a socket on `file`, found by their command line (after a restart no
+ * handle is left): a qemu-nbd naming both, so a process of somebody else's is never counted or ended.
+ */
+export async function holdersOf(socket: string, file: string): Promise<number[]> {
   const pids: number[] = [];
   for (const entry of await fs.readdir('/proc').catch(() => [] as string[])) {
     if (!/^\d+$/.test(entry)) continue;
@@ -84,7 +88,8 @@ export async function holdersOf(socket: string): Promise<number[]> {
       (b) => b.toString('utf8').split('\0'),
       () => [] as string[],
     );
-    if (argv.length && path.basename(argv[0]) === 'qemu-nbd' && argv.includes(`--socket=${socket}`)) pids.push(Number(entry));
+    if (argv.length && path.basename(argv[0]) === 'qemu-nbd' && argv.includes(`--socket=${socket}`) && argv.includes(file))
+      pids.push(Number(entry));
   }
   return pids;
 }
@@ -93,8 +98,8 @@ export async function holdersOf(socket: string): Promise<number[]> {
  * Give the image locks back; done only when no holder process of these sockets is left (asked of
  * the process table, not of a handle). Safe to repeat and on locks never taken.
  */
-export async function releaseImages(sockets: readonly string[]): Promise<void> {
-  for (const socket of sockets) {
+export async function releaseImages(locks: readonly { socket: string; file: string }[]): Promise<void> {
+  for (const { socket, file } of locks) {
     if (path.dirname(socket) !== LOCK_DIR) throw new Error(`lock socket ${socket} is not in ${LOCK_DIR}; not ours to end`);
     const hold = holds.get(socket);
     if (hold) {
@@ -103,7 +108,7 @@ export async function releaseImages(sockets: readonly string[]): Promise<void> {
       holds.delete(socket);
     }
     for (let i = 0; ; i++) {
-      const left = await holdersOf(socket);
+      const left = await holdersOf(socket, file);
       if (left.length === 0) break;
       if (i >= 100) throw new Error(`the image lock holder (qemu-nbd, pid ${left.join(', ')}) of ${socket} did not end; retried`);
       for (const pid of left) {
@@ -120,8 +125,8 @@ export async function releaseImages(sockets: readonly string[]): Promise<void> {
 }
 
 /** True while a holder of ours still runs for the socket. */
-export async function isHeld(socket: string): Promise<boolean> {
-  return (await holdersOf(socket)).length > 0;
+export async function isHeld(socket: string, file: string): Promise<boolean> {
+  return (await holdersOf(socket, file)).length > 0;
 }
 
 /**

@@ -65,7 +65,14 @@ async function tryStart(image: string, qmpSock: string): Promise<{ started: bool
     await exited;
     return { started: false, stderr };
   }
-  const c = await QmpClient.connect(qmpSock);
+  // QEMU listens on its QMP socket before it opens its drives: a QEMU refused the image lock may
+  // have made the socket and exited meanwhile (the connection is then reset): that is "not started"
+  const c = await QmpClient.connect(qmpSock).catch(async (err: Error) => {
+    const code = await Promise.race([exited, new Promise<'running'>((r) => setTimeout(() => r('running'), 10_000))]);
+    if (code === 'running') throw err;
+    return undefined;
+  });
+  if (c === undefined) return { started: false, stderr };
   const status = await c.execute<{ status: string }>('query-status');
   await c.execute('quit').catch(() => undefined);
   await c.close();
@@ -169,7 +176,8 @@ describe('stopped VMs on plain QEMU: inventory, offline backup under the image l
 
     // still shut off: no process names its image, no lock holder of ours is left
     assert.deepEqual(await processesNaming(offImage), []);
-    for (const f of await fs.readdir(LOCK_DIR).catch(() => [] as string[])) assert.deepEqual(await holdersOf(path.join(LOCK_DIR, f)), []);
+    for (const f of await fs.readdir(LOCK_DIR).catch(() => [] as string[]))
+      assert.deepEqual(await holdersOf(path.join(LOCK_DIR, f), offImage), []);
     assert.equal(await provider.runState('off1'), 'off');
     // and it starts fine on its image now
     const after = await tryStart(offImage, path.join(bare.dir, 'try3.qmp'));
@@ -180,7 +188,7 @@ describe('stopped VMs on plain QEMU: inventory, offline backup under the image l
     const e = await host.enumerate();
     const c = host.classify(e, 'checkpoint');
     const off = c.vms.find((v) => v.id === 'off1')!;
-    const view = provider.planView(off, '20261201T130000Z-rcvr01');
+    const view = provider.planView(off, `20261201T130000Z-${Math.random().toString(36).slice(2, 8).padEnd(6, '0')}`);
     const sockets = (view.ref.disks as { lock: string }[]).map((d) => d.lock);
     // the holder a Node-RED that died left behind: not a child this process has a handle on
     await fs.mkdir(LOCK_DIR, { recursive: true, mode: 0o700 });
@@ -190,17 +198,22 @@ describe('stopped VMs on plain QEMU: inventory, offline backup under the image l
     });
     orphan.unref();
     const orphanGone = new Promise((r) => orphan.once('exit', r));
-    await waitForSocket(sockets[0]);
-    assert.deepEqual(await holdersOf(sockets[0]), [orphan.pid], 'the lock holder runs');
-    assert.equal((await tryStart(offImage, path.join(bare.dir, 'try4.qmp'))).started, false);
-    // a provider that knows nothing of it (a restarted Node-RED) is given the plan as journalled
-    const fresh = new QemuProvider({ socketDir: bare.socketDir, qm: '' });
-    await fresh.releaseView('off1', JSON.parse(JSON.stringify(view)));
-    await fresh.close();
-    await orphanGone;
-    assert.deepEqual(await holdersOf(sockets[0]), []);
-    assert.equal((await tryStart(offImage, path.join(bare.dir, 'try5.qmp'))).started, true);
-    await provider.releaseView('off1', view); // safe to repeat
+    try {
+      await waitForSocket(sockets[0]);
+      assert.deepEqual(await holdersOf(sockets[0], offImage), [orphan.pid], 'the lock holder runs');
+      assert.equal((await tryStart(offImage, path.join(bare.dir, 'try4.qmp'))).started, false);
+      // a provider that knows nothing of it (a restarted Node-RED) is given the plan as journalled
+      const fresh = new QemuProvider({ socketDir: bare.socketDir, qm: '' });
+      await fresh.releaseView('off1', JSON.parse(JSON.stringify(view)));
+      await fresh.close();
+      await orphanGone;
+      assert.deepEqual(await holdersOf(sockets[0], offImage), []);
+      assert.equal((await tryStart(offImage, path.join(bare.dir, 'try5.qmp'))).started, true);
+      await provider.releaseView('off1', view); // safe to repeat
+    } finally {
+      // whatever failed above, the test leaves no holder of its own behind
+      if (orphan.exitCode === null && orphan.signalCode === null) orphan.kill('SIGKILL');
+    }
     await host.closeAll('test: set not used');
   });
 

@@ -134,13 +134,14 @@ export async function lockOffline(plan: OfflinePlan, t: LockTools): Promise<void
 /** snapshot: the locks must still be held (a holder that ended let a QEMU in). */
 export async function checkLocked(plan: OfflinePlan): Promise<void> {
   for (const d of plan.disks) {
-    if (!(await isHeld(d.lock))) throw new Error(`disk ${d.disk}: the image lock of ${d.file} is no longer held; not copied offline`);
+    if (!(await isHeld(d.lock, d.file)))
+      throw new Error(`disk ${d.disk}: the image lock of ${d.file} is no longer held; not copied offline`);
   }
 }
 
 /** Every lock given back, proven: no holder process left, the conf without our lock. Safe to repeat. */
 export async function unlockOffline(plan: OfflinePlan, t: LockTools): Promise<void> {
-  await releaseImages(plan.disks.map((d) => d.lock));
+  await releaseImages(plan.disks.map((d) => ({ socket: d.lock, file: d.file })));
   if (!plan.proxmox || !t.qm) return;
   const now = await proxmoxLock(plan.proxmox.id, plan.proxmox.confDir).catch(() => undefined);
   const ours = pveLocks.has(key(plan)) ? pveLocks.get(key(plan)) : now === 'backup';

@@ -263,6 +263,8 @@ describe('a stopped VM: classification, chain and settings', () => {
     assert.equal(s, lockSocket('20261201T120000Z-abcdef', 'a'.repeat(64), 3));
     assert.ok(s.length < 108);
     assert.match(path.basename(s), /^abcdef-[0-9a-f]{10}-3\.lock$/);
+    // another backup with the same last six characters (another Node-RED) gets another socket
+    assert.notEqual(s, lockSocket('20261202T120000Z-abcdef', 'a'.repeat(64), 3));
   });
 
   it('host setting inventory: json by default, proxmox or none, anything else refused naming the field', () => {
