@@ -4,7 +4,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { waitForSocket } from '../test/support/bare-vms';
+import { bareVmArgs, waitForSocket } from '../test/support/bare-vms';
 import { makeDataImage } from './images';
 import { log, nowMs, procMem } from './util';
 
@@ -75,31 +75,11 @@ export async function startFleet(dir: string, o: FleetOptions): Promise<BareFlee
       disks.push(file);
     }
     fleet.disks.set(id, disks);
-    // a PC with no OS and a device per disk: the point-in-time view switches the device onto its filter
-    const args = [
-      '-accel',
-      'tcg',
-      '-machine',
-      'pc',
-      '-m',
-      '32',
-      '-nodefaults',
-      '-display',
-      'none',
-      '-name',
+    const args = bareVmArgs(
       id,
-      '-pidfile',
-      path.join(runDir, `${id}.pid`),
-      '-qmp',
-      `unix:${path.join(runDir, `${id}.qmp`)},server=on,wait=off`,
-    ];
-    disks.forEach((file, i) =>
-      args.push(
-        '-drive',
-        `file=${file},format=qcow2,if=none,id=drive-virtio${i}`,
-        '-device',
-        `virtio-blk-pci,drive=drive-virtio${i},id=virtio${i}`,
-      ),
+      path.join(runDir, `${id}.qmp`),
+      disks.map((file) => ({ file })),
+      ['-pidfile', path.join(runDir, `${id}.pid`)],
     );
     const child = spawn('qemu-system-x86_64', args, { stdio: 'ignore' });
     fleet.procs.set(id, child);

@@ -11,7 +11,7 @@ import { QemuProvider } from '../../src/providers/qemu/qemu-provider';
 import { QmpClient } from '../../src/providers/qemu/protocol';
 import { runProgram } from '../../src/util/run';
 import { spawn } from 'node:child_process';
-import { makeImage, startBareHost, startBareVm, waitForSocket, type BareHost, withQmp } from '../support/bare-vms';
+import { makeImage, startBareHost, startBareVm, waitForSocket, type BareHost, withQmp, bareVmArgs } from '../support/bare-vms';
 import type { CopiedSet } from '../../src/contract/types';
 import type { ChainPolicy } from '../../src/chain';
 
@@ -261,29 +261,7 @@ describe('incremental backups (bare QEMU VMs, copy-before-write view, dirty bitm
   async function startRaw(id: string, file: string) {
     const sock = path.join(bare.socketDir, `${id}.qmp`);
     await fs.rm(sock, { force: true });
-    const child = spawn(
-      'qemu-system-x86_64',
-      [
-        '-accel',
-        'tcg',
-        '-machine',
-        'pc',
-        '-m',
-        '32',
-        '-nodefaults',
-        '-display',
-        'none',
-        '-name',
-        id,
-        '-qmp',
-        `unix:${sock},server=on,wait=off`,
-        '-drive',
-        `file=${file},format=raw,if=none,id=drive-virtio0`,
-        '-device',
-        'virtio-blk-pci,drive=drive-virtio0,id=virtio0',
-      ],
-      { stdio: 'ignore' },
-    );
+    const child = spawn('qemu-system-x86_64', bareVmArgs(id, sock, [{ file, format: 'raw' }]), { stdio: 'ignore' });
     await waitForSocket(sock);
     return child;
   }

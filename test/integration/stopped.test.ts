@@ -16,7 +16,7 @@ import { QmpClient } from '../../src/providers/qemu/protocol';
 import { holdersOf, LOCK_DIR } from '../../src/providers/offline-image';
 import { summarize } from '../../src/summary';
 import { runProgram } from '../../src/util/run';
-import { startBareHost, waitForSocket, type BareHost, withQmp } from '../support/bare-vms';
+import { bareVmArgs, startBareHost, waitForSocket, type BareHost, withQmp } from '../support/bare-vms';
 
 const LAB = process.env.VMBACKUP_LAB_DIR ?? '/tmp/vm-backup-lab';
 
@@ -33,26 +33,8 @@ async function processesNaming(file: string): Promise<number[]> {
 
 /** Start a QEMU on the image as a user would; resolves with its exit code and stderr (it is quit at once when it starts). */
 async function tryStart(image: string, qmpSock: string): Promise<{ started: boolean; stderr: string }> {
-  const child = spawn(
-    'qemu-system-x86_64',
-    [
-      '-accel',
-      'tcg',
-      '-machine',
-      'pc',
-      '-m',
-      '32',
-      '-nodefaults',
-      '-display',
-      'none',
-      '-S',
-      '-qmp',
-      `unix:${qmpSock},server=on,wait=off`,
-      '-drive',
-      `file=${image},format=qcow2,if=virtio`,
-    ],
-    { stdio: ['ignore', 'ignore', 'pipe'] },
-  );
+  // -S: the guest never runs; what counts is whether QEMU gets the image's write lock
+  const child = spawn('qemu-system-x86_64', bareVmArgs('try', qmpSock, [{ file: image }], ['-S']), { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr.setEncoding('utf8').on('data', (d) => (stderr += d));
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));

@@ -51,9 +51,17 @@ export async function startBareHost(ids: string[], opts: { disks?: number; dir?:
   return host;
 }
 
-export async function startBareVm(host: BareHost, id: string, disks = 1): Promise<void> {
-  // a PC with no OS: the firmware finds nothing to boot and halts (no CPU used), and each disk has
-  // a device, as a VM's disk always has (the point-in-time view switches the device onto its filter)
+/**
+ * The QEMU argument vector of a bare VM: a PC with no OS (the firmware finds nothing to boot and
+ * halts, no CPU used) and a virtio-blk device per disk, as a VM's disk always has (the
+ * point-in-time view switches the device onto its filter). Shared by the tests and the benchmarks.
+ */
+export function bareVmArgs(
+  id: string,
+  qmpSocket: string,
+  disks: readonly { file: string; format?: string }[],
+  extra: readonly string[] = [],
+): string[] {
   const args = [
     '-accel',
     'tcg',
@@ -66,22 +74,32 @@ export async function startBareVm(host: BareHost, id: string, disks = 1): Promis
     'none',
     '-name',
     id,
+    ...extra,
     '-qmp',
-    `unix:${path.join(host.socketDir, `${id}.qmp`)},server=on,wait=off`,
+    `unix:${qmpSocket},server=on,wait=off`,
   ];
+  disks.forEach((d, i) =>
+    args.push(
+      '-drive',
+      `file=${d.file},format=${d.format ?? 'qcow2'},if=none,id=drive-virtio${i}`,
+      '-device',
+      `virtio-blk-pci,drive=drive-virtio${i},id=virtio${i}`,
+    ),
+  );
+  return args;
+}
+
+export async function startBareVm(host: BareHost, id: string, disks = 1): Promise<void> {
+  const files: { file: string }[] = [];
   for (let i = 0; i < disks; i++) {
     const file = path.join(host.imageDir, `${id}-disk${i}.qcow2`);
     if (!existsSync(file)) await makeImage(file);
-    args.push(
-      '-drive',
-      `file=${file},format=qcow2,if=none,id=drive-virtio${i}`,
-      '-device',
-      `virtio-blk-pci,drive=drive-virtio${i},id=virtio${i}`,
-    );
+    files.push({ file });
   }
-  const child = spawn('qemu-system-x86_64', args, { stdio: 'ignore' });
+  const qmp = path.join(host.socketDir, `${id}.qmp`);
+  const child = spawn('qemu-system-x86_64', bareVmArgs(id, qmp, files), { stdio: 'ignore' });
   host.vms.set(id, child);
-  await waitForSocket(path.join(host.socketDir, `${id}.qmp`));
+  await waitForSocket(qmp);
 }
 
 /** Resolves once something accepts connections on the unix socket `file` (QEMU's QMP, qemu-ga). */
