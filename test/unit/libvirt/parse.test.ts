@@ -96,13 +96,13 @@ describe('libvirt parse: recorded virsh output', () => {
     const d = definitionFrom(xml);
     assert.equal(d.name, 'x & y');
     assert.deepEqual(
-      d.disks.map((x) => [x.id, x.file, x.included, x.excludedReason]),
+      d.disks.map((x) => [x.id, x.file, x.included, x.excludedReason, x.excludedBy]),
       [
-        ['vda', '/var/lib/libvirt/images/a b.img', true, undefined],
-        ['vdb', '/dev/sdb', false, 'pass-through'],
-        ['vdc', 'iscsi://10.0.0.1/iqn.2024-01.x:t/1', false, 'network'],
-        ['sda', '/iso/d.iso', false, 'read-only-media'],
-        ['sdb', '', false, 'no-medium'],
+        ['vda', '/var/lib/libvirt/images/a b.img', true, undefined, undefined],
+        ['vdb', '/dev/sdb', false, 'not-supported', 'product'],
+        ['vdc', 'iscsi://10.0.0.1/iqn.2024-01.x:t/1', false, 'not-supported', 'product'],
+        ['sda', '/iso/d.iso', false, 'removable-media', 'host'],
+        ['sdb', '', false, 'no-medium', 'host'],
       ],
     );
   });
