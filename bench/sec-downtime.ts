@@ -134,10 +134,16 @@ export async function downtimeSection(ctx: Ctx, vm: BenchVm, o: { runs: number }
     const fnFrom = nowMs();
     const fnFile = path.join(scratch, 'product-fn.vmstate');
     let f0 = 0;
-    await saveStateToFile(vm.observer!, fnFile, 120_000, async () => {
-      await vm.observer!.execute('stop');
-      f0 = nowMs();
-    });
+    // the bench's observer holds the VM's only QMP connection (to see its events): every exchange goes through it
+    await saveStateToFile(
+      (fn) => fn(vm.observer!),
+      fnFile,
+      120_000,
+      async () => {
+        await vm.observer!.execute('stop');
+        f0 = nowMs();
+      },
+    );
     const productFnMs = nowMs() - f0;
     await vm.observer!.execute('cont');
     await fs.rm(fnFile, { force: true });

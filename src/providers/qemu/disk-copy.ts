@@ -10,9 +10,10 @@ import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import type { QmpClient } from './protocol';
+import type { QmpClient, QmpExchange } from './protocol';
 import { runProgram, ProgramFailed } from '../../util/run';
 import { bitmapForCopy } from './tracking';
+import type { NamedNode } from './block-graph';
 import type { ViewDisk } from './view';
 
 export interface DiskCopyOptions {
@@ -23,6 +24,8 @@ export interface DiskCopyOptions {
   compress?: boolean;
   signal?: AbortSignal;
   onProgress?: (done: number, total: number) => void;
+  /** longest wait between two looks at the job (each look is one short QMP exchange) */
+  pollMaxMs?: number;
 }
 
 export interface DiskCopyResult {
@@ -33,7 +36,7 @@ export interface DiskCopyResult {
   bytesChanged?: number;
 }
 
-export async function copyDisk(c: QmpClient, d: ViewDisk, dest: string, o: DiskCopyOptions): Promise<DiskCopyResult> {
+export async function copyDisk(qmp: QmpExchange, d: ViewDisk, dest: string, o: DiskCopyOptions): Promise<DiskCopyResult> {
   await runProgram(o.qemuImg, [
     'create',
     '-q',
@@ -64,21 +67,26 @@ export async function copyDisk(c: QmpClient, d: ViewDisk, dest: string, o: DiskC
   let added = false;
   try {
     await waitForSocket(sock, server);
-    await c.execute('blockdev-add', { driver: 'nbd', 'node-name': d.targetNode, server: { type: 'unix', path: sock }, export: '' });
-    added = true;
-    let bytesChanged: number | undefined;
-    if (o.incremental) {
-      bytesChanged = await bitmapForCopy(c, { accessNode: d.accessNode, diskNode: d.node, from: o.incremental.bitmap, name: tmpBitmap });
-    }
-    const bytesRead = await runJob(c, d, o, tmpBitmap);
-    await c.execute('blockdev-del', { 'node-name': d.targetNode });
-    added = false;
-    if (o.incremental) await c.execute('block-dirty-bitmap-remove', { node: d.accessNode, name: tmpBitmap }).catch(() => undefined);
+    const bytesChanged = await qmp(async (c) => {
+      await c.execute('blockdev-add', { driver: 'nbd', 'node-name': d.targetNode, server: { type: 'unix', path: sock }, export: '' });
+      added = true;
+      const changed = o.incremental
+        ? await bitmapForCopy(c, { accessNode: d.accessNode, diskNode: d.node, from: o.incremental.bitmap, name: tmpBitmap })
+        : undefined;
+      await startJob(c, d, o, tmpBitmap);
+      return changed;
+    });
+    const bytesRead = await followJob(qmp, d, o);
+    await qmp(async (c) => {
+      await c.execute('blockdev-del', { 'node-name': d.targetNode });
+      added = false;
+      if (o.incremental) await c.execute('block-dirty-bitmap-remove', { node: d.accessNode, name: tmpBitmap }).catch(() => undefined);
+    });
     await Promise.race([server, timeout(30_000, 'qemu-nbd did not finish writing within 30 s of the copy')]);
     const bytes = (await fs.stat(dest)).size;
     return { bytes, bytesRead, ...(bytesChanged !== undefined ? { bytesChanged } : {}) };
   } finally {
-    if (added) await c.execute('blockdev-del', { 'node-name': d.targetNode }).catch(() => undefined);
+    if (added) await qmp((c) => c.execute('blockdev-del', { 'node-name': d.targetNode })).catch(() => undefined);
     stopServer.abort(new Error('copy ended'));
     // bounded: a qemu-nbd that does not end on SIGTERM must not hold the stage (and its undo) forever
     await Promise.race([server.catch(() => undefined), new Promise((r) => setTimeout(r, 10_000).unref())]);
@@ -86,9 +94,7 @@ export async function copyDisk(c: QmpClient, d: ViewDisk, dest: string, o: DiskC
   }
 }
 
-/** Start the backup job and follow it to its end; an abort cancels it at once. */
-async function runJob(c: QmpClient, d: ViewDisk, o: DiskCopyOptions, tmpBitmap: string): Promise<number> {
-  const mark = c.eventMark();
+async function startJob(c: QmpClient, d: ViewDisk, o: DiskCopyOptions, tmpBitmap: string): Promise<void> {
   await c.execute('blockdev-backup', {
     'job-id': d.jobId,
     device: d.accessNode,
@@ -101,43 +107,68 @@ async function runJob(c: QmpClient, d: ViewDisk, o: DiskCopyOptions, tmpBitmap: 
     'on-source-error': 'report',
     'on-target-error': 'report',
   });
-  const cancel = () => void c.execute('block-job-cancel', { device: d.jobId, force: true }).catch(() => undefined);
-  o.signal?.addEventListener('abort', cancel, { once: true });
-  const progress = setInterval(() => {
-    c.execute<{ id: string; 'current-progress': number; 'total-progress': number }[]>('query-jobs').then(
-      (jobs) => {
-        const j = jobs.find((x) => x.id === d.jobId);
-        if (j) o.onProgress?.(j['current-progress'], j['total-progress']);
-      },
-      () => undefined,
-    );
-  }, 250);
+}
+
+interface JobInfo {
+  id: string;
+  status: string;
+  'current-progress': number;
+  'total-progress': number;
+  error?: string;
+}
+
+/**
+ * Follow the backup job to its end by looking at it (query-jobs), each look one short QMP
+ * exchange, never by holding the socket for its events: QEMU serves one QMP client at a time, and
+ * the host's own tools (Proxmox's qm, pvestatd's polls) connect per command and must get their
+ * turn during a copy that takes hours. The looks start 50 ms apart and slow down to pollMaxMs.
+ * An abort cancels the job at once. Returns the bytes the job read.
+ */
+export async function followJob(qmp: QmpExchange, d: ViewDisk, o: DiskCopyOptions): Promise<number> {
+  const stopped = () => (o.signal?.reason instanceof Error ? o.signal.reason : new Error('copy stopped'));
+  let wake: (() => void) | undefined;
+  const onAbort = () => wake?.();
+  o.signal?.addEventListener('abort', onAbort, { once: true });
+  let wait = 50;
   try {
-    const ended = await c
-      .waitEvent('BLOCK_JOB_COMPLETED', (data) => data?.device === d.jobId, 24 * 3600_000, { since: mark })
-      .catch(async (err: Error) => {
-        if (o.signal?.aborted) throw o.signal.reason instanceof Error ? o.signal.reason : new Error('copy stopped');
-        throw err;
+    for (;;) {
+      if (o.signal?.aborted) {
+        await qmp((c) => c.execute('block-job-cancel', { device: d.jobId, force: true })).catch(() => undefined);
+        throw stopped();
+      }
+      const job = await qmp(async (c) => {
+        const j = (await c.execute<JobInfo[]>('query-jobs')).find((x) => x.id === d.jobId);
+        if (j?.status === 'concluded') await c.execute('job-dismiss', { id: d.jobId }).catch(() => undefined);
+        return j;
       });
-    const data = (ended.data ?? {}) as { error?: string; offset?: number; len?: number };
-    if (o.signal?.aborted) throw o.signal.reason instanceof Error ? o.signal.reason : new Error('copy stopped');
-    if (data.error) {
-      // snapshot-access answers EACCES once the filter broke the snapshot (on-cbw-error=break-snapshot)
-      const broke = /permission denied/i.test(data.error)
-        ? ` (the view broke: its fleecing image ${d.fleece} could not take a copy of old data, e.g. its file system is full or failing; the guest's writes went on unharmed)`
-        : '';
-      throw new Error(`copying disk ${d.disk} out of its point-in-time view failed: ${data.error}${broke}`);
+      if (!job) throw new Error(`copying disk ${d.disk}: the backup job ${d.jobId} is gone (QEMU restarted, or someone dismissed it)`);
+      o.onProgress?.(job['current-progress'], job['total-progress']);
+      if (job.status === 'concluded') {
+        if (o.signal?.aborted) throw stopped();
+        if (job.error) {
+          // snapshot-access answers EACCES once the filter broke the snapshot (on-cbw-error=break-snapshot)
+          const broke = /permission denied/i.test(job.error)
+            ? ` (the view broke: its fleecing image ${d.fleece} could not take a copy of old data, e.g. its file system is full or failing; the guest's writes went on unharmed)`
+            : '';
+          throw new Error(`copying disk ${d.disk} out of its point-in-time view failed: ${job.error}${broke}`);
+        }
+        return job['total-progress'];
+      }
+      await new Promise<void>((r) => {
+        const t = setTimeout(r, wait);
+        wake = () => {
+          clearTimeout(t);
+          r();
+        };
+      });
+      wait = Math.min(wait * 2, o.pollMaxMs ?? 1000);
     }
-    o.onProgress?.(data.len ?? 0, data.len ?? 0);
-    return data.len ?? 0;
   } finally {
-    clearInterval(progress);
-    o.signal?.removeEventListener('abort', cancel);
-    await c.execute('job-dismiss', { id: d.jobId }).catch(() => undefined);
+    o.signal?.removeEventListener('abort', onAbort);
   }
 }
 
-async function waitForSocket(sock: string, server: Promise<void>): Promise<void> {
+async function waitForSocket(sock: string, server: Promise<void>, what = 'qemu-nbd'): Promise<void> {
   let failed: Error | undefined;
   server.catch((err: Error) => (failed = err));
   for (let i = 0; i < 200; i++) {
@@ -151,7 +182,7 @@ async function waitForSocket(sock: string, server: Promise<void>): Promise<void>
       return;
     await new Promise((r) => setTimeout(r, 25));
   }
-  throw new Error(`qemu-nbd did not listen on ${sock} within 5 s`);
+  throw new Error(`${what} did not listen on ${sock} within 5 s`);
 }
 
 function timeout(ms: number, why: string): Promise<never> {
@@ -164,19 +195,43 @@ function timeout(ms: number, why: string): Promise<never> {
 /**
  * Compare a full copy with the view it came from: a read-only NBD export of the view on a private
  * socket, read by qemu-img compare (exit 0 identical, 1 different). QEMU runs one NBD server at a
- * time: if another one runs (not ours), the check cannot be made and says so.
+ * time: if another one runs (not ours), the check cannot be made and says so. The QMP socket is
+ * held only to start and to stop the export, not while the data is read.
+ *
+ * A disk with a backing chain (a linked clone on its template, a VM on the user's own external
+ * snapshot): what the view reports of its blocks is wrong there (QEMU 7.2's snapshot-access asks
+ * only the top image, so a cluster that lives in a backing file is reported as a hole reading
+ * zeros), and qemu-img compare trusts that report: it took the copy's data for a difference. The
+ * data read is right (the copy is exact). So for such a disk the export is read through nbdkit's
+ * noextents filter, which reports no holes: every byte of the view is read and compared.
  */
-export async function compareWithView(c: QmpClient, d: ViewDisk, file: string, qemuImg: string): Promise<void> {
+export async function compareWithView(qmp: QmpExchange, d: ViewDisk, file: string, qemuImg: string): Promise<void> {
   const sock = path.join(os.tmpdir(), `vmbackup-view-${randomBytes(6).toString('hex')}.sock`);
-  try {
-    await c.execute('nbd-server-start', { addr: { type: 'unix', data: { path: sock } } });
-  } catch (err) {
-    throw new Error(`verification not possible: QEMU already runs an NBD server that is not ours (${(err as Error).message})`);
-  }
-  try {
-    await c.execute('block-export-add', { type: 'nbd', id: `${d.jobId}-e`, 'node-name': d.accessNode, name: 'view', writable: false });
+  const exportId = `${d.jobId}-e`;
+  const chained = await qmp(async (c) => {
+    // backing_file names the node's backing image (backing_file_depth counts 0 in a flat listing)
+    const node = (await c.execute<(NamedNode & { backing_file?: string })[]>('query-named-block-nodes', { flat: true })).find(
+      (n) => n['node-name'] === d.node,
+    );
     try {
-      await runProgram(qemuImg, ['compare', '-q', '-f', 'raw', '-F', 'qcow2', `nbd+unix:///view?socket=${sock}`, file]);
+      await c.execute('nbd-server-start', { addr: { type: 'unix', data: { path: sock } } });
+    } catch (err) {
+      throw new Error(`verification not possible: QEMU already runs an NBD server that is not ours (${(err as Error).message})`);
+    }
+    try {
+      await c.execute('block-export-add', { type: 'nbd', id: exportId, 'node-name': d.accessNode, name: 'view', writable: false });
+    } catch (err) {
+      await c.execute('nbd-server-stop').catch(() => undefined);
+      throw err;
+    }
+    return typeof node?.backing_file === 'string' && node.backing_file !== '';
+  });
+  let proxy: { uri: string; stop: () => Promise<void> } | undefined;
+  try {
+    const viewUri = `nbd+unix:///view?socket=${sock}`;
+    if (chained) proxy = await allBlocksProxy(sock);
+    try {
+      await runProgram(qemuImg, ['compare', '-q', '-f', 'raw', '-F', 'qcow2', proxy?.uri ?? viewUri, file]);
     } catch (err) {
       const code = (err as { code?: number | null }).code;
       if (code === 1)
@@ -186,8 +241,39 @@ export async function compareWithView(c: QmpClient, d: ViewDisk, file: string, q
       throw new Error(`verification failed: ${file} could not be compared with disk ${d.disk}: ${(err as Error).message}`);
     }
   } finally {
+    await proxy?.stop();
     // stopping the server removes its exports
-    await c.execute('nbd-server-stop').catch(() => undefined);
+    await qmp((c) => c.execute('nbd-server-stop')).catch(() => undefined);
     await fs.rm(sock, { force: true });
   }
+}
+
+/** nbdkit in front of the view's export, reporting every block as data (the noextents filter). */
+async function allBlocksProxy(viewSock: string): Promise<{ uri: string; stop: () => Promise<void> }> {
+  const sock = path.join(os.tmpdir(), `vmbackup-all-${randomBytes(6).toString('hex')}.sock`);
+  const stop = new AbortController();
+  const ended = runProgram(
+    'nbdkit',
+    ['--foreground', '--exit-with-parent', '-U', sock, '--filter=noextents', 'nbd', `socket=${viewSock}`, 'export=view'],
+    { signal: stop.signal },
+  ).then(
+    () => undefined,
+    (err: Error) => {
+      if (stop.signal.aborted) return;
+      const why = err instanceof ProgramFailed ? err.stderr.trim().split('\n').pop() || err.message : err.message;
+      throw new Error(
+        `verification not possible: nbdkit (Debian package nbdkit), which reads a disk with a backing chain for the check, failed: ${why}`,
+      );
+    },
+  );
+  ended.catch(() => undefined);
+  await waitForSocket(sock, ended, 'nbdkit');
+  return {
+    uri: `nbd+unix:///?socket=${sock}`,
+    stop: async () => {
+      stop.abort();
+      await Promise.race([ended.catch(() => undefined), new Promise((r) => setTimeout(r, 5000).unref())]);
+      await fs.rm(sock, { force: true });
+    },
+  };
 }

@@ -1,6 +1,8 @@
 // QEMU/KVM behind the provider interface: QMP for the VM, the guest agent for the guest,
-// qemu-img for the copy. Connections are opened on demand and closed when idle, because a
-// QMP or QGA socket serves one client at a time and the host's own tools need them too.
+// qemu-img for the copy. A QMP or QGA socket serves one client at a time and the host's own tools
+// need them too (Proxmox's qm and pvestatd connect per command): every QMP use is one short
+// exchange (protocol/exchange.ts), a connection never outlives it; agent connections are closed
+// when idle.
 import { existsSync, promises as fs } from 'node:fs';
 import { isSafeName } from '../../util/ids';
 import * as net from 'node:net';
@@ -13,7 +15,7 @@ import { disksFrom, type HostExclusions, type NamedNode, type QueryBlockEntry } 
 import { DEFAULT_FLEECE_DIR, fleeceLocation, prepareFleeceDir } from './fleece';
 import { discoverVms, findQemuPid, readCmdline, type DiscoveredVm } from './discovery';
 import { agentFrom, filesystemsFrom, osFrom, type GuestFsInfo, type GuestInfo, type GuestOsInfo } from './guest-facts';
-import { GuestAgentClient, QmpClient } from './protocol';
+import { exchange, GuestAgentClient, type QmpClient, type QmpExchange } from './protocol';
 import { saveStateToFile } from './saved-state';
 import {
   armView,
@@ -85,7 +87,6 @@ export class QemuProvider implements HostProvider {
   readonly writerName = 'QEMU QMP writer';
   readonly quiesce = 'agent' as const;
   private readonly vms = new Map<string, DiscoveredVm>();
-  private readonly qmpConns = new Map<string, Promise<Conn<QmpClient>>>();
   private readonly qgaConns = new Map<string, Promise<Conn<GuestAgentClient>>>();
   private readonly qemuImgPath: string;
   /** VMs of the inventory whose QEMU was not running at the last enumerate: backed up offline */
@@ -152,9 +153,13 @@ export class QemuProvider implements HostProvider {
     }
   }
 
+  /** One exchange with the VM's QEMU: a connection of its own, closed at the end of `fn` (never nest one in another). */
   private qmp<R>(id: string, fn: (c: QmpClient) => Promise<R>): Promise<R> {
-    const vm = this.vm(id);
-    return this.pooled(this.qmpConns, id, () => QmpClient.connect(vm.qmp, { timeoutMs: this.commandMs }), fn);
+    return exchange(this.vm(id).qmp, { timeoutMs: this.commandMs }, fn);
+  }
+
+  private exchanges(id: string): QmpExchange {
+    return (fn) => this.qmp(id, fn);
   }
 
   private qga<R>(id: string, fn: (c: GuestAgentClient) => Promise<R>): Promise<R> {
@@ -369,8 +374,8 @@ export class QemuProvider implements HostProvider {
   async saveState(vm: ClassifiedVm, file: string): Promise<{ bytes: number; pausedAt?: number; pausedMono?: number }> {
     let pausedAt: number | undefined;
     let pausedMono: number | undefined;
-    const { bytes } = await this.qmp(vm.id, (c) =>
-      saveStateToFile(c, file, Math.max(this.commandMs, 600_000), async () => {
+    const { bytes } = await saveStateToFile(this.exchanges(vm.id), file, Math.max(this.commandMs, 600_000), () =>
+      this.qmp(vm.id, async (c) => {
         pausedAt = Date.now();
         pausedMono = performance.now();
         const status = (await c.execute<{ status: string }>('query-status')).status;
@@ -431,7 +436,7 @@ export class QemuProvider implements HostProvider {
     const plan = planOf(view);
     if (!plan.disks.length) return;
     await prepareFleeceDir(vm.snapshotLocation.path, plan.disks);
-    await this.qmp(vm.id, (c) => armView(c, plan, this.qemuImgPath));
+    await armView(this.exchanges(vm.id), plan, this.qemuImgPath);
   }
 
   async makeView(vm: ClassifiedVm, view: PointInTimeView, opts: ViewOptions): Promise<{ view: PointInTimeView; pausedMs?: number }> {
@@ -458,7 +463,7 @@ export class QemuProvider implements HostProvider {
       },
     );
     // QEMU gone: no graph holds our nodes any more (a QEMU started again opens only its own images)
-    if (reachable) await this.qmp(vmId, (c) => releaseView(c, plan));
+    if (reachable) await releaseView(this.exchanges(vmId), plan);
     await removeFleeceFiles(plan);
   }
 
@@ -527,16 +532,14 @@ export class QemuProvider implements HostProvider {
     const plan = planOf(view);
     const d = diskOf(plan, disk);
     const copy = options.copy ?? { mode: 'full' as const };
-    const r = await this.qmp(plan.vm, (c) =>
-      copyDisk(c, d, dest, {
-        qemuImg: this.qemuImgPath,
-        qemuNbd: this.options.qemuNbd ?? 'qemu-nbd',
-        ...(copy.mode === 'incremental' ? { incremental: { backing: copy.backing, bitmap: copy.since } } : {}),
-        compress: options.compress ?? this.options.compress ?? false,
-        ...(options.signal ? { signal: options.signal } : {}),
-        onProgress: (done, total) => onProgress?.({ done, total }),
-      }),
-    );
+    const r = await copyDisk(this.exchanges(plan.vm), d, dest, {
+      qemuImg: this.qemuImgPath,
+      qemuNbd: this.options.qemuNbd ?? 'qemu-nbd',
+      ...(copy.mode === 'incremental' ? { incremental: { backing: copy.backing, bitmap: copy.since } } : {}),
+      compress: options.compress ?? this.options.compress ?? false,
+      ...(options.signal ? { signal: options.signal } : {}),
+      onProgress: (done, total) => onProgress?.({ done, total }),
+    });
     return {
       path: dest,
       bytes: r.bytes,
@@ -591,16 +594,17 @@ export class QemuProvider implements HostProvider {
     }
     const plan = planOf(view);
     const d = diskOf(plan, disk);
-    await this.qmp(plan.vm, (c) => compareWithView(c, d, file, this.qemuImgPath));
+    await compareWithView(this.exchanges(plan.vm), d, file, this.qemuImgPath);
   }
 
   /**
-   * A backup set of these VMs ended: give their QMP and agent sockets back now rather than when
+   * A backup set of these VMs ended: give their agent sockets back now rather than when
    * idleCloseMs passes (each serves one client: the host's tools, another flow, wait for it).
+   * (No QMP connection is ever kept: each exchange closes its own.)
    */
   async release(vmIds: readonly string[]): Promise<void> {
     const closing: Promise<void>[] = [];
-    for (const pool of [this.qmpConns, this.qgaConns] as Map<string, Promise<Conn<{ close(): Promise<void> }>>>[]) {
+    for (const pool of [this.qgaConns] as Map<string, Promise<Conn<{ close(): Promise<void> }>>>[]) {
       for (const id of vmIds) {
         const entry = pool.get(id);
         if (!entry) continue;
@@ -630,8 +634,7 @@ export class QemuProvider implements HostProvider {
   }
 
   async close(): Promise<void> {
-    const all = [...this.qmpConns.values(), ...this.qgaConns.values()];
-    this.qmpConns.clear();
+    const all = [...this.qgaConns.values()];
     this.qgaConns.clear();
     await Promise.all(
       all.map(async (p) => {

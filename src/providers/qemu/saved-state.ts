@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { ProgramFailed, runProgram } from '../../util/run';
-import type { QmpClient } from './protocol';
+import type { QmpExchange } from './protocol';
 
 const RECEIVER = path.join(__dirname, 'state-receiver.js');
 
@@ -20,7 +20,7 @@ const RECEIVER = path.join(__dirname, 'state-receiver.js');
  * at all when the receiver cannot start, e.g. the repository is read-only).
  */
 export async function saveStateToFile(
-  qmp: QmpClient,
+  qmp: QmpExchange,
   file: string,
   timeoutMs: number,
   stopVm: () => Promise<void>,
@@ -56,7 +56,7 @@ export async function saveStateToFile(
       await stopVm();
       const done = waitMigration(qmp, timeoutMs, () => finished, received);
       done.catch(() => undefined); // awaited below; the migrate command itself may fail first
-      await qmp.execute('migrate', { uri: `unix:${sock}` });
+      await qmp((c) => c.execute('migrate', { uri: `unix:${sock}` }));
       await done;
       await withTimeout(received, timeoutMs, 'writing the saved state');
     } finally {
@@ -83,23 +83,25 @@ function rejectAfter(ms: number, what: string): Promise<never> {
  * guest: 800 ms throttled, 200-350 ms not). It is lifted for this save and put back afterwards,
  * so that the management layer's own migrations keep the value it chose.
  */
-async function unthrottle(qmp: QmpClient): Promise<() => Promise<void>> {
-  const params = await qmp.execute<{ 'max-bandwidth'?: number }>('query-migrate-parameters').catch(() => undefined);
-  const previous = params?.['max-bandwidth'];
-  if (previous === undefined) return async () => undefined;
-  const set = await qmp.execute('migrate-set-parameters', { 'max-bandwidth': UNTHROTTLED }).then(
-    () => true,
-    () => false,
-  );
+async function unthrottle(qmp: QmpExchange): Promise<() => Promise<void>> {
+  const set = await qmp(async (c) => {
+    const params = await c.execute<{ 'max-bandwidth'?: number }>('query-migrate-parameters').catch(() => undefined);
+    const previous = params?.['max-bandwidth'];
+    if (previous === undefined) return undefined;
+    return c.execute('migrate-set-parameters', { 'max-bandwidth': UNTHROTTLED }).then(
+      () => previous,
+      () => undefined,
+    );
+  });
   return async () => {
-    if (set) await qmp.execute('migrate-set-parameters', { 'max-bandwidth': previous }).catch(() => undefined);
+    if (set !== undefined) await qmp((c) => c.execute('migrate-set-parameters', { 'max-bandwidth': set })).catch(() => undefined);
   };
 }
 
 /** bytes per second: far above what a local file system takes */
 const UNTHROTTLED = 64 * 1024 ** 3;
 
-async function waitMigration(qmp: QmpClient, timeoutMs: number, finished: () => boolean, received: Promise<void>): Promise<void> {
+async function waitMigration(qmp: QmpExchange, timeoutMs: number, finished: () => boolean, received: Promise<void>): Promise<void> {
   const deadline = performance.now() + timeoutMs;
   // QEMU closes the stream when it has sent everything (or failed): look at once then, and
   // otherwise every 100 ms. (MIGRATION events need the "events" capability; polling works everywhere.)
@@ -129,11 +131,12 @@ async function waitMigration(qmp: QmpClient, timeoutMs: number, finished: () => 
       });
     }
     if (finished()) throw new Error('saving state abandoned');
-    const st = await qmp.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
+    // each look its own exchange: the host's tools get the socket in between
+    const st = await qmp((c) => c.execute<{ status?: string; 'error-desc'?: string }>('query-migrate'));
     if (st.status === 'completed') return;
     if (st.status === 'failed' || st.status === 'cancelled') throw new Error(`saving state failed: ${st['error-desc'] ?? st.status}`);
     if (performance.now() > deadline) {
-      await qmp.execute('migrate_cancel').catch(() => undefined);
+      await qmp((c) => c.execute('migrate_cancel')).catch(() => undefined);
       throw new Error(`saving state took longer than ${timeoutMs} ms; cancelled`);
     }
     // the stream has ended but QEMU has not yet marked the migration completed: ask again soon

@@ -1,6 +1,7 @@
 // The point-in-time view of a VM's disks, made the way QEMU's own fleecing does it (QEMU >= 7.1):
 // per disk a copy-before-write filter is put between the guest's device and its image, with a
-// fleecing image on the VM's own storage; from the moment the device is switched onto the filter,
+// fleecing image in the VM's fleece location (fleece.ts: a local file system, never a /dev volume
+// or network storage); from the moment the device is switched onto the filter,
 // every guest write first copies the old data of its clusters into the fleecing image, and a
 // snapshot-access node reads the disk as it was at that moment. The VM never leaves its own
 // image (nothing is ever merged back), and undo is taking our nodes out again.
@@ -15,7 +16,7 @@
 // before `cont`; the view's moment is then the stop.
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import type { QmpClient } from './protocol';
+import type { QmpClient, QmpExchange } from './protocol';
 import type { NamedNode, QueryBlockEntry } from './block-graph';
 import { runProgram } from '../../util/run';
 
@@ -93,33 +94,41 @@ export const FLEECE_FILE = /\/\.vmbackup-[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}-[A-Za-z0
 
 /**
  * Before the moment: fleecing images and filters are added beside the disks, nothing in the
- * guest's path changes yet (a filter without parents lets the device write as before).
+ * guest's path changes yet (a filter without parents lets the device write as before). The
+ * images are made between two QMP exchanges (qemu-img runs while the socket is free), and only
+ * for nodes QEMU does not have yet: an image QEMU has open is never made again.
  */
-export async function armView(c: QmpClient, plan: ViewPlan, qemuImg: string): Promise<void> {
+export async function armView(qmp: QmpExchange, plan: ViewPlan, qemuImg: string): Promise<void> {
   for (const d of plan.disks) {
     if (!FLEECE_FILE.test(d.fleece)) throw new Error(`refusing fleecing image ${d.fleece}: not a name this product makes`);
-    const nodes = await namedNodes(c);
-    if (!nodes.some((n) => n['node-name'] === d.fleeceNode)) {
-      // a fleecing image holds only clusters the guest overwrites while the view lives
-      await runProgram(qemuImg, ['create', '-q', '-f', 'qcow2', d.fleece, String(d.virtualSize)]);
-      await c.execute('blockdev-add', {
-        driver: 'qcow2',
-        'node-name': d.fleeceNode,
-        discard: 'unmap',
-        file: { driver: 'file', filename: d.fleece },
-      });
-    }
-    if (!nodes.some((n) => n['node-name'] === d.cbwNode)) {
-      await c.execute('blockdev-add', {
-        driver: 'copy-before-write',
-        'node-name': d.cbwNode,
-        file: d.node,
-        target: d.fleeceNode,
-        'on-cbw-error': 'break-snapshot',
-        'cbw-timeout': CBW_TIMEOUT_S,
-      });
-    }
   }
+  const have = new Set((await qmp(namedNodes)).map((n) => n['node-name']));
+  const missing = plan.disks.filter((d) => !have.has(d.fleeceNode));
+  // a fleecing image holds only clusters the guest overwrites while the view lives
+  for (const d of missing) await runProgram(qemuImg, ['create', '-q', '-f', 'qcow2', d.fleece, String(d.virtualSize)]);
+  await qmp(async (c) => {
+    const nodes = new Set((await namedNodes(c)).map((n) => n['node-name']));
+    for (const d of plan.disks) {
+      if (!nodes.has(d.fleeceNode)) {
+        await c.execute('blockdev-add', {
+          driver: 'qcow2',
+          'node-name': d.fleeceNode,
+          discard: 'unmap',
+          file: { driver: 'file', filename: d.fleece },
+        });
+      }
+      if (!nodes.has(d.cbwNode)) {
+        await c.execute('blockdev-add', {
+          driver: 'copy-before-write',
+          'node-name': d.cbwNode,
+          file: d.node,
+          target: d.fleeceNode,
+          'on-cbw-error': 'break-snapshot',
+          'cbw-timeout': CBW_TIMEOUT_S,
+        });
+      }
+    }
+  });
 }
 
 /**
@@ -162,35 +171,42 @@ export async function switchView(c: QmpClient, plan: ViewPlan, opts: { pause: bo
  * give the device back while something reads through it), then ask QEMU whether it is true:
  * each device on the node it had, no node named with our prefix. Throws when it is not.
  * Safe to repeat, and safe on a QEMU that never had the view (restarted, or a plan never made).
+ * A cancelled job is waited for by looking again (each look its own exchange).
  */
-export async function releaseView(c: QmpClient, plan: ViewPlan): Promise<void> {
+export async function releaseView(qmp: QmpExchange, plan: ViewPlan): Promise<void> {
   const quiet = (p: Promise<unknown>) => p.catch(() => undefined);
-  const jobs = await c.execute<{ id: string; status: string }[]>('query-jobs');
-  for (const d of plan.disks) {
-    const job = jobs.find((j) => j.id === d.jobId);
-    if (job && job.status !== 'concluded' && job.status !== 'null')
-      await quiet(c.execute('block-job-cancel', { device: d.jobId, force: true }));
-  }
-  for (const d of plan.disks) {
-    if (jobs.some((j) => j.id === d.jobId)) await waitJobGone(c, d.jobId);
-  }
-  let nodes = await namedNodes(c);
-  const has = (name: string) => nodes.some((n) => n['node-name'] === name);
-  for (const d of plan.disks) {
-    if (has(d.targetNode)) await c.execute('blockdev-del', { 'node-name': d.targetNode });
-    if (has(d.accessNode)) await c.execute('blockdev-del', { 'node-name': d.accessNode });
-  }
-  const roots = await c.execute<QueryBlockEntry[]>('query-block');
-  for (const d of plan.disks) {
-    const root = roots.find((r) => r.qdev === d.qdev)?.inserted?.['node-name'];
-    if (root === d.cbwNode) await c.execute('qom-set', { path: d.qdev, property: 'drive', value: d.node });
-  }
-  nodes = await namedNodes(c);
-  for (const d of plan.disks) {
-    if (has(d.cbwNode)) await c.execute('blockdev-del', { 'node-name': d.cbwNode });
-    if (has(d.fleeceNode)) await c.execute('blockdev-del', { 'node-name': d.fleeceNode });
-  }
-  await assertNothingOurs(c, plan);
+  const running = await qmp(async (c) => {
+    const jobs = await c.execute<{ id: string; status: string }[]>('query-jobs');
+    // an export left by a verification that never ended (Node-RED stopped meanwhile): its server is ours
+    const exports = await c.execute<{ id: string }[]>('query-block-exports').catch(() => []);
+    if (exports.some((e) => e.id.startsWith(plan.prefix))) await quiet(c.execute('nbd-server-stop'));
+    for (const d of plan.disks) {
+      const job = jobs.find((j) => j.id === d.jobId);
+      if (job && job.status !== 'concluded' && job.status !== 'null')
+        await quiet(c.execute('block-job-cancel', { device: d.jobId, force: true }));
+    }
+    return plan.disks.filter((d) => jobs.some((j) => j.id === d.jobId)).map((d) => d.jobId);
+  });
+  for (const jobId of running) await waitJobGone(qmp, jobId);
+  await qmp(async (c) => {
+    let nodes = await namedNodes(c);
+    const has = (name: string) => nodes.some((n) => n['node-name'] === name);
+    for (const d of plan.disks) {
+      if (has(d.targetNode)) await c.execute('blockdev-del', { 'node-name': d.targetNode });
+      if (has(d.accessNode)) await c.execute('blockdev-del', { 'node-name': d.accessNode });
+    }
+    const roots = await c.execute<QueryBlockEntry[]>('query-block');
+    for (const d of plan.disks) {
+      const root = roots.find((r) => r.qdev === d.qdev)?.inserted?.['node-name'];
+      if (root === d.cbwNode) await c.execute('qom-set', { path: d.qdev, property: 'drive', value: d.node });
+    }
+    nodes = await namedNodes(c);
+    for (const d of plan.disks) {
+      if (has(d.cbwNode)) await c.execute('blockdev-del', { 'node-name': d.cbwNode });
+      if (has(d.fleeceNode)) await c.execute('blockdev-del', { 'node-name': d.fleeceNode });
+    }
+    await assertNothingOurs(c, plan);
+  });
 }
 
 /** QEMU's own word that the VM holds nothing of this view: the proof every undo ends with. */
@@ -215,14 +231,14 @@ export async function removeFleeceFiles(plan: ViewPlan): Promise<void> {
   }
 }
 
-async function waitJobGone(c: QmpClient, jobId: string): Promise<void> {
+async function waitJobGone(qmp: QmpExchange, jobId: string): Promise<void> {
   for (let i = 0; i < 600; i++) {
-    const job = (await c.execute<{ id: string; status: string }[]>('query-jobs')).find((j) => j.id === jobId);
-    if (!job) return;
-    if (job.status === 'concluded') {
-      await c.execute('job-dismiss', { id: jobId }).catch(() => undefined);
-      continue;
-    }
+    const gone = await qmp(async (c) => {
+      const job = (await c.execute<{ id: string; status: string }[]>('query-jobs')).find((j) => j.id === jobId);
+      if (job?.status === 'concluded') await c.execute('job-dismiss', { id: jobId }).catch(() => undefined);
+      return job === undefined;
+    });
+    if (gone) return;
     await new Promise((r) => setTimeout(r, 100));
   }
   throw new Error(`block job ${jobId} did not end within 60 s of being cancelled`);
