@@ -20,7 +20,8 @@ export function convertArgs(source: string, dest: string, o: ConvertOptions): st
     '-O',
     'qcow2',
     ...(o.forceShare ? ['-U'] : []),
-    ...(o.compress ? ['-c'] : []),
+    // qcow2 compressed clusters, zstd (QEMU >= 5.1), as the live copy writes them
+    ...(o.compress ? ['-c', '-o', 'compression_type=zstd'] : []),
     // more coroutines and out-of-order writes: qcow2 output from a single source goes faster
     '-m',
     '8',

@@ -36,16 +36,36 @@ export interface DiskCopyResult {
   bytesChanged?: number;
 }
 
-export async function copyDisk(qmp: QmpExchange, d: ViewDisk, dest: string, o: DiskCopyOptions): Promise<DiskCopyResult> {
-  await runProgram(o.qemuImg, [
+/**
+ * Compression: QEMU's backup job compresses only into a target that takes compressed writes, and
+ * an NBD client node does not ("Compression is not supported for this drive"). So the writer
+ * compresses: qemu-nbd opens the qcow2 through QEMU's `compress` filter, which makes every write a
+ * compressed cluster (qcow2's own compressed clusters, zstd: read by qemu-img and QEMU >= 5.1,
+ * as the offline copy's qemu-img convert -c writes them too). Fulls and
+ * incrementals alike: a backup job writes each cluster once, whole.
+ */
+async function createTarget(qemuImg: string, dest: string, size: number, o: DiskCopyOptions): Promise<void> {
+  await runProgram(qemuImg, [
     'create',
     '-q',
     '-f',
     'qcow2',
+    ...(o.compress ? ['-o', 'compression_type=zstd'] : []),
     ...(o.incremental ? ['-b', o.incremental.backing, '-F', 'qcow2'] : []),
     dest,
-    String(d.virtualSize),
+    String(size),
   ]);
+}
+
+/** qemu-nbd's view of the target: the qcow2 itself, or (compress) the qcow2 under the compress filter. */
+export function targetArgs(dest: string, compress: boolean): string[] {
+  if (!compress) return ['--format=qcow2', dest];
+  // --image-opts: a comma inside a value is written twice
+  return ['--image-opts', `driver=compress,file.driver=qcow2,file.file.driver=file,file.file.filename=${dest.replace(/,/g, ',,')}`];
+}
+
+export async function copyDisk(qmp: QmpExchange, d: ViewDisk, dest: string, o: DiskCopyOptions): Promise<DiskCopyResult> {
+  await createTarget(o.qemuImg, dest, d.virtualSize, o);
   // unix socket paths are limited to 108 bytes, staging paths may be longer
   const sock = path.join(os.tmpdir(), `vmbackup-nbd-${randomBytes(6).toString('hex')}.sock`);
   const stopServer = new AbortController();
@@ -53,7 +73,14 @@ export async function copyDisk(qmp: QmpExchange, d: ViewDisk, dest: string, o: D
   // flushed the image: its exit is the end of the write.
   const server = runProgram(
     o.qemuNbd,
-    ['--format=qcow2', `--socket=${sock}`, '--discard=unmap', '--detect-zeroes=unmap', '--cache=writeback', '--aio=threads', dest],
+    [
+      `--socket=${sock}`,
+      '--discard=unmap',
+      '--detect-zeroes=unmap',
+      '--cache=writeback',
+      '--aio=threads',
+      ...targetArgs(dest, o.compress === true),
+    ],
     { signal: stopServer.signal },
   ).then(
     () => undefined,
@@ -101,7 +128,6 @@ async function startJob(c: QmpClient, d: ViewDisk, o: DiskCopyOptions, tmpBitmap
     target: d.targetNode,
     sync: o.incremental ? 'bitmap' : 'full',
     ...(o.incremental ? { bitmap: tmpBitmap, 'bitmap-mode': 'never' } : {}),
-    ...(o.compress ? { compress: true } : {}),
     'auto-dismiss': false,
     // a read error of the view (the snapshot broke: fleecing image full) ends the job at once
     'on-source-error': 'report',

@@ -2,6 +2,7 @@ import * as assert from 'node:assert/strict';
 import { disksFrom } from '../../../src/providers/qemu/block-graph';
 import { agentFrom, filesystemsFrom, osFrom } from '../../../src/providers/qemu/guest-facts';
 import { convertArgs, parseProgress } from '../../../src/providers/qemu-img';
+import { targetArgs } from '../../../src/providers/qemu/disk-copy';
 import { FLEECE_FILE, planView } from '../../../src/providers/qemu/view';
 
 const entry = (device: string, file: string, drv = 'qcow2', extra: object = {}) => ({
@@ -75,6 +76,8 @@ describe('QEMU answers mapped to the backup set', () => {
       'qcow2',
       '-U',
       '-c',
+      '-o',
+      'compression_type=zstd',
       '-m',
       '8',
       '-W',
@@ -82,6 +85,12 @@ describe('QEMU answers mapped to the backup set', () => {
       '/out.qcow2',
     ]);
     assert.equal(parseProgress('    (0.00/100%)\r    (45.50/100%)\r'), 0.455);
+    // the live copy compresses in its writer: qemu-nbd under QEMU's compress filter (an NBD target takes no compressed writes)
+    assert.deepEqual(targetArgs('/s/a,b.qcow2', false), ['--format=qcow2', '/s/a,b.qcow2']);
+    assert.deepEqual(targetArgs('/s/a,b.qcow2', true), [
+      '--image-opts',
+      'driver=compress,file.driver=qcow2,file.file.driver=file,file.file.filename=/s/a,,b.qcow2',
+    ]);
     assert.equal(parseProgress('nothing'), undefined);
   });
 

@@ -13,6 +13,7 @@ import { exchangesOf, MessageDecoder, QmpClient } from '../../../src/providers/q
 import { followJob } from '../../../src/providers/qemu/disk-copy';
 import type { ViewDisk } from '../../../src/providers/qemu/view';
 import { GREETING } from '../protocol/fake-server';
+import { pvestatd, qmStatus } from '../../support/pvestatd';
 
 /** A QMP server that, like QEMU, talks to one client at a time; a backup job that runs `jobMs`. */
 class OneClientQemu {
@@ -89,37 +90,6 @@ class OneClientQemu {
     await new Promise<void>((r) => this.server.close(() => r()));
     fs.rmSync(this.dir, { recursive: true, force: true });
   }
-}
-
-/** `qm status <vmid>` / pvestatd: connect, query-status, hang up; a failure when the answer takes longer than `limitMs`. */
-async function qmStatus(socket: string, limitMs: number): Promise<number> {
-  const t0 = performance.now();
-  const c = await QmpClient.connect(socket, { timeoutMs: limitMs });
-  try {
-    await c.execute('query-status', undefined, { timeoutMs: limitMs });
-  } finally {
-    await c.close();
-  }
-  return performance.now() - t0;
-}
-
-/** Poll like pvestatd every `everyMs` until `until` settles; how many polls were answered in time. */
-async function pvestatd(socket: string, until: Promise<unknown>, everyMs: number, limitMs: number) {
-  let ended = false;
-  void until.finally(() => (ended = true));
-  const out = { polls: 0, answered: 0, slowestMs: 0, errors: [] as string[] };
-  while (!ended) {
-    out.polls++;
-    try {
-      const ms = await qmStatus(socket, limitMs);
-      out.answered++;
-      out.slowestMs = Math.max(out.slowestMs, ms);
-    } catch (err) {
-      out.errors.push((err as Error).message);
-    }
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
-  return out;
 }
 
 const disk = { disk: 'drive-scsi0', jobId: 'vmb-x-0-j', fleece: '/f' } as ViewDisk;
