@@ -16,6 +16,7 @@ import * as path from 'node:path';
 import { BackupHost, DEFAULT_TIMEOUTS } from '../../src/pipeline/backup-host';
 import { Journal } from '../../src/journal/journal';
 import { QemuProvider } from '../../src/providers/qemu/qemu-provider';
+import { QmpClient } from '../../src/providers/qemu/protocol';
 import { summarize } from '../../src/summary';
 import { runProgram } from '../../src/util/run';
 import type { CopiedSet } from '../../src/contract/types';
@@ -298,6 +299,63 @@ describe('the disks real hosts have: block devices, NBD, iSCSI, linked clones, e
       assert.deepEqual(modes, { blk: 'transient-bitmap-lost', nbd: 'incremental' });
     } finally {
       await provider.close();
+    }
+  });
+
+  it('a VM on a block device that is shut off, on plain QEMU: reported, not copied (no lock QEMU honours keeps it off the device)', async () => {
+    const vm = vms.get('blk')!;
+    await stopVm(vm);
+    vms.delete('blk');
+    await fs.rm(sock('blk'), { force: true });
+    const loop = vm.drive.file;
+    // measured: a process holding the device open (qemu-nbd, as for an image file's lock) does not keep a QEMU off it
+    const holdSock = path.join(bare.dir, 'hold.sock');
+    const holder = spawn('qemu-nbd', ['--read-only', '--persistent', '--format=raw', `--socket=${holdSock}`, loop], { stdio: 'ignore' });
+    const tryQmp = path.join(bare.dir, 'try.qmp');
+    let tried: ChildProcess | undefined;
+    try {
+      await waitForSocket(holdSock);
+      tried = spawn('qemu-system-x86_64', bareVmArgs('try', tryQmp, [{ file: loop, format: 'raw' }], ['-S']), { stdio: 'ignore' });
+      const exited = new Promise((r) => tried!.once('exit', () => r('exited')));
+      const first = await Promise.race([waitForSocket(tryQmp, 10_000).then(() => 'up'), exited]);
+      if (first === 'up') {
+        // up, and its drive opened (a QEMU refused a lock exits right after making its socket)
+        const status = await QmpClient.connect(tryQmp).then(
+          async (c) => {
+            const st = await c.execute<{ status: string }>('query-status');
+            await c.close();
+            return st.status;
+          },
+          () => 'gone',
+        );
+        assert.equal(status, 'prelaunch', 'QEMU 7.2 starts on a block device another process holds: no image lock there');
+      } else assert.fail('QEMU refused the device: the image lock would hold after all');
+    } finally {
+      tried?.kill('SIGKILL');
+      holder.kill();
+    }
+
+    await fs.writeFile(path.join(bare.socketDir, 'blk.vm.json'), JSON.stringify({ disks: [{ id: 'virtio0', file: loop, format: 'raw' }] }));
+    const provider = new QemuProvider({ socketDir: bare.socketDir });
+    const host = newHost(provider);
+    try {
+      const e = await host.enumerate();
+      const off = e.vms.find((v) => v.id === 'blk')!;
+      assert.equal(off.state, 'off');
+      assert.deepEqual(
+        [off.disks[0].driver, off.disks[0].included, off.disks[0].excludedBy],
+        ['host_device', false, 'product'],
+        'on Proxmox (qm lock backup) it is copied; here it is named, never silently skipped',
+      );
+      const c = host.classify({ ...e, vms: [off] }, 'checkpoint');
+      const ps = await host.postSnapshot(await host.snapshot(await host.prepare(c)));
+      const set = await host.copy(ps, { concurrency: 1, compress: false, verify: true });
+      const s = summarize(set);
+      assert.equal(s.ok, false);
+      assert.match(s.text, /disks NOT backed up .*blk\/virtio0 \(by product: a block device of a VM that is shut off/);
+    } finally {
+      await provider.close();
+      await fs.rm(path.join(bare.socketDir, 'blk.vm.json'), { force: true });
     }
   });
 

@@ -2,7 +2,7 @@
 // connect, query-status, hang up; the poll fails when the answer takes longer than its limit.
 // QEMU serves one QMP client at a time, so every poll answered in time means nothing of ours held
 // the socket longer than that.
-import { QmpClient } from '../../src/providers/qemu/protocol';
+import { connectWhenFree } from '../../src/providers/qemu/protocol';
 
 export interface PollReport {
   polls: number;
@@ -11,10 +11,13 @@ export interface PollReport {
   errors: string[];
 }
 
-/** One `qm status`: ms to the answer, or a rejection after `limitMs`. */
+/**
+ * One `qm status`: ms to the answer, or a rejection after `limitMs`. Its connect waits while the
+ * monitor's backlog is full, as the blocking connect of Proxmox's Perl client does.
+ */
 export async function qmStatus(socket: string, limitMs: number): Promise<number> {
   const t0 = performance.now();
-  const c = await QmpClient.connect(socket, { timeoutMs: limitMs });
+  const c = await connectWhenFree(socket, { timeoutMs: limitMs });
   try {
     await c.execute('query-status', undefined, { timeoutMs: limitMs });
   } finally {

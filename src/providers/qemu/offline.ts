@@ -17,7 +17,7 @@ export interface OfflinePlanDisk {
   file: string;
   format: string;
   virtualSize: number;
-  /** the socket of the qemu-nbd process that holds the image's lock; none for a network volume (Proxmox's config lock holds it) */
+  /** the socket of the qemu-nbd process that holds the image's lock; none for a block device or network volume (Proxmox's config lock holds those) */
   lock?: string;
 }
 
@@ -62,6 +62,23 @@ export async function offlineVm(inv: InventoryVm, o: { qemuImg: string; fleeceDi
         throw new Error(`${inv.source}: disk ${d.id}: ${d.file} is neither a file nor a block device`);
       driver = st.isFile() ? 'file' : 'host_device';
       volumeId = String(st.dev);
+    }
+    if (driver !== 'file' && inv.kind !== 'proxmox') {
+      // Only an image file has a lock QEMU honours (measured: QEMU 7.2 starts on a /dev device that
+      // another process holds open, and a network volume has no lock at all); without Proxmox's
+      // config lock nothing keeps the VM from starting and writing it while it is copied.
+      disks.push({
+        id: d.id,
+        node: d.id,
+        file: d.file,
+        format: d.format,
+        driver,
+        ...excluded(
+          'not-supported',
+          `a ${driver === 'host_device' ? 'block device' : 'network volume'} of a VM that is shut off: no lock keeps a QEMU from starting on it while it is copied (only Proxmox's config lock does); back the VM up while it runs`,
+        ),
+      });
+      continue;
     }
     const facts = await info(o.qemuImg, d.file, true).catch((err: Error) => {
       throw new Error(`${inv.source}: disk ${d.id}: qemu-img info ${d.file} failed (${err.message.slice(0, 300)})`);
@@ -109,7 +126,8 @@ export function planOffline(vm: EnumeratedVm, inv: InventoryVm, backupId: string
         file: own.file,
         format: own.format,
         virtualSize: d.virtualSize ?? 0,
-        ...(own.network ? {} : { lock: lockSocket(backupId, vm.id, index) }),
+        // an image file: its lock, held by a qemu-nbd of ours; a block device or network volume: Proxmox's config lock only
+        ...(d.driver === 'file' ? { lock: lockSocket(backupId, vm.id, index) } : {}),
       };
     });
   return {
@@ -140,10 +158,10 @@ export async function lockOffline(plan: OfflinePlan, t: LockTools): Promise<void
     await lockForBackup(plan.proxmox.id, { qm: t.qm, run: t.run });
     pveLocks.set(key(plan), true);
   }
-  const network = plan.disks.filter((d) => d.lock === undefined);
-  if (network.length && !(plan.proxmox && t.qm))
+  const unlockable = plan.disks.filter((d) => d.lock === undefined);
+  if (unlockable.length && !(plan.proxmox && t.qm))
     throw new Error(
-      `disk ${network.map((d) => d.disk).join(', ')}: a network volume has no image lock, and without Proxmox's qm no config lock keeps the VM from starting on it; not copied offline`,
+      `disk ${unlockable.map((d) => d.disk).join(', ')}: a block device or network volume has no image lock QEMU honours, and without Proxmox's qm no config lock keeps the VM from starting on it; not copied offline`,
     );
   for (const d of plan.disks) if (d.lock !== undefined) await holdImage(t.qemuNbd, d.file, d.format, d.lock);
 }

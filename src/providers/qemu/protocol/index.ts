@@ -12,5 +12,5 @@ export { DEFAULT_QMP_TIMEOUT_MS, QmpClient } from './qmp-client';
 export type { QmpConnectOptions, QmpExecuteOptions, WaitEventOptions } from './qmp-client';
 export { DEFAULT_QGA_SYNC_TIMEOUT_MS, DEFAULT_QGA_TIMEOUT_MS, GuestAgentClient } from './guest-agent-client';
 export type { GuestAgentConnectOptions, GuestAgentExecuteOptions } from './guest-agent-client';
-export { exchange, exchangesOf } from './exchange';
+export { connectWhenFree, exchange, exchangesOf } from './exchange';
 export type { QmpExchange } from './exchange';
