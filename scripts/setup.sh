@@ -17,8 +17,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  echo "setup: npm ci" >&2
+  # npm ci runs the package's prepare script, which is the build
+  echo "setup: npm ci (builds)" >&2
   npm ci --no-audit --no-fund --loglevel=error
+else
+  echo "setup: build" >&2
+  npm run --silent build
 fi
-echo "setup: build" >&2
-npm run --silent build

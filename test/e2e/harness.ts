@@ -1,5 +1,5 @@
-// A Node-RED installed the way a user installs this package: `npm pack` of the built repo,
-// `npm install <tarball>` into a fresh user directory, then the `node-red` command on a free
+// A Node-RED installed the way a user installs this package: `npm pack` of a clean clone of the
+// repo (its prepare script builds it), `npm install <tarball>` into a fresh user directory, then the `node-red` command on a free
 // port with editor auth off. Shared by the e2e (admin API) and browser (editor) tests.
 // Programs run with argument vectors only; no shell is spawned.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
@@ -73,25 +73,32 @@ export interface Installed {
 }
 
 /**
- * `npm pack` the repository into a scratch dir and install the tarball into a fresh user dir.
- * The one runtime dependency tree comes from the npm cache when it can (--prefer-offline).
+ * What a user who packs or installs from git gets: a `git clone` of the repository (its committed
+ * HEAD: no dist/, no node_modules, nothing built by hand), its dependencies (`npm ci`, scripts off),
+ * then `npm pack`, whose `prepare` script builds dist/; the tarball is installed into a fresh user
+ * dir. The dependency trees come from the npm cache when they can (--prefer-offline).
  */
 export async function packAndInstall(): Promise<Installed> {
   assertBuilt();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmbackup-e2e-'));
+  const cloneDir = path.join(dir, 'clone');
   const packDir = path.join(dir, 'pack');
   const userDir = path.join(dir, 'user');
   fs.mkdirSync(packDir);
   fs.mkdirSync(userDir);
-  const packed = await run('npm', ['pack', '--json', '--pack-destination', packDir], REPO_ROOT, 180_000);
-  const info = JSON.parse(packed.stdout) as { filename: string }[];
-  const tarball = path.join(packDir, path.basename(info[0].filename));
-  if (!fs.existsSync(tarball)) throw new Error(`npm pack did not write ${tarball}`);
+  await run('git', ['clone', '--quiet', '--no-hardlinks', REPO_ROOT, cloneDir], dir, 120_000);
+  await run('npm', ['ci', '--ignore-scripts', '--prefer-offline', '--no-audit', '--no-fund', '--loglevel=error'], cloneDir, 600_000);
+  await run('npm', ['pack', '--loglevel=error', '--pack-destination', packDir], cloneDir, 600_000);
+  const tarballs = fs.readdirSync(packDir).filter((f) => f.endsWith('.tgz'));
+  if (tarballs.length !== 1) throw new Error(`npm pack wrote ${tarballs.length} tarballs in ${packDir}`);
+  const tarball = path.join(packDir, tarballs[0]);
   fs.writeFileSync(
     path.join(userDir, 'package.json'),
     JSON.stringify({ name: 'node-red-project', description: 'e2e', version: '0.0.1', private: true }, null, 2),
   );
   await run('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', '--loglevel=error', tarball], userDir, 300_000);
+  // the clone's node_modules (the whole dev tree) is not needed any more
+  fs.rmSync(cloneDir, { recursive: true, force: true });
   return { dir, userDir, tarball, moduleDir: path.join(userDir, 'node_modules', ...MODULE.split('/')) };
 }
 
