@@ -61,7 +61,9 @@ export const snapshotLocationSameVolume: Rule = (vm) => {
   const room = free !== undefined ? `, ${size(free)} free` : '';
   if (where.dedicated)
     return reason('snapshot-location-same-volume', true, `snapshot data goes to ${where.path} (set aside for it${room})`);
-  const other = disks.filter((d) => d.volumeId !== where.volumeId);
+  // a disk on no volume of this host (a network volume, a block device) has its snapshot data in
+  // the location whatever it is: only image files must share its volume
+  const other = disks.filter((d) => d.volumeId !== undefined && d.volumeId !== where.volumeId);
   if (other.length > 0) {
     return reason(
       'snapshot-location-same-volume',

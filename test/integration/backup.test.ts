@@ -7,6 +7,7 @@ import * as path from 'node:path';
 import { GuestAgentClient, QmpClient } from '../../src/providers/qemu/protocol';
 import { overlaysUnder } from '../support/bare-vms';
 import { assertGraphClean } from '../support/graph';
+import { pvestatd } from '../support/pvestatd';
 import { inspectImage } from '../support/image-check';
 import { LAB, LAB_VMS as VMS, labBackupSuite, runLabBackup } from '../support/lab-backup';
 
@@ -46,7 +47,13 @@ describe('backups of the lab VMs through Node-RED', function () {
   const lab = labBackupSuite('');
 
   it('checkpoint policy: online VMs application-consistent (proven from the image), the agentless VM crash-consistent, the NBD disk backed up', async () => {
-    const msg = await runLabBackup(lab, 'checkpoint');
+    // a client polling like Proxmox's pvestatd on the VM with the agent and the NBD disk, through
+    // the whole backup: enumerate, freeze, view, copy, release (each poll: connect, query-status, hang up; 1 s limit)
+    const run = runLabBackup(lab, 'checkpoint');
+    const polls = await pvestatd(path.join(LAB, 'run', 'vm-passthrough.qmp'), run, 250, 1000);
+    const msg = await run;
+    assert.ok(polls.polls >= 4, `${polls.polls} polls`);
+    assert.deepEqual(polls.errors, [], 'every poll answered within 1 s');
     // The set ended: its QMP sockets are given back at once (each serves one client at a time),
     // not when the provider's idle connections time out (3 s).
     const t0 = Date.now();

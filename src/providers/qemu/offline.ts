@@ -61,7 +61,7 @@ export async function offlineVm(inv: InventoryVm, o: { qemuImg: string; fleeceDi
       if (!st.isFile() && !st.isBlockDevice())
         throw new Error(`${inv.source}: disk ${d.id}: ${d.file} is neither a file nor a block device`);
       driver = st.isFile() ? 'file' : 'host_device';
-      volumeId = String(st.dev);
+      if (st.isFile()) volumeId = String(st.dev);
     }
     if (driver !== 'file' && inv.kind !== 'proxmox') {
       // Only an image file has a lock QEMU honours (measured: QEMU 7.2 starts on a /dev device that

@@ -297,10 +297,10 @@ export class QemuProvider implements HostProvider {
     }
     const leftovers = leftoverNodes(facts.nodes);
     for (const disk of disks) {
-      // an image file or a block device of this host (a protocol driver's "file" is its URI)
+      // the volume of an image file (a block device is a volume itself, a protocol driver's "file" is its URI)
       if (disk.included && disk.file.startsWith('/')) {
         const st = await fs.stat(disk.file).catch(() => undefined);
-        if (st) disk.volumeId = String(st.dev);
+        if (st?.isFile()) disk.volumeId = String(st.dev);
       }
     }
     const vm: EnumeratedVm = {

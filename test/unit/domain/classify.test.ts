@@ -1,6 +1,7 @@
 import { excluded } from '../../../src/contract/exclusion';
 import * as assert from 'node:assert/strict';
 import { classifyAll, classifyVm } from '../../../src/classify/classify';
+import { fleeceReserve } from '../../../src/classify/rules';
 import { fitVm } from '../../../src/contract/limits';
 import { vmError } from '../../../src/contract/validate';
 import { onlineVm } from './fixtures';
@@ -26,6 +27,11 @@ describe('classification', () => {
     ['VM paused', { state: 'paused' }, 'vm-running'],
     ['overlay on another volume', { snapshotLocation: { path: '/mnt/other', volumeId: '2050' } }, 'snapshot-location-same-volume'],
     ['overlay volume unknown', { snapshotLocation: { path: '/gone' } }, 'snapshot-location-same-volume'],
+    [
+      'fleece dir with less free space than the rule asks (1 GiB disk: 1 GiB)',
+      { snapshotLocation: { path: '/var/tmp/vm-backup-fleece', volumeId: '2050', dedicated: true, freeBytes: 512 << 20 } },
+      'snapshot-location-same-volume',
+    ],
     ['LVM volume', { guest: { filesystems: [{ mountpoint: '/', type: 'ext4', device: 'dm-0' }], os: { name: 'Debian' } } }, 'basic-disks'],
     [
       'md RAID volume',
@@ -110,6 +116,30 @@ describe('classification', () => {
       );
       assert.deepEqual([vm.method, vm.consistency], ['offline', 'offline']);
     }
+  });
+
+  it('snapshot location: a directory set aside for it (fleece dir) is fine on another volume; disks on no host volume do not count', () => {
+    const rule = (vm: Parameters<typeof onlineVm>[0]) =>
+      classifyVm(onlineVm(vm), 'checkpoint').reasons.find((r) => r.rule === 'snapshot-location-same-volume')!;
+    const dedicated = rule({
+      snapshotLocation: { path: '/var/tmp/vm-backup-fleece', volumeId: '2050', dedicated: true, freeBytes: 8 * 2 ** 30 },
+    });
+    assert.equal(dedicated.ok, true);
+    assert.match(dedicated.detail, /goes to \/var\/tmp\/vm-backup-fleece \(set aside for it, 8\.0 GiB free\)/);
+    const lvm = {
+      id: 'drive-scsi1',
+      node: '#n2',
+      file: '/dev/pve/vm-100-disk-1',
+      format: 'raw',
+      driver: 'host_device',
+      included: true,
+      virtualSize: 1 << 30,
+    };
+    const mixed = rule({ disks: [onlineVm().disks[0], lvm] });
+    assert.equal(mixed.ok, true, mixed.detail);
+    assert.equal(fleeceReserve([1 << 30]), 1 << 30, 'a small disk: the whole of it');
+    assert.equal(fleeceReserve([100 * (1 << 30)]), 10 * (1 << 30), 'a large one: 10%');
+    assert.equal(fleeceReserve([4 * 2 ** 20, 2 * 2 ** 30]), 1 << 30, 'at least 1 GiB (of 2 GiB)');
   });
 
   it('warns about every excluded disk, naming who left it out, and keeps the rest', () => {
