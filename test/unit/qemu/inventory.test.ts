@@ -8,11 +8,12 @@ import * as path from 'node:path';
 import { classifyVm } from '../../../src/classify/classify';
 import { planChain, trackIntent } from '../../../src/pipeline/chain-plan';
 import { fromJson, hostExclusions, readInventory } from '../../../src/providers/qemu/inventory';
-import { lockOffline, unlockOffline, type OfflinePlan } from '../../../src/providers/qemu/offline';
+import { lockOffline, planOffline, unlockOffline, type OfflinePlan } from '../../../src/providers/qemu/offline';
 import { lockSocket } from '../../../src/providers/offline-image';
 import { parseProxmoxConf, type Runner } from '../../../src/providers/qemu/proxmox';
 import { hostSettings } from '../../../src/host/settings';
 import { onlineVm } from '../domain/fixtures';
+import type { EnumeratedVm } from '../../../src/contract/types';
 
 // dist/test/unit/qemu -> the sources' fixtures
 const PVE = path.resolve(__dirname, '../../../../test/unit/qemu/fixtures/pve');
@@ -125,6 +126,19 @@ describe('QEMU inventory: <id>.vm.json', () => {
   });
 });
 
+/** an enumerated stopped VM with these included disks (id, file, driver) */
+function onlineVmForPlan(disks: [string, string, string][]): EnumeratedVm {
+  return {
+    id: '100',
+    name: 'web01',
+    state: 'off',
+    agent: { present: false, responding: false, freezeEnabled: false },
+    guest: { filesystems: [] },
+    disks: disks.map(([id, file, driver]) => ({ id, node: id, file, format: 'raw', driver, included: true, virtualSize: 1 << 20 })),
+    snapshotLocation: { path: '/var/tmp' },
+  };
+}
+
 describe('QEMU inventory: Proxmox confs (not run on a Proxmox host: fixtures and a fake runner)', () => {
   it('parses the disk keys of the current config only: no cdrom, none, unused or snapshot section', async () => {
     const conf = parseProxmoxConf(await fs.readFile(path.join(PVE, '100.conf'), 'utf8'));
@@ -225,6 +239,35 @@ describe('QEMU inventory: Proxmox confs (not run on a Proxmox host: fixtures and
     } finally {
       await fs.rm(dir, { recursive: true, force: true });
     }
+  });
+
+  it("a stopped VM's LVM volume or Ceph image has no image lock: planned without a holder, locked by qm alone, refused without qm", async () => {
+    const inv = {
+      id: '100',
+      source: path.join(PVE, '100.conf'),
+      kind: 'proxmox' as const,
+      definition: {},
+      disks: [
+        { id: 'scsi0', file: '/dev/pve/vm-100-disk-1', format: 'raw' },
+        { id: 'scsi1', file: 'rbd:rbd/vm-100-disk-2:conf=/etc/pve/ceph.conf', format: 'raw', network: true as const },
+      ],
+    };
+    const vm = onlineVmForPlan([
+      ['scsi0', '/dev/pve/vm-100-disk-1', 'host_device'],
+      ['scsi1', 'rbd:rbd/vm-100-disk-2:conf=/etc/pve/ceph.conf', 'rbd'],
+    ]);
+    const p = planOffline(vm, inv, '20261201T120000Z-abcdef', PVE);
+    assert.deepEqual(
+      p.disks.map((d) => [d.disk, d.lock]),
+      [
+        ['scsi0', undefined],
+        ['scsi1', undefined],
+      ],
+      'no qemu-nbd holder: QEMU honours no lock on a block device or network volume',
+    );
+    const run = fakeRunner(() => '');
+    await assert.rejects(lockOffline({ ...p, proxmox: undefined }, { qemuNbd: 'qemu-nbd', run }), /no image lock QEMU honours/);
+    assert.deepEqual(run.calls, [], 'refused before anything is done');
   });
 
   it('a VM locked by something else is refused before any call, and its lock is never undone by us', async () => {
