@@ -45,8 +45,9 @@ export function offlinePlanOf(view: PointInTimeView): OfflinePlan {
 export async function offlineVm(inv: InventoryVm, o: { qemuImg: string; fleeceDir?: string }): Promise<EnumeratedVm> {
   const disks: EnumeratedVm['disks'] = [];
   for (const d of inv.disks) {
+    const row = (driver: string) => ({ id: d.id, node: d.id, file: d.file, format: d.format, driver });
     if (d.hostExcluded !== undefined) {
-      disks.push({ id: d.id, node: d.id, file: d.file, format: d.format, driver: '', ...excluded('host-config', d.hostExcluded) });
+      disks.push({ ...row(''), ...excluded('host-config', d.hostExcluded) });
       continue;
     }
     let driver: string;
@@ -68,11 +69,7 @@ export async function offlineVm(inv: InventoryVm, o: { qemuImg: string; fleeceDi
       // another process holds open, and a network volume has no lock at all); without Proxmox's
       // config lock nothing keeps the VM from starting and writing it while it is copied.
       disks.push({
-        id: d.id,
-        node: d.id,
-        file: d.file,
-        format: d.format,
-        driver,
+        ...row(driver),
         ...excluded(
           'not-supported',
           `a ${driver === 'host_device' ? 'block device' : 'network volume'} of a VM that is shut off: no lock keeps a QEMU from starting on it while it is copied (only Proxmox's config lock does); back the VM up while it runs`,
@@ -86,11 +83,7 @@ export async function offlineVm(inv: InventoryVm, o: { qemuImg: string; fleeceDi
     if (facts.format !== d.format)
       throw new Error(`${inv.source}: disk ${d.id}: ${d.file} is ${facts.format}, not ${d.format} as the inventory says`);
     disks.push({
-      id: d.id,
-      node: d.id,
-      file: d.file,
-      format: d.format,
-      driver,
+      ...row(driver),
       included: true,
       virtualSize: facts['virtual-size'],
       ...(volumeId !== undefined ? { volumeId } : {}),
