@@ -171,6 +171,7 @@ export async function followJob(qmp: QmpExchange, d: ViewDisk, o: DiskCopyOption
       o.onProgress?.(job['current-progress'], job['total-progress']);
       if (job.status === 'concluded') {
         if (o.signal?.aborted) throw stopped();
+        // a job cancelled by anyone concludes with an error too ("Operation canceled", measured on QEMU 7.2)
         if (job.error) {
           // snapshot-access answers EACCES once the filter broke the snapshot (on-cbw-error=break-snapshot)
           const broke = /permission denied/i.test(job.error)
