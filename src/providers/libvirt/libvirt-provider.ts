@@ -41,7 +41,7 @@ function plannedOverlays(vm: ClassifiedVm, backupId: string): Overlay[] {
 
 const overlaysOf = (view: PointInTimeView): Overlay[] => (Array.isArray(view.ref.overlays) ? (view.ref.overlays as Overlay[]) : []);
 import * as qemuImg from '../qemu-img';
-import { beginBackup, endBackup, jobType, nbdUri, parseNbdUri, type BackupDisk } from './backup-job';
+import { beginBackup, endBackup, jobType, nbdUri, parseNbdUri, refuseOtherJobs, type BackupDisk } from './backup-job';
 import { CHECKPOINT_PREFIX, checkpointXml, deleteCheckpoint } from './checkpoints';
 import { copyChanged } from './incremental-copy';
 import { enumerateDomains, type DomainRef } from './enumerate';
@@ -49,6 +49,9 @@ import { definitionFrom, mapState, parseDomState } from './parse';
 import { saveDomain } from './saved-state';
 import { VirshError, VirshRunner, type Virsh } from './virsh';
 import { VirshSession } from './virsh-session';
+
+/** How long libvirt waits for a domain's job lock before "cannot acquire state change lock" (QEMU driver, fixed) */
+const LIBVIRT_JOB_WAIT_MS = 30_000;
 
 export interface LibvirtOptions {
   /** libvirt URI; default qemu:///system */
@@ -124,6 +127,7 @@ export class LibvirtProvider implements HostProvider {
     const { vms, refs, warnings } = await enumerateDomains(this.virsh, {
       timeoutMs: this.commandMs,
       localFiles: this.local,
+      qemuImg: this.qemuImgPath,
       ...(this.options.scratchDir ? { scratchDir: this.options.scratchDir } : {}),
     });
     for (const [id, ref] of refs) {
@@ -214,6 +218,8 @@ export class LibvirtProvider implements HostProvider {
 
   async saveState(vm: ClassifiedVm, file: string): Promise<{ bytes: number; pausedAt?: number }> {
     const name = this.refs.get(vm.id)?.definition.name ?? vm.name;
+    // managedsave waits 30 s for a domain another job holds, then fails: refused before it
+    await this.refuseOtherJobs(vm);
     return saveDomain(this.virsh, this.domain(vm.id), name, file, Math.max(this.commandMs, 600_000));
   }
 
@@ -251,8 +257,15 @@ export class LibvirtProvider implements HostProvider {
     };
   }
 
-  async armView(): Promise<void> {
-    // libvirt makes the scratch files and the job in one call, at the moment
+  async armView(vm: ClassifiedVm): Promise<void> {
+    // libvirt makes the scratch files and the job in one call, at the moment; before it (and
+    // before the guest is frozen) a domain another job holds is refused with nothing made
+    if (vm.method !== 'offline') await this.refuseOtherJobs(vm);
+  }
+
+  private async refuseOtherJobs(vm: ClassifiedVm): Promise<void> {
+    const disks = vm.disks.filter((d) => d.included).map((d) => d.id);
+    await refuseOtherJobs(this.virsh, this.domain(vm.id), disks, this.commandMs);
   }
 
   async makeView(vm: ClassifiedVm, view: PointInTimeView, opts: ViewOptions): Promise<{ view: PointInTimeView }> {
@@ -294,22 +307,22 @@ export class LibvirtProvider implements HostProvider {
         ? { name: d.id, backup: true, scratch: included.get(d.id)!.overlay, ...(since.has(d.id) ? { incremental: since.get(d.id)! } : {}) }
         : { name: d.id, backup: false },
     );
-    // only the checkpoint tracking.start journalled is made (its undo knows its name)
+    // only the checkpoint tracking.start journalled is made (its undo knows its name), with a
+    // bitmap on the disks that can hold one: a raw disk is listed checkpoint='no' (libvirt refuses
+    // a bitmap on it: "unsupported for storage type raw") and is copied whole every time
     const cp = this.checkpoints.get(vm.id);
+    const bitmaps = vm.disks.map((d) => ({ name: d.id, bitmap: !!cp?.disks.has(d.id) && d.included && d.tracking !== undefined }));
     const cpXml =
-      cp && cp.name === `${CHECKPOINT_PREFIX}${backupId}`
-        ? checkpointXml(
-            cp.name,
-            vm.disks.map((d) => ({ name: d.id, bitmap: cp.disks.has(d.id) })),
-          )
-        : undefined;
+      cp && cp.name === `${CHECKPOINT_PREFIX}${backupId}` && bitmaps.some((b) => b.bitmap) ? checkpointXml(cp.name, bitmaps) : undefined;
     let socket: string;
     try {
       const session = this.session(vm.id);
       const via: Virsh = session
         ? { uri: this.virsh.uri, run: (args, call) => session.run(args, /Backup started/, call?.timeoutMs ?? this.commandMs) }
         : this.virsh;
-      socket = await beginBackup(via, domain, dir, disks, this.commandMs, cpXml);
+      // past libvirt's own 30 s wait for the domain's job lock: if another job slipped in since
+      // armView's check, libvirt's message ("cannot acquire state change lock") is what is reported
+      socket = await beginBackup(via, domain, dir, disks, Math.max(this.commandMs, LIBVIRT_JOB_WAIT_MS + 10_000), cpXml);
     } catch (err) {
       await fs.rm(dir, { recursive: true, force: true });
       throw err;
@@ -367,7 +380,8 @@ export class LibvirtProvider implements HostProvider {
   ): Promise<ExportedFile> {
     const overlay = overlaysOf(view).find((o) => o.disk === disk);
     if (!overlay) throw new Error(`disk ${disk}: not part of this view`);
-    const nbd = parseNbdUri(overlay.base);
+    // a shut-off domain's disk is read where it is (a network one may be an nbd+unix URL too)
+    const nbd = overlay.overlayNode === 'offline' ? undefined : parseNbdUri(overlay.base);
     if (nbd) {
       if (path.dirname(path.dirname(nbd.socket)) !== this.runDir) {
         throw new Error(
