@@ -17,41 +17,13 @@ import { deleteCheckpoint } from '../../src/providers/libvirt/checkpoints';
 import { VirshRunner } from '../../src/providers/libvirt/virsh';
 import { parseJobInfo, parseTable } from '../../src/providers/libvirt/parse';
 import { verifyBackup } from '../../src/verify';
+import { inGuest as inGuestOf, virsh, virshOk } from '../support/libvirt-view';
 
 const LAB = process.env.VMBACKUP_LAB_DIR ?? '/tmp/vm-backup-lab';
 const AGENT = LIBVIRT_DOMAINS.find((d) => d.agent && d.running)!.name;
 const OFF = LIBVIRT_DOMAINS.find((d) => !d.running)!.name;
 
-function virsh(...args: string[]): { status: number; stdout: string; stderr: string } {
-  const r = spawnSync('virsh', ['-c', 'qemu:///system', ...args], { encoding: 'utf8', timeout: 120_000 });
-  return { status: r.status ?? -1, stdout: r.stdout ?? '', stderr: r.stderr ?? '' };
-}
-
-function virshOk(...args: string[]): string {
-  const r = virsh(...args);
-  assert.equal(r.status, 0, `virsh ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout;
-}
-
-/** Run a shell line in the guest through its agent (libvirt's channel) and wait for it. */
-async function inGuest(script: string): Promise<void> {
-  const cmd = { execute: 'guest-exec', arguments: { path: '/bin/sh', arg: ['-c', script], 'capture-output': true } };
-  const {
-    return: { pid },
-  } = JSON.parse(virshOk('qemu-agent-command', AGENT, JSON.stringify(cmd), '--timeout', '30'));
-  const deadline = Date.now() + 60_000;
-  for (;;) {
-    const st = JSON.parse(
-      virshOk('qemu-agent-command', AGENT, JSON.stringify({ execute: 'guest-exec-status', arguments: { pid } }), '--timeout', '30'),
-    ).return;
-    if (st.exited) {
-      assert.equal(st.exitcode, 0, `guest: ${script}: ${Buffer.from(st['err-data'] ?? '', 'base64').toString()}`);
-      return;
-    }
-    assert.ok(Date.now() < deadline, `guest: ${script} finished within 60 s`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
+const inGuest = (script: string) => inGuestOf(AGENT, script);
 
 /** A marker file of 1 MiB of a known pattern plus its name, synced to the disk. */
 const writeMarker = (name: string) =>

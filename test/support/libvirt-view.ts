@@ -104,3 +104,23 @@ export async function libvirtLabForSuite(ctx: Mocha.Context, lab: string): Promi
     },
   };
 }
+
+/** Run a shell line in a domain's guest through its agent (libvirt's channel) and wait for it; its stdout. */
+export async function inGuest(domain: string, script: string): Promise<string> {
+  const cmd = { execute: 'guest-exec', arguments: { path: '/bin/sh', arg: ['-c', script], 'capture-output': true } };
+  const {
+    return: { pid },
+  } = JSON.parse(virshOk('qemu-agent-command', domain, JSON.stringify(cmd), '--timeout', '30'));
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    const st = JSON.parse(
+      virshOk('qemu-agent-command', domain, JSON.stringify({ execute: 'guest-exec-status', arguments: { pid } }), '--timeout', '30'),
+    ).return;
+    if (st.exited) {
+      assert.equal(st.exitcode, 0, `guest: ${script}: ${Buffer.from(st['err-data'] ?? '', 'base64').toString()}`);
+      return Buffer.from(st['out-data'] ?? '', 'base64').toString();
+    }
+    assert.ok(Date.now() < deadline, `guest: ${script} finished within 60 s`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}

@@ -7,7 +7,7 @@
 // into the repository from inside QEMU's write path). Ended with domjobabort: nothing to merge.
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { parseBackupXml, parseJobInfo } from './parse';
+import { parseBackupXml, parseJobInfo, parseKeyValues } from './parse';
 import type { Virsh } from './virsh';
 import { VirshError } from './virsh';
 import { encodeXml } from './xml';
@@ -90,8 +90,11 @@ export async function refuseOtherJobs(virsh: Virsh, domain: string, disks: reado
   if (job.type !== 'None')
     found.push(`a ${job.operation ?? job.type} job runs (domjobinfo: ${job.type}${job.operation ? `, ${job.operation}` : ''})`);
   for (const disk of disks) {
-    const info = (await virsh.run(['blockjob', '--domain', domain, '--path', disk, '--info'], { timeoutMs })).trim();
-    if (info && !/^No current block job/i.test(info)) found.push(`disk ${disk} has a block job (blockjob --info: ${info.slice(0, 120)})`);
+    // --raw: " type=Block Copy" and its figures on stdout (without it the progress line goes to stderr); nothing when none runs
+    const info = parseKeyValues(
+      (await virsh.run(['blockjob', '--domain', domain, '--path', disk, '--info', '--raw'], { timeoutMs })).replace(/=/g, ':'),
+    );
+    if (info.type) found.push(`disk ${disk} has a block job (blockjob --info: ${info.type.slice(0, 80)})`);
   }
   if (found.length === 0) return;
   const refusal = job.type !== 'None' ? 'cannot acquire state change lock' : `disk '${disks[0]}' has a blockjob assigned`;

@@ -405,6 +405,7 @@ export class LibvirtProvider implements HostProvider {
         exportName: nbd.exportName,
         virtualSize: total,
         backing: options.copy.backing,
+        compress: options.compress ?? this.options.compress ?? false,
         ...(options.signal ? { signal: options.signal } : {}),
         onProgress: (done, all) => onProgress?.({ done, total: all }),
       });
