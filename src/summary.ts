@@ -1,6 +1,7 @@
 // One summary of a backup set, finished or failed, shaped for email, MQTT or HTTP nodes. It tells
 // two things apart: what happened to the backups (published or not, where) and what happened to
 // the VMs (back in their state, or what is left and what to do), and names the step that failed.
+import { isDeliberate, type ExcludedBy } from './contract/exclusion';
 import type { Consistency, CopiedVm, Method, SkippedVm } from './contract/types';
 
 export interface VmSummary {
@@ -18,7 +19,22 @@ export interface VmSummary {
   warnings: string[];
 }
 
+/** A disk of a VM in the set that is not in its backup, who left it out and why. */
+export interface ExcludedDiskSummary {
+  vm: string;
+  disk: string;
+  reason: string;
+  /** host (its configuration) or user (the exclude setting): a choice; hypervisor or product: not one, never ok */
+  by: string;
+  detail?: string;
+}
+
 export interface BackupSummary {
+  /**
+   * true only when every VM's backup was published, every VM is back in its state, and every disk
+   * left out was left out by choice (the host's configuration or the user's exclude setting), named
+   * in `excluded` and the text. A disk left out by anything else makes it false.
+   */
   ok: boolean;
   backupId?: string;
   host?: string;
@@ -30,6 +46,8 @@ export interface BackupSummary {
   vms: VmSummary[];
   /** VMs defined on the host but not backed up (unreachable, reported by policy) */
   skipped: SkippedVm[];
+  /** disks of the set's VMs that are not in their backups */
+  excluded: ExcludedDiskSummary[];
   /** what happened to the backups */
   backups: { published: boolean; count: number; where?: string; text: string };
   /** what happened to the VMs: every one back in its state, or what is still in place */
@@ -87,6 +105,18 @@ export function summarize(set: unknown, error?: Error, context: SummaryContext =
       return out;
     });
   const skipped = Array.isArray(s.skipped) ? s.skipped : [];
+  const excluded: ExcludedDiskSummary[] = (Array.isArray(s.vms) ? s.vms : []).flatMap((vm) =>
+    (Array.isArray(vm?.disks) ? vm.disks : [])
+      .filter((d) => d && d.included === false)
+      .map((d) => ({
+        vm: vm.id,
+        disk: d.id,
+        reason: d.excludedReason ?? 'excluded',
+        by: d.excludedBy ?? 'unknown',
+        ...(d.excludedDetail ? { detail: d.excludedDetail } : {}),
+      })),
+  );
+  const notChosen = excluded.filter((e) => !isDeliberate(e.by as ExcludedBy));
   const totalBytes = vms.reduce((n, v) => n + (v.bytes ?? 0), 0);
   const copied = !error && s.stage === 'copied';
   const hostName = s.host?.name ?? context.hostName ?? 'host';
@@ -131,7 +161,8 @@ export function summarize(set: unknown, error?: Error, context: SummaryContext =
   if (!vmState.returned || (error && !context.left)) vmState.returned = false;
 
   // never "ok" about nothing: VMs defined but not backed up, or no VM at all, is not a success
-  const ok = copied && vms.length > 0 && skipped.length === 0 && vmState.returned;
+  // nor about a disk left out that nobody chose to leave out
+  const ok = copied && vms.length > 0 && skipped.length === 0 && notChosen.length === 0 && vmState.returned;
   const durationMs = s.createdAt ? Date.now() - Date.parse(s.createdAt) : undefined;
   const failedAt = error ? (context.failedAt ?? s.stage ?? 'start') : undefined;
   const head = error
@@ -141,6 +172,19 @@ export function summarize(set: unknown, error?: Error, context: SummaryContext =
     `backups: ${backups.text}`,
     `VMs: ${vmState.text}`,
     ...(skipped.length ? [`NOT backed up (defined but unreachable): ${skipped.map((x) => `${x.vm} (${x.reason})`).join('; ')}`] : []),
+    ...(notChosen.length
+      ? [
+          `disks NOT backed up (not a choice of yours or the host): ${notChosen.map((e) => `${e.vm}/${e.disk} (by ${e.by}: ${e.detail ?? e.reason})`).join('; ')}`,
+        ]
+      : []),
+    ...(excluded.length > notChosen.length
+      ? [
+          `disks left out by choice: ${excluded
+            .filter((e) => isDeliberate(e.by as ExcludedBy))
+            .map((e) => `${e.vm}/${e.disk} (by ${e.by}: ${e.detail ?? e.reason})`)
+            .join('; ')}`,
+        ]
+      : []),
     ...(vms.length === 0 && skipped.length === 0 && !error ? ['no VM is defined on this host: nothing was backed up'] : []),
     ...vms.map(
       (v) =>
@@ -156,6 +200,7 @@ export function summarize(set: unknown, error?: Error, context: SummaryContext =
     ...(error ? { error: error.message } : {}),
     vms,
     skipped,
+    excluded,
     backups,
     vmState,
     totalBytes,

@@ -1,5 +1,6 @@
 // Classification: each VM gets the online method when every rule holds, else the fallback policy.
 import type { ClassifiedVm, Consistency, EnumeratedVm, FallbackPolicy, Method } from '../contract/types';
+import { exclusionText } from './exclusion-text';
 import { ONLINE_RULES } from './rules';
 
 /**
@@ -29,13 +30,7 @@ export class ClassificationRefused extends Error {
 export function classifyVm(vm: EnumeratedVm, fallback: FallbackPolicy): ClassifiedVm {
   const reasons = ONLINE_RULES.map((rule) => rule(vm));
   const warnings = [...(vm.warnings ?? [])];
-  for (const d of vm.disks) {
-    if (!d.included) {
-      warnings.push(
-        `disk ${d.id} (${d.driver}${d.file ? ` ${d.file}` : ''}) is ${d.excludedReason ?? 'excluded'} and NOT backed up: back it up from inside the guest`,
-      );
-    }
-  }
+  for (const d of vm.disks) if (!d.included) warnings.push(exclusionText(d));
   let method: Method;
   let consistency: Consistency;
   if (OFF_STATES.has(vm.state)) {

@@ -2,6 +2,8 @@
 // The schemas are the source of truth: TypeScript types are derived from them (types.ts), the
 // JSON files under schemas/ are emitted from them at build time, and ajv compiles them once.
 
+import { EXCLUDED_BY, EXCLUDED_REASONS } from './exclusion';
+
 export const STAGES = ['enumerated', 'classified', 'prepared', 'snapshotted', 'post-snapshot', 'copied'] as const;
 
 const safeName = { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$' } as const;
@@ -41,7 +43,14 @@ const disk = {
     virtualSize: nonNegInt,
     volumeId: { type: 'string', maxLength: 64 },
     included: { type: 'boolean' },
-    excludedReason: { enum: ['pass-through', 'network', 'read-only-media', 'no-medium'] },
+    /**
+     * A disk left out of the backup: why, and who decided it (src/contract/exclusion.ts). Only the
+     * host's own configuration or the user leave a disk out by choice; anything else ('hypervisor',
+     * 'product') is a disk that should be backed up and is not, and the summary is never ok then.
+     */
+    excludedReason: { enum: EXCLUDED_REASONS },
+    excludedBy: { enum: EXCLUDED_BY },
+    excludedDetail: { type: 'string', maxLength: 1024 },
     /** QEMU: the QOM path of the device's block backend (the view switches the device onto its filter) */
     qdev: { type: 'string', maxLength: 256 },
     /** change tracking on this disk: whether it can outlive the hypervisor process, and our records */
@@ -70,6 +79,13 @@ const disk = {
       },
     },
   },
+  // an excluded disk always says why and who excluded it; an included one carries no such claim
+  if: { properties: { included: { const: false } }, required: ['included'] },
+  then: {
+    required: ['excludedReason', 'excludedBy'],
+    properties: { excludedReason: { enum: EXCLUDED_REASONS }, excludedBy: { enum: EXCLUDED_BY } },
+  },
+  else: { properties: { excludedReason: false, excludedBy: false, excludedDetail: false } },
 } as const;
 
 const filesystem = {
@@ -489,7 +505,15 @@ export const manifestSchema = {
         type: 'object',
         additionalProperties: false,
         required: ['id', 'reason'],
-        properties: { id: { type: 'string' }, file: { type: 'string' }, driver: { type: 'string' }, reason: { type: 'string' } },
+        properties: {
+          id: { type: 'string' },
+          file: { type: 'string' },
+          driver: { type: 'string' },
+          reason: { type: 'string' },
+          /** who left it out (absent in manifests written before it was recorded) */
+          by: { enum: EXCLUDED_BY },
+          detail: { type: 'string' },
+        },
       },
     },
     warnings: { type: 'array', items: { type: 'string' } },

@@ -70,7 +70,12 @@ export async function openHost(
   // no longer here are recovered by one of them only (the lowest id)
   const adoptOrphans = !peers.some((p) => p.hostName === hostName && owner !== undefined && p.id < owner);
   const journal = new Journal(journalPath(settings, userDir), { host: hostName, ...(owner ? { owner } : {}) });
-  const host = new BackupHost(provider, journal, { hostName, repositoryRoot: settings.repository, timeouts: settings.timeouts }, log);
+  const host = new BackupHost(
+    provider,
+    journal,
+    { hostName, repositoryRoot: settings.repository, timeouts: settings.timeouts, exclude: settings.exclude },
+    log,
+  );
   let actions: RecoveryAction[];
   try {
     actions = await recover(journal, provider, host.repository, settings.timeouts.commandMs, {

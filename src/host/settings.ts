@@ -7,6 +7,7 @@
 import type { Timeouts } from '../pipeline/live-backup';
 import type { ProviderConfig } from '../providers';
 import type { SshTarget } from '../providers/ssh-target';
+import { splitPatterns } from '../classify/exclude';
 import { checkRoot } from '../repository/paths';
 
 export type FieldRule =
@@ -15,7 +16,8 @@ export type FieldRule =
   | { kind: 'dir'; required: boolean }
   | { kind: 'number'; min: number; max: number; default: number }
   | { kind: 'text'; required: boolean; maxLength: number }
-  | { kind: 'fingerprint' };
+  | { kind: 'fingerprint' }
+  | { kind: 'patterns'; maxLength: number };
 
 /** A field applies only when another field has one of the given values (else it is ignored). */
 export interface FieldSpec {
@@ -59,6 +61,8 @@ export const COMMON_FIELDS = {
   pauseTimeout: { rule: { kind: 'number', min: 5, max: 86400, default: 120 } }, // seconds
   sessionTimeout: { rule: { kind: 'number', min: 1, max: 10080, default: 360 } }, // minutes
   idleTimeout: { rule: { kind: 'number', min: 5, max: 86400, default: 300 } }, // seconds
+  // disks the user leaves out: VM/DISK id patterns (src/classify/exclude.ts), e.g. "100/scsi1, web-*/vdb"
+  exclude: { rule: { kind: 'patterns', maxLength: 4096 } },
 } as const satisfies Record<string, FieldSpec>;
 
 /** Everything the editor needs to check a field (emitted into host.html as JSON). */
@@ -118,6 +122,17 @@ export function hostFieldError(
     case 'text':
       if (blank || text.trim() === '') return rule.required ? `${field}: is required` : undefined;
       return text.length <= rule.maxLength ? undefined : `${field}: is longer than ${rule.maxLength} characters`;
+    case 'patterns': {
+      // VM/DISK, each a glob of letters, digits . _ : - and * ? ; separated by commas, spaces or new lines
+      if (blank) return undefined;
+      if (text.length > rule.maxLength) return `${field}: is longer than ${rule.maxLength} characters`;
+      const list = text.split(/[\s,]+/).filter((p) => p !== '');
+      for (let i = 0; i < list.length; i++) {
+        if (!/^[A-Za-z0-9._:*?-]{1,64}\/[A-Za-z0-9._:*?-]{1,128}$/.test(list[i]))
+          return `${field}: pattern ${i + 1} "${list[i].slice(0, 80)}" must be VM/DISK (letters, digits, . _ : - and the wildcards * ?), e.g. 100/scsi1 or web-*/vdb`;
+      }
+      return undefined;
+    }
     case 'fingerprint':
       // as `ssh-keygen -lf <key>` prints it: SHA256: and 43 base64 characters (padding optional)
       return blank || /^SHA256:[A-Za-z0-9+/]{43}=?$/.test(text.trim())
@@ -138,6 +153,8 @@ export interface HostCredentials {
 export interface HostSettings {
   provider: ProviderConfig;
   repository: string;
+  /** disks the user leaves out (VM/DISK globs), checked */
+  exclude: string[];
   journalDir?: string;
   timeouts: Timeouts;
 }
@@ -160,6 +177,7 @@ export function hostSettings(c: HostConfig, creds: HostCredentials = {}): HostSe
   const hostName = c.hostName ? String(c.hostName) : 'localhost';
   const settings: HostSettings = {
     repository: checkRoot(c.repository, 'repository'),
+    exclude: c.exclude ? splitPatterns(String(c.exclude)) : [],
     timeouts: {
       freezeMs: num('freezeTimeout') * 1000,
       pauseMs: num('pauseTimeout') * 1000,

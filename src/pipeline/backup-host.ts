@@ -2,6 +2,7 @@
 // Each stage checks that the set is one it started, at the stage it expects, before acting.
 import { msSince } from '../util/clock';
 import { classifyAll } from '../classify/classify';
+import { applyExclusions, compilePatterns, type DiskPattern } from '../classify/exclude';
 import type { StageName } from '../contract/schemas';
 import type {
   ClassifiedSet,
@@ -32,6 +33,8 @@ export interface HostOptions {
   hostName: string;
   repositoryRoot: string;
   timeouts: Timeouts;
+  /** the host's exclude setting: disks the user leaves out (VM/DISK patterns) */
+  exclude?: readonly string[];
 }
 
 export const DEFAULT_TIMEOUTS: Timeouts = {
@@ -57,7 +60,10 @@ export class BackupHost {
     readonly log: Logger = () => undefined,
   ) {
     this.repository = new ArtifactRepository(options.repositoryRoot);
+    this.excluded = compilePatterns(options.exclude ?? []);
   }
+
+  private readonly excluded: DiskPattern[];
 
   // ---- checks shared by every stage (no side effect before they pass) ----
 
@@ -133,7 +139,8 @@ export class BackupHost {
         hostWarnings.push(`a VM named ${JSON.stringify(String(vm.id).slice(0, 80))} skipped: its id is not a valid name`);
         return false;
       })
-      .map(fitVm);
+      .map(fitVm)
+      .map((vm) => applyExclusions(vm, this.excluded));
     const backupId = newBackupId();
     const live = new LiveBackup(
       backupId,

@@ -295,7 +295,14 @@ function buildManifest(set: PostSnapshotSet, host: string, s: Staged): Manifest 
     reasons: vm.reasons,
     excludedDisks: vm.disks
       .filter((d) => !d.included)
-      .map((d) => ({ id: d.id, file: d.file, driver: d.driver, reason: d.excludedReason ?? 'excluded' })),
+      .map((d) => ({
+        id: d.id,
+        file: d.file,
+        driver: d.driver,
+        reason: d.excludedReason ?? 'excluded',
+        ...(d.excludedBy ? { by: d.excludedBy } : {}),
+        ...(d.excludedDetail ? { detail: d.excludedDetail } : {}),
+      })),
     warnings: vm.warnings,
     files: s.files,
     ...(s.files.some((f) => f.chain) ? { chain: vmChain(s.files) } : {}),

@@ -89,7 +89,7 @@ describe('backups of the lab VMs through Node-RED', function () {
     const pt = JSON.parse(readFileSync(path.join(lab.repository, byId.get('vm-passthrough').copy.path, 'manifest.json'), 'utf8'));
     assert.deepEqual(
       pt.excludedDisks.map((d: any) => [d.id, d.reason]),
-      [['drive-virtio1', 'network']],
+      [['drive-virtio1', 'not-supported']],
     );
     assert.ok(pt.warnings.some((w: string) => /drive-virtio1.*NOT backed up/.test(w)));
     assert.equal(pt.files.filter((f: any) => f.kind === 'disk').length, 1, 'only the local disk is copied');

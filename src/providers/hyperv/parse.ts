@@ -2,6 +2,7 @@
 // ConvertTo-Json writes them) to the provider-independent backup-set fields. No I/O here.
 import { createHash } from 'node:crypto';
 import type { Disk, EnumeratedVm } from '../../contract/types';
+import { excluded } from '../../contract/exclusion';
 
 /** One disk under a backup checkpoint: base = the read-only parent copied, overlay = the .avhdx the VM writes since, overlayNode = the checkpoint's Id. */
 export interface Overlay {
@@ -361,12 +362,14 @@ export function mapDisk(d: RawDrive, vhds: Map<string, RawVhd>, volumes: Map<str
       file: file.slice(0, 4096),
       format: 'raw',
       driver: 'host_device',
-      included: false,
-      excludedReason: 'pass-through',
+      ...excluded(
+        'hyperv-pass-through',
+        `a pass-through disk${n !== undefined ? ` (host disk ${n})` : ''}: Hyper-V's VSS writer cannot see it; back it up from inside the guest, or name it in the host's exclude setting to mark it as deliberate`,
+      ),
     };
   }
   if (!file) {
-    return { id, node: id, file: '', format: 'none', driver: 'none', included: false, excludedReason: 'no-medium' };
+    return { id, node: id, file: '', format: 'none', driver: 'none', ...excluded('no-medium', 'a removable drive with no medium') };
   }
   const vhd = vhds.get(lower(file));
   const format = vhdFormat(file, vhd);

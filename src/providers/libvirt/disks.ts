@@ -2,9 +2,11 @@
 // block layer is backed up, whatever holds it: libvirt's pull-mode backup job reads the disk as
 // the guest sees it, so a file, a block device (LVM, zvol, loop), a pool volume or a network
 // drive (NBD, iSCSI, RBD, ...) is exported alike. A disk is left out only where the host leaves
-// nothing to read or copy: a removable drive with read-only media or none, a SCSI LUN passed
-// through (the guest's SCSI commands bypass QEMU's block layer, so no view of it can hold still),
-// a vhost-user disk (its data lives in another process).
+// nothing to copy (a removable drive with read-only media or none: the host's choice, src/contract/
+// exclusion.ts); a SCSI LUN passed through (the guest's SCSI commands bypass QEMU's block layer,
+// so no view of it can hold still) and a vhost-user disk (its data lives in another process) are
+// reported as disks this product cannot copy, never ok until the user excludes them.
+import { excluded } from '../../contract/exclusion';
 import type { Disk } from '../../contract/types';
 import { child, children, type XmlElement } from './xml';
 
@@ -27,11 +29,6 @@ export interface DiskSource {
 export interface DomainDisk {
   disk: Disk;
   source: DiskSource;
-}
-
-/** The reasons a disk is left out, in one place (the contract's exclusion shape). */
-function exclude(disk: Disk, reason: NonNullable<Disk['excludedReason']>): Disk {
-  return { ...disk, included: false, excludedReason: reason };
 }
 
 interface NetworkHost {
@@ -118,9 +115,27 @@ export function diskFrom(el: XmlElement): DomainDisk {
     included: true,
   };
   const removable = device === 'cdrom' || device === 'floppy';
-  if (!src || !file) disk = exclude(disk, 'no-medium');
-  else if (device === 'cdrom' || (removable && readonly)) disk = exclude(disk, 'read-only-media');
-  else if (device === 'lun' || type === 'dir' || type === 'vhostuser') disk = exclude(disk, 'pass-through');
+  if (!src || !file) disk = { ...disk, ...excluded('no-medium', `a ${device} drive with no medium`) };
+  else if (device === 'cdrom' || (removable && readonly))
+    disk = { ...disk, ...excluded('removable-media', `a read-only ${device} (${file}): the guest cannot write it`) };
+  else if (device === 'lun')
+    disk = {
+      ...disk,
+      ...excluded(
+        'not-supported',
+        `a SCSI LUN passed through (device='lun'): the guest's SCSI commands bypass QEMU's block layer, so no point-in-time view of it holds still; back it up inside the guest, or exclude it with the host node's exclude setting`,
+      ),
+    };
+  else if (type === 'dir' || type === 'vhostuser')
+    disk = {
+      ...disk,
+      ...excluded(
+        'not-supported',
+        type === 'dir'
+          ? `a host directory shown as a FAT disk (type='dir'): not an image of the guest's data`
+          : `a vhost-user disk: its data lives in another process (${file}), QEMU's block layer never holds it`,
+      ),
+    };
   return { disk, source };
 }
 

@@ -1,5 +1,6 @@
 // From QMP query-block / query-named-block-nodes to the backup set's disks, deciding what the
 // host can copy: local image files yes; host block devices (pass-through) and network disks no.
+import { excluded } from '../../contract/exclusion';
 import type { Disk } from '../../contract/types';
 
 export interface QueryBlockEntry {
@@ -64,7 +65,7 @@ export function disksFrom(entries: readonly QueryBlockEntry[], nodes: readonly N
     const id = entry.device || entry.qdev || 'disk';
     if (!entry.inserted) {
       if (!entry.removable) continue;
-      disks.push({ id, node: id, file: '', format: '', driver: '', included: false, excludedReason: 'no-medium' });
+      disks.push({ id, node: id, file: '', format: '', driver: '', ...excluded('no-medium', 'a removable drive with no medium') });
       continue;
     }
     const ins = entry.inserted;
@@ -79,9 +80,10 @@ export function disksFrom(entries: readonly QueryBlockEntry[], nodes: readonly N
     };
     if (ins.image) disk.virtualSize = ins.image['virtual-size'];
     if (entry.qdev) disk.qdev = entry.qdev;
-    if (NETWORK_DRIVERS.has(driver)) Object.assign(disk, { included: false, excludedReason: 'network' });
-    else if (PASSTHROUGH_DRIVERS.has(driver)) Object.assign(disk, { included: false, excludedReason: 'pass-through' });
-    else if (entry.removable && ins.ro) Object.assign(disk, { included: false, excludedReason: 'read-only-media' });
+    if (entry.removable && ins.ro)
+      Object.assign(disk, excluded('removable-media', `a read-only removable medium (${disk.file}): the guest cannot write it`));
+    else if (NETWORK_DRIVERS.has(driver) || PASSTHROUGH_DRIVERS.has(driver))
+      Object.assign(disk, excluded('not-supported', `a ${driver} disk is not copied yet`));
     disks.push(disk);
   }
   return disks;

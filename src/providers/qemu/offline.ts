@@ -4,6 +4,7 @@
 // The plan names every lock holder before it exists (journalled), so recovery ends them after a crash.
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
+import { excluded } from '../../contract/exclusion';
 import type { EnumeratedVm, PointInTimeView } from '../../contract/types';
 import { holdImage, isHeld, lockSocket, releaseImages } from '../offline-image';
 import { info } from '../qemu-img';
@@ -45,7 +46,14 @@ export async function offlineVm(inv: InventoryVm, o: { qemuImg: string; overlayD
   const disks: EnumeratedVm['disks'] = [];
   for (const d of inv.disks) {
     if (d.excluded) {
-      disks.push({ id: d.id, node: d.id, file: '', format: d.format, driver: 'network', included: false, excludedReason: 'network' });
+      disks.push({
+        id: d.id,
+        node: d.id,
+        file: '',
+        format: d.format,
+        driver: 'network',
+        ...excluded('not-supported', 'a network volume of a VM that is off is not copied yet'),
+      });
       continue;
     }
     const st = await fs.stat(d.file).catch((err: NodeJS.ErrnoException) => {

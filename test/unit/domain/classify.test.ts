@@ -1,3 +1,4 @@
+import { excluded } from '../../../src/contract/exclusion';
 import * as assert from 'node:assert/strict';
 import { classifyAll, classifyVm } from '../../../src/classify/classify';
 import { fitVm } from '../../../src/contract/limits';
@@ -111,28 +112,26 @@ describe('classification', () => {
     }
   });
 
-  it('warns about every excluded disk and keeps the rest', () => {
+  it('warns about every excluded disk, naming who left it out, and keeps the rest', () => {
     const vm = classifyVm(
       onlineVm({
         disks: [
           onlineVm().disks[0],
           {
-            id: 'drive-virtio1',
+            id: 'drive-scsi1',
             node: '#b2',
-            file: 'nbd+unix://?socket=/run/nbd.sock',
-            format: 'raw',
-            driver: 'nbd',
-            included: false,
-            excludedReason: 'network',
-          },
-          {
-            id: 'drive-scsi0',
-            node: '#b3',
-            file: '/dev/sdb',
+            file: '/dev/pve/vm-100-disk-1',
             format: 'raw',
             driver: 'host_device',
-            included: false,
-            excludedReason: 'pass-through',
+            ...excluded('host-config', 'backup=0 in /etc/pve/qemu-server/100.conf'),
+          },
+          {
+            id: 'SCSI0:1',
+            node: 'disk2',
+            file: '',
+            format: 'raw',
+            driver: 'host_device',
+            ...excluded('hyperv-pass-through', "Hyper-V's VSS writer cannot see it"),
           },
         ],
       }),
@@ -140,8 +139,12 @@ describe('classification', () => {
     );
     assert.equal(vm.method, 'child-vm-snapshot', 'excluded disks do not change the method');
     assert.equal(vm.warnings.length, 2);
-    assert.match(vm.warnings[0], /drive-virtio1 .* network and NOT backed up/);
-    assert.match(vm.warnings[1], /drive-scsi0 .* pass-through and NOT backed up/);
+    assert.match(vm.warnings[0], /drive-scsi1 .*NOT backed up, left out by the host's configuration \(host-config: backup=0/);
+    assert.doesNotMatch(vm.warnings[0], /not a choice/);
+    assert.match(
+      vm.warnings[1],
+      /SCSI0:1 .*NOT backed up, left out by the hypervisor \(hyperv-pass-through.*not a choice of yours or the host/,
+    );
   });
 
   it('trusts a guest whose volumes the host cannot see only when its agent answers (Hyper-V)', () => {

@@ -29,14 +29,14 @@ describe('QEMU answers mapped to the backup set', () => {
       [{ 'node-name': 'proto-sdb', drv: 'host_device', file: '/dev/sdb' }],
     );
     assert.deepEqual(
-      disks.map((d) => [d.id, d.driver, d.included, d.excludedReason]),
+      disks.map((d) => [d.id, d.driver, d.included, d.excludedReason, d.excludedBy]),
       [
-        ['drive-virtio0', 'file', true, undefined],
-        ['drive-virtio1', 'nbd', false, 'network'],
-        ['drive-virtio2', 'host_device', false, 'pass-through'],
-        ['drive-virtio3', 'iscsi', false, 'network'],
-        ['drive-ide2', 'file', false, 'read-only-media'],
-        ['drive-ide3', '', false, 'no-medium'],
+        ['drive-virtio0', 'file', true, undefined, undefined],
+        ['drive-virtio1', 'nbd', false, 'not-supported', 'product'],
+        ['drive-virtio2', 'host_device', false, 'not-supported', 'product'],
+        ['drive-virtio3', 'iscsi', false, 'not-supported', 'product'],
+        ['drive-ide2', 'file', false, 'removable-media', 'host'],
+        ['drive-ide3', '', false, 'no-medium', 'host'],
       ],
     );
   });

@@ -50,6 +50,12 @@ describe('host settings: one validator', () => {
       /^Error: sshHostKey: "MD5:aa:bb" must be a SHA256 fingerprint as ssh-keygen -lf prints it/,
     ],
     ['ssh without password or key', { ...ssh }, /^Error: password: a password or a private key is required when hvMode is ssh$/],
+    [
+      'an exclude pattern without a disk part',
+      { ...base, exclude: '100/scsi1, web-*' },
+      /^Error: exclude: pattern 2 "web-\*" must be VM\/DISK \(letters, digits, \. _ : - and the wildcards \* \?\)/,
+    ],
+    ['an exclude pattern with a character of no id', { ...base, exclude: '100/scsi[1]' }, /^Error: exclude: pattern 1 "100\/scsi\[1\]"/],
   ];
   for (const [what, config, error] of bad) {
     it(`refuses ${what}, naming the field`, () => {
@@ -68,6 +74,12 @@ describe('host settings: one validator', () => {
     assert.equal(q.timeouts.freezeMs, 5000);
     assert.equal(q.timeouts.sessionMs, 360 * 60_000);
     assert.deepEqual(q.provider.qemu, { socketDir: '/run/qemu-server', inventory: 'json' });
+    assert.deepEqual(q.exclude, []);
+    assert.deepEqual(hostSettings({ ...base, exclude: ' 100/scsi1,web-*/vdb\n*/SCSI0:1 ' }).exclude, [
+      '100/scsi1',
+      'web-*/vdb',
+      '*/SCSI0:1',
+    ]);
   });
 
   it('the pinned host key reaches the Hyper-V SSH runner that checks it', () => {
@@ -106,6 +118,10 @@ describe('host settings: one validator', () => {
       `${FP}=`,
       'SHA256:short',
       70000,
+      '100/scsi1, web-*/vdb',
+      '*/*',
+      'vm1',
+      '/scsi1',
     ];
     const fields = [
       ...Object.keys(HOST_RULES.common),

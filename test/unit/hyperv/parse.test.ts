@@ -201,7 +201,10 @@ describe('hyperv parse: enumerate.ps1 output -> enumerated VMs', () => {
       format: 'raw',
       driver: 'host_device',
       included: false,
-      excludedReason: 'pass-through',
+      excludedReason: 'hyperv-pass-through',
+      excludedBy: 'hypervisor',
+      excludedDetail:
+        "a pass-through disk (host disk 3): Hyper-V's VSS writer cannot see it; back it up from inside the guest, or name it in the host's exclude setting to mark it as deliberate",
     });
     assert.equal(vm.disks[0]!.included, true);
     assert.deepEqual(vm.guest.filesystems[1], { mountpoint: 'F:', type: 'NTFS', dynamic: true });
@@ -240,6 +243,8 @@ describe('hyperv parse: enumerate.ps1 output -> enumerated VMs', () => {
       driver: 'none',
       included: false,
       excludedReason: 'no-medium',
+      excludedBy: 'host',
+      excludedDetail: 'a removable drive with no medium',
     });
     assert.match((vm.warnings ?? []).join('\n'), /Msvm_KvpExchangeComponent: Invalid class/);
   });

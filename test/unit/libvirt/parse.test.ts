@@ -104,20 +104,20 @@ describe('libvirt parse: recorded virsh output', () => {
     const d = definitionFrom(xml);
     assert.equal(d.name, 'x & y');
     assert.deepEqual(
-      d.disks.map((x) => [x.id, x.file, x.driver, x.included, x.excludedReason]),
+      d.disks.map((x) => [x.id, x.file, x.driver, x.included, x.excludedReason, x.excludedBy]),
       [
-        ['vda', '/var/lib/libvirt/images/a b.img', 'file', true, undefined],
-        ['vdb', '/dev/vg0/lv1', 'block', true, undefined],
-        ['vdc', 'iscsi://10.0.0.1:3260/iqn.2024-01.x:t/1', 'iscsi', true, undefined],
-        ['vdd', 'nbd://127.0.0.1:10810/exp', 'nbd', true, undefined],
-        ['vde', 'rbd:pool/img:mon_host=m1\\:6789\\;m2', 'rbd', true, undefined],
-        ['vdf', 'default/v1.qcow2', 'volume', true, undefined],
-        ['vdg', '/img/shared.raw', 'file', true, undefined],
-        ['vdh', 'nbd+unix:///e2?socket=/run/nbd.sock', 'nbd', true, undefined],
-        ['sda', '/iso/d.iso', 'file', false, 'read-only-media'],
-        ['sdb', '', 'file', false, 'no-medium'],
-        ['sdc', '/dev/sdz', 'block', false, 'pass-through'],
-        ['vdi', '/run/vhost.sock', 'vhostuser', false, 'pass-through'],
+        ['vda', '/var/lib/libvirt/images/a b.img', 'file', true, undefined, undefined],
+        ['vdb', '/dev/vg0/lv1', 'block', true, undefined, undefined],
+        ['vdc', 'iscsi://10.0.0.1:3260/iqn.2024-01.x:t/1', 'iscsi', true, undefined, undefined],
+        ['vdd', 'nbd://127.0.0.1:10810/exp', 'nbd', true, undefined, undefined],
+        ['vde', 'rbd:pool/img:mon_host=m1\\:6789\\;m2', 'rbd', true, undefined, undefined],
+        ['vdf', 'default/v1.qcow2', 'volume', true, undefined, undefined],
+        ['vdg', '/img/shared.raw', 'file', true, undefined, undefined],
+        ['vdh', 'nbd+unix:///e2?socket=/run/nbd.sock', 'nbd', true, undefined, undefined],
+        ['sda', '/iso/d.iso', 'file', false, 'removable-media', 'host'],
+        ['sdb', '', 'file', false, 'no-medium', 'host'],
+        ['sdc', '/dev/sdz', 'block', false, 'not-supported', 'product'],
+        ['vdi', '/run/vhost.sock', 'vhostuser', false, 'not-supported', 'product'],
       ],
     );
     // what an offline copy (qemu-img, without libvirt) cannot open: an authenticated network source
