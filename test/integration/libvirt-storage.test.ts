@@ -28,6 +28,7 @@ import { BackupHost, DEFAULT_TIMEOUTS } from '../../src/pipeline/backup-host';
 import { parseCheckpointDisks } from '../../src/providers/libvirt/checkpoints';
 import { LibvirtProvider } from '../../src/providers/libvirt/libvirt-provider';
 import { parseBackupXml, parseJobInfo, parseTable } from '../../src/providers/libvirt/parse';
+import { summarize } from '../../src/summary';
 import { verifyBackup } from '../../src/verify';
 import { dirPool, iscsiTarget, loopDevice, nbdServer, type Stoppable } from '../support/libvirt-storage';
 import { inGuest, virsh, virshOk } from '../support/libvirt-view';
@@ -295,6 +296,8 @@ describe('libvirt provider: the disks real hosts have (block, NBD, iSCSI, pool v
         assert.ok(compressedOnly(path.join(b.backupDir, f.name)), `${b.backupDir} ${f.name}: compressed clusters only`);
     }
     assert.ok(sums[0].vdb !== sums[1].vdb, 'the raw disks changed between the points');
+    const summary = summarize(sets[1], undefined, { left: [] });
+    assert.deepEqual([summary.ok, summary.excluded], [true, []], summary.text);
 
     for (const [i, b] of [b0, b1].entries()) {
       for (const r of RAW) {
@@ -407,5 +410,23 @@ describe('libvirt provider: the disks real hosts have (block, NBD, iSCSI, pool v
     // and once the other jobs ended, the domain backs up again
     const set = await backup([TRANS], 'checkpoint', false);
     assert.equal(manifestOf(set, TRANS).manifest.files.filter((f: any) => f.kind === 'disk').length, 1);
+  });
+
+  it('shut off: each kind of disk copied by qemu-img itself (the loop device and the file under their image lock, NBD and iSCSI by URL, the volume by its path), equal to the disk', async () => {
+    virshOk('destroy', STOR);
+    const set = await backup([STOR], 'checkpoint', false);
+    const b = manifestOf(set, STOR);
+    assert.deepEqual([b.vm.method, b.vm.consistency], ['offline', 'offline']);
+    for (const d of ['vda', ...RAW.map((r) => r.dev)]) {
+      const f = b.manifest.files.find((x: any) => x.disk === d);
+      assert.deepEqual([f.chain.mode, f.chain.reason], ['full', 'offline'], d);
+      const raw = await flattened(b.backupDir, d);
+      const source = d === 'vda' ? path.join(tmp, 'vda-now.raw') : sources[d];
+      if (d === 'vda')
+        assert.equal(spawnSync('qemu-img', ['convert', '-O', 'raw', path.join(dir, 'pool', 'stor-data.qcow2'), source]).status, 0);
+      assert.equal(await sha256(raw), await sha256(source), `${d}: the offline copy is the disk`);
+      await fs.rm(raw);
+    }
+    assert.equal(virshOk('domstate', STOR).trim(), 'shut off');
   });
 });
