@@ -21,11 +21,46 @@ export const integrationService: Rule = (vm) => {
 export const vmRunning: Rule = (vm) =>
   vm.state === 'running' ? reason('vm-running', true, 'VM is running') : reason('vm-running', false, `VM is ${vm.state}, not running`);
 
-/** "Snapshot file location on the same host volume as the virtual disks": overlays on the images' file system. */
+const GiB = 1024 ** 3;
+
+/**
+ * Free space the snapshot data of a VM needs where it goes (QEMU: its fleecing images). A fleecing
+ * image holds one copy of each cluster the guest overwrites while the copy runs, so the worst case
+ * is the disks' whole virtual size; a nightly copy window rewrites a fraction of a disk. The rule:
+ * 10% of the disks' virtual size, at least 1 GiB, never more than the whole size. If the guest
+ * overwrites more than what is free during the copy, the view breaks (that VM's backup fails, the
+ * guest's writes go on: on-cbw-error=break-snapshot); it never harms the guest.
+ */
+export function fleeceReserve(virtualSizes: readonly number[]): number {
+  const total = virtualSizes.reduce((n, s) => n + s, 0);
+  return Math.min(total, Math.max(Math.ceil(total / 10), GiB));
+}
+
+const size = (n: number) => (n >= GiB ? `${(n / GiB).toFixed(1)} GiB` : `${Math.round(n / 1024 ** 2)} MiB`);
+
+/**
+ * "Snapshot file location on the same host volume as the virtual disks": the place the host keeps a
+ * VM's snapshot data must be there and hold it. Beside the disks it is their volume (Hyper-V, a
+ * QEMU image file); a directory set aside for it (QEMU's fleece dir, for disks that are block
+ * devices or network volumes, or when the user sets one) is fine on any volume. Either way, where
+ * the free space is known, it must hold what fleeceReserve asks.
+ */
 export const snapshotLocationSameVolume: Rule = (vm) => {
   const where = vm.snapshotLocation;
   const disks = vm.disks.filter((d) => d.included);
   if (where.volumeId === undefined) return reason('snapshot-location-same-volume', false, `volume of ${where.path} unknown`);
+  const need = fleeceReserve(disks.map((d) => d.virtualSize ?? 0));
+  const free = where.freeBytes;
+  if (free !== undefined && free < need) {
+    return reason(
+      'snapshot-location-same-volume',
+      false,
+      `snapshot location ${where.path} has ${size(free)} free, less than the ${size(need)} the view of this VM needs (10% of its disks, at least 1 GiB)`,
+    );
+  }
+  const room = free !== undefined ? `, ${size(free)} free` : '';
+  if (where.dedicated)
+    return reason('snapshot-location-same-volume', true, `snapshot data goes to ${where.path} (set aside for it${room})`);
   const other = disks.filter((d) => d.volumeId !== where.volumeId);
   if (other.length > 0) {
     return reason(
@@ -34,7 +69,7 @@ export const snapshotLocationSameVolume: Rule = (vm) => {
       `snapshot location ${where.path} is not on the volume of ${other.map((d) => d.file || d.id).join(', ')}`,
     );
   }
-  return reason('snapshot-location-same-volume', true, `snapshot location ${where.path} is on the disks' volume`);
+  return reason('snapshot-location-same-volume', true, `snapshot location ${where.path} is on the disks' volume${room}`);
 };
 
 /** "All volumes are basic disks": Linux LVM, md RAID and device-mapper volumes are the dynamic-disk analogue. */

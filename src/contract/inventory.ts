@@ -4,6 +4,7 @@
 // of its own: the id is the file name, exactly as for `<id>.qmp`, and one directory is configured.
 //
 //   { "name": "web", "disks": [ { "id": "virtio0", "file": "/var/lib/vms/web.qcow2", "format": "qcow2" } ] }
+// A disk with "backup": false is left out by the host's configuration (as Proxmox's backup=0).
 
 /** an absolute path without `..` or `.` segments, NUL or a trailing slash: the image as the admin named it */
 const absolutePath = { type: 'string', minLength: 2, maxLength: 4096, pattern: '^(/(?!\\.\\.?(/|$))[^/\\u0000]+)+$' } as const;
@@ -29,6 +30,8 @@ export const inventorySchema = {
           id: { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$' },
           file: absolutePath,
           format: { enum: ['qcow2', 'raw'] },
+          /** false: the host leaves this disk out of backups (as Proxmox's backup=0) */
+          backup: { type: 'boolean' },
         },
       },
     },
@@ -39,6 +42,7 @@ export interface InventoryDisk {
   id: string;
   file: string;
   format: 'qcow2' | 'raw';
+  backup?: boolean;
 }
 
 export interface InventoryEntry {

@@ -264,7 +264,14 @@ const vmBaseProperties = {
     type: 'object',
     additionalProperties: false,
     required: ['path'],
-    properties: { path: { type: 'string', maxLength: 4096 }, volumeId: { type: 'string', maxLength: 64 } },
+    properties: {
+      path: { type: 'string', maxLength: 4096 },
+      volumeId: { type: 'string', maxLength: 64 },
+      /** a directory set aside for snapshot data (QEMU: the configured or default fleece dir), not beside the disks */
+      dedicated: { type: 'boolean' },
+      /** free space there when enumerated (bytes available to us) */
+      freeBytes: nonNegInt,
+    },
   },
   method,
   consistency,

@@ -29,6 +29,8 @@ export interface FieldSpec {
 export const PROVIDERS = {
   qemu: {
     socketDir: { rule: { kind: 'dir', required: true } },
+    // where fleecing images go (src/providers/qemu/fleece.ts); overlayDir is its name in flows made before it
+    fleeceDir: { rule: { kind: 'dir', required: false } },
     overlayDir: { rule: { kind: 'dir', required: false } },
     // where VMs whose QEMU is not running are defined: json reads <socketDir>/<id>.vm.json when
     // present (nothing changes on a host without such files, so it is the default); proxmox reads
@@ -198,7 +200,11 @@ function providerSettings(provider: ProviderKind, c: HostConfig, creds: HostCred
       return {
         qemu: {
           socketDir: checkRoot(c.socketDir, 'socketDir'),
-          ...(c.overlayDir ? { overlayDir: checkRoot(c.overlayDir, 'overlayDir') } : {}),
+          ...(c.fleeceDir
+            ? { fleeceDir: checkRoot(c.fleeceDir, 'fleeceDir') }
+            : c.overlayDir
+              ? { fleeceDir: checkRoot(c.overlayDir, 'overlayDir') }
+              : {}),
           inventory: c.inventory === 'proxmox' || c.inventory === 'none' ? c.inventory : 'json',
         },
       };

@@ -9,7 +9,7 @@ import type { SshTarget } from './ssh-target';
 export interface ProviderConfig {
   provider: 'qemu' | 'hyperv' | 'libvirt';
   hostName: string;
-  qemu?: { socketDir: string; overlayDir?: string; compress?: boolean; commandMs?: number; inventory?: 'json' | 'proxmox' | 'none' };
+  qemu?: { socketDir: string; fleeceDir?: string; compress?: boolean; commandMs?: number; inventory?: 'json' | 'proxmox' | 'none' };
   /** runner: replaces the PowerShell transport built from mode (unit tests; never from settings) */
   hyperv?: { mode: 'local' | 'ssh'; ssh?: SshTarget; runner?: PowerShellRunner };
   libvirt?: { uri?: string; runDir?: string };
@@ -22,7 +22,7 @@ const FACTORIES: Record<ProviderConfig['provider'], (config: ProviderConfig) => 
     if (!q) throw new PathRefused('socketDir', 'is required for the QEMU provider');
     return new QemuProvider({
       socketDir: checkRoot(q.socketDir, 'socketDir'),
-      ...(q.overlayDir ? { overlayDir: checkRoot(q.overlayDir, 'overlayDir') } : {}),
+      ...(q.fleeceDir ? { fleeceDir: checkRoot(q.fleeceDir, 'fleeceDir') } : {}),
       ...(q.compress !== undefined ? { compress: q.compress } : {}),
       ...(q.commandMs !== undefined ? { commandMs: q.commandMs } : {}),
       ...(q.inventory ? { inventory: q.inventory } : {}),

@@ -225,18 +225,22 @@ describe('fault injection: change tracking and the point-in-time view (bare QEMU
   it("the fleecing image's file system full during the copy: the guest write goes on, the backup fails", async () => {
     await faultCase(
       GROUP,
-      "the fleecing image on a 1 MiB tmpfs (the host's overlayDir) that the guest's writes fill during the copy",
+      "the fleecing image on a tmpfs (the host's fleeceDir) with room at the check, filled by something else after it down to 1 MiB, then the guest's writes during the copy",
       'guest writes succeed and the VM keeps running (never paused on an I/O error); the view breaks, the copy fails naming it, nothing is published; nothing of ours left',
       async () => {
         const small = path.join(bare.dir, 'small-fleece');
         await fs.mkdir(small, { recursive: true });
-        await runProgram('mount', ['-t', 'tmpfs', '-o', 'size=1m,mode=0755', 'tmpfs', small]);
+        // room for the rule's reserve (the whole 16 MiB disk) when the view is made
+        await runProgram('mount', ['-t', 'tmpfs', '-o', 'size=20m,mode=0755', 'tmpfs', small]);
         try {
-          const provider = new QemuProvider({ socketDir: bare.socketDir, overlayDir: small });
+          const provider = new QemuProvider({ socketDir: bare.socketDir, fleeceDir: small });
           const h = newHost(new Journal(journalFile()), provider);
           const at = (i: number) => `${8192 + i * 64}k`;
           for (let i = 0; i < 64; i++) await write(0x50, at(i)); // data the view must keep
           const set = await upToCopy(h);
+          // something else takes the space after the check: 1 MiB stays free
+          const st = await fs.statfs(small);
+          await fs.writeFile(path.join(small, 'ballast'), Buffer.alloc(Math.max(0, st.bavail * st.bsize - (1 << 20))));
           // 4 MiB of guest writes after the moment: the old data they replace cannot fit in 1 MiB
           for (let i = 0; i < 64; i++) await write(0x51, at(i));
           const status = await qmp((c) => c.execute<{ status: string }>('query-status'));

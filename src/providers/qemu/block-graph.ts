@@ -1,5 +1,9 @@
-// From QMP query-block / query-named-block-nodes to the backup set's disks, deciding what the
-// host can copy: local image files yes; host block devices (pass-through) and network disks no.
+// From QMP query-block / query-named-block-nodes to the backup set's disks. QEMU's backup job reads
+// every node it has open, whatever the storage: image files, host block devices (LVM, LVM-thin,
+// ZFS zvols, loop devices, whole disks) and protocol drivers (rbd, iscsi, nbd, gluster, ...), qcow2
+// or raw, with or without a backing chain. So every disk is backed up, except a read-only
+// removable medium (a CD/DVD image: not the VM's data), an empty drive, and a disk the host's own
+// configuration marks (Proxmox backup=0, passed in as `hostExcluded`).
 import { excluded } from '../../contract/exclusion';
 import type { Disk } from '../../contract/types';
 
@@ -23,7 +27,7 @@ export interface NamedNode {
   file: string;
 }
 
-/** Protocol drivers that reach storage over the network: the guest's data is not in a host file. */
+/** Protocol drivers that reach storage over the network (named as the disk's driver; backed up like any other). */
 export const NETWORK_DRIVERS = new Set([
   'nbd',
   'iscsi',
@@ -39,7 +43,7 @@ export const NETWORK_DRIVERS = new Set([
   'sheepdog',
   'vxhs',
 ]);
-/** Protocol drivers that pass a host block device through. */
+/** Protocol drivers of a host block device (named as the disk's driver; backed up like any other). */
 export const PASSTHROUGH_DRIVERS = new Set(['host_device', 'host_cdrom', 'nvme', 'iscsi_generic']);
 
 const NETWORK_URI = /^(nbd|iscsi|rbd|gluster|ssh|https?|ftps?|nfs|sheepdog)[:+]/i;
@@ -59,7 +63,14 @@ export function driverOf(entry: QueryBlockEntry, nodes: readonly NamedNode[]): s
   return ins.file.startsWith('/dev/') ? 'host_device' : 'file';
 }
 
-export function disksFrom(entries: readonly QueryBlockEntry[], nodes: readonly NamedNode[]): Disk[] {
+/** disk id -> why the host's configuration leaves it out (Proxmox `backup=0`) */
+export type HostExclusions = ReadonlyMap<string, string>;
+
+export function disksFrom(
+  entries: readonly QueryBlockEntry[],
+  nodes: readonly NamedNode[],
+  hostExcluded: HostExclusions = new Map(),
+): Disk[] {
   const disks: Disk[] = [];
   for (const entry of entries) {
     const id = entry.device || entry.qdev || 'disk';
@@ -80,10 +91,10 @@ export function disksFrom(entries: readonly QueryBlockEntry[], nodes: readonly N
     };
     if (ins.image) disk.virtualSize = ins.image['virtual-size'];
     if (entry.qdev) disk.qdev = entry.qdev;
+    const host = hostExcluded.get(id);
     if (entry.removable && ins.ro)
       Object.assign(disk, excluded('removable-media', `a read-only removable medium (${disk.file}): the guest cannot write it`));
-    else if (NETWORK_DRIVERS.has(driver) || PASSTHROUGH_DRIVERS.has(driver))
-      Object.assign(disk, excluded('not-supported', `a ${driver} disk is not copied yet`));
+    else if (host !== undefined) Object.assign(disk, excluded('host-config', host));
     disks.push(disk);
   }
   return disks;

@@ -18,10 +18,24 @@ export const INVENTORY_KINDS: readonly InventoryKind[] = ['none', 'json', 'proxm
 
 export interface OfflineDisk {
   id: string;
-  /** '' for a volume that is not a file of this host (network storage) */
+  /** the image file or block device; for network storage the URI QEMU opens (Proxmox: what `pvesm path` prints) */
   file: string;
   format: string;
-  excluded?: 'network';
+  /** a volume that is not a file of this host (rbd, iscsi, ...): no image lock can hold it, Proxmox's config lock does */
+  network?: true;
+  /** the host's configuration leaves it out (Proxmox backup=0, json "backup": false): why */
+  hostExcluded?: string;
+}
+
+/** The host's own exclusions of a VM's disks, by every id a running QEMU may show for them (`scsi1`, `drive-scsi1`). */
+export function hostExclusions(vm: InventoryVm): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const d of vm.disks) {
+    if (d.hostExcluded === undefined) continue;
+    out.set(d.id, d.hostExcluded);
+    out.set(`drive-${d.id}`, d.hostExcluded);
+  }
+  return out;
 }
 
 export interface InventoryVm {
@@ -98,7 +112,7 @@ export function fromJson(id: string, source: string, text: string): InventoryVm 
     source,
     kind: 'json',
     ...(entry.name ? { name: entry.name } : {}),
-    disks: entry.disks.map((d) => ({ ...d })),
+    disks: entry.disks.map(({ backup, ...d }) => ({ ...d, ...(backup === false ? { hostExcluded: `"backup": false in ${source}` } : {}) })),
     definition: entry,
   };
 }
@@ -107,14 +121,19 @@ async function fromProxmox(id: string, source: string, text: string, o: Inventor
   const conf = parseProxmoxConf(text);
   const disks: OfflineDisk[] = [];
   for (const d of conf.disks) {
+    if (d.noBackup) {
+      // left out by Proxmox's own mark: not resolved, never read
+      disks.push({ id: d.id, file: d.volume, format: d.format ?? 'raw', hostExcluded: `backup=0 on ${d.id} in ${source}` });
+      continue;
+    }
     let file: string;
     try {
       file = await resolveVolume(d.volume, { pvesm: o.pvesm ?? 'pvesm', run: o.run });
     } catch (err) {
       throw new Error(`${source}: ${d.id}: ${(err as Error).message.slice(0, 600)}`);
     }
-    // pvesm prints e.g. rbd:pool/vm-100-disk-0 or iscsi://...: not a file of this host
-    if (!file.startsWith('/')) disks.push({ id: d.id, file: '', format: d.format ?? 'raw', excluded: 'network' });
+    // pvesm prints e.g. rbd:pool/vm-100-disk-0:conf=... or iscsi://...: QEMU's own protocol syntax, read as is
+    if (!file.startsWith('/')) disks.push({ id: d.id, file, format: d.format ?? 'raw', network: true });
     else if (/(^|\/)\.\.?(\/|$)|\0/.test(file))
       throw new Error(`${source}: ${d.id}: volume path "${file.slice(0, 200)}" has . or .. segments`);
     else disks.push({ id: d.id, file, format: volumeFormat(d, file) });

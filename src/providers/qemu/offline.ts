@@ -17,8 +17,8 @@ export interface OfflinePlanDisk {
   file: string;
   format: string;
   virtualSize: number;
-  /** the socket of the qemu-nbd process that holds the image's lock */
-  lock: string;
+  /** the socket of the qemu-nbd process that holds the image's lock; none for a network volume (Proxmox's config lock holds it) */
+  lock?: string;
 }
 
 export interface OfflinePlan {
@@ -42,24 +42,27 @@ export function offlinePlanOf(view: PointInTimeView): OfflinePlan {
 }
 
 /** The enumerated VM: state off, its disks from the inventory, sizes from the images (read with -U: no lock taken at enumerate). */
-export async function offlineVm(inv: InventoryVm, o: { qemuImg: string; overlayDir?: string }): Promise<EnumeratedVm> {
+export async function offlineVm(inv: InventoryVm, o: { qemuImg: string; fleeceDir?: string }): Promise<EnumeratedVm> {
   const disks: EnumeratedVm['disks'] = [];
   for (const d of inv.disks) {
-    if (d.excluded) {
-      disks.push({
-        id: d.id,
-        node: d.id,
-        file: '',
-        format: d.format,
-        driver: 'network',
-        ...excluded('not-supported', 'a network volume of a VM that is off is not copied yet'),
-      });
+    if (d.hostExcluded !== undefined) {
+      disks.push({ id: d.id, node: d.id, file: d.file, format: d.format, driver: '', ...excluded('host-config', d.hostExcluded) });
       continue;
     }
-    const st = await fs.stat(d.file).catch((err: NodeJS.ErrnoException) => {
-      throw new Error(`${inv.source}: disk ${d.id}: ${d.file} cannot be read (${err.code ?? err.message})`);
-    });
-    if (!st.isFile() && !st.isBlockDevice()) throw new Error(`${inv.source}: disk ${d.id}: ${d.file} is neither a file nor a block device`);
+    let driver: string;
+    let volumeId: string | undefined;
+    if (d.network) {
+      // rbd:pool/img, iscsi://...: QEMU's protocol syntax; the volume is not a file here
+      driver = /^([a-z+]+?)(\+[a-z]+)?:/.exec(d.file)?.[1] ?? 'network';
+    } else {
+      const st = await fs.stat(d.file).catch((err: NodeJS.ErrnoException) => {
+        throw new Error(`${inv.source}: disk ${d.id}: ${d.file} cannot be read (${err.code ?? err.message})`);
+      });
+      if (!st.isFile() && !st.isBlockDevice())
+        throw new Error(`${inv.source}: disk ${d.id}: ${d.file} is neither a file nor a block device`);
+      driver = st.isFile() ? 'file' : 'host_device';
+      volumeId = String(st.dev);
+    }
     const facts = await info(o.qemuImg, d.file, true).catch((err: Error) => {
       throw new Error(`${inv.source}: disk ${d.id}: qemu-img info ${d.file} failed (${err.message.slice(0, 300)})`);
     });
@@ -70,14 +73,15 @@ export async function offlineVm(inv: InventoryVm, o: { qemuImg: string; overlayD
       node: d.id,
       file: d.file,
       format: d.format,
-      driver: st.isFile() ? 'file' : 'host_device',
+      driver,
       included: true,
       virtualSize: facts['virtual-size'],
-      volumeId: String(st.dev),
+      ...(volumeId !== undefined ? { volumeId } : {}),
     });
   }
-  const first = disks.find((x) => x.included)?.file;
-  const snapshotDir = o.overlayDir ?? (first ? path.dirname(first) : path.dirname(inv.source));
+  // an offline copy reads the images as they are: no fleecing image is made
+  const first = disks.find((x) => x.included && x.file.startsWith('/'))?.file;
+  const snapshotDir = o.fleeceDir ?? (first ? path.dirname(first) : path.dirname(inv.source));
   const volume = await fs.stat(snapshotDir).then(
     (s) => String(s.dev),
     () => undefined,
@@ -89,7 +93,7 @@ export async function offlineVm(inv: InventoryVm, o: { qemuImg: string; overlayD
     agent: { present: false, responding: false, freezeEnabled: false },
     guest: { filesystems: [] },
     disks,
-    snapshotLocation: volume ? { path: snapshotDir, volumeId: volume } : { path: snapshotDir },
+    snapshotLocation: volume ? { path: snapshotDir, volumeId: volume, dedicated: true } : { path: snapshotDir },
   };
 }
 
@@ -105,7 +109,7 @@ export function planOffline(vm: EnumeratedVm, inv: InventoryVm, backupId: string
         file: own.file,
         format: own.format,
         virtualSize: d.virtualSize ?? 0,
-        lock: lockSocket(backupId, vm.id, index),
+        ...(own.network ? {} : { lock: lockSocket(backupId, vm.id, index) }),
       };
     });
   return {
@@ -136,20 +140,28 @@ export async function lockOffline(plan: OfflinePlan, t: LockTools): Promise<void
     await lockForBackup(plan.proxmox.id, { qm: t.qm, run: t.run });
     pveLocks.set(key(plan), true);
   }
-  for (const d of plan.disks) await holdImage(t.qemuNbd, d.file, d.format, d.lock);
+  const network = plan.disks.filter((d) => d.lock === undefined);
+  if (network.length && !(plan.proxmox && t.qm))
+    throw new Error(
+      `disk ${network.map((d) => d.disk).join(', ')}: a network volume has no image lock, and without Proxmox's qm no config lock keeps the VM from starting on it; not copied offline`,
+    );
+  for (const d of plan.disks) if (d.lock !== undefined) await holdImage(t.qemuNbd, d.file, d.format, d.lock);
 }
+
+const locked = (plan: OfflinePlan) =>
+  plan.disks.flatMap((d) => (d.lock !== undefined ? [{ socket: d.lock, file: d.file, disk: d.disk }] : []));
 
 /** snapshot: the locks must still be held (a holder that ended let a QEMU in). */
 export async function checkLocked(plan: OfflinePlan): Promise<void> {
-  for (const d of plan.disks) {
-    if (!(await isHeld(d.lock, d.file)))
+  for (const d of locked(plan)) {
+    if (!(await isHeld(d.socket, d.file)))
       throw new Error(`disk ${d.disk}: the image lock of ${d.file} is no longer held; not copied offline`);
   }
 }
 
 /** Every lock given back, proven: no holder process left, the conf without our lock. Safe to repeat. */
 export async function unlockOffline(plan: OfflinePlan, t: LockTools): Promise<void> {
-  await releaseImages(plan.disks.map((d) => ({ socket: d.lock, file: d.file })));
+  await releaseImages(locked(plan));
   if (!plan.proxmox || !t.qm) return;
   const now = await proxmoxLock(plan.proxmox.id, plan.proxmox.confDir).catch(() => undefined);
   const ours = pveLocks.has(key(plan)) ? pveLocks.get(key(plan)) : now === 'backup';

@@ -19,6 +19,8 @@ export interface ProxmoxDisk {
   volume: string;
   /** format=... when the conf says it */
   format?: string;
+  /** backup=0: Proxmox's own mark that the disk is left out of backups */
+  noBackup?: true;
 }
 
 export interface ProxmoxConf {
@@ -58,7 +60,12 @@ export function parseProxmoxConf(text: string): ProxmoxConf {
       }
       if (!volume) volume = opts.get('file') ?? '';
       if (opts.get('media') === 'cdrom' || volume === '' || volume === 'none' || volume === 'cdrom') continue;
-      conf.disks.push({ id: key, volume, ...(opts.has('format') ? { format: opts.get('format')! } : {}) });
+      conf.disks.push({
+        id: key,
+        volume,
+        ...(opts.has('format') ? { format: opts.get('format')! } : {}),
+        ...(opts.get('backup') === '0' ? { noBackup: true as const } : {}),
+      });
     }
   }
   return conf;

@@ -9,7 +9,8 @@ import * as path from 'node:path';
 import type { ClassifiedVm, EnumeratedVm, PointInTimeView } from '../../contract/types';
 import type { Enumeration, ExportOptions, ExportedFile, GuardianProviderSpec, HostProvider, Progress, ViewOptions } from '../provider';
 import { unreachableVm } from '../../contract/limits';
-import { disksFrom, type NamedNode, type QueryBlockEntry } from './block-graph';
+import { disksFrom, type HostExclusions, type NamedNode, type QueryBlockEntry } from './block-graph';
+import { DEFAULT_FLEECE_DIR, fleeceLocation, prepareFleeceDir } from './fleece';
 import { discoverVms, findQemuPid, readCmdline, type DiscoveredVm } from './discovery';
 import { agentFrom, filesystemsFrom, osFrom, type GuestFsInfo, type GuestInfo, type GuestOsInfo } from './guest-facts';
 import { GuestAgentClient, QmpClient } from './protocol';
@@ -29,7 +30,7 @@ import { addBitmap, bitmapsByNode, removeBitmap } from './tracking';
 import { compareWithView, copyDisk } from './disk-copy';
 import { compare as compareImages } from '../qemu-img';
 import { copyOfflineImage } from '../offline-image';
-import { PROXMOX_CONF_DIR, readInventory, type InventoryKind, type InventoryResult, type InventoryVm } from './inventory';
+import { hostExclusions, PROXMOX_CONF_DIR, readInventory, type InventoryKind, type InventoryResult, type InventoryVm } from './inventory';
 import { checkLocked, isOfflinePlan, lockOffline, offlinePlanOf, offlineVm, planOffline, unlockOffline, type LockTools } from './offline';
 import { defaultRunner, findQm, type Runner } from './proxmox';
 
@@ -52,8 +53,8 @@ function diskOf(plan: ViewPlan, disk: string): ViewDisk {
 export interface QemuOptions {
   /** directory of <id>.qmp / <id>.qga sockets (Proxmox: /var/run/qemu-server) */
   socketDir: string;
-  /** where overlays go; default: beside each VM's first disk image */
-  overlayDir?: string;
+  /** where fleecing images go (fleece.ts); default: beside the VM's first disk image file, else DEFAULT_FLEECE_DIR */
+  fleeceDir?: string;
   /** how long the guest agent may take to answer guest-sync before it counts as absent */
   agentSyncMs?: number;
   commandMs?: number;
@@ -193,7 +194,7 @@ export class QemuProvider implements HostProvider {
         const inv = inventory.get(d.id);
         inventory.delete(d.id);
         try {
-          const vm = await this.enumerateOne(d);
+          const vm = await this.enumerateOne(d, inv?.ok ? hostExclusions(inv.vm) : undefined);
           this.offline.delete(d.id);
           // a live QEMU is asked; its inventory entry only gives a name QEMU was not told
           if (inv?.ok && inv.vm.name && vm.name === d.id) vm.name = inv.vm.name.slice(0, 256);
@@ -238,7 +239,7 @@ export class QemuProvider implements HostProvider {
       unreachableVm(id, why, {
         ...(inv?.ok && inv.vm.name ? { name: inv.vm.name } : {}),
         agent: { present: existsSync(`${path.join(this.options.socketDir, id)}.qga`), responding: false, freezeEnabled: false },
-        snapshotLocation: { path: this.options.overlayDir ?? this.options.socketDir },
+        snapshotLocation: { path: this.options.fleeceDir ?? DEFAULT_FLEECE_DIR },
       });
     if (!inv) return unreachable(qmpWhy);
     if (!inv.ok) return unreachable(`${qmpWhy}; its inventory entry cannot be used: ${inv.reason}`);
@@ -252,7 +253,7 @@ export class QemuProvider implements HostProvider {
     try {
       const vm = await offlineVm(inv.vm, {
         qemuImg: this.qemuImgPath,
-        ...(this.options.overlayDir ? { overlayDir: this.options.overlayDir } : {}),
+        ...(this.options.fleeceDir ? { fleeceDir: this.options.fleeceDir } : {}),
       });
       this.offline.set(id, inv.vm);
       return vm;
@@ -266,7 +267,7 @@ export class QemuProvider implements HostProvider {
     return qm.then((q) => ({ qemuNbd: this.options.qemuNbd ?? 'qemu-nbd', run: this.runner, ...(q ? { qm: q } : {}) }));
   }
 
-  private async enumerateOne(d: DiscoveredVm): Promise<EnumeratedVm> {
+  private async enumerateOne(d: DiscoveredVm, hostExcluded?: HostExclusions): Promise<EnumeratedVm> {
     const facts = await this.qmp(d.id, async (c) => ({
       status: await c.execute<{ status: string }>('query-status'),
       name: await c.execute<{ name?: string }>('query-name').catch(() => ({ name: undefined })),
@@ -274,7 +275,7 @@ export class QemuProvider implements HostProvider {
       nodes: await c.execute<NamedNode[]>('query-named-block-nodes', { flat: true }),
       bitmaps: await bitmapsByNode(c),
     }));
-    const disks = disksFrom(facts.block, facts.nodes);
+    const disks = disksFrom(facts.block, facts.nodes, hostExcluded);
     for (const disk of disks) {
       if (!disk.included) continue;
       const drv = facts.nodes.find((n) => n['node-name'] === disk.node)?.drv;
@@ -291,16 +292,12 @@ export class QemuProvider implements HostProvider {
     }
     const leftovers = leftoverNodes(facts.nodes);
     for (const disk of disks) {
+      // an image file or a block device of this host (a protocol driver's "file" is its URI)
       if (disk.included && disk.file.startsWith('/')) {
-        disk.volumeId = String((await fs.stat(disk.file)).dev);
+        const st = await fs.stat(disk.file).catch(() => undefined);
+        if (st) disk.volumeId = String(st.dev);
       }
     }
-    const firstFile = disks.find((x) => x.included)?.file;
-    const snapshotDir = this.options.overlayDir ?? (firstFile ? path.dirname(firstFile) : this.options.socketDir);
-    const snapshotVolume = await fs.stat(snapshotDir).then(
-      (s) => String(s.dev),
-      () => undefined,
-    );
     const vm: EnumeratedVm = {
       id: d.id,
       name: (facts.name.name ?? d.id).slice(0, 256),
@@ -308,7 +305,7 @@ export class QemuProvider implements HostProvider {
       agent: { present: d.qga !== undefined, responding: false, freezeEnabled: false },
       guest: { filesystems: [] },
       disks,
-      snapshotLocation: snapshotVolume ? { path: snapshotDir, volumeId: snapshotVolume } : { path: snapshotDir },
+      snapshotLocation: await fleeceLocation(disks, this.options.fleeceDir),
     };
     if (leftovers.length) {
       vm.warnings = [
@@ -432,7 +429,9 @@ export class QemuProvider implements HostProvider {
       return;
     }
     const plan = planOf(view);
-    if (plan.disks.length) await this.qmp(vm.id, (c) => armView(c, plan, this.qemuImgPath));
+    if (!plan.disks.length) return;
+    await prepareFleeceDir(vm.snapshotLocation.path, plan.disks);
+    await this.qmp(vm.id, (c) => armView(c, plan, this.qemuImgPath));
   }
 
   async makeView(vm: ClassifiedVm, view: PointInTimeView, opts: ViewOptions): Promise<{ view: PointInTimeView; pausedMs?: number }> {

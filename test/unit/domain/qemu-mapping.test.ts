@@ -12,13 +12,15 @@ const entry = (device: string, file: string, drv = 'qcow2', extra: object = {}) 
 });
 
 describe('QEMU answers mapped to the backup set', () => {
-  it('includes image files and excludes network, pass-through, media and empty drives', () => {
+  it('backs up every disk QEMU reads (files, host block devices, protocol drivers); leaves out media, empty drives and what the host marks', () => {
     const disks = disksFrom(
       [
         entry('drive-virtio0', '/img/a.qcow2'),
         entry('drive-virtio1', 'nbd+unix://?socket=/run/x.sock', 'raw'),
         entry('drive-virtio2', '/dev/sdb', 'raw'),
         entry('drive-virtio3', 'json:{"driver": "raw", "file": {"driver": "iscsi", "portal": "10.0.0.1"}}', 'raw'),
+        entry('drive-scsi0', '/dev/pve/vm-100-disk-1', 'raw'),
+        entry('drive-scsi1', 'rbd:rbd/vm-100-disk-2', 'raw'),
         {
           ...entry('drive-ide2', '/iso/install.iso', 'raw'),
           removable: true,
@@ -27,18 +29,22 @@ describe('QEMU answers mapped to the backup set', () => {
         { device: 'drive-ide3', removable: true },
       ],
       [{ 'node-name': 'proto-sdb', drv: 'host_device', file: '/dev/sdb' }],
+      new Map([['drive-scsi1', 'backup=0 on scsi1 in /etc/pve/qemu-server/100.conf']]),
     );
     assert.deepEqual(
       disks.map((d) => [d.id, d.driver, d.included, d.excludedReason, d.excludedBy]),
       [
         ['drive-virtio0', 'file', true, undefined, undefined],
-        ['drive-virtio1', 'nbd', false, 'not-supported', 'product'],
-        ['drive-virtio2', 'host_device', false, 'not-supported', 'product'],
-        ['drive-virtio3', 'iscsi', false, 'not-supported', 'product'],
+        ['drive-virtio1', 'nbd', true, undefined, undefined],
+        ['drive-virtio2', 'host_device', true, undefined, undefined],
+        ['drive-virtio3', 'iscsi', true, undefined, undefined],
+        ['drive-scsi0', 'host_device', true, undefined, undefined],
+        ['drive-scsi1', 'rbd', false, 'host-config', 'host'],
         ['drive-ide2', 'file', false, 'removable-media', 'host'],
         ['drive-ide3', '', false, 'no-medium', 'host'],
       ],
     );
+    assert.match(disks[5].excludedDetail ?? '', /backup=0 on scsi1/);
   });
 
   it('reads the guest agent: freeze enabled, OS, file systems with dynamic volumes marked', () => {

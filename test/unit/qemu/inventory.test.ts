@@ -7,7 +7,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { classifyVm } from '../../../src/classify/classify';
 import { planChain, trackIntent } from '../../../src/pipeline/chain-plan';
-import { fromJson, readInventory } from '../../../src/providers/qemu/inventory';
+import { fromJson, hostExclusions, readInventory } from '../../../src/providers/qemu/inventory';
 import { lockOffline, unlockOffline, type OfflinePlan } from '../../../src/providers/qemu/offline';
 import { lockSocket } from '../../../src/providers/offline-image';
 import { parseProxmoxConf, type Runner } from '../../../src/providers/qemu/proxmox';
@@ -41,6 +41,18 @@ const pvesmPaths = (file: string, args: readonly string[]): string | Error => {
 
 describe('QEMU inventory: <id>.vm.json', () => {
   const good = { name: 'web', disks: [{ id: 'virtio0', file: '/var/lib/vms/web.qcow2', format: 'qcow2' }] };
+
+  it('a disk with "backup": false is left out by the host', () => {
+    const doc = { disks: [...good.disks, { id: 'virtio1', file: '/var/lib/vms/scratch.raw', format: 'raw', backup: false }] };
+    const vm = fromJson('web', '/run/q/web.vm.json', JSON.stringify(doc));
+    assert.deepEqual(vm.disks[1], {
+      id: 'virtio1',
+      file: '/var/lib/vms/scratch.raw',
+      format: 'raw',
+      hostExcluded: '"backup": false in /run/q/web.vm.json',
+    });
+    assert.equal(hostExclusions(vm).get('drive-virtio1'), '"backup": false in /run/q/web.vm.json');
+  });
 
   it('reads a valid entry', () => {
     const vm = fromJson('web', '/run/q/web.vm.json', JSON.stringify(good));
@@ -124,12 +136,13 @@ describe('QEMU inventory: Proxmox confs (not run on a Proxmox host: fixtures and
       { id: 'scsi1', volume: '/mnt/images/100/data.qcow2' },
       { id: 'virtio2', volume: 'nfs-store:100/vm-100-disk-2.qcow2', format: 'qcow2' },
       { id: 'tpmstate0', volume: 'local-lvm:vm-100-disk-3' },
+      { id: 'virtio3', volume: 'local-lvm:vm-100-disk-4', noBackup: true },
     ]);
     assert.equal(parseProxmoxConf('lock: migrate\nvirtio0: file=local:1/a.raw,size=1G\n').lock, 'migrate');
     assert.deepEqual(parseProxmoxConf('virtio0: file=local:1/a.raw,size=1G\n').disks, [{ id: 'virtio0', volume: 'local:1/a.raw' }]);
   });
 
-  it('resolves volumes with `pvesm path <volid>` (argument vectors), absolute paths as they are; network storage excluded', async () => {
+  it('resolves volumes with `pvesm path <volid>` (argument vectors), absolute paths as they are, network storage as its URI; backup=0 left out by the host', async () => {
     const run = fakeRunner(pvesmPaths);
     const inv = await readInventory({ kind: 'proxmox', socketDir: '/nonexistent', proxmoxConfDir: PVE, run });
     assert.deepEqual([...inv.keys()], ['100', '101', '102', '103']);
@@ -142,12 +155,24 @@ describe('QEMU inventory: Proxmox confs (not run on a Proxmox host: fixtures and
       { id: 'scsi1', file: '/mnt/images/100/data.qcow2', format: 'qcow2' },
       { id: 'virtio2', file: '/mnt/pve/nfs-store/images/100/vm-100-disk-2.qcow2', format: 'qcow2' },
       { id: 'tpmstate0', file: '/dev/pve/vm-100-disk-3', format: 'raw' },
+      {
+        id: 'virtio3',
+        file: 'local-lvm:vm-100-disk-4',
+        format: 'raw',
+        hostExcluded: `backup=0 on virtio3 in ${path.join(PVE, '100.conf')}`,
+      },
     ]);
+    assert.ok(!run.calls.some((c) => c.includes('local-lvm:vm-100-disk-4')), 'a disk left out is not even resolved');
+    assert.deepEqual(
+      [...hostExclusions(web.vm).keys()],
+      ['virtio3', 'drive-virtio3'],
+      "a running Proxmox VM shows the disk as drive-<key>: both ids are the host's exclusion",
+    );
     assert.ok(run.calls.some((c) => c.join(' ') === 'pvesm path local-lvm:vm-100-disk-1'));
     assert.ok(!run.calls.some((c) => c.includes('/mnt/images/100/data.qcow2')), 'an absolute path is not asked of pvesm');
     const ceph = inv.get('102')!;
     assert.ok(ceph.ok);
-    assert.deepEqual(ceph.vm.disks, [{ id: 'scsi0', file: '', format: 'raw', excluded: 'network' }]);
+    assert.deepEqual(ceph.vm.disks, [{ id: 'scsi0', file: 'rbd:rbd/vm-102-disk-0:conf=/etc/pve/ceph.conf', format: 'raw', network: true }]);
   });
 
   it('a volume pvesm cannot resolve makes that VM a bad entry, with the conf and the disk', async () => {
