@@ -120,16 +120,21 @@ async function enumerateOne(
         d.tracking = { persistent: true, records: (records.get(d.id) ?? []).slice(0, 16) };
     }
   }
-  // scratch files beside the first disk that is a file; a domain with none (block devices,
-  // network drives) gets libvirt's own choice for scratch files, its state directory
+  // scratch files beside the first disk that is a file (the VM's own storage); a domain with none
+  // (block devices, network drives) gets a directory set aside for them: the scratchDir setting,
+  // else libvirt's own choice for scratch files, its QEMU state directory. Their free space is
+  // what the classify rule weighs against what the guest could write during the copy.
   const firstFile = disks.find((d) => d.included && d.driver === 'file' && d.file.startsWith('/'))?.file;
   const snapshotDir = o.scratchDir ?? (firstFile ? path.dirname(firstFile) : DEFAULT_SCRATCH_DIR);
-  const snapshotVolume = o.localFiles
-    ? await fs.stat(snapshotDir).then(
-        (s) => String(s.dev),
-        () => undefined,
-      )
-    : undefined;
+  const snapshotLocation: EnumeratedVm['snapshotLocation'] = {
+    path: snapshotDir,
+    ...(o.scratchDir !== undefined || !firstFile ? { dedicated: true } : {}),
+  };
+  if (o.localFiles) {
+    const [st, sfs] = await Promise.all([fs.stat(snapshotDir).catch(() => undefined), fs.statfs(snapshotDir).catch(() => undefined)]);
+    if (st) snapshotLocation.volumeId = String(st.dev);
+    if (sfs) snapshotLocation.freeBytes = sfs.bavail * sfs.bsize;
+  }
   const vm: EnumeratedVm = {
     id,
     name: (definition.name || name).slice(0, 256),
@@ -137,7 +142,7 @@ async function enumerateOne(
     agent: { present: definition.agentChannel, responding: false, freezeEnabled: false },
     guest: { filesystems: [] },
     disks,
-    snapshotLocation: snapshotVolume ? { path: snapshotDir, volumeId: snapshotVolume } : { path: snapshotDir },
+    snapshotLocation,
     ...(transient ? { savedStateRefused: 'a transient domain (made by virsh create) cannot be managed-saved by libvirt' } : {}),
   };
   if (definition.agentChannel && mapped === 'running') {

@@ -44,6 +44,7 @@ import * as qemuImg from '../qemu-img';
 import { beginBackup, endBackup, jobType, nbdUri, parseNbdUri, refuseOtherJobs, type BackupDisk } from './backup-job';
 import { CHECKPOINT_PREFIX, checkpointXml, deleteCheckpoint } from './checkpoints';
 import { copyChanged } from './incremental-copy';
+import { checkScratchSpace } from './scratch';
 import { enumerateDomains, type DomainRef } from './enumerate';
 import { definitionFrom, mapState, parseDomState } from './parse';
 import { saveDomain } from './saved-state';
@@ -260,7 +261,10 @@ export class LibvirtProvider implements HostProvider {
   async armView(vm: ClassifiedVm): Promise<void> {
     // libvirt makes the scratch files and the job in one call, at the moment; before it (and
     // before the guest is frozen) a domain another job holds is refused with nothing made
-    if (vm.method !== 'offline') await this.refuseOtherJobs(vm);
+    if (vm.method !== 'offline') {
+      await this.refuseOtherJobs(vm);
+      await checkScratchSpace(vm);
+    }
   }
 
   private async refuseOtherJobs(vm: ClassifiedVm): Promise<void> {

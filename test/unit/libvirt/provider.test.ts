@@ -188,7 +188,7 @@ function twoDiskVm(over: Partial<ClassifiedVm> = {}): ClassifiedVm {
     agent: { present: false, responding: false, freezeEnabled: false },
     guest: { filesystems: [] },
     disks: [{ ...disk('vda', 'qcow2'), tracking: { persistent: true, records: [] } }, disk('vdb', 'raw')],
-    snapshotLocation: { path: '/img' },
+    snapshotLocation: { path: os.tmpdir() },
     method: 'checkpoint',
     consistency: 'crash',
     reasons: [],
@@ -235,9 +235,15 @@ describe('libvirt provider: another job on the domain', () => {
     assert.ok(!virsh.calls.some((c) => c[0] === 'managedsave'));
   });
 
-  it('no other job: armView asks and goes on', async () => {
+  it('no other job: armView asks and goes on; a scratch location without the room the view needs is refused, with the figures', async () => {
     const virsh = new ScriptedVirsh({ domjobinfo: [NO_JOB], blockjob: [NONE] });
     await new LibvirtProvider({ virsh }).armView(twoDiskVm());
+    const huge = twoDiskVm();
+    huge.disks[0].virtualSize = 2 ** 52;
+    await assert.rejects(
+      new LibvirtProvider({ virsh }).armView(huge),
+      /scratch location .* free; libvirt's scratch files for this VM need at least/,
+    );
   });
 });
 
@@ -315,6 +321,25 @@ describe('libvirt provider: enumerate', () => {
       ],
     );
     assert.ok(classified[1].warnings.some((w) => /saved-state not used: a transient domain .* gets a checkpoint instead/.test(w)));
+  });
+
+  it('scratch files: beside the first disk that is a file; a domain of block devices and network drives gets a directory set aside (libvirt state dir)', async () => {
+    const blk = `<disk type='block' device='disk'><driver type='raw'/><source dev='/dev/loop7'/><target dev='vda'/></disk>`;
+    const virsh = new ScriptedVirsh({
+      list: ['b\nf\n', ''],
+      domstate: ['running (booted)\n'],
+      dumpxml: [domxml('b', blk), domxml('f', blk + raw('vdb'))],
+      domblkinfo: [''],
+      'checkpoint-list': [''],
+    });
+    const vms = await new LibvirtProvider({ virsh }).enumerate();
+    assert.deepEqual(
+      vms.map((v) => [v.id, v.snapshotLocation.path, v.snapshotLocation.dedicated]),
+      [
+        ['b', '/var/lib/libvirt/qemu', true],
+        ['f', '/img', undefined],
+      ],
+    );
   });
 
   it('a volume disk is resolved through its pool; a shut-off domain whose disk qemu-img cannot open alone is unreachable, with why', async () => {
