@@ -376,6 +376,7 @@ describe('libvirt provider: the disks real hosts have (block, NBD, iSCSI, pool v
       );
       const ms = Date.now() - t0;
       assert.ok(ms < 10_000, `refused at once (${ms} ms), not after libvirt's 30 s lock wait`);
+      console.log(`      a user's backup job: refused in ${ms} ms`);
       assert.deepEqual(host.leftovers(classified.backupId), [], 'vmState: nothing of ours is left');
       // the user's job runs on, untouched; no checkpoint of ours
       const desc = parseBackupXml(virshOk('backup-dumpxml', TRANS));

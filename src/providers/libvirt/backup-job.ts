@@ -87,17 +87,26 @@ export async function jobType(virsh: Virsh, domain: string, timeoutMs: number): 
 export async function refuseOtherJobs(virsh: Virsh, domain: string, disks: readonly string[], timeoutMs: number): Promise<void> {
   const job = await jobType(virsh, domain, timeoutMs);
   const found: string[] = [];
+  const busy: string[] = [];
   if (job.type !== 'None')
     found.push(`a ${job.operation ?? job.type} job runs (domjobinfo: ${job.type}${job.operation ? `, ${job.operation}` : ''})`);
   for (const disk of disks) {
     // --raw: " type=Block Copy" and its figures on stdout (without it the progress line goes to stderr); nothing when none runs
-    const info = parseKeyValues(
-      (await virsh.run(['blockjob', '--domain', domain, '--path', disk, '--info', '--raw'], { timeoutMs })).replace(/=/g, ':'),
-    );
-    if (info.type) found.push(`disk ${disk} has a block job (blockjob --info: ${info.type.slice(0, 80)})`);
+    const out = await virsh
+      .run(['blockjob', '--domain', domain, '--path', disk, '--info', '--raw'], { timeoutMs })
+      .catch((err: unknown) => {
+        // an inactive domain runs no block job
+        if (err instanceof VirshError && err.notRunning) return '';
+        throw err;
+      });
+    const info = parseKeyValues(out.replace(/=/g, ':'));
+    if (info.type) {
+      busy.push(disk);
+      found.push(`disk ${disk} has a block job (blockjob --info: ${info.type.slice(0, 80)})`);
+    }
   }
   if (found.length === 0) return;
-  const refusal = job.type !== 'None' ? 'cannot acquire state change lock' : `disk '${disks[0]}' has a blockjob assigned`;
+  const refusal = job.type !== 'None' ? 'cannot acquire state change lock' : `disk '${busy[0]}' has a blockjob assigned`;
   throw new OtherJobError(
     `domain ${domain}: ${found.join('; ')}; libvirt refuses a second job on it ("${refusal}"), so it is not backed up now and nothing was made on it. Back it up once that job has ended`,
   );

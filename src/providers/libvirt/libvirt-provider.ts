@@ -261,10 +261,9 @@ export class LibvirtProvider implements HostProvider {
   async armView(vm: ClassifiedVm): Promise<void> {
     // libvirt makes the scratch files and the job in one call, at the moment; before it (and
     // before the guest is frozen) a domain another job holds is refused with nothing made
-    if (vm.method !== 'offline') {
-      await this.refuseOtherJobs(vm);
-      await checkScratchSpace(vm);
-    }
+    // (saved state: asked before the managed save, and the domain is not running now)
+    if (vm.method !== 'offline' && vm.method !== 'saved-state') await this.refuseOtherJobs(vm);
+    if (vm.method !== 'offline') await checkScratchSpace(vm);
   }
 
   private async refuseOtherJobs(vm: ClassifiedVm): Promise<void> {
