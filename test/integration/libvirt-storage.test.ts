@@ -278,6 +278,8 @@ describe('libvirt provider: the disks real hosts have (block, NBD, iSCSI, pool v
     );
 
     const [b0, b1] = sets.map((set) => manifestOf(set, STOR));
+    // the scratch location beside the volume is set aside for the block and network disks: the guest is frozen
+    assert.deepEqual([b0.vm.method, b0.vm.consistency], ['child-vm-snapshot', 'application'], JSON.stringify(b0.vm.reasons));
     const file = (b: typeof b0, disk: string) => b.manifest.files.find((f: any) => f.disk === disk);
     for (const b of [b0, b1])
       assert.equal(b.manifest.files.filter((f: any) => f.kind === 'disk').length, 5, 'all five disks are in the backup');
@@ -306,6 +308,7 @@ describe('libvirt provider: the disks real hosts have (block, NBD, iSCSI, pool v
         await fs.rm(raw);
       }
       const data = await flattened(b.backupDir, 'vda');
+      assert.equal(spawnSync('e2fsck', ['-fn', data]).status, 0, `point ${i}: the frozen ext4 is clean (e2fsck -fn)`);
       for (let m = 0; m <= 1; m++) {
         const got = fileIn(data, `${run}-m${m}`);
         if (m <= i) assert.ok(got === markerText(`${run}-m${m}`), `point ${i} holds marker m${m} whole (${got.length} bytes)`);

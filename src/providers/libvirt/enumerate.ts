@@ -121,14 +121,17 @@ async function enumerateOne(
     }
   }
   // scratch files beside the first disk that is a file (the VM's own storage); a domain with none
-  // (block devices, network drives) gets a directory set aside for them: the scratchDir setting,
-  // else libvirt's own choice for scratch files, its QEMU state directory. Their free space is
-  // what the classify rule weighs against what the guest could write during the copy.
+  // (block devices, network drives) gets libvirt's own choice for scratch files, its QEMU state
+  // directory; the scratchDir setting overrides both. A scratch file is a store of old blocks
+  // libvirt makes for the job, never an image the guest runs on: where a disk is not a file on the
+  // scratch location's volume (a block device, a network drive; or the setting), the location is
+  // one set aside for them (dedicated), and what the classify rule weighs is its free space.
   const firstFile = disks.find((d) => d.included && d.driver === 'file' && d.file.startsWith('/'))?.file;
   const snapshotDir = o.scratchDir ?? (firstFile ? path.dirname(firstFile) : DEFAULT_SCRATCH_DIR);
+  const notFiles = disks.some((d) => d.included && d.driver !== 'file');
   const snapshotLocation: EnumeratedVm['snapshotLocation'] = {
     path: snapshotDir,
-    ...(o.scratchDir !== undefined || !firstFile ? { dedicated: true } : {}),
+    ...(o.scratchDir !== undefined || notFiles ? { dedicated: true } : {}),
   };
   if (o.localFiles) {
     const [st, sfs] = await Promise.all([fs.stat(snapshotDir).catch(() => undefined), fs.statfs(snapshotDir).catch(() => undefined)]);

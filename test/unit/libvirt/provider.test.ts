@@ -323,12 +323,12 @@ describe('libvirt provider: enumerate', () => {
     assert.ok(classified[1].warnings.some((w) => /saved-state not used: a transient domain .* gets a checkpoint instead/.test(w)));
   });
 
-  it('scratch files: beside the first disk that is a file; a domain of block devices and network drives gets a directory set aside (libvirt state dir)', async () => {
+  it('scratch files: beside the first disk that is a file, set aside (dedicated) when a disk is a block device or network drive; a domain of those only gets libvirt state dir', async () => {
     const blk = `<disk type='block' device='disk'><driver type='raw'/><source dev='/dev/loop7'/><target dev='vda'/></disk>`;
     const virsh = new ScriptedVirsh({
-      list: ['b\nf\n', ''],
+      list: ['b\nf\nr\n', ''],
       domstate: ['running (booted)\n'],
-      dumpxml: [domxml('b', blk), domxml('f', blk + raw('vdb'))],
+      dumpxml: [domxml('b', blk), domxml('f', blk + raw('vdb')), domxml('r', raw('vda'))],
       domblkinfo: [''],
       'checkpoint-list': [''],
     });
@@ -337,7 +337,8 @@ describe('libvirt provider: enumerate', () => {
       vms.map((v) => [v.id, v.snapshotLocation.path, v.snapshotLocation.dedicated]),
       [
         ['b', '/var/lib/libvirt/qemu', true],
-        ['f', '/img', undefined],
+        ['f', '/img', true],
+        ['r', '/img', undefined],
       ],
     );
   });
