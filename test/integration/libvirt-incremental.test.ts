@@ -17,7 +17,7 @@ import { deleteCheckpoint } from '../../src/providers/libvirt/checkpoints';
 import { VirshRunner } from '../../src/providers/libvirt/virsh';
 import { parseJobInfo, parseTable } from '../../src/providers/libvirt/parse';
 import { verifyBackup } from '../../src/verify';
-import { inGuest as inGuestOf, virsh, virshOk } from '../support/libvirt-view';
+import { fileInImage, inGuest as inGuestOf, markerScript, markerText, virsh, virshOk } from '../support/libvirt-view';
 
 const LAB = process.env.VMBACKUP_LAB_DIR ?? '/tmp/vm-backup-lab';
 const AGENT = LIBVIRT_DOMAINS.find((d) => d.agent && d.running)!.name;
@@ -26,18 +26,10 @@ const OFF = LIBVIRT_DOMAINS.find((d) => !d.running)!.name;
 const inGuest = (script: string) => inGuestOf(AGENT, script);
 
 /** A marker file of 1 MiB of a known pattern plus its name, synced to the disk. */
-const writeMarker = (name: string) =>
-  inGuest(
-    `i=0; while [ $i -lt 16384 ]; do echo "${name}-line-$i-padding-padding-padding-padding"; i=$((i+1)); done > /data/${name} && sync`,
-  );
+const writeMarker = (name: string) => inGuest(markerScript(name));
 /** this run's marker names: the files of an earlier run stay in the guest */
 const RUN = `inc${process.pid}`;
 const [M0, M1, M2] = ['m0', 'm1', 'm2'].map((m) => `${RUN}-${m}`);
-
-/** The file from a flattened raw image (debugfs; '' when it is not there). */
-function fileIn(raw: string, name: string): string {
-  return spawnSync('debugfs', ['-R', `cat /${name}`, raw], { encoding: 'utf8', maxBuffer: 64 << 20 }).stdout;
-}
 
 describe('libvirt provider: incrementals by checkpoints (real libvirtd)', function () {
   this.timeout(900_000);
@@ -133,11 +125,7 @@ describe('libvirt provider: incrementals by checkpoints (real libvirtd)', functi
     const info = JSON.parse(spawnSync('qemu-img', ['info', '--output=json', path.join(b2.dir, b2.file.name)], { encoding: 'utf8' }).stdout);
     assert.equal(info['backing-filename'], `../${b1.set.backupId}/${b1.file.name}`);
 
-    const marker = (name: string) => {
-      let expect = '';
-      for (let i = 0; i < 16384; i++) expect += `${name}-line-${i}-padding-padding-padding-padding\n`;
-      return expect;
-    };
+    const marker = markerText;
     const points: [string, string[], string[]][] = [
       [b0.dir, [M0], [M1, M2]],
       [b1.dir, [M0, M1], [M2]],
@@ -146,13 +134,13 @@ describe('libvirt provider: incrementals by checkpoints (real libvirtd)', functi
     for (const [dir, has, hasNot] of points) {
       const raw = await flattened(dir, path.basename(dir));
       for (const m of has) {
-        const got = fileIn(raw, m);
+        const got = fileInImage(raw, m);
         assert.ok(
           got === marker(m),
           `${path.basename(dir)} holds ${m} whole (got ${got.length} bytes, ${got.split('\n').filter((l) => !l.startsWith(`${m}-line-`)).length} foreign lines)`,
         );
       }
-      for (const m of hasNot) assert.ok(fileIn(raw, m) === '', `${path.basename(dir)} does not hold ${m} (written after its moment)`);
+      for (const m of hasNot) assert.ok(fileInImage(raw, m) === '', `${path.basename(dir)} does not hold ${m} (written after its moment)`);
       assert.equal(spawnSync('e2fsck', ['-fn', raw]).status, 0, `${path.basename(dir)}: e2fsck -fn clean`);
       await fs.rm(raw);
     }

@@ -31,7 +31,7 @@ import { parseBackupXml, parseJobInfo, parseTable } from '../../src/providers/li
 import { summarize } from '../../src/summary';
 import { verifyBackup } from '../../src/verify';
 import { dirPool, iscsiTarget, loopDevice, nbdServer, type Stoppable } from '../support/libvirt-storage';
-import { inGuest, virsh, virshOk } from '../support/libvirt-view';
+import { fileInImage, inGuest, markerScript, markerText, virsh, virshOk } from '../support/libvirt-view';
 
 const LAB = process.env.VMBACKUP_LAB_DIR ?? '/tmp/vm-backup-lab';
 const STOR = 'vmb-lv-stor';
@@ -61,17 +61,6 @@ const sha256 = (file: string) =>
 const rawMarker = (point: number, serial: string) =>
   `d=; for b in /sys/block/vd*; do [ "$(cat $b/serial 2>/dev/null)" = "${serial}" ] && d=/dev/\${b##*/}; done; [ -n "$d" ] && ` +
   `yes "P${point}-${serial}-${process.pid}" | head -c 65536 | dd of=$d bs=65536 seek=${3 + point * 5} conv=fsync,notrunc 2>/dev/null`;
-
-/** A file of 1 MiB of a known pattern on the guest's ext4 data disk (the pool volume), synced. */
-const MARK = (name: string) =>
-  `i=0; while [ $i -lt 16384 ]; do echo "${name}-line-$i-padding-padding-padding-padding"; i=$((i+1)); done > /data/${name} && sync`;
-const markerText = (name: string) => {
-  let s = '';
-  for (let i = 0; i < 16384; i++) s += `${name}-line-${i}-padding-padding-padding-padding\n`;
-  return s;
-};
-const fileIn = (raw: string, name: string) =>
-  spawnSync('debugfs', ['-R', `cat /${name}`, raw], { encoding: 'utf8', maxBuffer: 64 << 20 }).stdout;
 
 /** qcow2 data clusters with no host offset in `qemu-img map` are compressed ones. */
 function compressedOnly(file: string): boolean {
@@ -242,7 +231,7 @@ describe('libvirt provider: the disks real hosts have (block, NBD, iSCSI, pool v
     const waits: { cmd: string; ms: number; ok: boolean }[] = [];
     for (const point of [0, 1]) {
       for (const r of RAW) await inGuest(STOR, rawMarker(point, r.serial));
-      await inGuest(STOR, MARK(`${run}-m${point}`));
+      await inGuest(STOR, markerScript(`${run}-m${point}`));
       // a user's virsh queries every 500 ms during the whole backup (item: live beside the host's tools)
       let polling = true;
       const poller = (async () => {
@@ -310,7 +299,7 @@ describe('libvirt provider: the disks real hosts have (block, NBD, iSCSI, pool v
       const data = await flattened(b.backupDir, 'vda');
       assert.equal(spawnSync('e2fsck', ['-fn', data]).status, 0, `point ${i}: the frozen ext4 is clean (e2fsck -fn)`);
       for (let m = 0; m <= 1; m++) {
-        const got = fileIn(data, `${run}-m${m}`);
+        const got = fileInImage(data, `${run}-m${m}`);
         if (m <= i) assert.ok(got === markerText(`${run}-m${m}`), `point ${i} holds marker m${m} whole (${got.length} bytes)`);
         else assert.equal(got, '', `point ${i} does not hold m${m}, written after its moment`);
       }

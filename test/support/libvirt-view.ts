@@ -124,3 +124,19 @@ export async function inGuest(domain: string, script: string): Promise<string> {
     await new Promise((r) => setTimeout(r, 200));
   }
 }
+
+/** A guest shell line writing a file of 1 MiB of a known pattern to /data (the data disk) and syncing it. */
+export const markerScript = (name: string) =>
+  `i=0; while [ $i -lt 16384 ]; do echo "${name}-line-$i-padding-padding-padding-padding"; i=$((i+1)); done > /data/${name} && sync`;
+
+/** What that file holds. */
+export function markerText(name: string): string {
+  let s = '';
+  for (let i = 0; i < 16384; i++) s += `${name}-line-${i}-padding-padding-padding-padding\n`;
+  return s;
+}
+
+/** A file from a flattened raw ext4 image (debugfs; '' when it is not there). */
+export function fileInImage(raw: string, name: string): string {
+  return spawnSync('debugfs', ['-R', `cat /${name}`, raw], { encoding: 'utf8', maxBuffer: 64 << 20 }).stdout;
+}

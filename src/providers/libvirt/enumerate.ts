@@ -2,9 +2,8 @@
 // QEMU provider gives, so the classification rules apply unchanged.
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import type { EnumeratedVm } from '../../contract/types';
+import type { Disk, EnumeratedVm } from '../../contract/types';
 import { isSafeName } from '../../util/ids';
-import type { Disk } from '../../contract/types';
 import { unreachableVm } from '../../contract/limits';
 import * as qemuImg from '../qemu-img';
 import { parseVolumeXml, resolvedVolume } from './disks';
