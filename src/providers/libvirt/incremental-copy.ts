@@ -83,7 +83,9 @@ export async function copyChanged(dest: string, o: IncrementalCopyOptions): Prom
   });
   const extents = parseDirtyMap(map.stdout);
   const bytesChanged = extents.reduce((n, e) => n + e.length, 0);
-  await runProgram(o.qemuImg, ['create', '-q', '-f', 'qcow2', '-b', o.backing, '-F', 'qcow2', dest, String(o.virtualSize)]);
+  // compressed clusters in zstd (QEMU >= 5.1), as the full's `qemu-img convert -c` writes them
+  const zstd = o.compress ? ['-o', 'compression_type=zstd'] : [];
+  await runProgram(o.qemuImg, ['create', '-q', '-f', 'qcow2', ...zstd, '-b', o.backing, '-F', 'qcow2', dest, String(o.virtualSize)]);
   if (extents.length === 0) {
     o.onProgress?.(0, 0);
     return { bytesChanged };
