@@ -343,6 +343,22 @@ describe('libvirt provider: enumerate', () => {
     );
   });
 
+  it("a volume whose pool is not started: the domain is unreachable with libvirt's words, never left out of an ok set", async () => {
+    const vol = `<disk type='volume' device='disk'><driver type='qcow2'/><source pool='images' volume='v.qcow2'/><target dev='vda'/></disk>`;
+    const virsh = new ScriptedVirsh({
+      list: ['web\n', ''],
+      domstate: ['shut off (shutdown)\n'],
+      dumpxml: [domxml('web', vol)],
+      'vol-dumpxml': [{ error: "Requested operation is not valid: storage pool 'images' is not active" }],
+    });
+    const [vm] = await new LibvirtProvider({ virsh }).enumerate();
+    assert.equal(vm.state, 'unreachable');
+    assert.match(
+      vm.unreachable?.reason ?? '',
+      /disk vda: volume v.qcow2 of pool images cannot be resolved: .*storage pool 'images' is not active/,
+    );
+  });
+
   it('a volume disk is resolved through its pool; a shut-off domain whose disk qemu-img cannot open alone is unreachable, with why', async () => {
     const auth = `<disk type='network' device='disk'><driver type='raw'/><source protocol='iscsi' name='iqn.x:t/1'><host name='h'/><auth username='u'><secret type='iscsi' usage='x'/></auth></source><target dev='vdb'/></disk>`;
     const vol = `<disk type='volume' device='disk'><driver type='raw'/><source pool='p' volume='v.raw'/><target dev='vda'/></disk>`;
