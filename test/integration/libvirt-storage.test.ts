@@ -422,4 +422,19 @@ describe('libvirt provider: the disks real hosts have (block, NBD, iSCSI, pool v
     }
     assert.equal(virshOk('domstate', STOR).trim(), 'shut off');
   });
+
+  it('the transient domain stopped in the middle of its backup (it is gone from libvirt then): the set fails, nothing of ours is left, no retry forever', async () => {
+    const enumerated = await host.enumerate();
+    const classified = host.classify({ ...enumerated, vms: enumerated.vms.filter((v) => v.id === TRANS) }, 'checkpoint');
+    const post = await host.postSnapshot(await host.snapshot(await host.prepare(classified)));
+    virshOk('destroy', TRANS);
+    assert.equal(virsh('domstate', TRANS).status === 0, false, 'a transient domain is gone once stopped');
+    await assert.rejects(host.copy(post, { concurrency: 1, compress: false }));
+    assert.deepEqual(host.leftovers(classified.backupId), [], 'vmState: nothing of ours left');
+    assert.deepEqual(
+      readdirSync(dir).filter((f) => f.includes('.vmbackup-')),
+      [],
+      'no scratch file left',
+    );
+  });
 });

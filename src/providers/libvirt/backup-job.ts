@@ -71,8 +71,8 @@ export async function jobType(virsh: Virsh, domain: string, timeoutMs: number): 
   try {
     return parseJobInfo(await virsh.run(['domjobinfo', '--domain', domain], { timeoutMs }));
   } catch (err) {
-    // an inactive domain runs no job
-    if (err instanceof VirshError && err.notRunning) return { type: 'None' };
+    // an inactive domain runs no job, nor one that is gone (a transient domain stopped, a domain undefined)
+    if (err instanceof VirshError && (err.notRunning || err.noDomain)) return { type: 'None' };
     throw err;
   }
 }

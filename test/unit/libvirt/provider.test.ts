@@ -63,8 +63,13 @@ describe('libvirt provider: ending the backup job', () => {
     assert.ok(!virsh.calls.some((c) => c[0] === 'domjobabort'));
   });
 
-  it('nothing to end when no job runs, or the domain is shut off', async () => {
-    for (const answer of [NO_JOB, { error: 'Requested operation is not valid: domain is not running' }] as Answer[]) {
+  it('nothing to end when no job runs, the domain is shut off, or gone', async () => {
+    for (const answer of [
+      NO_JOB,
+      { error: 'Requested operation is not valid: domain is not running' },
+      // a transient domain stopped (or any domain undefined) meanwhile: gone, and its job with it
+      { error: "failed to get domain 'web'" },
+    ] as Answer[]) {
       const virsh = new ScriptedVirsh({ domjobinfo: [answer] });
       await new LibvirtProvider({ virsh }).merge('web', [overlay]);
       assert.deepEqual(
