@@ -7,7 +7,7 @@
 // into the repository from inside QEMU's write path). Ended with domjobabort: nothing to merge.
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { parseBackupXml, parseJobInfo, parseKeyValues } from './parse';
+import { parseBackupXml, parseJobInfo } from './parse';
 import type { Virsh } from './virsh';
 import { VirshError } from './virsh';
 import { encodeXml } from './xml';
@@ -74,49 +74,6 @@ export async function jobType(virsh: Virsh, domain: string, timeoutMs: number): 
     // an inactive domain runs no job, nor one that is gone (a transient domain stopped, a domain undefined)
     if (err instanceof VirshError && (err.notRunning || err.noDomain)) return { type: 'None' };
     throw err;
-  }
-}
-
-/**
- * Refuse at once, before anything is made, a domain on which another job runs: libvirt runs one
- * job per domain and one block job per disk. Measured on libvirt 9.0: with a backup job of
- * somebody else's running, backup-begin (and managedsave) waits 30 s for the domain's job lock and
- * fails "cannot acquire state change lock"; with a block job (blockcopy, blockcommit, blockpull)
- * on a disk it fails "disk 'vda' has a blockjob assigned". Both queries answer during either job.
- */
-export async function refuseOtherJobs(virsh: Virsh, domain: string, disks: readonly string[], timeoutMs: number): Promise<void> {
-  const job = await jobType(virsh, domain, timeoutMs);
-  const found: string[] = [];
-  const busy: string[] = [];
-  if (job.type !== 'None')
-    found.push(`a ${job.operation ?? job.type} job runs (domjobinfo: ${job.type}${job.operation ? `, ${job.operation}` : ''})`);
-  for (const disk of disks) {
-    // --raw: " type=Block Copy" and its figures on stdout (without it the progress line goes to stderr); nothing when none runs
-    const out = await virsh
-      .run(['blockjob', '--domain', domain, '--path', disk, '--info', '--raw'], { timeoutMs })
-      .catch((err: unknown) => {
-        // an inactive domain runs no block job
-        if (err instanceof VirshError && err.notRunning) return '';
-        throw err;
-      });
-    const info = parseKeyValues(out.replace(/=/g, ':'));
-    if (info.type) {
-      busy.push(disk);
-      found.push(`disk ${disk} has a block job (blockjob --info: ${info.type.slice(0, 80)})`);
-    }
-  }
-  if (found.length === 0) return;
-  const refusal = job.type !== 'None' ? 'cannot acquire state change lock' : `disk '${busy[0]}' has a blockjob assigned`;
-  throw new OtherJobError(
-    `domain ${domain}: ${found.join('; ')}; libvirt refuses a second job on it ("${refusal}"), so it is not backed up now and nothing was made on it. Back it up once that job has ended`,
-  );
-}
-
-/** Another job (a user's own backup-begin, a block job) holds the domain: nothing of ours was made. */
-export class OtherJobError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'OtherJobError';
   }
 }
 

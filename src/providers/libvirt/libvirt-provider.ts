@@ -41,10 +41,10 @@ function plannedOverlays(vm: ClassifiedVm, backupId: string): Overlay[] {
 
 const overlaysOf = (view: PointInTimeView): Overlay[] => (Array.isArray(view.ref.overlays) ? (view.ref.overlays as Overlay[]) : []);
 import * as qemuImg from '../qemu-img';
-import { beginBackup, endBackup, jobType, nbdUri, parseNbdUri, refuseOtherJobs, type BackupDisk } from './backup-job';
+import { beginBackup, endBackup, jobType, nbdUri, parseNbdUri, type BackupDisk } from './backup-job';
 import { CHECKPOINT_PREFIX, checkpointXml, deleteCheckpoint } from './checkpoints';
 import { copyChanged } from './incremental-copy';
-import { checkScratchSpace } from './scratch';
+import { checkScratchSpace, refuseOtherJobs } from './preflight';
 import { enumerateDomains, type DomainRef } from './enumerate';
 import { definitionFrom, mapState, parseDomState } from './parse';
 import { saveDomain } from './saved-state';
@@ -303,6 +303,10 @@ export class LibvirtProvider implements HostProvider {
     }
     await fs.mkdir(this.runDir, { recursive: true, mode: 0o700 });
     const dir = await fs.mkdtemp(path.join(this.runDir, `${backupId.slice(-6)}-`));
+    // a bitmap only on the disks that can hold one: a raw disk (or a qcow2 v2 image) is listed
+    // checkpoint='no' (libvirt refuses a bitmap on it: "unsupported for storage type raw") and is
+    // copied whole every time; with no such disk at all, no checkpoint is made
+    this.keepTrackable(vm);
     const included = new Map(planned.map((o) => [o.disk, o]));
     const since = new Map(chain.filter((p) => p.mode === 'incremental' && p.since).map((p) => [p.disk, p.since!]));
     const disks: BackupDisk[] = vm.disks.map((d) =>
@@ -310,13 +314,15 @@ export class LibvirtProvider implements HostProvider {
         ? { name: d.id, backup: true, scratch: included.get(d.id)!.overlay, ...(since.has(d.id) ? { incremental: since.get(d.id)! } : {}) }
         : { name: d.id, backup: false },
     );
-    // only the checkpoint tracking.start journalled is made (its undo knows its name), with a
-    // bitmap on the disks that can hold one: a raw disk is listed checkpoint='no' (libvirt refuses
-    // a bitmap on it: "unsupported for storage type raw") and is copied whole every time
+    // only the checkpoint tracking.start journalled is made (its undo knows its name)
     const cp = this.checkpoints.get(vm.id);
-    const bitmaps = vm.disks.map((d) => ({ name: d.id, bitmap: !!cp?.disks.has(d.id) && d.included && d.tracking !== undefined }));
     const cpXml =
-      cp && cp.name === `${CHECKPOINT_PREFIX}${backupId}` && bitmaps.some((b) => b.bitmap) ? checkpointXml(cp.name, bitmaps) : undefined;
+      cp && cp.name === `${CHECKPOINT_PREFIX}${backupId}`
+        ? checkpointXml(
+            cp.name,
+            vm.disks.map((d) => ({ name: d.id, bitmap: cp.disks.has(d.id) })),
+          )
+        : undefined;
     let socket: string;
     try {
       const session = this.session(vm.id);
@@ -337,6 +343,15 @@ export class LibvirtProvider implements HostProvider {
       overlayNode: o.disk,
       ...(since.has(o.disk) ? { since: since.get(o.disk)! } : {}),
     }));
+  }
+
+  /** The checkpoint to make keeps the disks with change tracking (enumerate: qcow2 v3 of a running domain). */
+  private keepTrackable(vm: ClassifiedVm): void {
+    const cp = this.checkpoints.get(vm.id);
+    if (!cp) return;
+    const trackable = [...cp.disks].filter((id) => vm.disks.some((d) => d.id === id && d.included && d.tracking !== undefined));
+    if (trackable.length === 0) this.checkpoints.delete(vm.id);
+    else this.checkpoints.set(vm.id, { ...cp, disks: new Set(trackable) });
   }
 
   /** End our backup job (the pull-mode view) and its private directory; safe when none runs. */
