@@ -1,9 +1,10 @@
-// The disks real libvirt hosts have, on the lab's real libvirtd: one guest whose five disks are a
+// The disks real libvirt hosts have, on the lab's real libvirtd: one guest whose six disks are a
 // pool volume (qcow2 in a dir pool, the guest's ext4 data disk), a block device (a loop device:
 // the same host_device driver as an LVM volume; this kernel has no device-mapper, so LVM itself
-// cannot run here), an NBD export (qemu-nbd), an iSCSI LUN (tgtd, through QEMU's libiscsi) and a
-// raw file; and a transient domain (virsh create). Each is backed up full, then incremental where
-// the disk allows (the qcow2 volume; the raw disks are copied whole again), compressed; every point
+// cannot run here), an NBD export (qemu-nbd), an iSCSI LUN (tgtd, through QEMU's libiscsi), a
+// raw file and a qcow2 image on a loop device (qcow2 on LVM); and a transient domain (virsh
+// create). Each is backed up full, then incremental where the disk allows (the two qcow2 disks;
+// the raw disks are copied whole again), compressed; every point
 // is flattened and compared with what the disk held at its moment. libvirt's view afterwards, the
 // virsh queries answered during a backup, and the refusal of a domain another job holds.
 import * as assert from 'node:assert/strict';
@@ -46,6 +47,9 @@ const RAW = [
   { dev: 'vdd', serial: 'isc', type: 'network' },
   { dev: 'vde', serial: 'raw', type: 'file' },
 ] as const;
+/** and a qcow2 image on a block device (a loop device holding it: qcow2 on LVM), which keeps bitmaps like a file */
+const QBLK = { dev: 'vdf', serial: 'qbk', type: 'block' } as const;
+const SECONDARY = [...RAW, QBLK];
 const RAW_MIB = 32;
 
 const sha256 = (file: string) =>
@@ -128,12 +132,18 @@ describe('libvirt provider: the disks real hosts have (block, NBD, iSCSI, pool v
     const blk = loopDevice(files.blk);
     stops.push(blk);
     loop = blk.dev;
+    // the qcow2 on a block device: room past its end for its own metadata and bitmaps
+    const qcowFile = path.join(dir, 'qbk.qcow2');
+    assert.equal(spawnSync('qemu-img', ['create', '-q', '-f', 'qcow2', qcowFile, `${RAW_MIB}M`]).status, 0);
+    await fs.truncate(qcowFile, (RAW_MIB + 16) << 20);
+    const qblk = loopDevice(qcowFile);
+    stops.push(qblk);
     const nbd = await nbdServer(files.nbd, 'vmbnbd');
     stops.push(nbd);
     const isc = await iscsiTarget(files.isc, ISCSI);
     stops.push(isc);
     // what each raw disk's content is read from on the host, to compare a backup with
-    sources = { vdb: loop, vdc: files.nbd, vdd: files.isc, vde: files.raw };
+    sources = { vdb: loop, vdc: files.nbd, vdd: files.isc, vde: files.raw, vdf: qblk.dev };
 
     const serial = (s: string) => `<target dev='${s}' bus='virtio'/>`;
     const disks =
@@ -141,7 +151,8 @@ describe('libvirt provider: the disks real hosts have (block, NBD, iSCSI, pool v
       `    <disk type='block' device='disk'><driver name='qemu' type='raw'/><source dev='${loop}'/>${serial('vdb')}<serial>blk</serial></disk>\n` +
       `    <disk type='network' device='disk'><driver name='qemu' type='raw'/><source protocol='nbd' name='vmbnbd'><host name='127.0.0.1' port='${nbd.port}'/></source>${serial('vdc')}<serial>nbd</serial></disk>\n` +
       `    <disk type='network' device='disk'><driver name='qemu' type='raw'/><source protocol='iscsi' name='${ISCSI.iqn}/1'><host name='127.0.0.1' port='${ISCSI.port}'/></source>${serial('vdd')}<serial>isc</serial></disk>\n` +
-      `    <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='${files.raw}'/>${serial('vde')}<serial>raw</serial></disk>\n`;
+      `    <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='${files.raw}'/>${serial('vde')}<serial>raw</serial></disk>\n` +
+      `    <disk type='block' device='disk'><driver name='qemu' type='qcow2'/><source dev='${qblk.dev}'/>${serial('vdf')}<serial>qbk</serial></disk>\n`;
     const storXml = path.join(dir, `${STOR}.xml`);
     writeFileSync(storXml, guestDomainXml({ name: STOR, agent: true, guest, console: domainConsole(STOR, LAB), disks }));
     virshOk('define', storXml);
@@ -196,13 +207,25 @@ describe('libvirt provider: the disks real hosts have (block, NBD, iSCSI, pool v
     return { vm, backupDir, manifest: JSON.parse(readFileSync(path.join(backupDir, 'manifest.json'), 'utf8')) };
   };
 
+  /** sha256 of what a secondary disk holds now, as the guest sees it (the qcow2 on the loop device read through qemu-img) */
+  async function contentNow(dev: string): Promise<string> {
+    if (dev !== QBLK.dev) return sha256(sources[dev]);
+    const out = path.join(tmp, `${dev}-now.raw`);
+    assert.equal(spawnSync('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'raw', sources[dev], out]).status, 0);
+    try {
+      return await sha256(out);
+    } finally {
+      await fs.rm(out, { force: true });
+    }
+  }
+
   async function flattened(backupDir: string, disk: string): Promise<string> {
     const out = path.join(tmp, `${path.basename(backupDir)}-${disk}.raw`);
     await flattenDisk({ backupDir, disk, out, format: 'raw', verify: (d) => verifyBackup(d) });
     return out;
   }
 
-  it('enumerates every disk of every type as included, the volume resolved through its pool; only the qcow2 volume has change tracking', async () => {
+  it('enumerates every disk of every type as included, the volume resolved through its pool; only the qcow2 disks (the volume, the one on a block device) have change tracking', async () => {
     const vms = await provider.enumerate();
     const stor = vms.find((v) => v.id === STOR)!;
     assert.deepEqual(
@@ -213,6 +236,7 @@ describe('libvirt provider: the disks real hosts have (block, NBD, iSCSI, pool v
         ['vdc', 'nbd', 'raw', true, false],
         ['vdd', 'iscsi', 'raw', true, false],
         ['vde', 'file', 'raw', true, false],
+        ['vdf', 'block', 'qcow2', true, true],
       ],
     );
     assert.equal(stor.disks[0].file, path.join(dir, 'pool', 'stor-data.qcow2'), 'the volume is resolved to its file');
@@ -224,13 +248,13 @@ describe('libvirt provider: the disks real hosts have (block, NBD, iSCSI, pool v
     assert.match(trans.savedStateRefused ?? '', /transient domain .* cannot be managed-saved/);
   });
 
-  it('five disks of five kinds: full then incremental (compressed), every point equal to each disk at its moment; virsh queries answered throughout; libvirt keeps only our newest checkpoint', async () => {
+  it('six disks of five kinds: full then incremental (compressed), every point equal to each disk at its moment; virsh queries answered throughout; libvirt keeps only our newest checkpoint', async () => {
     const run = `st${process.pid}`;
     const sums: Record<string, string>[] = [];
     const sets: CopiedSet[] = [];
     const waits: { cmd: string; ms: number; ok: boolean }[] = [];
     for (const point of [0, 1]) {
-      for (const r of RAW) await inGuest(STOR, rawMarker(point, r.serial));
+      for (const r of SECONDARY) await inGuest(STOR, rawMarker(point, r.serial));
       await inGuest(STOR, markerScript(`${run}-m${point}`));
       // a user's virsh queries every 500 ms during the whole backup (item: live beside the host's tools)
       let polling = true;
@@ -252,7 +276,7 @@ describe('libvirt provider: the disks real hosts have (block, NBD, iSCSI, pool v
       }
       // nothing writes the raw disks between two points: their content now is their content at the moment
       const s: Record<string, string> = {};
-      for (const r of RAW) s[r.dev] = await sha256(sources[r.dev]);
+      for (const r of SECONDARY) s[r.dev] = await contentNow(r.dev);
       sums.push(s);
     }
     const answered = waits.filter((w) => w.ok && w.ms < 2000).length;
@@ -271,17 +295,18 @@ describe('libvirt provider: the disks real hosts have (block, NBD, iSCSI, pool v
     assert.deepEqual([b0.vm.method, b0.vm.consistency], ['child-vm-snapshot', 'application'], JSON.stringify(b0.vm.reasons));
     const file = (b: typeof b0, disk: string) => b.manifest.files.find((f: any) => f.disk === disk);
     for (const b of [b0, b1])
-      assert.equal(b.manifest.files.filter((f: any) => f.kind === 'disk').length, 5, 'all five disks are in the backup');
+      assert.equal(b.manifest.files.filter((f: any) => f.kind === 'disk').length, 6, 'all six disks are in the backup');
     assert.deepEqual(
-      ['vda', ...RAW.map((r) => r.dev)].map((d) => file(b0, d).chain.mode),
-      ['full', 'full', 'full', 'full', 'full'],
+      ['vda', ...SECONDARY.map((r) => r.dev)].map((d) => file(b0, d).chain.mode),
+      ['full', 'full', 'full', 'full', 'full', 'full'],
     );
     assert.deepEqual(
-      ['vda', ...RAW.map((r) => r.dev)].map((d) => file(b1, d).chain.mode),
-      ['incremental', 'full', 'full', 'full', 'full'],
-      'the qcow2 volume incremental, the raw disks whole again',
+      ['vda', ...SECONDARY.map((r) => r.dev)].map((d) => file(b1, d).chain.mode),
+      ['incremental', 'full', 'full', 'full', 'full', 'incremental'],
+      'the qcow2 disks incremental, the raw disks whole again',
     );
     assert.equal(file(b1, 'vda').chain.parent, sets[0].backupId);
+    assert.equal(file(b1, 'vdf').chain.parent, sets[0].backupId);
     for (const b of [b0, b1]) {
       for (const f of b.manifest.files.filter((x: any) => x.kind === 'disk'))
         assert.ok(compressedOnly(path.join(b.backupDir, f.name)), `${b.backupDir} ${f.name}: compressed clusters only`);
@@ -291,7 +316,7 @@ describe('libvirt provider: the disks real hosts have (block, NBD, iSCSI, pool v
     assert.deepEqual([summary.ok, summary.excluded], [true, []], summary.text);
 
     for (const [i, b] of [b0, b1].entries()) {
-      for (const r of RAW) {
+      for (const r of SECONDARY) {
         const raw = await flattened(b.backupDir, r.dev);
         assert.equal(await sha256(raw), sums[i][r.dev], `point ${i}, ${r.dev} (${r.type}): the copy is the disk at its moment`);
         await fs.rm(raw);
@@ -311,7 +336,7 @@ describe('libvirt provider: the disks real hosts have (block, NBD, iSCSI, pool v
     assert.deepEqual(virshOk('checkpoint-list', STOR, '--name').trim().split('\n'), [`vmbackup-${sets[1].backupId}`]);
     assert.deepEqual(
       parseCheckpointDisks(virshOk('checkpoint-dumpxml', STOR, `vmbackup-${sets[1].backupId}`)).map((d) => d.disk),
-      ['vda'],
+      ['vda', 'vdf'],
     );
     assert.equal(virshOk('domblklist', '--domain', STOR, '--details'), blkListBefore);
     assert.deepEqual(
@@ -410,14 +435,17 @@ describe('libvirt provider: the disks real hosts have (block, NBD, iSCSI, pool v
     const set = await backup([STOR], 'checkpoint', false);
     const b = manifestOf(set, STOR);
     assert.deepEqual([b.vm.method, b.vm.consistency], ['offline', 'offline']);
-    for (const d of ['vda', ...RAW.map((r) => r.dev)]) {
+    for (const d of ['vda', ...SECONDARY.map((r) => r.dev)]) {
       const f = b.manifest.files.find((x: any) => x.disk === d);
       assert.deepEqual([f.chain.mode, f.chain.reason], ['full', 'offline'], d);
       const raw = await flattened(b.backupDir, d);
-      const source = d === 'vda' ? path.join(tmp, 'vda-now.raw') : sources[d];
-      if (d === 'vda')
+      let now: string;
+      if (d === 'vda') {
+        const source = path.join(tmp, 'vda-now.raw');
         assert.equal(spawnSync('qemu-img', ['convert', '-O', 'raw', path.join(dir, 'pool', 'stor-data.qcow2'), source]).status, 0);
-      assert.equal(await sha256(raw), await sha256(source), `${d}: the offline copy is the disk`);
+        now = await sha256(source);
+      } else now = await contentNow(d);
+      assert.equal(await sha256(raw), now, `${d}: the offline copy is the disk`);
       await fs.rm(raw);
     }
     assert.equal(virshOk('domstate', STOR).trim(), 'shut off');
