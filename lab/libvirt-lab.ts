@@ -144,7 +144,7 @@ export async function libvirtdRestart(opts: { labDir?: string; downMs?: number; 
 }
 
 /** An ext4 data disk as qcow2, with /hello.txt on it (so an offline copy has content to check). */
-async function makeDataImage(file: string, label: string): Promise<void> {
+export async function makeDataImage(file: string, label: string): Promise<void> {
   mkdirp(path.dirname(file));
   const raw = `${file}.raw-tmp`;
   const hello = `${file}.hello-tmp`;
@@ -166,10 +166,32 @@ const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replac
 
 /** The domain XML: direct kernel boot of the lab guest, one virtio data disk, console to a file. */
 export function domainXml(spec: LibvirtDomainSpec, guest: Pick<GuestImage, 'kernel' | 'initramfs'>, labDir = defaultLabDir()): string {
-  const cmdline = `console=ttyS0 quiet lab.vm=${spec.name} lab.agent=${spec.agent ? 1 : 0} lab.rate_ms=50 lab.data_serial=data`;
-  const agent = spec.agent ? `    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>\n` : '';
+  const disk = `    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2' cache='writeback' discard='unmap'/>
+      <source file='${esc(domainImage(spec.name, labDir))}'/>
+      <target dev='vda' bus='virtio'/>
+      <serial>data</serial>
+    </disk>
+`;
+  return guestDomainXml({ name: spec.name, agent: spec.agent, guest, console: domainConsole(spec.name, labDir), disks: disk });
+}
+
+/**
+ * A domain booting the lab guest with the given <disk> elements (one of them with serial "data":
+ * the guest mounts it at /data and writes its records there).
+ */
+export function guestDomainXml(o: {
+  name: string;
+  agent: boolean;
+  guest: Pick<GuestImage, 'kernel' | 'initramfs'>;
+  console: string;
+  disks: string;
+}): string {
+  const { guest } = o;
+  const cmdline = `console=ttyS0 quiet lab.vm=${o.name} lab.agent=${o.agent ? 1 : 0} lab.rate_ms=50 lab.data_serial=data`;
+  const agent = o.agent ? `    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>\n` : '';
   return `<domain type='qemu'>
-  <name>${esc(spec.name)}</name>
+  <name>${esc(o.name)}</name>
   <memory unit='MiB'>256</memory>
   <vcpu>1</vcpu>
   <os>
@@ -184,13 +206,7 @@ export function domainXml(spec: LibvirtDomainSpec, guest: Pick<GuestImage, 'kern
   <on_crash>destroy</on_crash>
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2' cache='writeback' discard='unmap'/>
-      <source file='${esc(domainImage(spec.name, labDir))}'/>
-      <target dev='vda' bus='virtio'/>
-      <serial>data</serial>
-    </disk>
-    <serial type='file'><source path='${esc(domainConsole(spec.name, labDir))}' append='on'/><target port='0'/></serial>
+${o.disks}    <serial type='file'><source path='${esc(o.console)}' append='on'/><target port='0'/></serial>
 ${agent}    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
     <memballoon model='none'/>
   </devices>
@@ -214,8 +230,11 @@ export interface LibvirtLabDomain {
   agent: boolean;
 }
 
-/** Set up and start the libvirt lab (idempotent: running domains are left alone). */
-export async function libvirtStart(opts: LibvirtStartOptions = {}): Promise<LibvirtLabDomain[]> {
+/**
+ * libvirtd answering on qemu:///system and the lab guest built, no domain touched: what a suite
+ * that defines its own domains needs (idempotent).
+ */
+export async function libvirtHost(opts: LibvirtStartOptions = {}): Promise<GuestImage> {
   const labDir = path.resolve(opts.labDir ?? defaultLabDir());
   const log = opts.log ?? (() => undefined);
   const dir = libvirtDir(labDir);
@@ -233,7 +252,15 @@ export async function libvirtStart(opts: LibvirtStartOptions = {}): Promise<Libv
     if (await libvirtdUp()) log('lab: libvirtd was running before qemu.conf changed; restart it if domains fail to start');
   }
   await startLibvirtd(dir, log);
-  const guest = await buildGuest({ labDir, log });
+  return buildGuest({ labDir, log });
+}
+
+/** Set up and start the libvirt lab (idempotent: running domains are left alone). */
+export async function libvirtStart(opts: LibvirtStartOptions = {}): Promise<LibvirtLabDomain[]> {
+  const labDir = path.resolve(opts.labDir ?? defaultLabDir());
+  const log = opts.log ?? (() => undefined);
+  const dir = libvirtDir(labDir);
+  const guest = await libvirtHost(opts);
 
   const started: string[] = [];
   for (const spec of LIBVIRT_DOMAINS) {

@@ -48,6 +48,11 @@ export function classifyVm(vm: EnumeratedVm, fallback: FallbackPolicy): Classifi
     warnings.push(
       `saved-state not used: the VM is ${vm.state}, not running; its disks do not change while its vCPUs are stopped, so it gets a checkpoint and stays ${vm.state}`,
     );
+  } else if (fallback === 'saved-state' && vm.savedStateRefused) {
+    // never a method the hypervisor refuses for this VM (it would fail every night)
+    method = 'checkpoint';
+    consistency = 'crash';
+    warnings.push(`saved-state not used: ${vm.savedStateRefused}; it gets a checkpoint instead`);
   } else if (fallback === 'saved-state') {
     method = 'saved-state';
     // A saved VM's disks hold what the guest wrote before its vCPUs stopped; together with the

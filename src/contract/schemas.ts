@@ -288,6 +288,8 @@ const vmBaseProperties = {
     required: ['reason'],
     properties: { reason: { type: 'string', maxLength: 1024 } },
   },
+  /** the hypervisor cannot save this VM's state, and why (libvirt: a transient domain cannot be managed-saved) */
+  savedStateRefused: { type: 'string', maxLength: 1024 },
   prepare: prepareResult,
   snapshot: snapshotResult,
   postSnapshot: postSnapshotResult,

@@ -40,6 +40,8 @@ export const PROVIDERS = {
   libvirt: {
     // checked as a URI by the libvirt provider (virsh -c); a remote one (qemu+ssh://) is refused at enumerate
     libvirtUri: { rule: { kind: 'text', required: false, maxLength: 1024 } },
+    // where libvirt writes a running domain's scratch files (src/providers/libvirt/scratch.ts)
+    scratchDir: { rule: { kind: 'dir', required: false } },
   },
   hyperv: {
     hvMode: { rule: { kind: 'enum', values: ['local', 'ssh'], default: 'local' } },
@@ -209,7 +211,12 @@ function providerSettings(provider: ProviderKind, c: HostConfig, creds: HostCred
         },
       };
     case 'libvirt':
-      return { libvirt: { uri: c.libvirtUri ? String(c.libvirtUri).trim() : 'qemu:///system' } };
+      return {
+        libvirt: {
+          uri: c.libvirtUri ? String(c.libvirtUri).trim() : 'qemu:///system',
+          ...(c.scratchDir ? { scratchDir: checkRoot(c.scratchDir, 'scratchDir') } : {}),
+        },
+      };
     case 'hyperv': {
       const mode = c.hvMode === 'ssh' ? 'ssh' : 'local';
       if (mode === 'local') return { hyperv: { mode } };

@@ -12,7 +12,7 @@ export interface ProviderConfig {
   qemu?: { socketDir: string; fleeceDir?: string; compress?: boolean; commandMs?: number; inventory?: 'json' | 'proxmox' | 'none' };
   /** runner: replaces the PowerShell transport built from mode (unit tests; never from settings) */
   hyperv?: { mode: 'local' | 'ssh'; ssh?: SshTarget; runner?: PowerShellRunner };
-  libvirt?: { uri?: string; runDir?: string };
+  libvirt?: { uri?: string; runDir?: string; scratchDir?: string };
 }
 
 /** The provider registry: a new provider is one line here (and its settings in src/host/settings.ts). */
@@ -36,6 +36,7 @@ const FACTORIES: Record<ProviderConfig['provider'], (config: ProviderConfig) => 
     return new LibvirtProvider({
       uri: checkUri(l.uri ?? 'qemu:///system'),
       ...(l.runDir ? { runDir: checkRoot(l.runDir, 'runDir') } : {}),
+      ...(l.scratchDir ? { scratchDir: checkRoot(l.scratchDir, 'scratchDir') } : {}),
     });
   },
   // loaded on demand: QEMU users never load the Hyper-V code

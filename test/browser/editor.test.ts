@@ -236,10 +236,14 @@ describe('editor in headless Chromium', function () {
     assert.equal(await page.locator('#node-config-input-libvirtUri').isVisible(), true);
     // an imported host has no URI set: the field shows the default the runtime then uses
     assert.equal(await page.locator('#node-config-input-libvirtUri').getAttribute('placeholder'), 'qemu:///system');
+    // and its scratch dir, whose placeholder says where scratch files go when it is empty
+    assert.equal(await page.locator('#node-config-input-scratchDir').isVisible(), true);
+    assert.match((await page.locator('#node-config-input-scratchDir').getAttribute('placeholder')) ?? '', /\/var\/lib\/libvirt\/qemu/);
     assert.equal(await page.locator('#node-config-input-socketDir').isVisible(), false);
     assert.equal(await page.locator('#node-config-input-hvMode').isVisible(), false);
     await provider.selectOption('qemu');
     assert.equal(await page.locator('#node-config-input-libvirtUri').isVisible(), false);
+    assert.equal(await page.locator('#node-config-input-scratchDir').isVisible(), false);
     assert.equal(await page.locator('#node-config-input-socketDir').isVisible(), true);
     // a relative repository is refused in the dialog
     const repository = page.locator('#node-config-input-repository');

@@ -17,55 +17,19 @@ import { deleteCheckpoint } from '../../src/providers/libvirt/checkpoints';
 import { VirshRunner } from '../../src/providers/libvirt/virsh';
 import { parseJobInfo, parseTable } from '../../src/providers/libvirt/parse';
 import { verifyBackup } from '../../src/verify';
+import { fileInImage, inGuest as inGuestOf, markerScript, markerText, virsh, virshOk } from '../support/libvirt-view';
 
 const LAB = process.env.VMBACKUP_LAB_DIR ?? '/tmp/vm-backup-lab';
 const AGENT = LIBVIRT_DOMAINS.find((d) => d.agent && d.running)!.name;
 const OFF = LIBVIRT_DOMAINS.find((d) => !d.running)!.name;
 
-function virsh(...args: string[]): { status: number; stdout: string; stderr: string } {
-  const r = spawnSync('virsh', ['-c', 'qemu:///system', ...args], { encoding: 'utf8', timeout: 120_000 });
-  return { status: r.status ?? -1, stdout: r.stdout ?? '', stderr: r.stderr ?? '' };
-}
-
-function virshOk(...args: string[]): string {
-  const r = virsh(...args);
-  assert.equal(r.status, 0, `virsh ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout;
-}
-
-/** Run a shell line in the guest through its agent (libvirt's channel) and wait for it. */
-async function inGuest(script: string): Promise<void> {
-  const cmd = { execute: 'guest-exec', arguments: { path: '/bin/sh', arg: ['-c', script], 'capture-output': true } };
-  const {
-    return: { pid },
-  } = JSON.parse(virshOk('qemu-agent-command', AGENT, JSON.stringify(cmd), '--timeout', '30'));
-  const deadline = Date.now() + 60_000;
-  for (;;) {
-    const st = JSON.parse(
-      virshOk('qemu-agent-command', AGENT, JSON.stringify({ execute: 'guest-exec-status', arguments: { pid } }), '--timeout', '30'),
-    ).return;
-    if (st.exited) {
-      assert.equal(st.exitcode, 0, `guest: ${script}: ${Buffer.from(st['err-data'] ?? '', 'base64').toString()}`);
-      return;
-    }
-    assert.ok(Date.now() < deadline, `guest: ${script} finished within 60 s`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
+const inGuest = (script: string) => inGuestOf(AGENT, script);
 
 /** A marker file of 1 MiB of a known pattern plus its name, synced to the disk. */
-const writeMarker = (name: string) =>
-  inGuest(
-    `i=0; while [ $i -lt 16384 ]; do echo "${name}-line-$i-padding-padding-padding-padding"; i=$((i+1)); done > /data/${name} && sync`,
-  );
+const writeMarker = (name: string) => inGuest(markerScript(name));
 /** this run's marker names: the files of an earlier run stay in the guest */
 const RUN = `inc${process.pid}`;
 const [M0, M1, M2] = ['m0', 'm1', 'm2'].map((m) => `${RUN}-${m}`);
-
-/** The file from a flattened raw image (debugfs; '' when it is not there). */
-function fileIn(raw: string, name: string): string {
-  return spawnSync('debugfs', ['-R', `cat /${name}`, raw], { encoding: 'utf8', maxBuffer: 64 << 20 }).stdout;
-}
 
 describe('libvirt provider: incrementals by checkpoints (real libvirtd)', function () {
   this.timeout(900_000);
@@ -161,11 +125,7 @@ describe('libvirt provider: incrementals by checkpoints (real libvirtd)', functi
     const info = JSON.parse(spawnSync('qemu-img', ['info', '--output=json', path.join(b2.dir, b2.file.name)], { encoding: 'utf8' }).stdout);
     assert.equal(info['backing-filename'], `../${b1.set.backupId}/${b1.file.name}`);
 
-    const marker = (name: string) => {
-      let expect = '';
-      for (let i = 0; i < 16384; i++) expect += `${name}-line-${i}-padding-padding-padding-padding\n`;
-      return expect;
-    };
+    const marker = markerText;
     const points: [string, string[], string[]][] = [
       [b0.dir, [M0], [M1, M2]],
       [b1.dir, [M0, M1], [M2]],
@@ -174,13 +134,13 @@ describe('libvirt provider: incrementals by checkpoints (real libvirtd)', functi
     for (const [dir, has, hasNot] of points) {
       const raw = await flattened(dir, path.basename(dir));
       for (const m of has) {
-        const got = fileIn(raw, m);
+        const got = fileInImage(raw, m);
         assert.ok(
           got === marker(m),
           `${path.basename(dir)} holds ${m} whole (got ${got.length} bytes, ${got.split('\n').filter((l) => !l.startsWith(`${m}-line-`)).length} foreign lines)`,
         );
       }
-      for (const m of hasNot) assert.ok(fileIn(raw, m) === '', `${path.basename(dir)} does not hold ${m} (written after its moment)`);
+      for (const m of hasNot) assert.ok(fileInImage(raw, m) === '', `${path.basename(dir)} does not hold ${m} (written after its moment)`);
       assert.equal(spawnSync('e2fsck', ['-fn', raw]).status, 0, `${path.basename(dir)}: e2fsck -fn clean`);
       await fs.rm(raw);
     }

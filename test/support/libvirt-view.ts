@@ -104,3 +104,39 @@ export async function libvirtLabForSuite(ctx: Mocha.Context, lab: string): Promi
     },
   };
 }
+
+/** Run a shell line in a domain's guest through its agent (libvirt's channel) and wait for it; its stdout. */
+export async function inGuest(domain: string, script: string): Promise<string> {
+  const cmd = { execute: 'guest-exec', arguments: { path: '/bin/sh', arg: ['-c', script], 'capture-output': true } };
+  const {
+    return: { pid },
+  } = JSON.parse(virshOk('qemu-agent-command', domain, JSON.stringify(cmd), '--timeout', '30'));
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    const st = JSON.parse(
+      virshOk('qemu-agent-command', domain, JSON.stringify({ execute: 'guest-exec-status', arguments: { pid } }), '--timeout', '30'),
+    ).return;
+    if (st.exited) {
+      assert.equal(st.exitcode, 0, `guest: ${script}: ${Buffer.from(st['err-data'] ?? '', 'base64').toString()}`);
+      return Buffer.from(st['out-data'] ?? '', 'base64').toString();
+    }
+    assert.ok(Date.now() < deadline, `guest: ${script} finished within 60 s`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** A guest shell line writing a file of 1 MiB of a known pattern to /data (the data disk) and syncing it. */
+export const markerScript = (name: string) =>
+  `i=0; while [ $i -lt 16384 ]; do echo "${name}-line-$i-padding-padding-padding-padding"; i=$((i+1)); done > /data/${name} && sync`;
+
+/** What that file holds. */
+export function markerText(name: string): string {
+  let s = '';
+  for (let i = 0; i < 16384; i++) s += `${name}-line-${i}-padding-padding-padding-padding\n`;
+  return s;
+}
+
+/** A file from a flattened raw ext4 image (debugfs; '' when it is not there). */
+export function fileInImage(raw: string, name: string): string {
+  return spawnSync('debugfs', ['-R', `cat /${name}`, raw], { encoding: 'utf8', maxBuffer: 64 << 20 }).stdout;
+}

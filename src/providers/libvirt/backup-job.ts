@@ -71,8 +71,8 @@ export async function jobType(virsh: Virsh, domain: string, timeoutMs: number): 
   try {
     return parseJobInfo(await virsh.run(['domjobinfo', '--domain', domain], { timeoutMs }));
   } catch (err) {
-    // an inactive domain runs no job
-    if (err instanceof VirshError && err.notRunning) return { type: 'None' };
+    // an inactive domain runs no job, nor one that is gone (a transient domain stopped, a domain undefined)
+    if (err instanceof VirshError && (err.notRunning || err.noDomain)) return { type: 'None' };
     throw err;
   }
 }
@@ -80,9 +80,15 @@ export async function jobType(virsh: Virsh, domain: string, timeoutMs: number): 
 /**
  * End our backup job of the domain, if one runs, and prove it ended by asking libvirt. Only a
  * job whose scratch files are among `ours` is aborted: a backup job somebody else started is
- * never touched (it is reported instead). Safe to call when no job runs.
+ * never touched. As libvirt runs one job per domain, ours is then not running ('foreign': nothing
+ * of ours is in place). Safe to call when no job runs.
  */
-export async function endBackup(virsh: Virsh, domain: string, ours: readonly string[], timeoutMs: number): Promise<'ended' | 'none'> {
+export async function endBackup(
+  virsh: Virsh,
+  domain: string,
+  ours: readonly string[],
+  timeoutMs: number,
+): Promise<'ended' | 'none' | 'foreign'> {
   const job = await jobType(virsh, domain, timeoutMs);
   if (job.type === 'None' || job.operation !== 'Backup') return 'none';
   let mine = false;
@@ -94,8 +100,7 @@ export async function endBackup(virsh: Virsh, domain: string, ours: readonly str
     if ((await jobType(virsh, domain, timeoutMs)).type === 'None') return 'none';
     throw err;
   }
-  if (!mine)
-    throw new Error(`domain ${domain} runs a backup job that is not ours (its scratch files are not ${ours.join(', ')}); left alone`);
+  if (!mine) return 'foreign';
   await virsh.run(['domjobabort', '--domain', domain], { timeoutMs }).catch(async (err: unknown) => {
     if ((await jobType(virsh, domain, timeoutMs)).type !== 'None') throw err;
   });

@@ -2,18 +2,27 @@
 // QEMU provider gives, so the classification rules apply unchanged.
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import type { EnumeratedVm } from '../../contract/types';
+import type { Disk, EnumeratedVm } from '../../contract/types';
 import { isSafeName } from '../../util/ids';
+import { unreachableVm } from '../../contract/limits';
+import * as qemuImg from '../qemu-img';
+import { parseVolumeXml, resolvedVolume } from './disks';
 import { definitionFrom, guestFrom, mapState, parseDomState, parseKeyValues, parseNames, parseTable, type DomainDefinition } from './parse';
+import { parseXml } from './xml';
 import { VirshError, type Virsh } from './virsh';
 import { checkpointRecords } from './checkpoints';
+
+/** Where libvirt itself puts a pull-mode backup's scratch files when given none: its QEMU state directory. */
+export const DEFAULT_SCRATCH_DIR = '/var/lib/libvirt/qemu';
 
 export interface EnumerateOptions {
   timeoutMs: number;
   /** stat the images (st_dev) for the same-volume rule: only when libvirt runs on this machine */
   localFiles: boolean;
-  /** where scratch files go; default: beside each VM's first disk */
+  /** where scratch files go; default: beside each VM's first disk that is a file */
   scratchDir?: string;
+  /** qemu-img, to read a qcow2 image's version (a v2 image cannot hold a bitmap) */
+  qemuImg: string;
 }
 
 export interface DomainRef {
@@ -34,6 +43,8 @@ export async function enumerateDomains(
   o: EnumerateOptions,
 ): Promise<{ vms: EnumeratedVm[]; refs: Map<string, DomainRef>; warnings: string[] }> {
   const names = parseNames(await virsh.run(['list', '--all', '--name'], { timeoutMs: o.timeoutMs }));
+  // a transient domain (virsh create) exists only while it runs: libvirt cannot managed-save it
+  const transient = new Set(parseNames(await virsh.run(['list', '--transient', '--name'], { timeoutMs: o.timeoutMs })));
   const refs = new Map<string, DomainRef>();
   const warnings: string[] = [];
   const vms: EnumeratedVm[] = [];
@@ -41,20 +52,30 @@ export async function enumerateDomains(
   // domains must not start hundreds of virsh processes at once
   for (const name of names) {
     try {
-      const { vm, ref } = await enumerateOne(virsh, name, o);
+      const { vm, ref } = await enumerateOne(virsh, name, transient.has(name), o);
       if (refs.has(vm.id)) throw new Error(`two domains map to the VM id "${vm.id}"`);
       refs.set(vm.id, ref);
       vms.push(vm);
     } catch (err) {
-      // never dropped in silence: the set says which domain could not be read and why
-      warnings.push(`domain "${name.slice(0, 200)}" could not be enumerated and is NOT backed up: ${(err as Error).message.slice(0, 600)}`);
+      // never dropped in silence: a domain named by a usable id is listed unreachable with why
+      // (classify's unreachable policy fails the set or reports it; a summary is never ok about
+      // it: a pool that is not started after a reboot leaves its domains' volumes unresolved);
+      // one that is not is named in the set's warnings
+      const why = `could not be enumerated: ${(err as Error).message.slice(0, 600)}`;
+      if (isSafeName(name) && !refs.has(name) && !vms.some((v) => v.id === name)) vms.push(unreachableVm(name, why));
+      else warnings.push(`domain "${name.slice(0, 200)}" ${why}; it is NOT backed up`);
     }
   }
   vms.sort((a, b) => a.id.localeCompare(b.id));
   return { vms, refs, warnings };
 }
 
-async function enumerateOne(virsh: Virsh, name: string, o: EnumerateOptions): Promise<{ vm: EnumeratedVm; ref: DomainRef }> {
+async function enumerateOne(
+  virsh: Virsh,
+  name: string,
+  transient: boolean,
+  o: EnumerateOptions,
+): Promise<{ vm: EnumeratedVm; ref: DomainRef }> {
   const call = { timeoutMs: o.timeoutMs };
   // the live definition when it runs (hot-plugged disks, current sources), else the stored one
   const { state, reason } = parseDomState(await virsh.run(['domstate', '--domain', name, '--reason'], call));
@@ -63,35 +84,64 @@ async function enumerateOne(virsh: Virsh, name: string, o: EnumerateOptions): Pr
   if (!isSafeName(id)) throw new Error(`neither its name nor its UUID "${definition.uuid}" is a usable VM id`);
   const domain = id;
   const mapped = mapState(state, reason);
+  await resolveVolumes(virsh, definition, call);
   const disks = definition.disks;
   const sizes = await virsh.run(['domblkinfo', '--domain', domain, '--all'], call).then(parseTable, () => []);
   for (const d of disks) {
     const cap = Number(sizes.find((r) => r.Target === d.id)?.Capacity);
     if (d.included && Number.isSafeInteger(cap) && cap > 0) d.virtualSize = cap;
-    if (d.included && o.localFiles && d.file.startsWith('/')) {
+    // the same-volume rule compares file systems: only a disk that is a file lives on one
+    if (d.included && o.localFiles && d.driver === 'file' && d.file.startsWith('/')) {
       const st = await fs.stat(d.file).catch(() => undefined);
       if (st) d.volumeId = String(st.dev);
     }
   }
+  if (mapped === 'off') {
+    // shut off, each disk is read by qemu-img itself: one it cannot open makes the domain unreachable, with why
+    const unreadable = disks.filter((d) => d.included && definition.sources.get(d.id)?.offlineUnreadable);
+    if (unreadable.length) {
+      const why = unreadable.map((d) => `disk ${d.id} (${d.file}): ${definition.sources.get(d.id)!.offlineUnreadable}`).join('; ');
+      const vm = unreachableVm(
+        id,
+        `shut off, and ${why}: a shut-off domain is copied by qemu-img without libvirt; start it to back it up through libvirt`,
+        {
+          name: (definition.name || name).slice(0, 256),
+        },
+      );
+      return { vm, ref: { domain, definition, state, reason } };
+    }
+  }
   if (mapped === 'running' || mapped === 'paused') {
-    // change tracking (libvirt checkpoints) needs a running QEMU and a qcow2 image; anything else
-    // has no tracking and gets fulls (a shut-off domain: reason 'offline')
+    // change tracking (libvirt checkpoints) needs a running QEMU and a qcow2 image that can hold
+    // a bitmap (qcow2 v3: libvirt's own volumes may be v2, "compat 0.10"); any other disk (raw)
+    // has none and is copied whole each time. A shut-off domain: reason 'offline'.
     const records = await checkpointRecords(virsh, domain, o.timeoutMs).catch((err: unknown) => {
       if (err instanceof VirshError) return undefined;
       throw err;
     });
     for (const d of disks) {
-      if (records && d.included && d.format === 'qcow2') d.tracking = { persistent: true, records: (records.get(d.id) ?? []).slice(0, 16) };
+      if (records && d.included && (await holdsBitmaps(d, o)))
+        d.tracking = { persistent: true, records: (records.get(d.id) ?? []).slice(0, 16) };
     }
   }
-  const firstFile = disks.find((d) => d.included && d.file.startsWith('/'))?.file;
-  const snapshotDir = o.scratchDir ?? (firstFile ? path.dirname(firstFile) : '/');
-  const snapshotVolume = o.localFiles
-    ? await fs.stat(snapshotDir).then(
-        (s) => String(s.dev),
-        () => undefined,
-      )
-    : undefined;
+  // scratch files beside the first disk that is a file (the VM's own storage); a domain with none
+  // (block devices, network drives) gets libvirt's own choice for scratch files, its QEMU state
+  // directory; the scratchDir setting overrides both. A scratch file is a store of old blocks
+  // libvirt makes for the job, never an image the guest runs on: where a disk is not a file on the
+  // scratch location's volume (a block device, a network drive; or the setting), the location is
+  // one set aside for them (dedicated), and what the classify rule weighs is its free space.
+  const firstFile = disks.find((d) => d.included && d.driver === 'file' && d.file.startsWith('/'))?.file;
+  const snapshotDir = o.scratchDir ?? (firstFile ? path.dirname(firstFile) : DEFAULT_SCRATCH_DIR);
+  const notFiles = disks.some((d) => d.included && d.driver !== 'file');
+  const snapshotLocation: EnumeratedVm['snapshotLocation'] = {
+    path: snapshotDir,
+    ...(o.scratchDir !== undefined || notFiles ? { dedicated: true } : {}),
+  };
+  if (o.localFiles) {
+    const [st, sfs] = await Promise.all([fs.stat(snapshotDir).catch(() => undefined), fs.statfs(snapshotDir).catch(() => undefined)]);
+    if (st) snapshotLocation.volumeId = String(st.dev);
+    if (sfs) snapshotLocation.freeBytes = sfs.bavail * sfs.bsize;
+  }
   const vm: EnumeratedVm = {
     id,
     name: (definition.name || name).slice(0, 256),
@@ -99,7 +149,8 @@ async function enumerateOne(virsh: Virsh, name: string, o: EnumerateOptions): Pr
     agent: { present: definition.agentChannel, responding: false, freezeEnabled: false },
     guest: { filesystems: [] },
     disks,
-    snapshotLocation: snapshotVolume ? { path: snapshotDir, volumeId: snapshotVolume } : { path: snapshotDir },
+    snapshotLocation,
+    ...(transient ? { savedStateRefused: 'a transient domain (made by virsh create) cannot be managed-saved by libvirt' } : {}),
   };
   if (definition.agentChannel && mapped === 'running') {
     try {
@@ -114,4 +165,28 @@ async function enumerateOne(virsh: Virsh, name: string, o: EnumerateOptions): Pr
     }
   }
   return { vm, ref: { domain, definition, state, reason } };
+}
+
+/** Each volume disk's pool volume, asked of libvirt (`vol-dumpxml`): its kind, path and format. */
+async function resolveVolumes(virsh: Virsh, def: DomainDefinition, call: { timeoutMs: number }): Promise<void> {
+  for (const [i, d] of def.disks.entries()) {
+    const src = def.sources.get(d.id);
+    if (!d.included || src?.type !== 'volume') continue;
+    if (!src.pool || !src.volume) throw new Error(`disk ${d.id}: a volume disk names no pool or volume`);
+    const xml = await virsh.run(['vol-dumpxml', '--pool', src.pool, src.volume], call).catch((err: unknown) => {
+      throw new Error(`disk ${d.id}: volume ${src.volume} of pool ${src.pool} cannot be resolved: ${(err as Error).message}`);
+    });
+    const r = resolvedVolume({ disk: d, source: src }, parseVolumeXml(parseXml(xml)));
+    def.disks[i] = r.disk;
+    def.sources.set(d.id, r.source);
+  }
+}
+
+/** A qcow2 image whose version can hold persistent bitmaps (v3, "compat 1.1"); a network one is taken at its word. */
+async function holdsBitmaps(d: Disk, o: EnumerateOptions): Promise<boolean> {
+  if (d.format !== 'qcow2') return false;
+  if (!d.file.startsWith('/') || !o.localFiles) return true;
+  const info = await qemuImg.info(o.qemuImg, d.file, true).catch(() => undefined);
+  const compat = (info as { 'format-specific'?: { data?: { compat?: string } } } | undefined)?.['format-specific']?.data?.compat;
+  return compat !== '0.10';
 }

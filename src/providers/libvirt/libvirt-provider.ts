@@ -44,11 +44,15 @@ import * as qemuImg from '../qemu-img';
 import { beginBackup, endBackup, jobType, nbdUri, parseNbdUri, type BackupDisk } from './backup-job';
 import { CHECKPOINT_PREFIX, checkpointXml, deleteCheckpoint } from './checkpoints';
 import { copyChanged } from './incremental-copy';
+import { checkScratchSpace, refuseOtherJobs } from './preflight';
 import { enumerateDomains, type DomainRef } from './enumerate';
 import { definitionFrom, mapState, parseDomState } from './parse';
 import { saveDomain } from './saved-state';
 import { VirshError, VirshRunner, type Virsh } from './virsh';
 import { VirshSession } from './virsh-session';
+
+/** How long libvirt waits for a domain's job lock before "cannot acquire state change lock" (QEMU driver, fixed) */
+const LIBVIRT_JOB_WAIT_MS = 30_000;
 
 export interface LibvirtOptions {
   /** libvirt URI; default qemu:///system */
@@ -124,6 +128,7 @@ export class LibvirtProvider implements HostProvider {
     const { vms, refs, warnings } = await enumerateDomains(this.virsh, {
       timeoutMs: this.commandMs,
       localFiles: this.local,
+      qemuImg: this.qemuImgPath,
       ...(this.options.scratchDir ? { scratchDir: this.options.scratchDir } : {}),
     });
     for (const [id, ref] of refs) {
@@ -214,6 +219,8 @@ export class LibvirtProvider implements HostProvider {
 
   async saveState(vm: ClassifiedVm, file: string): Promise<{ bytes: number; pausedAt?: number }> {
     const name = this.refs.get(vm.id)?.definition.name ?? vm.name;
+    // managedsave waits 30 s for a domain another job holds, then fails: refused before it
+    await this.refuseOtherJobs(vm);
     return saveDomain(this.virsh, this.domain(vm.id), name, file, Math.max(this.commandMs, 600_000));
   }
 
@@ -251,8 +258,17 @@ export class LibvirtProvider implements HostProvider {
     };
   }
 
-  async armView(): Promise<void> {
-    // libvirt makes the scratch files and the job in one call, at the moment
+  async armView(vm: ClassifiedVm): Promise<void> {
+    // libvirt makes the scratch files and the job in one call, at the moment; before it (and
+    // before the guest is frozen) a domain another job holds is refused with nothing made
+    // (saved state: asked before the managed save, and the domain is not running now)
+    if (vm.method !== 'offline' && vm.method !== 'saved-state') await this.refuseOtherJobs(vm);
+    if (vm.method !== 'offline') await checkScratchSpace(vm);
+  }
+
+  private async refuseOtherJobs(vm: ClassifiedVm): Promise<void> {
+    const disks = vm.disks.filter((d) => d.included).map((d) => d.id);
+    await refuseOtherJobs(this.virsh, this.domain(vm.id), disks, this.commandMs);
   }
 
   async makeView(vm: ClassifiedVm, view: PointInTimeView, opts: ViewOptions): Promise<{ view: PointInTimeView }> {
@@ -287,6 +303,10 @@ export class LibvirtProvider implements HostProvider {
     }
     await fs.mkdir(this.runDir, { recursive: true, mode: 0o700 });
     const dir = await fs.mkdtemp(path.join(this.runDir, `${backupId.slice(-6)}-`));
+    // a bitmap only on the disks that can hold one: a raw disk (or a qcow2 v2 image) is listed
+    // checkpoint='no' (libvirt refuses a bitmap on it: "unsupported for storage type raw") and is
+    // copied whole every time; with no such disk at all, no checkpoint is made
+    this.keepTrackable(vm);
     const included = new Map(planned.map((o) => [o.disk, o]));
     const since = new Map(chain.filter((p) => p.mode === 'incremental' && p.since).map((p) => [p.disk, p.since!]));
     const disks: BackupDisk[] = vm.disks.map((d) =>
@@ -309,7 +329,9 @@ export class LibvirtProvider implements HostProvider {
       const via: Virsh = session
         ? { uri: this.virsh.uri, run: (args, call) => session.run(args, /Backup started/, call?.timeoutMs ?? this.commandMs) }
         : this.virsh;
-      socket = await beginBackup(via, domain, dir, disks, this.commandMs, cpXml);
+      // past libvirt's own 30 s wait for the domain's job lock: if another job slipped in since
+      // armView's check, libvirt's message ("cannot acquire state change lock") is what is reported
+      socket = await beginBackup(via, domain, dir, disks, Math.max(this.commandMs, LIBVIRT_JOB_WAIT_MS + 10_000), cpXml);
     } catch (err) {
       await fs.rm(dir, { recursive: true, force: true });
       throw err;
@@ -321,6 +343,15 @@ export class LibvirtProvider implements HostProvider {
       overlayNode: o.disk,
       ...(since.has(o.disk) ? { since: since.get(o.disk)! } : {}),
     }));
+  }
+
+  /** The checkpoint to make keeps the disks with change tracking (enumerate: qcow2 v3 of a running domain). */
+  private keepTrackable(vm: ClassifiedVm): void {
+    const cp = this.checkpoints.get(vm.id);
+    if (!cp) return;
+    const trackable = [...cp.disks].filter((id) => vm.disks.some((d) => d.id === id && d.included && d.tracking !== undefined));
+    if (trackable.length === 0) this.checkpoints.delete(vm.id);
+    else this.checkpoints.set(vm.id, { ...cp, disks: new Set(trackable) });
   }
 
   /** End our backup job (the pull-mode view) and its private directory; safe when none runs. */
@@ -367,7 +398,8 @@ export class LibvirtProvider implements HostProvider {
   ): Promise<ExportedFile> {
     const overlay = overlaysOf(view).find((o) => o.disk === disk);
     if (!overlay) throw new Error(`disk ${disk}: not part of this view`);
-    const nbd = parseNbdUri(overlay.base);
+    // a shut-off domain's disk is read where it is (a network one may be an nbd+unix URL too)
+    const nbd = overlay.overlayNode === 'offline' ? undefined : parseNbdUri(overlay.base);
     if (nbd) {
       if (path.dirname(path.dirname(nbd.socket)) !== this.runDir) {
         throw new Error(
@@ -391,6 +423,7 @@ export class LibvirtProvider implements HostProvider {
         exportName: nbd.exportName,
         virtualSize: total,
         backing: options.copy.backing,
+        compress: options.compress ?? this.options.compress ?? false,
         ...(options.signal ? { signal: options.signal } : {}),
         onProgress: (done, all) => onProgress?.({ done, total: all }),
       });

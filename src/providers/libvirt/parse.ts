@@ -1,8 +1,8 @@
 // From virsh's output to the backup set's fields. Pure functions, tested on recorded output.
 import { isDynamicDevice } from '../../classify/rules';
 import type { Disk, EnumeratedVm } from '../../contract/types';
-import { excluded } from '../../contract/exclusion';
-import { child, children, parseXml, type XmlElement } from './xml';
+import { diskFrom, type DiskSource } from './disks';
+import { child, children, parseXml } from './xml';
 
 /** `virsh list --all --name`: one name a line, a blank line at the end. */
 export function parseNames(out: string): string[] {
@@ -108,75 +108,24 @@ export interface DomainDefinition {
   /** a virtio channel named org.qemu.guest_agent.0 is defined */
   agentChannel: boolean;
   disks: Disk[];
+  /** per disk id: libvirt's kind of source and how an offline copy reads it (disks.ts) */
+  sources: Map<string, DiskSource>;
 }
 
-const NETWORK_PROTOCOLS = new Set([
-  'nbd',
-  'iscsi',
-  'rbd',
-  'gluster',
-  'sheepdog',
-  'http',
-  'https',
-  'ftp',
-  'ftps',
-  'tftp',
-  'ssh',
-  'vxhs',
-  'nfs',
-]);
-
-/**
- * Disks of a domain from its XML. What the host can copy: a disk whose source is a file (or a
- * libvirt volume resolving to one). Block devices are pass-through, network sources (iSCSI, RBD,
- * NBD, ...) are invisible to the host as files, CD-ROMs and floppies are media.
- */
+/** A domain's name, UUID, agent channel and disks (with what each is: disks.ts) from its XML. */
 export function definitionFrom(xml: string): DomainDefinition {
   const dom = parseXml(xml);
   if (dom.name !== 'domain') throw new Error(`dumpxml: root element is <${dom.name}>, not <domain>`);
   const devices = child(dom, 'devices');
-  const disks = children(devices, 'disk').map(diskFrom);
+  const parsed = children(devices, 'disk').map(diskFrom);
   const agentChannel = children(devices, 'channel').some((c) => child(c, 'target')?.attrs.name === 'org.qemu.guest_agent.0');
-  return { name: child(dom, 'name')?.text.trim() ?? '', uuid: child(dom, 'uuid')?.text.trim() ?? '', agentChannel, disks };
-}
-
-function diskFrom(el: XmlElement): Disk {
-  const type = el.attrs.type ?? 'file';
-  const device = el.attrs.device ?? 'disk';
-  const target = child(el, 'target')?.attrs.dev ?? 'disk';
-  const source = child(el, 'source');
-  const format = child(el, 'driver')?.attrs.type ?? 'raw';
-  const readonly = child(el, 'readonly') !== undefined;
-  let file = '';
-  let driver = type;
-  if (type === 'file') file = source?.attrs.file ?? '';
-  else if (type === 'block') file = source?.attrs.dev ?? '';
-  else if (type === 'network') {
-    driver = source?.attrs.protocol ?? 'network';
-    file = `${driver}://${child(source, 'host')?.attrs.name ?? ''}/${source?.attrs.name ?? ''}`;
-  } else if (type === 'volume') file = `${source?.attrs.pool ?? ''}/${source?.attrs.volume ?? ''}`;
-  else if (type === 'dir') file = source?.attrs.dir ?? '';
-  const disk: Disk = {
-    id: target.slice(0, 128),
-    node: target.slice(0, 128),
-    file: file.slice(0, 4096),
-    format: format.slice(0, 32),
-    driver: driver.slice(0, 32),
-    included: true,
+  return {
+    name: child(dom, 'name')?.text.trim() ?? '',
+    uuid: child(dom, 'uuid')?.text.trim() ?? '',
+    agentChannel,
+    disks: parsed.map((p) => p.disk),
+    sources: new Map(parsed.map((p) => [p.disk.id, p.source])),
   };
-  // libvirt's disk types beyond file are the storage-libvirt work of issue 18; until then such a
-  // disk is reported as one this product does not copy yet (never ok), not silently skipped
-  if (!source || (!file && type !== 'network')) Object.assign(disk, excluded('no-medium', `a ${device} drive with no medium`));
-  else if (device === 'cdrom' || device === 'floppy' || readonly)
-    Object.assign(disk, excluded('removable-media', `a read-only ${device} (${file}): the guest cannot write it`));
-  else if (type === 'network' || NETWORK_PROTOCOLS.has(driver))
-    Object.assign(disk, excluded('not-supported', `a network disk (${driver}) is not copied by the libvirt provider yet`));
-  else if (type !== 'file' || device === 'lun')
-    Object.assign(
-      disk,
-      excluded('not-supported', `a disk of type ${type}${device === 'lun' ? ' (lun)' : ''} is not copied by the libvirt provider yet`),
-    );
-  return disk;
 }
 
 /** `virsh domjobinfo`: "Job type: None" when no job runs. */

@@ -106,11 +106,16 @@ export class VirshRunner implements Virsh {
 
   private async once(args: readonly string[], timeoutMs: number, signal?: AbortSignal): Promise<string> {
     const full = ['-c', this.uri, ...args];
+    const started = Date.now();
     try {
       const { stdout } = await runProgram(this.program, full, { timeoutMs, ...(signal ? { signal } : {}) });
       return stdout;
     } catch (err) {
-      if (err instanceof ProgramFailed) throw new VirshError(args, virshErrorText(err.stderr), err.code);
+      if (err instanceof ProgramFailed) {
+        // killed at our timeout: say so (libvirt itself waits 30 s for a domain's job lock)
+        const timedOut = err.code === null && !err.stderr.trim() && Date.now() - started >= timeoutMs;
+        throw new VirshError(args, timedOut ? `no answer from libvirtd within ${timeoutMs} ms` : virshErrorText(err.stderr), err.code);
+      }
       throw err;
     }
   }

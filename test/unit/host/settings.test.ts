@@ -56,6 +56,11 @@ describe('host settings: one validator', () => {
       /^Error: exclude: pattern 2 "web-\*" must be VM\/DISK \(letters, digits, \. _ : - and the wildcards \* \?\)/,
     ],
     ['an exclude pattern with a character of no id', { ...base, exclude: '100/scsi[1]' }, /^Error: exclude: pattern 1 "100\/scsi\[1\]"/],
+    [
+      'a relative libvirt scratch dir',
+      { provider: 'libvirt', hostName: 'lv', repository: '/srv/backup', scratchDir: 'scratch' },
+      /^Error: scratchDir: "scratch" must be an absolute path$/,
+    ],
   ];
   for (const [what, config, error] of bad) {
     it(`refuses ${what}, naming the field`, () => {
@@ -80,6 +85,13 @@ describe('host settings: one validator', () => {
       'web-*/vdb',
       '*/SCSI0:1',
     ]);
+  });
+
+  it('libvirt: the URI and the scratch dir reach the provider', () => {
+    const s = hostSettings({ provider: 'libvirt', hostName: 'lv', repository: '/srv/backup', scratchDir: '/var/tmp/lv-scratch' });
+    assert.deepEqual(s.provider.libvirt, { uri: 'qemu:///system', scratchDir: '/var/tmp/lv-scratch' });
+    const provider = createProvider(s.provider) as unknown as { options: { scratchDir?: string } };
+    assert.equal(provider.options.scratchDir, '/var/tmp/lv-scratch');
   });
 
   it('the pinned host key reaches the Hyper-V SSH runner that checks it', () => {

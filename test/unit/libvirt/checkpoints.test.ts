@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { backupXml } from '../../../src/providers/libvirt/backup-job';
 import { checkpointRecords, checkpointXml, deleteCheckpoint, parseCheckpointDisks } from '../../../src/providers/libvirt/checkpoints';
-import { parseDirtyMap } from '../../../src/providers/libvirt/incremental-copy';
+import { clusterAligned, optsValue, parseDirtyMap } from '../../../src/providers/libvirt/incremental-copy';
 import { VirshError, type Virsh } from '../../../src/providers/libvirt/virsh';
 
 /** Answers by the command and its --size/--metadata flags; records every call. */
@@ -107,5 +107,26 @@ describe('libvirt checkpoints and the incremental copy', () => {
       deleteCheckpoint(scripted({ 'checkpoint-delete': { error: 'internal error: something else' } }), 'd', 'vmbackup-1', 1000),
       /something else/,
     );
+  });
+
+  it('compressed incrementals: the dirty extents grown to whole 64 KiB clusters (the compress filter writes whole clusters), merged, within the disk', () => {
+    const K = 1024;
+    assert.deepEqual(
+      clusterAligned(
+        [
+          { offset: 4 * K, length: 4 * K },
+          { offset: 60 * K, length: 8 * K },
+          { offset: 256 * K, length: 64 * K },
+          { offset: 1000 * K, length: 10 * K },
+        ],
+        1005 * K,
+      ),
+      [
+        { offset: 0, length: 128 * K },
+        { offset: 256 * K, length: 64 * K },
+        { offset: 960 * K, length: 45 * K },
+      ],
+    );
+    assert.equal(optsValue('/b/a,b.qcow2'), '/b/a,,b.qcow2');
   });
 });

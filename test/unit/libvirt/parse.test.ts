@@ -16,6 +16,7 @@ import {
   parseNames,
   parseTable,
 } from '../../../src/providers/libvirt/parse';
+import { networkUrl, parseVolumeXml, resolvedVolume } from '../../../src/providers/libvirt/disks';
 import { checkUri, virshErrorText } from '../../../src/providers/libvirt/virsh';
 import { parseXml } from '../../../src/providers/libvirt/xml';
 
@@ -84,27 +85,72 @@ describe('libvirt parse: recorded virsh output', () => {
     assert.equal(definitionFrom(fixture('dumpxml-noagent-live.xml')).agentChannel, false);
   });
 
-  it('dumpxml: block, network, CD-ROM and empty drives are excluded with their reason', () => {
+  it('dumpxml: every disk QEMU reads is included (file, block, network, volume, read-only); removable media, empty drives and pass-through LUNs are not', () => {
     const xml = `<domain type='kvm'><name>x &amp; y</name><uuid>0f0e0d0c-0000-4000-8000-000000000001</uuid><devices>
       <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='/var/lib/libvirt/images/a b.img'/><target dev='vda' bus='virtio'/></disk>
-      <disk type='block' device='disk'><driver name='qemu' type='raw'/><source dev='/dev/sdb'/><target dev='vdb' bus='virtio'/></disk>
+      <disk type='block' device='disk'><driver name='qemu' type='raw'/><source dev='/dev/vg0/lv1'/><target dev='vdb' bus='virtio'/></disk>
       <disk type='network' device='disk'><driver name='qemu' type='raw'/><source protocol='iscsi' name='iqn.2024-01.x:t/1'><host name='10.0.0.1' port='3260'/></source><target dev='vdc' bus='virtio'/></disk>
+      <disk type='network' device='disk'><driver name='qemu' type='qcow2'/><source protocol='nbd' name='exp'><host name='127.0.0.1' port='10810'/></source><target dev='vdd' bus='virtio'/></disk>
+      <disk type='network' device='disk'><driver name='qemu' type='raw'/><source protocol='rbd' name='pool/img'><host name='m1' port='6789'/><host name='m2'/><auth username='admin'><secret type='ceph' uuid='0f0e0d0c-0000-4000-8000-000000000002'/></auth></source><target dev='vde' bus='virtio'/></disk>
+      <disk type='volume' device='disk'><driver name='qemu' type='qcow2'/><source pool='default' volume='v1.qcow2'/><target dev='vdf' bus='virtio'/></disk>
+      <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='/img/shared.raw'/><target dev='vdg' bus='virtio'/><readonly/></disk>
+      <disk type='network' device='disk'><driver name='qemu' type='raw'/><source protocol='nbd' name='e2'><host transport='unix' socket='/run/nbd.sock'/></source><target dev='vdh' bus='virtio'/></disk>
       <disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='/iso/d.iso'/><target dev='sda' bus='sata'/><readonly/></disk>
       <disk type='file' device='cdrom'><driver name='qemu' type='raw'/><target dev='sdb' bus='sata'/><readonly/></disk>
+      <disk type='block' device='lun'><driver name='qemu' type='raw'/><source dev='/dev/sdz'/><target dev='sdc' bus='scsi'/></disk>
+      <disk type='vhostuser' device='disk'><driver name='qemu' type='raw'/><source type='unix' path='/run/vhost.sock'/><target dev='vdi' bus='virtio'/></disk>
       <!-- a comment --><channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
     </devices></domain>`;
     const d = definitionFrom(xml);
     assert.equal(d.name, 'x & y');
     assert.deepEqual(
-      d.disks.map((x) => [x.id, x.file, x.included, x.excludedReason, x.excludedBy]),
+      d.disks.map((x) => [x.id, x.file, x.driver, x.included, x.excludedReason, x.excludedBy]),
       [
-        ['vda', '/var/lib/libvirt/images/a b.img', true, undefined, undefined],
-        ['vdb', '/dev/sdb', false, 'not-supported', 'product'],
-        ['vdc', 'iscsi://10.0.0.1/iqn.2024-01.x:t/1', false, 'not-supported', 'product'],
-        ['sda', '/iso/d.iso', false, 'removable-media', 'host'],
-        ['sdb', '', false, 'no-medium', 'host'],
+        ['vda', '/var/lib/libvirt/images/a b.img', 'file', true, undefined, undefined],
+        ['vdb', '/dev/vg0/lv1', 'block', true, undefined, undefined],
+        ['vdc', 'iscsi://10.0.0.1:3260/iqn.2024-01.x:t/1', 'iscsi', true, undefined, undefined],
+        ['vdd', 'nbd://127.0.0.1:10810/exp', 'nbd', true, undefined, undefined],
+        ['vde', 'rbd:pool/img:mon_host=m1\\:6789\\;m2', 'rbd', true, undefined, undefined],
+        ['vdf', 'default/v1.qcow2', 'volume', true, undefined, undefined],
+        ['vdg', '/img/shared.raw', 'file', true, undefined, undefined],
+        ['vdh', 'nbd+unix:///e2?socket=/run/nbd.sock', 'nbd', true, undefined, undefined],
+        ['sda', '/iso/d.iso', 'file', false, 'removable-media', 'host'],
+        ['sdb', '', 'file', false, 'no-medium', 'host'],
+        ['sdc', '/dev/sdz', 'block', false, 'not-supported', 'product'],
+        ['vdi', '/run/vhost.sock', 'vhostuser', false, 'not-supported', 'product'],
       ],
     );
+    // what an offline copy (qemu-img, without libvirt) cannot open: an authenticated network source
+    assert.equal(d.sources.get('vdc')?.offlineUnreadable, undefined);
+    assert.match(d.sources.get('vde')?.offlineUnreadable ?? '', /authenticates with a secret only libvirt holds/);
+    assert.deepEqual([d.sources.get('vdf')?.pool, d.sources.get('vdf')?.volume], ['default', 'v1.qcow2']);
+  });
+
+  it('a volume disk resolves through its pool: a file or block volume by its path, a network volume only through libvirt', () => {
+    const def = definitionFrom(
+      `<domain><name>v</name><devices><disk type='volume' device='disk'><driver type='qcow2'/><source pool='p' volume='v'/><target dev='vda'/></disk></devices></domain>`,
+    );
+    const vol = { disk: def.disks[0], source: def.sources.get('vda')! };
+    const file = resolvedVolume(
+      vol,
+      parseVolumeXml(
+        parseXml(`<volume type='file'><name>v</name><target><path>/pool/v.qcow2</path><format type='qcow2'/></target></volume>`),
+      ),
+    );
+    assert.deepEqual([file.disk.file, file.disk.driver, file.source.offlineUnreadable], ['/pool/v.qcow2', 'file', undefined]);
+    const block = resolvedVolume(vol, parseVolumeXml(parseXml(`<volume type='block'><target><path>/dev/vg/v</path></target></volume>`)));
+    assert.deepEqual([block.disk.file, block.disk.driver], ['/dev/vg/v', 'block']);
+    const net = resolvedVolume(vol, parseVolumeXml(parseXml(`<volume type='network'><target><path>rbdpool/v</path></target></volume>`)));
+    assert.equal(net.disk.included, true);
+    assert.match(net.source.offlineUnreadable ?? '', /p\/v is a network volume, read only through libvirt/);
+    assert.throws(() => parseVolumeXml(parseXml('<pool/>')), /root element is <pool>/);
+  });
+
+  it('network URLs qemu-img opens', () => {
+    assert.equal(networkUrl('nbd', '', [{ name: 'h' }]), 'nbd://h:10809/');
+    assert.equal(networkUrl('iscsi', 'iqn.x:t/0', [{ name: 'h', port: '3261' }]), 'iscsi://h:3261/iqn.x:t/0');
+    assert.equal(networkUrl('gluster', 'vol/dir/img', [{ name: 'g1', port: '24007' }]), 'gluster://g1:24007/vol/dir/img');
+    assert.equal(networkUrl('https', '/images/a.img', [{ name: 'w' }]), 'https://w/images/a.img');
   });
 
   it('domjobinfo and backup-dumpxml', () => {

@@ -1,6 +1,12 @@
 // The provider's decisions above virsh, with a scripted virsh standing in for libvirt: which
 // job it ends, what it refuses, what it asks libvirt afterwards.
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { classifyAll } from '../../../src/classify/classify';
+import type { ClassifiedVm } from '../../../src/contract/types';
+import { endBackup } from '../../../src/providers/libvirt/backup-job';
 import { LibvirtProvider } from '../../../src/providers/libvirt/libvirt-provider';
 import { VirshError, type Virsh } from '../../../src/providers/libvirt/virsh';
 
@@ -50,14 +56,20 @@ describe('libvirt provider: ending the backup job', () => {
     assert.deepEqual(virsh.calls[2], ['domjobabort', '--domain', 'web']);
   });
 
-  it('leaves a backup job that is not ours alone, and says so', async () => {
+  it('leaves a backup job that is not ours alone; ours is then not running (libvirt runs one job a domain), so nothing of ours is left', async () => {
     const virsh = new ScriptedVirsh({ domjobinfo: [BACKUP_JOB], 'backup-dumpxml': [dumpxml('/img/someone-elses.scratch')] });
-    await assert.rejects(new LibvirtProvider({ virsh }).merge('web', [overlay]), /not ours.*left alone/);
+    assert.equal(await endBackup(virsh, 'web', [overlay.overlay], 1000), 'foreign');
+    await new LibvirtProvider({ virsh }).merge('web', [overlay]);
     assert.ok(!virsh.calls.some((c) => c[0] === 'domjobabort'));
   });
 
-  it('nothing to end when no job runs, or the domain is shut off', async () => {
-    for (const answer of [NO_JOB, { error: 'Requested operation is not valid: domain is not running' }] as Answer[]) {
+  it('nothing to end when no job runs, the domain is shut off, or gone', async () => {
+    for (const answer of [
+      NO_JOB,
+      { error: 'Requested operation is not valid: domain is not running' },
+      // a transient domain stopped (or any domain undefined) meanwhile: gone, and its job with it
+      { error: "failed to get domain 'web'" },
+    ] as Answer[]) {
       const virsh = new ScriptedVirsh({ domjobinfo: [answer] });
       await new LibvirtProvider({ virsh }).merge('web', [overlay]);
       assert.deepEqual(
@@ -168,5 +180,209 @@ describe('libvirt provider: freeze status without qemu-agent-command', () => {
       await new LibvirtProvider({ virsh }).enumerate().catch(() => undefined);
       assert.equal(virsh.calls[0]?.[0], 'list', `${uri}: enumerated`);
     }
+  });
+});
+
+/** A running domain with a qcow2 disk that has change tracking and a raw one (none). */
+function twoDiskVm(over: Partial<ClassifiedVm> = {}): ClassifiedVm {
+  const disk = (id: string, format: string) => ({ id, node: id, file: `/img/${id}.${format}`, format, driver: 'file', included: true });
+  return {
+    id: 'web',
+    name: 'web',
+    state: 'running',
+    agent: { present: false, responding: false, freezeEnabled: false },
+    guest: { filesystems: [] },
+    disks: [{ ...disk('vda', 'qcow2'), tracking: { persistent: true, records: [] } }, disk('vdb', 'raw')],
+    snapshotLocation: { path: os.tmpdir() },
+    method: 'checkpoint',
+    consistency: 'crash',
+    reasons: [],
+    warnings: [],
+    ...over,
+  };
+}
+
+describe('libvirt provider: another job on the domain', () => {
+  const NONE = '\n';
+  it("a user's own backup job: refused at armView (before any freeze or job of ours) with libvirt's words, only queries asked", async () => {
+    const virsh = new ScriptedVirsh({ domjobinfo: [BACKUP_JOB], blockjob: [NONE] });
+    await assert.rejects(
+      new LibvirtProvider({ virsh }).armView(twoDiskVm()),
+      (err: Error) =>
+        err.name === 'OtherJobError' &&
+        /domain web: a Backup job runs \(domjobinfo: Unbounded, Backup\).*"cannot acquire state change lock".*nothing was made/.test(
+          err.message,
+        ),
+    );
+    assert.deepEqual(
+      virsh.calls.map((c) => c[0]),
+      ['domjobinfo', 'blockjob', 'blockjob'],
+    );
+  });
+
+  it('a block job on one disk (blockcopy): refused naming the disk', async () => {
+    const virsh = new ScriptedVirsh({
+      domjobinfo: [NO_JOB],
+      blockjob: [' type=Block Copy\n bandwidth=0\n cur=67108864\n end=67108864\n', '\n'],
+    });
+    await assert.rejects(
+      new LibvirtProvider({ virsh }).armView(twoDiskVm()),
+      /disk vda has a block job \(blockjob --info: Block Copy\).*"disk 'vda' has a blockjob assigned"/,
+    );
+  });
+
+  it('saved state: refused before managedsave, which would wait 30 s for the lock', async () => {
+    const virsh = new ScriptedVirsh({ domjobinfo: [BACKUP_JOB], blockjob: [NONE] });
+    await assert.rejects(
+      new LibvirtProvider({ virsh }).saveState(twoDiskVm({ method: 'saved-state' }), '/tmp/x'),
+      /cannot acquire state change lock/,
+    );
+    assert.ok(!virsh.calls.some((c) => c[0] === 'managedsave'));
+  });
+
+  it('no other job: armView asks and goes on; a scratch location without the room the view needs is refused, with the figures', async () => {
+    const virsh = new ScriptedVirsh({ domjobinfo: [NO_JOB], blockjob: [NONE] });
+    await new LibvirtProvider({ virsh }).armView(twoDiskVm());
+    const huge = twoDiskVm();
+    huge.disks[0].virtualSize = 2 ** 52;
+    await assert.rejects(
+      new LibvirtProvider({ virsh }).armView(huge),
+      /scratch location .* free; libvirt's scratch files for this VM need at least/,
+    );
+  });
+});
+
+describe('libvirt provider: a raw disk is copied whole, never given a bitmap', () => {
+  /** backup-begin's checkpoint XML as written when virsh was called */
+  async function checkpointOf(vm: ClassifiedVm, tracked: string[]): Promise<string | undefined> {
+    let xml: string | undefined;
+    let called = false;
+    const virsh = {
+      uri: 'qemu:///system',
+      run: async (args: readonly string[]) => {
+        if (args[0] !== 'backup-begin') throw new Error(`unscripted ${args[0]}`);
+        called = true;
+        const at = args.indexOf('--checkpointxml');
+        if (at > 0) xml = readFileSync(args[at + 1], 'utf8');
+        return 'Backup started\n';
+      },
+    };
+    const p = new LibvirtProvider({ virsh, runDir: path.join(os.tmpdir(), `vmb-unit-run-${process.pid}`) });
+    const backupId = '20261201T000000Z-abcdef';
+    await p.tracking.start(
+      vm.id,
+      tracked.map((disk) => ({ disk, name: `vmbackup-${backupId}` })),
+    );
+    const overlays = await p.snapshot(vm, backupId);
+    assert.ok(called);
+    assert.deepEqual(
+      overlays.map((o) => o.disk),
+      vm.disks.filter((d) => d.included).map((d) => d.id),
+    );
+    return xml;
+  }
+
+  it('qcow2 + raw: the raw disk is listed checkpoint=\'no\' (libvirt: "unsupported for storage type raw")', async () => {
+    const xml = await checkpointOf(twoDiskVm(), ['vda', 'vdb']);
+    assert.match(xml ?? '', /<disk name='vda' checkpoint='bitmap'\/>/);
+    assert.match(xml ?? '', /<disk name='vdb' checkpoint='no'\/>/);
+  });
+
+  it('raw only: no checkpoint at all (a checkpoint without a bitmap records nothing)', async () => {
+    const vm = twoDiskVm();
+    vm.disks = vm.disks.filter((d) => d.id === 'vdb');
+    assert.equal(await checkpointOf(vm, ['vdb']), undefined);
+  });
+});
+
+describe('libvirt provider: enumerate', () => {
+  const domxml = (name: string, disks: string) =>
+    `<domain type='qemu'><name>${name}</name><uuid>0f0e0d0c-0000-4000-8000-00000000000${name.length}</uuid><devices>${disks}</devices></domain>`;
+  const raw = (dev: string) =>
+    `<disk type='file' device='disk'><driver type='raw'/><source file='/img/${dev}.raw'/><target dev='${dev}'/></disk>`;
+
+  it('a transient domain (virsh create) cannot be managed-saved: saved-state policy gives it a checkpoint and says why', async () => {
+    const virsh = new ScriptedVirsh({
+      list: ['tr\npers\n', 'tr\n'],
+      domstate: ['running (booted)\n'],
+      dumpxml: [domxml('tr', raw('vda')), domxml('pers', raw('vda'))],
+      domblkinfo: [''],
+      'checkpoint-list': [''],
+    });
+    const vms = await new LibvirtProvider({ virsh }).enumerate();
+    assert.deepEqual(
+      vms.map((v) => [v.id, v.savedStateRefused]),
+      [
+        ['pers', undefined],
+        ['tr', 'a transient domain (made by virsh create) cannot be managed-saved by libvirt'],
+      ],
+    );
+    const classified = classifyAll(vms, 'saved-state');
+    assert.deepEqual(
+      classified.map((v) => [v.id, v.method]),
+      [
+        ['pers', 'saved-state'],
+        ['tr', 'checkpoint'],
+      ],
+    );
+    assert.ok(classified[1].warnings.some((w) => /saved-state not used: a transient domain .* gets a checkpoint instead/.test(w)));
+  });
+
+  it('scratch files: beside the first disk that is a file, set aside (dedicated) when a disk is a block device or network drive; a domain of those only gets libvirt state dir', async () => {
+    const blk = `<disk type='block' device='disk'><driver type='raw'/><source dev='/dev/loop7'/><target dev='vda'/></disk>`;
+    const virsh = new ScriptedVirsh({
+      list: ['b\nf\nr\n', ''],
+      domstate: ['running (booted)\n'],
+      dumpxml: [domxml('b', blk), domxml('f', blk + raw('vdb')), domxml('r', raw('vda'))],
+      domblkinfo: [''],
+      'checkpoint-list': [''],
+    });
+    const vms = await new LibvirtProvider({ virsh }).enumerate();
+    assert.deepEqual(
+      vms.map((v) => [v.id, v.snapshotLocation.path, v.snapshotLocation.dedicated]),
+      [
+        ['b', '/var/lib/libvirt/qemu', true],
+        ['f', '/img', true],
+        ['r', '/img', undefined],
+      ],
+    );
+  });
+
+  it("a volume whose pool is not started: the domain is unreachable with libvirt's words, never left out of an ok set", async () => {
+    const vol = `<disk type='volume' device='disk'><driver type='qcow2'/><source pool='images' volume='v.qcow2'/><target dev='vda'/></disk>`;
+    const virsh = new ScriptedVirsh({
+      list: ['web\n', ''],
+      domstate: ['shut off (shutdown)\n'],
+      dumpxml: [domxml('web', vol)],
+      'vol-dumpxml': [{ error: "Requested operation is not valid: storage pool 'images' is not active" }],
+    });
+    const [vm] = await new LibvirtProvider({ virsh }).enumerate();
+    assert.equal(vm.state, 'unreachable');
+    assert.match(
+      vm.unreachable?.reason ?? '',
+      /disk vda: volume v.qcow2 of pool images cannot be resolved: .*storage pool 'images' is not active/,
+    );
+  });
+
+  it('a volume disk is resolved through its pool; a shut-off domain whose disk qemu-img cannot open alone is unreachable, with why', async () => {
+    const auth = `<disk type='network' device='disk'><driver type='raw'/><source protocol='iscsi' name='iqn.x:t/1'><host name='h'/><auth username='u'><secret type='iscsi' usage='x'/></auth></source><target dev='vdb'/></disk>`;
+    const vol = `<disk type='volume' device='disk'><driver type='raw'/><source pool='p' volume='v.raw'/><target dev='vda'/></disk>`;
+    const virsh = new ScriptedVirsh({
+      list: ['off\n', ''],
+      domstate: ['shut off (shutdown)\n'],
+      dumpxml: [domxml('off', vol + auth)],
+      'vol-dumpxml': [`<volume type='file'><target><path>/pool/v.raw</path><format type='raw'/></target></volume>`],
+      domblkinfo: [''],
+    });
+    const [vm] = await new LibvirtProvider({ virsh }).enumerate();
+    assert.equal(vm.state, 'unreachable');
+    assert.match(
+      vm.unreachable?.reason ?? '',
+      /disk vdb \(iscsi:\/\/h:3260\/iqn.x:t\/1\): its iscsi source authenticates with a secret only libvirt holds/,
+    );
+    assert.deepEqual(
+      virsh.calls.find((c) => c[0] === 'vol-dumpxml'),
+      ['vol-dumpxml', '--pool', 'p', 'v.raw'],
+    );
   });
 });

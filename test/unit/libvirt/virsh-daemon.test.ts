@@ -14,11 +14,14 @@ const n = fs.existsSync(count) ? Number(fs.readFileSync(count, 'utf8')) : 0;
 fs.writeFileSync(count, String(n + 1));
 const args = process.argv.slice(4);
 if (args[0] === 'bad') { process.stderr.write('error: failed to get domain x\\n'); process.exit(1); }
+if (args[0] === 'hang') setInterval(() => {}, 1000);
+else {
 if (n < fails) {
   process.stderr.write("error: failed to connect to the hypervisor\\nerror: Failed to connect socket to '/var/run/libvirt/libvirt-sock': No such file or directory\\n");
   process.exit(1);
 }
 process.stdout.write('ok ' + args.join(' ') + '\\n');
+}
 `;
 
 describe('libvirt VirshRunner: libvirtd not answering', function () {
@@ -59,6 +62,14 @@ describe('libvirt VirshRunner: libvirtd not answering', function () {
         /libvirtd does not answer on qemu:\/\/\/system \(waited 1500 ms\): failed to connect/.test(err.message),
     );
     assert.ok(Date.now() - t0 < 6000, 'bounded by the call timeout');
+  });
+
+  it('a virsh that does not answer is stopped at the call timeout, and the error says so (not "failed without a message")', async () => {
+    process.env.FAKE_FAILS = '0';
+    await assert.rejects(
+      new VirshRunner('qemu:///system', program).run(['hang'], { timeoutMs: 800 }),
+      (err: unknown) => err instanceof VirshError && /no answer from libvirtd within 800 ms/.test(err.message),
+    );
   });
 
   it('any other error fails at once, run once', async () => {
