@@ -11,6 +11,7 @@ import { verifyIncrementalDisk } from './chain/verify-chain';
 import { assertManifest } from './contract/validate';
 import type { Manifest } from './contract/types';
 import { sha256File, STAGING_PREFIX } from './repository/repository';
+import { SIDECARS } from './repository/sidecars';
 import { ProgramFailed, runProgram } from './util/run';
 
 export interface VerifyOptions {
@@ -255,7 +256,8 @@ async function verifyOne(dir: string, options: VerifyOptions, cache: ReportCache
   }
 
   for (const name of entries.sort()) {
-    if (name === MANIFEST || listed.has(name)) continue;
+    // our records beside the manifest (the user's protected mark, verify and identity records)
+    if (name === MANIFEST || listed.has(name) || SIDECARS.includes(name)) continue;
     fail(path.join(root, name), 'is not listed in manifest.json');
   }
   return finish();

@@ -108,7 +108,13 @@ export async function pruneVm(vm: string, options: PruneOptions): Promise<VmPrun
   report.backups = plan.backups;
   report.kept = plan.keep;
   const byId = new Map(scan.backups.map((b) => [b.id, b]));
-  const describe = (m: Merge) => ({ backup: m.backup, disk: m.disk, from: m.through, ...(m.base ? { onto: m.base } : {}), becameFull: !m.base });
+  const describe = (m: Merge) => ({
+    backup: m.backup,
+    disk: m.disk,
+    from: m.through,
+    ...(m.base ? { onto: m.base } : {}),
+    becameFull: !m.base,
+  });
   if (options.dryRun || !keepsSomething(options.rules) || plan.remove.length === 0) {
     report.removed = plan.remove;
     report.merged = plan.merges.map(describe);
@@ -216,7 +222,10 @@ async function removeBackup(vmDir: string, id: string): Promise<void> {
  * Settle an interrupted prune of the VM folder: before any merge began, roll back (remove our
  * temporary files, nothing else changed); after, finish it. Returns what was done.
  */
-export async function recoverVm(vmDir: string, options: Pick<PruneOptions, 'qemuImg' | 'timeoutMs' | 'host' | 'root' | 'now'>): Promise<string> {
+export async function recoverVm(
+  vmDir: string,
+  options: Pick<PruneOptions, 'qemuImg' | 'timeoutMs' | 'host' | 'root' | 'now'>,
+): Promise<string> {
   const stale = await readJournal(vmDir);
   if (!stale) return 'nothing to recover';
   const opened = await openJournal(vmDir, stale);

@@ -48,7 +48,10 @@ export function parseRetention(config: Partial<Record<RuleName, unknown>>): Rete
     const text = typeof v === 'number' ? String(v) : typeof v === 'string' ? v.trim() : undefined;
     const n = text !== undefined && /^[0-9]{1,7}$/.test(text) ? Number(text) : NaN;
     if (!(n >= 1 && n <= MAX_KEEP))
-      throw new RetentionError(rule, `${JSON.stringify(v)?.slice(0, 40)} must be empty (rule not used) or a whole number from 1 to ${MAX_KEEP}`);
+      throw new RetentionError(
+        rule,
+        `${JSON.stringify(v)?.slice(0, 40)} must be empty (rule not used) or a whole number from 1 to ${MAX_KEEP}`,
+      );
     out[rule] = n;
   }
   return out;
@@ -106,9 +109,7 @@ export interface RetentionItem {
   protected?: boolean;
 }
 
-export type Mark =
-  | { keep: true; why: string; rule?: RuleName; period?: string }
-  | { keep: false; why: string };
+export type Mark = { keep: true; why: string; rule?: RuleName; period?: string } | { keep: false; why: string };
 
 /**
  * Marks for every item (by id). Sorted newest first here (by time, then id, as Proxmox does by its
@@ -142,7 +143,12 @@ export function selectRetention(items: readonly RetentionItem[], rules: Retentio
       if (!kept.has(period)) {
         if (kept.size >= count) break;
         kept.add(period);
-        marks.set(it.id, { keep: true, why: `${RULE_LABEL[rule]} ${count}: newest of ${rule === 'keepLast' ? 'the last' : period}`, rule, period });
+        marks.set(it.id, {
+          keep: true,
+          why: `${RULE_LABEL[rule]} ${count}: newest of ${rule === 'keepLast' ? 'the last' : period}`,
+          rule,
+          period,
+        });
       } else {
         marks.set(it.id, { keep: false, why: `${RULE_LABEL[rule]}: ${period} already keeps a newer backup` });
       }

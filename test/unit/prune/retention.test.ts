@@ -49,7 +49,8 @@ describe('retention (Proxmox semantics)', () => {
       [{ keepYearly: 7 }, [d2, d3, d4a]],
       [{ keepWeekly: 5, keepMonthly: 6, keepYearly: 7 }, [d2, d3, d4a]],
     ];
-    for (const [rules, expect] of cases) it(`${JSON.stringify(rules)} removes ${expect.length}`, () => assert.deepEqual(removed(list, rules), expect));
+    for (const [rules, expect] of cases)
+      it(`${JSON.stringify(rules)} removes ${expect.length}`, () => assert.deepEqual(removed(list, rules), expect));
   });
 
   describe('test_prune_simple2', () => {
@@ -72,7 +73,8 @@ describe('retention (Proxmox semantics)', () => {
       [{ keepDaily: 1, keepWeekly: 1, keepMonthly: 1 }, ['2019-11-22T11:59:15Z', '2019-12-01T11:59:15Z', '2019-12-04T11:59:15Z']],
       [{ keepMonthly: 1, keepYearly: 1 }, ['2018-11-15T11:59:15Z', '2019-12-04T11:59:15Z']],
     ];
-    for (const [rules, expect] of cases) it(`${JSON.stringify(rules)} keeps ${expect.length}`, () => assert.deepEqual(kept(list, rules), expect));
+    for (const [rules, expect] of cases)
+      it(`${JSON.stringify(rules)} keeps ${expect.length}`, () => assert.deepEqual(kept(list, rules), expect));
   });
 
   describe('test_prune_hourly', () => {
@@ -97,7 +99,8 @@ describe('retention (Proxmox semantics)', () => {
       item('2019-11-15T10:49:15Z'),
       item('2019-11-15T10:59:15Z', true),
     ];
-    it('keep-last 1: protected ones are kept and count for no rule', () => assert.deepEqual(removed(list, { keepLast: 1 }), ['2019-11-15T10:39:15Z']));
+    it('keep-last 1: protected ones are kept and count for no rule', () =>
+      assert.deepEqual(removed(list, { keepLast: 1 }), ['2019-11-15T10:39:15Z']));
     it('keep-hourly 1: the same', () => assert.deepEqual(removed(list, { keepHourly: 1 }), ['2019-11-15T10:39:15Z']));
   });
 
@@ -125,7 +128,7 @@ describe('retention (Proxmox semantics)', () => {
     assert.deepEqual(days.slice(0, 6), ['2026-05-31', '2026-06-30', '2026-07-31', '2026-08-31', '2026-09-30', '2026-10-31']);
   });
 
-  it('ISO weeks: the years\' edges', () => {
+  it("ISO weeks: the years' edges", () => {
     assert.deepEqual(isoWeek(new Date(2026, 11, 31)), [2026, 53]);
     assert.deepEqual(isoWeek(new Date(2027, 0, 3)), [2026, 53]);
     assert.deepEqual(isoWeek(new Date(2027, 0, 4)), [2027, 1]);
