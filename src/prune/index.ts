@@ -11,6 +11,7 @@ export {
 } from './retention';
 export type { Retention, RuleName, RetentionItem, Mark } from './retention';
 export { planPrune, manifestsAfter, PrunePlanError, type PrunePlan, type Merge, type PlannedBackup } from './plan';
-export { pruneVm, pruneHost, recoverVm, listVms, PruneRefused, type PruneOptions, type VmPruneReport } from './prune';
+export { pruneVm, pruneHost, recoverVm, listVms, type PruneOptions, type VmPruneReport } from './prune';
 export { PruneBusy, PRUNE_JOURNAL } from './journal';
 export { scanVm, type ScannedBackup, type VmScan } from './scan';
+export { formatPruneReport, summarizePrune, type PruneSummary } from './report';

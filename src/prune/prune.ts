@@ -50,16 +50,6 @@ export interface VmPruneReport {
   ms: number;
 }
 
-export class PruneRefused extends Error {
-  constructor(
-    readonly field: string,
-    detail: string,
-  ) {
-    super(`${field}: ${detail}`);
-    this.name = 'PruneRefused';
-  }
-}
-
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Prune one VM. Refusals before anything is touched throw; a failure after the lock is reported in the result. */

@@ -145,7 +145,7 @@ export function selectRetention(items: readonly RetentionItem[], rules: Retentio
         kept.add(period);
         marks.set(it.id, {
           keep: true,
-          why: `${RULE_LABEL[rule]} ${count}: newest of ${rule === 'keepLast' ? 'the last' : period}`,
+          why: rule === 'keepLast' ? `${RULE_LABEL[rule]} ${count}` : `${RULE_LABEL[rule]} ${count}: newest of ${period}`,
           rule,
           period,
         });
