@@ -33,6 +33,16 @@ export interface DiskSpec {
   id: string;
   /** a full at these point indices (0 always) */
   fullAt: (i: number) => boolean;
+  /** the disk's size (default SIZE) */
+  size?: number;
+  /** a raw image whose content the first full starts from (e.g. a partitioned disk with a file system) */
+  seed?: string;
+  /** the points' writes land from here on (default 0; keep them off a seeded file system's metadata) */
+  writeBase?: number;
+}
+
+export interface RepoOptions {
+  consistency?: 'application' | 'crash' | 'offline';
 }
 
 export interface BuiltRepo {
@@ -46,7 +56,7 @@ export interface BuiltRepo {
 
 const fileOf = (disk: string) => `disk-${disk}.qcow2`;
 
-export function buildRepo(tmp: string, times: Date[], disks: DiskSpec[]): BuiltRepo {
+export function buildRepo(tmp: string, times: Date[], disks: DiskSpec[], opts: RepoOptions = {}): BuiltRepo {
   const root = path.join(tmp, 'repo');
   const vmDir = path.join(root, HOST, VM);
   const ids = times.map((t, i) => idAt(t, i));
@@ -63,14 +73,16 @@ export function buildRepo(tmp: string, times: Date[], disks: DiskSpec[]): BuiltR
       const name = fileOf(d.id);
       const image = path.join(dir, name);
       const full = i === 0 || d.fullAt(i);
-      if (full) run('qemu-img', ['create', '-q', '-f', 'qcow2', image, String(SIZE)]);
+      const size = d.size ?? SIZE;
+      if (full && i === 0 && d.seed) run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', d.seed, image]);
+      else if (full) run('qemu-img', ['create', '-q', '-f', 'qcow2', image, String(size)]);
       else run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', `../${ids[i - 1]}/${name}`, '-F', 'qcow2', image]);
       // a full holds the whole disk as it is: copy the previous point's content into it first
       if (full && i > 0) run('qemu-img', ['convert', '-n', '-f', 'qcow2', '-O', 'qcow2', path.join(vmDir, ids[i - 1], name), image]);
       const args = ['-f', 'qcow2'];
       // two clusters per point, moving through the disk, one of them over an earlier point's
-      const a = ((i * 3 + n) % 60) * 65536;
-      const b = ((i * 7 + 5 + n) % 60) * 65536;
+      const a = (d.writeBase ?? 0) + ((i * 3 + n) % 60) * 65536;
+      const b = (d.writeBase ?? 0) + ((i * 7 + 5 + n) % 60) * 65536;
       args.push('-c', `write -q -P 0x${((i * 11 + n * 5 + 1) % 255).toString(16)} ${a} 65536`);
       args.push('-c', `write -q -P 0x${((i * 13 + n * 3 + 2) % 255).toString(16)} ${b} 4096`);
       run('qemu-io', [...args, image]);
@@ -86,7 +98,7 @@ export function buildRepo(tmp: string, times: Date[], disks: DiskSpec[]): BuiltR
             reason: i === 0 ? ('first-backup' as const) : ('policy-full-every' as const),
             detail: 'made by the test',
             depth: 0,
-            bytesRead: SIZE,
+            bytesRead: size,
           }
         : {
             mode: 'incremental' as const,
@@ -104,7 +116,7 @@ export function buildRepo(tmp: string, times: Date[], disks: DiskSpec[]): BuiltR
         kind: 'disk',
         disk: d.id,
         format: 'qcow2',
-        virtualSize: SIZE,
+        virtualSize: size,
         bytes: fs.statSync(image).size,
         sha256: shaOf(image),
         chain,
@@ -120,7 +132,7 @@ export function buildRepo(tmp: string, times: Date[], disks: DiskSpec[]): BuiltR
       vm: VM,
       vmName: VM,
       method: 'checkpoint',
-      consistency: 'crash',
+      consistency: opts.consistency ?? 'crash',
       reasons: [],
       excludedDisks: [],
       warnings: [],
