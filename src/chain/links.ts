@@ -257,6 +257,19 @@ export async function parentLink(child: ChainLink, vmDir: string): Promise<{ lin
 }
 
 /**
+ * Whether `parent` was made before `child`. Backup ids sort by time (to the second) and a parent is
+ * always made before its child; two backups within one second compare by their manifests' times.
+ * With a set of links seen, no chain walk can loop.
+ */
+export function isEarlier(parent: ChainLink, child: ChainLink): boolean {
+  const [p, c] = [parent.backupId.slice(0, 16), child.backupId.slice(0, 16)];
+  return (
+    p < c ||
+    (p === c && parent.backupId !== child.backupId && Date.parse(parent.manifest.completedAt) <= Date.parse(child.manifest.createdAt))
+  );
+}
+
+/**
  * From `top` down to its full: every link's manifest, backing string and size checked without
  * letting qemu-img follow anything, then `qemu-img info --backing-chain` of the top (now safe),
  * which must open exactly these files with one virtual size.
@@ -274,14 +287,7 @@ export async function walkChain(
     if (!link.entry.chain || link.entry.chain.mode === 'full') break;
     const next = await parentLink(link, vmDir);
     if ('problem' in next) return { problem: next.problem, links };
-    // backup ids sort by time (to the second) and a parent is always made before its child; two
-    // backups within one second compare by their manifests' times. With `seen`, no loop is possible.
-    const earlier =
-      next.link.backupId.slice(0, 16) < link.backupId.slice(0, 16) ||
-      (next.link.backupId.slice(0, 16) === link.backupId.slice(0, 16) &&
-        next.link.backupId !== link.backupId &&
-        Date.parse(next.link.manifest.completedAt) <= Date.parse(link.manifest.createdAt));
-    if (!earlier || seen.has(next.link.backupId) || links.length > MAX_CHAIN_DEPTH) {
+    if (!isEarlier(next.link, link) || seen.has(next.link.backupId) || links.length > MAX_CHAIN_DEPTH) {
       return {
         problem: {
           file: link.file,

@@ -5,6 +5,7 @@
 // <repository>/<host>/<vm>/, are ever touched; never through a symbolic link.
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
+import { recordIdentity } from '../chain/identity';
 import { assertManifest } from '../contract/validate';
 import { fsyncDir } from '../repository/durable';
 import { inside } from '../repository/paths';
@@ -179,8 +180,9 @@ async function carryOut(
     for (const [i, [id, manifest]] of entries.entries()) {
       const dir = path.join(vmDir, id);
       await writeAtomic(dir, 'manifest.json', JSON.stringify(manifest, null, 2) + '\n');
-      // what the files were at publish no longer holds for a merged disk: the next backup checks it afresh
+      // the files as they are now (a merged disk is another file): the next backup trusts them by this
       await fs.rm(path.join(dir, IDENTITY_RECORD), { force: true });
+      await recordIdentity(dir);
       await step('manifest-written', i, entries.length);
     }
     journal.phase = 'removing';

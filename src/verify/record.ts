@@ -62,9 +62,9 @@ export async function writeRecord(dir: string, record: VerifyRecord): Promise<vo
 }
 
 /** The backup's verify record if there is one and it is about the manifest there now. */
-export async function currentRecord(dir: string): Promise<VerifyRecord | undefined> {
+export async function currentRecord(dir: string, knownManifestSha?: string): Promise<VerifyRecord | undefined> {
   const record = await readSidecar<VerifyRecord>(dir, VERIFY_RECORD);
   if (record?.format !== 'vm-backup-verify@1' || typeof record.verifiedAt !== 'string') return undefined;
-  const sha = await manifestSha(dir);
+  const sha = knownManifestSha ?? (await manifestSha(dir));
   return sha && record.manifestSha256 === sha ? record : undefined;
 }
