@@ -43,6 +43,8 @@ export interface DiskSpec {
 
 export interface RepoOptions {
   consistency?: 'application' | 'crash' | 'offline';
+  /** the VM's id (default VM) */
+  vm?: string;
 }
 
 export interface BuiltRepo {
@@ -58,7 +60,8 @@ const fileOf = (disk: string) => `disk-${disk}.qcow2`;
 
 export function buildRepo(tmp: string, times: Date[], disks: DiskSpec[], opts: RepoOptions = {}): BuiltRepo {
   const root = path.join(tmp, 'repo');
-  const vmDir = path.join(root, HOST, VM);
+  const vm = opts.vm ?? VM;
+  const vmDir = path.join(root, HOST, vm);
   const ids = times.map((t, i) => idAt(t, i));
   const refs = new Map<string, string>();
   const depth = new Map<string, number>();
@@ -67,7 +70,7 @@ export function buildRepo(tmp: string, times: Date[], disks: DiskSpec[], opts: R
     fs.mkdirSync(dir, { recursive: true });
     const files: ManifestFile[] = [];
     const definition = path.join(dir, 'definition.json');
-    fs.writeFileSync(definition, JSON.stringify({ format: 'vm-backup-qemu-definition@1', id: VM, point: i }) + '\n');
+    fs.writeFileSync(definition, JSON.stringify({ format: 'vm-backup-qemu-definition@1', id: vm, point: i }) + '\n');
     files.push({ name: 'definition.json', kind: 'definition', bytes: fs.statSync(definition).size, sha256: shaOf(definition) });
     for (const [n, d] of disks.entries()) {
       const name = fileOf(d.id);
@@ -129,8 +132,8 @@ export function buildRepo(tmp: string, times: Date[], disks: DiskSpec[], opts: R
       backupId: id,
       host: HOST,
       provider: 'qemu',
-      vm: VM,
-      vmName: VM,
+      vm,
+      vmName: vm,
       method: 'checkpoint',
       consistency: opts.consistency ?? 'crash',
       reasons: [],
