@@ -24,7 +24,7 @@ import {
   type Installed,
 } from './harness';
 
-const PIPELINE = TYPES.filter((t) => t !== 'vmbackup-host');
+const PIPELINE = TYPES.filter((t) => !['vmbackup-host', 'vmbackup-prune', 'vmbackup-verify', 'vmbackup-history'].includes(t));
 const folderOf = (type: string) => type.replace(/^vmbackup-/, '');
 
 interface NodeSetInfo {
