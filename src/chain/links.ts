@@ -232,7 +232,10 @@ export async function parentLink(child: ChainLink, vmDir: string): Promise<{ lin
     };
   }
   const parentDepth = entry.chain?.depth ?? 0;
-  if (chain.depth !== parentDepth + 1) {
+  // a prune that merged links under the parent after this child was planned shortened the chain
+  // below it: the child keeps the depth it was made with (deeper), the chain itself is whole
+  const mergedSince = (m.merges ?? []).some((x) => Date.parse(x.at) > Date.parse(child.manifest.createdAt));
+  if (chain.depth !== parentDepth + 1 && !(mergedSince && chain.depth > parentDepth + 1)) {
     return {
       problem: {
         file: path.join(child.dir, MANIFEST),

@@ -502,7 +502,7 @@ export const manifestSchema = {
       properties: { parent: { type: 'string', pattern: backupIdPattern }, depth: { type: 'integer', minimum: 0, maximum: 100000 } },
     },
     totalBytes: nonNegInt,
-    /** written by a prune: the backups whose links were merged into this one's disks, and when */
+    /** written by a prune: when, and the backups whose links were merged into this one's disks (none: the merge was further down its chain) */
     merges: {
       type: 'array',
       items: {

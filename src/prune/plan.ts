@@ -194,7 +194,9 @@ export function manifestsAfter(
       files,
       ...(files.some((f) => f.chain) ? { chain: vm } : {}),
       totalBytes: files.reduce((n, f) => n + f.bytes, 0),
-      ...(mergedHere.length ? { merges: [...(b.manifest.merges ?? []), { at, backups: mergedHere }] } : {}),
+      // also when only its depth changed (the merge was further down): a child planned before the
+      // prune carries the old depth, and this says why that is right (chain/links.ts parentLink)
+      merges: [...(b.manifest.merges ?? []), { at, backups: mergedHere }],
     };
     out.set(b.id, manifest);
   }

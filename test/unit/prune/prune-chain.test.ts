@@ -174,6 +174,40 @@ export async function assertKeptRestorable(tmp: string, repo: BuiltRepo, kept: s
     assert.equal(r.removed.length, 3);
   });
 
+  it('a backup planned before a prune and published after it (its parent merged meanwhile) still verifies', async () => {
+    const repo = buildRepo(tmp, nightly('2026-11-01T02:00:00Z', 6), [disks[0]]);
+    const pruneAt = new Date('2026-11-07T03:00:00Z');
+    const r = await pruneVm(VM, { root: repo.root, host: HOST, rules: { keepLast: 2 }, now: () => pruneAt });
+    assert.ok(r.ok && r.merged.length === 1);
+    // the next backup was planned at 02:59 on the old chain (depth 6 on the newest), published after the prune
+    const parent = repo.ids[5];
+    const id = '20261107T025900Z-late00';
+    const dir = path.join(repo.vmDir, id);
+    fs.mkdirSync(dir);
+    const file = 'disk-drive-virtio0.qcow2';
+    spawnSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', `../${parent}/${file}`, '-F', 'qcow2', path.join(dir, file)]);
+    const m = JSON.parse(fs.readFileSync(path.join(repo.vmDir, parent, 'manifest.json'), 'utf8'));
+    const image = path.join(dir, file);
+    fs.copyFileSync(path.join(repo.vmDir, parent, 'definition.json'), path.join(dir, 'definition.json'));
+    const disk = m.files.find((f: { kind: string }) => f.kind === 'disk');
+    Object.assign(disk, {
+      bytes: fs.statSync(image).size,
+      sha256: spawnSync('sha256sum', [image], { encoding: 'utf8' }).stdout.split(' ')[0],
+      chain: { ...disk.chain, mode: 'incremental', reason: 'incremental', depth: 6, parent, backing: `../${parent}/${file}` },
+    });
+    Object.assign(m, {
+      backupId: id,
+      chain: { parent, depth: 6 },
+      createdAt: '2026-11-07T02:59:00.000Z',
+      completedAt: '2026-11-07T03:05:00.000Z',
+    });
+    delete m.merges;
+    m.totalBytes = m.files.reduce((n: number, f: { bytes: number }) => n + f.bytes, 0);
+    fs.writeFileSync(path.join(dir, 'manifest.json'), JSON.stringify(m, null, 2));
+    const v = await verifyBackup(dir);
+    assert.ok(v.ok, JSON.stringify(v.problems));
+  });
+
   it('a second prune of the same VM while one runs is refused', async () => {
     const repo = buildRepo(tmp, nightly('2026-11-01T02:00:00Z', 6), [disks[0]]);
     let second: Promise<unknown> | undefined;
