@@ -272,6 +272,15 @@ export function isEarlier(parent: ChainLink, child: ChainLink): boolean {
   );
 }
 
+/** The problem of a parent that is not an earlier backup than its child (a loop, or damage). */
+export function notEarlier(child: ChainLink, parent: ChainLink): LinkProblem {
+  return {
+    file: child.file,
+    problem: `its parent ${parent.backupId} is not an earlier backup than ${child.backupId}`,
+    reason: 'parent-invalid',
+  };
+}
+
 /**
  * From `top` down to its full: every link's manifest, backing string and size checked without
  * letting qemu-img follow anything, then `qemu-img info --backing-chain` of the top (now safe),
@@ -291,14 +300,7 @@ export async function walkChain(
     const next = await parentLink(link, vmDir);
     if ('problem' in next) return { problem: next.problem, links };
     if (!isEarlier(next.link, link) || seen.has(next.link.backupId) || links.length > MAX_CHAIN_DEPTH) {
-      return {
-        problem: {
-          file: link.file,
-          problem: `its parent ${next.link.backupId} is not an earlier backup than ${link.backupId}`,
-          reason: 'parent-invalid',
-        },
-        links,
-      };
+      return { problem: notEarlier(link, next.link), links };
     }
     seen.add(next.link.backupId);
     links.push(next.link);

@@ -8,7 +8,7 @@
 import * as path from 'node:path';
 import { currentRecord, manifestSha } from '../verify/record';
 import { identityChange, identityOf, readIdentity } from './identity';
-import { isEarlier, MAX_CHAIN_DEPTH, parentLink, type ChainLink, type LinkProblem } from './links';
+import { isEarlier, MAX_CHAIN_DEPTH, notEarlier, parentLink, type ChainLink, type LinkProblem } from './links';
 
 export type TrustResult = { links: ChainLink[] } | { problem: LinkProblem; links: ChainLink[] } | { unknown: string; links: ChainLink[] };
 
@@ -65,14 +65,7 @@ export async function trustChain(top: ChainLink, vmDir: string): Promise<TrustRe
     if ('problem' in next) return { problem: failed ?? next.problem, links };
     // a parent is always an earlier backup (links.ts walkChain says why); with `seen`, no loop
     if (seen.has(next.link.backupId) || !isEarlier(next.link, link) || links.length > MAX_CHAIN_DEPTH)
-      return {
-        problem: {
-          file: link.file,
-          problem: `its parent ${next.link.backupId} is not an earlier backup than ${link.backupId}`,
-          reason: 'parent-invalid',
-        },
-        links,
-      };
+      return { problem: notEarlier(link, next.link), links };
     seen.add(next.link.backupId);
     links.push(next.link);
     link = next.link;

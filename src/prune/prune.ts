@@ -53,24 +53,17 @@ export interface VmPruneReport {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+function emptyReport(vm: string, options: PruneOptions): VmPruneReport {
+  const none = { backups: [], kept: [], removed: [], merged: [], leftAlone: [] };
+  return { vm, ok: false, dryRun: options.dryRun === true, rules: describeRetention(options.rules), ...none, bytesRemoved: 0, ms: 0 };
+}
+
 /** Prune one VM. Refusals before anything is touched throw; a failure after the lock is reported in the result. */
 export async function pruneVm(vm: string, options: PruneOptions): Promise<VmPruneReport> {
   const t0 = Date.now();
   const vmDir = inside(options.root, 'vm', options.host, vm);
   const step = async (name: string, index?: number, total?: number) => options.onStep?.(name, { vm, index, total });
-  const report: VmPruneReport = {
-    vm,
-    ok: false,
-    dryRun: options.dryRun === true,
-    rules: describeRetention(options.rules),
-    backups: [],
-    kept: [],
-    removed: [],
-    merged: [],
-    bytesRemoved: 0,
-    leftAlone: [],
-    ms: 0,
-  };
+  const report = emptyReport(vm, options);
   const finish = () => ((report.ms = Date.now() - t0), report);
 
   // an interrupted prune of this VM is settled first (its lock is ours to take once its writer is gone)
@@ -259,20 +252,7 @@ export async function pruneHost(options: PruneOptions & { vms?: string[] }): Pro
     try {
       reports.push(await pruneVm(vm, options));
     } catch (err) {
-      reports.push({
-        vm,
-        ok: false,
-        dryRun: options.dryRun === true,
-        rules: describeRetention(options.rules),
-        backups: [],
-        kept: [],
-        removed: [],
-        merged: [],
-        bytesRemoved: 0,
-        leftAlone: [],
-        error: (err as Error).message,
-        ms: 0,
-      });
+      reports.push({ ...emptyReport(vm, options), error: (err as Error).message });
     }
   }
   return reports;

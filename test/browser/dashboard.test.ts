@@ -12,7 +12,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { NodeRed, REPO_ROOT, readExample, removeDir, sleep } from '../e2e/harness';
+import { CHROMIUM_ARGS, NodeRed, REPO_ROOT, readExample, removeDir, sleep } from '../e2e/harness';
 import { buildRepo } from '../unit/prune/build-repo';
 import { runVerifyJob } from '../../src/verify';
 
@@ -89,15 +89,7 @@ describe('dashboard example in headless Chromium', function () {
     context = await chromium.launchPersistentContext(path.join(dir, 'chromium-profile'), {
       executablePath: CHROMIUM,
       headless: true,
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-      ],
+      args: CHROMIUM_ARGS,
       viewport: { width: 1400, height: 1100 },
     });
     page = context.pages()[0] ?? (await context.newPage());

@@ -8,7 +8,18 @@
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { MODULE, NodeRed, REPO_ROOT, packAndInstall, readExample, removeDir, sleep, type FlowNode, type Installed } from '../e2e/harness';
+import {
+  CHROMIUM_ARGS,
+  MODULE,
+  NodeRed,
+  REPO_ROOT,
+  packAndInstall,
+  readExample,
+  removeDir,
+  sleep,
+  type FlowNode,
+  type Installed,
+} from '../e2e/harness';
 
 // playwright-core is loaded at run time so that the repository compiles without it; only the
 // few calls used here are typed.
@@ -93,16 +104,7 @@ describe('editor in headless Chromium', function () {
     context = await chromium.launchPersistentContext(path.join(installed.dir, 'chromium-profile'), {
       executablePath: CHROMIUM,
       headless: true,
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-      ],
+      args: CHROMIUM_ARGS,
       viewport: { width: 2000, height: 1000 },
     });
     page = context.pages()[0] ?? (await context.newPage());

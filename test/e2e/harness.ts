@@ -35,6 +35,18 @@ export const THIRD_PARTY_EXAMPLES: readonly string[] = ['Dashboard of the backup
 /** node types of @flowfuse/node-red-dashboard (Dashboard 2), which the dashboard example uses */
 export const DASHBOARD_TYPE = /^ui-/;
 
+/** Headless Chromium as the browser tests run it: the Debian build, nothing fetched, nothing phoning home. */
+export const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
+
 /** dist/test/e2e -> repository root */
 export const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
 

@@ -15,6 +15,7 @@ import { pruneVm } from '../../src/prune';
 import { runProgram } from '../../src/util/run';
 import { runVerifyJob } from '../../src/verify';
 import { labBackupSuite, runLabBackup } from '../support/lab-backup';
+import { flipByte } from '../unit/prune/build-repo';
 
 const diskOf = (repository: string, msg: any, vm: string) => {
   const dir = path.join(repository, msg.payload.vms.find((v: any) => v.id === vm).copy.path);
@@ -66,16 +67,7 @@ describe('retention, verify and chain trust on the lab guests', function () {
 
     // a byte of vm-agent's full rots (times put back: no metadata changes)
     const full = diskOf(lab.repository, runs[0], 'vm-agent').file;
-    await runProgram('touch', ['-r', full, `${full}.times`]);
-    const fd = fs.openSync(full, 'r+');
-    const b = Buffer.alloc(1);
-    const at = Math.floor(fs.statSync(full).size / 2);
-    fs.readSync(fd, b, 0, 1, at);
-    b[0] ^= 0x01;
-    fs.writeSync(fd, b, 0, 1, at);
-    fs.closeSync(fd);
-    await runProgram('touch', ['-r', `${full}.times`, full]);
-    fs.rmSync(`${full}.times`);
+    flipByte(full, Math.floor(fs.statSync(full).size / 2), true);
 
     const second = await runVerifyJob(lab.repository, { proof: 'none' });
     assert.equal(second.failed, 3, 'the rotted full and both incrementals on it');

@@ -12,26 +12,11 @@ import { findParent } from '../../../src/chain';
 import { recordIdentity } from '../../../src/chain/identity';
 import { pruneVm } from '../../../src/prune';
 import { runVerifyJob } from '../../../src/verify';
-import { buildRepo, HOST, nightly, run, VM, type BuiltRepo } from '../prune/build-repo';
+import { buildRepo, HOST, nightly, run, VM, type BuiltRepo, flipByte } from '../prune/build-repo';
 
 const HAVE = spawnSync('qemu-img', ['--version']).status === 0 && spawnSync('qemu-io', ['--version']).status === 0;
 const FILE = 'disk-drive-virtio0.qcow2';
 const rchar = () => Number(/rchar: (\d+)/.exec(fs.readFileSync('/proc/self/io', 'utf8'))![1]);
-
-function flipByte(file: string, offset: number, keepTimes: boolean): void {
-  if (keepTimes) run('touch', ['-r', file, `${file}.times`]);
-  const fd = fs.openSync(file, 'r+');
-  const b = Buffer.alloc(1);
-  fs.readSync(fd, b, 0, 1, offset);
-  b[0] ^= 0xff;
-  fs.writeSync(fd, b, 0, 1, offset);
-  fs.closeSync(fd);
-  // rot on the medium changes no metadata: put the times back as they were, to the nanosecond
-  if (keepTimes) {
-    run('touch', ['-r', `${file}.times`, file]);
-    fs.rmSync(`${file}.times`);
-  }
-}
 
 (HAVE ? describe : describe.skip)('chain trust by identity and verify records', function () {
   this.timeout(120_000);

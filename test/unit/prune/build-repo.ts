@@ -184,3 +184,24 @@ export function usedBytes(dir: string): number {
 
 export const nightly = (start: string, nights: number, everyHours = 24): Date[] =>
   Array.from({ length: nights }, (_, i) => new Date(Date.parse(start) + i * everyHours * 3600_000));
+
+/**
+ * Flip one byte of a file in place. `keepTimes`: put its times back to the nanosecond afterwards,
+ * as rot on the medium would leave them (no metadata changes).
+ */
+export function flipByte(file: string, offset: number, keepTimes = false): void {
+  if (keepTimes) run('touch', ['-r', file, `${file}.times`]);
+  const fd = fs.openSync(file, 'r+');
+  try {
+    const b = Buffer.alloc(1);
+    fs.readSync(fd, b, 0, 1, offset);
+    b[0] ^= 0xff;
+    fs.writeSync(fd, b, 0, 1, offset);
+  } finally {
+    fs.closeSync(fd);
+  }
+  if (keepTimes) {
+    run('touch', ['-r', `${file}.times`, file]);
+    fs.rmSync(`${file}.times`);
+  }
+}

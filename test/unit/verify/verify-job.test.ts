@@ -10,19 +10,10 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { runVerifyJob, summarizeVerifyJob, currentRecord } from '../../../src/verify';
 import { pruneVm } from '../../../src/prune';
-import { buildRepo, HOST, nightly, run, shaOf, VM } from '../prune/build-repo';
+import { buildRepo, HOST, nightly, run, shaOf, VM, flipByte } from '../prune/build-repo';
 
 const HAVE = spawnSync('qemu-img', ['--version']).status === 0 && spawnSync('qemu-io', ['--version']).status === 0;
 const HAVE_E2FS = spawnSync('mkfs.ext4', ['-V']).status === 0 && spawnSync('debugfs', ['-V']).status === 0;
-
-function flipByte(file: string, offset: number): void {
-  const fd = fs.openSync(file, 'r+');
-  const b = Buffer.alloc(1);
-  fs.readSync(fd, b, 0, 1, offset);
-  b[0] ^= 0xff;
-  fs.writeSync(fd, b, 0, 1, offset);
-  fs.closeSync(fd);
-}
 
 /** a 64 MiB raw disk: MBR, one partition from 1 MiB holding a fresh ext4 (needs_recovery set if asked) */
 export function ext4Disk(file: string, needsRecovery: boolean): void {
