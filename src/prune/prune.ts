@@ -13,7 +13,7 @@ import { IDENTITY_RECORD, writeAtomic } from '../repository/sidecars';
 import { currentOwner } from '../repository/staging-owner';
 import { closeJournal, openJournal, PruneBusy, readJournal, REMOVING_PREFIX, saveJournal, type PruneJournal } from './journal';
 import { finishMerge, mergeTemp, prepareMerge, type MergeOptions } from './merge';
-import { manifestsAfter, planPrune, type Merge, type PlannedBackup } from './plan';
+import { manifestsAfter, planPrune, type PlannedBackup } from './plan';
 import { describeRetention, keepsSomething, type Retention } from './retention';
 import { scanVm, type ScannedBackup, type VmScan } from './scan';
 
@@ -72,16 +72,48 @@ export async function pruneVm(vm: string, options: PruneOptions): Promise<VmPrun
     if (stale) report.recovered = await recoverVm(vmDir, options);
   }
 
+  // the lock first (the journal, empty until planned), so that what is planned is what this prune does
+  let journal: PruneJournal | undefined;
+  if (!options.dryRun) {
+    const opened = await openJournal(vmDir, {
+      host: options.host,
+      vm,
+      startedAt: new Date().toISOString(),
+      phase: 'planned',
+      merges: [],
+      remove: [],
+    });
+    if ('stale' in opened) throw new PruneBusy(`an interrupted prune of ${vm} was found while starting; run again`);
+    journal = opened.journal;
+  }
+  try {
+    return await pruneLocked(vm, vmDir, journal, options, report, finish, step);
+  } catch (err) {
+    // refused before anything changed: the lock goes
+    if (journal?.phase === 'planned') await closeJournal(vmDir).catch(() => undefined);
+    throw err;
+  }
+}
+
+async function pruneLocked(
+  vm: string,
+  vmDir: string,
+  journal: PruneJournal | undefined,
+  options: PruneOptions,
+  report: VmPruneReport,
+  finish: () => VmPruneReport,
+  step: (name: string, index?: number, total?: number) => Promise<void>,
+): Promise<VmPruneReport> {
   // a backup of this VM being written: wait for it, or refuse
   let scan: VmScan = await scanVm(vmDir, options.host, vm);
   const deadline = Date.now() + (options.waitMs ?? 0);
-  while (scan.running.length && !options.dryRun && Date.now() < deadline) {
+  while (scan.running.length && journal && Date.now() < deadline) {
     await step('waiting-for-backup');
     await sleep(options.pollMs ?? 1000);
     scan = await scanVm(vmDir, options.host, vm);
   }
   report.leftAlone.push(...scan.unreadable.map((u) => ({ dir: u.dir, why: `cannot be read: ${u.error}` })));
-  if (scan.running.length && !options.dryRun) {
+  if (scan.running.length && journal) {
     report.leftAlone.push(...scan.running.map((r) => ({ dir: r.dir, why: `a backup being written (${r.why})` })));
     throw new PruneBusy(
       `a backup of ${vm} is being written (${scan.running.map((r) => path.basename(r.dir)).join(', ')}: ${scan.running[0].why}); prune not started${options.waitMs ? ` after waiting ${Math.round(options.waitMs / 1000)} s` : ''}`,
@@ -92,41 +124,33 @@ export async function pruneVm(vm: string, options: PruneOptions): Promise<VmPrun
   report.backups = plan.backups;
   report.kept = plan.keep;
   const byId = new Map(scan.backups.map((b) => [b.id, b]));
-  const describe = (m: Merge) => ({
+  report.removed = plan.remove;
+  report.merged = plan.merges.map((m) => ({
     backup: m.backup,
     disk: m.disk,
     from: m.through,
     ...(m.base ? { onto: m.base } : {}),
     becameFull: !m.base,
-  });
-  if (options.dryRun || !keepsSomething(options.rules) || plan.remove.length === 0) {
-    report.removed = plan.remove;
-    report.merged = plan.merges.map(describe);
-    report.bytesRemoved = bytesOf(plan.remove, byId);
+  }));
+  report.bytesRemoved = bytesOf(plan.remove, byId);
+  if (!journal || !keepsSomething(options.rules) || plan.remove.length === 0) {
+    if (journal) await closeJournal(vmDir);
     report.ok = true;
     return finish();
   }
-
-  const opened = await openJournal(vmDir, {
-    host: options.host,
-    vm,
-    startedAt: new Date().toISOString(),
-    phase: 'planned',
-    merges: plan.merges,
-    remove: plan.remove,
-  });
-  if ('stale' in opened) throw new PruneBusy(`an interrupted prune of ${vm} was found while starting; run again`);
-  const journal = opened.journal;
+  journal.merges = plan.merges;
+  journal.remove = plan.remove;
+  await saveJournal(vmDir, journal);
   await step('planned');
   try {
     await carryOut(vmDir, journal, scan.backups, plan.keep, options, step);
   } catch (err) {
     report.error = `${(err as Error).message} (the prune's journal ${path.join(vmDir, '.vmbackup-prune.json')} stays; the next prune of ${vm} finishes it)`;
+    report.removed = [];
+    report.merged = [];
+    report.bytesRemoved = 0;
     return finish();
   }
-  report.removed = plan.remove;
-  report.merged = plan.merges.map(describe);
-  report.bytesRemoved = bytesOf(plan.remove, byId);
   report.ok = true;
   return finish();
 }
