@@ -14,6 +14,7 @@ import { buildRepo, HOST, nightly, run, shaOf, VM, flipByte } from '../prune/bui
 
 const HAVE = spawnSync('qemu-img', ['--version']).status === 0 && spawnSync('qemu-io', ['--version']).status === 0;
 const HAVE_E2FS = spawnSync('mkfs.ext4', ['-V']).status === 0 && spawnSync('debugfs', ['-V']).status === 0;
+const HAVE_XFS_NTFS = spawnSync('mkfs.xfs', ['-V']).status === 0 && spawnSync('mkntfs', ['--version']).status === 0;
 
 /** a 64 MiB raw disk: MBR, one partition from 1 MiB holding a fresh ext4 (needs_recovery set if asked) */
 export function ext4Disk(file: string, needsRecovery: boolean): void {
@@ -155,4 +156,32 @@ export function ext4Disk(file: string, needsRecovery: boolean): void {
       }
     },
   );
+
+  (HAVE_XFS_NTFS ? it : it.skip)('the consistency proof reads XFS and NTFS too (whole-disk file systems, clean)', async () => {
+    for (const [type, make] of [
+      ['xfs', (f: string) => (run('truncate', ['-s', '320M', f]), run('mkfs.xfs', ['-q', f]))],
+      ['ntfs', (f: string) => (run('truncate', ['-s', '64M', f]), run('mkntfs', ['-q', '-F', '-f', f]))],
+    ] as const) {
+      const sub = path.join(tmp, type);
+      fs.mkdirSync(sub);
+      const seed = path.join(sub, 'seed.raw');
+      make(seed);
+      const size = fs.statSync(seed).size;
+      // one backup of the disk as it is (no writes over the file system's metadata)
+      const repo = buildRepo(
+        sub,
+        nightly('2026-11-02T03:00:00Z', 1),
+        [{ id: 'drive-virtio0', fullAt: () => false, size, seed, writeBase: size - (4 << 20) }],
+        {
+          consistency: 'application',
+        },
+      );
+      const job = await runVerifyJob(repo.root);
+      const proof = job.backups[0].proof?.[0]?.filesystems[0];
+      assert.equal(proof?.partition, 0, `${type}: the whole disk`);
+      assert.equal(proof?.type, type);
+      assert.equal(proof?.state, 'clean', proof?.detail);
+      assert.ok(job.ok);
+    }
+  });
 });
