@@ -232,7 +232,10 @@ export async function parentLink(child: ChainLink, vmDir: string): Promise<{ lin
     };
   }
   const parentDepth = entry.chain?.depth ?? 0;
-  if (chain.depth !== parentDepth + 1) {
+  // a prune that merged links under the parent after this child was planned shortened the chain
+  // below it: the child keeps the depth it was made with (deeper), the chain itself is whole
+  const mergedSince = (m.merges ?? []).some((x) => Date.parse(x.at) > Date.parse(child.manifest.createdAt));
+  if (chain.depth !== parentDepth + 1 && !(mergedSince && chain.depth > parentDepth + 1)) {
     return {
       problem: {
         file: path.join(child.dir, MANIFEST),
@@ -257,6 +260,28 @@ export async function parentLink(child: ChainLink, vmDir: string): Promise<{ lin
 }
 
 /**
+ * Whether `parent` was made before `child`. Backup ids sort by time (to the second) and a parent is
+ * always made before its child; two backups within one second compare by their manifests' times.
+ * With a set of links seen, no chain walk can loop.
+ */
+export function isEarlier(parent: ChainLink, child: ChainLink): boolean {
+  const [p, c] = [parent.backupId.slice(0, 16), child.backupId.slice(0, 16)];
+  return (
+    p < c ||
+    (p === c && parent.backupId !== child.backupId && Date.parse(parent.manifest.completedAt) <= Date.parse(child.manifest.createdAt))
+  );
+}
+
+/** The problem of a parent that is not an earlier backup than its child (a loop, or damage). */
+export function notEarlier(child: ChainLink, parent: ChainLink): LinkProblem {
+  return {
+    file: child.file,
+    problem: `its parent ${parent.backupId} is not an earlier backup than ${child.backupId}`,
+    reason: 'parent-invalid',
+  };
+}
+
+/**
  * From `top` down to its full: every link's manifest, backing string and size checked without
  * letting qemu-img follow anything, then `qemu-img info --backing-chain` of the top (now safe),
  * which must open exactly these files with one virtual size.
@@ -274,22 +299,8 @@ export async function walkChain(
     if (!link.entry.chain || link.entry.chain.mode === 'full') break;
     const next = await parentLink(link, vmDir);
     if ('problem' in next) return { problem: next.problem, links };
-    // backup ids sort by time (to the second) and a parent is always made before its child; two
-    // backups within one second compare by their manifests' times. With `seen`, no loop is possible.
-    const earlier =
-      next.link.backupId.slice(0, 16) < link.backupId.slice(0, 16) ||
-      (next.link.backupId.slice(0, 16) === link.backupId.slice(0, 16) &&
-        next.link.backupId !== link.backupId &&
-        Date.parse(next.link.manifest.completedAt) <= Date.parse(link.manifest.createdAt));
-    if (!earlier || seen.has(next.link.backupId) || links.length > MAX_CHAIN_DEPTH) {
-      return {
-        problem: {
-          file: link.file,
-          problem: `its parent ${next.link.backupId} is not an earlier backup than ${link.backupId}`,
-          reason: 'parent-invalid',
-        },
-        links,
-      };
+    if (!isEarlier(next.link, link) || seen.has(next.link.backupId) || links.length > MAX_CHAIN_DEPTH) {
+      return { problem: notEarlier(link, next.link), links };
     }
     seen.add(next.link.backupId);
     links.push(next.link);

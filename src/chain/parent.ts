@@ -4,10 +4,10 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { inside } from '../repository/paths';
 import { sha256File } from '../repository/repository';
-import { diskEntryOf, lstatOrUndefined, readManifestAt, walkChain, type ImageToolOptions } from './links';
+import { BACKUP_ID } from '../util/ids';
+import { diskEntryOf, lstatOrUndefined, readManifestAt, walkChain, type ChainLink, type ImageToolOptions, type LinkProblem } from './links';
+import { trustChain } from './trust';
 import { decideChain, type BitmapReport, type ChainDecision, type ChainPolicy, type ParentResult } from './policy';
-
-const BACKUP_ID = /^[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}$/;
 
 export interface FindParentInput extends ImageToolOptions {
   /** the repository root */
@@ -19,14 +19,6 @@ export interface FindParentInput extends ImageToolOptions {
   virtualSize: number;
 }
 
-/**
- * Newest first among the VM's published backups (never a `.partial-` folder, never through a
- * symbolic link), the first whose manifest lists the disk is the candidate; it is returned only
- * if its file of the disk has the manifest's size and sha256 and its whole backing chain is
- * present and sound. A newer backup whose manifest cannot be read stops the search (parent-invalid)
- * rather than being skipped: it may have held this disk, and the bitmap would then count changes
- * since it, so stacking on an older one could lose writes.
- */
 /** Backups made within one second sort by their random suffix: order those by when they completed. */
 async function newestFirst(vmDir: string, names: string[]): Promise<string[]> {
   const second = (n: string) => n.slice(0, 16);
@@ -39,6 +31,16 @@ async function newestFirst(vmDir: string, names: string[]): Promise<string[]> {
   return [...names].sort((a, b) => (second(a) === second(b) ? (completed.get(b) ?? 0) - (completed.get(a) ?? 0) : a < b ? 1 : -1));
 }
 
+/**
+ * Newest first among the VM's published backups (never a `.partial-` folder, never through a
+ * symbolic link), the first whose manifest lists the disk is the candidate; it is returned only
+ * if its whole chain is still what was published and no link of it was found damaged by its last
+ * verify (trust.ts: per link a stat and the header, against the identity recorded at publish; a
+ * chain with a link from before such records: the candidate's file hashed whole and the chain
+ * walked by qemu-img). A newer backup whose manifest cannot be read stops the search (parent-invalid)
+ * rather than being skipped: it may have held this disk, and the bitmap would then count changes
+ * since it, so stacking on an older one could lose writes.
+ */
 export async function findParent(input: FindParentInput): Promise<ParentResult> {
   inside(input.root, 'host', input.host); // so that a bad host name is refused as the host's
   const vmDir = inside(input.root, 'vm', input.host, input.vm);
@@ -93,11 +95,20 @@ export async function findParent(input: FindParentInput): Promise<ParentResult> 
         reason: 'parent-invalid',
         detail: `${was} (${entry.name}) is ${st.size} bytes, its manifest says ${entry.bytes}`,
       };
-    const sha = await sha256File(file).catch((err: Error) => `unreadable (${err.message})`);
-    if (sha !== entry.sha256)
-      return { ok: false, reason: 'parent-invalid', detail: `${was} (${entry.name}) has sha256 ${sha}, its manifest says ${entry.sha256}` };
-
-    const walked = await walkChain({ backupId, dir, manifest, entry, file }, vmDir, input);
+    const top = { backupId, dir, manifest, entry, file };
+    // by the identities recorded at publish and the last verifies: a stat and a header per link
+    let walked: { links: ChainLink[] } | { problem: LinkProblem; links: ChainLink[] } = await trustChain(top, vmDir);
+    if ('unknown' in walked) {
+      // a link from before identities were recorded: the parent hashed whole, the chain walked by qemu-img
+      const sha = await sha256File(file).catch((err: Error) => `unreadable (${err.message})`);
+      if (sha !== entry.sha256)
+        return {
+          ok: false,
+          reason: 'parent-invalid',
+          detail: `${was} (${entry.name}) has sha256 ${sha}, its manifest says ${entry.sha256}`,
+        };
+      walked = await walkChain(top, vmDir, input);
+    }
     if ('problem' in walked)
       return {
         ok: false,

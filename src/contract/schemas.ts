@@ -408,6 +408,8 @@ export const CHAIN_FULL_REASONS = [
   'not-supported',
   // a VM whose hypervisor process is not running: nothing records its writes, so no chain goes through it
   'offline',
+  // written by a prune, never by a backup: the links under this one went, and were merged into it
+  'merged',
 ] as const;
 
 const backupIdPattern = '^[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}$';
@@ -533,6 +535,16 @@ export const manifestSchema = {
       properties: { parent: { type: 'string', pattern: backupIdPattern }, depth: { type: 'integer', minimum: 0, maximum: 100000 } },
     },
     totalBytes: nonNegInt,
+    /** written by a prune: when, and the backups whose links were merged into this one's disks (none: the merge was further down its chain) */
+    merges: {
+      type: 'array',
+      items: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['at', 'backups'],
+        properties: { at: isoTime, backups: { type: 'array', items: { type: 'string', pattern: backupIdPattern } } },
+      },
+    },
     timings: {
       type: 'object',
       additionalProperties: { type: 'number', minimum: 0 },

@@ -10,6 +10,7 @@ import type { CopyResult, Manifest, ManifestFile, PointInTimeView, PostSnapshotS
 import type { HostProvider } from '../providers/provider';
 import { applyPolicy, chainEntry, type ChainPolicy } from './chain-plan';
 import { vmChain } from '../chain';
+import { recordIdentity } from '../chain/identity';
 import { fsyncDir, fsyncFile, writeFileDurable } from '../repository/durable';
 import { sha256File, type ArtifactRepository } from '../repository/repository';
 import type { LiveBackup } from './live-backup';
@@ -72,6 +73,8 @@ export async function copyBackupSet(
   // What is published is what was verified and hashed: a file written to or replaced since its
   // hash was taken stops the publish; so does an incremental whose parent is gone meanwhile.
   for (const s of staged) await verifyStaged(s);
+  // what each file is now, so that the next backup trusts this one without reading it again
+  for (const s of staged) await recordIdentity(s.dir);
   for (const s of staged) await parentsStillThere(repo, host, s);
   for (const s of staged) await fsyncDir(s.dir);
   live.assertLive();

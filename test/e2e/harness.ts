@@ -17,13 +17,35 @@ export const TYPES = [
   'vmbackup-snapshot',
   'vmbackup-post-snapshot',
   'vmbackup-copy',
+  'vmbackup-prune',
+  'vmbackup-verify',
+  'vmbackup-history',
 ] as const;
 export const EXAMPLES = [
   'Alert on failure',
+  'Dashboard of the backups',
   'Legacy saved-state backup',
   'Nightly backup of every VM',
+  'Nightly backup, then prune (keep 7 daily, 4 weekly, 6 monthly)',
   'Report only - enumerate and classify',
+  'Weekly verify and alerts',
 ] as const;
+/** examples that need another package installed (Dashboard 2's ui-* nodes): checked, not deployed */
+export const THIRD_PARTY_EXAMPLES: readonly string[] = ['Dashboard of the backups'];
+/** node types of @flowfuse/node-red-dashboard (Dashboard 2), which the dashboard example uses */
+export const DASHBOARD_TYPE = /^ui-/;
+
+/** Headless Chromium as the browser tests run it: the Debian build, nothing fetched, nothing phoning home. */
+export const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
 
 /** dist/test/e2e -> repository root */
 export const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');

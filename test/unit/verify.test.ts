@@ -9,6 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Manifest } from '../../src/contract/types';
 import { formatReport, verifyBackup, verifyPath, verifyRepository, type VerifyProblem } from '../../src/verify';
+import { flipByte } from './prune/build-repo';
 
 const HAVE_QEMU_IMG = spawnSync('qemu-img', ['--version']).status === 0;
 const CLI = path.resolve(__dirname, '../../src/cli/verify.js');
@@ -61,18 +62,6 @@ function editManifest(dir: string, edit: (m: any) => void): void {
   const m = JSON.parse(fs.readFileSync(file, 'utf8'));
   edit(m);
   fs.writeFileSync(file, JSON.stringify(m));
-}
-
-function flipByte(file: string, offset: number): void {
-  const fd = fs.openSync(file, 'r+');
-  try {
-    const b = Buffer.alloc(1);
-    fs.readSync(fd, b, 0, 1, offset);
-    b[0] ^= 0xff;
-    fs.writeSync(fd, b, 0, 1, offset);
-  } finally {
-    fs.closeSync(fd);
-  }
 }
 
 const about = (problems: VerifyProblem[], file: string) => problems.filter((p) => p.file === file).map((p) => p.problem);

@@ -26,22 +26,11 @@ import {
   writeManifest,
   type ChainRepo,
 } from './chain-repo';
+import { flipByte } from '../prune/build-repo';
 
 const RESTORE_CLI = path.resolve(__dirname, '../../../src/cli/restore.js');
 const VERIFY_CLI = path.resolve(__dirname, '../../../src/cli/verify.js');
 const problemsOf = (r: BackupReport) => r.problems.map((p) => `${p.file}: ${p.problem}`);
-
-function flipByte(file: string, offset: number): void {
-  const fd = fs.openSync(file, 'r+');
-  try {
-    const b = Buffer.alloc(1);
-    fs.readSync(fd, b, 0, 1, offset);
-    b[0] ^= 0xff;
-    fs.writeSync(fd, b, 0, 1, offset);
-  } finally {
-    fs.closeSync(fd);
-  }
-}
 
 (HAVE_QEMU_IMG ? describe : describe.skip)('incremental chains on real images', function () {
   this.timeout(120_000);

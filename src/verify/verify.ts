@@ -6,12 +6,13 @@
 // not a plain file are reported, never opened.
 import { promises as fs, type Stats } from 'node:fs';
 import * as path from 'node:path';
-import { vmChain } from './chain/policy';
-import { verifyIncrementalDisk } from './chain/verify-chain';
-import { assertManifest } from './contract/validate';
-import type { Manifest } from './contract/types';
-import { sha256File, STAGING_PREFIX } from './repository/repository';
-import { ProgramFailed, runProgram } from './util/run';
+import { vmChain } from '../chain/policy';
+import { verifyIncrementalDisk } from '../chain/verify-chain';
+import { assertManifest } from '../contract/validate';
+import type { Manifest } from '../contract/types';
+import { sha256File, STAGING_PREFIX } from '../repository/repository';
+import { SIDECARS } from '../repository/sidecars';
+import { ProgramFailed, runProgram } from '../util/run';
 
 export interface VerifyOptions {
   /** qemu-img program (default "qemu-img" on the PATH) */
@@ -95,6 +96,15 @@ function describeType(st: Stats): string {
 /** Check one published backup directory (`<repository>/<host>/<vm>/<backupId>/`), with its chain's parents. */
 export function verifyBackup(dir: string, options: VerifyOptions = {}): Promise<BackupReport> {
   return verifyCached(dir, options, new Map());
+}
+
+/**
+ * A verifier for one run over many backups: each backup folder is verified once, whether named or
+ * reached as some chain's parent (a full under ten incrementals is hashed once, not eleven times).
+ */
+export function runVerifier(options: VerifyOptions = {}): (dir: string) => Promise<BackupReport> {
+  const cache: ReportCache = new Map();
+  return (dir) => verifyCached(dir, options, cache);
 }
 
 /** every backup folder verified once per run, whether named or reached as some chain's parent */
@@ -255,7 +265,8 @@ async function verifyOne(dir: string, options: VerifyOptions, cache: ReportCache
   }
 
   for (const name of entries.sort()) {
-    if (name === MANIFEST || listed.has(name)) continue;
+    // our records beside the manifest (the user's protected mark, verify and identity records)
+    if (name === MANIFEST || listed.has(name) || SIDECARS.includes(name)) continue;
     fail(path.join(root, name), 'is not listed in manifest.json');
   }
   return finish();
@@ -358,6 +369,23 @@ export async function verifyRepository(rootDir: string, options: VerifyOptions =
   return report;
 }
 
+/**
+ * The backup folders under `target` (one backup, or a repository root, host or VM folder), sorted;
+ * what is not a backup is reported as the verifier reports it.
+ */
+export async function findBackups(target: string): Promise<{ found: string[]; problems: VerifyProblem[]; warnings: VerifyProblem[] }> {
+  const dir = path.resolve(target);
+  const report: RepositoryReport = { root: dir, ok: false, backups: [], problems: [], warnings: [], ms: 0 };
+  const found: string[] = [];
+  const top = await lstatOrUndefined(dir);
+  if (!top || !top.isDirectory()) report.problems.push({ file: dir, problem: !top ? 'does not exist' : `is ${describeType(top)}` });
+  else {
+    await walk(dir, 0, found, report);
+    if (found.length === 0) report.problems.push({ file: dir, problem: 'holds no backup (no <host>/<vm>/<backupId>/manifest.json)' });
+  }
+  return { found: found.sort(), problems: report.problems, warnings: report.warnings };
+}
+
 /** Depth-first, at most three levels (host, vm, backup id), never through a symbolic link. */
 async function walk(dir: string, depth: number, found: string[], report: RepositoryReport): Promise<void> {
   const st = await lstatOrUndefined(path.join(dir, MANIFEST));
@@ -382,6 +410,8 @@ async function walk(dir: string, depth: number, found: string[], report: Reposit
       report.problems.push({ file: full, problem: 'is a symbolic link (not followed)' });
     } else if (e.isDirectory()) {
       if (e.name.startsWith(STAGING_PREFIX)) report.warnings.push({ file: full, problem: 'an unpublished (partial) backup; not checked' });
+      else if (e.name.startsWith('.'))
+        report.warnings.push({ file: full, problem: 'a hidden folder (a prune removing a backup?); not checked' });
       else await walk(full, depth + 1, found, report);
     }
     // plain files beside the backups (journals, notes) are none of the verifier's business
