@@ -8,6 +8,7 @@ import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Progress } from '../provider';
 import { HyperVError } from './errors';
+import type { RandomAccessFile } from './vhdx';
 
 /** The scripts the provider runs on the Hyper-V host. common.ps1 is dot-sourced by each of them. */
 export const HOST_SCRIPTS = [
@@ -42,6 +43,8 @@ export interface PowerShellRunner {
   run(script: ScriptName, params: ScriptParams, options?: RunOptions): Promise<unknown>;
   /** Copy one file of the Hyper-V host to `localPath` (on this machine), streaming, with progress. */
   fetchFile(hostPath: string, localPath: string, onProgress?: (p: Progress) => void): Promise<{ bytes: number }>;
+  /** Open one file of the Hyper-V host for random reads (the VHDX reader reads only what it needs). */
+  openFile(hostPath: string): Promise<RandomAccessFile>;
   /** Drop connections and remove what the runner put on the host. */
   close(): Promise<void>;
 }
@@ -335,6 +338,10 @@ export class LocalPowerShellRunner implements PowerShellRunner {
     return { bytes: done };
   }
 
+  openFile(hostPath: string): Promise<RandomAccessFile> {
+    return openLocalFile(hostPath);
+  }
+
   /**
    * New runs are refused; runs in flight are NOT killed: a script stopped half-way could leave a
    * VM's CheckpointType changed. Each still ends by its own timeout.
@@ -342,4 +349,24 @@ export class LocalPowerShellRunner implements PowerShellRunner {
   async close(): Promise<void> {
     this.closed = true;
   }
+}
+
+/** A local file for random reads (local mode: the Hyper-V host is this machine). */
+export async function openLocalFile(file: string): Promise<RandomAccessFile> {
+  const handle = await fs.open(file, 'r');
+  const { size } = await handle.stat();
+  return {
+    size,
+    async read(offset: number, length: number): Promise<Buffer> {
+      const buf = Buffer.alloc(length);
+      let got = 0;
+      while (got < length) {
+        const { bytesRead } = await handle.read(buf, got, length - got, offset + got);
+        if (bytesRead === 0) break;
+        got += bytesRead;
+      }
+      return got === length ? buf : buf.subarray(0, got);
+    },
+    close: () => handle.close(),
+  };
 }
