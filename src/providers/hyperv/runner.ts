@@ -8,11 +8,16 @@ import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Progress } from '../provider';
 import { HyperVError } from './errors';
+import { decodeStderr } from './oem';
 import type { RandomAccessFile } from './vhdx';
 
 /** The scripts the provider runs on the Hyper-V host. common.ps1 is dot-sourced by each of them. */
 export const HOST_SCRIPTS = [
   'enumerate.ps1',
+  'snapshot.ps1',
+  'check-snapshot.ps1',
+  'reference-point.ps1',
+  'rct-changes.ps1',
   'checkpoint.ps1',
   'remove-checkpoint.ps1',
   'save-vm.ps1',
@@ -39,6 +44,8 @@ export interface RunOptions {
 
 export interface PowerShellRunner {
   readonly mode: string;
+  /** the host's OEM code page (enumerate.ps1 says it): powershell.exe's own errors on stderr are in it */
+  oemCodePage?: number;
   /** Run one shipped script; resolves with its `result`, rejects with a HyperVError. */
   run(script: ScriptName, params: ScriptParams, options?: RunOptions): Promise<unknown>;
   /** Copy one file of the Hyper-V host to `localPath` (on this machine), streaming, with progress. */
@@ -242,6 +249,7 @@ const MAX_STDOUT = 64 << 20;
 
 export class LocalPowerShellRunner implements PowerShellRunner {
   readonly mode = 'local';
+  oemCodePage: number | undefined;
   readonly powershell: string;
   readonly scriptsDir: string;
   private readonly timeoutMs: number;
@@ -315,7 +323,11 @@ export class LocalPowerShellRunner implements PowerShellRunner {
       });
       child.on('close', (code: number | null) => {
         finish(() =>
-          resolve({ stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(errOut).toString('utf8'), exitCode: code }),
+          resolve({
+            stdout: Buffer.concat(out).toString('utf8'),
+            stderr: decodeStderr(Buffer.concat(errOut), this.oemCodePage),
+            exitCode: code,
+          }),
         );
       });
     });

@@ -11,6 +11,7 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import type { Progress } from '../provider';
 import { HyperVError } from './errors';
+import { decodeStderr } from './oem';
 import type { RandomAccessFile } from './vhdx';
 import {
   defaultScriptsDir,
@@ -174,6 +175,7 @@ const cb2p = <T>(fn: (cb: (err: Error | undefined | null, value: T) => void) => 
 
 export class SshPowerShellRunner implements PowerShellRunner {
   readonly mode = 'ssh';
+  oemCodePage: number | undefined;
   readonly powershell: string;
   /** the host key fingerprint seen at the last connection ("SHA256:...") */
   seenFingerprint: string | undefined;
@@ -251,7 +253,7 @@ export class SshPowerShellRunner implements PowerShellRunner {
           if (settled) return;
           settled = true;
           clearTimeout(timer);
-          resolve({ stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(errOut).toString('utf8'), exitCode });
+          resolve({ stdout: Buffer.concat(out).toString('utf8'), stderr: decodeStderr(Buffer.concat(errOut), this.oemCodePage), exitCode });
         });
       };
       try {
