@@ -228,6 +228,9 @@ describe('hyperv: the whole pipeline over the provider (a miniature host, a real
     await assert.rejects(backup(), /removed during the copy/);
     const parent = `vmbackup-${full.backupId}`;
     assert.ok(!world.destroyed.includes(parent), "the parent's reference point stays");
+    assert.equal(world.destroyed.length, 1, "the failed backup's own reference point, made at release, is destroyed");
+    assert.match(world.destroyed[0]!, /^vmbackup-/);
+    assert.equal(world.snapshot, undefined, 'no snapshot is left on the VM');
     assert.deepEqual(
       world.points.map((p) => p.name),
       [parent],
