@@ -42,7 +42,7 @@ export function stdoutOf(envelope: unknown, warningLines: string[] = []): string
 
 export interface Answer {
   stdout?: string;
-  stderr?: string;
+  stderr?: string | Buffer;
   exitCode?: number | null;
   /** never answer (to test timeouts) */
   hang?: boolean;
