@@ -125,6 +125,11 @@ export async function checkSnapshot(
   } | null;
   if (r?.VmFound !== true)
     throw new HyperVError('inconsistent', `VM ${vmId} is no longer on ${facts.host ?? 'this host'}; the copy of its snapshot is discarded`);
+  if (facts.host && str(r.Host) && str(r.Host)!.toLowerCase() !== facts.host.toLowerCase())
+    throw new HyperVError(
+      'inconsistent',
+      `VM ${vmId}: its snapshot was made on ${facts.host}, but ${str(r.Host)} answered now; the copy is discarded`,
+    );
   if (r.SnapshotFound !== true)
     throw new HyperVError(
       'inconsistent',

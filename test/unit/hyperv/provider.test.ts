@@ -518,6 +518,14 @@ describe('hyperv provider: the whole VM, copy, RCT (fixtures + real VHDX files m
     assert.equal(existsSync(dest), false);
   });
 
+  it('the end check answered by another cluster node (the VM moved during the copy): the copy is discarded', async () => {
+    const env = fixture('check-snapshot-ok.json');
+    env.result.Host = 'HV02';
+    const { provider, view } = await prepared({ 'check-snapshot.ps1': { stdout: stdoutOf(env), exitCode: 0 } });
+    await assert.rejects(provider.exportDisk(view, 'SCSI0:0', path.join(dir, 'disk.qcow2')), /made on HV01, but HV02 answered/);
+    assert.equal(existsSync(path.join(dir, 'disk.qcow2')), false);
+  });
+
   it('the parent written during the copy (time of last write moved): the copy is discarded', async () => {
     const { provider, view } = await prepared({ 'check-snapshot.ps1': 'check-snapshot-changed.json' });
     await assert.rejects(provider.exportDisk(view, 'SCSI0:0', path.join(dir, 'disk.qcow2')), /changed during the copy/);

@@ -75,6 +75,12 @@ describe('hyperv: VHDX reader and qcow2 links (against qemu-img)', function () {
       assert.equal(bytesRead, bytes);
       assert.ok(same(vhdx, 'vhdx', q, 'qcow2'), 'qemu-img compare: the qcow2 holds what the VHDX holds');
       assert.equal(JSON.parse(img('info', '--output=json', q))['virtual-size'], 72 * MiB);
+      // compressed (the copy node's Compress option): the same content
+      const reader2 = await open(vhdx);
+      await copyRangesToQcow2(reader2, reader2.allocatedRanges(), path.join(dir, 'full-c.qcow2'), { compress: true });
+      await reader2.close();
+      assert.ok(same(vhdx, 'vhdx', path.join(dir, 'full-c.qcow2'), 'qcow2'));
+      await fs.rm(path.join(dir, 'full-c.qcow2'));
       assert.deepEqual((await fs.readdir(dir)).sort(), ['disk.vhdx', 'full.qcow2'], 'no temporary file is left beside the copy');
     });
   }
