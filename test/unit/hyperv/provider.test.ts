@@ -176,6 +176,16 @@ describe('hyperv provider: the backup snapshot (WMI recovery snapshot, Windows S
     assert.equal(fake.calls.length, 1);
   });
 
+  it('configuration 5.0: classified crash-consistent, and if the host still refuses the snapshot, its code is in the error', async () => {
+    const { provider } = setup({ 'enumerate.ps1': 'enumerate-host.json', 'snapshot.ps1': 'snapshot-config-5.json' });
+    const legacy = (await provider.enumerate()).find((v) => v.name === 'LEGACY2008')!;
+    assert.equal(legacy.agent.responding, false);
+    await assert.rejects(
+      provider.snapshot({ ...legacy, method: 'checkpoint', consistency: 'crash', reasons: [], warnings: [] }, BACKUP),
+      (e: HyperVError) => e.code === 'script' && /CreateSnapshot returned 32775/.test(e.message),
+    );
+  });
+
   it('a VM owned by another cluster node: the snapshot is refused naming the node', async () => {
     const { provider } = setup({ 'snapshot.ps1': 'snapshot-moved.json' });
     await assert.rejects(provider.snapshot(classified('LNX01', 'checkpoint'), BACKUP), /moved to cluster node HV02/);
