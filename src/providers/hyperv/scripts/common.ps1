@@ -40,6 +40,12 @@ function Get-VmbArg($ArgsObject, [string]$Name, [switch]$Optional) {
     return $p.Value
 }
 
+# Our names: vmbackup-<backupId>, the only snapshots and reference points these scripts act on.
+function Assert-VmbBackupName([string]$Name, [string]$Field) {
+    if ($Name -cnotmatch '^vmbackup-[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}$') { throw (New-Object System.ArgumentException "$Field '$Name' is not vmbackup-<backupId>") }
+    return $Name
+}
+
 function ConvertTo-VmbGuid($Value) {
     $g = [guid]::Empty
     if (-not [guid]::TryParse([string]$Value, [ref]$g)) {
@@ -105,6 +111,17 @@ function Wait-VmbMerge([guid]$VmId, [int]$Seconds) {
         $vm = Hyper-V\Get-VM -Id $VmId
     }
     return [ordered]@{ waitedMs = [long]$sw.ElapsedMilliseconds; mergePending = [bool](Test-VmbMerging $vm); vm = $vm }
+}
+
+# Before a backup snapshot: an earlier one removed may still be merging (a new snapshot fails
+# meanwhile), and a snapshot of the same name must not exist. Returns the VM as it is now.
+function Get-VmbVmReadyForSnapshot([guid]$VmId, [string]$Name, [int]$WaitSeconds) {
+    $vm = Hyper-V\Get-VM -Id $VmId
+    $wait = Wait-VmbMerge $VmId $WaitSeconds
+    if ($wait.mergePending) { throw (New-Object System.InvalidOperationException "VM '$($vm.Name)' is still merging disks after $WaitSeconds s; try again later") }
+    $vm = $wait.vm
+    if (@(Get-VmbCheckpoints $vm | Where-Object { $_.Name -ceq $Name }).Count -gt 0) { throw (New-Object System.InvalidOperationException "VM '$($vm.Name)' already has a checkpoint named $Name") }
+    return $vm
 }
 
 function Get-VmbDrive($Drive) {

@@ -15,8 +15,7 @@ $out = $null
 try {
     $a = Read-VmbArgs $ArgsJson
     $vmId = ConvertTo-VmbGuid (Get-VmbArg $a 'VmId')
-    $name = [string](Get-VmbArg $a 'SnapshotName')
-    if ($name -cnotmatch '^vmbackup-[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}$') { throw (New-Object System.ArgumentException "SnapshotName '$name' is not vmbackup-<backupId>") }
+    $name = Assert-VmbBackupName ([string](Get-VmbArg $a 'SnapshotName')) 'SnapshotName'
     $level = [string](Get-VmbArg $a 'ConsistencyLevel')
     if (@('Application', 'Crash') -cnotcontains $level) { throw (New-Object System.ArgumentException "ConsistencyLevel '$level' is not Application or Crash") }
     $waitSeconds = [int](Get-VmbArg $a 'WaitSeconds' -Optional)
@@ -24,11 +23,7 @@ try {
     if ($jobSeconds -le 0) { $jobSeconds = 300 }
 
     Assert-VmbNotMoved $vmId
-    $vm = Hyper-V\Get-VM -Id $vmId
-    $wait = Wait-VmbMerge $vmId $waitSeconds
-    if ($wait.mergePending) { throw (New-Object System.InvalidOperationException "VM '$($vm.Name)' is still merging disks after $waitSeconds s; try again later") }
-    $vm = $wait.vm
-    if (@(Get-VmbCheckpoints $vm | Where-Object { $_.Name -ceq $name }).Count -gt 0) { throw (New-Object System.InvalidOperationException "VM '$($vm.Name)' already has a checkpoint named $name") }
+    $vm = Get-VmbVmReadyForSnapshot $vmId $name $waitSeconds
 
     $before = @(Get-VmbDrives $vm)
     $cs = Get-VmbComputerSystem $vmId
