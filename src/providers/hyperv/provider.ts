@@ -93,14 +93,14 @@ export class HyperVProvider implements HostProvider {
    * resume. A VM whose saved state is not one .vmrs (configuration 5.0: .bin and .vsv) is refused
    * before anything runs.
    */
-  async saveState(vm: ClassifiedVm, file: string): Promise<{ bytes: number; pausedAt: number }> {
+  async saveState(vm: ClassifiedVm, file: string): Promise<{ bytes: number }> {
     const r = (await this.run('save-vm.ps1', { VmId: checkVmId(vm.id) })) as {
       StateBefore?: unknown;
       Saved?: unknown;
       State?: { State?: unknown };
       Files?: unknown;
     } | null;
-    const pausedAt = Date.now();
+    // no pausedAt: Hyper-V does not say when the vCPUs stopped; the pipeline counts from before the call
     const files = toArray<{ Path?: unknown; Length?: unknown }>(r?.Files)
       .map((f) => str(f.Path) ?? '')
       .filter((f) => f);
@@ -116,7 +116,7 @@ export class HyperVProvider implements HostProvider {
     try {
       const { bytes } = await this.runner.fetchFile(vmrs[0]!, tmp);
       await fs.rename(tmp, file);
-      return { bytes, pausedAt };
+      return { bytes };
     } catch (err) {
       await fs.rm(tmp, { force: true }).catch(() => undefined);
       throw err;
