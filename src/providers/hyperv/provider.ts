@@ -11,7 +11,7 @@ import type { ChainPlan, ClassifiedVm, EnumeratedVm, PointInTimeView } from '../
 import type { ExportedFile, ExportOptions, HostProvider, Progress, ViewOptions } from '../provider';
 import { HyperVError } from './errors';
 import { exportFromSnapshot, type SnapshotFacts } from './export';
-import { mapHost, type HostFacts, type RctRecord } from './rct';
+import { mapHost, MIN_VERSION_APP_AND_RCT, type HostFacts, type RctRecord } from './rct';
 import { BACKUP_ID, GUID, mapEnumeration, mapState, overlaysFromCheckpoint, snapshotNamesIn, str, toArray, type Overlay } from './parse';
 import { embedVmFiles } from './vm-files';
 import { removeLeftoverCheckpoints, type RemoveLeftoversOptions, type RemoveLeftoversResult } from './recovery';
@@ -37,6 +37,8 @@ export class HyperVProvider implements HostProvider {
   private readonly rct = new Map<string, RctRecord[]>();
   /** per VM: the snapshot this process made and what it said (files, stamps, node) */
   private readonly snapshots = new Map<string, SnapshotFacts>();
+  /** per VM: its configuration version as enumerate read it */
+  private readonly versions = new Map<string, number>();
 
   /** bases handed out by snapshot(): exportDisk copies nothing else */
   private readonly bases = new Map<string, { format: string; virtualSize?: number }>();
@@ -69,7 +71,10 @@ export class HyperVProvider implements HostProvider {
     const host = result && typeof result === 'object' && 'Host' in result ? mapHost(result) : undefined;
     if (host && 'RecoverySnapshots' in ((result as { Host?: object }).Host ?? {})) this.host = host;
     if (this.host?.oemCodePage !== undefined) this.runner.oemCodePage = this.host.oemCodePage;
-    const vms = mapEnumeration(result, (id, e) => this.rct.set(id.toLowerCase(), e.rct));
+    const vms = mapEnumeration(result, (id, e) => {
+      this.rct.set(id.toLowerCase(), e.rct);
+      if (e.configurationVersion !== undefined) this.versions.set(id.toLowerCase(), e.configurationVersion);
+    });
     for (const vm of vms) for (const d of vm.disks) if (d.virtualSize !== undefined) this.sizes.set(d.file.toLowerCase(), d.virtualSize);
     return vms;
   }
@@ -90,10 +95,18 @@ export class HyperVProvider implements HostProvider {
   /**
    * Save-VM, then the saved state itself copied into `file`: the VM's .vmrs (memory and device
    * state, configuration version 6.2+), read from the host like a disk. The VM stays saved until
-   * resume. A VM whose saved state is not one .vmrs (configuration 5.0: .bin and .vsv) is refused
-   * before anything runs.
+   * resume. A configuration 5.0 VM (its saved state is .bin and .vsv files) is refused before
+   * anything runs when enumerate said its version; any other saved state that is not one .vmrs
+   * after the save (the set's undo then starts the VM again).
    */
   async saveState(vm: ClassifiedVm, file: string): Promise<{ bytes: number }> {
+    const version = this.versions.get(vm.id.toLowerCase());
+    if (version !== undefined && version < MIN_VERSION_APP_AND_RCT) {
+      throw new HyperVError(
+        'unsupported',
+        `VM ${vm.name}: configuration version 5.0 keeps its saved state in .bin/.vsv files: the saved-state method cannot keep its memory (Update-VMVersion, or choose the checkpoint method)`,
+      );
+    }
     const r = (await this.run('save-vm.ps1', { VmId: checkVmId(vm.id) })) as {
       StateBefore?: unknown;
       Saved?: unknown;

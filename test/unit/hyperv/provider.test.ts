@@ -373,6 +373,16 @@ describe('hyperv provider: run state, save, resume', () => {
     }
   });
 
+  it('saveState of a VM enumerate found at configuration 5.0: refused before Save-VM runs', async () => {
+    const { fake, provider } = setup({ 'enumerate.ps1': 'enumerate-host.json' });
+    await provider.enumerate();
+    await assert.rejects(provider.saveState(classified('LEGACY2008', 'saved-state'), '/tmp/never'), /configuration version 5\.0/);
+    assert.deepEqual(
+      fake.calls.map((c) => c.script),
+      ['enumerate.ps1'],
+    );
+  });
+
   it('saveState of a configuration 5.0 VM (.bin/.vsv, no .vmrs): refused, saying it stays saved until resumed', async () => {
     const env = fixture('save-vm.json');
     env.result.Files = [{ Path: 'E:\\VMs\\LEGACY2008\\Virtual Machines\\A1B2\\A1B2.vsv', Length: 1000 }];
