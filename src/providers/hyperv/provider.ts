@@ -327,8 +327,12 @@ export class HyperVProvider implements HostProvider {
           `VM ${vm.name}: the backup snapshot is of type ${str(r.SnapshotType) ?? '?'}, not a recovery snapshot`,
         );
     } catch (err) {
-      // all or nothing: a snapshot we cannot use is removed at once
-      await this.run('remove-checkpoint.ps1', { VmId: vmId, SnapshotName: name, WaitSeconds: 0 }).catch(() => undefined);
+      // all or nothing: a snapshot we cannot use is removed at once, by its Id when it has one
+      // (a recovery snapshot Hyper-V would not let us rename keeps its own name)
+      const made = str((result as { Checkpoint?: { Id?: unknown } } | null)?.Checkpoint?.Id);
+      const which: ScriptParams =
+        made && GUID.test(made) ? { CheckpointId: made, ...(recovery ? { AllowRecoveryType: true } : {}) } : { SnapshotName: name };
+      await this.run('remove-checkpoint.ps1', { VmId: vmId, ...which, WaitSeconds: 0 }).catch(() => undefined);
       this.pendingNames.delete(vmId);
       throw err;
     }

@@ -211,7 +211,7 @@ describe('hyperv provider: the backup snapshot (WMI recovery snapshot, Windows S
       fake.calls.map((c) => c.args),
       [
         argv('snapshot.ps1', SNAPSHOT_PARAMS('Application')),
-        argv('remove-checkpoint.ps1', { VmId: SQL, SnapshotName: `vmbackup-${BACKUP}`, WaitSeconds: 0 }),
+        argv('remove-checkpoint.ps1', { VmId: SQL, CheckpointId: SID, AllowRecoveryType: true, WaitSeconds: 0 }),
       ],
     );
   });
