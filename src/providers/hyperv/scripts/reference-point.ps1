@@ -61,7 +61,8 @@ try {
             $destroyed.Add([string]$e.Name)
         }
         foreach ($n in $names) { if (-not ($destroyed -ccontains $n) -and -not ($missing -ccontains $n)) { $missing.Add($n) } }
-        Write-VmbReferencePointMap $vm @($keep.ToArray())
+        # the map is written only when an entry went (a VM without backups gets no file)
+        if ($keep.Count -ne $map.Count) { Write-VmbReferencePointMap $vm @($keep.ToArray()) }
         $out = [ordered]@{ Destroyed = @($destroyed.ToArray()); NotFound = @($missing.ToArray()) }
     } else {
         throw (New-Object System.ArgumentException "Action '$action' is not convert or destroy")

@@ -57,6 +57,7 @@ try {
             $renamed = $true
         } catch { Add-VmbWarning ("could not name the recovery snapshot $name (recovery after a crash finds it by its id only): " + $_.Exception.Message) }
         $checkpoint = @(Get-VmbCheckpoints $vm | Where-Object { [string]$_.Id -eq $snapshotId.ToString() })[0]
+        if ($null -eq $checkpoint) { throw (New-Object System.InvalidOperationException "Get-VMSnapshot does not list the new recovery snapshot $snapshotId") }
         $info = Get-VmbCheckpointInfo $checkpoint
         $info.HardDrives = @($checkpoint.HardDrives | Where-Object { $null -ne $_ } | ForEach-Object { Get-VmbDrive $_ })
         $after = @(Get-VmbDrives (Hyper-V\Get-VM -Id $vmId))
