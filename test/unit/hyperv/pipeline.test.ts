@@ -31,6 +31,8 @@ class MiniHost {
   readonly points: { instanceId: string; name: string; seq: number }[] = [];
   readonly destroyed: string[] = [];
   snapshotGoneAtCheck = false;
+  /** false: every RCT id reads as no longer valid (a storage move reset RCT) */
+  rctValid = true;
   constructor(readonly disk: string) {}
 
   write(pattern: number, offset: number, length: number): void {
@@ -65,8 +67,8 @@ class MiniHost {
           RctProbes: this.points.map((x) => ({
             Name: x.name,
             VirtualDiskIdentifier: rp[0]!.VirtualDiskIdentifiers[0],
-            Valid: true,
-            Error: null,
+            Valid: this.rctValid,
+            Error: this.rctValid ? null : 'GetVirtualDiskChanges job ended in state 10 with error code 32773',
           })),
         };
         return ok({ ...base, Vms: [vm] });
@@ -241,5 +243,20 @@ describe('hyperv: the whole pipeline over the provider (a miniature host, a real
     const n = await diskOf(next);
     assert.deepEqual([n.file.chain.mode, n.file.chain.parent], ['incremental', full.backupId]);
     execFileSync('qemu-img', ['compare', '-f', 'vhdx', '-F', 'qcow2', world.disk, path.join(n.dir, n.file.name)]);
+  });
+
+  it('RCT reset (the probe fails): a full, reason bitmap-inconsistent; the reference point gone: a full, reason bitmap-missing', async () => {
+    await fs.mkdir(path.join(dir, 'repo'), { recursive: true });
+    world.write(0x11, 0, MiB);
+    await backup();
+    world.rctValid = false;
+    world.write(0x22, MiB, MiB);
+    const reset = await diskOf(await backup());
+    assert.deepEqual([reset.file.chain.mode, reset.file.chain.reason], ['full', 'bitmap-inconsistent'], JSON.stringify(reset.file.chain));
+    world.rctValid = true;
+    world.points.length = 0; // another tool destroyed it
+    const gone = await diskOf(await backup());
+    assert.deepEqual([gone.file.chain.mode, gone.file.chain.reason], ['full', 'bitmap-missing']);
+    execFileSync('qemu-img', ['compare', '-f', 'vhdx', '-F', 'qcow2', world.disk, path.join(gone.dir, gone.file.name)]);
   });
 });

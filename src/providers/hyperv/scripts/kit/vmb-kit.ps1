@@ -117,8 +117,14 @@ function Invoke-KitStep($Step, $Vars) {
     $b64 = [Convert]::ToBase64String([Text.Encoding]::UTF8.GetBytes($json))
     $sw = [Diagnostics.Stopwatch]::StartNew()
     $errFile = Join-Path $OutDir "$id.stderr.txt"
-    $stdout = & powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass -File (Join-Path $ScriptsDir $Step.script) -ArgsJson $b64 2> $errFile
-    $code = $LASTEXITCODE
+    # Windows PowerShell 5.1 turns a native program's stderr lines into errors: with 'Stop' the
+    # first one would end the kit instead of landing in the .stderr.txt file
+    $eap = $ErrorActionPreference
+    $ErrorActionPreference = 'Continue'
+    try {
+        $stdout = & powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass -File (Join-Path $ScriptsDir $Step.script) -ArgsJson $b64 2> $errFile
+        $code = $LASTEXITCODE
+    } finally { $ErrorActionPreference = $eap }
     if ((Get-Item -LiteralPath $errFile).Length -eq 0) { Remove-Item -LiteralPath $errFile }
     $line = @($stdout | Where-Object { $_ -match '^\{"(result|error)"' })[-1]
     if ($line) { [IO.File]::WriteAllText((Join-Path $OutDir "$id.json"), $line + "`n") }
