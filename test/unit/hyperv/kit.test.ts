@@ -132,6 +132,19 @@ describe('hyperv conformance kit', () => {
     });
   });
 
+  it('a step failing after its snapshot answered: that snapshot is removed by its exact Id', async () => {
+    const failing = new DryRunner((script, params) =>
+      script === 'check-snapshot.ps1' ? path.join(FIXTURES, 'snapshot-moved.json') : answerFileFor(FIXTURES, script, params),
+    );
+    await runKit({ runner: failing, steps, testVm: 'SQL01', stamp: STAMP });
+    assert.deepEqual(failing.calls.find((c) => c.script === 'remove-checkpoint.ps1')!.params, {
+      VmId: '4d1b2f0e-8a6c-4c57-9a1e-3f2b7c9d0e11',
+      CheckpointId: '3f6e1c2a-9b84-4d7e-a5c1-7e2d0b9f4a63',
+      AllowRecoveryType: true,
+      WaitSeconds: 120,
+    });
+  });
+
   it('a test VM that is not on the host is refused before anything changes', async () => {
     const runner = dry();
     const runs = await runKit({ runner, steps, testVm: 'NOPE', stamp: STAMP });

@@ -91,7 +91,8 @@ export async function runKit(o: KitOptions): Promise<KitRun[]> {
   const ctx: Record<string, unknown> = { R1: `vmbackup-${stamp}-kit001`, R2: `vmbackup-${stamp}-kit002`, R3: `vmbackup-${stamp}-kit003` };
   const outputs: Record<string, unknown> = {};
   const runs: KitRun[] = [];
-  const snapshotNames: string[] = [];
+  /** the snapshot steps run so far: their step id and snapshot name */
+  const snapshots: { step: string; name: string }[] = [];
   let failed = false;
   let test: { id: string } | undefined;
   if (o.outDir) await fs.mkdir(o.outDir, { recursive: true });
@@ -146,20 +147,22 @@ export async function runKit(o: KitOptions): Promise<KitRun[]> {
             throw new HyperVError('invalid-argument', `test VM '${o.testVm}': ${found.length} VMs of that name on this host`);
           test = { id: String(found[0]!.VM!.Id) };
         }
-        if (step.cleanup === 'snapshot') snapshotNames.push(resolve(String(step.args.SnapshotName), ctx));
+        if (step.cleanup === 'snapshot') snapshots.push({ step: step.id, name: resolve(String(step.args.SnapshotName), ctx) });
         await run(step, { ...ctx, test });
       }
     } catch (err) {
       failed = true;
       o.log?.(`WARNING: ${(err as Error).message}`);
       if (test) {
-        for (const n of snapshotNames) {
-          await run(
-            { id: `cleanup-${n}`, script: 'remove-checkpoint.ps1', args: { VmId: test.id, SnapshotName: n, WaitSeconds: 120 } },
-            {},
-          ).catch(() => undefined);
+        // by Id when the snapshot's step answered (see vmb-kit.ps1), else by name
+        for (const s of snapshots) {
+          const id = kitValue(outputs[s.step], 'Checkpoint.Id');
+          const args: ScriptParams = id
+            ? { VmId: test.id, CheckpointId: String(id), AllowRecoveryType: true, WaitSeconds: 120 }
+            : { VmId: test.id, SnapshotName: s.name, WaitSeconds: 120 };
+          await run({ id: `cleanup-${s.name}`, script: 'remove-checkpoint.ps1', args: args as KitStep['args'] }, {}).catch(() => undefined);
         }
-        snapshotNames.length = 0;
+        snapshots.length = 0;
       }
     }
   }

@@ -162,17 +162,23 @@ foreach ($step in $KitSteps) {
                 if ($found.Count -ne 1) { throw "test VM '$TestVm': $($found.Count) VMs of that name on this host" }
                 $script:test = @{ id = [string]$found[0].VM.Id }
             }
-            if ($step.cleanup -eq 'snapshot') { $snapshotNames += (Resolve-KitText $step.args.SnapshotName $ctx) }
+            if ($step.cleanup -eq 'snapshot') { $snapshotNames += , @($step.id, (Resolve-KitText $step.args.SnapshotName $ctx)) }
             Invoke-KitStep $step ($ctx + @{ test = $script:test }) | Out-Null
         }
     } catch {
         $failure = $_
         Write-Warning ([string]$_.Exception.Message)
-        # a snapshot left by a failed step is removed by its name, as the provider's recovery does
+        # every snapshot the kit made is removed: by its Id when its step answered (a recovery
+        # snapshot Hyper-V would not rename keeps its own name; one already converted is gone,
+        # which the script reports as already removed), else by its name
         if ($script:test -and -not $DryRun) {
-            foreach ($n in $snapshotNames) {
-                try { Invoke-KitStep ([pscustomobject]@{ id = "cleanup-$n"; script = 'remove-checkpoint.ps1'; args = [pscustomobject]@{ VmId = $script:test.id; SnapshotName = $n; WaitSeconds = 120 } }) @{} | Out-Null } catch { Write-Warning $_.Exception.Message }
+            foreach ($pair in $snapshotNames) {
+                $made = $outputs[$pair[0]]
+                $cleanupArgs = [pscustomobject]@{ VmId = $script:test.id; SnapshotName = $pair[1]; WaitSeconds = 120 }
+                if ($made -and $made.Checkpoint -and $made.Checkpoint.Id) { $cleanupArgs = [pscustomobject]@{ VmId = $script:test.id; CheckpointId = [string]$made.Checkpoint.Id; AllowRecoveryType = $true; WaitSeconds = 120 } }
+                try { Invoke-KitStep ([pscustomobject]@{ id = "cleanup-" + $pair[1]; script = 'remove-checkpoint.ps1'; args = $cleanupArgs }) @{} | Out-Null } catch { Write-Warning $_.Exception.Message }
             }
+            $snapshotNames = @()
         }
     }
 }
