@@ -1,6 +1,7 @@
-// Hyper-V provider: backs up the VMs of a Hyper-V host from the host side with checkpoints
-// (production checkpoints quiesce the guest through its own VSS / fsfreeze), driven by small
-// PowerShell scripts shipped in ./scripts. See docs/hyperv.md.
+// Hyper-V provider: backs up the VMs of a Hyper-V host from the host side with WMI recovery
+// snapshots (application-consistent ones quiesce the guest through its own VSS / fsfreeze) and
+// Resilient Change Tracking, driven by small PowerShell scripts shipped in ./scripts; disks are
+// read out of the snapshot by our VHDX reader and written as qcow2 links. See docs/hyperv.md.
 import type { HostProvider } from '../provider';
 import { HyperVError } from './errors';
 import { HyperVProvider } from './provider';
@@ -90,6 +91,11 @@ export {
   sshFingerprint,
   type SshClientFactory,
 } from './ssh-runner';
+export { VhdxReader, crc32c, normaliseRanges, type RandomAccessFile, type Range } from './vhdx';
+export { copyRangesToQcow2, alignRanges } from './disk-copy';
+export { extractVmFiles, embedVmFiles, type VmFile } from './vm-files';
+export { decodeStderr, decodeOem } from './oem';
+export { mapHost, rctRecords, trackingOf, changedRanges, configurationVersion, type HostFacts, type RctRecord } from './rct';
 export {
   findRecoveryCheckpoints,
   removeLeftoverCheckpoints,

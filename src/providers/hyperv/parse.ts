@@ -13,48 +13,9 @@ export interface Overlay {
   overlayNode: string;
 }
 import { HyperVError } from './errors';
-
-// ---------------------------------------------------------------------------------------------
-// Windows PowerShell 5.1 JSON quirks
-
-/** null -> [], one object -> [object], {"value":[...],"Count":n} -> [...] */
-export function toArray<T = unknown>(value: unknown): T[] {
-  if (value === null || value === undefined) return [];
-  if (Array.isArray(value)) return value as T[];
-  if (typeof value === 'object') {
-    const o = value as Record<string, unknown>;
-    if (Array.isArray(o.value) && 'Count' in o && Object.keys(o).length <= 2) return o.value as T[];
-  }
-  return [value as T];
-}
-
-/** "" and null are absent; enums may arrive as numbers when a script forgot .ToString(). */
-export function str(value: unknown): string | undefined {
-  if (value === null || value === undefined) return undefined;
-  if (typeof value === 'string') return value.length > 0 ? value : undefined;
-  if (typeof value === 'number' || typeof value === 'boolean') return String(value);
-  if (typeof value === 'object' && typeof (value as { Guid?: unknown }).Guid === 'string') return (value as { Guid: string }).Guid;
-  return undefined;
-}
-
-export function num(value: unknown): number | undefined {
-  if (typeof value === 'number' && Number.isFinite(value)) return value;
-  if (typeof value === 'string' && /^-?\d+(\.\d+)?$/.test(value)) return Number(value);
-  return undefined;
-}
-
-/** ISO 8601 stays; "\/Date(1700000000000)\/" (ConvertTo-Json's DateTime) becomes ISO 8601. */
-export function isoDate(value: unknown): string | undefined {
-  const s = str(value);
-  if (!s) return undefined;
-  const m = /^\\?\/Date\((-?\d+)(?:[+-]\d{4})?\)\\?\/$/.exec(s);
-  if (m) return new Date(Number(m[1])).toISOString();
-  const t = Date.parse(s);
-  return Number.isNaN(t) ? undefined : new Date(t).toISOString();
-}
-
-export const GUID = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
-export const BACKUP_ID = /^[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}$/;
+import { BACKUP_ID, diskId, GUID, isoDate, num, str, toArray, type RawDrive } from './values';
+export { BACKUP_ID, diskId, GUID, isoDate, num, str, toArray, type RawDrive };
+import { configurationVersion, mapHost, MIN_VERSION_APP_AND_RCT, rctRecords, trackingOf, type HostFacts, type RctRecord } from './rct';
 
 // ---------------------------------------------------------------------------------------------
 // VM state
@@ -108,6 +69,7 @@ export interface RawVm extends RawVmState {
   Path?: unknown;
   IntegrationServicesVersion?: unknown;
   IsClustered?: unknown;
+  OwnerNode?: unknown;
   ReplicationState?: unknown;
 }
 export interface RawIntegrationService {
@@ -117,16 +79,6 @@ export interface RawIntegrationService {
   PrimaryStatusDescription?: unknown;
   SecondaryStatusDescription?: unknown;
   OperationalStatus?: unknown;
-}
-export interface RawDrive {
-  Name?: unknown;
-  Id?: unknown;
-  ControllerType?: unknown;
-  ControllerNumber?: unknown;
-  ControllerLocation?: unknown;
-  Path?: unknown;
-  DiskNumber?: unknown;
-  SupportPersistentReservations?: unknown;
 }
 export interface RawVhd {
   Path?: unknown;
@@ -165,10 +117,13 @@ export interface RawVmFacts {
   Checkpoints?: unknown;
   KvpIntrinsic?: unknown;
   KvpGuest?: unknown;
+  ReferencePoints?: unknown;
+  ReferencePointMap?: unknown;
+  RctProbes?: unknown;
   Errors?: unknown;
 }
 export interface RawEnumeration {
-  Host?: { ComputerName?: unknown; PSVersion?: unknown };
+  Host?: { ComputerName?: unknown; PSVersion?: unknown; RecoverySnapshots?: unknown; OemCodePage?: unknown; OsVersion?: unknown };
   Vms?: unknown;
   Volumes?: unknown;
 }
@@ -321,11 +276,6 @@ export function parseGuestVolumes(value: string | undefined): EnumeratedVm['gues
 // ---------------------------------------------------------------------------------------------
 // Disks
 
-export function diskId(d: RawDrive): string {
-  const type = str(d.ControllerType) ?? 'Disk';
-  return `${type}${num(d.ControllerNumber) ?? 0}:${num(d.ControllerLocation) ?? 0}`.slice(0, 128);
-}
-
 export function isPassThrough(d: RawDrive): boolean {
   const p = str(d.Path) ?? '';
   return num(d.DiskNumber) !== undefined || /^\\\\\.\\PHYSICALDRIVE\d+/i.test(p) || /^Disk \d+ /.test(p);
@@ -384,7 +334,22 @@ export function mapDisk(d: RawDrive, vhds: Map<string, RawVhd>, volumes: Map<str
 // ---------------------------------------------------------------------------------------------
 // One VM
 
-export function mapVm(facts: RawVmFacts, volumes: Map<string, RawVolume>): EnumeratedVm {
+/** What mapVm gives besides the VM: our change-tracking records, for the provider's copy. */
+export interface VmExtras {
+  rct: RctRecord[];
+  configurationVersion?: number;
+  ownerNode?: string;
+}
+
+/** Host facts assumed when enumerate.ps1 gave none (an older script): Windows Server 2016+. */
+const DEFAULT_HOST: HostFacts = { recoverySnapshots: true };
+
+export function mapVm(
+  facts: RawVmFacts,
+  volumes: Map<string, RawVolume>,
+  host: HostFacts = DEFAULT_HOST,
+  extras?: (id: string, e: VmExtras) => void,
+): EnumeratedVm {
   const raw = facts.VM ?? {};
   const id = str(raw.Id);
   if (!id || !GUID.test(id)) throw new HyperVError('protocol', `enumerate.ps1: a VM without a GUID Id (${JSON.stringify(raw.Id)})`);
@@ -397,11 +362,27 @@ export function mapVm(facts: RawVmFacts, volumes: Map<string, RawVolume>): Enume
     if (p) vhds.set(lower(p), v);
     if (p && str(v.Error)) warnings.push(`Get-VHD ${p}: ${str(v.Error)}`);
   }
-  const disks = toArray<RawDrive>(facts.HardDrives).map((d) => mapDisk(d, vhds, volumes));
+  const drives = toArray<RawDrive>(facts.HardDrives);
+  const disks = drives.map((d) => mapDisk(d, vhds, volumes));
+  for (const [i, d] of drives.entries()) {
+    // a shared VHDX (persistent reservations) is left out of the snapshot by Hyper-V, like a
+    // pass-through disk (IgnoreNonSnapshottableDisks): reported, never silently copied half
+    if (d.SupportPersistentReservations === true && disks[i]!.included) {
+      Object.assign(disks[i]!, { included: false, excludedReason: 'pass-through', driver: 'shared-vhdx' });
+      warnings.push(
+        `disk ${disks[i]!.id} is a shared VHDX (persistent reservations): Hyper-V leaves it out of the backup snapshot like a pass-through disk; back it up from inside the guest cluster`,
+      );
+    }
+  }
 
-  const snapshotPath = str(raw.SnapshotFileLocation) ?? str(raw.CheckpointFileLocation) ?? '';
+  // Hyper-V makes each .avhdx beside its parent disk; SnapshotFileLocation holds the snapshot's
+  // configuration only. The view's location is therefore the first included disk's own folder.
+  const firstDisk = disks.find((d) => d.included && d.file);
+  const snapshotPath = firstDisk
+    ? firstDisk.file.replace(/[\\][^\\]*$/, '')
+    : (str(raw.SnapshotFileLocation) ?? str(raw.CheckpointFileLocation) ?? '');
   const snapshotLocation: EnumeratedVm['snapshotLocation'] = { path: snapshotPath.slice(0, 4096) };
-  const snapVolume = volumeIdOf(snapshotPath, volumes);
+  const snapVolume = firstDisk?.volumeId ?? volumeIdOf(snapshotPath, volumes);
   if (snapVolume) snapshotLocation.volumeId = snapVolume;
 
   const kvp = parseKvpItems(facts.KvpIntrinsic);
@@ -412,6 +393,36 @@ export function mapVm(facts: RawVmFacts, volumes: Map<string, RawVolume>): Enume
     warnings.push(`the guest's ${GUEST_VOLUMES_KEY} KVP value is malformed or too long; ignored`);
 
   const agent = mapAgent(toArray<RawIntegrationService>(facts.IntegrationServices), str(raw.IntegrationServicesVersion));
+  const version = configurationVersion(raw.Version);
+  const modern = version === undefined || version >= MIN_VERSION_APP_AND_RCT;
+  // Application-consistent snapshots need Windows Server 2016+ and configuration version 6.2+:
+  // without either, the guest cannot take part, so the rules choose a crash-consistent method.
+  const noAppConsistency = !host.recoverySnapshots
+    ? 'this host has no WMI recovery snapshots (Windows Server 2012 R2): no application-consistent backup snapshot; a Standard checkpoint is taken instead'
+    : !modern
+      ? `configuration version ${str(raw.Version)}: application-consistent (production) snapshots and Resilient Change Tracking need 6.2 or later (Update-VMVersion, with the VM off)`
+      : undefined;
+  if (noAppConsistency && agent.present) {
+    agent.responding = false;
+    agent.error = noAppConsistency;
+  }
+  if (noAppConsistency) warnings.push(noAppConsistency);
+  // RCT: VHDX disks of a 6.2+ VM on a 2016+ host
+  const rct = host.recoverySnapshots && modern ? rctRecords(drives, facts.ReferencePoints, facts.ReferencePointMap, facts.RctProbes) : [];
+  for (const d of disks) {
+    if (!d.included || !host.recoverySnapshots || !modern || d.format !== 'vhdx') continue;
+    d.tracking = trackingOf(d, rct);
+    for (const r of rct) {
+      const t = r.disks.get(d.id);
+      if (t && !t.valid)
+        warnings.push(`disk ${d.id}: change tracking since ${r.name} no longer holds (${t.error}): its next copy is a full`);
+    }
+  }
+  extras?.(id, {
+    rct,
+    ...(version !== undefined ? { configurationVersion: version } : {}),
+    ...(str(raw.OwnerNode) ? { ownerNode: str(raw.OwnerNode)! } : {}),
+  });
 
   for (const d of disks) {
     const vhd = vhds.get(lower(d.file));
@@ -421,10 +432,6 @@ export function mapVm(facts: RawVmFacts, volumes: Map<string, RawVolume>): Enume
       );
     }
     if (d.format === 'vhds') warnings.push(`disk ${d.id} (${d.file}) is a VHD Set (shared disk): not supported by this provider`);
-  }
-  for (const d of toArray<RawDrive>(facts.HardDrives)) {
-    if (d.SupportPersistentReservations === true)
-      warnings.push(`disk ${diskId(d)} is a shared VHDX (persistent reservations): Hyper-V cannot checkpoint it`);
   }
   for (const cp of toArray<RawCheckpoint>(facts.Checkpoints)) {
     const cpName = str(cp.Name) ?? '';
@@ -457,7 +464,7 @@ export function mapVm(facts: RawVmFacts, volumes: Map<string, RawVolume>): Enume
   return vm;
 }
 
-export function mapEnumeration(result: unknown): EnumeratedVm[] {
+export function mapEnumeration(result: unknown, extras?: (id: string, e: VmExtras) => void): EnumeratedVm[] {
   if (!result || typeof result !== 'object') throw new HyperVError('protocol', 'enumerate.ps1: the result is not an object');
   const r = result as RawEnumeration;
   const volumes = new Map<string, RawVolume>();
@@ -465,9 +472,10 @@ export function mapEnumeration(result: unknown): EnumeratedVm[] {
     const p = str(v.Path);
     if (p) volumes.set(lower(p), v);
   }
+  const host = r.Host && 'RecoverySnapshots' in r.Host ? mapHost(result) : DEFAULT_HOST;
   return toArray<RawVmFacts>(r.Vms)
     .filter((f) => f && typeof f === 'object')
-    .map((f) => mapVm(f, volumes));
+    .map((f) => mapVm(f, volumes, host, extras));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -8,10 +8,16 @@ import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Progress } from '../provider';
 import { HyperVError } from './errors';
+import { decodeStderr } from './oem';
+import type { RandomAccessFile } from './vhdx';
 
 /** The scripts the provider runs on the Hyper-V host. common.ps1 is dot-sourced by each of them. */
 export const HOST_SCRIPTS = [
   'enumerate.ps1',
+  'snapshot.ps1',
+  'check-snapshot.ps1',
+  'reference-point.ps1',
+  'rct-changes.ps1',
   'checkpoint.ps1',
   'remove-checkpoint.ps1',
   'save-vm.ps1',
@@ -38,10 +44,14 @@ export interface RunOptions {
 
 export interface PowerShellRunner {
   readonly mode: string;
+  /** the host's OEM code page (enumerate.ps1 says it): powershell.exe's own errors on stderr are in it */
+  oemCodePage?: number;
   /** Run one shipped script; resolves with its `result`, rejects with a HyperVError. */
   run(script: ScriptName, params: ScriptParams, options?: RunOptions): Promise<unknown>;
   /** Copy one file of the Hyper-V host to `localPath` (on this machine), streaming, with progress. */
   fetchFile(hostPath: string, localPath: string, onProgress?: (p: Progress) => void): Promise<{ bytes: number }>;
+  /** Open one file of the Hyper-V host for random reads (the VHDX reader reads only what it needs). */
+  openFile(hostPath: string): Promise<RandomAccessFile>;
   /** Drop connections and remove what the runner put on the host. */
   close(): Promise<void>;
 }
@@ -239,6 +249,7 @@ const MAX_STDOUT = 64 << 20;
 
 export class LocalPowerShellRunner implements PowerShellRunner {
   readonly mode = 'local';
+  oemCodePage: number | undefined;
   readonly powershell: string;
   readonly scriptsDir: string;
   private readonly timeoutMs: number;
@@ -312,7 +323,11 @@ export class LocalPowerShellRunner implements PowerShellRunner {
       });
       child.on('close', (code: number | null) => {
         finish(() =>
-          resolve({ stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(errOut).toString('utf8'), exitCode: code }),
+          resolve({
+            stdout: Buffer.concat(out).toString('utf8'),
+            stderr: decodeStderr(Buffer.concat(errOut), this.oemCodePage),
+            exitCode: code,
+          }),
         );
       });
     });
@@ -335,6 +350,10 @@ export class LocalPowerShellRunner implements PowerShellRunner {
     return { bytes: done };
   }
 
+  openFile(hostPath: string): Promise<RandomAccessFile> {
+    return openLocalFile(hostPath);
+  }
+
   /**
    * New runs are refused; runs in flight are NOT killed: a script stopped half-way could leave a
    * VM's CheckpointType changed. Each still ends by its own timeout.
@@ -342,4 +361,24 @@ export class LocalPowerShellRunner implements PowerShellRunner {
   async close(): Promise<void> {
     this.closed = true;
   }
+}
+
+/** A local file for random reads (local mode: the Hyper-V host is this machine). */
+export async function openLocalFile(file: string): Promise<RandomAccessFile> {
+  const handle = await fs.open(file, 'r');
+  const { size } = await handle.stat();
+  return {
+    size,
+    async read(offset: number, length: number): Promise<Buffer> {
+      const buf = Buffer.alloc(length);
+      let got = 0;
+      while (got < length) {
+        const { bytesRead } = await handle.read(buf, got, length - got, offset + got);
+        if (bytesRead === 0) break;
+        got += bytesRead;
+      }
+      return got === length ? buf : buf.subarray(0, got);
+    },
+    close: () => handle.close(),
+  };
 }

@@ -11,6 +11,8 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import type { Progress } from '../provider';
 import { HyperVError } from './errors';
+import { decodeStderr } from './oem';
+import type { RandomAccessFile } from './vhdx';
 import {
   defaultScriptsDir,
   encodeArgs,
@@ -48,6 +50,17 @@ export interface SftpSession {
     opts: { concurrency?: number; chunkSize?: number; step?: (transferred: number, chunk: number, total: number) => void },
     cb: (err?: Error | null) => void,
   ): void;
+  open(p: string, flags: string, cb: (err: Error | undefined | null, handle: Buffer) => void): void;
+  read(
+    handle: Buffer,
+    buffer: Buffer,
+    offset: number,
+    length: number,
+    position: number,
+    cb: (err: Error | undefined | null, bytesRead: number) => void,
+  ): void;
+  fstat(handle: Buffer, cb: (err: Error | undefined | null, stats: { size?: number }) => void): void;
+  close(handle: Buffer, cb: (err?: Error | null) => void): void;
   end(): void;
 }
 export interface SshClient extends EventEmitter {
@@ -162,6 +175,7 @@ const cb2p = <T>(fn: (cb: (err: Error | undefined | null, value: T) => void) => 
 
 export class SshPowerShellRunner implements PowerShellRunner {
   readonly mode = 'ssh';
+  oemCodePage: number | undefined;
   readonly powershell: string;
   /** the host key fingerprint seen at the last connection ("SHA256:...") */
   seenFingerprint: string | undefined;
@@ -239,7 +253,7 @@ export class SshPowerShellRunner implements PowerShellRunner {
           if (settled) return;
           settled = true;
           clearTimeout(timer);
-          resolve({ stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(errOut).toString('utf8'), exitCode });
+          resolve({ stdout: Buffer.concat(out).toString('utf8'), stderr: decodeStderr(Buffer.concat(errOut), this.oemCodePage), exitCode });
         });
       };
       try {
@@ -277,6 +291,57 @@ export class SshPowerShellRunner implements PowerShellRunner {
     });
     report(bytes, Math.max(size, bytes), true);
     return { bytes };
+  }
+
+  /**
+   * One host file for random reads over SFTP. A read is split into pieces of 256 KiB, up to 16 in
+   * flight (one SFTP request each; a server may answer a request with fewer bytes: asked again).
+   */
+  async openFile(hostPath: string): Promise<RandomAccessFile> {
+    const remote = windowsToSftpPath(hostPath);
+    const s = await this.ensureSession();
+    const fail = (what: string, err: Error) =>
+      new HyperVError('ssh', `${what} ${hostPath} over SFTP failed: ${err.message}`, { cause: err });
+    const handle = await cb2p<Buffer>((cb) => s.sftp.open(remote, 'r', cb)).catch((err: Error) => {
+      throw fail('opening', err);
+    });
+    const stats = await cb2p<{ size?: number }>((cb) => s.sftp.fstat(handle, cb)).catch((err: Error) => {
+      throw fail('reading the size of', err);
+    });
+    const readPiece = async (buf: Buffer, at: number, position: number, length: number): Promise<number> => {
+      let got = 0;
+      while (got < length) {
+        const n = await cb2p<number>((cb) => s.sftp.read(handle, buf, at + got, length - got, position + got, cb)).catch((err: Error) => {
+          throw fail('reading', err);
+        });
+        if (!n) break;
+        got += n;
+      }
+      return got;
+    };
+    return {
+      size: stats.size ?? 0,
+      async read(offset: number, length: number): Promise<Buffer> {
+        const buf = Buffer.alloc(length);
+        const piece = 256 << 10;
+        const starts: number[] = [];
+        for (let at = 0; at < length; at += piece) starts.push(at);
+        const got = new Map<number, number>();
+        let next = 0;
+        await Promise.all(
+          Array.from({ length: Math.min(16, starts.length) }, async () => {
+            while (next < starts.length) {
+              const at = starts[next++]!;
+              got.set(at, await readPiece(buf, at, offset + at, Math.min(piece, length - at)));
+            }
+          }),
+        );
+        // a short piece is the end of the file: what follows it is not data
+        for (const at of starts) if (got.get(at)! < Math.min(piece, length - at)) return buf.subarray(0, at + got.get(at)!);
+        return buf;
+      },
+      close: () => cb2p<void>((cb) => s.sftp.close(handle, (err) => cb(err, undefined))),
+    };
   }
 
   private ensureSession(): Promise<Session> {

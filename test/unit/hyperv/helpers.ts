@@ -42,7 +42,7 @@ export function stdoutOf(envelope: unknown, warningLines: string[] = []): string
 
 export interface Answer {
   stdout?: string;
-  stderr?: string;
+  stderr?: string | Buffer;
   exitCode?: number | null;
   /** never answer (to test timeouts) */
   hang?: boolean;
@@ -153,6 +153,9 @@ export class FakeSsh {
   readonly unlinked: string[] = [];
   readonly rmdirs: string[] = [];
   readonly gets: { remote: string; local: string }[] = [];
+  readonly opened: string[] = [];
+  readonly handles: Buffer[] = [];
+  readRequests = 0;
   ended = 0;
   clients = 0;
   constructor(readonly options: FakeSshOptions = {}) {}
@@ -233,6 +236,27 @@ export class FakeSsh {
           opts.step?.(data.length, data.length - half, data.length);
           setImmediate(() => done());
         },
+        open: (remote, _flags, done) => {
+          const data = fake.options.remoteFiles?.get(remote);
+          fake.opened.push(remote);
+          if (!data) {
+            setImmediate(() => done(Object.assign(new Error('No such file'), { code: 2 }), Buffer.alloc(0)));
+            return;
+          }
+          const handle = Buffer.from(String(fake.handles.length));
+          fake.handles.push(data);
+          setImmediate(() => done(undefined, handle));
+        },
+        fstat: (handle, done) => setImmediate(() => done(undefined, { size: fake.handles[Number(handle.toString())]!.length })),
+        read: (handle, buffer, offset, length, position, done) => {
+          const data = fake.handles[Number(handle.toString())]!;
+          // like a real server, at most 32 KiB per answer
+          const n = Math.max(0, Math.min(length, 32768, data.length - position));
+          data.copy(buffer, offset, position, position + n);
+          fake.readRequests++;
+          setImmediate(() => done(undefined, n));
+        },
+        close: (_handle, done) => setImmediate(() => done()),
         end: () => undefined,
       };
       setImmediate(() => cb(undefined, sftp));

@@ -146,6 +146,10 @@ describe('hyperv parse: enumerate.ps1 output -> enumerated VMs', () => {
         included: true,
         virtualSize: 127 * 2 ** 30,
         volumeId: '\\\\?\\volume{6a1c3f55-0000-0000-0000-100000000000}\\',
+        tracking: {
+          persistent: true,
+          records: [{ name: 'vmbackup-20240314T021500Z-z9y8x7', recording: true, persistent: true, inconsistent: false, granularity: 0 }],
+        },
       },
       {
         id: 'SCSI0:1',
@@ -156,10 +160,15 @@ describe('hyperv parse: enumerate.ps1 output -> enumerated VMs', () => {
         included: true,
         virtualSize: 512 * 2 ** 30,
         volumeId: '\\\\?\\volume{6a1c3f55-0000-0000-0000-100000000000}\\',
+        tracking: {
+          persistent: true,
+          records: [{ name: 'vmbackup-20240314T021500Z-z9y8x7', recording: true, persistent: true, inconsistent: false, granularity: 0 }],
+        },
       },
     ]);
+    // .avhdx files are made beside their parents: the view's location is the disks' own folder
     assert.deepEqual(vm.snapshotLocation, {
-      path: 'D:\\Hyper-V\\SQL01',
+      path: 'D:\\Hyper-V\\SQL01\\Virtual Hard Disks',
       volumeId: '\\\\?\\volume{6a1c3f55-0000-0000-0000-100000000000}\\',
     });
     assert.equal(vm.warnings, undefined);
@@ -173,17 +182,18 @@ describe('hyperv parse: enumerate.ps1 output -> enumerated VMs', () => {
     assert.equal(vm.agent.responding, true);
   });
 
-  it('LEGACY2008 (saved, IDE .vhd, snapshot location on another volume, VSS without status)', () => {
+  it('LEGACY2008 (saved, IDE .vhd, configuration 5.0, SnapshotFileLocation on another volume, VSS without status)', () => {
     const vm = byName(enumerated(), 'LEGACY2008');
     assert.equal(vm.state, 'saved');
     assert.equal(vm.disks[0]!.id, 'IDE0:0');
     assert.equal(vm.disks[0]!.format, 'vhd');
     assert.equal(vm.disks[0]!.driver, 'vhd');
-    assert.notEqual(vm.snapshotLocation.volumeId, vm.disks[0]!.volumeId);
+    // SnapshotFileLocation holds the snapshot's configuration only: the .avhdx goes beside the .vhd
+    assert.equal(vm.snapshotLocation.volumeId, vm.disks[0]!.volumeId);
     assert.equal(vm.agent.present, true);
     assert.equal(vm.agent.responding, false);
     assert.equal(vm.agent.freezeEnabled, true);
-    assert.match(vm.agent.error ?? '', /no status/);
+    assert.match(vm.agent.error ?? '', /configuration version 5\.0: application-consistent .* need 6\.2/);
     assert.equal(vm.guest.os, undefined);
   });
 
@@ -273,14 +283,14 @@ describe('hyperv parse: checkpoint.ps1 output -> overlays', () => {
         disk: 'SCSI0:0',
         base: 'D:\\Hyper-V\\SQL01\\Virtual Hard Disks\\SQL01-os.vhdx',
         baseFormat: 'vhdx',
-        overlay: 'D:\\Hyper-V\\SQL01\\Virtual Hard Disks\\SQL01-os_9C8B7A65-4321-4FED-8CBA-0123456789AB.avhdx',
+        overlay: 'D:\\Hyper-V\\SQL01\\Virtual Hard Disks\\SQL01-os_BECAA6A2-DEC7-473A-9EFB-EC9F2E51C194.avhdx',
         overlayNode: '9c8b7a65-4321-4fed-8cba-0123456789ab',
       },
       {
         disk: 'SCSI0:1',
         base: 'D:\\Hyper-V\\SQL01\\Virtual Hard Disks\\SQL01-data.vhdx',
         baseFormat: 'vhdx',
-        overlay: 'D:\\Hyper-V\\SQL01\\Virtual Hard Disks\\SQL01-data_9C8B7A65-4321-4FED-8CBA-0123456789AB.avhdx',
+        overlay: 'D:\\Hyper-V\\SQL01\\Virtual Hard Disks\\SQL01-data_8D1FAAC8-C253-4C43-836A-18EEB4B04496.avhdx',
         overlayNode: '9c8b7a65-4321-4fed-8cba-0123456789ab',
       },
     ]);

@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 // The SSH runner against a real ssh2 server on the loopback interface: the real ssh2 client does
 // the exec channels, exit codes, SFTP upload and fastGet. The "Windows host" is a temp folder
 // whose SFTP paths look like Windows OpenSSH's (/C:/Users/backup); exec answers with fixtures.
@@ -7,7 +8,6 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { createHyperVProvider, HyperVError } from '../../../src/providers/hyperv';
-import { mapEnumeration } from '../../../src/providers/hyperv/parse';
 import { SCRIPT_FILES } from '../../../src/providers/hyperv/runner';
 import { SshPowerShellRunner, sshFingerprint } from '../../../src/providers/hyperv/ssh-runner';
 import type { ClassifiedVm } from '../../../src/contract/types';
@@ -169,16 +169,17 @@ describe('hyperv ssh: against an ssh2 server on the loopback', function () {
     await host.close();
   });
 
-  it('enumerate, snapshot, copy the parent disk, merge, close: over one SSH session', async () => {
+  it('enumerate, snapshot, copy the parent disk (SFTP random reads of a real VHDX), release, close: over one SSH session', async () => {
     host.answer = byFixture({
       'enumerate.ps1': 'enumerate-host.json',
-      'checkpoint.ps1': 'checkpoint-production.json',
+      'snapshot.ps1': 'snapshot-recovery.json',
+      'check-snapshot.ps1': 'check-snapshot-ok.json',
       'remove-checkpoint.ps1': 'remove-checkpoint-merged.json',
     });
-    const disk = Buffer.concat([Buffer.from('vhdxfile'), Buffer.alloc(300_000, 9)]);
     const diskPath = path.join(host.root, 'D', 'Hyper-V', 'SQL01', 'Virtual Hard Disks', 'SQL01-os.vhdx');
     fs.mkdirSync(path.dirname(diskPath), { recursive: true });
-    fs.writeFileSync(diskPath, disk);
+    execFileSync('qemu-img', ['create', '-q', '-f', 'vhdx', '-o', 'block_size=1M', diskPath, '8M']);
+    execFileSync('qemu-io', ['-f', 'vhdx', '-c', 'write -P 0x5a 1M 2M', '-c', 'write -P 0x5b 7M 1M', diskPath], { stdio: 'ignore' });
 
     const provider = createHyperVProvider({
       hostName: 'HV01',
@@ -199,7 +200,7 @@ describe('hyperv ssh: against an ssh2 server on the loopback', function () {
       `powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass -File "C:\\Users\\backup\\${uploaded[0]}\\enumerate.ps1" -ArgsJson e30=`,
     );
 
-    const vm = mapEnumeration(fixture('enumerate-host.json').result).find((v) => v.name === 'SQL01')!;
+    const vm = vms.find((v) => v.name === 'SQL01')!;
     const cvm: ClassifiedVm = { ...vm, method: 'child-vm-snapshot', consistency: 'application', reasons: [], warnings: [] };
     const { view } = await provider.makeView(cvm, provider.planView(cvm, '20240315T021500Z-a1b2c3'), { frozen: false });
     const overlays = view.ref.overlays as { base: string; disk: string }[];
@@ -208,15 +209,15 @@ describe('hyperv ssh: against an ssh2 server on the loopback', function () {
     const out = fs.mkdtempSync(path.join(tmpdir(), 'hv-sshcopy-'));
     try {
       const progress: { done: number; total: number }[] = [];
-      const exported = await provider.exportDisk(view, overlays[0]!.disk, path.join(out, 'disk-SCSI0_0.vhdx'), (p) => progress.push(p));
-      assert.equal(exported.bytes, disk.length);
-      assert.equal(exported.format, 'vhdx');
-      assert.deepEqual(fs.readFileSync(exported.path), disk);
-      assert.deepEqual(progress.at(-1), { done: disk.length, total: disk.length });
-      assert.deepEqual(fs.readdirSync(out), ['disk-SCSI0_0.vhdx']);
+      const exported = await provider.exportDisk(view, overlays[0]!.disk, path.join(out, 'disk-SCSI0_0.qcow2'), (p) => progress.push(p));
+      assert.deepEqual([exported.format, exported.virtualSize, exported.bytesRead], ['qcow2', 8 << 20, 3 << 20]);
+      execFileSync('qemu-img', ['compare', '-f', 'vhdx', '-F', 'qcow2', diskPath, exported.path], { stdio: 'pipe' });
+      assert.deepEqual(progress.at(-1), { done: 3 << 20, total: 3 << 20 });
+      assert.deepEqual(fs.readdirSync(out), ['disk-SCSI0_0.qcow2']);
     } finally {
       fs.rmSync(out, { recursive: true, force: true });
     }
+    assert.match(host.commands.at(-1)!, /check-snapshot\.ps1" -ArgsJson /);
 
     await provider.releaseView(SQL, view);
     assert.match(host.commands.at(-1)!, /remove-checkpoint\.ps1" -ArgsJson /);

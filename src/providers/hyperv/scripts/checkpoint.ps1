@@ -17,12 +17,7 @@ try {
     if (@('ProductionOnly', 'Standard') -cnotcontains $type) { throw (New-Object System.ArgumentException "CheckpointType '$type' is not ProductionOnly or Standard") }
     $waitSeconds = [int](Get-VmbArg $a 'WaitSeconds' -Optional)
 
-    $vm = Hyper-V\Get-VM -Id $vmId
-    # A checkpoint removed earlier may still be merging; Checkpoint-VM fails meanwhile.
-    $wait = Wait-VmbMerge $vmId $waitSeconds
-    if ($wait.mergePending) { throw (New-Object System.InvalidOperationException "VM '$($vm.Name)' is still merging disks after $waitSeconds s; try again later") }
-    $vm = $wait.vm
-    if (@(Get-VmbCheckpoints $vm | Where-Object { $_.Name -ceq $name }).Count -gt 0) { throw (New-Object System.InvalidOperationException "VM '$($vm.Name)' already has a checkpoint named $name") }
+    $vm = Get-VmbVmReadyForSnapshot $vmId $name $waitSeconds
 
     $before = @(Get-VmbDrives $vm)
     $previousType = [string](Get-VmbProp $vm 'CheckpointType')

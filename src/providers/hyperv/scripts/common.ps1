@@ -40,6 +40,12 @@ function Get-VmbArg($ArgsObject, [string]$Name, [switch]$Optional) {
     return $p.Value
 }
 
+# Our names: vmbackup-<backupId>, the only snapshots and reference points these scripts act on.
+function Assert-VmbBackupName([string]$Name, [string]$Field) {
+    if ($Name -cnotmatch '^vmbackup-[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}$') { throw (New-Object System.ArgumentException "$Field '$Name' is not vmbackup-<backupId>") }
+    return $Name
+}
+
 function ConvertTo-VmbGuid($Value) {
     $g = [guid]::Empty
     if (-not [guid]::TryParse([string]$Value, [ref]$g)) {
@@ -105,6 +111,17 @@ function Wait-VmbMerge([guid]$VmId, [int]$Seconds) {
         $vm = Hyper-V\Get-VM -Id $VmId
     }
     return [ordered]@{ waitedMs = [long]$sw.ElapsedMilliseconds; mergePending = [bool](Test-VmbMerging $vm); vm = $vm }
+}
+
+# Before a backup snapshot: an earlier one removed may still be merging (a new snapshot fails
+# meanwhile), and a snapshot of the same name must not exist. Returns the VM as it is now.
+function Get-VmbVmReadyForSnapshot([guid]$VmId, [string]$Name, [int]$WaitSeconds) {
+    $vm = Hyper-V\Get-VM -Id $VmId
+    $wait = Wait-VmbMerge $VmId $WaitSeconds
+    if ($wait.mergePending) { throw (New-Object System.InvalidOperationException "VM '$($vm.Name)' is still merging disks after $WaitSeconds s; try again later") }
+    $vm = $wait.vm
+    if (@(Get-VmbCheckpoints $vm | Where-Object { $_.Name -ceq $Name }).Count -gt 0) { throw (New-Object System.InvalidOperationException "VM '$($vm.Name)' already has a checkpoint named $Name") }
+    return $vm
 }
 
 function Get-VmbDrive($Drive) {
@@ -208,4 +225,120 @@ function Write-VmbError($ErrorRecord) {
         exceptionType         = [string]$ErrorRecord.Exception.GetType().FullName
     })
     exit 1
+}
+
+# ---------------------------------------------------------------------------------------------
+# WMI (root/virtualization/v2): the Hyper-V classes backup products drive on Windows Server 2016+
+
+$script:VmbNs = 'root/virtualization/v2'
+
+function Get-VmbCimService([string]$ClassName) {
+    $s = @(Get-CimInstance -Namespace $script:VmbNs -ClassName $ClassName)[0]
+    if ($null -eq $s) { throw (New-Object System.NotSupportedException "$ClassName is not on this host (Hyper-V on Windows Server 2016 or later is needed)") }
+    return $s
+}
+
+# Msvm_ComputerSystem.Name is the VM id; the id is a parsed GUID, so the filter holds no user text.
+function Get-VmbComputerSystem([guid]$VmId) {
+    $cs = @(Get-CimInstance -Namespace $script:VmbNs -ClassName 'Msvm_ComputerSystem' -Filter ("Name='" + $VmId.ToString() + "'"))[0]
+    if ($null -eq $cs) { throw (New-Object System.InvalidOperationException "no virtual machine with id $VmId on $env:COMPUTERNAME") }
+    return $cs
+}
+
+# The snapshot's Msvm_VirtualSystemSettingData (its ConfigurationID is the snapshot's id).
+function Get-VmbSnapshotSettings($ComputerSystem, [guid]$SnapshotId) {
+    foreach ($s in @(Get-CimAssociatedInstance -InputObject $ComputerSystem -Association 'Msvm_SnapshotOfVirtualSystem' -ResultClassName 'Msvm_VirtualSystemSettingData')) {
+        if ($null -ne $s -and ([string]$s.ConfigurationID) -eq $SnapshotId.ToString()) { return $s }
+    }
+    return $null
+}
+
+# An embedded instance (what the *Settings string parameters take), as the sample of Microsoft's
+# xHyper-VBackup module makes it: the CIM serializer's UTF-16 text.
+function ConvertTo-VmbEmbeddedInstance($Instance) {
+    $serializer = [Microsoft.Management.Infrastructure.Serialization.CimSerializer]::Create()
+    $bytes = $serializer.Serialize($Instance, [Microsoft.Management.Infrastructure.Serialization.InstanceSerializationOptions]::None)
+    return [System.Text.Encoding]::Unicode.GetString($bytes)
+}
+
+# A method's ReturnValue: 0 = done; 4096 = a Msvm_ConcreteJob runs it, polled to its end
+# (JobState 7 = Completed). Anything else throws "<Method> returned <code>" or
+# "<Method> job ended in state <s> with error code <c>": the Node side reads the numbers (the
+# description text is in the host's language).
+function Wait-VmbCimResult($Result, [string]$Method, [int]$TimeoutSeconds) {
+    $rv = [int]$Result.ReturnValue
+    if ($rv -eq 0) { return $null }
+    if ($rv -ne 4096) { throw (New-Object System.InvalidOperationException "$Method returned $rv") }
+    $job = $Result.Job | Get-CimInstance
+    $sw = [System.Diagnostics.Stopwatch]::StartNew()
+    while (@(2, 3, 4) -contains [int]$job.JobState) {
+        if ($sw.Elapsed.TotalSeconds -gt $TimeoutSeconds) { throw (New-Object System.TimeoutException "$Method job still running after $TimeoutSeconds s") }
+        Start-Sleep -Milliseconds 500
+        $job = $job | Get-CimInstance
+    }
+    if ([int]$job.JobState -ne 7) {
+        throw (New-Object System.InvalidOperationException ("$Method job ended in state " + [int]$job.JobState + " with error code " + [int]$job.ErrorCode + ': ' + [string]$job.ErrorDescription))
+    }
+    return $job
+}
+
+# The cluster node that owns a clustered VM (its "Virtual Machine" resource's VmID parameter), or
+# $null when the VM is not clustered or the FailoverClusters module is absent.
+function Get-VmbOwnerNode([guid]$VmId) {
+    try {
+        foreach ($r in @(FailoverClusters\Get-ClusterResource | Where-Object { $_.ResourceType -eq 'Virtual Machine' })) {
+            $p = @(FailoverClusters\Get-ClusterParameter -InputObject $r -Name 'VmID' -ErrorAction SilentlyContinue)[0]
+            if ($null -ne $p -and ([string]$p.Value) -eq $VmId.ToString()) { return [string]$r.OwnerNode }
+        }
+    } catch { }
+    return $null
+}
+
+# A VM that is not on this node: gone, or (in a cluster) moved to another node. Never "gone" while
+# the cluster still knows it: a merge reported done there would be a lie.
+function Assert-VmbNotMoved([guid]$VmId) {
+    $owner = Get-VmbOwnerNode $VmId
+    if ($owner -and $owner -ne $env:COMPUTERNAME) {
+        throw (New-Object System.InvalidOperationException "VM $VmId moved to cluster node $owner during the backup (this is $env:COMPUTERNAME)")
+    }
+}
+
+function Get-VmbFileStamp([string]$Path) {
+    $f = Get-Item -LiteralPath $Path
+    return [ordered]@{ Path = [string]$f.FullName; Length = [long]$f.Length; LastWriteTimeUtc = ConvertTo-VmbIsoDate $f.LastWriteTimeUtc }
+}
+
+# Our map of reference points (their names are ours: vmbackup-<backupId>; Hyper-V gives them
+# only an InstanceID), kept beside the VM's configuration, so it moves with a clustered VM.
+function Get-VmbReferencePointMapPath($Vm) {
+    return (Join-Path (Join-Path ([string]$Vm.ConfigurationLocation) 'vm-backup') ([string]$Vm.Id + '.reference-points.json'))
+}
+
+function Read-VmbReferencePointMap($Vm) {
+    $p = Get-VmbReferencePointMapPath $Vm
+    if (-not (Test-Path -LiteralPath $p -PathType Leaf)) { return @() }
+    return @((ConvertFrom-Json -InputObject ([System.IO.File]::ReadAllText($p))).Entries)
+}
+
+function Write-VmbReferencePointMap($Vm, $Entries) {
+    $p = Get-VmbReferencePointMapPath $Vm
+    $dir = Split-Path -Parent $p
+    if (-not (Test-Path -LiteralPath $dir -PathType Container)) { New-Item -ItemType Directory -Path $dir | Out-Null }
+    $tmp = $p + '.new'
+    [System.IO.File]::WriteAllText($tmp, (ConvertTo-Json -InputObject ([ordered]@{ VmId = [string]$Vm.Id; Entries = @($Entries) }) -Depth 5))
+    if (Test-Path -LiteralPath $p -PathType Leaf) { [System.IO.File]::Replace($tmp, $p, $null) } else { [System.IO.File]::Move($tmp, $p) }
+}
+
+function Get-VmbReferencePoints($ComputerSystem) {
+    return @(Get-CimAssociatedInstance -InputObject $ComputerSystem -Association 'Msvm_ReferencePointOfVirtualSystem' -ResultClassName 'Msvm_VirtualSystemReferencePoint' | Where-Object { $null -ne $_ })
+}
+
+function Get-VmbReferencePointInfo($Rp) {
+    return [ordered]@{
+        InstanceID                         = [string]$Rp.InstanceID
+        ReferencePointType                 = [int]$Rp.ReferencePointType
+        ConsistencyLevel                   = [int]$Rp.ConsistencyLevel
+        VirtualDiskIdentifiers             = @(ConvertTo-VmbStringArray $Rp.VirtualDiskIdentifiers)
+        ResilientChangeTrackingIdentifiers = @(ConvertTo-VmbStringArray $Rp.ResilientChangeTrackingIdentifiers)
+    }
 }

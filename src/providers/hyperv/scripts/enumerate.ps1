@@ -34,6 +34,12 @@ try {
         }
     } catch { $kvpError = 'Msvm_ComputerSystem: ' + $_.Exception.Message }
 
+    # Windows Server 2016+ has the WMI recovery snapshots and reference points; 2012 R2 has not
+    $recoverySnapshots = $false
+    try { $recoverySnapshots = ($null -ne (Get-CimClass -Namespace $script:VmbNs -ClassName 'Msvm_VirtualSystemSnapshotSettingData' -ErrorAction Stop)) } catch { }
+    $os = $null
+    try { $os = @(Get-CimInstance -ClassName 'Win32_OperatingSystem')[0] } catch { }
+
     $volumes = @{}
     $list = New-Object System.Collections.Generic.List[object]
     foreach ($vm in $vms) {
@@ -50,6 +56,8 @@ try {
         $vmInfo.IntegrationServicesVersion = [string]$vm.IntegrationServicesVersion
         $vmInfo.IsClustered = [bool]$vm.IsClustered
         $vmInfo.ReplicationState = [string](Get-VmbProp $vm 'ReplicationState')
+        $vmInfo.OwnerNode = $null
+        if ($vm.IsClustered) { $vmInfo.OwnerNode = Get-VmbOwnerNode $vm.Id }
 
         $services = @()
         try {
@@ -81,6 +89,37 @@ try {
         $checkpoints = @()
         try { $checkpoints = @(Get-VmbCheckpoints $vm | ForEach-Object { Get-VmbCheckpointInfo $_ }) } catch { $errors.Add('Get-VMSnapshot: ' + $_.Exception.Message) }
 
+        # RCT: the VM's reference points, our names for them, and whether each disk's RCT id is
+        # still valid (GetVirtualDiskChanges over the first MiB: an id reset by a storage move or
+        # a disk replaced fails)
+        $refPoints = @()
+        $refMap = @()
+        $probes = New-Object System.Collections.Generic.List[object]
+        if ($recoverySnapshots -and $systems.ContainsKey([string]$vm.Id)) {
+            try {
+                $refPoints = @(Get-VmbReferencePoints $systems[[string]$vm.Id] | ForEach-Object { Get-VmbReferencePointInfo $_ })
+                $refMap = @(Read-VmbReferencePointMap $vm | ForEach-Object { [ordered]@{ Name = [string]$_.Name; InstanceID = [string]$_.InstanceID; CreatedAt = [string]$_.CreatedAt; Host = [string]$_.Host } })
+                $ims = $null
+                foreach ($e in $refMap) {
+                    $rp = @($refPoints | Where-Object { $_.InstanceID -eq $e.InstanceID })[0]
+                    if ($null -eq $rp) { continue }
+                    for ($i = 0; $i -lt $rp.ResilientChangeTrackingIdentifiers.Count; $i++) {
+                        $vdId = [string]$rp.VirtualDiskIdentifiers[$i]
+                        $drive = @($drives | Where-Object { $_.Id -and ($_.Id -replace '\\[A-Z]$', '') -eq ($vdId -replace '\\[A-Z]$', '') })[0]
+                        $probe = [ordered]@{ Name = $e.Name; VirtualDiskIdentifier = $vdId; Valid = $false; Error = $null }
+                        if ($null -eq $drive -or -not $drive.Path) { $probe.Error = 'no disk of the VM has this identifier now'; $probes.Add($probe); continue }
+                        try {
+                            if ($null -eq $ims) { $ims = Get-VmbCimService 'Msvm_ImageManagementService' }
+                            $r = Invoke-CimMethod -InputObject $ims -MethodName 'GetVirtualDiskChanges' -Arguments @{ Path = $drive.Path; LimitId = [string]$rp.ResilientChangeTrackingIdentifiers[$i]; TargetSnapshotId = ''; ByteOffset = [uint64]0; ByteLength = [uint64]1MB }
+                            Wait-VmbCimResult $r 'GetVirtualDiskChanges' 60 | Out-Null
+                            $probe.Valid = $true
+                        } catch { $probe.Error = [string]$_.Exception.Message }
+                        $probes.Add($probe)
+                    }
+                }
+            } catch { $errors.Add('reference points: ' + $_.Exception.Message) }
+        }
+
         $intrinsic = @()
         $guestItems = @()
         if ($kvpError) {
@@ -103,11 +142,21 @@ try {
             Checkpoints         = @($checkpoints)
             KvpIntrinsic        = @($intrinsic)
             KvpGuest            = @($guestItems)
+            ReferencePoints     = @($refPoints)
+            ReferencePointMap   = @($refMap)
+            RctProbes           = @($probes.ToArray())
             Errors              = @($errors.ToArray())
         })
     }
     $out = [ordered]@{
-        Host    = [ordered]@{ ComputerName = [string]$env:COMPUTERNAME; PSVersion = [string]$PSVersionTable.PSVersion }
+        Host    = [ordered]@{
+            ComputerName      = [string]$env:COMPUTERNAME
+            PSVersion         = [string]$PSVersionTable.PSVersion
+            OsCaption         = $(if ($os) { [string]$os.Caption } else { $null })
+            OsVersion         = $(if ($os) { [string]$os.Version } else { $null })
+            OemCodePage       = [int][System.Globalization.CultureInfo]::CurrentCulture.TextInfo.OEMCodePage
+            RecoverySnapshots = $recoverySnapshots
+        }
         Vms     = @($list.ToArray())
         Volumes = @($volumes.Values)
     }

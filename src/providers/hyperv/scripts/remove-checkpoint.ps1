@@ -21,7 +21,9 @@ try {
     # Listing instead of Get-VM -Id: "no such VM" must not be confused with any other error.
     $vm = @(Hyper-V\Get-VM | Where-Object { $_.Id -eq $vmId })[0]
     if ($null -eq $vm) {
-        # The VM is gone, and its checkpoints with it.
+        # Not on this node: in a cluster it may have moved (its checkpoint, not merged, with it):
+        # that throws. Only a VM no node owns is gone, and its checkpoints with it.
+        Assert-VmbNotMoved $vmId
         $out = [ordered]@{ VmFound = $false; Removed = @(); AlreadyRemoved = $true; MergePending = $false; WaitedMs = 0; State = $null }
     } else {
         $targets = @(Get-VmbCheckpoints $vm | Where-Object {

@@ -1,6 +1,7 @@
 # Put a running or paused VM into the saved state (Save-VM). Does nothing in any other state.
-# Reports the saved-state files Hyper-V keeps in the VM's configuration folder
-# (<id>.vmrs from configuration version 5; <id>\*.vsv and *.bin before).
+# Reports the saved-state files Hyper-V keeps in the VM's configuration folder: <id>.vmrs
+# (configuration version 6.2 and later, memory and device state), or <id>\*.vsv and *.bin
+# (configuration version 5.0). The provider copies a .vmrs into the backup.
 # Args (ArgsJson): { VmId: guid }
 param([string]$ArgsJson)
 . (Join-Path $PSScriptRoot 'common.ps1')
