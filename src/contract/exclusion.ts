@@ -30,6 +30,8 @@ export const EXCLUSIONS = {
   'no-medium': 'host',
   /** Hyper-V: a pass-through (physical) disk, invisible to Hyper-V's VSS writer */
   'hyperv-pass-through': 'hypervisor',
+  /** Hyper-V: a shared VHDX (persistent reservations), left out of the snapshot like a pass-through disk */
+  'hyperv-shared-vhdx': 'hypervisor',
   /** a disk this product cannot copy (its detail says which kind) */
   'not-supported': 'product',
 } as const satisfies Record<string, ExcludedBy>;

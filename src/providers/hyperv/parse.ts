@@ -368,7 +368,10 @@ export function mapVm(
     // a shared VHDX (persistent reservations) is left out of the snapshot by Hyper-V, like a
     // pass-through disk (IgnoreNonSnapshottableDisks): reported, never silently copied half
     if (d.SupportPersistentReservations === true && disks[i]!.included) {
-      Object.assign(disks[i]!, { included: false, excludedReason: 'pass-through', driver: 'shared-vhdx' });
+      Object.assign(disks[i]!, {
+        driver: 'shared-vhdx',
+        ...excluded('hyperv-shared-vhdx', 'a shared VHDX (persistent reservations): Hyper-V leaves it out of the backup snapshot'),
+      });
       warnings.push(
         `disk ${disks[i]!.id} is a shared VHDX (persistent reservations): Hyper-V leaves it out of the backup snapshot like a pass-through disk; back it up from inside the guest cluster`,
       );

@@ -41,6 +41,7 @@ describe('a disk left out: the reason, who decided it, and the summary', () => {
       'removable-media': 'host',
       'no-medium': 'host',
       'hyperv-pass-through': 'hypervisor',
+      'hyperv-shared-vhdx': 'hypervisor',
       'not-supported': 'product',
     });
     const vm = onlineVm({ disks: [disk('a'), disk('b', { included: false })] });

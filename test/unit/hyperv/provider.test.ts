@@ -508,7 +508,7 @@ describe('hyperv provider: the whole VM, copy, RCT (fixtures + real VHDX files m
     assert.match(legacy.agent.error!, /configuration version 5\.0.*6\.2/);
     const lnx = vms.find((v) => v.name === 'LNX01')!;
     const quorum = lnx.disks.find((d) => d.file.endsWith('quorum.vhdx'))!;
-    assert.deepEqual([quorum.included, quorum.excludedReason, quorum.driver], [false, 'pass-through', 'shared-vhdx']);
+    assert.deepEqual([quorum.included, quorum.excludedReason, quorum.driver], [false, 'hyperv-shared-vhdx', 'shared-vhdx']);
     assert.ok(lnx.warnings!.some((w) => /shared VHDX/.test(w)));
     const dc = vms.find((v) => v.name === 'Büro-DC')!;
     assert.equal(dc.agent.responding, false, 'a German "Keine Verbindung" is read by its enum name NoContact');
