@@ -1,0 +1,114 @@
+// Restore: any point of any chain of a VM's backups, to a directory, in place over the VM's own
+// disks, or as a new VM (plain QEMU or libvirt); single files out of a disk (files.ts); a boot
+// test that proves a backup starts (boot-test.ts). The node and the command both call these.
+import { formatBytes } from '../summary';
+import type { RestoreContext, RestoreResult } from './context';
+import { restoreToDirectory } from './directory';
+import { restoreInPlace } from './in-place';
+import { restoreNewVm } from './new-vm';
+import { openPoint } from './point';
+import { checkRestoreRequest, type RestoreRequest } from './request';
+
+export type { RestoreContext, RestoreResult, RestoredDisk, NewVm } from './context';
+export type { RestoreProgress } from './images';
+export { RestoreRefused } from './refused';
+export { checkRestoreRequest, restoreRequestSchema, RESTORE_MODES, type RestoreRequest } from './request';
+export { checkRoots } from './targets';
+export { recoverRestores, type RestoreRecovery } from './recover';
+export { openPoint, readPoint, type BackupPoint, type PointRef } from './point';
+
+/** Check the request (refused naming the field before anything is written), find the point, restore. */
+export async function restore(ctx: RestoreContext, doc: unknown): Promise<RestoreResult> {
+  const t0 = Date.now();
+  const req: RestoreRequest = checkRestoreRequest(doc);
+  const point = await openPoint(ctx.repositoryRoot, {
+    host: req.host ?? ctx.hostName,
+    vm: req.vm,
+    ...(req.backupId ? { backupId: req.backupId } : {}),
+  });
+  const disks = req.disks ? { disks: req.disks } : {};
+  switch (req.mode) {
+    case 'directory':
+      return restoreToDirectory(ctx, { point, target: req.target ?? '', ...disks, ...(req.format ? { format: req.format } : {}) }, t0);
+    case 'in-place':
+      return restoreInPlace(ctx, { point, ...disks, ...(req.keepOld !== undefined ? { keepOld: req.keepOld } : {}) }, t0);
+    case 'new-vm':
+      return restoreNewVm(
+        ctx,
+        {
+          point,
+          target: req.target ?? '',
+          ...disks,
+          ...(req.format ? { format: req.format } : {}),
+          ...(req.name ? { name: req.name } : {}),
+          ...(req.hypervisor ? { hypervisor: req.hypervisor } : {}),
+          ...(req.start !== undefined ? { start: req.start } : {}),
+          ...(req.resume !== undefined ? { resume: req.resume } : {}),
+          ...(req.network ? { network: req.network } : {}),
+        },
+        t0,
+      );
+  }
+}
+
+export interface RestoreSummary {
+  ok: boolean;
+  mode?: string;
+  host?: string;
+  vm?: string;
+  backupId?: string;
+  /** the field a refusal names */
+  field?: string;
+  error?: string;
+  target?: string;
+  disks: number;
+  bytes: number;
+  warnings: string[];
+  durationMs?: number;
+  text: string;
+}
+
+/** One summary of a restore, finished or failed, shaped like the backup's for email, MQTT or HTTP nodes. */
+export function summarizeRestore(
+  result: RestoreResult | undefined,
+  err?: Error & { field?: string },
+  request?: Partial<RestoreRequest>,
+): RestoreSummary {
+  if (!result) {
+    const what = request?.vm
+      ? `${request.mode ?? 'restore'} of ${request.vm}${request.backupId ? ` (${request.backupId})` : ''}`
+      : 'restore';
+    return {
+      ok: false,
+      ...(request?.mode ? { mode: request.mode } : {}),
+      ...(request?.vm ? { vm: request.vm } : {}),
+      ...(err?.field ? { field: err.field } : {}),
+      error: err?.message ?? 'failed',
+      disks: 0,
+      bytes: 0,
+      warnings: [],
+      text: `FAILED ${what}: ${err?.message ?? 'failed'}`,
+    };
+  }
+  const bytes = result.disks.reduce((n, d) => n + d.bytes, 0);
+  const where =
+    result.mode === 'in-place'
+      ? 'over its own disks'
+      : result.mode === 'new-vm' && result.newVm
+        ? `as new ${result.newVm.hypervisor} VM ${result.newVm.name} (${result.newVm.started ? (result.newVm.resumed ? 'resumed from its saved memory' : 'started') : 'left off'}) in ${result.target}`
+        : `to ${result.target}`;
+  const chain = result.chain.length > 1 ? ` through ${result.chain.length - 1} parent${result.chain.length > 2 ? 's' : ''}` : '';
+  return {
+    ok: true,
+    mode: result.mode,
+    host: result.host,
+    vm: result.vm,
+    backupId: result.backupId,
+    ...(result.target ? { target: result.target } : {}),
+    disks: result.disks.length,
+    bytes,
+    warnings: result.warnings,
+    durationMs: result.ms,
+    text: `OK restored ${result.vm} from backup ${result.backupId} (${result.method}, ${result.consistency}${chain}) ${where}: ${result.disks.length} disk${result.disks.length === 1 ? '' : 's'}, ${formatBytes(bytes)} in ${(result.ms / 1000).toFixed(1)} s${result.warnings.length ? `; ${result.warnings.join('; ')}` : ''}`,
+  };
+}
