@@ -27,6 +27,14 @@ export async function restore(ctx: RestoreContext, doc: unknown): Promise<Restor
     ...(req.backupId ? { backupId: req.backupId } : {}),
   });
   const disks = req.disks ? { disks: req.disks } : {};
+  // {vm}, {backupId} and {host} in a target or name: one setting serves every VM and every point
+  const fill = (s: string) =>
+    s.replace(
+      /\{(vm|backupId|host)\}/g,
+      (_m, k: string) => ({ vm: point.manifest.vm, backupId: point.manifest.backupId, host: point.manifest.host })[k] ?? '',
+    );
+  if (req.target) req.target = fill(req.target);
+  if (req.name) req.name = fill(req.name);
   switch (req.mode) {
     case 'directory':
       return restoreToDirectory(ctx, { point, target: req.target ?? '', ...disks, ...(req.format ? { format: req.format } : {}) }, t0);

@@ -9,6 +9,7 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import type { FlattenFormat } from '../chain/flatten';
 import { writeFileDurable } from '../repository/durable';
+import { isSafeName } from '../util/ids';
 import { runProgram } from '../util/run';
 import type { NewVm, RestoreContext, RestoreResult } from './context';
 import { checkDirectory, restoreToDirectory } from './directory';
@@ -91,6 +92,7 @@ function qemuRunDir(ctx: RestoreContext, target: string): string {
 export async function restoreNewVm(ctx: RestoreContext, input: NewVmInput, t0 = Date.now()): Promise<RestoreResult> {
   const kind = hypervisorOf(ctx, input);
   const name = input.name ?? `${input.point.manifest.vm}-restored`.slice(0, 64);
+  if (!isSafeName(name)) throw new RestoreRefused('name', `"${String(name).slice(0, 80)}" must be letters, digits, . _ - (at most 64)`);
   const { target } = await checkDirectory(ctx, input);
   await preflight(ctx, input, name, kind, target);
   const result = await restoreToDirectory(

@@ -266,9 +266,10 @@ export function rewriteCommandLine(commandLine: unknown, plan: QemuPlan): QemuLa
         if (droppedDrives.has(id)) continue;
         const drive = plan.drives.get(id);
         if (drive) {
-          let next = kv.filter(([k]) => !k.startsWith('file.') && k !== 'file' && k !== 'format' && k !== 'readonly' && k !== 'snapshot');
-          next = setKey(next, 'file', drive.file);
-          next = setKey(next, 'format', drive.format);
+          // file.* (a protocol driver's options) and snapshot go; file and format change in place
+          const at = kv.findIndex(([k]) => k === 'file' || k.startsWith('file.'));
+          let next = kv.filter(([k]) => !k.startsWith('file.') && k !== 'file' && k !== 'format' && k !== 'snapshot');
+          next.splice(Math.max(0, at), 0, ['file', drive.file], ['format', drive.format]);
           if (drive.readOnly) next = setKey(next, 'readonly', 'on');
           out.push({ name: o.name, value: formatKeyValues(next) });
         } else out.push(o);

@@ -29,7 +29,7 @@ export const restoreRequestSchema = {
     /** directory / new-vm: the folder to create, under a configured restore root */
     target: filePath,
     /** new-vm: its name (default <vm>-restored) */
-    name: safeName,
+    name: { type: 'string', pattern: '^[A-Za-z0-9{][A-Za-z0-9._{}-]{0,63}$' },
     /** new-vm: qemu or libvirt (default: the host's provider) */
     hypervisor: { enum: ['qemu', 'libvirt'] },
     /** new-vm: start it (default false: defined, left off) */

@@ -1,0 +1,235 @@
+// The restore nodes against backups of the lab guests taken through Node-RED (three backups of
+// vm-agent: a full and two incrementals; one saved-state backup of vm-noagent), shared by every
+// case: a middle point restored to a directory (records whole, ext4 clean, equal to its chain),
+// bad input refused naming the field with nothing written, a new QEMU VM that boots and whose
+// agent answers, a saved-state backup resumed from its memory as a new VM, and a restore in place
+// over the lab VM's own disk (refused while it runs). Every QEMU started here is stopped after.
+import * as assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { promises as fs, mkdtempSync, readFileSync, readdirSync } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { verifyRecords } from '../../lab/guest-image';
+import { qmpCommand } from '../../lab/jsonline';
+import { labStatus, startLab, vmPaths } from '../../lab/lab-vms';
+import { pidAlive, readPidFile, sleep, waitUntil } from '../../lab/util';
+import { stopQemu, waitForAgent } from '../../src/restore/qemu-process';
+import { helper } from '../nodes/flow-fixture';
+import { inspectImage } from '../support/image-check';
+import { backupOneVm } from '../support/lab-backup';
+import { actOn, loadActionNode, refused } from '../support/restore-flow';
+
+const LAB = process.env.VMBACKUP_LAB_DIR ?? '/tmp/vm-backup-lab';
+const NEEDED = ['vm-agent', 'vm-noagent'];
+
+function sh(file: string, args: string[]): string {
+  const r = spawnSync(file, args, { encoding: 'utf8', maxBuffer: 64 << 20 });
+  assert.equal(r.status, 0, `${file} ${args.join(' ')}: ${r.stderr}`);
+  return r.stdout;
+}
+
+describe('restore nodes: lab backups restored to a directory, as new VMs, in place', function () {
+  this.timeout(900_000);
+  let tmp = '';
+  let repository = '';
+  let journalDir = '';
+  let root = '';
+  let runDir = '';
+  let startedHere: string[] = [];
+  const agentIds: string[] = [];
+  let savedId = '';
+  const pids: { pid: number; qmp: string }[] = [];
+  const flow = () => ({ socketDir: runDir, repository, journalDir });
+
+  before(async function () {
+    this.timeout(600_000);
+    const alive = new Set(
+      labStatus(LAB)
+        .vms.filter((v) => v.alive)
+        .map((v) => v.name),
+    );
+    startedHere = NEEDED.filter((n) => !alive.has(n));
+    await startLab({ labDir: LAB, vms: NEEDED, install: false, timeoutMs: 180_000 });
+    tmp = mkdtempSync(path.join(os.tmpdir(), 'vmb-restore-nodes-'));
+    repository = path.join(tmp, 'repo');
+    journalDir = path.join(tmp, 'journal');
+    root = path.join(tmp, 'restored');
+    runDir = path.join(tmp, 'run');
+    for (const d of [repository, journalDir, root, runDir]) await fs.mkdir(d);
+    await new Promise<void>((resolve) => helper.startServer(() => resolve()));
+    const o = { socketDir: path.join(LAB, 'run'), repository, journalDir };
+    try {
+      for (let i = 0; i < 3; i++) {
+        const vm = await backupOneVm('vm-agent', 'checkpoint', o);
+        assert.equal(vm.consistency, 'application');
+        agentIds.push(path.basename(vm.copy.path));
+        await sleep(1500); // the guest writes on between the points
+      }
+      savedId = path.basename((await backupOneVm('vm-noagent', 'saved-state', o)).copy.path);
+    } finally {
+      await new Promise<void>((resolve) => helper.stopServer(() => resolve()));
+    }
+  });
+  after(async function () {
+    this.timeout(180_000);
+    for (const p of pids) await stopQemu(p.pid, p.qmp).catch(() => undefined);
+    const running = new Set(
+      labStatus(LAB)
+        .vms.filter((v) => v.alive)
+        .map((v) => v.name),
+    );
+    if (startedHere.length && !process.env.VMBACKUP_KEEP_LAB) {
+      for (const name of startedHere.filter((n) => running.has(n))) {
+        const p = vmPaths(name, LAB);
+        const pid = readPidFile(p.pidFile);
+        await qmpCommand(p.qmpSocket, 'quit', undefined, 5000).catch(() => undefined);
+        if (pid) await waitUntil(() => !pidAlive(pid), 15_000, 200);
+      }
+    } else if (!running.has('vm-agent')) await startLab({ labDir: LAB, vms: ['vm-agent'], install: false, timeoutMs: 180_000 });
+    if (tmp && !process.env.VMBACKUP_RESTORE_KEEP) await fs.rm(tmp, { recursive: true, force: true });
+  });
+  beforeEach((done) => {
+    helper.startServer(done);
+  });
+  afterEach(async () => {
+    await helper.unload();
+    await new Promise<void>((resolve) => helper.stopServer(() => resolve()));
+  });
+
+  it('a middle point of a chain to a directory: standalone, equal to its chain, records whole, ext4 clean', async () => {
+    assert.equal(agentIds.length, 3, 'three backups of vm-agent');
+    await loadActionNode('vmbackup-restore', { mode: 'directory', root, target: path.join(root, '{vm}-{backupId}') }, flow());
+    const progress: any[] = [];
+    helper.getNode('progress').on('input', (m: any) => progress.push(m));
+    const msg = await actOn({ vm: 'vm-agent', backupId: agentIds[1] });
+    const r = msg.payload;
+    assert.equal(r.backupId, agentIds[1]);
+    assert.deepEqual(r.chain, [agentIds[1], agentIds[0]], 'read through its parent down to the full');
+    assert.equal(r.target, path.join(root, `vm-agent-${agentIds[1]}`));
+    assert.deepEqual(readdirSync(r.target).sort(), ['definition.json', 'disk-drive-virtio0.qcow2', 'restore.json']);
+    const image = r.disks[0].file;
+    assert.doesNotMatch(sh('qemu-img', ['info', image]), /backing file/, 'no backing file');
+    const top = path.join(repository, 'lab', 'vm-agent', agentIds[1], 'disk-drive-virtio0.qcow2');
+    sh('qemu-img', ['compare', '-f', 'qcow2', '-F', 'qcow2', top, image]);
+    const facts = inspectImage(image);
+    assert.equal(facts.records.ok, true, facts.records.errors.join('; '));
+    assert.equal(facts.e2fsckExit, 0, 'ext4 clean (an application-consistent point)');
+    assert.equal(facts.needsRecovery, false);
+    const older = inspectImage(path.join(repository, 'lab', 'vm-agent', agentIds[0], 'disk-drive-virtio0.qcow2')).records;
+    assert.ok(
+      facts.records.lastSeq > older.lastSeq,
+      `the middle point holds more than the full (${older.lastSeq} -> ${facts.records.lastSeq})`,
+    );
+    assert.equal(msg.summary.ok, true);
+    assert.match(msg.summary.text, /^OK restored vm-agent from backup .* through 1 parent/);
+    assert.ok(
+      progress.length >= 2 && progress.every((p) => p.topic === 'vm-backup/lab/restore'),
+      `progress on output 2 (${progress.length})`,
+    );
+  });
+
+  it('bad input is refused before anything is written, naming the field', async () => {
+    await loadActionNode('vmbackup-restore', { mode: 'directory', root }, flow());
+    const before = readdirSync(root).sort();
+    const cases: [Record<string, unknown>, string][] = [
+      [{ vm: 'vm-nosuch', target: path.join(root, 'x1') }, 'vm'],
+      [{ vm: 'vm-agent', backupId: '20200101T000000Z-aaaaaa', target: path.join(root, 'x2') }, 'backupId'],
+      [{ vm: 'vm-agent', disks: ['drive-nosuch'], target: path.join(root, 'x3') }, 'disks'],
+      [{ vm: 'vm-agent', target: path.join(tmp, 'outside') }, 'target'],
+      [{ vm: 'vm-agent', target: '/etc/vmb-restore-test' }, 'target'],
+      [{ vm: 'vm-agent', target: path.join(root, '..', 'repo', 'x') }, 'target'],
+      [{ vm: 'vm-agent', target: before.length ? path.join(root, before[0]) : root }, 'target'],
+      [{ vm: 'vm-agent', target: path.join(root, 'x4'), colour: 'blue' }, 'colour'],
+      [{ vm: '../vm-agent', target: path.join(root, 'x5') }, 'vm'],
+    ];
+    for (const [payload, field] of cases) {
+      const m = await refused(payload);
+      assert.match(m.error.message, new RegExp(`^(Error: )?${field}: `), `${JSON.stringify(payload)} -> ${m.error.message}`);
+      assert.equal(m.summary.ok, false);
+      assert.equal(m.summary.field, field);
+    }
+    assert.deepEqual(readdirSync(root).sort(), before, 'nothing written');
+    assert.deepEqual(
+      readdirSync(path.join(journalDir, 'restore')).filter((n) => n.endsWith('.json')),
+      [],
+      'no journal entry left',
+    );
+  });
+
+  it('as a new QEMU VM, started: it boots from the restored disk, its agent answers, its records carry on', async () => {
+    await loadActionNode('vmbackup-restore', { mode: 'new-vm', root, start: true }, flow());
+    const t0 = Date.now();
+    const msg = await actOn({ vm: 'vm-agent', target: path.join(root, 'new-agent'), name: 'rs-agent' });
+    const vm = msg.payload.newVm;
+    assert.equal(vm.hypervisor, 'qemu');
+    assert.equal(vm.started, true);
+    pids.push({ pid: vm.pid, qmp: vm.qmpSocket });
+    assert.equal(vm.qmpSocket, path.join(runDir, 'rs-agent.qmp'));
+    const argv = JSON.parse(readFileSync(vm.commandFile, 'utf8')).args.join(' ');
+    assert.doesNotMatch(argv, new RegExp(`${LAB}/(run|images)/`), 'nothing of the lab VM is shared');
+    const inventory = JSON.parse(readFileSync(path.join(runDir, 'rs-agent.vm.json'), 'utf8'));
+    assert.deepEqual(inventory.disks, [{ id: 'drive-virtio0', file: msg.payload.disks[0].file, format: 'qcow2' }]);
+    const agent = await waitForAgent(vm.qgaSocket, Date.now() + 240_000, () => pidAlive(vm.pid));
+    try {
+      assert.equal((await agent.execute('guest-get-host-name'))['host-name'], 'vm-agent');
+    } finally {
+      await agent.close();
+    }
+    const bootMs = Date.now() - t0;
+    await sleep(3000);
+    const inBackup = inspectImage(path.join(repository, 'lab', 'vm-agent', agentIds[2], 'disk-drive-virtio0.qcow2')).records;
+    await stopQemu(vm.pid, vm.qmpSocket);
+    const after = verifyRecords(sh('debugfs', ['-R', 'cat /records.log', rawOf(msg.payload.disks[0].file)]));
+    assert.equal(after.ok, true, after.errors.join('; '));
+    assert.ok(after.lastSeq > inBackup.lastSeq, `the restored guest wrote on (${inBackup.lastSeq} -> ${after.lastSeq})`);
+    console.log(`      new VM rs-agent: restored, booted and agent answering after ${bootMs} ms`);
+  });
+
+  it('a saved-state backup as a new QEMU VM resumes from its saved memory: no boot, its workload goes on', async () => {
+    await loadActionNode('vmbackup-restore', { mode: 'new-vm', root, start: true }, flow());
+    const msg = await actOn({ vm: 'vm-noagent', backupId: savedId, target: path.join(root, 'new-saved'), name: 'rs-saved' });
+    const vm = msg.payload.newVm;
+    pids.push({ pid: vm.pid, qmp: vm.qmpSocket });
+    assert.equal(vm.resumed, true);
+    assert.equal((await qmpCommand(vm.qmpSocket, 'query-status')).status, 'running');
+    assert.ok(readdirSync(msg.payload.target).includes('state.vmstate'));
+    const inBackup = inspectImage(path.join(repository, 'lab', 'vm-noagent', savedId, 'disk-drive-virtio0.qcow2')).records;
+    await sleep(5000);
+    await stopQemu(vm.pid, vm.qmpSocket);
+    const after = verifyRecords(sh('debugfs', ['-R', 'cat /records.log', rawOf(msg.payload.disks[0].file)]));
+    assert.equal(after.ok, true, after.errors.join('; '));
+    assert.ok(after.lastSeq > inBackup.lastSeq + 10, `records grow after the resume (${inBackup.lastSeq} -> ${after.lastSeq})`);
+    assert.doesNotMatch(readFileSync(path.join(runDir, 'rs-saved.log'), 'latin1'), /LAB-BOOT|LAB-WORKLOAD-STARTED/, 'no new boot');
+  });
+
+  it("in place over the lab VM's own disk: refused while it runs; once it is off, the disk is the point", async () => {
+    await loadActionNode('vmbackup-restore', { mode: 'in-place', root }, { ...flow(), socketDir: path.join(LAB, 'run') });
+    const p = vmPaths('vm-agent', LAB);
+    const beforeSum = sh('sha256sum', [p.dataImage]);
+    const m = await refused({ vm: 'vm-agent', backupId: agentIds[1] });
+    assert.match(m.error.message, /^(Error: )?vm: VM vm-agent is running/);
+    assert.equal(sh('sha256sum', [p.dataImage]), beforeSum, "the running VM's disk untouched");
+    const pid = readPidFile(p.pidFile)!;
+    await qmpCommand(p.qmpSocket, 'system_powerdown', undefined, 5000);
+    assert.ok(await waitUntil(() => !pidAlive(pid), 60_000, 200), 'vm-agent powered off');
+    const msg = await actOn({ vm: 'vm-agent', backupId: agentIds[1] });
+    assert.equal(msg.payload.mode, 'in-place');
+    assert.equal(msg.payload.disks[0].file, p.dataImage);
+    const top = path.join(repository, 'lab', 'vm-agent', agentIds[1], 'disk-drive-virtio0.qcow2');
+    sh('qemu-img', ['compare', '-f', 'qcow2', '-F', 'qcow2', top, p.dataImage]);
+    assert.deepEqual(
+      readdirSync(path.dirname(p.dataImage)).filter((n) => n.includes('.restoring-')),
+      [],
+      'nothing left beside it',
+    );
+    assert.equal(inspectImage(p.dataImage).e2fsckExit, 0);
+  });
+});
+
+/** A raw copy of a qcow2 image (debugfs reads raw), replayed journal; beside the image. */
+function rawOf(image: string): string {
+  const raw = `${image}.raw`;
+  sh('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', image, raw]);
+  spawnSync('e2fsck', ['-E', 'journal_only', '-y', raw]);
+  return raw;
+}
