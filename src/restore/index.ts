@@ -7,7 +7,8 @@ import { restoreToDirectory } from './directory';
 import { restoreInPlace } from './in-place';
 import { restoreNewVm } from './new-vm';
 import { openPoint } from './point';
-import { checkRestoreRequest, type RestoreRequest } from './request';
+import { bootTest, type BootTestResult } from './boot-test';
+import { checkBootTestRequest, checkRestoreRequest, type RestoreRequest } from './request';
 
 export type { RestoreContext, RestoreResult, RestoredDisk, NewVm } from './context';
 export type { RestoreProgress } from './images';
@@ -118,5 +119,59 @@ export function summarizeRestore(
     warnings: result.warnings,
     durationMs: result.ms,
     text: `OK restored ${result.vm} from backup ${result.backupId} (${result.method}, ${result.consistency}${chain}) ${where}: ${result.disks.length} disk${result.disks.length === 1 ? '' : 's'}, ${formatBytes(bytes)} in ${(result.ms / 1000).toFixed(1)} s${result.warnings.length ? `; ${result.warnings.join('; ')}` : ''}`,
+  };
+}
+
+export { bootTest, type BootTestResult };
+
+/** A boot test asked for by a request (the node's settings with msg.payload over them). */
+export async function bootTestRequest(
+  ctx: Pick<RestoreContext, 'repositoryRoot' | 'hostName' | 'journalDir' | 'qemuImg'> & {
+    workDir: string;
+    onProgress?: (step: string) => void;
+  },
+  doc: unknown,
+): Promise<BootTestResult> {
+  const req = checkBootTestRequest(doc);
+  const point = await openPoint(ctx.repositoryRoot, {
+    host: req.host ?? ctx.hostName,
+    vm: req.vm,
+    ...(req.backupId ? { backupId: req.backupId } : {}),
+  });
+  return bootTest({
+    point,
+    workDir: ctx.workDir,
+    journalDir: ctx.journalDir,
+    ...(req.timeout !== undefined ? { timeoutMs: req.timeout * 1000 } : {}),
+    ...(req.waitFor ? { waitFor: req.waitFor } : {}),
+    ...(req.marker ? { marker: req.marker } : {}),
+    ...(req.command
+      ? {
+          command: {
+            path: req.command,
+            ...(req.args ? { args: req.args } : {}),
+            ...(req.expect !== undefined && req.expect !== '' ? { expect: req.expect } : {}),
+          },
+        }
+      : {}),
+    ...(req.accel ? { accel: req.accel } : {}),
+    ...(req.verify !== undefined ? { verify: req.verify } : {}),
+    ...(ctx.qemuImg ? { qemuImg: ctx.qemuImg } : {}),
+    ...(ctx.onProgress ? { onProgress: ctx.onProgress } : {}),
+  });
+}
+
+/** The boot test's summary: pass or fail, with timings, for people and alerts. */
+export function summarizeBootTest(
+  r: BootTestResult | undefined,
+  err?: Error & { field?: string },
+): { ok: boolean; text: string; field?: string } {
+  if (!r) return { ok: false, text: `FAILED boot test: ${err?.message ?? 'failed'}`, ...(err?.field ? { field: err.field } : {}) };
+  const t = r.timings;
+  const up = t.upMs !== undefined ? `, up after ${(t.upMs / 1000).toFixed(1)} s` : '';
+  const cmd = r.command ? `, check command exit ${r.command.exitcode ?? '?'}${r.command.matched ? '' : ' (output did not match)'}` : '';
+  return {
+    ok: r.ok,
+    text: `${r.ok ? 'PASSED' : 'FAILED'} boot test of ${r.vm} backup ${r.backupId} (${r.accel}${up}${cmd}, ${(t.totalMs / 1000).toFixed(1)} s in all)${r.ok ? '' : `: ${r.reason}`}`,
   };
 }

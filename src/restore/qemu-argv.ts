@@ -125,6 +125,8 @@ export interface QemuPlan {
   incoming?: boolean;
   /** -S: created with its vCPUs stopped */
   paused?: boolean;
+  /** run in the foreground (no -daemonize): the caller supervises the process itself */
+  foreground?: boolean;
 }
 
 export interface QemuLaunch {
@@ -210,7 +212,7 @@ export function rewriteCommandLine(commandLine: unknown, plan: QemuPlan): QemuLa
         continue;
       case '-daemonize':
         hasDaemonize = true;
-        out.push(o);
+        if (!plan.foreground) out.push(o);
         continue;
       case '-uuid':
         out.push({ name: o.name, value: uuid });
@@ -336,7 +338,7 @@ export function rewriteCommandLine(commandLine: unknown, plan: QemuPlan): QemuLa
       { name: '-mon', value: 'chardev=vmb-qmp,mode=control' },
     );
   if (!hasPidfile) out.push({ name: '-pidfile', value: pidFile });
-  if (!hasDaemonize) out.push({ name: '-daemonize' });
+  if (!hasDaemonize && !plan.foreground) out.push({ name: '-daemonize' });
   if (plan.accel) out.push({ name: '-accel', value: plan.accel });
   if (plan.network === 'none') out.push({ name: '-nic', value: 'none' });
   if (plan.incoming) out.push({ name: '-incoming', value: 'defer' });

@@ -63,3 +63,31 @@ export function checkRequest<T>(key: string, schema: object, doc: unknown): T {
 export function checkRestoreRequest(doc: unknown): RestoreRequest {
   return checkRequest<RestoreRequest>('restore-request', restoreRequestSchema, doc);
 }
+
+export const bootTestRequestSchema = {
+  $id: 'vm-backup-boot-test-request@1',
+  type: 'object',
+  additionalProperties: false,
+  required: ['vm'],
+  properties: {
+    host: safeName,
+    vm: safeName,
+    backupId,
+    /** seconds for the whole test (default 300) */
+    timeout: { type: 'number', minimum: 10, maximum: 21600 },
+    waitFor: { enum: ['agent', 'console'] },
+    marker: { type: 'string', minLength: 1, maxLength: 1024 },
+    /** a program in the guest, run by the guest agent once it answers */
+    command: { type: 'string', pattern: '^/', maxLength: 4096 },
+    args: { type: 'array', maxItems: 64, items: { type: 'string', maxLength: 4096 } },
+    expect: { type: 'string', maxLength: 1024 },
+    accel: { enum: ['tcg', 'kvm', 'auto'] },
+    verify: { type: 'boolean' },
+  },
+} as const;
+
+export type BootTestRequest = FromSchema<typeof bootTestRequestSchema>;
+
+export function checkBootTestRequest(doc: unknown): BootTestRequest {
+  return checkRequest<BootTestRequest>('boot-test-request', bootTestRequestSchema, doc);
+}
