@@ -8,7 +8,8 @@ import { restoreInPlace } from './in-place';
 import { restoreNewVm } from './new-vm';
 import { openPoint } from './point';
 import { bootTest, type BootTestResult } from './boot-test';
-import { checkBootTestRequest, checkRestoreRequest, type RestoreRequest } from './request';
+import { restoreFiles, type FileRestoreResult } from './files';
+import { checkBootTestRequest, checkFileRestoreRequest, checkRestoreRequest, type RestoreRequest } from './request';
 
 export type { RestoreContext, RestoreResult, RestoredDisk, NewVm } from './context';
 export type { RestoreProgress } from './images';
@@ -173,5 +174,58 @@ export function summarizeBootTest(
   return {
     ok: r.ok,
     text: `${r.ok ? 'PASSED' : 'FAILED'} boot test of ${r.vm} backup ${r.backupId} (${r.accel}${up}${cmd}, ${(t.totalMs / 1000).toFixed(1)} s in all)${r.ok ? '' : `: ${r.reason}`}`,
+  };
+}
+
+export { restoreFiles, type FileRestoreResult };
+export type { ListedEntry } from './files';
+
+/** A file restore asked for by a request (the node's settings with msg.payload over them). */
+export async function fileRestoreRequest(
+  ctx: Pick<RestoreContext, 'repositoryRoot' | 'hostName' | 'roots'> & { onProgress?: (step: string) => void },
+  doc: unknown,
+): Promise<FileRestoreResult> {
+  const req = checkFileRestoreRequest(
+    typeof doc === 'object' && doc !== null && typeof (doc as { paths?: unknown }).paths === 'string'
+      ? { ...doc, paths: [(doc as { paths: string }).paths] }
+      : doc,
+  );
+  const point = await openPoint(ctx.repositoryRoot, {
+    host: req.host ?? ctx.hostName,
+    vm: req.vm,
+    ...(req.backupId ? { backupId: req.backupId } : {}),
+  });
+  const action = req.action ?? 'extract';
+  const fill = (s: string) =>
+    s.replace(
+      /\{(vm|backupId|host)\}/g,
+      (_m, k: string) => ({ vm: point.manifest.vm, backupId: point.manifest.backupId, host: point.manifest.host })[k] ?? '',
+    );
+  return restoreFiles({
+    point,
+    paths: [...req.paths],
+    action,
+    roots: ctx.roots,
+    ...(req.disk ? { disk: req.disk } : {}),
+    ...(req.filesystem ? { filesystem: req.filesystem } : {}),
+    ...(action === 'extract' ? { output: { kind: req.output ?? 'directory', target: fill(req.target ?? '') } } : {}),
+    ...(req.verify !== undefined ? { verify: req.verify } : {}),
+    ...(req.accel ? { accel: req.accel } : {}),
+    ...(ctx.onProgress ? { onProgress: ctx.onProgress } : {}),
+  });
+}
+
+export function summarizeFileRestore(
+  r: FileRestoreResult | undefined,
+  err?: Error & { field?: string },
+): { ok: boolean; text: string; field?: string } {
+  if (!r) return { ok: false, text: `FAILED file restore: ${err?.message ?? 'failed'}`, ...(err?.field ? { field: err.field } : {}) };
+  const what =
+    r.action === 'list'
+      ? `listed ${r.entries?.length ?? 0} entries`
+      : `extracted ${(r.extracted ?? []).map((e) => `${e.path} (${e.files} file${e.files === 1 ? '' : 's'})`).join(', ')} to ${r.output?.target}`;
+  return {
+    ok: true,
+    text: `OK ${what} from ${r.vm} backup ${r.backupId} disk ${r.disk} (${r.filesystem}) in ${(r.ms / 1000).toFixed(1)} s${r.skipped.length ? `; left out: ${r.skipped.slice(0, 5).join('; ')}${r.skipped.length > 5 ? ` and ${r.skipped.length - 5} more` : ''}` : ''}`,
   };
 }

@@ -91,3 +91,31 @@ export type BootTestRequest = FromSchema<typeof bootTestRequestSchema>;
 export function checkBootTestRequest(doc: unknown): BootTestRequest {
   return checkRequest<BootTestRequest>('boot-test-request', bootTestRequestSchema, doc);
 }
+
+export const fileRestoreRequestSchema = {
+  $id: 'vm-backup-file-restore-request@1',
+  type: 'object',
+  additionalProperties: false,
+  required: ['vm', 'paths'],
+  properties: {
+    host: safeName,
+    vm: safeName,
+    backupId,
+    disk: { type: 'string', minLength: 1, maxLength: 128 },
+    filesystem: { type: 'string', pattern: '^/dev/[A-Za-z0-9/_.-]{1,200}$' },
+    /** absolute paths in the guest (list: the first is the directory listed) */
+    paths: { type: 'array', minItems: 1, maxItems: 256, items: { type: 'string', minLength: 1, maxLength: 4096 } },
+    action: { enum: ['list', 'extract'] },
+    /** extract: a new directory, or a new .tar file, under a restore root */
+    output: { enum: ['directory', 'tar'] },
+    target: filePath,
+    verify: { type: 'boolean' },
+    accel: { enum: ['tcg', 'kvm'] },
+  },
+} as const;
+
+export type FileRestoreRequest = FromSchema<typeof fileRestoreRequestSchema>;
+
+export function checkFileRestoreRequest(doc: unknown): FileRestoreRequest {
+  return checkRequest<FileRestoreRequest>('file-restore-request', fileRestoreRequestSchema, doc);
+}

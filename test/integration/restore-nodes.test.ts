@@ -14,6 +14,7 @@ import { qmpCommand } from '../../lab/jsonline';
 import { labStatus, startLab, vmPaths } from '../../lab/lab-vms';
 import { pidAlive, readPidFile, sleep, waitUntil } from '../../lab/util';
 import { stopQemu, waitForAgent } from '../../src/restore/qemu-process';
+import { verifyBackup } from '../../src/verify';
 import { helper } from '../nodes/flow-fixture';
 import { inspectImage } from '../support/image-check';
 import { backupOneVm } from '../support/lab-backup';
@@ -200,6 +201,77 @@ describe('restore nodes: lab backups restored to a directory, as new VMs, in pla
     assert.equal(after.ok, true, after.errors.join('; '));
     assert.ok(after.lastSeq > inBackup.lastSeq + 10, `records grow after the resume (${inBackup.lastSeq} -> ${after.lastSeq})`);
     assert.doesNotMatch(readFileSync(path.join(runDir, 'rs-saved.log'), 'latin1'), /LAB-BOOT|LAB-WORKLOAD-STARTED/, 'no new boot');
+  });
+
+  it('boot test of the latest backup: the guest agent answers and a check command in the guest reads the data disk; all torn down', async () => {
+    const work = path.join(tmp, 'boot-work');
+    await fs.mkdir(work);
+    // the data disk is mounted (from the backup, not an empty folder) and its last record is whole
+    const check = { command: '/bin/sh' };
+    const args = ['-c', 'grep " /data " /proc/mounts && tail -n1 /data/records.log'];
+    await loadActionNode(
+      'vmbackup-boot-test',
+      {
+        vm: 'vm-agent',
+        workDir: work,
+        timeout: 240,
+        ...check,
+        expect: '^/dev/vda /data ext4[\\s\\S]*^[0-9]+ [0-9]+ [0-9a-f]{64} [0-9a-f]{8}$',
+      },
+      flow(),
+    );
+    const msg = await actOn({ args });
+    const r = msg.payload;
+    assert.equal(r.ok, true, `${r.reason}; console: ${r.consoleTail.slice(-500)}`);
+    assert.equal(r.backupId, agentIds[2]);
+    assert.equal(r.step, 'done');
+    assert.equal(r.accel, 'tcg');
+    assert.equal(r.command.exitcode, 0);
+    assert.equal(r.command.matched, true);
+    assert.ok(r.osinfo && typeof r.osinfo === 'object', 'guest-get-osinfo answered');
+    assert.ok(r.timings.upMs > 0 && r.timings.totalMs >= r.timings.upMs);
+    assert.match(msg.summary.text, /^PASSED boot test of vm-agent/);
+    assert.deepEqual(readdirSync(work), [], 'overlays and sockets removed');
+    assert.equal(r.record, path.join(repository, 'lab', 'vm-agent', `${agentIds[2]}.boot-test.json`));
+    assert.equal(JSON.parse(readFileSync(r.record, 'utf8')).ok, true);
+    assert.equal(spawnSync('pgrep', ['-f', 'guest=boot-test-vm-agent']).status, 1, 'no throwaway VM left');
+    // the backup itself is untouched: it still verifies (the record lies beside it, not in it)
+    assert.equal((await verifyBackup(path.join(repository, 'lab', 'vm-agent', agentIds[2]))).ok, true);
+    console.log(`      boot test passed: up after ${r.timings.upMs} ms, ${r.timings.totalMs} ms in all`);
+  });
+
+  it('boot test of a damaged backup fails within its timeout: by verify, and (verify off) by the check command', async () => {
+    // a copy of the full with the start of its guest disk zeroed (the ext4 superblock gone)
+    const damaged = path.join(tmp, 'damaged');
+    const copy = path.join(damaged, 'lab', 'vm-agent', agentIds[0]);
+    await fs.mkdir(path.dirname(copy), { recursive: true });
+    await fs.cp(path.join(repository, 'lab', 'vm-agent', agentIds[0]), copy, { recursive: true });
+    sh('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0 0 1M', path.join(copy, 'disk-drive-virtio0.qcow2')]);
+    const work = path.join(tmp, 'boot-work2');
+    await fs.mkdir(work);
+    const settings = {
+      vm: 'vm-agent',
+      backupId: agentIds[0],
+      workDir: work,
+      timeout: 120,
+      command: '/bin/sh',
+      expect: '^/dev/vda /data ext4',
+    };
+    const args = ['-c', 'grep " /data " /proc/mounts && tail -n1 /data/records.log'];
+    await loadActionNode('vmbackup-boot-test', settings, { ...flow(), repository: damaged });
+    const byVerify = (await actOn({ args })).payload;
+    assert.equal(byVerify.ok, false);
+    assert.equal(byVerify.step, 'verify');
+    assert.match(byVerify.reason, /does not verify.*sha256/);
+    const t0 = Date.now();
+    const msg = await actOn({ verify: false, args });
+    const r = msg.payload;
+    assert.equal(r.ok, false, 'a guest whose data disk is gone does not pass');
+    assert.ok(Date.now() - t0 < 120_000 + 15_000, `ended within its timeout (${Date.now() - t0} ms)`);
+    assert.match(msg.summary.text, /^FAILED boot test of vm-agent/);
+    assert.deepEqual(readdirSync(work), [], 'torn down');
+    assert.equal(spawnSync('pgrep', ['-f', 'guest=boot-test-vm-agent']).status, 1, 'no throwaway VM left');
+    console.log(`      damaged backup: ${r.reason} (${r.timings.totalMs} ms)`);
   });
 
   it("in place over the lab VM's own disk: refused while it runs; once it is off, the disk is the point", async () => {
