@@ -8,8 +8,8 @@
 // A disk some process holds open is refused, naming the holder.
 import * as assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
-import { promises as fs, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { promises as fs, mkdtempSync, readFileSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { helper } from '../nodes/flow-fixture';
@@ -106,14 +106,27 @@ describe('in-place restore: crash-safe (old or new, never a mix), refused while 
   });
 
   it('a disk a process holds open is refused, naming the process; nothing is written', async () => {
-    const holder = spawn('tail', ['-f', d1], { stdio: 'ignore' });
+    // a holder that does not name the file on its command line: found by its open file descriptors
+    const holder = spawn(process.execPath, ['-e', "require('fs').openSync(process.env.F, 'r'); setTimeout(() => undefined, 60000)"], {
+      stdio: 'ignore',
+      env: { ...process.env, F: d1 },
+    });
     try {
-      await new Promise((r) => setTimeout(r, 300));
+      const opened = () =>
+        readdirSync(`/proc/${holder.pid}/fd`).some((fd) => {
+          try {
+            return readlinkSync(`/proc/${holder.pid}/fd/${fd}`) === d1;
+          } catch {
+            return false;
+          }
+        });
+      for (let i = 0; i < 200 && !opened(); i++) await new Promise((r) => setTimeout(r, 50));
+      assert.ok(opened(), 'the holder has the disk open');
       const r = spawnSync(process.execPath, [CLI, 'in-place', backupDir, '--journal-dir', journal, '--root', path.join(tmp, 'root')], {
         encoding: 'utf8',
       });
       assert.equal(r.status, 1);
-      assert.match(r.stderr, new RegExp(`vm: its disks are in use: pid ${holder.pid} \\(open: tail -f`));
+      assert.match(r.stderr, new RegExp(`vm: its disks are in use: pid ${holder.pid} \\(open: `));
       assert.equal(shaOf(d1), oldD1);
       assert.deepEqual(readdirSync(path.dirname(d1)).sort(), ['d1.raw', 'd2.raw']);
     } finally {
