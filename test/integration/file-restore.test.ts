@@ -36,7 +36,7 @@ function mounts(): string {
 }
 
 describe('file restore: single files out of a backup, read by a throwaway appliance', function () {
-  this.timeout(1_200_000);
+  this.timeout(3_600_000);
   let tmp = '';
   let repository = '';
   let root = '';
@@ -108,7 +108,7 @@ describe('file restore: single files out of a backup, read by a throwaway applia
 
   it('lists a directory (the file system found by itself)', async () => {
     await loadActionNode('vmbackup-file-restore', { vm: 'vm-files', root, action: 'list', paths: '/etc/app' }, flow());
-    const r = (await actOn({})).payload;
+    const r = (await actOn({}, 900_000)).payload;
     assert.equal(r.backupId, backupId);
     assert.equal(r.filesystem, '/dev/sda1');
     assert.deepEqual(
@@ -128,7 +128,7 @@ describe('file restore: single files out of a backup, read by a throwaway applia
       await loadActionNode('vmbackup-file-restore', { vm: 'vm-files', root, filesystem: f.dev }, flow());
       const target = path.join(root, `files-${f.type}`);
       const before = mounts();
-      const msg = await actOn({ paths: ['/etc/app', '/etc/hostname'], target });
+      const msg = await actOn({ paths: ['/etc/app', '/etc/hostname'], target }, 900_000);
       const r = msg.payload;
       assert.equal(r.filesystem, f.dev);
       assert.deepEqual(readdirSync(target).sort(), ['app', 'hostname']);
@@ -155,7 +155,7 @@ describe('file restore: single files out of a backup, read by a throwaway applia
   it('to one tar file; bad paths and targets refused naming the field', async () => {
     await loadActionNode('vmbackup-file-restore', { vm: 'vm-files', root, filesystem: '/dev/sda1' }, flow());
     const target = path.join(root, 'files.tar');
-    const r = (await actOn({ paths: ['/etc/app/conf.d'], output: 'tar', target })).payload;
+    const r = (await actOn({ paths: ['/etc/app/conf.d'], output: 'tar', target }, 900_000)).payload;
     assert.equal(r.output.kind, 'tar');
     const listed = sh('tar', ['-tf', target]).split('\n').filter(Boolean).sort();
     assert.deepEqual(listed, ['conf.d/', 'conf.d/blob.bin']);
@@ -175,7 +175,7 @@ describe('file restore: single files out of a backup, read by a throwaway applia
       const m = await refused(payload);
       assert.match(m.error.message, new RegExp(`^(Error: )?${field}: `), `${JSON.stringify(payload)}: ${m.error.message}`);
     }
-    const missing = await refused({ paths: ['/etc/nosuch'], target: path.join(root, 'r6') });
+    const missing = await refused({ paths: ['/etc/nosuch'], target: path.join(root, 'r6') }, 900_000);
     assert.match(missing.error.message, /paths: \/etc\/nosuch/);
     assert.ok(!readdirSync(root).some((n) => /^r[0-9]$/.test(n) || n.startsWith('.')), 'nothing written for a refusal');
   });
@@ -202,12 +202,13 @@ describe('file restore: single files out of a backup, read by a throwaway applia
       sh('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', ...extra, source, image]);
       const bytes = readFileSync(image);
       Object.assign(entry, { bytes: bytes.length, sha256: sha(bytes), virtualSize: 64 << 20 });
+      manifest.totalBytes = manifest.files.reduce((n: number, x: any) => n + x.bytes, 0);
       writeFileSync(manifestFile, JSON.stringify(manifest, null, 2));
     };
     await plant(raw);
     await loadActionNode('vmbackup-file-restore', { vm: 'vm-files', root, filesystem: '/dev/sda' }, { ...flow(), repository: hostile });
     const before = mounts();
-    const m = await refused({ paths: ['/'], target: path.join(root, 'h1') });
+    const m = await refused({ paths: ['/'], target: path.join(root, 'h1') }, 900_000);
     assert.match(m.error.message, /appliance failed|mount/i, m.error.message);
     assert.equal(mounts(), before, 'nothing mounted on the host');
     assert.equal(spawnSync('pgrep', ['-f', 'guestfs']).status, 1, 'no appliance left running');
@@ -216,6 +217,7 @@ describe('file restore: single files out of a backup, read by a throwaway applia
     sh('qemu-img', ['create', '-f', 'qcow2', '-b', '/etc/passwd', '-F', 'raw', image, '64M']);
     const b = readFileSync(image);
     Object.assign(entry, { bytes: b.length, sha256: sha(b) });
+    manifest.totalBytes = manifest.files.reduce((n: number, x: any) => n + x.bytes, 0);
     writeFileSync(manifestFile, JSON.stringify(manifest, null, 2));
     const m2 = await refused({ paths: ['/'], target: path.join(root, 'h2') });
     assert.match(m2.error.message, /backup: .* does not verify/, m2.error.message);

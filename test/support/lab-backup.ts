@@ -72,7 +72,7 @@ export async function runLabBackup(suite: LabBackupSuite, fallback = 'checkpoint
 export async function backupOneVm(
   vm: string,
   fallback: string,
-  o: { socketDir: string; repository: string; journalDir: string; hostName?: string },
+  o: { socketDir: string; repository: string; journalDir: string; hostName?: string; hostExtra?: Record<string, unknown> },
 ): Promise<any> {
   await helper.load(
     [...NODE_MODULES, CATCH],
@@ -81,7 +81,7 @@ export async function backupOneVm(
       repository: o.repository,
       journalDir: o.journalDir,
       fallback,
-      hostExtra: { hostName: o.hostName ?? 'lab' },
+      hostExtra: { hostName: o.hostName ?? 'lab', ...o.hostExtra },
       wired: false,
     }) as any,
   );
