@@ -129,6 +129,25 @@ describe('restore nodes: lab backups restored to a directory, as new VMs, in pla
     );
   });
 
+  it('one file out of the middle point (no disk restored, nothing mounted on the host): equal to the guest file at that point', async function () {
+    if (spawnSync('guestfish', ['--version']).status !== 0) {
+      console.log('      skipped: guestfish is not installed (Debian libguestfs-tools)');
+      this.skip();
+    }
+    await loadActionNode('vmbackup-file-restore', { vm: 'vm-agent', root, filesystem: '/dev/sda' }, flow());
+    const target = path.join(root, 'records-middle');
+    const r = (await actOn({ backupId: agentIds[1], paths: ['/records.log'], target }, 900_000)).payload;
+    assert.equal(r.backupId, agentIds[1]);
+    const got = readFileSync(path.join(target, 'records.log'));
+    // the same file read another way: debugfs on the flattened point (restored to a directory above)
+    const flattened = path.join(root, `vm-agent-${agentIds[1]}`, 'disk-drive-virtio0.qcow2');
+    const expected = Buffer.from(sh('debugfs', ['-R', 'cat /records.log', rawOf(flattened)]), 'latin1');
+    assert.equal(got.length, expected.length);
+    assert.ok(got.equals(expected), 'byte for byte the file of the middle point');
+    const records = verifyRecords(got);
+    assert.equal(records.ok, true, records.errors.join('; '));
+  });
+
   it('bad input is refused before anything is written, naming the field', async () => {
     await loadActionNode('vmbackup-restore', { mode: 'directory', root }, flow());
     const before = readdirSync(root).sort();
