@@ -2,9 +2,9 @@
 // throwaway appliance VM (libguestfs), never mounted on the host. Settings are defaults;
 // msg.payload's fields win.
 import type { NodeAPI } from 'node-red';
-import { checkRoots, fileRestoreRequest, summarizeFileRestore, type FileRestoreResult } from '../../src/restore';
+import { fileRestoreRequest, summarizeFileRestore, type FileRestoreResult } from '../../src/restore';
 import { contextFromHost } from '../../src/restore/host-context';
-import { registerActionNode, requestOf, type ActionNodeDef } from '../shared/action-node';
+import { registerActionNode, requestOf, rootsSetting, type ActionNodeDef } from '../shared/action-node';
 
 interface FileRestoreDef extends ActionNodeDef {
   vm: string;
@@ -18,24 +18,16 @@ interface FileRestoreDef extends ActionNodeDef {
   root: string;
 }
 
-function rootsOf(c: FileRestoreDef): string[] | string {
-  try {
-    return checkRoots(String(c.root ?? '').split(','), 'root');
-  } catch (err) {
-    return (err as Error).message;
-  }
-}
-
 module.exports = function register(RED: NodeAPI) {
   registerActionNode<FileRestoreDef, FileRestoreResult>(RED, {
     type: 'vmbackup-file-restore',
     topic: 'file-restore',
     checkConfig: (c) => {
-      const roots = rootsOf(c);
+      const roots = rootsSetting(c.root);
       return typeof roots === 'string' ? roots : undefined;
     },
     run: async ({ host, config, msg, progress, status }) => {
-      const ctx = contextFromHost(host, rootsOf(config) as string[]);
+      const ctx = contextFromHost(host, rootsSetting(config.root) as string[]);
       const request = requestOf(
         {
           vm: config.vm,

@@ -1,10 +1,10 @@
 // Restore: any point of a VM's backups to a directory, in place over its own disks, or as a new
 // VM (QEMU or libvirt), left off or started. Settings are defaults; msg.payload's fields win.
 import type { NodeAPI } from 'node-red';
-import { checkRoots, recoverRestores, restore, summarizeRestore, type RestoreResult } from '../../src/restore';
+import { recoverRestores, restore, summarizeRestore, type RestoreResult } from '../../src/restore';
 import { contextFromHost } from '../../src/restore/host-context';
 import { formatBytes } from '../../src/summary';
-import { registerActionNode, requestOf, type ActionNodeDef } from '../shared/action-node';
+import { registerActionNode, requestOf, rootsSetting, type ActionNodeDef } from '../shared/action-node';
 
 interface RestoreDef extends ActionNodeDef {
   mode: string;
@@ -20,25 +20,17 @@ interface RestoreDef extends ActionNodeDef {
   keepOld: boolean;
 }
 
-function rootsOf(c: RestoreDef): string[] | string {
-  try {
-    return checkRoots(String(c.root ?? '').split(','), 'root');
-  } catch (err) {
-    return (err as Error).message;
-  }
-}
-
 module.exports = function register(RED: NodeAPI) {
   registerActionNode<RestoreDef, RestoreResult>(RED, {
     type: 'vmbackup-restore',
     topic: 'restore',
     checkConfig: (c) => {
-      const roots = rootsOf(c);
+      const roots = rootsSetting(c.root);
       return typeof roots === 'string' ? roots : undefined;
     },
     recover: (host) => recoverRestores(contextFromHost(host, []).journalDir),
     run: async ({ host, config, msg, progress, status }) => {
-      const ctx = contextFromHost(host, rootsOf(config) as string[]);
+      const ctx = contextFromHost(host, rootsSetting(config.root) as string[]);
       const request = requestOf(
         {
           mode: config.mode || 'directory',

@@ -5,6 +5,7 @@
 // boot test that a crash interrupted is finished or rolled back) and says what it did.
 import type { Node, NodeAPI, NodeDef, NodeMessage } from 'node-red';
 import type { BackupHost } from '../../src/pipeline/backup-host';
+import { checkRoots } from '../../src/restore';
 import type { HostConfigNode } from '../host/host';
 
 export interface ActionNodeDef extends NodeDef {
@@ -95,4 +96,13 @@ export function requestOf(defaults: Record<string, unknown>, payload: unknown): 
   for (const [k, v] of Object.entries(defaults)) if (v !== undefined && v !== '') out[k] = v;
   if (payload && typeof payload === 'object' && !Array.isArray(payload)) Object.assign(out, payload);
   return out;
+}
+
+/** The "Restore root" setting (absolute paths separated by commas), or the error naming it. */
+export function rootsSetting(value: unknown): string[] | string {
+  try {
+    return checkRoots(String(value ?? '').split(','), 'root');
+  } catch (err) {
+    return (err as Error).message;
+  }
 }

@@ -10,7 +10,7 @@ import { fsyncDir, fsyncFile, writeFileDurable } from '../repository/durable';
 import type { RestoreContext, RestoredDisk, RestoreResult } from './context';
 import { diskFileName, verifyPoint, writeDisk } from './images';
 import { RestoreJournal, journalDirOf } from './journal';
-import { pickDisks, type BackupPoint } from './point';
+import { pickDisks, pointFacts, type BackupPoint } from './point';
 import { RestoreRefused } from './refused';
 import { newTarget } from './targets';
 
@@ -67,11 +67,7 @@ export async function restoreToDirectory(ctx: RestoreContext, input: DirectoryIn
     }
     const result: RestoreResult = {
       mode: 'directory',
-      host: point.manifest.host,
-      vm: point.manifest.vm,
-      backupId: point.manifest.backupId,
-      method: point.manifest.method,
-      consistency: point.manifest.consistency,
+      ...pointFacts(point),
       chain,
       target,
       disks: restored,

@@ -18,7 +18,7 @@ import { holdersOf } from './holders';
 import { verifyPoint } from './images';
 import { RestoreJournal, journalDirOf, type InPlaceDisk, type RestoreEntry } from './journal';
 import { driveFiles, getKey, parseKeyValues, splitOptions } from './qemu-argv';
-import { pickDisks, type BackupPoint } from './point';
+import { pickDisks, pointFacts, type BackupPoint } from './point';
 import { RestoreRefused } from './refused';
 
 export interface InPlaceInput {
@@ -199,11 +199,7 @@ export async function restoreInPlace(ctx: RestoreContext, input: InPlaceInput, t
   await journal.end();
   return {
     mode: 'in-place',
-    host: point.manifest.host,
-    vm: point.manifest.vm,
-    backupId: point.manifest.backupId,
-    method: point.manifest.method,
-    consistency: point.manifest.consistency,
+    ...pointFacts(point),
     chain,
     disks: await Promise.all(
       disks.map(async (d) => ({

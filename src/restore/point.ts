@@ -122,3 +122,9 @@ export function pickDisks(point: BackupPoint, wanted: readonly string[] | undefi
   }
   return out;
 }
+
+/** What every restore result says of the point it came from. */
+export function pointFacts(point: BackupPoint): { host: string; vm: string; backupId: string; method: string; consistency: string } {
+  const m = point.manifest;
+  return { host: m.host, vm: m.vm, backupId: m.backupId, method: m.method, consistency: m.consistency };
+}

@@ -14,7 +14,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { helper } from '../nodes/flow-fixture';
 import { backupOneVm } from '../support/lab-backup';
-import { actOn, loadActionNode, refused } from '../support/restore-flow';
+import { actOn, loadActionNode, refused, serverPerCase } from '../support/restore-flow';
 
 const FILESYSTEMS = [
   { dev: '/dev/sda1', type: 'ext4' },
@@ -98,13 +98,7 @@ describe('file restore: single files out of a backup, read by a throwaway applia
   after(async () => {
     if (tmp && !process.env.VMBACKUP_RESTORE_KEEP) await fs.rm(tmp, { recursive: true, force: true });
   });
-  beforeEach((done) => {
-    helper.startServer(done);
-  });
-  afterEach(async () => {
-    await helper.unload();
-    await new Promise<void>((resolve) => helper.stopServer(() => resolve()));
-  });
+  serverPerCase();
 
   it('lists a directory (the file system found by itself)', async () => {
     await loadActionNode('vmbackup-file-restore', { vm: 'vm-files', root, action: 'list', paths: '/etc/app' }, flow());

@@ -15,7 +15,7 @@ import { domainXml, libvirtdUp } from '../../lab/libvirt-lab';
 import { helper } from '../nodes/flow-fixture';
 import { backupOneVm } from '../support/lab-backup';
 import { libvirtLabForSuite, virsh, virshOk } from '../support/libvirt-view';
-import { actOn, loadActionNode } from '../support/restore-flow';
+import { actOn, loadActionNode, serverPerCase } from '../support/restore-flow';
 
 const LAB = process.env.VMBACKUP_LAB_DIR ?? '/tmp/vm-backup-lab';
 const SRC = 'vmb-rs-src';
@@ -60,13 +60,7 @@ describe('restore: a libvirt backup as a new libvirt domain', function () {
     if (tmp && !process.env.VMBACKUP_RESTORE_KEEP) await fs.rm(tmp, { recursive: true, force: true });
     await lease?.release();
   });
-  beforeEach((done) => {
-    helper.startServer(done);
-  });
-  afterEach(async () => {
-    await helper.unload();
-    await new Promise<void>((resolve) => helper.stopServer(() => resolve()));
-  });
+  serverPerCase();
 
   it('backs up the shut-off domain through Node-RED, restores it as a new domain, started: it boots and its agent answers', async () => {
     const repository = path.join(tmp, 'repo');

@@ -18,7 +18,7 @@ import { verifyBackup } from '../../src/verify';
 import { helper } from '../nodes/flow-fixture';
 import { inspectImage } from '../support/image-check';
 import { backupOneVm } from '../support/lab-backup';
-import { actOn, loadActionNode, refused } from '../support/restore-flow';
+import { actOn, loadActionNode, refused, serverPerCase } from '../support/restore-flow';
 
 const LAB = process.env.VMBACKUP_LAB_DIR ?? '/tmp/vm-backup-lab';
 const NEEDED = ['vm-agent', 'vm-noagent'];
@@ -89,13 +89,7 @@ describe('restore nodes: lab backups restored to a directory, as new VMs, in pla
     } else if (!running.has('vm-agent')) await startLab({ labDir: LAB, vms: ['vm-agent'], install: false, timeoutMs: 180_000 });
     if (tmp && !process.env.VMBACKUP_RESTORE_KEEP) await fs.rm(tmp, { recursive: true, force: true });
   });
-  beforeEach((done) => {
-    helper.startServer(done);
-  });
-  afterEach(async () => {
-    await helper.unload();
-    await new Promise<void>((resolve) => helper.stopServer(() => resolve()));
-  });
+  serverPerCase();
 
   it('a middle point of a chain to a directory: standalone, equal to its chain, records whole, ext4 clean', async () => {
     assert.equal(agentIds.length, 3, 'three backups of vm-agent');

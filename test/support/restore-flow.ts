@@ -82,3 +82,14 @@ export async function refused(payload: unknown, timeoutMs = 60_000): Promise<{ e
   if (r.out) throw new Error(`not refused: ${JSON.stringify(r.out.payload).slice(0, 300)}`);
   return r.caught;
 }
+
+/** Register the per-case hooks of a restore suite (call inside describe): a test server around each case. */
+export function serverPerCase(): void {
+  beforeEach((done) => {
+    helper.startServer(done);
+  });
+  afterEach(async () => {
+    await helper.unload();
+    await new Promise<void>((resolve) => helper.stopServer(() => resolve()));
+  });
+}
