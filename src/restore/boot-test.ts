@@ -13,7 +13,7 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { writeFileDurable } from '../repository/durable';
 import { runProgram } from '../util/run';
-import { verifyPoint } from './images';
+import { checkLinks, verifyPoint } from './images';
 import { RestoreJournal, journalDirOf } from './journal';
 import { rewriteCommandLine, type RestoredDrive } from './qemu-argv';
 import { pidAlive, qmp, readPid, stopQemu, waitForAgent } from './qemu-process';
@@ -128,11 +128,10 @@ export async function bootTest(o: BootTestOptions): Promise<BootTestResult> {
   let consoleLog = '';
   let wrapper: ReturnType<typeof spawn> | undefined;
   try {
-    if (o.verify !== false) {
-      o.onProgress?.('verify');
-      await verifyPoint(o.point, o.qemuImg ? { qemuImg: o.qemuImg } : {});
-      result.timings.verifyMs = Date.now() - t0;
-    }
+    o.onProgress?.('verify');
+    if (o.verify !== false) await verifyPoint(o.point, o.qemuImg ? { qemuImg: o.qemuImg } : {});
+    else await checkLinks(o.point, o.qemuImg ? { qemuImg: o.qemuImg } : {});
+    result.timings.verifyMs = Date.now() - t0;
     result.step = 'start';
     o.onProgress?.('start');
     await fs.mkdir(dir, { mode: 0o700 });

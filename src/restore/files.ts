@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import * as tar from 'tar';
 import { fsyncDir } from '../repository/durable';
 import { runProgram } from '../util/run';
-import { verifyPoint } from './images';
+import { checkLinks, verifyPoint } from './images';
 import type { BackupDisk, BackupPoint } from './point';
 import { pickDisks } from './point';
 import { RestoreRefused } from './refused';
@@ -151,10 +151,9 @@ export async function restoreFiles(o: FileRestoreOptions): Promise<FileRestoreRe
     const twice = names.find((n, i) => names.indexOf(n) !== i);
     if (twice) throw new RestoreRefused('paths', `two paths end in the same name "${twice}"; extract them one at a time`);
   }
-  if (o.verify !== false) {
-    o.onProgress?.('verify');
-    await verifyPoint(o.point);
-  }
+  o.onProgress?.('verify');
+  if (o.verify !== false) await verifyPoint(o.point);
+  else await checkLinks(o.point);
   // the appliance's scratch: beside the target (same file system), else the system's temporary folder
   const scratchBase = target ? path.dirname(target) : (o.roots[0] ?? '/tmp');
   const scratch = path.join(scratchBase, `.file-restore-${randomBytes(4).toString('hex')}`);

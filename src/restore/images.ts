@@ -5,6 +5,7 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { flattenDisk, FlattenRefused, type FlattenFormat } from '../chain/flatten';
+import { diskEntryOf, walkChain, type ChainLink } from '../chain/links';
 import { verifyBackup, type BackupReport } from '../verify';
 import type { BackupDisk, BackupPoint } from './point';
 import { RestoreRefused } from './refused';
@@ -111,4 +112,19 @@ export async function writeDisk(
 /** The file name a restored disk gets in a directory. */
 export function diskFileName(disk: string, format: FlattenFormat): string {
   return `disk-${disk.replace(/[^A-Za-z0-9._-]/g, '_')}.${format}`;
+}
+
+/**
+ * Without the full verify (no sha256 read), still never let QEMU follow a link we did not check:
+ * each disk's chain is walked link by link (relative backing files inside the VM's folder only,
+ * as the manifests say), so a planted backing file pointing at a host file is refused.
+ */
+export async function checkLinks(point: BackupPoint, o: ImageOptions = {}): Promise<void> {
+  for (const d of point.disks) {
+    const entry = diskEntryOf(point.manifest, d.id);
+    if (!entry) continue;
+    const top: ChainLink = { backupId: point.manifest.backupId, dir: point.dir, manifest: point.manifest, entry, file: d.file };
+    const r = await walkChain(top, point.vmDir, o.qemuImg ? { qemuImg: o.qemuImg } : {});
+    if ('problem' in r) throw new RestoreRefused('backup', `${point.dir}: disk ${d.id}: ${r.problem.file}: ${r.problem.problem}`);
+  }
 }

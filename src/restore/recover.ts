@@ -16,8 +16,17 @@ export interface RestoreRecovery {
   detail: string;
 }
 
-export async function recoverRestores(journalBase: string, o: { qemuImg?: string } = {}): Promise<RestoreRecovery[]> {
+/** One recovery at a time per journal (the restore and boot-test nodes of a host both run it at deploy). */
+const running = new Map<string, Promise<RestoreRecovery[]>>();
+
+export function recoverRestores(journalBase: string, o: { qemuImg?: string } = {}): Promise<RestoreRecovery[]> {
   const dir = journalDirOf(journalBase);
+  const next = (running.get(dir) ?? Promise.resolve([])).catch(() => []).then(() => recoverOnce(dir, o));
+  running.set(dir, next);
+  return next;
+}
+
+async function recoverOnce(dir: string, o: { qemuImg?: string }): Promise<RestoreRecovery[]> {
   const out: RestoreRecovery[] = [];
   for (const { file, entry, error } of await readEntries(dir)) {
     if (!entry) {
