@@ -18,6 +18,7 @@ interface RestoreDef extends ActionNodeDef {
   start: boolean;
   network: string;
   keepOld: boolean;
+  instant?: boolean;
 }
 
 module.exports = function register(RED: NodeAPI) {
@@ -43,6 +44,7 @@ module.exports = function register(RED: NodeAPI) {
           start: config.start === true ? true : undefined,
           network: config.network,
           keepOld: config.keepOld === true ? true : undefined,
+          instant: config.instant === true ? true : undefined,
         },
         msg.payload,
       );

@@ -18,12 +18,13 @@ flatten <backup-dir> --disk ID --out FILE [--format qcow2|raw]
 directory <backup-dir> --target DIR [--disk ID]... [--format qcow2|raw]
           every disk (or those named) as standalone images, plus definition.json (and
           state.vmstate of a saved-state backup) and restore.json, in a new directory DIR
-new-vm <backup-dir> --target DIR [--name NAME] [--libvirt] [--start] [--no-resume] [--network keep|none]
+new-vm <backup-dir> --target DIR [--name NAME] [--libvirt] [--start [--instant]] [--no-resume] [--network keep|none]
        [--socket-dir DIR] [--uri URI]
           a new VM beside the original: disks restored into DIR, then plain QEMU (the backup's
           command line with new disks, name, sockets, UUID, MACs; sockets in --socket-dir, else
           in DIR) or libvirt (virsh define of the backup's domain XML, renamed); --start starts it
-          (a saved-state backup resumes from its saved memory unless --no-resume)
+          (a saved-state backup resumes from its saved memory unless --no-resume); with --start
+          --instant it runs at once on the backup while its disks are streamed into DIR
 in-place <backup-dir> --journal-dir DIR [--disk ID]... [--keep-old]
           over the VM's own disks (the files or block devices its definition names); refused
           while any process holds them. Written beside and renamed (a block device: its old
@@ -51,7 +52,7 @@ const VALUED = new Set([
   '--journal-dir',
   '--root',
 ]);
-const FLAGS = new Set(['--json', '--libvirt', '--start', '--no-resume', '--keep-old']);
+const FLAGS = new Set(['--json', '--libvirt', '--start', '--no-resume', '--keep-old', '--instant']);
 
 function parse(argv: string[]): { positional: string[]; opts: Opts } | string {
   const positional: string[] = [];
@@ -145,6 +146,7 @@ export async function main(argv: string[], out = process.stdout, err = process.s
       ...(one(opts, '--no-resume') ? { resume: false } : {}),
       ...(one(opts, '--network') ? { network: one(opts, '--network') } : {}),
       ...(one(opts, '--keep-old') ? { keepOld: true } : {}),
+      ...(one(opts, '--instant') ? { instant: true } : {}),
     };
     const result = await restore(ctx, request);
     out.write(one(opts, '--json') ? JSON.stringify(result, null, 2) + '\n' : summarizeRestore(result).text + '\n');

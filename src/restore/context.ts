@@ -44,6 +44,8 @@ export interface NewVm {
   commandFile?: string;
   /** drives of the original that the new VM does not have (pass-through, network) */
   dropped: string[];
+  /** an instant restore: running after upMs, on its own disks (streamed out of the backup) after streamMs more */
+  instant?: { upMs: number; streamMs: number };
 }
 
 export interface RestoreResult {

@@ -55,6 +55,7 @@ export async function restore(ctx: RestoreContext, doc: unknown): Promise<Restor
           ...(req.start !== undefined ? { start: req.start } : {}),
           ...(req.resume !== undefined ? { resume: req.resume } : {}),
           ...(req.network ? { network: req.network } : {}),
+          ...(req.instant ? { instant: true } : {}),
         },
         t0,
       );

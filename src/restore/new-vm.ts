@@ -13,10 +13,12 @@ import { isSafeName } from '../util/ids';
 import { runProgram } from '../util/run';
 import type { NewVm, RestoreContext, RestoreResult } from './context';
 import { checkDirectory, restoreToDirectory } from './directory';
+import { verifyPoint } from './images';
+import { createOverlays, streamAll } from './instant';
 import { rewriteDomainXml } from './libvirt-xml';
 import { driveFiles, rewriteCommandLine, type QemuLaunch, type RestoredDrive } from './qemu-argv';
 import { loadSavedState, runVcpus, startQemu, stopQemu } from './qemu-process';
-import type { BackupPoint } from './point';
+import { pointFacts, type BackupPoint } from './point';
 import { RestoreRefused } from './refused';
 
 export interface NewVmInput {
@@ -29,6 +31,8 @@ export interface NewVmInput {
   start?: boolean;
   resume?: boolean;
   network?: 'keep' | 'none';
+  /** QEMU: start at once on the backup's chain, the disks streamed into place while it runs */
+  instant?: boolean;
 }
 
 export function hypervisorOf(ctx: RestoreContext, input: NewVmInput): 'qemu' | 'libvirt' {
@@ -95,17 +99,31 @@ export async function restoreNewVm(ctx: RestoreContext, input: NewVmInput, t0 = 
   if (!isSafeName(name)) throw new RestoreRefused('name', `"${String(name).slice(0, 80)}" must be letters, digits, . _ - (at most 64)`);
   const { target } = await checkDirectory(ctx, input);
   await preflight(ctx, input, name, kind, target);
-  const result = await restoreToDirectory(
-    ctx,
-    { point: input.point, target, format: input.format ?? 'qcow2', ...(input.disks ? { disks: input.disks } : {}) },
-    t0,
-  );
+  if (input.instant && (kind !== 'qemu' || !input.start || input.disks || input.format === 'raw'))
+    throw new RestoreRefused(
+      'instant',
+      'an instant restore is a started plain QEMU VM with every disk as qcow2 (start: true; no disks, format, hypervisor libvirt)',
+    );
+  const result = input.instant
+    ? await instantDirectory(ctx, input.point, target, t0)
+    : await restoreToDirectory(
+        ctx,
+        { point: input.point, target, format: input.format ?? 'qcow2', ...(input.disks ? { disks: input.disks } : {}) },
+        t0,
+      );
   result.mode = 'new-vm';
   const drives = new Map<string, RestoredDrive>(result.disks.map((d) => [d.disk, { file: d.file, format: d.format }]));
   result.newVm =
     kind === 'qemu'
       ? await newQemuVm(ctx, input, name, target, drives, result)
       : await newLibvirtVm(ctx, input, name, target, drives, result);
+  if (input.instant && result.newVm.pid !== undefined) {
+    // the VM runs now; its disks move to their own images while it does
+    const upMs = Date.now() - t0;
+    const streamMs = await streamAll(result.newVm.qmpSocket!, result.newVm.pid, input.point, [...drives.keys()], ctx.onProgress);
+    result.newVm.instant = { upMs, streamMs };
+    for (const d of result.disks) d.bytes = (await fs.stat(d.file)).size;
+  }
   if (result.newVm.dropped.length) result.warnings.push(`the new VM has no ${result.newVm.dropped.join(', ')} (not restored)`);
   result.ms = Date.now() - t0;
   return result;
@@ -191,4 +209,24 @@ async function newLibvirtVm(
   ctx.onProgress?.({ step: 'start', bytes: 0, total: 0 });
   await runProgram('virsh', virshArgs(ctx, 'start', '--domain', name), { timeoutMs: 120_000 });
   return { ...vm, started: true };
+}
+
+/** The target of an instant restore: each disk a new qcow2 on the verified backup, the definition beside. */
+async function instantDirectory(ctx: RestoreContext, point: BackupPoint, target: string, t0: number): Promise<RestoreResult> {
+  await verifyPoint(point, { ...(ctx.qemuImg ? { qemuImg: ctx.qemuImg } : {}), ...(ctx.onProgress ? { onProgress: ctx.onProgress } : {}) });
+  await fs.mkdir(target, { mode: 0o750 });
+  const overlays = await createOverlays(point, target, ctx.qemuImg);
+  const def = point.manifest.files.find((f) => f.kind === 'definition');
+  if (def) await fs.copyFile(path.join(point.dir, def.name), path.join(target, 'definition.json'), fs.constants.COPYFILE_EXCL);
+  if (point.savedState) await fs.copyFile(point.savedState, path.join(target, 'state.vmstate'), fs.constants.COPYFILE_EXCL);
+  return {
+    mode: 'new-vm',
+    ...pointFacts(point),
+    chain: [point.manifest.backupId],
+    target,
+    disks: [...overlays].map(([disk, file]) => ({ disk, file, format: 'qcow2' as const, bytes: 0 })),
+    warnings: point.manifest.excludedDisks.map((d) => `disk ${d.id} was not in the backup (${d.reason})`),
+    startedAt: new Date(t0).toISOString(),
+    ms: 0,
+  };
 }

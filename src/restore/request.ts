@@ -38,6 +38,8 @@ export const restoreRequestSchema = {
     resume: { type: 'boolean' },
     /** new-vm: keep the network devices (new MACs) or start without any (default keep) */
     network: { enum: ['keep', 'none'] },
+    /** new-vm (QEMU, started): run at once on the backup, the disks streamed into place meanwhile */
+    instant: { type: 'boolean' },
     /** in-place: keep each replaced image as <image>.before-restore (default false) */
     keepOld: { type: 'boolean' },
   },

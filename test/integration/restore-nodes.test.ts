@@ -6,7 +6,7 @@
 // over the lab VM's own disk (refused while it runs). Every QEMU started here is stopped after.
 import * as assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { promises as fs, mkdtempSync, readFileSync, readdirSync } from 'node:fs';
+import { promises as fs, mkdtempSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { verifyRecords } from '../../lab/guest-image';
@@ -170,13 +170,28 @@ describe('restore nodes: lab backups restored to a directory, as new VMs, in pla
     );
   });
 
-  it('as a new QEMU VM, started: it boots from the restored disk, its agent answers, its records carry on', async () => {
+  it('as a new QEMU VM, instant: it runs at once on the backup, its disk streamed into place; it boots, its agent answers, its records carry on', async () => {
     await loadActionNode('vmbackup-restore', { mode: 'new-vm', root, start: true }, flow());
     const t0 = Date.now();
-    const msg = await actOn({ vm: 'vm-agent', target: path.join(root, 'new-agent'), name: 'rs-agent' });
+    // instant: it runs at once on the backup while its disk is streamed into place
+    const msg = await actOn({ vm: 'vm-agent', target: path.join(root, 'new-agent'), name: 'rs-agent', instant: true });
     const vm = msg.payload.newVm;
     assert.equal(vm.hypervisor, 'qemu');
     assert.equal(vm.started, true);
+    assert.ok(vm.instant && vm.instant.upMs > 0 && vm.instant.streamMs > 0, JSON.stringify(vm.instant));
+    assert.doesNotMatch(sh('qemu-img', ['info', '-U', msg.payload.disks[0].file]), /backing file/, 'the new disk stands alone');
+    const open = readdirSync(`/proc/${vm.pid}/fd`).map((fd) => {
+      try {
+        return readlinkSync(`/proc/${vm.pid}/fd/${fd}`);
+      } catch {
+        return '';
+      }
+    });
+    assert.deepEqual(
+      open.filter((f) => f.startsWith(repository)),
+      [],
+      'nothing of the backup is open',
+    );
     pids.push({ pid: vm.pid, qmp: vm.qmpSocket });
     assert.equal(vm.qmpSocket, path.join(runDir, 'rs-agent.qmp'));
     const argv = JSON.parse(readFileSync(vm.commandFile, 'utf8')).args.join(' ');
