@@ -175,7 +175,7 @@ describe('editor in headless Chromium', function () {
     throw new Error('deploy did not change the flows revision');
   }
 
-  it('lists the six pipeline nodes in the "VM backup" palette category, with their icons', async function () {
+  it('lists the pipeline and restore nodes in the "VM backup" palette category, with their icons', async function () {
     const category = page.locator('#red-ui-palette-container-VM_backup');
     await category.waitFor();
     const header = await page
@@ -184,17 +184,27 @@ describe('editor in headless Chromium', function () {
       .textContent();
     assert.match(header ?? '', /VM backup/);
     const labels = (await category.locator('.red-ui-palette-label').allTextContents()).map((t) => t.replace(/\s+/g, ''));
-    assert.deepEqual(labels, ['enumerate', 'classify', 'prepare', 'snapshot', 'post-snapshot', 'copy']);
+    assert.deepEqual(labels, [
+      'enumerate',
+      'classify',
+      'prepare',
+      'snapshot',
+      'post-snapshot',
+      'copy',
+      'restore',
+      'boottest',
+      'filerestore',
+    ]);
     const icons = await page.evaluate<string[]>(
       `Array.from(document.querySelectorAll('#red-ui-palette-container-VM_backup .red-ui-palette-icon')).map((e) => e.style.backgroundImage)`,
     );
-    assert.equal(icons.length, 6);
+    assert.equal(icons.length, 9);
     for (const icon of icons) assert.match(icon, new RegExp(`icons/${MODULE.replace('/', '\\/')}/vmbackup-[a-z-]+\\.svg`));
     // the icons really load
     const loaded = await page.evaluate<boolean[]>(
       `Promise.all(Array.from(document.querySelectorAll('#red-ui-palette-container-VM_backup .red-ui-palette-icon')).map((e) => new Promise((res) => { const img = new Image(); img.onload = () => res(img.width > 0); img.onerror = () => res(false); img.src = e.style.backgroundImage.replace(/^url\\("?|"?\\)$/g, ''); })))`,
     );
-    assert.deepEqual(loaded, [true, true, true, true, true, true]);
+    assert.deepEqual(loaded, new Array(9).fill(true));
   });
 
   it('edits an imported classify node: double-click, change the fallback, Done, Deploy', async function () {
@@ -331,7 +341,7 @@ describe('editor in headless Chromium', function () {
     const search = page.locator('#red-ui-palette-search input');
     await search.fill('vmbackup');
     await search.press('End');
-    await page.waitForFunction(`$('#red-ui-palette-container .red-ui-palette-node:visible').length === 6`);
+    await page.waitForFunction(`$('#red-ui-palette-container .red-ui-palette-node:visible').length === 9`);
     if (SCREENSHOT !== '0') {
       await page.locator('#red-ui-view-zoom-out').click();
       await page.locator('#red-ui-view-zoom-out').click();

@@ -17,12 +17,20 @@ export const TYPES = [
   'vmbackup-snapshot',
   'vmbackup-post-snapshot',
   'vmbackup-copy',
+  'vmbackup-restore',
+  'vmbackup-boot-test',
+  'vmbackup-file-restore',
 ] as const;
+/** the backup pipeline's six stage nodes, in order */
+export const PIPELINE_TYPES = TYPES.slice(1, 7);
 export const EXAMPLES = [
   'Alert on failure',
   'Legacy saved-state backup',
+  'Monthly boot test with alert',
   'Nightly backup of every VM',
   'Report only - enumerate and classify',
+  'Restore a VM to a directory',
+  'Restore one file',
 ] as const;
 
 /** dist/test/e2e -> repository root */

@@ -14,6 +14,7 @@ import {
   MODULE,
   NodeRed,
   TYPES,
+  PIPELINE_TYPES,
   labRunDir,
   packAndInstall,
   readExample,
@@ -22,7 +23,7 @@ import {
   type Installed,
 } from './harness';
 
-const PIPELINE = TYPES.filter((t) => t !== 'vmbackup-host');
+const PIPELINE = PIPELINE_TYPES;
 const folderOf = (type: string) => type.replace(/^vmbackup-/, '');
 
 interface NodeSetInfo {
@@ -116,7 +117,7 @@ describe('installed package: npm pack, npm install, node-red', function () {
     assert.deepEqual(Object.keys(pkg['node-red'].nodes).sort(), [...TYPES].sort());
   });
 
-  it('GET /nodes lists the 7 node types, enabled, without load errors', async function () {
+  it('GET /nodes lists every node type, enabled, without load errors', async function () {
     const sets = (await nr!.json<NodeSetInfo[]>('/nodes')).filter((s) => s.module === MODULE);
     const types = sets.flatMap((s) => s.types).sort();
     assert.deepEqual(types, [...TYPES].sort());
@@ -235,7 +236,7 @@ describe('installed package: npm pack, npm install, node-red', function () {
     );
   });
 
-  it('deploys all four examples at once, with no missing types and no node errors', async function () {
+  it('deploys all the examples at once, with no missing types and no node errors', async function () {
     const all = EXAMPLES.flatMap((name) => readExample(name));
     // Point every host at an empty scratch dir: a scheduled inject firing during the test
     // (01:30, 02:00) must not reach the VMs of the shared lab the examples name.
