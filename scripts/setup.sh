@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-packages=(qemu-system-x86 qemu-utils qemu-guest-agent busybox-static linux-image-amd64 e2fsprogs xfsprogs ntfs-3g cpio xz-utils chromium libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients nbdkit libnbd-bin tgt qemu-block-extra)
+packages=(qemu-system-x86 qemu-utils qemu-guest-agent busybox-static linux-image-amd64 e2fsprogs xfsprogs ntfs-3g cpio xz-utils chromium libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients nbdkit libnbd-bin tgt qemu-block-extra libguestfs-tools libguestfs-xfs)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

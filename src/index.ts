@@ -30,3 +30,15 @@ export {
   type ParentResult,
 } from './chain';
 export { flattenDisk, FlattenRefused, type FlattenInput, type FlattenResult } from './chain/flatten';
+export {
+  restore,
+  restoreFiles,
+  bootTest,
+  recoverRestores,
+  summarizeRestore,
+  RestoreRefused,
+  type RestoreContext,
+  type RestoreResult,
+  type FileRestoreResult,
+  type BootTestResult,
+} from './restore';

@@ -109,3 +109,10 @@ export function vmError(stage: StageName, vm: unknown): string | null {
   const e = fn.errors![0];
   return `${e.instancePath || '/'} ${e.message ?? 'is invalid'} (${ruleOf(e)})`;
 }
+
+/** Throws ContractError unless `doc` matches `schema` (compiled once under `key`): the restore's requests. */
+export function assertDocument<T>(key: string, schema: object, doc: unknown, what: string): T {
+  const fn = validatorFor(key, schema);
+  if (!fn(doc)) throw new ContractError(what, fn.errors![0]);
+  return doc as T;
+}

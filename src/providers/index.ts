@@ -70,3 +70,6 @@ export function providerFromSpec(spec: GuardianProviderSpec): HostProvider {
   }
   throw new Error(`provider ${spec.kind} cannot be rebuilt outside Node-RED`);
 }
+
+/** QEMU's own protocols (QMP, guest agent), for VMs we start ourselves (restore, boot test). */
+export { QmpClient, GuestAgentClient } from './qemu/protocol';

@@ -177,7 +177,7 @@ describe('editor in headless Chromium', function () {
     throw new Error('deploy did not change the flows revision');
   }
 
-  it('lists the six pipeline nodes and the three repository nodes in the "VM backup" palette category, with their icons', async function () {
+  it('lists the pipeline, repository and restore nodes in the "VM backup" palette category, with their icons', async function () {
     const category = page.locator('#red-ui-palette-container-VM_backup');
     await category.waitFor();
     const header = await page
@@ -186,7 +186,20 @@ describe('editor in headless Chromium', function () {
       .textContent();
     assert.match(header ?? '', /VM backup/);
     const labels = (await category.locator('.red-ui-palette-label').allTextContents()).map((t) => t.replace(/\s+/g, ''));
-    assert.deepEqual(labels, ['enumerate', 'classify', 'prepare', 'snapshot', 'post-snapshot', 'copy', 'prune', 'verify', 'history']);
+    assert.deepEqual(labels, [
+      'enumerate',
+      'classify',
+      'prepare',
+      'snapshot',
+      'post-snapshot',
+      'copy',
+      'prune',
+      'verify',
+      'history',
+      'restore',
+      'boottest',
+      'filerestore',
+    ]);
     const icons = await page.evaluate<string[]>(
       `Array.from(document.querySelectorAll('#red-ui-palette-container-VM_backup .red-ui-palette-icon')).map((e) => e.style.backgroundImage)`,
     );
@@ -196,7 +209,7 @@ describe('editor in headless Chromium', function () {
     const loaded = await page.evaluate<boolean[]>(
       `Promise.all(Array.from(document.querySelectorAll('#red-ui-palette-container-VM_backup .red-ui-palette-icon')).map((e) => new Promise((res) => { const img = new Image(); img.onload = () => res(img.width > 0); img.onerror = () => res(false); img.src = e.style.backgroundImage.replace(/^url\\("?|"?\\)$/g, ''); })))`,
     );
-    assert.deepEqual(loaded, Array(9).fill(true));
+    assert.deepEqual(loaded, new Array(12).fill(true));
   });
 
   it('edits an imported classify node: double-click, change the fallback, Done, Deploy', async function () {

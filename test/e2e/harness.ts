@@ -20,14 +20,22 @@ export const TYPES = [
   'vmbackup-prune',
   'vmbackup-verify',
   'vmbackup-history',
+  'vmbackup-restore',
+  'vmbackup-boot-test',
+  'vmbackup-file-restore',
 ] as const;
+/** the backup pipeline's six stage nodes, in order */
+export const PIPELINE_TYPES = TYPES.slice(1, 7);
 export const EXAMPLES = [
   'Alert on failure',
   'Dashboard of the backups',
   'Legacy saved-state backup',
+  'Monthly boot test with alert',
   'Nightly backup of every VM',
   'Nightly backup, then prune (keep 7 daily, 4 weekly, 6 monthly)',
   'Report only - enumerate and classify',
+  'Restore a VM to a directory',
+  'Restore one file',
   'Weekly verify and alerts',
 ] as const;
 /** examples that need another package installed (Dashboard 2's ui-* nodes): checked, not deployed */

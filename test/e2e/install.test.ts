@@ -16,6 +16,7 @@ import {
   MODULE,
   NodeRed,
   TYPES,
+  PIPELINE_TYPES,
   labRunDir,
   packAndInstall,
   readExample,
@@ -24,7 +25,7 @@ import {
   type Installed,
 } from './harness';
 
-const PIPELINE = TYPES.filter((t) => !['vmbackup-host', 'vmbackup-prune', 'vmbackup-verify', 'vmbackup-history'].includes(t));
+const PIPELINE = PIPELINE_TYPES;
 const folderOf = (type: string) => type.replace(/^vmbackup-/, '');
 
 interface NodeSetInfo {

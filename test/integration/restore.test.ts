@@ -29,7 +29,8 @@ import {
 import { pidAlive, readPidFile, run, sleep, tailFile, waitUntil } from '../../lab/util';
 import { formatReport, verifyBackup, verifyRepository } from '../../src/verify';
 import { inspectImage } from '../support/image-check';
-import { CATCH, helper, nextMessage, NODE_MODULES, pipelineFlow } from '../nodes/flow-fixture';
+import { helper } from '../nodes/flow-fixture';
+import { backupOneVm } from '../support/lab-backup';
 
 const LAB = process.env.VMBACKUP_LAB_DIR ?? '/tmp/vm-backup-lab';
 /** the two lab VMs this suite backs up and restores (a shared lab may run more; they are left out) */
@@ -37,35 +38,8 @@ const NEEDED = ['vm-agent', 'vm-noagent'];
 const CLI = path.resolve(__dirname, '../../src/cli/verify.js');
 
 /** Run the pipeline node by node over a subset of the host's VMs (dropped between enumerate and classify). */
-async function backupThroughNodeRed(vm: string, fallback: string, repository: string, journalDir: string): Promise<any> {
-  await helper.load(
-    [...NODE_MODULES, CATCH],
-    pipelineFlow({
-      socketDir: path.join(LAB, 'run'),
-      repository,
-      journalDir,
-      fallback,
-      hostExtra: { hostName: 'lab' },
-      wired: false,
-    }) as any,
-  );
-  try {
-    const caught = nextMessage('caught', 300_000).then((m) => Promise.reject(new Error(`backup failed: ${m.error?.message}`)));
-    caught.catch(() => undefined);
-    const enumerated = nextMessage('out-enumerate', 120_000);
-    helper.getNode('enumerate').receive({ payload: '' });
-    let msg: any = await Promise.race([enumerated, caught]);
-    msg.payload.vms = msg.payload.vms.filter((v: any) => v.id === vm);
-    assert.equal(msg.payload.vms.length, 1, `${vm} is enumerated`);
-    for (const stage of ['classify', 'prepare', 'snapshot', 'post-snapshot', 'copy']) {
-      const out = nextMessage(`out-${stage}`, 300_000);
-      helper.getNode(stage).receive({ payload: msg.payload });
-      msg = await Promise.race([out, caught]);
-    }
-    return msg.payload.vms[0];
-  } finally {
-    await helper.unload();
-  }
+function backupThroughNodeRed(vm: string, fallback: string, repository: string, journalDir: string): Promise<any> {
+  return backupOneVm(vm, fallback, { socketDir: path.join(LAB, 'run'), repository, journalDir });
 }
 
 /** A QEMU process this suite started (daemonized): its pidfile, sockets and console log. */

@@ -64,3 +64,42 @@ export async function runLabBackup(suite: LabBackupSuite, fallback = 'checkpoint
     await helper.unload();
   }
 }
+
+/**
+ * Back up one VM of the lab through the Node-RED pipeline, node by node (the others dropped
+ * between enumerate and classify): resolves with the VM's entry of copy's output set.
+ */
+export async function backupOneVm(
+  vm: string,
+  fallback: string,
+  o: { socketDir: string; repository: string; journalDir: string; hostName?: string; hostExtra?: Record<string, unknown> },
+): Promise<any> {
+  await helper.load(
+    [...NODE_MODULES, CATCH],
+    pipelineFlow({
+      socketDir: o.socketDir,
+      repository: o.repository,
+      journalDir: o.journalDir,
+      fallback,
+      hostExtra: { hostName: o.hostName ?? 'lab', ...o.hostExtra },
+      wired: false,
+    }) as any,
+  );
+  try {
+    const caught = nextMessage('caught', 300_000).then((m) => Promise.reject(new Error(`backup failed: ${m.error?.message}`)));
+    caught.catch(() => undefined);
+    const enumerated = nextMessage('out-enumerate', 120_000);
+    helper.getNode('enumerate').receive({ payload: '' });
+    let msg: any = await Promise.race([enumerated, caught]);
+    msg.payload.vms = msg.payload.vms.filter((v: any) => v.id === vm);
+    if (msg.payload.vms.length !== 1) throw new Error(`${vm} is not enumerated`);
+    for (const stage of ['classify', 'prepare', 'snapshot', 'post-snapshot', 'copy']) {
+      const out = nextMessage(`out-${stage}`, 300_000);
+      helper.getNode(stage).receive({ payload: msg.payload });
+      msg = await Promise.race([out, caught]);
+    }
+    return msg.payload.vms[0];
+  } finally {
+    await helper.unload();
+  }
+}
