@@ -22,7 +22,7 @@ cd "$ROOT"
 part="${1:-all}"
 MOCHA=(node node_modules/mocha/bin/mocha.js --timeout 600000)
 
-for f in dist/test/faults/bare.test.js dist/test/fuzz/nodes.fuzz.test.js dist/src/pipeline/guardian.js; do
+for f in dist/test/faults/bare.test.js dist/test/fuzz/nodes.fuzz.test.js dist/src/guardian/guardian.js; do
   [ -f "$f" ] || { echo "fault-tests: $f is missing: run 'npm run build' first" >&2; exit 2; }
 done
 

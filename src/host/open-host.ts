@@ -115,7 +115,7 @@ export function describeAction(a: RecoveryAction): string {
   // findings that are not undos: their error says what was found and what to do
   if (a.kind === 'skip-lines' || a.kind === 'refuse' || a.kind === 'foreign-pending' || a.kind === 'leave-staging')
     return `${a.ok ? '' : 'ATTENTION: '}${a.error ?? a.kind}`;
-  if (a.kind === 'leftover') return a.detail ?? a.error ?? 'leftover';
+  if (a.kind === 'leftover' || a.kind === 'guardian') return `${a.ok ? '' : 'ATTENTION: '}${a.detail ?? a.error ?? a.kind}`;
   const what = {
     thaw: 'thawed',
     resume: 'resumed',

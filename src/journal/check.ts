@@ -31,6 +31,8 @@ const OPS: Record<JournalOp, true> = {
   untrack: true,
   discard: true,
   publish: true,
+  unpublish: true,
+  adopt: true,
   end: true,
 };
 const PHASES = new Set(['intent', 'done', 'failed']);
@@ -83,6 +85,7 @@ export function checkEntry(v: unknown): string | undefined {
   if (d.dir !== undefined && (!path.isAbsolute(d.dir as string) || (d.dir as string).includes('\0')))
     return 'data.dir: not an absolute path';
   if (d.by !== undefined && d.by !== 'guardian') return 'data.by: not "guardian"';
+  if (d.pid !== undefined && !(Number.isSafeInteger(d.pid) && (d.pid as number) > 0)) return 'data.pid: not a process id';
   if (d.nothingToDo !== undefined && typeof d.nothingToDo !== 'boolean') return 'data.nothingToDo: not a boolean';
   if (d.view !== undefined) {
     const view = d.view as Record<string, unknown>;

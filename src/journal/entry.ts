@@ -14,6 +14,8 @@ export type JournalOp =
   | 'untrack'
   | 'discard'
   | 'publish'
+  | 'unpublish' // a published VM's backup taken back (all or none): its staging directory is pending again
+  | 'adopt' // the set's guardian process took over its undos (data.pid): recovery leaves the set to it while it runs
   | 'end'; // the backup set is over: nothing of it is pending
 
 export interface JournalEntry {
@@ -35,6 +37,8 @@ export interface JournalEntry {
     error?: string;
     by?: 'guardian';
     /** an undo found nothing to undo (overlays planned, never made) */ nothingToDo?: boolean;
+    /** adopt: the guardian process's pid */
+    pid?: number;
   };
 }
 

@@ -24,7 +24,7 @@ import type { HostProvider } from '../providers/provider';
 import { ArtifactRepository } from '../repository/repository';
 import { isSafeName, newBackupId } from '../util/ids';
 import { copyBackupSet, type CopyOptions } from './copy';
-import { LiveBackup, type Logger, type Timeouts } from './live-backup';
+import { CLOSE_UNDO_MS, LET_GO_MS, LiveBackup, type Logger, type SetEnding, type Timeouts } from './live-backup';
 import { allSettledOrThrow, CleanupFailed, StageError } from './stage-error';
 import { planChain, trackIntent } from './chain-plan';
 
@@ -49,6 +49,11 @@ export class BackupHost {
   readonly repository: ArtifactRepository;
   /** what ended sets left in place (the last few), for the summary of the stage that failed */
   private readonly endedLeft = new Map<string, string[]>();
+  /**
+   * Told of every set that ends other than by a stage's own failure (which its node reports): a
+   * watchdog (idle, session) or the host closing. The host node raises it to the flow's Catch nodes.
+   */
+  onSetEnded: (ending: SetEnding) => void = () => undefined;
 
   constructor(
     readonly provider: HostProvider,
@@ -143,6 +148,9 @@ export class BackupHost {
       this.options.timeouts,
       this.log,
       (l) => this.released(l),
+      (ending) => {
+        if (ending.by !== 'stage') this.onSetEnded(ending);
+      },
     );
     this.live.set(backupId, live);
     live.end('enumerated', vms);
@@ -189,7 +197,7 @@ export class BackupHost {
       }
       vms = classifyAll(reachable, fallback);
     } catch (err) {
-      void live.abort((err as Error).message);
+      void live.abort((err as Error).message, { by: 'stage' });
       throw err;
     }
     live.vmIds = new Set(vms.map((vm) => vm.id));
@@ -227,7 +235,7 @@ export class BackupHost {
         }
       }
     }
-    live.begin();
+    live.begin('prepare');
     const t0 = Date.now();
     const m0 = performance.now();
     // Saves first, freezes last: a guest's frozen window must not include other VMs' saves.
@@ -306,7 +314,7 @@ export class BackupHost {
 
   async snapshot(set: PreparedSet): Promise<SnapshottedSet> {
     const live = this.take(set, 'prepared', true);
-    live.begin();
+    live.begin('snapshot');
     const t0 = Date.now();
     const m0 = performance.now();
     const vms = await live.runStage(() => this.allOrNothing(live, set.vms, (vm) => this.snapshotVm(live, vm)));
@@ -317,7 +325,7 @@ export class BackupHost {
   private async snapshotVm(live: LiveBackup, vm: PreparedVm): Promise<SnapshottedVm> {
     const t0 = Date.now();
     const m0 = performance.now();
-    const wasFrozen = live.frozen.has(vm.id) && !live.thawedByWatchdog.has(vm.id);
+    const wasFrozen = live.isFrozen(vm.id) && !live.thawedByWatchdog.has(vm.id);
     const planned = vm.prepare.view!;
     if (vm.prepare.action === 'save') await this.provider.armView(vm, planned);
     // a failure here aborts the set, and its undo thaws first: a frozen guest is the worst harm
@@ -355,7 +363,7 @@ export class BackupHost {
 
   async postSnapshot(set: SnapshottedSet): Promise<PostSnapshotSet> {
     const live = this.take(set, 'snapshotted', true);
-    live.begin();
+    live.begin('post-snapshot');
     const t0 = Date.now();
     const m0 = performance.now();
     const vms = await live.runStage(() =>
@@ -388,7 +396,7 @@ export class BackupHost {
 
   async copy(set: PostSnapshotSet, options: CopyOptions): Promise<CopiedSet> {
     const live = this.take(set, 'post-snapshot', true);
-    live.begin();
+    live.begin('copy');
     const t0 = Date.now();
     const m0 = performance.now();
     let vms;
@@ -398,21 +406,18 @@ export class BackupHost {
       );
     } catch (err) {
       const why = live.abortedBecause ?? (err as Error).message;
-      await live.abort(why, true);
+      await live.abort(why, { by: 'stage' });
       throw live.abortedBecause && live.abortedBecause !== (err as Error).message
         ? new StageError(`backup set ${set.backupId} was aborted: ${live.abortedBecause} (${(err as Error).message})`)
         : err;
     }
-    const errors = await live.undoAll();
+    const errors = await live.complete();
     if (errors.length > 0) {
-      live.abortedBecause = `undo failed: ${errors.join('; ')}`;
-      live.finish(false);
       throw new CleanupFailed(
         `backup ${set.backupId} was published, but the VMs are not all back as they were: ${errors.join('; ')} (retried every 5 s until it succeeds; the journal keeps it for recovery)`,
         vms.map((vm) => ({ vm: vm.id, path: `${this.options.repositoryRoot.replace(/\/+$/, '')}/${vm.copy.path}` })),
       );
     }
-    live.finish(true);
     return {
       ...set,
       stage: 'copied',
@@ -428,7 +433,7 @@ export class BackupHost {
    */
   private async endStage(live: LiveBackup, stage: StageName, vms: readonly { id: string }[]): Promise<void> {
     if (live.abortedBecause !== undefined) {
-      await live.abort(live.abortedBecause, true);
+      await live.abort(live.abortedBecause, { by: 'stage' });
       throw new StageError(`/backupId: backup set ${live.backupId} was aborted: ${live.abortedBecause}`);
     }
     live.end(stage, vms);
@@ -446,14 +451,22 @@ export class BackupHost {
     try {
       return await allSettledOrThrow(vms, step);
     } catch (err) {
-      await live.abort((err as Error).message, true);
+      await live.abort((err as Error).message, { by: 'stage' });
       throw err;
     }
   }
 
-  /** Abort every live set (the host node is closing or being redeployed). */
-  async closeAll(why: string): Promise<void> {
-    await Promise.all([...this.live.values()].map((live) => live.abort(why)));
+  /**
+   * End every live set (the host node is closing: redeploy, node removed, Node-RED stopping), within
+   * a few seconds whatever runs: a stage that does not stop within LET_GO_MS, or undos that take
+   * longer than CLOSE_UNDO_MS, leave the rest to the set's guardian process. Returns how each
+   * ended (sets that had ended already and only wait for a retried undo are not listed).
+   */
+  async closeAll(why: string): Promise<SetEnding[]> {
+    const live = [...this.live.values()];
+    const ending = live.filter((l) => l.stage !== 'ended');
+    await Promise.all(live.map((l) => l.abort(why, { by: 'close', letGoMs: LET_GO_MS, undoMs: CLOSE_UNDO_MS })));
+    return ending.map((l) => l.endedAs).filter((e): e is SetEnding => e !== undefined);
   }
 }
 

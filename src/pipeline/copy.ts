@@ -225,7 +225,7 @@ async function publishAll(
     // all or none: take back what this set already published, so that it is discarded with the rest
     for (const s of published) {
       await fs.rename(repo.finalDir(host, s.vm.id, backupId), s.dir).catch(() => undefined);
-      live.unpublished(s.vm.id, s.dir);
+      live.unpublished(s.vm.id);
     }
     throw err;
   }

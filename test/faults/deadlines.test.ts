@@ -8,7 +8,8 @@ import * as assert from 'node:assert/strict';
 import { promises as fs, mkdirSync, mkdtempSync, readFileSync, symlinkSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Journal, pendingUndos } from '../../src/journal/journal';
+import { Journal } from '../../src/journal/journal';
+import { pendingUndos } from '../../src/ledger/pending';
 import { BackupHost, DEFAULT_TIMEOUTS } from '../../src/pipeline/backup-host';
 import { QemuProvider } from '../../src/providers/qemu/qemu-provider';
 import { runProgram } from '../../src/util/run';
@@ -34,13 +35,13 @@ const GROUP = 'deadlines outside the event loop';
 const CAP_S = 5;
 const LIMIT_MS = CAP_S * 1000 + 1000;
 
-/** The guardian processes started for this journal (argv: node .../pipeline/guardian.js <spec with the journal path>). */
+/** The guardian processes started for this journal (argv: node .../guardian/guardian.js <spec with the journal path>). */
 async function guardiansOf(journalFile: string): Promise<number[]> {
   const pids: number[] = [];
   for (const entry of await fs.readdir('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     const argv = (await fs.readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '')).split('\0');
-    if (argv[1]?.endsWith(path.join('pipeline', 'guardian.js')) && argv[2]?.includes(JSON.stringify(journalFile).slice(1, -1)))
+    if (argv[1]?.endsWith(path.join('guardian', 'guardian.js')) && argv[2]?.includes(JSON.stringify(journalFile).slice(1, -1)))
       pids.push(Number(entry));
   }
   return pids;

@@ -6,7 +6,7 @@ import * as assert from 'node:assert/strict';
 import { promises as fs, mkdtempSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { pendingUndos } from '../../src/journal/journal';
+import { pendingUndos } from '../../src/ledger/pending';
 import { verifyBackup } from '../../src/verify';
 import { startBareWorld, type BareWorld } from './support/bare';
 import { clearHookLog, hookLog, waitAgent } from './support/guest';
@@ -167,7 +167,7 @@ describe('fault injection: the Node-RED process (SIGKILL and restart, redeploy)'
     for (const entry of await fs.readdir('/proc')) {
       if (!/^\d+$/.test(entry)) continue;
       const argv = (await fs.readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '')).split('\0');
-      if (argv[1]?.endsWith(path.join('pipeline', 'guardian.js')) && argv[2]?.includes(JSON.stringify(journalFile).slice(1, -1)))
+      if (argv[1]?.endsWith(path.join('guardian', 'guardian.js')) && argv[2]?.includes(JSON.stringify(journalFile).slice(1, -1)))
         pids.push(Number(entry));
     }
     return pids;

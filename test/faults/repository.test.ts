@@ -7,7 +7,8 @@ import * as assert from 'node:assert/strict';
 import { promises as fs, mkdirSync, mkdtempSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Journal, pendingUndos } from '../../src/journal/journal';
+import { Journal } from '../../src/journal/journal';
+import { pendingUndos } from '../../src/ledger/pending';
 import { recover } from '../../src/recovery';
 import { BackupHost, DEFAULT_TIMEOUTS } from '../../src/pipeline/backup-host';
 import type { Timeouts } from '../../src/pipeline/live-backup';
@@ -29,7 +30,7 @@ async function guardiansIn(journalDir: string): Promise<number[]> {
   for (const entry of await fs.readdir('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     const argv = (await fs.readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '')).split('\0');
-    if (argv[1]?.endsWith(path.join('pipeline', 'guardian.js')) && argv[2]?.includes(JSON.stringify(journalDir).slice(1, -1)))
+    if (argv[1]?.endsWith(path.join('guardian', 'guardian.js')) && argv[2]?.includes(JSON.stringify(journalDir).slice(1, -1)))
       pids.push(Number(entry));
   }
   return pids;
