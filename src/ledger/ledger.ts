@@ -115,7 +115,13 @@ export class Ledger {
     this.note({ backupId: this.backupId, vm: u.vm, op: u.kind, phase: 'intent' }, false);
     const result = await undo(provider, u, ctx);
     this.note(
-      { backupId: this.backupId, vm: u.vm, op: u.kind, phase: 'done', ...(result === 'nothing-to-do' ? { data: { nothingToDo: true } } : {}) },
+      {
+        backupId: this.backupId,
+        vm: u.vm,
+        op: u.kind,
+        phase: 'done',
+        ...(result === 'nothing-to-do' ? { data: { nothingToDo: true } } : {}),
+      },
       DURABLE_DONE[u.kind],
     );
     const effect = (Object.keys(UNDO_OF) as EffectOp[]).find((e) => UNDO_OF[e] === u.kind)!;

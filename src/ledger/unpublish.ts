@@ -35,7 +35,8 @@ export async function takeBackPartialPublish(
     for (const e of entries) {
       if (e.backupId !== backupId || e.op !== 'staging' || e.phase !== 'intent' || !isSafeName(e.vm) || !e.data?.dir) continue;
       const dir = stagingOf ? stagingOf(e.vm) : e.data.dir;
-      if (dir !== undefined && dir === path.resolve(e.data.dir) && path.basename(dir) === `${STAGING_PREFIX}${backupId}`) staged.set(e.vm, dir);
+      if (dir !== undefined && dir === path.resolve(e.data.dir) && path.basename(dir) === `${STAGING_PREFIX}${backupId}`)
+        staged.set(e.vm, dir);
     }
     const exists = (p: string) =>
       fs.access(p).then(
@@ -70,4 +71,3 @@ export async function takeBackPartialPublish(
   }
   return actions;
 }
-

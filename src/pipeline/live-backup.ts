@@ -399,7 +399,11 @@ export class LiveBackup {
     if (frozenMs !== undefined) this.frozenMsOf.set(vmId, frozenMs);
     try {
       // thawed by the guardian already (frozenMs given): only the record is written
-      await this.ledger.undo(u, this.provider, frozenMs !== undefined ? { ...this.undoContext, thaw: async () => undefined } : this.undoContext);
+      await this.ledger.undo(
+        u,
+        this.provider,
+        frozenMs !== undefined ? { ...this.undoContext, thaw: async () => undefined } : this.undoContext,
+      );
     } catch (err) {
       // still frozen: retried shortly (a frozen guest is the worst harm we can do)
       this.setWatchdog(`freeze:${vmId}`, 1000, () => void this.thaw(vmId).catch(() => undefined));
@@ -591,7 +595,9 @@ export class LiveBackup {
         failedAt,
         set: { backupId: this.backupId, stage: this.lastStage, ...this.setRecord, vms: [...this.records.values()].map((r) => r.vm) },
         published: this.ledger.published(),
-        left: this.leftovers().map((l) => (this.adopting && this.guardian ? `${l} [guardian process ${this.guardian.child.pid} at work on it]` : l)),
+        left: this.leftovers().map((l) =>
+          this.adopting && this.guardian ? `${l} [guardian process ${this.guardian.child.pid} at work on it]` : l,
+        ),
         ...(this.adopting && this.guardian?.child.pid ? { guardianPid: this.guardian.child.pid } : {}),
       };
       this.onEnding(this.endedAs);

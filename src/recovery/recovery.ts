@@ -14,7 +14,6 @@ import { takeBackPartialPublish } from '../ledger/unpublish';
 import type { HostProvider } from '../providers/provider';
 import { removeStaging, type ArtifactRepository } from '../repository/repository';
 import { ownerGone, readOwner } from '../repository/staging-owner';
-import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 
 export interface RecoveryAction {
