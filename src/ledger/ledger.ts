@@ -46,6 +46,11 @@ export class Ledger {
     this.note({ backupId: this.backupId, vm, op, phase: 'done', ...(data ? { data } : {}) }, durable);
   }
 
+  /** A stage began on the set (not fsync'd: only the report of an interrupted set reads it). */
+  step(step: string): void {
+    this.note({ backupId: this.backupId, op: 'step', phase: 'intent', data: { step } }, false);
+  }
+
   /** About to rename a VM's staging directory to its final name (journalled durably first). */
   publishing(vm: string, dir: string): void {
     this.append({ backupId: this.backupId, vm, op: 'publish', phase: 'intent', data: { dir } }, true, true);
@@ -138,10 +143,16 @@ export class Ledger {
     return this.closedWhy !== undefined;
   }
 
-  /** The set is over with nothing pending: its "end" line (the guardian and recovery skip it from now on). */
-  end(): void {
+  /**
+   * The set is over with nothing pending: its "end" line (the guardian and recovery skip it from now
+   * on). `unreported`: it was ended by its host node closing (why, in which step); the user may not
+   * have heard of it (Node-RED stopping): recovery at the next start reports it once.
+   */
+  end(unreported?: { why: string; step: string }): void {
     this.close('ended');
-    this.note({ backupId: this.backupId, op: 'end', phase: 'done' }, true);
+    if (this.lines.length === 0) return; // nothing of it was ever journalled
+    const data = unreported ? { data: { error: unreported.why, step: unreported.step, unreported: true } } : {};
+    this.note({ backupId: this.backupId, op: 'end', phase: 'done', ...data }, true);
   }
 
   get ended(): boolean {

@@ -177,6 +177,7 @@ export class LiveBackup {
   begin(step: string): void {
     this.stage = 'busy';
     this.step = step;
+    this.ledger.step(step);
     if (this.idleTimer) clearTimeout(this.idleTimer);
     this.idleTimer = undefined;
   }
@@ -587,7 +588,7 @@ export class LiveBackup {
       if (errors.length > 0) {
         this.log('error', `backup ${this.backupId}: could not undo: ${errors.join('; ')} (the journal keeps them for recovery)`);
       }
-      this.settle();
+      this.settle(by === 'close' ? { why, step: failedAt } : undefined);
       this.endedAs = {
         backupId: this.backupId,
         by,
@@ -627,8 +628,8 @@ export class LiveBackup {
    * and exits; it also undoes them if Node-RED goes away), or, without a guardian, they are retried
    * here. The host keeps the set meanwhile, so that no new backup touches these VMs.
    */
-  private settle(): void {
-    if (!this.hasSideEffects()) return this.endClean();
+  private settle(unreported?: { why: string; step: string }): void {
+    if (!this.hasSideEffects()) return this.endClean(unreported);
     if (this.adopting) return;
     if (this.guardian?.alive && !this.guardianRefused) {
       this.adopting = true;
@@ -651,8 +652,8 @@ export class LiveBackup {
     if (this.stage === 'ended' && !this.adopting && !this.hasSideEffects()) this.endClean();
   }
 
-  private endClean(): void {
-    if (!this.ledger.ended) this.ledger.end();
+  private endClean(unreported?: { why: string; step: string }): void {
+    if (!this.ledger.ended) this.ledger.end(unreported);
     for (const t of this.watchdogs.values()) clearTimeout(t);
     this.watchdogs.clear();
     if (this.retryTimer) clearTimeout(this.retryTimer);

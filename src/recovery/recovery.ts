@@ -32,7 +32,9 @@ export interface RecoveryAction {
     /** a staging directory no journal names whose writer may still be at work: left in place */
     | 'leave-staging'
     /** a set whose guardian process took over its undos at its ending: what it did, or that it still runs */
-    | 'guardian';
+    | 'guardian'
+    /** a set its host node ended on closing (Node-RED stopped): undone then, reported now */
+    | 'ended';
   backupId?: string;
   vm?: string;
   ok: boolean;
@@ -46,6 +48,10 @@ export interface RecoveryAction {
   journal?: string;
   /** a path the action concerns (staging directories) */
   path?: string;
+  /** the stage the set was in when it was cut (its last "step" line), for the report */
+  step?: string;
+  /** the VMs whose backup of the set stays published (every VM of the set was renamed before the cut) */
+  published?: string[];
 }
 
 export interface RecoverOptions {
@@ -196,6 +202,7 @@ export async function recover(
           ok: true,
           by: 'guardian',
           at: e.t,
+          ...stepOf(set.entries),
           ...(file !== journal.file ? { journal: file } : {}),
         });
       }
@@ -218,6 +225,7 @@ export async function recover(
       if (!guardian.finished) continue;
     }
     const stagingOf = (vm: string) => (host !== undefined ? repo.stagingDir(host, vm, set.backupId) : undefined);
+    const atStep = stepOf(set.entries);
     let failed = false;
     for (const e of set.entries) {
       // a staging line naming what cannot be this set's staging directory is never acted on: say so
@@ -235,12 +243,27 @@ export async function recover(
     }
     // A crash between two VMs' publish renames leaves a set partly published: take it back (all or
     // none). A set whose every VM was renamed is complete and verified: it stays.
-    for (const action of await takeBackPartialPublish(set.entries, stagingOf, (p) => repo.resolvesInside(p))) {
-      actions.push({ ...action, ...from });
+    const takenBack = await takeBackPartialPublish(set.entries, stagingOf, (p) => repo.resolvesInside(p));
+    for (const action of takenBack) {
+      actions.push({ ...action, ...atStep, ...from });
       failed ||= !action.ok;
     }
+    const published = publishedOf(set.entries, takenBack.length > 0);
+    const closed = set.entries.find((e) => e.op === 'end' && e.data?.unreported);
+    if (closed) {
+      actions.push({
+        kind: 'ended',
+        backupId: set.backupId,
+        ok: true,
+        ...(closed.data?.step ? { step: closed.data.step } : {}),
+        at: closed.t,
+        detail: `backup ${set.backupId} was ended at ${closed.data?.step ?? '?'} when its host node closed (${closed.data?.error ?? '?'}); everything it had done was undone then`,
+        ...published,
+        ...from,
+      });
+    }
     for (const undo of pendingUndos(set.entries)) {
-      const action: RecoveryAction = { kind: undo.kind, backupId: undo.backupId, vm: undo.vm, ok: true, ...from };
+      const action: RecoveryAction = { kind: undo.kind, backupId: undo.backupId, vm: undo.vm, ok: true, ...atStep, ...published, ...from };
       if (undo.kind === 'discard') {
         // only the directory this host computes for the set, never the journalled one as given
         const refusal = await checkStaging(repo, undo.dir, stagingOf(undo.vm));
@@ -347,6 +370,23 @@ async function checkStaging(repo: ArtifactRepository, journalled: string, comput
     return `journalled staging directory ${journalled} is not this set's (${computed}); not touched`;
   if (!(await repo.resolvesInside(computed))) return `${computed} leads out of the repository (a symbolic link): not touched`;
   return undefined;
+}
+
+/** The stage a set was in when it was cut: its last "step" line. */
+function stepOf(entries: readonly JournalEntry[]): { step?: string } {
+  const step = entries.filter((e) => e.op === 'step').pop()?.data?.step;
+  return step ? { step } : {};
+}
+
+/** The VMs whose publish is done and not taken back (all of them, or the set is taken back whole). */
+function publishedOf(entries: readonly JournalEntry[], takenBack: boolean): { published?: string[] } {
+  if (takenBack) return {};
+  const vms = new Set<string>();
+  for (const e of entries) {
+    if (e.op === 'publish' && e.phase === 'done' && e.vm) vms.add(e.vm);
+    if (e.op === 'unpublish' && e.phase === 'done' && e.vm) vms.delete(e.vm);
+  }
+  return vms.size ? { published: [...vms] } : {};
 }
 
 /**

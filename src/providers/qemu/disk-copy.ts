@@ -112,13 +112,23 @@ async function runJob(c: QmpClient, d: ViewDisk, o: DiskCopyOptions, tmpBitmap: 
       () => undefined,
     );
   }, 250);
+  // a cancelled job ends with BLOCK_JOB_CANCELLED, never BLOCK_JOB_COMPLETED: both are waited for,
+  // or an aborted copy would wait (and hold its set's ending) for a day
+  const mine = (data: { device?: string } | undefined) => data?.device === d.jobId;
+  const completed = c.waitEvent('BLOCK_JOB_COMPLETED', mine, 24 * 3600_000, { since: mark });
+  const cancelled = c.waitEvent('BLOCK_JOB_CANCELLED', mine, 24 * 3600_000, { since: mark });
+  completed.catch(() => undefined);
+  cancelled.catch(() => undefined);
   try {
-    const ended = await c
-      .waitEvent('BLOCK_JOB_COMPLETED', (data) => data?.device === d.jobId, 24 * 3600_000, { since: mark })
-      .catch(async (err: Error) => {
-        if (o.signal?.aborted) throw o.signal.reason instanceof Error ? o.signal.reason : new Error('copy stopped');
-        throw err;
-      });
+    const ended = await Promise.race([
+      completed,
+      cancelled.then(() => {
+        throw new Error(`the copy of disk ${d.disk} was cancelled`);
+      }),
+    ]).catch(async (err: Error) => {
+      if (o.signal?.aborted) throw o.signal.reason instanceof Error ? o.signal.reason : new Error('copy stopped');
+      throw err;
+    });
     const data = (ended.data ?? {}) as { error?: string; offset?: number; len?: number };
     if (o.signal?.aborted) throw o.signal.reason instanceof Error ? o.signal.reason : new Error('copy stopped');
     if (data.error) {
