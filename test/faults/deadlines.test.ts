@@ -25,6 +25,7 @@ import {
   assertVmsUnharmed,
   checkGuestFrozen,
   fmtMs,
+  guardiansOf,
   readJournal,
   repositoryState,
   sleep,
@@ -35,17 +36,6 @@ const GROUP = 'deadlines outside the event loop';
 const CAP_S = 5;
 const LIMIT_MS = CAP_S * 1000 + 1000;
 
-/** The guardian processes started for this journal (argv: node .../guardian/guardian.js <spec with the journal path>). */
-async function guardiansOf(journalFile: string): Promise<number[]> {
-  const pids: number[] = [];
-  for (const entry of await fs.readdir('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    const argv = (await fs.readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '')).split('\0');
-    if (argv[1]?.endsWith(path.join('guardian', 'guardian.js')) && argv[2]?.includes(JSON.stringify(journalFile).slice(1, -1)))
-      pids.push(Number(entry));
-  }
-  return pids;
-}
 
 async function waitNoGuardian(journalFile: string, withinMs: number): Promise<number> {
   const t0 = Date.now();

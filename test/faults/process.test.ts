@@ -19,6 +19,7 @@ import {
   assertVmsUnharmed,
   checkGuestFrozen,
   fmtMs,
+  guardiansOf,
   journalFrozenMs,
   readJournal,
   repositoryState,
@@ -161,17 +162,6 @@ describe('fault injection: the Node-RED process (SIGKILL and restart, redeploy)'
     });
   }
 
-  /** The guardian processes Node-RED started for this case's journal (found by their argument vector). */
-  async function guardiansOf(journalFile: string): Promise<number[]> {
-    const pids: number[] = [];
-    for (const entry of await fs.readdir('/proc')) {
-      if (!/^\d+$/.test(entry)) continue;
-      const argv = (await fs.readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '')).split('\0');
-      if (argv[1]?.endsWith(path.join('guardian', 'guardian.js')) && argv[2]?.includes(JSON.stringify(journalFile).slice(1, -1)))
-        pids.push(Number(entry));
-    }
-    return pids;
-  }
 
   /**
    * Kill Node-RED with SIGKILL (with `killGuardian`, its guardian first, as when a whole service

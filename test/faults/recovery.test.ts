@@ -21,7 +21,7 @@ import { InProcessRun } from './support/inproc';
 import { helper } from '../nodes/flow-fixture';
 import { procFlow, RealNodeRed, type ProcFlowOptions } from './support/nodered';
 import { faultCase } from './support/table';
-import { assertNoFleeceFiles, assertRepository, assertVmsUnharmed, readJournal, repositoryState, sleep } from './support/world';
+import { assertNoFleeceFiles, assertRepository, assertVmsUnharmed, guardiansOf, readJournal, repositoryState, sleep } from './support/world';
 
 const GROUP = 'recovery';
 
@@ -31,17 +31,6 @@ interface Outcome {
   published: boolean;
 }
 
-/** The guardian processes whose spec names a journal in `journalDir` (found by their argument vector). */
-async function guardiansIn(journalDir: string): Promise<number[]> {
-  const pids: number[] = [];
-  for (const entry of await fs.readdir('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    const argv = (await fs.readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '')).split('\0');
-    if (argv[1]?.endsWith(path.join('guardian', 'guardian.js')) && argv[2]?.includes(JSON.stringify(journalDir).slice(1, -1)))
-      pids.push(Number(entry));
-  }
-  return pids;
-}
 
 /** Every journal-*.jsonl of the directory has nothing pending. */
 function assertNothingPending(journalDir: string): string {
@@ -111,7 +100,7 @@ describe('fault injection: recovery touches only what it made', function () {
           });
         },
         async killAll() {
-          for (const pid of await guardiansIn(journalDir)) process.kill(pid, 'SIGKILL');
+          for (const pid of await guardiansOf(journalDir)) process.kill(pid, 'SIGKILL');
           await nr.kill();
         },
         async restart() {
@@ -134,8 +123,8 @@ describe('fault injection: recovery touches only what it made', function () {
       notes.push(await assertVmsUnharmed(bare.refs));
       notes.push(await assertRepository(repository, before, out.backupId, out.published));
       notes.push(assertNothingPending(journalDir));
-      for (let i = 0; i < 50 && (await guardiansIn(journalDir)).length > 0; i++) await sleep(200);
-      assert.deepEqual(await guardiansIn(journalDir), [], 'guardian processes left');
+      for (let i = 0; i < 50 && (await guardiansOf(journalDir)).length > 0; i++) await sleep(200);
+      assert.deepEqual(await guardiansOf(journalDir), [], 'guardian processes left');
       await fs.rm(journalDir, { recursive: true, force: true });
       return notes.join('; ');
     });

@@ -101,6 +101,10 @@ export interface ProcFlowOptions {
   /** a function node (its code) between this stage and the next: a user's node that spins, waits... */
   between?: { after: ProcStage; func: string };
   sessionTimeout?: number;
+  /** the copy node's chain mode (default: its own default, incremental) */
+  copyMode?: 'full' | 'incremental';
+  /** leave the host config node out (a deploy that removes it; the stage nodes still name it) */
+  withoutHost?: boolean;
 }
 
 /**
@@ -158,7 +162,7 @@ export function procFlow(o: ProcFlowOptions): FlowNode[] {
       y: 0,
       outputs: 1,
       wires: [],
-      func: "const l = global.get('caught') || []; l.push({ topic: msg.topic, source: msg.error && msg.error.source && msg.error.source.id, error: msg.error && msg.error.message, payload: msg.topic ? msg.payload : undefined }); global.set('caught', l); return null;",
+      func: "const l = global.get('caught') || []; const s = msg.summary; l.push({ topic: msg.topic, source: msg.error && msg.error.source && msg.error.source.id, error: msg.error && msg.error.message, payload: msg.topic ? msg.payload : undefined, summary: s && { ok: s.ok, failedAt: s.failedAt, error: s.error, backups: s.backups, vmState: s.vmState } }); global.set('caught', l); return null;",
     },
     { id: 'status', type: 'status', z, scope: null, x: 0, y: 0, wires: [['rec-status']] },
     {
@@ -172,6 +176,7 @@ export function procFlow(o: ProcFlowOptions): FlowNode[] {
       func: "const l = global.get('statuses') || []; l.push({ source: msg.status.source.id, text: msg.status.text, fill: msg.status.fill }); global.set('statuses', l); return null;",
     },
   ];
+  if (o.withoutHost) flow.splice(1, 1);
   const present = STAGES.filter((s) => s !== o.without);
   for (const stage of present) {
     const i = STAGES.indexOf(stage);
@@ -184,7 +189,13 @@ export function procFlow(o: ProcFlowOptions): FlowNode[] {
     const node: FlowNode = { id: stage, type: `vmbackup-${stage}`, z, host: 'fh', x: 0, y: 0, wires: [[...onward, `rec-${stage}`]] };
     if (stage === 'classify') node.fallback = o.fallback ?? 'checkpoint';
     if (stage === 'copy')
-      Object.assign(node, { compress: false, concurrency: '2', progressInterval: '250', wires: [[`rec-${stage}`], []] });
+      Object.assign(node, {
+        compress: false,
+        concurrency: '2',
+        progressInterval: '250',
+        ...(o.copyMode ? { mode: o.copyMode } : {}),
+        wires: [[`rec-${stage}`], []],
+      });
     flow.push(node, {
       id: `rec-${stage}`,
       type: 'change',

@@ -271,3 +271,46 @@ export function fmtMs(ms: number | undefined): string {
   if (!Number.isFinite(ms)) return 'still frozen';
   return `${(ms / 1000).toFixed(1)} s`;
 }
+
+// ---- the process table and QEMU's jobs ----
+
+/** argv of every process, by pid (unreadable ones skipped). */
+async function processes(): Promise<Map<number, string[]>> {
+  const out = new Map<number, string[]>();
+  for (const entry of await fs.readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const argv = (await fs.readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '')).split('\0');
+    if (argv[0]) out.set(Number(entry), argv);
+  }
+  return out;
+}
+
+/**
+ * The guardian processes whose spec names `journal` (a journal file, or a directory of journals),
+ * found by their argument vector: node .../guardian/guardian.js <spec>.
+ */
+export async function guardiansOf(journal: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const [pid, argv] of await processes())
+    if (argv[1]?.endsWith(path.join('guardian', 'guardian.js')) && argv[2]?.includes(JSON.stringify(journal).slice(1, -1))) pids.push(pid);
+  return pids;
+}
+
+/** qemu-nbd processes writing a copy of ours (their socket is named vmbackup-nbd-*), with their argv. */
+export async function copyServers(): Promise<string[]> {
+  return [...(await processes())]
+    .filter(([, argv]) => /qemu-nbd$/.test(argv[0]) && argv.some((a) => a.includes('vmbackup-nbd-')))
+    .map(([pid, argv]) => `${pid}: ${argv.join(' ')}`);
+}
+
+/** QEMU has no block job left (query-jobs): no copy of ours runs or waits to be dismissed. */
+export async function assertNoJobs(vms: readonly VmRef[]): Promise<void> {
+  for (const vm of vms) {
+    const jobs = await qmp<{ id: string; status: string }[]>(vm.qmp, 'query-jobs');
+    assert.deepEqual(
+      jobs.map((j) => `${j.id} ${j.status}`),
+      [],
+      `${vm.id}: QEMU still has block jobs`,
+    );
+  }
+}
