@@ -20,13 +20,13 @@ import type {
 } from '../contract/types';
 import { fitVm } from '../contract/limits';
 import type { Journal } from '../journal/journal';
-import type { HostProvider } from '../providers/provider';
+import type { HostProvider, TrackingRecord } from '../providers/provider';
 import { ArtifactRepository } from '../repository/repository';
 import { isSafeName, newBackupId } from '../util/ids';
 import { copyBackupSet, type CopyOptions } from './copy';
 import { CLOSE_UNDO_MS, LET_GO_MS, LiveBackup, type Logger, type SetEnding, type Timeouts } from './live-backup';
 import { allSettledOrThrow, CleanupFailed, StageError } from './stage-error';
-import { planChain, trackIntent } from './chain-plan';
+import { chainTarget, planChain } from './chain-plan';
 
 export interface HostOptions {
   hostName: string;
@@ -55,6 +55,9 @@ export class BackupHost {
    */
   onSetEnded: (ending: SetEnding) => void = () => undefined;
 
+  /** the chain this host's backups form (its repository and host name): its tracking records are named for it */
+  readonly target: string;
+
   constructor(
     readonly provider: HostProvider,
     readonly journal: Journal,
@@ -62,6 +65,7 @@ export class BackupHost {
     readonly log: Logger = () => undefined,
   ) {
     this.repository = new ArtifactRepository(options.repositoryRoot);
+    this.target = chainTarget(options.repositoryRoot, options.hostName);
   }
 
   // ---- checks shared by every stage (no side effect before they pass) ----
@@ -263,9 +267,22 @@ export class BackupHost {
     // moment (the freeze or the stop): no fsync and no file creation falls inside a frozen window,
     // and the new tracking record covers every write after the moment.
     const view = this.provider.planView(vm, live.backupId);
-    const chain = await planChain(this.repository, this.options.hostName, vm, view, live.backupId, this.provider.tracking !== undefined);
+    // the chain is planned from the records on the disks now, not as enumerate listed them: another
+    // set of this VM may have published (and moved its chain on) since
+    const now = vm.method === 'offline' ? undefined : await this.provider.tracking?.list?.(vm.id, view);
+    const planned = now ? withRecords(vm, now) : vm;
+    const tracks = this.provider.tracking !== undefined;
+    const { plans: chain, track } = await planChain(
+      this.repository,
+      this.options.hostName,
+      planned,
+      view,
+      live.backupId,
+      tracks,
+      this.target,
+    );
     live.planView(vm.id, view);
-    await live.startTracking(vm.id, trackIntent(vm, chain), view);
+    await live.startTracking(vm.id, track, view);
     const base = { view, chain };
     if (vm.method === 'child-vm-snapshot' && this.provider.quiesce === 'agent') {
       await this.provider.armView(vm, view);
@@ -468,6 +485,14 @@ export class BackupHost {
     await Promise.all(live.map((l) => l.abort(why, { by: 'close', letGoMs: LET_GO_MS, undoMs: CLOSE_UNDO_MS })));
     return ending.map((l) => l.endedAs).filter((e): e is SetEnding => e !== undefined);
   }
+}
+
+/** The VM with each disk's change-tracking records as the provider lists them now. */
+function withRecords(vm: ClassifiedVm, now: ReadonlyMap<string, TrackingRecord[]>): ClassifiedVm {
+  return {
+    ...vm,
+    disks: vm.disks.map((d) => (d.tracking && now.has(d.id) ? { ...d, tracking: { ...d.tracking, records: now.get(d.id)! } } : d)),
+  };
 }
 
 export type { CopyOptions };

@@ -588,7 +588,7 @@ export class LiveBackup {
       if (errors.length > 0) {
         this.log('error', `backup ${this.backupId}: could not undo: ${errors.join('; ')} (the journal keeps them for recovery)`);
       }
-      this.settle(by === 'close' ? { why, step: failedAt } : undefined);
+      await this.settle(by === 'close' ? { why, step: failedAt } : undefined);
       this.endedAs = {
         backupId: this.backupId,
         by,
@@ -613,7 +613,7 @@ export class LiveBackup {
     this.stage = 'ended';
     this.ledger.close('completed');
     if (errors.length > 0) this.abortedBecause = `undo failed: ${errors.join('; ')}`;
-    this.settle();
+    await this.settle();
     return errors;
   }
 
@@ -626,16 +626,18 @@ export class LiveBackup {
    * The set is over: with nothing pending, its "end" line and its guardian goes; else the guardian
    * adopts what is left (it retries those undos from the journal, writes "end" when they are done
    * and exits; it also undoes them if Node-RED goes away), or, without a guardian, they are retried
-   * here. The host keeps the set meanwhile, so that no new backup touches these VMs.
+   * here. The host keeps the set meanwhile, so that no new backup touches these VMs. Resolves once
+   * the guardian took them (its "adopt" line is in the journal: a recovery started after this, by
+   * the next host node of a redeploy, leaves the set to it instead of racing it).
    */
-  private settle(unreported?: { why: string; step: string }): void {
+  private async settle(unreported?: { why: string; step: string }): Promise<void> {
     if (!this.hasSideEffects()) return this.endClean(unreported);
     if (this.adopting) return;
     if (this.guardian?.alive && !this.guardianRefused) {
       this.adopting = true;
       for (const t of this.watchdogs.values()) clearTimeout(t);
       this.watchdogs.clear();
-      this.guardian.adopt().catch((err: Error) => {
+      await this.guardian.adopt().catch((err: Error) => {
         this.log(
           'warn',
           `backup ${this.backupId}: the guardian did not take the undos left (${err.message}); they are retried here, and recovery at the next start does them`,
@@ -674,7 +676,7 @@ export class LiveBackup {
         if (errors.length === 0) {
           this.log('info', `backup ${this.backupId}: the undo that had failed succeeded on a retry; nothing of it is left`);
           this.settleIfEnded();
-        } else this.settle();
+        } else void this.settle();
       });
     }, ms);
     this.retryTimer.unref();
@@ -686,7 +688,7 @@ export class LiveBackup {
     this.adopting = false;
     this.guardianRefused = true;
     this.ledger.refresh();
-    if (this.stage === 'ended') this.settle();
+    if (this.stage === 'ended') void this.settle();
   }
 
   /** The guardian finished every undo it adopted and wrote "end": nothing of the set is left. */

@@ -36,7 +36,6 @@ const GROUP = 'deadlines outside the event loop';
 const CAP_S = 5;
 const LIMIT_MS = CAP_S * 1000 + 1000;
 
-
 async function waitNoGuardian(journalFile: string, withinMs: number): Promise<number> {
   const t0 = Date.now();
   for (;;) {

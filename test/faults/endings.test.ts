@@ -77,7 +77,7 @@ describe('fault injection: every ending of a set (real Node-RED, real QEMU)', fu
   /** wait until the copy of the set has begun (its first staging directory exists) */
   async function copyStarted(set: { backupId: string }, repository: string, withinMs = 20_000): Promise<void> {
     const staging = path.join(repository, 'bare', 'alpha', `.partial-${set.backupId}`);
-    for (const deadline = Date.now() + withinMs; Date.now() < deadline; ) {
+    for (const deadline = Date.now() + withinMs; Date.now() < deadline;) {
       if (
         await fs.stat(staging).then(
           () => true,

@@ -162,7 +162,6 @@ describe('fault injection: the Node-RED process (SIGKILL and restart, redeploy)'
     });
   }
 
-
   /**
    * Kill Node-RED with SIGKILL (with `killGuardian`, its guardian first, as when a whole service
    * is killed), optionally wait, start it again; returns the recovery report the flow got.

@@ -21,7 +21,15 @@ import { InProcessRun } from './support/inproc';
 import { helper } from '../nodes/flow-fixture';
 import { procFlow, RealNodeRed, type ProcFlowOptions } from './support/nodered';
 import { faultCase } from './support/table';
-import { assertNoFleeceFiles, assertRepository, assertVmsUnharmed, guardiansOf, readJournal, repositoryState, sleep } from './support/world';
+import {
+  assertNoFleeceFiles,
+  assertRepository,
+  assertVmsUnharmed,
+  guardiansOf,
+  readJournal,
+  repositoryState,
+  sleep,
+} from './support/world';
 
 const GROUP = 'recovery';
 
@@ -30,7 +38,6 @@ interface Outcome {
   backupId?: string;
   published: boolean;
 }
-
 
 /** Every journal-*.jsonl of the directory has nothing pending. */
 function assertNothingPending(journalDir: string): string {

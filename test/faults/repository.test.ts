@@ -20,10 +20,18 @@ import { startBareWorld, type BareWorld } from './support/bare';
 import { InProcessRun } from './support/inproc';
 import { helper } from '../nodes/flow-fixture';
 import { faultCase } from './support/table';
-import { assertNoFleeceFiles, assertRepository, assertVmsUnharmed, guardiansOf, qmp, readJournal, repositoryState, sleep } from './support/world';
+import {
+  assertNoFleeceFiles,
+  assertRepository,
+  assertVmsUnharmed,
+  guardiansOf,
+  qmp,
+  readJournal,
+  repositoryState,
+  sleep,
+} from './support/world';
 
 const GROUP = 'repository';
-
 
 async function mount(args: string[]): Promise<void> {
   await runProgram('mount', args);
