@@ -62,6 +62,7 @@ type LooseSet = {
   repository?: string;
   vms?: LooseVm[];
   skipped?: SkippedVm[];
+  hostSkipped?: { name: string; reason: string }[];
 };
 
 export function summarize(set: unknown, error?: Error, context: SummaryContext = {}): BackupSummary {
@@ -86,7 +87,9 @@ export function summarize(set: unknown, error?: Error, context: SummaryContext =
       if (vm.postSnapshot?.returnedTo !== undefined) out.returnedTo = vm.postSnapshot.returnedTo;
       return out;
     });
-  const skipped = Array.isArray(s.skipped) ? s.skipped : [];
+  // what looks like a VM on the host but cannot be one is not backed up either: listed with the unreachable
+  const notVms = (Array.isArray(s.hostSkipped) ? s.hostSkipped : []).map((h) => ({ vm: h.name, reason: h.reason }));
+  const skipped = [...(Array.isArray(s.skipped) ? s.skipped : []), ...notVms];
   const totalBytes = vms.reduce((n, v) => n + (v.bytes ?? 0), 0);
   const copied = !error && s.stage === 'copied';
   const hostName = s.host?.name ?? context.hostName ?? 'host';
@@ -140,7 +143,15 @@ export function summarize(set: unknown, error?: Error, context: SummaryContext =
   const lines = [
     `backups: ${backups.text}`,
     `VMs: ${vmState.text}`,
-    ...(skipped.length ? [`NOT backed up (defined but unreachable): ${skipped.map((x) => `${x.vm} (${x.reason})`).join('; ')}`] : []),
+    ...(skipped.length - notVms.length
+      ? [
+          `NOT backed up (defined but unreachable): ${skipped
+            .slice(0, skipped.length - notVms.length)
+            .map((x) => `${x.vm} (${x.reason})`)
+            .join('; ')}`,
+        ]
+      : []),
+    ...(notVms.length ? [`NOT backed up (not a valid VM name): ${notVms.map((x) => x.reason).join('; ')}`] : []),
     ...(vms.length === 0 && skipped.length === 0 && !error ? ['no VM is defined on this host: nothing was backed up'] : []),
     ...vms.map(
       (v) =>

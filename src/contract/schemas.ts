@@ -318,6 +318,20 @@ function stageSchema<S extends (typeof STAGES)[number], R extends readonly strin
           unreachable: { enum: ['fail', 'report'] },
         },
       },
+      /**
+       * What enumerate found on the host that looks like a VM but cannot be one (a QMP socket or an
+       * inventory file whose name is not a valid VM id): NOT backed up, and the summary says so.
+       */
+      hostSkipped: {
+        type: 'array',
+        maxItems: 1000,
+        items: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['name', 'reason'],
+          properties: { name: { type: 'string', maxLength: 256 }, reason: { type: 'string', maxLength: 1024 } },
+        },
+      },
       /** VMs defined on the host but not in this set (unreachable, reported by policy), with why */
       skipped: {
         type: 'array',

@@ -135,11 +135,15 @@ export class BackupHost {
       : { vms: await this.provider.enumerate(), warnings: [] };
     const listed = found.vms;
     const hostWarnings = [...found.warnings];
+    // never "ok" about what was not taken: what looks like a VM but cannot be one goes with the set
+    const hostSkipped = [...(found.skipped ?? [])];
     // limits are per VM: one odd VM is clamped or marked unreachable, never fails the set
     const vms = listed
       .filter((vm) => {
         if (isSafeName(vm.id)) return true;
-        hostWarnings.push(`a VM named ${JSON.stringify(String(vm.id).slice(0, 80))} skipped: its id is not a valid name`);
+        const reason = `a VM named ${JSON.stringify(String(vm.id).slice(0, 80))} skipped: its id is not a valid name`;
+        hostWarnings.push(reason);
+        hostSkipped.push({ name: String(vm.id).slice(0, 256), reason });
         return false;
       })
       .map(fitVm);
@@ -164,6 +168,7 @@ export class BackupHost {
       host: { name: this.options.hostName, provider: this.provider.kind },
       writer: { name: this.provider.writerName, components: vms.length },
       createdAt: new Date(t0).toISOString(),
+      ...(hostSkipped.length ? { hostSkipped: hostSkipped.slice(0, 1000).map((h) => ({ ...h, reason: h.reason.slice(0, 1024) })) } : {}),
       vms,
       timings: { enumerate: this.timing(t0, m0) },
       warnings: [
@@ -174,7 +179,7 @@ export class BackupHost {
         ]),
       ].slice(0, 1024),
     };
-    live.recordSet({ host: set.host, writer: set.writer, createdAt: set.createdAt });
+    live.recordSet({ host: set.host, writer: set.writer, createdAt: set.createdAt, hostSkipped: set.hostSkipped });
     return set;
   }
 

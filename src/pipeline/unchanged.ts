@@ -9,7 +9,7 @@ export interface VmRecord {
 }
 
 /** The fields of a set that name paths or decide what is done (backupId is the key the set is found by). */
-const GUARDED_SET_FIELDS = ['host', 'writer', 'createdAt', 'policy', 'skipped', 'repository'] as const;
+const GUARDED_SET_FIELDS = ['host', 'writer', 'createdAt', 'policy', 'skipped', 'hostSkipped', 'repository'] as const;
 
 /** The fields of a VM that decide what is touched and how the backup is labelled. */
 const GUARDED_FIELDS = ['disks', 'snapshotLocation', 'method', 'consistency', 'prepare', 'snapshot', 'postSnapshot'] as const;

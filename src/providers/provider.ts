@@ -67,6 +67,8 @@ export interface GuardianProviderSpec {
 export interface Enumeration {
   vms: EnumeratedVm[];
   warnings: string[];
+  /** what looks like a VM but cannot be one (a socket or inventory file not named as a valid VM id): not backed up */
+  skipped?: { name: string; reason: string }[];
 }
 
 export interface HostProvider {

@@ -234,13 +234,14 @@ export class QemuProvider implements HostProvider {
     );
     out.sort((a, b) => a.id.localeCompare(b.id));
     // host-level notes go with the set, not on a VM: they must reach the user when no VM is listed
-    return {
-      vms: out,
-      warnings: [
-        ...found.skipped.map((s) => `socket ${s} skipped: its name is not a valid VM id`),
-        ...badNames.map((f) => `inventory file ${f} skipped: its name is not a valid VM id; that VM is NOT backed up`),
-      ],
-    };
+    const skipped = [
+      ...found.skipped.map((name) => ({ name, reason: `socket ${name} skipped: its name is not a valid VM id` })),
+      ...badNames.map((name) => ({
+        name,
+        reason: `inventory file ${name} skipped: its name is not a valid VM id; that VM is NOT backed up`,
+      })),
+    ];
+    return { vms: out, warnings: skipped.map((s) => s.reason), skipped };
   }
 
   private get runner(): Runner {
