@@ -146,7 +146,11 @@ const view = {
   },
 } as const;
 
-/** Per disk: a full or an incremental, and why (decided at prepare, before the view's moment). */
+/**
+ * Per disk: a full or an incremental, and why. Drafted at prepare (before the view's moment, from
+ * the parent and the change-tracking records); the copy node's policy (mode full, full every) may
+ * still turn an incremental into a full: the plan the copy followed is on its output (copy.chain).
+ */
 const chainPlan = {
   type: 'object',
   additionalProperties: false,
@@ -183,7 +187,8 @@ const prepareResult = {
     pausedAt: isoTime,
     frozenAt: isoTime,
     view,
-    chain: { type: 'array', maxItems: 64, items: chainPlan },
+    /** the chain as prepare can draft it: the copy node's policy may still make a disk a full (see copy.chain) */
+    chainDraft: { type: 'array', maxItems: 64, items: chainPlan },
     ms: { type: 'number', minimum: 0 },
   },
 } as const;
@@ -230,6 +235,8 @@ const copyResult = {
     /** bytes read out of the views, and how many of those the change tracking marked */
     bytesRead: nonNegInt,
     bytesChanged: nonNegInt,
+    /** the chain plan the copy followed, per disk (the draft with the copy node's policy applied; as in the manifest) */
+    chain: { type: 'array', maxItems: 64, items: chainPlan },
     ms: { type: 'number', minimum: 0 },
   },
 } as const;

@@ -277,7 +277,7 @@ export class BackupHost {
     const now = vm.method === 'offline' ? undefined : await this.provider.tracking?.list?.(vm.id, view);
     const planned = now ? withRecords(vm, now) : vm;
     const tracks = this.provider.tracking !== undefined;
-    const { plans: chain, track } = await planChain(
+    const { plans: chainDraft, track } = await planChain(
       this.repository,
       this.options.hostName,
       planned,
@@ -288,7 +288,7 @@ export class BackupHost {
     );
     live.planView(vm.id, view);
     await live.startTracking(vm.id, track, view);
-    const base = { view, chain };
+    const base = { view, chainDraft };
     if (vm.method === 'child-vm-snapshot' && this.provider.quiesce === 'agent') {
       await this.provider.armView(vm, view);
       const frozenFilesystems = await live.freeze(
@@ -351,7 +351,7 @@ export class BackupHost {
     const planned = vm.prepare.view!;
     if (vm.prepare.action === 'save') await this.provider.armView(vm, planned);
     // a failure here aborts the set, and its undo thaws first: a frozen guest is the worst harm
-    const made = await this.provider.makeView(vm, planned, { frozen: wasFrozen, chain: vm.prepare.chain ?? [] });
+    const made = await this.provider.makeView(vm, planned, { frozen: wasFrozen, chain: vm.prepare.chainDraft ?? [] });
     live.viewMade(vm.id, made.view);
     let consistency = vm.consistency;
     const warnings = [...vm.warnings];
