@@ -155,6 +155,11 @@ export class Ledger {
     this.note({ backupId: this.backupId, op: 'end', phase: 'done', ...data }, true);
   }
 
+  /** Anything of the set was journalled (a stage past classify began on it). */
+  get touched(): boolean {
+    return this.lines.length > 0;
+  }
+
   get ended(): boolean {
     return this.lines.some((l) => l.op === 'end');
   }

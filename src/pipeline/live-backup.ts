@@ -601,7 +601,9 @@ export class LiveBackup {
         ),
         ...(this.adopting && this.guardian?.child.pid ? { guardianPid: this.guardian.child.pid } : {}),
       };
-      this.onEnding(this.endedAs);
+      // a set that never began prepare did nothing to a VM: a report-only flow (enumerate and
+      // classify) leaves its sets to expire by design, so that expiry is not reported as a failure
+      if (this.ledger.touched) this.onEnding(this.endedAs);
     })();
     return this.ending;
   }
