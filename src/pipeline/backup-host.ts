@@ -96,8 +96,8 @@ export class BackupHost {
       );
     }
     try {
-      live.checkSetUnchanged(set);
-      live.checkUnchanged(set.vms as unknown as Record<string, unknown>[]);
+      live.output.checkSet(set);
+      live.output.checkVms(set.vms as unknown as Record<string, unknown>[]);
     } catch (err) {
       throw new StageError((err as Error).message);
     }
@@ -179,7 +179,7 @@ export class BackupHost {
         ]),
       ].slice(0, 1024),
     };
-    live.recordSet({ host: set.host, writer: set.writer, createdAt: set.createdAt, hostSkipped: set.hostSkipped });
+    live.output.recordSet({ host: set.host, writer: set.writer, createdAt: set.createdAt, hostSkipped: set.hostSkipped });
     return set;
   }
 
@@ -211,7 +211,7 @@ export class BackupHost {
     }
     live.vmIds = new Set(vms.map((vm) => vm.id));
     live.end('classified', vms);
-    live.recordSet({ policy: { fallback, unreachable }, ...(skipped.length ? { skipped } : {}) });
+    live.output.recordSet({ policy: { fallback, unreachable }, ...(skipped.length ? { skipped } : {}) });
     return {
       ...set,
       stage: 'classified',

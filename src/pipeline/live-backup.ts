@@ -4,6 +4,7 @@
 // every effect. Every ending (a stage failed, a watchdog, the host node closing) goes through one
 // path, end(): undo through the ledger, hand what is left to the guardian, report.
 import { msSince } from '../util/clock';
+import { settledWithin, withinMs } from '../util/deadline';
 import type { StageName } from '../contract/schemas';
 import type { PointInTimeView } from '../contract/types';
 import type { Journal, TrackIntent } from '../journal/journal';
@@ -13,7 +14,7 @@ import type { UndoContext } from '../ledger/undo';
 import type { HostProvider } from '../providers/provider';
 import { performance } from 'node:perf_hooks';
 import { GuardianTimeout, startGuardian, stopGuardian, type Guardian } from '../guardian/guardian';
-import { assertSetUnchanged, assertVmsUnchanged } from './unchanged';
+import { OutputRecord } from './unchanged';
 
 export interface Timeouts {
   /** a frozen guest is thawed after this long (VSS holds writes at most 10 s) */
@@ -88,10 +89,8 @@ export class LiveBackup {
   /** the step running now (prepare, snapshot, ...), for failedAt */
   private step: string | undefined;
   private readonly controller = new AbortController();
-  /** what this host itself produced for each VM at the last stage: the message may not change it */
-  private readonly records = new Map<string, { stage: string; vm: Record<string, unknown> }>();
-  /** the set-level fields this host produced (host, writer, policy, ...): the message may not change them */
-  private readonly setRecord: Record<string, unknown> = {};
+  /** what this host itself output for the set (VMs, set-level fields): the message may not change it */
+  readonly output: OutputRecord;
   /** the process that owns the frozen guests' agents and undoes this set's effects if Node-RED itself dies (see guardian.ts) */
   private guardian: Guardian | undefined;
   private guarded = false;
@@ -102,8 +101,6 @@ export class LiveBackup {
   private adopting = false;
   /** the guardian did not take (or gave up) the undos left: they are retried here */
   private guardianRefused = false;
-  /** the last stage the set finished (its message's stage) */
-  private lastStage: string = 'enumerated';
 
   constructor(
     readonly backupId: string,
@@ -120,6 +117,7 @@ export class LiveBackup {
     this.stage = 'enumerated';
     this.vmIds = new Set(vmIds);
     this.ledger = new Ledger(journal, backupId, log);
+    this.output = new OutputRecord(backupId);
     this.sessionTimer = setTimeout(
       () => void this.abort(`sessionTimeout (${timeouts.sessionMs} ms) passed`, { by: 'watchdog' }),
       timeouts.sessionMs,
@@ -184,9 +182,8 @@ export class LiveBackup {
 
   /** A stage ended: the set is at `stage`, with the VMs as this host output them; idle time counts again. */
   end(stage: StageName, vms: readonly { id: string }[]): void {
-    this.record(stage, vms);
+    this.output.recordVms(stage, vms);
     this.stage = stage;
-    this.lastStage = stage;
     this.step = undefined;
     this.touch();
   }
@@ -203,35 +200,6 @@ export class LiveBackup {
   /** How long the VM's vCPUs were stopped for its saved state, once it runs again (monotonic clock). */
   downtimeMs(vmId: string): number | undefined {
     return this.downtimes.get(vmId);
-  }
-
-  /** Remember the VMs as this host output them at `stage` (a deep copy). */
-  private record(stage: string, vms: readonly { id: string }[]): void {
-    this.records.clear();
-    for (const vm of vms) this.records.set(vm.id, { stage, vm: JSON.parse(JSON.stringify(vm)) as Record<string, unknown> });
-  }
-
-  /**
-   * The fields that steer side effects (which files and block nodes are touched, how the VM is
-   * treated, what a backup is labelled) must be exactly what this host produced: a message edited
-   * between stages (function node, replay of an old message) is refused, naming the field.
-   */
-  checkUnchanged(vms: readonly Record<string, unknown>[]): void {
-    assertVmsUnchanged(this.records, vms);
-  }
-
-  /** Remember set-level fields as this host produced them (a deep copy); later stages check them. */
-  recordSet(fields: Record<string, unknown>): void {
-    for (const [k, v] of Object.entries(fields)) this.setRecord[k] = v === undefined ? undefined : JSON.parse(JSON.stringify(v));
-  }
-
-  /**
-   * Every set-level field that steers a side effect or a path (the host's name names the
-   * repository folder, the policy decides what is refused) must be what this host produced; a
-   * guarded field the host never produced (a repository at a stage before copy) is refused too.
-   */
-  checkSetUnchanged(set: Record<string, unknown>): void {
-    assertSetUnchanged(this.setRecord, set, this.backupId);
   }
 
   // --- the guardian ---
@@ -594,7 +562,7 @@ export class LiveBackup {
         by,
         why,
         failedAt,
-        set: { backupId: this.backupId, stage: this.lastStage, ...this.setRecord, vms: [...this.records.values()].map((r) => r.vm) },
+        set: this.output.lastOutput(),
         published: this.ledger.published(),
         left: this.leftovers().map((l) =>
           this.adopting && this.guardian ? `${l} [guardian process ${this.guardian.child.pid} at work on it]` : l,
@@ -719,32 +687,6 @@ const UNDO_WORDS = {
   untrack: 'change tracking',
   discard: 'discard',
 } as const;
-
-/** True when `p` settled within `ms`. */
-async function settledWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  const settled = p.then(
-    () => true,
-    () => true,
-  );
-  const timeout = new Promise<boolean>((r) => (timer = setTimeout(() => r(false), ms)));
-  try {
-    return await Promise.race([settled, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-/** `p`'s value, or `late` when it takes longer than `ms` (no limit when ms is undefined). */
-async function withinMs<T>(p: Promise<T>, ms: number | undefined, late: T): Promise<T> {
-  if (ms === undefined) return p;
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([p, new Promise<T>((r) => (timer = setTimeout(() => r(late), ms)))]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** How often undos that failed are tried again when no guardian took them. */
 export const RETRY_MS = 3000;
