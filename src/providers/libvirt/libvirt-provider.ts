@@ -417,7 +417,7 @@ export class LibvirtProvider implements HostProvider {
   }
 
   /**
-   * What a guardian process needs to build its own provider (src/pipeline/guardian.ts): if
+   * What a guardian process needs to build its own provider (src/guardian/guardian.ts): if
    * Node-RED dies, it thaws (domfsthaw) and ends the job (domjobabort) at once, through virsh.
    */
   guardianSpec(): GuardianProviderSpec | undefined {

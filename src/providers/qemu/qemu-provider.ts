@@ -592,7 +592,7 @@ export class QemuProvider implements HostProvider {
     return d;
   }
 
-  /** What a guardian process needs to build its own provider (see src/pipeline/guardian.ts). */
+  /** What a guardian process needs to build its own provider (see src/guardian/guardian.ts). */
   guardianSpec(): GuardianProviderSpec {
     const { runner: _runner, ...options } = this.options;
     return { kind: 'qemu', options: { ...options } };
