@@ -88,7 +88,7 @@ module.exports = function register(RED: NodeAPI) {
         user.error(report.text, {
           topic: `vm-backup/${report.host}/recovery`,
           payload: report,
-          ...(report.summary ? { summary: report.summary } : {}),
+          summary: report.summary,
         } as never);
       }
     };

@@ -24,10 +24,10 @@ export interface RecoveryReport {
   actions: RecoveryAction[];
   text: string;
   /**
-   * When recovery finished a set that Node-RED left in flight (stopped, crashed, killed): the
-   * summary of that ending, as a failed stage's (failedAt: the stage it was cut in).
+   * As a failed stage's: when recovery finished a set that Node-RED left in flight (stopped,
+   * crashed, killed), that ending's (failedAt: the stage it was cut in); else failedAt "start".
    */
-  summary?: BackupSummary;
+  summary: BackupSummary;
 }
 
 export interface OpenedHost {
@@ -107,17 +107,17 @@ export async function openHost(
 }
 
 export function recoveryReport(host: string, journal: string, actions: RecoveryAction[]): RecoveryReport {
-  const report: RecoveryReport = {
+  const text = `recovery on host ${host} after an interrupted backup: ${actions.map(describeAction).join('; ')}`;
+  return {
     host,
     at: new Date().toISOString(),
     ok: actions.every((a) => a.ok),
     journal,
     actions,
-    text: `recovery on host ${host} after an interrupted backup: ${actions.map(describeAction).join('; ')}`,
+    text,
+    // a report about no set (leftovers found, journal lines skipped) still has a summary for alert flows
+    summary: interruptedSummary(host, actions) ?? summarize(undefined, new Error(text), { failedAt: 'start', left: [], hostName: host }),
   };
-  const summary = interruptedSummary(host, actions);
-  if (summary) report.summary = summary;
-  return report;
 }
 
 /** The ending of the (first) set recovery found in flight, summarised like a failed stage's. */
