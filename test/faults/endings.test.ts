@@ -13,9 +13,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { pendingUndos } from '../../src/ledger/pending';
 import { startBareWorld, type BareWorld } from './support/bare';
-import { clearHookLog, hookLog, waitAgent } from './support/guest';
+import { hookLog, waitAgent } from './support/guest';
 import { ensureLab, labImages, labRefs, labRun } from './support/lab';
-import { procFlow, RealNodeRed, type ProcFlowOptions } from './support/nodered';
+import { procFlow, readyForCase, RealNodeRed, type ProcFlowOptions } from './support/nodered';
 import { faultCase } from './support/table';
 import {
   assertNoFleeceFiles,
@@ -27,6 +27,7 @@ import {
   guardiansOf,
   readJournal,
   sleep,
+  waitForPath,
   type VmRef,
 } from './support/world';
 
@@ -77,16 +78,7 @@ describe('fault injection: every ending of a set (real Node-RED, real QEMU)', fu
   /** wait until the copy of the set has begun (its first staging directory exists) */
   async function copyStarted(set: { backupId: string }, repository: string, withinMs = 20_000): Promise<void> {
     const staging = path.join(repository, 'bare', 'alpha', `.partial-${set.backupId}`);
-    for (const deadline = Date.now() + withinMs; Date.now() < deadline;) {
-      if (
-        await fs.stat(staging).then(
-          () => true,
-          () => false,
-        )
-      )
-        return;
-      await sleep(5);
-    }
+    if (await waitForPath(staging, withinMs)) return;
     throw new Error(`the copy did not begin (${staging}); Catch got: ${JSON.stringify(await nr.global('caught')).slice(0, 400)}`);
   }
 
@@ -153,16 +145,8 @@ describe('fault injection: every ending of a set (real Node-RED, real QEMU)', fu
     first: Partial<Flow> = {},
   ): Promise<void> {
     await faultCase(GROUP, name, expected, async () => {
-      if (lab) {
-        await ensureLab();
-        for (const vm of labRefs) {
-          await waitAgent(vm.qga!);
-          await clearHookLog(vm.qga!);
-        }
-      }
-      if (!nr.nr) await nr.start();
-      for (const key of ['caught', 'statuses', 'enumerate', 'classify', 'prepare', 'snapshot', 'post_snapshot', 'copy'])
-        await nr.nr!.deleteGlobal(key);
+      if (lab) await ensureLab();
+      await readyForCase(nr, lab ? labRefs : []);
       const journalDir = mkdtempSync(path.join(os.tmpdir(), 'vmb-endings-journal-'));
       const hostName = 'bare';
       // every copy a full: an incremental of these idle VMs copies next to nothing, and is over at once

@@ -9,9 +9,9 @@ import * as path from 'node:path';
 import { pendingUndos } from '../../src/ledger/pending';
 import { verifyBackup } from '../../src/verify';
 import { startBareWorld, type BareWorld } from './support/bare';
-import { clearHookLog, hookLog, waitAgent } from './support/guest';
+import { hookLog, waitAgent } from './support/guest';
 import { ensureLab, labImages, labRefs, labRun } from './support/lab';
-import { procFlow, RealNodeRed, type ProcFlowOptions } from './support/nodered';
+import { procFlow, readyForCase, RealNodeRed, type ProcFlowOptions } from './support/nodered';
 import { faultCase } from './support/table';
 import {
   assertNoFleeceFiles,
@@ -24,6 +24,7 @@ import {
   readJournal,
   repositoryState,
   sleep,
+  waitForPath,
   type VmRef,
 } from './support/world';
 
@@ -101,14 +102,7 @@ describe('fault injection: the Node-RED process (SIGKILL and restart, redeploy)'
   ) {
     await faultCase(GROUP, name, expected, async () => {
       const refs: VmRef[] = o.lab ? labRefs : bare.refs;
-      if (o.lab)
-        for (const vm of labRefs) {
-          await waitAgent(vm.qga!);
-          await clearHookLog(vm.qga!);
-        }
-      if (!nr.nr) await nr.start();
-      for (const key of ['caught', 'statuses', 'enumerate', 'classify', 'prepare', 'snapshot', 'post_snapshot', 'copy'])
-        await nr.nr!.deleteGlobal(key);
+      await readyForCase(nr, o.lab ? labRefs : []);
       const journalDir = mkdtempSync(path.join(os.tmpdir(), 'vmb-faults-journal-'));
       const hostName = o.lab ? 'lab' : 'bare';
       const flow = procFlow({ ...o, socketDir: o.lab ? labRun : bare.host.socketDir, repository, journalDir, hostName });
@@ -364,16 +358,7 @@ describe('fault injection: the Node-RED process (SIGKILL and restart, redeploy)'
         await ctx.runTo('post-snapshot');
         const set = await ctx.nr.global('post_snapshot');
         const staging = path.join(repository, 'bare', 'alpha', `.partial-${set.backupId}`);
-        for (let i = 0; i < 2000; i++) {
-          if (
-            await fs.stat(staging).then(
-              () => true,
-              () => false,
-            )
-          )
-            break;
-          await sleep(5);
-        }
+        await waitForPath(staging, 10_000);
         const { report, note } = await killAndRestart(ctx);
         assert.ok(
           report?.payload.actions.some((a: any) => /discard/.test(a.kind)),
@@ -590,16 +575,7 @@ describe('fault injection: the Node-RED process (SIGKILL and restart, redeploy)'
         await ctx.runTo('post-snapshot');
         const set = await ctx.nr.global('post_snapshot');
         const staging = path.join(repository, 'bare', 'alpha', `.partial-${set.backupId}`);
-        for (let i = 0; i < 2000; i++) {
-          if (
-            await fs.stat(staging).then(
-              () => true,
-              () => false,
-            )
-          )
-            break;
-          await sleep(5);
-        }
+        await waitForPath(staging, 10_000);
         await ctx.nr.deploy(
           procFlow({
             socketDir: bare.host.socketDir,

@@ -5,7 +5,8 @@ import { mkdirSync, mkdtempSync, symlinkSync, writeFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { NodeRed, REPO_ROOT, type FlowNode } from '../../e2e/harness';
-import { sleep } from './world';
+import { clearHookLog, waitAgent } from './guest';
+import { sleep, type VmRef } from './world';
 
 export class RealNodeRed {
   nr: NodeRed | undefined;
@@ -81,6 +82,22 @@ export class RealNodeRed {
       await sleep(150);
     }
   }
+}
+
+/** The global context keys a procFlow records into (each stage's output, what Catch and Status saw). */
+const RECORDED = ['caught', 'statuses', 'enumerate', 'classify', 'prepare', 'snapshot', 'post_snapshot', 'copy'];
+
+/**
+ * Before a case: the lab guests' agents answer and their freeze logs are empty (when the case uses
+ * them), Node-RED runs, and what the previous case's flow recorded is cleared.
+ */
+export async function readyForCase(nr: RealNodeRed, guests: readonly VmRef[] = []): Promise<void> {
+  for (const vm of guests) {
+    await waitAgent(vm.qga!);
+    await clearHookLog(vm.qga!);
+  }
+  if (!nr.nr) await nr.start();
+  for (const key of RECORDED) await nr.nr!.deleteGlobal(key);
 }
 
 export const STAGES = ['enumerate', 'classify', 'prepare', 'snapshot', 'post-snapshot', 'copy'] as const;

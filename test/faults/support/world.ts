@@ -121,6 +121,20 @@ export async function assertNoFleeceFiles(dirs: readonly string[]): Promise<void
 
 // ---- repository ----
 
+/** Wait until `file` exists (e.g. a copy's staging directory: the copy has begun); false after `withinMs`. */
+export async function waitForPath(file: string, withinMs: number, everyMs = 5): Promise<boolean> {
+  for (const deadline = Date.now() + withinMs; Date.now() < deadline; await sleep(everyMs)) {
+    if (
+      await fs.stat(file).then(
+        () => true,
+        () => false,
+      )
+    )
+      return true;
+  }
+  return false;
+}
+
 export async function filesUnder(dir: string): Promise<string[]> {
   const out: string[] = [];
   const walk = async (d: string) => {
