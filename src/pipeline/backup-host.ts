@@ -436,7 +436,7 @@ export class BackupHost {
     const errors = await live.complete();
     if (errors.length > 0) {
       throw new CleanupFailed(
-        `backup ${set.backupId} was published, but the VMs are not all back as they were: ${errors.join('; ')} (retried every 5 s until it succeeds; the journal keeps it for recovery)`,
+        `backup ${set.backupId} was published, but the VMs are not all back as they were: ${errors.join('; ')} (its guardian process, or this host without one, retries until it succeeds; the journal keeps it for recovery)`,
         vms.map((vm) => ({ vm: vm.id, path: `${this.options.repositoryRoot.replace(/\/+$/, '')}/${vm.copy.path}` })),
       );
     }

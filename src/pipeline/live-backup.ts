@@ -101,6 +101,8 @@ export class LiveBackup {
   private adopting = false;
   /** the guardian did not take (or gave up) the undos left: they are retried here */
   private guardianRefused = false;
+  /** the host node is closing: nothing is retried here any more (its connections are going) */
+  private closing = false;
 
   constructor(
     readonly backupId: string,
@@ -524,12 +526,16 @@ export class LiveBackup {
     const fromStage = o.fromStage ?? o.by === 'stage';
     // inside a running stage, an ending already under way is waiting for this very stage
     if (this.ending) return fromStage && this.running ? Promise.resolve() : this.ending;
+    const by = o.by ?? (fromStage ? 'stage' : 'watchdog');
     if (this.stage === 'ended') {
-      // completed, with undos still retried: one more pass (bounded), nothing new to report
+      // completed, with undos still retried: one more pass (bounded), nothing new to report; a
+      // closing host stops its own retries then (the guardian, or the next host node's recovery,
+      // goes on from the journal: two clients of one QMP socket would only fail each other)
+      if (by === 'close') this.closing = true;
+      if (this.retryTimer && this.closing) clearTimeout(this.retryTimer);
       this.ending = withinMs(this.undoAll(), o.undoMs, []).then(() => this.settle());
       return this.ending;
     }
-    const by = o.by ?? (fromStage ? 'stage' : 'watchdog');
     this.abortedBecause ??= why;
     const failedAt = this.step ?? NEXT_STEP[this.stage] ?? this.stage;
     this.controller.abort(new Error(why));
@@ -548,11 +554,15 @@ export class LiveBackup {
       this.stage = 'ended';
       // nothing new starts on this set from here on (a late step of a stage that did not let go)
       this.ledger.close(why);
-      let errors: string[] = [];
-      if (!handedOver || !this.guardian?.alive) {
-        if (handedOver && running) await running.catch(() => undefined); // no guardian: wait for it, then undo here
-        errors = await withinMs(this.undoAll(), o.undoMs, ['the undo did not finish in time']);
-      } else errors = ['the running step did not stop in time'];
+      if (by === 'close') this.closing = true;
+      let errors = ['the running step did not stop in time'];
+      if (!handedOver) errors = await withinMs(this.undoAll(), o.undoMs, ['the undo did not finish in time']);
+      else if (!this.guardian?.alive && by !== 'close') {
+        // no guardian to hand it to: wait for the step, then undo here (a closing host cannot wait:
+        // the journal keeps the set for the next host node's recovery)
+        await running?.catch(() => undefined);
+        errors = await this.undoAll();
+      }
       if (errors.length > 0) {
         this.log('error', `backup ${this.backupId}: could not undo: ${errors.join('; ')} (the journal keeps them for recovery)`);
       }
@@ -637,7 +647,8 @@ export class LiveBackup {
 
   /** Without a guardian, the undos left are tried again every second (a thaw) or few seconds until done. */
   private retryLater(): void {
-    if (this.retryTimer) return;
+    // a closing host leaves them to the journal: the next host node's recovery does them
+    if (this.retryTimer || this.closing) return;
     const ms = this.ledger.pending().some((u) => u.kind === 'thaw') ? 1000 : RETRY_MS;
     this.retryTimer = setTimeout(() => {
       this.retryTimer = undefined;

@@ -150,7 +150,7 @@ describe('live set: one ending path', () => {
     assert.equal(last.op, 'end');
   });
 
-  it('from outside a running step, waits for it to let go before undoing; a close is reported once in the journal (unreported)', async () => {
+  it('from outside a running step, waits for it to let go before undoing (no guardian to hand it to)', async () => {
     const calls: string[] = [];
     const endings: SetEnding[] = [];
     const live = liveWith(calls, endings);
@@ -162,14 +162,40 @@ describe('live set: one ending path', () => {
       stepDone = true;
       calls.push('step let go');
     });
-    // no guardian: a step that does not stop within letGoMs is still waited for before any undo
-    await live.abort('flows redeployed', { by: 'close', letGoMs: 50, undoMs: 2000 });
+    await live.abort('sessionTimeout passed', { by: 'watchdog', letGoMs: 50 });
     assert.ok(stepDone);
-    assert.deepEqual(calls, ['step let go', 'release a']);
+    assert.deepEqual(calls, ['step let go', 'release a'], 'nothing undone under the running step');
     assert.equal(endings[0].failedAt, 'copy');
+  });
+
+  it('a closing host does not wait past letGoMs: without a guardian the set stays in the journal for the next recovery', async () => {
+    const calls: string[] = [];
+    const endings: SetEnding[] = [];
+    const live = liveWith(calls, endings);
+    live.begin('copy');
+    live.planView('a', view);
+    void live.runStage(() => sleep(1000));
+    const t0 = Date.now();
+    await live.abort('flows redeployed', { by: 'close', letGoMs: 50, undoMs: 2000 });
+    assert.ok(Date.now() - t0 < 900, 'the close did not wait for the step');
+    assert.deepEqual(calls, [], 'nothing undone under the running step');
+    assert.deepEqual(
+      pendingUndos(journal.read()).map((u) => u.kind),
+      ['release'],
+    );
+    assert.match(endings[0].left.join(' '), /point-in-time view is still in place/);
+  });
+
+  it('a set its host node ended on closing is marked for the report at the next start', async () => {
+    const endings: SetEnding[] = [];
+    const live = liveWith([], endings);
+    live.begin('snapshot');
+    live.planView('a', view);
+    live.end('snapshotted', [{ id: 'a' }]);
+    await live.abort('Node-RED stopping', { by: 'close' });
     const end = journal.read().find((e) => e.op === 'end');
     assert.equal(end?.data?.unreported, true, 'a Node-RED stop: recovery at the next start reports it');
-    assert.equal(end?.data?.step, 'copy');
+    assert.equal(end?.data?.step, 'post-snapshot');
   });
 
   it('a set that never began prepare ends without a report (a report-only flow)', async () => {
