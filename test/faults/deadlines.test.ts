@@ -85,8 +85,9 @@ async function waitGlobal(nr: RealNodeRed, key: string, withinMs: number): Promi
   let lastError = '';
   for (;;) {
     try {
-      const caught = await nr.global<any[]>('caught');
-      if (caught?.length) throw new Error(`the backup failed: ${caught.map((c) => c.error).join('; ')}`);
+      // a stage's failure; reports (a topic: recovery, an earlier set's ending) are of other sets
+      const failed = ((await nr.global<any[]>('caught')) ?? []).filter((c) => !c.topic);
+      if (failed.length) throw new Error(`the backup failed: ${failed.map((c) => c.error).join('; ')}`);
       const v = await nr.global<any>(key);
       if (v !== undefined) return v;
     } catch (err) {

@@ -155,13 +155,7 @@ describe('fault injection: every ending of a set (real Node-RED, real QEMU)', fu
         journalDir,
         journalFile: path.join(journalDir, `journal-${hostName}.jsonl`),
         flow: (o) => procFlow({ ...base, ...o, journalDir, hostName }),
-        async runTo(stage) {
-          await nr.inject('go');
-          return nr.waitGlobal(stage.replace('-', '_'), 120_000, async () => {
-            const caught = await nr.global<Caught[]>('caught');
-            if (caught?.length) throw new Error(`the backup failed: ${caught.map((c) => c.error).join('; ')}`);
-          });
-        },
+        runTo: (stage) => nr.runTo(stage),
         async caught(topic, withinMs = 40_000) {
           const deadline = Date.now() + withinMs;
           for (;;) {

@@ -97,15 +97,7 @@ describe('fault injection: recovery touches only what it made', function () {
         journalDir,
         hostName: 'bare',
         flow: (more = {}) => procFlow({ socketDir: bare.host.socketDir, repository, journalDir, hostName: 'bare', ...o, ...more }),
-        async runTo(stage) {
-          await nr.nr!.deleteGlobal(stage.replace('-', '_'));
-          await nr.inject('go');
-          return nr.waitGlobal(stage.replace('-', '_'), 120_000, async () => {
-            const caught = await nr.global<any[]>('caught');
-            const failed = caught?.filter((c) => !/\/recovery$/.test(c.topic ?? ''));
-            if (failed?.length) throw new Error(`the backup failed: ${failed.map((c) => c.error).join('; ')}`);
-          });
-        },
+        runTo: (stage) => nr.runTo(stage),
         async killAll() {
           for (const pid of await guardiansOf(journalDir)) process.kill(pid, 'SIGKILL');
           await nr.kill();

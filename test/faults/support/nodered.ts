@@ -70,6 +70,22 @@ export class RealNodeRed {
     return this.nr!.globalValue<T>(key);
   }
 
+  /**
+   * Inject the flow's "go" and wait until `stage` has sent its output (procFlow records it in
+   * global context); the set it output is returned. A stage's failure that reaches Catch fails the
+   * wait; reports, which carry a topic (vm-backup/<host>/recovery and .../ended: what recovery did,
+   * or how an earlier set ended), belong to other sets and do not.
+   */
+  async runTo(stage: string, withinMs = 120_000): Promise<any> {
+    const key = stage.replace('-', '_');
+    await this.nr!.deleteGlobal(key);
+    await this.inject('go');
+    return this.waitGlobal(key, withinMs, async () => {
+      const failed = ((await this.global<{ topic?: string; error?: string }[]>('caught')) ?? []).filter((c) => !c.topic);
+      if (failed.length) throw new Error(`the backup failed: ${failed.map((c) => c.error).join('; ')}`);
+    });
+  }
+
   /** Wait until a global context key is set (the flow records each stage's output there). */
   async waitGlobal<T = any>(key: string, withinMs = 60_000, also?: () => Promise<void>): Promise<T> {
     const deadline = Date.now() + withinMs;
