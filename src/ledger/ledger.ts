@@ -178,7 +178,7 @@ export class Ledger {
 
   /** What is still pending, in words (for the summary and the ending report). */
   describe(): string[] {
-    return this.pending().map((u) => `${u.vm}: ${LEFT[u.kind]}`);
+    return this.pending().map((u) => `${u.vm}: ${LEFT[u.kind]}${u.kind === 'discard' ? ` (${u.dir})` : ''}`);
   }
 }
 

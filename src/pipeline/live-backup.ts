@@ -2,7 +2,7 @@
 // the flow does next, and its effects on the VMs, each done through its ledger (src/ledger): what
 // the set holds is the ledger's alone, derived from the journal lines it writes before and after
 // every effect. Every ending (a stage failed, a watchdog, the host node closing) goes through one
-// path, end(): undo through the ledger, hand what is left to the guardian, report.
+// path, abort(): undo through the ledger, hand what is left to the guardian, report.
 import { msSince } from '../util/clock';
 import { settledWithin, withinMs } from '../util/deadline';
 import type { StageName } from '../contract/schemas';
