@@ -48,6 +48,8 @@ describe('fault injection: every ending of a set (real Node-RED, real QEMU)', fu
   /** two repositories and two socket directories: a redeploy moves the host node from the first to the second */
   let repos: [string, string];
   let otherSocketDir: string;
+  /** each case's journal directory, removed at the end */
+  const journalDirs: string[] = [];
 
   before(async function () {
     this.timeout(600_000);
@@ -61,7 +63,7 @@ describe('fault injection: every ending of a set (real Node-RED, real QEMU)', fu
   after(async () => {
     await nr?.stop();
     await bare?.host.stop();
-    for (const d of [...(repos ?? []), otherSocketDir]) if (d) await fs.rm(d, { recursive: true, force: true });
+    for (const d of [...(repos ?? []), otherSocketDir, ...journalDirs]) if (d) await fs.rm(d, { recursive: true, force: true });
     if (nr) await fs.rm(nr.userDir, { recursive: true, force: true });
   });
 
@@ -148,6 +150,7 @@ describe('fault injection: every ending of a set (real Node-RED, real QEMU)', fu
       if (lab) await ensureLab();
       await readyForCase(nr, lab ? labRefs : []);
       const journalDir = mkdtempSync(path.join(os.tmpdir(), 'vmb-endings-journal-'));
+      journalDirs.push(journalDir);
       const hostName = 'bare';
       // every copy a full: an incremental of these idle VMs copies next to nothing, and is over at once
       const base: Flow = { socketDir: lab ? labRun : bare.host.socketDir, repository: repos[0], lastStage: 'copy', copyMode: 'full' };
@@ -207,6 +210,32 @@ describe('fault injection: every ending of a set (real Node-RED, real QEMU)', fu
         await nr.waitGlobal('copy', 120_000);
         copyMs = Date.now() - t0;
         return `copy stage ${fmtMs(copyMs)}`;
+      },
+    );
+  });
+
+  it('a socket in the socket directory whose name is not a valid VM id', async () => {
+    await endingCase(
+      'a QMP socket named "not a vm.qmp" beside the VMs; the whole flow runs',
+      'the VMs are published; msg.summary on the copy output lists the socket as NOT backed up and is not ok',
+      false,
+      async (ctx) => {
+        const odd = path.join(bare.host.socketDir, 'not a vm.qmp');
+        await fs.writeFile(odd, '');
+        try {
+          await ctx.runTo('copy');
+          const summary = await nr.waitGlobal<any>('copy_summary', 10_000);
+          assert.equal(summary.ok, false, 'not ok while something on the host was not backed up');
+          assert.ok(
+            summary.skipped.some((x: { vm: string }) => x.vm === 'not a vm.qmp'),
+            JSON.stringify(summary.skipped),
+          );
+          assert.match(summary.text, /NOT backed up \(not a valid VM name\): socket not a vm\.qmp skipped/);
+          assert.equal(summary.backups.published, true);
+          return `published ${summary.backups.count} VM(s); summary not ok: "${summary.text.split('\n').find((l: string) => /not a valid VM name/.test(l))}"`;
+        } finally {
+          await fs.rm(odd, { force: true });
+        }
       },
     );
   });

@@ -101,7 +101,7 @@ export class RealNodeRed {
 }
 
 /** The global context keys a procFlow records into (each stage's output, what Catch and Status saw). */
-const RECORDED = ['caught', 'statuses', 'enumerate', 'classify', 'prepare', 'snapshot', 'post_snapshot', 'copy'];
+const RECORDED = ['caught', 'statuses', 'enumerate', 'classify', 'prepare', 'snapshot', 'post_snapshot', 'copy', 'copy_summary'];
 
 /**
  * Before a case: the lab guests' agents answer and their freeze logs are empty (when the case uses
@@ -236,7 +236,11 @@ export function procFlow(o: ProcFlowOptions): FlowNode[] {
       x: 0,
       y: 0,
       wires: [],
-      rules: [{ t: 'set', p: stage.replace('-', '_'), pt: 'global', to: 'payload', tot: 'msg' }],
+      rules: [
+        { t: 'set', p: stage.replace('-', '_'), pt: 'global', to: 'payload', tot: 'msg' },
+        // the copy's msg.summary too (what a user's alert flow gets on success)
+        ...(stage === 'copy' ? [{ t: 'set', p: 'copy_summary', pt: 'global', to: 'summary', tot: 'msg' }] : []),
+      ],
     });
   }
   return flow;
