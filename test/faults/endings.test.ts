@@ -95,7 +95,7 @@ describe('fault injection: every ending of a set (real Node-RED, real QEMU)', fu
     for (;;) {
       try {
         assert.deepEqual(await guardiansOf(ctx.journalFile), [], 'a guardian process still runs');
-        assert.deepEqual(await copyServers(), [], 'a qemu-nbd copy of ours still runs');
+        assert.deepEqual(await copyServers(repos), [], 'a qemu-nbd copy of ours still runs');
         assert.deepEqual(pendingUndos(readJournal(ctx.journalFile)), [], 'the journal still lists undos');
         await assertNoJobs(refs);
         const vms = await assertVmsUnharmed(refs);
@@ -107,7 +107,10 @@ describe('fault injection: every ending of a set (real Node-RED, real QEMU)', fu
         return `nothing left after ${fmtMs(Date.now() - t0)}: ${vms}; no job, no qemu-nbd, no guardian, no .partial-, journal nothing pending`;
       } catch (err) {
         last = err;
-        if (Date.now() - t0 > withinMs) throw last;
+        if (Date.now() - t0 > withinMs) {
+          (last as Error).message += `\nnode-red log tail:\n${nr.log.slice(-2500)}`;
+          throw last;
+        }
         await sleep(500);
       }
     }

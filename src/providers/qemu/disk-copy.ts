@@ -46,12 +46,14 @@ export async function copyDisk(c: QmpClient, d: ViewDisk, dest: string, o: DiskC
   // unix socket paths are limited to 108 bytes, staging paths may be longer
   const sock = path.join(os.tmpdir(), `vmbackup-nbd-${randomBytes(6).toString('hex')}.sock`);
   const stopServer = new AbortController();
+  if (o.signal?.aborted) throw o.signal.reason instanceof Error ? o.signal.reason : new Error('copy stopped');
   // Without --persistent qemu-nbd serves one client and exits when it disconnects, having
-  // flushed the image: its exit is the end of the write.
+  // flushed the image: its exit is the end of the write. The set's own abort stops it at once
+  // too, wherever this copy is: no qemu-nbd of an ended set waits for a client that never comes.
   const server = runProgram(
     o.qemuNbd,
     ['--format=qcow2', `--socket=${sock}`, '--discard=unmap', '--detect-zeroes=unmap', '--cache=writeback', '--aio=threads', dest],
-    { signal: stopServer.signal },
+    { signal: o.signal ? AbortSignal.any([stopServer.signal, o.signal]) : stopServer.signal },
   ).then(
     () => undefined,
     (err: Error) => {
@@ -103,6 +105,8 @@ async function runJob(c: QmpClient, d: ViewDisk, o: DiskCopyOptions, tmpBitmap: 
   });
   const cancel = () => void c.execute('block-job-cancel', { device: d.jobId, force: true }).catch(() => undefined);
   o.signal?.addEventListener('abort', cancel, { once: true });
+  // aborted before the listener was added: its abort event is gone, so cancel now
+  if (o.signal?.aborted) cancel();
   const progress = setInterval(() => {
     c.execute<{ id: string; 'current-progress': number; 'total-progress': number }[]>('query-jobs').then(
       (jobs) => {

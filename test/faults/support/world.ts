@@ -310,10 +310,18 @@ export async function guardiansOf(journal: string): Promise<number[]> {
   return pids;
 }
 
-/** qemu-nbd processes writing a copy of ours (their socket is named vmbackup-nbd-*), with their argv. */
-export async function copyServers(): Promise<string[]> {
+/**
+ * qemu-nbd processes writing a copy of ours (their socket is named vmbackup-nbd-*) into one of
+ * `repositories` (other suites on this machine run their own), with their argv.
+ */
+export async function copyServers(repositories: readonly string[]): Promise<string[]> {
   return [...(await processes())]
-    .filter(([, argv]) => /qemu-nbd$/.test(argv[0]) && argv.some((a) => a.includes('vmbackup-nbd-')))
+    .filter(
+      ([, argv]) =>
+        /qemu-nbd$/.test(argv[0]) &&
+        argv.some((a) => a.includes('vmbackup-nbd-')) &&
+        argv.some((a) => repositories.some((r) => a.startsWith(r + path.sep))),
+    )
     .map(([pid, argv]) => `${pid}: ${argv.join(' ')}`);
 }
 
