@@ -80,6 +80,7 @@ type LooseSet = {
   repository?: string;
   vms?: LooseVm[];
   skipped?: SkippedVm[];
+  hostSkipped?: { name: string; reason: string }[];
 };
 
 export function summarize(set: unknown, error?: Error, context: SummaryContext = {}): BackupSummary {
@@ -104,7 +105,9 @@ export function summarize(set: unknown, error?: Error, context: SummaryContext =
       if (vm.postSnapshot?.returnedTo !== undefined) out.returnedTo = vm.postSnapshot.returnedTo;
       return out;
     });
-  const skipped = Array.isArray(s.skipped) ? s.skipped : [];
+  // what looks like a VM on the host but cannot be one is not backed up either: listed with the unreachable
+  const notVms = (Array.isArray(s.hostSkipped) ? s.hostSkipped : []).map((h) => ({ vm: h.name, reason: h.reason }));
+  const skipped = [...(Array.isArray(s.skipped) ? s.skipped : []), ...notVms];
   const excluded: ExcludedDiskSummary[] = (Array.isArray(s.vms) ? s.vms : []).flatMap((vm) =>
     (Array.isArray(vm?.disks) ? vm.disks : [])
       .filter((d) => d && d.included === false)
@@ -171,7 +174,15 @@ export function summarize(set: unknown, error?: Error, context: SummaryContext =
   const lines = [
     `backups: ${backups.text}`,
     `VMs: ${vmState.text}`,
-    ...(skipped.length ? [`NOT backed up (defined but unreachable): ${skipped.map((x) => `${x.vm} (${x.reason})`).join('; ')}`] : []),
+    ...(skipped.length - notVms.length
+      ? [
+          `NOT backed up (defined but unreachable): ${skipped
+            .slice(0, skipped.length - notVms.length)
+            .map((x) => `${x.vm} (${x.reason})`)
+            .join('; ')}`,
+        ]
+      : []),
+    ...(notVms.length ? [`NOT backed up (not a valid VM name): ${notVms.map((x) => x.reason).join('; ')}`] : []),
     ...(notChosen.length
       ? [
           `disks NOT backed up (not a choice of yours or the host): ${notChosen.map((e) => `${e.vm}/${e.disk} (by ${e.by}: ${e.detail ?? e.reason})`).join('; ')}`,

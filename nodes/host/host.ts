@@ -2,9 +2,11 @@
 // on an overlay. Side effects go through it, so timeouts, crash recovery and cleanup have one home.
 import type { Node, NodeAPI } from 'node-red';
 import type { BackupHost } from '../../src/pipeline/backup-host';
-import { openHost, type RecoveryReport } from '../../src/host/open-host';
+import { openHost, recoveryReport, type RecoveryReport } from '../../src/host/open-host';
 import type { RecoveryAction } from '../../src/recovery';
+import type { SetEnding } from '../../src/pipeline/live-backup';
 import { useProgramLauncher } from '../../src/util/run';
+import { endingMessage, handOn, raiseEnding, takeHandedOn } from '../shared/endings';
 import type { HostNodeDef, HostCredentials } from './settings';
 
 export type { RecoveryReport };
@@ -56,17 +58,38 @@ module.exports = function register(RED: NodeAPI) {
         resolve();
       });
     });
+    /** the flow's nodes that raise for this host: those of `type` if any, else its enumerate nodes, else one */
+    const raisers = (type = 'vmbackup-enumerate') => {
+      const all = [...reporters.values()];
+      for (const t of [type, 'vmbackup-enumerate']) {
+        const chosen = all.filter((r) => r.type === t);
+        if (chosen.length) return chosen.map((r) => r.node);
+      }
+      return all.slice(0, 1).map((r) => r.node);
+    };
+    /** a set ended by a watchdog, or by the host node deployed before this one closing: to Catch */
+    const raiseEnded = (ending: SetEnding) => {
+      if (closed) return;
+      const users = raisers(`vmbackup-${ending.failedAt}`);
+      if (users.length === 0) node.error(endingMessage(ending, node.hostName).text);
+      for (const user of users) raiseEnding(user, ending, node.hostName);
+    };
+    // sets of this host node that ended when it was last redeployed: reported to the new flows
+    const inherited = takeHandedOn(node.id);
+    if (inherited.length) void flowsStarted.then(() => inherited.forEach(raiseEnded));
     const raise = (report: RecoveryReport) => {
       if (closed) return;
-      const all = [...reporters.values()];
-      const chosen = all.filter((r) => r.type === 'vmbackup-enumerate');
-      for (const { node: user } of chosen.length ? chosen : all.slice(0, 1)) {
+      for (const user of raisers()) {
         user.status({
           fill: report.ok ? 'yellow' : 'red',
           shape: 'ring',
           text: `recovered: ${report.actions.length} action(s)${report.ok ? '' : ', some FAILED'}`.slice(0, 60),
         });
-        user.error(report.text, { topic: `vm-backup/${report.host}/recovery`, payload: report } as never);
+        user.error(report.text, {
+          topic: `vm-backup/${report.host}/recovery`,
+          payload: report,
+          summary: report.summary,
+        } as never);
       }
     };
 
@@ -80,7 +103,15 @@ module.exports = function register(RED: NodeAPI) {
           { id: node.id, peers: hostPeers(RED, node.id) },
         );
         node.lastRecovery = opened.actions;
-        const report = opened.report;
+        opened.host.onSetEnded = raiseEnded;
+        // a set this node's previous instance ended on a redeploy is raised as handed on (above), once
+        const fresh = opened.actions.filter((a) => !(a.kind === 'ended' && inherited.some((e) => e.backupId === a.backupId)));
+        const report =
+          fresh.length === opened.actions.length
+            ? opened.report
+            : fresh.length
+              ? recoveryReport(node.hostName, opened.host.journal.file, fresh)
+              : undefined;
         if (report) {
           node.recoveryReport = report;
           node[report.ok ? 'warn' : 'error'](report.text);
@@ -104,9 +135,16 @@ module.exports = function register(RED: NodeAPI) {
       if (!closing) return done();
       closing
         .then(async (host) => {
-          await host.closeAll(removed ? 'host node removed' : 'flows redeployed or Node-RED stopping');
+          // within a few seconds whatever runs (Node-RED gives a node 15 s): a stage that does not
+          // stop, or undos that take longer, are left to the set's guardian process
+          const endings = await host.closeAll(removed ? 'the host node was removed' : 'flows redeployed or Node-RED stopping');
+          // this process's QMP and agent connections go now: a step that did not stop loses them,
+          // and the guardian (or the next host node's recovery) can reach the VMs
           await host.provider.close();
           host.journal.close();
+          for (const e of endings) node.warn(endingMessage(e, node.hostName).text);
+          // raised by the host node deployed next (same id), or the backup nodes that still name this one
+          handOn(node.id, endings);
         })
         .catch(() => undefined)
         .finally(() => done());

@@ -6,6 +6,7 @@ import type { StageName } from '../../src/contract/schemas';
 import type { BackupHost } from '../../src/pipeline/backup-host';
 import { summarize } from '../../src/summary';
 import type { HostConfigNode } from '../host/host';
+import { raiseEnding, takeHandedOn } from './endings';
 
 export interface StageNodeDef extends NodeDef {
   host: string;
@@ -50,6 +51,11 @@ export function registerStageNode<C extends StageNodeDef>(RED: NodeAPI, spec: St
     // enumerate nodes, so that the flow's Catch and Status nodes see it
     hostNode?.addReporter?.(node, spec.type);
     node.on('close', () => hostNode?.removeReporter?.(node));
+    if (!hostNode && config.host) {
+      // the host node was removed by this deploy: the sets it ended on closing are reported here
+      const events = (RED as unknown as { events?: { once(e: string, f: () => void): void } }).events;
+      events?.once('flows:started', () => takeHandedOn(config.host).forEach((e) => raiseEnding(node, e)));
+    }
 
     // the step a failure is named by in the summary: this node's own, not its input's stage
     const step = spec.type.replace(/^vmbackup-/, '');

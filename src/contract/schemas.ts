@@ -162,7 +162,11 @@ const view = {
   },
 } as const;
 
-/** Per disk: a full or an incremental, and why (decided at prepare, before the view's moment). */
+/**
+ * Per disk: a full or an incremental, and why. Drafted at prepare (before the view's moment, from
+ * the parent and the change-tracking records); the copy node's policy (mode full, full every) may
+ * still turn an incremental into a full: the plan the copy followed is on its output (copy.chain).
+ */
 const chainPlan = {
   type: 'object',
   additionalProperties: false,
@@ -199,7 +203,8 @@ const prepareResult = {
     pausedAt: isoTime,
     frozenAt: isoTime,
     view,
-    chain: { type: 'array', maxItems: 64, items: chainPlan },
+    /** the chain as prepare can draft it: the copy node's policy may still make a disk a full (see copy.chain) */
+    chainDraft: { type: 'array', maxItems: 64, items: chainPlan },
     ms: { type: 'number', minimum: 0 },
   },
 } as const;
@@ -246,6 +251,8 @@ const copyResult = {
     /** bytes read out of the views, and how many of those the change tracking marked */
     bytesRead: nonNegInt,
     bytesChanged: nonNegInt,
+    /** the chain plan the copy followed, per disk (the draft with the copy node's policy applied; as in the manifest) */
+    chain: { type: 'array', maxItems: 64, items: chainPlan },
     ms: { type: 'number', minimum: 0 },
   },
 } as const;
@@ -341,6 +348,20 @@ function stageSchema<S extends (typeof STAGES)[number], R extends readonly strin
           fallback: { enum: ['checkpoint', 'saved-state', 'fail'] },
           /** what classify did with VMs that are defined but unreachable */
           unreachable: { enum: ['fail', 'report'] },
+        },
+      },
+      /**
+       * What enumerate found on the host that looks like a VM but cannot be one (a QMP socket or an
+       * inventory file whose name is not a valid VM id): NOT backed up, and the summary says so.
+       */
+      hostSkipped: {
+        type: 'array',
+        maxItems: 1000,
+        items: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['name', 'reason'],
+          properties: { name: { type: 'string', maxLength: 256 }, reason: { type: 'string', maxLength: 1024 } },
         },
       },
       /** VMs defined on the host but not in this set (unreachable, reported by policy), with why */

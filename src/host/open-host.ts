@@ -8,6 +8,7 @@ import { Journal, JournalError } from '../journal/journal';
 import { createProvider, type ProviderConfig } from '../providers';
 import type { HostProvider } from '../providers/provider';
 import { journalPath as journalFile, recover, type RecoveryAction } from '../recovery';
+import { summarize, type BackupSummary } from '../summary';
 import { isSafeName } from '../util/ids';
 import { hostSettings, type HostConfig, type HostCredentials, type HostSettings } from './settings';
 
@@ -22,6 +23,11 @@ export interface RecoveryReport {
   journal: string;
   actions: RecoveryAction[];
   text: string;
+  /**
+   * As a failed stage's: when recovery finished a set that Node-RED left in flight (stopped,
+   * crashed, killed), that ending's (failedAt: the stage it was cut in); else failedAt "start".
+   */
+  summary: BackupSummary;
 }
 
 export interface OpenedHost {
@@ -106,21 +112,46 @@ export async function openHost(
 }
 
 export function recoveryReport(host: string, journal: string, actions: RecoveryAction[]): RecoveryReport {
+  const text = `recovery on host ${host} after an interrupted backup: ${actions.map(describeAction).join('; ')}`;
   return {
     host,
     at: new Date().toISOString(),
     ok: actions.every((a) => a.ok),
     journal,
     actions,
-    text: `recovery on host ${host} after an interrupted backup: ${actions.map(describeAction).join('; ')}`,
+    text,
+    // a report about no set (leftovers found, journal lines skipped) still has a summary for alert flows
+    summary: interruptedSummary(host, actions) ?? summarize(undefined, new Error(text), { failedAt: 'start', left: [], hostName: host }),
   };
+}
+
+/** The ending of the (first) set recovery found in flight, summarised like a failed stage's. */
+function interruptedSummary(host: string, actions: readonly RecoveryAction[]): BackupSummary | undefined {
+  const backupId = actions.find((a) => a.backupId && a.step)?.backupId ?? actions.find((a) => a.backupId)?.backupId;
+  if (!backupId) return undefined;
+  const mine = actions.filter((a) => a.backupId === backupId);
+  const failedAt = mine.find((a) => a.step)?.step ?? 'unknown';
+  const published = mine.find((a) => a.published)?.published ?? [];
+  const vms = [...new Set(mine.map((a) => a.vm).filter((v): v is string => v !== undefined))].map((id) => ({ id }));
+  const ended = mine.find((a) => a.kind === 'ended');
+  const error = Object.assign(
+    new Error(
+      ended
+        ? (ended.detail ?? `backup ${backupId} was ended when its host node closed`)
+        : `Node-RED stopped while backup ${backupId} was at ${failedAt}; recovery at start finished what it left`,
+    ),
+    { published: published.map((vm) => ({ vm, path: vm })) },
+  );
+  const left = actions.filter((a) => !a.ok).map(describeAction);
+  return summarize({ backupId, host: { name: host }, stage: failedAt, vms }, error, { failedAt, left, hostName: host });
 }
 
 export function describeAction(a: RecoveryAction): string {
   // findings that are not undos: their error says what was found and what to do
   if (a.kind === 'skip-lines' || a.kind === 'refuse' || a.kind === 'foreign-pending' || a.kind === 'leave-staging')
     return `${a.ok ? '' : 'ATTENTION: '}${a.error ?? a.kind}`;
-  if (a.kind === 'leftover') return a.detail ?? a.error ?? 'leftover';
+  if (a.kind === 'leftover' || a.kind === 'guardian' || a.kind === 'ended')
+    return `${a.ok ? '' : 'ATTENTION: '}${a.detail ?? a.error ?? a.kind}`;
   const what = {
     thaw: 'thawed',
     resume: 'resumed',

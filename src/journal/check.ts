@@ -31,6 +31,9 @@ const OPS: Record<JournalOp, true> = {
   untrack: true,
   discard: true,
   publish: true,
+  unpublish: true,
+  adopt: true,
+  step: true,
   end: true,
 };
 const PHASES = new Set(['intent', 'done', 'failed']);
@@ -78,12 +81,14 @@ export function checkEntry(v: unknown): string | undefined {
   if (e.data === undefined) return undefined;
   if (typeof e.data !== 'object' || e.data === null || Array.isArray(e.data)) return 'data: not an object';
   const d = e.data as Record<string, unknown>;
-  for (const f of ['previousState', 'dir', 'error'] as const)
+  for (const f of ['previousState', 'dir', 'error', 'step'] as const)
     if (d[f] !== undefined && typeof d[f] !== 'string') return `data.${f}: not a string`;
   if (d.dir !== undefined && (!path.isAbsolute(d.dir as string) || (d.dir as string).includes('\0')))
     return 'data.dir: not an absolute path';
   if (d.by !== undefined && d.by !== 'guardian') return 'data.by: not "guardian"';
+  if (d.pid !== undefined && !(Number.isSafeInteger(d.pid) && (d.pid as number) > 0)) return 'data.pid: not a process id';
   if (d.nothingToDo !== undefined && typeof d.nothingToDo !== 'boolean') return 'data.nothingToDo: not a boolean';
+  if (d.unreported !== undefined && typeof d.unreported !== 'boolean') return 'data.unreported: not a boolean';
   if (d.view !== undefined) {
     const view = d.view as Record<string, unknown>;
     if (typeof view !== 'object' || view === null || !Array.isArray(view.disks) || typeof view.ref !== 'object' || view.ref === null)

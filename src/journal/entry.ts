@@ -14,6 +14,9 @@ export type JournalOp =
   | 'untrack'
   | 'discard'
   | 'publish'
+  | 'unpublish' // a published VM's backup taken back (all or none): its staging directory is pending again
+  | 'step' // a stage (data.step: prepare, snapshot, post-snapshot, copy) began on the set: where an interrupted set was cut
+  | 'adopt' // the set's guardian process took over its undos (data.pid): recovery leaves the set to it while it runs
   | 'end'; // the backup set is over: nothing of it is pending
 
 export interface JournalEntry {
@@ -35,6 +38,12 @@ export interface JournalEntry {
     error?: string;
     by?: 'guardian';
     /** an undo found nothing to undo (overlays planned, never made) */ nothingToDo?: boolean;
+    /** adopt: the guardian process's pid */
+    pid?: number;
+    /** step: the stage that began; end: the stage the set was ended in */
+    step?: string;
+    /** end: the set was ended by its host node closing (data.error: why) and the user has not heard of it yet */
+    unreported?: boolean;
   };
 }
 

@@ -1,11 +1,10 @@
 // The durable journal: one JSON line per side effect, written and fsync'd BEFORE the effect
-// ("intent") and after it ("done"). After a crash, replaying it tells exactly what to undo.
+// ("intent") and after it ("done"). It only stores and reads lines; what they mean (what is still
+// pending, how each effect is undone) is the ledger's (src/ledger), the one reader of them.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { STAGING_PREFIX } from '../repository/repository';
 import { parseJournal, type JournalRead } from './check';
-import type { PointInTimeView } from '../contract/types';
-import type { JournalEntry, JournalOp } from './entry';
+import type { JournalEntry } from './entry';
 
 export { checkEntry, parseJournal, type JournalRead, type SkippedLine } from './check';
 export type { JournalEntry, JournalOp, TrackIntent } from './entry';
@@ -180,77 +179,4 @@ function readJournalText(file: string): string {
   } finally {
     fs.closeSync(fd);
   }
-}
-
-export type PendingUndo =
-  | { kind: 'thaw'; backupId: string; vm: string }
-  | { kind: 'resume'; backupId: string; vm: string; previousState: string }
-  | { kind: 'release'; backupId: string; vm: string; view: PointInTimeView }
-  /** published: the parent's records go (the new ones carry on); not published: this backup's new ones go */
-  | { kind: 'untrack'; backupId: string; vm: string; view: PointInTimeView; remove: { disk: string; name: string }[]; published: boolean }
-  | { kind: 'discard'; backupId: string; vm: string; dir: string };
-
-const UNDO_OF: Partial<Record<JournalOp, JournalOp>> = {
-  freeze: 'thaw',
-  save: 'resume',
-  view: 'release',
-  track: 'untrack',
-  staging: 'discard',
-};
-
-/**
- * What a crash left undone: every effect whose intent was written and whose undo has not been
- * written as done. Order of the answer: thaw first (a frozen guest hangs its writes), then
- * resume, release, untrack, discard.
- */
-export function pendingUndos(entries: readonly JournalEntry[]): PendingUndo[] {
-  const open = new Map<string, JournalEntry>();
-  const ended = new Set<string>();
-  const published = new Set<string>();
-  for (const e of entries) {
-    const key = (op: JournalOp) => `${e.backupId}\u0000${e.vm ?? ''}\u0000${op}`;
-    if (e.op === 'end' && e.phase === 'done') {
-      ended.add(e.backupId);
-      continue;
-    }
-    if (UNDO_OF[e.op] && e.phase === 'intent') open.set(key(e.op), e);
-    // the effect is undone: drop the intent whose undo this is
-    for (const [effect, undo] of Object.entries(UNDO_OF)) {
-      if (undo === e.op && e.phase === 'done') open.delete(key(effect as JournalOp));
-    }
-    // a published staging directory is gone by rename: nothing to discard
-    if (e.op === 'publish' && e.phase === 'done') {
-      open.delete(key('staging'));
-      published.add(`${e.backupId}\u0000${e.vm ?? ''}`);
-    }
-  }
-  const order = ['thaw', 'resume', 'release', 'untrack', 'discard'];
-  const undos: PendingUndo[] = [];
-  for (const e of open.values()) {
-    if (ended.has(e.backupId) || !e.vm) continue;
-    if (e.op === 'freeze') undos.push({ kind: 'thaw', backupId: e.backupId, vm: e.vm });
-    if (e.op === 'save') undos.push({ kind: 'resume', backupId: e.backupId, vm: e.vm, previousState: e.data?.previousState ?? 'running' });
-    if (e.op === 'view' && e.data?.view) undos.push({ kind: 'release', backupId: e.backupId, vm: e.vm, view: e.data.view });
-    if (e.op === 'track' && e.data?.track && e.data.view) {
-      const done = published.has(`${e.backupId}\u0000${e.vm}`);
-      const remove = done ? e.data.track.since : e.data.track.records;
-      undos.push({ kind: 'untrack', backupId: e.backupId, vm: e.vm, view: e.data.view, remove, published: done });
-    }
-    // only a directory shaped like the set's own staging directory (<...>/<vm>/.partial-<backupId>);
-    // recovery also checks it is the one the repository computes (recovery.ts)
-    if (e.op === 'staging' && e.data?.dir && isStagingShaped(e.data.dir, e.vm, e.backupId)) {
-      undos.push({ kind: 'discard', backupId: e.backupId, vm: e.vm, dir: e.data.dir });
-    }
-  }
-  return undos.sort((a, b) => order.indexOf(a.kind) - order.indexOf(b.kind));
-}
-
-/** `<anything>/<vm>/.partial-<backupId>`, absolute and normalised. */
-export function isStagingShaped(dir: string, vm: string, backupId: string): boolean {
-  return (
-    path.isAbsolute(dir) &&
-    path.resolve(dir) === dir &&
-    path.basename(dir) === `${STAGING_PREFIX}${backupId}` &&
-    path.basename(path.dirname(dir)) === vm
-  );
 }

@@ -21,13 +21,13 @@ import type {
 } from '../contract/types';
 import { fitVm } from '../contract/limits';
 import type { Journal } from '../journal/journal';
-import type { HostProvider } from '../providers/provider';
+import type { HostProvider, TrackingRecord } from '../providers/provider';
 import { ArtifactRepository } from '../repository/repository';
 import { isSafeName, newBackupId } from '../util/ids';
 import { copyBackupSet, type CopyOptions } from './copy';
-import { LiveBackup, type Logger, type Timeouts } from './live-backup';
+import { CLOSE_UNDO_MS, LET_GO_MS, LiveBackup, type Logger, type SetEnding, type Timeouts } from './live-backup';
 import { allSettledOrThrow, CleanupFailed, StageError } from './stage-error';
-import { planChain, trackIntent } from './chain-plan';
+import { chainTarget, planChain } from './chain-plan';
 
 export interface HostOptions {
   hostName: string;
@@ -52,6 +52,14 @@ export class BackupHost {
   readonly repository: ArtifactRepository;
   /** what ended sets left in place (the last few), for the summary of the stage that failed */
   private readonly endedLeft = new Map<string, string[]>();
+  /**
+   * Told of every set that ends other than by a stage's own failure (which its node reports): a
+   * watchdog (idle, session) or the host closing. The host node raises it to the flow's Catch nodes.
+   */
+  onSetEnded: (ending: SetEnding) => void = () => undefined;
+
+  /** the chain this host's backups form (its repository and host name): its tracking records are named for it */
+  readonly target: string;
 
   constructor(
     readonly provider: HostProvider,
@@ -61,6 +69,7 @@ export class BackupHost {
   ) {
     this.repository = new ArtifactRepository(options.repositoryRoot);
     this.excluded = compilePatterns(options.exclude ?? []);
+    this.target = chainTarget(options.repositoryRoot, options.hostName);
   }
 
   private readonly excluded: DiskPattern[];
@@ -93,8 +102,8 @@ export class BackupHost {
       );
     }
     try {
-      live.checkSetUnchanged(set);
-      live.checkUnchanged(set.vms as unknown as Record<string, unknown>[]);
+      live.output.checkSet(set);
+      live.output.checkVms(set.vms as unknown as Record<string, unknown>[]);
     } catch (err) {
       throw new StageError((err as Error).message);
     }
@@ -132,11 +141,15 @@ export class BackupHost {
       : { vms: await this.provider.enumerate(), warnings: [] };
     const listed = found.vms;
     const hostWarnings = [...found.warnings];
+    // never "ok" about what was not taken: what looks like a VM but cannot be one goes with the set
+    const hostSkipped = [...(found.skipped ?? [])];
     // limits are per VM: one odd VM is clamped or marked unreachable, never fails the set
     const vms = listed
       .filter((vm) => {
         if (isSafeName(vm.id)) return true;
-        hostWarnings.push(`a VM named ${JSON.stringify(String(vm.id).slice(0, 80))} skipped: its id is not a valid name`);
+        const reason = `a VM named ${JSON.stringify(String(vm.id).slice(0, 80))} skipped: its id is not a valid name`;
+        hostWarnings.push(reason);
+        hostSkipped.push({ name: String(vm.id).slice(0, 256), reason });
         return false;
       })
       .map(fitVm)
@@ -150,6 +163,9 @@ export class BackupHost {
       this.options.timeouts,
       this.log,
       (l) => this.released(l),
+      (ending) => {
+        if (ending.by !== 'stage') this.onSetEnded(ending);
+      },
     );
     this.live.set(backupId, live);
     live.end('enumerated', vms);
@@ -159,6 +175,7 @@ export class BackupHost {
       host: { name: this.options.hostName, provider: this.provider.kind },
       writer: { name: this.provider.writerName, components: vms.length },
       createdAt: new Date(t0).toISOString(),
+      ...(hostSkipped.length ? { hostSkipped: hostSkipped.slice(0, 1000).map((h) => ({ ...h, reason: h.reason.slice(0, 1024) })) } : {}),
       vms,
       timings: { enumerate: this.timing(t0, m0) },
       warnings: [
@@ -169,7 +186,7 @@ export class BackupHost {
         ]),
       ].slice(0, 1024),
     };
-    live.recordSet({ host: set.host, writer: set.writer, createdAt: set.createdAt });
+    live.output.recordSet({ host: set.host, writer: set.writer, createdAt: set.createdAt, hostSkipped: set.hostSkipped });
     return set;
   }
 
@@ -196,12 +213,12 @@ export class BackupHost {
       }
       vms = classifyAll(reachable, fallback);
     } catch (err) {
-      void live.abort((err as Error).message);
+      void live.abort((err as Error).message, { by: 'stage' });
       throw err;
     }
     live.vmIds = new Set(vms.map((vm) => vm.id));
     live.end('classified', vms);
-    live.recordSet({ policy: { fallback, unreachable }, ...(skipped.length ? { skipped } : {}) });
+    live.output.recordSet({ policy: { fallback, unreachable }, ...(skipped.length ? { skipped } : {}) });
     return {
       ...set,
       stage: 'classified',
@@ -234,7 +251,7 @@ export class BackupHost {
         }
       }
     }
-    live.begin();
+    live.begin('prepare');
     const t0 = Date.now();
     const m0 = performance.now();
     // Saves first, freezes last: a guest's frozen window must not include other VMs' saves.
@@ -262,10 +279,23 @@ export class BackupHost {
     // moment (the freeze or the stop): no fsync and no file creation falls inside a frozen window,
     // and the new tracking record covers every write after the moment.
     const view = this.provider.planView(vm, live.backupId);
-    const chain = await planChain(this.repository, this.options.hostName, vm, view, live.backupId, this.provider.tracking !== undefined);
+    // the chain is planned from the records on the disks now, not as enumerate listed them: another
+    // set of this VM may have published (and moved its chain on) since
+    const now = vm.method === 'offline' ? undefined : await this.provider.tracking?.list?.(vm.id, view);
+    const planned = now ? withRecords(vm, now) : vm;
+    const tracks = this.provider.tracking !== undefined;
+    const { plans: chainDraft, track } = await planChain(
+      this.repository,
+      this.options.hostName,
+      planned,
+      view,
+      live.backupId,
+      tracks,
+      this.target,
+    );
     live.planView(vm.id, view);
-    await live.startTracking(vm.id, trackIntent(vm, chain), view);
-    const base = { view, chain };
+    await live.startTracking(vm.id, track, view);
+    const base = { view, chainDraft };
     if (vm.method === 'child-vm-snapshot' && this.provider.quiesce === 'agent') {
       await this.provider.armView(vm, view);
       const frozenFilesystems = await live.freeze(
@@ -313,7 +343,7 @@ export class BackupHost {
 
   async snapshot(set: PreparedSet): Promise<SnapshottedSet> {
     const live = this.take(set, 'prepared', true);
-    live.begin();
+    live.begin('snapshot');
     const t0 = Date.now();
     const m0 = performance.now();
     const vms = await live.runStage(() => this.allOrNothing(live, set.vms, (vm) => this.snapshotVm(live, vm)));
@@ -324,11 +354,11 @@ export class BackupHost {
   private async snapshotVm(live: LiveBackup, vm: PreparedVm): Promise<SnapshottedVm> {
     const t0 = Date.now();
     const m0 = performance.now();
-    const wasFrozen = live.frozen.has(vm.id) && !live.thawedByWatchdog.has(vm.id);
+    const wasFrozen = live.isFrozen(vm.id) && !live.thawedByWatchdog.has(vm.id);
     const planned = vm.prepare.view!;
     if (vm.prepare.action === 'save') await this.provider.armView(vm, planned);
     // a failure here aborts the set, and its undo thaws first: a frozen guest is the worst harm
-    const made = await this.provider.makeView(vm, planned, { frozen: wasFrozen, chain: vm.prepare.chain ?? [] });
+    const made = await this.provider.makeView(vm, planned, { frozen: wasFrozen, chain: vm.prepare.chainDraft ?? [] });
     live.viewMade(vm.id, made.view);
     let consistency = vm.consistency;
     const warnings = [...vm.warnings];
@@ -362,7 +392,7 @@ export class BackupHost {
 
   async postSnapshot(set: SnapshottedSet): Promise<PostSnapshotSet> {
     const live = this.take(set, 'snapshotted', true);
-    live.begin();
+    live.begin('post-snapshot');
     const t0 = Date.now();
     const m0 = performance.now();
     const vms = await live.runStage(() =>
@@ -395,7 +425,7 @@ export class BackupHost {
 
   async copy(set: PostSnapshotSet, options: CopyOptions): Promise<CopiedSet> {
     const live = this.take(set, 'post-snapshot', true);
-    live.begin();
+    live.begin('copy');
     const t0 = Date.now();
     const m0 = performance.now();
     let vms;
@@ -405,21 +435,18 @@ export class BackupHost {
       );
     } catch (err) {
       const why = live.abortedBecause ?? (err as Error).message;
-      await live.abort(why, true);
+      await live.abort(why, { by: 'stage' });
       throw live.abortedBecause && live.abortedBecause !== (err as Error).message
         ? new StageError(`backup set ${set.backupId} was aborted: ${live.abortedBecause} (${(err as Error).message})`)
         : err;
     }
-    const errors = await live.undoAll();
+    const errors = await live.complete();
     if (errors.length > 0) {
-      live.abortedBecause = `undo failed: ${errors.join('; ')}`;
-      live.finish(false);
       throw new CleanupFailed(
-        `backup ${set.backupId} was published, but the VMs are not all back as they were: ${errors.join('; ')} (retried every 5 s until it succeeds; the journal keeps it for recovery)`,
+        `backup ${set.backupId} was published, but the VMs are not all back as they were: ${errors.join('; ')} (its guardian process, or this host without one, retries until it succeeds; the journal keeps it for recovery)`,
         vms.map((vm) => ({ vm: vm.id, path: `${this.options.repositoryRoot.replace(/\/+$/, '')}/${vm.copy.path}` })),
       );
     }
-    live.finish(true);
     return {
       ...set,
       stage: 'copied',
@@ -435,7 +462,7 @@ export class BackupHost {
    */
   private async endStage(live: LiveBackup, stage: StageName, vms: readonly { id: string }[]): Promise<void> {
     if (live.abortedBecause !== undefined) {
-      await live.abort(live.abortedBecause, true);
+      await live.abort(live.abortedBecause, { by: 'stage' });
       throw new StageError(`/backupId: backup set ${live.backupId} was aborted: ${live.abortedBecause}`);
     }
     live.end(stage, vms);
@@ -453,15 +480,31 @@ export class BackupHost {
     try {
       return await allSettledOrThrow(vms, step);
     } catch (err) {
-      await live.abort((err as Error).message, true);
+      await live.abort((err as Error).message, { by: 'stage' });
       throw err;
     }
   }
 
-  /** Abort every live set (the host node is closing or being redeployed). */
-  async closeAll(why: string): Promise<void> {
-    await Promise.all([...this.live.values()].map((live) => live.abort(why)));
+  /**
+   * End every live set (the host node is closing: redeploy, node removed, Node-RED stopping), within
+   * a few seconds whatever runs: a stage that does not stop within LET_GO_MS, or undos that take
+   * longer than CLOSE_UNDO_MS, leave the rest to the set's guardian process. Returns how each
+   * ended (sets that had ended already and only wait for a retried undo are not listed).
+   */
+  async closeAll(why: string): Promise<SetEnding[]> {
+    const live = [...this.live.values()];
+    const ending = live.filter((l) => l.stage !== 'ended');
+    await Promise.all(live.map((l) => l.abort(why, { by: 'close', letGoMs: LET_GO_MS, undoMs: CLOSE_UNDO_MS })));
+    return ending.map((l) => l.endedAs).filter((e): e is SetEnding => e !== undefined);
   }
+}
+
+/** The VM with each disk's change-tracking records as the provider lists them now. */
+function withRecords(vm: ClassifiedVm, now: ReadonlyMap<string, TrackingRecord[]>): ClassifiedVm {
+  return {
+    ...vm,
+    disks: vm.disks.map((d) => (d.tracking && now.has(d.id) ? { ...d, tracking: { ...d.tracking, records: now.get(d.id)! } } : d)),
+  };
 }
 
 export type { CopyOptions };

@@ -2,6 +2,16 @@
 // this backup's change-tracking record is started) from the parent backup that src/chain finds and
 // checks and from what the hypervisor says of the parent's record; finished at copy with the copy
 // node's policy. The decision itself is src/chain's decideChain, used at both points.
+//
+// Each chain keeps its own change-tracking record on a disk, named for its target: the host node's
+// repository and host name (the folder its backups go to), as `vmbackup-<target>-<backupId>`. A
+// second repository or flow backing up the same VM (local + offsite) has its own chain and never
+// removes the other's record; a stale record of a chain is removed by that chain's next publish.
+// Records named the old way (`vmbackup-<backupId>`, before chains were named) are read as the
+// chain's parent record when the parent's manifest names them, so the next backup of an existing
+// chain stays incremental; other old-style records are left alone (whose chain they are is unknown).
+import { createHash } from 'node:crypto';
+import * as path from 'node:path';
 import type { ChainPlan, ClassifiedVm, ManifestFile, PointInTimeView } from '../contract/types';
 import { decideChain, findParent, type BitmapReport, type ChainDecision, type ChainPolicy, type ParentFound } from '../chain';
 import type { TrackIntent } from '../journal/journal';
@@ -9,8 +19,20 @@ import type { ArtifactRepository } from '../repository/repository';
 
 export type { ChainPolicy };
 export const TRACKING_PREFIX = 'vmbackup-';
-/** The change-tracking record a backup starts: the next backup reads by it. */
-export const recordName = (backupId: string) => `${TRACKING_PREFIX}${backupId}`;
+
+/** The chain a host node's backups form: its repository and host name, as 8 hex digits. */
+export function chainTarget(repositoryRoot: string, hostName: string): string {
+  return createHash('sha256')
+    .update(`${path.resolve(repositoryRoot)}\0${hostName}`)
+    .digest('hex')
+    .slice(0, 8);
+}
+
+/** The change-tracking record a backup of chain `target` starts: the next backup of the chain reads by it. */
+export const recordName = (target: string, backupId: string) => `${TRACKING_PREFIX}${target}-${backupId}`;
+
+/** A record of this chain (named for `target`), as opposed to another chain's or an old-style one. */
+export const ofChain = (name: string, target: string) => name.startsWith(`${TRACKING_PREFIX}${target}-`);
 const GRANULARITY = 65536;
 /** prepare does not know the copy node's policy yet: the chain is planned as far as it can go */
 const AS_FAR_AS_POSSIBLE: ChainPolicy = { mode: 'incremental' };
@@ -68,8 +90,11 @@ export async function planChain(
   view: PointInTimeView,
   backupId: string,
   tracks: boolean,
-): Promise<ChainPlan[]> {
-  return Promise.all(
+  target = chainTarget(repo.root, host),
+): Promise<{ plans: ChainPlan[]; track: TrackIntent }> {
+  /** per disk: the record the parent's manifest names (an old-style name is this chain's only then) */
+  const parentRecords = new Map<string, string>();
+  const plans = await Promise.all(
     view.disks.map(async ({ disk: id }): Promise<ChainPlan> => {
       const disk = vm.disks.find((d) => d.id === id);
       const persistent = disk?.tracking?.persistent ?? false;
@@ -84,12 +109,13 @@ export async function planChain(
         };
       }
       const parent = await findParent({ root: repo.root, host, vm: vm.id, disk: id, virtualSize: disk?.virtualSize ?? 0 });
+      if (parent.ok && parent.record) parentRecords.set(id, parent.record.name);
       const decision = decideChain({
         parent,
         bitmap: bitmapReport(vm, id, parent.ok ? parent : undefined, tracks),
         policy: AS_FAR_AS_POSSIBLE,
       });
-      const plan = toPlan(id, recordName(backupId), persistent, decision);
+      const plan = toPlan(id, recordName(target, backupId), persistent, decision);
       // said once, where it matters: the chain of a raw image lasts only as long as its QEMU process
       if (tracks && disk?.tracking && !persistent)
         plan.detail = `${plan.detail} (raw image: its change tracking is transient, valid only while this QEMU process runs)`.slice(
@@ -99,6 +125,7 @@ export async function planChain(
       return plan;
     }),
   );
+  return { plans, track: trackIntent(vm, plans, target, parentRecords) };
 }
 
 /** The copy node's policy, applied last: a planned incremental may still become a full. */
@@ -148,14 +175,21 @@ export function chainEntry(plan: ChainPlan, bytes: { bytesRead: number; bytesCha
   >;
 }
 
-/** What to journal before tracking starts: the new records, and what goes once this backup is published. */
-export function trackIntent(vm: ClassifiedVm, plans: readonly ChainPlan[]): TrackIntent {
+/**
+ * What to journal before tracking starts: the new records, and what goes once this backup is
+ * published: the parent's record and any other record of this chain on the disk (left by a backup
+ * that crashed, or inconsistent). Another chain's records are never listed.
+ */
+export function trackIntent(
+  vm: ClassifiedVm,
+  plans: readonly ChainPlan[],
+  target: string,
+  parentRecords: ReadonlyMap<string, string> = new Map(),
+): TrackIntent {
   const records = plans.filter((p) => p.record !== undefined).map((p) => ({ disk: p.disk, name: p.record! }));
-  // once published, the parent's record and any other record of ours on the disk (left by a
-  // backup that crashed, or inconsistent) are not needed any more
   const since = plans.flatMap((p) =>
     (vm.disks.find((d) => d.id === p.disk)?.tracking?.records ?? [])
-      .filter((r) => r.name.startsWith(TRACKING_PREFIX) && r.name !== p.record)
+      .filter((r) => r.name !== p.record && (ofChain(r.name, target) || r.name === parentRecords.get(p.disk)))
       .map((r) => ({ disk: p.disk, name: r.name })),
   );
   return { records, since };

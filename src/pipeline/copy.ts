@@ -6,7 +6,7 @@ import { promises as fs, type BigIntStats } from 'node:fs';
 import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { assertManifest } from '../contract/validate';
-import type { CopyResult, Manifest, ManifestFile, PointInTimeView, PostSnapshotSet, PostSnapshotVm } from '../contract/types';
+import type { ChainPlan, CopyResult, Manifest, ManifestFile, PointInTimeView, PostSnapshotSet, PostSnapshotVm } from '../contract/types';
 import type { HostProvider } from '../providers/provider';
 import { applyPolicy, chainEntry, type ChainPolicy } from './chain-plan';
 import { vmChain } from '../chain';
@@ -41,7 +41,15 @@ export interface CopyOptions {
 }
 
 /** `identities`: file name -> size, mtime and inode when it was hashed (see verifyStaged) */
-type Staged = { vm: PostSnapshotVm; dir: string; files: ManifestFile[]; identities: Map<string, string>; startedAt: number };
+type Staged = {
+  vm: PostSnapshotVm;
+  dir: string;
+  files: ManifestFile[];
+  identities: Map<string, string>;
+  startedAt: number;
+  /** the chain plan each disk was copied by (prepare's draft with the copy node's policy applied) */
+  plans: ChainPlan[];
+};
 type Reporter = (vm: string, file: string, done: number, total: number) => void;
 
 export async function copyBackupSet(
@@ -101,6 +109,7 @@ async function stageVm(
   const dir = await repo.openStaging(host, vm.id, backupId, (d) => live.noteStaging(vm.id, d));
   const files: ManifestFile[] = [];
   const identities = new Map<string, string>();
+  const plans: ChainPlan[] = [];
 
   // asked while the first disk is copied: the hypervisor answers while the copy runs
   const describing = provider.describe(vm.id);
@@ -109,7 +118,9 @@ async function stageVm(
   const view = vm.snapshot.view;
   for (const d of view.disks) {
     live.assertLive();
-    files.push(await copyOneDisk(provider, live, vm, d, dir, identities, options, report));
+    const plan = finalPlan(vm, d.disk, options);
+    if (plan) plans.push(plan);
+    files.push(await copyOneDisk(provider, live, vm, d, plan, dir, identities, options, report));
   }
   const definition = await describing;
   live.assertLive();
@@ -120,7 +131,13 @@ async function stageVm(
     await fsyncFile(path.join(dir, path.basename(vm.prepare.savedStateFile)));
     files.push(await hashFile(dir, path.basename(vm.prepare.savedStateFile), 'saved-state', identities));
   }
-  return { vm, dir, files, identities, startedAt };
+  return { vm, dir, files, identities, startedAt, plans };
+}
+
+/** The plan a disk is copied by: prepare's draft, with the copy node's policy applied last. */
+function finalPlan(vm: PostSnapshotVm, disk: string, options: CopyOptions): ChainPlan | undefined {
+  const drafted = vm.prepare.chainDraft?.find((c) => c.disk === disk);
+  return drafted ? applyPolicy(drafted, options.chain) : undefined;
 }
 
 async function copyOneDisk(
@@ -128,14 +145,13 @@ async function copyOneDisk(
   live: LiveBackup,
   vm: PostSnapshotVm,
   d: PointInTimeView['disks'][number],
+  plan: ChainPlan | undefined,
   dir: string,
   identities: Map<string, string>,
   options: CopyOptions,
   report: Reporter,
 ): Promise<ManifestFile> {
   const disk = vm.disks.find((x) => x.id === d.disk);
-  const planned = vm.prepare.chain?.find((c) => c.disk === d.disk);
-  const plan = planned ? applyPolicy(planned, options.chain) : undefined;
   const incremental = plan?.mode === 'incremental' && plan.backing && plan.since ? { backing: plan.backing, since: plan.since } : undefined;
   // the signal stops the copy at once when the set is aborted (watchdog, redeploy)
   const exported = await provider.exportDisk(
@@ -221,6 +237,7 @@ async function publishAll(
           ms: msSince(s.startedAt),
           bytesRead,
           ...(changed.length ? { bytesChanged: changed.reduce((n, f) => n + (f.chain?.bytesChanged ?? 0), 0) } : {}),
+          ...(s.plans.length ? { chain: s.plans } : {}),
         },
       });
     }
@@ -228,7 +245,7 @@ async function publishAll(
     // all or none: take back what this set already published, so that it is discarded with the rest
     for (const s of published) {
       await fs.rename(repo.finalDir(host, s.vm.id, backupId), s.dir).catch(() => undefined);
-      live.unpublished(s.vm.id, s.dir);
+      live.unpublished(s.vm.id);
     }
     throw err;
   }

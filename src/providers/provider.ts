@@ -67,6 +67,8 @@ export interface GuardianProviderSpec {
 export interface Enumeration {
   vms: EnumeratedVm[];
   warnings: string[];
+  /** what looks like a VM but cannot be one (a socket or inventory file not named as a valid VM id): not backed up */
+  skipped?: { name: string; reason: string }[];
 }
 
 export interface HostProvider {
@@ -142,6 +144,12 @@ export interface HostProvider {
   tracking?: {
     start(vmId: string, disks: readonly { disk: string; name: string }[], view: PointInTimeView): Promise<void>;
     remove(vmId: string, disks: readonly { disk: string; name: string }[], view: PointInTimeView): Promise<void>;
+    /**
+     * The records on each disk of the view now (by disk id), as enumerate lists them. The chain is
+     * planned from them at prepare: another set may have moved the chain on since enumerate.
+     * Absent: enumerate's list is used.
+     */
+    list?(vmId: string, view: PointInTimeView): Promise<Map<string, TrackingRecord[]>>;
   };
 
   /** The VM's definition (command line, block graph, ...) as a JSON-serialisable object. */

@@ -9,7 +9,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { pendingUndos } from '../../src/journal/journal';
+import { pendingUndos } from '../../src/ledger/pending';
 import { QmpClient } from '../../src/providers/qemu/protocol';
 import { waitForSocket } from '../support/bare-vms';
 import { helper } from '../nodes/flow-fixture';

@@ -9,7 +9,7 @@ import * as assert from 'node:assert/strict';
 import { promises as fs, mkdtempSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { pendingUndos } from '../../src/journal/journal';
+import { pendingUndos } from '../../src/ledger/pending';
 import { inspectImage } from '../support/image-check';
 import {
   clearHookLog,

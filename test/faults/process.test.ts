@@ -6,12 +6,12 @@ import * as assert from 'node:assert/strict';
 import { promises as fs, mkdtempSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { pendingUndos } from '../../src/journal/journal';
+import { pendingUndos } from '../../src/ledger/pending';
 import { verifyBackup } from '../../src/verify';
 import { startBareWorld, type BareWorld } from './support/bare';
-import { clearHookLog, hookLog, waitAgent } from './support/guest';
+import { hookLog, waitAgent } from './support/guest';
 import { ensureLab, labImages, labRefs, labRun } from './support/lab';
-import { procFlow, RealNodeRed, type ProcFlowOptions } from './support/nodered';
+import { procFlow, readyForCase, RealNodeRed, type ProcFlowOptions } from './support/nodered';
 import { faultCase } from './support/table';
 import {
   assertNoFleeceFiles,
@@ -19,10 +19,12 @@ import {
   assertVmsUnharmed,
   checkGuestFrozen,
   fmtMs,
+  guardiansOf,
   journalFrozenMs,
   readJournal,
   repositoryState,
   sleep,
+  waitForPath,
   type VmRef,
 } from './support/world';
 
@@ -100,14 +102,7 @@ describe('fault injection: the Node-RED process (SIGKILL and restart, redeploy)'
   ) {
     await faultCase(GROUP, name, expected, async () => {
       const refs: VmRef[] = o.lab ? labRefs : bare.refs;
-      if (o.lab)
-        for (const vm of labRefs) {
-          await waitAgent(vm.qga!);
-          await clearHookLog(vm.qga!);
-        }
-      if (!nr.nr) await nr.start();
-      for (const key of ['caught', 'statuses', 'enumerate', 'classify', 'prepare', 'snapshot', 'post_snapshot', 'copy'])
-        await nr.nr!.deleteGlobal(key);
+      await readyForCase(nr, o.lab ? labRefs : []);
       const journalDir = mkdtempSync(path.join(os.tmpdir(), 'vmb-faults-journal-'));
       const hostName = o.lab ? 'lab' : 'bare';
       const flow = procFlow({ ...o, socketDir: o.lab ? labRun : bare.host.socketDir, repository, journalDir, hostName });
@@ -119,13 +114,7 @@ describe('fault injection: the Node-RED process (SIGKILL and restart, redeploy)'
         nr,
         journalFile,
         repository,
-        async runTo(stage) {
-          await nr.inject('go');
-          return nr.waitGlobal(stage.replace('-', '_'), 120_000, async () => {
-            const caught = await nr.global<any[]>('caught');
-            if (caught?.length) throw new Error(`the backup failed: ${caught.map((c) => c.error).join('; ')}`);
-          });
-        },
+        runTo: (stage) => nr.runTo(stage),
         async recoveryReport(withinMs = 20_000) {
           const deadline = Date.now() + withinMs;
           while (Date.now() < deadline) {
@@ -159,18 +148,6 @@ describe('fault injection: the Node-RED process (SIGKILL and restart, redeploy)'
       void journalFrozenMs;
       return notes.join('; ');
     });
-  }
-
-  /** The guardian processes Node-RED started for this case's journal (found by their argument vector). */
-  async function guardiansOf(journalFile: string): Promise<number[]> {
-    const pids: number[] = [];
-    for (const entry of await fs.readdir('/proc')) {
-      if (!/^\d+$/.test(entry)) continue;
-      const argv = (await fs.readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '')).split('\0');
-      if (argv[1]?.endsWith(path.join('pipeline', 'guardian.js')) && argv[2]?.includes(JSON.stringify(journalFile).slice(1, -1)))
-        pids.push(Number(entry));
-    }
-    return pids;
   }
 
   /**
@@ -375,16 +352,7 @@ describe('fault injection: the Node-RED process (SIGKILL and restart, redeploy)'
         await ctx.runTo('post-snapshot');
         const set = await ctx.nr.global('post_snapshot');
         const staging = path.join(repository, 'bare', 'alpha', `.partial-${set.backupId}`);
-        for (let i = 0; i < 2000; i++) {
-          if (
-            await fs.stat(staging).then(
-              () => true,
-              () => false,
-            )
-          )
-            break;
-          await sleep(5);
-        }
+        await waitForPath(staging, 10_000);
         const { report, note } = await killAndRestart(ctx);
         assert.ok(
           report?.payload.actions.some((a: any) => /discard/.test(a.kind)),
@@ -601,16 +569,7 @@ describe('fault injection: the Node-RED process (SIGKILL and restart, redeploy)'
         await ctx.runTo('post-snapshot');
         const set = await ctx.nr.global('post_snapshot');
         const staging = path.join(repository, 'bare', 'alpha', `.partial-${set.backupId}`);
-        for (let i = 0; i < 2000; i++) {
-          if (
-            await fs.stat(staging).then(
-              () => true,
-              () => false,
-            )
-          )
-            break;
-          await sleep(5);
-        }
+        await waitForPath(staging, 10_000);
         await ctx.nr.deploy(
           procFlow({
             socketDir: bare.host.socketDir,

@@ -10,7 +10,8 @@ import * as assert from 'node:assert/strict';
 import { promises as fs, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Journal, pendingUndos } from '../../src/journal/journal';
+import { Journal } from '../../src/journal/journal';
+import { pendingUndos } from '../../src/ledger/pending';
 import { BackupHost, DEFAULT_TIMEOUTS } from '../../src/pipeline/backup-host';
 import { QemuProvider } from '../../src/providers/qemu/qemu-provider';
 import { ArtifactRepository } from '../../src/repository/repository';
@@ -20,7 +21,15 @@ import { InProcessRun } from './support/inproc';
 import { helper } from '../nodes/flow-fixture';
 import { procFlow, RealNodeRed, type ProcFlowOptions } from './support/nodered';
 import { faultCase } from './support/table';
-import { assertNoFleeceFiles, assertRepository, assertVmsUnharmed, readJournal, repositoryState, sleep } from './support/world';
+import {
+  assertNoFleeceFiles,
+  assertRepository,
+  assertVmsUnharmed,
+  guardiansOf,
+  readJournal,
+  repositoryState,
+  sleep,
+} from './support/world';
 
 const GROUP = 'recovery';
 
@@ -28,18 +37,6 @@ interface Outcome {
   note: string;
   backupId?: string;
   published: boolean;
-}
-
-/** The guardian processes whose spec names a journal in `journalDir` (found by their argument vector). */
-async function guardiansIn(journalDir: string): Promise<number[]> {
-  const pids: number[] = [];
-  for (const entry of await fs.readdir('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    const argv = (await fs.readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '')).split('\0');
-    if (argv[1]?.endsWith(path.join('pipeline', 'guardian.js')) && argv[2]?.includes(JSON.stringify(journalDir).slice(1, -1)))
-      pids.push(Number(entry));
-  }
-  return pids;
 }
 
 /** Every journal-*.jsonl of the directory has nothing pending. */
@@ -100,17 +97,9 @@ describe('fault injection: recovery touches only what it made', function () {
         journalDir,
         hostName: 'bare',
         flow: (more = {}) => procFlow({ socketDir: bare.host.socketDir, repository, journalDir, hostName: 'bare', ...o, ...more }),
-        async runTo(stage) {
-          await nr.nr!.deleteGlobal(stage.replace('-', '_'));
-          await nr.inject('go');
-          return nr.waitGlobal(stage.replace('-', '_'), 120_000, async () => {
-            const caught = await nr.global<any[]>('caught');
-            const failed = caught?.filter((c) => !/\/recovery$/.test(c.topic ?? ''));
-            if (failed?.length) throw new Error(`the backup failed: ${failed.map((c) => c.error).join('; ')}`);
-          });
-        },
+        runTo: (stage) => nr.runTo(stage),
         async killAll() {
-          for (const pid of await guardiansIn(journalDir)) process.kill(pid, 'SIGKILL');
+          for (const pid of await guardiansOf(journalDir)) process.kill(pid, 'SIGKILL');
           await nr.kill();
         },
         async restart() {
@@ -133,8 +122,8 @@ describe('fault injection: recovery touches only what it made', function () {
       notes.push(await assertVmsUnharmed(bare.refs));
       notes.push(await assertRepository(repository, before, out.backupId, out.published));
       notes.push(assertNothingPending(journalDir));
-      for (let i = 0; i < 50 && (await guardiansIn(journalDir)).length > 0; i++) await sleep(200);
-      assert.deepEqual(await guardiansIn(journalDir), [], 'guardian processes left');
+      for (let i = 0; i < 50 && (await guardiansOf(journalDir)).length > 0; i++) await sleep(200);
+      assert.deepEqual(await guardiansOf(journalDir), [], 'guardian processes left');
       await fs.rm(journalDir, { recursive: true, force: true });
       return notes.join('; ');
     });

@@ -7,7 +7,8 @@ import * as assert from 'node:assert/strict';
 import { promises as fs, mkdirSync, mkdtempSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Journal, pendingUndos } from '../../src/journal/journal';
+import { Journal } from '../../src/journal/journal';
+import { pendingUndos } from '../../src/ledger/pending';
 import { recover } from '../../src/recovery';
 import { BackupHost, DEFAULT_TIMEOUTS } from '../../src/pipeline/backup-host';
 import type { Timeouts } from '../../src/pipeline/live-backup';
@@ -19,21 +20,18 @@ import { startBareWorld, type BareWorld } from './support/bare';
 import { InProcessRun } from './support/inproc';
 import { helper } from '../nodes/flow-fixture';
 import { faultCase } from './support/table';
-import { assertNoFleeceFiles, assertRepository, assertVmsUnharmed, qmp, readJournal, repositoryState, sleep } from './support/world';
+import {
+  assertNoFleeceFiles,
+  assertRepository,
+  assertVmsUnharmed,
+  guardiansOf,
+  qmp,
+  readJournal,
+  repositoryState,
+  sleep,
+} from './support/world';
 
 const GROUP = 'repository';
-
-/** The guardian processes whose spec names a journal in `journalDir` (found by their argument vector). */
-async function guardiansIn(journalDir: string): Promise<number[]> {
-  const pids: number[] = [];
-  for (const entry of await fs.readdir('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    const argv = (await fs.readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '')).split('\0');
-    if (argv[1]?.endsWith(path.join('pipeline', 'guardian.js')) && argv[2]?.includes(JSON.stringify(journalDir).slice(1, -1)))
-      pids.push(Number(entry));
-  }
-  return pids;
-}
 
 async function mount(args: string[]): Promise<void> {
   await runProgram('mount', args);
@@ -233,14 +231,14 @@ describe('fault injection: repository and journal faults, read-back verification
           2,
           'their discards are pending',
         );
-        assert.ok((await guardiansIn(path.dirname(run.journalFile))).length > 0, 'the guardian stays while they are');
+        assert.ok((await guardiansOf(path.dirname(run.journalFile))).length > 0, 'the guardian stays while they are');
         await sleep(3000);
         await mount(['-o', 'remount,rw', repo]);
         const t0 = Date.now();
         for (
           let i = 0;
           i < 100 &&
-          ((await guardiansIn(path.dirname(run.journalFile))).length > 0 || readJournal(run.journalFile).every((e) => e.op !== 'end'));
+          ((await guardiansOf(path.dirname(run.journalFile))).length > 0 || readJournal(run.journalFile).every((e) => e.op !== 'end'));
           i++
         )
           await sleep(100);
@@ -260,7 +258,7 @@ describe('fault injection: repository and journal faults, read-back verification
           readJournal(run.journalFile).some((e) => e.backupId === backupId && e.op === 'end'),
           'the set ended',
         );
-        assert.deepEqual(await guardiansIn(path.dirname(run.journalFile)), [], 'its guardian is gone');
+        assert.deepEqual(await guardiansOf(path.dirname(run.journalFile)), [], 'its guardian is gone');
         return {
           note: `copy refused: "${(c as any).error.slice(0, 60)}"; staging kept while read-only, removed ${((Date.now() - t0) / 1000).toFixed(1)} s after remount rw; set ended; guardian gone`,
           backupId,

@@ -7,7 +7,8 @@ import { strict as assert } from 'node:assert';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { BackupHost, DEFAULT_TIMEOUTS } from '../../src/pipeline/backup-host';
-import { Journal, pendingUndos } from '../../src/journal/journal';
+import { Journal } from '../../src/journal/journal';
+import { pendingUndos } from '../../src/ledger/pending';
 import { QemuProvider } from '../../src/providers/qemu/qemu-provider';
 import { QmpClient } from '../../src/providers/qemu/protocol';
 import { recover } from '../../src/recovery';
@@ -41,11 +42,11 @@ describe('fault injection: change tracking and the point-in-time view (bare QEMU
   const write = (pattern: number, offset: string) =>
     qmp((c) => c.execute('human-monitor-command', { 'command-line': `qemu-io drive-virtio0 "write -P ${pattern} ${offset} 64k"` }));
 
-  function newHost(journal: Journal, provider = new QemuProvider({ socketDir: bare.socketDir })) {
+  function newHost(journal: Journal, provider = new QemuProvider({ socketDir: bare.socketDir }), repositoryRoot = bare.repository) {
     // idle and session watchdogs far away: a "crashed" host must not undo anything by itself
     return new BackupHost(provider, journal, {
       hostName: 'bare',
-      repositoryRoot: bare.repository,
+      repositoryRoot,
       timeouts: { ...DEFAULT_TIMEOUTS, idleMs: 3600_000 },
     });
   }
@@ -78,10 +79,14 @@ describe('fault injection: change tracking and the point-in-time view (bare QEMU
   }
 
   async function diskChain(set: CopiedSet) {
-    const m = JSON.parse(await fs.readFile(path.join(bare.repository, set.vms[0].copy.path, 'manifest.json'), 'utf8'));
+    const root = set.repository ?? bare.repository;
+    const m = JSON.parse(await fs.readFile(path.join(root, set.vms[0].copy.path, 'manifest.json'), 'utf8'));
     const d = m.files.find((f: { kind: string }) => f.kind === 'disk');
-    return { chain: d.chain, file: path.join(bare.repository, set.vms[0].copy.path, d.name) };
+    return { chain: d.chain, file: path.join(root, set.vms[0].copy.path, d.name) };
   }
+
+  /** The records of ours on the disk whose name says they are of backup `backupId` (any chain). */
+  const chainOf = (name: string) => /^vmbackup-([0-9a-f]{8})-/.exec(name)?.[1] ?? 'old-style';
 
   async function holds(file: string, pattern: number, offset: string): Promise<boolean> {
     const out = path.join(bare.dir, `flat-${++n}.raw`);
@@ -129,11 +134,12 @@ describe('fault injection: change tracking and the point-in-time view (bare QEMU
     await faultCase(
       GROUP,
       "the parent's tracking record cannot be removed after the publish (QEMU refuses), then the host is gone; recovery at the next start",
-      "the backup stays published; recovery removes the parent's record, the new one carries on; the next backup is incremental on the published one",
+      "the backup stays published; the set's guardian (waited for by recovery) or recovery removes the parent's record, the new one carries on; the next backup is incremental on the published one",
       async () => {
         const stuck = new QemuProvider({ socketDir: bare.socketDir });
         (stuck as { tracking: QemuProvider['tracking'] }).tracking = {
           start: stuck.tracking.start,
+          list: stuck.tracking.list,
           remove: async () => {
             throw new Error('QMP refused (injected)');
           },
@@ -158,18 +164,25 @@ describe('fault injection: change tracking and the point-in-time view (bare QEMU
         const newest = published.sort((a, b) => a.at - b.at).at(-1)!.id;
         assert.equal(pendingUndos(j.read()).filter((u) => u.kind === 'untrack').length, 1);
         const actions = await recover(new Journal(j.file), new QemuProvider({ socketDir: bare.socketDir }), h.repository, 10_000);
+        // the set's guardian took the undo over when the host gave up on it: recovery waits for it
+        // (never racing it on QMP) and reports what it did; without it, recovery does the undo itself
         assert.ok(
-          actions.some((a) => a.kind === 'untrack' && a.ok),
+          actions.some((a) => (a.kind === 'untrack' || a.kind === 'guardian') && a.ok),
           JSON.stringify(actions),
         );
         const records = await invariants();
-        assert.deepEqual(records, [`vmbackup-${newest}`], "the published backup's record is the one left");
+        assert.deepEqual(
+          records.filter((r) => chainOf(r) === h.target),
+          [`vmbackup-${h.target}-${newest}`],
+          "the published backup's record is the one left of its chain",
+        );
         await write(0x31, '2M');
         const next = await diskChain(await full(newHost(new Journal(journalFile()))));
         assert.equal(next.chain.mode, 'incremental');
         assert.equal(next.chain.parent, newest);
         assert.ok(await holds(next.file, 0x31, '2M'));
-        return `copy failed loudly ("published, but ..."); recovery removed the parent's record; next backup incremental on ${newest}`;
+        const by = actions.some((a) => a.kind === 'guardian') ? "the set's guardian (recovery waited for it)" : 'recovery';
+        return `copy failed loudly ("published, but ..."); ${by} removed the parent's record; next backup incremental on ${newest}`;
       },
     );
   });
@@ -261,6 +274,97 @@ describe('fault injection: change tracking and the point-in-time view (bare QEMU
         } finally {
           await runProgram('umount', [small]).catch(() => undefined);
         }
+      },
+    );
+  });
+
+  it('two host nodes with their own repositories back up the same VM: each chain keeps its own record', async () => {
+    await faultCase(
+      GROUP,
+      'two host nodes whose socket directories overlap (the same VM), each with its own repository, back up in turns',
+      "each chain's record is named for its repository; neither removes the other's; every backup after the first of each chain is incremental and holds the change; one record per chain on the disk",
+      async () => {
+        const roots = [path.join(bare.dir, 'repo-local'), path.join(bare.dir, 'repo-offsite')];
+        const hosts = roots.map((root) => newHost(new Journal(journalFile()), new QemuProvider({ socketDir: bare.socketDir }), root));
+        const firsts = [await full(hosts[0]), await full(hosts[1])];
+        await write(0x61, '4M');
+        const seconds = [await full(hosts[0]), await full(hosts[1])];
+        const notes: string[] = [];
+        for (const i of [0, 1]) {
+          const d = await diskChain(seconds[i]);
+          assert.equal(d.chain.mode, 'incremental', `chain ${i}: ${d.chain.reason}: ${d.chain.detail}`);
+          assert.equal(d.chain.parent, firsts[i].backupId);
+          assert.ok(await holds(d.file, 0x61, '4M'), `chain ${i}: the incremental holds the change`);
+          notes.push(`${path.basename(roots[i])}: incremental on ${d.chain.parent} by ${d.chain.bitmap.name}`);
+        }
+        const records = await invariants();
+        for (const i of [0, 1]) {
+          const mine = records.filter((r) => chainOf(r) === chainOf(`vmbackup-${hosts[i].target}-x`));
+          assert.deepEqual(mine, [`vmbackup-${hosts[i].target}-${seconds[i].backupId}`], `chain ${i}: one record, the newest's`);
+        }
+        return `${notes.join('; ')}; records on the disk: ${records.join(', ')}`;
+      },
+    );
+  });
+
+  it('two sets queued on one host: the second, enumerated before the first published, stacks on it', async () => {
+    await faultCase(
+      GROUP,
+      'set B enumerated and classified, then set A runs whole and publishes, then B prepares and copies',
+      "B is planned from the records on the disk at its prepare: an incremental on A (not a full 'bitmap-missing'), holding every change; one record of the chain left",
+      async () => {
+        const h = newHost(new Journal(journalFile()));
+        await full(h);
+        const queued = h.classify(await h.enumerate(), 'checkpoint');
+        await write(0x71, '5M');
+        const a = await full(h);
+        await write(0x72, '6M');
+        const b = await h.copy(await h.postSnapshot(await h.snapshot(await h.prepare(queued))), { concurrency: 1, compress: false });
+        const d = await diskChain(b);
+        assert.equal(d.chain.mode, 'incremental', `${d.chain.reason}: ${d.chain.detail}`);
+        assert.equal(d.chain.parent, a.backupId);
+        assert.ok(await holds(d.file, 0x72, '6M'), 'B holds the change made after A');
+        const records = (await invariants()).filter((r) => chainOf(r) === h.target);
+        assert.deepEqual(records, [`vmbackup-${h.target}-${b.backupId}`]);
+        return `B incremental on A (${a.backupId}); one record of the chain: ${records.join(', ')}`;
+      },
+    );
+  });
+
+  it('a chain whose parent record has the old name (vmbackup-<backupId>) goes on incrementally', async () => {
+    await faultCase(
+      GROUP,
+      "the newest backup's record and manifest use the name from before chains were named (vmbackup-<backupId>)",
+      'the next backup reads by the old-style record (incremental, holds the change) and, once published, removes it: one record of the chain, named for it',
+      async () => {
+        const h = newHost(new Journal(journalFile()));
+        const p = await full(h);
+        const pd = await diskChain(p);
+        const oldName = `vmbackup-${p.backupId}`;
+        await qmp(async (c) => {
+          const nodes = await c.execute<{ 'node-name': string; 'dirty-bitmaps'?: { name?: string }[] }[]>('query-named-block-nodes', {
+            flat: true,
+          });
+          const node = nodes.find((x) => (x['dirty-bitmaps'] ?? []).some((b) => b.name === pd.chain.bitmap.name))!['node-name'];
+          await c.execute('block-dirty-bitmap-add', { node, name: oldName, persistent: true, granularity: 65536 });
+          await c.execute('block-dirty-bitmap-merge', { node, target: oldName, bitmaps: [pd.chain.bitmap.name] });
+          await c.execute('block-dirty-bitmap-remove', { node, name: pd.chain.bitmap.name });
+        });
+        const manifest = path.join(p.repository ?? bare.repository, p.vms[0].copy.path, 'manifest.json');
+        await fs.writeFile(manifest, (await fs.readFile(manifest, 'utf8')).split(pd.chain.bitmap.name).join(oldName));
+        await write(0x81, '7M');
+        const next = await full(h);
+        const d = await diskChain(next);
+        assert.equal(d.chain.mode, 'incremental', `${d.chain.reason}: ${d.chain.detail}`);
+        assert.equal(d.chain.parent, p.backupId);
+        assert.ok(await holds(d.file, 0x81, '7M'), 'the incremental holds the change');
+        const records = await invariants();
+        assert.ok(!records.includes(oldName), `the old-style record is removed: ${records.join(', ')}`);
+        assert.deepEqual(
+          records.filter((r) => chainOf(r) === h.target),
+          [`vmbackup-${h.target}-${next.backupId}`],
+        );
+        return `incremental on ${p.backupId} by ${oldName}; after the publish: ${records.join(', ')}`;
       },
     );
   });

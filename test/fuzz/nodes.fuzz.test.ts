@@ -9,7 +9,7 @@ import * as assert from 'node:assert/strict';
 import { promises as fs, mkdtempSync, statSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { pendingUndos } from '../../src/journal/journal';
+import { pendingUndos } from '../../src/ledger/pending';
 import type { BackupHost } from '../../src/pipeline/backup-host';
 import { overlaysUnder, startBareHost, type BareHost } from '../support/bare-vms';
 import { assertGraphClean } from '../support/graph';

@@ -171,6 +171,13 @@ describe('incremental backups (bare QEMU VMs, copy-before-write view, dirty bitm
     const d2 = m2.files.find((f: any) => f.kind === 'disk');
     assert.equal(d2.chain.mode, 'full');
     assert.equal(d2.chain.reason, 'policy-full-every');
+    // prepare drafted an incremental (it does not know the copy node's policy); the copy's output
+    // says the plan it followed, as the manifest does
+    assert.equal(next.vms[0].prepare.chainDraft?.[0].mode, 'incremental');
+    assert.deepEqual(
+      next.vms[0].copy.chain?.map((c) => [c.disk, c.mode, c.reason]),
+      [[d2.disk, 'full', 'policy-full-every']],
+    );
   });
 
   const diskOf = async (set: CopiedSet, vm: string) => {

@@ -99,8 +99,8 @@ describe('libvirt provider: incrementals by checkpoints (real libvirtd)', functi
     await writeMarker(M0);
     const b0 = await backup();
     assert.equal(b0.file.chain.mode, 'full');
-    assert.equal(b0.file.chain.bitmap.name, `vmbackup-${b0.set.backupId}`);
-    assert.deepEqual(virshOk('checkpoint-list', AGENT, '--name').trim().split('\n'), [`vmbackup-${b0.set.backupId}`]);
+    assert.equal(b0.file.chain.bitmap.name, `vmbackup-${host.target}-${b0.set.backupId}`);
+    assert.deepEqual(virshOk('checkpoint-list', AGENT, '--name').trim().split('\n'), [`vmbackup-${host.target}-${b0.set.backupId}`]);
 
     await writeMarker(M1);
     const b1 = await backup();
@@ -110,7 +110,7 @@ describe('libvirt provider: incrementals by checkpoints (real libvirtd)', functi
     assert.ok(b1.file.chain.bytesChanged >= 1 << 20, `at least the 1 MiB marker changed: ${b1.file.chain.bytesChanged}`);
     assert.deepEqual(
       virshOk('checkpoint-list', AGENT, '--name').trim().split('\n'),
-      [`vmbackup-${b1.set.backupId}`],
+      [`vmbackup-${host.target}-${b1.set.backupId}`],
       "the parent's checkpoint went once b1 was published",
     );
 
@@ -145,7 +145,7 @@ describe('libvirt provider: incrementals by checkpoints (real libvirtd)', functi
       await fs.rm(raw);
     }
 
-    assert.deepEqual(virshOk('checkpoint-list', AGENT, '--name').trim().split('\n'), [`vmbackup-${b2.set.backupId}`]);
+    assert.deepEqual(virshOk('checkpoint-list', AGENT, '--name').trim().split('\n'), [`vmbackup-${host.target}-${b2.set.backupId}`]);
     assert.equal(parseJobInfo(virshOk('domjobinfo', '--domain', AGENT)).type, 'None');
     const rows = parseTable(virshOk('domblklist', '--domain', AGENT, '--details')).filter((r) => r.Device === 'disk');
     assert.deepEqual(
@@ -163,7 +163,7 @@ describe('libvirt provider: incrementals by checkpoints (real libvirtd)', functi
     await writeMarker(`${RUN}-m3`);
     const inc = await backup();
     assert.deepEqual([inc.file.chain.mode, inc.file.chain.parent], ['incremental', full.set.backupId]);
-    assert.deepEqual(virshOk('checkpoint-list', AGENT, '--name').trim().split('\n'), [`vmbackup-${inc.set.backupId}`]);
+    assert.deepEqual(virshOk('checkpoint-list', AGENT, '--name').trim().split('\n'), [`vmbackup-${host.target}-${inc.set.backupId}`]);
     assert.equal(parseJobInfo(virshOk('domjobinfo', '--domain', AGENT)).type, 'None');
   });
 

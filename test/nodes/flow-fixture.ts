@@ -22,6 +22,12 @@ export interface FlowOptions {
   hostExtra?: Record<string, unknown>;
   /** wire each stage to the next (default) or only to the helper node "out-<stage>" */
   wired?: boolean;
+  /**
+   * The host config node's id (default "host"). The same id in the next load is the same host node
+   * redeployed: it reports the sets the previous one ended on closing (a test that leaves a set in
+   * flight), so tests that must not hear of each other's sets use their own.
+   */
+  hostId?: string;
 }
 
 export const STAGE_NODES = ['enumerate', 'classify', 'prepare', 'snapshot', 'post-snapshot', 'copy'] as const;
@@ -31,7 +37,7 @@ export function pipelineFlow(o: FlowOptions): object[] {
   const wired = o.wired ?? true;
   const flow: object[] = [
     {
-      id: 'host',
+      id: o.hostId ?? 'host',
       type: 'vmbackup-host',
       hostName: 'testhost',
       provider: 'qemu',
@@ -49,7 +55,15 @@ export function pipelineFlow(o: FlowOptions): object[] {
   STAGE_NODES.forEach((stage, i) => {
     const next = STAGE_NODES[i + 1];
     const out = [`out-${stage}`, ...(wired && next ? [next] : [])];
-    const node: Record<string, unknown> = { id: stage, type: `vmbackup-${stage}`, z: 'f1', host: 'host', x: 0, y: 0, wires: [out] };
+    const node: Record<string, unknown> = {
+      id: stage,
+      type: `vmbackup-${stage}`,
+      z: 'f1',
+      host: o.hostId ?? 'host',
+      x: 0,
+      y: 0,
+      wires: [out],
+    };
     if (stage === 'classify') node.fallback = o.fallback ?? 'checkpoint';
     if (stage === 'classify' && o.unreachable) node.unreachable = o.unreachable;
     if (stage === 'copy') Object.assign(node, { compress: false, concurrency: 2, progressInterval: 50, wires: [out, ['progress']] });

@@ -51,10 +51,12 @@ describe('pipeline nodes (real QEMU, no guest OS)', function () {
     }
   });
 
+  let loads = 0;
+  // each test deploys a host node of its own: a set one test leaves in flight is not reported to the next
   const load = (extra: Partial<FlowOptions> = {}) =>
     helper.load(
       [...NODE_MODULES, CATCH],
-      pipelineFlow({ socketDir: host.socketDir, repository: host.repository, journalDir, ...extra }) as any,
+      pipelineFlow({ socketDir: host.socketDir, repository: host.repository, journalDir, hostId: `host-${++loads}`, ...extra }) as any,
     );
 
   it('backs up every VM through the whole flow and publishes a manifest per VM', async () => {

@@ -1,6 +1,6 @@
 // What every suite checks after a backup, failed or not, asked of QEMU itself (not the file
 // system): the point-in-time view is gone from the VM's block graph, and of our change tracking
-// only the newest published backup's bitmap stays on each disk.
+// only the newest published backup's bitmap of each chain stays on each disk.
 import * as assert from 'node:assert/strict';
 import { QmpClient } from '../../src/providers/qemu/protocol';
 
@@ -18,7 +18,7 @@ interface BlockEntry {
 
 /**
  * No node named vmb-* (query-named-block-nodes), every device on a node that is not ours and
- * reading no file of ours (query-block), at most one vmbackup-* bitmap per node. Returns how many
+ * reading no file of ours (query-block), at most one vmbackup-* bitmap per chain per node. Returns how many
  * bitmaps of ours the VM holds.
  */
 export async function assertGraphClean(qmpSocket: string, vmId: string): Promise<number> {
@@ -50,10 +50,17 @@ export async function assertGraphClean(qmpSocket: string, vmId: string): Promise
   let count = 0;
   for (const n of nodes) {
     const mine = (n['dirty-bitmaps'] ?? []).map((b) => b.name ?? '').filter((name) => name.startsWith('vmbackup-'));
-    assert.ok(
-      mine.length <= 1,
-      `${vmId}: node ${n['node-name']} holds ${mine.length} bitmaps of ours (${mine.join(', ')}); only the newest published backup's may stay`,
-    );
+    // per chain (vmbackup-<chain>-<backupId>; old-style vmbackup-<backupId> count as one chain)
+    const byChain = new Map<string, string[]>();
+    for (const name of mine) {
+      const chain = /^vmbackup-([0-9a-f]{8})-/.exec(name)?.[1] ?? 'old-style';
+      byChain.set(chain, [...(byChain.get(chain) ?? []), name]);
+    }
+    for (const [chain, names] of byChain)
+      assert.ok(
+        names.length <= 1,
+        `${vmId}: node ${n['node-name']} holds ${names.length} bitmaps of chain ${chain} (${names.join(', ')}); only the newest published backup's may stay`,
+      );
     count += mine.length;
   }
   return count;

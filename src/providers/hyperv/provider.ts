@@ -16,6 +16,7 @@ import { BACKUP_ID, GUID, mapEnumeration, mapState, overlaysFromCheckpoint, snap
 import { embedVmFiles } from './vm-files';
 import { removeLeftoverCheckpoints, type RemoveLeftoversOptions, type RemoveLeftoversResult } from './recovery';
 import type { PowerShellRunner, ScriptName, ScriptParams } from './runner';
+import { RECORD_NAME } from './values';
 
 export interface HyperVProviderSettings {
   /** per script run, default 10 minutes */
@@ -229,7 +230,7 @@ export class HyperVProvider implements HostProvider {
       // nothing ahead: the reference point is the backup snapshot itself, converted once copied
     },
     remove: async (vmId: string, disks: readonly { disk: string; name: string }[]): Promise<void> => {
-      const names = [...new Set(disks.map((d) => d.name))].filter((n) => /^vmbackup-[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}$/.test(n));
+      const names = [...new Set(disks.map((d) => d.name))].filter((n) => RECORD_NAME.test(n));
       if (names.length === 0 || this.host?.recoverySnapshots === false) return;
       await this.run('reference-point.ps1', {
         Action: 'destroy',

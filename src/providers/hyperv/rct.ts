@@ -3,7 +3,7 @@
 // our map, since Hyper-V gives them only an InstanceID), and whether each is still valid. Pure.
 import type { Disk } from '../../contract/types';
 import { HyperVError } from './errors';
-import { diskId, str, toArray, type RawDrive } from './values';
+import { diskId, RECORD_NAME, str, toArray, type RawDrive } from './values';
 import type { Range } from './vhdx';
 
 /** Host facts that decide how a backup is taken. */
@@ -80,7 +80,7 @@ export function rctRecords(drives: readonly RawDrive[], refPoints: unknown, map:
   for (const e of toArray<RawMapEntry>(map)) {
     const name = str(e.Name);
     const instanceId = str(e.InstanceID);
-    if (!name || !/^vmbackup-[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}$/.test(name) || !instanceId) continue;
+    if (!name || !RECORD_NAME.test(name) || !instanceId) continue;
     const rp = points.find((p) => str(p.InstanceID) === instanceId);
     if (!rp) continue;
     const vds = toArray(rp.VirtualDiskIdentifiers).map((v) => str(v) ?? '');

@@ -39,6 +39,8 @@ export function isoDate(value: unknown): string | undefined {
 
 export const GUID = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
 export const BACKUP_ID = /^[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}$/;
+/** Our change-tracking records (reference points): vmbackup-<chain>-<backupId>, or the old vmbackup-<backupId>. */
+export const RECORD_NAME = /^vmbackup-(?:[0-9a-f]{8}-)?[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}$/;
 
 export interface RawDrive {
   Name?: unknown;

@@ -1,6 +1,7 @@
 // Change tracking on libvirt: its checkpoints (persistent dirty bitmaps in the qcow2 images, one
 // per disk, named like the checkpoint). Unlike QEMU's provider we never add a bitmap ourselves:
-// backup-begin makes the checkpoint `vmbackup-<backupId>` in the same call that makes the view
+// backup-begin makes the checkpoint the pipeline names for the backup (`vmbackup-<chain>-<backupId>`,
+// see src/pipeline/chain-plan.ts; `vmbackup-<backupId>` before chains were named) in the same call that makes the view
 // (--checkpointxml), so the new record starts exactly at the view's moment, and reads the parent's
 // changes with `<incremental>` on each disk. A published backup removes the parent's checkpoint,
 // an unpublished one its own (the same rotation as src/providers/qemu/tracking.ts).
@@ -16,6 +17,9 @@ import { child, children, encodeXml, parseXml } from './xml';
 import { VirshError, type Virsh } from './virsh';
 
 export const CHECKPOINT_PREFIX = 'vmbackup-';
+
+/** A checkpoint name of ours made for backup `backupId` (whichever chain it names). */
+export const isCheckpointOf = (name: string, backupId: string) => name.startsWith(CHECKPOINT_PREFIX) && name.endsWith(`-${backupId}`);
 const GRANULARITY = 65536;
 
 /** The checkpoint XML: a bitmap on each tracked disk, none on the others. */

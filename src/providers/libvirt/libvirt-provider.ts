@@ -42,7 +42,7 @@ function plannedOverlays(vm: ClassifiedVm, backupId: string): Overlay[] {
 const overlaysOf = (view: PointInTimeView): Overlay[] => (Array.isArray(view.ref.overlays) ? (view.ref.overlays as Overlay[]) : []);
 import * as qemuImg from '../qemu-img';
 import { beginBackup, endBackup, jobType, nbdUri, parseNbdUri, type BackupDisk } from './backup-job';
-import { CHECKPOINT_PREFIX, checkpointXml, deleteCheckpoint } from './checkpoints';
+import { checkpointXml, deleteCheckpoint, isCheckpointOf } from './checkpoints';
 import { copyChanged } from './incremental-copy';
 import { checkScratchSpace, refuseOtherJobs } from './preflight';
 import { enumerateDomains, type DomainRef } from './enumerate';
@@ -317,7 +317,7 @@ export class LibvirtProvider implements HostProvider {
     // only the checkpoint tracking.start journalled is made (its undo knows its name)
     const cp = this.checkpoints.get(vm.id);
     const cpXml =
-      cp && cp.name === `${CHECKPOINT_PREFIX}${backupId}`
+      cp && isCheckpointOf(cp.name, backupId)
         ? checkpointXml(
             cp.name,
             vm.disks.map((d) => ({ name: d.id, bitmap: cp.disks.has(d.id) })),
@@ -450,7 +450,7 @@ export class LibvirtProvider implements HostProvider {
   }
 
   /**
-   * What a guardian process needs to build its own provider (src/pipeline/guardian.ts): if
+   * What a guardian process needs to build its own provider (src/guardian/guardian.ts): if
    * Node-RED dies, it thaws (domfsthaw) and ends the job (domjobabort) at once, through virsh.
    */
   guardianSpec(): GuardianProviderSpec | undefined {

@@ -69,8 +69,10 @@ export async function copyDisk(qmp: QmpExchange, d: ViewDisk, dest: string, o: D
   // unix socket paths are limited to 108 bytes, staging paths may be longer
   const sock = path.join(os.tmpdir(), `vmbackup-nbd-${randomBytes(6).toString('hex')}.sock`);
   const stopServer = new AbortController();
+  if (o.signal?.aborted) throw o.signal.reason instanceof Error ? o.signal.reason : new Error('copy stopped');
   // Without --persistent qemu-nbd serves one client and exits when it disconnects, having
-  // flushed the image: its exit is the end of the write.
+  // flushed the image: its exit is the end of the write. The set's own abort stops it at once
+  // too, wherever this copy is: no qemu-nbd of an ended set waits for a client that never comes.
   const server = runProgram(
     o.qemuNbd,
     [
@@ -81,7 +83,7 @@ export async function copyDisk(qmp: QmpExchange, d: ViewDisk, dest: string, o: D
       '--aio=threads',
       ...targetArgs(dest, o.compress === true),
     ],
-    { signal: stopServer.signal },
+    { signal: o.signal ? AbortSignal.any([stopServer.signal, o.signal]) : stopServer.signal },
   ).then(
     () => undefined,
     (err: Error) => {

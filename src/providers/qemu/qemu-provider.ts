@@ -9,7 +9,16 @@ import * as net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import * as path from 'node:path';
 import type { ClassifiedVm, EnumeratedVm, PointInTimeView } from '../../contract/types';
-import type { Enumeration, ExportOptions, ExportedFile, GuardianProviderSpec, HostProvider, Progress, ViewOptions } from '../provider';
+import type {
+  Enumeration,
+  ExportOptions,
+  ExportedFile,
+  GuardianProviderSpec,
+  HostProvider,
+  Progress,
+  TrackingRecord,
+  ViewOptions,
+} from '../provider';
 import { unreachableVm } from '../../contract/limits';
 import { disksFrom, type HostExclusions, type NamedNode, type QueryBlockEntry } from './block-graph';
 import { DEFAULT_FLEECE_DIR, fleeceLocation, prepareFleeceDir } from './fleece';
@@ -28,13 +37,22 @@ import {
   type ViewDisk,
   type ViewPlan,
 } from './view';
-import { addBitmap, bitmapsByNode, removeBitmap } from './tracking';
+import { addBitmap, bitmapsByNode, removeBitmap, type TrackedBitmap } from './tracking';
 import { compareWithView, copyDisk } from './disk-copy';
 import { compare as compareImages } from '../qemu-img';
 import { copyOfflineImage } from '../offline-image';
 import { hostExclusions, PROXMOX_CONF_DIR, readInventory, type InventoryKind, type InventoryResult, type InventoryVm } from './inventory';
 import { checkLocked, isOfflinePlan, lockOffline, offlinePlanOf, offlineVm, planOffline, unlockOffline, type LockTools } from './offline';
 import { defaultRunner, findQm, type Runner } from './proxmox';
+
+/** A bitmap of ours as a change-tracking record of the provider interface. */
+const trackingRecord = ({ name, recording, persistent, inconsistent, granularity }: TrackedBitmap): TrackingRecord => ({
+  name,
+  recording,
+  persistent,
+  inconsistent,
+  granularity,
+});
 
 /** The file a disk becomes in the backup (the disk id made safe as a file name). */
 export const artifactName = (disk: string) => `disk-${disk.replace(/[^A-Za-z0-9._-]/g, '_')}.qcow2`;
@@ -222,13 +240,14 @@ export class QemuProvider implements HostProvider {
     );
     out.sort((a, b) => a.id.localeCompare(b.id));
     // host-level notes go with the set, not on a VM: they must reach the user when no VM is listed
-    return {
-      vms: out,
-      warnings: [
-        ...found.skipped.map((s) => `socket ${s} skipped: its name is not a valid VM id`),
-        ...badNames.map((f) => `inventory file ${f} skipped: its name is not a valid VM id; that VM is NOT backed up`),
-      ],
-    };
+    const skipped = [
+      ...found.skipped.map((name) => ({ name, reason: `socket ${name} skipped: its name is not a valid VM id` })),
+      ...badNames.map((name) => ({
+        name,
+        reason: `inventory file ${name} skipped: its name is not a valid VM id; that VM is NOT backed up`,
+      })),
+    ];
+    return { vms: out, warnings: skipped.map((s) => s.reason), skipped };
   }
 
   private get runner(): Runner {
@@ -286,13 +305,7 @@ export class QemuProvider implements HostProvider {
       const drv = facts.nodes.find((n) => n['node-name'] === disk.node)?.drv;
       disk.tracking = {
         persistent: drv === 'qcow2',
-        records: (facts.bitmaps.get(disk.node) ?? []).slice(0, 16).map(({ name, recording, persistent, inconsistent, granularity }) => ({
-          name,
-          recording,
-          persistent,
-          inconsistent,
-          granularity,
-        })),
+        records: (facts.bitmaps.get(disk.node) ?? []).slice(0, 16).map(trackingRecord),
       };
     }
     const leftovers = leftoverNodes(facts.nodes);
@@ -479,6 +492,11 @@ export class QemuProvider implements HostProvider {
               await addBitmap(c, d.node, t.name, drv === 'qcow2');
             }
           }),
+    list: (vmId: string, view: PointInTimeView) =>
+      this.qmp(vmId, async (c) => {
+        const byNode = await bitmapsByNode(c);
+        return new Map(planOf(view).disks.map((d) => [d.disk, (byNode.get(d.node) ?? []).slice(0, 16).map(trackingRecord)]));
+      }),
     remove: async (vmId: string, disks: readonly { disk: string; name: string }[], view: PointInTimeView) => {
       if (isOfflinePlan(view)) return; // an offline backup starts no record (chain reason 'offline')
       if (await this.qemuGone(vmId)) return; // a transient record went with QEMU; a persistent one is found at the next enumerate
@@ -576,7 +594,7 @@ export class QemuProvider implements HostProvider {
     return d;
   }
 
-  /** What a guardian process needs to build its own provider (see src/pipeline/guardian.ts). */
+  /** What a guardian process needs to build its own provider (see src/guardian/guardian.ts). */
   guardianSpec(): GuardianProviderSpec {
     const { runner: _runner, ...options } = this.options;
     return { kind: 'qemu', options: { ...options } };

@@ -1,8 +1,10 @@
 // Changed-block tracking with QEMU's dirty bitmaps, the analogue of Hyper-V's RCT.
 //
-// Each published backup B of a disk leaves one bitmap of ours on the disk's node, named
-// vmbackup-<B>, recording every write since a moment no later than B's point in time. A backup
-// N adds vmbackup-<N> before its own moment (before the freeze or the stop), copies the clusters
+// Each published backup B of a disk leaves one bitmap of ours on the disk's node per chain, named
+// vmbackup-<chain>-<B> by the pipeline (src/pipeline/chain-plan.ts: the chain is the host node's
+// repository and host name, so a second repository backing up the same VM keeps its own bitmap),
+// recording every write since a moment no later than B's point in time. A backup N adds its own
+// record before its own moment (before the freeze or the stop), copies the clusters
 // that the parent's bitmap marks, and only once N is published removes the parent's bitmap. If N
 // fails, or is never published, it removes its own bitmap instead: the parent's never stopped
 // recording, so nothing written since the parent is ever lost to the next backup. Both bitmaps
@@ -17,8 +19,6 @@ import { namedNodes, type DirtyBitmap } from './view';
 
 export const BITMAP_PREFIX = 'vmbackup-';
 export const GRANULARITY = 65536;
-
-export const bitmapName = (backupId: string) => `${BITMAP_PREFIX}${backupId}`;
 
 export interface TrackedBitmap {
   name: string;

@@ -5,7 +5,8 @@ import { mkdirSync, mkdtempSync, symlinkSync, writeFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { NodeRed, REPO_ROOT, type FlowNode } from '../../e2e/harness';
-import { sleep } from './world';
+import { clearHookLog, waitAgent } from './guest';
+import { sleep, type VmRef } from './world';
 
 export class RealNodeRed {
   nr: NodeRed | undefined;
@@ -69,6 +70,22 @@ export class RealNodeRed {
     return this.nr!.globalValue<T>(key);
   }
 
+  /**
+   * Inject the flow's "go" and wait until `stage` has sent its output (procFlow records it in
+   * global context); the set it output is returned. A stage's failure that reaches Catch fails the
+   * wait; reports, which carry a topic (vm-backup/<host>/recovery and .../ended: what recovery did,
+   * or how an earlier set ended), belong to other sets and do not.
+   */
+  async runTo(stage: string, withinMs = 120_000): Promise<any> {
+    const key = stage.replace('-', '_');
+    await this.nr!.deleteGlobal(key);
+    await this.inject('go');
+    return this.waitGlobal(key, withinMs, async () => {
+      const failed = ((await this.global<{ topic?: string; error?: string }[]>('caught')) ?? []).filter((c) => !c.topic);
+      if (failed.length) throw new Error(`the backup failed: ${failed.map((c) => c.error).join('; ')}`);
+    });
+  }
+
   /** Wait until a global context key is set (the flow records each stage's output there). */
   async waitGlobal<T = any>(key: string, withinMs = 60_000, also?: () => Promise<void>): Promise<T> {
     const deadline = Date.now() + withinMs;
@@ -81,6 +98,22 @@ export class RealNodeRed {
       await sleep(150);
     }
   }
+}
+
+/** The global context keys a procFlow records into (each stage's output, what Catch and Status saw). */
+const RECORDED = ['caught', 'statuses', 'enumerate', 'classify', 'prepare', 'snapshot', 'post_snapshot', 'copy', 'copy_summary'];
+
+/**
+ * Before a case: the lab guests' agents answer and their freeze logs are empty (when the case uses
+ * them), Node-RED runs, and what the previous case's flow recorded is cleared.
+ */
+export async function readyForCase(nr: RealNodeRed, guests: readonly VmRef[] = []): Promise<void> {
+  for (const vm of guests) {
+    await waitAgent(vm.qga!);
+    await clearHookLog(vm.qga!);
+  }
+  if (!nr.nr) await nr.start();
+  for (const key of RECORDED) await nr.nr!.deleteGlobal(key);
 }
 
 export const STAGES = ['enumerate', 'classify', 'prepare', 'snapshot', 'post-snapshot', 'copy'] as const;
@@ -101,6 +134,10 @@ export interface ProcFlowOptions {
   /** a function node (its code) between this stage and the next: a user's node that spins, waits... */
   between?: { after: ProcStage; func: string };
   sessionTimeout?: number;
+  /** the copy node's chain mode (default: its own default, incremental) */
+  copyMode?: 'full' | 'incremental';
+  /** leave the host config node out (a deploy that removes it; the stage nodes still name it) */
+  withoutHost?: boolean;
 }
 
 /**
@@ -158,7 +195,7 @@ export function procFlow(o: ProcFlowOptions): FlowNode[] {
       y: 0,
       outputs: 1,
       wires: [],
-      func: "const l = global.get('caught') || []; l.push({ topic: msg.topic, source: msg.error && msg.error.source && msg.error.source.id, error: msg.error && msg.error.message, payload: msg.topic ? msg.payload : undefined }); global.set('caught', l); return null;",
+      func: "const l = global.get('caught') || []; const s = msg.summary; l.push({ topic: msg.topic, source: msg.error && msg.error.source && msg.error.source.id, error: msg.error && msg.error.message, payload: msg.topic ? msg.payload : undefined, summary: s && { ok: s.ok, failedAt: s.failedAt, error: s.error, backups: s.backups, vmState: s.vmState } }); global.set('caught', l); return null;",
     },
     { id: 'status', type: 'status', z, scope: null, x: 0, y: 0, wires: [['rec-status']] },
     {
@@ -172,6 +209,7 @@ export function procFlow(o: ProcFlowOptions): FlowNode[] {
       func: "const l = global.get('statuses') || []; l.push({ source: msg.status.source.id, text: msg.status.text, fill: msg.status.fill }); global.set('statuses', l); return null;",
     },
   ];
+  if (o.withoutHost) flow.splice(1, 1);
   const present = STAGES.filter((s) => s !== o.without);
   for (const stage of present) {
     const i = STAGES.indexOf(stage);
@@ -184,7 +222,13 @@ export function procFlow(o: ProcFlowOptions): FlowNode[] {
     const node: FlowNode = { id: stage, type: `vmbackup-${stage}`, z, host: 'fh', x: 0, y: 0, wires: [[...onward, `rec-${stage}`]] };
     if (stage === 'classify') node.fallback = o.fallback ?? 'checkpoint';
     if (stage === 'copy')
-      Object.assign(node, { compress: false, concurrency: '2', progressInterval: '250', wires: [[`rec-${stage}`], []] });
+      Object.assign(node, {
+        compress: false,
+        concurrency: '2',
+        progressInterval: '250',
+        ...(o.copyMode ? { mode: o.copyMode } : {}),
+        wires: [[`rec-${stage}`], []],
+      });
     flow.push(node, {
       id: `rec-${stage}`,
       type: 'change',
@@ -192,7 +236,11 @@ export function procFlow(o: ProcFlowOptions): FlowNode[] {
       x: 0,
       y: 0,
       wires: [],
-      rules: [{ t: 'set', p: stage.replace('-', '_'), pt: 'global', to: 'payload', tot: 'msg' }],
+      rules: [
+        { t: 'set', p: stage.replace('-', '_'), pt: 'global', to: 'payload', tot: 'msg' },
+        // the copy's msg.summary too (what a user's alert flow gets on success)
+        ...(stage === 'copy' ? [{ t: 'set', p: 'copy_summary', pt: 'global', to: 'summary', tot: 'msg' }] : []),
+      ],
     });
   }
   return flow;

@@ -121,6 +121,20 @@ export async function assertNoFleeceFiles(dirs: readonly string[]): Promise<void
 
 // ---- repository ----
 
+/** Wait until `file` exists (e.g. a copy's staging directory: the copy has begun); false after `withinMs`. */
+export async function waitForPath(file: string, withinMs: number, everyMs = 5): Promise<boolean> {
+  for (const deadline = Date.now() + withinMs; Date.now() < deadline; await sleep(everyMs)) {
+    if (
+      await fs.stat(file).then(
+        () => true,
+        () => false,
+      )
+    )
+      return true;
+  }
+  return false;
+}
+
 export async function filesUnder(dir: string): Promise<string[]> {
   const out: string[] = [];
   const walk = async (d: string) => {
@@ -270,4 +284,55 @@ export function fmtMs(ms: number | undefined): string {
   if (ms === undefined) return '-';
   if (!Number.isFinite(ms)) return 'still frozen';
   return `${(ms / 1000).toFixed(1)} s`;
+}
+
+// ---- the process table and QEMU's jobs ----
+
+/** argv of every process, by pid (unreadable ones skipped). */
+async function processes(): Promise<Map<number, string[]>> {
+  const out = new Map<number, string[]>();
+  for (const entry of await fs.readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const argv = (await fs.readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '')).split('\0');
+    if (argv[0]) out.set(Number(entry), argv);
+  }
+  return out;
+}
+
+/**
+ * The guardian processes whose spec names `journal` (a journal file, or a directory of journals),
+ * found by their argument vector: node .../guardian/guardian.js <spec>.
+ */
+export async function guardiansOf(journal: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const [pid, argv] of await processes())
+    if (argv[1]?.endsWith(path.join('guardian', 'guardian.js')) && argv[2]?.includes(JSON.stringify(journal).slice(1, -1))) pids.push(pid);
+  return pids;
+}
+
+/**
+ * qemu-nbd processes writing a copy of ours (their socket is named vmbackup-nbd-*) into one of
+ * `repositories` (other suites on this machine run their own), with their argv.
+ */
+export async function copyServers(repositories: readonly string[]): Promise<string[]> {
+  return [...(await processes())]
+    .filter(
+      ([, argv]) =>
+        /qemu-nbd$/.test(argv[0]) &&
+        argv.some((a) => a.includes('vmbackup-nbd-')) &&
+        argv.some((a) => repositories.some((r) => a.startsWith(r + path.sep))),
+    )
+    .map(([pid, argv]) => `${pid}: ${argv.join(' ')}`);
+}
+
+/** QEMU has no block job left (query-jobs): no copy of ours runs or waits to be dismissed. */
+export async function assertNoJobs(vms: readonly VmRef[]): Promise<void> {
+  for (const vm of vms) {
+    const jobs = await qmp<{ id: string; status: string }[]>(vm.qmp, 'query-jobs');
+    assert.deepEqual(
+      jobs.map((j) => `${j.id} ${j.status}`),
+      [],
+      `${vm.id}: QEMU still has block jobs`,
+    );
+  }
 }

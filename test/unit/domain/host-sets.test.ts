@@ -11,6 +11,7 @@ import type { EnumeratedVm } from '../../../src/contract/types';
 import { Journal } from '../../../src/journal/journal';
 import { BackupHost, DEFAULT_TIMEOUTS } from '../../../src/pipeline/backup-host';
 import type { HostProvider } from '../../../src/providers/provider';
+import { summarize } from '../../../src/summary';
 import { onlineVm } from './fixtures';
 
 describe('BackupHost: enumerate and classify', () => {
@@ -28,13 +29,13 @@ describe('BackupHost: enumerate and classify', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  function hostWith(vms: EnumeratedVm[], warnings: string[] = []): BackupHost {
+  function hostWith(vms: EnumeratedVm[], warnings: string[] = [], skipped?: { name: string; reason: string }[]): BackupHost {
     const provider = {
       kind: 'qemu',
       writerName: 'test writer',
       snapshotQuiesces: false,
       enumerate: async () => vms,
-      enumerateHost: async () => ({ vms, warnings }),
+      enumerateHost: async () => ({ vms, warnings, ...(skipped ? { skipped } : {}) }),
     } as unknown as HostProvider;
     const host = new BackupHost(provider, journal, { hostName: 'h1', repositoryRoot: path.join(dir, 'repo'), timeouts: DEFAULT_TIMEOUTS });
     hosts.push(host);
@@ -42,6 +43,22 @@ describe('BackupHost: enumerate and classify', () => {
   }
 
   const gone = unreachableVm('db', 'QMP socket /run/db.qmp does not answer (timeout)');
+
+  it('a socket whose name is not a valid VM id goes with the set (hostSkipped): the summary names it and is not ok', async () => {
+    const reason = 'socket my vm.qmp skipped: its name is not a valid VM id';
+    const host = hostWith([onlineVm()], [reason], [{ name: 'my vm.qmp', reason }]);
+    const set = assertStage<any>('enumerated', await host.enumerate());
+    assert.deepEqual(set.hostSkipped, [{ name: 'my vm.qmp', reason }]);
+    const classified = host.classify(set, 'checkpoint');
+    assert.deepEqual(classified.hostSkipped, set.hostSkipped, 'carried on to the next stage');
+    // a message that drops it is refused: the summary must not say ok about what was not backed up
+    const { hostSkipped: _dropped, ...edited } = classified;
+    await assert.rejects(host.prepare(edited as never), /\/hostSkipped: differs from what host produced/);
+    const s = summarize({ ...classified, stage: 'copied', repository: '/srv/b', vms: [] }, undefined);
+    assert.equal(s.ok, false);
+    assert.ok(s.skipped.some((x) => x.vm === 'my vm.qmp'));
+    assert.match(s.text, /NOT backed up \(not a valid VM name\): socket my vm\.qmp skipped/);
+  });
 
   it('lists a defined but unreachable VM with its reason; policy fail refuses the set, naming it', async () => {
     const host = hostWith([onlineVm(), gone]);

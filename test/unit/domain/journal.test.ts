@@ -2,7 +2,8 @@ import * as assert from 'node:assert/strict';
 import { appendFileSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Journal, JournalError, checkEntry, pendingUndos } from '../../../src/journal/journal';
+import { Journal, JournalError, checkEntry } from '../../../src/journal/journal';
+import { pendingUndos } from '../../../src/ledger/pending';
 
 describe('journal', () => {
   let dir: string;

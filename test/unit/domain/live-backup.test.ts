@@ -2,7 +2,8 @@ import * as assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Journal, pendingUndos } from '../../../src/journal/journal';
+import { Journal } from '../../../src/journal/journal';
+import { pendingUndos } from '../../../src/ledger/pending';
 import { LiveBackup } from '../../../src/pipeline/live-backup';
 import type { HostProvider } from '../../../src/providers/provider';
 

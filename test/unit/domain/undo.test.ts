@@ -3,7 +3,7 @@ import * as assert from 'node:assert/strict';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { undo } from '../../../src/pipeline/undo';
+import { undo } from '../../../src/ledger/undo';
 import type { HostProvider } from '../../../src/providers/provider';
 
 describe('undo(provider, pending, ctx): one dispatch for the guardian and recovery', () => {

@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { Journal } from '../../../src/journal/journal';
 import { BackupHost, DEFAULT_TIMEOUTS } from '../../../src/pipeline/backup-host';
+import { chainTarget, recordName } from '../../../src/pipeline/chain-plan';
 import { createHyperVProvider, LocalPowerShellRunner } from '../../../src/providers/hyperv';
 import type { HyperVProvider } from '../../../src/providers/hyperv/provider';
 import { verifyBackup } from '../../../src/verify';
@@ -164,6 +165,8 @@ describe('hyperv: the whole pipeline over the provider (a miniature host, a real
     });
   });
   afterEach(() => rmSync(dir, { recursive: true, force: true }));
+  /** the reference point a backup of this host node's chain makes */
+  const rec = (backupId: string) => recordName(chainTarget(path.join(dir, 'repo'), 'HV01'), backupId);
 
   async function backup() {
     const e = await host.enumerate();
@@ -189,7 +192,7 @@ describe('hyperv: the whole pipeline over the provider (a miniature host, a real
     assert.equal(f.m.method, 'child-vm-snapshot');
     assert.deepEqual(
       world.points.map((p) => p.name),
-      [`vmbackup-${full.backupId}`],
+      [rec(full.backupId)],
       "the snapshot became this backup's reference point",
     );
     const flatFull = path.join(dir, 'full.raw');
@@ -209,10 +212,10 @@ describe('hyperv: the whole pipeline over the provider (a miniature host, a real
     execFileSync('qemu-img', ['compare', '-f', 'vhdx', '-F', 'qcow2', world.disk, path.join(i.dir, i.file.name)]);
     execFileSync('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', atFull, path.join(f.dir, f.file.name)]);
     // published: the parent's reference point is destroyed, this backup's kept
-    assert.deepEqual(world.destroyed, [`vmbackup-${full.backupId}`]);
+    assert.deepEqual(world.destroyed, [rec(full.backupId)]);
     assert.deepEqual(
       world.points.map((p) => p.name),
-      [`vmbackup-${inc.backupId}`],
+      [rec(inc.backupId)],
     );
     // the repository's own verify reads both, the chain included
     for (const d of [f.dir, i.dir]) {
@@ -228,7 +231,7 @@ describe('hyperv: the whole pipeline over the provider (a miniature host, a real
     world.write(0x44, 2 * MiB, MiB);
     world.snapshotGoneAtCheck = true;
     await assert.rejects(backup(), /removed during the copy/);
-    const parent = `vmbackup-${full.backupId}`;
+    const parent = rec(full.backupId);
     assert.ok(!world.destroyed.includes(parent), "the parent's reference point stays");
     assert.equal(world.destroyed.length, 1, "the failed backup's own reference point, made at release, is destroyed");
     assert.match(world.destroyed[0]!, /^vmbackup-/);

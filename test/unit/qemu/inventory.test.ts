@@ -6,7 +6,7 @@ import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { classifyVm } from '../../../src/classify/classify';
-import { planChain, trackIntent } from '../../../src/pipeline/chain-plan';
+import { planChain } from '../../../src/pipeline/chain-plan';
 import { fromJson, hostExclusions, readInventory } from '../../../src/providers/qemu/inventory';
 import { lockOffline, planOffline, unlockOffline, type OfflinePlan } from '../../../src/providers/qemu/offline';
 import { lockSocket } from '../../../src/providers/offline-image';
@@ -316,11 +316,11 @@ describe('a stopped VM: classification, chain and settings', () => {
       const disk = vm.disks.find((d) => d.included)!;
       delete disk.tracking;
       const view = { disks: [{ disk: disk.id, artifact: 'disk-x.qcow2', format: 'qcow2' }], ref: {} };
-      const plans = await planChain({ root } as never, 'h', vm, view, '20261201T120000Z-abcdef', true);
+      const { plans, track } = await planChain({ root } as never, 'h', vm, view, '20261201T120000Z-abcdef', true);
       assert.equal(plans[0].mode, 'full');
       assert.equal(plans[0].reason, 'offline');
       assert.equal(plans[0].record, undefined);
-      assert.deepEqual(trackIntent(vm, plans).records, []);
+      assert.deepEqual(track.records, []);
     } finally {
       await fs.rm(root, { recursive: true, force: true });
     }

@@ -46,6 +46,13 @@ function Assert-VmbBackupName([string]$Name, [string]$Field) {
     return $Name
 }
 
+# Our change-tracking records (reference points): vmbackup-<chain>-<backupId> (the chain: 8 hex
+# digits of the host node's repository and host name), or the old-style vmbackup-<backupId>.
+function Assert-VmbRecordName([string]$Name, [string]$Field) {
+    if ($Name -cnotmatch '^vmbackup-([0-9a-f]{8}-)?[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}$') { throw (New-Object System.ArgumentException "$Field '$Name' is not vmbackup-<chain>-<backupId>") }
+    return $Name
+}
+
 function ConvertTo-VmbGuid($Value) {
     $g = [guid]::Empty
     if (-not [guid]::TryParse([string]$Value, [ref]$g)) {
@@ -308,7 +315,7 @@ function Get-VmbFileStamp([string]$Path) {
     return [ordered]@{ Path = [string]$f.FullName; Length = [long]$f.Length; LastWriteTimeUtc = ConvertTo-VmbIsoDate $f.LastWriteTimeUtc }
 }
 
-# Our map of reference points (their names are ours: vmbackup-<backupId>; Hyper-V gives them
+# Our map of reference points (their names are ours: vmbackup-<chain>-<backupId>; Hyper-V gives them
 # only an InstanceID), kept beside the VM's configuration, so it moves with a clustered VM.
 function Get-VmbReferencePointMapPath($Vm) {
     return (Join-Path (Join-Path ([string]$Vm.ConfigurationLocation) 'vm-backup') ([string]$Vm.Id + '.reference-points.json'))

@@ -22,7 +22,7 @@ try {
     $map = @(Read-VmbReferencePointMap $vm)
     if ($action -ceq 'convert') {
         $snapshotId = ConvertTo-VmbGuid (Get-VmbArg $a 'SnapshotId')
-        $record = Assert-VmbBackupName ([string](Get-VmbArg $a 'RecordName')) 'RecordName'
+        $record = Assert-VmbRecordName ([string](Get-VmbArg $a 'RecordName')) 'RecordName'
         $snap = Get-VmbSnapshotSettings $cs $snapshotId
         $done = @($map | Where-Object { [string]$_.Name -ceq $record })[0]
         if ($null -eq $snap -and $null -ne $done -and @(Get-VmbReferencePoints $cs | Where-Object { [string]$_.InstanceID -eq [string]$done.InstanceID }).Count -gt 0) {
@@ -45,7 +45,7 @@ try {
         $out = [ordered]@{ ReferencePoint = $info; RecordName = $record; SnapshotGone = ($null -eq (Get-VmbSnapshotSettings $cs $snapshotId)); State = Get-VmbVmState $wait.vm }
     } elseif ($action -ceq 'destroy') {
         $names = @(([string](Get-VmbArg $a 'RecordNames')).Split('|') | Where-Object { $_ })
-        foreach ($n in $names) { Assert-VmbBackupName $n 'RecordNames' | Out-Null }
+        foreach ($n in $names) { Assert-VmbRecordName $n 'RecordNames' | Out-Null }
         $live = @(Get-VmbReferencePoints $cs)
         $service = $null
         $destroyed = New-Object System.Collections.Generic.List[string]

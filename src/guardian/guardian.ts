@@ -7,14 +7,16 @@
 // nothing left, or repeats what the guardian could not do (every undo is safe to repeat).
 //
 // Started by LiveBackup with process.execPath and an argument vector (no shell); SIGTERMed when
-// the set ends. Only providers that describe themselves for it (guardianSpec) get one.
+// the set ends. Only providers that describe themselves for it (guardianSpec) get one. It acts
+// through the set's ledger (src/ledger): the same pending rule and undo functions as the live set
+// and recovery; it sits below the pipeline and imports nothing of it.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import type { Journal } from '../journal/journal';
 import type { HostProvider } from '../providers/provider';
-import type { GuardianReply, GuardianRequest, GuardianSpec } from './guardian-protocol';
+import type { GuardianReply, GuardianRequest, GuardianSpec } from './protocol';
 
-export type { GuardianReply, GuardianRequest, GuardianSpec } from './guardian-protocol';
+export type { GuardianReply, GuardianRequest, GuardianSpec } from './protocol';
 
 type Req<O extends GuardianRequest['op']> = Omit<Extract<GuardianRequest, { op: O }>, 'id'>;
 

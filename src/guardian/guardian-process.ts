@@ -8,10 +8,12 @@
 // the journal. When Node-RED hands it the undos it could not finish ("adopt"), it retries them
 // until they are done, writes "end" for the set and exits, so no guardian outlives its set.
 import { performance } from 'node:perf_hooks';
-import { Journal, pendingUndos, type PendingUndo } from '../journal/journal';
+import { Journal } from '../journal/journal';
+import { pendingUndos, type PendingUndo } from '../ledger/pending';
+import { undo } from '../ledger/undo';
+import { takeBackPartialPublish } from '../ledger/unpublish';
 import type { HostProvider } from '../providers/provider';
-import type { GuardianReply, GuardianRequest, GuardianSpec } from './guardian-protocol';
-import { undo } from './undo';
+import type { GuardianReply, GuardianRequest, GuardianSpec } from './protocol';
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -139,12 +141,15 @@ export async function main(spec: GuardianSpec): Promise<void> {
   function adopt(orphaned: boolean): Promise<boolean> {
     adopting ??= (async () => {
       const by = orphaned ? { by: 'guardian' as const } : {};
+      // recovery at a start meanwhile (a redeploy's new host node) leaves the set to this process while it runs
+      journal.append({ backupId: spec.backupId, op: 'adopt', phase: 'intent', data: { pid: process.pid, ...by } });
       const t0 = performance.now();
       if (orphaned) {
         // a set cut between two VMs' publish renames is taken back first (all or none)
-        const { takeBackPartialPublish } = require('../recovery') as typeof import('../recovery');
         for (const a of await takeBackPartialPublish(journal.read().filter((e) => e.backupId === spec.backupId))) {
-          if (a.ok) journal.append({ backupId: spec.backupId, vm: a.vm, op: 'discard', phase: 'done', data: { by: 'guardian' } });
+          if (!a.ok) continue;
+          journal.append({ backupId: spec.backupId, vm: a.vm, op: 'unpublish', phase: 'done', data: { by: 'guardian' } });
+          journal.append({ backupId: spec.backupId, vm: a.vm, op: 'discard', phase: 'done', data: { by: 'guardian' } });
         }
       }
       for (;;) {

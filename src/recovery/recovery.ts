@@ -7,14 +7,13 @@
 // it computes itself under its own repository folder, and never on another host's or another
 // Node-RED's live work in a shared repository.
 import * as fsSync from 'node:fs';
-import type { JournalEntry, PendingUndo, SkippedLine } from './journal/journal';
-import { isStagingShaped, Journal, pendingUndos } from './journal/journal';
-import type { HostProvider } from './providers/provider';
-import { removeStaging, type ArtifactRepository } from './repository/repository';
-import { ownerGone, readOwner } from './repository/staging-owner';
-import { isSafeName } from './util/ids';
-import { undo as undoEffect } from './pipeline/undo';
-import { promises as fs } from 'node:fs';
+import { Journal, type JournalEntry, type SkippedLine } from '../journal/journal';
+import { adoptedBy, isStagingShaped, pendingUndos, type PendingUndo } from '../ledger/pending';
+import { undo as undoEffect } from '../ledger/undo';
+import { takeBackPartialPublish } from '../ledger/unpublish';
+import type { HostProvider } from '../providers/provider';
+import { removeStaging, type ArtifactRepository } from '../repository/repository';
+import { ownerGone, readOwner } from '../repository/staging-owner';
 import * as path from 'node:path';
 
 export interface RecoveryAction {
@@ -31,7 +30,11 @@ export interface RecoveryAction {
     /** pending work in a journal that no host node here owns: reported, not touched */
     | 'foreign-pending'
     /** a staging directory no journal names whose writer may still be at work: left in place */
-    | 'leave-staging';
+    | 'leave-staging'
+    /** a set whose guardian process took over its undos at its ending: what it did, or that it still runs */
+    | 'guardian'
+    /** a set its host node ended on closing (Node-RED stopped): undone then, reported now */
+    | 'ended';
   backupId?: string;
   vm?: string;
   ok: boolean;
@@ -45,6 +48,10 @@ export interface RecoveryAction {
   journal?: string;
   /** a path the action concerns (staging directories) */
   path?: string;
+  /** the stage the set was in when it was cut (its last "step" line), for the report */
+  step?: string;
+  /** the VMs whose backup of the set stays published (every VM of the set was renamed before the cut) */
+  published?: string[];
 }
 
 export interface RecoverOptions {
@@ -60,7 +67,12 @@ export interface RecoverOptions {
    * of the host nodes sharing a name, so that no set is recovered twice at once.
    */
   adoptOrphans?: boolean;
+  /** how long to wait for a guardian process still at work on a set of this node (a redeploy's old set) */
+  guardianWaitMs?: number;
 }
+
+/** A redeploy's old set may still be in its guardian's hands: wait this long for it by default. */
+export const GUARDIAN_WAIT_MS = 20_000;
 
 const JOURNAL_NAME = /^journal-([A-Za-z0-9][A-Za-z0-9._-]{0,63})\.jsonl$/;
 
@@ -112,6 +124,8 @@ export async function recover(
   const hostName = o.hostName ?? journal.stamp.host;
   const owner = o.owner ?? journal.stamp.owner;
   const actions: RecoveryAction[] = [];
+  // sets whose guardian took them over at their ending and still runs are its own until it is done
+  const adopted = await waitForGuardians(journal, o.guardianWaitMs ?? GUARDIAN_WAIT_MS);
   const own = journal.readChecked();
   if (own.skipped.length) actions.push(describeSkipped(journal.file, own.skipped));
 
@@ -188,6 +202,7 @@ export async function recover(
           ok: true,
           by: 'guardian',
           at: e.t,
+          ...stepOf(set.entries),
           ...(file !== journal.file ? { journal: file } : {}),
         });
       }
@@ -195,7 +210,22 @@ export async function recover(
   }
   for (const { file, set, host } of mine) {
     const from = file !== journal.file ? { journal: file } : {};
+    const guardian = file === journal.file ? adopted.get(set.backupId) : undefined;
+    if (guardian) {
+      actions.push({
+        kind: 'guardian',
+        backupId: set.backupId,
+        ok: guardian.finished,
+        detail: guardian.finished
+          ? `the set's guardian process (pid ${guardian.pid}) finished the undos it took over when the set ended`
+          : `the set's guardian process (pid ${guardian.pid}) is still undoing what the set left (${pendingUndos(set.entries)
+              .map((u) => `${u.kind} ${u.vm}`)
+              .join(', ')}); left to it`,
+      });
+      if (!guardian.finished) continue;
+    }
     const stagingOf = (vm: string) => (host !== undefined ? repo.stagingDir(host, vm, set.backupId) : undefined);
+    const atStep = stepOf(set.entries);
     let failed = false;
     for (const e of set.entries) {
       // a staging line naming what cannot be this set's staging directory is never acted on: say so
@@ -213,12 +243,27 @@ export async function recover(
     }
     // A crash between two VMs' publish renames leaves a set partly published: take it back (all or
     // none). A set whose every VM was renamed is complete and verified: it stays.
-    for (const action of await takeBackPartialPublish(set.entries, stagingOf, (p) => repo.resolvesInside(p))) {
-      actions.push({ ...action, ...from });
+    const takenBack = await takeBackPartialPublish(set.entries, stagingOf, (p) => repo.resolvesInside(p));
+    for (const action of takenBack) {
+      actions.push({ ...action, ...atStep, ...from });
       failed ||= !action.ok;
     }
+    const published = publishedOf(set.entries, takenBack.length > 0);
+    const closed = set.entries.find((e) => e.op === 'end' && e.data?.unreported);
+    if (closed) {
+      actions.push({
+        kind: 'ended',
+        backupId: set.backupId,
+        ok: true,
+        ...(closed.data?.step ? { step: closed.data.step } : {}),
+        at: closed.t,
+        detail: `backup ${set.backupId} was ended at ${closed.data?.step ?? '?'} when its host node closed (${closed.data?.error ?? '?'}); everything it had done was undone then`,
+        ...published,
+        ...from,
+      });
+    }
     for (const undo of pendingUndos(set.entries)) {
-      const action: RecoveryAction = { kind: undo.kind, backupId: undo.backupId, vm: undo.vm, ok: true, ...from };
+      const action: RecoveryAction = { kind: undo.kind, backupId: undo.backupId, vm: undo.vm, ok: true, ...atStep, ...published, ...from };
       if (undo.kind === 'discard') {
         // only the directory this host computes for the set, never the journalled one as given
         const refusal = await checkStaging(repo, undo.dir, stagingOf(undo.vm));
@@ -327,69 +372,55 @@ async function checkStaging(repo: ArtifactRepository, journalled: string, comput
   return undefined;
 }
 
-/**
- * Take back a set cut between two VMs' publish renames. `stagingOf` computes a VM's staging
- * directory (recovery passes the repository's); without it, only a journalled directory shaped
- * like a staging directory of that set and VM is believed.
- */
-export async function takeBackPartialPublish(
-  entries: readonly JournalEntry[],
-  stagingOf?: (vm: string) => string | undefined,
-  mayTouch: (dir: string) => Promise<boolean> = async () => true,
-): Promise<RecoveryAction[]> {
-  const ended = new Set(entries.filter((e) => e.op === 'end').map((e) => e.backupId));
-  const publishing = new Set(entries.filter((e) => e.op === 'publish' && !ended.has(e.backupId)).map((e) => e.backupId));
-  const actions: RecoveryAction[] = [];
-  for (const backupId of publishing) {
-    const staged = new Map<string, string>();
-    for (const e of entries) {
-      if (e.backupId !== backupId || e.op !== 'staging' || e.phase !== 'intent' || !isSafeName(e.vm) || !e.data?.dir) continue;
-      const dir = stagingOf ? stagingOf(e.vm) : e.data.dir;
-      if (dir !== undefined && dir === path.resolve(e.data.dir) && path.basename(dir) === `.partial-${backupId}`) staged.set(e.vm, dir);
-    }
-    const exists = (p: string) =>
-      fs.access(p).then(
-        () => true,
-        () => false,
-      );
-    const state = await Promise.all(
-      [...staged].map(async ([vm, dir]) => {
-        const final = path.join(path.dirname(dir), backupId);
-        return { vm, final, published: (await exists(final)) && !(await exists(dir)) };
-      }),
-    );
-    if (state.every((s) => s.published)) continue;
-    for (const s of state.filter((x) => x.published)) {
-      if (!(await mayTouch(s.final))) {
-        actions.push({
-          kind: 'refuse',
-          backupId,
-          vm: s.vm,
-          ok: false,
-          path: s.final,
-          error: `${s.final} leads out of the repository (a symbolic link): not taken back`,
-        });
-        continue;
-      }
-      const error = await fs.rm(s.final, { recursive: true, force: true }).then(
-        () => undefined,
-        (err: Error) => err.message,
-      );
-      actions.push({ kind: 'unpublish', backupId, vm: s.vm, ok: error === undefined, ...(error ? { error } : {}) });
-    }
-  }
-  return actions;
+/** The stage a set was in when it was cut: its last "step" line. */
+function stepOf(entries: readonly JournalEntry[]): { step?: string } {
+  const step = entries.filter((e) => e.op === 'step').pop()?.data?.step;
+  return step ? { step } : {};
 }
 
-/** True when at least one of the files exists. */
-export async function anyExists(files: readonly string[]): Promise<boolean> {
-  for (const f of files)
-    if (
-      await fs.access(f).then(
-        () => true,
-        () => false,
-      )
-    )
-      return true;
-  return false;
+/** The VMs whose publish is done and not taken back (all of them, or the set is taken back whole). */
+function publishedOf(entries: readonly JournalEntry[], takenBack: boolean): { published?: string[] } {
+  if (takenBack) return {};
+  const vms = new Set<string>();
+  for (const e of entries) {
+    if (e.op === 'publish' && e.phase === 'done' && e.vm) vms.add(e.vm);
+    if (e.op === 'unpublish' && e.phase === 'done' && e.vm) vms.delete(e.vm);
+  }
+  return vms.size ? { published: [...vms] } : {};
+}
+
+/**
+ * The sets of this journal that a guardian process adopted and that it still works on: waited for
+ * up to `withinMs` (polling the journal for their "end"). Returns each such set's guardian and
+ * whether it finished.
+ */
+async function waitForGuardians(journal: Journal, withinMs: number): Promise<Map<string, { pid: number; finished: boolean }>> {
+  const out = new Map<string, { pid: number; finished: boolean }>();
+  let entries: JournalEntry[];
+  try {
+    entries = journal.read();
+  } catch {
+    return out; // reported by the reading below
+  }
+  for (const id of new Set(entries.filter((e) => e.op === 'adopt').map((e) => e.backupId))) {
+    const pid = adoptedBy(entries, id, (p) => guardianRuns(p, id));
+    if (pid !== undefined) out.set(id, { pid, finished: false });
+  }
+  const deadline = Date.now() + withinMs;
+  while (out.size > 0 && [...out.values()].some((g) => !g.finished) && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 250));
+    const now = journal.read();
+    for (const [id, g] of out) if (!g.finished && adoptedBy(now, id, (p) => guardianRuns(p, id)) === undefined) g.finished = true;
+  }
+  return out;
+}
+
+/** A guardian process of set `backupId` runs as `pid` (its argument vector names the set). */
+function guardianRuns(pid: number, backupId: string): boolean {
+  try {
+    const argv = fsSync.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+    return argv.some((a) => a.endsWith(`${path.sep}guardian.js`)) && argv.some((a) => a.includes(`"backupId":"${backupId}"`));
+  } catch {
+    return false;
+  }
 }
