@@ -225,6 +225,8 @@ async function removeBackup(vmDir: string, id: string): Promise<void> {
     await fsyncDir(vmDir);
   }
   await fs.rm(away, { recursive: true, force: true });
+  // the boot test's record of this backup lives beside it (never in the backup): it goes with it
+  await fs.rm(path.join(vmDir, `${id}.boot-test.json`), { force: true });
 }
 
 /**

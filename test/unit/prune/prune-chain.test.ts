@@ -97,9 +97,14 @@ export async function assertKeptRestorable(tmp: string, repo: BuiltRepo, kept: s
     const times = nightly('2026-12-01T20:10:00Z', 14, 1).map((t, i) => new Date(t.getTime() + (i % 3) * 600_000));
     const repo = buildRepo(tmp, times, [disks[0]]);
     const rules: Retention = { keepLast: 3, keepHourly: 4, keepDaily: 2 };
+    // a boot test's record beside every backup (restore's <backupId>.boot-test.json)
+    const ids = fs.readdirSync(repo.vmDir).filter((n) => /^[0-9]{8}T/.test(n));
+    for (const id of ids) fs.writeFileSync(path.join(repo.vmDir, `${id}.boot-test.json`), '{}');
     const r = await pruneVm(VM, { root: repo.root, host: HOST, rules });
     assert.ok(r.ok, r.error);
     assert.ok(r.removed.length > 0);
+    for (const id of ids)
+      assert.equal(fs.existsSync(path.join(repo.vmDir, `${id}.boot-test.json`)), r.kept.includes(id), `${id}'s boot-test record`);
     await assertKeptRestorable(tmp, repo, r.kept);
   });
 
