@@ -265,7 +265,15 @@ export async function libvirtStart(opts: LibvirtStartOptions = {}): Promise<Libv
   const started: string[] = [];
   for (const spec of LIBVIRT_DOMAINS) {
     const image = domainImage(spec.name, labDir);
-    const state = await domState(spec.name);
+    let state = await domState(spec.name);
+    if (state !== undefined && !(await virshOk(['dumpxml', spec.name])).includes(`${dir}/`)) {
+      // defined by a lab in another directory (another lab dir, a run from another clone): its
+      // disks, checkpoints and console are not this lab's; it is replaced, never reused
+      if (state !== 'shut off') await virsh(['destroy', spec.name]);
+      await virshOk(['undefine', spec.name, '--managed-save', '--checkpoints-metadata', '--snapshots-metadata']);
+      log(`lab: domain ${spec.name} belonged to a lab elsewhere: undefined`);
+      state = undefined;
+    }
     if (state === undefined) {
       if (!exists(image)) await makeDataImage(image, spec.name);
       const xmlFile = path.join(dir, 'run', `${spec.name}.xml`);

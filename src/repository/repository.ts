@@ -160,7 +160,13 @@ export class ArtifactRepository {
  * staging: the live set's discard, the guardian's and recovery's undo all come here.
  */
 export async function removeStaging(dir: string): Promise<void> {
-  await fs.rm(dir, { recursive: true, force: true });
+  try {
+    await fs.rm(dir, { recursive: true, force: true });
+  } catch (err) {
+    // a folder above it is not a folder (replaced by a file): the staging directory cannot exist,
+    // so there is nothing to remove (force covers only ENOENT)
+    if ((err as NodeJS.ErrnoException).code !== 'ENOTDIR') throw err;
+  }
 }
 
 async function readdirSafe(dir: string): Promise<string[]> {

@@ -333,9 +333,9 @@ describe('libvirt provider: the disks real hosts have (block, NBD, iSCSI, pool v
 
     // libvirt's view: no job, our newest checkpoint only (a bitmap on the qcow2 volume alone), the disks as they were
     assert.equal(parseJobInfo(virshOk('domjobinfo', '--domain', STOR)).type, 'None');
-    assert.deepEqual(virshOk('checkpoint-list', STOR, '--name').trim().split('\n'), [`vmbackup-${sets[1].backupId}`]);
+    assert.deepEqual(virshOk('checkpoint-list', STOR, '--name').trim().split('\n'), [`vmbackup-${host.target}-${sets[1].backupId}`]);
     assert.deepEqual(
-      parseCheckpointDisks(virshOk('checkpoint-dumpxml', STOR, `vmbackup-${sets[1].backupId}`)).map((d) => d.disk),
+      parseCheckpointDisks(virshOk('checkpoint-dumpxml', STOR, `vmbackup-${host.target}-${sets[1].backupId}`)).map((d) => d.disk),
       ['vda', 'vdf'],
     );
     assert.equal(virshOk('domblklist', '--domain', STOR, '--details'), blkListBefore);
