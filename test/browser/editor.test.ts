@@ -203,7 +203,7 @@ describe('editor in headless Chromium', function () {
     const icons = await page.evaluate<string[]>(
       `Array.from(document.querySelectorAll('#red-ui-palette-container-VM_backup .red-ui-palette-icon')).map((e) => e.style.backgroundImage)`,
     );
-    assert.equal(icons.length, 9);
+    assert.equal(icons.length, 12);
     for (const icon of icons) assert.match(icon, new RegExp(`icons/${MODULE.replace('/', '\\/')}/vmbackup-[a-z-]+\\.svg`));
     // the icons really load
     const loaded = await page.evaluate<boolean[]>(
@@ -350,7 +350,7 @@ describe('editor in headless Chromium', function () {
     const search = page.locator('#red-ui-palette-search input');
     await search.fill('vmbackup');
     await search.press('End');
-    await page.waitForFunction(`$('#red-ui-palette-container .red-ui-palette-node:visible').length === 9`);
+    await page.waitForFunction(`$('#red-ui-palette-container .red-ui-palette-node:visible').length === 12`);
     if (SCREENSHOT !== '0') {
       await page.locator('#red-ui-view-zoom-out').click();
       await page.locator('#red-ui-view-zoom-out').click();
