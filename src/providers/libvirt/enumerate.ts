@@ -5,9 +5,19 @@ import * as path from 'node:path';
 import type { Disk, EnumeratedVm } from '../../contract/types';
 import { isSafeName } from '../../util/ids';
 import { unreachableVm } from '../../contract/limits';
-import * as qemuImg from '../qemu-img';
 import { parseVolumeXml, resolvedVolume } from './disks';
-import { definitionFrom, guestFrom, mapState, parseDomState, parseKeyValues, parseNames, parseTable, type DomainDefinition } from './parse';
+import {
+  definitionFrom,
+  guestFrom,
+  mapState,
+  parseDomState,
+  parseDomStats,
+  parseKeyValues,
+  parseNames,
+  parseTable,
+  type DomainDefinition,
+  type DomainStats,
+} from './parse';
 import { parseXml } from './xml';
 import { VirshError, type Virsh } from './virsh';
 import { checkpointRecords } from './checkpoints';
@@ -21,8 +31,6 @@ export interface EnumerateOptions {
   localFiles: boolean;
   /** where scratch files go; default: beside each VM's first disk that is a file */
   scratchDir?: string;
-  /** qemu-img, to read a qcow2 image's version (a v2 image cannot hold a bitmap) */
-  qemuImg: string;
 }
 
 export interface DomainRef {
@@ -38,47 +46,75 @@ export function vmIdFor(name: string, uuid: string): string {
   return isSafeName(name) ? name : uuid;
 }
 
+/** Domains asked at once: their calls queue in one virsh session (or, with a one-shot runner, as many processes). */
+const DOMAINS_AT_ONCE = 8;
+
 export async function enumerateDomains(
   virsh: Virsh,
   o: EnumerateOptions,
 ): Promise<{ vms: EnumeratedVm[]; refs: Map<string, DomainRef>; warnings: string[] }> {
-  const names = parseNames(await virsh.run(['list', '--all', '--name'], { timeoutMs: o.timeoutMs }));
-  // a transient domain (virsh create) exists only while it runs: libvirt cannot managed-save it
-  const transient = new Set(parseNames(await virsh.run(['list', '--transient', '--name'], { timeoutMs: o.timeoutMs })));
+  const call = { timeoutMs: o.timeoutMs };
+  // the host's lists first: every name; the transient ones (virsh create: such a domain exists
+  // only while it runs, libvirt cannot managed-save it); every domain's state and disk sizes
+  const [names, transientNames, stats] = await Promise.all([
+    virsh.run(['list', '--all', '--name'], call).then(parseNames),
+    virsh.run(['list', '--transient', '--name'], call).then(parseNames),
+    // one call for the host; without it, domstate and domblkinfo per domain
+    virsh.run(['domstats', '--state', '--block'], call).then(parseDomStats, () => undefined),
+  ]);
+  const transient = new Set(transientNames);
+  // a few domains at a time: their queries queue in one virsh process (libvirtd serialises
+  // calls on a domain anyway), and a one-shot runner must not start hundreds of processes at once
+  const results = await mapLimit(names, DOMAINS_AT_ONCE, (name) =>
+    enumerateOne(virsh, name, transient.has(name), stats?.get(name), o).then(
+      (r) => ({ name, ...r }),
+      (err: unknown) => ({ name, err: err as Error }),
+    ),
+  );
   const refs = new Map<string, DomainRef>();
   const warnings: string[] = [];
   const vms: EnumeratedVm[] = [];
-  // one domain at a time: libvirtd serialises calls on a domain anyway, and a host with many
-  // domains must not start hundreds of virsh processes at once
-  for (const name of names) {
+  for (const r of results) {
     try {
-      const { vm, ref } = await enumerateOne(virsh, name, transient.has(name), o);
-      if (refs.has(vm.id)) throw new Error(`two domains map to the VM id "${vm.id}"`);
-      refs.set(vm.id, ref);
-      vms.push(vm);
+      if ('err' in r) throw r.err;
+      if (refs.has(r.vm.id)) throw new Error(`two domains map to the VM id "${r.vm.id}"`);
+      refs.set(r.vm.id, r.ref);
+      vms.push(r.vm);
     } catch (err) {
       // never dropped in silence: a domain named by a usable id is listed unreachable with why
       // (classify's unreachable policy fails the set or reports it; a summary is never ok about
       // it: a pool that is not started after a reboot leaves its domains' volumes unresolved);
       // one that is not is named in the set's warnings
       const why = `could not be enumerated: ${(err as Error).message.slice(0, 600)}`;
-      if (isSafeName(name) && !refs.has(name) && !vms.some((v) => v.id === name)) vms.push(unreachableVm(name, why));
-      else warnings.push(`domain "${name.slice(0, 200)}" ${why}; it is NOT backed up`);
+      if (isSafeName(r.name) && !refs.has(r.name) && !vms.some((v) => v.id === r.name)) vms.push(unreachableVm(r.name, why));
+      else warnings.push(`domain "${r.name.slice(0, 200)}" ${why}; it is NOT backed up`);
     }
   }
   vms.sort((a, b) => a.id.localeCompare(b.id));
   return { vms, refs, warnings };
 }
 
+/** fn over items, at most `limit` at a time; results in the items' order */
+async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const out: R[] = new Array<R>(items.length);
+  let next = 0;
+  const worker = async () => {
+    for (let i = next++; i < items.length; i = next++) out[i] = await fn(items[i]);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+}
+
 async function enumerateOne(
   virsh: Virsh,
   name: string,
   transient: boolean,
+  stats: DomainStats | undefined,
   o: EnumerateOptions,
 ): Promise<{ vm: EnumeratedVm; ref: DomainRef }> {
   const call = { timeoutMs: o.timeoutMs };
   // the live definition when it runs (hot-plugged disks, current sources), else the stored one
-  const { state, reason } = parseDomState(await virsh.run(['domstate', '--domain', name, '--reason'], call));
+  const { state, reason } = stats ?? parseDomState(await virsh.run(['domstate', '--domain', name, '--reason'], call));
   const definition = definitionFrom(await virsh.run(['dumpxml', '--domain', name], call));
   const id = vmIdFor(definition.name || name, definition.uuid);
   if (!isSafeName(id)) throw new Error(`neither its name nor its UUID "${definition.uuid}" is a usable VM id`);
@@ -86,9 +122,16 @@ async function enumerateOne(
   const mapped = mapState(state, reason);
   await resolveVolumes(virsh, definition, call);
   const disks = definition.disks;
-  const sizes = await virsh.run(['domblkinfo', '--domain', domain, '--all'], call).then(parseTable, () => []);
+  const capacity =
+    stats?.capacity ??
+    new Map(
+      (await virsh.run(['domblkinfo', '--domain', domain, '--all'], call).then(parseTable, () => [])).map((r) => [
+        r.Target,
+        Number(r.Capacity),
+      ]),
+    );
   for (const d of disks) {
-    const cap = Number(sizes.find((r) => r.Target === d.id)?.Capacity);
+    const cap = capacity.get(d.id) ?? NaN;
     if (d.included && Number.isSafeInteger(cap) && cap > 0) d.virtualSize = cap;
     // the same-volume rule compares file systems: only a disk that is a file lives on one
     if (d.included && o.localFiles && d.driver === 'file' && d.file.startsWith('/')) {
@@ -182,11 +225,29 @@ async function resolveVolumes(virsh: Virsh, def: DomainDefinition, call: { timeo
   }
 }
 
-/** A qcow2 image whose version can hold persistent bitmaps (v3, "compat 1.1"); a network one is taken at its word. */
+/**
+ * A qcow2 image whose version can hold persistent bitmaps (v3, "compat 1.1"; libvirt's own
+ * volumes may be v2, "compat 0.10"); a network one is taken at its word. The version is the
+ * header's second field, read here (a qemu-img process per disk was most of a large host's
+ * enumerate); a header that is not qcow2's is taken at its word too, as `qemu-img info` failing was.
+ */
 async function holdsBitmaps(d: Disk, o: EnumerateOptions): Promise<boolean> {
   if (d.format !== 'qcow2') return false;
   if (!d.file.startsWith('/') || !o.localFiles) return true;
-  const info = await qemuImg.info(o.qemuImg, d.file, true).catch(() => undefined);
-  const compat = (info as { 'format-specific'?: { data?: { compat?: string } } } | undefined)?.['format-specific']?.data?.compat;
-  return compat !== '0.10';
+  return (await qcow2Version(d.file)) !== 2;
+}
+
+/** The version field of a qcow2 header (magic "QFI\xfb", then a big-endian u32), or undefined. */
+export async function qcow2Version(file: string): Promise<number | undefined> {
+  const fh = await fs.open(file, 'r').catch(() => undefined);
+  if (!fh) return undefined;
+  try {
+    const buf = Buffer.alloc(8);
+    const { bytesRead } = await fh.read(buf, 0, 8, 0);
+    return bytesRead === 8 && buf.readUInt32BE(0) === 0x514649fb ? buf.readUInt32BE(4) : undefined;
+  } catch {
+    return undefined;
+  } finally {
+    await fh.close();
+  }
 }

@@ -49,7 +49,7 @@ import { enumerateDomains, type DomainRef } from './enumerate';
 import { definitionFrom, mapState, parseDomState } from './parse';
 import { saveDomain } from './saved-state';
 import { VirshError, VirshRunner, type Virsh } from './virsh';
-import { VirshSession } from './virsh-session';
+import { VirshSession, VirshShell } from './virsh-session';
 
 /** How long libvirt waits for a domain's job lock before "cannot acquire state change lock" (QEMU driver, fixed) */
 const LIBVIRT_JOB_WAIT_MS = 30_000;
@@ -125,12 +125,13 @@ export class LibvirtProvider implements HostProvider {
         `libvirtUri: "${this.virsh.uri}" names a libvirtd on another machine; the libvirt provider copies through libvirt's NBD socket and image files on the machine Node-RED runs on, so it needs a local URI (qemu:///system): run Node-RED on the libvirt host`,
       );
     }
-    const { vms, refs, warnings } = await enumerateDomains(this.virsh, {
+    // one virsh process for all the queries (a host of 50 domains asked ~170 processes of its own)
+    const shell = this.options.virsh ? undefined : new VirshShell(this.virsh);
+    const { vms, refs, warnings } = await enumerateDomains(shell ?? this.virsh, {
       timeoutMs: this.commandMs,
       localFiles: this.local,
-      qemuImg: this.qemuImgPath,
       ...(this.options.scratchDir ? { scratchDir: this.options.scratchDir } : {}),
-    });
+    }).finally(() => shell?.close());
     for (const [id, ref] of refs) {
       this.refs.set(id, ref);
       for (const d of ref.definition.disks) if (d.included) this.images.add(d.file);

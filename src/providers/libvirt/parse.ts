@@ -19,6 +19,90 @@ export function parseDomState(out: string): { state: string; reason: string } {
   return { state: m[1], reason: m[2] ?? '' };
 }
 
+/** virDomainState as `virsh domstate` names it */
+const STATES = ['no state', 'running', 'idle', 'paused', 'in shutdown', 'shut off', 'crashed', 'pmsuspended'];
+/** the reasons of the states whose reason anything reads (shut off: saved), as `virsh domstate --reason` names them */
+const REASONS: Record<string, readonly string[]> = {
+  running: [
+    'unknown',
+    'booted',
+    'migrated',
+    'restored',
+    'from snapshot',
+    'unpaused',
+    'migration canceled',
+    'save canceled',
+    'event wakeup',
+    'crashed',
+    'post-copy',
+    'post-copy failed',
+  ],
+  paused: [
+    'unknown',
+    'user',
+    'migrating',
+    'saving',
+    'dumping',
+    'I/O error',
+    'watchdog',
+    'from snapshot',
+    'shutting down',
+    'creating snapshot',
+    'crashed',
+    'starting up',
+    'post-copy',
+    'post-copy failed',
+  ],
+  'shut off': ['unknown', 'shutdown', 'destroyed', 'crashed', 'migrated', 'saved', 'failed', 'from snapshot', 'daemon'],
+};
+
+export interface DomainStats {
+  state: string;
+  reason: string;
+  /** disk target -> capacity (bytes), as domblkinfo gives it */
+  capacity: Map<string, number>;
+}
+
+/**
+ * `virsh domstats --state --block` (every domain, one call): state and reason (as domstate
+ * names them) and each disk's capacity, by domain name.
+ */
+export function parseDomStats(out: string): Map<string, DomainStats> {
+  const all = new Map<string, DomainStats>();
+  let cur: DomainStats | undefined;
+  const names = new Map<string, string>();
+  const capacity = new Map<string, number>();
+  const finish = () => {
+    if (!cur) return;
+    for (const [i, cap] of capacity) {
+      const name = names.get(i);
+      if (name) cur.capacity.set(name, cap);
+    }
+    names.clear();
+    capacity.clear();
+  };
+  for (const line of out.split('\n')) {
+    const dom = /^Domain: '(.*)'\s*$/.exec(line);
+    if (dom) {
+      finish();
+      cur = { state: '', reason: '', capacity: new Map() };
+      all.set(dom[1], cur);
+      continue;
+    }
+    const kv = /^\s+([\w.]+)=(.*)$/.exec(line);
+    if (!cur || !kv) continue;
+    const [, key, value] = kv;
+    if (key === 'state.state') cur.state = STATES[Number(value)] ?? `state ${value}`;
+    else if (key === 'state.reason') cur.reason = value;
+    const blk = /^block\.(\d+)\.(name|capacity)$/.exec(key);
+    if (blk?.[2] === 'name') names.set(blk[1], value);
+    else if (blk?.[2] === 'capacity' && Number.isSafeInteger(Number(value))) capacity.set(blk[1], Number(value));
+  }
+  finish();
+  for (const s of all.values()) s.reason = REASONS[s.state]?.[Number(s.reason)] ?? s.reason;
+  return all;
+}
+
 /**
  * libvirt's state in the words the classification uses: "off" is a guest shut down with its disks
  * left as a shut-down machine leaves them; a saved (managedsave) guest is not off, its file

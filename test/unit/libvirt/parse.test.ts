@@ -11,6 +11,7 @@ import {
   mapState,
   parseBackupXml,
   parseDomState,
+  parseDomStats,
   parseJobInfo,
   parseKeyValues,
   parseNames,
@@ -50,6 +51,30 @@ describe('libvirt parse: recorded virsh output', () => {
     assert.equal(info[0].Target, 'vda');
     assert.equal(Number(info[0].Capacity), 128 << 20);
     assert.deepEqual(parseTable(''), []);
+  });
+
+  it("domstats --state --block: every domain's state and reason as domstate names them, and its disks' capacities", () => {
+    // recorded: a running domain, a managed-saved one, a shut-off one whose third disk is a pool volume (no capacity)
+    const stats = parseDomStats(fixture('domstats-state-block.txt'));
+    assert.deepEqual([...stats.keys()], ['vmb-fl-000', 'vmb-fl-003', 'vmb-fl-005']);
+    const run = stats.get('vmb-fl-000')!;
+    assert.deepEqual([run.state, run.reason, mapState(run.state, run.reason)], ['running', 'booted', 'running']);
+    assert.deepEqual(
+      [...run.capacity],
+      [
+        ['vda', 16 << 20],
+        ['vdb', 8 << 20],
+      ],
+    );
+    const saved = stats.get('vmb-fl-003')!;
+    assert.deepEqual([saved.state, saved.reason, mapState(saved.state, saved.reason)], ['shut off', 'saved', 'saved']);
+    const off = stats.get('vmb-fl-005')!;
+    assert.deepEqual([off.state, off.reason, mapState(off.state, off.reason)], ['shut off', 'unknown', 'off']);
+    assert.deepEqual([...off.capacity.keys()], ['vda', 'vdb'], 'the volume disk libvirt cannot size is left without one');
+    // names with quotes and spaces are taken whole; an unknown state is named, never dropped
+    const odd = parseDomStats("Domain: 'it's a vm'\n  state.state=9\n  state.reason=0\n");
+    assert.deepEqual(odd.get("it's a vm")?.state, 'state 9');
+    assert.equal(parseDomStats('').size, 0);
   });
 
   it('guestinfo: OS and file systems with their disks', () => {

@@ -1,7 +1,7 @@
 // The provider's decisions above virsh, with a scripted virsh standing in for libvirt: which
 // job it ends, what it refuses, what it asks libvirt afterwards.
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { classifyAll } from '../../../src/classify/classify';
@@ -345,6 +345,73 @@ describe('libvirt provider: enumerate', () => {
         ['f', '/img', true],
         ['r', '/img', undefined],
       ],
+    );
+  });
+
+  it('asks the host once for every state and disk size (domstats), then one dumpxml a domain; a qcow2 v2 image gets no tracking', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'vmb-lv-enum-'));
+    try {
+      // qcow2 headers: magic, version (v2 = compat 0.10 holds no bitmap; v3 does)
+      const header = (v: number) => Buffer.concat([Buffer.from([0x51, 0x46, 0x49, 0xfb, 0, 0, 0, v]), Buffer.alloc(64)]);
+      writeFileSync(path.join(dir, 'v2.qcow2'), header(2));
+      writeFileSync(path.join(dir, 'v3.qcow2'), header(3));
+      const q = (dev: string, f: string) =>
+        `<disk type='file' device='disk'><driver type='qcow2'/><source file='${path.join(dir, f)}'/><target dev='${dev}'/></disk>`;
+      const stats =
+        "Domain: 'run'\n  state.state=1\n  state.reason=1\n  block.count=2\n  block.0.name=vda\n  block.0.capacity=1048576\n  block.1.name=vdb\n  block.1.capacity=2097152\n\n" +
+        "Domain: 'saved'\n  state.state=5\n  state.reason=5\n  block.count=1\n  block.0.name=vda\n  block.0.capacity=4194304\n\n";
+      const virsh = new ScriptedVirsh({
+        list: ['run\nsaved\n', ''],
+        domstats: [stats],
+        dumpxml: [domxml('run', q('vda', 'v3.qcow2') + q('vdb', 'v2.qcow2')), domxml('saved', raw('vda'))],
+        'checkpoint-list': [''],
+      });
+      const vms = await new LibvirtProvider({ virsh }).enumerate();
+      assert.deepEqual(
+        virsh.calls.map((c) => c.join(' ')),
+        [
+          'list --all --name',
+          'list --transient --name',
+          'domstats --state --block',
+          'dumpxml --domain run',
+          'dumpxml --domain saved',
+          'checkpoint-list --domain run --name',
+        ],
+      );
+      assert.deepEqual(
+        vms.map((v) => [v.id, v.state, v.disks.map((d) => [d.id, d.virtualSize, d.tracking?.persistent])]),
+        [
+          [
+            'run',
+            'running',
+            [
+              ['vda', 1048576, true],
+              ['vdb', 2097152, undefined],
+            ],
+          ],
+          ['saved', 'saved', [['vda', 4194304, undefined]]],
+        ],
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('without domstats (refused), each domain is asked its state and sizes as before', async () => {
+    const virsh = new ScriptedVirsh({
+      list: ['off\n', ''],
+      domstats: [{ error: "unknown command: 'domstats'" }],
+      domstate: ['shut off (shutdown)\n'],
+      dumpxml: [domxml('off', raw('vda'))],
+      domblkinfo: [
+        ' Target   Capacity    Allocation   Physical\n---------------------------------------------\n vda      134217728   1974272      2031616\n',
+      ],
+    });
+    const [vm] = await new LibvirtProvider({ virsh }).enumerate();
+    assert.deepEqual([vm.state, vm.disks[0].virtualSize], ['off', 134217728]);
+    assert.deepEqual(
+      virsh.calls.map((c) => c[0]),
+      ['list', 'list', 'domstats', 'domstate', 'dumpxml', 'domblkinfo'],
     );
   });
 
