@@ -23,11 +23,13 @@ import {
   waitForDomainWorkload,
 } from '../../lab/libvirt-lab';
 import { flattenDisk } from '../../src/chain/flatten';
-import type { CopiedSet, FallbackPolicy } from '../../src/contract/types';
+import type { CopiedSet, Disk, EnumeratedVm, FallbackPolicy } from '../../src/contract/types';
 import { Journal } from '../../src/journal/journal';
 import { BackupHost, DEFAULT_TIMEOUTS } from '../../src/pipeline/backup-host';
 import { parseCheckpointDisks } from '../../src/providers/libvirt/checkpoints';
+import { enumerateDomains } from '../../src/providers/libvirt/enumerate';
 import { LibvirtProvider } from '../../src/providers/libvirt/libvirt-provider';
+import { VirshRunner, type Virsh } from '../../src/providers/libvirt/virsh';
 import { parseBackupXml, parseJobInfo, parseTable } from '../../src/providers/libvirt/parse';
 import { summarize } from '../../src/summary';
 import { verifyBackup } from '../../src/verify';
@@ -194,6 +196,32 @@ describe('libvirt provider: the disks real hosts have (block, NBD, iSCSI, pool v
     for (const d of [repository, tmp, dir]) if (d) await fs.rm(d, { recursive: true, force: true });
   });
 
+  /**
+   * provider.enumerate() (one virsh session) against enumerate with a virsh process per query
+   * and no domstats (what enumerate did before): the same facts, free space aside (it moves).
+   * `sizeOnlyNow`: a disk the per-query way could not size, and the size the session gives it.
+   */
+  async function sameFactsBothWays(ids: string[], sizeOnlyNow?: (d: Disk) => number | undefined): Promise<void> {
+    const runner = new VirshRunner('qemu:///system');
+    const perQuery: Virsh = {
+      uri: runner.uri,
+      run: (args, call) => (args[0] === 'domstats' ? Promise.reject(new Error('not asked')) : runner.run(args, call)),
+    };
+    const facts = (vms: EnumeratedVm[]) =>
+      vms.filter((v) => ids.includes(v.id)).map((v) => ({ ...v, snapshotLocation: { ...v.snapshotLocation, freeBytes: undefined } }));
+    const before = facts((await enumerateDomains(perQuery, { timeoutMs: 30_000, localFiles: true })).vms);
+    const now = facts(await provider.enumerate());
+    if (sizeOnlyNow) {
+      for (const vm of before)
+        for (const d of vm.disks) {
+          assert.equal(d.virtualSize, undefined, `${vm.id} ${d.id}: not sized per query`);
+          const size = sizeOnlyNow(d);
+          if (size !== undefined) d.virtualSize = size;
+        }
+    }
+    assert.deepEqual(now, before);
+  }
+
   async function backup(ids: string[], fallback: FallbackPolicy, compress: boolean): Promise<CopiedSet> {
     const enumerated = await host.enumerate();
     const set = { ...enumerated, vms: enumerated.vms.filter((vm) => ids.includes(vm.id)) };
@@ -246,6 +274,10 @@ describe('libvirt provider: the disks real hosts have (block, NBD, iSCSI, pool v
     for (const d of stor.disks) assert.equal(d.virtualSize, d.id === 'vda' ? 128 << 20 : RAW_MIB << 20, `${d.id} size`);
     const trans = vms.find((v) => v.id === TRANS)!;
     assert.match(trans.savedStateRefused ?? '', /transient domain .* cannot be managed-saved/);
+  });
+
+  it('enumerate through one virsh session (host-wide domstats, then a dumpxml a domain) gives the facts one virsh process per query gave', async () => {
+    await sameFactsBothWays([STOR, TRANS]);
   });
 
   it('six disks of five kinds: full then incremental (compressed), every point equal to each disk at its moment; virsh queries answered throughout; libvirt keeps only our newest checkpoint', async () => {
@@ -432,6 +464,9 @@ describe('libvirt provider: the disks real hosts have (block, NBD, iSCSI, pool v
 
   it('shut off: each kind of disk copied by qemu-img itself (the loop device and the file under their image lock, NBD and iSCSI by URL, the volume by its path), equal to the disk', async () => {
     virshOk('destroy', STOR);
+    // shut off, libvirt sizes no volume disk (domblkinfo --all fails for the whole domain):
+    // host-wide domstats still gives the disks it can open (files, block devices) their sizes
+    await sameFactsBothWays([STOR], (d) => (d.id !== 'vda' && (d.driver === 'file' || d.driver === 'block') ? RAW_MIB << 20 : undefined));
     const set = await backup([STOR], 'checkpoint', false);
     const b = manifestOf(set, STOR);
     assert.deepEqual([b.vm.method, b.vm.consistency], ['offline', 'offline']);
