@@ -164,8 +164,13 @@ export async function removeStaging(dir: string): Promise<void> {
     await fs.rm(dir, { recursive: true, force: true });
   } catch (err) {
     // a folder above it is not a folder (replaced by a file): the staging directory cannot exist,
-    // so there is nothing to remove (force covers only ENOENT)
-    if ((err as NodeJS.ErrnoException).code !== 'ENOTDIR') throw err;
+    // so there is nothing to remove (force covers only ENOENT). Asked of the path itself: rm also
+    // says ENOTDIR for a file inside it that it could not unlink (an immutable directory)
+    const gone = await fs.lstat(dir).then(
+      () => false,
+      (e: NodeJS.ErrnoException) => e.code === 'ENOTDIR' || e.code === 'ENOENT',
+    );
+    if (!gone) throw err;
   }
 }
 

@@ -1,6 +1,10 @@
 import * as assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { checkRoot, inside } from '../../../src/repository/paths';
-import { ArtifactRepository } from '../../../src/repository/repository';
+import { ArtifactRepository, removeStaging } from '../../../src/repository/repository';
 import { isSafeName, newBackupId } from '../../../src/util/ids';
 
 describe('paths never leave the repository root', () => {
@@ -24,5 +28,30 @@ describe('paths never leave the repository root', () => {
     const id = newBackupId(new Date('2026-11-22T10:15:00.123Z'));
     assert.match(id, /^20261122T101500Z-[a-z0-9]{6}$/);
     assert.ok(isSafeName(id));
+  });
+});
+
+describe('removeStaging: the discard of a staging directory', () => {
+  let tmp = '';
+  beforeEach(() => (tmp = mkdtempSync(path.join(os.tmpdir(), 'vmb-discard-'))));
+  afterEach(() => {
+    spawnSync('chattr', ['-R', '-i', tmp]);
+    rmSync(tmp, { recursive: true, force: true });
+  });
+
+  it('is done when a folder above it was replaced by a file (the directory cannot exist)', async () => {
+    writeFileSync(path.join(tmp, 'host'), 'not a directory');
+    await removeStaging(path.join(tmp, 'host', 'vm', '.partial-x'));
+  });
+
+  it('fails while a file in it cannot be removed (an immutable directory), so the undo is retried', async function () {
+    const dir = path.join(tmp, '.partial-x');
+    mkdirSync(dir);
+    writeFileSync(path.join(dir, 'disk.qcow2'), 'x');
+    if (spawnSync('chattr', ['+i', dir]).status !== 0) this.skip(); // a file system without the flag
+    // Node's rm reports this one as ENOTDIR (it tries the file as a directory after EPERM)
+    await assert.rejects(removeStaging(dir));
+    spawnSync('chattr', ['-i', dir]);
+    await removeStaging(dir);
   });
 });
