@@ -495,7 +495,12 @@ export class BackupHost {
     const live = [...this.live.values()];
     const ending = live.filter((l) => l.stage !== 'ended');
     await Promise.all(live.map((l) => l.abort(why, { by: 'close', letGoMs: LET_GO_MS, undoMs: CLOSE_UNDO_MS })));
-    return ending.map((l) => l.endedAs).filter((e): e is SetEnding => e !== undefined);
+    // as for every ending: a set that never began prepare (a report-only flow's) did nothing to a
+    // VM, and its end by a redeploy is not a failure to report
+    return ending
+      .filter((l) => l.touched)
+      .map((l) => l.endedAs)
+      .filter((e): e is SetEnding => e !== undefined);
   }
 }
 

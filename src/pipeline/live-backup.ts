@@ -191,6 +191,11 @@ export class LiveBackup {
   }
 
   /** True while this set still has an effect in place on the VM (frozen, saved, a view, tracking to settle). */
+  /** Anything of the set was journalled: it began prepare, so its ending is reported. */
+  get touched(): boolean {
+    return this.ledger.touched;
+  }
+
   holds(vmId: string): boolean {
     return this.ledger.holds(vmId);
   }

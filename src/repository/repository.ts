@@ -6,6 +6,7 @@ import * as path from 'node:path';
 import { fsyncDir } from './durable';
 import { inside } from './paths';
 import { OWNER_FILE, writeOwner } from './staging-owner';
+import { endStagingWriters } from './writers';
 
 export const STAGING_PREFIX = '.partial-';
 
@@ -160,6 +161,8 @@ export class ArtifactRepository {
  * staging: the live set's discard, the guardian's and recovery's undo all come here.
  */
 export async function removeStaging(dir: string): Promise<void> {
+  // a copy's qemu-nbd that nothing will connect to any more (Node-RED killed mid-copy) goes first
+  await endStagingWriters(dir);
   try {
     await fs.rm(dir, { recursive: true, force: true });
   } catch (err) {

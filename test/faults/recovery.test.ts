@@ -15,6 +15,7 @@ import { pendingUndos } from '../../src/ledger/pending';
 import { BackupHost, DEFAULT_TIMEOUTS } from '../../src/pipeline/backup-host';
 import { QemuProvider } from '../../src/providers/qemu/qemu-provider';
 import { ArtifactRepository } from '../../src/repository/repository';
+import { OWNER_FILE } from '../../src/repository/staging-owner';
 import { journalPath, recover } from '../../src/recovery';
 import { startBareWorld, type BareWorld } from './support/bare';
 import { InProcessRun } from './support/inproc';
@@ -349,10 +350,12 @@ describe('fault injection: recovery touches only what it made', function () {
         await nr.inject('go');
         const set = await nr.waitGlobal<any>('post_snapshot', 120_000);
         const staging = path.join(repository, 'bare', 'alpha', `.partial-${set.backupId}`);
+        // renamed once the copy writes into it: its owner record is made right after the directory
+        // (renamed in between, the directory cannot be proven ours and is left and reported instead)
         for (
           let i = 0;
           i < 2000 &&
-          !(await fs.access(staging).then(
+          !(await fs.access(path.join(staging, OWNER_FILE)).then(
             () => true,
             () => false,
           ));

@@ -1,10 +1,11 @@
 import * as assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { checkRoot, inside } from '../../../src/repository/paths';
 import { ArtifactRepository, removeStaging } from '../../../src/repository/repository';
+import { stagingWriters } from '../../../src/repository/writers';
 import { isSafeName, newBackupId } from '../../../src/util/ids';
 
 describe('paths never leave the repository root', () => {
@@ -37,6 +38,35 @@ describe('removeStaging: the discard of a staging directory', () => {
   afterEach(() => {
     spawnSync('chattr', ['-R', '-i', tmp]);
     rmSync(tmp, { recursive: true, force: true });
+  });
+
+  it("ends a copy's qemu-nbd still waiting for a client in it (Node-RED killed mid-copy), and only that one", async function () {
+    if (spawnSync('qemu-nbd', ['--version']).status !== 0) this.skip();
+    const dir = path.join(tmp, '.partial-x');
+    const other = path.join(tmp, '.partial-y');
+    const serve = (d: string) => {
+      mkdirSync(d);
+      const img = path.join(d, 'disk.qcow2');
+      spawnSync('qemu-img', ['create', '-q', '-f', 'qcow2', img, '1M']);
+      return spawn('qemu-nbd', [`--socket=${path.join(tmp, `${path.basename(d)}.sock`)}`, '--format=qcow2', img], { stdio: 'ignore' });
+    };
+    const mine = serve(dir);
+    const theirs = serve(other);
+    try {
+      await new Promise((r) => setTimeout(r, 300));
+      assert.deepEqual(await stagingWriters(dir), [mine.pid]);
+      await removeStaging(dir);
+      assert.equal(existsSync(dir), false);
+      const ended = await Promise.race([
+        new Promise((r) => ((mine.exitCode ?? mine.signalCode) !== null ? r(true) : mine.once('exit', () => r(true)))),
+        new Promise((r) => setTimeout(() => r(false), 3000)),
+      ]);
+      assert.equal(ended, true, 'its qemu-nbd ended');
+      assert.equal(theirs.exitCode ?? theirs.signalCode, null, "another staging directory's qemu-nbd runs on");
+    } finally {
+      mine.kill('SIGKILL');
+      theirs.kill('SIGKILL');
+    }
   });
 
   it('is done when a folder above it was replaced by a file (the directory cannot exist)', async () => {
