@@ -104,6 +104,7 @@ async function main(): Promise<void> {
       'qemu-nbd --cache=writeback --aio=io_uring': nbd(['--cache=writeback', '--aio=io_uring']),
       'qemu-nbd --cache=none --aio=threads': nbd(['--cache=none', '--aio=threads']),
       'qemu-nbd --cache=none --aio=native': nbd(['--cache=none', '--aio=native']),
+      'qemu-nbd --cache=unsafe --aio=threads': nbd(['--cache=unsafe', '--aio=threads']),
     };
     for (let r = 0; r < rounds; r++) {
       for (const [name, fn] of Object.entries(variants)) {

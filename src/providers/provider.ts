@@ -46,6 +46,9 @@ export interface ExportedFile {
   bytesRead?: number;
   /** bytes the change tracking marked as changed (incremental) */
   bytesChanged?: number;
+  /** QEMU: how the disk left the view (pull: read from QEMU's NBD export; push: QEMU's backup job) and why not pulled */
+  via?: 'pull' | 'push';
+  pushReason?: string;
 }
 
 /** What a provider's change tracking says about one disk, read at enumerate. */

@@ -1,13 +1,16 @@
-// The qemu-nbd processes still writing into a staging directory, ended before it is discarded.
-// A copy's qemu-nbd is a child of Node-RED; when Node-RED is SIGKILLed between starting it and
-// QEMU connecting to it, nothing ever connects, so it would wait (holding the deleted file) for
-// ever. Found by their command line (the image path is in their argv), so only a qemu-nbd whose
-// target lies inside this staging directory is ever ended, whoever discards it (the live set, the
-// guardian, recovery at the next start).
+// The programs still writing into a staging directory, ended before it is discarded: a push copy's
+// qemu-nbd and a pull copy's qemu-img (see src/providers/qemu/pull.ts). Both are children of
+// Node-RED; when Node-RED is SIGKILLed between starting a qemu-nbd and QEMU connecting to it,
+// nothing ever connects, so it would wait (holding the deleted file) for ever; a qemu-img pulling
+// would write on into a deleted file until the view's export goes. Found by their command line
+// (the image path is in their argv), so only a writer whose target lies inside this staging
+// directory is ever ended, whoever discards it (the live set, the guardian, recovery at the next start).
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 
-/** Pids of qemu-nbd processes whose arguments name a file inside `dir`. */
+const WRITERS = new Set(['qemu-nbd', 'qemu-img']);
+
+/** Pids of qemu-nbd / qemu-img processes whose arguments name a file inside `dir`. */
 export async function stagingWriters(dir: string): Promise<number[]> {
   const inside = path.resolve(dir) + path.sep;
   const pids: number[] = [];
@@ -18,7 +21,7 @@ export async function stagingWriters(dir: string): Promise<number[]> {
       () => [] as string[],
     );
     // the target is the last argument, or (compress) file.file.filename=<path> of --image-opts
-    if (path.basename(argv[0] ?? '') === 'qemu-nbd' && argv.slice(1).some((a) => a.replace(/,,/g, ',').includes(inside)))
+    if (WRITERS.has(path.basename(argv[0] ?? '')) && argv.slice(1).some((a) => a.replace(/,,/g, ',').includes(inside)))
       pids.push(Number(entry));
   }
   return pids;

@@ -241,6 +241,40 @@ describe('incremental backups (bare QEMU VMs, copy-before-write view, dirty bitm
     await assertNothingOursLeft('inc1');
   });
 
+  it("a full is pulled from QEMU's NBD export; pushed when QEMU already serves NBD for someone else, whose server is left alone", async () => {
+    const e = await host.enumerate();
+    const p = await host.prepare(host.classify(e, 'checkpoint'));
+    const ps = await host.postSnapshot(await host.snapshot(p));
+    const vm = ps.vms.find((v) => v.id === 'inc1')!;
+    const disk = vm.snapshot.view.disks[0].disk;
+    const userSock = path.join(bare.dir, 'users-nbd.sock');
+    try {
+      const pulled = await provider.exportDisk(vm.snapshot.view, disk, path.join(bare.dir, 'pulled.qcow2'), undefined, {
+        copy: { mode: 'full' },
+      });
+      assert.equal(pulled.via, 'pull');
+      await provider.verifyDisk(vm.snapshot.view, disk, pulled.path);
+      // someone else's NBD server (Proxmox starts one for a migration with local disks)
+      await qmp('inc1', (c) => c.execute('nbd-server-start', { addr: { type: 'unix', data: { path: userSock } } }));
+      const pushed = await provider.exportDisk(vm.snapshot.view, disk, path.join(bare.dir, 'pushed.qcow2'), undefined, {
+        copy: { mode: 'full' },
+      });
+      assert.equal(pushed.via, 'push');
+      assert.equal(pushed.pushReason, 'nbd-server-busy');
+      // the two copies hold the same disk
+      await runProgram('qemu-img', ['compare', '-q', pulled.path, pushed.path]);
+      // the user's server still runs: a second start is refused by QEMU
+      await assert.rejects(
+        qmp('inc1', (c) => c.execute('nbd-server-start', { addr: { type: 'unix', data: { path: `${userSock}2` } } })),
+        /already running/i,
+      );
+    } finally {
+      await qmp('inc1', (c) => c.execute('nbd-server-stop')).catch(() => undefined);
+      await host.copy(ps, { concurrency: 1, compress: false, verify: true });
+    }
+    assert.deepEqual((await assertNothingOursLeft('inc1')).length, 1);
+  });
+
   it('a raw disk: transient tracking, incremental while its QEMU lives, a full with the reason after a restart', async () => {
     const raw = path.join(bare.imageDir, 'raw1-disk0.qcow2'); // the name bare-vms uses; the format is raw
     await makeImage(raw, '16M', 'raw');

@@ -39,6 +39,7 @@ import {
 } from './view';
 import { addBitmap, bitmapsByNode, removeBitmap, type TrackedBitmap } from './tracking';
 import { compareWithView, copyDisk } from './disk-copy';
+import { pullDisk } from './pull';
 import { compare as compareImages } from '../qemu-img';
 import { copyOfflineImage } from '../offline-image';
 import { hostExclusions, PROXMOX_CONF_DIR, readInventory, type InventoryKind, type InventoryResult, type InventoryVm } from './inventory';
@@ -81,6 +82,8 @@ export interface QemuOptions {
   qemuImg?: string;
   qemuNbd?: string;
   compress?: boolean;
+  /** how a full is copied out of the view: 'pull' (default; push where pull cannot) or always 'push' */
+  copyPath?: 'pull' | 'push';
   /** connections unused this long are closed */
   idleCloseMs?: number;
   /** where VMs whose QEMU is not running are defined (inventory.ts); default json: <socketDir>/<id>.vm.json */
@@ -449,7 +452,7 @@ export class QemuProvider implements HostProvider {
     const plan = planOf(view);
     if (!plan.disks.length) return;
     await prepareFleeceDir(vm.snapshotLocation.path, plan.disks);
-    await armView(this.exchanges(vm.id), plan, this.qemuImgPath);
+    await armView(this.exchanges(vm.id), plan);
   }
 
   async makeView(vm: ClassifiedVm, view: PointInTimeView, opts: ViewOptions): Promise<{ view: PointInTimeView; pausedMs?: number }> {
@@ -550,11 +553,25 @@ export class QemuProvider implements HostProvider {
     const plan = planOf(view);
     const d = diskOf(plan, disk);
     const copy = options.copy ?? { mode: 'full' as const };
+    const compress = options.compress ?? this.options.compress ?? false;
+    let pushReason: string = copy.mode === 'full' ? 'copy-path-push' : 'incremental';
+    if (copy.mode === 'full' && this.options.copyPath !== 'push') {
+      const pulled = await pullDisk(this.exchanges(plan.vm), d, dest, {
+        qemuImg: this.qemuImgPath,
+        compress,
+        ...(options.signal ? { signal: options.signal } : {}),
+        onProgress: (done, total) => onProgress?.({ done, total }),
+      });
+      // a full pulled reads the whole view (its holes by QEMU's block status, without reading them)
+      if (typeof pulled !== 'string')
+        return { path: dest, bytes: pulled.bytes, format: 'qcow2', virtualSize: d.virtualSize, bytesRead: d.virtualSize, via: 'pull' };
+      pushReason = pulled;
+    }
     const r = await copyDisk(this.exchanges(plan.vm), d, dest, {
       qemuImg: this.qemuImgPath,
       qemuNbd: this.options.qemuNbd ?? 'qemu-nbd',
       ...(copy.mode === 'incremental' ? { incremental: { backing: copy.backing, bitmap: copy.since } } : {}),
-      compress: options.compress ?? this.options.compress ?? false,
+      compress,
       ...(options.signal ? { signal: options.signal } : {}),
       onProgress: (done, total) => onProgress?.({ done, total }),
     });
@@ -565,6 +582,8 @@ export class QemuProvider implements HostProvider {
       virtualSize: d.virtualSize,
       bytesRead: r.bytesRead,
       ...(r.bytesChanged !== undefined ? { bytesChanged: r.bytesChanged } : {}),
+      via: 'push',
+      pushReason,
     };
   }
 

@@ -14,11 +14,10 @@
 // Measured on QEMU 7.2 here: a migration fails while a copy-before-write filter is in the graph,
 // so a saved-state VM is saved first and its view made while it is stopped (images inactive),
 // before `cont`; the view's moment is then the stop.
-import { promises as fs } from 'node:fs';
+import { constants as fsConstants, promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import type { QmpClient, QmpExchange } from './protocol';
 import type { NamedNode, QueryBlockEntry } from './block-graph';
-import { runProgram } from '../../util/run';
 
 export interface ViewDisk {
   /** the backup set's disk id */
@@ -79,7 +78,7 @@ export function planView(
         qdev: d.qdev,
         node: d.node,
         virtualSize: d.virtualSize ?? 0,
-        fleece: path.join(fleeceDir, `.vmbackup-${backupId}-${vm.id}-${index}.fleece.qcow2`),
+        fleece: path.join(fleeceDir, `.vmbackup-${backupId}-${vm.id}-${index}.fleece.raw`),
         fleeceNode: `${prefix}${index}-f`,
         cbwNode: `${prefix}${index}-c`,
         accessNode: `${prefix}${index}-a`,
@@ -90,32 +89,30 @@ export function planView(
   return { backupId, vm: vm.id, prefix, disks };
 }
 
-export const FLEECE_FILE = /\/\.vmbackup-[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}-[A-Za-z0-9._-]+-[0-9]+\.fleece\.qcow2$/;
+/** the name of a fleecing image of ours (qcow2: made by versions before the sparse raw file, still removed by recovery) */
+export const FLEECE_FILE = /\/\.vmbackup-[0-9]{8}T[0-9]{6}Z-[a-z0-9]{6}-[A-Za-z0-9._-]+-[0-9]+\.fleece\.(raw|qcow2)$/;
 
 /**
  * Before the moment: fleecing images and filters are added beside the disks, nothing in the
- * guest's path changes yet (a filter without parents lets the device write as before). The
- * images are made between two QMP exchanges (qemu-img runs while the socket is free), and only
- * for nodes QEMU does not have yet: an image QEMU has open is never made again.
+ * guest's path changes yet (a filter without parents lets the device write as before). Only
+ * nodes QEMU does not have yet are made, in one exchange: an image QEMU has open is never made
+ * again.
+ *
+ * A fleecing image is a sparse raw file the size of its disk, made here without a program: it
+ * holds only the clusters the guest overwrites while the view lives (the filter keeps its own
+ * map of which ones), at their own offsets, so it needs no format of its own. Opened without
+ * following a link: a link planted under our name is refused, never truncated through.
  */
-export async function armView(qmp: QmpExchange, plan: ViewPlan, qemuImg: string): Promise<void> {
+export async function armView(qmp: QmpExchange, plan: ViewPlan): Promise<void> {
   for (const d of plan.disks) {
     if (!FLEECE_FILE.test(d.fleece)) throw new Error(`refusing fleecing image ${d.fleece}: not a name this product makes`);
   }
-  const have = new Set((await qmp(namedNodes)).map((n) => n['node-name']));
-  const missing = plan.disks.filter((d) => !have.has(d.fleeceNode));
-  // a fleecing image holds only clusters the guest overwrites while the view lives
-  for (const d of missing) await runProgram(qemuImg, ['create', '-q', '-f', 'qcow2', d.fleece, String(d.virtualSize)]);
   await qmp(async (c) => {
     const nodes = new Set((await namedNodes(c)).map((n) => n['node-name']));
     for (const d of plan.disks) {
       if (!nodes.has(d.fleeceNode)) {
-        await c.execute('blockdev-add', {
-          driver: 'qcow2',
-          'node-name': d.fleeceNode,
-          discard: 'unmap',
-          file: { driver: 'file', filename: d.fleece },
-        });
+        await makeFleeceFile(d.fleece, d.virtualSize);
+        await c.execute('blockdev-add', { driver: 'file', 'node-name': d.fleeceNode, filename: d.fleece, discard: 'unmap' });
       }
       if (!nodes.has(d.cbwNode)) {
         await c.execute('blockdev-add', {
@@ -221,6 +218,22 @@ export async function assertNothingOurs(c: QmpClient, plan: ViewPlan): Promise<v
     throw new Error(
       `QEMU still shows nodes of backup ${plan.backupId} in VM ${plan.vm}: ${[...new Set([...left, ...moved.map((d) => d.cbwNode)])].join(', ')}`,
     );
+  }
+}
+
+async function makeFleeceFile(file: string, size: number): Promise<void> {
+  const { O_WRONLY, O_CREAT, O_TRUNC, O_NOFOLLOW } = fsConstants;
+  const fh = await fs.open(file, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, 0o600).catch((err: NodeJS.ErrnoException) => {
+    throw new Error(
+      err.code === 'ELOOP'
+        ? `refusing fleecing image ${file}: a symbolic link is in its place`
+        : `cannot make fleecing image ${file}: ${err.code ?? err.message}`,
+    );
+  });
+  try {
+    await fh.truncate(size);
+  } finally {
+    await fh.close();
   }
 }
 
