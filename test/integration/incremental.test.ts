@@ -241,37 +241,45 @@ describe('incremental backups (bare QEMU VMs, copy-before-write view, dirty bitm
     await assertNothingOursLeft('inc1');
   });
 
-  it("a full is pulled from QEMU's NBD export; pushed when QEMU already serves NBD for someone else, whose server is left alone", async () => {
-    const e = await host.enumerate();
-    const p = await host.prepare(host.classify(e, 'checkpoint'));
-    const ps = await host.postSnapshot(await host.snapshot(p));
-    const vm = ps.vms.find((v) => v.id === 'inc1')!;
-    const disk = vm.snapshot.view.disks[0].disk;
+  it("a full is pulled from QEMU's NBD export, its server gone with the view; pushed when QEMU serves NBD for someone else, whose server is left alone", async () => {
+    const viewOf = async () => {
+      const ps = await host.postSnapshot(await host.snapshot(await host.prepare(host.classify(await host.enumerate(), 'checkpoint'))));
+      const vm = ps.vms.find((v) => v.id === 'inc1')!;
+      return { ps, view: vm.snapshot.view, disk: vm.snapshot.view.disks[0].disk };
+    };
+    const startServer = (sock: string) =>
+      qmp('inc1', (c) => c.execute('nbd-server-start', { addr: { type: 'unix', data: { path: sock } } }));
+    // someone else's NBD server (Proxmox starts one for a migration with local disks)
     const userSock = path.join(bare.dir, 'users-nbd.sock');
+    await startServer(userSock);
+    const a = await viewOf();
+    const pushedFile = path.join(bare.dir, 'pushed.qcow2');
     try {
-      const pulled = await provider.exportDisk(vm.snapshot.view, disk, path.join(bare.dir, 'pulled.qcow2'), undefined, {
-        copy: { mode: 'full' },
-      });
-      assert.equal(pulled.via, 'pull');
-      await provider.verifyDisk(vm.snapshot.view, disk, pulled.path);
-      // someone else's NBD server (Proxmox starts one for a migration with local disks)
-      await qmp('inc1', (c) => c.execute('nbd-server-start', { addr: { type: 'unix', data: { path: userSock } } }));
-      const pushed = await provider.exportDisk(vm.snapshot.view, disk, path.join(bare.dir, 'pushed.qcow2'), undefined, {
-        copy: { mode: 'full' },
-      });
+      const pushed = await provider.exportDisk(a.view, a.disk, pushedFile, undefined, { copy: { mode: 'full' } });
       assert.equal(pushed.via, 'push');
       assert.equal(pushed.pushReason, 'nbd-server-busy');
-      // the two copies hold the same disk
-      await runProgram('qemu-img', ['compare', '-q', pulled.path, pushed.path]);
-      // the user's server still runs: a second start is refused by QEMU
-      await assert.rejects(
-        qmp('inc1', (c) => c.execute('nbd-server-start', { addr: { type: 'unix', data: { path: `${userSock}2` } } })),
-        /already running/i,
-      );
+      await assert.rejects(provider.verifyDisk(a.view, a.disk, pushed.path), /verification not possible/);
     } finally {
-      await qmp('inc1', (c) => c.execute('nbd-server-stop')).catch(() => undefined);
-      await host.copy(ps, { concurrency: 1, compress: false, verify: true });
+      await host.copy(a.ps, { concurrency: 1, compress: false, verify: false });
     }
+    // the user's server still runs: a second start is refused by QEMU
+    await assert.rejects(startServer(`${userSock}2`), /already running/i);
+    await qmp('inc1', (c) => c.execute('nbd-server-stop'));
+
+    const b = await viewOf();
+    try {
+      const pulled = await provider.exportDisk(b.view, b.disk, path.join(bare.dir, 'pulled.qcow2'), undefined, { copy: { mode: 'full' } });
+      assert.equal(pulled.via, 'pull');
+      await provider.verifyDisk(b.view, b.disk, pulled.path);
+      // nothing was written in between: both copies hold the same disk
+      await runProgram('qemu-img', ['compare', '-q', pulled.path, pushedFile]);
+    } finally {
+      await host.copy(b.ps, { concurrency: 1, compress: false, verify: true });
+    }
+    // released with the view: no export, no server of ours
+    assert.deepEqual(await qmp('inc1', (c) => c.execute('query-block-exports')), []);
+    await startServer(userSock);
+    await qmp('inc1', (c) => c.execute('nbd-server-stop'));
     assert.deepEqual((await assertNothingOursLeft('inc1')).length, 1);
   });
 

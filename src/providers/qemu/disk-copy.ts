@@ -16,7 +16,7 @@ import type { QmpClient, QmpExchange } from './protocol';
 import { runProgram, ProgramFailed } from '../../util/run';
 import { bitmapForCopy } from './tracking';
 import type { ViewDisk } from './view';
-import { withViewExport } from './pull';
+import type { ViewServer } from './pull';
 
 export interface DiskCopyOptions {
   qemuImg: string;
@@ -228,10 +228,9 @@ function timeout(ms: number, why: string): Promise<never> {
 }
 
 /**
- * Compare a full copy with the view it came from: a read-only NBD export of the view on a private
- * socket (see pull.ts), read by qemu-img compare (exit 0 identical, 1 different). QEMU runs one NBD
- * server at a time: if another one runs (not ours), the check cannot be made and says so. The QMP
- * socket is held only to start and to stop the export, not while the data is read.
+ * Compare a full copy with the view it came from: the disk's read-only export on the view's NBD
+ * server (see pull.ts), read by qemu-img compare (exit 0 identical, 1 different). QEMU runs one NBD
+ * server at a time: if another one runs (not ours), the check cannot be made and says so.
  *
  * A disk with a backing chain (a linked clone on its template, a VM on the user's own external
  * snapshot): what the view reports of its blocks is wrong there (QEMU 7.2's snapshot-access asks
@@ -240,33 +239,33 @@ function timeout(ms: number, why: string): Promise<never> {
  * data read is right (the copy is exact). So for such a disk the export is read through nbdkit's
  * noextents filter, which reports no holes: every byte of the view is read and compared.
  */
-export async function compareWithView(qmp: QmpExchange, d: ViewDisk, file: string, qemuImg: string): Promise<void> {
-  const r = await withViewExport(qmp, d, async (view, chained) => {
-    let proxy: { uri: string; stop: () => Promise<void> } | undefined;
-    try {
-      if (chained) proxy = await allBlocksProxy(view.socket);
-      await runProgram(qemuImg, ['compare', '-q', '-f', 'raw', '-F', 'qcow2', proxy?.uri ?? view.uri, file]);
-    } catch (err) {
-      const code = (err as { code?: number | null }).code;
-      if (code === 1)
-        throw new Error(
-          `verification failed: ${file} does not hold what disk ${d.disk} held at the backup's moment (qemu-img compare: content differs)`,
-        );
-      throw new Error(`verification failed: ${file} could not be compared with disk ${d.disk}: ${(err as Error).message}`);
-    } finally {
-      await proxy?.stop();
-    }
-  });
-  if (r === 'nbd-server-busy') throw new Error('verification not possible: QEMU already runs an NBD server that is not ours');
+export async function compareWithView(server: ViewServer, d: ViewDisk, file: string, qemuImg: string): Promise<void> {
+  if (server === 'nbd-server-busy') throw new Error('verification not possible: QEMU already runs an NBD server that is not ours');
+  const view = server.exports.get(d.disk);
+  if (!view) throw new Error(`verification not possible: the view's NBD server has no export for disk ${d.disk}`);
+  let proxy: { uri: string; stop: () => Promise<void> } | undefined;
+  try {
+    if (view.chained) proxy = await allBlocksProxy(view.socket, view.name);
+    await runProgram(qemuImg, ['compare', '-q', '-f', 'raw', '-F', 'qcow2', proxy?.uri ?? view.uri, file]);
+  } catch (err) {
+    const code = (err as { code?: number | null }).code;
+    if (code === 1)
+      throw new Error(
+        `verification failed: ${file} does not hold what disk ${d.disk} held at the backup's moment (qemu-img compare: content differs)`,
+      );
+    throw new Error(`verification failed: ${file} could not be compared with disk ${d.disk}: ${(err as Error).message}`);
+  } finally {
+    await proxy?.stop();
+  }
 }
 
 /** nbdkit in front of the view's export, reporting every block as data (the noextents filter). */
-async function allBlocksProxy(viewSock: string): Promise<{ uri: string; stop: () => Promise<void> }> {
+async function allBlocksProxy(viewSock: string, exportName: string): Promise<{ uri: string; stop: () => Promise<void> }> {
   const sock = path.join(os.tmpdir(), `vmbackup-all-${randomBytes(6).toString('hex')}.sock`);
   const stop = new AbortController();
   const ended = runProgram(
     'nbdkit',
-    ['--foreground', '--exit-with-parent', '-U', sock, '--filter=noextents', 'nbd', `socket=${viewSock}`, 'export=view'],
+    ['--foreground', '--exit-with-parent', '-U', sock, '--filter=noextents', 'nbd', `socket=${viewSock}`, `export=${exportName}`],
     { signal: stop.signal },
   ).then(
     () => undefined,

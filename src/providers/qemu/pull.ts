@@ -1,13 +1,15 @@
 // A full copy pulled out of the point-in-time view: the VM's QEMU exports the view read-only on its
-// own NBD server (a private unix socket of ours), and one `qemu-img convert` of ours reads it and
-// writes the qcow2 in the staging directory. That is one process per disk and nothing to set up
-// before the data flows (measured per 32 MiB disk: 20 ms against 80 ms for a target created with
-// qemu-img and served by a qemu-nbd the backup job writes to; `node dist/bench/fleet-paths.js`).
+// own NBD server (a private unix socket of ours; one server per VM's view, an export per disk), and
+// one `qemu-img convert` of ours per disk reads it and writes the qcow2 in the staging directory.
+// That is one process per disk and nothing to set up before the data flows (measured per 32 MiB
+// disk: 20 ms against 80 ms for a target made by qemu-img and served by a qemu-nbd the backup job
+// writes to; `node dist/bench/fleet-paths.js`). The read-back check (disk-copy.ts,
+// compareWithView) reads the same export: the server is started once per view, and stopped when
+// the view is released (view.ts stops a server that serves an export of ours, whoever releases:
+// the live set, the guardian, recovery; a reader still connected then fails and exits).
 // It keeps the push path's promises: the VM's QEMU only ever reads its own disk (the repository is
-// opened by qemu-img alone, so a slow or full repository stalls the reader, never the VM), guest
-// writes go through the view's filter as before, and the export goes with the server, which the
-// view's release stops too (a copy whose Node-RED died is ended by whoever releases the view: the
-// reader then fails on its closed socket and exits).
+// opened by qemu-img alone, so a slow or full repository stalls the reader, never the VM), and guest
+// writes go through the view's filter as before.
 //
 // Where pull is not used (the push path of disk-copy.ts is): an incremental (the backup job reads
 // only the clusters the bitmap marks; a reader of ours would have to walk the bitmap itself), a
@@ -20,7 +22,7 @@ import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { QmpExchange } from './protocol';
 import type { NamedNode } from './block-graph';
-import type { ViewDisk } from './view';
+import type { ViewDisk, ViewPlan } from './view';
 import { parseProgress } from '../qemu-img';
 import { runProgram, ProgramFailed } from '../../util/run';
 
@@ -31,8 +33,24 @@ export interface PullOptions {
   onProgress?: (done: number, total: number) => void;
 }
 
-/** Why a disk is copied by push instead; undefined when it can be pulled. */
+/** Why a disk is copied by push instead. */
 export type PullRefusal = 'backing-chain' | 'nbd-server-busy';
+
+/** One disk's export on the view's server. */
+export interface ViewExport {
+  uri: string;
+  socket: string;
+  /** the export's name on the server */
+  name: string;
+  /** the disk has a backing chain: its block status through the view is not to be trusted */
+  chained: boolean;
+}
+
+/** The view's NBD server: every disk's export, or why there is none. */
+export type ViewServer = { socket: string; exports: Map<string, ViewExport> } | 'nbd-server-busy';
+
+/** The export name of a disk on the server: built from its index, never from a user's name. */
+const exportName = (d: ViewDisk) => `d${d.index}`;
 
 /**
  * The writer's argv. `-t unsafe`: qemu-img asks for no flush of its own; the copy step makes the
@@ -59,65 +77,70 @@ export function pullArgs(source: string, dest: string, compress: boolean): strin
   ];
 }
 
-/** The view's export, served by the VM's QEMU on a private socket for as long as `fn` runs. */
-export async function withViewExport<R>(
-  qmp: QmpExchange,
-  d: ViewDisk,
-  fn: (view: { uri: string; socket: string }, chained: boolean) => Promise<R>,
-): Promise<R | PullRefusal> {
-  const sock = path.join(os.tmpdir(), `vmbackup-view-${randomBytes(6).toString('hex')}.sock`);
-  const exportId = `${d.jobId}-e`;
-  const started = await qmp(async (c) => {
+/**
+ * Start the view's NBD server with an export per disk, in one QMP exchange. QEMU runs one NBD
+ * server at a time: when one runs already (not ours: a view's server is started once, by this
+ * function), nothing is changed and the answer says so.
+ */
+export async function startViewServer(qmp: QmpExchange, plan: ViewPlan): Promise<ViewServer> {
+  const socket = path.join(os.tmpdir(), `vmbackup-view-${randomBytes(6).toString('hex')}.sock`);
+  return qmp(async (c) => {
     // backing_file names the node's backing image (backing_file_depth counts 0 in a flat listing)
-    const node = (await c.execute<(NamedNode & { backing_file?: string })[]>('query-named-block-nodes', { flat: true })).find(
-      (n) => n['node-name'] === d.node,
-    );
-    const chained = typeof node?.backing_file === 'string' && node.backing_file !== '';
+    const nodes = await c.execute<(NamedNode & { backing_file?: string })[]>('query-named-block-nodes', { flat: true });
     try {
-      await c.execute('nbd-server-start', { addr: { type: 'unix', data: { path: sock } } });
+      await c.execute('nbd-server-start', { addr: { type: 'unix', data: { path: socket } } });
     } catch {
       return 'nbd-server-busy' as const;
     }
+    const exports = new Map<string, ViewExport>();
     try {
-      await c.execute('block-export-add', { type: 'nbd', id: exportId, 'node-name': d.accessNode, name: 'view', writable: false });
+      for (const d of plan.disks) {
+        const name = exportName(d);
+        await c.execute('block-export-add', { type: 'nbd', id: `${d.jobId}-e`, 'node-name': d.accessNode, name, writable: false });
+        const backing = nodes.find((n) => n['node-name'] === d.node)?.backing_file;
+        exports.set(d.disk, {
+          uri: `nbd+unix:///${name}?socket=${socket}`,
+          socket,
+          name,
+          chained: typeof backing === 'string' && backing !== '',
+        });
+      }
     } catch (err) {
       await c.execute('nbd-server-stop').catch(() => undefined);
       throw err;
     }
-    return { chained };
+    return { socket, exports };
   });
-  if (typeof started === 'string') return started;
-  try {
-    return await fn({ uri: `nbd+unix:///view?socket=${sock}`, socket: sock }, started.chained);
-  } finally {
-    // stopping the server removes its exports (and ends a reader still connected)
-    await qmp((c) => c.execute('nbd-server-stop')).catch(() => undefined);
-    await fs.rm(sock, { force: true });
-  }
+}
+
+/** The server's socket file goes once the server is stopped (releaseView stops it). */
+export async function removeServerSocket(server: ViewServer | undefined): Promise<void> {
+  if (server && server !== 'nbd-server-busy') await fs.rm(server.socket, { force: true });
 }
 
 /**
  * Pull a full copy of one disk into `dest`. Returns the refusal instead when this disk is not
  * pulled (the caller pushes it), before anything was written.
  */
-export async function pullDisk(qmp: QmpExchange, d: ViewDisk, dest: string, o: PullOptions): Promise<{ bytes: number } | PullRefusal> {
+export async function pullDisk(server: ViewServer, d: ViewDisk, dest: string, o: PullOptions): Promise<{ bytes: number } | PullRefusal> {
   if (o.signal?.aborted) throw o.signal.reason instanceof Error ? o.signal.reason : new Error('copy stopped');
-  return withViewExport(qmp, d, async (view, chained) => {
-    if (chained) return 'backing-chain' as const;
-    try {
-      await runProgram(o.qemuImg, pullArgs(view.uri, dest, o.compress === true), {
-        ...(o.signal ? { signal: o.signal } : {}),
-        onStdout: (chunk) => {
-          const f = parseProgress(chunk);
-          if (f !== undefined) o.onProgress?.(Math.round(f * d.virtualSize), d.virtualSize);
-        },
-      });
-    } catch (err) {
-      if (o.signal?.aborted) throw o.signal.reason instanceof Error ? o.signal.reason : err;
-      const why = err instanceof ProgramFailed ? err.stderr.trim().split('\n').pop() || err.message : (err as Error).message;
-      throw new Error(`copying disk ${d.disk} out of its point-in-time view failed: ${why}`);
-    }
-    o.onProgress?.(d.virtualSize, d.virtualSize);
-    return { bytes: (await fs.stat(dest)).size };
-  });
+  if (server === 'nbd-server-busy') return server;
+  const view = server.exports.get(d.disk);
+  if (!view) throw new Error(`disk ${d.disk}: the view's NBD server has no export for it`);
+  if (view.chained) return 'backing-chain';
+  try {
+    await runProgram(o.qemuImg, pullArgs(view.uri, dest, o.compress === true), {
+      ...(o.signal ? { signal: o.signal } : {}),
+      onStdout: (chunk) => {
+        const f = parseProgress(chunk);
+        if (f !== undefined) o.onProgress?.(Math.round(f * d.virtualSize), d.virtualSize);
+      },
+    });
+  } catch (err) {
+    if (o.signal?.aborted) throw o.signal.reason instanceof Error ? o.signal.reason : err;
+    const why = err instanceof ProgramFailed ? err.stderr.trim().split('\n').pop() || err.message : (err as Error).message;
+    throw new Error(`copying disk ${d.disk} out of its point-in-time view failed: ${why}`);
+  }
+  o.onProgress?.(d.virtualSize, d.virtualSize);
+  return { bytes: (await fs.stat(dest)).size };
 }

@@ -39,7 +39,7 @@ import {
 } from './view';
 import { addBitmap, bitmapsByNode, removeBitmap, type TrackedBitmap } from './tracking';
 import { compareWithView, copyDisk } from './disk-copy';
-import { pullDisk } from './pull';
+import { pullDisk, removeServerSocket, startViewServer, type ViewServer } from './pull';
 import { compare as compareImages } from '../qemu-img';
 import { copyOfflineImage } from '../offline-image';
 import { hostExclusions, PROXMOX_CONF_DIR, readInventory, type InventoryKind, type InventoryResult, type InventoryVm } from './inventory';
@@ -109,6 +109,8 @@ export class QemuProvider implements HostProvider {
   readonly quiesce = 'agent' as const;
   private readonly vms = new Map<string, DiscoveredVm>();
   private readonly qgaConns = new Map<string, Promise<Conn<GuestAgentClient>>>();
+  /** each view's NBD server (pull.ts), by VM and backup: this provider started it and releaseView stops it */
+  private readonly viewServers = new Map<string, Promise<ViewServer>>();
   private readonly qemuImgPath: string;
   /** VMs of the inventory whose QEMU was not running at the last enumerate: backed up offline */
   private readonly offline = new Map<string, InventoryVm>();
@@ -480,6 +482,11 @@ export class QemuProvider implements HostProvider {
     );
     // QEMU gone: no graph holds our nodes any more (a QEMU started again opens only its own images)
     if (reachable) await releaseView(this.exchanges(vmId), plan);
+    // releaseView stopped the view's NBD server with its exports (this process's, or one a
+    // process that ended left)
+    const server = this.viewServers.get(`${plan.vm}/${plan.backupId}`);
+    this.viewServers.delete(`${plan.vm}/${plan.backupId}`);
+    await removeServerSocket(await server?.catch(() => undefined));
     await removeFleeceFiles(plan);
   }
 
@@ -556,7 +563,7 @@ export class QemuProvider implements HostProvider {
     const compress = options.compress ?? this.options.compress ?? false;
     let pushReason: string = copy.mode === 'full' ? 'copy-path-push' : 'incremental';
     if (copy.mode === 'full' && this.options.copyPath !== 'push') {
-      const pulled = await pullDisk(this.exchanges(plan.vm), d, dest, {
+      const pulled = await pullDisk(await this.viewServer(plan), d, dest, {
         qemuImg: this.qemuImgPath,
         compress,
         ...(options.signal ? { signal: options.signal } : {}),
@@ -631,7 +638,23 @@ export class QemuProvider implements HostProvider {
     }
     const plan = planOf(view);
     const d = diskOf(plan, disk);
-    await compareWithView(this.exchanges(plan.vm), d, file, this.qemuImgPath);
+    await compareWithView(await this.viewServer(plan), d, file, this.qemuImgPath);
+  }
+
+  /**
+   * The view's NBD server (pull.ts), started at its first use: one per view, every disk's export on
+   * it, read by the copies and the read-back checks. Held until the view is released.
+   */
+  private viewServer(plan: ViewPlan): Promise<ViewServer> {
+    const key = `${plan.vm}/${plan.backupId}`;
+    let server = this.viewServers.get(key);
+    if (!server) {
+      server = startViewServer(this.exchanges(plan.vm), plan);
+      this.viewServers.set(key, server);
+      // a failed start is not kept: the next use asks again
+      server.catch(() => this.viewServers.delete(key));
+    }
+    return server;
   }
 
   /**
