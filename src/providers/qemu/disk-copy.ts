@@ -241,6 +241,7 @@ function timeout(ms: number, why: string): Promise<never> {
  */
 export async function compareWithView(server: ViewServer, d: ViewDisk, file: string, qemuImg: string): Promise<void> {
   if (server === 'nbd-server-busy') throw new Error('verification not possible: QEMU already runs an NBD server that is not ours');
+  if ('refused' in server) throw new Error(`verification not possible: QEMU's NBD server could not be started (${server.refused})`);
   const view = server.exports.get(d.disk);
   if (!view) throw new Error(`verification not possible: the view's NBD server has no export for disk ${d.disk}`);
   let proxy: { uri: string; stop: () => Promise<void> } | undefined;

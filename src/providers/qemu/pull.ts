@@ -34,7 +34,7 @@ export interface PullOptions {
 }
 
 /** Why a disk is copied by push instead. */
-export type PullRefusal = 'backing-chain' | 'nbd-server-busy';
+export type PullRefusal = 'backing-chain' | 'nbd-server-busy' | `nbd-server-failed: ${string}`;
 
 /** One disk's export on the view's server. */
 export interface ViewExport {
@@ -47,7 +47,7 @@ export interface ViewExport {
 }
 
 /** The view's NBD server: every disk's export, or why there is none. */
-export type ViewServer = { socket: string; exports: Map<string, ViewExport> } | 'nbd-server-busy';
+export type ViewServer = { socket: string; exports: Map<string, ViewExport> } | 'nbd-server-busy' | { refused: PullRefusal };
 
 /** The export name of a disk on the server: built from its index, never from a user's name. */
 const exportName = (d: ViewDisk) => `d${d.index}`;
@@ -89,8 +89,10 @@ export async function startViewServer(qmp: QmpExchange, plan: ViewPlan): Promise
     const nodes = await c.execute<(NamedNode & { backing_file?: string })[]>('query-named-block-nodes', { flat: true });
     try {
       await c.execute('nbd-server-start', { addr: { type: 'unix', data: { path: socket } } });
-    } catch {
-      return 'nbd-server-busy' as const;
+    } catch (err) {
+      // "NBD server already running"; anything else (a socket QEMU may not create) is pushed too, and said
+      if (/already running/i.test((err as Error).message)) return 'nbd-server-busy' as const;
+      return { refused: `nbd-server-failed: ${(err as Error).message}` };
     }
     const exports = new Map<string, ViewExport>();
     try {
@@ -115,7 +117,7 @@ export async function startViewServer(qmp: QmpExchange, plan: ViewPlan): Promise
 
 /** The server's socket file goes once the server is stopped (releaseView stops it). */
 export async function removeServerSocket(server: ViewServer | undefined): Promise<void> {
-  if (server && server !== 'nbd-server-busy') await fs.rm(server.socket, { force: true });
+  if (server && typeof server !== 'string' && 'socket' in server) await fs.rm(server.socket, { force: true });
 }
 
 /**
@@ -125,6 +127,7 @@ export async function removeServerSocket(server: ViewServer | undefined): Promis
 export async function pullDisk(server: ViewServer, d: ViewDisk, dest: string, o: PullOptions): Promise<{ bytes: number } | PullRefusal> {
   if (o.signal?.aborted) throw o.signal.reason instanceof Error ? o.signal.reason : new Error('copy stopped');
   if (server === 'nbd-server-busy') return server;
+  if ('refused' in server) return server.refused;
   const view = server.exports.get(d.disk);
   if (!view) throw new Error(`disk ${d.disk}: the view's NBD server has no export for it`);
   if (view.chained) return 'backing-chain';
