@@ -128,23 +128,33 @@ export function verdicts(r: any): Verdict[] {
       v.push({
         id: '3-floor',
         item: '3',
-        measure:
-          'copy artifacts against qemu-img convert alone + one sha256 pass over its output alone (the least a copy hashed for its manifest can cost; medians)',
-        target: 'report',
-        result: `${fmt(t.copyMs)} ms vs ${fmt(t.aloneMs)} + ${fmt(t.hashAloneMs)} ms = ${fmt(t.floorRatio, 2)}`,
-        met: null,
+        measure: `copy of the 4 GiB lab disk (${fmt(mib(t.dataBytes))} MiB of data, a full each time): qemu-img convert alone + one sha256 pass over its output alone / copy artifacts (the least a copy hashed for its manifest can cost; medians; issue 22)`,
+        target: '>= 0.9',
+        result: `(${fmt(t.aloneMs)} + ${fmt(t.hashAloneMs)}) / ${fmt(t.copyMs)} ms = ${fmt(t.floorRatio, 2)}`,
+        met: t.floorRatio >= 0.9,
       });
     }
     v.push({
       id: '3-convert',
       item: '3',
-      measure: `the copy itself: ${t.viaConvert ? 'qemu-img convert as the product runs it (its argv, inside the copy step)' : 'the disk copy as the product runs it (backup job of the view through qemu-nbd: provider.exportDisk)'} / qemu-img convert alone (medians)`,
+      measure: `the copy itself: ${t.viaConvert ? 'qemu-img convert as the product runs it (its argv, inside the copy step)' : "the disk copy as the product runs it (provider.exportDisk: qemu-img convert reading the view from QEMU's NBD export)"} / qemu-img convert of the image alone (medians)`,
       target: '>= 0.95',
       result: `${fmt(t.convertMs)} ms vs ${fmt(t.aloneMs)} ms = ${fmt(t.convertRatio, 2)}`,
       met: t.convertRatio >= 0.95,
     });
   }
   const sp = s.sparse;
+  if (sp?.dense?.floor) {
+    const ratio = sp.dense.floor.median / sp.dense.copy.median;
+    v.push({
+      id: '3-floor-256',
+      item: '3',
+      measure: `copy of a 256 MiB disk holding 256 MiB (QEMU without a guest, a full each time): qemu-img convert alone + one sha256 pass over its output alone / copy artifacts (medians; issue 22)`,
+      target: '>= 0.9',
+      result: `${fmt(sp.dense.floor.median)} / ${fmt(sp.dense.copy.median)} ms = ${fmt(ratio, 2)}`,
+      met: ratio >= 0.9,
+    });
+  }
   if (sp) {
     v.push({
       id: '3-sparse',
@@ -160,13 +170,14 @@ export function verdicts(r: any): Verdict[] {
     const runs = sc.runs as any[];
     const by = (n: number) => runs.find((x) => x.vms === n);
     const biggest = runs[runs.length - 1];
+    const hundred = by(100) ?? biggest;
     v.push({
       id: '4-overhead',
       item: '4',
-      measure: `orchestration overhead beyond copying, ${biggest.vms} VMs x 2 disks`,
+      measure: `orchestration overhead beyond copying, ${hundred.vms} VMs x 2 disks (issue 22: <= 5 s, <= 50 ms per VM)`,
       target: '<= 5 s',
-      result: `${fmt(biggest.overheadMs / 1000, 1)} s (total ${fmt(biggest.wallMs / 1000, 1)} s, qemu-img alone ${fmt(biggest.copyAloneMs / 1000, 1)} s)`,
-      met: biggest.overheadMs <= 5000,
+      result: `${fmt(hundred.overheadMs / 1000, 1)} s = ${fmt(hundred.overheadPerVmMs)} ms per VM (total ${fmt(hundred.wallMs / 1000, 1)} s, qemu-img alone ${fmt(hundred.copyAloneMs / 1000, 1)} s)`,
+      met: hundred.overheadMs <= 5000,
     });
     if (biggest.checkedAloneMs !== undefined) {
       v.push({
@@ -198,17 +209,16 @@ export function verdicts(r: any): Verdict[] {
       result: runs.map((x) => `${x.vms} VMs: ${x.mounts.before} -> ${x.mounts.min}..${x.mounts.max}`).join('; '),
       met: !mountsChanged,
     });
-    const a = by(10);
-    const b = by(50);
-    const c = by(100);
-    if (a && b && c) {
-      const linear = c.overheadMs <= 1.2 * 10 * a.overheadMs && c.overheadMs <= 1.2 * 2 * b.overheadMs;
+    if (runs.length >= 2) {
+      // linear or better: no run costs more per VM than 1.2 x the smallest run's per-VM overhead
+      const first = runs[0];
+      const linear = runs.every((x) => x.overheadPerVmMs <= 1.2 * first.overheadPerVmMs);
       v.push({
         id: '4-linear',
         item: '4',
-        measure: 'overhead growth with the VM count (10 / 50 / 100 VMs)',
+        measure: `overhead growth with the VM count (${runs.map((x) => x.vms).join(' / ')} VMs)`,
         target: 'linear or better',
-        result: `${fmt(a.overheadMs / 1000, 2)} / ${fmt(b.overheadMs / 1000, 2)} / ${fmt(c.overheadMs / 1000, 2)} s (${fmt(a.overheadPerVmMs)} / ${fmt(b.overheadPerVmMs)} / ${fmt(c.overheadPerVmMs)} ms per VM)`,
+        result: `${runs.map((x) => fmt(x.overheadMs / 1000, 2)).join(' / ')} s (${runs.map((x) => fmt(x.overheadPerVmMs)).join(' / ')} ms per VM)`,
         met: linear,
       });
     }
@@ -216,9 +226,9 @@ export function verdicts(r: any): Verdict[] {
       id: '4-rss',
       item: '4',
       measure: `peak RSS of the Node-RED process, ${biggest.vms} VMs`,
-      target: 'report',
-      result: `${fmt(biggest.peakRssMiB)} MiB (qemu-img child ${fmt(biggest.children['qemu-img']?.peakRssMiB)} MiB)`,
-      met: null,
+      target: '<= 200 MB',
+      result: `${fmt((biggest.peakRssMiB * 2 ** 20) / MB)} MB (${fmt(biggest.peakRssMiB)} MiB; qemu-img child ${fmt(biggest.children['qemu-img']?.peakRssMiB)} MiB)`,
+      met: biggest.peakRssMiB * 2 ** 20 <= 200 * MB,
     });
   }
   const m = s.memory;

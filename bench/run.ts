@@ -96,7 +96,7 @@ export function plan(quick: boolean) {
         sparseRuns: 5,
         memoryRuns: 1,
         memoryBigMiB: 4096,
-        scale: [10, 50, 100],
+        scale: [10, 50, 100, 200],
         scaleDiskMiB: 32,
         scaleDataMiB: 8,
         incRounds: 3,
