@@ -326,6 +326,16 @@ export function renderMarkdown(r: any, compare?: any): string {
         ['QEMU', `${m.qemu}, ${m.qemuImg}; accelerator ${m.accel}`],
         ['work file system', `${m.workFs}`],
         ['load average at start / end', `${(m.loadAtStart ?? []).join(' ')} / ${(m.loadAtEnd ?? []).join(' ')}`],
+        ...(r.load && Object.keys(r.load).length
+          ? [
+              [
+                "load average (1 / 5 / 15 min) at the start -> the end of each section (the bench's own VMs and programs count)",
+                Object.entries(r.load as Record<string, number[]>)
+                  .map(([k, v]) => `${k} ${v.slice(0, 3).join(' ')} -> ${v.slice(3, 6).join(' ')}`)
+                  .join('; '),
+              ],
+            ]
+          : []),
         ...(r.steal && Object.keys(r.steal).length
           ? [
               [

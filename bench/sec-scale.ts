@@ -147,28 +147,41 @@ export async function copyAlone(
 export async function scaleSection(ctx: Ctx, o: { counts: number[]; diskMiB: number; dataMiB: number }): Promise<ScaleResult> {
   for (const vm of ctx.lab?.vms.values() ?? []) await vm.pause();
   const max = Math.max(...o.counts);
-  const fleet = await startFleet(path.join(ctx.work, 'bare', 'fleet'), {
-    count: max,
-    disksPerVm: 2,
-    diskMiB: o.diskMiB,
-    dataMiB: o.dataMiB,
-    prefix: 'vm',
-  });
+  // A fleet of exactly n VMs for the run of n: an idle QEMU with no guest OS still costs CPU under
+  // TCG (about 6 ms a second each here), so VMs beyond the run's would slow it with CPU that is not
+  // the product's (a fleet of 200 behind the 100-VM run made it 2.5 x slower).
+  const fleets = new Map<number, BareFleet>();
+  const fleetOf = async (n: number): Promise<BareFleet> => {
+    for (const [k, f] of fleets) if (k !== n) await f.stop().then(() => fleets.delete(k));
+    let f = fleets.get(n);
+    if (!f) {
+      f = await startFleet(path.join(ctx.work, 'bare', `fleet-${n}`), {
+        count: n,
+        disksPerVm: 2,
+        diskMiB: o.diskMiB,
+        dataMiB: o.dataMiB,
+        prefix: 'vm',
+      });
+      fleets.set(n, f);
+    }
+    return f;
+  };
   const scratch = path.join(ctx.work, 'scratch');
   await fs.mkdir(scratch, { recursive: true });
   const runs: ScaleRun[] = [];
+  let qemuRssMiB = 0;
   try {
-    const list = [];
-    for (const n of o.counts)
-      list.push({
-        name: `scale-${n}`,
-        socketDir: await fleetSocketDir(path.join(ctx.work, 'sockets'), fleet, n),
-        fallback: 'checkpoint' as const,
-        concurrency: 2,
-      });
-    await addScenarios(ctx, list);
-    const qemuRssMiB = fleet.qemuRssMiB();
     for (const n of o.counts) {
+      const fleet = await fleetOf(n);
+      await addScenarios(ctx, [
+        {
+          name: `scale-${n}`,
+          socketDir: await fleetSocketDir(path.join(ctx.work, 'sockets'), fleet, n),
+          fallback: 'checkpoint' as const,
+          concurrency: 2,
+        },
+      ]);
+      qemuRssMiB = fleet.qemuRssMiB();
       const before = mountCount(ctx.nr.pid);
       // BENCH_PROFILE_DIR: a CPU profile of Node-RED during the largest run (see probe.ts)
       const profiling = process.env.BENCH_PROFILE_DIR && n === max;
@@ -253,10 +266,11 @@ export async function scaleSection(ctx: Ctx, o: { counts: number[]; diskMiB: num
       );
     }
     // the largest run once more with Verify off (no qemu-img compare per disk)
+    const fleet = await fleetOf(max);
     await addScenarios(ctx, [
       {
         name: `scale-${max}-noverify`,
-        socketDir: await fleetSocketDir(path.join(ctx.work, 'sockets'), fleet, max),
+        socketDir: await fleetSocketDir(path.join(ctx.work, 'sockets'), fleet, max, `noverify-${max}`),
         fallback: 'checkpoint' as const,
         concurrency: 2,
         verify: false,
@@ -282,6 +296,6 @@ export async function scaleSection(ctx: Ctx, o: { counts: number[]; diskMiB: num
     );
     return { qemuRssMiB, diskMiB: o.diskMiB, dataMiBPerDisk: o.dataMiB, runs, noVerify };
   } finally {
-    await fleet.stop();
+    for (const f of fleets.values()) await f.stop();
   }
 }
