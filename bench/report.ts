@@ -286,13 +286,20 @@ export function renderMarkdown(r: any, compare?: any): string {
   out.push(
     "Issue 13 item 9: incremental backups against fulls of the same disk and a bare QMP script, the full's floor, the freeze window.",
   );
+  out.push(
+    'Issue 22: the fixed cost per disk and VM (10 to 200 VMs), the copy of a 256 MiB and a 4 GiB disk against convert + sha256, the write path, a 50-domain libvirt enumerate.',
+  );
   out.push('Benchmarks report; they are not tests, and CI does not gate on these times.');
   out.push('');
   out.push('## Reproduce');
   out.push('');
   out.push('```sh');
   out.push('npm run build');
-  out.push('npm run bench              # full run, about 6-8 min; writes bench/results.json and BENCHMARKS.md');
+  out.push('npm run bench              # full run, about 10 min; writes bench/results.json and BENCHMARKS.md');
+  out.push('node dist/bench/fleet-paths.js --vms=4     # per-disk cost of push, push into qemu-storage-daemon, pull (no product code)');
+  out.push('node dist/bench/write-path.js --rounds=2 --data-mib=256,1024   # writer cache modes on ext4 and tmpfs, with the hash + fsync');
+  out.push('node dist/bench/copy-path.js               # qemu-nbd cache and aio choices under the backup job');
+  out.push('node dist/bench/libvirt-fleet.js --domains=50 --runs=5   # libvirt enumerate (needs libvirtd)');
   out.push('npm run bench -- --quick   # fewer repetitions, smaller disks, about 3-4 min');
   out.push('npm run bench -- --only=freeze,downtime,sparse,memory,scale,incremental   # a subset');
   out.push('# diagnostics: BENCH_DUMP=DIR (every timed call and journal line per backup), BENCH_PROFILE_DIR=DIR (CPU profile of');
