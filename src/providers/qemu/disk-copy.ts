@@ -15,7 +15,7 @@ import { randomBytes } from 'node:crypto';
 import type { QmpClient, QmpExchange } from './protocol';
 import { runProgram, ProgramFailed } from '../../util/run';
 import { bitmapForCopy } from './tracking';
-import type { ViewDisk } from './view';
+import { viewBroke, type ViewDisk } from './view';
 import type { ViewServer } from './pull';
 
 export interface DiskCopyOptions {
@@ -179,13 +179,7 @@ export async function followJob(qmp: QmpExchange, d: ViewDisk, o: DiskCopyOption
       if (job.status === 'concluded') {
         if (o.signal?.aborted) throw stopped();
         // a job cancelled by anyone concludes with an error too ("Operation canceled", measured on QEMU 7.2)
-        if (job.error) {
-          // snapshot-access answers EACCES once the filter broke the snapshot (on-cbw-error=break-snapshot)
-          const broke = /permission denied/i.test(job.error)
-            ? ` (the view broke: its fleecing image ${d.fleece} could not take a copy of old data, e.g. its file system is full or failing; the guest's writes went on unharmed)`
-            : '';
-          throw new Error(`copying disk ${d.disk} out of its point-in-time view failed: ${job.error}${broke}`);
-        }
+        if (job.error) throw new Error(`copying disk ${d.disk} out of its point-in-time view failed: ${job.error}${viewBroke(d, job.error)}`);
         return job['total-progress'];
       }
       await new Promise<void>((r) => {

@@ -22,7 +22,7 @@ import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { QmpExchange } from './protocol';
 import type { NamedNode } from './block-graph';
-import type { ViewDisk, ViewPlan } from './view';
+import { viewBroke, type ViewDisk, type ViewPlan } from './view';
 import { parseProgress } from '../qemu-img';
 import { runProgram, ProgramFailed } from '../../util/run';
 
@@ -142,7 +142,7 @@ export async function pullDisk(server: ViewServer, d: ViewDisk, dest: string, o:
   } catch (err) {
     if (o.signal?.aborted) throw o.signal.reason instanceof Error ? o.signal.reason : err;
     const why = err instanceof ProgramFailed ? err.stderr.trim().split('\n').pop() || err.message : (err as Error).message;
-    throw new Error(`copying disk ${d.disk} out of its point-in-time view failed: ${why}`);
+    throw new Error(`copying disk ${d.disk} out of its point-in-time view failed: ${why}${viewBroke(d, why)}`);
   }
   o.onProgress?.(d.virtualSize, d.virtualSize);
   return { bytes: (await fs.stat(dest)).size };

@@ -237,6 +237,17 @@ async function makeFleeceFile(file: string, size: number): Promise<void> {
   }
 }
 
+/**
+ * What a read error of the view means when it is EACCES: snapshot-access answers so once the filter
+ * broke the snapshot (on-cbw-error=break-snapshot), whoever reads it (the backup job, or a reader of
+ * the view's NBD export).
+ */
+export function viewBroke(d: ViewDisk, error: string): string {
+  return /permission denied/i.test(error)
+    ? ` (the view broke: its fleecing image ${d.fleece} could not take a copy of old data, e.g. its file system is full or failing; the guest's writes went on unharmed)`
+    : '';
+}
+
 /** The fleecing images go once QEMU no longer has them open (or QEMU is gone). */
 export async function removeFleeceFiles(plan: ViewPlan): Promise<void> {
   for (const d of plan.disks) {
