@@ -179,7 +179,8 @@ export async function followJob(qmp: QmpExchange, d: ViewDisk, o: DiskCopyOption
       if (job.status === 'concluded') {
         if (o.signal?.aborted) throw stopped();
         // a job cancelled by anyone concludes with an error too ("Operation canceled", measured on QEMU 7.2)
-        if (job.error) throw new Error(`copying disk ${d.disk} out of its point-in-time view failed: ${job.error}${viewBroke(d, job.error)}`);
+        if (job.error)
+          throw new Error(`copying disk ${d.disk} out of its point-in-time view failed: ${job.error}${viewBroke(d, job.error)}`);
         return job['total-progress'];
       }
       await new Promise<void>((r) => {
