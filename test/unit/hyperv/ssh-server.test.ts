@@ -35,11 +35,24 @@ const local = (root: string, sftpPath: string) => {
   return path.join(root, m[1]!.toUpperCase(), ...(m[2] ?? '/').split('/').filter(Boolean));
 };
 
+/**
+ * A host key for the test server. ssh2's generateKeyPairSync('ed25519') now and then writes a key
+ * its own parseKey calls "Malformed OpenSSH private key" (11 of 3,000 here, ssh2 1.17): such a key
+ * is made again, as ssh-keygen would never have given it.
+ */
+function hostKey(): { key: { private: string }; publicBlob: Buffer } {
+  for (let i = 0; ; i++) {
+    const key = ssh2.utils.generateKeyPairSync('ed25519');
+    const parsed = ssh2.utils.parseKey(key.private);
+    if (!(parsed instanceof Error)) return { key, publicBlob: parsed.getPublicSSH() };
+    if (i === 9) throw parsed;
+  }
+}
+
 async function startHost(): Promise<Host> {
   const root = fs.mkdtempSync(path.join(tmpdir(), 'hv-sshd-'));
   fs.mkdirSync(path.join(root, 'C', 'Users', 'backup'), { recursive: true });
-  const key = ssh2.utils.generateKeyPairSync('ed25519');
-  const publicBlob: Buffer = ssh2.utils.parseKey(key.private).getPublicSSH();
+  const { key, publicBlob } = hostKey();
   const host: Partial<Host> = { root, fingerprint: sshFingerprint(publicBlob), commands: [] };
   const server = new ssh2.Server({ hostKeys: [key.private] }, (client: any) => {
     client.on('authentication', (ctx: any) => {
