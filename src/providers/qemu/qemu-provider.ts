@@ -82,8 +82,6 @@ export interface QemuOptions {
   qemuImg?: string;
   qemuNbd?: string;
   compress?: boolean;
-  /** how a full is copied out of the view: 'pull' (default; push where pull cannot) or always 'push' */
-  copyPath?: 'pull' | 'push';
   /** connections unused this long are closed */
   idleCloseMs?: number;
   /** where VMs whose QEMU is not running are defined (inventory.ts); default json: <socketDir>/<id>.vm.json */
@@ -561,8 +559,8 @@ export class QemuProvider implements HostProvider {
     const d = diskOf(plan, disk);
     const copy = options.copy ?? { mode: 'full' as const };
     const compress = options.compress ?? this.options.compress ?? false;
-    let pushReason: string = copy.mode === 'full' ? 'copy-path-push' : 'incremental';
-    if (copy.mode === 'full' && this.options.copyPath !== 'push') {
+    let pushReason = 'incremental';
+    if (copy.mode === 'full') {
       const pulled = await pullDisk(await this.viewServer(plan), d, dest, {
         qemuImg: this.qemuImgPath,
         compress,
