@@ -18,6 +18,12 @@ export class ProgramFailed extends Error {
   }
 }
 
+/** What a failed program said last (its last stderr line), else the error's own message. */
+export function lastErrorLine(err: unknown): string {
+  if (err instanceof ProgramFailed) return err.stderr.trim().split('\n').pop() || err.message;
+  return err instanceof Error ? err.message : String(err);
+}
+
 let launcher: ProgramLauncher | undefined;
 
 /**

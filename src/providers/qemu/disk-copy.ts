@@ -13,7 +13,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { QmpClient, QmpExchange } from './protocol';
-import { runProgram, ProgramFailed } from '../../util/run';
+import { lastErrorLine, runProgram } from '../../util/run';
 import { bitmapForCopy } from './tracking';
 import { viewBroke, type ViewDisk } from './view';
 import type { ViewServer } from './pull';
@@ -91,7 +91,7 @@ export async function copyDisk(qmp: QmpExchange, d: ViewDisk, dest: string, o: D
   ).then(
     () => undefined,
     (err: Error) => {
-      const why = err instanceof ProgramFailed ? err.stderr.trim().split('\n').pop() || err.message : err.message;
+      const why = lastErrorLine(err);
       throw new Error(`writing ${path.basename(dest)} (qemu-nbd) failed: ${why}`);
     },
   );
@@ -267,7 +267,7 @@ async function allBlocksProxy(viewSock: string, exportName: string): Promise<{ u
     () => undefined,
     (err: Error) => {
       if (stop.signal.aborted) return;
-      const why = err instanceof ProgramFailed ? err.stderr.trim().split('\n').pop() || err.message : err.message;
+      const why = lastErrorLine(err);
       throw new Error(
         `verification not possible: nbdkit (Debian package nbdkit), which reads a disk with a backing chain for the check, failed: ${why}`,
       );

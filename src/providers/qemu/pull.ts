@@ -24,7 +24,7 @@ import type { QmpExchange } from './protocol';
 import type { NamedNode } from './block-graph';
 import { viewBroke, type ViewDisk, type ViewPlan } from './view';
 import { parseProgress } from '../qemu-img';
-import { runProgram, ProgramFailed } from '../../util/run';
+import { lastErrorLine, runProgram } from '../../util/run';
 
 export interface PullOptions {
   qemuImg: string;
@@ -141,7 +141,7 @@ export async function pullDisk(server: ViewServer, d: ViewDisk, dest: string, o:
     });
   } catch (err) {
     if (o.signal?.aborted) throw o.signal.reason instanceof Error ? o.signal.reason : err;
-    const why = err instanceof ProgramFailed ? err.stderr.trim().split('\n').pop() || err.message : (err as Error).message;
+    const why = lastErrorLine(err);
     throw new Error(`copying disk ${d.disk} out of its point-in-time view failed: ${why}${viewBroke(d, why)}`);
   }
   o.onProgress?.(d.virtualSize, d.virtualSize);

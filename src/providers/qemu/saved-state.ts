@@ -9,7 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
-import { ProgramFailed, runProgram } from '../../util/run';
+import { lastErrorLine, runProgram } from '../../util/run';
 import type { QmpExchange } from './protocol';
 
 const RECEIVER = path.join(__dirname, 'state-receiver.js');
@@ -40,7 +40,7 @@ export async function saveStateToFile(
   }).then(
     () => undefined,
     (err: Error) => {
-      const why = err instanceof ProgramFailed ? err.stderr.trim().split('\n').pop() || err.message : err.message;
+      const why = lastErrorLine(err);
       throw new Error(`writing the saved state to ${file} failed: ${why}`);
     },
   );
