@@ -276,6 +276,11 @@ async function productBackup(
     throw new Error(`${scenario}: expected a ${expect} backup, the product made ${d.chain?.mode} (${d.chain?.reason}: ${d.chain?.detail})`);
   const st = await fs.stat(d.file);
   const v = r.set.vms[0];
+  if (process.env.BENCH_TIMELINE && r.calls.length) {
+    const t0 = Math.min(...r.calls.map((c) => c.at ?? Infinity));
+    for (const c of [...r.calls].sort((a, b) => (a.at ?? 0) - (b.at ?? 0)))
+      console.log(`  ${((c.at ?? 0) - t0).toFixed(1).padStart(7)} +${c.ms.toFixed(1).padStart(6)} ${c.fn}`);
+  }
   return {
     kind: expect,
     ...(fraction !== undefined ? { fraction } : {}),

@@ -61,13 +61,20 @@ export async function copyBackupSet(
 ): Promise<(PostSnapshotVm & { copy: CopyResult })[]> {
   const host = options.hostName ?? set.host.name;
   const report = progressOver(set, options);
-  // each VM's view is taken away as soon as its copies are made and checked, beside the next VMs'
-  // copies; all of them are settled before this stage goes on (an abort must never find a
-  // release of ours still running when it releases what is left)
+  // each VM's view is taken away as soon as nothing reads it any more (its disks copied and
+  // compared: while their files are still being hashed), beside the next VMs' copies; all of
+  // them are settled before this stage goes on (an abort must never find a release of ours
+  // still running when it releases what is left)
   const releases: Promise<unknown>[] = [];
   const staged = await limitedSettledOrThrow(set.vms, options.concurrency, async (vm): Promise<Staged> => {
-    const s = await stageVm(provider, repo, live, host, set.backupId, vm, options, report);
-    releases.push(live.release(vm.id).catch(() => undefined));
+    let released = false;
+    const release = () => {
+      if (released) return;
+      released = true;
+      releases.push(live.release(vm.id).catch(() => undefined));
+    };
+    const s = await stageVm(provider, repo, live, host, set.backupId, vm, options, report, release);
+    release();
     return s;
   }).finally(() => Promise.all(releases));
 
@@ -102,6 +109,7 @@ async function stageVm(
   vm: PostSnapshotVm,
   options: CopyOptions,
   report: Reporter,
+  viewDone: () => void,
 ): Promise<Staged> {
   const startedAt = performance.now(); // monotonic: ms is a duration
   live.assertLive();
@@ -115,12 +123,34 @@ async function stageVm(
   const describing = provider.describe(vm.id);
   describing.catch(() => undefined); // awaited below, after the disks
 
+  // One disk at a time out of the view; each copy's check (hash, flush, comparison with the
+  // view) runs beside the next disk's copy. The view goes once every disk is copied and compared,
+  // while the last files may still be hashed.
   const view = vm.snapshot.view;
-  for (const d of view.disks) {
-    live.assertLive();
-    const plan = finalPlan(vm, d.disk, options);
-    if (plan) plans.push(plan);
-    files.push(await copyOneDisk(provider, live, vm, d, plan, dir, identities, options, report));
+  const checks: Promise<ManifestFile>[] = [];
+  const viewReads: Promise<unknown>[] = [];
+  let checkFailed = false;
+  try {
+    for (const d of view.disks) {
+      live.assertLive();
+      // a copy that failed its check stops the next one from starting (the set fails anyway)
+      if (checkFailed) break;
+      const plan = finalPlan(vm, d.disk, options);
+      if (plan) plans.push(plan);
+      const c = await copyOneDisk(provider, live, vm, d, plan, dir, identities, options, report);
+      checks.push(c.file);
+      viewReads.push(c.viewRead);
+      c.file.catch(() => (checkFailed = true));
+    }
+    await Promise.all(viewReads);
+    // (on a failure the view stays for the set's own ending to release, as before)
+    viewDone();
+  } finally {
+    // nothing of this VM's may still write or read in the staging directory when its copy ends
+    const settled = await Promise.allSettled(checks);
+    const failed = settled.find((x): x is PromiseRejectedResult => x.status === 'rejected');
+    if (failed) throw failed.reason;
+    for (const x of settled) if (x.status === 'fulfilled') files.push(x.value);
   }
   const definition = await describing;
   live.assertLive();
@@ -150,7 +180,7 @@ async function copyOneDisk(
   identities: Map<string, string>,
   options: CopyOptions,
   report: Reporter,
-): Promise<ManifestFile> {
+): Promise<{ viewRead: Promise<unknown>; file: Promise<ManifestFile> }> {
   const disk = vm.disks.find((x) => x.id === d.disk);
   const incremental = plan?.mode === 'incremental' && plan.backing && plan.since ? { backing: plan.backing, since: plan.since } : undefined;
   // the signal stops the copy at once when the set is aborted (watchdog, redeploy)
@@ -167,13 +197,25 @@ async function copyOneDisk(
   );
   // Three things at once: the copy is flushed to disk, and read back twice from the page cache
   // (a full is compared with its view by the provider while its bytes are hashed for the
-  // manifest). All three must succeed before it counts.
-  const [hashed] = await Promise.all([
-    hashFile(dir, d.artifact, 'disk', identities),
-    fsyncFile(exported.path),
-    options.verify === false || incremental ? undefined : provider.verifyDisk?.(vm.snapshot.view, d.disk, exported.path),
-  ]);
-  live.assertLive();
+  // manifest). All three must succeed before it counts; only the comparison reads the view.
+  const compared = options.verify === false || incremental ? undefined : provider.verifyDisk?.(vm.snapshot.view, d.disk, exported.path);
+  const viewRead = Promise.resolve(compared);
+  viewRead.catch(() => undefined); // its failure is the file's (below)
+  const file = Promise.all([hashFile(dir, d.artifact, 'disk', identities), fsyncFile(exported.path), viewRead]).then(([hashed]) => {
+    live.assertLive();
+    return manifestEntry(hashed, exported, d, disk, plan);
+  });
+  file.catch(() => undefined); // awaited by stageVm
+  return { viewRead, file };
+}
+
+function manifestEntry(
+  hashed: ManifestFile,
+  exported: Awaited<ReturnType<HostProvider['exportDisk']>>,
+  d: PointInTimeView['disks'][number],
+  disk: PostSnapshotVm['disks'][number] | undefined,
+  plan: ChainPlan | undefined,
+): ManifestFile {
   return {
     ...hashed,
     disk: d.disk,

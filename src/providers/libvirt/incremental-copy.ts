@@ -16,6 +16,7 @@
 //   compressed clusters"); the extents are grown to whole clusters, as the filter needs.
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
+import { createQcow2 } from '../../repository/qcow2-create';
 import { runProgram } from '../../util/run';
 
 export interface IncrementalCopyOptions {
@@ -84,8 +85,7 @@ export async function copyChanged(dest: string, o: IncrementalCopyOptions): Prom
   const extents = parseDirtyMap(map.stdout);
   const bytesChanged = extents.reduce((n, e) => n + e.length, 0);
   // compressed clusters in zstd (QEMU >= 5.1), as the full's `qemu-img convert -c` writes them
-  const zstd = o.compress ? ['-o', 'compression_type=zstd'] : [];
-  await runProgram(o.qemuImg, ['create', '-q', '-f', 'qcow2', ...zstd, '-b', o.backing, '-F', 'qcow2', dest, String(o.virtualSize)]);
+  await createQcow2(dest, { size: o.virtualSize, backing: o.backing, zstd: o.compress === true }, o.qemuImg);
   if (extents.length === 0) {
     o.onProgress?.(0, 0);
     return { bytesChanged };

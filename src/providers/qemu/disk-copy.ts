@@ -14,8 +14,10 @@ import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { QmpClient, QmpExchange } from './protocol';
 import { lastErrorLine, runProgram } from '../../util/run';
+import { createQcow2 } from '../../repository/qcow2-create';
 import { bitmapForCopy } from './tracking';
-import { viewBroke, type ViewDisk } from './view';
+import type { ViewDisk } from './view';
+import { followJob } from './job';
 import type { ViewServer } from './pull';
 
 export interface DiskCopyOptions {
@@ -45,21 +47,8 @@ export interface DiskCopyResult {
  * compressed cluster (qcow2's own compressed clusters, zstd: read by qemu-img and QEMU >= 5.1,
  * as the offline copy's qemu-img convert -c writes them too). Fulls and
  * incrementals alike: a backup job writes each cluster once, whole.
+ * qemu-nbd's view of the target: the qcow2 itself, or (compress) the qcow2 under the compress filter.
  */
-async function createTarget(qemuImg: string, dest: string, size: number, o: DiskCopyOptions): Promise<void> {
-  await runProgram(qemuImg, [
-    'create',
-    '-q',
-    '-f',
-    'qcow2',
-    ...(o.compress ? ['-o', 'compression_type=zstd'] : []),
-    ...(o.incremental ? ['-b', o.incremental.backing, '-F', 'qcow2'] : []),
-    dest,
-    String(size),
-  ]);
-}
-
-/** qemu-nbd's view of the target: the qcow2 itself, or (compress) the qcow2 under the compress filter. */
 export function targetArgs(dest: string, compress: boolean): string[] {
   if (!compress) return ['--format=qcow2', dest];
   // --image-opts: a comma inside a value is written twice
@@ -67,7 +56,7 @@ export function targetArgs(dest: string, compress: boolean): string[] {
 }
 
 export async function copyDisk(qmp: QmpExchange, d: ViewDisk, dest: string, o: DiskCopyOptions): Promise<DiskCopyResult> {
-  await createTarget(o.qemuImg, dest, d.virtualSize, o);
+  await createQcow2(dest, { size: d.virtualSize, zstd: o.compress === true, ...(o.incremental ? { backing: o.incremental.backing } : {}) }, o.qemuImg);
   // unix socket paths are limited to 108 bytes, staging paths may be longer
   const sock = path.join(os.tmpdir(), `vmbackup-nbd-${randomBytes(6).toString('hex')}.sock`);
   const stopServer = new AbortController();
@@ -139,62 +128,6 @@ async function startJob(c: QmpClient, d: ViewDisk, o: DiskCopyOptions, tmpBitmap
     'on-source-error': 'report',
     'on-target-error': 'report',
   });
-}
-
-interface JobInfo {
-  id: string;
-  status: string;
-  'current-progress': number;
-  'total-progress': number;
-  error?: string;
-}
-
-/**
- * Follow the backup job to its end by looking at it (query-jobs), each look one short QMP
- * exchange, never by holding the socket for its events: QEMU serves one QMP client at a time, and
- * the host's own tools (Proxmox's qm, pvestatd's polls) connect per command and must get their
- * turn during a copy that takes hours. The first look is 5 ms after the start (a small disk's
- * job is done by then), the looks slow down to pollMaxMs.
- * An abort cancels the job at once. Returns the bytes the job read.
- */
-export async function followJob(qmp: QmpExchange, d: ViewDisk, o: DiskCopyOptions): Promise<number> {
-  const stopped = () => (o.signal?.reason instanceof Error ? o.signal.reason : new Error('copy stopped'));
-  let wake: (() => void) | undefined;
-  const onAbort = () => wake?.();
-  o.signal?.addEventListener('abort', onAbort, { once: true });
-  let wait = 5;
-  try {
-    for (;;) {
-      if (o.signal?.aborted) {
-        await qmp((c) => c.execute('block-job-cancel', { device: d.jobId, force: true })).catch(() => undefined);
-        throw stopped();
-      }
-      const job = await qmp(async (c) => {
-        const j = (await c.execute<JobInfo[]>('query-jobs')).find((x) => x.id === d.jobId);
-        if (j?.status === 'concluded') await c.execute('job-dismiss', { id: d.jobId }).catch(() => undefined);
-        return j;
-      });
-      if (!job) throw new Error(`copying disk ${d.disk}: the backup job ${d.jobId} is gone (QEMU restarted, or someone dismissed it)`);
-      o.onProgress?.(job['current-progress'], job['total-progress']);
-      if (job.status === 'concluded') {
-        if (o.signal?.aborted) throw stopped();
-        // a job cancelled by anyone concludes with an error too ("Operation canceled", measured on QEMU 7.2)
-        if (job.error)
-          throw new Error(`copying disk ${d.disk} out of its point-in-time view failed: ${job.error}${viewBroke(d, job.error)}`);
-        return job['total-progress'];
-      }
-      await new Promise<void>((r) => {
-        const t = setTimeout(r, wait);
-        wake = () => {
-          clearTimeout(t);
-          r();
-        };
-      });
-      wait = Math.min(wait * 2, o.pollMaxMs ?? 1000);
-    }
-  } finally {
-    o.signal?.removeEventListener('abort', onAbort);
-  }
 }
 
 async function waitForSocket(sock: string, server: Promise<void>, what = 'qemu-nbd'): Promise<void> {

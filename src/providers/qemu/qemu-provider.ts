@@ -469,17 +469,13 @@ export class QemuProvider implements HostProvider {
   async releaseView(vmId: string, view: PointInTimeView): Promise<void> {
     if (isOfflinePlan(view)) return unlockOffline(offlinePlanOf(view), await this.lockTools);
     const plan = planOf(view);
-    const reachable = await this.runState(vmId).then(
-      () => true,
-      async (err: Error) => {
-        if (await this.qemuGone(vmId)) return false;
-        throw new Error(
-          `cannot take the point-in-time view out of ${vmId} now: its QEMU runs but does not answer QMP (${err.message}); retried`,
-        );
-      },
-    );
-    // QEMU gone: no graph holds our nodes any more (a QEMU started again opens only its own images)
-    if (reachable) await releaseView(this.exchanges(vmId), plan);
+    await releaseView(this.exchanges(vmId), plan).catch(async (err: Error) => {
+      // QEMU gone: no graph holds our nodes any more (a QEMU started again opens only its own images)
+      if (await this.qemuGone(vmId)) return;
+      // it runs and answers: what releaseView found (a node of ours QEMU still shows) is the failure
+      if (await this.runState(vmId).then(() => true, () => false)) throw err;
+      throw new Error(`cannot take the point-in-time view out of ${vmId} now: its QEMU runs but does not answer QMP (${err.message}); retried`);
+    });
     // releaseView stopped the view's NBD server with its exports (this process's, or one a
     // process that ended left)
     const server = this.viewServers.get(`${plan.vm}/${plan.backupId}`);

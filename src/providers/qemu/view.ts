@@ -172,7 +172,8 @@ export async function switchView(c: QmpClient, plan: ViewPlan, opts: { pause: bo
  */
 export async function releaseView(qmp: QmpExchange, plan: ViewPlan): Promise<void> {
   const quiet = (p: Promise<unknown>) => p.catch(() => undefined);
-  const running = await qmp(async (c) => {
+  // one exchange in the usual case (the copies' jobs are gone): a second only after a cancel
+  const cancelled = await qmp(async (c) => {
     const jobs = await c.execute<{ id: string; status: string }[]>('query-jobs');
     // an export left by a verification that never ended (Node-RED stopped meanwhile): its server is ours
     const exports = await c.execute<{ id: string }[]>('query-block-exports').catch(() => []);
@@ -182,28 +183,33 @@ export async function releaseView(qmp: QmpExchange, plan: ViewPlan): Promise<voi
       if (job && job.status !== 'concluded' && job.status !== 'null')
         await quiet(c.execute('block-job-cancel', { device: d.jobId, force: true }));
     }
-    return plan.disks.filter((d) => jobs.some((j) => j.id === d.jobId)).map((d) => d.jobId);
+    const left = plan.disks.filter((d) => jobs.some((j) => j.id === d.jobId)).map((d) => d.jobId);
+    if (left.length === 0) await takeOut(c, plan);
+    return left;
   });
-  for (const jobId of running) await waitJobGone(qmp, jobId);
-  await qmp(async (c) => {
-    let nodes = await namedNodes(c);
-    const has = (name: string) => nodes.some((n) => n['node-name'] === name);
-    for (const d of plan.disks) {
-      if (has(d.targetNode)) await c.execute('blockdev-del', { 'node-name': d.targetNode });
-      if (has(d.accessNode)) await c.execute('blockdev-del', { 'node-name': d.accessNode });
-    }
-    const roots = await c.execute<QueryBlockEntry[]>('query-block');
-    for (const d of plan.disks) {
-      const root = roots.find((r) => r.qdev === d.qdev)?.inserted?.['node-name'];
-      if (root === d.cbwNode) await c.execute('qom-set', { path: d.qdev, property: 'drive', value: d.node });
-    }
-    nodes = await namedNodes(c);
-    for (const d of plan.disks) {
-      if (has(d.cbwNode)) await c.execute('blockdev-del', { 'node-name': d.cbwNode });
-      if (has(d.fleeceNode)) await c.execute('blockdev-del', { 'node-name': d.fleeceNode });
-    }
-    await assertNothingOurs(c, plan);
-  });
+  if (cancelled.length === 0) return;
+  for (const jobId of cancelled) await waitJobGone(qmp, jobId);
+  await qmp((c) => takeOut(c, plan));
+}
+
+async function takeOut(c: QmpClient, plan: ViewPlan): Promise<void> {
+  let nodes = await namedNodes(c);
+  const has = (name: string) => nodes.some((n) => n['node-name'] === name);
+  for (const d of plan.disks) {
+    if (has(d.targetNode)) await c.execute('blockdev-del', { 'node-name': d.targetNode });
+    if (has(d.accessNode)) await c.execute('blockdev-del', { 'node-name': d.accessNode });
+  }
+  const roots = await c.execute<QueryBlockEntry[]>('query-block');
+  for (const d of plan.disks) {
+    const root = roots.find((r) => r.qdev === d.qdev)?.inserted?.['node-name'];
+    if (root === d.cbwNode) await c.execute('qom-set', { path: d.qdev, property: 'drive', value: d.node });
+  }
+  nodes = await namedNodes(c);
+  for (const d of plan.disks) {
+    if (has(d.cbwNode)) await c.execute('blockdev-del', { 'node-name': d.cbwNode });
+    if (has(d.fleeceNode)) await c.execute('blockdev-del', { 'node-name': d.fleeceNode });
+  }
+  await assertNothingOurs(c, plan);
 }
 
 /** QEMU's own word that the VM holds nothing of this view: the proof every undo ends with. */

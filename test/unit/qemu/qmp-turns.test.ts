@@ -10,7 +10,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { exchangesOf, MessageDecoder, QmpClient } from '../../../src/providers/qemu/protocol';
-import { followJob } from '../../../src/providers/qemu/disk-copy';
+import { followJob } from '../../../src/providers/qemu/job';
 import type { ViewDisk } from '../../../src/providers/qemu/view';
 import { GREETING } from '../protocol/fake-server';
 import { pvestatd, qmStatus } from '../../support/pvestatd';
@@ -116,7 +116,7 @@ describe('QMP beside the host tools (Proxmox qm/pvestatd): one short exchange at
   it('a copy followed by short exchanges: every pvestatd poll (every 200 ms, 1 s limit) is answered during a 3 s job', async () => {
     qemu.startJob();
     const progress: number[] = [];
-    const copy = followJob(exchangesOf(qemu.path), disk, { qemuImg: '', qemuNbd: '', onProgress: (d) => progress.push(d) });
+    const copy = followJob(exchangesOf(qemu.path), disk, { onProgress: (d) => progress.push(d) });
     const polls = await pvestatd(qemu.path, copy, 200, 1000);
     assert.equal(await copy, 1 << 30, 'the job read the whole disk');
     assert.ok(qemu.dismissed, 'the concluded job was dismissed');
@@ -130,7 +130,7 @@ describe('QMP beside the host tools (Proxmox qm/pvestatd): one short exchange at
   it('an abort cancels the job at once, in one exchange', async () => {
     qemu.startJob();
     const stop = new AbortController();
-    const copy = followJob(exchangesOf(qemu.path), disk, { qemuImg: '', qemuNbd: '', signal: stop.signal });
+    const copy = followJob(exchangesOf(qemu.path), disk, { signal: stop.signal });
     setTimeout(() => stop.abort(new Error('set aborted')), 300);
     const t0 = Date.now();
     await assert.rejects(copy, /set aborted/);
