@@ -130,6 +130,7 @@ async function stageVm(
   const checks: Promise<ManifestFile>[] = [];
   const viewReads: Promise<unknown>[] = [];
   let checkFailed = false;
+  let copyFailed: { err: unknown } | undefined;
   try {
     for (const d of view.disks) {
       live.assertLive();
@@ -145,12 +146,15 @@ async function stageVm(
     await Promise.all(viewReads);
     // (on a failure the view stays for the set's own ending to release, as before)
     viewDone();
-  } finally {
-    // nothing of this VM's may still write or read in the staging directory when its copy ends
-    const settled = await Promise.allSettled(checks);
-    const failed = settled.find((x): x is PromiseRejectedResult => x.status === 'rejected');
-    if (failed) throw failed.reason;
-    for (const x of settled) if (x.status === 'fulfilled') files.push(x.value);
+  } catch (err) {
+    copyFailed = { err };
+  }
+  // nothing of this VM's may still write or read in the staging directory when its copy ends
+  const settled = await Promise.allSettled(checks);
+  if (copyFailed) throw copyFailed.err;
+  for (const x of settled) {
+    if (x.status === 'rejected') throw x.reason;
+    files.push(x.value);
   }
   const definition = await describing;
   live.assertLive();

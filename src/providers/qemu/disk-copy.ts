@@ -56,7 +56,11 @@ export function targetArgs(dest: string, compress: boolean): string[] {
 }
 
 export async function copyDisk(qmp: QmpExchange, d: ViewDisk, dest: string, o: DiskCopyOptions): Promise<DiskCopyResult> {
-  await createQcow2(dest, { size: d.virtualSize, zstd: o.compress === true, ...(o.incremental ? { backing: o.incremental.backing } : {}) }, o.qemuImg);
+  await createQcow2(
+    dest,
+    { size: d.virtualSize, zstd: o.compress === true, ...(o.incremental ? { backing: o.incremental.backing } : {}) },
+    o.qemuImg,
+  );
   // unix socket paths are limited to 108 bytes, staging paths may be longer
   const sock = path.join(os.tmpdir(), `vmbackup-nbd-${randomBytes(6).toString('hex')}.sock`);
   const stopServer = new AbortController();

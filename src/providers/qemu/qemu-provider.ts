@@ -473,8 +473,16 @@ export class QemuProvider implements HostProvider {
       // QEMU gone: no graph holds our nodes any more (a QEMU started again opens only its own images)
       if (await this.qemuGone(vmId)) return;
       // it runs and answers: what releaseView found (a node of ours QEMU still shows) is the failure
-      if (await this.runState(vmId).then(() => true, () => false)) throw err;
-      throw new Error(`cannot take the point-in-time view out of ${vmId} now: its QEMU runs but does not answer QMP (${err.message}); retried`);
+      if (
+        await this.runState(vmId).then(
+          () => true,
+          () => false,
+        )
+      )
+        throw err;
+      throw new Error(
+        `cannot take the point-in-time view out of ${vmId} now: its QEMU runs but does not answer QMP (${err.message}); retried`,
+      );
     });
     // releaseView stopped the view's NBD server with its exports (this process's, or one a
     // process that ended left)

@@ -62,7 +62,19 @@ describe('qcow2 image created in-process (no qemu-img create per disk)', functio
     const ours = path.join(dir, 'ours.qcow2');
     await createQcow2(ours, { size: 64 << 20, backing: 'parent.qcow2' }, '/nonexistent/qemu-img');
     await runProgram('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x5a 1M 3M', '-c', 'write -P 0x5b 40M 64k', ours]);
-    await runProgram('qemu-io', ['-f', 'qcow2', '-c', 'read -P 0x5a 1M 3M', '-c', 'read -P 0x5b 40M 64k', '-c', 'read -P 0x11 0 1M', '-c', 'read -P 0x11 48M 16M', ours]);
+    await runProgram('qemu-io', [
+      '-f',
+      'qcow2',
+      '-c',
+      'read -P 0x5a 1M 3M',
+      '-c',
+      'read -P 0x5b 40M 64k',
+      '-c',
+      'read -P 0x11 0 1M',
+      '-c',
+      'read -P 0x11 48M 16M',
+      ours,
+    ]);
     const out = (await runProgram('qemu-img', ['check', '--output=json', ours])).stdout;
     const check = JSON.parse(out) as { 'check-errors': number; leaks?: number; corruptions?: number; 'allocated-clusters': number };
     assert.equal(check['check-errors'], 0);
@@ -74,7 +86,12 @@ describe('qcow2 image created in-process (no qemu-img create per disk)', functio
   it('compressed writes (the compress option) land as zstd clusters and read back', async () => {
     const ours = path.join(dir, 'ours.qcow2');
     await createQcow2(ours, { size: 64 << 20, zstd: true }, '/nonexistent/qemu-img');
-    await runProgram('qemu-io', ['--image-opts', '-c', 'write -P 0x33 0 1M', `driver=compress,file.driver=qcow2,file.file.driver=file,file.file.filename=${ours}`]);
+    await runProgram('qemu-io', [
+      '--image-opts',
+      '-c',
+      'write -P 0x33 0 1M',
+      `driver=compress,file.driver=qcow2,file.file.driver=file,file.file.filename=${ours}`,
+    ]);
     await runProgram('qemu-io', ['-f', 'qcow2', '-c', 'read -P 0x33 0 1M', ours]);
     const check = JSON.parse((await runProgram('qemu-img', ['check', '--output=json', ours])).stdout) as Record<string, number>;
     assert.equal(check['check-errors'], 0);
