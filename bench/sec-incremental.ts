@@ -85,16 +85,17 @@ function copySteps(calls: ProbeCall[]): CopySteps | undefined {
   const end = copy.at + copy.ms;
   const inside = calls.filter((x) => x.at !== undefined && x.at >= copy.at! && x.at <= end).sort((a, b) => a.at! - b.at!);
   const first = (fn: string, after = copy.at!) => inside.find((x) => x.fn === fn && x.at! >= after);
+  // the target is created in-process now (src/repository/qcow2-create.ts): until qemu-nbd starts
   const create = first('program qemu-img create');
   const nbd = first('program qemu-nbd');
   const add = nbd && first('qmp blockdev-add', nbd.at);
   const job = first('qmp blockdev-backup');
   const dismiss = job && first('qmp job-dismiss', job.at);
   const del = dismiss && first('qmp blockdev-del', dismiss.at);
-  if (!create || !nbd || !add || !job || !dismiss || !del) return undefined;
+  if (!nbd || !add || !job || !dismiss || !del) return undefined;
   const hashes = calls.filter((x) => x.fn === 'sha256File' && x.at !== undefined && x.at >= end).sort((a, b) => a.at! - b.at!);
   return {
-    createMs: round(create.ms),
+    createMs: round(create ? create.ms : nbd.at! - copy.at!),
     serverMs: round(add.at! - nbd.at!),
     addMs: round(job.at! - add.at!),
     jobMs: round(dismiss.at! - job.at!),

@@ -24,7 +24,7 @@ import { disksFrom, type HostExclusions, type NamedNode, type QueryBlockEntry } 
 import { DEFAULT_FLEECE_DIR, fleeceLocation, prepareFleeceDir } from './fleece';
 import { discoverVms, findQemuPid, readCmdline, type DiscoveredVm } from './discovery';
 import { agentFrom, filesystemsFrom, osFrom, type GuestFsInfo, type GuestInfo, type GuestOsInfo } from './guest-facts';
-import { exchange, GuestAgentClient, type QmpClient, type QmpExchange } from './protocol';
+import { exchange, GuestAgentClient, QemuProtocolError, QmpError, type QmpClient, type QmpExchange } from './protocol';
 import { saveStateToFile } from './saved-state';
 import {
   armView,
@@ -472,14 +472,8 @@ export class QemuProvider implements HostProvider {
     await releaseView(this.exchanges(vmId), plan).catch(async (err: Error) => {
       // QEMU gone: no graph holds our nodes any more (a QEMU started again opens only its own images)
       if (await this.qemuGone(vmId)) return;
-      // it runs and answers: what releaseView found (a node of ours QEMU still shows) is the failure
-      if (
-        await this.runState(vmId).then(
-          () => true,
-          () => false,
-        )
-      )
-        throw err;
+      // it answered: what it answered (or a node of ours it still shows) is the failure
+      if (!(err instanceof QemuProtocolError) || err instanceof QmpError) throw err;
       throw new Error(
         `cannot take the point-in-time view out of ${vmId} now: its QEMU runs but does not answer QMP (${err.message}); retried`,
       );
