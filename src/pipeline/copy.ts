@@ -62,10 +62,27 @@ export async function copyBackupSet(
   const host = options.hostName ?? set.host.name;
   const report = progressOver(set, options);
   // each VM's view is taken away as soon as nothing reads it any more (its disks copied and
-  // compared: while their files are still being hashed), beside the next VMs' copies; all of
-  // them are settled before this stage goes on (an abort must never find a release of ours
-  // still running when it releases what is left)
+  // compared: while their files are still being hashed), beside the next VMs' copies and the
+  // manifests and publish; all of them are settled before this stage ends, whichever way (an
+  // abort must never find a release of ours still running when it releases what is left)
   const releases: Promise<unknown>[] = [];
+  try {
+    return await stageAndPublish(provider, repo, live, set, options, host, report, releases);
+  } finally {
+    await Promise.all(releases);
+  }
+}
+
+async function stageAndPublish(
+  provider: HostProvider,
+  repo: ArtifactRepository,
+  live: LiveBackup,
+  set: PostSnapshotSet,
+  options: CopyOptions,
+  host: string,
+  report: Reporter,
+  releases: Promise<unknown>[],
+): Promise<(PostSnapshotVm & { copy: CopyResult })[]> {
   const staged = await limitedSettledOrThrow(set.vms, options.concurrency, async (vm): Promise<Staged> => {
     let released = false;
     const release = () => {
@@ -76,7 +93,7 @@ export async function copyBackupSet(
     const s = await stageVm(provider, repo, live, host, set.backupId, vm, options, report, release);
     release();
     return s;
-  }).finally(() => Promise.all(releases));
+  });
 
   // Every VM is staged: write the manifests, then publish. A failure before the last rename
   // leaves every earlier backup as it was and publishes nothing of this set that is incomplete.
