@@ -24,7 +24,7 @@ import { disksFrom, type HostExclusions, type NamedNode, type QueryBlockEntry } 
 import { DEFAULT_FLEECE_DIR, fleeceLocation, prepareFleeceDir } from './fleece';
 import { discoverVms, findQemuPid, readCmdline, type DiscoveredVm } from './discovery';
 import { agentFrom, filesystemsFrom, osFrom, type GuestFsInfo, type GuestInfo, type GuestOsInfo } from './guest-facts';
-import { exchange, GuestAgentClient, QemuProtocolError, QmpError, type QmpClient, type QmpExchange } from './protocol';
+import { exchange, GuestAgentClient, QemuProtocolError, QmpConnectError, QmpError, type QmpClient, type QmpExchange } from './protocol';
 import { saveStateToFile } from './saved-state';
 import {
   armView,
@@ -469,11 +469,14 @@ export class QemuProvider implements HostProvider {
   async releaseView(vmId: string, view: PointInTimeView): Promise<void> {
     if (isOfflinePlan(view)) return unlockOffline(offlinePlanOf(view), await this.lockTools);
     const plan = planOf(view);
-    await releaseView(this.exchanges(vmId), plan).catch(async (err: Error) => {
+    const release = () => releaseView(this.exchanges(vmId), plan);
+    await release().catch(async (err: Error) => {
       // QEMU gone: no graph holds our nodes any more (a QEMU started again opens only its own images)
       if (await this.qemuGone(vmId)) return;
       // it answered: what it answered (or a node of ours it still shows) is the failure
       if (!(err instanceof QemuProtocolError) || err instanceof QmpError) throw err;
+      // the QEMU it tried was gone, and one answers now (started again meanwhile): asked once more
+      if (err instanceof QmpConnectError) return release();
       throw new Error(
         `cannot take the point-in-time view out of ${vmId} now: its QEMU runs but does not answer QMP (${err.message}); retried`,
       );
