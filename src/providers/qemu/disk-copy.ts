@@ -8,7 +8,7 @@
 // inside the VM's folder), so stock tools read any point: qemu-img info --backing-chain, convert.
 // A full is pulled instead where it can be (pull.ts: one process, nothing to set up first); push
 // is the path for incrementals, disks with a backing chain, and a QEMU whose NBD server is taken.
-import { promises as fs, watch, type FSWatcher } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -65,7 +65,6 @@ export async function copyDisk(qmp: QmpExchange, d: ViewDisk, dest: string, o: D
   const sock = path.join(os.tmpdir(), `vmbackup-nbd-${randomBytes(6).toString('hex')}.sock`);
   const stopServer = new AbortController();
   if (o.signal?.aborted) throw o.signal.reason instanceof Error ? o.signal.reason : new Error('copy stopped');
-  const listening = socketWatch(sock);
   // Without --persistent qemu-nbd serves one client and exits when it disconnects, having
   // flushed the image: its exit is the end of the write. The set's own abort stops it at once
   // too, wherever this copy is: no qemu-nbd of an ended set waits for a client that never comes.
@@ -93,9 +92,9 @@ export async function copyDisk(qmp: QmpExchange, d: ViewDisk, dest: string, o: D
   const tmpBitmap = `${d.jobId}-b`;
   let added = false;
   try {
-    await listening.wait(server, 'qemu-nbd');
+    await waitForSocket(sock, server, 'qemu-nbd');
     const bytesChanged = await qmp(async (c) => {
-      await c.execute('blockdev-add', { driver: 'nbd', 'node-name': d.targetNode, server: { type: 'unix', path: sock }, export: '' });
+      await connectTarget(c, d.targetNode, sock);
       added = true;
       const changed = o.incremental
         ? await bitmapForCopy(c, { accessNode: d.accessNode, diskNode: d.node, from: o.incremental.bitmap, name: tmpBitmap })
@@ -113,7 +112,6 @@ export async function copyDisk(qmp: QmpExchange, d: ViewDisk, dest: string, o: D
     const bytes = (await fs.stat(dest)).size;
     return { bytes, bytesRead, ...(bytesChanged !== undefined ? { bytesChanged } : {}) };
   } finally {
-    listening.close();
     if (added) await qmp((c) => c.execute('blockdev-del', { 'node-name': d.targetNode })).catch(() => undefined);
     stopServer.abort(new Error('copy ended'));
     // bounded: a qemu-nbd that does not end on SIGTERM must not hold the stage (and its undo) forever
@@ -137,56 +135,44 @@ async function startJob(c: QmpClient, d: ViewDisk, o: DiskCopyOptions, tmpBitmap
 }
 
 /**
- * Waiting for a server of ours (qemu-nbd, nbdkit) to listen on its socket: told by the directory
- * the moment the socket appears (inotify; set up before the program starts, so the creation is not
- * missed), looked at besides from 1 ms doubling to 25 ms where no such notice comes.
+ * Waiting for a server of ours (qemu-nbd, nbdkit) to create its socket: looked at from 1 ms
+ * doubling to 25 ms. (Not woken by inotify: the file appears at bind(), before listen(), and a
+ * connect in between is refused; measured in a whole test run under load.) The connect that
+ * follows still allows for that moment (connectTarget).
  */
-function socketWatch(sock: string): { wait: (server: Promise<void>, what: string) => Promise<void>; close: () => void } {
-  let wake: () => void = () => undefined;
-  let watcher: FSWatcher | undefined;
-  try {
-    watcher = watch(path.dirname(sock), (_, name) => {
-      if (name === path.basename(sock)) wake();
-    });
-    watcher.on('error', () => undefined);
-  } catch {
-    // no notices here: the looks alone find it
+async function waitForSocket(sock: string, server: Promise<void>, what: string): Promise<void> {
+  let failed: Error | undefined;
+  server.catch((err: Error) => (failed = err));
+  const until = performance.now() + 5000;
+  for (let step = 1; performance.now() < until; step = Math.min(step * 2, 25)) {
+    if (failed) throw failed;
+    if (
+      await fs.access(sock).then(
+        () => true,
+        () => false,
+      )
+    )
+      return;
+    await new Promise((r) => setTimeout(r, step));
   }
-  const close = () => {
-    watcher?.close();
-    watcher = undefined;
-  };
-  const wait = async (server: Promise<void>, what: string) => {
-    let failed: Error | undefined;
-    server.catch((err: Error) => {
-      failed = err;
-      wake();
-    });
-    const until = performance.now() + 5000;
+  throw new Error(`${what} did not listen on ${sock} within 5 s`);
+}
+
+/**
+ * The VM's QEMU connects to qemu-nbd's socket. A refused connect means the server has bound its
+ * socket but not yet listened: asked again a few times, a few ms apart (within this exchange).
+ * qemu-nbd serves one client and exits when it leaves, so nothing may probe the socket first.
+ */
+async function connectTarget(c: QmpClient, node: string, sock: string): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
     try {
-      for (let step = 1; performance.now() < until; step = Math.min(step * 2, 25)) {
-        if (failed) throw failed;
-        if (
-          await fs.access(sock).then(
-            () => true,
-            () => false,
-          )
-        )
-          return;
-        await new Promise<void>((r) => {
-          const t = setTimeout(r, step);
-          wake = () => {
-            clearTimeout(t);
-            r();
-          };
-        });
-      }
-    } finally {
-      close();
+      await c.execute('blockdev-add', { driver: 'nbd', 'node-name': node, server: { type: 'unix', path: sock }, export: '' });
+      return;
+    } catch (err) {
+      if (attempt >= 20 || !/connection refused/i.test((err as Error).message)) throw err;
+      await new Promise((r) => setTimeout(r, 5));
     }
-    throw new Error(`${what} did not listen on ${sock} within 5 s`);
-  };
-  return { wait, close };
+  }
 }
 
 function timeout(ms: number, why: string): Promise<never> {
@@ -233,7 +219,6 @@ export async function compareWithView(server: ViewServer, d: ViewDisk, file: str
 async function allBlocksProxy(viewSock: string, exportName: string): Promise<{ uri: string; stop: () => Promise<void> }> {
   const sock = path.join(os.tmpdir(), `vmbackup-all-${randomBytes(6).toString('hex')}.sock`);
   const stop = new AbortController();
-  const listening = socketWatch(sock);
   const ended = runProgram(
     'nbdkit',
     ['--foreground', '--exit-with-parent', '-U', sock, '--filter=noextents', 'nbd', `socket=${viewSock}`, `export=${exportName}`],
@@ -249,7 +234,7 @@ async function allBlocksProxy(viewSock: string, exportName: string): Promise<{ u
     },
   );
   ended.catch(() => undefined);
-  await listening.wait(ended, 'nbdkit');
+  await waitForSocket(sock, ended, 'nbdkit');
   return {
     uri: `nbd+unix:///?socket=${sock}`,
     stop: async () => {
