@@ -11,6 +11,8 @@ export VMBACKUP_FAULTS_NO_DOC="${VMBACKUP_FAULTS_NO_DOC:-1}"
 passed=0
 failed=0
 suites_failed=()
+# mocha's failure reports, printed again at the very end: CI keeps only the tail of the output
+failures=""
 
 # run a suite, echo its output, add up mocha's "N passing" / "N failing"
 suite() {
@@ -26,6 +28,8 @@ suite() {
   if [ $status -ne 0 ]; then
     suites_failed+=("$name")
     [ "$f" -eq 0 ] && failed=$((failed + 1))
+    # from mocha's "N failing" to the end of that run: the numbered failures with their errors
+    failures+="--- $name"$'\n'"$(printf '%s\n' "$out" | awk '/^ *[0-9]+ failing/ {on=1} on && n < 80 {print; n++}')"$'\n'
   fi
 }
 
@@ -60,6 +64,9 @@ suite scorecard bash scripts/scorecard.sh
 node dist/lab/cli.js stop --lab-dir "$VMBACKUP_LAB_DIR" >/dev/null 2>&1 || true
 node dist/lab/cli.js libvirt-stop --lab-dir "$VMBACKUP_LAB_DIR" >/dev/null 2>&1 || true
 
-[ ${#suites_failed[@]} -gt 0 ] && echo "failed suites: ${suites_failed[*]}" >&2
+if [ ${#suites_failed[@]} -gt 0 ]; then
+  printf '=== failures again (the first 80 lines of each failed suite'"'"'s report)\n%s' "$failures" >&2
+  echo "failed suites: ${suites_failed[*]}" >&2
+fi
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

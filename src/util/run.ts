@@ -65,13 +65,17 @@ export function runProgram(
     let stdout = '';
     let stderr = '';
     let settled = false;
+    let timer: NodeJS.Timeout | undefined;
+    let again: NodeJS.Timeout | undefined;
     const finish = (fn: () => void) => {
       if (settled) return;
       settled = true;
       if (timer) clearTimeout(timer);
+      if (again) clearInterval(again);
       opts.signal?.removeEventListener('abort', onAbort);
       fn();
     };
+    const onAbort = () => stop();
     const events: ProgramEvents = {
       stdout: (d) => {
         if (opts.onStdout) opts.onStdout(d);
@@ -95,8 +99,16 @@ export function runProgram(
       finish(() => reject(err));
       return;
     }
-    const timer = opts.timeoutMs ? setTimeout(() => started.kill('SIGTERM'), opts.timeoutMs) : undefined;
-    const onAbort = () => started.kill('SIGTERM');
+    // A SIGTERM can be lost: one sent to qemu-nbd while it still starts (its socket already
+    // there) is taken by its handler and then forgotten as it enters its main loop (measured: 10
+    // of 60 qemu-nbd stopped the moment their socket appeared went on waiting for a client, and
+    // a failed copy waited 10 s for it). So the signal is sent again every 200 ms until it is gone.
+    const stop = () => {
+      if (again || settled) return;
+      started.kill('SIGTERM');
+      again = setInterval(() => started.kill('SIGTERM'), 200);
+    };
+    if (opts.timeoutMs) timer = setTimeout(stop, opts.timeoutMs);
     opts.signal?.addEventListener('abort', onAbort, { once: true });
   });
 }

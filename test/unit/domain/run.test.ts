@@ -49,6 +49,61 @@ for (const viaLauncher of [false, true]) {
       await assert.rejects(runProgram('true', [], { signal: ac.signal }), { name: 'AbortError' });
     });
 
+    it('sends SIGTERM again until the program is gone (a first one can be lost)', async () => {
+      // the shell takes the first SIGTERM and forgets it, as a starting qemu-nbd does
+      const ac = new AbortController();
+      const script = 'n=0; trap "n=\\$((n+1)); [ \\$n -ge 2 ] && exit 0" TERM; echo ready; while :; do sleep 0.05; done';
+      let ready!: () => void;
+      const seen = new Promise<void>((r) => (ready = r));
+      const running = runProgram('sh', ['-c', script], { signal: ac.signal, onStdout: () => ready() });
+      await seen;
+      const t0 = Date.now();
+      ac.abort(new Error('set aborted'));
+      await assert.rejects(running, { name: 'AbortError' });
+      const ms = Date.now() - t0;
+      assert.ok(ms >= 150 && ms < 2000, `gone after the second SIGTERM (${ms} ms)`);
+    });
+
+    it('stops a qemu-nbd the moment its socket appears (where a single SIGTERM was lost 1 in 6)', async function () {
+      const fsp = await import('node:fs/promises');
+      const os = await import('node:os');
+      const path = await import('node:path');
+      const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'vmb-run-nbd-'));
+      try {
+        await runProgram('qemu-img', ['create', '-q', '-f', 'qcow2', path.join(dir, 'a.qcow2'), '1M']);
+        for (let i = 0; i < 20; i++) {
+          const sock = path.join(dir, `${i}.sock`);
+          const ac = new AbortController();
+          const running = runProgram('qemu-nbd', [`--socket=${sock}`, '-f', 'qcow2', path.join(dir, 'a.qcow2')], { signal: ac.signal });
+          running.catch(() => undefined);
+          for (
+            let d = 1;
+            !(await fsp.stat(sock).then(
+              () => true,
+              () => false,
+            ));
+            d = Math.min(d * 2, 25)
+          )
+            await new Promise((r) => setTimeout(r, d));
+          const t0 = Date.now();
+          ac.abort(new Error('copy ended'));
+          const gone = await Promise.race([
+            running.then(
+              () => true,
+              () => true,
+            ),
+            new Promise((r) => setTimeout(r, 3000, false)),
+          ]);
+          assert.ok(gone, `qemu-nbd ${i} gone within 3 s of the abort (${Date.now() - t0} ms)`);
+          await assert.rejects(running, { name: 'AbortError' });
+        }
+      } finally {
+        // a qemu-nbd that missed its signal would keep this test process alive: ended by hand
+        await runProgram('pkill', ['-KILL', '-f', dir]).catch(() => undefined);
+        await fsp.rm(dir, { recursive: true, force: true });
+      }
+    });
+
     it('stops the program after timeoutMs', async () => {
       const t0 = Date.now();
       await assert.rejects(runProgram('sleep', ['10'], { timeoutMs: 100 }), ProgramFailed);
