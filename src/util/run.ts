@@ -107,6 +107,7 @@ export function runProgram(
       if (again || settled) return;
       started.kill('SIGTERM');
       again = setInterval(() => started.kill('SIGTERM'), 200);
+      again.unref(); // the program's own pipes keep this process up while it runs
     };
     if (opts.timeoutMs) timer = setTimeout(stop, opts.timeoutMs);
     opts.signal?.addEventListener('abort', onAbort, { once: true });
