@@ -72,10 +72,9 @@ export function runProgram(
       settled = true;
       if (timer) clearTimeout(timer);
       if (again) clearInterval(again);
-      opts.signal?.removeEventListener('abort', onAbort);
+      opts.signal?.removeEventListener('abort', stop);
       fn();
     };
-    const onAbort = () => stop();
     const events: ProgramEvents = {
       stdout: (d) => {
         if (opts.onStdout) opts.onStdout(d);
@@ -103,14 +102,14 @@ export function runProgram(
     // there) is taken by its handler and then forgotten as it enters its main loop (measured: 10
     // of 60 qemu-nbd stopped the moment their socket appeared went on waiting for a client, and
     // a failed copy waited 10 s for it). So the signal is sent again every 200 ms until it is gone.
-    const stop = () => {
+    if (opts.timeoutMs) timer = setTimeout(stop, opts.timeoutMs);
+    opts.signal?.addEventListener('abort', stop, { once: true });
+    function stop(): void {
       if (again || settled) return;
       started.kill('SIGTERM');
       again = setInterval(() => started.kill('SIGTERM'), 200);
       again.unref(); // the program's own pipes keep this process up while it runs
-    };
-    if (opts.timeoutMs) timer = setTimeout(stop, opts.timeoutMs);
-    opts.signal?.addEventListener('abort', onAbort, { once: true });
+    }
   });
 }
 

@@ -14,6 +14,7 @@ import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { QmpClient, QmpExchange } from './protocol';
 import { lastErrorLine, runProgram } from '../../util/run';
+import { settledWithin } from '../../util/deadline';
 import { createQcow2 } from '../../repository/qcow2-create';
 import { bitmapForCopy } from './tracking';
 import type { ViewDisk } from './view';
@@ -115,7 +116,7 @@ export async function copyDisk(qmp: QmpExchange, d: ViewDisk, dest: string, o: D
     if (added) await qmp((c) => c.execute('blockdev-del', { 'node-name': d.targetNode })).catch(() => undefined);
     stopServer.abort(new Error('copy ended'));
     // bounded: a qemu-nbd that does not end on SIGTERM must not hold the stage (and its undo) forever
-    await Promise.race([server.catch(() => undefined), new Promise((r) => setTimeout(r, 10_000).unref())]);
+    await settledWithin(server, 10_000);
     await fs.rm(sock, { force: true });
   }
 }
@@ -144,10 +145,7 @@ async function waitForSocket(sock: string, server: Promise<void>, what: string):
   let failed: Error | undefined;
   server.catch((err: Error) => (failed = err));
   const t0 = performance.now();
-  const until = t0 + 5000;
-  // every ms while a server normally starts (6-10 ms here; looks doubling from 1 ms found one
-  // that was up at 17 ms only at 31 ms), then further apart
-  for (let step = 1; performance.now() < until; step = performance.now() - t0 < 200 ? 1 : Math.min(step * 2, 25)) {
+  for (let step = 1; performance.now() - t0 < 5000;) {
     if (failed) throw failed;
     if (
       await fs.access(sock).then(
@@ -157,6 +155,9 @@ async function waitForSocket(sock: string, server: Promise<void>, what: string):
     )
       return;
     await new Promise((r) => setTimeout(r, step));
+    // every ms while a server normally starts (6-10 ms here; looks doubling from 1 ms found one
+    // that was up at 17 ms only at 31 ms), then further apart
+    if (performance.now() - t0 >= 200) step = Math.min(step * 2, 25);
   }
   throw new Error(`${what} did not listen on ${sock} within 5 s`);
 }
@@ -242,7 +243,7 @@ async function allBlocksProxy(viewSock: string, exportName: string): Promise<{ u
     uri: `nbd+unix:///?socket=${sock}`,
     stop: async () => {
       stop.abort();
-      await Promise.race([ended.catch(() => undefined), new Promise((r) => setTimeout(r, 5000).unref())]);
+      await settledWithin(ended, 5000);
       await fs.rm(sock, { force: true });
     },
   };
