@@ -37,7 +37,7 @@ import {
   type ViewDisk,
   type ViewPlan,
 } from './view';
-import { addBitmap, bitmapsByNode, removeBitmap, type TrackedBitmap } from './tracking';
+import { addBitmaps, bitmapsByNode, bitmapsOf, removeBitmaps, type TrackedBitmap } from './tracking';
 import { compareWithView, copyDisk } from './disk-copy';
 import { pullDisk, removeServerSocket, startViewServer, type ViewServer } from './pull';
 import { compare as compareImages } from '../qemu-img';
@@ -295,13 +295,13 @@ export class QemuProvider implements HostProvider {
   }
 
   private async enumerateOne(d: DiscoveredVm, hostExcluded?: HostExclusions): Promise<EnumeratedVm> {
-    const facts = await this.qmp(d.id, async (c) => ({
-      status: await c.execute<{ status: string }>('query-status'),
-      name: await c.execute<{ name?: string }>('query-name').catch(() => ({ name: undefined })),
-      block: await c.execute<QueryBlockEntry[]>('query-block'),
-      nodes: await c.execute<NamedNode[]>('query-named-block-nodes', { flat: true }),
-      bitmaps: await bitmapsByNode(c),
-    }));
+    const facts = await this.qmp(d.id, async (c) => {
+      const status = await c.execute<{ status: string }>('query-status');
+      const name = await c.execute<{ name?: string }>('query-name').catch(() => ({ name: undefined }));
+      const block = await c.execute<QueryBlockEntry[]>('query-block');
+      const nodes = await namedNodes(c);
+      return { status, name, block, nodes, bitmaps: bitmapsOf(nodes) };
+    });
     const disks = disksFrom(facts.block, facts.nodes, hostExcluded);
     for (const disk of disks) {
       if (!disk.included) continue;
@@ -493,14 +493,12 @@ export class QemuProvider implements HostProvider {
     start: (vmId: string, disks: readonly { disk: string; name: string }[], view: PointInTimeView) =>
       isOfflinePlan(view)
         ? Promise.resolve()
-        : this.qmp(vmId, async (c) => {
-            const nodes = await namedNodes(c);
-            for (const t of disks) {
-              const d = diskOf(planOf(view), t.disk);
-              const drv = nodes.find((n) => n['node-name'] === d.node)?.drv;
-              await addBitmap(c, d.node, t.name, drv === 'qcow2');
-            }
-          }),
+        : this.qmp(vmId, (c) =>
+            addBitmaps(
+              c,
+              disks.map((t) => ({ node: diskOf(planOf(view), t.disk).node, name: t.name })),
+            ),
+          ),
     list: (vmId: string, view: PointInTimeView) =>
       this.qmp(vmId, async (c) => {
         const byNode = await bitmapsByNode(c);
@@ -509,9 +507,12 @@ export class QemuProvider implements HostProvider {
     remove: async (vmId: string, disks: readonly { disk: string; name: string }[], view: PointInTimeView) => {
       if (isOfflinePlan(view)) return; // an offline backup starts no record (chain reason 'offline')
       if (await this.qemuGone(vmId)) return; // a transient record went with QEMU; a persistent one is found at the next enumerate
-      await this.qmp(vmId, async (c) => {
-        for (const t of disks) await removeBitmap(c, diskOf(planOf(view), t.disk).node, t.name);
-      });
+      await this.qmp(vmId, (c) =>
+        removeBitmaps(
+          c,
+          disks.map((t) => ({ node: diskOf(planOf(view), t.disk).node, name: t.name })),
+        ),
+      );
     },
   };
 

@@ -16,6 +16,7 @@
 // QEMU process. Either way a bitmap that is not there, not recording or inconsistent means a full.
 import type { QmpClient } from './protocol';
 import { namedNodes, type DirtyBitmap } from './view';
+import type { NamedNode } from './block-graph';
 
 export const BITMAP_PREFIX = 'vmbackup-';
 export const GRANULARITY = 65536;
@@ -31,8 +32,13 @@ export interface TrackedBitmap {
 
 /** Our bitmaps on each node, as QEMU reports them. */
 export async function bitmapsByNode(c: QmpClient): Promise<Map<string, TrackedBitmap[]>> {
+  return bitmapsOf(await namedNodes(c));
+}
+
+/** Our bitmaps on each node, from a listing already asked for (one block-graph query an exchange). */
+export function bitmapsOf(nodes: readonly (NamedNode & { 'dirty-bitmaps'?: DirtyBitmap[] })[]): Map<string, TrackedBitmap[]> {
   const out = new Map<string, TrackedBitmap[]>();
-  for (const n of await namedNodes(c)) {
+  for (const n of nodes) {
     const ours = (n['dirty-bitmaps'] ?? []).filter(
       (b): b is DirtyBitmap & { name: string } => typeof b.name === 'string' && b.name.startsWith(BITMAP_PREFIX),
     );
@@ -50,18 +56,30 @@ const tracked = (b: DirtyBitmap & { name: string }): TrackedBitmap => ({
   count: b.count,
 });
 
-/** Start tracking from now on (before the view's moment). Persistent where the image can hold it. */
-export async function addBitmap(c: QmpClient, node: string, name: string, persistent: boolean): Promise<void> {
-  const existing = (await bitmapsByNode(c)).get(node)?.find((b) => b.name === name);
-  if (existing) return; // a retried prepare
-  await c.execute('block-dirty-bitmap-add', { node, name, persistent, granularity: GRANULARITY });
+/**
+ * Start tracking from now on (before the view's moment), on every disk of a VM with one look at
+ * its block graph: persistent where the image can hold it (qcow2); a bitmap already there (a
+ * retried prepare) is left as it is.
+ */
+export async function addBitmaps(c: QmpClient, wanted: readonly { node: string; name: string }[]): Promise<void> {
+  const nodes = await namedNodes(c);
+  const have = bitmapsOf(nodes);
+  for (const { node, name } of wanted) {
+    if (have.get(node)?.some((b) => b.name === name)) continue;
+    const persistent = nodes.find((n) => n['node-name'] === node)?.drv === 'qcow2';
+    await c.execute('block-dirty-bitmap-add', { node, name, persistent, granularity: GRANULARITY });
+  }
 }
 
-/** Remove a bitmap of ours; nothing to do when it is not there. */
-export async function removeBitmap(c: QmpClient, node: string, name: string): Promise<void> {
-  if (!name.startsWith(BITMAP_PREFIX)) throw new Error(`refusing to remove bitmap ${name}: not one this product made`);
-  const exists = (await bitmapsByNode(c)).get(node)?.some((b) => b.name === name);
-  if (exists) await c.execute('block-dirty-bitmap-remove', { node, name });
+/** Remove bitmaps of ours (one look at the graph); nothing to do for one that is not there. */
+export async function removeBitmaps(c: QmpClient, list: readonly { node: string; name: string }[]): Promise<void> {
+  for (const { name } of list) {
+    if (!name.startsWith(BITMAP_PREFIX)) throw new Error(`refusing to remove bitmap ${name}: not one this product made`);
+  }
+  const have = await bitmapsByNode(c);
+  for (const { node, name } of list) {
+    if (have.get(node)?.some((b) => b.name === name)) await c.execute('block-dirty-bitmap-remove', { node, name });
+  }
 }
 
 /**

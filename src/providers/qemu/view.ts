@@ -193,7 +193,7 @@ export async function releaseView(qmp: QmpExchange, plan: ViewPlan): Promise<voi
 }
 
 async function takeOut(c: QmpClient, plan: ViewPlan): Promise<void> {
-  let nodes = await namedNodes(c);
+  const nodes = await namedNodes(c);
   const has = (name: string) => nodes.some((n) => n['node-name'] === name);
   for (const d of plan.disks) {
     if (has(d.targetNode)) await c.execute('blockdev-del', { 'node-name': d.targetNode });
@@ -204,7 +204,8 @@ async function takeOut(c: QmpClient, plan: ViewPlan): Promise<void> {
     const root = roots.find((r) => r.qdev === d.qdev)?.inserted?.['node-name'];
     if (root === d.cbwNode) await c.execute('qom-set', { path: d.qdev, property: 'drive', value: d.node });
   }
-  nodes = await namedNodes(c);
+  // (the listing above still holds: a filter and its image go only by our blockdev-del; QEMU's
+  // word on what is left is asked once, at the end)
   for (const d of plan.disks) {
     if (has(d.cbwNode)) await c.execute('blockdev-del', { 'node-name': d.cbwNode });
     if (has(d.fleeceNode)) await c.execute('blockdev-del', { 'node-name': d.fleeceNode });
