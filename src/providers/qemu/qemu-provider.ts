@@ -20,7 +20,7 @@ import type {
   ViewOptions,
 } from '../provider';
 import { unreachableVm } from '../../contract/limits';
-import { disksFrom, type HostExclusions, type NamedNode, type QueryBlockEntry } from './block-graph';
+import { disksFrom, type HostExclusions, type QueryBlockEntry } from './block-graph';
 import { DEFAULT_FLEECE_DIR, fleeceLocation, prepareFleeceDir } from './fleece';
 import { discoverVms, findQemuPid, readCmdline, type DiscoveredVm } from './discovery';
 import { agentFrom, filesystemsFrom, osFrom, type GuestFsInfo, type GuestInfo, type GuestOsInfo } from './guest-facts';
