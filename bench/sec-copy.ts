@@ -2,6 +2,7 @@
 //    against a 256 MiB disk full of the same amount of data (QEMU processes without a guest).
 // 5. Peak RSS of the Node-RED process (VmHWM reset before each backup) and of the qemu-img child
 //    while one disk full of real data is copied: 1 GiB, and 4 GiB (2 GiB with --quick).
+import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { addScenarios, backup, type Ctx } from './context';
 import { startFleet, fleetSocketDir, type BareFleet } from './bare';
@@ -68,6 +69,7 @@ export async function sparseSection(ctx: Ctx, o: { runs: number }): Promise<Spar
     const da: number[] = [];
     const df: number[] = [];
     const scratch = path.join(ctx.work, 'scratch');
+    await fs.mkdir(scratch, { recursive: true }); // (also when this section runs alone)
     for (let i = 0; i < o.runs; i++) {
       // alternate the order, so that neither always runs on a warmer cache
       const pair =
