@@ -71,6 +71,12 @@ function diskOf(plan: ViewPlan, disk: string): ViewDisk {
   return d;
 }
 
+/** Each tracking record of a disk, named by the block node it lives on in the view's plan. */
+function bitmapsOnNodes(view: PointInTimeView, disks: readonly { disk: string; name: string }[]): { node: string; name: string }[] {
+  const plan = planOf(view);
+  return disks.map((t) => ({ node: diskOf(plan, t.disk).node, name: t.name }));
+}
+
 export interface QemuOptions {
   /** directory of <id>.qmp / <id>.qga sockets (Proxmox: /var/run/qemu-server) */
   socketDir: string;
@@ -491,14 +497,7 @@ export class QemuProvider implements HostProvider {
 
   readonly tracking = {
     start: (vmId: string, disks: readonly { disk: string; name: string }[], view: PointInTimeView) =>
-      isOfflinePlan(view)
-        ? Promise.resolve()
-        : this.qmp(vmId, (c) =>
-            addBitmaps(
-              c,
-              disks.map((t) => ({ node: diskOf(planOf(view), t.disk).node, name: t.name })),
-            ),
-          ),
+      isOfflinePlan(view) ? Promise.resolve() : this.qmp(vmId, (c) => addBitmaps(c, bitmapsOnNodes(view, disks))),
     list: (vmId: string, view: PointInTimeView) =>
       this.qmp(vmId, async (c) => {
         const byNode = await bitmapsByNode(c);
@@ -507,12 +506,7 @@ export class QemuProvider implements HostProvider {
     remove: async (vmId: string, disks: readonly { disk: string; name: string }[], view: PointInTimeView) => {
       if (isOfflinePlan(view)) return; // an offline backup starts no record (chain reason 'offline')
       if (await this.qemuGone(vmId)) return; // a transient record went with QEMU; a persistent one is found at the next enumerate
-      await this.qmp(vmId, (c) =>
-        removeBitmaps(
-          c,
-          disks.map((t) => ({ node: diskOf(planOf(view), t.disk).node, name: t.name })),
-        ),
-      );
+      await this.qmp(vmId, (c) => removeBitmaps(c, bitmapsOnNodes(view, disks)));
     },
   };
 
