@@ -221,10 +221,12 @@ async function copyOneDisk(
   const compared = options.verify === false || incremental ? undefined : provider.verifyDisk?.(vm.snapshot.view, d.disk, exported.path);
   const viewRead = Promise.resolve(compared);
   viewRead.catch(() => undefined); // its failure is the file's (below)
-  const file = Promise.all([hashFile(dir, d.artifact, 'disk', identities), fsyncFile(exported.path), viewRead]).then(([hashed]) => {
-    live.assertLive();
-    return manifestEntry(hashed, exported, d, disk, plan);
-  });
+  const file = Promise.all([hashFile(dir, d.artifact, 'disk', identities, exported.sha256), fsyncFile(exported.path), viewRead]).then(
+    ([hashed]) => {
+      live.assertLive();
+      return manifestEntry(hashed, exported, d, disk, plan);
+    },
+  );
   file.catch(() => undefined); // awaited by stageVm
   return { viewRead, file };
 }
@@ -349,10 +351,24 @@ async function verifyStaged(s: Staged): Promise<void> {
 /** size, mtime (ns), inode: what changes when anything writes to or replaces a file */
 const identity = (st: BigIntStats) => `${st.size}b@${st.mtimeNs}ns#${st.ino}`;
 
-/** One read of the file: its sha256 for the manifest, with its identity before and after the read. */
-async function hashFile(dir: string, name: string, kind: ManifestFile['kind'], identities: Map<string, string>): Promise<ManifestFile> {
+/**
+ * One read of the file: its sha256 for the manifest, with its identity before and after the read.
+ * A file the provider hashed as it wrote it (`written`) is not read again: its identity is taken
+ * now, and the publish checks it as for any other.
+ */
+async function hashFile(
+  dir: string,
+  name: string,
+  kind: ManifestFile['kind'],
+  identities: Map<string, string>,
+  written?: string,
+): Promise<ManifestFile> {
   const file = path.join(dir, name);
   const before = await fs.stat(file, { bigint: true });
+  if (written !== undefined) {
+    identities.set(name, identity(before));
+    return { name, kind, bytes: Number(before.size), sha256: written };
+  }
   const sha256 = await sha256File(file);
   const after = await fs.stat(file, { bigint: true });
   if (identity(before) !== identity(after)) throw new StageError(`${name}: changed while it was being hashed; not published`);

@@ -49,6 +49,11 @@ export interface ExportedFile {
   /** QEMU: how the disk left the view (pull: read from QEMU's NBD export; push: QEMU's backup job) and why not pulled */
   via?: 'pull' | 'push';
   pushReason?: string;
+  /**
+   * sha256 of the file, from its bytes as the provider wrote them (a writer of its own): the copy
+   * step takes it instead of reading the file again
+   */
+  sha256?: string;
 }
 
 /** What a provider's change tracking says about one disk, read at enumerate. */

@@ -31,44 +31,73 @@ const EXT_BACKING_FORMAT = 0xe2792aca;
 /** incompatible feature bit 3: the compression type field is not zlib */
 const INCOMPAT_COMPRESSION = 1n << 3n;
 
+/** What the header says of an image's layout: offsets in bytes, the refcount table's length in clusters. */
+export interface Qcow2Header {
+  /** virtual size in bytes */
+  size: number;
+  /** the backing file string's bytes (1-1023, no NUL), its format qcow2 */
+  backing?: Buffer;
+  zstd?: boolean;
+  /** entries of the L1 table */
+  l1Size: number;
+  l1Offset: number;
+  refcountTableOffset: number;
+  refcountTableClusters: number;
+}
+
+/**
+ * Write the header (version 3, 64 KiB clusters, 16-bit refcounts, no features), the backing
+ * format extension and the backing string into the first cluster of `img`, which is all zero:
+ * the one header qcow2Bytes and the sequential writer of qcow2-stream.ts both write.
+ */
+export function writeQcow2Header(img: Buffer, h: Qcow2Header): void {
+  // header, backing format extension (8 + "qcow2" padded to 8), end of extensions, backing string
+  const backingOffset = HEADER_LENGTH + 16 + 8;
+  img.writeUInt32BE(QCOW2_MAGIC, 0);
+  img.writeUInt32BE(3, 4); // version
+  if (h.backing) {
+    img.writeBigUInt64BE(BigInt(backingOffset), 8);
+    img.writeUInt32BE(h.backing.length, 16);
+  }
+  img.writeUInt32BE(CLUSTER_BITS, 20);
+  img.writeBigUInt64BE(BigInt(h.size), 24);
+  img.writeUInt32BE(0, 32); // no encryption
+  img.writeUInt32BE(h.l1Size, 36);
+  img.writeBigUInt64BE(BigInt(h.l1Offset), 40);
+  img.writeBigUInt64BE(BigInt(h.refcountTableOffset), 48);
+  img.writeUInt32BE(h.refcountTableClusters, 56);
+  // no snapshots (60, 64); compatible and autoclear features none (80, 88): lazy refcounts off
+  img.writeBigUInt64BE(h.zstd ? INCOMPAT_COMPRESSION : 0n, 72);
+  img.writeUInt32BE(4, 96); // refcount order: 16-bit refcounts
+  img.writeUInt32BE(HEADER_LENGTH, 100);
+  img.writeUInt8(h.zstd ? 1 : 0, 104); // compression type
+  if (h.backing) {
+    img.writeUInt32BE(EXT_BACKING_FORMAT, HEADER_LENGTH);
+    img.writeUInt32BE(5, HEADER_LENGTH + 4);
+    img.write('qcow2', HEADER_LENGTH + 8, 'ascii');
+    // the end-of-extensions marker is 8 zero bytes: already there
+    h.backing.copy(img, backingOffset);
+  }
+}
+
 /** The image's bytes, or undefined where the shape is one to leave to qemu-img. */
 export function qcow2Bytes(o: NewQcow2): Buffer | undefined {
   if (!Number.isSafeInteger(o.size) || o.size <= 0 || o.size % 512 !== 0) return undefined;
   const l1Size = Math.ceil(o.size / PER_L2);
   if (l1Size * 8 > CLUSTER) return undefined;
   const backing = o.backing === undefined ? undefined : Buffer.from(o.backing, 'utf8');
-  // header, backing format extension (8 + "qcow2" padded to 8), end of extensions, backing string
-  const backingOffset = HEADER_LENGTH + 16 + 8;
   if (backing && (backing.length === 0 || backing.length > 1023 || backing.includes(0))) return undefined;
 
   const img = Buffer.alloc(3 * CLUSTER + l1Size * 8);
-  img.writeUInt32BE(QCOW2_MAGIC, 0);
-  img.writeUInt32BE(3, 4); // version
-  if (backing) {
-    img.writeBigUInt64BE(BigInt(backingOffset), 8);
-    img.writeUInt32BE(backing.length, 16);
-  }
-  img.writeUInt32BE(CLUSTER_BITS, 20);
-  img.writeBigUInt64BE(BigInt(o.size), 24);
-  img.writeUInt32BE(0, 32); // no encryption
-  img.writeUInt32BE(l1Size, 36);
-  img.writeBigUInt64BE(BigInt(3 * CLUSTER), 40); // L1 table
-  img.writeBigUInt64BE(BigInt(CLUSTER), 48); // refcount table
-  img.writeUInt32BE(1, 56); // its length in clusters
-  // no snapshots (60, 64); compatible and autoclear features none (80, 88): lazy refcounts off
-  img.writeBigUInt64BE(o.zstd ? INCOMPAT_COMPRESSION : 0n, 72);
-  img.writeUInt32BE(4, 96); // refcount order: 16-bit refcounts
-  img.writeUInt32BE(HEADER_LENGTH, 100);
-  img.writeUInt8(o.zstd ? 1 : 0, 104); // compression type
-  let at = HEADER_LENGTH;
-  if (backing) {
-    img.writeUInt32BE(EXT_BACKING_FORMAT, at);
-    img.writeUInt32BE(5, at + 4);
-    img.write('qcow2', at + 8, 'ascii');
-    at += 16;
-    // the end-of-extensions marker is 8 zero bytes: already there
-    backing.copy(img, backingOffset);
-  }
+  writeQcow2Header(img, {
+    size: o.size,
+    backing,
+    zstd: o.zstd,
+    l1Size,
+    l1Offset: 3 * CLUSTER,
+    refcountTableOffset: CLUSTER,
+    refcountTableClusters: 1,
+  });
   img.writeBigUInt64BE(BigInt(2 * CLUSTER), CLUSTER); // refcount table -> the one block
   for (let c = 0; c < 4; c++) img.writeUInt16BE(1, 2 * CLUSTER + 2 * c); // clusters 0-3 in use
   return img;

@@ -263,7 +263,7 @@ describe('fault injection: change tracking and the point-in-time view (bare QEMU
             (e: Error) => e,
           );
           assert.ok(err, 'the backup failed');
-          assert.match(err!.message, /the view broke: its fleecing image/, 'the failure says why');
+          assert.match(err!.message, /the view broke: its fleecing image/, `the failure says why: ${err!.message}`);
           await invariants();
           const flat = path.join(bare.dir, `flat-${++n}.raw`);
           const img = path.join(bare.imageDir, 'trk-disk0.qcow2');

@@ -40,6 +40,7 @@ import {
 import { addBitmaps, bitmapsByNode, bitmapsOf, removeBitmaps, type TrackedBitmap } from './tracking';
 import { compareWithView, copyDisk } from './disk-copy';
 import { pullDisk, removeServerSocket, startViewServer, type ViewServer } from './pull';
+import { pullIncrementalDisk } from './pull-incremental';
 import { compare as compareImages } from '../qemu-img';
 import { copyOfflineImage } from '../offline-image';
 import { hostExclusions, PROXMOX_CONF_DIR, readInventory, type InventoryKind, type InventoryResult, type InventoryVm } from './inventory';
@@ -555,7 +556,7 @@ export class QemuProvider implements HostProvider {
     const d = diskOf(plan, disk);
     const copy = options.copy ?? { mode: 'full' as const };
     const compress = options.compress ?? this.options.compress ?? false;
-    let pushReason = 'incremental';
+    let pushReason: string;
     if (copy.mode === 'full') {
       const pulled = await pullDisk(await this.viewServer(plan), d, dest, {
         qemuImg: this.qemuImgPath,
@@ -566,6 +567,28 @@ export class QemuProvider implements HostProvider {
       // a full pulled reads the whole view (its holes by QEMU's block status, without reading them)
       if (typeof pulled !== 'string')
         return { path: dest, bytes: pulled.bytes, format: 'qcow2', virtualSize: d.virtualSize, bytesRead: d.virtualSize, via: 'pull' };
+      pushReason = pulled;
+    } else if (compress) pushReason = 'compressed';
+    else {
+      const pulled = await pullIncrementalDisk(this.exchanges(plan.vm), await this.viewServer(plan), d, {
+        dest,
+        backing: copy.backing,
+        since: copy.since,
+        replyTimeoutMs: this.commandMs,
+        ...(options.signal ? { signal: options.signal } : {}),
+        onProgress: (done, total) => onProgress?.({ done, total }),
+      });
+      if (typeof pulled !== 'string')
+        return {
+          path: dest,
+          bytes: pulled.bytes,
+          sha256: pulled.sha256,
+          format: 'qcow2',
+          virtualSize: d.virtualSize,
+          bytesRead: pulled.bytesRead,
+          bytesChanged: pulled.bytesChanged,
+          via: 'pull',
+        };
       pushReason = pulled;
     }
     const r = await copyDisk(this.exchanges(plan.vm), d, dest, {

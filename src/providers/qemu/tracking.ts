@@ -91,6 +91,13 @@ export async function bitmapForCopy(
   c: QmpClient,
   opts: { accessNode: string; diskNode: string; from: string; name: string },
 ): Promise<number> {
+  await copyBitmap(c, opts);
+  const b = (await namedNodes(c)).find((n) => n['node-name'] === opts.accessNode)?.['dirty-bitmaps']?.find((x) => x.name === opts.name);
+  return b?.count ?? 0;
+}
+
+/** The disabled copy of the parent's bitmap on the access node (an NBD export of that node can carry it too). */
+export async function copyBitmap(c: QmpClient, opts: { accessNode: string; diskNode: string; from: string; name: string }): Promise<void> {
   await c.execute('block-dirty-bitmap-add', {
     node: opts.accessNode,
     name: opts.name,
@@ -103,6 +110,4 @@ export async function bitmapForCopy(
     target: opts.name,
     bitmaps: [{ node: opts.diskNode, name: opts.from }],
   });
-  const b = (await namedNodes(c)).find((n) => n['node-name'] === opts.accessNode)?.['dirty-bitmaps']?.find((x) => x.name === opts.name);
-  return b?.count ?? 0;
 }
