@@ -15,6 +15,7 @@
 import { createHash, type Hash } from 'node:crypto';
 import { constants as fsConstants, promises as fs } from 'node:fs';
 import { writeQcow2Header } from './qcow2-create';
+import { SharedHash } from '../util/hash-worker';
 
 export interface Qcow2StreamPlan {
   /** virtual size in bytes (a multiple of 512) */
@@ -39,6 +40,8 @@ const COPIED = 1n << 63n;
 /** QEMU refuses to open an image whose L1 table (QCOW_MAX_L1_SIZE) or refcount table (QCOW_MAX_REFTABLE_SIZE) is larger */
 const MAX_L1_BYTES = 32 << 20;
 const MAX_REFTABLE_BYTES = 8 << 20;
+/** how much is written between two flushes started behind the writes */
+const FLUSH_AHEAD = 16 << 20;
 
 function refused(problem: string): Error {
   return new Error(`qcow2 stream plan refused: ${problem}`);
@@ -145,6 +148,8 @@ function ioError(what: string, err: unknown): Error {
  */
 export class Qcow2StreamWriter {
   private readonly hash: Hash = createHash('sha256');
+  /** the hash on the hashing thread instead (create's `hashThread`) */
+  private readonly shared: SharedHash | undefined;
   /** where the next write lands */
   private pos = 0;
   /** data bytes accepted by write(), written or queued */
@@ -156,21 +161,31 @@ export class Qcow2StreamWriter {
   /** finish() or abort() called: no more writes */
   private ended = false;
   private closing: Promise<void> | undefined;
+  /** a flush of what is written so far, started behind the writes (see put) */
+  private flushing: Promise<void> | undefined;
+  private flushedTo = 0;
 
   private constructor(
     private readonly file: string,
     private readonly fh: fs.FileHandle,
     private readonly dataBytes: number,
     private readonly fileSize: number,
-  ) {}
+    hashThread: boolean,
+  ) {
+    this.shared = hashThread ? new SharedHash() : undefined;
+  }
 
-  static async create(file: string, plan: Qcow2StreamPlan): Promise<Qcow2StreamWriter> {
+  /**
+   * `hashThread`: the sha256 is computed on the hashing thread (src/util/hash-worker.ts), beside
+   * the caller's thread; data buffers from its sharedBuffer are read there without a copy.
+   */
+  static async create(file: string, plan: Qcow2StreamPlan, opts: { hashThread?: boolean } = {}): Promise<Qcow2StreamWriter> {
     const { metadata, dataOffset, fileSize } = qcow2StreamLayout(plan);
     const { O_WRONLY, O_CREAT, O_TRUNC, O_NOFOLLOW } = fsConstants;
     const fh = await fs.open(file, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, 0o644).catch((err: NodeJS.ErrnoException) => {
       throw err.code === 'ELOOP' ? new Error(`refusing ${file}: a symbolic link is in its place`) : ioError(`cannot create ${file}`, err);
     });
-    const w = new Qcow2StreamWriter(file, fh, fileSize - dataOffset, fileSize);
+    const w = new Qcow2StreamWriter(file, fh, fileSize - dataOffset, fileSize, opts.hashThread === true);
     try {
       await w.put(metadata);
     } catch (err) {
@@ -211,6 +226,7 @@ export class Qcow2StreamWriter {
     if (this.ended) throw new Error(`${this.file}: finish() after finish() or abort()`);
     this.ended = true;
     await this.queue;
+    await this.flushing;
     if (this.closing) throw new Error(`${this.file}: aborted`);
     // whatever is wrong, the file is closed: the caller has nothing to abort
     const unfinished = this.failure ?? (this.pos !== this.fileSize ? this.missing() : undefined);
@@ -222,13 +238,14 @@ export class Qcow2StreamWriter {
     await this.closing.catch((err: unknown) => {
       throw ioError(`cannot close ${this.file}`, err);
     });
-    return { bytes: this.pos, sha256: this.hash.digest('hex') };
+    return { bytes: this.pos, sha256: this.shared ? await this.shared.digest() : this.hash.digest('hex') };
   }
 
   /** Close the file, keeping what was written; idempotent, never throws. */
   async abort(): Promise<void> {
     this.ended = true;
-    this.closing ??= this.queue.then(() => this.fh.close());
+    this.shared?.discard();
+    this.closing ??= this.queue.then(() => this.flushing).then(() => this.fh.close());
     await this.closing.catch(() => {});
   }
 
@@ -237,21 +254,56 @@ export class Qcow2StreamWriter {
     return new Error(`${this.file}: ${short} of the plan's ${this.dataBytes / C} data clusters not written`);
   }
 
-  /** Write all of `buf` at the next position, then hash it. */
+  /**
+   * Write all of `buf` at the next position, and hash it meanwhile: the write runs on libuv's
+   * thread pool while this thread hashes the same bytes (both only read them), so the two costs
+   * overlap instead of adding up (82 MiB: about 60 ms of sha256 each way).
+   */
   private async put(buf: Buffer): Promise<void> {
+    const first = this.fh.write(buf, 0, buf.length, this.pos);
+    first.catch(() => undefined); // awaited below
+    const hashed = this.shared?.update(buf);
+    hashed?.catch(() => undefined); // awaited below
+    if (!this.shared) this.hash.update(buf);
     let off = 0;
-    while (off < buf.length) {
+    for (let pending: typeof first | undefined = first; off < buf.length; pending = undefined) {
       const at = this.pos + off;
       let n: number;
       try {
-        ({ bytesWritten: n } = await this.fh.write(buf, off, buf.length - off, at));
+        ({ bytesWritten: n } = await (pending ?? this.fh.write(buf, off, buf.length - off, at)));
       } catch (err) {
         throw (this.failure = ioError(`cannot write ${this.file} at byte ${at}`, err));
       }
       if (n <= 0) throw (this.failure = new Error(`cannot write ${this.file} at byte ${at}: nothing written`));
       off += n;
     }
-    this.hash.update(buf);
+    try {
+      await hashed;
+    } catch (err) {
+      throw (this.failure = err as Error);
+    }
     this.pos += buf.length;
+    this.flushAhead();
+  }
+
+  /**
+   * Every FLUSH_AHEAD bytes, the file's pages so far are sent to the disk (fdatasync) while the
+   * next ones are read and written: the caller's fsync at the end then has only the tail left
+   * (82 MiB: 30-45 ms of fsync after the copy otherwise). A failed flush fails the file: the error
+   * is reported here, once, and a later fsync of another descriptor may not see it again.
+   */
+  private flushAhead(): void {
+    if (this.flushing || this.pos - this.flushedTo < FLUSH_AHEAD) return;
+    const upTo = this.pos;
+    this.flushing = this.fh.datasync().then(
+      () => {
+        this.flushedTo = upTo;
+        this.flushing = undefined;
+      },
+      (err: unknown) => {
+        this.failure ??= ioError(`cannot flush ${this.file}`, err);
+        this.flushing = undefined;
+      },
+    );
   }
 }
