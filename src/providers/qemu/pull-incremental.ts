@@ -19,7 +19,6 @@ import { Qcow2StreamWriter, STREAM_CLUSTER } from '../../repository/qcow2-stream
 import type { QmpExchange } from './protocol';
 import type { PullRefusal, ViewServer } from './pull';
 import { copyBitmap } from './tracking';
-import { sharedBuffer, warmHashThread } from '../../util/hash-worker';
 import { viewBroke, type ViewDisk } from './view';
 
 /**
@@ -43,7 +42,6 @@ export async function pullIncrementalDisk(
   const view = server.exports.get(d.disk);
   if (!view) throw new Error(`disk ${d.disk}: the view's NBD server has no export for it`);
   if (view.chained) return 'backing-chain';
-  warmHashThread(); // its start overlaps the exchange, the connect and the bitmap's extents
   const attempt = randomBytes(3).toString('hex');
   const bitmap = `${d.jobId}-b${attempt}`;
   const exportName = `i${d.index}-${attempt}`;
@@ -181,11 +179,11 @@ export async function pullIncremental(o: IncrementalPull): Promise<IncrementalPu
     // the layout is held in memory until written: an L2 table (64 KiB) per 512 MiB region that changed
     const regions = new Set(clusters.map((c) => Math.floor(c / L2_CLUSTERS))).size;
     if (regions > MAX_L2_TABLES) throw new SpreadTooWide(regions);
-    writer = await Qcow2StreamWriter.create(o.dest, { size: o.size, backing: o.backing, clusters }, { hashThread: true });
+    writer = await Qcow2StreamWriter.create(o.dest, { size: o.size, backing: o.backing, clusters });
     const reads = readsOf(clusters, o.size);
     // as large as the longest read (a few scattered clusters need no 4 MiB buffers)
     const bufSize = reads.reduce((m, r) => Math.max(m, r.clusters * STREAM_CLUSTER), 0);
-    const buffers = Array.from({ length: Math.min(DEPTH, reads.length) }, () => sharedBuffer(bufSize));
+    const buffers = Array.from({ length: Math.min(DEPTH, reads.length) }, () => Buffer.allocUnsafe(bufSize));
     const inFlight: { read: (typeof reads)[number]; buf: Buffer; answer: ReturnType<NbdClient['read']> }[] = [];
     const ask = (k: number) => {
       const buf = buffers[k % buffers.length];
