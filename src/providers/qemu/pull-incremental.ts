@@ -12,7 +12,9 @@
 // go with it when the view is released, by whoever releases it (view.ts stops a server that serves
 // an export of ours). Where it is not used (disk-copy.ts pushes): compression (the writer has none),
 // a disk with a backing chain (pull.ts: what the view reports of such a disk is not to be trusted),
-// and a QEMU whose NBD server is someone else's.
+// a QEMU whose NBD server is someone else's, changes spread so wide that the new image's tables
+// would hold more than 16 MiB of Node-RED's memory, and a read of the view that failed (QEMU's job
+// then reads the same clusters and names the error).
 import { randomBytes } from 'node:crypto';
 import { NbdClient, NbdError, MAX_READ, type Extent } from '../../nbd/client';
 import { Qcow2StreamWriter, STREAM_CLUSTER } from '../../repository/qcow2-stream';
@@ -23,12 +25,12 @@ import { viewBroke, type ViewDisk } from './view';
 
 /**
  * Pull one disk's incremental: the parent's bitmap copied onto the view's access node and exported
- * with it (one QMP exchange), then read. Returns the refusal instead when this disk is not pulled
- * (the caller pushes it), before anything was made, or when a read of the view failed in a way only
- * the push path's job can name (below), or when the changes are spread so wide that the image's
- * tables would take more than 16 MiB of memory (the caller pushes, into the same file). The export and the bitmap copy are left to the
- * view's release (a server of ours is stopped with every export on it; the bitmap goes with its
- * node), so the copy costs no exchange after the data; their names are new at each attempt.
+ * with it (one QMP exchange), then read. Returns why not instead, and the caller pushes into the
+ * same file: a refusal before anything was made, a read of the view that failed in a way only the
+ * push path's job can name (below), or changes spread too wide (the header comment). The export
+ * and the bitmap copy are left to the view's release (a server of ours is stopped with every export
+ * on it; the bitmap goes with its node), so the copy costs no exchange after the data; their names
+ * are new at each attempt.
  */
 export async function pullIncrementalDisk(
   qmp: QmpExchange,
