@@ -38,6 +38,17 @@ describe('pull of an incremental in-process: dirty bitmap, reads, a qcow2 on the
   const SIZE = 48 * MiB + 512;
   const parent = () => path.join(dir, 'parent.qcow2');
   const source = () => path.join(dir, 'source.qcow2');
+  /** the pull of bitmap b0 of export d0 into `name`, on parent.qcow2 */
+  const pull = (name: string, more: Partial<Parameters<typeof pullIncremental>[0]> = {}) =>
+    pullIncremental({
+      socket: sock,
+      exportName: 'd0',
+      bitmap: 'b0',
+      size: SIZE,
+      dest: path.join(dir, name),
+      backing: 'parent.qcow2',
+      ...more,
+    });
 
   before(async () => {
     dir = await fs.mkdtemp(path.join(os.tmpdir(), 'vmb-pullinc-'));
@@ -101,15 +112,7 @@ describe('pull of an incremental in-process: dirty bitmap, reads, a qcow2 on the
   it('writes an image on the parent that reads as the source, passes qemu-img check, and hashes as its file', async () => {
     const dest = path.join(dir, 'inc.qcow2');
     const progress: [number, number][] = [];
-    const r = await pullIncremental({
-      socket: sock,
-      exportName: 'd0',
-      bitmap: 'b0',
-      size: SIZE,
-      dest,
-      backing: 'parent.qcow2',
-      onProgress: (done, total) => progress.push([done, total]),
-    });
+    const r = await pull('inc.qcow2', { onProgress: (done, total) => progress.push([done, total]) });
     const changed = 64 * KiB + 256 * KiB + 9 * MiB + 1 * MiB + 512;
     assert.equal(r.bytesChanged, changed);
     assert.equal(r.bytesRead, changed); // the bitmap's granularity is the cluster's: 3M + 200k is marked as 256 KiB
@@ -138,16 +141,7 @@ describe('pull of an incremental in-process: dirty bitmap, reads, a qcow2 on the
   });
 
   it('a server that stops answering fails the pull within the bound; an abort ends it with its reason', async () => {
-    const dest = path.join(dir, 'stopped.qcow2');
-    const c = pullIncremental({
-      socket: sock,
-      exportName: 'd0',
-      bitmap: 'b0',
-      size: SIZE,
-      dest,
-      backing: 'parent.qcow2',
-      replyTimeoutMs: 500,
-    });
+    const c = pull('stopped.qcow2', { replyTimeoutMs: 500 });
     // stopped before it answers anything: the handshake has its own bound; so stop it after the connect
     await new Promise((r) => setTimeout(r, 5));
     server!.kill('SIGSTOP');
@@ -159,15 +153,7 @@ describe('pull of an incremental in-process: dirty bitmap, reads, a qcow2 on the
       server!.kill('SIGCONT');
     }
     const stop = new AbortController();
-    const p = pullIncremental({
-      socket: sock,
-      exportName: 'd0',
-      bitmap: 'b0',
-      size: SIZE,
-      dest,
-      backing: 'parent.qcow2',
-      signal: stop.signal,
-    });
+    const p = pull('stopped.qcow2', { signal: stop.signal });
     stop.abort(new Error('set aborted'));
     await assert.rejects(p, /set aborted/);
   });
