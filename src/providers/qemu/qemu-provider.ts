@@ -41,6 +41,9 @@ import { addBitmaps, bitmapsByNode, bitmapsOf, removeBitmaps, type TrackedBitmap
 import { compareWithView, copyDisk } from './disk-copy';
 import { pullDisk, removeServerSocket, startViewServer, type ViewServer } from './pull';
 import { pullIncrementalDisk } from './pull-incremental';
+import { pullFullDisk } from './pull-full';
+import type { ClusterDigests } from './pull-stream';
+import { checkReadBack } from './readback';
 import { compare as compareImages } from '../qemu-img';
 import { copyOfflineImage } from '../offline-image';
 import { hostExclusions, PROXMOX_CONF_DIR, readInventory, type InventoryKind, type InventoryResult, type InventoryVm } from './inventory';
@@ -116,6 +119,8 @@ export class QemuProvider implements HostProvider {
   private readonly qgaConns = new Map<string, Promise<Conn<GuestAgentClient>>>();
   /** each view's NBD server (pull.ts), by VM and backup: this provider started it and releaseView stops it */
   private readonly viewServers = new Map<string, Promise<ViewServer>>();
+  /** what each full pulled in-process read (pull-full.ts), by view and file, for its read-back check; goes with the view */
+  private readonly readBacks = new Map<string, Map<string, ClusterDigests>>();
   private readonly qemuImgPath: string;
   /** VMs of the inventory whose QEMU was not running at the last enumerate: backed up offline */
   private readonly offline = new Map<string, InventoryVm>();
@@ -492,6 +497,7 @@ export class QemuProvider implements HostProvider {
     // process that ended left)
     const server = this.viewServers.get(`${plan.vm}/${plan.backupId}`);
     this.viewServers.delete(`${plan.vm}/${plan.backupId}`);
+    this.readBacks.delete(`${plan.vm}/${plan.backupId}`);
     await removeServerSocket(await server?.catch(() => undefined));
     await removeFleeceFiles(plan);
   }
@@ -558,16 +564,44 @@ export class QemuProvider implements HostProvider {
     const compress = options.compress ?? this.options.compress ?? false;
     let pushReason: string;
     if (copy.mode === 'full') {
-      const pulled = await pullDisk(await this.viewServer(plan), d, dest, {
-        qemuImg: this.qemuImgPath,
-        compress,
-        ...(options.signal ? { signal: options.signal } : {}),
-        onProgress: (done, total) => onProgress?.({ done, total }),
-      });
-      // a full pulled reads the whole view (its holes by QEMU's block status, without reading them)
-      if (typeof pulled !== 'string')
-        return { path: dest, bytes: pulled.bytes, format: 'qcow2', virtualSize: d.virtualSize, bytesRead: d.virtualSize, via: 'pull' };
-      pushReason = pulled;
+      const server = await this.viewServer(plan);
+      // in-process where it can be (pull-full.ts), else qemu-img convert reads the same export (pull.ts)
+      const inProcess = compress
+        ? 'compressed'
+        : await pullFullDisk(server, d, {
+            dest,
+            replyTimeoutMs: this.commandMs,
+            ...(options.signal ? { signal: options.signal } : {}),
+            onProgress: (done, total) => onProgress?.({ done, total }),
+          });
+      if (typeof inProcess !== 'string') {
+        const key = `${plan.vm}/${plan.backupId}`;
+        if (!this.readBacks.has(key)) this.readBacks.set(key, new Map());
+        this.readBacks.get(key)!.set(dest, inProcess.digests);
+        // a full reads the whole view (its zeros by QEMU's block status, without reading them)
+        return {
+          path: dest,
+          bytes: inProcess.bytes,
+          sha256: inProcess.sha256,
+          format: 'qcow2',
+          virtualSize: d.virtualSize,
+          bytesRead: d.virtualSize,
+          via: 'pull',
+        };
+      }
+      // a failed read of the view: QEMU's own job reads it again and names the error (push, below)
+      if (inProcess.startsWith('view-read-failed')) pushReason = inProcess;
+      else {
+        const pulled = await pullDisk(server, d, dest, {
+          qemuImg: this.qemuImgPath,
+          compress,
+          ...(options.signal ? { signal: options.signal } : {}),
+          onProgress: (done, total) => onProgress?.({ done, total }),
+        });
+        if (typeof pulled !== 'string')
+          return { path: dest, bytes: pulled.bytes, format: 'qcow2', virtualSize: d.virtualSize, bytesRead: d.virtualSize, via: 'pull' };
+        pushReason = pulled;
+      }
     } else if (compress) pushReason = 'compressed';
     else {
       const pulled = await pullIncrementalDisk(this.exchanges(plan.vm), await this.viewServer(plan), d, {
@@ -644,9 +678,11 @@ export class QemuProvider implements HostProvider {
   }
 
   /**
-   * Read-back check of a full copy: the copy must hold exactly what the view holds (qemu-img
-   * compare through a read-only NBD export of the view, on a private socket). An incremental is
-   * checked by qemu-img check and its chain (comparing it would read the whole disk again).
+   * Read-back check of a full copy: the copy must hold exactly what the view holds. A full pulled
+   * in-process is decoded from the file and checked against the crc32 of every cluster read
+   * (readback.ts); any other (qemu-img convert, push) is compared by qemu-img compare through the
+   * view's read-only NBD export. An incremental is checked by qemu-img check and its chain
+   * (comparing it would read the whole disk again).
    */
   async verifyDisk(view: PointInTimeView, disk: string, file: string): Promise<void> {
     if (isOfflinePlan(view)) {
@@ -655,6 +691,13 @@ export class QemuProvider implements HostProvider {
     }
     const plan = planOf(view);
     const d = diskOf(plan, disk);
+    // a full pulled in-process: its file against what was read (readback.ts), the view not read again
+    const read = this.readBacks.get(`${plan.vm}/${plan.backupId}`);
+    const digests = read?.get(file);
+    if (digests) {
+      read!.delete(file);
+      return checkReadBack(file, disk, digests);
+    }
     await compareWithView(await this.viewServer(plan), d, file, this.qemuImgPath);
   }
 

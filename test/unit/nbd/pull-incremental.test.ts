@@ -12,7 +12,8 @@ import { existsSync, promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { NbdClient, NbdError } from '../../../src/nbd/client';
-import { clustersOf, dirtyExtents, pullIncremental, readsOf } from '../../../src/providers/qemu/pull-incremental';
+import { dirtyExtents, pullIncremental } from '../../../src/providers/qemu/pull-incremental';
+import { clustersOf, readsOf } from '../../../src/providers/qemu/pull-stream';
 import { runProgram } from '../../../src/util/run';
 
 const KiB = 1024;

@@ -1,0 +1,81 @@
+// A full copy pulled out of the point-in-time view in-process: the disk's read-only export on the
+// view's NBD server (pull.ts started it, one per view) is read by our NBD client, its
+// `base:allocation` context saying which runs read as zeros (not read, left as holes), and the
+// rest streamed into a qcow2 written front to back and hashed as it is written (pull-stream.ts).
+// Against `qemu-img convert` reading the same export (pull.ts), no program is started per disk and
+// the file is not read again for its sha256; each cluster's crc32 is kept for the read-back check
+// (readback.ts), which then needs no second read of the view either.
+//
+// Where it is not used: compression (the writer has none: qemu-img convert -c, pull.ts), a disk
+// with a backing chain, a QEMU whose NBD server is someone else's (the push path, disk-copy.ts),
+// data spread so wide or so much of it that the layout would hold too much of Node-RED's memory
+// (qemu-img convert), and a read of the view that failed (QEMU's own backup job reads the same
+// clusters and names the error, as for an incremental).
+import { NbdError, type Extent } from '../../nbd/client';
+import { pullStream, SpreadTooWide, stopped, type ClusterDigests } from './pull-stream';
+import type { PullRefusal, ViewServer } from './pull';
+import { viewBroke, type ViewDisk } from './view';
+
+export interface FullPull {
+  dest: string;
+  signal?: AbortSignal;
+  onProgress?: (done: number, total: number) => void;
+  /** bound on each answer of the server */
+  replyTimeoutMs?: number;
+}
+
+export interface FullPulled {
+  bytes: number;
+  sha256: string;
+  bytesRead: number;
+  digests: ClusterDigests;
+}
+
+/** `base:allocation`: flag 2 (NBD_STATE_ZERO) marks a run that reads as zeros; everything else is read. */
+const data = (e: Extent) => (e.flags & 2) === 0;
+
+/**
+ * Reads of 1 MiB, four in flight: 4 MiB of buffers per disk copied (pooled between disks). The
+ * in-process compare measured 1 MiB pieces as fast as 2 or 4 MiB ones against a qemu-nbd export;
+ * here each disk's buffers count in Node-RED's peak RSS, a few disks at once.
+ */
+const READ = 1 << 20;
+/** at most 32 GiB of data (a cluster list of 512 Ki entries and their crcs) in-process; beyond, qemu-img convert */
+const MAX_CLUSTERS = 512 * 1024;
+
+export async function pullFullDisk(
+  server: ViewServer,
+  d: ViewDisk,
+  o: FullPull,
+): Promise<FullPulled | PullRefusal | `view-read-failed: ${string}` | `spread: ${string}`> {
+  if (o.signal?.aborted) throw stopped(o.signal);
+  if (server === 'nbd-server-busy') return server;
+  if ('refused' in server) return server.refused;
+  const view = server.exports.get(d.disk);
+  if (!view) throw new Error(`disk ${d.disk}: the view's NBD server has no export for it`);
+  if (view.chained) return 'backing-chain';
+  try {
+    const r = await pullStream({
+      socket: view.socket,
+      exportName: view.name,
+      context: 'base:allocation',
+      copies: data,
+      size: d.virtualSize,
+      dest: o.dest,
+      readSize: READ,
+      digests: true,
+      maxClusters: MAX_CLUSTERS,
+      ...(o.signal ? { signal: o.signal } : {}),
+      ...(o.onProgress ? { onProgress: o.onProgress } : {}),
+      ...(o.replyTimeoutMs !== undefined ? { replyTimeoutMs: o.replyTimeoutMs } : {}),
+    });
+    return { bytes: r.bytes, sha256: r.sha256, bytesRead: r.bytesRead, digests: r.digests! };
+  } catch (err) {
+    if (o.signal?.aborted) throw err;
+    const why = (err as Error).message;
+    // as for an incremental (pull-incremental.ts): EINVAL is every error QEMU's NBD server cannot name
+    if (err instanceof NbdError && /NBD read .* failed \(EINVAL/.test(why)) return `view-read-failed: ${why}`;
+    if (err instanceof SpreadTooWide) return `spread: ${why}`;
+    throw new Error(`copying disk ${d.disk} out of its point-in-time view failed: ${why}${viewBroke(d, why)}`);
+  }
+}

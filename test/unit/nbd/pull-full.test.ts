@@ -1,0 +1,154 @@
+// The in-process pull of a full (src/providers/qemu/pull-full.ts over pull-stream.ts) and its
+// read-back check (readback.ts over src/repository/qcow2-read.ts) against a real NBD server:
+// qemu-nbd exporting a qcow2 image read-only, its `base:allocation` context saying what reads as
+// zeros, the way QEMU exports a view. The copy must read as the source (qemu-img compare), pass
+// qemu-img check, hash as its file, and hold no cluster where the source reads zeros; the check
+// must pass it and find every kind of damage done to it afterwards. (The same path against a
+// VM's QEMU: the integration and fault suites.)
+import * as assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, promises as fs } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { pullFullDisk } from '../../../src/providers/qemu/pull-full';
+import type { ViewServer } from '../../../src/providers/qemu/pull';
+import type { ViewDisk } from '../../../src/providers/qemu/view';
+import { checkReadBack } from '../../../src/providers/qemu/readback';
+import type { ClusterDigests } from '../../../src/providers/qemu/pull-stream';
+import { runProgram } from '../../../src/util/run';
+
+const KiB = 1024;
+const MiB = 1 << 20;
+
+async function qemuIo(file: string, ...cmds: string[]): Promise<void> {
+  await runProgram('qemu-io', ['-f', 'qcow2', ...cmds.flatMap((c) => ['-c', c]), file]);
+}
+
+async function serve(file: string, sock: string): Promise<ChildProcess> {
+  const p = spawn('qemu-nbd', ['-r', '-f', 'qcow2', '-k', sock, '-x', 'd0', '--persistent', file], { stdio: 'ignore' });
+  for (let i = 0; i < 500 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 10));
+  await new Promise((r) => setTimeout(r, 50)); // the socket exists at bind(), before listen()
+  return p;
+}
+
+describe('pull of a full in-process: base:allocation, reads, a plain qcow2, the read-back check', function () {
+  this.timeout(60_000);
+  let dir: string;
+  let server: ChildProcess | undefined;
+  let sock: string;
+  // a size that is not a multiple of the 64 KiB cluster: the last cluster is partial
+  const SIZE = 40 * MiB + 512;
+  const source = () => path.join(dir, 'source.qcow2');
+  const disk = { disk: 'vda', index: 0, virtualSize: SIZE } as ViewDisk;
+  const viewServer = (chained = false): ViewServer => ({
+    socket: sock,
+    exports: new Map([['vda', { uri: '', socket: sock, name: 'd0', chained }]]),
+  });
+  let pulled: { bytes: number; sha256: string; bytesRead: number; digests: ClusterDigests };
+  const copy = () => path.join(dir, 'full.qcow2');
+
+  before(async () => {
+    dir = await fs.mkdtemp(path.join(os.tmpdir(), 'vmb-pullfull-'));
+    sock = path.join(dir, 's.sock');
+    await runProgram('qemu-img', ['create', '-q', '-f', 'qcow2', source(), String(SIZE)]);
+    await qemuIo(
+      source(),
+      'write -P 0xaa 0 3M', // more than one read (1 MiB)
+      'write -P 0x11 5M 64k', // one cluster alone
+      'write -P 0x22 7M 100k', // a run ending inside a cluster
+      'write -z 10M 2M', // zeros written: reads as zeros, not copied
+      'write -P 0x33 39M 1M', // up to the last, partial cluster
+      'write -P 0x44 40M 512',
+    );
+    server = await serve(source(), sock);
+    const progress: [number, number][] = [];
+    const r = await pullFullDisk(viewServer(), disk, { dest: copy(), onProgress: (done, total) => progress.push([done, total]) });
+    assert.ok(typeof r !== 'string', `pulled, not refused: ${String(r)}`);
+    pulled = r;
+    const data = 3 * MiB + 64 * KiB + 128 * KiB + 1 * MiB + 512;
+    assert.deepEqual(progress[progress.length - 1], [data, data]);
+  });
+  after(async () => {
+    server?.kill();
+    await fs.rm(dir, { recursive: true, force: true });
+  });
+
+  it('writes a plain image that reads as the source, passes qemu-img check, holds only the data, and hashes as its file', async () => {
+    await runProgram('qemu-img', ['check', '-q', copy()]);
+    await runProgram('qemu-img', ['compare', '-q', '-f', 'qcow2', '-F', 'qcow2', source(), copy()]);
+    const info = JSON.parse((await runProgram('qemu-img', ['info', '--output=json', copy()])).stdout);
+    assert.equal(info['virtual-size'], SIZE);
+    assert.equal(info['backing-filename'], undefined);
+    const map = JSON.parse((await runProgram('qemu-img', ['map', '--output=json', copy()])).stdout) as { length: number; data: boolean }[];
+    // 3 MiB + 1 + 2 + 16 + 1 clusters hold data; the written zeros and the rest are holes
+    assert.equal(
+      map.filter((m) => m.data).reduce((n, m) => n + m.length, 0),
+      3 * MiB + 64 * KiB + 128 * KiB + 1 * MiB + 512,
+    );
+    assert.equal(pulled.digests.clusters.length, 48 + 1 + 2 + 16 + 1);
+    assert.equal(pulled.bytes, (await fs.stat(copy())).size);
+    assert.equal(
+      pulled.sha256,
+      createHash('sha256')
+        .update(await fs.readFile(copy()))
+        .digest('hex'),
+    );
+  });
+
+  it('the read-back check passes the copy as written', async () => {
+    await checkReadBack(copy(), 'vda', pulled.digests);
+  });
+
+  it('the read-back check finds a changed byte, data where the disk read zeros, a cluster gone, another size', async () => {
+    const damaged = async (name: string, ...cmds: string[]) => {
+      const f = path.join(dir, name);
+      await fs.copyFile(copy(), f);
+      await qemuIo(f, ...cmds);
+      return f;
+    };
+    await assert.rejects(checkReadBack(await damaged('byte.qcow2', 'write -P 0x01 7M 1'), 'vda', pulled.digests), /the 64 KiB at byte 7340032 differ/);
+    await assert.rejects(
+      checkReadBack(await damaged('extra.qcow2', 'write -P 0x01 20M 4k'), 'vda', pulled.digests),
+      /data at byte 20971520, where the disk read zeros/,
+    );
+    await assert.rejects(checkReadBack(await damaged('gone.qcow2', 'discard 5M 64k'), 'vda', pulled.digests), /the 64 KiB at byte 5242880 differ/);
+    await assert.rejects(
+      checkReadBack(copy(), 'vda', { ...pulled.digests, size: SIZE + 512 }),
+      new RegExp(`its size is ${SIZE} bytes, the disk's ${SIZE + 512}`),
+    );
+    // the bytes themselves, behind the format's back: a flipped byte in the last whole data cluster of the file
+    const raw = path.join(dir, 'raw-flip.qcow2');
+    await fs.copyFile(copy(), raw);
+    const fh = await fs.open(raw, 'r+');
+    const st = await fh.stat();
+    await fh.write(Buffer.from([0x55]), 0, 1, st.size - 65536 - 4096);
+    await fh.close();
+    await assert.rejects(checkReadBack(raw, 'vda', pulled.digests), /differ from what was read/);
+    await assert.rejects(checkReadBack(path.join(dir, 'none.qcow2'), 'vda', pulled.digests), /could not be read back/);
+  });
+
+  it('a disk with a backing chain, a busy NBD server: refused before anything is written (the caller copies it another way)', async () => {
+    const dest = path.join(dir, 'refused.qcow2');
+    assert.equal(await pullFullDisk(viewServer(true), disk, { dest }), 'backing-chain');
+    assert.equal(await pullFullDisk('nbd-server-busy', disk, { dest }), 'nbd-server-busy');
+    assert.equal(existsSync(dest), false);
+  });
+
+  it('a server that stops answering fails the pull within the bound; an abort ends it with its reason', async () => {
+    const p = pullFullDisk(viewServer(), disk, { dest: path.join(dir, 'stopped.qcow2'), replyTimeoutMs: 500 });
+    await new Promise((r) => setTimeout(r, 5));
+    server!.kill('SIGSTOP');
+    const t0 = Date.now();
+    try {
+      await assert.rejects(p, /did not answer|no handshake|closed/);
+      assert.ok(Date.now() - t0 < 12_000, `failed after ${Date.now() - t0} ms`);
+    } finally {
+      server!.kill('SIGCONT');
+    }
+    const stop = new AbortController();
+    const q = pullFullDisk(viewServer(), disk, { dest: path.join(dir, 'aborted.qcow2'), signal: stop.signal });
+    stop.abort(new Error('set aborted'));
+    await assert.rejects(q, /set aborted/);
+  });
+});
