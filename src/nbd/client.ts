@@ -233,7 +233,12 @@ export class NbdClient {
   /** one look a while at the oldest request's deadline, instead of a timer per request */
   private watch: NodeJS.Timeout | undefined;
   /** reply heads are read into these, one reply at a time (nothing allocated per reply) */
-  private readonly heads = { magic: Buffer.allocUnsafeSlow(4), simple: Buffer.allocUnsafeSlow(12), chunk: Buffer.allocUnsafeSlow(16), offset: Buffer.allocUnsafeSlow(8) };
+  private readonly heads = {
+    magic: Buffer.allocUnsafeSlow(4),
+    simple: Buffer.allocUnsafeSlow(12),
+    chunk: Buffer.allocUnsafeSlow(16),
+    offset: Buffer.allocUnsafeSlow(8),
+  };
   private failed: Error | undefined;
 
   private constructor(

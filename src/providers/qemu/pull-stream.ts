@@ -66,7 +66,11 @@ export class SpreadTooWide extends Error {}
 const DEPTH = 4;
 
 /** Every extent of the context that `copies` picks, asked from the start to the end of the export. */
-export async function markedExtents(client: Pick<NbdClient, 'blockStatus'>, size: number, copies: (e: Extent) => boolean): Promise<Extent[]> {
+export async function markedExtents(
+  client: Pick<NbdClient, 'blockStatus'>,
+  size: number,
+  copies: (e: Extent) => boolean,
+): Promise<Extent[]> {
   const marked: Extent[] = [];
   // one request may describe at most 4 GiB - 1; ask in 1 GiB steps (QEMU may answer less)
   for (let at = 0; at < size;) {

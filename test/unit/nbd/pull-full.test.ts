@@ -107,12 +107,18 @@ describe('pull of a full in-process: base:allocation, reads, a plain qcow2, the 
       await qemuIo(f, ...cmds);
       return f;
     };
-    await assert.rejects(checkReadBack(await damaged('byte.qcow2', 'write -P 0x01 7M 1'), 'vda', pulled.digests), /the 64 KiB at byte 7340032 differ/);
+    await assert.rejects(
+      checkReadBack(await damaged('byte.qcow2', 'write -P 0x01 7M 1'), 'vda', pulled.digests),
+      /the 64 KiB at byte 7340032 differ/,
+    );
     await assert.rejects(
       checkReadBack(await damaged('extra.qcow2', 'write -P 0x01 20M 4k'), 'vda', pulled.digests),
       /data at byte 20971520, where the disk read zeros/,
     );
-    await assert.rejects(checkReadBack(await damaged('gone.qcow2', 'discard 5M 64k'), 'vda', pulled.digests), /the 64 KiB at byte 5242880 differ/);
+    await assert.rejects(
+      checkReadBack(await damaged('gone.qcow2', 'discard 5M 64k'), 'vda', pulled.digests),
+      /the 64 KiB at byte 5242880 differ/,
+    );
     await assert.rejects(
       checkReadBack(copy(), 'vda', { ...pulled.digests, size: SIZE + 512 }),
       new RegExp(`its size is ${SIZE} bytes, the disk's ${SIZE + 512}`),
