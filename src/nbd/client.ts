@@ -33,7 +33,6 @@ const CMD_READ = 0;
 const CMD_DISC = 2;
 const CMD_BLOCK_STATUS = 7;
 /** a read answered in one data chunk, holes included (QEMU then reads every byte) */
-const CMD_FLAG_DF = 1 << 2;
 const REPLY_FLAG_DONE = 1;
 const REPLY_TYPE_NONE = 0;
 const REPLY_TYPE_OFFSET_DATA = 1;
@@ -95,8 +94,6 @@ export interface NbdConnectOptions {
    * structured replies, and the connection fails when the server does not offer it
    */
   metaContext?: string;
-  /** reads answered whole, holes as their zeros (NBD_CMD_FLAG_DF), even with structured replies */
-  wholeReads?: boolean;
   /** bound on the handshake (default 10 s) */
   timeoutMs?: number;
   /**
@@ -251,7 +248,6 @@ export class NbdClient {
     private readonly replyTimeoutMs: number,
     /** the metadata context's id on this connection, when one was agreed */
     private readonly contextId: number | undefined,
-    private readonly readFlags: number,
   ) {}
 
   static async connect(o: NbdConnectOptions): Promise<NbdClient> {
@@ -271,8 +267,8 @@ export class NbdClient {
     const timer = setTimeout(() => sock.destroy(new Error(`no handshake within ${o.timeoutMs ?? 10_000} ms`)), o.timeoutMs ?? 10_000);
     try {
       const { size, sparse, contextId } = await handshake(sock, inbox, o.exportName, o.sparse !== false || !!o.metaContext, o.metaContext);
-      const readFlags = o.wholeReads && sparse ? CMD_FLAG_DF : 0;
-      const client = new NbdClient(sock, inbox, size, sparse, o.replyTimeoutMs ?? 60_000, contextId, readFlags);
+      // reads are never asked whole (NBD_CMD_FLAG_DF): see pull-stream.ts for what QEMU 7.2 then answers
+      const client = new NbdClient(sock, inbox, size, sparse, o.replyTimeoutMs ?? 60_000, contextId);
       void client.receive();
       return client;
     } catch (err) {
@@ -293,7 +289,7 @@ export class NbdClient {
     if (length <= 0 || length > MAX_READ || offset < 0 || offset + length > this.size)
       return Promise.reject(new NbdError(`read of ${length} bytes at ${offset} is outside the export (${this.size} bytes)`));
     if (into && into.length < length) return Promise.reject(new RangeError(`a buffer of ${into.length} bytes for a read of ${length}`));
-    return this.send<ReadChunk[]>({ kind: 'read', offset, length, into, chunks: [] }, CMD_READ, this.readFlags);
+    return this.send<ReadChunk[]>({ kind: 'read', offset, length, into, chunks: [] }, CMD_READ, 0);
   }
 
   /**

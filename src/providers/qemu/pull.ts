@@ -1,6 +1,8 @@
 // A full copy pulled out of the point-in-time view: the VM's QEMU exports the view read-only on its
-// own NBD server (a private unix socket of ours; one server per VM's view, an export per disk), and
-// one `qemu-img convert` of ours per disk reads it and writes the qcow2 in the staging directory.
+// own NBD server (a private unix socket of ours; one server per VM's view, an export per disk).
+// Node-RED's process reads it itself where it can (pull-full.ts); otherwise (Compress, data too
+// large for the in-process layout) one `qemu-img convert` of ours per disk reads it and writes the
+// qcow2 in the staging directory, as this file does.
 // That is one process per disk and nothing to set up before the data flows (measured per 32 MiB
 // disk: 20 ms against 80 ms for a target made by qemu-img and served by a qemu-nbd the backup job
 // writes to; `node dist/bench/fleet-paths.js`). The read-back check (disk-copy.ts,
