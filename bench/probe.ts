@@ -121,7 +121,38 @@ if (out) {
     poolSum = 0,
     poolN = 0;
   const fsp = require('node:fs/promises') as typeof import('node:fs/promises');
+  const allocs = new Map<string, number>();
+  if (process.env.BENCH_ALLOC) {
+    const B = Buffer as unknown as Record<string, (...a: unknown[]) => Buffer>;
+    for (const k of ['alloc', 'allocUnsafe', 'allocUnsafeSlow', 'from', 'concat']) {
+      const orig = B[k];
+      B[k] = function (this: unknown, ...a: unknown[]) {
+        const b = orig.apply(this, a);
+        if (b.length >= 4096 && !(k === 'from' && a[0] instanceof ArrayBuffer)) {
+          const site = (new Error().stack ?? '')
+            .split('\n')
+            .slice(2, 5)
+            .map((l) =>
+              l
+                .trim()
+                .replace(/^at /, '')
+                .replace(/\(.*\/(dist|node_modules)\//, '('),
+            )
+            .join(' < ');
+          const key = `${k} ${b.length >= 65536 ? Math.round(b.length / 1024) + 'K' : 'small'} ${site}`;
+          allocs.set(key, (allocs.get(key) ?? 0) + b.length);
+        }
+        return b;
+      };
+    }
+  }
+  // the peak of what the process's memory is made of, sampled with it (RSS alone does not say whose)
+  const peak = { heapTotal: 0, external: 0, arrayBuffers: 0 };
   setInterval(() => {
+    const m = process.memoryUsage();
+    peak.heapTotal = Math.max(peak.heapTotal, m.heapTotal);
+    peak.external = Math.max(peak.external, m.external);
+    peak.arrayBuffers = Math.max(peak.arrayBuffers, m.arrayBuffers);
     const t0 = performance.now();
     void fsp.access('/').then(() => {
       const ms = performance.now() - t0;
@@ -160,7 +191,15 @@ if (out) {
     calls.push(
       { fn: 'active handles', ms: handles.length, what: JSON.stringify(kinds) },
       { fn: 'heap used MiB', ms: process.memoryUsage().heapUsed / 1048576 },
+      { fn: 'peak heap total MiB', ms: peak.heapTotal / 1048576 },
+      { fn: 'peak external MiB', ms: peak.external / 1048576 },
+      { fn: 'peak array buffers MiB', ms: peak.arrayBuffers / 1048576 },
     );
+    peak.heapTotal = peak.external = peak.arrayBuffers = 0;
+    if (allocs.size) {
+      writeFileSync(out + '.allocs', JSON.stringify([...allocs].sort((a, b) => b[1] - a[1]).slice(0, 25), null, 1));
+      allocs.clear();
+    }
     loop.reset();
     writeFileSync(out, JSON.stringify(calls));
     calls.length = 0;

@@ -7,6 +7,7 @@
 // header that says the image may be inconsistent) is refused with Qcow2Unsupported.
 // Layout: QEMU's docs/interop/qcow2.txt.
 import { promises as fs } from 'node:fs';
+import { borrow, giveBack } from '../util/buffer-pool';
 
 const QCOW2_MAGIC = 0x514649fb;
 /** bits 9-55 of an L1 or L2 entry: the host offset */
@@ -22,6 +23,8 @@ export type Extent = { guest: number; length: number; zero: true } | { guest: nu
 
 export class Qcow2Reader {
   private readonly l2 = new Map<number, Promise<Buffer | undefined>>();
+  /** the L2 tables read, given back to the pool on close() */
+  private readonly tables: Buffer[] = [];
 
   private constructor(
     private readonly fh: fs.FileHandle,
@@ -69,8 +72,9 @@ export class Qcow2Reader {
     }
   }
 
-  close(): Promise<void> {
-    return this.fh.close();
+  async close(): Promise<void> {
+    await this.fh.close();
+    for (const t of this.tables.splice(0)) giveBack(t);
   }
 
   private get cluster(): number {
@@ -85,8 +89,11 @@ export class Qcow2Reader {
         const off = this.l1[index];
         if (!off) return undefined;
         if (off + BigInt(this.cluster) > BigInt(this.fileSize)) throw new Qcow2Unsupported(`L2 table ${index} outside the file`);
-        const raw = Buffer.alloc(this.cluster);
-        await this.fh.read(raw, 0, raw.length, Number(off));
+        // pooled (util/buffer-pool.ts), given back by close()
+        const raw = borrow(this.cluster);
+        this.tables.push(raw);
+        const { bytesRead } = await this.fh.read(raw, 0, raw.length, Number(off));
+        if (bytesRead !== raw.length) throw new Qcow2Unsupported(`L2 table ${index}: short read`);
         return raw;
       })();
       this.l2.set(index, t);

@@ -15,6 +15,7 @@
 import { createHash, type Hash } from 'node:crypto';
 import { constants as fsConstants, promises as fs } from 'node:fs';
 import { writeQcow2Header } from './qcow2-create';
+import { borrowZeroed, giveBack } from '../util/buffer-pool';
 
 export interface Qcow2StreamPlan {
   /** virtual size in bytes (a multiple of 512) */
@@ -74,7 +75,10 @@ function checkPlan(p: Qcow2StreamPlan): Buffer | undefined {
 }
 
 /** The metadata (offset 0 up to the first data cluster) and where data starts; throws Error naming the problem for a bad plan. */
-export function qcow2StreamLayout(p: Qcow2StreamPlan): { metadata: Buffer; dataOffset: number; fileSize: number } {
+export function qcow2StreamLayout(
+  p: Qcow2StreamPlan,
+  zeroed: (size: number) => Buffer = (size) => Buffer.alloc(size),
+): { metadata: Buffer; dataOffset: number; fileSize: number } {
   const backing = checkPlan(p);
   const l1Size = Math.ceil(p.size / PER_L2);
   const l1Clusters = Math.ceil((l1Size * 8) / C);
@@ -106,7 +110,7 @@ export function qcow2StreamLayout(p: Qcow2StreamPlan): { metadata: Buffer; dataO
   const fileClusters = dataAt + data;
   if (fileClusters * C > Number.MAX_SAFE_INTEGER) throw refused(`the file would be ${fileClusters} clusters long`);
 
-  const metadata = Buffer.alloc(dataAt * C);
+  const metadata = zeroed(dataAt * C);
   writeQcow2Header(metadata, {
     size: p.size,
     backing,
@@ -172,7 +176,8 @@ export class Qcow2StreamWriter {
   ) {}
 
   static async create(file: string, plan: Qcow2StreamPlan): Promise<Qcow2StreamWriter> {
-    const { metadata, dataOffset, fileSize } = qcow2StreamLayout(plan);
+    // the metadata's buffer from the pool (util/buffer-pool.ts): one per disk copied is garbage V8 is slow to collect
+    const { metadata, dataOffset, fileSize } = qcow2StreamLayout(plan, borrowZeroed);
     const { O_WRONLY, O_CREAT, O_TRUNC, O_NOFOLLOW } = fsConstants;
     const fh = await fs.open(file, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, 0o644).catch((err: NodeJS.ErrnoException) => {
       throw err.code === 'ELOOP' ? new Error(`refusing ${file}: a symbolic link is in its place`) : ioError(`cannot create ${file}`, err);
@@ -183,6 +188,8 @@ export class Qcow2StreamWriter {
     } catch (err) {
       await w.abort();
       throw err;
+    } finally {
+      giveBack(metadata);
     }
     return w;
   }

@@ -4,6 +4,7 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { isSafeName } from '../../util/ids';
+import { borrow, giveBack } from '../../util/buffer-pool';
 
 export interface DiscoveredVm {
   id: string;
@@ -55,9 +56,34 @@ export async function findQemuPid(vm: DiscoveredVm): Promise<number | undefined>
   return undefined;
 }
 
+/**
+ * A /proc file's content: read into a pooled 64 KiB buffer and copied out (fs.readFile of a file
+ * whose size /proc does not say allocates 64 KiB pieces: garbage for every VM asked about, four
+ * times a backup; util/buffer-pool.ts). A longer file is read whole by fs.readFile.
+ */
+async function readSmallFile(file: string): Promise<Buffer> {
+  const buf = borrow(64 << 10);
+  try {
+    const fh = await fs.open(file, 'r');
+    try {
+      let n = 0;
+      for (;;) {
+        const { bytesRead } = await fh.read(buf, n, buf.length - n, null);
+        if (bytesRead === 0) return Buffer.from(buf.subarray(0, n));
+        n += bytesRead;
+        if (n === buf.length) return await fs.readFile(file);
+      }
+    } finally {
+      await fh.close();
+    }
+  } finally {
+    giveBack(buf);
+  }
+}
+
 export async function readCmdline(pid: number): Promise<string[] | undefined> {
   try {
-    const raw = await fs.readFile(`/proc/${pid}/cmdline`);
+    const raw = await readSmallFile(`/proc/${pid}/cmdline`);
     return raw
       .toString('utf8')
       .split('\0')

@@ -35,11 +35,13 @@ export interface FullPulled {
 const data = (e: Extent) => (e.flags & 2) === 0;
 
 /**
- * Reads of 1 MiB, four in flight: 4 MiB of buffers per disk copied (pooled between disks). The
- * in-process compare measured 1 MiB pieces as fast as 2 or 4 MiB ones against a qemu-nbd export;
- * here each disk's buffers count in Node-RED's peak RSS, a few disks at once.
+ * Reads of 512 KiB, four in flight: 2 MiB of buffers per disk being copied (pooled between disks,
+ * util/buffer-pool.ts), which count in Node-RED's peak RSS a few disks at once. Measured (100 VMs x
+ * 2 disks, `bench/run.js --quick --only=scale`, one run each): 1 MiB reads 47.8 ms/VM, peak RSS
+ * 193.6 MiB; 512 KiB 47.7 ms/VM, 181.3 MiB; 256 KiB 52.2 ms/VM, 182.8 MiB. A 256 MiB disk from
+ * qemu-nbd: 430-450 ms at 1 MiB, 440-540 at 512 KiB, 500-560 at 256 KiB.
  */
-const READ = 1 << 20;
+const READ = 512 << 10;
 /** at most 32 GiB of data (a cluster list of 512 Ki entries and their crcs) in-process; beyond, qemu-img convert */
 const MAX_CLUSTERS = 512 * 1024;
 

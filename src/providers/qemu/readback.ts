@@ -8,10 +8,11 @@
 import { crc32 } from 'node:zlib';
 import { Qcow2Reader } from '../../repository/qcow2-read';
 import { STREAM_CLUSTER } from '../../repository/qcow2-stream';
-import { borrow, giveBack, type ClusterDigests } from './pull-stream';
+import type { ClusterDigests } from './pull-stream';
+import { borrow, giveBack } from '../../util/buffer-pool';
 
-/** read back a MiB at a time */
-const PIECE = 1 << 20;
+/** read back 512 KiB at a time (the pull's read size: the same pooled buffers) */
+const PIECE = 512 << 10;
 
 /** Resolves when `file` holds what was read; rejects naming the first difference (or why it cannot be read). */
 export async function checkReadBack(file: string, disk: string, digests: ClusterDigests): Promise<void> {
@@ -23,7 +24,7 @@ export async function checkReadBack(file: string, disk: string, digests: Cluster
   } catch (err) {
     throw new Error(`verification failed: ${file} could not be read back: ${(err as Error).message}`);
   }
-  const buf = borrow(PIECE, true);
+  const buf = borrow(PIECE);
   try {
     if (image.virtualSize !== digests.size) throw differs(`its size is ${image.virtualSize} bytes, the disk's ${digests.size}`);
     const { clusters, crcs } = digests;
