@@ -137,7 +137,7 @@ export function verdicts(r: any): Verdict[] {
     v.push({
       id: '3-convert',
       item: '3',
-      measure: `the copy itself: ${t.viaConvert ? 'qemu-img convert as the product runs it (its argv, inside the copy step)' : "the disk copy as the product runs it (provider.exportDisk: qemu-img convert reading the view from QEMU's NBD export)"} / qemu-img convert of the image alone (medians)`,
+      measure: `the copy itself: ${t.viaConvert ? 'qemu-img convert as the product runs it (its argv, inside the copy step)' : "the disk copy as the product runs it (provider.exportDisk: the view read from QEMU's NBD export by Node-RED's process, written and hashed as read)"} / qemu-img convert of the image alone (medians)`,
       target: '>= 0.95',
       result: `${fmt(t.convertMs)} ms vs ${fmt(t.aloneMs)} ms = ${fmt(t.convertRatio, 2)}`,
       met: t.convertRatio >= 0.95,
@@ -194,7 +194,7 @@ export function verdicts(r: any): Verdict[] {
       v.push({
         id: '4-overhead-noverify',
         item: '4',
-        measure: `the same with the copy node's Verify off (no qemu-img compare of each copy; sha256 still taken), ${nv.vms} VMs`,
+        measure: `the same with the copy node's Verify off (no read-back check of each copy; sha256 still taken), ${nv.vms} VMs`,
         target: 'report',
         result: `${fmt(nv.overheadMs / 1000, 1)} s (total ${fmt(nv.wallMs / 1000, 1)} s, qemu-img alone ${fmt(nv.copyAloneMs / 1000, 1)} s)${nv.checkedAloneMs !== undefined ? `; beyond the copies flushed + hashed alone (${fmt(nv.checkedAloneMs / 1000, 1)} s): ${fmt(nv.overheadBeyondCheckedMs / 1000, 1)} s` : ''}`,
         met: null,
@@ -600,7 +600,7 @@ export function renderMarkdown(r: any, compare?: any): string {
       `QEMU processes without a guest OS (${sc.qemuRssMiB} MiB RSS each), two ${sc.diskMiB} MiB qcow2 disks each holding ${sc.dataMiBPerDisk} MiB of random data;`,
     );
     out.push(
-      'checkpoint method, copy concurrency 2 (the node\'s default). "qemu-img alone" runs the same `qemu-img convert` argv the product runs, for the',
+      'checkpoint method, copy concurrency 2 (the node\'s default). "qemu-img alone" runs `qemu-img convert` (the argv of a compressed or large full), for the',
     );
     out.push(
       'same disks, two VMs at a time, by itself; overhead = wall time of the flow - that. "checked alone" does the same and, for each copy, what the',

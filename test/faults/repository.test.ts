@@ -434,7 +434,7 @@ describe('fault injection: repository and journal faults, read-back verification
     }
     await domainCase(
       'copy: a disk copy corrupted as it is written',
-      'not published: qemu-img compare of the copy against its source fails; set discarded, views released',
+      'not published: the read-back check (the copy decoded, each cluster against the crc32 taken as it was read from the view) fails; set discarded, views released',
       new CorruptingProvider({ socketDir: world.host.socketDir }),
       async (host) => {
         const set = await upToCopy(host);
@@ -443,7 +443,7 @@ describe('fault injection: repository and journal faults, read-back verification
           (e: Error) => e,
         );
         assert.ok(err, 'the copy must fail');
-        assert.match(err.message, /beta: verification failed: .* content differs/);
+        assert.match(err.message, /beta: verification failed: .* does not hold what disk \S+ held at the backup's moment \(the 64 KiB at byte \d+ differ/);
         return { note: `copy refused: "${err.message.slice(0, 110)}"`, backupId: set.backupId, published: false };
       },
     );
