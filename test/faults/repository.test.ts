@@ -443,7 +443,10 @@ describe('fault injection: repository and journal faults, read-back verification
           (e: Error) => e,
         );
         assert.ok(err, 'the copy must fail');
-        assert.match(err.message, /beta: verification failed: .* does not hold what disk \S+ held at the backup's moment \(the 64 KiB at byte \d+ differ/);
+        assert.match(
+          err.message,
+          /beta: verification failed: .* does not hold what disk \S+ held at the backup's moment \(the 64 KiB at byte \d+ differ/,
+        );
         return { note: `copy refused: "${err.message.slice(0, 110)}"`, backupId: set.backupId, published: false };
       },
     );

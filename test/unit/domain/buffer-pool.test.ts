@@ -16,7 +16,10 @@ describe('buffer pool', () => {
     giveBack(b);
     const z = borrowZeroed(12345);
     assert.equal(z, a);
-    assert.ok(z.every((x) => x === 0), 'zeros, though it held sevens');
+    assert.ok(
+      z.every((x) => x === 0),
+      'zeros, though it held sevens',
+    );
     giveBack(z);
   });
 
