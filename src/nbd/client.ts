@@ -1,12 +1,13 @@
 // A read-only NBD client (the NBD protocol's fixed newstyle handshake, then READ and BLOCK_STATUS
-// requests), for the pull of an incremental out of the view QEMU exports (src/providers/qemu/
-// pull-incremental.ts): the dirty bitmap is read as the export's `qemu:dirty-bitmap:` metadata
-// context, then the clusters it marks, straight into the buffers the image writer takes. No
-// program is started for it (a qemu-nbd per disk was 11-37 ms of each incremental before any data
-// flowed), and the new file is hashed as it is written instead of read again afterwards.
+// requests), for the pulls out of the view QEMU exports (src/providers/qemu/pull-stream.ts: a full
+// by the export's `base:allocation` context, an incremental by its `qemu:dirty-bitmap:` context),
+// then the clusters to copy, straight into the buffers the image writer takes. No program is
+// started for it (a qemu-nbd or qemu-img per disk before), and the new file is hashed as it is
+// written instead of read again afterwards.
 //
 // Only what that needs: NBD_OPT_STRUCTURED_REPLY, NBD_OPT_SET_META_CONTEXT (one context),
-// NBD_OPT_GO, NBD_CMD_READ (whole, or with holes as OFFSET_HOLE chunks), NBD_CMD_BLOCK_STATUS,
+// NBD_OPT_GO, NBD_CMD_READ (holes as OFFSET_HOLE chunks; never NBD_CMD_FLAG_DF, see
+// pull-stream.ts for why), NBD_CMD_BLOCK_STATUS,
 // NBD_CMD_DISC. Requests are pipelined; every request is answered or failed when the connection
 // ends. The protocol is NetworkBlockDevice's doc/proto.md; QEMU's server (nbd/server.c) is the one
 // read here.
@@ -33,7 +34,6 @@ const INFO_EXPORT = 0;
 const CMD_READ = 0;
 const CMD_DISC = 2;
 const CMD_BLOCK_STATUS = 7;
-/** a read answered in one data chunk, holes included (QEMU then reads every byte) */
 const REPLY_FLAG_DONE = 1;
 const REPLY_TYPE_NONE = 0;
 const REPLY_TYPE_OFFSET_DATA = 1;
@@ -105,22 +105,22 @@ export interface NbdConnectOptions {
   replyTimeoutMs?: number;
 }
 
+/** the scratch buffer's size: what one socket read takes when nothing awaits the bytes */
+const SCRATCH = 64 << 10;
+
 /**
  * Bytes arriving on the socket, taken off the front as the protocol asks. The socket reads
  * (`onread`) straight into the buffer the protocol waits to fill, else into one buffer of ours,
  * copied out. With the default 'data' events (64 KiB pieces, each a new buffer, copied again) the
  * client read a qemu-nbd export at 0.7 GB/s, where qemu-img reads it at 2.5.
  */
-/** the scratch buffer's size: what one socket read takes when nothing awaits the bytes */
-const SCRATCH = 64 << 10;
-
 class Inbox {
   /**
-   * Bytes that arrived before anything awaited them, copied out of the scratch buffer. Each piece
-   * is a buffer of the pool (`base`, given back once read): the socket reads the next reply's head
-   * and the start of its data into the scratch while the last reply is being answered, for every
-   * read; a new 64 KiB buffer each time was garbage enough to double Node-RED's array buffers at
-   * the 100-VM scale run (43 against 19 MiB).
+   * Bytes that arrived before anything awaited them, copied out of the scratch buffer. A piece of
+   * 4 KiB or more is a buffer of the pool (`base`, given back once read): the socket may read the
+   * next reply's head and the start of its data into the scratch while the last reply is being
+   * answered (4 times per 32 MiB disk pulled, measured), and a new 64 KiB buffer each time is
+   * garbage that counts in Node-RED's peak RSS (see util/buffer-pool.ts).
    */
   private spill: { buf: Buffer; base?: Buffer }[] = [];
   private spilled = 0;
@@ -324,10 +324,10 @@ export class NbdClient {
   }
 
   /**
-   * Each request allocates as little as it can (a head from Node's buffer pool, a number for a
-   * handle, no timer of its own): Node-RED's peak RSS counts what a few hundred thousand requests
-   * leave for the collector (measured: 40,000 block status requests grew a process by 36 MiB with a
-   * timer, a BigInt and a buffer of its own each).
+   * A request allocates little: a head from Node's buffer pool, a number for a handle, no timer of
+   * its own (one watch per connection, watchReplies). Not a measured saving by itself: 40,000 block
+   * status requests on one connection grew a process by 36-42 MiB either way (V8's young
+   * generation growing); a copy asks a few per MiB.
    */
   private send<T>(p: Omit<Pending, 'resolve' | 'reject' | 'deadline'>, cmd: number, flags: number): Promise<T> {
     const handle = ++this.handles;

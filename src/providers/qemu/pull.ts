@@ -5,17 +5,16 @@
 // qcow2 in the staging directory, as this file does.
 // That is one process per disk and nothing to set up before the data flows (measured per 32 MiB
 // disk: 20 ms against 80 ms for a target made by qemu-img and served by a qemu-nbd the backup job
-// writes to; `node dist/bench/fleet-paths.js`). The read-back check (disk-copy.ts,
+// writes to; `node dist/bench/fleet-paths.js`). The read-back check of such a copy (disk-copy.ts,
 // compareWithView) reads the same export: the server is started once per view, and stopped when
 // the view is released (view.ts stops a server that serves an export of ours, whoever releases:
 // the live set, the guardian, recovery; a reader still connected then fails and exits).
 // It keeps the push path's promises: the VM's QEMU only ever reads its own disk (the repository is
-// opened by qemu-img alone, so a slow or full repository stalls the reader, never the VM), and guest
-// writes go through the view's filter as before.
+// opened by the reader alone, so a slow or full repository stalls the reader, never the VM), and
+// guest writes go through the view's filter as before.
 //
-// Where pull is not used (the push path of disk-copy.ts is): an incremental (the backup job reads
-// only the clusters the bitmap marks; a reader of ours would have to walk the bitmap itself), a
-// disk with a backing chain (QEMU 7.2's snapshot-access reports clusters of a backing file as
+// Where pull is not used (the push path of disk-copy.ts is): an incremental with Compress or after
+// a failed read (pull-incremental.ts pulls the others), a disk with a backing chain (QEMU 7.2's snapshot-access reports clusters of a backing file as
 // holes, and qemu-img convert trusts that report: it would write zeros where the template has
 // data), and a QEMU that already runs an NBD server that is not ours (QEMU runs one at a time).
 import { promises as fs } from 'node:fs';
