@@ -215,9 +215,10 @@ async function copyOneDisk(
       copy: incremental ? { mode: 'incremental', ...incremental } : { mode: 'full' },
     },
   );
-  // Three things at once: the copy is flushed to disk, and read back twice from the page cache
-  // (a full is compared with its view by the provider while its bytes are hashed for the
-  // manifest). All three must succeed before it counts; only the comparison reads the view.
+  // Three things at once: the copy is flushed to disk, checked by the provider (a full: compared
+  // with its view by qemu-img, or, pulled in-process, decoded and checked against what was read),
+  // and hashed for the manifest (read back from the page cache, or taken as it was written). All
+  // three must succeed before it counts.
   const compared = options.verify === false || incremental ? undefined : provider.verifyDisk?.(vm.snapshot.view, d.disk, exported.path);
   const viewRead = Promise.resolve(compared);
   viewRead.catch(() => undefined); // its failure is the file's (below)
