@@ -11,10 +11,10 @@
 // data spread so wide or so much of it that the layout would hold too much of Node-RED's memory
 // (qemu-img convert), and a read of the view that failed (QEMU's own backup job reads the same
 // clusters and names the error, as for an incremental).
-import { NbdError, type Extent } from '../../nbd/client';
-import { pullStream, SpreadTooWide, stopped, type ClusterDigests } from './pull-stream';
-import type { PullRefusal, ViewServer } from './pull';
-import { viewBroke, type ViewDisk } from './view';
+import type { Extent } from '../../nbd/client';
+import { pullStream, streamRefusal, type ClusterDigests, type StreamRefusal } from './pull-stream';
+import { exportFor, type PullRefusal, type ViewServer } from './pull';
+import type { ViewDisk } from './view';
 
 export interface FullPull {
   dest: string;
@@ -45,17 +45,9 @@ const READ = 512 << 10;
 /** at most 32 GiB of data (a cluster list of 512 Ki entries and their crcs) in-process; beyond, qemu-img convert */
 const MAX_CLUSTERS = 512 * 1024;
 
-export async function pullFullDisk(
-  server: ViewServer,
-  d: ViewDisk,
-  o: FullPull,
-): Promise<FullPulled | PullRefusal | `view-read-failed: ${string}` | `spread: ${string}`> {
-  if (o.signal?.aborted) throw stopped(o.signal);
-  if (server === 'nbd-server-busy') return server;
-  if ('refused' in server) return server.refused;
-  const view = server.exports.get(d.disk);
-  if (!view) throw new Error(`disk ${d.disk}: the view's NBD server has no export for it`);
-  if (view.chained) return 'backing-chain';
+export async function pullFullDisk(server: ViewServer, d: ViewDisk, o: FullPull): Promise<FullPulled | PullRefusal | StreamRefusal> {
+  const view = exportFor(server, d, o.signal);
+  if (typeof view === 'string') return view;
   try {
     const r = await pullStream({
       socket: view.socket,
@@ -74,10 +66,6 @@ export async function pullFullDisk(
     return { bytes: r.bytes, sha256: r.sha256, bytesRead: r.bytesRead, digests: r.digests! };
   } catch (err) {
     if (o.signal?.aborted) throw err;
-    const why = (err as Error).message;
-    // as for an incremental (pull-incremental.ts): EINVAL is every error QEMU's NBD server cannot name
-    if (err instanceof NbdError && /NBD read .* failed \(EINVAL/.test(why)) return `view-read-failed: ${why}`;
-    if (err instanceof SpreadTooWide) return `spread: ${why}`;
-    throw new Error(`copying disk ${d.disk} out of its point-in-time view failed: ${why}${viewBroke(d, why)}`);
+    return streamRefusal(err, d, `copying disk ${d.disk} out of its point-in-time view failed`);
   }
 }

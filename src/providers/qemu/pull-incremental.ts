@@ -16,12 +16,12 @@
 // would hold more than 16 MiB of Node-RED's memory, and a read of the view that failed (QEMU's job
 // then reads the same clusters and names the error).
 import { randomBytes } from 'node:crypto';
-import { NbdError, MAX_READ, type Extent, type NbdClient } from '../../nbd/client';
-import { markedExtents, pullStream, SpreadTooWide, stopped, type StreamPull } from './pull-stream';
+import { MAX_READ, type Extent, type NbdClient } from '../../nbd/client';
+import { markedExtents, pullStream, streamRefusal, type StreamPull, type StreamRefusal } from './pull-stream';
 import type { QmpExchange } from './protocol';
-import type { PullRefusal, ViewServer } from './pull';
+import { exportFor, type PullRefusal, type ViewServer } from './pull';
 import { copyBitmap } from './tracking';
-import { viewBroke, type ViewDisk } from './view';
+import type { ViewDisk } from './view';
 
 /**
  * Pull one disk's incremental: the parent's bitmap copied onto the view's access node and exported
@@ -37,13 +37,9 @@ export async function pullIncrementalDisk(
   server: ViewServer,
   d: ViewDisk,
   o: Omit<IncrementalPull, 'socket' | 'exportName' | 'bitmap' | 'size'> & { since: string },
-): Promise<IncrementalPulled | PullRefusal | `view-read-failed: ${string}` | `spread: ${string}`> {
-  if (o.signal?.aborted) throw stopped(o.signal);
-  if (server === 'nbd-server-busy') return server;
-  if ('refused' in server) return server.refused;
-  const view = server.exports.get(d.disk);
-  if (!view) throw new Error(`disk ${d.disk}: the view's NBD server has no export for it`);
-  if (view.chained) return 'backing-chain';
+): Promise<IncrementalPulled | PullRefusal | StreamRefusal> {
+  const view = exportFor(server, d, o.signal);
+  if (typeof view === 'string') return view;
   const attempt = randomBytes(3).toString('hex');
   const bitmap = `${d.jobId}-b${attempt}`;
   const exportName = `i${d.index}-${attempt}`;
@@ -63,13 +59,7 @@ export async function pullIncrementalDisk(
     return await pullIncremental({ ...rest, socket: view.socket, exportName, bitmap, size: d.virtualSize });
   } catch (err) {
     if (o.signal?.aborted) throw err;
-    const why = (err as Error).message;
-    // QEMU's NBD server sends every read error it has no NBD value for as EINVAL ("reading from
-    // file failed"), the broken snapshot's EACCES among them: QEMU's own backup job is asked to read
-    // the same clusters (the push path), and its error names what went wrong (view.ts, viewBroke)
-    if (err instanceof NbdError && /NBD read .* failed \(EINVAL/.test(why)) return `view-read-failed: ${why}`;
-    if (err instanceof SpreadTooWide) return `spread: ${why}`;
-    throw new Error(`copying the changes of disk ${d.disk} out of its point-in-time view failed: ${why}${viewBroke(d, why)}`);
+    return streamRefusal(err, d, `copying the changes of disk ${d.disk} out of its point-in-time view failed`);
   }
 }
 

@@ -9,7 +9,8 @@
 // read: the check then decodes the written file by itself and finds the same clusters, the same
 // crcs and zeros everywhere else, without reading the view again.
 import { crc32 } from 'node:zlib';
-import { NbdClient, MAX_READ, type Extent, type ReadChunk } from '../../nbd/client';
+import { NbdClient, NbdError, MAX_READ, type Extent, type ReadChunk } from '../../nbd/client';
+import { viewBroke, type ViewDisk } from './view';
 import { Qcow2StreamWriter, STREAM_CLUSTER } from '../../repository/qcow2-stream';
 import { borrow, giveBack } from '../../util/buffer-pool';
 
@@ -61,7 +62,23 @@ const L2_CLUSTERS = STREAM_CLUSTER / 8;
 const MAX_L2_TABLES = 256;
 
 /** The disk is copied another way: its layout would hold too much of Node-RED's memory. */
-export class SpreadTooWide extends Error {}
+class SpreadTooWide extends Error {}
+
+/** Why a disk that failed in-process is copied another way (the caller's next path reads it again). */
+export type StreamRefusal = `view-read-failed: ${string}` | `spread: ${string}`;
+
+/**
+ * A failed in-process pull: the refusal the caller copies by another path, else an error naming
+ * the disk. QEMU's NBD server sends every read error it has no NBD value for as EINVAL ("reading
+ * from file failed"), the broken snapshot's EACCES among them: QEMU's own backup job is asked to
+ * read the same clusters (the push path), and its error names what went wrong (view.ts, viewBroke).
+ */
+export function streamRefusal(err: unknown, d: ViewDisk, failed: string): StreamRefusal {
+  const why = (err as Error).message;
+  if (err instanceof NbdError && /NBD read .* failed \(EINVAL/.test(why)) return `view-read-failed: ${why}`;
+  if (err instanceof SpreadTooWide) return `spread: ${why}`;
+  throw new Error(`${failed}: ${why}${viewBroke(d, why)}`);
+}
 
 /** Reads in flight at once, each into a buffer of its own. */
 const DEPTH = 4;
@@ -205,4 +222,4 @@ export async function pullStream(o: StreamPull): Promise<StreamPulled> {
   }
 }
 
-export const stopped = (signal: AbortSignal) => (signal.reason instanceof Error ? signal.reason : new Error('copy stopped'));
+const stopped = (signal: AbortSignal) => (signal.reason instanceof Error ? signal.reason : new Error('copy stopped'));

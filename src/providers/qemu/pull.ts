@@ -122,16 +122,25 @@ export async function removeServerSocket(server: ViewServer | undefined): Promis
 }
 
 /**
- * Pull a full copy of one disk into `dest`. Returns the refusal instead when this disk is not
- * pulled (the caller pushes it), before anything was written.
+ * The disk's export on the view's server, or why the disk is not pulled (the caller pushes it):
+ * the one check every pull makes first (this file's, pull-full.ts, pull-incremental.ts).
  */
-export async function pullDisk(server: ViewServer, d: ViewDisk, dest: string, o: PullOptions): Promise<{ bytes: number } | PullRefusal> {
-  if (o.signal?.aborted) throw o.signal.reason instanceof Error ? o.signal.reason : new Error('copy stopped');
+export function exportFor(server: ViewServer, d: ViewDisk, signal?: AbortSignal): ViewExport | PullRefusal {
+  if (signal?.aborted) throw signal.reason instanceof Error ? signal.reason : new Error('copy stopped');
   if (server === 'nbd-server-busy') return server;
   if ('refused' in server) return server.refused;
   const view = server.exports.get(d.disk);
   if (!view) throw new Error(`disk ${d.disk}: the view's NBD server has no export for it`);
-  if (view.chained) return 'backing-chain';
+  return view.chained ? 'backing-chain' : view;
+}
+
+/**
+ * Pull a full copy of one disk into `dest`. Returns the refusal instead when this disk is not
+ * pulled (the caller pushes it), before anything was written.
+ */
+export async function pullDisk(server: ViewServer, d: ViewDisk, dest: string, o: PullOptions): Promise<{ bytes: number } | PullRefusal> {
+  const view = exportFor(server, d, o.signal);
+  if (typeof view === 'string') return view;
   try {
     await runProgram(o.qemuImg, pullArgs(view.uri, dest, o.compress === true), {
       ...(o.signal ? { signal: o.signal } : {}),

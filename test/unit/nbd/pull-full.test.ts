@@ -6,7 +6,7 @@
 // must pass it and find every kind of damage done to it afterwards. (The same path against a
 // VM's QEMU: the integration and fault suites.)
 import * as assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, promises as fs } from 'node:fs';
 import * as os from 'node:os';
@@ -17,20 +17,10 @@ import type { ViewDisk } from '../../../src/providers/qemu/view';
 import { checkReadBack } from '../../../src/providers/qemu/readback';
 import type { ClusterDigests } from '../../../src/providers/qemu/pull-stream';
 import { runProgram } from '../../../src/util/run';
+import { qemuIo, serve } from './qemu-nbd';
 
 const KiB = 1024;
 const MiB = 1 << 20;
-
-async function qemuIo(file: string, ...cmds: string[]): Promise<void> {
-  await runProgram('qemu-io', ['-f', 'qcow2', ...cmds.flatMap((c) => ['-c', c]), file]);
-}
-
-async function serve(file: string, sock: string): Promise<ChildProcess> {
-  const p = spawn('qemu-nbd', ['-r', '-f', 'qcow2', '-k', sock, '-x', 'd0', '--persistent', file], { stdio: 'ignore' });
-  for (let i = 0; i < 500 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 10));
-  await new Promise((r) => setTimeout(r, 50)); // the socket exists at bind(), before listen()
-  return p;
-}
 
 describe('pull of a full in-process: base:allocation, reads, a plain qcow2, the read-back check', function () {
   this.timeout(60_000);

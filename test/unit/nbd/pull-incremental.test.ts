@@ -6,29 +6,19 @@
 // qemu-img check, and hash as its file; a server that stops answering or an abort must end the
 // pull, not hold it. (The same path against a VM's QEMU: test/integration/incremental.test.ts.)
 import * as assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, promises as fs } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { NbdClient, NbdError } from '../../../src/nbd/client';
 import { dirtyExtents, pullIncremental } from '../../../src/providers/qemu/pull-incremental';
 import { clustersOf, readsOf } from '../../../src/providers/qemu/pull-stream';
 import { runProgram } from '../../../src/util/run';
+import { qemuIo, serve } from './qemu-nbd';
 
 const KiB = 1024;
 const MiB = 1 << 20;
-
-async function qemuIo(file: string, ...cmds: string[]): Promise<void> {
-  await runProgram('qemu-io', ['-f', 'qcow2', ...cmds.flatMap((c) => ['-c', c]), file]);
-}
-
-async function serve(file: string, sock: string, bitmap: string): Promise<ChildProcess> {
-  const p = spawn('qemu-nbd', ['-r', '-f', 'qcow2', '-k', sock, '-x', 'd0', '-B', bitmap, '--persistent', file], { stdio: 'ignore' });
-  for (let i = 0; i < 500 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 10));
-  await new Promise((r) => setTimeout(r, 50)); // the socket exists at bind(), before listen()
-  return p;
-}
 
 describe('pull of an incremental in-process: dirty bitmap, reads, a qcow2 on the parent', function () {
   this.timeout(60_000);
