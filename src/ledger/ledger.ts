@@ -20,6 +20,12 @@ export class LedgerClosed extends Error {}
 export class Ledger {
   /** the set's journal lines as this process wrote them (and, after refresh(), as the file holds them) */
   private lines: JournalEntry[] = [];
+  /**
+   * The same lines by VM, and the set's own (no VM: steps, its end): a question about one VM reads
+   * its lines and the set's, not every line of a set of 200 VMs (that was quadratic in the VMs)
+   */
+  private byVm = new Map<string, JournalEntry[]>();
+  private setLines: JournalEntry[] = [];
   /** monotonic time each open effect's intent was written (timings only; not part of the record) */
   private readonly started = new Map<string, number>();
   private closedWhy: string | undefined;
@@ -75,6 +81,21 @@ export class Ledger {
       this.log('error', `${entry.vm ?? this.backupId}: ${entry.op} ${entry.phase} not journalled: ${(err as Error).message}`);
     }
     this.lines.push(line);
+    this.index(line);
+  }
+
+  private index(line: JournalEntry): void {
+    if (line.vm === undefined) this.setLines.push(line);
+    else {
+      const own = this.byVm.get(line.vm);
+      if (own) own.push(line);
+      else this.byVm.set(line.vm, [line]);
+    }
+  }
+
+  /** Every undo still pending for one VM (its lines and the set's: the set's end settles them all). */
+  private pendingOf(vm: string): PendingUndo[] {
+    return pendingUndos([...this.setLines, ...(this.byVm.get(vm) ?? [])]);
   }
 
   /** Every undo still pending, in the order they run (thaw first). */
@@ -84,7 +105,7 @@ export class Ledger {
 
   /** The pending undo of one kind for one VM. */
   pendingFor<K extends UndoKind>(kind: K, vm: string): Extract<PendingUndo, { kind: K }> | undefined {
-    return this.pending().find((u) => u.kind === kind && u.vm === vm) as Extract<PendingUndo, { kind: K }> | undefined;
+    return this.pendingOf(vm).find((u) => u.kind === kind) as Extract<PendingUndo, { kind: K }> | undefined;
   }
 
   has(kind: UndoKind, vm: string): boolean {
@@ -93,7 +114,7 @@ export class Ledger {
 
   /** True while the set still has an effect in place on the VM or its staging directory. */
   holds(vm: string): boolean {
-    return this.pending().some((u) => u.vm === vm);
+    return this.pendingOf(vm).length > 0;
   }
 
   /** When the effect's intent was written (performance.now()), while it is open. */
@@ -161,7 +182,7 @@ export class Ledger {
   }
 
   get ended(): boolean {
-    return this.lines.some((l) => l.op === 'end');
+    return this.setLines.some((l) => l.op === 'end');
   }
 
   /**
@@ -174,6 +195,9 @@ export class Ledger {
     const key = (e: JournalEntry) => `${e.t}|${e.vm ?? ''}|${e.op}|${e.phase}`;
     const seen = new Set(inFile.map(key));
     this.lines = [...inFile, ...this.lines.filter((l) => !seen.has(key(l)))].sort((a, b) => a.t.localeCompare(b.t));
+    this.byVm = new Map();
+    this.setLines = [];
+    for (const l of this.lines) this.index(l);
   }
 
   /** What is still pending, in words (for the summary and the ending report). */
