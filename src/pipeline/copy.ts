@@ -213,16 +213,18 @@ async function copyOneDisk(
       compress: options.compress,
       signal: live.signal,
       copy: incremental ? { mode: 'incremental', ...incremental } : { mode: 'full' },
+      verify: options.verify !== false && !incremental,
     },
   );
   // Three things at once: the copy is flushed to disk, checked by the provider (a full: compared
-  // with its view by qemu-img, or, pulled in-process, decoded and checked against what was read),
-  // and hashed for the manifest (read back from the page cache, or taken as it was written). All
-  // three must succeed before it counts.
+  // with its view by qemu-img, or, pulled in-process, already checked as it was written), and
+  // hashed for the manifest (read back from the page cache, or taken as it was written, the file
+  // then still as its writer left it). All three must succeed before it counts.
   const compared = options.verify === false || incremental ? undefined : provider.verifyDisk?.(vm.snapshot.view, d.disk, exported.path);
   const viewRead = Promise.resolve(compared);
   viewRead.catch(() => undefined); // its failure is the file's (below)
-  const file = Promise.all([hashFile(dir, d.artifact, 'disk', identities, exported.sha256), fsyncFile(exported.path), viewRead]).then(
+  const written = exported.sha256 !== undefined ? { sha256: exported.sha256, as: exported.writtenAs } : undefined;
+  const file = Promise.all([hashFile(dir, d.artifact, 'disk', identities, written), fsyncFile(exported.path), viewRead]).then(
     ([hashed]) => {
       live.assertLive();
       return manifestEntry(hashed, exported, d, disk, plan);
@@ -350,25 +352,27 @@ async function verifyStaged(s: Staged): Promise<void> {
 }
 
 /** size, mtime (ns), inode: what changes when anything writes to or replaces a file */
-const identity = (st: BigIntStats) => `${st.size}b@${st.mtimeNs}ns#${st.ino}`;
+const identity = (st: Pick<BigIntStats, 'size' | 'mtimeNs' | 'ino'>) => `${st.size}b@${st.mtimeNs}ns#${st.ino}`;
 
 /**
  * One read of the file: its sha256 for the manifest, with its identity before and after the read.
- * A file the provider hashed as it wrote it (`written`) is not read again: its identity is taken
- * now, and the publish checks it as for any other.
+ * A file the provider hashed as it wrote it (`written`) is not read again: it must still be as its
+ * writer closed it (size, mtime, inode, when the provider says), and the publish checks it as any other.
  */
 async function hashFile(
   dir: string,
   name: string,
   kind: ManifestFile['kind'],
   identities: Map<string, string>,
-  written?: string,
+  written?: { sha256: string; as?: { size: bigint; mtimeNs: bigint; ino: bigint } },
 ): Promise<ManifestFile> {
   const file = path.join(dir, name);
   const before = await fs.stat(file, { bigint: true });
   if (written !== undefined) {
+    if (written.as && identity(written.as) !== identity(before))
+      throw new StageError(`${name}: changed after it was written (${identity(written.as)} -> ${identity(before)}); not published`);
     identities.set(name, identity(before));
-    return { name, kind, bytes: Number(before.size), sha256: written };
+    return { name, kind, bytes: Number(before.size), sha256: written.sha256 };
   }
   const sha256 = await sha256File(file);
   const after = await fs.stat(file, { bigint: true });

@@ -34,6 +34,11 @@ export interface ExportOptions {
   /** stops the copy when the backup set is aborted */
   signal?: AbortSignal;
   copy?: DiskCopyMode;
+  /**
+   * the copy will be checked (the copy node's Verify): a provider that checks a copy as it writes it
+   * does so now, and its verifyDisk then has nothing left to read
+   */
+  verify?: boolean;
 }
 
 export interface ExportedFile {
@@ -54,6 +59,11 @@ export interface ExportedFile {
    * step takes it instead of reading the file again
    */
   sha256?: string;
+  /**
+   * with `sha256`: the file's size, mtime (ns) and inode as its writer closed it; the copy step
+   * refuses a file that is not as it was written (changed after the hash and the read-back check)
+   */
+  writtenAs?: { size: bigint; mtimeNs: bigint; ino: bigint };
 }
 
 /** What a provider's change tracking says about one disk, read at enumerate. */

@@ -34,7 +34,11 @@ export class Qcow2Reader {
     private readonly fileSize: number,
   ) {}
 
-  static async open(file: string): Promise<Qcow2Reader> {
+  /**
+   * `fileSize`: for a file still being written behind its metadata (the read-back check made as a
+   * copy is written, src/providers/qemu/readback.ts), the length it will have; else the file's own.
+   */
+  static async open(file: string, o: { fileSize?: number } = {}): Promise<Qcow2Reader> {
     const fh = await fs.open(file, 'r');
     try {
       const st = await fh.stat();
@@ -65,7 +69,7 @@ export class Qcow2Reader {
       await fh.read(raw, 0, raw.length, l1Offset);
       const l1: bigint[] = [];
       for (let i = 0; i < l1Size; i++) l1.push(raw.readBigUInt64BE(i * 8) & OFFSET_MASK);
-      return new Qcow2Reader(fh, virtualSize, clusterBits, l1, st.size);
+      return new Qcow2Reader(fh, virtualSize, clusterBits, l1, o.fileSize ?? st.size);
     } catch (err) {
       await fh.close();
       throw err;

@@ -28,6 +28,13 @@ export interface Qcow2StreamPlan {
 
 export const STREAM_CLUSTER = 65536;
 
+/** A file's size, mtime (ns) and inode: what changes when anything writes to it or replaces it. */
+export interface WrittenAs {
+  size: bigint;
+  mtimeNs: bigint;
+  ino: bigint;
+}
+
 const C = STREAM_CLUSTER;
 /** entries of an L2 table, of the refcount table: 8-byte entries in a cluster */
 const ENTRIES_64 = C / 8;
@@ -194,6 +201,11 @@ export class Qcow2StreamWriter {
     return w;
   }
 
+  /** the length the file has once every planned cluster is written */
+  get finalSize(): number {
+    return this.fileSize;
+  }
+
   /** data bytes written so far */
   get written(): number {
     return this.done;
@@ -221,7 +233,11 @@ export class Qcow2StreamWriter {
     return p;
   }
 
-  async finish(): Promise<{ bytes: number; sha256: string }> {
+  /**
+   * `writtenAs`: the file's size, mtime and inode as this writer leaves it (fstat before the close),
+   * for the caller to find any later change to the file before it counts (copy.ts, hashFile).
+   */
+  async finish(): Promise<{ bytes: number; sha256: string; writtenAs: WrittenAs }> {
     if (this.ended) throw new Error(`${this.file}: finish() after finish() or abort()`);
     this.ended = true;
     await this.queue;
@@ -233,11 +249,19 @@ export class Qcow2StreamWriter {
       await this.abort();
       throw unfinished;
     }
+    let writtenAs: WrittenAs;
+    try {
+      const st = await this.fh.stat({ bigint: true });
+      writtenAs = { size: st.size, mtimeNs: st.mtimeNs, ino: st.ino };
+    } catch (err) {
+      await this.abort();
+      throw ioError(`cannot stat ${this.file}`, err);
+    }
     this.closing = this.fh.close();
     await this.closing.catch((err: unknown) => {
       throw ioError(`cannot close ${this.file}`, err);
     });
-    return { bytes: this.pos, sha256: this.hash.digest('hex') };
+    return { bytes: this.pos, sha256: this.hash.digest('hex'), writtenAs };
   }
 
   /** Close the file, keeping what was written; idempotent, never throws. */

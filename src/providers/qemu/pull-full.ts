@@ -3,8 +3,8 @@
 // `base:allocation` context saying which runs read as zeros (not read, left as holes), and the
 // rest streamed into a qcow2 written front to back and hashed as it is written (pull-stream.ts).
 // Against `qemu-img convert` reading the same export (pull.ts), no program is started per disk and
-// the file is not read again for its sha256; each cluster's crc32 is kept for the read-back check
-// (readback.ts), which then needs no second read of the view either.
+// the file is not read again for its sha256; under Verify, the read-back check (readback.ts) is
+// made as the file is written, against the very bytes read: no second read of the view either.
 //
 // Where it is not used: compression (the writer has none: qemu-img convert -c, pull.ts), a disk
 // with a backing chain, a QEMU whose NBD server is someone else's (the push path, disk-copy.ts),
@@ -12,12 +12,15 @@
 // (qemu-img convert), and a read of the view that failed (QEMU's own backup job reads the same
 // clusters and names the error, as for an incremental).
 import type { Extent } from '../../nbd/client';
-import { pullStream, streamRefusal, type ClusterDigests, type StreamRefusal } from './pull-stream';
+import { pullStream, streamRefusal, type StreamRefusal } from './pull-stream';
+import type { WrittenAs } from '../../repository/qcow2-stream';
 import { exportFor, type PullRefusal, type ViewServer } from './pull';
 import type { ViewDisk } from './view';
 
 export interface FullPull {
   dest: string;
+  /** check the copy as it is written (the copy node's Verify) */
+  check?: boolean;
   signal?: AbortSignal;
   onProgress?: (done: number, total: number) => void;
   /** bound on each answer of the server */
@@ -28,7 +31,9 @@ export interface FullPulled {
   bytes: number;
   sha256: string;
   bytesRead: number;
-  digests: ClusterDigests;
+  writtenAs: WrittenAs;
+  /** the read-back check passed (check) */
+  checked: boolean;
 }
 
 /** `base:allocation`: flag 2 (NBD_STATE_ZERO) marks a run that reads as zeros; everything else is read. */
@@ -42,7 +47,7 @@ const data = (e: Extent) => (e.flags & 2) === 0;
  * qemu-nbd: 430-450 ms at 1 MiB, 440-540 at 512 KiB, 500-560 at 256 KiB.
  */
 const READ = 512 << 10;
-/** at most 32 GiB of data (a cluster list of 512 Ki entries and their crcs) in-process; beyond, qemu-img convert */
+/** at most 32 GiB of data (a cluster list of 512 Ki entries) in-process; beyond, qemu-img convert */
 const MAX_CLUSTERS = 512 * 1024;
 
 export async function pullFullDisk(server: ViewServer, d: ViewDisk, o: FullPull): Promise<FullPulled | PullRefusal | StreamRefusal> {
@@ -57,13 +62,13 @@ export async function pullFullDisk(server: ViewServer, d: ViewDisk, o: FullPull)
       size: d.virtualSize,
       dest: o.dest,
       readSize: READ,
-      digests: true,
+      ...(o.check ? { checkAs: d.disk } : {}),
       maxClusters: MAX_CLUSTERS,
       ...(o.signal ? { signal: o.signal } : {}),
       ...(o.onProgress ? { onProgress: o.onProgress } : {}),
       ...(o.replyTimeoutMs !== undefined ? { replyTimeoutMs: o.replyTimeoutMs } : {}),
     });
-    return { bytes: r.bytes, sha256: r.sha256, bytesRead: r.bytesRead, digests: r.digests! };
+    return { bytes: r.bytes, sha256: r.sha256, bytesRead: r.bytesRead, writtenAs: r.writtenAs, checked: r.checked };
   } catch (err) {
     if (o.signal?.aborted) throw err;
     return streamRefusal(err, d, `copying disk ${d.disk} out of its point-in-time view failed`);

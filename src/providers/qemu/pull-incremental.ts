@@ -22,6 +22,7 @@ import type { QmpExchange } from './protocol';
 import { exportFor, type PullRefusal, type ViewServer } from './pull';
 import { copyBitmap } from './tracking';
 import type { ViewDisk } from './view';
+import type { WrittenAs } from '../../repository/qcow2-stream';
 
 /**
  * Pull one disk's incremental: the parent's bitmap copied onto the view's access node and exported
@@ -63,7 +64,7 @@ export async function pullIncrementalDisk(
   }
 }
 
-export interface IncrementalPull extends Omit<StreamPull, 'context' | 'copies' | 'readSize' | 'digests' | 'backing'> {
+export interface IncrementalPull extends Omit<StreamPull, 'context' | 'copies' | 'readSize' | 'checkAs' | 'backing'> {
   /** the bitmap on the exported node whose marked clusters are copied */
   bitmap: string;
   /** the parent's file, as the new image's backing string (relative to its folder) */
@@ -78,6 +79,8 @@ export interface IncrementalPulled {
   bytesRead: number;
   /** bytes the bitmap marks */
   bytesChanged: number;
+  /** the file as the writer closed it */
+  writtenAs: WrittenAs;
 }
 
 /** A dirty bitmap's context: flag 1 marks a dirty run. */
@@ -90,5 +93,5 @@ export async function pullIncremental(o: IncrementalPull): Promise<IncrementalPu
   const { bitmap, ...rest } = o;
   // reads of 4 MiB (measured in BENCHMARKS.md's chain trust: the 1 % incremental of an 8 GiB disk)
   const r = await pullStream({ ...rest, context: `qemu:dirty-bitmap:${bitmap}`, copies: dirty, readSize: MAX_READ });
-  return { bytes: r.bytes, sha256: r.sha256, bytesRead: r.bytesRead, bytesChanged: r.bytesMarked };
+  return { bytes: r.bytes, sha256: r.sha256, bytesRead: r.bytesRead, bytesChanged: r.bytesMarked, writtenAs: r.writtenAs };
 }

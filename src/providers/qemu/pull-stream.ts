@@ -3,15 +3,15 @@
 // (`base:allocation` for a full: everything but what reads as zeros; `qemu:dirty-bitmap:` for an
 // incremental: what the bitmap marks), then reads those 64 KiB clusters, a few reads in flight,
 // and the stream writer (src/repository/qcow2-stream.ts) lays them into a qcow2 written front to
-// back and hashed as it is written. No program is started and nothing is read twice.
+// back and hashed as it is written. No program is started and the view is read once.
 //
-// For the read-back check of a full (readback.ts), a crc32 of every cluster is taken as it is
-// read: the check then decodes the written file by itself and finds the same clusters, the same
-// crcs and zeros everywhere else, without reading the view again.
-import { crc32 } from 'node:zlib';
+// With the read-back check (a full under Verify: readback.ts), each buffer, once written, is read
+// back from the file through a reader of its own and compared with what was read from the view
+// before the buffer takes the next read; the layout is compared once the file is closed.
 import { NbdClient, NbdError, MAX_READ, type Extent, type ReadChunk } from '../../nbd/client';
 import { viewBroke, type ViewDisk } from './view';
-import { Qcow2StreamWriter, STREAM_CLUSTER } from '../../repository/qcow2-stream';
+import { Qcow2StreamWriter, STREAM_CLUSTER, type WrittenAs } from '../../repository/qcow2-stream';
+import { ReadBack, ReadBackMismatch } from './readback';
 import { borrow, giveBack } from '../../util/buffer-pool';
 
 export interface StreamPull {
@@ -28,21 +28,14 @@ export interface StreamPull {
   backing?: string;
   /** longest read (a multiple of 64 KiB, at most MAX_READ) */
   readSize: number;
-  /** take a crc32 of every cluster read (for the read-back check) */
-  digests?: boolean;
+  /** check the copy as it is written (readback.ts): the disk's name, for the error */
+  checkAs?: string;
   /** more clusters than this: SpreadTooWide before anything is written (the layout is held in memory) */
   maxClusters?: number;
   signal?: AbortSignal;
   onProgress?: (done: number, total: number) => void;
   /** bound on each answer of the server (a QEMU stopped or hung fails the copy instead of holding it) */
   replyTimeoutMs?: number;
-}
-
-/** What was copied, for the read-back check: the clusters in order and each one's crc32. */
-export interface ClusterDigests {
-  size: number;
-  clusters: Uint32Array;
-  crcs: Uint32Array;
 }
 
 export interface StreamPulled {
@@ -53,7 +46,10 @@ export interface StreamPulled {
   bytesRead: number;
   /** bytes the context marked for copying */
   bytesMarked: number;
-  digests?: ClusterDigests;
+  /** the file as the writer closed it */
+  writtenAs: WrittenAs;
+  /** the read-back check passed (checkAs) */
+  checked: boolean;
 }
 
 /** clusters one L2 table maps (8192 x 64 KiB = 512 MiB) */
@@ -77,6 +73,7 @@ export function streamRefusal(err: unknown, d: ViewDisk, failed: string): Stream
   const why = (err as Error).message;
   if (err instanceof NbdError && /NBD read .* failed \(EINVAL/.test(why)) return `view-read-failed: ${why}`;
   if (err instanceof SpreadTooWide) return `spread: ${why}`;
+  if (err instanceof ReadBackMismatch) throw err; // the copy is wrong: no other path is tried
   throw new Error(`${failed}: ${why}${viewBroke(d, why)}`);
 }
 
@@ -156,6 +153,7 @@ export async function pullStream(o: StreamPull): Promise<StreamPulled> {
   o.signal?.addEventListener('abort', onAbort, { once: true });
   if (o.signal?.aborted) onAbort(); // aborted while connecting
   let writer: Qcow2StreamWriter | undefined;
+  let readBack: ReadBack | undefined;
   const buffers: Buffer[] = [];
   try {
     if (client.size !== o.size) throw new Error(`the view's export is ${client.size} bytes, the disk ${o.size}`);
@@ -173,11 +171,11 @@ export async function pullStream(o: StreamPull): Promise<StreamPulled> {
     const longest = reads.reduce((m, r) => Math.max(m, r.clusters * STREAM_CLUSTER), 0);
     const bufSize = Math.min(o.readSize, 2 ** Math.ceil(Math.log2(Math.max(longest, STREAM_CLUSTER))));
     for (let k = 0; k < Math.min(DEPTH, reads.length); k++) buffers.push(borrow(bufSize));
-    const crcs = o.digests ? new Uint32Array(clusters.length) : undefined;
-    let digested = 0;
-    // Each buffer goes round: read into it, handed to the writer, read into again once written.
-    // The writes (thread pool) and the hashing of what the writer was given (this thread) run
-    // while the other buffers' reads are answered: nothing waits for a write but its own buffer.
+    if (o.checkAs !== undefined) readBack = await ReadBack.open(o.dest, o.checkAs, o.size, writer.finalSize, bufSize);
+    // Each buffer goes round: read into it, handed to the writer, (checked against the file,) read
+    // into again. The writes (thread pool) and the hashing of what the writer was given (this
+    // thread) run while the other buffers' reads are answered: nothing waits for a write but its
+    // own buffer.
     const free: Promise<void>[] = buffers.map(() => Promise.resolve());
     const inFlight: { read: (typeof reads)[number]; slot: number; answer: Promise<ReadChunk[]> }[] = [];
     const ask = (k: number) => {
@@ -196,9 +194,10 @@ export async function pullStream(o: StreamPull): Promise<StreamPulled> {
       const whole = read.clusters * STREAM_CLUSTER;
       // the disk's last cluster, when the size is not a multiple of it: the rest of it reads as zeros
       if (read.length < whole) buf.fill(0, read.length, whole);
-      if (crcs) for (let at = 0; at < whole; at += STREAM_CLUSTER) crcs[digested++] = crc32(buf.subarray(at, at + STREAM_CLUSTER));
-      // in the order read: the writer lays the clusters down in that order
-      free[slot] = writer.write(buf.subarray(0, whole));
+      // in the order read: the writer lays the clusters down in that order (and the checks follow it)
+      const written = writer.write(buf.subarray(0, whole));
+      const check = readBack;
+      free[slot] = check ? written.then(() => check.check(read.offset, read.length, buf)) : written;
       free[slot].catch(() => undefined); // a failed write fails the next read of its buffer, and finish()
       bytesRead += read.length;
       o.onProgress?.(Math.min(bytesRead, bytesMarked), bytesMarked);
@@ -208,14 +207,16 @@ export async function pullStream(o: StreamPull): Promise<StreamPulled> {
     if (o.signal?.aborted) throw stopped(o.signal);
     const done = await writer.finish();
     writer = undefined;
+    await readBack?.finish(clusters);
     o.onProgress?.(bytesMarked, bytesMarked);
-    return { ...done, bytesRead, bytesMarked, ...(crcs ? { digests: { size: o.size, clusters: Uint32Array.from(clusters), crcs } } : {}) };
+    return { ...done, bytesRead, bytesMarked, checked: readBack !== undefined };
   } catch (err) {
     if (o.signal?.aborted) throw stopped(o.signal);
     throw err;
   } finally {
     o.signal?.removeEventListener('abort', onAbort);
     await writer?.abort();
+    await readBack?.close();
     await client.close();
     // back to the pool only once nothing can still write into them (the connection is closed)
     for (const b of buffers) giveBack(b);

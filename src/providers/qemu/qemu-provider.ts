@@ -42,8 +42,6 @@ import { compareWithView, copyDisk } from './disk-copy';
 import { pullDisk, removeServerSocket, startViewServer, type ViewServer } from './pull';
 import { pullIncrementalDisk } from './pull-incremental';
 import { pullFullDisk } from './pull-full';
-import type { ClusterDigests } from './pull-stream';
-import { checkReadBack } from './readback';
 import { compare as compareImages } from '../qemu-img';
 import { copyOfflineImage } from '../offline-image';
 import { hostExclusions, PROXMOX_CONF_DIR, readInventory, type InventoryKind, type InventoryResult, type InventoryVm } from './inventory';
@@ -120,7 +118,8 @@ export class QemuProvider implements HostProvider {
   /** each view's NBD server (pull.ts), by VM and backup: this provider started it and releaseView stops it */
   private readonly viewServers = new Map<string, Promise<ViewServer>>();
   /** what each full pulled in-process read (pull-full.ts), by view and file, for its read-back check; goes with the view */
-  private readonly readBacks = new Map<string, Map<string, ClusterDigests>>();
+  /** the files of each view pulled in-process and checked as written (readback.ts): verifyDisk has nothing left to read */
+  private readonly checkedAsWritten = new Map<string, Set<string>>();
   private readonly qemuImgPath: string;
   /** VMs of the inventory whose QEMU was not running at the last enumerate: backed up offline */
   private readonly offline = new Map<string, InventoryVm>();
@@ -497,7 +496,7 @@ export class QemuProvider implements HostProvider {
     // process that ended left)
     const server = this.viewServers.get(`${plan.vm}/${plan.backupId}`);
     this.viewServers.delete(`${plan.vm}/${plan.backupId}`);
-    this.readBacks.delete(`${plan.vm}/${plan.backupId}`);
+    this.checkedAsWritten.delete(`${plan.vm}/${plan.backupId}`);
     await removeServerSocket(await server?.catch(() => undefined));
     await removeFleeceFiles(plan);
   }
@@ -570,19 +569,23 @@ export class QemuProvider implements HostProvider {
         ? 'compressed'
         : await pullFullDisk(server, d, {
             dest,
+            check: options.verify === true,
             replyTimeoutMs: this.commandMs,
             ...(options.signal ? { signal: options.signal } : {}),
             onProgress: (done, total) => onProgress?.({ done, total }),
           });
       if (typeof inProcess !== 'string') {
         const key = `${plan.vm}/${plan.backupId}`;
-        if (!this.readBacks.has(key)) this.readBacks.set(key, new Map());
-        this.readBacks.get(key)!.set(dest, inProcess.digests);
+        if (inProcess.checked) {
+          if (!this.checkedAsWritten.has(key)) this.checkedAsWritten.set(key, new Set());
+          this.checkedAsWritten.get(key)!.add(dest);
+        }
         // a full reads the whole view (its zeros by QEMU's block status, without reading them)
         return {
           path: dest,
           bytes: inProcess.bytes,
           sha256: inProcess.sha256,
+          writtenAs: inProcess.writtenAs,
           format: 'qcow2',
           virtualSize: d.virtualSize,
           bytesRead: d.virtualSize,
@@ -617,6 +620,7 @@ export class QemuProvider implements HostProvider {
           path: dest,
           bytes: pulled.bytes,
           sha256: pulled.sha256,
+          writtenAs: pulled.writtenAs,
           format: 'qcow2',
           virtualSize: d.virtualSize,
           bytesRead: pulled.bytesRead,
@@ -679,9 +683,10 @@ export class QemuProvider implements HostProvider {
 
   /**
    * Read-back check of a full copy: the copy must hold exactly what the view holds. A full pulled
-   * in-process is decoded from the file and checked against the crc32 of every cluster read
-   * (readback.ts); any other (qemu-img convert, push) is compared by qemu-img compare through the
-   * view's read-only NBD export. An incremental is checked by qemu-img check and its chain
+   * in-process under Verify was checked as it was written (readback.ts: each run read back through a
+   * reader of its own and compared with the bytes read from the view; the layout once closed):
+   * nothing is left to read. Any other (qemu-img convert, push) is compared by qemu-img compare
+   * through the view's read-only NBD export. An incremental is checked by qemu-img check and its chain
    * (comparing it would read the whole disk again).
    */
   async verifyDisk(view: PointInTimeView, disk: string, file: string): Promise<void> {
@@ -691,13 +696,8 @@ export class QemuProvider implements HostProvider {
     }
     const plan = planOf(view);
     const d = diskOf(plan, disk);
-    // a full pulled in-process: its file against what was read (readback.ts), the view not read again
-    const read = this.readBacks.get(`${plan.vm}/${plan.backupId}`);
-    const digests = read?.get(file);
-    if (digests) {
-      read!.delete(file);
-      return checkReadBack(file, disk, digests);
-    }
+    // a full pulled in-process and checked as it was written (readback.ts): the view is not read again
+    if (this.checkedAsWritten.get(`${plan.vm}/${plan.backupId}`)?.delete(file)) return;
     await compareWithView(await this.viewServer(plan), d, file, this.qemuImgPath);
   }
 

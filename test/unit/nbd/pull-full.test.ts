@@ -1,10 +1,10 @@
 // The in-process pull of a full (src/providers/qemu/pull-full.ts over pull-stream.ts) and its
-// read-back check (readback.ts over src/repository/qcow2-read.ts) against a real NBD server:
-// qemu-nbd exporting a qcow2 image read-only, its `base:allocation` context saying what reads as
-// zeros, the way QEMU exports a view. The copy must read as the source (qemu-img compare), pass
-// qemu-img check, hash as its file, and hold no cluster where the source reads zeros; the check
-// must pass it and find every kind of damage done to it afterwards. (The same path against a
-// VM's QEMU: the integration and fault suites.)
+// read-back check made as it is written (readback.ts over src/repository/qcow2-read.ts) against a
+// real NBD server: qemu-nbd exporting a qcow2 image read-only, its `base:allocation` context saying
+// what reads as zeros, the way QEMU exports a view. The copy must read as the source (qemu-img
+// compare), pass qemu-img check, hash as its file, and hold no cluster where the source reads zeros;
+// the check must pass it, and find every kind of damage in a file it is run on. (The same path
+// against a VM's QEMU: the integration and fault suites.)
 import * as assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -14,8 +14,10 @@ import * as path from 'node:path';
 import { pullFullDisk } from '../../../src/providers/qemu/pull-full';
 import type { ViewServer } from '../../../src/providers/qemu/pull';
 import type { ViewDisk } from '../../../src/providers/qemu/view';
-import { checkReadBack } from '../../../src/providers/qemu/readback';
-import type { ClusterDigests } from '../../../src/providers/qemu/pull-stream';
+import { ReadBack, ReadBackMismatch } from '../../../src/providers/qemu/readback';
+import { streamRefusal } from '../../../src/providers/qemu/pull-stream';
+import { NbdError } from '../../../src/nbd/client';
+import { Qcow2Reader } from '../../../src/repository/qcow2-read';
 import { runProgram } from '../../../src/util/run';
 import { qemuIo, serve } from './qemu-nbd';
 
@@ -35,7 +37,7 @@ describe('pull of a full in-process: base:allocation, reads, a plain qcow2, the 
     socket: sock,
     exports: new Map([['vda', { uri: '', socket: sock, name: 'd0', chained }]]),
   });
-  let pulled: { bytes: number; sha256: string; bytesRead: number; digests: ClusterDigests };
+  let pulled: Exclude<Awaited<ReturnType<typeof pullFullDisk>>, string>;
   const copy = () => path.join(dir, 'full.qcow2');
 
   before(async () => {
@@ -53,7 +55,11 @@ describe('pull of a full in-process: base:allocation, reads, a plain qcow2, the 
     );
     server = await serve(source(), sock);
     const progress: [number, number][] = [];
-    const r = await pullFullDisk(viewServer(), disk, { dest: copy(), onProgress: (done, total) => progress.push([done, total]) });
+    const r = await pullFullDisk(viewServer(), disk, {
+      dest: copy(),
+      check: true,
+      onProgress: (done, total) => progress.push([done, total]),
+    });
     assert.ok(typeof r !== 'string', `pulled, not refused: ${String(r)}`);
     pulled = r;
     const data = 3 * MiB + 64 * KiB + 128 * KiB + 1 * MiB + 512;
@@ -76,8 +82,10 @@ describe('pull of a full in-process: base:allocation, reads, a plain qcow2, the 
       map.filter((m) => m.data).reduce((n, m) => n + m.length, 0),
       3 * MiB + 64 * KiB + 128 * KiB + 1 * MiB + 512,
     );
-    assert.equal(pulled.digests.clusters.length, 48 + 1 + 2 + 16 + 1);
-    assert.equal(pulled.bytes, (await fs.stat(copy())).size);
+    assert.equal(pulled.checked, true);
+    const st = await fs.stat(copy(), { bigint: true });
+    assert.equal(pulled.bytes, Number(st.size));
+    assert.deepEqual(pulled.writtenAs, { size: st.size, mtimeNs: st.mtimeNs, ino: st.ino });
     assert.equal(
       pulled.sha256,
       createHash('sha256')
@@ -86,8 +94,32 @@ describe('pull of a full in-process: base:allocation, reads, a plain qcow2, the 
     );
   });
 
+  /**
+   * The check as the pull runs it, on `file`: every data run of the good copy (what was read from
+   * the view) compared once written, then the layout once closed.
+   */
+  const checkFile = async (file: string, size = SIZE) => {
+    const rb = await ReadBack.open(file, 'vda', size, (await fs.stat(file)).size, 512 * KiB);
+    const good = await Qcow2Reader.open(copy());
+    const clusters: number[] = [];
+    try {
+      for (const x of await good.extents(0, SIZE)) {
+        if (x.zero) continue;
+        for (let c = Math.floor(x.guest / 65536); c <= Math.floor((x.guest + x.length - 1) / 65536); c++) clusters.push(c);
+        for (let at = x.guest; at < x.guest + x.length; at += 512 * KiB) {
+          const n = Math.min(512 * KiB, x.guest + x.length - at);
+          await rb.check(at, n, Buffer.from(await good.read(at, n)));
+        }
+      }
+      await rb.finish(clusters);
+    } finally {
+      await rb.close();
+      await good.close();
+    }
+  };
+
   it('the read-back check passes the copy as written', async () => {
-    await checkReadBack(copy(), 'vda', pulled.digests);
+    await checkFile(copy());
   });
 
   it('the read-back check finds a changed byte, data where the disk read zeros, a cluster gone, another size', async () => {
@@ -97,22 +129,13 @@ describe('pull of a full in-process: base:allocation, reads, a plain qcow2, the 
       await qemuIo(f, ...cmds);
       return f;
     };
+    await assert.rejects(checkFile(await damaged('byte.qcow2', 'write -P 0x01 7M 1')), /the 64 KiB at byte 7340032 differ/);
     await assert.rejects(
-      checkReadBack(await damaged('byte.qcow2', 'write -P 0x01 7M 1'), 'vda', pulled.digests),
-      /the 64 KiB at byte 7340032 differ/,
-    );
-    await assert.rejects(
-      checkReadBack(await damaged('extra.qcow2', 'write -P 0x01 20M 4k'), 'vda', pulled.digests),
+      checkFile(await damaged('extra.qcow2', 'write -P 0x01 20M 4k')),
       /data at byte 20971520, where the disk read zeros/,
     );
-    await assert.rejects(
-      checkReadBack(await damaged('gone.qcow2', 'discard 5M 64k'), 'vda', pulled.digests),
-      /the 64 KiB at byte 5242880 differ/,
-    );
-    await assert.rejects(
-      checkReadBack(copy(), 'vda', { ...pulled.digests, size: SIZE + 512 }),
-      new RegExp(`its size is ${SIZE} bytes, the disk's ${SIZE + 512}`),
-    );
+    await assert.rejects(checkFile(await damaged('gone.qcow2', 'discard 5M 64k')), /the 64 KiB at byte 5242880 differ/);
+    await assert.rejects(checkFile(copy(), SIZE + 512), new RegExp(`its size is ${SIZE} bytes, the disk's ${SIZE + 512}`));
     // the bytes themselves, behind the format's back: a flipped byte in the last whole data cluster of the file
     const raw = path.join(dir, 'raw-flip.qcow2');
     await fs.copyFile(copy(), raw);
@@ -120,8 +143,53 @@ describe('pull of a full in-process: base:allocation, reads, a plain qcow2, the 
     const st = await fh.stat();
     await fh.write(Buffer.from([0x55]), 0, 1, st.size - 65536 - 4096);
     await fh.close();
-    await assert.rejects(checkReadBack(raw, 'vda', pulled.digests), /differ from what was read/);
-    await assert.rejects(checkReadBack(path.join(dir, 'none.qcow2'), 'vda', pulled.digests), /could not be read back/);
+    await assert.rejects(checkFile(raw), /differ from what was read from the view/);
+    await assert.rejects(checkFile(path.join(dir, 'none.qcow2')), /ENOENT/);
+  });
+
+  it('a check that fails fails every later one; a layout changed after the checks is found at the end', async () => {
+    const f = path.join(dir, 'later.qcow2');
+    await fs.copyFile(copy(), f);
+    const good = await Qcow2Reader.open(copy());
+    const rb = await ReadBack.open(f, 'vda', SIZE, (await fs.stat(f)).size, 512 * KiB);
+    try {
+      await assert.rejects(rb.check(0, 65536, Buffer.alloc(65536, 0x01)), /the 64 KiB at byte 0 differ/);
+      await assert.rejects(rb.check(0, 65536, Buffer.from(await good.read(0, 65536))), /the 64 KiB at byte 0 differ/);
+    } finally {
+      await rb.close();
+    }
+    // every run checked, then the file's L2 table rewritten behind the checks: one cluster moved to a hole
+    const g = path.join(dir, 'moved.qcow2');
+    await fs.copyFile(copy(), g);
+    const rb2 = await ReadBack.open(g, 'vda', SIZE, (await fs.stat(g)).size, 512 * KiB);
+    try {
+      await rb2.check(5 * MiB, 65536, Buffer.from(await good.read(5 * MiB, 65536)));
+      await qemuIo(g, 'discard 5M 64k');
+      await assert.rejects(rb2.finish([80]), /layout between bytes 0 and \d+ changed after it was checked/);
+    } finally {
+      await rb2.close();
+      await good.close();
+    }
+  });
+
+  it('a failed read-back check fails the copy as it is; a read QEMU refused is copied another way', () => {
+    const wrong = new ReadBackMismatch('verification failed: x does not hold what disk vda held');
+    assert.throws(
+      () => streamRefusal(wrong, disk, 'copying disk vda failed'),
+      (e) => e === wrong,
+    );
+    assert.match(
+      streamRefusal(
+        new NbdError('NBD read of 65536 bytes at 0 failed (EINVAL: reading from file failed)'),
+        disk,
+        'copying disk vda failed',
+      ),
+      /^view-read-failed: /,
+    );
+    assert.throws(
+      () => streamRefusal(new Error('socket closed'), disk, 'copying disk vda failed'),
+      /copying disk vda failed: socket closed/,
+    );
   });
 
   it('a 1 TiB disk holding 2 MiB: pulled and checked without holding the thread (a region without a table is one run)', async () => {
@@ -133,9 +201,7 @@ describe('pull of a full in-process: base:allocation, reads, a plain qcow2, the 
     try {
       const view: ViewServer = { socket: bigSock, exports: new Map([['vda', { uri: '', socket: bigSock, name: 'd0', chained: false }]]) };
       const out = path.join(dir, 'big-copy.qcow2');
-      const r = await pullFullDisk(view, { ...disk, virtualSize: 2 ** 40 }, { dest: out });
-      assert.ok(typeof r !== 'string');
-      // the longest the event loop waited while the check ran
+      // the longest the event loop waited while the pull and its check ran
       let longest = 0;
       let last = performance.now();
       const tick = setInterval(() => {
@@ -143,7 +209,8 @@ describe('pull of a full in-process: base:allocation, reads, a plain qcow2, the 
         last = performance.now();
       }, 5);
       try {
-        await checkReadBack(out, 'vda', r.digests);
+        const r = await pullFullDisk(view, { ...disk, virtualSize: 2 ** 40 }, { dest: out, check: true });
+        assert.ok(typeof r !== 'string' && r.checked);
       } finally {
         clearInterval(tick);
       }
