@@ -12,8 +12,10 @@ import { borrow, giveBack } from '../util/buffer-pool';
 const QCOW2_MAGIC = 0x514649fb;
 /** bits 9-55 of an L1 or L2 entry: the host offset */
 const OFFSET_MASK = 0x00fffffffffffe00n;
-const L2_COMPRESSED = 1n << 62n;
-const L2_ZERO = 1n;
+/** bit 62 of an L2 entry (bit 30 of its high half): a compressed cluster */
+const L2_COMPRESSED_HI = 1 << 30;
+/** bit 0: the cluster reads as zeros */
+const L2_ZERO_LO = 1;
 
 /** The image is of a shape this reader leaves to qemu-img. */
 export class Qcow2Unsupported extends Error {}
@@ -134,10 +136,14 @@ export class Qcow2Reader {
         const c = Math.floor(at / cluster);
         const within = at - c * cluster;
         const n = Math.min(cluster - within, regionEnd - at);
-        const e = t.readBigUInt64BE((c % perL2) * 8);
-        if (e & L2_COMPRESSED) throw new Qcow2Unsupported('the image has compressed clusters');
-        const host = Number(e & OFFSET_MASK);
-        if (!host || e & L2_ZERO) {
+        // the entry as two 32-bit halves, not a BigInt: a walk over 8 GiB of data (131,072
+        // entries, twice for the read-back check's last look) took 25-50 ms with BigInt reads
+        const hi = t.readUInt32BE((c % perL2) * 8);
+        const lo = t.readUInt32BE((c % perL2) * 8 + 4);
+        if (hi & L2_COMPRESSED_HI) throw new Qcow2Unsupported('the image has compressed clusters');
+        // bits 9-55: the host offset
+        const host = (hi & 0x00ffffff) * 2 ** 32 + ((lo & 0xfffffe00) >>> 0);
+        if (!host || lo & L2_ZERO_LO) {
           zero(n);
           continue;
         }
