@@ -117,7 +117,6 @@ export class QemuProvider implements HostProvider {
   private readonly qgaConns = new Map<string, Promise<Conn<GuestAgentClient>>>();
   /** each view's NBD server (pull.ts), by VM and backup: this provider started it and releaseView stops it */
   private readonly viewServers = new Map<string, Promise<ViewServer>>();
-  /** what each full pulled in-process read (pull-full.ts), by view and file, for its read-back check; goes with the view */
   /** the files of each view pulled in-process and checked as written (readback.ts): verifyDisk has nothing left to read */
   private readonly checkedAsWritten = new Map<string, Set<string>>();
   private readonly qemuImgPath: string;
