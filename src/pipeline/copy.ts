@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { assertManifest } from '../contract/validate';
 import type { ChainPlan, CopyResult, Manifest, ManifestFile, PointInTimeView, PostSnapshotSet, PostSnapshotVm } from '../contract/types';
-import type { HostProvider } from '../providers/provider';
+import type { ExportedFile, HostProvider } from '../providers/provider';
 import { applyPolicy, chainEntry, type ChainPolicy } from './chain-plan';
 import { vmChain } from '../chain';
 import { recordIdentity } from '../chain/identity';
@@ -236,7 +236,7 @@ async function copyOneDisk(
 
 function manifestEntry(
   hashed: ManifestFile,
-  exported: Awaited<ReturnType<HostProvider['exportDisk']>>,
+  exported: ExportedFile,
   d: PointInTimeView['disks'][number],
   disk: PostSnapshotVm['disks'][number] | undefined,
   plan: ChainPlan | undefined,
@@ -366,7 +366,7 @@ async function hashFile(
   name: string,
   kind: ManifestFile['kind'],
   identities: Map<string, string>,
-  written?: { sha256: string; as?: { size: bigint; mtimeNs: bigint; ino: bigint } },
+  written?: { sha256: string; as?: ExportedFile['writtenAs'] },
 ): Promise<ManifestFile> {
   const file = path.join(dir, name);
   const before = await fs.stat(file, { bigint: true });

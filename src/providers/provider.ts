@@ -2,6 +2,7 @@
 // what to do and in what order; a provider only knows how to do one thing to one VM, and names
 // its own things: the point-in-time view it makes, the files a backup holds, its change tracking.
 import type { ChainPlan, ClassifiedVm, EnumeratedVm, PointInTimeView } from '../contract/types';
+import type { WrittenAs } from '../repository/qcow2-stream';
 
 /** What makeView is told beside the VM and its planned view. */
 export interface ViewOptions {
@@ -63,7 +64,7 @@ export interface ExportedFile {
    * with `sha256`: the file's size, mtime (ns) and inode as its writer closed it; the copy step
    * refuses a file that is not as it was written (changed after the hash and the read-back check)
    */
-  writtenAs?: { size: bigint; mtimeNs: bigint; ino: bigint };
+  writtenAs?: WrittenAs;
 }
 
 /** What a provider's change tracking says about one disk, read at enumerate. */

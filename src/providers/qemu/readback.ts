@@ -31,7 +31,6 @@ export class ReadBack {
   private constructor(
     private readonly file: string,
     private readonly disk: string,
-    private readonly size: number,
     private readonly reader: Qcow2Reader,
     private readonly scratch: Buffer,
   ) {}
@@ -45,13 +44,13 @@ export class ReadBack {
     try {
       reader = await Qcow2Reader.open(file, { fileSize });
     } catch (err) {
-      throw new ReadBackMismatch(`verification failed: ${file} could not be read back: ${(err as Error).message}`);
+      throw unreadable(file, err);
     }
     if (reader.virtualSize !== size) {
       await reader.close();
       throw new ReadBackMismatch(differs(file, disk, `its size is ${reader.virtualSize} bytes, the disk's ${size}`));
     }
-    return new ReadBack(file, disk, size, reader, borrow(longest));
+    return new ReadBack(file, disk, reader, borrow(longest));
   }
 
   /**
@@ -87,13 +86,15 @@ export class ReadBack {
     try {
       fresh = await Qcow2Reader.open(this.file);
     } catch (err) {
-      throw new ReadBackMismatch(`verification failed: ${this.file} could not be read back: ${(err as Error).message}`);
+      throw unreadable(this.file, err);
     }
+    // the disk's size: the first reader's, checked against it at open()
+    const size = this.reader.virtualSize;
     try {
-      if (fresh.virtualSize !== this.size) throw this.mismatch(`its size is ${fresh.virtualSize} bytes, the disk's ${this.size}`);
+      if (fresh.virtualSize !== size) throw this.mismatch(`its size is ${fresh.virtualSize} bytes, the disk's ${size}`);
       let next = 0; // the next cluster that must hold data
-      for (let at = 0; at < this.size; at += REGION) {
-        const length = Math.min(REGION, this.size - at);
+      for (let at = 0; at < size; at += REGION) {
+        const length = Math.min(REGION, size - at);
         const now = await fresh.extents(at, length);
         if (!sameLayout(now, await this.reader.extents(at, length)))
           throw this.mismatch(`its layout between bytes ${at} and ${at + length} changed after it was checked`);
@@ -132,6 +133,10 @@ export class ReadBack {
   private mismatch(why: string): ReadBackMismatch {
     return new ReadBackMismatch(differs(this.file, this.disk, why));
   }
+}
+
+function unreadable(file: string, err: unknown): ReadBackMismatch {
+  return new ReadBackMismatch(`verification failed: ${file} could not be read back: ${(err as Error).message}`);
 }
 
 function differs(file: string, disk: string, why: string): string {

@@ -172,6 +172,22 @@ describe('pull of a full in-process: base:allocation, reads, a plain qcow2, the 
     }
   });
 
+  it('a copy moved away while it was checked is not passed: the last look opens it by its name', async () => {
+    const f = path.join(dir, 'moving.qcow2');
+    await fs.copyFile(copy(), f);
+    const good = await Qcow2Reader.open(copy());
+    const rb = await ReadBack.open(f, 'vda', SIZE, (await fs.stat(f)).size, 512 * KiB);
+    try {
+      // the checks read through the descriptor opened first: they pass on the moved file
+      await rb.check(0, 65536, Buffer.from(await good.read(0, 65536)));
+      await fs.rename(f, `${f}.moved`);
+      await assert.rejects(rb.finish([0]), /moving\.qcow2 could not be read back: ENOENT/);
+    } finally {
+      await rb.close();
+      await good.close();
+    }
+  });
+
   it('a failed read-back check fails the copy as it is; a read QEMU refused is copied another way', () => {
     const wrong = new ReadBackMismatch('verification failed: x does not hold what disk vda held');
     assert.throws(
