@@ -3,6 +3,12 @@
 // bitmaps added (persistent on qcow2 alone), only ours removed. The real QEMU side is
 // test/integration/incremental.test.ts.
 import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { QemuProvider } from '../../../src/providers/qemu/qemu-provider';
+import type { PointInTimeView } from '../../../src/contract/types';
 import type { QmpClient } from '../../../src/providers/qemu/protocol';
 import { addBitmaps, BITMAP_PREFIX, removeBitmaps } from '../../../src/providers/qemu/tracking';
 
@@ -65,5 +71,43 @@ describe('change tracking: one look at the block graph per exchange', () => {
       /refusing to remove bitmap users-own: not one this product made/,
     );
     assert.deepEqual(sent, []);
+  });
+});
+
+describe("the provider's tracking.remove: QEMU asked only when there is something to remove", () => {
+  // A socket where the VM's QMP would be, counting who connects (and hanging up at once).
+  async function countingSocket(dir: string, id: string) {
+    const server = net.createServer((s) => {
+      server.connections++;
+      s.destroy();
+    }) as net.Server & { connections: number };
+    server.connections = 0;
+    await new Promise<void>((r) => server.listen(path.join(dir, `${id}.qmp`), () => r()));
+    return server;
+  }
+  const view = (vm: string): PointInTimeView =>
+    ({
+      ref: {
+        backupId: '20261207T000000Z-abcdef',
+        vm,
+        prefix: 'vmb-abcdef-',
+        disks: [{ disk: 'drive-virtio0', index: 0, qdev: '/q', node: 'fmt0' }],
+      },
+    }) as unknown as PointInTimeView;
+
+  it('a full (no parent record to drop once published): no connection, no probe of the socket', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmb-untrack-'));
+    const server = await countingSocket(dir, 'vm1');
+    try {
+      const provider = new QemuProvider({ socketDir: dir, commandMs: 500 });
+      await provider.tracking.remove('vm1', [], view('vm1'));
+      assert.equal(server.connections, 0);
+      // something to remove: QEMU is asked (here it hangs up, and the removal fails)
+      await assert.rejects(provider.tracking.remove('vm1', [{ disk: 'drive-virtio0', name: `${BITMAP_PREFIX}a` }], view('vm1')));
+      assert.ok(server.connections >= 1, `${server.connections} connections`);
+    } finally {
+      server.close();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
