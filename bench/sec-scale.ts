@@ -65,6 +65,12 @@ export interface ScaleResult {
   diskMiB: number;
   dataMiBPerDisk: number;
   runs: ScaleRun[];
+  /**
+   * The same counts again on fleets whose vCPUs halt (bench/bare.ts, firmware 'halt'): the idle
+   * VMs cost the host QEMU's main loop only, as idle KVM guests do, instead of TCG running SeaBIOS's
+   * timer ticks (6-8 ms of CPU a second per VM)
+   */
+  halted?: ScaleRun[];
   /** the largest run again with the copy node's Verify off: how much of the overhead is the read-back compare */
   noVerify?: {
     vms: number;
@@ -150,43 +156,47 @@ export async function scaleSection(ctx: Ctx, o: { counts: number[]; diskMiB: num
   // A fleet of exactly n VMs for the run of n: an idle QEMU with no guest OS still costs CPU under
   // TCG (about 6 ms a second each here), so VMs beyond the run's would slow it with CPU that is not
   // the product's (a fleet of 200 behind the 100-VM run made it 2.5 x slower).
-  const fleets = new Map<number, BareFleet>();
-  const fleetOf = async (n: number): Promise<BareFleet> => {
-    for (const [k, f] of fleets) if (k !== n) await f.stop().then(() => fleets.delete(k));
-    let f = fleets.get(n);
+  const fleets = new Map<string, BareFleet>();
+  const fleetOf = async (n: number, firmware: 'seabios' | 'halt' = 'seabios'): Promise<BareFleet> => {
+    const key = `${n}-${firmware}`;
+    for (const [k, f] of fleets) if (k !== key) await f.stop().then(() => fleets.delete(k));
+    let f = fleets.get(key);
     if (!f) {
-      f = await startFleet(path.join(ctx.work, 'bare', `fleet-${n}`), {
+      f = await startFleet(path.join(ctx.work, 'bare', `fleet-${key}`), {
         count: n,
         disksPerVm: 2,
         diskMiB: o.diskMiB,
         dataMiB: o.dataMiB,
         prefix: 'vm',
+        firmware,
       });
-      fleets.set(n, f);
+      fleets.set(key, f);
     }
     return f;
   };
   const scratch = path.join(ctx.work, 'scratch');
   await fs.mkdir(scratch, { recursive: true });
   const runs: ScaleRun[] = [];
+  const halted: ScaleRun[] = [];
   let qemuRssMiB = 0;
   try {
-    for (const n of o.counts) {
-      const fleet = await fleetOf(n);
+    const one = async (n: number, firmware: 'seabios' | 'halt'): Promise<void> => {
+      const fleet = await fleetOf(n, firmware);
+      const name = firmware === 'halt' ? `scale-${n}-halted` : `scale-${n}`;
       await addScenarios(ctx, [
         {
-          name: `scale-${n}`,
-          socketDir: await fleetSocketDir(path.join(ctx.work, 'sockets'), fleet, n),
+          name,
+          socketDir: await fleetSocketDir(path.join(ctx.work, 'sockets'), fleet, n, firmware === 'halt' ? `halted-${n}` : undefined),
           fallback: 'checkpoint' as const,
           concurrency: 2,
         },
       ]);
-      qemuRssMiB = fleet.qemuRssMiB();
+      if (firmware === 'seabios') qemuRssMiB = fleet.qemuRssMiB();
       const before = mountCount(ctx.nr.pid);
       // BENCH_PROFILE_DIR: a CPU profile of Node-RED during the largest run (see probe.ts)
-      const profiling = process.env.BENCH_PROFILE_DIR && n === max;
+      const profiling = process.env.BENCH_PROFILE_DIR && n === max && firmware === 'seabios';
       if (profiling) process.kill(ctx.nr.pid, 'SIGTTIN');
-      const [r, cpu] = await withCpu(ctx.nr.pid, fleet, () => backup(ctx, `scale-${n}`, { sampleMs: 50 }));
+      const [r, cpu] = await withCpu(ctx.nr.pid, fleet, () => backup(ctx, name, { sampleMs: 50 }));
       if (profiling) process.kill(ctx.nr.pid, 'SIGTTOU');
       const calls = r.calls.filter((c) => c.fn === 'assertStage' || c.fn === 'assertManifest');
       const after = mountCount(ctx.nr.pid);
@@ -250,9 +260,9 @@ export async function scaleSection(ctx: Ctx, o: { counts: number[]; diskMiB: num
           perMessageMs: round(stageCalls.reduce((a, c) => a + c.ms, 0) / Math.max(1, stageCalls.length), 3),
         },
       };
-      runs.push(run);
+      (firmware === 'halt' ? halted : runs).push(run);
       log(
-        `scale ${n} VMs x 2 disks: ${run.wallMs} ms in the flow (${Object.entries(stageMs)
+        `scale ${n} VMs x 2 disks${firmware === 'halt' ? ', vCPUs halted' : ''}: ${run.wallMs} ms in the flow (${Object.entries(stageMs)
           .map(([k, v]) => `${k} ${v}`)
           .join(
             ', ',
@@ -264,7 +274,8 @@ export async function scaleSection(ctx: Ctx, o: { counts: number[]; diskMiB: num
           ),
         )}`,
       );
-    }
+    };
+    for (const n of o.counts) await one(n, 'seabios');
     // the largest run once more with Verify off (no qemu-img compare per disk)
     const fleet = await fleetOf(max);
     await addScenarios(ctx, [
@@ -294,7 +305,9 @@ export async function scaleSection(ctx: Ctx, o: { counts: number[]; diskMiB: num
     log(
       `scale ${max} VMs x 2 disks, Verify off: ${noVerify.wallMs} ms in the flow; qemu-img alone ${noVerify.copyAloneMs} ms; overhead ${noVerify.overheadMs} ms; with flush + sha256 ${noVerify.checkedAloneMs} ms (overhead beyond that ${noVerify.overheadBeyondCheckedMs} ms); CPU ms ${JSON.stringify(nvCpu)}`,
     );
-    return { qemuRssMiB, diskMiB: o.diskMiB, dataMiBPerDisk: o.dataMiB, runs, noVerify };
+    // every count again with the idle VMs' vCPUs halted (see bench/bare.ts)
+    for (const n of o.counts) await one(n, 'halt');
+    return { qemuRssMiB, diskMiB: o.diskMiB, dataMiBPerDisk: o.dataMiB, runs, halted, noVerify };
   } finally {
     for (const f of fleets.values()) await f.stop();
   }
