@@ -66,9 +66,9 @@ export interface ScaleResult {
   dataMiBPerDisk: number;
   runs: ScaleRun[];
   /**
-   * The same counts again on fleets whose vCPUs halt (bench/bare.ts, firmware 'halt'): the idle
-   * VMs cost the host QEMU's main loop only, as idle KVM guests do, instead of TCG running SeaBIOS's
-   * timer ticks (6-8 ms of CPU a second per VM)
+   * The same counts again on fleets whose vCPUs halt and whose interval timer is off (bench/bare.ts,
+   * firmware 'halt'): the idle VMs cost the host nothing measurable, as idle KVM guests, instead of
+   * TCG running SeaBIOS's timer ticks (6-8 ms of CPU a second per VM)
    */
   halted?: ScaleRun[];
   /** the largest run again with the copy node's Verify off: how much of the overhead is the read-back compare */
@@ -154,7 +154,7 @@ export async function scaleSection(ctx: Ctx, o: { counts: number[]; diskMiB: num
   for (const vm of ctx.lab?.vms.values() ?? []) await vm.pause();
   const max = Math.max(...o.counts);
   // A fleet of exactly n VMs for the run of n: an idle QEMU with no guest OS still costs CPU under
-  // TCG (about 6 ms a second each here), so VMs beyond the run's would slow it with CPU that is not
+  // TCG (about 6 ms a second each here, on SeaBIOS), so VMs beyond the run's would slow it with CPU that is not
   // the product's (a fleet of 200 behind the 100-VM run made it 2.5 x slower).
   const fleets = new Map<string, BareFleet>();
   const fleetOf = async (n: number, firmware: 'seabios' | 'halt' = 'seabios'): Promise<BareFleet> => {

@@ -510,7 +510,7 @@ export class QemuProvider implements HostProvider {
       }),
     remove: async (vmId: string, disks: readonly { disk: string; name: string }[], view: PointInTimeView) => {
       if (isOfflinePlan(view)) return; // an offline backup starts no record (chain reason 'offline')
-      // a full has no parent record to drop once published: QEMU is not asked (two connections per VM)
+      // nothing to remove (a full, once published, has no parent record to drop): QEMU is not asked at all
       if (disks.length === 0) return;
       if (await this.qemuGone(vmId)) return; // a transient record went with QEMU; a persistent one is found at the next enumerate
       await this.qmp(vmId, (c) => removeBitmaps(c, bitmapsOnNodes(view, disks)));
