@@ -15,7 +15,7 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { bareVmArgs, waitForSocket } from '../test/support/bare-vms';
 import { makeDataImage } from './images';
-import { log, nowMs, procMem } from './util';
+import { endProcess, log, nowMs, procMem } from './util';
 
 export interface BareFleet {
   dir: string;
@@ -67,16 +67,7 @@ export async function startFleet(dir: string, o: FleetOptions): Promise<BareFlee
     procs: new Map(),
     disks: new Map(),
     stop: async () => {
-      await Promise.all(
-        [...fleet.procs.values()].map(
-          (p) =>
-            new Promise<void>((resolve) => {
-              if (p.exitCode !== null || p.signalCode !== null) return resolve();
-              p.once('exit', () => resolve());
-              p.kill('SIGTERM');
-            }),
-        ),
-      );
+      await Promise.all([...fleet.procs.values()].map(endProcess));
       await fs.rm(dir, { recursive: true, force: true });
     },
     qemuRssMiB: () => {

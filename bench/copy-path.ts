@@ -15,7 +15,7 @@ import { performance } from 'node:perf_hooks';
 import { waitForSocket } from '../test/support/bare-vms';
 import { makeDataImage } from './images';
 import { RawQmp } from './qmp-raw';
-import { log, median, MiB, rmrf } from './util';
+import { endProcess, log, median, MiB, rmrf } from './util';
 
 const arg = (name: string, dflt: number) => Number(process.argv.find((a) => a.startsWith(`--${name}=`))?.split('=')[1] ?? dflt);
 
@@ -132,10 +132,7 @@ async function main(): Promise<void> {
       process.stdout.write(`| ${name} | ${Math.round(median(x.full))} | ${Math.round(median(x.inc))} |\n`);
   } finally {
     await c?.close().catch(() => undefined);
-    if (qemu.exitCode === null) {
-      qemu.kill('SIGTERM');
-      await new Promise((r) => qemu.once('exit', r));
-    }
+    await endProcess(qemu);
     await rmrf(dir);
   }
 }

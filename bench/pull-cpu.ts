@@ -18,13 +18,13 @@ import { readFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { waitForSocket } from '../test/support/bare-vms';
+import { bareVmArgs, waitForSocket } from '../test/support/bare-vms';
 import { NbdClient } from '../src/nbd/client';
 import { pullStream } from '../src/providers/qemu/pull-stream';
 import { sha256File } from '../src/repository/repository';
 import { makeDataImage } from './images';
 import { RawQmp } from './qmp-raw';
-import { log, median, MiB, rmrf } from './util';
+import { endProcess, log, median, MiB, rmrf } from './util';
 
 const arg = (name: string, dflt: number) => Number(process.argv.find((a) => a.startsWith(`--${name}=`))?.split('=')[1] ?? dflt);
 
@@ -69,10 +69,7 @@ async function main(): Promise<void> {
   const sock = path.join(dir, 'qmp.sock');
   const nbd = path.join(dir, 'nbd.sock');
   const fleece = path.join(dir, 'fleece.raw');
-  // prettier-ignore
-  const qemu = spawn('qemu-system-x86_64', ['-accel', 'tcg', '-machine', 'pc', '-m', '32', '-nodefaults', '-display', 'none',
-    '-qmp', `unix:${sock},server=on,wait=off`, '-drive', `file=${disk},format=qcow2,if=none,id=drive0,node-name=fmt0`,
-    '-device', 'virtio-blk-pci,drive=drive0,id=vd0'], { stdio: 'ignore' });
+  const qemu = spawn('qemu-system-x86_64', bareVmArgs('pull-cpu', sock, [{ file: disk }]), { stdio: 'ignore' });
   const results: Record<string, Sample[]> = { 'reads alone': [], pull: [], 'pull checked': [], floor: [] };
   let c: RawQmp | undefined;
   try {
@@ -81,19 +78,19 @@ async function main(): Promise<void> {
     // the view, as view.ts makes it
     await fs.writeFile(fleece, '');
     await fs.truncate(fleece, size);
+    // the disk's device and the format node under it (QEMU names the node)
+    const dev = ((await c.execute('query-block')) as { qdev?: string; inserted?: { 'node-name': string } }[]).find((b) => b.inserted);
+    if (!dev?.qdev || !dev.inserted) throw new Error('the disk has no device');
+    const qdev = dev.qdev;
     await c.execute('blockdev-add', { driver: 'file', 'node-name': 'fl', filename: fleece, discard: 'unmap' });
     await c.execute('blockdev-add', {
       driver: 'copy-before-write',
       'node-name': 'cbw',
-      file: 'fmt0',
+      file: dev.inserted['node-name'],
       target: 'fl',
       'on-cbw-error': 'break-snapshot',
       'cbw-timeout': 5,
     });
-    const qdev = ((await c.execute('query-block')) as { qdev?: string; inserted?: { 'node-name': string } }[]).find(
-      (b) => b.inserted?.['node-name'] === 'fmt0',
-    )?.qdev;
-    if (!qdev) throw new Error('the disk has no device');
     await c.execute('qom-set', { path: qdev, property: 'drive', value: 'cbw' });
     await c.execute('blockdev-add', { driver: 'snapshot-access', 'node-name': 'acc', file: 'cbw' });
     await c.execute('nbd-server-start', { addr: { type: 'unix', data: { path: nbd } } });
@@ -164,10 +161,7 @@ async function main(): Promise<void> {
     }
   } finally {
     await c?.close().catch(() => undefined);
-    if (qemu.exitCode === null) {
-      qemu.kill('SIGTERM');
-      await new Promise((r) => qemu.once('exit', r));
-    }
+    await endProcess(qemu);
     await rmrf(dir);
   }
 }

@@ -1,5 +1,6 @@
 // Small helpers the benchmark sections share: statistics, /proc readers, a sampler for the
 // Node-RED process (RSS, its children, the host's mount table), program runs without a shell.
+import type { ChildProcess } from 'node:child_process';
 import { promises as fs, readFileSync, readdirSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { runProgram } from '../src/util/run';
@@ -278,6 +279,15 @@ export async function timed(file: string, args: readonly string[]): Promise<numb
   const t0 = nowMs();
   await runProgram(file, args);
   return nowMs() - t0;
+}
+
+/** SIGTERM to a process of the bench's (a QEMU), resolved once it has exited. */
+export function endProcess(p: ChildProcess): Promise<void> {
+  return new Promise<void>((resolve) => {
+    if (p.exitCode !== null || p.signalCode !== null) return resolve();
+    p.once('exit', () => resolve());
+    p.kill('SIGTERM');
+  });
 }
 
 export async function rmrf(p: string): Promise<void> {
