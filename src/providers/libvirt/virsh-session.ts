@@ -169,7 +169,8 @@ function commandOutput(seg: string, command: string, endCommand: string): string
  * and answered in order), for queries (list, dumpxml, domstate, ...). A call goes through
  * `fallback` (a virsh process of its own) when the session cannot carry it (an argument it cannot
  * quote, a call with an abort signal), or again when the session ended under it (libvirtd not
- * started or restarting: the fallback waits for it; an earlier call that hung): so only for calls
+ * started or restarting: the fallback waits for it; an earlier call that hung), or when libvirtd
+ * could not load its own schema (the fallback runs it again; VirshError.schemaNotLoaded): so only for calls
  * that are safe to send twice. close() ends the process.
  */
 export class VirshShell implements Virsh {
@@ -193,10 +194,10 @@ export class VirshShell implements Virsh {
       this.sent.session++;
       return await session.call(args, call.timeoutMs ?? 60_000);
     } catch (err) {
-      if (
-        !(err instanceof VirshError) ||
-        !(err.noDaemon || err.detail.startsWith(SESSION_ENDED) || /no valid connection|reconnected to the hypervisor/i.test(err.detail))
-      )
+      if (!(err instanceof VirshError)) throw err;
+      // the command did nothing (VirshError.schemaNotLoaded); the fallback runs it again
+      if (err.schemaNotLoaded) return this.viaFallback(args, call);
+      if (!(err.noDaemon || err.detail.startsWith(SESSION_ENDED) || /no valid connection|reconnected to the hypervisor/i.test(err.detail)))
         throw err;
       session.close();
       return this.viaFallback(args, call);

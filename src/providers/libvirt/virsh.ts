@@ -47,7 +47,24 @@ export class VirshError extends Error {
   get noDaemon(): boolean {
     return /failed to connect to the hypervisor/i.test(this.detail);
   }
+
+  /**
+   * libvirtd could not load its own RelaxNG schema to validate our XML ("Unable to parse RNG
+   * .../domainbackup.rng: Error type 'unsignedInt' is not exported by type library ..."). libxml2
+   * before 2.11 (Debian 12 has 2.9.14) fills its table of XML Schema types lazily and without a
+   * lock: when a freshly started libvirtd validates two documents at once (backup-begin for two
+   * domains), one thread can look a type up while another starts the table anew. Seen once in CI
+   * here. libvirtd parses and validates the document before it acts on it, so the command did
+   * nothing and running it again is safe; the table is whole once the other thread is done.
+   */
+  get schemaNotLoaded(): boolean {
+    return /unable to parse RNG/i.test(this.detail);
+  }
 }
+
+/** How often a command rejected by schemaNotLoaded is run again, SCHEMA_RETRY_MS apart. */
+export const SCHEMA_RETRIES = 3;
+const SCHEMA_RETRY_MS = 200;
 
 /**
  * How long a call waits for libvirtd to come back before failing. A restart of libvirtd
@@ -87,11 +104,24 @@ export class VirshRunner implements Virsh {
     const timeoutMs = call.timeoutMs ?? this.defaultTimeoutMs;
     // never past the call's own timeout: a thaw's short timeout stays short (its caller retries)
     const deadline = Date.now() + Math.min(timeoutMs, DAEMON_WAIT_MS);
+    let schemaRetries = 0;
     for (;;) {
       try {
         return await this.once(args, timeoutMs, call.signal);
       } catch (err) {
-        if (!(err instanceof VirshError && err.noDaemon) || call.signal?.aborted) throw err;
+        if (!(err instanceof VirshError) || call.signal?.aborted) throw err;
+        if (err.schemaNotLoaded) {
+          if (schemaRetries++ >= SCHEMA_RETRIES || Date.now() + SCHEMA_RETRY_MS > deadline) {
+            throw new VirshError(
+              args,
+              `${err.detail} (libvirtd rejected the document before acting on it; ran ${schemaRetries} times)`,
+              err.code,
+            );
+          }
+          await new Promise((r) => setTimeout(r, SCHEMA_RETRY_MS));
+          continue;
+        }
+        if (!err.noDaemon) throw err;
         if (Date.now() + 250 > deadline) {
           throw new VirshError(
             args,

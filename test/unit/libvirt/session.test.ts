@@ -31,6 +31,7 @@ process.stdin.setEncoding('utf8').on('data', (d) => {
     else if (args[0] === 'dumpxml') process.stdout.write("<domain>\\n  <name>" + args[2] + "</name>\\n  <description>error: not one</description>\\n</domain>\\n\\n");
     else if (args[0] === 'warn') { process.stderr.write('warning: something to know\\n'); process.stdout.write('done\\n'); }
     else if (args[0] === 'hang') hung = true;
+    else if (args[0] === 'backup-begin') process.stderr.write("error: internal error: Unable to parse RNG /usr/share/libvirt/schemas/domainbackup.rng: Error type 'unsignedInt' is not exported by type library 'http://www.w3.org/2001/XMLSchema-datatypes'\\n");
     else process.stderr.write("error: failed to get domain '" + args[2] + "'\\n");
   }
 });
@@ -138,6 +139,22 @@ describe('libvirt virsh session', function () {
         assert.equal(await behind, 'fallback domstate\n');
         // and a new session serves the next call
         assert.equal(await shell.run(['domstate', '--domain', 'y', '--reason']), 'running (booted)\n\n');
+      } finally {
+        shell.close();
+      }
+    });
+
+    it("libvirtd could not load its schema (libxml2's race): the command goes to the fallback, which runs it again; the session stays", async () => {
+      const fb = fallback();
+      const shell = new VirshShell(fb, program);
+      try {
+        assert.equal(
+          await shell.run(['backup-begin', '--domain', 'a', '--backupxml', '/x.xml'], { timeoutMs: 5000 }),
+          'fallback backup-begin\n',
+        );
+        assert.deepEqual(fb.calls, [['backup-begin', '--domain', 'a', '--backupxml', '/x.xml']]);
+        assert.equal(await shell.run(['domstate', '--domain', 'y', '--reason']), 'running (booted)\n\n');
+        assert.deepEqual(shell.sent, { session: 2, fallback: 1 });
       } finally {
         shell.close();
       }

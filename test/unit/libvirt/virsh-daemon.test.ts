@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { VirshError, VirshRunner } from '../../../src/providers/libvirt/virsh';
+import { SCHEMA_RETRIES, VirshError, VirshRunner } from '../../../src/providers/libvirt/virsh';
 
 const FAKE = `#!${process.execPath}
 const fs = require('node:fs');
@@ -14,6 +14,10 @@ const n = fs.existsSync(count) ? Number(fs.readFileSync(count, 'utf8')) : 0;
 fs.writeFileSync(count, String(n + 1));
 const args = process.argv.slice(4);
 if (args[0] === 'bad') { process.stderr.write('error: failed to get domain x\\n'); process.exit(1); }
+if (args[0] === 'backup-begin' && n < Number(process.env.FAKE_RNG_FAILS ?? 0)) {
+  process.stderr.write("error: internal error: Unable to parse RNG /usr/share/libvirt/schemas/domainbackup.rng: Error type 'unsignedInt' is not exported by type library 'http://www.w3.org/2001/XMLSchema-datatypes'\\n");
+  process.exit(1);
+}
 if (args[0] === 'hang') setInterval(() => {}, 1000);
 else {
 if (n < fails) {
@@ -43,6 +47,7 @@ describe('libvirt VirshRunner: libvirtd not answering', function () {
     rmSync(dir, { recursive: true, force: true });
     delete process.env.FAKE_COUNT;
     delete process.env.FAKE_FAILS;
+    delete process.env.FAKE_RNG_FAILS;
   });
 
   it('runs the command again once libvirtd answers', async () => {
@@ -76,5 +81,26 @@ describe('libvirt VirshRunner: libvirtd not answering', function () {
     process.env.FAKE_FAILS = '0';
     await assert.rejects(new VirshRunner('qemu:///system', program).run(['bad']), /failed to get domain/);
     assert.equal(runs(), 1);
+  });
+
+  // libxml2 < 2.11 fills its XML Schema type table without a lock; a fresh libvirtd validating two
+  // documents at once can fail to load its own schema (VirshError.schemaNotLoaded). Seen in CI.
+  it('libvirtd could not load its schema: the command is run again, and goes through', async () => {
+    process.env.FAKE_FAILS = '0';
+    process.env.FAKE_RNG_FAILS = '2';
+    const out = await new VirshRunner('qemu:///system', program).run(['backup-begin', '--domain', 'a'], { timeoutMs: 10_000 });
+    assert.equal(out.trim(), 'ok backup-begin --domain a');
+    assert.equal(runs(), 3);
+  });
+
+  it("a schema that never loads fails after SCHEMA_RETRIES more runs, with libvirt's words and the count", async () => {
+    process.env.FAKE_FAILS = '0';
+    process.env.FAKE_RNG_FAILS = '1000';
+    await assert.rejects(
+      new VirshRunner('qemu:///system', program).run(['backup-begin', '--domain', 'a'], { timeoutMs: 10_000 }),
+      (err: unknown) =>
+        err instanceof VirshError && /Unable to parse RNG .*domainbackup\.rng.*before acting on it; ran 4 times/.test(err.message),
+    );
+    assert.equal(runs(), SCHEMA_RETRIES + 1);
   });
 });
