@@ -3,6 +3,7 @@
 // the same QEMU processes (without a guest), so that both see the same load at the same time.
 //
 //   node dist/bench/ab.js --patched=/tmp/benchwork [--b-env=K=V] [--runs=3] [--scale=10,50,100]
+//                         [--scale-runs=1] [--firmware=seabios|halt]
 //                         [--lab=/tmp/vmb-ablab --vm=NAME --lab-runs=8] [--out=bench/ab-results.json]
 //
 // Measures: the ajv compile paid inside the first backup of each process (cold start), the copy of
@@ -108,6 +109,11 @@ async function main(): Promise<void> {
   const labRuns = Number(arg('lab-runs', '8'));
   const runs = Number(arg('runs', '3'));
   const counts = arg('scale', '10,50,100').split(',').filter(Boolean).map(Number);
+  // each count this many times per side, the order of the sides alternating (a change of a few ms
+  // per VM is inside one run's noise here); the fleet's idle VMs on SeaBIOS or halted (bare.ts)
+  const scaleRuns = Number(arg('scale-runs', '1'));
+  const firmware = arg('firmware', 'seabios');
+  if (firmware !== 'seabios' && firmware !== 'halt') throw new Error(`--firmware: "${firmware}" is not seabios or halt`);
   const work = path.resolve(arg('work', path.join(os.tmpdir(), 'vmb-ab')));
   const out = path.resolve(arg('out', path.join(REPO_ROOT, 'bench', 'ab-results.json')));
   await fs.rm(work, { recursive: true, force: true });
@@ -141,6 +147,7 @@ async function main(): Promise<void> {
           diskMiB: 32,
           dataMiB: 8,
           prefix: 'vm',
+          firmware,
         })
       : undefined;
     if (fleet) fleets.push(fleet);
@@ -210,22 +217,24 @@ async function main(): Promise<void> {
     // 3. scale
     results.scale = [];
     for (const n of counts) {
-      const row: Record<string, any> = { vms: n };
-      for (const side of sides) {
-        const r = await turn(side, `scale-${n}`);
-        row[side.name] = {
-          wallMs: Math.round(r.wallMs),
-          copyStageMs: r.set.timings.copy.ms,
-          vmsBackedUp: r.set.vms.length,
-          peakRssMiB: round(r.sampler.peakRssKiB / 1024),
-        };
+      for (let i = 0; i < scaleRuns; i++) {
+        const row: Record<string, any> = { vms: n, firmware, run: i + 1 };
+        for (const side of i % 2 === 0 ? sides : [...sides].reverse()) {
+          const r = await turn(side, `scale-${n}`);
+          row[side.name] = {
+            wallMs: Math.round(r.wallMs),
+            stageMs: Object.fromEntries(Object.entries(r.set.timings as Record<string, { ms: number }>).map(([k, t]) => [k, t.ms])),
+            vmsBackedUp: r.set.vms.length,
+            peakRssMiB: round(r.sampler.peakRssKiB / 1024),
+          };
+        }
+        row.aloneMs = Math.round(await copyAlone(fleet!, n, path.join(work, 'scratch'), 2));
+        for (const side of sides) row[side.name].overheadMs = row[side.name].wallMs - row.aloneMs;
+        results.scale.push(row);
+        log(
+          `scale ${n} (${firmware}) ${i + 1}/${scaleRuns}: A ${row.A.wallMs} ms (overhead ${row.A.overheadMs}, copy stage ${row.A.stageMs.copy}), B ${row.B.wallMs} ms (overhead ${row.B.overheadMs}, copy stage ${row.B.stageMs.copy}); qemu-img alone ${row.aloneMs} ms`,
+        );
       }
-      row.aloneMs = Math.round(await copyAlone(fleet!, n, path.join(work, 'scratch'), 2));
-      for (const side of sides) row[side.name].overheadMs = row[side.name].wallMs - row.aloneMs;
-      results.scale.push(row);
-      log(
-        `scale ${n}: A ${row.A.wallMs} ms (overhead ${row.A.overheadMs}), B ${row.B.wallMs} ms (overhead ${row.B.overheadMs}); qemu-img alone ${row.aloneMs} ms`,
-      );
     }
   } finally {
     for (const s of sides) await s.ctx.nr.stop().catch(() => undefined);
@@ -266,7 +275,7 @@ async function main(): Promise<void> {
     `| 1 GiB disk, Node-RED peak RSS (MiB) | ${med('A', 'peakRssMiB')} | ${med('B', 'peakRssMiB')} |`,
     ...results.scale.map(
       (r: any) =>
-        `| ${r.vms} VMs x 2 disks: total / overhead beyond qemu-img alone (${(r.aloneMs / 1000).toFixed(1)} s) (s) | ${(r.A.wallMs / 1000).toFixed(1)} / ${(r.A.overheadMs / 1000).toFixed(1)} | ${(r.B.wallMs / 1000).toFixed(1)} / ${(r.B.overheadMs / 1000).toFixed(1)} |`,
+        `| ${r.vms} VMs x 2 disks (${r.firmware}, run ${r.run}): total / overhead beyond qemu-img alone (${(r.aloneMs / 1000).toFixed(1)} s) (s) | ${(r.A.wallMs / 1000).toFixed(1)} / ${(r.A.overheadMs / 1000).toFixed(1)} | ${(r.B.wallMs / 1000).toFixed(1)} / ${(r.B.overheadMs / 1000).toFixed(1)} |`,
     ),
   ];
   process.stdout.write(lines.join('\n') + '\n');
