@@ -14,7 +14,7 @@ import { recordIdentity } from '../chain/identity';
 import { fsyncDir, fsyncFile, writeFileDurable } from '../repository/durable';
 import { sha256File, type ArtifactRepository } from '../repository/repository';
 import type { LiveBackup } from './live-backup';
-import { limitedSettledOrThrow, StageError } from './stage-error';
+import { limitedHandingOn, limitedSettledOrThrow, StageError } from './stage-error';
 
 export interface CopyProgress {
   vm: string;
@@ -83,37 +83,61 @@ async function stageAndPublish(
   report: Reporter,
   releases: Promise<unknown>[],
 ): Promise<(PostSnapshotVm & { copy: CopyResult })[]> {
-  const staged = await limitedSettledOrThrow(set.vms, options.concurrency, async (vm): Promise<Staged> => {
+  // `concurrency` VMs are read at once; a VM whose view is read gives its place to the next one
+  // while its files are flushed and its definition written (fsyncs: nothing of the view in them)
+  const staged = await limitedHandingOn(set.vms, options.concurrency, async (vm, free): Promise<Staged> => {
     let released = false;
     const release = () => {
       if (released) return;
       released = true;
       releases.push(live.release(vm.id).catch(() => undefined));
+      free();
     };
     const s = await stageVm(provider, repo, live, host, set.backupId, vm, options, report, release);
     release();
     return s;
   });
 
-  // Every VM is staged: write the manifests, then publish. A failure before the last rename
-  // leaves every earlier backup as it was and publishes nothing of this set that is incomplete.
-  for (const s of staged) {
-    const manifest = buildManifest(set, host, s);
-    assertManifest(manifest);
-    await writeFileDurable(path.join(s.dir, 'manifest.json'), JSON.stringify(manifest, null, 2) + '\n');
-  }
-  // What is published is what was verified and hashed: a file written to or replaced since its
-  // hash was taken stops the publish; so does an incremental whose parent is gone meanwhile.
-  for (const s of staged) await verifyStaged(s);
-  // what each file is now, so that the next backup trusts this one without reading it again
-  for (const s of staged) await recordIdentity(s.dir);
-  for (const s of staged) await parentsStillThere(repo, host, s);
-  for (const s of staged) await fsyncDir(s.dir);
+  // Every VM is staged: seal each, then publish. A failure before the last rename leaves every
+  // earlier backup as it was and publishes nothing of this set that is incomplete. The seals run
+  // several at once, all settled before a failure is reported: each is a few fsyncs of its own
+  // folder, and on one file system fsyncs made together share the journal's commits (100 VMs,
+  // from the last view released to the first publish: 416-641 ms one VM after the other, 149-324
+  // eight at once; bench/ab.ts, 4 runs each, the journal's times).
+  await limitedSettledOrThrow(
+    staged.map((s) => ({ id: s.vm.id, s })),
+    SEALS_AT_ONCE,
+    ({ s }) => seal(repo, set, host, s),
+  );
   live.assertLive();
   const results = await publishAll(repo, live, host, set.backupId, staged);
-  // published: each VM's change tracking moves on to this backup (the parent's record goes)
-  for (const s of staged) await live.settleTracking(s.vm.id).catch(() => undefined);
+  // published: each VM's change tracking moves on to this backup (the parent's record goes);
+  // several at once, as the seals (an incremental's is an exchange with its VM's QEMU)
+  await limitedSettledOrThrow(
+    staged.map((s) => ({ id: s.vm.id })),
+    SEALS_AT_ONCE,
+    ({ id }) => live.settleTracking(id).catch(() => undefined),
+  );
   return results;
+}
+
+/** VMs sealed at once (their manifests, identity records and folders flushed), as tracking settled after the publish. */
+const SEALS_AT_ONCE = 8;
+
+/**
+ * One staged VM made ready for its rename: its manifest written; what is published is what was
+ * verified and hashed (a file written to or replaced since its hash was taken stops the publish;
+ * so does an incremental whose parent is gone meanwhile); what each file is now recorded, so that
+ * the next backup trusts this one without reading it again; its folder flushed.
+ */
+async function seal(repo: ArtifactRepository, set: PostSnapshotSet, host: string, s: Staged): Promise<void> {
+  const manifest = buildManifest(set, host, s);
+  assertManifest(manifest);
+  await writeFileDurable(path.join(s.dir, 'manifest.json'), JSON.stringify(manifest, null, 2) + '\n');
+  await verifyStaged(s);
+  await recordIdentity(s.dir);
+  await parentsStillThere(repo, host, s);
+  await fsyncDir(s.dir);
 }
 
 /** One VM: its disks out of the view, its definition, its saved state, each hashed, in its staging directory. */

@@ -55,3 +55,37 @@ export async function limitedSettledOrThrow<In extends { id: string }, Out>(
   await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, worker));
   return allSettledOrThrow(items, (item) => started.get(item)!);
 }
+
+/**
+ * Like limitedSettledOrThrow, but a step may give its place to the next item before it ends
+ * (`free()`: what is left of it needs nothing the limit bounds). A place then holds that step's
+ * end and the next one, never more: it waits for the first to end before it takes a third.
+ */
+export async function limitedHandingOn<In extends { id: string }, Out>(
+  items: readonly In[],
+  limit: number,
+  step: (item: In, free: () => void) => Promise<Out>,
+): Promise<Out[]> {
+  const started = new Map<In, Promise<Out>>();
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    let ending: Promise<void> = Promise.resolve();
+    while (next < items.length) {
+      const item = items[next++];
+      let free: () => void = () => undefined;
+      const freed = new Promise<void>((resolve) => (free = resolve));
+      const result = step(item, free);
+      started.set(item, result);
+      const settled = result.then(
+        () => undefined,
+        () => undefined,
+      );
+      await Promise.race([freed, settled]);
+      await ending;
+      ending = settled;
+    }
+    await ending;
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, worker));
+  return allSettledOrThrow(items, (item) => started.get(item)!);
+}
