@@ -170,8 +170,8 @@ function commandOutput(seg: string, command: string, endCommand: string): string
  * `fallback` (a virsh process of its own) when the session cannot carry it (an argument it cannot
  * quote, a call with an abort signal), or again when the session ended under it (libvirtd not
  * started or restarting: the fallback waits for it; an earlier call that hung), or when libvirtd
- * could not load its own schema (the fallback runs it again; VirshError.schemaNotLoaded): so only for calls
- * that are safe to send twice. close() ends the process.
+ * could not load its own schema (VirshError.schemaNotLoaded: the fallback runs it again): so only
+ * for calls that are safe to send twice. close() ends the process.
  */
 export class VirshShell implements Virsh {
   readonly uri: string;
