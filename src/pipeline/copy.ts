@@ -114,9 +114,9 @@ async function stageAndPublish(
   // published: each VM's change tracking moves on to this backup (the parent's record goes);
   // several at once, as the seals (an incremental's is an exchange with its VM's QEMU)
   await limitedSettledOrThrow(
-    staged.map((s) => ({ id: s.vm.id })),
+    staged.map((s) => s.vm),
     SEALS_AT_ONCE,
-    ({ id }) => live.settleTracking(id).catch(() => undefined),
+    (vm) => live.settleTracking(vm.id).catch(() => undefined),
   );
   return results;
 }

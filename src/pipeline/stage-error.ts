@@ -37,23 +37,13 @@ export async function allSettledOrThrow<In extends { id: string }, Out>(
 }
 
 /** Like allSettledOrThrow, with at most `limit` steps running at once. */
-export async function limitedSettledOrThrow<In extends { id: string }, Out>(
+export function limitedSettledOrThrow<In extends { id: string }, Out>(
   items: readonly In[],
   limit: number,
   step: (item: In) => Promise<Out>,
 ): Promise<Out[]> {
-  const started = new Map<In, Promise<Out>>();
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < items.length) {
-      const item = items[next++];
-      const result = step(item);
-      started.set(item, result);
-      await result.catch(() => undefined);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, worker));
-  return allSettledOrThrow(items, (item) => started.get(item)!);
+  // a step that never gives its place on holds it to its end
+  return limitedHandingOn(items, limit, (item) => step(item));
 }
 
 /**

@@ -34,6 +34,7 @@ describe('libvirt VirshRunner: libvirtd not answering', function () {
   let program: string;
   let count: string;
   const runs = () => (existsSync(count) ? Number(readFileSync(count, 'utf8')) : 0);
+  const virsh = (args: string[], timeoutMs = 10_000) => new VirshRunner('qemu:///system', program).run(args, { timeoutMs });
 
   beforeEach(() => {
     dir = mkdtempSync(path.join(os.tmpdir(), 'vmb-virsh-daemon-'));
@@ -52,7 +53,7 @@ describe('libvirt VirshRunner: libvirtd not answering', function () {
 
   it('runs the command again once libvirtd answers', async () => {
     process.env.FAKE_FAILS = '2';
-    const out = await new VirshRunner('qemu:///system', program).run(['domjobinfo', '--domain', 'a'], { timeoutMs: 10_000 });
+    const out = await virsh(['domjobinfo', '--domain', 'a']);
     assert.equal(out.trim(), 'ok domjobinfo --domain a');
     assert.equal(runs(), 3);
   });
@@ -61,7 +62,7 @@ describe('libvirt VirshRunner: libvirtd not answering', function () {
     process.env.FAKE_FAILS = '1000';
     const t0 = Date.now();
     await assert.rejects(
-      new VirshRunner('qemu:///system', program).run(['domfsthaw', '--domain', 'a'], { timeoutMs: 1500 }),
+      virsh(['domfsthaw', '--domain', 'a'], 1500),
       (err: unknown) =>
         err instanceof VirshError &&
         /libvirtd does not answer on qemu:\/\/\/system \(waited 1500 ms\): failed to connect/.test(err.message),
@@ -72,7 +73,7 @@ describe('libvirt VirshRunner: libvirtd not answering', function () {
   it('a virsh that does not answer is stopped at the call timeout, and the error says so (not "failed without a message")', async () => {
     process.env.FAKE_FAILS = '0';
     await assert.rejects(
-      new VirshRunner('qemu:///system', program).run(['hang'], { timeoutMs: 800 }),
+      virsh(['hang'], 800),
       (err: unknown) => err instanceof VirshError && /no answer from libvirtd within 800 ms/.test(err.message),
     );
   });
@@ -88,7 +89,7 @@ describe('libvirt VirshRunner: libvirtd not answering', function () {
   it('libvirtd could not load its schema: the command is run again, and goes through', async () => {
     process.env.FAKE_FAILS = '0';
     process.env.FAKE_RNG_FAILS = '2';
-    const out = await new VirshRunner('qemu:///system', program).run(['backup-begin', '--domain', 'a'], { timeoutMs: 10_000 });
+    const out = await virsh(['backup-begin', '--domain', 'a']);
     assert.equal(out.trim(), 'ok backup-begin --domain a');
     assert.equal(runs(), 3);
   });
@@ -97,7 +98,7 @@ describe('libvirt VirshRunner: libvirtd not answering', function () {
     process.env.FAKE_FAILS = '0';
     process.env.FAKE_RNG_FAILS = '1000';
     await assert.rejects(
-      new VirshRunner('qemu:///system', program).run(['backup-begin', '--domain', 'a'], { timeoutMs: 10_000 }),
+      virsh(['backup-begin', '--domain', 'a']),
       (err: unknown) =>
         err instanceof VirshError && /Unable to parse RNG .*domainbackup\.rng.*before acting on it; ran 4 times/.test(err.message),
     );
