@@ -15,7 +15,7 @@ import { socketDirFor, type BenchVm } from './lab';
 import { QgaProxy, type WireFreeze } from './qga-proxy';
 import { GuestAgentClient } from '../src/providers/qemu/protocol';
 import type { JournalEntry } from '../src/journal/journal';
-import { log, phaseSummary, round, sleep, stats, timed, type Stats } from './util';
+import { flushTimed, log, phaseSummary, round, sleep, stats, timed, type Stats } from './util';
 
 export interface FreezeSample {
   wireMs: number;
@@ -48,6 +48,8 @@ export interface BaselineSample {
   productFlagsMs: number;
   /** the product's sha256File over the copy just written, by itself (one read, page cache warm) */
   sha256Ms?: number;
+  /** then that copy's pages sent to the disk (fdatasync), by itself: with it the floor is a durable copy, as the product's is */
+  flushMs?: number;
 }
 
 export interface FreezeResult {
@@ -211,6 +213,7 @@ export async function baselineCopy(base: string, scratch: string, plainFirst: bo
     return ms;
   };
   let sha256Ms: number | undefined;
+  let flushMs: number | undefined;
   const productFlags = async () => {
     await fs.rm(out, { force: true });
     const ms = await timed(
@@ -221,6 +224,7 @@ export async function baselineCopy(base: string, scratch: string, plainFirst: bo
     const t0 = performance.now();
     await sha256File(out);
     sha256Ms = performance.now() - t0;
+    flushMs = await flushTimed(out);
     await fs.rm(out, { force: true });
     return ms;
   };
@@ -233,7 +237,13 @@ export async function baselineCopy(base: string, scratch: string, plainFirst: bo
     productFlagsMs = await productFlags();
     plainMs = await plain();
   }
-  return { dataBytes, plainMs, productFlagsMs, ...(sha256Ms !== undefined ? { sha256Ms } : {}) };
+  return {
+    dataBytes,
+    plainMs,
+    productFlagsMs,
+    ...(sha256Ms !== undefined ? { sha256Ms } : {}),
+    ...(flushMs !== undefined ? { flushMs } : {}),
+  };
 }
 
 /**

@@ -25,7 +25,7 @@ import { socketDirFor, type BenchVm } from './lab';
 import { QgaProxy } from './qga-proxy';
 import type { ProbeCall } from './probe';
 import { RawQmp } from './qmp-raw';
-import { log, MiB, phaseSummary, rmrf, round, sleep, stats, timed, type Stats } from './util';
+import { flushTimed, log, MiB, phaseSummary, rmrf, round, sleep, stats, timed, type Stats } from './util';
 
 const execFileP = promisify(execFile);
 const VM = 'inc001';
@@ -123,7 +123,7 @@ export interface BareIncSample {
 
 export interface IncRound {
   full: IncBackupSample;
-  fullAlone: { convertMs: number; sha256Ms: number; bytes: number };
+  fullAlone: { convertMs: number; sha256Ms: number; flushMs?: number; bytes: number };
   incrementals: IncBackupSample[];
   bare: BareIncSample[];
   writes: { fraction: number; bytes: number; pieces: number; ms: number }[];
@@ -410,17 +410,22 @@ async function bareViaNbd(c: RawQmp, backing: string, target: string, virtualSiz
   }
 }
 
-/** The floor of a full hashed for its manifest: qemu-img convert of the same image alone, then one sha256 pass over its output. */
-async function fullAlone(disk: string, scratch: string): Promise<{ convertMs: number; sha256Ms: number; bytes: number }> {
+/**
+ * The floor of a full hashed for its manifest: qemu-img convert of the same image alone, then one
+ * sha256 pass over its output; then that output sent to the disk (fdatasync, util.ts flushTimed),
+ * timed apart: with it the floor is a durable copy, as the product's full is before it counts.
+ */
+async function fullAlone(disk: string, scratch: string): Promise<{ convertMs: number; sha256Ms: number; flushMs: number; bytes: number }> {
   const out = path.join(scratch, 'full-alone.qcow2');
   await fs.rm(out, { force: true });
   const convertMs = await timed('qemu-img', ['convert', '-f', 'qcow2', '-O', 'qcow2', '-U', disk, out]);
   const t0 = performance.now();
   await sha256File(out);
   const sha256Ms = performance.now() - t0;
+  const flushMs = await flushTimed(out);
   const bytes = (await fs.stat(out)).size;
   await fs.rm(out, { force: true });
-  return { convertMs: round(convertMs), sha256Ms: round(sha256Ms), bytes };
+  return { convertMs: round(convertMs), sha256Ms: round(sha256Ms), flushMs: round(flushMs), bytes };
 }
 
 export async function incrementalSection(

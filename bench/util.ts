@@ -281,6 +281,23 @@ export async function timed(file: string, args: readonly string[]): Promise<numb
   return nowMs() - t0;
 }
 
+/**
+ * Time sending a file's written pages to the disk (fdatasync; ms). `qemu-img convert` returns with
+ * its output still in the page cache (256 MiB: 140 ms of writeback left, `sync` after it, 12-08),
+ * and a floor whose output is then deleted never pays that; the product's copy is on the disk
+ * before it counts (its writer flushes behind its writes, the copy step fsyncs each file).
+ */
+export async function flushTimed(file: string): Promise<number> {
+  const fh = await fs.open(file, 'r');
+  try {
+    const t0 = nowMs();
+    await fh.datasync();
+    return nowMs() - t0;
+  } finally {
+    await fh.close();
+  }
+}
+
 /** SIGTERM to a process of the bench's (a QEMU), resolved once it has exited. */
 export function endProcess(p: ChildProcess): Promise<void> {
   return new Promise<void>((resolve) => {
