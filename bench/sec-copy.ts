@@ -54,7 +54,11 @@ async function copyOnce(ctx: Ctx, scenario: string, trace = false): Promise<Disk
 
 export interface SparseResult {
   sparse: { virtualMiB: number; dataBytes: number; samples: DiskCopySample[]; copy: Stats; qemuImgAlone: Stats };
-  dense: { virtualMiB: number; dataBytes: number; samples: DiskCopySample[]; copy: Stats;
+  dense: {
+    virtualMiB: number;
+    dataBytes: number;
+    samples: DiskCopySample[];
+    copy: Stats;
     qemuImgAlone: Stats;
     floor?: Stats;
     /** the same floor with its output sent to the disk (fdatasync), as the product's copy is before it counts */
@@ -94,7 +98,8 @@ export async function sparseSection(ctx: Ctx, o: { runs: number }): Promise<Spar
       da.push(db.plainMs);
       // the floor of a copy hashed for its manifest: convert (the product's argv) + one sha256 pass
       if (db.sha256Ms !== undefined) df.push(Math.min(db.plainMs, db.productFlagsMs) + db.sha256Ms);
-      if (db.sha256Ms !== undefined && db.flushMs !== undefined) dd.push(Math.min(db.plainMs, db.productFlagsMs) + db.sha256Ms + db.flushMs);
+      if (db.sha256Ms !== undefined && db.flushMs !== undefined)
+        dd.push(Math.min(db.plainMs, db.productFlagsMs) + db.sha256Ms + db.flushMs);
       log(
         `sparse ${i + 1}/${o.runs}: 8 GiB/256 MiB copy ${s[i].copyMs} ms, 256 MiB/256 MiB copy ${d[i].copyMs} ms (busy ms: ${phaseSummary(s[i].phases, /qemu-img|sha256/)} / ${phaseSummary(d[i].phases, /qemu-img|sha256/)}); qemu-img alone ${Math.round(sa[i])} / ${Math.round(da[i])} ms`,
       );
