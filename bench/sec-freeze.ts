@@ -15,7 +15,7 @@ import { socketDirFor, type BenchVm } from './lab';
 import { QgaProxy, type WireFreeze } from './qga-proxy';
 import { GuestAgentClient } from '../src/providers/qemu/protocol';
 import type { JournalEntry } from '../src/journal/journal';
-import { flushTimed, log, phaseSummary, round, sleep, stats, timed, type Stats } from './util';
+import { flushedThenGone, log, phaseSummary, round, sleep, stats, timed, type Stats } from './util';
 
 export interface FreezeSample {
   wireMs: number;
@@ -224,8 +224,7 @@ export async function baselineCopy(base: string, scratch: string, plainFirst: bo
     const t0 = performance.now();
     await sha256File(out);
     sha256Ms = performance.now() - t0;
-    flushMs = await flushTimed(out);
-    await fs.rm(out, { force: true });
+    flushMs = await flushedThenGone(out);
     return ms;
   };
   let plainMs: number;

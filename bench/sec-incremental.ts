@@ -25,7 +25,7 @@ import { socketDirFor, type BenchVm } from './lab';
 import { QgaProxy } from './qga-proxy';
 import type { ProbeCall } from './probe';
 import { RawQmp } from './qmp-raw';
-import { flushTimed, log, MiB, phaseSummary, rmrf, round, sleep, stats, timed, type Stats } from './util';
+import { flushedThenGone, log, MiB, phaseSummary, rmrf, round, sleep, stats, timed, type Stats } from './util';
 
 const execFileP = promisify(execFile);
 const VM = 'inc001';
@@ -412,7 +412,7 @@ async function bareViaNbd(c: RawQmp, backing: string, target: string, virtualSiz
 
 /**
  * The floor of a full hashed for its manifest: qemu-img convert of the same image alone, then one
- * sha256 pass over its output; then that output sent to the disk (fdatasync, util.ts flushTimed),
+ * sha256 pass over its output; then that output sent to the disk (fdatasync, util.ts flushedThenGone),
  * timed apart: with it the floor is a durable copy, as the product's full is before it counts.
  */
 async function fullAlone(disk: string, scratch: string): Promise<{ convertMs: number; sha256Ms: number; flushMs: number; bytes: number }> {
@@ -422,9 +422,8 @@ async function fullAlone(disk: string, scratch: string): Promise<{ convertMs: nu
   const t0 = performance.now();
   await sha256File(out);
   const sha256Ms = performance.now() - t0;
-  const flushMs = await flushTimed(out);
   const bytes = (await fs.stat(out)).size;
-  await fs.rm(out, { force: true });
+  const flushMs = await flushedThenGone(out);
   return { convertMs: round(convertMs), sha256Ms: round(sha256Ms), flushMs: round(flushMs), bytes };
 }
 
