@@ -229,13 +229,18 @@ async function main(): Promise<void> {
             // one disk's copy out of its view (its wall time, beside the other VMs' steps): a change
             // of a few ms per disk shows here when the set's wall is inside the host's noise
             exportDiskMedianMs: round(median(r.calls.filter((c) => c.fn === 'provider.exportDisk').map((c) => c.ms))),
+            // Node-RED's event loop busy during the backup (probe.ts), against its wall
+            eventLoopBusyMs: Math.round(r.calls.find((c) => c.fn === 'event loop busy')?.ms ?? NaN),
+            // of which its main thread ran, and waited runnable for a CPU (probe.ts)
+            mainOnCpuMs: Math.round(r.calls.find((c) => c.fn === 'main thread on a CPU')?.ms ?? NaN),
+            mainWaitingMs: Math.round(r.calls.find((c) => c.fn === 'main thread waiting for a CPU')?.ms ?? NaN),
           };
         }
         row.aloneMs = Math.round(await copyAlone(fleet!, n, path.join(work, 'scratch'), 2));
         for (const side of sides) row[side.name].overheadMs = row[side.name].wallMs - row.aloneMs;
         results.scale.push(row);
         log(
-          `scale ${n} (${firmware}) ${i + 1}/${scaleRuns}: A ${row.A.wallMs} ms (overhead ${row.A.overheadMs}, copy stage ${row.A.stageMs.copy}, a disk's copy ${row.A.exportDiskMedianMs}), B ${row.B.wallMs} ms (overhead ${row.B.overheadMs}, copy stage ${row.B.stageMs.copy}, a disk's copy ${row.B.exportDiskMedianMs}); qemu-img alone ${row.aloneMs} ms`,
+          `scale ${n} (${firmware}) ${i + 1}/${scaleRuns}: A ${row.A.wallMs} ms (overhead ${row.A.overheadMs}, copy stage ${row.A.stageMs.copy}, a disk's copy ${row.A.exportDiskMedianMs}, event loop busy ${row.A.eventLoopBusyMs}, main thread on a CPU ${row.A.mainOnCpuMs} / waiting ${row.A.mainWaitingMs}), B ${row.B.wallMs} ms (overhead ${row.B.overheadMs}, copy stage ${row.B.stageMs.copy}, a disk's copy ${row.B.exportDiskMedianMs}, event loop busy ${row.B.eventLoopBusyMs}, main thread on a CPU ${row.B.mainOnCpuMs} / waiting ${row.B.mainWaitingMs}); qemu-img alone ${row.aloneMs} ms`,
         );
       }
     }

@@ -7,7 +7,7 @@
 //   - under the point-in-time view (1334ed9): every QMP command by name, every program run
 //     (`program qemu-img create`, `program qemu-nbd`), and the disk copy's and view's own steps
 // On SIGWINCH (node-red itself exits on SIGUSR2) the records go to $BENCH_PROBE_OUT and are reset.
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 
@@ -116,6 +116,20 @@ if (out) {
   timeAsync(load('src/journal/journal.js')?.Journal?.prototype, 'append', 'journal append (fsync)');
   const loop = monitorEventLoopDelay({ resolution: 10 });
   loop.enable();
+  // the event loop's busy time since the last report (between backups it is idle): against the
+  // backup's wall, how near the one thread that hashes, compares and answers every socket is to full
+  let elu = performance.eventLoopUtilization();
+  // the main thread's time on a CPU and runnable but waiting for one (/proc schedstat, ns): busy
+  // time the kernel gave to another task (a QEMU woken by our socket write runs in its place)
+  const schedOf = (): [number, number] => {
+    try {
+      const [run, wait] = readFileSync(`/proc/self/task/${process.pid}/schedstat`, 'utf8').split(' ').map(Number);
+      return [run / 1e6, wait / 1e6];
+    } catch {
+      return [NaN, NaN];
+    }
+  };
+  let sched = schedOf();
   // how long a trivial file-system call waits for a libuv thread-pool thread (every 20 ms)
   let poolMax = 0,
     poolSum = 0,
@@ -181,6 +195,11 @@ if (out) {
 
   process.on('SIGWINCH', () => {
     calls.push({ fn: 'event loop delay, max', ms: loop.max / 1e6 }, { fn: 'event loop delay, mean', ms: loop.mean / 1e6 });
+    calls.push({ fn: 'event loop busy', ms: performance.eventLoopUtilization(elu).active });
+    elu = performance.eventLoopUtilization();
+    const now = schedOf();
+    calls.push({ fn: 'main thread on a CPU', ms: now[0] - sched[0] }, { fn: 'main thread waiting for a CPU', ms: now[1] - sched[1] });
+    sched = now;
     calls.push({ fn: 'thread pool wait, max', ms: poolMax }, { fn: 'thread pool wait, mean', ms: poolN ? poolSum / poolN : 0 });
     poolMax = poolSum = poolN = 0;
     // what the process holds between backups: growth here is a leak (handles, timers, heap)

@@ -652,7 +652,13 @@ export function renderMarkdown(r: any, compare?: any): string {
     out.push(
       '`/proc/<node-red pid>/mountinfo`. CPU: ms of CPU time during the flow, from `/proc` (Node-RED itself; the programs it ran, through its',
     );
-    out.push("program launcher; the VMs' QEMU processes; the whole machine, of 2 x the wall time available).");
+    out.push(
+      "program launcher; the VMs' QEMU processes; the whole machine, of 2 x the wall time available). Node-RED's main thread (the one that",
+    );
+    out.push(
+      "hashes, checks and answers every socket): its event loop's busy time, and of it the time the thread ran and the time it was runnable but another",
+    );
+    out.push('task had the CPU (`/proc/self/task/<pid>/schedstat`), each since the backup before (Node-RED is idle in between).');
     out.push('');
     const stages = ['enumerate', 'classify', 'prepare', 'snapshot', 'postSnapshot', 'copy'];
     const scaleTable = (runs: any[]) =>
@@ -668,6 +674,7 @@ export function renderMarkdown(r: any, compare?: any): string {
           'overhead beyond that (s)',
           ...stages.map((x) => `${x} (ms)`),
           'CPU: Node-RED / programs / QEMU / machine (s)',
+          "Node-RED's main thread: event loop busy / on a CPU / runnable, waiting for one (s)",
           'Node-RED peak RSS (MiB)',
           'qemu-img peak RSS (MiB)',
           'mounts before -> during',
@@ -685,6 +692,11 @@ export function renderMarkdown(r: any, compare?: any): string {
           ...stages.map((k) => x.stageMs[k]),
           x.cpu
             ? [x.cpu.nodeRedMs, x.cpu.childrenMs, x.cpu.qemuMs, x.cpu.machineMs].map((ms: number) => fmt(ms / 1000, 1)).join(' / ')
+            : '',
+          x.phases?.['event loop busy']
+            ? ['event loop busy', 'main thread on a CPU', 'main thread waiting for a CPU']
+                .map((k) => fmt((x.phases[k]?.ms ?? NaN) / 1000, 2))
+                .join(' / ')
             : '',
           fmt(x.peakRssMiB),
           fmt(x.children['qemu-img']?.peakRssMiB),
