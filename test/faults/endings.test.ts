@@ -53,8 +53,10 @@ describe('fault injection: every ending of a set (real Node-RED, real QEMU)', fu
 
   before(async function () {
     this.timeout(600_000);
-    // disks big enough that a copy takes several seconds (two VMs, 2 x 160 MiB of data)
-    bare = await startBareWorld(['alpha', 'beta'], { dataMiB: 160, sizeMiB: 192 });
+    // disks big enough that a copy takes seconds (two VMs, 2 x 768 MiB of data: about 3 s here), so
+    // that an ending sent half a second into it finds it running: with 2 x 160 MiB the in-process
+    // copy took 0.6 s and a redeploy "during the copy" often came after the set had published
+    bare = await startBareWorld(['alpha', 'beta'], { dataMiB: 768, sizeMiB: 800 });
     repos = [mkdtempSync(path.join(os.tmpdir(), 'vmb-endings-repo-a-')), mkdtempSync(path.join(os.tmpdir(), 'vmb-endings-repo-b-'))];
     otherSocketDir = mkdtempSync(path.join(os.tmpdir(), 'vmb-endings-run-'));
     nr = RealNodeRed.create();
@@ -290,6 +292,7 @@ describe('fault injection: every ending of a set (real Node-RED, real QEMU)', fu
           await copyStarted(set, repos[0]);
           await sleep(500);
           const deployed = await redeploy(ctx, change(), 'nodes');
+          assert.equal(await nr.global('copy'), undefined, 'the copy finished before the redeploy (the case proves nothing if it did)');
           const c = await ctx.caught(/\/ended$/);
           return `${deployed}; ${assertEndingSummary(c, 'copy')}`;
         },
