@@ -5,6 +5,10 @@ import type { IncFreezeResult, IncrementalResult } from './sec-incremental';
 
 const fmt = (n: number | undefined, d = 0) => (n === undefined || Number.isNaN(n) ? 'n/a' : n.toFixed(d));
 const mib = (bytes: number) => fmt(bytes / 2 ** 20, bytes < 100 * 2 ** 20 ? 1 : 0);
+/** The row beside each copy floor: that floor with its output made durable, as the product's copy is before it counts. */
+export const durableFloorMeasure = (copy: 'copy' | 'full', medians: string) =>
+  `the same floor made durable: + its output sent to the disk (fdatasync) alone; qemu-img convert returns with its output in the page cache, the product's ${copy} is on the disk before it counts (${medians})`;
+
 const pct = (f: number) => `${fmt(f * 100, f < 0.1 ? 2 : 1)} %`;
 
 function median(values: readonly number[]): number {
@@ -133,7 +137,7 @@ export function incrementalVerdicts(r: any): Verdict[] {
       v.push({
         id: '13-full-floor-durable',
         item: '13.9',
-        measure: `the same floor made durable: + its output sent to the disk (fdatasync) alone; qemu-img convert returns with its output in the page cache, the product's full is on the disk before it counts (medians of ${s.n})`,
+        measure: durableFloorMeasure('full', `medians of ${s.n}`),
         target: 'report',
         result: `(${fmt(s.convert)} + ${fmt(s.sha)} + ${fmt(s.flush)}) / ${fmt(s.fullCopy)} ms = ${fmt(s.durableFloorRatio, 2)}`,
         met: null,
